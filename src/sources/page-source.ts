@@ -1,0 +1,35 @@
+// A page source: where the pager gets the contents of pages it has not yet filled.
+
+/**
+ * Contents of a flat memory image of `sizeBytes`, read asynchronously.
+ * Offsets and lengths the pager asks for are page-aligned. A network source
+ * implements the same interface: the pager keeps many reads in flight.
+ */
+export interface PageSource {
+  readonly sizeBytes: number;
+  /** Short human description ("snapshot /tmp/a.snap", "zero"). */
+  readonly description: string;
+  /** Fill target[0, length) with the image's bytes at [offset, offset+length). */
+  read(offset: number, length: number, target: Uint8Array): Promise<void>;
+  /**
+   * Whether [offset, offset+length) is known to be all zeroes, so the pager
+   * can map the zero page without reading. Optional; absent means "unknown".
+   */
+  isZero?(offset: number, length: number): boolean;
+  close?(): void | Promise<void>;
+}
+
+/** A source whose reads fail is reported with the range it could not read. */
+export class SourceReadError extends Error {
+  readonly code: string = 'ESOURCE';
+  constructor(readonly offset: number, readonly lengthBytes: number, message: string, options?: { cause?: unknown }) {
+    super(`reading ${lengthBytes} bytes at offset ${offset}: ${message}`, options);
+    this.name = new.target.name;
+  }
+}
+
+export function checkReadRange(source: PageSource, offset: number, length: number): void {
+  if (offset < 0 || length < 0 || offset + length > source.sizeBytes) {
+    throw new SourceReadError(offset, length, `outside the ${source.sizeBytes}-byte image of ${source.description}`);
+  }
+}

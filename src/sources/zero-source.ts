@@ -1,0 +1,14 @@
+import { checkReadRange, type PageSource } from './page-source.js';
+
+/** Every page reads zero: the pager maps the zero page and never reads. */
+export class ZeroSource implements PageSource {
+  readonly description = 'zero';
+  constructor(readonly sizeBytes: number) {}
+  async read(offset: number, length: number, target: Uint8Array): Promise<void> {
+    checkReadRange(this, offset, length);
+    target.fill(0, 0, length);
+  }
+  isZero(): boolean {
+    return true;
+  }
+}
