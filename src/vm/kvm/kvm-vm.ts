@@ -1,0 +1,135 @@
+// A VM file descriptor: memory slots, the in-kernel irqchip and PIT, the
+// clock, and vCPU creation.
+import { kvmNative } from '../../native-kvm.js';
+import { native } from '../../native.js';
+import { wrapNative } from '../../uffd/errors.js';
+import { VmError } from '../errors.js';
+import type { GuestMemoryRegion } from '../memory/guest-memory.js';
+import { KVM, KVM_CAP, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_SIZE, type KvmCapName, type KvmIoctlName } from './ioctls/constants.js';
+import { clockFlagsCleared, encodeIrqLevel, encodePitConfig, encodeUserMemoryRegion, irqchipBuffer } from './ioctls/structs.js';
+import type { KvmSystem } from './kvm-system.js';
+import { KvmVcpu } from './kvm-vcpu.js';
+
+/** The in-kernel interrupt controllers, as the kernel's opaque kvm_irqchip structs. */
+export interface IrqchipState {
+  picMaster: Uint8Array;
+  picSlave: Uint8Array;
+  ioapic: Uint8Array;
+}
+
+export class KvmVm {
+  private closed = false;
+  private readonly vcpus: KvmVcpu[] = [];
+
+  constructor(readonly system: KvmSystem, readonly fd: number) {}
+
+  /** KVM_CHECK_EXTENSION on the VM: some answers (KVM_CAP_XSAVE2's size) are per VM. */
+  checkExtension(cap: KvmCapName): number {
+    return this.ioctlInt('KVM_CHECK_EXTENSION', KVM_CAP[cap]);
+  }
+
+  /** KVM_SET_USER_MEMORY_REGION: guest RAM [gpa, +length) is the host memory at hostAddress. */
+  setUserMemoryRegion(region: GuestMemoryRegion, flags = 0): void {
+    this.ioctlBytes('KVM_SET_USER_MEMORY_REGION', encodeUserMemoryRegion({
+      slot: region.slot,
+      flags,
+      guestPhysAddress: region.guestPhysAddress,
+      lengthBytes: region.lengthBytes,
+      hostAddress: region.hostAddress,
+    }));
+  }
+
+  /** KVM_SET_TSS_ADDR: three pages below 4 GiB that Intel VMX uses for real-mode emulation. */
+  setTssAddress(address: number): void {
+    this.ioctlInt('KVM_SET_TSS_ADDR', address);
+  }
+
+  /** KVM_SET_IDENTITY_MAP_ADDR: one page below 4 GiB for VMX's identity page table. */
+  setIdentityMapAddress(address: number): void {
+    const bytes = new Uint8Array(8);
+    new DataView(bytes.buffer).setBigUint64(0, BigInt(address), true);
+    this.ioctlBytes('KVM_SET_IDENTITY_MAP_ADDR', bytes);
+  }
+
+  /** KVM_CREATE_IRQCHIP: in-kernel PIC pair, IOAPIC and a LAPIC per vCPU. Before any vCPU. */
+  createIrqchip(): void {
+    this.ioctlInt('KVM_CREATE_IRQCHIP', 0);
+  }
+
+  /** KVM_CREATE_PIT2: the in-kernel 8254 timer on IRQ0. */
+  createPit2(flags: number): void {
+    this.ioctlBytes('KVM_CREATE_PIT2', encodePitConfig(flags));
+  }
+
+  /** KVM_IRQ_LINE: set an interrupt line (GSI) high or low. */
+  irqLine(irq: number, level: 0 | 1): void {
+    this.ioctlBytes('KVM_IRQ_LINE', encodeIrqLevel(irq, level));
+  }
+
+  getIrqchip(): IrqchipState {
+    const read = (chipId: number): Uint8Array => {
+      const bytes = irqchipBuffer(chipId);
+      this.ioctlBytes('KVM_GET_IRQCHIP', bytes);
+      return bytes;
+    };
+    return { picMaster: read(KVM_IRQCHIP_PIC_MASTER), picSlave: read(KVM_IRQCHIP_PIC_SLAVE), ioapic: read(KVM_IRQCHIP_IOAPIC) };
+  }
+
+  setIrqchip(state: IrqchipState): void {
+    for (const bytes of [state.picMaster, state.picSlave, state.ioapic]) this.ioctlBytes('KVM_SET_IRQCHIP', checkSize(bytes, KVM_SIZE.kvm_irqchip, 'kvm_irqchip'));
+  }
+
+  /** KVM_GET_PIT2: struct kvm_pit_state2. */
+  getPit2(): Uint8Array {
+    const bytes = new Uint8Array(KVM_SIZE.kvm_pit_state2);
+    this.ioctlBytes('KVM_GET_PIT2', bytes);
+    return bytes;
+  }
+
+  setPit2(bytes: Uint8Array): void {
+    this.ioctlBytes('KVM_SET_PIT2', checkSize(bytes, KVM_SIZE.kvm_pit_state2, 'kvm_pit_state2'));
+  }
+
+  /** KVM_GET_CLOCK: struct kvm_clock_data (the kvmclock's nanoseconds and flags). */
+  getClock(): Uint8Array {
+    const bytes = new Uint8Array(KVM_SIZE.kvm_clock_data);
+    this.ioctlBytes('KVM_GET_CLOCK', bytes);
+    return bytes;
+  }
+
+  /** KVM_SET_CLOCK, with the flags cleared so the clock resumes at the saved value. */
+  setClock(bytes: Uint8Array): void {
+    this.ioctlBytes('KVM_SET_CLOCK', clockFlagsCleared(checkSize(bytes, KVM_SIZE.kvm_clock_data, 'kvm_clock_data')));
+  }
+
+  /** KVM_CREATE_VCPU, and its kvm_run mapping in this thread. */
+  createVcpu(id: number): KvmVcpu {
+    const vcpuFd = this.ioctlInt('KVM_CREATE_VCPU', id);
+    const vcpu = KvmVcpu.adopt(vcpuFd, id, this.system.vcpuMmapSize());
+    this.vcpus.push(vcpu);
+    return vcpu;
+  }
+
+  /** Close the vCPUs made here, then the VM (the kernel frees it when the last fd closes). */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    for (const vcpu of this.vcpus) vcpu.close();
+    native.close(this.fd);
+  }
+
+  private ioctlInt(name: KvmIoctlName, arg: number): number {
+    if (this.closed) throw new VmError('KvmVm is closed');
+    return wrapNative(() => kvmNative.kvmIoctl(this.fd, KVM[name], arg, name));
+  }
+
+  private ioctlBytes(name: KvmIoctlName, bytes: Uint8Array): number {
+    if (this.closed) throw new VmError('KvmVm is closed');
+    return wrapNative(() => kvmNative.kvmIoctlBytes(this.fd, KVM[name], bytes, name));
+  }
+}
+
+export function checkSize(bytes: Uint8Array, size: number, name: string): Uint8Array {
+  if (bytes.byteLength !== size) throw new VmError(`${name} must be ${size} bytes, got ${bytes.byteLength}`);
+  return bytes;
+}
