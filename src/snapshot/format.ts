@@ -137,8 +137,11 @@ export interface SnapshotRegionSpec {
   readonly imageOffset: number;
   /** A non-zero multiple of the page size. */
   readonly lengthBytes: number;
-  /** Guest physical address of the region's first byte; informational. Default: imageOffset. */
-  readonly guestPhysAddress?: bigint | number;
+  /**
+   * Guest physical address of the region's first byte; informational (the VMM maps regions back by
+   * it). Default: imageOffset. A number, like the VMM's GuestPhysAddress; a bigint is accepted too.
+   */
+  readonly guestPhysAddress?: number | bigint;
   /** At most 32 bytes of UTF-8, no NUL. */
   readonly name?: string;
 }
@@ -147,7 +150,8 @@ export interface SnapshotRegionSpec {
 export interface SnapshotRegion {
   readonly imageOffset: number;
   readonly lengthBytes: number;
-  readonly guestPhysAddress: bigint;
+  /** A u64 on disk; every x86-64 guest physical address fits a double exactly. */
+  readonly guestPhysAddress: number;
   /** '' when the region has no name. */
   readonly name: string;
   /** Index of the region's first page in the page table. */
@@ -224,13 +228,14 @@ export function planSnapshot(options: {
   let pageCount = 0;
   for (const spec of specs) {
     const lengthBytes = spec.lengthBytes;
-    if (typeof spec.guestPhysAddress === 'number' && !Number.isSafeInteger(spec.guestPhysAddress)) {
-      throw new SnapshotFormatError('region table', `guest physical address ${spec.guestPhysAddress} is not an exact integer (pass a bigint)`);
+    const guestPhysAddress = Number(spec.guestPhysAddress ?? spec.imageOffset);
+    if (!Number.isSafeInteger(guestPhysAddress) || BigInt(guestPhysAddress) !== BigInt(spec.guestPhysAddress ?? spec.imageOffset)) {
+      throw new SnapshotFormatError('region table', `guest physical address ${spec.guestPhysAddress} is not an integer below 2^53`);
     }
     const region: SnapshotRegion = {
       imageOffset: spec.imageOffset,
       lengthBytes,
-      guestPhysAddress: BigInt(spec.guestPhysAddress ?? spec.imageOffset),
+      guestPhysAddress,
       name: spec.name ?? '',
       firstPageIndex: pageCount,
       pageCount: Number.isSafeInteger(lengthBytes) && lengthBytes > 0 ? Math.floor(lengthBytes / pageSize) : 0,
@@ -271,8 +276,8 @@ export function validateRegions(
     if (!Number.isSafeInteger(lengthBytes) || lengthBytes <= 0 || lengthBytes % pageSize !== 0) {
       fail(`${label} is ${lengthBytes} bytes long, not a non-zero multiple of the ${pageSize}-byte page size`);
     }
-    if (region.guestPhysAddress < 0n || region.guestPhysAddress >= 1n << 64n || region.guestPhysAddress % BigInt(pageSize) !== 0n) {
-      fail(`${label} has guest physical address 0x${region.guestPhysAddress.toString(16)}, not a page-aligned u64`);
+    if (!Number.isSafeInteger(region.guestPhysAddress) || region.guestPhysAddress < 0 || region.guestPhysAddress % pageSize !== 0) {
+      fail(`${label} has guest physical address 0x${region.guestPhysAddress.toString(16)}, not page-aligned`);
     }
     if (imageOffset < previousEnd) {
       fail(`${label} at image offset 0x${imageOffset.toString(16)} overlaps the region before it (which ends at 0x${previousEnd.toString(16)})`);
@@ -442,7 +447,7 @@ export function encodeRegionTable(regions: readonly SnapshotRegion[]): Uint8Arra
     const base = index * REGION_ENTRY_BYTES;
     setU64(view, base, region.imageOffset);
     setU64(view, base + 8, region.lengthBytes);
-    view.setBigUint64(base + 16, region.guestPhysAddress, true);
+    setU64(view, base + 16, region.guestPhysAddress);
     setU64(view, base + 24, region.firstPageIndex);
     Buffer.from(bytes.buffer, bytes.byteOffset + base + 32, REGION_NAME_MAX_BYTES).write(region.name, 'utf8');
   });
@@ -462,7 +467,7 @@ export function decodeRegionTable(bytes: Uint8Array, header: SnapshotHeader): Sn
     regions.push({
       imageOffset: getU64(view, base, 'region offset', 'region table'),
       lengthBytes,
-      guestPhysAddress: view.getBigUint64(base + 16, true),
+      guestPhysAddress: getU64(view, base + 16, 'region guest physical address', 'region table'),
       firstPageIndex: getU64(view, base + 24, 'region first page', 'region table'),
       name: Buffer.from(nameEnd === -1 ? nameField : nameField.subarray(0, nameEnd)).toString('utf8'),
       pageCount: lengthBytes / header.pageSize,

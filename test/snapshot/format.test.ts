@@ -132,8 +132,8 @@ describe('snapshot region and page tables', () => {
   test('regions survive encoding and decoding, names and 64-bit guest addresses included', () => {
     const regions = decodeRegionTable(regionBytes, header);
     assert.deepEqual(regions, plan.regions);
-    assert.equal(regions[1]!.guestPhysAddress, 0x1_0000_0000n);
-    assert.equal(regions[0]!.guestPhysAddress, 0n, 'the guest address defaults to the image offset');
+    assert.equal(regions[1]!.guestPhysAddress, 0x1_0000_0000);
+    assert.equal(regions[0]!.guestPhysAddress, 0, 'the guest address defaults to the image offset');
     assert.deepEqual(regions.map((region) => region.name), ['low', 'high']);
   });
 
@@ -192,6 +192,7 @@ describe('snapshot regions a writer asks for', () => {
     refuse(/4097 bytes long/, { regions: [{ imageOffset: 0, lengthBytes: PAGE + 1 }] });
     refuse(/0 bytes long/, { regions: [{ imageOffset: 0, lengthBytes: 0 }] });
     refuse(/guest physical address 0x1001/, { regions: [{ imageOffset: 0, lengthBytes: PAGE, guestPhysAddress: 0x1001 }] });
+    refuse(/guest physical address .* below 2\^53/, { regions: [{ imageOffset: 0, lengthBytes: PAGE, guestPhysAddress: 1n << 60n }] });
     refuse(/not a multiple of the 16384-byte page size/, { pageSize: 16384, regions: [{ imageOffset: PAGE, lengthBytes: 16384 }] });
   });
 

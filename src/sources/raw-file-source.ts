@@ -1,0 +1,64 @@
+import { open, type FileHandle } from 'node:fs/promises';
+import { SourceReadError, checkReadRange, type PageSource } from './page-source.js';
+
+/**
+ * A raw memory file: the image byte for byte, as Firecracker writes guest memory. No checksums
+ * and no zero-page table, so isZero is absent ("unknown") and every page is read.
+ */
+export class RawFileSource implements PageSource {
+  readonly description: string;
+  private closed = false;
+
+  private constructor(
+    readonly path: string,
+    private readonly file: FileHandle,
+    readonly sizeBytes: number,
+    /** Where the image starts in the file. */
+    readonly fileOffset: number,
+  ) {
+    this.description = `raw file ${path}`;
+  }
+
+  /**
+   * Open a raw image. sizeBytes defaults to the file's length past fileOffset; a file too short for
+   * the size asked is refused here rather than read as zeros later.
+   */
+  static async open(path: string, options: { sizeBytes?: number; fileOffset?: number } = {}): Promise<RawFileSource> {
+    const file = await open(path, 'r');
+    try {
+      const fileOffset = options.fileOffset ?? 0;
+      const { size } = await file.stat();
+      const available = Math.max(0, size - fileOffset);
+      const sizeBytes = options.sizeBytes ?? available;
+      if (sizeBytes > available) {
+        throw new SourceReadError(0, sizeBytes, `raw file ${path} holds ${available} bytes past offset ${fileOffset}`);
+      }
+      return new RawFileSource(path, file, sizeBytes, fileOffset);
+    } catch (error) {
+      await file.close();
+      throw error;
+    }
+  }
+
+  async read(offset: number, length: number, target: Uint8Array): Promise<void> {
+    checkReadRange(this, offset, length);
+    if (target.length < length) throw new SourceReadError(offset, length, `target holds only ${target.length} bytes`);
+    let done = 0;
+    try {
+      while (done < length) {
+        const { bytesRead } = await this.file.read(target, done, length - done, this.fileOffset + offset + done);
+        // The length was checked at open: EOF now means the file shrank underneath us.
+        if (bytesRead === 0) throw new Error(`end of file after ${done} bytes (the file shrank)`);
+        done += bytesRead;
+      }
+    } catch (error) {
+      throw new SourceReadError(offset, length, `${this.description}: ${(error as Error).message}`, { cause: error });
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.file.close();
+  }
+}

@@ -1,0 +1,42 @@
+import { SnapshotError } from '../snapshot/errors.js';
+import { SnapshotFile } from '../snapshot/reader.js';
+import { SourceReadError, checkReadRange, type PageSource } from './page-source.js';
+
+/**
+ * Pages from a snapshot file. Zero pages and gaps between regions are filled without reading (and
+ * isZero lets the pager map the zero page instead); a run of stored pages is one read; every stored
+ * page is checked against its CRC before read() resolves, so a corrupt page never reaches the pager.
+ */
+export class SnapshotSource implements PageSource {
+  readonly sizeBytes: number;
+  readonly description: string;
+
+  constructor(readonly snapshot: SnapshotFile) {
+    this.sizeBytes = snapshot.imageSizeBytes;
+    this.description = `snapshot ${snapshot.path}`;
+  }
+
+  /** Open and check the file (SnapshotFile.open's errors: truncation and damaged tables are refused here). */
+  static async open(path: string): Promise<SnapshotSource> {
+    return new SnapshotSource(await SnapshotFile.open(path));
+  }
+
+  /** Rejects with SourceReadError; its cause is the SnapshotCorruptError naming the page, or the I/O error. */
+  async read(offset: number, length: number, target: Uint8Array): Promise<void> {
+    checkReadRange(this, offset, length);
+    try {
+      await this.snapshot.readPages(offset, length, target);
+    } catch (error) {
+      const reason = error instanceof SnapshotError ? error.message : `${(error as Error).message ?? error}`;
+      throw new SourceReadError(offset, length, `${this.description}: ${reason}`, { cause: error });
+    }
+  }
+
+  isZero(offset: number, length: number): boolean {
+    return this.snapshot.isZero(offset, length);
+  }
+
+  close(): Promise<void> {
+    return this.snapshot.close();
+  }
+}
