@@ -50,7 +50,7 @@
 //   140  u8[112] reserved (0)
 //   252  u32   header CRC32 of bytes [0, 252)
 //
-// CRC32 is zlib's (IEEE 802.3), as computed by node:zlib crc32().
+// CRC32 is zlib's (IEEE 802.3), as computed by node:zlib crc32() (Node 20.15 and later).
 import { crc32 } from 'node:zlib';
 import {
   SnapshotCorruptError,
