@@ -797,13 +797,30 @@ idt_init:
     lidt [idt_desc]
     ret
 
+; Interrupt handlers return with IRET_EMULATED, not `iret`: under PVM an
+; unenlightened guest runs in KVM's x86 instruction emulator, whose em_iret
+; handles real-mode IRET only (protected mode gives KVM_EXIT_INTERNAL_ERROR,
+; emulation failure). The macro does a same-privilege interrupt return by
+; hand: the frame [eip, cs, eflags] becomes [eflags, eip], then `popfd; ret`.
+; An interrupt arriving between popfd and ret nests cleanly below it.
+%macro IRET_EMULATED 0
+    push eax
+    mov eax, [esp + 4]                  ; eip
+    xchg eax, [esp + 12]                ; eflags slot <- eip, eax <- eflags
+    mov [esp + 8], eax                  ; cs slot <- eflags
+    pop eax
+    add esp, 4                          ; drop the old eip slot
+    popfd
+    ret
+%endmacro
+
 timer_irq:
     push eax
     inc dword [ticks]
     mov al, 0x20
     out 0x20, al                        ; EOI to the master PIC (in-kernel: no exit)
     pop eax
-    iret
+    IRET_EMULATED
 
 ignore_irq:
     push eax
@@ -811,7 +828,7 @@ ignore_irq:
     out 0xa0, al
     out 0x20, al
     pop eax
-    iret
+    IRET_EMULATED
 
 %macro EXC 1
 exc_%1:

@@ -110,6 +110,11 @@ export class KvmVm {
     return vcpu;
   }
 
+  /** The vCPUs made by createVcpu, in creation order. */
+  get createdVcpus(): readonly KvmVcpu[] {
+    return this.vcpus;
+  }
+
   /** Close the vCPUs made here, then the VM (the kernel frees it when the last fd closes). */
   close(): void {
     if (this.closed) return;

@@ -1,0 +1,193 @@
+// A 16550A-compatible UART (COM1 at 0x3f8, IRQ 4), as much of it as a console
+// needs: transmit is instant (THR is always empty, so the guest never waits),
+// receive has a 16-byte FIFO fed by enqueueInput, interrupts for received
+// data and THR empty follow IER, and loopback works. Pure: output and the
+// interrupt line go to callbacks; saveState/restoreState give a JSON-able state.
+//
+// Registers (offset from the base port; DLAB = LCR bit 7):
+//   0  RBR (read) | THR (write) | DLL when DLAB    4  MCR
+//   1  IER | DLM when DLAB                          5  LSR (read)
+//   2  IIR (read) | FCR (write)                     6  MSR (read)
+//   3  LCR                                          7  SCR
+import type { PortIoDevice } from '../port-io.js';
+
+export const COM1_PORT = 0x3f8;
+export const COM1_IRQ = 4;
+
+const IER_RX_AVAILABLE = 0x01;
+const IER_THR_EMPTY = 0x02;
+const IIR_NONE = 0x01;
+const IIR_THR_EMPTY = 0x02;
+const IIR_RX_AVAILABLE = 0x04;
+const IIR_FIFO_ENABLED = 0xc0;
+const LCR_DLAB = 0x80;
+const LSR_DATA_READY = 0x01;
+const LSR_OVERRUN = 0x02;
+const LSR_THR_EMPTY = 0x20;
+const LSR_TX_EMPTY = 0x40;
+const MCR_OUT2 = 0x08;
+const MCR_LOOP = 0x10;
+const FCR_ENABLE = 0x01;
+const FCR_CLEAR_RX = 0x02;
+const MSR_DCD_DSR_CTS = 0xb0;
+const RX_FIFO_BYTES = 16;
+
+/** Everything the UART holds, JSON-able (the snapshot's `uart` field). */
+export interface UartState {
+  dll: number;
+  dlm: number;
+  ier: number;
+  lcr: number;
+  mcr: number;
+  fcr: number;
+  scr: number;
+  lsrErrors: number;
+  /** A THR-empty interrupt is pending (raised by a write, cleared by reading IIR or writing THR). */
+  thrEmptyPending: boolean;
+  /** Bytes in the receive FIFO, then the bytes queued behind it. */
+  rx: number[];
+}
+
+export interface UartCallbacks {
+  /** Bytes the guest transmitted. */
+  output(bytes: Uint8Array): void;
+  /** The level of the UART's interrupt line changed. */
+  interrupt?(level: boolean): void;
+}
+
+export class Uart16550 implements PortIoDevice {
+  private s: UartState = { dll: 1, dlm: 0, ier: 0, lcr: 0x03, mcr: MCR_OUT2, fcr: 0, scr: 0, lsrErrors: 0, thrEmptyPending: false, rx: [] };
+  /** Input beyond the FIFO waits here (a terminal can paste faster than the guest reads). */
+  private readonly backlog: number[] = [];
+  private irqLevel = false;
+
+  constructor(private readonly callbacks: UartCallbacks) {}
+
+  /** Queue bytes for the guest to receive. */
+  enqueueInput(bytes: Uint8Array): void {
+    for (const b of bytes) this.backlog.push(b);
+    this.refill();
+    this.updateInterrupt();
+  }
+
+  read(offset: number): number {
+    const s = this.s;
+    switch (offset) {
+      case 0: {
+        if (s.lcr & LCR_DLAB) return s.dll;
+        const byte = s.rx.shift() ?? 0;
+        this.refill();
+        this.updateInterrupt();
+        return byte;
+      }
+      case 1:
+        return s.lcr & LCR_DLAB ? s.dlm : s.ier;
+      case 2: {
+        const iir = this.currentIir();
+        if (iir === IIR_THR_EMPTY) s.thrEmptyPending = false; // reading IIR acknowledges THR empty
+        this.updateInterrupt();
+        return iir | (s.fcr & FCR_ENABLE ? IIR_FIFO_ENABLED : 0);
+      }
+      case 3:
+        return s.lcr;
+      case 4:
+        return s.mcr;
+      case 5: {
+        const lsr = LSR_THR_EMPTY | LSR_TX_EMPTY | (s.rx.length > 0 ? LSR_DATA_READY : 0) | s.lsrErrors;
+        s.lsrErrors = 0;
+        return lsr;
+      }
+      case 6:
+        // Loopback wires MCR's outputs back to the modem status inputs; otherwise a cable is "present".
+        return s.mcr & MCR_LOOP ? ((s.mcr & 0x0f) << 4) : MSR_DCD_DSR_CTS;
+      case 7:
+        return s.scr;
+      default:
+        return 0xff;
+    }
+  }
+
+  write(offset: number, _size: number, value: number): void {
+    const s = this.s;
+    const v = value & 0xff;
+    switch (offset) {
+      case 0:
+        if (s.lcr & LCR_DLAB) {
+          s.dll = v;
+          return;
+        }
+        if (s.mcr & MCR_LOOP) {
+          this.receive(v);
+        } else {
+          this.callbacks.output(Uint8Array.of(v));
+        }
+        s.thrEmptyPending = true; // the byte left at once: THR is empty again
+        break;
+      case 1:
+        if (s.lcr & LCR_DLAB) {
+          s.dlm = v;
+          return;
+        }
+        // Enabling THR-empty interrupts with THR empty raises one at once.
+        if (!(s.ier & IER_THR_EMPTY) && v & IER_THR_EMPTY) s.thrEmptyPending = true;
+        s.ier = v & 0x0f;
+        break;
+      case 2:
+        s.fcr = v & 0xc1;
+        if (v & FCR_CLEAR_RX) s.rx.length = 0;
+        break;
+      case 3:
+        s.lcr = v;
+        return;
+      case 4:
+        s.mcr = v & 0x1f;
+        break;
+      case 7:
+        s.scr = v;
+        return;
+      default:
+        return;
+    }
+    this.updateInterrupt();
+  }
+
+  saveState(): UartState {
+    return { ...this.s, rx: [...this.s.rx, ...this.backlog] };
+  }
+
+  restoreState(state: UartState): void {
+    const rx = state.rx.slice();
+    this.s = { ...state, rx: rx.splice(0, RX_FIFO_BYTES) };
+    this.backlog.length = 0;
+    this.backlog.push(...rx);
+    this.irqLevel = false;
+    this.updateInterrupt();
+  }
+
+  private receive(byte: number): void {
+    if (this.s.rx.length >= RX_FIFO_BYTES) {
+      this.s.lsrErrors |= LSR_OVERRUN;
+      return;
+    }
+    this.s.rx.push(byte);
+  }
+
+  private refill(): void {
+    while (this.s.rx.length < RX_FIFO_BYTES && this.backlog.length > 0) this.s.rx.push(this.backlog.shift()!);
+  }
+
+  private currentIir(): number {
+    const s = this.s;
+    if (s.ier & IER_RX_AVAILABLE && s.rx.length > 0) return IIR_RX_AVAILABLE;
+    if (s.ier & IER_THR_EMPTY && s.thrEmptyPending) return IIR_THR_EMPTY;
+    return IIR_NONE;
+  }
+
+  private updateInterrupt(): void {
+    // On a PC the UART's IRQ reaches the PIC only through the OUT2 gate.
+    const level = this.currentIir() !== IIR_NONE && (this.s.mcr & MCR_OUT2) !== 0;
+    if (level === this.irqLevel) return;
+    this.irqLevel = level;
+    this.callbacks.interrupt?.(level);
+  }
+}

@@ -1,0 +1,57 @@
+// Messages between the VMM (main thread) and a vCPU worker. The worker runs
+// KVM_RUN synchronously and never returns to its event loop while the VM
+// lives, so commands reach it by receiveMessageOnPort after a doorbell: the
+// VMM posts the command, bumps the doorbell word (waking a paused worker from
+// Atomics.wait) and, if the vCPU is in the guest, sets kvm_run.immediate_exit
+// and sends the kick signal so KVM_RUN returns -EINTR.
+import type { MessagePort } from 'node:worker_threads';
+import type { UartState } from './devices/serial/uart16550.js';
+import type { KvmRegs, KvmSregs } from './kvm/ioctls/structs.js';
+import type { VcpuState } from './kvm/kvm-vcpu.js';
+import type { VcpuRunState } from './vcpu-state-machine.js';
+
+export interface VcpuWorkerData {
+  vcpuFd: number;
+  vcpuId: number;
+  mmapSize: number;
+  /** Int32Array[1] over it: the doorbell counter. */
+  doorbell: SharedArrayBuffer;
+  kickSignal: number;
+  /** vCPU 0's worker owns the port I/O devices (COM1, the done port). */
+  ownsDevices: boolean;
+  port: MessagePort;
+}
+
+export type VcpuCommand =
+  | { type: 'resume'; seq: number }
+  | { type: 'pause'; seq: number }
+  | { type: 'save-state'; seq: number; msrIndices: number[]; xsaveBytes: number }
+  | { type: 'restore-state'; seq: number; vcpu: VcpuState; uart?: UartState }
+  | { type: 'set-boot-state'; seq: number; regs: KvmRegs; sregs: KvmSregs; cpuid: VcpuState['cpuid'] }
+  | { type: 'input'; seq: number; bytes: Uint8Array }
+  | { type: 'stop'; seq: number };
+
+/** A command before the handle numbers it. */
+export type VcpuCommandBody = VcpuCommand extends infer C ? (C extends VcpuCommand ? Omit<C, 'seq'> : never) : never;
+
+/** Why a vCPU left the guest for good. */
+export type GuestExitReason =
+  | { type: 'done'; status: number }
+  | { type: 'shutdown' }
+  | { type: 'stopped' }
+  | { type: 'failed'; exit: string };
+
+export interface VcpuCounters {
+  exits: number;
+  ioExits: number;
+  kicks: number;
+}
+
+export type VcpuEvent =
+  | { type: 'ready'; tid: number }
+  | { type: 'reply'; seq: number; ok: true; value?: unknown }
+  | { type: 'reply'; seq: number; ok: false; error: { name: string; code?: string; message: string } }
+  | { type: 'state'; state: VcpuRunState; counters: VcpuCounters }
+  | { type: 'output'; bytes: Uint8Array }
+  | { type: 'irq'; irq: number; level: 0 | 1 }
+  | { type: 'exited'; reason: GuestExitReason; counters: VcpuCounters };

@@ -1,0 +1,172 @@
+// One vCPU thread. It adopts the vCPU fd the VMM created, then loops:
+// handle commands, and while running, KVM_RUN and decode/handle each exit.
+// KVM_RUN blocks this thread (not the VMM's event loop) for as long as the
+// guest runs without an exit to userspace; the in-kernel irqchip and PIT
+// handle timer interrupts and HLT without one.
+import { parentPort, receiveMessageOnPort, workerData } from 'node:worker_threads';
+import { kvmNative } from '../native-kvm.js';
+import { native } from '../native.js';
+import { DebugExit, DEBUG_EXIT_PORT } from './devices/debug-exit/debug-exit.js';
+import { PortIoBus } from './devices/port-io.js';
+import { COM1_IRQ, COM1_PORT, Uart16550 } from './devices/serial/uart16550.js';
+import { describeExit } from './kvm/exits.js';
+import { KvmVcpu } from './kvm/kvm-vcpu.js';
+import type { GuestExitReason, VcpuCommand, VcpuCounters, VcpuEvent, VcpuWorkerData } from './vcpu-protocol.js';
+import { nextVcpuState, type VcpuRunState } from './vcpu-state-machine.js';
+
+const data = workerData as VcpuWorkerData;
+const port = data.port;
+const doorbell = new Int32Array(data.doorbell);
+const vcpu = KvmVcpu.adopt(data.vcpuFd, data.vcpuId, data.mmapSize);
+const counters: VcpuCounters = { exits: 0, ioExits: 0, kicks: 0 };
+let state = 'paused' as VcpuRunState;
+let exitReason: GuestExitReason | undefined;
+let pendingOutput: Uint8Array[] = [];
+
+const post = (event: VcpuEvent, transfer: ArrayBuffer[] = []): void => parentPort!.postMessage(event, transfer);
+
+const bus = new PortIoBus();
+let uart: Uart16550 | undefined;
+if (data.ownsDevices) {
+  uart = new Uart16550({
+    output: (bytes) => pendingOutput.push(bytes),
+    // The VMM raises the line on the VM fd (KVM_IRQ_LINE); any thread may.
+    interrupt: (level) => post({ type: 'irq', irq: COM1_IRQ, level: level ? 1 : 0 }),
+  });
+  bus.register(COM1_PORT, 8, uart);
+  bus.register(DEBUG_EXIT_PORT, 1, new DebugExit((status) => guestExit({ type: 'done', status })));
+}
+
+function guestExit(reason: GuestExitReason): void {
+  exitReason ??= reason;
+  state = nextVcpuState(state, 'guest-exit');
+}
+
+function flushOutput(): void {
+  if (pendingOutput.length === 0) return;
+  const total = pendingOutput.reduce((n, b) => n + b.byteLength, 0);
+  const bytes = new Uint8Array(total);
+  let at = 0;
+  for (const b of pendingOutput) {
+    bytes.set(b, at);
+    at += b.byteLength;
+  }
+  pendingOutput = [];
+  post({ type: 'output', bytes }, [bytes.buffer]);
+}
+
+function handle(command: VcpuCommand): void {
+  try {
+    const before = state;
+    switch (command.type) {
+      case 'resume':
+      case 'pause':
+      case 'stop':
+        state = nextVcpuState(state, command.type);
+        if (command.type === 'stop') exitReason ??= { type: 'stopped' };
+        break;
+      case 'save-state': {
+        nextVcpuState(state, 'save-state');
+        const saved = vcpu.saveState(command.msrIndices, command.xsaveBytes);
+        post({ type: 'reply', seq: command.seq, ok: true, value: { vcpu: saved, uart: uart?.saveState() } });
+        return;
+      }
+      case 'restore-state':
+        nextVcpuState(state, 'restore-state');
+        vcpu.restoreState(command.vcpu);
+        if (command.uart && uart) uart.restoreState(command.uart);
+        break;
+      case 'set-boot-state':
+        nextVcpuState(state, 'restore-state');
+        vcpu.setCpuid(command.cpuid);
+        vcpu.setSregs(command.sregs);
+        vcpu.setRegs(command.regs);
+        break;
+      case 'input':
+        nextVcpuState(state, 'input');
+        uart?.enqueueInput(command.bytes);
+        break;
+      default: {
+        const never: never = command;
+        throw new Error(`unknown command ${JSON.stringify(never)}`);
+      }
+    }
+    post({ type: 'reply', seq: command.seq, ok: true });
+    if (state !== before) post({ type: 'state', state, counters: { ...counters } });
+  } catch (error) {
+    const e = error as Error & { code?: string };
+    post({ type: 'reply', seq: command.seq, ok: false, error: { name: e.name, code: e.code, message: e.message } });
+  }
+}
+
+function drainCommands(): void {
+  for (let m = receiveMessageOnPort(port); m; m = receiveMessageOnPort(port)) handle(m.message as VcpuCommand);
+}
+
+function runUntilKickOrExit(): void {
+  while (state === 'running') {
+    const result = vcpu.runOnce();
+    if (result.type === 'kicked') {
+      counters.kicks++;
+      vcpu.setImmediateExit(false);
+      return;
+    }
+    counters.exits++;
+    const exit = result.exit;
+    switch (exit.type) {
+      case 'io':
+        counters.ioExits++;
+        bus.handle(exit);
+        break;
+      case 'shutdown':
+        // A triple fault: the guest's CPU reset. Our guests never mean it.
+        guestExit({ type: 'shutdown' });
+        break;
+      case 'hlt':
+        // Only reached without an in-kernel LAPIC; ours has one, so HLT sleeps in the kernel.
+        guestExit({ type: 'failed', exit: 'hlt exit to userspace (no in-kernel irqchip?)' });
+        break;
+      case 'intr':
+        break;
+      case 'mmio':
+        // No MMIO devices: reads see all ones, writes vanish (as on an empty bus).
+        if (!exit.isWrite) exit.data.fill(0xff);
+        break;
+      case 'fail-entry':
+      case 'internal-error':
+      case 'system-event':
+      case 'debug':
+      case 'exception':
+      case 'unknown':
+        guestExit({ type: 'failed', exit: describeExit(exit) });
+        break;
+      default: {
+        const never: never = exit;
+        throw new Error(`unhandled exit ${String(never)}`);
+      }
+    }
+    flushOutput();
+  }
+}
+
+kvmNative.kvmPrepareKick(data.kickSignal);
+post({ type: 'ready', tid: native.gettid() });
+let seen = Atomics.load(doorbell, 0);
+for (;;) {
+  drainCommands();
+  if (state === 'exited') break;
+  if (state === 'paused') {
+    Atomics.wait(doorbell, 0, seen);
+    seen = Atomics.load(doorbell, 0);
+    continue;
+  }
+  try {
+    runUntilKickOrExit();
+  } catch (error) {
+    guestExit({ type: 'failed', exit: (error as Error).message });
+  }
+}
+flushOutput();
+post({ type: 'exited', reason: exitReason ?? { type: 'stopped' }, counters: { ...counters } });
+vcpu.close(false);
+port.close();

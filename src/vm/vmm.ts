@@ -1,0 +1,360 @@
+// The VMM: builds a VM (KVM objects, guest RAM, in-kernel irqchip and PIT),
+// boots a multiboot guest or restores a snapshot, and runs one worker thread
+// per vCPU. The VM's own state (paused, running, exited) is derived from its
+// vCPUs'; every request goes through the vCPU state machine in the workers.
+import { readFileSync } from 'node:fs';
+import { MessageChannel, Worker } from 'node:worker_threads';
+import { kvmNative } from '../native-kvm.js';
+import { parseMultibootImage, loadMultiboot, multibootEntryState } from './boot/multiboot.js';
+import { BUILTIN_GUEST_PATH } from './boot/builtin-guest.js';
+import type { UartState } from './devices/serial/uart16550.js';
+import { GuestImageNotFoundError, InvalidStateTransitionError, VmError } from './errors.js';
+import { KVM_PIT_SPEAKER_DUMMY, KVM_SIZE, KVM_TSS_ADDRESS, KVM_IDENTITY_MAP_ADDRESS, type KvmCapName } from './kvm/ioctls/constants.js';
+import type { CpuidEntry } from './kvm/ioctls/structs.js';
+import { KvmSystem } from './kvm/kvm-system.js';
+import type { KvmVcpu, VcpuState } from './kvm/kvm-vcpu.js';
+import type { KvmVm } from './kvm/kvm-vm.js';
+import { GuestMemory, type GuestMemoryBacking } from './memory/guest-memory.js';
+import { VmSnapshotFile, writeVmSnapshot, type SnapshotWriteResult } from './persist/snapshot-file.js';
+import type { MachineConfig, VmSavedState } from './persist/vm-state.js';
+import type { GuestExitReason, VcpuCommandBody, VcpuCounters, VcpuEvent, VcpuWorkerData } from './vcpu-protocol.js';
+import type { VcpuRunState } from './vcpu-state-machine.js';
+
+export type VmRunState = 'paused' | 'running' | 'exited';
+
+export interface VmConfig {
+  /** A multiboot v1 image path, or 'builtin' for the micro guest. */
+  image: string;
+  memoryBytes: number;
+  vcpuCount?: number;
+  cmdline?: string;
+  backing?: GuestMemoryBacking;
+  /** Where the guest's COM1 output goes (default: discarded). */
+  console?: (bytes: Uint8Array) => void;
+}
+
+export interface RestoreOptions {
+  console?: (bytes: Uint8Array) => void;
+  backing?: GuestMemoryBacking;
+  /**
+   * Fill guest memory before the vCPUs run. The default copies the snapshot's
+   * memory in (eager restore); a lazy restore registers the memory with
+   * userfaultfd here instead and returns a stop function.
+   */
+  loadMemory?: (memory: GuestMemory, snapshot: VmSnapshotFile) => Promise<(() => Promise<void>) | void> | (() => Promise<void>) | void;
+}
+
+export interface VmStatus {
+  state: VmRunState;
+  memoryBytes: number;
+  vcpus: { id: number; state: VcpuRunState; counters: VcpuCounters }[];
+  exitReason: GuestExitReason | undefined;
+}
+
+/** What the VMM needs from KVM; checked up front so a missing one is named. */
+const REQUIRED_CAPS: KvmCapName[] = ['KVM_CAP_IRQCHIP', 'KVM_CAP_PIT2', 'KVM_CAP_USER_MEMORY', 'KVM_CAP_IMMEDIATE_EXIT', 'KVM_CAP_XSAVE', 'KVM_CAP_XCRS', 'KVM_CAP_VCPU_EVENTS', 'KVM_CAP_DEBUGREGS'];
+
+const KICK_SIGNAL = kvmNative.kvmConstants.SIGRTMIN + 2;
+
+/** One vCPU's worker, as the main thread sees it. */
+class VcpuHandle {
+  state: VcpuRunState = 'paused';
+  counters: VcpuCounters = { exits: 0, ioExits: 0, kicks: 0 };
+  private tid = 0;
+  private seq = 0;
+  private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
+  readonly exited: Promise<GuestExitReason>;
+  readonly ready: Promise<void>;
+
+  constructor(
+    readonly vcpu: KvmVcpu,
+    private readonly worker: Worker,
+    private readonly port: MessagePort,
+    private readonly doorbell: Int32Array,
+    onEvent: (event: VcpuEvent) => void,
+  ) {
+    let resolveReady!: () => void;
+    this.ready = new Promise((r) => (resolveReady = r));
+    this.exited = new Promise((resolveExit) => {
+      worker.on('message', (event: VcpuEvent) => {
+        switch (event.type) {
+          case 'ready':
+            this.tid = event.tid;
+            resolveReady();
+            break;
+          case 'reply': {
+            const p = this.pending.get(event.seq);
+            this.pending.delete(event.seq);
+            if (!p) break;
+            if (event.ok) p.resolve(event.value);
+            else p.reject(Object.assign(new VmError(`vCPU ${vcpu.id}: ${event.error.message}`), { vcpuCode: event.error.code }));
+            break;
+          }
+          case 'state':
+            this.state = event.state;
+            this.counters = event.counters;
+            break;
+          case 'exited':
+            this.state = 'exited';
+            this.counters = event.counters;
+            for (const p of this.pending.values()) p.reject(new VmError(`vCPU ${vcpu.id} exited`));
+            this.pending.clear();
+            resolveExit(event.reason);
+            break;
+          case 'output':
+          case 'irq':
+            break;
+          default: {
+            const never: never = event;
+            throw new Error(`unknown vCPU event ${JSON.stringify(never)}`);
+          }
+        }
+        onEvent(event);
+      });
+      worker.on('error', (error) => resolveExit({ type: 'failed', exit: `worker error: ${error.message}` }));
+      worker.on('exit', () => resolveExit({ type: 'failed', exit: 'worker ended' }));
+    });
+  }
+
+  /** Send a command and wait for its reply. Kicks the vCPU out of the guest so it sees the command. */
+  request<T = void>(command: VcpuCommandBody): Promise<T> {
+    if (this.state === 'exited') return Promise.reject(new InvalidStateTransitionError('exited', command.type));
+    const seq = ++this.seq;
+    const reply = new Promise<T>((resolve, reject) => this.pending.set(seq, { resolve: resolve as (v: unknown) => void, reject }));
+    this.port.postMessage({ ...command, seq });
+    Atomics.add(this.doorbell, 0, 1);
+    Atomics.notify(this.doorbell, 0);
+    if (this.state === 'running') {
+      // immediate_exit first: a signal landing just before KVM_RUN would be
+      // lost, the flag is not (KVM checks it on entry).
+      this.vcpu.setImmediateExit(true);
+      try {
+        kvmNative.kvmKick(this.tid, KICK_SIGNAL);
+      } catch {
+        // The thread is gone: its 'exited' event rejects the request.
+      }
+    }
+    return reply;
+  }
+
+  async terminate(): Promise<void> {
+    await this.worker.terminate();
+  }
+}
+
+export class Vmm {
+  private readonly handles: VcpuHandle[] = [];
+  private exitReasonValue: GuestExitReason | undefined;
+  private closed = false;
+  /** Resolves when every vCPU has left the guest for good; the first vCPU's reason. */
+  readonly exited: Promise<GuestExitReason>;
+  private resolveExited!: (reason: GuestExitReason) => void;
+  private stopMemory: (() => Promise<void>) | undefined;
+
+  private constructor(
+    readonly system: KvmSystem,
+    readonly vm: KvmVm,
+    readonly memory: GuestMemory,
+    readonly machine: MachineConfig,
+    private readonly console: (bytes: Uint8Array) => void,
+  ) {
+    this.exited = new Promise((r) => (this.resolveExited = r));
+  }
+
+  /** Build a VM, load a multiboot image and leave it paused at the entry point. */
+  static async boot(config: VmConfig): Promise<Vmm> {
+    const imagePath = config.image === 'builtin' ? BUILTIN_GUEST_PATH : config.image;
+    let imageBytes: Uint8Array;
+    try {
+      imageBytes = readFileSync(imagePath);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') throw new GuestImageNotFoundError(imagePath, { cause: error });
+      throw error;
+    }
+    const image = parseMultibootImage(imageBytes, imagePath);
+    const machine: MachineConfig = { memoryBytes: config.memoryBytes, vcpuCount: config.vcpuCount ?? 1, cmdline: config.cmdline ?? '', image: imagePath };
+    const vmm = Vmm.build(machine, config.backing ?? 'anonymous', config.console);
+    try {
+      const { entry, infoAddress } = loadMultiboot(vmm.memory, image, machine.cmdline);
+      await vmm.startWorkers();
+      const bsp = vmm.handles[0]!;
+      const boot = multibootEntryState(entry, infoAddress, bsp.vcpu.getSregs());
+      for (const handle of vmm.handles) {
+        const cpuid = vmm.cpuidFor(handle.vcpu.id);
+        if (handle === bsp) await handle.request({ type: 'set-boot-state', regs: boot.regs, sregs: boot.sregs, cpuid });
+        else await handle.request({ type: 'set-boot-state', regs: handle.vcpu.getRegs(), sregs: handle.vcpu.getSregs(), cpuid });
+      }
+      return vmm;
+    } catch (error) {
+      await vmm.close();
+      throw error;
+    }
+  }
+
+  /** Build the machine a snapshot describes, load its state, and leave it paused. */
+  static async restore(path: string, options: RestoreOptions = {}): Promise<Vmm> {
+    const snapshot = VmSnapshotFile.open(path);
+    const state = snapshot.state;
+    const vmm = Vmm.build(state.machine, options.backing ?? 'anonymous', options.console);
+    try {
+      if (options.loadMemory) {
+        const stop = await options.loadMemory(vmm.memory, snapshot);
+        if (stop) vmm.stopMemory = stop;
+      } else {
+        snapshot.readMemoryInto(vmm.memory.regions[0]!.hostAddress, vmm.memory.image());
+      }
+      vmm.vm.setPit2(state.pit2);
+      vmm.vm.setClock(state.clock);
+      vmm.vm.setIrqchip(state.irqchip);
+      await vmm.startWorkers();
+      for (const handle of vmm.handles) {
+        const vcpu = state.vcpus.find((v) => v.id === handle.vcpu.id);
+        if (!vcpu) throw new VmError(`the snapshot has no state for vCPU ${handle.vcpu.id}`);
+        await handle.request({ type: 'restore-state', vcpu, uart: handle.vcpu.id === 0 ? state.uart : undefined });
+      }
+      return vmm;
+    } catch (error) {
+      await vmm.close();
+      throw error;
+    } finally {
+      if (!options.loadMemory) snapshot.close();
+    }
+  }
+
+  private static build(machine: MachineConfig, backing: GuestMemoryBacking, console?: (bytes: Uint8Array) => void): Vmm {
+    const system = KvmSystem.open();
+    let vm: KvmVm | undefined;
+    let memory: GuestMemory | undefined;
+    try {
+      system.requireExtensions(REQUIRED_CAPS);
+      vm = system.createVm();
+      // Intel VMX needs these pages for real-mode emulation; harmless elsewhere.
+      vm.setTssAddress(KVM_TSS_ADDRESS);
+      vm.setIdentityMapAddress(KVM_IDENTITY_MAP_ADDRESS);
+      vm.createIrqchip();
+      vm.createPit2(KVM_PIT_SPEAKER_DUMMY);
+      memory = GuestMemory.create(machine.memoryBytes, backing);
+      for (const region of memory.regions) vm.setUserMemoryRegion(region);
+      const vmm = new Vmm(system, vm, memory, machine, console ?? (() => {}));
+      for (let id = 0; id < machine.vcpuCount; id++) vm.createVcpu(id);
+      return vmm;
+    } catch (error) {
+      vm?.close();
+      memory?.unmap();
+      system.close();
+      throw error;
+    }
+  }
+
+  /** CPUID for one vCPU: what KVM supports, with this vCPU's APIC ID. */
+  private cpuidFor(id: number): CpuidEntry[] {
+    return this.system.supportedCpuid().map((e) => {
+      if (e.function === 1) return { ...e, ebx: ((e.ebx & 0x00ffffff) | (id << 24)) >>> 0 };
+      if (e.function === 0xb || e.function === 0x1f) return { ...e, edx: id };
+      return e;
+    });
+  }
+
+  private async startWorkers(): Promise<void> {
+    const mmapSize = this.system.vcpuMmapSize();
+    const vcpus = this.vm.createdVcpus;
+    for (const vcpu of vcpus) {
+      const doorbell = new SharedArrayBuffer(4);
+      const channel = new MessageChannel();
+      const data: VcpuWorkerData = { vcpuFd: vcpu.fd, vcpuId: vcpu.id, mmapSize, doorbell, kickSignal: KICK_SIGNAL, ownsDevices: vcpu.id === 0, port: channel.port2 };
+      const worker = new Worker(new URL('./vcpu-worker.js', import.meta.url), { workerData: data, transferList: [channel.port2] });
+      const handle = new VcpuHandle(vcpu, worker, channel.port1 as unknown as MessagePort, new Int32Array(doorbell), (event) => this.onEvent(event));
+      this.handles.push(handle);
+      void handle.exited.then(() => this.onVcpuExited());
+    }
+    await Promise.all(this.handles.map((h) => Promise.race([h.ready, h.exited.then((r) => Promise.reject(new VmError(`vCPU worker failed to start: ${JSON.stringify(r)}`)))])));
+  }
+
+  private onEvent(event: VcpuEvent): void {
+    if (event.type === 'output') this.console(event.bytes);
+    else if (event.type === 'irq') this.vm.irqLine(event.irq, event.level);
+    else if (event.type === 'exited') this.exitReasonValue ??= event.reason;
+  }
+
+  private onVcpuExited(): void {
+    // The guest signalling done on one vCPU ends the VM: stop the others.
+    for (const h of this.handles) if (h.state !== 'exited') void h.request({ type: 'stop' }).catch(() => {});
+    if (this.handles.every((h) => h.state === 'exited')) this.resolveExited(this.exitReasonValue ?? { type: 'stopped' });
+  }
+
+  get state(): VmRunState {
+    if (this.handles.length === 0 || this.handles.some((h) => h.state === 'exited')) return this.handles.length === 0 ? 'paused' : 'exited';
+    return this.handles.some((h) => h.state === 'running') ? 'running' : 'paused';
+  }
+
+  status(): VmStatus {
+    return {
+      state: this.state,
+      memoryBytes: this.machine.memoryBytes,
+      vcpus: this.handles.map((h) => ({ id: h.vcpu.id, state: h.state, counters: h.counters })),
+      exitReason: this.exitReasonValue,
+    };
+  }
+
+  async resume(): Promise<void> {
+    this.refuseUnless(['paused', 'running'], 'resume');
+    await Promise.all(this.handles.map((h) => h.request({ type: 'resume' })));
+  }
+
+  /** Every vCPU out of the guest, its last exit completed (KVM finished any pending I/O on re-entry). */
+  async pause(): Promise<void> {
+    this.refuseUnless(['paused', 'running'], 'pause');
+    await Promise.all(this.handles.map((h) => h.request({ type: 'pause' })));
+  }
+
+  /** Bytes for the guest's COM1 receiver. */
+  async sendInput(bytes: Uint8Array): Promise<void> {
+    this.refuseUnless(['paused', 'running'], 'send input to');
+    await this.handles[0]!.request({ type: 'input', bytes });
+  }
+
+  /** The complete state of the paused VM, memory apart. */
+  async saveState(): Promise<VmSavedState> {
+    this.refuseUnless(['paused'], 'save the state of');
+    const msrCandidates = this.system.msrIndexList();
+    const msrIndices = this.handles[0]!.vcpu.readableMsrs(msrCandidates);
+    const xsaveBytes = Math.max(KVM_SIZE.kvm_xsave, this.vm.checkExtension('KVM_CAP_XSAVE2'));
+    const vcpus: VcpuState[] = [];
+    let uart: UartState | undefined;
+    for (const h of this.handles) {
+      const saved = await h.request<{ vcpu: VcpuState; uart?: UartState }>({ type: 'save-state', msrIndices, xsaveBytes });
+      vcpus.push(saved.vcpu);
+      uart ??= saved.uart;
+    }
+    return { machine: this.machine, vcpus, irqchip: this.vm.getIrqchip(), pit2: this.vm.getPit2(), clock: this.vm.getClock(), uart };
+  }
+
+  /** Pause (if running), write state and memory to `path`; the VM stays paused. */
+  async snapshot(path: string): Promise<SnapshotWriteResult & { pauseMs: number }> {
+    const started = performance.now();
+    if (this.state === 'running') await this.pause();
+    const pauseMs = performance.now() - started;
+    const state = await this.saveState();
+    const result = writeVmSnapshot(path, state, this.memory.image());
+    return { ...result, pauseMs, durationMs: performance.now() - started };
+  }
+
+  /** Stop every vCPU, end the workers, free KVM objects and memory. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await Promise.all(this.handles.map(async (h) => {
+      if (h.state !== 'exited') await h.request({ type: 'stop' }).catch(() => {});
+      await Promise.race([h.exited, new Promise((r) => setTimeout(r, 2000))]);
+      await h.terminate();
+    }));
+    await this.stopMemory?.();
+    this.vm.close();
+    this.memory.unmap();
+    this.system.close();
+  }
+
+  private refuseUnless(states: VmRunState[], request: string): void {
+    if (!states.includes(this.state)) throw new InvalidStateTransitionError(this.state, request);
+  }
+}
