@@ -91,8 +91,9 @@ function handle(command: VcpuCommand): void {
         throw new Error(`unknown command ${JSON.stringify(never)}`);
       }
     }
-    post({ type: 'reply', seq: command.seq, ok: true });
+    // The state event goes first, so the VMM sees the new state when the reply resolves.
     if (state !== before) post({ type: 'state', state, counters: { ...counters } });
+    post({ type: 'reply', seq: command.seq, ok: true });
   } catch (error) {
     const e = error as Error & { code?: string };
     post({ type: 'reply', seq: command.seq, ok: false, error: { name: e.name, code: e.code, message: e.message } });
