@@ -70,7 +70,7 @@ export class Uart16550 implements PortIoDevice {
     this.updateInterrupt();
   }
 
-  read(offset: number): number {
+  read(offset: number, _size = 1): number {
     const s = this.s;
     switch (offset) {
       case 0: {

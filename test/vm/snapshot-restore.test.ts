@@ -1,0 +1,80 @@
+// A guest snapshotted through the control socket of one VMM process and
+// restored in another. Needs /dev/kvm and the micro guest.
+import { describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { openSync, writeSync, closeSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { controlRequest } from '../../src/vm/control-api.js';
+import { kvmSkipReason, spawnVmm, tempDir, waitForSocket } from './helpers.js';
+
+const skip = kvmSkipReason();
+
+describe('snapshot and restore across processes', { skip, timeout: 90000 }, () => {
+  test('the heartbeat continues without gap or repeat and the restored guest verifies clean', async (t) => {
+    const dir = tempDir(t);
+    const snap = join(dir, 'vm.snap');
+    const sock1 = join(dir, 'run.sock');
+    const run = spawnVmm(t, ['run', '--mem', '32M', '--cmdline', 'workload=writer mem=16 hb=10 pattern=random seed=3', '--api-sock', sock1]);
+    await waitForSocket(sock1);
+    await run.console.waitFor(/hb 3 /);
+
+    const status = await controlRequest(sock1, 'GET', '/vm');
+    assert.equal((status.body as { state: string }).state, 'running');
+    const created = await controlRequest(sock1, 'PUT', '/snapshot/create', { snapshot_path: snap });
+    assert.equal(created.status, 200, JSON.stringify(created.body));
+    const paused = await controlRequest(sock1, 'GET', '/vm');
+    assert.equal((paused.body as { state: string }).state, 'Paused'.toLowerCase());
+    const before = run.console.heartbeats();
+    await controlRequest(sock1, 'PUT', '/actions', { action_type: 'Stop' });
+    assert.equal(await run.exit, 0);
+    assert.deepEqual(before, before.map((_, i) => i + 1));
+    assert.equal(statSync(snap).size, (created.body as { sizeBytes: number }).sizeBytes);
+
+    const sock2 = join(dir, 'restore.sock');
+    const restored = spawnVmm(t, ['restore', snap, '--api-sock', sock2]);
+    await waitForSocket(sock2);
+    const last = before.at(-1)!;
+    await restored.console.waitFor(new RegExp(`hb ${last + 3} `));
+    const after = restored.console.heartbeats();
+    assert.equal(after[0], last + 1, `the restored guest's first heartbeat follows the last one saved:\n${restored.console.text}`);
+    assert.deepEqual(after, after.map((_, i) => last + 1 + i));
+    await controlRequest(sock2, 'PUT', '/serial/input', { data: 'q' });
+    assert.equal(await restored.exit, 0, restored.stderr());
+    assert.match(restored.console.text, /verify pages=4096 bad=0/);
+    assert.match(restored.console.text, /done status=0/);
+  });
+
+  test('a snapshot with one corrupted memory byte is refused before the guest runs', async (t) => {
+    const dir = tempDir(t);
+    const snap = join(dir, 'vm.snap');
+    const sock = join(dir, 'run.sock');
+    const run = spawnVmm(t, ['run', '--mem', '16M', '--cmdline', 'workload=writer mem=4 hb=5', '--api-sock', sock]);
+    await waitForSocket(sock);
+    await run.console.waitFor(/hb 1 /);
+    assert.equal((await controlRequest(sock, 'PUT', '/snapshot/create', { snapshot_path: snap })).status, 200);
+    await controlRequest(sock, 'PUT', '/actions', { action_type: 'Stop' });
+    await run.exit;
+
+    const fd = openSync(snap, 'r+');
+    writeSync(fd, Buffer.from([0x5a]), 0, 1, statSync(snap).size - 3 * 4096);
+    closeSync(fd);
+    const restored = spawnVmm(t, ['restore', snap]);
+    assert.equal(await restored.exit, 64);
+    assert.match(restored.stderr(), /ESNAPSHOTINVALID.*SHA-256/);
+    assert.equal(restored.console.text, '', 'the guest never ran');
+  });
+
+  test('an unknown request on the control socket is a 400 with the reason', async (t) => {
+    const dir = tempDir(t);
+    const sock = join(dir, 'run.sock');
+    const run = spawnVmm(t, ['run', '--mem', '16M', '--cmdline', 'workload=idle hb=5', '--api-sock', sock]);
+    await waitForSocket(sock);
+    const bad = await controlRequest(sock, 'PATCH', '/vm', { state: 'Sleeping' });
+    assert.equal(bad.status, 400);
+    assert.match((bad.body as { fault_message: string }).fault_message, /Paused/);
+    assert.equal((await controlRequest(sock, 'PATCH', '/vm', { state: 'Paused' })).status, 204);
+    assert.equal((await controlRequest(sock, 'PATCH', '/vm', { state: 'Resumed' })).status, 204);
+    await controlRequest(sock, 'PUT', '/actions', { action_type: 'Stop' });
+    assert.equal(await run.exit, 0);
+  });
+});
