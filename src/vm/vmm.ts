@@ -15,7 +15,8 @@ import { KvmSystem } from './kvm/kvm-system.js';
 import type { KvmVcpu, VcpuState } from './kvm/kvm-vcpu.js';
 import type { KvmVm } from './kvm/kvm-vm.js';
 import { GuestMemory, type GuestMemoryBacking } from './memory/guest-memory.js';
-import { VmSnapshotFile, writeVmSnapshot, type SnapshotWriteResult } from './persist/snapshot-file.js';
+import type { SnapshotFile, SnapshotWriteSummary } from '../snapshot/index.js';
+import { openVmSnapshot, readVmMemory, writeVmSnapshot } from './persist/vm-snapshot.js';
 import type { MachineConfig, VmSavedState } from './persist/vm-state.js';
 import type { GuestExitReason, VcpuCommandBody, VcpuCounters, VcpuEvent, VcpuWorkerData } from './vcpu-protocol.js';
 import type { VcpuRunState } from './vcpu-state-machine.js';
@@ -41,7 +42,7 @@ export interface RestoreOptions {
    * memory in (eager restore); a lazy restore registers the memory with
    * userfaultfd here instead and returns a stop function.
    */
-  loadMemory?: (memory: GuestMemory, snapshot: VmSnapshotFile) => Promise<(() => Promise<void>) | void> | (() => Promise<void>) | void;
+  loadMemory?: (memory: GuestMemory, snapshot: SnapshotFile) => Promise<(() => Promise<void>) | void> | (() => Promise<void>) | void;
 }
 
 export interface VmStatus {
@@ -193,15 +194,16 @@ export class Vmm {
 
   /** Build the machine a snapshot describes, load its state, and leave it paused. */
   static async restore(path: string, options: RestoreOptions = {}): Promise<Vmm> {
-    const snapshot = VmSnapshotFile.open(path);
-    const state = snapshot.state;
-    const vmm = Vmm.build(state.machine, options.backing ?? 'anonymous', options.console);
+    const { file, state } = await openVmSnapshot(path);
+    let vmm: Vmm | undefined;
     try {
+      vmm = Vmm.build(state.machine, options.backing ?? 'anonymous', options.console);
       if (options.loadMemory) {
-        const stop = await options.loadMemory(vmm.memory, snapshot);
+        const stop = await options.loadMemory(vmm.memory, file);
         if (stop) vmm.stopMemory = stop;
       } else {
-        snapshot.readMemoryInto(vmm.memory.regions[0]!.hostAddress, vmm.memory.image());
+        // Every page checked against its CRC before any vCPU exists to run.
+        await readVmMemory(path, file, vmm.memory);
       }
       vmm.vm.setPit2(state.pit2);
       vmm.vm.setClock(state.clock);
@@ -214,10 +216,10 @@ export class Vmm {
       }
       return vmm;
     } catch (error) {
-      await vmm.close();
+      await vmm?.close();
       throw error;
     } finally {
-      if (!options.loadMemory) snapshot.close();
+      if (!options.loadMemory) await file.close();
     }
   }
 
@@ -330,13 +332,14 @@ export class Vmm {
   }
 
   /** Pause (if running), write state and memory to `path`; the VM stays paused. */
-  async snapshot(path: string): Promise<SnapshotWriteResult & { pauseMs: number }> {
+  async snapshot(path: string): Promise<SnapshotWriteSummary & { pauseMs: number; saveStateMs: number; durationMs: number }> {
     const started = performance.now();
     if (this.state === 'running') await this.pause();
     const pauseMs = performance.now() - started;
     const state = await this.saveState();
-    const result = writeVmSnapshot(path, state, this.memory.image());
-    return { ...result, pauseMs, durationMs: performance.now() - started };
+    const saveStateMs = performance.now() - started - pauseMs;
+    const summary = await writeVmSnapshot(path, state, this.memory);
+    return { ...summary, pauseMs, saveStateMs, durationMs: performance.now() - started };
   }
 
   /** Stop every vCPU, end the workers, free KVM objects and memory. */
