@@ -15,7 +15,7 @@ await wait(/micro: boot/);
 const firstLine = performance.now() - t;
 await wait(/fill pages/);
 const filled = performance.now() - t;
-await wait(/hb 3 /);
+await wait(/hb 3 [^\n]*\n/);
 const m = [...out.matchAll(/hb (\d+) dirtied=(\d+) ticks=(\d+)/g)].map(x => x.slice(1).map(Number));
 const [a, b] = [m[1]!, m[2]!] as [number[], number[]];
 const pagesPerSec = (b[1] - a[1]) / ((b[2] - a[2]) / 100);
