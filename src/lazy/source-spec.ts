@@ -1,0 +1,43 @@
+// A page source described as data, so it can be opened inside a pager worker
+// (functions and open files do not cross a thread boundary; this does).
+import type { PageSource } from '../sources/page-source.js';
+import { BufferSource } from '../sources/buffer-source.js';
+import { ZeroSource } from '../sources/zero-source.js';
+
+export type SourceSpec =
+  | { kind: 'zero'; sizeBytes: number }
+  /** An in-memory image; shared with the worker, not copied. */
+  | { kind: 'buffer'; buffer: SharedArrayBuffer }
+  /** A snapshot in this project's format (checksummed). */
+  | { kind: 'snapshot'; path: string }
+  /** A raw memory file, as Firecracker writes guest memory. */
+  | { kind: 'raw-file'; path: string }
+  /** A module whose export (default: `createSource`) is `(options) => PageSource | Promise<PageSource>`. */
+  | { kind: 'module'; url: string; exportName?: string; options?: unknown };
+
+export async function openSource(spec: SourceSpec): Promise<PageSource> {
+  switch (spec.kind) {
+    case 'zero':
+      return new ZeroSource(spec.sizeBytes);
+    case 'buffer':
+      return new BufferSource(spec.buffer);
+    case 'snapshot': {
+      const { SnapshotSource } = await import('../sources/snapshot-source.js');
+      return SnapshotSource.open(spec.path);
+    }
+    case 'raw-file': {
+      const { RawFileSource } = await import('../sources/raw-file-source.js');
+      return RawFileSource.open(spec.path);
+    }
+    case 'module': {
+      const module = (await import(spec.url)) as Record<string, unknown>;
+      const factory = module[spec.exportName ?? 'createSource'];
+      if (typeof factory !== 'function') throw new TypeError(`${spec.url} does not export a function ${spec.exportName ?? 'createSource'}`);
+      return (await factory(spec.options)) as PageSource;
+    }
+    default: {
+      const never: never = spec;
+      throw new TypeError(`unknown source kind in ${JSON.stringify(never)}`);
+    }
+  }
+}

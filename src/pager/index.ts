@@ -1,0 +1,5 @@
+export * from './address-map.js';
+export * from './metrics.js';
+export * from './page-state.js';
+export * from './pager.js';
+export * from './readahead.js';

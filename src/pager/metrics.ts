@@ -1,0 +1,79 @@
+// What the pager did, cheap to update on the fault path.
+import * as hdr from 'hdr-histogram-js';
+
+export interface PagerMetricsSnapshot {
+  /** Page-fault messages read from the uffd. */
+  faults: number;
+  /** Faults on a page already being fetched: served by that fetch. */
+  coalescedFaults: number;
+  /** Of those, faults whose page was in flight because of read-ahead or replay. */
+  prefetchHits: number;
+  /** Pages resolved with the zero page (known-zero or discarded). */
+  zeroPages: number;
+  pagesCopied: number;
+  bytesCopied: number;
+  /** Pages copied ahead of any fault (read-ahead and replay). */
+  prefetchedPages: number;
+  /** COPY ioctls issued (a contiguous run is one ioctl). */
+  copyIoctls: number;
+  sourceReads: number;
+  sourceErrors: number;
+  /** COPY answered EAGAIN (events pending) and was retried. */
+  copyRetries: number;
+  /** Faults outside every known region. */
+  unknownFaults: number;
+  events: { remove: number; unmap: number; remap: number; fork: number; unknown: number };
+  inFlightPeak: number;
+  /** Per-fault latency in microseconds, from the message being read to the page being resolved. */
+  latencyMicros: { count: number; p50: number; p90: number; p99: number; max: number; mean: number };
+}
+
+export class PagerMetrics {
+  faults = 0;
+  coalescedFaults = 0;
+  prefetchHits = 0;
+  zeroPages = 0;
+  pagesCopied = 0;
+  bytesCopied = 0;
+  prefetchedPages = 0;
+  copyIoctls = 0;
+  sourceReads = 0;
+  sourceErrors = 0;
+  copyRetries = 0;
+  unknownFaults = 0;
+  inFlightPeak = 0;
+  readonly events = { remove: 0, unmap: 0, remap: 0, fork: 0, unknown: 0 };
+  private readonly latency = hdr.build({ lowestDiscernibleValue: 1, highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: 2 });
+
+  recordLatencyMicros(micros: number): void {
+    this.latency.recordValue(Math.max(1, Math.min(60_000_000, Math.round(micros))));
+  }
+
+  snapshot(): PagerMetricsSnapshot {
+    const h = this.latency;
+    return {
+      faults: this.faults,
+      coalescedFaults: this.coalescedFaults,
+      prefetchHits: this.prefetchHits,
+      zeroPages: this.zeroPages,
+      pagesCopied: this.pagesCopied,
+      bytesCopied: this.bytesCopied,
+      prefetchedPages: this.prefetchedPages,
+      copyIoctls: this.copyIoctls,
+      sourceReads: this.sourceReads,
+      sourceErrors: this.sourceErrors,
+      copyRetries: this.copyRetries,
+      unknownFaults: this.unknownFaults,
+      events: { ...this.events },
+      inFlightPeak: this.inFlightPeak,
+      latencyMicros: {
+        count: h.totalCount,
+        p50: h.getValueAtPercentile(50),
+        p90: h.getValueAtPercentile(90),
+        p99: h.getValueAtPercentile(99),
+        max: h.maxValue,
+        mean: h.totalCount ? h.mean : 0,
+      },
+    };
+  }
+}
