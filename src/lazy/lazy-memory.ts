@@ -24,6 +24,8 @@ export interface LazyMemoryOptions {
   replay?: Uint32Array;
   /** What happens to faults if the pager thread dies (default 'poison'). */
   onHandlerLost?: HandlerLostPolicy;
+  /** UFFD_USER_MODE_ONLY: kernel accesses (read(2) into the memory, O_DIRECT) get EFAULT instead of a fault. */
+  userModeOnly?: boolean;
 }
 
 export interface LazyMemoryStats {
@@ -56,7 +58,7 @@ export class LazyMemory {
     const mapping = Mapping.anonymous(sizeBytes, { noReserve: true });
     let uffd: Userfaultfd | undefined;
     try {
-      uffd = Userfaultfd.open({ features: FEATURES, optionalFeatures: OPTIONAL });
+      uffd = Userfaultfd.open({ features: FEATURES, optionalFeatures: OPTIONAL, userModeOnly: options.userModeOnly });
       uffd.register(mapping.address, sizeBytes, ['MISSING']);
       const policy = options.onHandlerLost ?? 'poison';
       const { port1: lifeline, port2: watchdogEnd } = new MessageChannel();
