@@ -1,0 +1,222 @@
+// The pager against the real kernel: this thread serves, workers fault.
+import assert from 'node:assert/strict';
+import { after, describe, test } from 'node:test';
+import { fillPattern } from '../../src/demo/pattern.js';
+import { Mapping } from '../../src/mem/index.js';
+import { PAGE_SIZE } from '../../src/native.js';
+import { Pager, type PagerOptions } from '../../src/pager/index.js';
+import { BufferSource } from '../../src/sources/buffer-source.js';
+import { FunctionSource } from '../../src/sources/function-source.js';
+import type { PageSource } from '../../src/sources/page-source.js';
+import { Userfaultfd } from '../../src/uffd/index.js';
+import { Toucher, sleep } from '../helpers/toucher.js';
+
+const PAGES = 64;
+const SIZE = PAGES * PAGE_SIZE;
+const image = new Uint8Array(SIZE);
+fillPattern(image, 0);
+
+const touchers = [new Toucher(), new Toucher(), new Toucher()];
+after(() => Promise.all(touchers.map((t) => t.terminate())));
+const [a, b, c] = touchers as [Toucher, Toucher, Toucher];
+
+interface Rig {
+  mapping: Mapping;
+  uffd: Userfaultfd;
+  pager: Pager;
+  dispose(): Promise<void>;
+}
+
+function rig(source: PageSource, options: Partial<PagerOptions> = {}): Rig {
+  const mapping = Mapping.anonymous(SIZE);
+  const uffd = Userfaultfd.open({ features: ['EVENT_REMOVE', 'EVENT_UNMAP', 'EVENT_REMAP'] });
+  const pager = new Pager({ uffd, source, regions: [{ address: mapping.address, lengthBytes: SIZE, sourceOffset: 0 }], register: true, ...options });
+  const errors: Error[] = [];
+  pager.on('error', (e) => errors.push(e));
+  pager.start();
+  return {
+    mapping,
+    uffd,
+    pager,
+    async dispose() {
+      await pager.stop();
+      // Unregister before munmap: munmap would wait for a reader of its UNMAP event.
+      for (const region of pager.regions) uffd.unregister(region.address, region.lengthBytes);
+      uffd.close();
+      mapping.unmap();
+    },
+  };
+}
+
+const wordAt = (t: Toucher, address: number) => t.run<number>({ op: 'read-word', address });
+
+describe('the pager', () => {
+  test('serves every page with the source\'s contents', async () => {
+    const r = rig(new BufferSource(image), { prefetch: false });
+    try {
+      const words = await Promise.all([0, 9, 33, 63].map((p) => wordAt(a, r.mapping.address + p * PAGE_SIZE)));
+      assert.deepEqual(words, [0, 9, 33, 63]);
+      assert.equal(r.pager.snapshotMetrics().pagesCopied, 4);
+    } finally {
+      await r.dispose();
+    }
+  });
+
+  test('a slow page does not stall faults on other pages', async () => {
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    const source = new FunctionSource(SIZE, async (offset, length, target) => {
+      if (offset === 0) await gate;
+      target.set(image.subarray(offset, offset + length));
+    });
+    const r = rig(source, { prefetch: false });
+    try {
+      const slow = wordAt(a, r.mapping.address);
+      await sleep(20);
+      const fast: number[] = [];
+      for (let p = 1; p <= 10; p++) fast.push(await wordAt(b, r.mapping.address + p * PAGE_SIZE));
+      assert.deepEqual(fast, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+      assert.equal(r.pager.pageCounts().inFlight, 1, 'page 0 is still being fetched');
+      release();
+      assert.equal(await slow, 0);
+    } finally {
+      await r.dispose();
+    }
+  });
+
+  test('duplicate faults on a page in flight share one fetch', async () => {
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    let reads = 0;
+    const source = new FunctionSource(SIZE, async (offset, length, target) => {
+      reads++;
+      await gate;
+      target.set(image.subarray(offset, offset + length));
+    });
+    const r = rig(source, { prefetch: false });
+    try {
+      const first = wordAt(a, r.mapping.address + 5 * PAGE_SIZE + 8);
+      const second = wordAt(b, r.mapping.address + 5 * PAGE_SIZE + 16);
+      for (let i = 0; i < 500 && r.pager.snapshotMetrics().faults < 2; i++) await sleep(2);
+      release();
+      await Promise.all([first, second]);
+      const m = r.pager.snapshotMetrics();
+      assert.equal(reads, 1);
+      assert.equal(m.faults, 2);
+      assert.equal(m.coalescedFaults, 1);
+    } finally {
+      await r.dispose();
+    }
+  });
+
+  test('fetches overlap: with three threads faulting, three reads are in flight at once', async () => {
+    const source = new FunctionSource(SIZE, async (offset, length, target) => {
+      await sleep(30);
+      target.set(image.subarray(offset, offset + length));
+    });
+    const r = rig(source, { prefetch: false });
+    try {
+      await Promise.all(touchers.map((t, i) => wordAt(t, r.mapping.address + (10 + i) * PAGE_SIZE)));
+      assert.equal(r.pager.snapshotMetrics().inFlightPeak, 3);
+    } finally {
+      await r.dispose();
+    }
+  });
+
+  test('read-ahead fetches a sequential sweep in runs, each copied by one ioctl', async () => {
+    const r = rig(new BufferSource(image), { prefetch: { initialPages: 1, maxPages: 16 } });
+    try {
+      for (let p = 0; p < PAGES; p++) assert.equal(await wordAt(a, r.mapping.address + p * PAGE_SIZE), p);
+      const m = r.pager.snapshotMetrics();
+      assert.equal(m.pagesCopied, PAGES);
+      assert.ok(m.copyIoctls <= 8, `${m.copyIoctls} ioctls for ${PAGES} pages`);
+      assert.ok(m.prefetchedPages >= PAGES - 8);
+    } finally {
+      await r.dispose();
+    }
+  });
+
+  test('a page the application discarded is refilled with zeroes, not from the source', async () => {
+    const r = rig(new BufferSource(image), { prefetch: false });
+    try {
+      assert.equal(await wordAt(a, r.mapping.address + 3 * PAGE_SIZE), 3);
+      await b.run({ op: 'madvise-dontneed', address: r.mapping.address + 3 * PAGE_SIZE, length: PAGE_SIZE });
+      assert.equal(await wordAt(a, r.mapping.address + 3 * PAGE_SIZE), 0);
+      assert.equal(r.pager.snapshotMetrics().events.remove, 1);
+    } finally {
+      await r.dispose();
+    }
+  });
+
+  test('after mremap moves the memory, faults at the new address get the right pages', async () => {
+    const r = rig(new BufferSource(image), { prefetch: false });
+    try {
+      assert.equal(await wordAt(a, r.mapping.address + 2 * PAGE_SIZE), 2);
+      const moved = await b.run<number>({ op: 'mremap', address: r.mapping.address, length: SIZE });
+      assert.notEqual(moved, r.mapping.address);
+      r.mapping.address = moved;
+      assert.equal(await wordAt(a, moved + 2 * PAGE_SIZE), 2, 'a present page moved with its contents');
+      assert.equal(await wordAt(a, moved + 40 * PAGE_SIZE), 40, 'a missing page is filled at its new address');
+      assert.equal(r.pager.snapshotMetrics().events.remap, 1);
+      assert.equal(r.pager.regions[0]!.address, moved);
+    } finally {
+      await r.dispose();
+    }
+  });
+
+  test('munmap of part of the range marks those pages unmapped and the rest keeps being served', async () => {
+    const r = rig(new BufferSource(image), { prefetch: false });
+    try {
+      await c.run({ op: 'munmap', address: r.mapping.address + 32 * PAGE_SIZE, length: 32 * PAGE_SIZE });
+      assert.equal(r.pager.pageCounts().unmapped, 32);
+      assert.equal(await wordAt(a, r.mapping.address + 31 * PAGE_SIZE), 31);
+    } finally {
+      await r.pager.stop();
+      r.uffd.unregister(r.mapping.address, 32 * PAGE_SIZE);
+      r.uffd.close();
+      // The upper half is already unmapped; unmap what is left.
+      const { native } = await import('../../src/native.js');
+      native.munmap(r.mapping.address, 32 * PAGE_SIZE);
+    }
+  });
+
+  test('a source that keeps failing poisons the page: the reader gets an error, not made-up data', async () => {
+    const source = new FunctionSource(SIZE, async (offset, length, target) => {
+      if (offset === 7 * PAGE_SIZE) throw new Error('disk on fire');
+      target.set(image.subarray(offset, offset + length));
+    });
+    const r = rig(source, { prefetch: false, sourceRetries: 1 });
+    try {
+      const result = await a.run<number>({ op: 'process-vm-readv', address: r.mapping.address + 7 * PAGE_SIZE });
+      assert.ok(result < 0, `the read returned ${result}`);
+      assert.equal(r.pager.snapshotMetrics().sourceErrors, 2);
+      assert.equal(await wordAt(a, r.mapping.address + 8 * PAGE_SIZE), 8, 'other pages are still served');
+    } finally {
+      await r.dispose();
+    }
+  });
+
+  test('a recorded working set, replayed into a new restore, is in place before it is touched', async () => {
+    const first = rig(new BufferSource(image), { prefetch: false, recordWorkingSet: true });
+    const order = [5, 1, 40, 41, 42, 7];
+    let workingSet: Uint32Array;
+    try {
+      for (const p of order) await wordAt(a, first.mapping.address + p * PAGE_SIZE);
+      workingSet = first.pager.workingSet();
+      assert.deepEqual([...workingSet], order);
+    } finally {
+      await first.dispose();
+    }
+    const second = rig(new BufferSource(image), { prefetch: false });
+    try {
+      second.pager.prefetchPages(workingSet);
+      for (let i = 0; i < 500 && second.pager.pageCounts().present < order.length; i++) await sleep(2);
+      for (const p of order) assert.equal(await wordAt(a, second.mapping.address + p * PAGE_SIZE), p);
+      const m = second.pager.snapshotMetrics();
+      assert.equal(m.faults, 0, 'no demand fault was needed');
+      assert.equal(m.prefetchedPages, order.length);
+    } finally {
+      await second.dispose();
+    }
+  });
+});
