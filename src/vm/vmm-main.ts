@@ -1,17 +1,16 @@
-// A runnable VMM process (what `userfault vm run|restore` will call):
+// A bare VMM process (the tests spawn it; `userfault vm run|restore` is the
+// same thing with a friendlier command line, src/cli/vm-commands.ts):
 //
 //   node dist/src/vm/vmm-main.js run [--image builtin|FILE] [--mem 32M] [--cpus 1]
 //        [--cmdline "workload=writer mem=16"] [--api-sock PATH] [--log FILE]
-//   node dist/src/vm/vmm-main.js restore SNAPSHOT [--api-sock PATH] [--log FILE]
+//   node dist/src/vm/vmm-main.js restore SNAPSHOT [--lazy [--prefetch-all] [--no-verify]
+//        [--prefetch-pages N]] [--api-sock PATH] [--log FILE]
 //
 // The guest's console goes to stdout (and to --log). The VMM's own lines go
-// to stderr as `vmm: {json}`. The process exits with the guest's done status,
-// 0 after a Stop, 70 when the guest failed, 64 for a bad request.
-import { appendFileSync, writeFileSync } from 'node:fs';
+// to stderr as `vmm: {json}` (see VmmProcessEvent). Exit codes: vmm-process.ts.
 import { parseArgs } from 'node:util';
-import { startControlApi } from './control-api.js';
 import { VmError } from './errors.js';
-import { Vmm } from './vmm.js';
+import { EXIT_BAD_REQUEST, runVmmProcess } from './vmm-process.js';
 
 function parseBytes(text: string): number {
   const m = /^(\d+)([KMG]?)i?B?$/i.exec(text.trim());
@@ -20,11 +19,11 @@ function parseBytes(text: string): number {
   return Number(m[1]) * unit;
 }
 
-const say = (event: Record<string, unknown>): void => {
+const say = (event: object): void => {
   process.stderr.write(`vmm: ${JSON.stringify(event)}\n`);
 };
 
-export async function main(argv: string[]): Promise<number> {
+async function main(argv: string[]): Promise<number> {
   const { positionals, values } = parseArgs({
     args: argv,
     allowPositionals: true,
@@ -35,38 +34,32 @@ export async function main(argv: string[]): Promise<number> {
       cmdline: { type: 'string', default: 'workload=idle' },
       'api-sock': { type: 'string' },
       log: { type: 'string' },
+      lazy: { type: 'boolean', default: false },
+      'prefetch-all': { type: 'boolean', default: false },
+      'no-verify': { type: 'boolean', default: false },
+      'prefetch-pages': { type: 'string' },
     },
   });
   const [command, snapshotPath] = positionals;
-  const log = values.log;
-  if (log) writeFileSync(log, '');
-  const console = (bytes: Uint8Array): void => {
-    process.stdout.write(bytes);
-    if (log) appendFileSync(log, bytes);
-  };
-  const started = performance.now();
-  let vmm: Vmm;
-  if (command === 'run') {
-    vmm = await Vmm.boot({ image: values.image!, memoryBytes: parseBytes(values.mem!), vcpuCount: Number(values.cpus), cmdline: values.cmdline!, console });
-  } else if (command === 'restore' && snapshotPath) {
-    vmm = await Vmm.restore(snapshotPath, { console });
-  } else {
-    process.stderr.write('usage: vmm-main.js run [options] | restore SNAPSHOT [options]\n');
-    return 64;
+  if (!(command === 'run' || (command === 'restore' && snapshotPath))) {
+    process.stderr.write('usage: vmm-main.js run [options] | restore SNAPSHOT [--lazy] [options]\n');
+    return EXIT_BAD_REQUEST;
   }
-  let stopRequested = false;
-  const server = values['api-sock']
-    ? await startControlApi(vmm, values['api-sock'], { onStop: () => { stopRequested = true; void vmm.close(); } })
-    : undefined;
-  await vmm.resume();
-  say({ event: 'running', command, readyMs: +(performance.now() - started).toFixed(2) });
-  const reason = await vmm.exited;
-  say({ event: 'exited', reason, status: vmm.status() });
-  server?.close();
-  await vmm.close();
-  if (reason.type === 'done') return reason.status;
-  if (reason.type === 'stopped' || stopRequested) return 0;
-  return 70;
+  const maxPages = values['prefetch-pages'] === undefined ? undefined : Number(values['prefetch-pages']);
+  return runVmmProcess({
+    command,
+    image: values.image,
+    memoryBytes: parseBytes(values.mem!),
+    vcpuCount: Number(values.cpus),
+    cmdline: values.cmdline,
+    snapshotPath,
+    lazy: values.lazy
+      ? { prefetchAll: values['prefetch-all'], verify: !values['no-verify'], prefetch: maxPages === undefined ? undefined : maxPages <= 1 ? false : { maxPages } }
+      : false,
+    apiSock: values['api-sock'],
+    log: values.log,
+    report: say,
+  });
 }
 
 main(process.argv.slice(2)).then(

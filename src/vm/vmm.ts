@@ -8,13 +8,14 @@ import { kvmNative } from '../native-kvm.js';
 import { parseMultibootImage, loadMultiboot, multibootEntryState } from './boot/multiboot.js';
 import { BUILTIN_GUEST_PATH } from './boot/builtin-guest.js';
 import type { UartState } from './devices/serial/uart16550.js';
-import { GuestImageNotFoundError, InvalidStateTransitionError, VmError } from './errors.js';
+import { GuestImageNotFoundError, InvalidStateTransitionError, InvalidVmSnapshotError, VmError } from './errors.js';
 import { KVM_PIT_SPEAKER_DUMMY, KVM_SIZE, KVM_TSS_ADDRESS, KVM_IDENTITY_MAP_ADDRESS, type KvmCapName } from './kvm/ioctls/constants.js';
 import type { CpuidEntry } from './kvm/ioctls/structs.js';
 import { KvmSystem } from './kvm/kvm-system.js';
 import type { KvmVcpu, VcpuState } from './kvm/kvm-vcpu.js';
 import type { KvmVm } from './kvm/kvm-vm.js';
 import { GuestMemory, type GuestMemoryBacking } from './memory/guest-memory.js';
+import { LazyGuestMemory, type LazyMemoryReport, type LazyRestoreOptions } from './memory/lazy-guest-memory.js';
 import type { SnapshotFile, SnapshotWriteSummary } from '../snapshot/index.js';
 import { openVmSnapshot, readVmMemory, writeVmSnapshot } from './persist/vm-snapshot.js';
 import type { MachineConfig, VmSavedState } from './persist/vm-state.js';
@@ -38,6 +39,12 @@ export interface RestoreOptions {
   console?: (bytes: Uint8Array) => void;
   backing?: GuestMemoryBacking;
   /**
+   * Lazy restore: register guest RAM with userfaultfd and let a pager in this
+   * thread fill pages from the snapshot as the vCPUs touch them, instead of
+   * reading all of it before the guest runs. `true` takes the defaults.
+   */
+  lazy?: boolean | LazyRestoreOptions;
+  /**
    * Fill guest memory before the vCPUs run. The default copies the snapshot's
    * memory in (eager restore); a lazy restore registers the memory with
    * userfaultfd here instead and returns a stop function.
@@ -50,6 +57,22 @@ export interface VmStatus {
   memoryBytes: number;
   vcpus: { id: number; state: VcpuRunState; counters: VcpuCounters }[];
   exitReason: GuestExitReason | undefined;
+  /** How the VM was restored, with the lazy pager's counters while it serves. */
+  restore?: RestoreTimings & { mode: 'eager' | 'lazy'; memory?: LazyMemoryReport };
+}
+
+/** Where the time of a restore went, in ms from the start of Vmm.restore. */
+export interface RestoreTimings {
+  /** Snapshot opened, its tables and the VM state checked. */
+  openedMs: number;
+  /** KVM objects and guest RAM built (the vCPU workers start loading from here, alongside what follows). */
+  builtMs: number;
+  /** Every stored page's CRC checked (eager: while copying into guest RAM; lazy: only with verify). */
+  verifiedMs?: number;
+  /** Guest memory filled (eager) or registered with the pager serving it (lazy). */
+  memoryMs: number;
+  /** irqchip, PIT, clock, vCPUs and UART restored: ready to resume. */
+  readyMs: number;
 }
 
 /** What the VMM needs from KVM; checked up front so a missing one is named. */
@@ -151,6 +174,12 @@ export class Vmm {
   readonly exited: Promise<GuestExitReason>;
   private resolveExited!: (reason: GuestExitReason) => void;
   private stopMemory: (() => Promise<void>) | undefined;
+  private lazyMemory: LazyGuestMemory | undefined;
+  private lazyOptions: LazyRestoreOptions | undefined;
+  private prefetchAllStarted = false;
+  private restoreInfo: (RestoreTimings & { mode: 'eager' | 'lazy' }) | undefined;
+  /** Set when guest memory could not be supplied: the guest's output from then on is dropped. */
+  private memoryFailure: Error | undefined;
 
   private constructor(
     readonly system: KvmSystem,
@@ -192,34 +221,74 @@ export class Vmm {
     }
   }
 
-  /** Build the machine a snapshot describes, load its state, and leave it paused. */
+  /**
+   * Build the machine a snapshot describes, load its state, and leave it
+   * paused. Eager (default): every page is read and CRC-checked into guest RAM
+   * before any vCPU exists. Lazy: guest RAM is registered with userfaultfd and
+   * served by a pager on this thread while the vCPUs run (see
+   * memory/lazy-guest-memory.ts); with verify (the default) every stored page's
+   * CRC is still checked first, without copying anything.
+   */
   static async restore(path: string, options: RestoreOptions = {}): Promise<Vmm> {
+    const started = performance.now();
+    const since = (): number => +(performance.now() - started).toFixed(2);
     const { file, state } = await openVmSnapshot(path);
+    const lazy = options.lazy === true ? {} : options.lazy || undefined;
+    const timings: Partial<RestoreTimings> = { openedMs: since() };
     let vmm: Vmm | undefined;
+    let fileOwnedByPager = false;
+    let workersStarting: Promise<void> | undefined;
     try {
       vmm = Vmm.build(state.machine, options.backing ?? 'anonymous', options.console);
-      if (options.loadMemory) {
-        const stop = await options.loadMemory(vmm.memory, file);
-        if (stop) vmm.stopMemory = stop;
+      timings.builtMs = since();
+      const built = vmm;
+      // The vCPU workers take tens of ms to load; they start while the memory is checked and loaded.
+      workersStarting = built.startWorkers();
+      workersStarting.catch(() => {});
+      if (lazy && lazy.verify !== false) {
+        const report = await file.verifyAll();
+        if (!report.ok) {
+          const first = report.corruptPages[0]!;
+          throw new InvalidVmSnapshotError(path, `${report.corruptPageCount} stored page(s) fail their CRC check, the first at image offset 0x${first.imageOffset.toString(16)} ` +
+            `(CRC 0x${first.actualCrc32.toString(16)}, expected 0x${first.expectedCrc32.toString(16)}) [ESNAPSHOTCORRUPT]`);
+        }
+        timings.verifiedMs = since();
+      }
+      if (lazy) {
+        built.lazyOptions = lazy;
+        fileOwnedByPager = true;
+        built.lazyMemory = LazyGuestMemory.start(built.memory, file, lazy, (error) => built.failMemory(error));
+        if (timings.verifiedMs !== undefined) built.lazyMemory.verifyMs = timings.verifiedMs - timings.builtMs;
+        const lazyMemory = built.lazyMemory;
+        built.stopMemory = () => lazyMemory.stop();
+      } else if (options.loadMemory) {
+        fileOwnedByPager = true;
+        const stop = await options.loadMemory(built.memory, file);
+        if (stop) built.stopMemory = stop;
       } else {
         // Every page checked against its CRC before any vCPU exists to run.
-        await readVmMemory(path, file, vmm.memory);
+        await readVmMemory(path, file, built.memory);
+        timings.verifiedMs = since();
       }
-      vmm.vm.setPit2(state.pit2);
-      vmm.vm.setClock(state.clock);
-      vmm.vm.setIrqchip(state.irqchip);
-      await vmm.startWorkers();
-      for (const handle of vmm.handles) {
+      timings.memoryMs = since();
+      built.vm.setPit2(state.pit2);
+      built.vm.setClock(state.clock);
+      built.vm.setIrqchip(state.irqchip);
+      await workersStarting;
+      for (const handle of built.handles) {
         const vcpu = state.vcpus.find((v) => v.id === handle.vcpu.id);
         if (!vcpu) throw new VmError(`the snapshot has no state for vCPU ${handle.vcpu.id}`);
         await handle.request({ type: 'restore-state', vcpu, uart: handle.vcpu.id === 0 ? state.uart : undefined });
       }
-      return vmm;
+      timings.readyMs = since();
+      built.restoreInfo = { mode: lazy ? 'lazy' : 'eager', ...(timings as RestoreTimings) };
+      return built;
     } catch (error) {
+      await workersStarting?.catch(() => {});
       await vmm?.close();
       throw error;
     } finally {
-      if (!options.loadMemory) await file.close();
+      if (!fileOwnedByPager || !vmm) await file.close();
     }
   }
 
@@ -273,7 +342,9 @@ export class Vmm {
   }
 
   private onEvent(event: VcpuEvent): void {
-    if (event.type === 'output') this.console(event.bytes);
+    if (event.type === 'output') {
+      if (!this.memoryFailure) this.console(event.bytes);
+    }
     else if (event.type === 'irq') this.vm.irqLine(event.irq, event.level);
     else if (event.type === 'exited') this.exitReasonValue ??= event.reason;
   }
@@ -295,12 +366,46 @@ export class Vmm {
       memoryBytes: this.machine.memoryBytes,
       vcpus: this.handles.map((h) => ({ id: h.vcpu.id, state: h.state, counters: h.counters })),
       exitReason: this.exitReasonValue,
+      ...(this.restoreInfo ? { restore: { ...this.restoreInfo, ...(this.lazyMemory ? { memory: this.lazyMemory.report() } : {}) } } : {}),
     };
+  }
+
+  /** The lazy pager's counters (undefined unless restored lazily). */
+  lazyMemoryReport(): LazyMemoryReport | undefined {
+    return this.lazyMemory?.report();
+  }
+
+  /** How the VM was restored and where the time went (undefined for a booted VM). */
+  get restoreTimings(): (RestoreTimings & { mode: 'eager' | 'lazy' }) | undefined {
+    return this.restoreInfo;
+  }
+
+  /** A lazily restored VM: fill every page still missing and detach the pager (resolves when done). */
+  async completeMemory(): Promise<void> {
+    await this.lazyMemory?.complete();
+  }
+
+  /**
+   * The snapshot could not supply a page a vCPU is waiting for: the guest must
+   * not run on anything else. Stop every vCPU (their requests are queued and
+   * kicked), then let the waiting one go; whatever it does until it sees the
+   * stop is discarded with the VM (its console output is dropped).
+   */
+  private failMemory(error: Error & { code?: string }): void {
+    if (this.memoryFailure) return;
+    this.memoryFailure = error;
+    this.exitReasonValue ??= { type: 'failed', exit: `${error.code ?? error.name}: ${error.message}` };
+    for (const h of this.handles) if (h.state !== 'exited') void h.request({ type: 'stop' }).catch(() => {});
+    this.lazyMemory?.release();
   }
 
   async resume(): Promise<void> {
     this.refuseUnless(['paused', 'running'], 'resume');
     await Promise.all(this.handles.map((h) => h.request({ type: 'resume' })));
+    if (this.lazyOptions?.prefetchAll && !this.prefetchAllStarted) {
+      this.prefetchAllStarted = true;
+      this.lazyMemory?.prefetchAll();
+    }
   }
 
   /** Every vCPU out of the guest, its last exit completed (KVM finished any pending I/O on re-entry). */
@@ -338,6 +443,8 @@ export class Vmm {
     const pauseMs = performance.now() - started;
     const state = await this.saveState();
     const saveStateMs = performance.now() - started - pauseMs;
+    // This thread is the lazy pager: it must not touch a missing page. Fill them all first.
+    await this.completeMemory();
     const summary = await writeVmSnapshot(path, state, this.memory);
     return { ...summary, pauseMs, saveStateMs, durationMs: performance.now() - started };
   }

@@ -1,0 +1,198 @@
+// Lazy restore of guest RAM: the memory is registered with userfaultfd
+// (MISSING mode) and a Pager running in the VMM's main thread fills each page
+// from the snapshot the first time anything touches it. The vCPUs run in
+// worker threads; their faults on guest RAM are kernel-mode (KVM's emulator
+// and get_user_pages), so the uffd must not be USER_MODE_ONLY.
+//
+// The rule this depends on: the main thread never touches guest memory while
+// pages are missing (it is the thread that serves the faults). complete()
+// fills everything first for the one place that needs all of it (a snapshot).
+//
+// Teardown order: stop the pager (after the vCPUs are gone), unregister the
+// ranges, close the uffd, and only then may the VMM unmap the memory.
+import { PAGE_SIZE } from '../../native.js';
+import { Pager, type PagerMetricsSnapshot, type PrefetchOptions } from '../../pager/index.js';
+import type { SnapshotFile } from '../../snapshot/index.js';
+import { SourceReadError } from '../../sources/page-source.js';
+import { SnapshotSource } from '../../sources/snapshot-source.js';
+import { Userfaultfd } from '../../uffd/index.js';
+import { InvalidVmSnapshotError } from '../errors.js';
+import type { GuestMemory } from './guest-memory.js';
+
+export interface LazyRestoreOptions {
+  /** The pager's read-ahead around a fault (default: 1 page, growing to 64 on sequential faults); false for one page per fault. */
+  prefetch?: PrefetchOptions | false;
+  /** After the guest resumes, stream every page still missing in the background. */
+  prefetchAll?: boolean;
+  /**
+   * Check every stored page's CRC before the guest runs (default true), so a
+   * corrupted snapshot is refused before any vCPU exists. With false the guest
+   * resumes at once and pages are checked as they are faulted in: a corrupt
+   * page stops the VM (it is never installed).
+   */
+  verify?: boolean;
+  /** Source reads in flight at once (the pager's default: 64). */
+  maxInFlight?: number;
+}
+
+export interface LazyMemoryReport {
+  /** Guest RAM in pages. */
+  guestPages: number;
+  /** Stored (non-zero) pages in the snapshot. */
+  snapshotDataPages: number;
+  pages: ReturnType<Pager['pageCounts']>;
+  metrics: PagerMetricsSnapshot;
+  /** Every page present and the pager detached (memory is ordinary memory now). */
+  complete: boolean;
+  /** ms from start() to completion, when complete. */
+  completedMs?: number;
+  verifyMs?: number;
+}
+
+export class LazyGuestMemory {
+  private readonly started = performance.now();
+  private detached = false;
+  private released = false;
+  private completedMs: number | undefined;
+  private completion: Promise<void> | undefined;
+  private finalMetrics: PagerMetricsSnapshot | undefined;
+  private finalPages: ReturnType<Pager['pageCounts']> | undefined;
+  verifyMs: number | undefined;
+  private readonly dataPages: number;
+
+  private constructor(
+    private readonly memory: GuestMemory,
+    private readonly source: SnapshotSource,
+    private readonly uffd: Userfaultfd,
+    readonly pager: Pager,
+  ) {
+    this.dataPages = source.snapshot.pageTable.dataPageCount;
+  }
+
+  /**
+   * Register guest RAM and start serving it from `file` (which this object
+   * now owns and closes). `onFailure` gets the first page the snapshot could
+   * not supply (corrupt or unreadable): the VMM must stop its vCPUs and call
+   * release() so a vCPU waiting on that page is let go.
+   */
+  static start(memory: GuestMemory, file: SnapshotFile, options: LazyRestoreOptions, onFailure: (error: InvalidVmSnapshotError) => void): LazyGuestMemory {
+    const source = new SnapshotSource(file);
+    // No non-cooperative events: the VMM never unmaps or remaps guest RAM while it
+    // is registered (and with EVENT_UNMAP a munmap would wait for us to read it).
+    const uffd = Userfaultfd.open({ features: [], userModeOnly: false });
+    const registered: GuestMemory['regions'][number][] = [];
+    try {
+      for (const region of memory.regions) {
+        uffd.register(region.hostAddress, region.lengthBytes, ['MISSING']);
+        registered.push(region);
+      }
+      const pager = new Pager({
+        uffd,
+        source,
+        regions: memory.regions.map((r) => ({ address: r.hostAddress, lengthBytes: r.lengthBytes, sourceOffset: r.imageOffset })),
+        prefetch: options.prefetch,
+        maxInFlight: options.maxInFlight,
+        // A CRC mismatch does not go away on a second read; an I/O error is as fatal to a VM.
+        sourceRetries: 0,
+        unknownFault: 'zero',
+      });
+      const lazy = new LazyGuestMemory(memory, source, uffd, pager);
+      let failed = false;
+      pager.on('error', (error) => {
+        if (failed) return;
+        if (!(error instanceof SourceReadError)) {
+          process.emitWarning(error);
+          return;
+        }
+        failed = true;
+        const cause = (error.cause as Error | undefined)?.message ?? error.message;
+        const invalid = new InvalidVmSnapshotError(file.path, `guest page at image offset 0x${error.offset.toString(16)}: ${cause}`);
+        (invalid as { cause?: unknown }).cause = error;
+        onFailure(invalid);
+      });
+      pager.start();
+      return lazy;
+    } catch (error) {
+      for (const region of registered) uffd.unregister(region.hostAddress, region.lengthBytes);
+      uffd.close();
+      void source.close();
+      throw error;
+    }
+  }
+
+  /** Stream every missing page in the background; demand faults keep priority. */
+  prefetchAll(): void {
+    if (!this.detached) this.pager.prefetchAll();
+  }
+
+  /**
+   * Fill every page still missing and wait until all are present, then detach
+   * the pager: guest RAM is ordinary memory from here on, so the main thread
+   * may read it (a snapshot of a lazily restored VM).
+   */
+  complete(): Promise<void> {
+    this.completion ??= (async () => {
+      if (this.detached) return;
+      this.pager.prefetchAll();
+      for (;;) {
+        if (this.pager.status !== 'running') throw new InvalidVmSnapshotError(this.source.snapshot.path, `the pager stopped (${this.pager.status}) before guest memory was complete`);
+        const pages = this.pager.pageCounts();
+        if (pages.missing === 0 && pages.inFlight === 0) break;
+        if (this.released) throw new InvalidVmSnapshotError(this.source.snapshot.path, 'guest memory was released after a failed page');
+        await new Promise((r) => setTimeout(r, 2));
+        // A page a failed read left MISSING is not refetched by the first prefetchAll.
+        if (this.pager.pageCounts().inFlight === 0) this.pager.prefetchAll();
+      }
+      this.completedMs = performance.now() - this.started;
+      await this.detach();
+    })();
+    return this.completion;
+  }
+
+  /**
+   * Let every thread waiting on a page go without serving it (after a failed
+   * page, once the vCPUs were told to stop): unregistering wakes the waiters
+   * and the pages they retry are ordinary zero-filled memory.
+   */
+  release(): void {
+    if (this.released || this.detached) return;
+    this.released = true;
+    this.unregister();
+  }
+
+  report(): LazyMemoryReport {
+    const metrics = this.finalMetrics ?? this.pager.snapshotMetrics();
+    const pages = this.finalPages ?? this.pager.pageCounts();
+    const report: LazyMemoryReport = {
+      guestPages: this.memory.lengthBytes / PAGE_SIZE,
+      snapshotDataPages: this.dataPages,
+      pages,
+      metrics,
+      complete: this.completedMs !== undefined,
+    };
+    if (this.completedMs !== undefined) report.completedMs = +this.completedMs.toFixed(1);
+    if (this.verifyMs !== undefined) report.verifyMs = +this.verifyMs.toFixed(1);
+    return report;
+  }
+
+  /** Stop serving (the vCPUs must be gone), unregister, close the uffd and the snapshot. Memory may be unmapped after. */
+  async stop(): Promise<void> {
+    await this.detach();
+  }
+
+  private async detach(): Promise<void> {
+    if (this.detached) return;
+    this.detached = true;
+    await this.pager.stop();
+    this.finalMetrics = this.pager.snapshotMetrics();
+    this.finalPages = this.pager.pageCounts();
+    if (!this.released) this.unregister();
+    this.uffd.close();
+    await this.source.close();
+  }
+
+  private unregister(): void {
+    for (const region of this.memory.regions) this.uffd.unregister(region.hostAddress, region.lengthBytes);
+  }
+}
+
