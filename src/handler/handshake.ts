@@ -1,0 +1,376 @@
+// The handshake a client (a Firecracker snapshot restore, or anything speaking
+// its protocol) opens a handler connection with. Pure: bytes in, regions out.
+//
+// On the wire: one JSON array, UTF-8, with no length prefix and no terminator;
+// the userfaultfd rides as SCM_RIGHTS on one of the sendmsg calls (Firecracker
+// sends both in one). Nothing ever goes back: the protocol has no reply.
+//
+//   [ { "base_host_virt_addr": 139637976727552,   where the region starts in the client
+//       "size": 4194304,                          bytes
+//       "offset": 0,                              where its contents start in the memory file
+//       "page_size": 4096 },                      bytes (older Firecracker: "page_size_kib": 4)
+//     ... ]
+//
+// A stream socket keeps no message boundaries, so the array may come in any
+// number of reads. It is complete when its closing bracket arrives: the
+// decoder tracks bracket depth outside strings, byte by byte, and parses only
+// then. The structural bytes are ASCII and UTF-8 continuation bytes never are,
+// so a split inside a multi-byte character cannot fool the scan.
+
+/** A memory region the client asks to have served, as validated here. */
+export interface HandshakeRegion {
+  /** `base_host_virt_addr`: the region's first byte in the client's address space. */
+  hostAddress: number;
+  /** `size`. */
+  lengthBytes: number;
+  /** `offset`: where the region's contents start in the memory file. */
+  fileOffset: number;
+  /** `page_size`, or `page_size_kib` × 1024. */
+  pageSizeBytes: number;
+}
+
+export type HandshakeProblemCode =
+  /** The bytes are not UTF-8. */
+  | 'EHANDSHAKE_ENCODING'
+  /** Not JSON. */
+  | 'EHANDSHAKE_JSON'
+  /** JSON, but not an array of region objects. */
+  | 'EHANDSHAKE_SHAPE'
+  /** A field missing, or not a non-negative integer. */
+  | 'EHANDSHAKE_FIELD'
+  /** A page size this handler does not serve, or two that disagree. */
+  | 'EHANDSHAKE_PAGE_SIZE'
+  /** An address, size or offset that is not a multiple of the page size. */
+  | 'EHANDSHAKE_ALIGNMENT'
+  /** Two regions share host addresses. */
+  | 'EHANDSHAKE_OVERLAP'
+  /** offset + size past the end of the memory file. */
+  | 'EHANDSHAKE_BEYOND_FILE'
+  /** No closing bracket within the length limit. */
+  | 'EHANDSHAKE_TOO_LONG'
+  /** The stream ended before the array closed. */
+  | 'EHANDSHAKE_TRUNCATED';
+
+/** One thing wrong with a handshake, with the region (index in the array) and field it concerns. */
+export interface HandshakeProblem {
+  code: HandshakeProblemCode;
+  message: string;
+  region?: number;
+  field?: string;
+}
+
+export type HandshakeParse =
+  /** More bytes are needed; `bytesSeen` so far. */
+  | { complete: false; bytesSeen: number }
+  /**
+   * The handshake is over: either `errors` is empty and `regions` holds every
+   * region, or `errors` says why it was refused and `regions` is empty.
+   * `lengthBytes` is how many of the bytes pushed belong to it; any after are not the handshake's.
+   */
+  | { complete: true; regions: HandshakeRegion[]; errors: HandshakeProblem[]; lengthBytes: number };
+
+/** What the handshake is checked against. */
+export interface HandshakeLimits {
+  /** The page size this handler serves (the host's base page). */
+  pageSizeBytes: number;
+  /** Length of the memory image the `offset`s index. */
+  memoryFileSizeBytes: number;
+  /** Longest handshake accepted (default 64 KiB: thousands of regions). */
+  maxLengthBytes?: number;
+}
+
+export const DEFAULT_MAX_HANDSHAKE_BYTES = 64 * 1024;
+
+const OPEN_BRACKET = 0x5b;
+const CLOSE_BRACKET = 0x5d;
+const OPEN_BRACE = 0x7b;
+const CLOSE_BRACE = 0x7d;
+const QUOTE = 0x22;
+const BACKSLASH = 0x5c;
+
+function isJsonWhitespace(byte: number): boolean {
+  return byte === 0x20 || byte === 0x09 || byte === 0x0a || byte === 0x0d;
+}
+
+/**
+ * Accumulates a handshake pushed in pieces. The scan resumes where the last
+ * push stopped, so feeding a byte at a time costs no more than feeding it whole.
+ * After the result is complete, further pushes return that same result.
+ */
+export class HandshakeDecoder {
+  private readonly chunks: Uint8Array[] = [];
+  private bytesSeen = 0;
+  private started = false;
+  private depth = 0;
+  private inString = false;
+  private escaped = false;
+  private result: HandshakeParse | undefined;
+  private readonly maxLengthBytes: number;
+
+  constructor(private readonly limits: HandshakeLimits) {
+    this.maxLengthBytes = limits.maxLengthBytes ?? DEFAULT_MAX_HANDSHAKE_BYTES;
+  }
+
+  get isComplete(): boolean {
+    return this.result !== undefined;
+  }
+
+  /** Feed the next bytes read; they are copied, so the caller may reuse its buffer. */
+  push(chunk: Uint8Array): HandshakeParse {
+    if (this.result) return this.result;
+    for (let i = 0; i < chunk.length; i++) {
+      const end = this.scan(chunk[i]!);
+      if (end === undefined) continue;
+      const lengthBytes = this.bytesSeen + i + 1;
+      if (end === 'not-an-array') {
+        const message = `the handshake must be a JSON array of regions; it starts with ${describeByte(chunk[i]!)}`;
+        return this.finish({ regions: [], errors: [problem('EHANDSHAKE_SHAPE', message)] }, lengthBytes);
+      }
+      this.chunks.push(chunk.slice(0, i + 1));
+      if (lengthBytes > this.maxLengthBytes) return this.finish({ regions: [], errors: [tooLong(this.maxLengthBytes)] }, lengthBytes);
+      return this.finish(this.decode(), lengthBytes);
+    }
+    this.chunks.push(chunk.slice());
+    this.bytesSeen += chunk.length;
+    if (this.bytesSeen > this.maxLengthBytes) return this.finish({ regions: [], errors: [tooLong(this.maxLengthBytes)] }, this.bytesSeen);
+    return { complete: false, bytesSeen: this.bytesSeen };
+  }
+
+  /** The stream ended: complete now, refused as truncated if the array never closed. */
+  end(): HandshakeParse {
+    if (this.result) return this.result;
+    const message = this.bytesSeen === 0
+      ? 'the client sent no handshake before hanging up'
+      : `the handshake stopped after ${this.bytesSeen} bytes, before its array closed`;
+    return this.finish({ regions: [], errors: [problem('EHANDSHAKE_TRUNCATED', message)] }, this.bytesSeen);
+  }
+
+  /** Advance the scan over one byte. */
+  private scan(byte: number): 'closed' | 'not-an-array' | undefined {
+    if (!this.started) {
+      if (isJsonWhitespace(byte)) return undefined;
+      if (byte !== OPEN_BRACKET) return 'not-an-array';
+      this.started = true;
+      this.depth = 1;
+      return undefined;
+    }
+    if (this.inString) {
+      if (this.escaped) this.escaped = false;
+      else if (byte === BACKSLASH) this.escaped = true;
+      else if (byte === QUOTE) this.inString = false;
+      return undefined;
+    }
+    switch (byte) {
+      case QUOTE:
+        this.inString = true;
+        return undefined;
+      case OPEN_BRACKET:
+      case OPEN_BRACE:
+        this.depth++;
+        return undefined;
+      case CLOSE_BRACKET:
+      case CLOSE_BRACE:
+        // A mismatched pair still ends the scan; JSON.parse then names the mistake.
+        this.depth--;
+        return this.depth === 0 ? 'closed' : undefined;
+      default:
+        return undefined;
+    }
+  }
+
+  private decode(): { regions: HandshakeRegion[]; errors: HandshakeProblem[] } {
+    const bytes = concat(this.chunks);
+    let text: string;
+    try {
+      text = new TextDecoder('utf-8', { fatal: true }).decode(bytes);
+    } catch {
+      return { regions: [], errors: [problem('EHANDSHAKE_ENCODING', 'the handshake is not valid UTF-8')] };
+    }
+    let value: unknown;
+    try {
+      value = JSON.parse(text);
+    } catch (error) {
+      return { regions: [], errors: [problem('EHANDSHAKE_JSON', `the handshake is not JSON: ${(error as Error).message}`)] };
+    }
+    return validateHandshake(value, this.limits);
+  }
+
+  private finish(outcome: { regions: HandshakeRegion[]; errors: HandshakeProblem[] }, lengthBytes: number): HandshakeParse {
+    this.result = { complete: true, regions: outcome.errors.length > 0 ? [] : outcome.regions, errors: outcome.errors, lengthBytes };
+    this.chunks.length = 0;
+    return this.result;
+  }
+}
+
+/** Decode a handshake held whole (or a prefix of one: then `complete` is false). */
+export function parseHandshake(bytes: Uint8Array, limits: HandshakeLimits): HandshakeParse {
+  return new HandshakeDecoder(limits).push(bytes);
+}
+
+/**
+ * Check a decoded handshake against the memory file and page size. Every
+ * problem is reported, not just the first, each naming its region and field.
+ */
+export function validateHandshake(value: unknown, limits: HandshakeLimits): { regions: HandshakeRegion[]; errors: HandshakeProblem[] } {
+  const errors: HandshakeProblem[] = [];
+  if (!Array.isArray(value)) {
+    return { regions: [], errors: [problem('EHANDSHAKE_SHAPE', `the handshake must be a JSON array of regions, not ${jsonKind(value)}`)] };
+  }
+  if (value.length === 0) {
+    return { regions: [], errors: [problem('EHANDSHAKE_SHAPE', 'the handshake names no regions')] };
+  }
+  const regions: Array<HandshakeRegion & { index: number }> = [];
+  value.forEach((entry: unknown, index) => {
+    const region = validateRegion(entry, index, limits, errors);
+    if (region) regions.push({ ...region, index });
+  });
+  const byAddress = [...regions].sort((a, b) => a.hostAddress - b.hostAddress);
+  for (let i = 1; i < byAddress.length; i++) {
+    const previous = byAddress[i - 1]!;
+    const current = byAddress[i]!;
+    if (current.hostAddress < previous.hostAddress + previous.lengthBytes) {
+      const [first, second] = previous.index < current.index ? [previous, current] : [current, previous];
+      errors.push({
+        code: 'EHANDSHAKE_OVERLAP',
+        message: `regions ${first.index} and ${second.index} overlap at ${hex(current.hostAddress)}`,
+        region: second.index,
+      });
+    }
+  }
+  if (errors.length > 0) return { regions: [], errors };
+  return { regions: regions.map(({ index: _index, ...region }) => region), errors };
+}
+
+function validateRegion(entry: unknown, index: number, limits: HandshakeLimits, errors: HandshakeProblem[]): HandshakeRegion | undefined {
+  if (typeof entry !== 'object' || entry === null || Array.isArray(entry)) {
+    errors.push({ code: 'EHANDSHAKE_SHAPE', message: `region ${index} is ${jsonKind(entry)}, not an object`, region: index });
+    return undefined;
+  }
+  const fields = entry as Record<string, unknown>;
+  const before = errors.length;
+  const hostAddress = integerField(fields, 'base_host_virt_addr', index, errors);
+  const lengthBytes = integerField(fields, 'size', index, errors);
+  const fileOffset = integerField(fields, 'offset', index, errors);
+  const pageSizeBytes = pageSizeField(fields, index, limits, errors);
+  if (errors.length > before) return undefined;
+  const region = { hostAddress: hostAddress!, lengthBytes: lengthBytes!, fileOffset: fileOffset!, pageSizeBytes: pageSizeBytes! };
+
+  if (region.lengthBytes === 0) {
+    errors.push({ code: 'EHANDSHAKE_FIELD', message: `region ${index}: size is 0`, region: index, field: 'size' });
+  }
+  for (const [field, value] of [['base_host_virt_addr', region.hostAddress], ['size', region.lengthBytes], ['offset', region.fileOffset]] as const) {
+    if (value % region.pageSizeBytes !== 0) {
+      errors.push({
+        code: 'EHANDSHAKE_ALIGNMENT',
+        message: `region ${index}: ${field} ${hex(value)} is not a multiple of the ${region.pageSizeBytes}-byte page`,
+        region: index,
+        field,
+      });
+    }
+  }
+  if (region.fileOffset + region.lengthBytes > limits.memoryFileSizeBytes) {
+    errors.push({
+      code: 'EHANDSHAKE_BEYOND_FILE',
+      message: `region ${index}: offset ${region.fileOffset} + size ${region.lengthBytes} = ${region.fileOffset + region.lengthBytes} ` +
+        `is past the end of the ${limits.memoryFileSizeBytes}-byte memory file`,
+      region: index,
+      field: 'offset',
+    });
+  }
+  if (!Number.isSafeInteger(region.hostAddress + region.lengthBytes)) {
+    errors.push({ code: 'EHANDSHAKE_FIELD', message: `region ${index}: base_host_virt_addr + size overflows`, region: index, field: 'size' });
+  }
+  return errors.length > before ? undefined : region;
+}
+
+function integerField(fields: Record<string, unknown>, field: string, index: number, errors: HandshakeProblem[]): number | undefined {
+  if (!(field in fields)) {
+    errors.push({ code: 'EHANDSHAKE_FIELD', message: `region ${index}: ${field} is missing`, region: index, field });
+    return undefined;
+  }
+  const value = fields[field];
+  // Firecracker's fields are u64/usize. A double holds integers exactly up to
+  // 2^53, past every x86-64 user address; a larger value has already lost its
+  // low bits in JSON.parse and is refused rather than rounded.
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0) {
+    errors.push({
+      code: 'EHANDSHAKE_FIELD',
+      message: `region ${index}: ${field} must be a non-negative integer below 2^53, got ${JSON.stringify(value) ?? String(value)}`,
+      region: index,
+      field,
+    });
+    return undefined;
+  }
+  return value;
+}
+
+/** `page_size` in bytes (Firecracker ≥ 1.8) or `page_size_kib` (older); both must agree if both are sent. */
+function pageSizeField(fields: Record<string, unknown>, index: number, limits: HandshakeLimits, errors: HandshakeProblem[]): number | undefined {
+  const hasBytes = 'page_size' in fields;
+  const hasKib = 'page_size_kib' in fields;
+  if (!hasBytes && !hasKib) {
+    errors.push({ code: 'EHANDSHAKE_FIELD', message: `region ${index}: page_size (or page_size_kib) is missing`, region: index, field: 'page_size' });
+    return undefined;
+  }
+  const bytes = hasBytes ? integerField(fields, 'page_size', index, errors) : undefined;
+  const kib = hasKib ? integerField(fields, 'page_size_kib', index, errors) : undefined;
+  if ((hasBytes && bytes === undefined) || (hasKib && kib === undefined)) return undefined;
+  const fromKib = kib === undefined ? undefined : kib * 1024;
+  if (bytes !== undefined && fromKib !== undefined && bytes !== fromKib) {
+    errors.push({
+      code: 'EHANDSHAKE_PAGE_SIZE',
+      message: `region ${index}: page_size ${bytes} and page_size_kib ${kib} disagree`,
+      region: index,
+      field: 'page_size',
+    });
+    return undefined;
+  }
+  const pageSize = (bytes ?? fromKib)!;
+  if (pageSize !== limits.pageSizeBytes) {
+    errors.push({
+      code: 'EHANDSHAKE_PAGE_SIZE',
+      message: `region ${index}: page size ${pageSize} bytes is not served here: this handler serves ${limits.pageSizeBytes}-byte pages ` +
+        '(hugetlbfs-backed guest memory is not supported)',
+      region: index,
+      field: hasBytes ? 'page_size' : 'page_size_kib',
+    });
+    return undefined;
+  }
+  return pageSize;
+}
+
+function problem(code: HandshakeProblemCode, message: string): HandshakeProblem {
+  return { code, message };
+}
+
+function tooLong(maxLengthBytes: number): HandshakeProblem {
+  return problem('EHANDSHAKE_TOO_LONG', `the handshake's array did not close within ${maxLengthBytes} bytes`);
+}
+
+function describeByte(byte: number): string {
+  return byte >= 0x20 && byte < 0x7f ? `'${String.fromCharCode(byte)}'` : `byte 0x${byte.toString(16).padStart(2, '0')}`;
+}
+
+function jsonKind(value: unknown): string {
+  if (value === null) return 'null';
+  if (Array.isArray(value)) return 'an array';
+  if (typeof value === 'object') return 'an object';
+  return `a ${typeof value}`;
+}
+
+function hex(value: number): string {
+  return `0x${value.toString(16)}`;
+}
+
+function concat(chunks: readonly Uint8Array[]): Uint8Array {
+  if (chunks.length === 1) return chunks[0]!;
+  let length = 0;
+  for (const chunk of chunks) length += chunk.length;
+  const out = new Uint8Array(length);
+  let at = 0;
+  for (const chunk of chunks) {
+    out.set(chunk, at);
+    at += chunk.length;
+  }
+  return out;
+}
