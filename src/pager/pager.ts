@@ -226,12 +226,25 @@ export class Pager extends EventEmitter<PagerEvents> {
     const faults: PagefaultEvent[] = [];
     for (const message of messages) {
       if (message.type === 'pagefault') faults.push(message);
-      else this.applyEvent(message);
+      else this.guarded(() => this.applyEvent(message));
     }
-    if (this.retryQueue.length > 0) this.flushRetries();
+    if (this.retryQueue.length > 0) this.guarded(() => this.flushRetries());
     const now = performance.now();
-    for (const fault of faults) this.handleFault(fault, now);
+    for (const fault of faults) this.guarded(() => this.handleFault(fault, now));
     this.pump();
+  }
+
+  /**
+   * Run one step of serving; an ioctl failure (ESRCH once the process is gone,
+   * say) ends up in fail(), never thrown into the event loop.
+   */
+  private guarded(step: () => void): void {
+    if (this.statusValue !== 'running') return;
+    try {
+      step();
+    } catch (error) {
+      this.fail(error as Error);
+    }
   }
 
   private applyEvent(event: Exclude<UffdEvent, PagefaultEvent>): void {
@@ -470,12 +483,12 @@ export class Pager extends EventEmitter<PagerEvents> {
       .then(
         () => {
           fetch.buffer = buffer;
-          if (this.statusValue === 'running') this.install(fetch);
+          if (this.statusValue === 'running') this.guarded(() => this.install(fetch));
           else this.releaseBuffer(fetch);
         },
         (error: unknown) => {
           this.releaseBuffer({ ...fetch, buffer });
-          this.readFailed(fetch, error);
+          this.guarded(() => this.readFailed(fetch, error));
         },
       )
       .finally(() => {
@@ -612,7 +625,7 @@ export class Pager extends EventEmitter<PagerEvents> {
     this.retryTimer = setTimeout(() => {
       this.retryTimer = undefined;
       this.serve();
-      this.flushRetries();
+      this.guarded(() => this.flushRetries());
     }, delay);
   }
 
