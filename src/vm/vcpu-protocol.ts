@@ -52,6 +52,7 @@ export type VcpuEvent =
   | { type: 'reply'; seq: number; ok: true; value?: unknown }
   | { type: 'reply'; seq: number; ok: false; error: { name: string; code?: string; message: string } }
   | { type: 'state'; state: VcpuRunState; counters: VcpuCounters }
-  | { type: 'output'; bytes: Uint8Array }
+  /** Console bytes, with the counters as of now (so status stays current while the vCPU runs). */
+  | { type: 'output'; bytes: Uint8Array; counters: VcpuCounters }
   | { type: 'irq'; irq: number; level: 0 | 1 }
   | { type: 'exited'; reason: GuestExitReason; counters: VcpuCounters };

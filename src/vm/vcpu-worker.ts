@@ -52,7 +52,7 @@ function flushOutput(): void {
     at += b.byteLength;
   }
   pendingOutput = [];
-  post({ type: 'output', bytes }, [bytes.buffer]);
+  post({ type: 'output', bytes, counters: { ...counters } }, [bytes.buffer]);
 }
 
 function handle(command: VcpuCommand): void {

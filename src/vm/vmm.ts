@@ -126,6 +126,8 @@ class VcpuHandle {
             resolveExit(event.reason);
             break;
           case 'output':
+            this.counters = event.counters;
+            break;
           case 'irq':
             break;
           default: {
@@ -250,7 +252,7 @@ export class Vmm {
         if (!report.ok) {
           const first = report.corruptPages[0]!;
           throw new InvalidVmSnapshotError(path, `${report.corruptPageCount} stored page(s) fail their CRC check, the first at image offset 0x${first.imageOffset.toString(16)} ` +
-            `(CRC 0x${first.actualCrc32.toString(16)}, expected 0x${first.expectedCrc32.toString(16)}) [ESNAPSHOTCORRUPT]`);
+            `(CRC 0x${first.actualCrc32.toString(16)}, expected 0x${first.expectedCrc32.toString(16)}) [ESNAPSHOT_CORRUPT]`);
         }
         timings.verifiedMs = since();
       }
