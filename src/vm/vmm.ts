@@ -457,7 +457,9 @@ export class Vmm {
     this.closed = true;
     await Promise.all(this.handles.map(async (h) => {
       if (h.state !== 'exited') await h.request({ type: 'stop' }).catch(() => {});
-      await Promise.race([h.exited, new Promise((r) => setTimeout(r, 2000))]);
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([h.exited, new Promise((r) => (timer = setTimeout(r, 2000)))]);
+      clearTimeout(timer);
       await h.terminate();
     }));
     await this.stopMemory?.();

@@ -1,11 +1,12 @@
 // Shared by the VM tests: what the host must offer, and a guest run with its console captured.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { accessSync, constants, mkdtempSync, rmSync } from 'node:fs';
+import { accessSync, closeSync, constants, mkdtempSync, openSync, readSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { TestContext } from 'node:test';
 import { ensureBuiltinGuest } from '../../src/vm/boot/builtin-guest.js';
+import { PageKind, SnapshotFile } from '../../src/snapshot/index.js';
 
 /** Why KVM tests cannot run here, or undefined when they can. */
 export function kvmSkipReason(): string | undefined {
@@ -55,11 +56,73 @@ export class ConsoleCapture {
   }
 }
 
-const VMM_MAIN = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'src', 'vm', 'vmm-main.js');
+const DIST_SRC = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'src');
+const VMM_MAIN = join(DIST_SRC, 'vm', 'vmm-main.js');
+export const CLI_MAIN = join(DIST_SRC, 'cli', 'main.js');
 
-/** A VMM in a child process; its console on `console`, its `vmm:` lines on `events`. */
-export function spawnVmm(t: TestContext, args: string[]): { child: ChildProcess; console: ConsoleCapture; stderr: () => string; exit: Promise<number | null> } {
-  const child = spawn(process.execPath, [VMM_MAIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+/** Where a spawned process registers its kill: a test's context, or a list a hook runs later. */
+export interface CleanupScope {
+  after(fn: () => void): unknown;
+}
+
+/** A CleanupScope for before() hooks: run() does what was registered. */
+export function cleanupList(): CleanupScope & { run(): void } {
+  const fns: (() => void)[] = [];
+  return { after: (fn) => fns.push(fn), run: () => fns.splice(0).forEach((fn) => fn()) };
+}
+
+export interface SpawnedVmm {
+  child: ChildProcess;
+  console: ConsoleCapture;
+  stderr: () => string;
+  exit: Promise<number | null>;
+}
+
+/** A VMM in a child process (`vmm-main.js ARGS`); its console on `console`, its `vmm: {json}` lines in stderr. */
+export function spawnVmm(t: CleanupScope, args: string[]): SpawnedVmm {
+  return spawnNode(t, [VMM_MAIN, ...args]);
+}
+
+/** `userfault ARGS` in a child process. */
+export function spawnCli(t: CleanupScope, args: string[]): SpawnedVmm {
+  return spawnNode(t, [CLI_MAIN, ...args]);
+}
+
+/** The `vmm: {json}` events a VMM process printed on stderr. */
+export function vmmEvents(stderr: string): { event: string; [key: string]: unknown }[] {
+  return [...stderr.matchAll(/^vmm: (\{.*\})$/gm)].map((m) => JSON.parse(m[1]!) as { event: string });
+}
+
+/** Flip one byte inside the `which` stored (data) page of a snapshot, so only that page's CRC fails. */
+export async function corruptStoredPage(path: string, which: 'first' | 'last' = 'last'): Promise<{ imageOffset: number }> {
+  const file = await SnapshotFile.open(path);
+  try {
+    const { kinds, dataIndexes } = file.pageTable;
+    let page = -1;
+    for (let i = 0; i < kinds.length; i++) {
+      if (kinds[i] !== PageKind.data) continue;
+      page = i;
+      if (which === 'first') break;
+    }
+    if (page < 0) throw new Error(`${path} stores no page`);
+    const fileOffset = file.header.data.offset + dataIndexes[page]! * file.pageSize + 100;
+    const fd = openSync(path, 'r+');
+    try {
+      const byte = Buffer.alloc(1);
+      readSync(fd, byte, 0, 1, fileOffset);
+      byte[0] ^= 0xff;
+      writeSync(fd, byte, 0, 1, fileOffset);
+    } finally {
+      closeSync(fd);
+    }
+    return { imageOffset: page * file.pageSize };
+  } finally {
+    await file.close();
+  }
+}
+
+function spawnNode(t: CleanupScope, args: string[]): SpawnedVmm {
+  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   const console = new ConsoleCapture();
   let stderr = '';
   child.stdout!.on('data', (c: Buffer) => console.append(c.toString('latin1')));

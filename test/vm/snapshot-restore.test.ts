@@ -2,10 +2,10 @@
 // restored in another. Needs /dev/kvm and the micro guest.
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { openSync, writeSync, closeSync, statSync } from 'node:fs';
+import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { controlRequest } from '../../src/vm/control-api.js';
-import { kvmSkipReason, spawnVmm, tempDir, waitForSocket } from './helpers.js';
+import { corruptStoredPage, kvmSkipReason, spawnVmm, tempDir, waitForSocket } from './helpers.js';
 
 const skip = kvmSkipReason();
 
@@ -55,12 +55,11 @@ describe('snapshot and restore across processes', { skip, timeout: 90000 }, () =
     await controlRequest(sock, 'PUT', '/actions', { action_type: 'Stop' });
     await run.exit;
 
-    const fd = openSync(snap, 'r+');
-    writeSync(fd, Buffer.from([0x5a]), 0, 1, statSync(snap).size - 3 * 4096);
-    closeSync(fd);
+    const { imageOffset } = await corruptStoredPage(snap, 'last');
     const restored = spawnVmm(t, ['restore', snap]);
     assert.equal(await restored.exit, 64);
     assert.match(restored.stderr(), /ESNAPSHOTINVALID.*CRC/i);
+    assert.match(restored.stderr(), new RegExp(`image offset 0x${imageOffset.toString(16)}`));
     assert.equal(restored.console.text, '', 'the guest never ran');
   });
 
