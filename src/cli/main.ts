@@ -5,6 +5,7 @@ import { runDemo } from '../demo/demo.js';
 import { parseSize } from './parse.js';
 import { registerSnapshotCommands } from './snapshot-commands.js';
 import { registerProbeCommand } from './probe-command.js';
+import { registerServeCommand } from './serve-command.js';
 import { registerVmCommands } from './vm-commands.js';
 
 export function buildProgram(): Command {
@@ -31,6 +32,7 @@ export function buildProgram(): Command {
 
   registerProbeCommand(program);
   registerSnapshotCommands(program);
+  registerServeCommand(program);
   registerVmCommands(program);
   return program;
 }

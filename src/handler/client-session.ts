@@ -1,0 +1,393 @@
+// One client of the handler: its socket, the uffd it sent, and the pager that
+// serves its faults, all driven from the server's event loop.
+//
+// The states and their legal moves, in one place:
+//
+//   handshaking ──JSON complete + uffd received──▶ starting ──regions probed, pager started──▶ serving
+//        │                                            │                                         │
+//        └──── refused / hangup / timeout ────────────┴──── hangup / exit (ESRCH) / close ───────┘
+//                                                     ▼
+//                                                  closing ──pager stopped, fds closed──▶ closed
+//
+// "The client exited" shows up two ways: its socket hangs up (the process
+// died and the kernel closed its end), or a resolving ioctl says ESRCH (its
+// address space is gone; the pager emits 'exit'). Either ends the session.
+import { EventEmitter } from 'node:events';
+import { readlinkSync } from 'node:fs';
+import { PAGE_SIZE, native, type NativeWatch } from '../native.js';
+import { Pager, type PagerRegion } from '../pager/pager.js';
+import type { PagerMetricsSnapshot } from '../pager/metrics.js';
+import type { PrefetchOptions } from '../pager/readahead.js';
+import type { PageSource } from '../sources/page-source.js';
+import { AddressSpaceGoneError, ERRNO, RangeNotRegisteredError, SyscallError, UserfaultError, errnoName } from '../uffd/errors.js';
+import { Userfaultfd } from '../uffd/userfaultfd.js';
+import {
+  ClientSocketError,
+  HandshakeRefusedError,
+  HandshakeTimeoutError,
+  MissingUffdError,
+  NotAUserfaultfdError,
+  RegionNotRegisteredError,
+} from './errors.js';
+import { HandshakeDecoder, type HandshakeRegion } from './handshake.js';
+
+export type ClientState = 'handshaking' | 'starting' | 'serving' | 'closing' | 'closed';
+
+const LEGAL_MOVES: Readonly<Record<ClientState, readonly ClientState[]>> = {
+  handshaking: ['starting', 'closing'],
+  starting: ['serving', 'closing'],
+  serving: ['closing'],
+  closing: ['closed'],
+  closed: [],
+};
+
+export type ClientEndReason =
+  /** The client closed its socket: it exited, or gave up on us. */
+  | 'hangup'
+  /** Its address space is gone (ESRCH from the uffd). */
+  | 'exited'
+  /** Its handshake, descriptor or regions were refused. */
+  | 'refused'
+  /** Its socket or uffd failed in a way that cannot be served through. */
+  | 'failed'
+  /** The server shut down. */
+  | 'server-closed';
+
+export interface ClientSummary {
+  id: number;
+  state: ClientState;
+  endReason?: ClientEndReason;
+  /** The error that ended the session, if one did. */
+  endError?: string;
+  regions: readonly HandshakeRegion[];
+  /** Pages the region probe copied before the pager started (the pager's metrics do not count them). */
+  probePagesCopied: number;
+  /** Errors reported while serving (source failures and the like) that did not end the session. */
+  errorsReported: number;
+  connectedMs: number;
+  /** Undefined until a pager ran. */
+  metrics?: PagerMetricsSnapshot;
+}
+
+export interface ClientSessionOptions {
+  source: PageSource;
+  prefetch?: PrefetchOptions | false;
+  /** Time from connecting to having both the JSON and the uffd (default 10 s). */
+  handshakeTimeoutMs?: number;
+  /** COPY the first and last page of every region before serving, to catch regions the client never registered (default true). */
+  probeRegions?: boolean;
+}
+
+export interface ClientSessionEvents {
+  /** The pager is serving the client's faults. */
+  ready: [];
+  /** Something odd but harmless (bytes after the handshake, an extra descriptor). */
+  notice: [message: string];
+  /** An error: one that ended the session (then 'gone' follows) or one the pager reported and served through. */
+  error: [error: Error];
+  /** The session is over and every descriptor of it closed. */
+  gone: [summary: ClientSummary];
+}
+
+const DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000;
+const UFFD_LINK_TARGET = 'anon_inode:[userfaultfd]';
+/** One receive buffer for every session: reads are synchronous and the decoder copies what it keeps. */
+const receiveBuffer = new Uint8Array(64 * 1024);
+
+export class ClientSession extends EventEmitter<ClientSessionEvents> {
+  private stateValue: ClientState = 'handshaking';
+  private readonly decoder: HandshakeDecoder;
+  private readonly startedAt = performance.now();
+  private endedAt: number | undefined;
+  private socketWatch: NativeWatch | undefined;
+  private uffdFd: number | undefined;
+  private uffd: Userfaultfd | undefined;
+  private pager: Pager | undefined;
+  /** The start-up (probe and pager creation) while it runs: the uffd must not close under it. */
+  private starting: Promise<void> | undefined;
+  private regionsValue: HandshakeRegion[] | undefined;
+  private bytesReceived = 0;
+  private ignoredBytes = 0;
+  private errorsReported = 0;
+  private probePagesCopied = 0;
+  private endReason: ClientEndReason | undefined;
+  private endError: Error | undefined;
+  private readonly handshakeTimer: NodeJS.Timeout;
+  private readonly goneSignal: Promise<ClientSummary>;
+
+  constructor(
+    readonly id: number,
+    private readonly socketFd: number,
+    private readonly options: ClientSessionOptions,
+  ) {
+    super();
+    this.decoder = new HandshakeDecoder({ pageSizeBytes: PAGE_SIZE, memoryFileSizeBytes: options.source.sizeBytes });
+    const timeoutMs = options.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS;
+    this.handshakeTimer = setTimeout(() => {
+      if (this.stateValue !== 'handshaking') return;
+      const error = this.decoder.isComplete ? new MissingUffdError('timeout', timeoutMs) : new HandshakeTimeoutError(timeoutMs, this.bytesReceived);
+      this.end('refused', error);
+    }, timeoutMs);
+    this.handshakeTimer.unref();
+    this.goneSignal = new Promise((resolve) => this.once('gone', resolve));
+  }
+
+  get state(): ClientState {
+    return this.stateValue;
+  }
+
+  /** The regions, once the handshake is accepted. */
+  get regions(): readonly HandshakeRegion[] {
+    return this.regionsValue ?? [];
+  }
+
+  /** Resolves when the session is closed. */
+  get gone(): Promise<ClientSummary> {
+    return this.goneSignal;
+  }
+
+  /** Closing or closed. */
+  get isOver(): boolean {
+    return this.stateValue === 'closing' || this.stateValue === 'closed';
+  }
+
+  /** Start reading the socket (after the server has attached its listeners). */
+  start(): this {
+    this.socketWatch = native.watchFd(this.socketFd, native.constants.UV_READABLE | native.constants.UV_DISCONNECT, (status, events) =>
+      this.onSocket(status, events),
+    );
+    return this;
+  }
+
+  summary(): ClientSummary {
+    return {
+      id: this.id,
+      state: this.stateValue,
+      endReason: this.endReason,
+      endError: this.endError?.message,
+      regions: this.regions,
+      probePagesCopied: this.probePagesCopied,
+      errorsReported: this.errorsReported,
+      connectedMs: (this.endedAt ?? performance.now()) - this.startedAt,
+      metrics: this.pager?.snapshotMetrics(),
+    };
+  }
+
+  /** End the session (the server is shutting down); resolves when its descriptors are closed. */
+  close(): Promise<ClientSummary> {
+    this.end('server-closed');
+    return this.goneSignal;
+  }
+
+  // ---- the socket ------------------------------------------------------------
+
+  private onSocket(status: number, events: number): void {
+    if (this.isOver) return;
+    if (status < 0) {
+      this.end('failed', new ClientSocketError('uv_poll', -status, errnoName(-status)));
+      return;
+    }
+    for (;;) {
+      const [n, fds] = native.recvWithFds(this.socketFd, receiveBuffer);
+      for (const fd of fds) this.receiveFd(fd);
+      if (this.isOver) return;
+      if (n > 0) {
+        this.receiveBytes(receiveBuffer.subarray(0, n));
+        if (this.isOver) return;
+        continue;
+      }
+      if (n === 0) {
+        this.hangup();
+        return;
+      }
+      if (-n === ERRNO.EAGAIN) break;
+      this.end('failed', new ClientSocketError('recvmsg', -n, errnoName(-n)));
+      return;
+    }
+    // EPOLLRDHUP without a readable EOF does not happen on a Unix stream
+    // socket, but if it ever did, the peer is still gone.
+    if (events & native.constants.UV_DISCONNECT) this.hangup();
+  }
+
+  private receiveFd(fd: number): void {
+    if (this.stateValue !== 'handshaking' || this.uffdFd !== undefined) {
+      native.close(fd);
+      this.emit('notice', `closed an extra descriptor the client sent (${describeFd(fd)})`);
+      return;
+    }
+    const target = describeFd(fd);
+    if (target !== UFFD_LINK_TARGET) {
+      native.close(fd);
+      this.end('refused', new NotAUserfaultfdError(target));
+      return;
+    }
+    this.uffdFd = fd;
+    this.maybeStart();
+  }
+
+  private receiveBytes(bytes: Uint8Array): void {
+    this.bytesReceived += bytes.length;
+    if (this.decoder.isComplete) {
+      this.ignore(bytes);
+      return;
+    }
+    const parse = this.decoder.push(bytes);
+    if (!parse.complete) return;
+    if (parse.errors.length > 0) {
+      this.end('refused', new HandshakeRefusedError(parse.errors));
+      return;
+    }
+    this.regionsValue = parse.regions;
+    this.ignore(bytes.subarray(bytes.length - (this.bytesReceived - parse.lengthBytes)));
+    this.maybeStart();
+  }
+
+  /** Bytes after the handshake: Firecracker sends none, except whitespace (a separate sendmsg carrying the uffd needs one byte). */
+  private ignore(bytes: Uint8Array): void {
+    let meaningful = 0;
+    for (const byte of bytes) if (byte !== 0x20 && byte !== 0x0a && byte !== 0x0d && byte !== 0x09) meaningful++;
+    if (meaningful > 0 && this.ignoredBytes === 0) this.emit('notice', `ignoring bytes sent after the handshake (the protocol has none)`);
+    this.ignoredBytes += meaningful;
+  }
+
+  private hangup(): void {
+    if (this.stateValue !== 'handshaking') {
+      this.end('hangup');
+      return;
+    }
+    const parse = this.decoder.end();
+    if (parse.complete && parse.errors.length > 0) this.end('hangup', new HandshakeRefusedError(parse.errors));
+    else this.end('hangup', new MissingUffdError('hangup'));
+  }
+
+  // ---- serving ---------------------------------------------------------------
+
+  private maybeStart(): void {
+    if (this.stateValue !== 'handshaking' || this.regionsValue === undefined || this.uffdFd === undefined) return;
+    this.move('starting');
+    clearTimeout(this.handshakeTimer);
+    // The client did UFFDIO_API; which features it asked for cannot be read back
+    // from the fd, so none are assumed. The pager serves events it reads either way.
+    this.uffd = Userfaultfd.adopt(this.uffdFd, []);
+    this.starting = this.serve(this.uffd, this.regionsValue).catch((error: Error) => this.end('failed', error));
+  }
+
+  private async serve(uffd: Userfaultfd, regions: readonly HandshakeRegion[]): Promise<void> {
+    if (this.options.probeRegions ?? true) {
+      const outcome = await probeRegions(uffd, this.options.source, regions, () => this.stateValue === 'starting', () => this.probePagesCopied++);
+      if (this.stateValue !== 'starting') return;
+      if (outcome.type === 'gone') {
+        this.end('exited');
+        return;
+      }
+      if (outcome.type === 'unregistered') {
+        this.end('refused', outcome.error);
+        return;
+      }
+    }
+    const pagerRegions: PagerRegion[] = regions.map((r) => ({ address: r.hostAddress, lengthBytes: r.lengthBytes, sourceOffset: r.fileOffset }));
+    const pager = new Pager({ uffd, source: this.options.source, regions: pagerRegions, prefetch: this.options.prefetch });
+    this.pager = pager;
+    pager.on('exit', () => this.end('exited'));
+    pager.on('error', (error) => this.pagerError(error));
+    this.move('serving');
+    pager.start();
+    // start() serves faults already queued, and may learn right there that the client is gone.
+    if (this.stateValue === 'serving') this.emit('ready');
+  }
+
+  private pagerError(error: Error): void {
+    if (this.isOver) return;
+    // A uffd that cannot be read (EBADF, EINVAL on an fd whose UFFDIO_API was
+    // never done) fails on every readiness: serving through it would only spin.
+    if (error instanceof SyscallError && error.syscall.startsWith('read(')) {
+      this.end('failed', error);
+      return;
+    }
+    this.errorsReported++;
+    this.emit('error', error);
+  }
+
+  // ---- the end ---------------------------------------------------------------
+
+  private end(reason: ClientEndReason, error?: Error): void {
+    if (this.isOver) return;
+    this.move('closing');
+    this.endReason = reason;
+    this.endError = error;
+    clearTimeout(this.handshakeTimer);
+    if (this.socketWatch) native.unwatchFd(this.socketWatch);
+    this.socketWatch = undefined;
+    if (error) this.emit('error', error);
+    void this.release();
+  }
+
+  private async release(): Promise<void> {
+    try {
+      // The probe and the reads in flight finish before the uffd closes: a
+      // COPY on a closed descriptor number could land in whichever uffd
+      // (another client's) took the number next.
+      await this.starting;
+      await this.pager?.stop();
+    } finally {
+      if (this.uffd) this.uffd.close();
+      else if (this.uffdFd !== undefined) native.close(this.uffdFd);
+      native.close(this.socketFd);
+      this.endedAt = performance.now();
+      this.move('closed');
+      this.emit('gone', this.summary());
+    }
+  }
+
+  private move(to: ClientState): void {
+    if (!LEGAL_MOVES[this.stateValue].includes(to)) {
+      throw new UserfaultError(`client ${this.id}: cannot move from ${this.stateValue} to ${to}`);
+    }
+    this.stateValue = to;
+  }
+}
+
+type ProbeOutcome = { type: 'ok' } | { type: 'gone' } | { type: 'unregistered'; error: RegionNotRegisteredError };
+
+/**
+ * Check that every region is registered with the client's uffd, by serving
+ * its first and last page now. UFFDIO_COPY is the one ioctl that looks up the
+ * client's VMA and changes nothing the pager would not have done anyway:
+ * ENOENT means the range is not registered (outside the mapping, or never
+ * registered); EEXIST means the page is already there. Nothing cheaper and
+ * non-destructive exists: WAKE checks no VMA, ZEROPAGE would plant zeroes.
+ */
+async function probeRegions(
+  uffd: Userfaultfd,
+  source: PageSource,
+  regions: readonly HandshakeRegion[],
+  wanted: () => boolean,
+  copied: () => void,
+): Promise<ProbeOutcome> {
+  const page = new Uint8Array(PAGE_SIZE);
+  for (const [index, region] of regions.entries()) {
+    const last = region.lengthBytes - PAGE_SIZE;
+    for (const offset of last > 0 ? [0, last] : [0]) {
+      const address = region.hostAddress + offset;
+      await source.read(region.fileOffset + offset, PAGE_SIZE, page);
+      if (!wanted()) return { type: 'ok' };
+      try {
+        // 'retry' (events pending) proves nothing either way; the pager will meet the page if it matters.
+        if (uffd.copy(address, page).status === 'done') copied();
+      } catch (error) {
+        if (error instanceof AddressSpaceGoneError) return { type: 'gone' };
+        if (error instanceof RangeNotRegisteredError) return { type: 'unregistered', error: new RegionNotRegisteredError(index, address, { cause: error }) };
+        throw error;
+      }
+    }
+  }
+  return { type: 'ok' };
+}
+
+function describeFd(fd: number): string {
+  try {
+    return readlinkSync(`/proc/self/fd/${fd}`);
+  } catch (error) {
+    return `unknown (${(error as Error).message})`;
+  }
+}

@@ -1,0 +1,191 @@
+// A page-fault handler process in the shape Firecracker's snapshot restore
+// expects: it listens on a Unix socket, each client sends the regions it wants
+// served and its userfaultfd, and the server fills that client's faults from
+// one memory file until the client goes away. Every client is a ClientSession
+// with its own Pager, all in this one event loop: nothing here blocks, and no
+// thread here ever touches a client's memory.
+import { EventEmitter } from 'node:events';
+import { lstatSync, unlinkSync } from 'node:fs';
+import { native, type NativeWatch } from '../native.js';
+import type { PrefetchOptions } from '../pager/readahead.js';
+import type { PageSource } from '../sources/page-source.js';
+import { ERRNO, errnoName, errorForErrno, wrapNative } from '../uffd/errors.js';
+import { ClientSession, type ClientSummary } from './client-session.js';
+import { SocketInUseError } from './errors.js';
+
+export interface HandlerServerOptions {
+  socketPath: string;
+  /** The memory file every client's `offset`s index (see openMemoryFile). The server reads it, never closes it. */
+  source: PageSource;
+  prefetch?: PrefetchOptions | false;
+  /** Time a client has to send both its JSON and its uffd (default 10 s). */
+  handshakeTimeoutMs?: number;
+  /** Check each region is registered with the client's uffd before serving (default true). */
+  probeRegions?: boolean;
+  /** listen(2) backlog (default 64). */
+  backlog?: number;
+}
+
+export interface HandlerServerEvents {
+  'client-connected': [client: ClientSession];
+  /** The client's handshake was accepted and its pager is serving. */
+  'client-ready': [client: ClientSession];
+  'client-notice': [client: ClientSession, message: string];
+  /** A refused handshake, a lost socket, a pager error: logged, and the other clients go on. */
+  'client-error': [client: ClientSession, error: Error];
+  /** The client's session is over and its descriptors closed. */
+  'client-gone': [client: ClientSession, summary: ClientSummary];
+  /** accept(2) failed. */
+  error: [error: Error];
+}
+
+export interface HandlerServerSummary {
+  socketPath: string;
+  source: string;
+  /** Every client seen, the gone ones included, in order of arrival. */
+  clients: ClientSummary[];
+  /** pagesCopied includes the region probes' pages. */
+  totals: { clients: number; faults: number; pagesCopied: number; zeroPages: number };
+}
+
+export class HandlerServer extends EventEmitter<HandlerServerEvents> {
+  private readonly live = new Map<number, ClientSession>();
+  private readonly goneSummaries = new Map<number, ClientSummary>();
+  private nextId = 1;
+  private listenWatch: NativeWatch | undefined;
+  private closing: Promise<HandlerServerSummary> | undefined;
+
+  /** @internal Use startHandlerServer. */
+  constructor(
+    private readonly options: HandlerServerOptions,
+    private readonly listenFd: number,
+    /** The socket file's inode, so close() never unlinks a file someone else put there since. */
+    private readonly socketInode: number,
+  ) {
+    super();
+  }
+
+  get socketPath(): string {
+    return this.options.socketPath;
+  }
+
+  get source(): PageSource {
+    return this.options.source;
+  }
+
+  /** Clients connected now (any state short of closed). */
+  get clients(): ClientSession[] {
+    return [...this.live.values()];
+  }
+
+  summary(): HandlerServerSummary {
+    const clients = [...this.goneSummaries.values(), ...[...this.live.values()].map((c) => c.summary())].sort((a, b) => a.id - b.id);
+    const totals = { clients: clients.length, faults: 0, pagesCopied: 0, zeroPages: 0 };
+    for (const client of clients) {
+      totals.faults += client.metrics?.faults ?? 0;
+      totals.pagesCopied += (client.metrics?.pagesCopied ?? 0) + client.probePagesCopied;
+      totals.zeroPages += client.metrics?.zeroPages ?? 0;
+    }
+    return { socketPath: this.socketPath, source: this.source.description, clients, totals };
+  }
+
+  /** Stop accepting, end every client (stopping its pager and closing its uffd), remove the socket file. */
+  close(): Promise<HandlerServerSummary> {
+    this.closing ??= this.shutdown();
+    return this.closing;
+  }
+
+  /** @internal */
+  listen(): void {
+    this.listenWatch = native.watchFd(this.listenFd, native.constants.UV_READABLE, () => this.acceptAll());
+  }
+
+  private acceptAll(): void {
+    if (this.closing) return;
+    for (;;) {
+      const fd = native.unixAccept(this.listenFd);
+      if (fd < 0) {
+        if (-fd === ERRNO.EAGAIN || -fd === ERRNO.ECONNABORTED) return;
+        // EMFILE and friends: the connection waits in the backlog until a client leaves.
+        this.emit('error', errorForErrno('accept4', -fd));
+        return;
+      }
+      this.admit(fd);
+    }
+  }
+
+  private admit(fd: number): void {
+    const client = new ClientSession(this.nextId++, fd, {
+      source: this.options.source,
+      prefetch: this.options.prefetch,
+      handshakeTimeoutMs: this.options.handshakeTimeoutMs,
+      probeRegions: this.options.probeRegions,
+    });
+    this.live.set(client.id, client);
+    client.on('ready', () => this.emit('client-ready', client));
+    client.on('notice', (message) => this.emit('client-notice', client, message));
+    client.on('error', (error) => this.emit('client-error', client, error));
+    client.on('gone', (summary) => {
+      this.live.delete(client.id);
+      this.goneSummaries.set(client.id, summary);
+      this.emit('client-gone', client, summary);
+    });
+    this.emit('client-connected', client);
+    client.start();
+  }
+
+  private async shutdown(): Promise<HandlerServerSummary> {
+    if (this.listenWatch) native.unwatchFd(this.listenWatch);
+    this.listenWatch = undefined;
+    native.close(this.listenFd);
+    removeSocketFile(this.socketPath, this.socketInode);
+    await Promise.all(this.clients.map((client) => client.close()));
+    return this.summary();
+  }
+}
+
+/**
+ * Listen on `socketPath` and serve every client that connects. A socket file
+ * left by a server that died is replaced; one a live server listens on is not.
+ */
+export async function startHandlerServer(options: HandlerServerOptions): Promise<HandlerServer> {
+  const listenFd = listenReplacingStale(options.socketPath, options.backlog ?? 64);
+  const server = new HandlerServer(options, listenFd, lstatSync(options.socketPath).ino);
+  server.listen();
+  return server;
+}
+
+function listenReplacingStale(path: string, backlog: number): number {
+  try {
+    return wrapNative(() => native.unixListen(path, backlog));
+  } catch (error) {
+    if ((error as { errno?: number }).errno !== ERRNO.EADDRINUSE) throw error;
+  }
+  let isSocket: boolean;
+  try {
+    isSocket = lstatSync(path).isSocket();
+  } catch {
+    isSocket = false;
+  }
+  if (!isSocket) throw new SocketInUseError(path, 'the path exists and is not a socket');
+  let probe: number;
+  try {
+    probe = native.unixConnect(path);
+  } catch (error) {
+    const errno = (error as { errno?: number }).errno;
+    if (errno !== ERRNO.ECONNREFUSED) throw new SocketInUseError(path, `connecting to the existing socket failed: ${errno ? errnoName(errno) : error}`);
+    // Nobody listens: a server died without cleaning up.
+    unlinkSync(path);
+    return wrapNative(() => native.unixListen(path, backlog));
+  }
+  native.close(probe);
+  throw new SocketInUseError(path, 'another server is listening on it');
+}
+
+function removeSocketFile(path: string, inode: number): void {
+  try {
+    if (lstatSync(path).ino === inode) unlinkSync(path);
+  } catch {
+    // Already gone: nothing to remove.
+  }
+}
