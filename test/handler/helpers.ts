@@ -97,8 +97,13 @@ export class ChildRun {
     return this.child.exitCode !== null || this.child.signalCode !== null;
   }
 
+  /** Signals this test sent the child (so a death can be told apart from one the test caused). */
+  readonly signalsSent: NodeJS.Signals[] = [];
+
   kill(signal: NodeJS.Signals = 'SIGKILL'): void {
-    if (!this.exited) this.child.kill(signal);
+    if (this.exited) return;
+    this.signalsSent.push(signal);
+    this.child.kill(signal);
   }
 
   /** JSON lines printed so far. */
