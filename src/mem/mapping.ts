@@ -10,7 +10,12 @@ export interface AnonymousOptions {
   shared?: boolean;
   /** Don't reserve swap for the whole length. */
   noReserve?: boolean;
+  /** Back with hugetlbfs pages (MAP_HUGETLB, 2 MiB on x86-64); needs vm.nr_hugepages reserved. */
+  hugetlb?: boolean;
 }
+
+/** The size of a default huge page (2 MiB on x86-64). */
+export const HUGE_PAGE_SIZE = 2 << 20;
 
 /** A mapping of `lengthBytes` at `address`, page-aligned. */
 export class Mapping {
@@ -23,15 +28,23 @@ export class Mapping {
     readonly lengthBytes: number,
     /** The memfd or file backing the mapping, when there is one (owned by the mapping). */
     readonly fd: number | undefined,
-    readonly kind: 'anonymous' | 'shared-anonymous' | 'memfd' | 'file',
+    readonly kind: 'anonymous' | 'shared-anonymous' | 'hugetlb' | 'memfd' | 'file',
   ) {}
 
   /** Private (or shared) anonymous memory; pages are missing until touched. */
   static anonymous(lengthBytes: number, options: AnonymousOptions = {}): Mapping {
     checkLength(lengthBytes);
-    const flags = C.MAP_ANONYMOUS | (options.shared ? C.MAP_SHARED : C.MAP_PRIVATE) | (options.noReserve ? C.MAP_NORESERVE : 0);
+    if (options.hugetlb && lengthBytes % HUGE_PAGE_SIZE !== 0) {
+      throw new RangeError(`a hugetlb mapping length ${lengthBytes} is not a multiple of ${HUGE_PAGE_SIZE}`);
+    }
+    const flags =
+      C.MAP_ANONYMOUS |
+      (options.shared ? C.MAP_SHARED : C.MAP_PRIVATE) |
+      (options.noReserve ? C.MAP_NORESERVE : 0) |
+      (options.hugetlb ? C.MAP_HUGETLB : 0);
     const address = wrapNative(() => native.mmap(0, lengthBytes, C.PROT_READ | C.PROT_WRITE, flags, -1, 0));
-    return new Mapping(address, lengthBytes, undefined, options.shared ? 'shared-anonymous' : 'anonymous');
+    const kind = options.hugetlb ? 'hugetlb' : options.shared ? 'shared-anonymous' : 'anonymous';
+    return new Mapping(address, lengthBytes, undefined, kind);
   }
 
   /** A memfd of `lengthBytes` mapped shared: shmem memory, usable for MINOR faults and by a second mapping. */

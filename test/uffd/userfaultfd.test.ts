@@ -2,7 +2,8 @@
 // raised by a worker thread; this thread plays the handler.
 import assert from 'node:assert/strict';
 import { after, describe, test } from 'node:test';
-import { Mapping } from '../../src/mem/index.js';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { HUGE_PAGE_SIZE, Mapping } from '../../src/mem/index.js';
 import { PAGE_SIZE, native } from '../../src/native.js';
 import {
   FeatureUnavailableError,
@@ -205,6 +206,62 @@ describe('resolving ioctls on anonymous memory', () => {
     }
   });
 });
+
+describe('shmem and hugetlbfs memory', () => {
+  test('MISSING mode on a memfd (shmem): COPY fills the page cache, seen through a second mapping', (t) => {
+    const skip = needs('MISSING_SHMEM');
+    if (skip) return t.skip(skip);
+    const memfd = Mapping.memfd(4 * PAGE_SIZE);
+    const other = memfd.alias();
+    const uffd = Userfaultfd.open({ features: ['MISSING_SHMEM'] });
+    try {
+      uffd.register(memfd.address, memfd.lengthBytes, ['MISSING']);
+      assert.equal(uffd.copy(memfd.address + PAGE_SIZE, Buffer.alloc(PAGE_SIZE, 0x61)).status, 'done');
+      assert.equal(other.bytes()[PAGE_SIZE + 9], 0x61);
+    } finally {
+      uffd.close();
+      other.unmap();
+      memfd.unmap();
+    }
+  });
+
+  test('MISSING mode on hugetlbfs: one COPY fills a whole 2 MiB page', (t) => {
+    const skip = needs('MISSING_HUGETLBFS');
+    if (skip) return t.skip(skip);
+    const reserved = reserveHugePages(2);
+    if (!reserved) return t.skip('no huge pages reserved (vm.nr_hugepages is 0 and cannot be raised without root)');
+    let mapping: Mapping | undefined;
+    const uffd = Userfaultfd.open({ features: ['MISSING_HUGETLBFS'] });
+    try {
+      mapping = Mapping.anonymous(HUGE_PAGE_SIZE, { hugetlb: true });
+      const range = uffd.register(mapping.address, mapping.lengthBytes, ['MISSING']);
+      assert.ok(range.ioctls.has('COPY'));
+      assert.throws(() => uffd.copy(mapping!.address, Buffer.alloc(PAGE_SIZE)), InvalidArgumentError, 'a 4 KiB copy into a huge page is refused');
+      assert.equal(uffd.copy(mapping.address, Buffer.alloc(HUGE_PAGE_SIZE, 0x48)).status, 'done');
+      assert.equal(mapping.bytes()[HUGE_PAGE_SIZE - 1], 0x48);
+    } finally {
+      uffd.close();
+      mapping?.unmap();
+      reserved();
+    }
+  });
+});
+
+/** Raise vm.nr_hugepages by `count` for one test; returns the undo, or undefined when not possible. */
+function reserveHugePages(count: number): (() => void) | undefined {
+  const path = '/proc/sys/vm/nr_hugepages';
+  try {
+    const before = Number(readFileSync(path, 'utf8'));
+    writeFileSync(path, String(before + count));
+    if (Number(readFileSync(path, 'utf8')) < before + count) {
+      writeFileSync(path, String(before));
+      return undefined;
+    }
+    return () => writeFileSync(path, String(before));
+  } catch {
+    return undefined;
+  }
+}
 
 describe('write-protect and minor modes', () => {
   test('a write to a write-protected page is a WP fault; lifting the protection lets the writer go on', async (t) => {
