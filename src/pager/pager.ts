@@ -145,7 +145,9 @@ export class Pager extends EventEmitter<PagerEvents> {
     this.uffd.unwatch();
     clearTimeout(this.retryTimer);
     await Promise.allSettled([...this.inFlightSettled]);
-    await Promise.all(this.children.map((child) => child.stop()));
+    // The children's uffds came from FORK events: this pager opened them, so it closes them.
+    const children = this.children.splice(0);
+    await Promise.all(children.map((child) => child.stop().then(() => child.uffd.close())));
   }
 
   /** Metrics of this pager (children report their own). */
@@ -307,7 +309,8 @@ export class Pager extends EventEmitter<PagerEvents> {
       this.children.push(child);
       child.start();
       child.once('exit', () => {
-        this.children.splice(this.children.indexOf(child), 1);
+        const at = this.children.indexOf(child);
+        if (at >= 0) this.children.splice(at, 1);
         child.uffd.close();
       });
     }
