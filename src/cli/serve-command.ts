@@ -37,6 +37,9 @@ export function registerServeCommand(program: Command): void {
         source,
         prefetch: options.readahead ? {} : false,
         handshakeTimeoutMs,
+      }).catch(async (error: Error) => {
+        await source.close?.();
+        throw error;
       });
       const log = (line: string): void => console.log(line);
       server.on('client-connected', (client) => log(`client ${client.id}: connected`));
