@@ -1,0 +1,319 @@
+// The C reference handler: one pthread (the main one) that waits on the uffd,
+// reads fault messages in batches and answers each with UFFDIO_COPY. It is
+// what the pager is measured against, so it stays minimal and does no more
+// than the pager promises: the same adaptive read-ahead (bench-common.h), a
+// window that stops at the first page already filled, one COPY per window.
+//
+//   ref-handler --socket PATH --size BYTES
+//               --source memory|pread|delay --image FILE [--image-offset N]
+//               [--delay-socket PATH]        delay: ask the delay server before each fetch
+//               [--prefetch INITIAL,MAX]     read-ahead window in pages (default 1,1: none)
+//               [--spin-us N]                busy-poll the uffd this long before sleeping in poll
+//               [--ahead-pages N]            async read-ahead: once a stream's window is at its
+//                                            maximum, fill up to N pages past it while idle
+//               [--cpu N]
+//
+// memory: the image is read into memory at start and COPY takes pages straight
+// from it. pread: each window is pread from the file into a buffer, then
+// copied. delay: like memory, after a round trip to the delay server (the
+// "naive" handler: one fetch at a time, however slow the source).
+//
+// Prints "listening" when ready for the toucher, and one JSON line of counts
+// when the toucher hangs up.
+#include "bench-common.h"
+
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+enum source_kind { SOURCE_MEMORY, SOURCE_PREAD, SOURCE_DELAY };
+
+static struct {
+  uint64_t faults, messages, reads, batches, copy_ioctls, pages_copied, wakes, eexist, eagain;
+  uint64_t sleeps, spin_hits, ahead_pages;
+} stats;
+
+static int uffd, image_fd = -1, delay_sock = -1;
+static enum source_kind source_kind = SOURCE_MEMORY;
+static uint8_t *image, *scratch, *filled;
+static uint64_t base, size_bytes, page_count;
+static off_t image_offset;
+static readahead_t ra;
+static uint64_t ahead_budget, ahead_next, ahead_limit;
+
+static int listen_on(const char *path) {
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) die("socket");
+  struct sockaddr_un addr = {.sun_family = AF_UNIX};
+  strncpy(addr.sun_path, path, sizeof addr.sun_path - 1);
+  unlink(path);
+  if (bind(fd, (struct sockaddr *)&addr, sizeof addr) < 0) die("bind");
+  if (listen(fd, 1) < 0) die("listen");
+  return fd;
+}
+
+static int connect_to(const char *path) {
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) die("socket");
+  struct sockaddr_un addr = {.sun_family = AF_UNIX};
+  strncpy(addr.sun_path, path, sizeof addr.sun_path - 1);
+  if (connect(fd, (struct sockaddr *)&addr, sizeof addr) < 0) die("connect delay server");
+  return fd;
+}
+
+static void receive_uffd(int sock) {
+  uint64_t region[2];
+  struct iovec iov = {.iov_base = region, .iov_len = sizeof region};
+  char control[CMSG_SPACE(sizeof(int))];
+  struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof control};
+  if (recvmsg(sock, &msg, MSG_CMSG_CLOEXEC) != (ssize_t)sizeof region) die("recvmsg uffd");
+  struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+  if (!cmsg || cmsg->cmsg_type != SCM_RIGHTS) { fprintf(stderr, "ref-handler: no uffd received\n"); exit(2); }
+  memcpy(&uffd, CMSG_DATA(cmsg), sizeof(int));
+  base = region[0];
+  if (region[1] != size_bytes) { fprintf(stderr, "ref-handler: region of %llu bytes, expected %llu\n", (unsigned long long)region[1], (unsigned long long)size_bytes); exit(2); }
+  int flags = fcntl(uffd, F_GETFL);
+  fcntl(uffd, F_SETFL, flags | O_NONBLOCK);
+}
+
+// Blocking round trip to the delay server (8-byte id out, the same 8 bytes back).
+static void delay_round_trip(uint64_t id) {
+  if (write(delay_sock, &id, sizeof id) != sizeof id) die("write delay server");
+  uint64_t back;
+  size_t got = 0;
+  while (got < sizeof back) {
+    ssize_t n = read(delay_sock, (uint8_t *)&back + got, sizeof back - got);
+    if (n <= 0) die("read delay server");
+    got += n;
+  }
+}
+
+static void wake_page(uint64_t page) {
+  struct uffdio_range range = {.start = base + page * PAGE, .len = PAGE};
+  if (ioctl(uffd, UFFDIO_WAKE, &range) < 0) die("UFFDIO_WAKE");
+  stats.wakes++;
+}
+
+// COPY pages [page, page+count) from the source.
+static void fill(uint64_t page, uint64_t count) {
+  const uint8_t *src;
+  stats.reads++;
+  switch (source_kind) {
+    case SOURCE_PREAD: {
+      size_t done = 0, want = count * PAGE;
+      while (done < want) {
+        ssize_t n = pread(image_fd, scratch + done, want - done, image_offset + page * PAGE + done);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) die("pread");
+        done += n;
+      }
+      src = scratch;
+      break;
+    }
+    case SOURCE_DELAY:
+      delay_round_trip(page);
+      src = image + page * PAGE;
+      break;
+    default:
+      src = image + page * PAGE;
+  }
+  uint64_t done = 0;
+  while (done < count) {
+    struct uffdio_copy copy = {.dst = base + (page + done) * PAGE, .src = (uint64_t)(uintptr_t)(src + done * PAGE), .len = (count - done) * PAGE, .mode = 0};
+    stats.copy_ioctls++;
+    int rc = ioctl(uffd, UFFDIO_COPY, &copy);
+    if (copy.copy > 0) {
+      uint64_t pages = (uint64_t)copy.copy / PAGE;
+      for (uint64_t k = 0; k < pages; k++) filled[page + done + k] = 1;
+      stats.pages_copied += pages;
+      done += pages;
+      continue;
+    }
+    if (rc < 0 && errno == EEXIST) {
+      stats.eexist++;
+      filled[page + done] = 1;
+      wake_page(page + done);
+      done++;
+      continue;
+    }
+    if (rc < 0 && errno == EAGAIN) { stats.eagain++; continue; }
+    die("UFFDIO_COPY");
+  }
+}
+
+static void serve_fault(uint64_t address) {
+  stats.faults++;
+  uint64_t page = (address - base) / PAGE;
+  if (address < base || page >= page_count) { fprintf(stderr, "ref-handler: fault outside the region\n"); exit(2); }
+  if (filled[page]) {
+    // A fault read after an earlier window of this batch filled its page.
+    wake_page(page);
+    return;
+  }
+  int64_t window = ra_window_for(&ra, (int64_t)page);
+  uint64_t count = 1;
+  while ((int64_t)count < window && page + count < page_count && !filled[page + count]) count++;
+  fill(page, count);
+  if (ahead_budget > 0 && window == ra.max_pages) {
+    if (page + count > ahead_next) ahead_next = page + count;
+    ahead_limit = page + count + ahead_budget < page_count ? page + count + ahead_budget : page_count;
+  }
+}
+
+// One window of async read-ahead when one is due; returns whether it did any.
+static int read_ahead_step(void) {
+  while (ahead_next < ahead_limit && filled[ahead_next]) ahead_next++;
+  if (ahead_next >= ahead_limit) return 0;
+  uint64_t count = 1;
+  while ((int64_t)count < ra.max_pages && ahead_next + count < ahead_limit && !filled[ahead_next + count]) count++;
+  fill(ahead_next, count);
+  stats.ahead_pages += count;
+  ahead_next += count;
+  return 1;
+}
+
+// Read every message ready now; returns how many faults were served.
+static uint64_t drain(void) {
+  static struct uffd_msg msgs[64];
+  uint64_t served = 0;
+  for (;;) {
+    ssize_t n = read(uffd, msgs, sizeof msgs);
+    if (n < 0) {
+      if (errno == EAGAIN) return served;
+      if (errno == EINTR) continue;
+      die("read uffd");
+    }
+    if (n == 0) return served;
+    stats.batches++;
+    size_t k = n / sizeof msgs[0];
+    stats.messages += k;
+    for (size_t i = 0; i < k; i++)
+      if (msgs[i].event == UFFD_EVENT_PAGEFAULT) { serve_fault(msgs[i].arg.pagefault.address); served++; }
+    if ((size_t)n < sizeof msgs) return served;
+  }
+}
+
+// CPU time of this thread: schedstat's run time, user/system time, switches.
+typedef struct {
+  uint64_t run_ns;
+  double user_ms, system_ms;
+  long voluntary, involuntary;
+} thread_cpu_t;
+
+static thread_cpu_t thread_cpu_now(void) {
+  thread_cpu_t t = {0};
+  FILE *f = fopen("/proc/thread-self/schedstat", "r");
+  if (f) {
+    unsigned long long run = 0;
+    if (fscanf(f, "%llu", &run) == 1) t.run_ns = run;
+    fclose(f);
+  }
+  struct rusage ru;
+  if (getrusage(RUSAGE_THREAD, &ru) == 0) {
+    t.user_ms = ru.ru_utime.tv_sec * 1e3 + ru.ru_utime.tv_usec / 1e3;
+    t.system_ms = ru.ru_stime.tv_sec * 1e3 + ru.ru_stime.tv_usec / 1e3;
+    t.voluntary = ru.ru_nvcsw;
+    t.involuntary = ru.ru_nivcsw;
+  }
+  return t;
+}
+
+static int peer_gone(int sock) {
+  char byte;
+  ssize_t n = recv(sock, &byte, 1, MSG_DONTWAIT);
+  return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK);
+}
+
+int main(int argc, char **argv) {
+  const char *socket_path = NULL, *image_path = NULL, *delay_path = NULL, *source = "memory";
+  int64_t ra_initial = 1, ra_max = 1, spin_us = 0;
+  int cpu = -1;
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : "";
+    if (!strcmp(a, "--socket")) socket_path = v, i++;
+    else if (!strcmp(a, "--size")) size_bytes = strtoull(v, NULL, 0), i++;
+    else if (!strcmp(a, "--source")) source = v, i++;
+    else if (!strcmp(a, "--image")) image_path = v, i++;
+    else if (!strcmp(a, "--image-offset")) image_offset = strtoll(v, NULL, 0), i++;
+    else if (!strcmp(a, "--delay-socket")) delay_path = v, i++;
+    else if (!strcmp(a, "--prefetch")) { sscanf(v, "%lld,%lld", (long long *)&ra_initial, (long long *)&ra_max); i++; }
+    else if (!strcmp(a, "--spin-us")) spin_us = atoll(v), i++;
+    else if (!strcmp(a, "--ahead-pages")) ahead_budget = strtoull(v, NULL, 0), i++;
+    else if (!strcmp(a, "--cpu")) cpu = atoi(v), i++;
+    else { fprintf(stderr, "ref-handler: unknown argument %s\n", a); return 2; }
+  }
+  if (!socket_path || !image_path || size_bytes == 0 || size_bytes % PAGE) {
+    fprintf(stderr, "ref-handler: --socket, --image and a page-multiple --size are required\n");
+    return 2;
+  }
+  if (!strcmp(source, "pread")) source_kind = SOURCE_PREAD;
+  else if (!strcmp(source, "delay")) source_kind = SOURCE_DELAY;
+  else if (strcmp(source, "memory")) { fprintf(stderr, "ref-handler: unknown source %s\n", source); return 2; }
+  page_count = size_bytes / PAGE;
+  ra_init(&ra, ra_initial, ra_max);
+  filled = calloc(page_count, 1);
+  scratch = malloc((size_t)ra.max_pages * PAGE);
+  image_fd = open(image_path, O_RDONLY | O_CLOEXEC);
+  if (image_fd < 0) die("open image");
+  if (source_kind != SOURCE_PREAD) {
+    image = mmap(NULL, size_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    if (image == MAP_FAILED) die("mmap image");
+    for (uint64_t done = 0; done < size_bytes;) {
+      ssize_t n = pread(image_fd, image + done, size_bytes - done, image_offset + done);
+      if (n <= 0) die("read image");
+      done += n;
+    }
+  }
+  if (source_kind == SOURCE_DELAY) {
+    if (!delay_path) { fprintf(stderr, "ref-handler: --source delay needs --delay-socket\n"); return 2; }
+    delay_sock = connect_to(delay_path);
+  }
+  pin_to_cpu(cpu);
+  int listener = listen_on(socket_path);
+  printf("listening\n");
+  fflush(stdout);
+  int sock = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
+  if (sock < 0) die("accept");
+  receive_uffd(sock);
+  if (write(sock, "s", 1) != 1) die("ack");
+  thread_cpu_t cpu_start = thread_cpu_now();
+
+  const uint64_t spin_ns = (uint64_t)spin_us * 1000;
+  for (;;) {
+    if (drain() > 0) continue;
+    if (read_ahead_step()) continue;
+    if (spin_ns > 0) {
+      // Busy-poll: a fault that arrives while spinning is served without the
+      // wake-up of a sleeping thread (the cross-CPU IPI and the scheduler).
+      uint64_t idle_since = now_ns();
+      uint64_t served;
+      while ((served = drain()) == 0 && now_ns() - idle_since < spin_ns) cpu_relax();
+      if (served) { stats.spin_hits += served; continue; }
+    }
+    struct pollfd p[2] = {{.fd = uffd, .events = POLLIN}, {.fd = sock, .events = POLLIN}};
+    stats.sleeps++;
+    if (poll(p, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      die("poll");
+    }
+    if (p[0].revents & POLLIN) drain();
+    if ((p[1].revents & (POLLIN | POLLHUP)) && peer_gone(sock)) break;
+  }
+  thread_cpu_t cpu_end = thread_cpu_now();
+  printf("{\"cpu\":{\"runNs\":%llu,\"userMs\":%.3f,\"systemMs\":%.3f,\"voluntarySwitches\":%ld,\"involuntarySwitches\":%ld},",
+         (unsigned long long)(cpu_end.run_ns - cpu_start.run_ns), cpu_end.user_ms - cpu_start.user_ms, cpu_end.system_ms - cpu_start.system_ms,
+         cpu_end.voluntary - cpu_start.voluntary, cpu_end.involuntary - cpu_start.involuntary);
+  printf("\"faults\":%llu,\"messages\":%llu,\"batches\":%llu,\"sourceReads\":%llu,\"copyIoctls\":%llu,\"pagesCopied\":%llu,"
+         "\"wakes\":%llu,\"eexist\":%llu,\"eagain\":%llu,\"sleeps\":%llu,\"spinHits\":%llu,\"aheadPages\":%llu}\n",
+         (unsigned long long)stats.faults, (unsigned long long)stats.messages, (unsigned long long)stats.batches,
+         (unsigned long long)stats.reads, (unsigned long long)stats.copy_ioctls, (unsigned long long)stats.pages_copied,
+         (unsigned long long)stats.wakes, (unsigned long long)stats.eexist, (unsigned long long)stats.eagain,
+         (unsigned long long)stats.sleeps, (unsigned long long)stats.spin_hits, (unsigned long long)stats.ahead_pages);
+  return 0;
+}

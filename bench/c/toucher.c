@@ -1,0 +1,227 @@
+// The faulting side of every bench run, the same for every handler: maps the
+// memory one of four ways, touches pages in a given order from 1..N threads,
+// and prints one JSON line with the times.
+//
+//   toucher --memory uffd|private|eager --size BYTES --order FILE
+//           [--socket PATH]              uffd: hand the uffd to the handler listening there
+//           [--file PATH --file-offset N] private/eager: the image file and where the image starts
+//           [--access load|store] [--threads N] [--cpu N] [--latency]
+//
+// uffd: anonymous memory registered MISSING; the uffd and [address, length]
+// go to the handler over a Unix socket (SCM_RIGHTS), which answers one byte
+// when it serves. The toucher closes the socket when done: the handler's cue
+// to report and exit. private: MAP_PRIVATE of the file (the kernel's own
+// demand paging; loads map page-cache pages, stores copy them). eager: read
+// the whole file into anonymous memory first (counted in the total).
+//
+// The order file is u32 little-endian page indices; thread t of N touches the
+// t-th contiguous slice. Every touch checks the page's tag (bench-common.h).
+#include "bench-common.h"
+
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <pthread.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+typedef struct {
+  const uint32_t *order;
+  size_t count;
+  uint32_t *latency_ns; // NULL unless --latency
+  uint64_t start_ns, end_ns;
+  uint64_t mismatches;
+} slice_t;
+
+static uint8_t *base;
+static int store_access;
+static int pin_cpu = -1;
+static pthread_barrier_t start_barrier;
+
+static void *touch_slice(void *arg) {
+  slice_t *s = arg;
+  pin_to_cpu(pin_cpu);
+  pthread_barrier_wait(&start_barrier);
+  s->start_ns = now_ns();
+  uint64_t bad = 0;
+  for (size_t i = 0; i < s->count; i++) {
+    uint64_t index = s->order[i];
+    volatile uint8_t *page = base + index * PAGE;
+    uint64_t before = s->latency_ns ? now_ns() : 0;
+    if (store_access) page[8] = 0x5a;
+    else (void)*(volatile uint64_t *)page;
+    if (s->latency_ns) s->latency_ns[i] = (uint32_t)(now_ns() - before);
+    // The tag is read outside the timed touch (the page is present by now).
+    if (*(volatile uint64_t *)page != page_tag(index)) bad++;
+  }
+  s->end_ns = now_ns();
+  s->mismatches = bad;
+  return NULL;
+}
+
+static int cmp_u32(const void *a, const void *b) {
+  uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+  return x < y ? -1 : x > y;
+}
+
+static uint32_t *read_order(const char *path, size_t *count) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) die("open order");
+  struct stat st;
+  if (fstat(fd, &st) < 0) die("fstat order");
+  uint32_t *order = malloc(st.st_size ? st.st_size : 4);
+  size_t done = 0;
+  while (done < (size_t)st.st_size) {
+    ssize_t n = read(fd, (uint8_t *)order + done, st.st_size - done);
+    if (n <= 0) die("read order");
+    done += n;
+  }
+  close(fd);
+  *count = st.st_size / 4;
+  return order;
+}
+
+static void pread_all(int fd, uint8_t *into, size_t length, off_t offset) {
+  size_t done = 0;
+  while (done < length) {
+    ssize_t n = pread(fd, into + done, length - done, offset + done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) die("pread image");
+    done += n;
+  }
+}
+
+// Hand the uffd to the handler and wait for its "serving" byte.
+static int hand_over(const char *socket_path, int uffd, uint64_t address, uint64_t length) {
+  int sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (sock < 0) die("socket");
+  struct sockaddr_un addr = {.sun_family = AF_UNIX};
+  strncpy(addr.sun_path, socket_path, sizeof addr.sun_path - 1);
+  if (connect(sock, (struct sockaddr *)&addr, sizeof addr) < 0) die("connect handler");
+  uint64_t region[2] = {address, length};
+  struct iovec iov = {.iov_base = region, .iov_len = sizeof region};
+  char control[CMSG_SPACE(sizeof(int))];
+  memset(control, 0, sizeof control);
+  struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof control};
+  struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+  cmsg->cmsg_level = SOL_SOCKET;
+  cmsg->cmsg_type = SCM_RIGHTS;
+  cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+  memcpy(CMSG_DATA(cmsg), &uffd, sizeof(int));
+  if (sendmsg(sock, &msg, MSG_NOSIGNAL) != (ssize_t)sizeof region) die("sendmsg uffd");
+  char ack;
+  if (read(sock, &ack, 1) != 1) die("read handler ack");
+  return sock;
+}
+
+int main(int argc, char **argv) {
+  const char *memory = NULL, *order_path = NULL, *socket_path = NULL, *file_path = NULL;
+  uint64_t size = 0;
+  off_t file_offset = 0;
+  int threads = 1, latency = 0;
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : "";
+    if (!strcmp(a, "--memory")) memory = v, i++;
+    else if (!strcmp(a, "--size")) size = strtoull(v, NULL, 0), i++;
+    else if (!strcmp(a, "--order")) order_path = v, i++;
+    else if (!strcmp(a, "--socket")) socket_path = v, i++;
+    else if (!strcmp(a, "--file")) file_path = v, i++;
+    else if (!strcmp(a, "--file-offset")) file_offset = strtoll(v, NULL, 0), i++;
+    else if (!strcmp(a, "--access")) store_access = !strcmp(v, "store"), i++;
+    else if (!strcmp(a, "--threads")) threads = atoi(v), i++;
+    else if (!strcmp(a, "--cpu")) pin_cpu = atoi(v), i++;
+    else if (!strcmp(a, "--latency")) latency = 1;
+    else { fprintf(stderr, "toucher: unknown argument %s\n", a); return 2; }
+  }
+  if (!memory || !order_path || size == 0 || size % PAGE || threads < 1) {
+    fprintf(stderr, "toucher: --memory, --order and a page-multiple --size are required\n");
+    return 2;
+  }
+  size_t count;
+  uint32_t *order = read_order(order_path, &count);
+  for (size_t i = 0; i < count; i++)
+    if ((uint64_t)order[i] * PAGE >= size) { fprintf(stderr, "toucher: page %u is outside the memory\n", order[i]); return 2; }
+
+  uint64_t setup_start = now_ns(), eager_ns = 0;
+  int sock = -1;
+  if (!strcmp(memory, "uffd")) {
+    base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (base == MAP_FAILED) die("mmap anonymous");
+    int uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+    if (uffd < 0) die("userfaultfd");
+    struct uffdio_api api = {.api = UFFD_API, .features = 0};
+    if (ioctl(uffd, UFFDIO_API, &api) < 0) die("UFFDIO_API");
+    struct uffdio_register reg = {.range = {.start = (uint64_t)(uintptr_t)base, .len = size}, .mode = UFFDIO_REGISTER_MODE_MISSING};
+    if (ioctl(uffd, UFFDIO_REGISTER, &reg) < 0) die("UFFDIO_REGISTER");
+    if (!socket_path) { fprintf(stderr, "toucher: --memory uffd needs --socket\n"); return 2; }
+    sock = hand_over(socket_path, uffd, (uint64_t)(uintptr_t)base, size);
+    close(uffd); // the handler's reference keeps the registration alive
+  } else {
+    if (!file_path) { fprintf(stderr, "toucher: --memory %s needs --file\n", memory); return 2; }
+    int fd = open(file_path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) die("open image");
+    if (!strcmp(memory, "private")) {
+      base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, file_offset);
+      if (base == MAP_FAILED) die("mmap file");
+    } else if (!strcmp(memory, "eager")) {
+      uint64_t t0 = now_ns();
+      base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+      if (base == MAP_FAILED) die("mmap anonymous");
+      pread_all(fd, base, size, file_offset);
+      eager_ns = now_ns() - t0;
+    } else {
+      fprintf(stderr, "toucher: unknown memory %s\n", memory);
+      return 2;
+    }
+    close(fd);
+  }
+  uint64_t setup_ns = now_ns() - setup_start - eager_ns;
+
+  slice_t *slices = calloc(threads, sizeof *slices);
+  pthread_t *tids = calloc(threads, sizeof *tids);
+  pthread_barrier_init(&start_barrier, NULL, threads + 1);
+  for (int t = 0; t < threads; t++) {
+    size_t from = count * t / threads, to = count * (t + 1) / threads;
+    slices[t].order = order + from;
+    slices[t].count = to - from;
+    if (latency) slices[t].latency_ns = calloc(to - from + 1, sizeof(uint32_t));
+    if (pthread_create(&tids[t], NULL, touch_slice, &slices[t]) != 0) die("pthread_create");
+  }
+  pthread_barrier_wait(&start_barrier);
+  for (int t = 0; t < threads; t++) pthread_join(tids[t], NULL);
+  if (sock >= 0) close(sock);
+  // From the first thread's first touch to the last thread's last: the main
+  // thread may well run only after the touching is over.
+  uint64_t first = UINT64_MAX, last = 0;
+  for (int t = 0; t < threads; t++) {
+    if (slices[t].start_ns < first) first = slices[t].start_ns;
+    if (slices[t].end_ns > last) last = slices[t].end_ns;
+  }
+  uint64_t touch_ns = last - first;
+
+  uint64_t mismatches = 0;
+  for (int t = 0; t < threads; t++) mismatches += slices[t].mismatches;
+  printf("{\"touches\":%zu,\"threads\":%d,\"touchNs\":%llu,\"eagerReadNs\":%llu,\"totalNs\":%llu,\"setupNs\":%llu,\"mismatches\":%llu,\"threadNs\":[",
+         count, threads, (unsigned long long)touch_ns, (unsigned long long)eager_ns,
+         (unsigned long long)(touch_ns + eager_ns), (unsigned long long)setup_ns, (unsigned long long)mismatches);
+  for (int t = 0; t < threads; t++) printf("%s%llu", t ? "," : "", (unsigned long long)(slices[t].end_ns - slices[t].start_ns));
+  printf("]");
+  if (latency && count > 0) {
+    uint32_t *all = malloc(count * sizeof(uint32_t));
+    size_t k = 0;
+    uint64_t sum = 0;
+    for (int t = 0; t < threads; t++)
+      for (size_t i = 0; i < slices[t].count; i++) sum += all[k++] = slices[t].latency_ns[i];
+    qsort(all, count, sizeof(uint32_t), cmp_u32);
+#define PCT(p) all[(size_t)((double)(count - 1) * (p))]
+    printf(",\"latencyNs\":{\"p50\":%u,\"p90\":%u,\"p99\":%u,\"max\":%u,\"mean\":%.1f}", PCT(0.50), PCT(0.90), PCT(0.99),
+           all[count - 1], (double)sum / count);
+  }
+  printf("}\n");
+  fflush(stdout);
+  return mismatches ? 3 : 0;
+}

@@ -1,0 +1,227 @@
+// Worker-thread entry that serves one toucher: it listens on a Unix socket,
+// receives the toucher's uffd and region, then runs either the real Pager on
+// this thread's event loop (as LazyMemory's pager worker does) or the
+// bench-only lean pager. When the toucher hangs up it reports and ends.
+import { openSync, closeSync } from 'node:fs';
+import { parentPort, workerData } from 'node:worker_threads';
+import { native } from '../../src/native.js';
+import { Pager, type PrefetchOptions } from '../../src/pager/index.js';
+import type { PageSource } from '../../src/sources/page-source.js';
+import { BufferSource } from '../../src/sources/buffer-source.js';
+import { RawFileSource } from '../../src/sources/raw-file-source.js';
+import { SnapshotSource } from '../../src/sources/snapshot-source.js';
+import { ERRNO } from '../../src/uffd/errors.js';
+import { Userfaultfd } from '../../src/uffd/userfaultfd.js';
+import { DelayedSource } from './delayed-source.js';
+import type { HandlerReport } from './spec.js';
+import { runLeanPager, type LeanSource, type LeanWait } from './lean-pager.js';
+import { threadCpuNow, threadCpuSince } from './thread-cpu.js';
+
+export type PagerHostSource =
+  | { kind: 'memory'; image: SharedArrayBuffer }
+  | { kind: 'snapshot'; path: string }
+  | { kind: 'raw-file'; path: string; fileOffset: number; sizeBytes: number }
+  | { kind: 'delay'; socketPath: string; image: SharedArrayBuffer };
+
+export interface PagerHostData {
+  socketPath: string;
+  mode: 'pager' | 'lean';
+  source: PagerHostSource;
+  prefetch: PrefetchOptions | false;
+  /** CPU to pin this thread to, or -1. */
+  cpu: number;
+  /** How the lean pager waits (the real Pager always waits in the event loop). */
+  wait: LeanWait;
+  spinUs: number;
+  aheadPages: number;
+  recordWorkingSet: boolean;
+  replay?: Uint32Array;
+}
+
+export type PagerHostMessage = { type: 'listening' } | { type: 'report'; report: HandlerReport } | { type: 'error'; message: string };
+
+const C = native.constants;
+
+/** Resolve on the fd's next readable (or hang-up) event in this thread's loop. */
+function readable(fd: number): Promise<void> {
+  return new Promise((resolve) => {
+    const watch = native.watchFd(fd, C.UV_READABLE | C.UV_DISCONNECT, () => {
+      native.unwatchFd(watch);
+      resolve();
+    });
+  });
+}
+
+async function openPagerSource(source: PagerHostSource): Promise<PageSource> {
+  switch (source.kind) {
+    case 'memory':
+      return new BufferSource(source.image, 'bench image in memory');
+    case 'snapshot':
+      return SnapshotSource.open(source.path);
+    case 'raw-file':
+      return RawFileSource.open(source.path, { fileOffset: source.fileOffset, sizeBytes: source.sizeBytes });
+    case 'delay':
+      return DelayedSource.connect(source.socketPath, new Uint8Array(source.image));
+    default: {
+      const never: never = source;
+      throw new Error(`unknown source ${JSON.stringify(never)}`);
+    }
+  }
+}
+
+/** Accept the toucher and receive [address, length] with its uffd. */
+async function acceptToucher(listenFd: number): Promise<{ conn: number; uffdFd: number; address: number; lengthBytes: number }> {
+  let conn: number;
+  for (;;) {
+    conn = native.unixAccept(listenFd);
+    if (conn >= 0) break;
+    if (conn !== -ERRNO.EAGAIN) throw new Error(`accept: errno ${-conn}`);
+    await readable(listenFd);
+  }
+  const region = new Uint8Array(16);
+  for (;;) {
+    const [n, fds] = native.recvWithFds(conn, region);
+    if (n === 16 && fds.length === 1) {
+      const view = new DataView(region.buffer);
+      return { conn, uffdFd: fds[0]!, address: Number(view.getBigUint64(0, true)), lengthBytes: Number(view.getBigUint64(8, true)) };
+    }
+    if (n !== -ERRNO.EAGAIN) throw new Error(`the toucher sent ${n} bytes and ${fds.length} fds, expected its region and uffd`);
+    await readable(conn);
+  }
+}
+
+/** Resolve when the peer hangs up (end of file on the connection). */
+function hangUp(conn: number): Promise<void> {
+  const probe = new Uint8Array(64);
+  return new Promise((resolve) => {
+    const watch = native.watchFd(conn, C.UV_READABLE | C.UV_DISCONNECT, () => {
+      const n = native.readInto(conn, probe);
+      if (n > 0 || n === -ERRNO.EAGAIN) return;
+      native.unwatchFd(watch);
+      resolve();
+    });
+  });
+}
+
+/**
+ * Spin-then-park for the real Pager, from outside it: every source read (a
+ * fault being served) arms a setImmediate that busy-polls the uffd for spinUs.
+ * It runs after the microtasks that install the page, and returns as soon as
+ * the uffd is readable, so the loop's next epoll_wait finds the fault without
+ * sleeping. Only sensible with a synchronous source (nothing else to wait for).
+ */
+class SpinArmingSource implements PageSource {
+  readonly sizeBytes: number;
+  readonly description: string;
+  private deadlineNs = 0;
+  private armed = false;
+  spinHits = 0;
+
+  constructor(private readonly inner: PageSource, private readonly uffdFd: number, private readonly spinUs: number) {
+    this.sizeBytes = inner.sizeBytes;
+    this.description = `${inner.description}, spinning ${spinUs} us`;
+  }
+
+  read(offset: number, length: number, target: Uint8Array): Promise<void> {
+    this.deadlineNs = native.monotonicNs() + this.spinUs * 1000;
+    if (!this.armed) {
+      this.armed = true;
+      setImmediate(() => this.spin());
+    }
+    return this.inner.read(offset, length, target);
+  }
+
+  isZero(offset: number, length: number): boolean {
+    return this.inner.isZero?.(offset, length) ?? false;
+  }
+
+  close(): void | Promise<void> {
+    return this.inner.close?.();
+  }
+
+  private spin(): void {
+    this.armed = false;
+    while (native.monotonicNs() < this.deadlineNs) {
+      if (native.pollOnce(this.uffdFd, C.POLLIN, 0) !== 0) {
+        this.spinHits++;
+        return;
+      }
+    }
+  }
+}
+
+async function main(): Promise<void> {
+  const data = workerData as PagerHostData;
+  const port = parentPort!;
+  if (data.cpu >= 0) native.setAffinity(data.cpu);
+  const source = data.mode === 'pager' ? await openPagerSource(data.source) : undefined;
+  const listenFd = native.unixListen(data.socketPath, 1);
+  port.postMessage({ type: 'listening' } satisfies PagerHostMessage);
+  const toucher = await acceptToucher(listenFd);
+  native.close(listenFd);
+  const ack = Uint8Array.of(0x73);
+  const cpuAtStart = threadCpuNow();
+
+  if (data.mode === 'lean') {
+    let leanSource: LeanSource;
+    let fileFd: number | undefined;
+    if (data.source.kind === 'memory') leanSource = { kind: 'memory', image: new Uint8Array(data.source.image) };
+    else if (data.source.kind === 'raw-file') {
+      fileFd = openSync(data.source.path, 'r');
+      leanSource = { kind: 'raw-file', fd: fileFd, fileOffset: data.source.fileOffset };
+    } else throw new Error(`the lean pager reads memory or a raw file, not ${data.source.kind}`);
+    native.sendWithFds(toucher.conn, ack, []);
+    const stats = await runLeanPager({
+      uffdFd: toucher.uffdFd,
+      connFd: toucher.conn,
+      base: toucher.address,
+      sizeBytes: toucher.lengthBytes,
+      source: leanSource,
+      prefetch: data.prefetch,
+      wait: data.wait,
+      spinUs: data.spinUs,
+      aheadPages: data.aheadPages,
+    });
+    const cpu = threadCpuSince(cpuAtStart);
+    if (fileFd !== undefined) closeSync(fileFd);
+    native.close(toucher.uffdFd);
+    native.close(toucher.conn);
+    port.postMessage({ type: 'report', report: { kind: 'lean', stats, cpu } } satisfies PagerHostMessage);
+    return;
+  }
+
+  const uffd = Userfaultfd.adopt(toucher.uffdFd, []);
+  const spinner = data.spinUs > 0 ? new SpinArmingSource(source!, uffd.fd, data.spinUs) : undefined;
+  const pager = new Pager({
+    uffd,
+    source: spinner ?? source!,
+    regions: [{ address: toucher.address, lengthBytes: toucher.lengthBytes, sourceOffset: 0 }],
+    prefetch: data.prefetch,
+    recordWorkingSet: data.recordWorkingSet,
+  });
+  const errors: string[] = [];
+  pager.on('error', (error) => errors.push(error.message));
+  pager.start();
+  if (data.replay) pager.prefetchPages(data.replay);
+  const done = hangUp(toucher.conn);
+  native.sendWithFds(toucher.conn, ack, []);
+  await done;
+  const cpu = threadCpuSince(cpuAtStart);
+  await pager.stop();
+  const report: HandlerReport = {
+    kind: 'pager',
+    metrics: pager.snapshotMetrics(),
+    workingSet: data.recordWorkingSet ? pager.workingSet() : undefined,
+    spinHits: spinner?.spinHits,
+    errors,
+    cpu,
+  };
+  uffd.close();
+  await source!.close?.();
+  native.close(toucher.conn);
+  port.postMessage({ type: 'report', report } satisfies PagerHostMessage);
+}
+
+main().catch((error: Error) => {
+  parentPort?.postMessage({ type: 'error', message: error.stack ?? error.message } satisfies PagerHostMessage);
+});

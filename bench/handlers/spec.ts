@@ -1,0 +1,92 @@
+// What serves the toucher's faults in one bench run, and where the threads sit.
+import type { PagerMetricsSnapshot, PrefetchOptions } from '../../src/pager/index.js';
+import type { LeanPagerStats, LeanWait } from './lean-pager.js';
+
+/**
+ * Where a page comes from. memory: the image held in memory; snapshot: the
+ * snapshot file through SnapshotSource (every page CRC-checked); raw-file: the
+ * same file's data section, unchecked (what the C handler preads); delay: the
+ * image in memory after a round trip to the delay server.
+ */
+export type SourceKind = 'memory' | 'snapshot' | 'raw-file' | 'delay';
+
+export type HandlerSpec =
+  /**
+   * The real Pager (src/pager), in a worker thread, on its event loop. With
+   * spinUs, the bench busy-polls the uffd from a setImmediate after each
+   * fault (armed by the source's reads) before the loop goes back to epoll:
+   * spin-then-park without changing the Pager.
+   */
+  | { kind: 'pager'; source: SourceKind; prefetch: PrefetchOptions | false; spinUs?: number; recordWorkingSet?: boolean; replay?: Uint32Array }
+  /**
+   * Bench-only prototype (bench/handlers/lean-pager.ts): the fault path cut
+   * down to what the C handler does, in JS on the native surface, with a
+   * synchronous source, waiting in poll(2) or in the event loop.
+   */
+  | { kind: 'lean'; source: 'memory' | 'raw-file'; prefetch: PrefetchOptions | false; wait: LeanWait; spinUs: number; aheadPages?: number }
+  /** The C reference handler (bench/c/ref-handler.c), a process of its own. */
+  | { kind: 'c'; source: 'memory' | 'raw-file' | 'delay'; prefetch: PrefetchOptions | false; spinUs: number; aheadPages?: number }
+  /** No handler: the kernel's own demand paging, or eager reading. */
+  | { kind: 'none' };
+
+/**
+ * cross-cpu: toucher on CPU 0, handler on CPU 1 (every fault wakes a thread on
+ * the other CPU). same-cpu: both on CPU 1. unpinned: the scheduler decides.
+ */
+export type Placement = 'cross-cpu' | 'same-cpu' | 'unpinned';
+
+export function cpusFor(placement: Placement): { toucher: number; handler: number } {
+  switch (placement) {
+    case 'cross-cpu':
+      return { toucher: 0, handler: 1 };
+    case 'same-cpu':
+      return { toucher: 1, handler: 1 };
+    case 'unpinned':
+      return { toucher: -1, handler: -1 };
+    default: {
+      const never: never = placement;
+      throw new RangeError(`unknown placement ${String(never)}`);
+    }
+  }
+}
+
+/** What the C reference handler prints when the toucher hangs up. */
+export interface CHandlerStats {
+  faults: number;
+  messages: number;
+  batches: number;
+  sourceReads: number;
+  copyIoctls: number;
+  pagesCopied: number;
+  wakes: number;
+  eexist: number;
+  eagain: number;
+  sleeps: number;
+  spinHits: number;
+  aheadPages?: number;
+}
+
+/**
+ * CPU time of the serving thread while it served (from /proc: schedstat's
+ * run time, stat's user and system ticks, and its context switches).
+ */
+export interface ThreadCpu {
+  runNs: number;
+  userMs: number;
+  systemMs: number;
+  voluntarySwitches: number;
+  involuntarySwitches: number;
+}
+
+/** What a handler reports after a run. */
+export type HandlerReport =
+  | { kind: 'pager'; metrics: PagerMetricsSnapshot; workingSet?: Uint32Array; spinHits?: number; errors: string[]; cpu: ThreadCpu }
+  | { kind: 'lean'; stats: LeanPagerStats; cpu: ThreadCpu }
+  | { kind: 'c'; stats: CHandlerStats; cpu: ThreadCpu }
+  | { kind: 'none' };
+
+export function prefetchArg(prefetch: PrefetchOptions | false): string {
+  if (prefetch === false) return '1,1';
+  const initial = Math.max(1, prefetch.initialPages ?? 1);
+  return `${initial},${Math.max(initial, prefetch.maxPages ?? 64)}`;
+}

@@ -1,0 +1,35 @@
+// CPU time of the calling thread, from /proc (Linux): what serving cost the
+// handler's own thread, apart from how long the toucher waited.
+import { readFileSync } from 'node:fs';
+import { native } from '../../src/native.js';
+import type { ThreadCpu } from './spec.js';
+
+const TICK_MS = 10; // USER_HZ is 100 on Linux
+
+export function threadCpuNow(): ThreadCpu {
+  const tid = native.gettid();
+  const [runNs] = readFileSync(`/proc/self/task/${tid}/schedstat`, 'utf8').split(' ').map(Number);
+  // Fields after "(comm) ": state is field 3, utime 14, stime 15 (proc(5)).
+  const stat = readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const status = readFileSync(`/proc/self/task/${tid}/status`, 'utf8');
+  const switches = (name: string): number => Number(new RegExp(`^${name}:\\s+(\\d+)`, 'm').exec(status)?.[1] ?? Number.NaN);
+  return {
+    runNs: runNs!,
+    userMs: Number(fields[11]) * TICK_MS,
+    systemMs: Number(fields[12]) * TICK_MS,
+    voluntarySwitches: switches('voluntary_ctxt_switches'),
+    involuntarySwitches: switches('nonvoluntary_ctxt_switches'),
+  };
+}
+
+export function threadCpuSince(start: ThreadCpu): ThreadCpu {
+  const now = threadCpuNow();
+  return {
+    runNs: now.runNs - start.runNs,
+    userMs: now.userMs - start.userMs,
+    systemMs: now.systemMs - start.systemMs,
+    voluntarySwitches: now.voluntarySwitches - start.voluntarySwitches,
+    involuntarySwitches: now.involuntarySwitches - start.involuntarySwitches,
+  };
+}

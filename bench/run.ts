@@ -1,0 +1,127 @@
+// `npm run bench`: builds the C programs, writes the image as a snapshot, runs
+// the sections (variants interleaved over rounds), prints the tables and
+// writes everything to results/bench-<timestamp>.json. See docs/bench.md.
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus, loadavg, release, tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { USAGE, parseBenchArgs, type BenchOptions, type SectionName } from './args.js';
+import { buildCPrograms } from './c-programs.js';
+import { BenchChild } from './child.js';
+import { writeBenchImage } from './image.js';
+import type { BenchContext } from './runner.js';
+import { concurrencySection } from './sections/concurrency.js';
+import { perFaultSection } from './sections/per-fault.js';
+import { restoreSection } from './sections/restore.js';
+import type { Section, SectionResult } from './sections/section.js';
+import { workingSetSection } from './sections/working-set.js';
+import type { TargetResult } from './stats.js';
+import { formatTable, targetsTable } from './table.js';
+
+const SECTIONS: Record<SectionName, Section> = {
+  'per-fault': perFaultSection,
+  restore: restoreSection,
+  'working-set': workingSetSection,
+  concurrency: concurrencySection,
+};
+
+export interface BenchOutcome {
+  sections: SectionResult[];
+  targets: TargetResult[];
+  /** Everything printed, tables and targets. */
+  text: string;
+  jsonPath: string;
+}
+
+export async function runBench(options: BenchOptions, log: (line: string) => void = (line) => console.error(line)): Promise<BenchOutcome> {
+  const startedAt = new Date();
+  const loadBefore = loadavg();
+  const workDir = mkdtempSync(join(tmpdir(), 'userfault-bench-'));
+  let delayServer: BenchChild | undefined;
+  try {
+    log(`bench: work directory ${workDir}`);
+    const programs = buildCPrograms(workDir);
+    log(`bench: writing a ${options.sizeBytes / (1 << 20)} MiB snapshot`);
+    const image = await writeBenchImage(join(workDir, 'image.snap'), options.sizeBytes);
+    // Reading it back leaves the file in the page cache for every variant.
+    const imageMemory = new SharedArrayBuffer(options.sizeBytes);
+    new Uint8Array(imageMemory).set(readFileSync(image.path).subarray(image.dataOffset, image.dataOffset + options.sizeBytes));
+    const ctx: BenchContext = {
+      programs,
+      image,
+      imageMemory,
+      workDir,
+      // Generous: a run of 1 GiB of 4 KiB faults at ~100 us each is ~30 s.
+      runTimeoutMs: 120_000 + (options.sizeBytes / 4096) * 2,
+      log,
+    };
+    if (options.sections.includes('concurrency')) {
+      ctx.delaySocket = join(workDir, 'delay.sock');
+      delayServer = new BenchChild('delay-server', programs.delayServer, ['--socket', ctx.delaySocket, '--delay-us', String(options.delayUs)]);
+      await delayServer.waitForLine(/^listening$/, 10_000);
+    }
+    const sections: SectionResult[] = [];
+    for (const name of options.sections) {
+      log(`bench: section ${name}`);
+      sections.push(await SECTIONS[name](ctx, options));
+    }
+    const targets = sections.flatMap((s) => s.targets);
+    const text = [...sections.flatMap((s) => s.tables.map(formatTable)), formatTable(targetsTable(targets))].join('\n\n');
+    const outDir = resolve(options.outDir);
+    mkdirSync(outDir, { recursive: true });
+    const jsonPath = join(outDir, `bench-${startedAt.toISOString().replace(/[:.]/g, '-')}.json`);
+    const json = {
+      meta: {
+        startedAt: startedAt.toISOString(),
+        finishedAt: new Date().toISOString(),
+        command: `node dist/bench/run.js ${process.argv.slice(2).join(' ')}`.trim(),
+        options,
+        host: { cpus: cpus().length, cpuModel: cpus()[0]?.model, kernel: release(), node: process.version, loadavgBefore: loadBefore, loadavgAfter: loadavg() },
+        commit: gitCommit(),
+        image: { sizeBytes: image.sizeBytes, dataOffset: image.dataOffset },
+      },
+      targets,
+      sections: Object.fromEntries(sections.map((s) => [s.name, { summary: s.summary, runs: s.runs }])),
+      text,
+    };
+    writeFileSync(jsonPath, JSON.stringify(json, null, 1));
+    return { sections, targets, text, jsonPath };
+  } finally {
+    delayServer?.kill();
+    if (options.keep) log(`bench: kept ${workDir}`);
+    else rmSync(workDir, { recursive: true, force: true });
+  }
+}
+
+function gitCommit(): string | undefined {
+  try {
+    return execFileSync('git', ['rev-parse', '--short', 'HEAD'], { stdio: ['ignore', 'pipe', 'ignore'] }).toString().trim();
+  } catch {
+    return undefined;
+  }
+}
+
+async function main(): Promise<void> {
+  let options: BenchOptions;
+  try {
+    options = parseBenchArgs(process.argv.slice(2));
+  } catch (error) {
+    console.error(`${(error as Error).message}\n\n${USAGE}`);
+    process.exit(2);
+  }
+  if (options.help) {
+    console.log(USAGE);
+    return;
+  }
+  const outcome = await runBench(options);
+  console.log(outcome.text);
+  console.log(`\nresults: ${outcome.jsonPath}`);
+}
+
+if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
+  main().catch((error: Error) => {
+    console.error(error.stack ?? error.message);
+    process.exit(1);
+  });
+}

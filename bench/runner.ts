@@ -1,0 +1,226 @@
+// Runs one variant (a handler and a toucher, placed on CPUs) and many variants
+// interleaved over rounds, so that the machine's load drifts over all of them
+// alike and ratios can be taken round by round.
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { Worker } from 'node:worker_threads';
+import type { CPrograms } from './c-programs.js';
+import { BenchChild } from './child.js';
+import type { PagerHostData, PagerHostMessage, PagerHostSource } from './handlers/pager-host.js';
+import { cpusFor, prefetchArg, type CHandlerStats, type HandlerReport, type HandlerSpec, type Placement, type SourceKind, type ThreadCpu } from './handlers/spec.js';
+import type { BenchImage } from './image.js';
+
+export interface BenchContext {
+  programs: CPrograms;
+  image: BenchImage;
+  /** The image's bytes, shared with pager workers without copying. */
+  imageMemory: SharedArrayBuffer;
+  workDir: string;
+  /** The delay server's socket, when the concurrency section runs. */
+  delaySocket?: string;
+  /** Upper bound for one run, in ms. */
+  runTimeoutMs: number;
+  log: (line: string) => void;
+}
+
+export interface ToucherSpec {
+  memory: 'uffd' | 'private' | 'eager';
+  access: 'load' | 'store';
+  threads: number;
+  /** Time every touch (p50/p99); costs ~50 ns a touch, so only where faults dominate. */
+  latency: boolean;
+}
+
+/** One line of the toucher's output (bench/c/toucher.c). */
+export interface ToucherResult {
+  touches: number;
+  threads: number;
+  touchNs: number;
+  eagerReadNs: number;
+  /** Touching, plus the eager read when there is one. */
+  totalNs: number;
+  setupNs: number;
+  mismatches: number;
+  threadNs: number[];
+  latencyNs?: { p50: number; p90: number; p99: number; max: number; mean: number };
+}
+
+export interface Variant {
+  id: string;
+  label: string;
+  handler: HandlerSpec;
+  toucher: ToucherSpec;
+  placement: Placement;
+  /** Pages to touch, in order. */
+  order: Uint32Array;
+}
+
+export interface RunResult {
+  toucher: ToucherResult;
+  handler: HandlerReport;
+}
+
+let runCounter = 0;
+
+interface StartedHandler {
+  socketPath?: string;
+  done: Promise<HandlerReport>;
+  abort: () => void;
+}
+
+async function startHandler(ctx: BenchContext, spec: HandlerSpec, cpu: number): Promise<StartedHandler> {
+  const socketPath = join(ctx.workDir, `handler-${process.pid}-${runCounter}.sock`);
+  switch (spec.kind) {
+    case 'none':
+      return { done: Promise.resolve({ kind: 'none' }), abort: () => {} };
+    case 'c': {
+      const args = ['--socket', socketPath, '--size', String(ctx.image.sizeBytes), '--image', ctx.image.path, '--image-offset', String(ctx.image.dataOffset)];
+      args.push('--source', spec.source === 'raw-file' ? 'pread' : spec.source, '--prefetch', prefetchArg(spec.prefetch), '--cpu', String(cpu));
+      if (spec.spinUs > 0) args.push('--spin-us', String(spec.spinUs));
+      if (spec.aheadPages) args.push('--ahead-pages', String(spec.aheadPages));
+      if (spec.source === 'delay') args.push('--delay-socket', requireDelaySocket(ctx));
+      const child = new BenchChild('ref-handler', ctx.programs.refHandler, args);
+      await child.waitForLine(/^listening$/, 60_000);
+      return {
+        socketPath,
+        done: child.result<CHandlerStats & { cpu: ThreadCpu }>(ctx.runTimeoutMs).then(({ cpu, ...stats }) => ({ kind: 'c', stats, cpu })),
+        abort: () => child.kill(),
+      };
+    }
+    case 'pager':
+    case 'lean': {
+      const data: PagerHostData = {
+        socketPath,
+        mode: spec.kind,
+        source: hostSource(ctx, spec.source),
+        prefetch: spec.prefetch,
+        cpu,
+        wait: spec.kind === 'lean' ? spec.wait : 'event-loop',
+        spinUs: spec.spinUs ?? 0,
+        aheadPages: spec.kind === 'lean' ? spec.aheadPages ?? 0 : 0,
+        recordWorkingSet: spec.kind === 'pager' && (spec.recordWorkingSet ?? false),
+        replay: spec.kind === 'pager' ? spec.replay : undefined,
+      };
+      const worker = new Worker(new URL('./handlers/pager-host.js', import.meta.url), { workerData: data });
+      const messages: PagerHostMessage[] = [];
+      const next = (type: PagerHostMessage['type']): Promise<PagerHostMessage> =>
+        new Promise((resolve, reject) => {
+          const check = (): boolean => {
+            const error = messages.find((m) => m.type === 'error');
+            if (error) {
+              reject(new Error(`pager host: ${(error as { message: string }).message}`));
+              return true;
+            }
+            const hit = messages.find((m) => m.type === type);
+            if (hit) resolve(hit);
+            return hit !== undefined;
+          };
+          if (check()) return;
+          const onMessage = (): void => {
+            if (check()) cleanup();
+          };
+          const onExit = (code: number): void => {
+            cleanup();
+            if (!check()) reject(new Error(`pager host exited (code ${code}) before '${type}'`));
+          };
+          const onError = (error: Error): void => {
+            cleanup();
+            reject(error);
+          };
+          const cleanup = (): void => {
+            worker.off('message', onMessage);
+            worker.off('exit', onExit);
+            worker.off('error', onError);
+          };
+          worker.on('message', onMessage);
+          worker.on('exit', onExit);
+          worker.on('error', onError);
+        });
+      worker.on('message', (m: PagerHostMessage) => messages.push(m));
+      await next('listening');
+      const done = withTimeout(next('report'), ctx.runTimeoutMs, 'pager host did not report').then(async (m) => {
+        await worker.terminate();
+        return (m as { report: HandlerReport }).report;
+      });
+      return { socketPath, done, abort: () => void worker.terminate() };
+    }
+    default: {
+      const never: never = spec;
+      throw new Error(`unknown handler ${JSON.stringify(never)}`);
+    }
+  }
+}
+
+function requireDelaySocket(ctx: BenchContext): string {
+  if (!ctx.delaySocket) throw new Error('this variant needs the delay server');
+  return ctx.delaySocket;
+}
+
+function hostSource(ctx: BenchContext, kind: SourceKind): PagerHostSource {
+  switch (kind) {
+    case 'memory':
+      return { kind, image: ctx.imageMemory };
+    case 'snapshot':
+      return { kind, path: ctx.image.path };
+    case 'raw-file':
+      return { kind, path: ctx.image.path, fileOffset: ctx.image.dataOffset, sizeBytes: ctx.image.sizeBytes };
+    case 'delay':
+      return { kind, socketPath: requireDelaySocket(ctx), image: ctx.imageMemory };
+    default: {
+      const never: never = kind;
+      throw new Error(`unknown source ${String(never)}`);
+    }
+  }
+}
+
+function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([
+    promise,
+    new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`${what} within ${ms} ms`)), ms);
+    }),
+  ]).finally(() => clearTimeout(timer));
+}
+
+export async function runVariant(ctx: BenchContext, variant: Variant): Promise<RunResult> {
+  runCounter++;
+  const cpus = cpusFor(variant.placement);
+  const orderPath = join(ctx.workDir, `order-${runCounter}.u32`);
+  writeFileSync(orderPath, new Uint8Array(variant.order.buffer, variant.order.byteOffset, variant.order.byteLength));
+  const handler = await startHandler(ctx, variant.handler, cpus.handler);
+  const t = variant.toucher;
+  const args = ['--memory', t.memory, '--size', String(ctx.image.sizeBytes), '--order', orderPath, '--access', t.access, '--threads', String(t.threads), '--cpu', String(cpus.toucher)];
+  if (t.latency) args.push('--latency');
+  if (t.memory === 'uffd') args.push('--socket', handler.socketPath!);
+  else args.push('--file', ctx.image.path, '--file-offset', String(ctx.image.dataOffset));
+  const toucher = new BenchChild('toucher', ctx.programs.toucher, args);
+  try {
+    const toucherResult = await toucher.result<ToucherResult>(ctx.runTimeoutMs);
+    if (toucherResult.mismatches > 0) throw new Error(`${variant.id}: ${toucherResult.mismatches} pages read back wrong`);
+    const report = await handler.done;
+    return { toucher: toucherResult, handler: report };
+  } catch (error) {
+    toucher.kill();
+    handler.abort();
+    throw error;
+  }
+}
+
+/**
+ * Run every variant `rounds` times, round-robin, starting each round one
+ * variant later so that none always runs first or right after the same one.
+ */
+export async function runInterleaved(ctx: BenchContext, section: string, variants: readonly Variant[], rounds: number): Promise<Map<string, RunResult[]>> {
+  const results = new Map<string, RunResult[]>(variants.map((v) => [v.id, []]));
+  for (let round = 0; round < rounds; round++) {
+    for (let i = 0; i < variants.length; i++) {
+      const variant = variants[(i + round) % variants.length]!;
+      const started = performance.now();
+      const result = await runVariant(ctx, variant);
+      results.get(variant.id)!.push(result);
+      ctx.log(`${section} round ${round + 1}/${rounds} ${variant.id}: ${(result.toucher.totalNs / 1e6).toFixed(1)} ms touching (${((performance.now() - started) / 1000).toFixed(1)} s run)`);
+    }
+  }
+  return results;
+}

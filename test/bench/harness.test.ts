@@ -1,0 +1,119 @@
+// The bench harness: its pure parts, and a tiny full run so that it cannot rot
+// (seconds, not a measurement: 2 MiB, one round).
+import { describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { SECTION_NAMES, parseBenchArgs, parseSize } from '../../bench/args.js';
+import { fillImage, pageTag } from '../../bench/image.js';
+import { firstTouchOrder, randomOrder, threadSlicesOrder, workingSetOrder } from '../../bench/patterns.js';
+import { runBench } from '../../bench/run.js';
+import { checkTarget, median, pairedRatio } from '../../bench/stats.js';
+import { Userfaultfd } from '../../src/uffd/userfaultfd.js';
+
+function smokeSkipReason(): string | undefined {
+  try {
+    execFileSync('gcc', ['--version'], { stdio: 'ignore' });
+  } catch {
+    return 'gcc is not installed (the bench compiles its C programs)';
+  }
+  try {
+    Userfaultfd.probe();
+  } catch (error) {
+    return `no userfaultfd here: ${(error as Error).message}`;
+  }
+  return undefined;
+}
+
+describe('bench arguments', () => {
+  test('sizes take K, M and G suffixes and must be whole pages', () => {
+    assert.equal(parseSize('256M'), 256 << 20);
+    assert.equal(parseSize('1G'), 1 << 30);
+    assert.equal(parseSize('64KiB'), 64 << 10);
+    assert.throws(() => parseSize('1000'), /multiple of 4 KiB/);
+    assert.throws(() => parseSize('lots'), /suffix/);
+  });
+
+  test('the defaults are 256 MiB, 5 rounds and every section', () => {
+    const options = parseBenchArgs([]);
+    assert.equal(options.sizeBytes, 256 << 20);
+    assert.equal(options.rounds, 5);
+    assert.deepEqual(options.sections, [...SECTION_NAMES]);
+  });
+
+  test('an unknown section is refused by name', () => {
+    assert.throws(() => parseBenchArgs(['--sections', 'per-fault,warp']), /unknown section warp/);
+  });
+});
+
+describe('bench patterns', () => {
+  test('a random order visits every page once', () => {
+    const order = randomOrder(1000, 7);
+    assert.deepEqual([...order].sort((a, b) => a - b), Array.from({ length: 1000 }, (_, i) => i));
+    assert.deepEqual(randomOrder(1000, 7), order);
+  });
+
+  test('a working set is 1/8 of the pages, in runs, each page once', () => {
+    const order = workingSetOrder(4096, 3);
+    assert.equal(order.length, 512);
+    assert.equal(firstTouchOrder(order).length, order.length);
+  });
+
+  test('each thread of a sliced order stays in its own part of the memory', () => {
+    const order = threadSlicesOrder(1000, 2, 100, 5);
+    assert.ok(order.subarray(0, 100).every((page) => page < 500));
+    assert.ok(order.subarray(100).every((page) => page >= 500 && page < 1000));
+  });
+});
+
+describe('bench image', () => {
+  test('every page starts with its tag and holds no zero byte', () => {
+    const bytes = new Uint8Array(3 * 4096);
+    fillImage(bytes, 4096, bytes.length);
+    const view = new DataView(bytes.buffer);
+    for (let i = 0; i < 3; i++) assert.equal(view.getBigUint64(i * 4096, true), pageTag(i + 1));
+    assert.ok(bytes.every((b) => b !== 0));
+  });
+});
+
+describe('bench stats', () => {
+  test('ratios are taken round by round', () => {
+    const ratio = pairedRatio([10, 20, 30], [5, 20, 10]);
+    assert.equal(ratio.median, 2);
+    assert.equal(ratio.min, 1);
+    assert.equal(ratio.max, 3);
+    assert.equal(median([3, 1, 2, 4]), 2.5);
+  });
+
+  test('a missed target says by how much', () => {
+    const missed = checkTarget('x', pairedRatio([15], [10]), 'at-most', 1.1);
+    assert.equal(missed.met, false);
+    assert.ok(Math.abs(missed.shortfall - 1.5 / 1.1) < 1e-9);
+    assert.equal(checkTarget('y', pairedRatio([30], [10]), 'at-least', 3).met, true);
+  });
+});
+
+describe('bench smoke run', { skip: smokeSkipReason() }, () => {
+  test('every section runs at a tiny size and writes its table and JSON', { timeout: 120_000 }, async () => {
+    const outDir = mkdtempSync(join(tmpdir(), 'uf-bench-test-'));
+    try {
+      const options = { ...parseBenchArgs(['--size', '2M', '--rounds', '1', '--concurrency-faults', '40', '--out', outDir]) };
+      const outcome = await runBench(options, () => {});
+      assert.deepEqual(
+        outcome.sections.map((s) => s.name),
+        [...SECTION_NAMES],
+      );
+      for (const title of ['1. Per-fault cost', '2. Lazy restore', '3. Working set', '4. Concurrency', 'Targets']) {
+        assert.ok(outcome.text.includes(title), `the output has "${title}"`);
+      }
+      assert.ok(outcome.targets.length >= 10);
+      const json = JSON.parse(readFileSync(outcome.jsonPath, 'utf8')) as { targets: unknown[]; sections: Record<string, { runs: Record<string, unknown[]> }> };
+      assert.equal(json.targets.length, outcome.targets.length);
+      assert.ok(Object.values(json.sections['per-fault']!.runs).every((runs) => runs.length === 1));
+    } finally {
+      rmSync(outDir, { recursive: true, force: true });
+    }
+  });
+});
