@@ -569,8 +569,21 @@ export class Pager extends EventEmitter<PagerEvents> {
         });
       } catch (error) {
         if (error instanceof RangeNotRegisteredError) {
-          // Unmapped or unregistered under us; the UNMAP event (if any) will follow.
-          for (let k = donePages; k < count; k++) this.states.set(firstIndex + first + k, PageState.MISSING);
+          if (count - donePages > 1) {
+            // The kernel refuses a whole COPY when any part of it is not
+            // registered (a hole in the client's registration, or a munmap
+            // racing us). Go page by page so the pages that can be filled,
+            // the faulting one first, still are.
+            for (let k = donePages; k < count; k++) {
+              const retryFrom = this.copyRun(fetch, first + k, 1, address + k * PAGE_SIZE);
+              if (retryFrom !== undefined) return retryFrom;
+            }
+            return undefined;
+          }
+          // This page is not registered (any more): a hole in the registration,
+          // or a munmap whose UNMAP event follows. Say so; nobody can be waiting on it.
+          this.states.set(firstIndex + first + donePages, PageState.MISSING);
+          this.report(error);
           return undefined;
         }
         this.fail(error as Error);
