@@ -267,8 +267,12 @@ export class ClientSession extends EventEmitter<ClientSessionEvents> {
     this.move('starting');
     clearTimeout(this.handshakeTimer);
     // The client did UFFDIO_API; which features it asked for cannot be read back
-    // from the fd, so none are assumed. The pager serves events it reads either way.
-    this.uffd = Userfaultfd.adopt(this.uffdFd, []);
+    // from the fd, so none are assumed (the pager serves whatever events it
+    // reads). POISON is the exception: UFFDIO_POISON works on any uffd of a
+    // kernel that has it, negotiated or not, and without it a page whose source
+    // read keeps failing would leave the client's faulting thread asleep forever
+    // instead of giving it SIGBUS.
+    this.uffd = Userfaultfd.adopt(this.uffdFd, kernelHasPoison() ? ['POISON'] : []);
     this.starting = this.serve(this.uffd, this.regionsValue).catch((error: Error) => this.end('failed', error));
   }
 
@@ -382,6 +386,13 @@ async function probeRegions(
     }
   }
   return { type: 'ok' };
+}
+
+let poisonOffered: boolean | undefined;
+
+function kernelHasPoison(): boolean {
+  poisonOffered ??= Userfaultfd.probe().features.has('POISON');
+  return poisonOffered;
 }
 
 function describeFd(fd: number): string {

@@ -8,6 +8,7 @@ import { describe, test, type TestContext } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { HandlerServer, openMemoryFile, startHandlerServer, type ClientSummary, type HandlerServerOptions } from '../../src/handler/index.js';
 import { PAGE_SIZE } from '../../src/native.js';
+import { SnapshotFile } from '../../src/snapshot/index.js';
 import type { PageSource } from '../../src/sources/page-source.js';
 import { FILE_PAGES, openUffdCount, spawnClient, tempDir, uffdSkipReason, writeMemoryFiles } from './helpers.js';
 
@@ -189,6 +190,37 @@ describe('the page-fault handler server', { skip, timeout: TEST_TIMEOUT_MS }, ()
       assert.ok(events.some((e) => e.type === 'error' && e.id === 1 && e.code === 'ENOENT'), 'the ENOENT is logged');
     },
   );
+
+  test('a client touching a corrupt snapshot page dies with SIGBUS, the error is logged with its id, and the others are served', async (t) => {
+    const dir = tempDir(t);
+    const files = await writeMemoryFiles(dir);
+    // Flip a byte of image page 300 where the file stores it.
+    const snapshot = await SnapshotFile.open(files.snapshotPath);
+    const info = snapshot.pageInfo(300 * PAGE_SIZE);
+    await snapshot.close();
+    assert.equal(info.type, 'data');
+    const bytes = readFileSync(files.snapshotPath);
+    bytes[(info as { fileOffset: number }).fileOffset + 100]! ^= 0xff;
+    writeFileSync(files.snapshotPath, bytes);
+    const { source } = await openMemoryFile(files.snapshotPath, 'snapshot');
+    t.after(() => source.close?.());
+    const { socketPath, events, gone } = await serve(t, source, { prefetch: false });
+
+    const victim = spawnClient(t, { socketPath, pageCount: 64, filePage: 256, send: 'one-message' }, 20_000, 'victim');
+    // Page 44 of its memory is image page 300: it reads 0..43 and dies there, never seeing made-up data.
+    assert.deepEqual(await victim.exit, { code: null, signal: 'SIGBUS' });
+    assert.equal(victim.event('result'), undefined);
+    const victimSummary = await gone(1);
+    assertClientLeft(victimSummary);
+    const errors = events.filter((e) => e.type === 'error' && e.id === 1);
+    assert.ok(errors.length >= 1);
+    assert.equal(errors[0]!.code, 'ESOURCE');
+    assert.match(errors[0]!.message!, /reading 4096 bytes at offset 1228800: .*page 300/);
+
+    const good = spawnClient(t, { socketPath, pageCount: 64, filePage: 0, send: 'one-message' }, 20_000, 'good client');
+    assertAllPagesMatch(await good.waitForEvent('result'), 64);
+    assertClientLeft(await gone(2));
+  });
 
   test('a client that hangs up mid-handshake, or never sends its uffd, is dropped', async (t) => {
     const source = await openFile(t, 'raw');
