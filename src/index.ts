@@ -9,3 +9,4 @@ export * from './sources/snapshot-source.js';
 export * from './sources/raw-file-source.js';
 export * from './snapshot/index.js';
 export * from './lazy/index.js';
+export * from './handler/index.js';

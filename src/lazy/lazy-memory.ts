@@ -74,17 +74,20 @@ export class LazyMemory {
         lifeline,
       };
       const pagerWorker = new Worker(new URL('./pager-worker.js', import.meta.url), { workerData, transferList: [lifeline] });
+      // Listen for 'ready' before awaiting anything else: a message nobody listens for is lost.
+      const ready = waitFor(pagerWorker, (reply: PagerWorkerReply) => {
+        if (reply.type === 'error') throw new UserfaultError(`pager worker failed to start: ${reply.message}`);
+        return reply.type === 'ready';
+      });
       let watchdog: Worker | undefined;
+      let armed: Promise<unknown> = Promise.resolve();
       if (policy !== 'freeze') {
         const watchdogData: WatchdogWorkerData = { uffdFd: uffd.duplicate(), policy, lifeline: watchdogEnd };
         watchdog = new Worker(new URL('./watchdog-worker.js', import.meta.url), { workerData: watchdogData, transferList: [watchdogEnd] });
         watchdog.unref();
-        await waitFor(watchdog, (m: { type: string }) => m.type === 'armed');
+        armed = waitFor(watchdog, (m: { type: string }) => m.type === 'armed');
       }
-      await waitFor(pagerWorker, (reply: PagerWorkerReply) => {
-        if (reply.type === 'error') throw new UserfaultError(`pager worker failed to start: ${reply.message}`);
-        return reply.type === 'ready';
-      });
+      await Promise.all([ready, armed]);
       pagerWorker.unref();
       return new LazyMemory(mapping, uffd, pagerWorker, watchdog);
     } catch (error) {

@@ -1,4 +1,5 @@
 // Entry point of a watchdog thread: waits for the handler to die, then applies the policy.
+import { writeSync } from 'node:fs';
 import { workerData, parentPort } from 'node:worker_threads';
 import { native } from '../native.js';
 import { Userfaultfd } from '../uffd/index.js';
@@ -12,7 +13,8 @@ function handlerLost(reason: string): void {
   fired = true;
   parentPort?.postMessage({ type: 'handler-lost', reason });
   if (data.policy === 'kill') {
-    process.stderr.write(`userfault watchdog: page-fault handler lost (${reason}); killing process ${process.pid}\n`);
+    // Straight to fd 2: a worker's process.stderr goes through the main thread, which may be the one stuck in a fault.
+    writeSync(2, `userfault watchdog: page-fault handler lost (${reason}); killing process ${process.pid}\n`);
     process.kill(process.pid, 'SIGKILL');
     return;
   }

@@ -133,7 +133,7 @@ export class Pager extends EventEmitter<PagerEvents> {
       for (const region of this.map.regions) this.uffd.register(region.address, region.lengthBytes, ['MISSING']);
     }
     this.statusValue = 'running';
-    this.uffd.watch(() => this.serve(), { ref: true });
+    this.uffd.watch(() => this.serve(), { ref: true, onError: (error) => this.fail(error) });
     // Faults may already be queued (the fd was handed over with waiters).
     this.serve();
     return this;
@@ -516,7 +516,10 @@ export class Pager extends EventEmitter<PagerEvents> {
     this.forPages(fetch.sourceOffset, fetch.pageCount * PAGE_SIZE, (index) => {
       if (this.states.get(index) !== PageState.IN_FLIGHT) return;
       const address = this.map.addressOf(index * PAGE_SIZE);
-      if (this.waitingSince.has(index) && address !== undefined && this.uffd.has('POISON')) {
+      // UFFDIO_POISON works whether or not the feature was negotiated (an
+      // adopted uffd's features are unknown); a kernel without it throws,
+      // which fail() reports.
+      if (this.waitingSince.has(index) && address !== undefined) {
         this.settle(address, this.uffd.poison(address, PAGE_SIZE));
         this.states.set(index, PageState.PRESENT);
         this.resolved(index);

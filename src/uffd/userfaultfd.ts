@@ -275,12 +275,18 @@ export class Userfaultfd {
    * Call `onReadable` from this thread's event loop whenever the uffd has
    * messages. The watch does not keep the loop alive unless `ref` is set.
    */
-  watch(onReadable: () => void, options: { ref?: boolean } = {}): void {
+  watch(onReadable: () => void, options: { ref?: boolean; onError?: (error: Error) => void } = {}): void {
     this.assertOpen();
     if (this.watchHandle) throw new UserfaultError('this userfaultfd is already watched');
     this.watchHandle = native.watchFd(this.fd, native.constants.UV_READABLE, (status) => {
-      if (status < 0) throw errorForErrno('uv_poll(userfaultfd)', -status);
-      onReadable();
+      if (status >= 0) {
+        onReadable();
+        return;
+      }
+      // Never throw from a libuv callback: that is a fatal exception for the whole process.
+      const error = errorForErrno('uv_poll(userfaultfd)', -status);
+      if (options.onError) options.onError(error);
+      else process.emitWarning(error);
     });
     if (!options.ref) native.refWatch(this.watchHandle, false);
   }

@@ -177,10 +177,6 @@ describe('the page-fault handler server', { skip, timeout: TEST_TIMEOUT_MS }, ()
 
   test(
     'a region with an unregistered hole in its middle: the registered pages are served and the failed copy is logged',
-    {
-      todo: 'Pager.copyRun turns ENOENT on a read-ahead run that crosses into the hole into "MISSING" without waking ' +
-        'the faulting thread or reporting an error: the client hangs (the probe only checks each region\'s first and last page)',
-    },
     async (t) => {
       const source = await openFile(t, 'raw');
       const { socketPath, events } = await serve(t, source);
