@@ -1,41 +1,174 @@
-// Measures boot, dirty rate, snapshot and eager restore of the micro guest:
-//   node dist/src/vm/vmm-measure.js [RAM_MiB=64] [REGION_MiB=32] [SNAPSHOT_PATH]
-// Prints one JSON object (the numbers in docs/vm.md).
+// Measures the micro guest: boot, dirty rate, snapshot, and restore eagerly
+// and lazily (the numbers in docs/vm.md):
+//
+//   node dist/src/vm/vmm-measure.js [RAM_MiB=64] [REGION_MiB=32] [--runs 3]
+//        [--modes eager,lazy,lazy-noverify,lazy-prefetch-all] [--snapshot PATH] [--keep]
+//
+// One guest runs the writer (random pattern) and is snapshotted mid-workload;
+// the snapshot is then restored `--runs` times in each mode, in this process
+// (the file is in the page cache: these are warm-cache numbers). For each
+// restore: time to ready and to resume, time to the guest's first heartbeat,
+// the pager's counters at that heartbeat and when the guest's verify pass is
+// done (after 'q'), and the verify result. Prints one JSON object; per-mode
+// figures are medians over the runs.
+import { rmSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import type { LazyMemoryReport, LazyRestoreOptions } from './memory/lazy-guest-memory.js';
 import { Vmm } from './vmm.js';
+
 const MiB = 1 << 20;
-const memMiB = Number(process.argv[2] ?? 64), regionMiB = Number(process.argv[3] ?? 32);
-const snapPath = process.argv[4] ?? `/tmp/vmm-measure-${process.pid}.snap`;
-let out = '';
-const wait = async (re: RegExp): Promise<void> => { while (!re.test(out)) await new Promise((r) => setTimeout(r, 5)); };
+const { positionals, values } = parseArgs({
+  allowPositionals: true,
+  options: {
+    runs: { type: 'string', default: '3' },
+    modes: { type: 'string', default: 'eager,lazy,lazy-noverify,lazy-prefetch-all' },
+    snapshot: { type: 'string' },
+    keep: { type: 'boolean', default: false },
+  },
+});
+const memMiB = Number(positionals[0] ?? 64);
+const regionMiB = Number(positionals[1] ?? 32);
+const runs = Number(values.runs);
+const snapPath = values.snapshot ?? `/tmp/vmm-measure-${process.pid}.snap`;
+const HB_TICKS = 20;
+
+type Mode = 'eager' | 'lazy' | 'lazy-noverify' | 'lazy-prefetch-all';
+const MODES: Record<Mode, LazyRestoreOptions | undefined> = {
+  eager: undefined,
+  lazy: {},
+  'lazy-noverify': { verify: false },
+  'lazy-prefetch-all': { prefetchAll: true },
+};
+
+class Console {
+  text = '';
+  readonly sink = (b: Uint8Array): void => {
+    this.text += Buffer.from(b).toString('latin1');
+  };
+  async wait(re: RegExp, timeoutMs = 60000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (!re.test(this.text)) {
+      if (Date.now() > deadline) throw new Error(`no ${re} within ${timeoutMs} ms:\n${this.text.slice(-500)}`);
+      await new Promise((r) => setTimeout(r, 1));
+    }
+  }
+  heartbeats(): number[][] {
+    return [...this.text.matchAll(/hb (\d+) dirtied=(\d+) ticks=(\d+)/g)].map((x) => x.slice(1).map(Number));
+  }
+}
+
+const round = (x: number, digits = 1): number => +x.toFixed(digits);
+
+// ---- boot, dirty, snapshot ---------------------------------------------------
+const guest = new Console();
 let t = performance.now();
-const vmm = await Vmm.boot({ image: 'builtin', memoryBytes: memMiB * MiB, cmdline: `workload=writer mem=${regionMiB} hb=100 pattern=random`, console: (b: Uint8Array) => { out += Buffer.from(b).toString(); } });
+const vmm = await Vmm.boot({ image: 'builtin', memoryBytes: memMiB * MiB, cmdline: `workload=writer mem=${regionMiB} hb=${HB_TICKS} pattern=random`, console: guest.sink });
 const built = performance.now() - t;
 await vmm.resume();
-await wait(/micro: boot/);
+await guest.wait(/micro: boot/);
 const firstLine = performance.now() - t;
-await wait(/fill pages/);
+await guest.wait(/fill pages/);
 const filled = performance.now() - t;
-await wait(/hb 3 [^\n]*\n/);
-const m = [...out.matchAll(/hb (\d+) dirtied=(\d+) ticks=(\d+)/g)].map(x => x.slice(1).map(Number));
-const [a, b] = [m[1]!, m[2]!] as [number[], number[]];
-const pagesPerSec = (b[1] - a[1]) / ((b[2] - a[2]) / 100);
-t = performance.now();
+await guest.wait(/hb 4 [^\n]*\n/);
+const hbs = guest.heartbeats();
+const [a, b] = [hbs[1]!, hbs[3]!];
+const pagesPerSec = (b[1]! - a[1]!) / ((b[2]! - a[2]!) / 100);
 const snap = await vmm.snapshot(snapPath);
+const lastSaved = guest.heartbeats().at(-1)![0]!;
 await vmm.close();
-t = performance.now();
-let out2 = '';
-const r = await Vmm.restore(snapPath, { console: (b: Uint8Array) => { out2 += Buffer.from(b).toString(); } });
-const restoreMs = performance.now() - t;
-await r.resume();
-const resumedMs = performance.now() - t;
-while (!/hb \d+ /.test(out2)) await new Promise((r) => setTimeout(r, 5));
-const firstHbMs = performance.now() - t;
-await r.sendInput(Buffer.from('q'));
-await r.exited;
-await r.close();
-console.log(JSON.stringify({ memMiB, regionMiB, buildMs: +built.toFixed(1), firstConsoleLineMs: +firstLine.toFixed(1), fillDoneMs: +filled.toFixed(1), fillPages: regionMiB * 256,
-  pagesDirtiedPerSec: Math.round(pagesPerSec), approxInstrPerSec: Math.round(pagesPerSec * 40),
-  snapshot: { fileSizeBytes: snap.fileSizeBytes, dataPages: snap.dataPageCount, zeroPages: snap.zeroPageCount, metadataBytes: snap.metadataLengthBytes, pauseMs: +snap.pauseMs.toFixed(2), saveStateMs: +snap.saveStateMs.toFixed(1), totalMs: +snap.durationMs.toFixed(1) },
-  eagerRestore: { readyMs: +restoreMs.toFixed(1), resumedMs: +resumedMs.toFixed(1), firstHeartbeatMs: +firstHbMs.toFixed(1) }, verify: out2.match(/verify.*/)?.[0] }, null, 1));
 
-(await import('node:fs')).rmSync(snapPath, { force: true });
+// ---- restores ------------------------------------------------------------------
+interface RestoreRun {
+  readyMs: number;
+  resumedMs: number;
+  firstHeartbeatMs: number;
+  firstHeartbeatSeq: number;
+  /** Pages dirtied per second over the first heartbeat intervals after the restore. */
+  pagesDirtiedPerSecAfter: number;
+  verify: string;
+  timings: Vmm['restoreTimings'];
+  atFirstHeartbeat?: Pick<LazyMemoryReport['metrics'], 'faults' | 'pagesCopied' | 'zeroPages' | 'prefetchedPages'>;
+  atEnd?: LazyMemoryReport;
+}
+
+async function restoreOnce(mode: Mode): Promise<RestoreRun> {
+  const out = new Console();
+  const started = performance.now();
+  const r = await Vmm.restore(snapPath, { console: out.sink, lazy: MODES[mode] });
+  const readyMs = performance.now() - started;
+  await r.resume();
+  const resumedMs = performance.now() - started;
+  await out.wait(/hb \d+ [^\n]*\n/);
+  const firstHeartbeatMs = performance.now() - started;
+  const first = r.lazyMemoryReport()?.metrics;
+  await out.wait(/hb \d+ [^\n]*\n[^]*hb \d+ [^\n]*\n[^]*hb \d+ [^\n]*\n/);
+  const after = out.heartbeats();
+  const rate = (after[2]![1]! - after[0]![1]!) / ((after[2]![2]! - after[0]![2]!) / 100);
+  await r.sendInput(Buffer.from('q'));
+  await r.exited;
+  await r.close();
+  const run: RestoreRun = {
+    readyMs: round(readyMs),
+    resumedMs: round(resumedMs),
+    firstHeartbeatMs: round(firstHeartbeatMs),
+    firstHeartbeatSeq: after[0]![0]!,
+    pagesDirtiedPerSecAfter: Math.round(rate),
+    verify: out.text.match(/verify [^\n]*/)?.[0] ?? 'no verify line',
+    timings: r.restoreTimings,
+  };
+  if (first) run.atFirstHeartbeat = { faults: first.faults, pagesCopied: first.pagesCopied, zeroPages: first.zeroPages, prefetchedPages: first.prefetchedPages };
+  const end = r.lazyMemoryReport();
+  if (end) run.atEnd = end;
+  return run;
+}
+
+const median = (xs: number[]): number => {
+  const s = [...xs].sort((p, q) => p - q);
+  return s[Math.floor(s.length / 2)]!;
+};
+
+const modes = values.modes!.split(',') as Mode[];
+const restores: Record<string, unknown> = {};
+for (const mode of modes) {
+  if (!(mode in MODES)) throw new Error(`unknown mode ${mode}; modes: ${Object.keys(MODES).join(', ')}`);
+  const all: RestoreRun[] = [];
+  for (let i = 0; i < runs; i++) all.push(await restoreOnce(mode));
+  const pick = (f: (x: RestoreRun) => number): number => median(all.map(f));
+  const lazyEnd = all.map((x) => x.atEnd).filter((x): x is LazyMemoryReport => x !== undefined);
+  restores[mode] = {
+    runs: all.length,
+    readyMs: pick((x) => x.readyMs),
+    resumedMs: pick((x) => x.resumedMs),
+    resumedMsAll: all.map((x) => x.resumedMs),
+    firstHeartbeatMs: pick((x) => x.firstHeartbeatMs),
+    heartbeatContinues: all.every((x) => x.firstHeartbeatSeq === lastSaved + 1),
+    pagesDirtiedPerSecAfterRestore: pick((x) => x.pagesDirtiedPerSecAfter),
+    verify: [...new Set(all.map((x) => x.verify))],
+    timings: all[Math.floor(all.length / 2)]!.timings,
+    ...(lazyEnd.length > 0
+      ? {
+          atFirstHeartbeat: all[Math.floor(all.length / 2)]!.atFirstHeartbeat,
+          atVerifyDone: {
+            faults: median(lazyEnd.map((x) => x.metrics.faults)),
+            pagesCopied: median(lazyEnd.map((x) => x.metrics.pagesCopied)),
+            zeroPages: median(lazyEnd.map((x) => x.metrics.zeroPages)),
+            prefetchedPages: median(lazyEnd.map((x) => x.metrics.prefetchedPages)),
+            pagesNeverFilled: median(lazyEnd.map((x) => x.pages.missing)),
+            guestPages: lazyEnd[0]!.guestPages,
+            snapshotDataPages: lazyEnd[0]!.snapshotDataPages,
+            faultLatencyMicros: { p50: median(lazyEnd.map((x) => x.metrics.latencyMicros.p50)), p99: median(lazyEnd.map((x) => x.metrics.latencyMicros.p99)) },
+            verifyMs: lazyEnd[0]!.verifyMs,
+          },
+        }
+      : {}),
+  };
+}
+
+console.log(JSON.stringify({
+  memMiB, regionMiB, buildMs: round(built), firstConsoleLineMs: round(firstLine), fillDoneMs: round(filled), fillPages: regionMiB * 256,
+  pagesDirtiedPerSec: Math.round(pagesPerSec),
+  snapshot: { fileSizeBytes: snap.fileSizeBytes, dataPages: snap.dataPageCount, zeroPages: snap.zeroPageCount, metadataBytes: snap.metadataLengthBytes, pauseMs: round(snap.pauseMs, 2), saveStateMs: round(snap.saveStateMs), totalMs: round(snap.durationMs) },
+  lastHeartbeatSaved: lastSaved,
+  restores,
+}, null, 1));
+if (!values.keep) rmSync(snapPath, { force: true });

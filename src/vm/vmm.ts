@@ -406,7 +406,8 @@ export class Vmm {
     await Promise.all(this.handles.map((h) => h.request({ type: 'resume' })));
     if (this.lazyOptions?.prefetchAll && !this.prefetchAllStarted) {
       this.prefetchAllStarted = true;
-      this.lazyMemory?.prefetchAll();
+      // After resume() returns: queueing thousands of pages is not part of the time to resume.
+      setImmediate(() => this.lazyMemory?.prefetchAll());
     }
   }
 

@@ -85,7 +85,8 @@ describe('userfault vm: a guest through the CLI', { skip, timeout: 60000 }, () =
     const lazyStatus = cli(['vm', 'status', '--api-sock', sock2]);
     assert.match(lazyStatus.stdout, /restored lazy, ready in [\d.]+ ms/);
     assert.match(lazyStatus.stdout, /lazy memory: [1-9]\d* faults served/);
-    assert.equal(cli(['vm', 'input', 'q', '--api-sock', sock2]).status, 0);
+    const input = cli(['vm', 'input', 'q', '--api-sock', sock2]);
+    assert.equal(input.status, 0, `${input.stderr}\nthe VMM said:\n${restored.stderr()}`);
     assert.equal(await restored.exit, 0, restored.stderr());
     assert.equal(restored.console.heartbeats()[0], last + 1);
     assert.match(restored.console.text, /verify pages=2048 bad=0/);

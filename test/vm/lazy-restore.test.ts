@@ -84,8 +84,8 @@ describe('lazy restore across processes', { skip, timeout: 120000 }, () => {
     const exited = events.find((e) => e.event === 'exited') as { status: LazyStatus } | undefined;
     const memory = exited!.status.restore.memory;
     assert.equal(memory.guestPages, GUEST_PAGES);
-    assert.ok(memory.metrics.faults >= REGION_PAGES / 2, `verify touched every region page through faults: ${JSON.stringify(memory.metrics)}`);
-    assert.ok(memory.metrics.pagesCopied > 0);
+    assert.ok(memory.metrics.faults > 0);
+    assert.ok(memory.metrics.pagesCopied >= REGION_PAGES, `verify read every region page, each filled by a fault or its read-ahead: ${JSON.stringify(memory.metrics)}`);
     assert.ok(memory.metrics.pagesCopied <= memory.snapshotDataPages, 'only stored pages are copied');
     assert.ok(memory.metrics.pagesCopied < GUEST_PAGES / 2, `the guest touched a quarter of its RAM; copied ${memory.metrics.pagesCopied} of ${GUEST_PAGES}`);
     assert.ok(memory.pages.missing > GUEST_PAGES / 2, 'most of guest RAM was never filled');
@@ -99,12 +99,14 @@ describe('lazy restore across processes', { skip, timeout: 120000 }, () => {
     await restored.console.waitFor(new RegExp(`hb ${last + 1} `));
     const deadline = Date.now() + 15000;
     let live = await status(sock);
-    while (live.restore.memory.pages.missing > 0 && Date.now() < deadline) {
+    while (live.restore.memory.storedPagesPending > 0 && Date.now() < deadline) {
       await new Promise((r) => setTimeout(r, 50));
       live = await status(sock);
     }
-    assert.equal(live.restore.memory.pages.missing, 0, JSON.stringify(live.restore.memory.pages));
-    assert.ok(live.restore.memory.metrics.prefetchedPages > 0);
+    const memory = live.restore.memory;
+    assert.equal(memory.storedPagesPending, 0, JSON.stringify(memory.pages));
+    assert.ok(memory.metrics.prefetchedPages > 0);
+    assert.ok(memory.metrics.pagesCopied <= memory.snapshotDataPages, 'zero pages are not copied: they fault in as zero pages, or stay untouched');
     await controlRequest(sock, 'PUT', '/serial/input', { data: 'q' });
     assert.equal(await restored.exit, 0, restored.stderr());
     assertContinues(restored.console.heartbeats(), last, restored.console.text);
@@ -123,7 +125,7 @@ describe('lazy restore across processes', { skip, timeout: 120000 }, () => {
     const paused = await status(sock);
     assert.equal(paused.state, 'paused');
     assert.equal(paused.restore.memory.complete, true);
-    assert.equal(paused.restore.memory.pages.missing, 0);
+    assert.equal(paused.restore.memory.storedPagesPending, 0);
     await controlRequest(sock, 'PUT', '/actions', { action_type: 'Stop' });
     assert.equal(await lazy.exit, 0, lazy.stderr());
     const second = lazy.console.heartbeats().at(-1)!;

@@ -11,8 +11,8 @@
 // Teardown order: stop the pager (after the vCPUs are gone), unregister the
 // ranges, close the uffd, and only then may the VMM unmap the memory.
 import { PAGE_SIZE } from '../../native.js';
-import { Pager, type PagerMetricsSnapshot, type PrefetchOptions } from '../../pager/index.js';
-import type { SnapshotFile } from '../../snapshot/index.js';
+import { PageState, Pager, type PagerMetricsSnapshot, type PrefetchOptions } from '../../pager/index.js';
+import { PageKind, type SnapshotFile } from '../../snapshot/index.js';
 import { SourceReadError } from '../../sources/page-source.js';
 import { SnapshotSource } from '../../sources/snapshot-source.js';
 import { Userfaultfd } from '../../uffd/index.js';
@@ -40,9 +40,11 @@ export interface LazyMemoryReport {
   guestPages: number;
   /** Stored (non-zero) pages in the snapshot. */
   snapshotDataPages: number;
+  /** Of those, the ones not yet in guest memory (0: prefetch-all or complete() is done). */
+  storedPagesPending: number;
   pages: ReturnType<Pager['pageCounts']>;
   metrics: PagerMetricsSnapshot;
-  /** Every page present and the pager detached (memory is ordinary memory now). */
+  /** Every stored page present and the pager detached (memory is ordinary memory now). */
   complete: boolean;
   /** ms from start() to completion, when complete. */
   completedMs?: number;
@@ -59,6 +61,8 @@ export class LazyGuestMemory {
   private finalPages: ReturnType<Pager['pageCounts']> | undefined;
   verifyMs: number | undefined;
   private readonly dataPages: number;
+  /** Image page indices of the pages the snapshot stores (the non-zero ones). */
+  private readonly dataPageIndices: Uint32Array;
 
   private constructor(
     private readonly memory: GuestMemory,
@@ -66,7 +70,11 @@ export class LazyGuestMemory {
     private readonly uffd: Userfaultfd,
     readonly pager: Pager,
   ) {
-    this.dataPages = source.snapshot.pageTable.dataPageCount;
+    const { kinds } = source.snapshot.pageTable;
+    const indices: number[] = [];
+    for (let i = 0; i < kinds.length; i++) if (kinds[i] === PageKind.data) indices.push(i);
+    this.dataPageIndices = Uint32Array.from(indices);
+    this.dataPages = indices.length;
   }
 
   /**
@@ -120,28 +128,34 @@ export class LazyGuestMemory {
     }
   }
 
-  /** Stream every missing page in the background; demand faults keep priority. */
+  /**
+   * Stream every stored page still missing in the background, in image order;
+   * demand faults keep priority. Zero pages are left alone: a fault on one is
+   * answered with the zero page, and once the pager detaches an untouched one
+   * is ordinary anonymous memory, which reads zero too.
+   */
   prefetchAll(): void {
-    if (!this.detached) this.pager.prefetchAll();
+    if (this.detached) return;
+    const missing: number[] = [];
+    for (const index of this.dataPageIndices) if (this.pager.states.get(index) === PageState.MISSING) missing.push(index);
+    this.pager.prefetchPages(missing);
   }
 
   /**
-   * Fill every page still missing and wait until all are present, then detach
-   * the pager: guest RAM is ordinary memory from here on, so the main thread
+   * Fill every stored page still missing and wait until all are present, then
+   * detach the pager: guest RAM is ordinary memory from here on (an untouched
+   * zero page reads zero as anonymous memory does), so the main thread
    * may read it (a snapshot of a lazily restored VM).
    */
   complete(): Promise<void> {
     this.completion ??= (async () => {
       if (this.detached) return;
-      this.pager.prefetchAll();
+      this.prefetchAll();
       for (;;) {
         if (this.pager.status !== 'running') throw new InvalidVmSnapshotError(this.source.snapshot.path, `the pager stopped (${this.pager.status}) before guest memory was complete`);
-        const pages = this.pager.pageCounts();
-        if (pages.missing === 0 && pages.inFlight === 0) break;
         if (this.released) throw new InvalidVmSnapshotError(this.source.snapshot.path, 'guest memory was released after a failed page');
+        if (this.storedPagesPending() === 0) break;
         await new Promise((r) => setTimeout(r, 2));
-        // A page a failed read left MISSING is not refetched by the first prefetchAll.
-        if (this.pager.pageCounts().inFlight === 0) this.pager.prefetchAll();
       }
       this.completedMs = performance.now() - this.started;
       await this.detach();
@@ -166,6 +180,7 @@ export class LazyGuestMemory {
     const report: LazyMemoryReport = {
       guestPages: this.memory.lengthBytes / PAGE_SIZE,
       snapshotDataPages: this.dataPages,
+      storedPagesPending: this.storedPagesPending(),
       pages,
       metrics,
       complete: this.completedMs !== undefined,
@@ -189,6 +204,16 @@ export class LazyGuestMemory {
     if (!this.released) this.unregister();
     this.uffd.close();
     await this.source.close();
+  }
+
+  /** Stored pages not yet in guest memory (zero pages need no filling: see prefetchAll). */
+  private storedPagesPending(): number {
+    let pending = 0;
+    for (const index of this.dataPageIndices) {
+      const state = this.pager.states.get(index);
+      if (state === PageState.MISSING || state === PageState.IN_FLIGHT) pending++;
+    }
+    return pending;
   }
 
   private unregister(): void {
