@@ -86,6 +86,8 @@ interface RestoreRun {
   /** Pages dirtied per second over the first heartbeat intervals after the restore. */
   pagesDirtiedPerSecAfter: number;
   verify: string;
+  /** prefetch-all: ms from the start of the restore until every stored page was in. */
+  streamDoneMs?: number;
   timings: Vmm['restoreTimings'];
   atFirstHeartbeat?: Pick<LazyMemoryReport['metrics'], 'faults' | 'pagesCopied' | 'zeroPages' | 'prefetchedPages'>;
   atEnd?: LazyMemoryReport;
@@ -98,9 +100,17 @@ async function restoreOnce(mode: Mode): Promise<RestoreRun> {
   const readyMs = performance.now() - started;
   await r.resume();
   const resumedMs = performance.now() - started;
+  let streamDoneMs: number | undefined;
+  const streamed = mode === 'lazy-prefetch-all'
+    ? (async () => {
+        while ((r.lazyMemoryReport()?.storedPagesPending ?? 0) > 0) await new Promise((res) => setTimeout(res, 1));
+        streamDoneMs = performance.now() - started;
+      })()
+    : Promise.resolve();
   await out.wait(/hb \d+ [^\n]*\n/);
   const firstHeartbeatMs = performance.now() - started;
   const first = r.lazyMemoryReport()?.metrics;
+  await streamed;
   await out.wait(/hb \d+ [^\n]*\n[^]*hb \d+ [^\n]*\n[^]*hb \d+ [^\n]*\n/);
   const after = out.heartbeats();
   const rate = (after[2]![1]! - after[0]![1]!) / ((after[2]![2]! - after[0]![2]!) / 100);
@@ -116,6 +126,7 @@ async function restoreOnce(mode: Mode): Promise<RestoreRun> {
     verify: out.text.match(/verify [^\n]*/)?.[0] ?? 'no verify line',
     timings: r.restoreTimings,
   };
+  if (streamDoneMs !== undefined) run.streamDoneMs = round(streamDoneMs);
   if (first) run.atFirstHeartbeat = { faults: first.faults, pagesCopied: first.pagesCopied, zeroPages: first.zeroPages, prefetchedPages: first.prefetchedPages };
   const end = r.lazyMemoryReport();
   if (end) run.atEnd = end;
@@ -144,6 +155,7 @@ for (const mode of modes) {
     heartbeatContinues: all.every((x) => x.firstHeartbeatSeq === lastSaved + 1),
     pagesDirtiedPerSecAfterRestore: pick((x) => x.pagesDirtiedPerSecAfter),
     verify: [...new Set(all.map((x) => x.verify))],
+    ...(mode === 'lazy-prefetch-all' ? { streamDoneMs: pick((x) => x.streamDoneMs ?? NaN) } : {}),
     timings: all[Math.floor(all.length / 2)]!.timings,
     ...(lazyEnd.length > 0
       ? {

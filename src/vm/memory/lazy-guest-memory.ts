@@ -19,6 +19,12 @@ import { Userfaultfd } from '../../uffd/index.js';
 import { InvalidVmSnapshotError } from '../errors.js';
 import type { GuestMemory } from './guest-memory.js';
 
+/** Background streaming (prefetchAll): pages handed to the pager at a time, and chunks outstanding. */
+const STREAM_CHUNK_PAGES = 512;
+const STREAM_WINDOW_CHUNKS = 2;
+
+const pending = (state: PageState): boolean => state === PageState.MISSING || state === PageState.IN_FLIGHT;
+
 export interface LazyRestoreOptions {
   /** The pager's read-ahead around a fault (default: 1 page, growing to 64 on sequential faults); false for one page per fault. */
   prefetch?: PrefetchOptions | false;
@@ -61,6 +67,7 @@ export class LazyGuestMemory {
   private finalPages: ReturnType<Pager['pageCounts']> | undefined;
   verifyMs: number | undefined;
   private readonly dataPages: number;
+  private streaming = false;
   /** Image page indices of the pages the snapshot stores (the non-zero ones). */
   private readonly dataPageIndices: Uint32Array;
 
@@ -129,16 +136,36 @@ export class LazyGuestMemory {
   }
 
   /**
-   * Stream every stored page still missing in the background, in image order;
-   * demand faults keep priority. Zero pages are left alone: a fault on one is
-   * answered with the zero page, and once the pager detaches an untouched one
-   * is ordinary anonymous memory, which reads zero too.
+   * Stream every stored page still missing in the background, in image order.
+   * Zero pages are left alone: a fault on one is answered with the zero page,
+   * and once the pager detaches an untouched one is ordinary anonymous
+   * memory, which reads zero too.
+   *
+   * The pages go to the pager a window at a time. Queued all at once, the
+   * background reads fill the pager's in-flight slots and libuv's four
+   * threadpool threads, and a vCPU's demand fault waits behind all of them
+   * (measured on a 256 MiB guest: 9-15 ms per fault); two chunks of 2 MiB
+   * outstanding keep it a few reads behind (0.7-2 ms, most of the few faults
+   * being on pages already in flight) at about the same streaming rate.
    */
   prefetchAll(): void {
-    if (this.detached) return;
-    const missing: number[] = [];
-    for (const index of this.dataPageIndices) if (this.pager.states.get(index) === PageState.MISSING) missing.push(index);
-    this.pager.prefetchPages(missing);
+    if (this.detached || this.streaming) return;
+    this.streaming = true;
+    const missing = this.dataPageIndices.filter((index) => this.pager.states.get(index) === PageState.MISSING);
+    const chunks: Uint32Array[] = [];
+    for (let at = 0; at < missing.length; at += STREAM_CHUNK_PAGES) chunks.push(missing.subarray(at, at + STREAM_CHUNK_PAGES));
+    const outstanding: Uint32Array[] = [];
+    const step = (): void => {
+      if (this.detached || this.released || this.pager.status !== 'running') return;
+      while (outstanding.length > 0 && outstanding[0]!.every((index) => !pending(this.pager.states.get(index)))) outstanding.shift();
+      while (outstanding.length < STREAM_WINDOW_CHUNKS && chunks.length > 0) {
+        const chunk = chunks.shift()!;
+        outstanding.push(chunk);
+        this.pager.prefetchPages(chunk);
+      }
+      if (outstanding.length > 0) setTimeout(step, 1);
+    };
+    step();
   }
 
   /**
@@ -208,12 +235,9 @@ export class LazyGuestMemory {
 
   /** Stored pages not yet in guest memory (zero pages need no filling: see prefetchAll). */
   private storedPagesPending(): number {
-    let pending = 0;
-    for (const index of this.dataPageIndices) {
-      const state = this.pager.states.get(index);
-      if (state === PageState.MISSING || state === PageState.IN_FLIGHT) pending++;
-    }
-    return pending;
+    let count = 0;
+    for (const index of this.dataPageIndices) if (pending(this.pager.states.get(index))) count++;
+    return count;
   }
 
   private unregister(): void {
