@@ -97,7 +97,7 @@ async function startHandler(ctx: BenchContext, spec: HandlerSpec, cpu: number): 
         cpu,
         wait: spec.kind === 'lean' ? spec.wait : 'event-loop',
         spinUs: spec.spinUs ?? 0,
-        aheadPages: spec.kind === 'lean' ? spec.aheadPages ?? 0 : 0,
+        aheadPages: spec.aheadPages ?? 0,
         recordWorkingSet: spec.kind === 'pager' && (spec.recordWorkingSet ?? false),
         replay: spec.kind === 'pager' ? spec.replay : undefined,
       };
@@ -164,6 +164,9 @@ function hostSource(ctx: BenchContext, kind: SourceKind): PagerHostSource {
       return { kind, path: ctx.image.path };
     case 'raw-file':
       return { kind, path: ctx.image.path, fileOffset: ctx.image.dataOffset, sizeBytes: ctx.image.sizeBytes };
+    case 'sync-raw':
+    case 'sync-snapshot':
+      return { kind, path: ctx.image.path };
     case 'delay':
       return { kind, socketPath: requireDelaySocket(ctx), image: ctx.imageMemory };
     default: {

@@ -5,7 +5,7 @@
 import { openSync, closeSync } from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
 import { native } from '../../src/native.js';
-import { Pager, type PrefetchOptions } from '../../src/pager/index.js';
+import { Pager, type PrefetchOptions, type ReadAhead } from '../../src/pager/index.js';
 import type { PageSource } from '../../src/sources/page-source.js';
 import { BufferSource } from '../../src/sources/buffer-source.js';
 import { RawFileSource } from '../../src/sources/raw-file-source.js';
@@ -13,6 +13,7 @@ import { SnapshotSource } from '../../src/sources/snapshot-source.js';
 import { ERRNO } from '../../src/uffd/errors.js';
 import { Userfaultfd } from '../../src/uffd/userfaultfd.js';
 import { DelayedSource } from './delayed-source.js';
+import { SyncFileSource } from './sync-file-source.js';
 import type { HandlerReport } from './spec.js';
 import { runLeanPager, type LeanSource, type LeanWait } from './lean-pager.js';
 import { threadCpuNow, threadCpuSince } from './thread-cpu.js';
@@ -21,6 +22,7 @@ export type PagerHostSource =
   | { kind: 'memory'; image: SharedArrayBuffer }
   | { kind: 'snapshot'; path: string }
   | { kind: 'raw-file'; path: string; fileOffset: number; sizeBytes: number }
+  | { kind: 'sync-raw' | 'sync-snapshot'; path: string }
   | { kind: 'delay'; socketPath: string; image: SharedArrayBuffer };
 
 export interface PagerHostData {
@@ -60,6 +62,9 @@ async function openPagerSource(source: PagerHostSource): Promise<PageSource> {
       return SnapshotSource.open(source.path);
     case 'raw-file':
       return RawFileSource.open(source.path, { fileOffset: source.fileOffset, sizeBytes: source.sizeBytes });
+    case 'sync-raw':
+    case 'sync-snapshot':
+      return SyncFileSource.open(source.path, { checkCrc: source.kind === 'sync-snapshot' });
     case 'delay':
       return DelayedSource.connect(source.socketPath, new Uint8Array(source.image));
     default: {
@@ -150,6 +155,34 @@ class SpinArmingSource implements PageSource {
   }
 }
 
+/**
+ * Bench prototype of async read-ahead in the real Pager, without editing it:
+ * when a fault's read-ahead window is at its maximum (a sequential stream),
+ * queue the next `aheadPages` pages as background fetches (prefetchPages, the
+ * working-set replay queue), so they are read and copied while the faulting
+ * thread works through the window. It wraps the Pager's private ReadAhead on
+ * this instance only; inside the Pager it would be a few lines in
+ * startDemandFetch. The background fetches are queued from a microtask, after
+ * serve() has queued the demand fetch, so the demand read goes first.
+ */
+function addAsyncReadAhead(pager: Pager, aheadPages: number, pageCount: number): void {
+  const readAhead = (pager as unknown as { readAhead: ReadAhead }).readAhead;
+  const windowFor = readAhead.windowFor.bind(readAhead);
+  let queuedUntil = 0;
+  readAhead.windowFor = (pageIndex: number): number => {
+    const window = windowFor(pageIndex);
+    if (window === readAhead.maxPages) {
+      const from = Math.max(queuedUntil, pageIndex + window);
+      const until = Math.min(pageCount, pageIndex + window + aheadPages);
+      if (until > from) {
+        queuedUntil = until;
+        queueMicrotask(() => pager.prefetchPages(Array.from({ length: until - from }, (_, i) => from + i)));
+      }
+    }
+    return window;
+  };
+}
+
 async function main(): Promise<void> {
   const data = workerData as PagerHostData;
   const port = parentPort!;
@@ -201,6 +234,7 @@ async function main(): Promise<void> {
   });
   const errors: string[] = [];
   pager.on('error', (error) => errors.push(error.message));
+  if (data.aheadPages > 0) addAsyncReadAhead(pager, data.aheadPages, toucher.lengthBytes / 4096);
   pager.start();
   if (data.replay) pager.prefetchPages(data.replay);
   const done = hangUp(toucher.conn);

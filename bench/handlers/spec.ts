@@ -5,10 +5,12 @@ import type { LeanPagerStats, LeanWait } from './lean-pager.js';
 /**
  * Where a page comes from. memory: the image held in memory; snapshot: the
  * snapshot file through SnapshotSource (every page CRC-checked); raw-file: the
- * same file's data section, unchecked (what the C handler preads); delay: the
- * image in memory after a round trip to the delay server.
+ * same file's data section through RawFileSource, unchecked (what the C
+ * handler preads); sync-raw / sync-snapshot: the same bytes by pread on the
+ * pager's thread, unchecked / CRC-checked (bench/handlers/sync-file-source.ts);
+ * delay: the image in memory after a round trip to the delay server.
  */
-export type SourceKind = 'memory' | 'snapshot' | 'raw-file' | 'delay';
+export type SourceKind = 'memory' | 'snapshot' | 'raw-file' | 'sync-raw' | 'sync-snapshot' | 'delay';
 
 export type HandlerSpec =
   /**
@@ -17,15 +19,24 @@ export type HandlerSpec =
    * fault (armed by the source's reads) before the loop goes back to epoll:
    * spin-then-park without changing the Pager.
    */
-  | { kind: 'pager'; source: SourceKind; prefetch: PrefetchOptions | false; spinUs?: number; recordWorkingSet?: boolean; replay?: Uint32Array }
+  | {
+      kind: 'pager';
+      source: SourceKind;
+      prefetch: PrefetchOptions | false;
+      spinUs?: number;
+      /** Bench prototype of async read-ahead in the Pager (see pager-host.ts: addAsyncReadAhead). */
+      aheadPages?: number;
+      recordWorkingSet?: boolean;
+      replay?: Uint32Array;
+    }
   /**
    * Bench-only prototype (bench/handlers/lean-pager.ts): the fault path cut
    * down to what the C handler does, in JS on the native surface, with a
    * synchronous source, waiting in poll(2) or in the event loop.
    */
   | { kind: 'lean'; source: 'memory' | 'raw-file'; prefetch: PrefetchOptions | false; wait: LeanWait; spinUs: number; aheadPages?: number }
-  /** The C reference handler (bench/c/ref-handler.c), a process of its own. */
-  | { kind: 'c'; source: 'memory' | 'raw-file' | 'delay'; prefetch: PrefetchOptions | false; spinUs: number; aheadPages?: number }
+  /** The C reference handler (bench/c/ref-handler.c), a process of its own; mmap: COPY straight from a mapping of the file. */
+  | { kind: 'c'; source: 'memory' | 'raw-file' | 'mmap' | 'delay'; prefetch: PrefetchOptions | false; spinUs: number; aheadPages?: number }
   /** No handler: the kernel's own demand paging, or eager reading. */
   | { kind: 'none' };
 

@@ -16,6 +16,8 @@ export const RESTORE_PREFETCH: PrefetchOptions = { initialPages: 1, maxPages: 64
 const AHEAD_PAGES = 8 * 64;
 
 interface RestoreVariant {
+  /** Only in these patterns (async read-ahead only changes sequential sweeps). */
+  patterns?: PatternName[];
   key: string;
   handler: string;
   source: string;
@@ -28,25 +30,53 @@ function restoreVariants(): RestoreVariant[] {
   return [
     { key: 'pager-snapshot', handler: 'pager', source: 'snapshot file, CRC-checked', spec: { kind: 'pager', source: 'snapshot', prefetch }, toucher: {} },
     { key: 'pager-raw', handler: 'pager', source: 'raw file (RawFileSource)', spec: { kind: 'pager', source: 'raw-file', prefetch }, toucher: {} },
+    { key: 'pager-sync-snapshot', handler: 'pager', source: 'bench: pread on its thread, CRC-checked', spec: { kind: 'pager', source: 'sync-snapshot', prefetch }, toucher: {} },
+    { key: 'pager-sync-raw', handler: 'pager', source: 'bench: pread on its thread', spec: { kind: 'pager', source: 'sync-raw', prefetch }, toucher: {} },
     { key: 'c-pread', handler: 'C reference', source: 'raw file (pread)', spec: { kind: 'c', source: 'raw-file', prefetch, spinUs: 0 }, toucher: {} },
-    { key: 'kernel-load', handler: 'kernel MAP_PRIVATE', source: 'page cache, loads', spec: { kind: 'none' }, toucher: { memory: 'private', access: 'load' } },
-    { key: 'kernel-store', handler: 'kernel MAP_PRIVATE', source: 'page cache, stores', spec: { kind: 'none' }, toucher: { memory: 'private', access: 'store' } },
-    { key: 'eager', handler: 'eager read()', source: 'whole file, then touch', spec: { kind: 'none' }, toucher: { memory: 'eager' } },
     { key: 'lean-raw', handler: 'lean JS prototype', source: 'raw file (pread), poll', spec: { kind: 'lean', source: 'raw-file', prefetch, wait: 'poll', spinUs: 0 }, toucher: {} },
     {
-      key: 'lean-raw-ahead',
-      handler: 'lean JS prototype',
-      source: `same + async read-ahead ${AHEAD_PAGES} pages`,
-      spec: { kind: 'lean', source: 'raw-file', prefetch, wait: 'poll', spinUs: 0, aheadPages: AHEAD_PAGES },
+      key: 'pager-snapshot-ahead',
+      patterns: ['sequential'],
+      handler: 'pager',
+      source: `snapshot file + bench: async read-ahead ${AHEAD_PAGES} pages`,
+      spec: { kind: 'pager', source: 'snapshot', prefetch, aheadPages: AHEAD_PAGES },
+      toucher: {},
+    },
+    {
+      key: 'pager-sync-snapshot-ahead',
+      patterns: ['sequential'],
+      handler: 'pager',
+      source: `bench: pread on its thread, CRC, async read-ahead ${AHEAD_PAGES} pages`,
+      spec: { kind: 'pager', source: 'sync-snapshot', prefetch, aheadPages: AHEAD_PAGES },
       toucher: {},
     },
     {
       key: 'c-pread-ahead',
+      patterns: ['sequential'],
       handler: 'C reference',
       source: `pread + async read-ahead ${AHEAD_PAGES} pages`,
       spec: { kind: 'c', source: 'raw-file', prefetch, spinUs: 0, aheadPages: AHEAD_PAGES },
       toucher: {},
     },
+    {
+      key: 'c-mmap-ahead',
+      patterns: ['sequential'],
+      handler: 'C reference',
+      source: `mmap of the file (one copy) + async read-ahead ${AHEAD_PAGES}`,
+      spec: { kind: 'c', source: 'mmap', prefetch, spinUs: 0, aheadPages: AHEAD_PAGES },
+      toucher: {},
+    },
+    {
+      key: 'lean-raw-ahead',
+      patterns: ['sequential'],
+      handler: 'lean JS prototype',
+      source: `pread + async read-ahead ${AHEAD_PAGES} pages`,
+      spec: { kind: 'lean', source: 'raw-file', prefetch, wait: 'poll', spinUs: 0, aheadPages: AHEAD_PAGES },
+      toucher: {},
+    },
+    { key: 'kernel-load', handler: 'kernel MAP_PRIVATE', source: 'page cache, loads', spec: { kind: 'none' }, toucher: { memory: 'private', access: 'load' } },
+    { key: 'kernel-store', handler: 'kernel MAP_PRIVATE', source: 'page cache, stores', spec: { kind: 'none' }, toucher: { memory: 'private', access: 'store' } },
+    { key: 'eager', handler: 'eager read()', source: 'whole file, then touch', spec: { kind: 'none' }, toucher: { memory: 'eager' } },
   ];
 }
 
@@ -60,7 +90,7 @@ export const restoreSection: Section = async (ctx, options) => {
   for (const pattern of patterns) {
     const order = patternOrder(pattern, pageCount, options.seed);
     touched.set(pattern, order.length);
-    for (const d of defs) {
+    for (const d of defs.filter((v) => !v.patterns || v.patterns.includes(pattern))) {
       variants.push({ id: `${pattern}/${d.key}`, label: `${d.handler}, ${d.source}`, handler: d.spec, toucher: { ...base, ...d.toucher }, placement: 'unpinned', order });
     }
   }
@@ -72,7 +102,7 @@ export const restoreSection: Section = async (ctx, options) => {
   for (const pattern of patterns) {
     const ms = (key: string): number[] => perRound(results, `${pattern}/${key}`, totalMs);
     const mib = (touched.get(pattern)! * 4096) / (1 << 20);
-    for (const d of defs) {
+    for (const d of defs.filter((v) => !v.patterns || v.patterns.includes(pattern))) {
       const vsC = pairedRatio(ms('c-pread'), ms(d.key));
       const vsKernelStores = pairedRatio(ms('kernel-store'), ms(d.key));
       const row = { pattern, variant: d.key, handler: d.handler, source: d.source, ms: median(ms(d.key)), pagesTouched: touched.get(pattern), speedVsC: vsC, speedVsKernelStores: vsKernelStores };
@@ -96,6 +126,7 @@ export const restoreSection: Section = async (ctx, options) => {
       'Time is the toucher touching every page of the pattern once (eager: the read included). speed / X = X time / this time, round by round.',
       'random: every page once in random order; working-set: 1/8 of the pages, runs of 1-8 pages in random order.',
       'The file is in the page cache (it was just written and read). Threads are not pinned.',
+      '"bench:" sources and the lean JS prototype are bench-only (bench/handlers/): what a synchronous source and a blocking wait would give.',
     ],
   };
   return { name: 'restore', tables: [table], targets, summary, runs: toJsonRuns(results) };

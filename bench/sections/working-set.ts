@@ -49,6 +49,12 @@ export const workingSetSection: Section = async (ctx, options) => {
       replayed: recordedWithReadAhead.length,
     },
     { key: 'c-demand', label: 'C reference, demand faults + read-ahead', spec: { kind: 'c', source: 'raw-file', prefetch, spinUs: 0 }, replayed: 0 },
+    {
+      key: 'replay-sync',
+      label: 'pager, replay, bench: pread on its thread, CRC-checked',
+      spec: { kind: 'pager', source: 'sync-snapshot', prefetch, replay: recorded },
+      replayed: recorded.length,
+    },
   ];
   const variants: Variant[] = defs.map((d) => ({ id: d.key, label: d.label, handler: d.spec, toucher, placement: 'unpinned', order }));
   const results = await runInterleaved(ctx, 'working-set', variants, options.rounds);
