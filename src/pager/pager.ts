@@ -85,6 +85,7 @@ export class Pager extends EventEmitter<PagerEvents> {
   private retryTimer: NodeJS.Timeout | undefined;
   private retryRound = 0;
   private inFlight = 0;
+  private backgroundInFlight = 0;
   private readonly inFlightSettled = new Set<Promise<void>>();
   /** When the first fault for a page was read (for latency), by page index. */
   private readonly waitingSince = new Map<number, number>();
@@ -443,9 +444,15 @@ export class Pager extends EventEmitter<PagerEvents> {
 
   // ---- fetching ------------------------------------------------------------
 
+  /**
+   * Start reads up to the in-flight limit. Background reads (read-ahead
+   * streams, replay) take at most half the slots, so a demand fault never
+   * queues behind a long replay.
+   */
   private pump(): void {
     while (this.inFlight < this.maxInFlight && this.statusValue === 'running') {
-      const fetch = this.demandQueue.shift() ?? this.nextBackgroundFetch();
+      let fetch = this.demandQueue.shift();
+      if (!fetch && this.backgroundInFlight < Math.max(1, this.maxInFlight >> 1)) fetch = this.nextBackgroundFetch();
       if (!fetch) return;
       this.startRead(fetch);
     }
@@ -477,6 +484,8 @@ export class Pager extends EventEmitter<PagerEvents> {
 
   private startRead(fetch: Fetch): void {
     this.inFlight++;
+    const background = !fetch.demand;
+    if (background) this.backgroundInFlight++;
     if (this.inFlight > this.metrics.inFlightPeak) this.metrics.inFlightPeak = this.inFlight;
     this.metrics.sourceReads++;
     const lengthBytes = fetch.pageCount * PAGE_SIZE;
@@ -496,6 +505,7 @@ export class Pager extends EventEmitter<PagerEvents> {
       )
       .finally(() => {
         this.inFlight--;
+        if (background) this.backgroundInFlight--;
         this.inFlightSettled.delete(settled);
         this.pump();
       });
