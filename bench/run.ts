@@ -2,7 +2,7 @@
 // the sections (variants interleaved over rounds), prints the tables and
 // writes everything to results/bench-<timestamp>.json. See docs/bench.md.
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdirSync, mkdtempSync, openSync, readSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, release, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -37,6 +37,8 @@ export interface BenchOutcome {
 export async function runBench(options: BenchOptions, log: (line: string) => void = (line) => console.error(line)): Promise<BenchOutcome> {
   const startedAt = new Date();
   const loadBefore = loadavg();
+  // Taken before anything runs: others may commit while a long run goes on.
+  const source = gitState();
   const workDir = mkdtempSync(join(tmpdir(), 'userfault-bench-'));
   let delayServer: BenchChild | undefined;
   try {
@@ -46,7 +48,7 @@ export async function runBench(options: BenchOptions, log: (line: string) => voi
     const image = await writeBenchImage(join(workDir, 'image.snap'), options.sizeBytes);
     // Reading it back leaves the file in the page cache for every variant.
     const imageMemory = new SharedArrayBuffer(options.sizeBytes);
-    new Uint8Array(imageMemory).set(readFileSync(image.path).subarray(image.dataOffset, image.dataOffset + options.sizeBytes));
+    readInto(image.path, image.dataOffset, new Uint8Array(imageMemory));
     const ctx: BenchContext = {
       programs,
       image,
@@ -78,7 +80,7 @@ export async function runBench(options: BenchOptions, log: (line: string) => voi
         command: `node dist/bench/run.js ${process.argv.slice(2).join(' ')}`.trim(),
         options,
         host: { cpus: cpus().length, cpuModel: cpus()[0]?.model, kernel: release(), node: process.version, loadavgBefore: loadBefore, loadavgAfter: loadavg() },
-        commit: gitCommit(),
+        source,
         image: { sizeBytes: image.sizeBytes, dataOffset: image.dataOffset },
       },
       targets,
@@ -94,11 +96,27 @@ export async function runBench(options: BenchOptions, log: (line: string) => voi
   }
 }
 
-function gitCommit(): string | undefined {
+function readInto(path: string, offset: number, target: Uint8Array): void {
+  const fd = openSync(path, 'r');
   try {
-    return execFileSync('git', ['rev-parse', '--short', 'HEAD'], { stdio: ['ignore', 'pipe', 'ignore'] }).toString().trim();
+    for (let done = 0; done < target.length; ) {
+      const n = readSync(fd, target, done, Math.min(target.length - done, 64 << 20), offset + done);
+      if (n === 0) throw new Error(`${path} ends before its image does`);
+      done += n;
+    }
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** The commit the run started from, and the measured code's files that differed from it. */
+function gitState(): { commit?: string; uncommitted?: string[] } {
+  const git = (...args: string[]): string => execFileSync('git', args, { stdio: ['ignore', 'pipe', 'ignore'] }).toString().trim();
+  try {
+    const changed = git('status', '--porcelain', '--', 'src', 'native', 'bench');
+    return { commit: git('rev-parse', '--short', 'HEAD'), uncommitted: changed ? changed.split('\n').map((line) => line.slice(3)) : [] };
   } catch {
-    return undefined;
+    return {};
   }
 }
 
