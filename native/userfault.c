@@ -282,6 +282,23 @@ static napi_value PreadAt(napi_env env, napi_callback_info info) {
   return num(env, n < 0 ? -errno : (double)n);
 }
 
+// preadNoWait(fd, buf, offset) -> bytes read, or -errno: preadv2 with
+// RWF_NOWAIT, which answers -EAGAIN instead of waiting for the disk, so a
+// pager can read page-cache hits on its own thread and go async otherwise.
+static napi_value PreadNoWait(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  int64_t fd, offset;
+  uint8_t *buf;
+  size_t len;
+  if (!get_args(env, info, 3, argv) || !arg_i64(env, argv[0], &fd) ||
+      !arg_bytes(env, argv[1], &buf, &len) || !arg_i64(env, argv[2], &offset))
+    return NULL;
+  struct iovec iov = {.iov_base = buf, .iov_len = len};
+  ssize_t n;
+  do n = preadv2((int)fd, &iov, 1, offset, RWF_NOWAIT); while (n < 0 && errno == EINTR);
+  return num(env, n < 0 ? -errno : (double)n);
+}
+
 static napi_value Close(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   int64_t fd;
@@ -783,6 +800,7 @@ static napi_value Init(napi_env env, napi_value exports) {
       FN("uffdMove", UffdMove),
       FN("readInto", ReadInto),
       FN("preadAt", PreadAt),
+      FN("preadNoWait", PreadNoWait),
       FN("close", Close),
       FN("dup", Dup),
       FN("setNonblocking", SetNonblocking),

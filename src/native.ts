@@ -41,6 +41,8 @@ export interface NativeBinding {
   readInto(fd: number, buf: ByteArg): number;
   /** pread(2) straight into host memory: bytes, or -errno. */
   preadAt(fd: number, address: number, length: number, offset: number): number;
+  /** preadv2(RWF_NOWAIT) into buf: bytes, or -errno (-EAGAIN when the data is not in the page cache). */
+  preadNoWait(fd: number, buf: ByteArg, offset: number): number;
   close(fd: number): void;
   dup(fd: number): number;
   setNonblocking(fd: number, on: boolean): void;

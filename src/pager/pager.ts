@@ -41,6 +41,12 @@ export interface PagerOptions {
   initialStates?: PageStateTable;
   /** Times a failed source read is retried before the page is poisoned. */
   sourceRetries?: number;
+  /**
+   * After serving, keep reading the uffd for this long (µs) when no read is
+   * in flight, before going back to sleep in the event loop. A fault that
+   * arrives meanwhile skips the ~20 µs cross-CPU wake-up, at the cost of CPU.
+   */
+  spinMicros?: number;
 }
 
 /** One source read: `pageCount` pages of the image from `sourceOffset`. */
@@ -219,13 +225,27 @@ export class Pager extends EventEmitter<PagerEvents> {
    */
   private serve(): void {
     if (this.statusValue !== 'running') return;
+    this.serveBatch();
+    const spinMs = (this.options.spinMicros ?? 0) / 1000;
+    if (spinMs <= 0) return;
+    // Spin only while nothing is in flight: a spinning thread cannot run the
+    // promise callbacks that complete asynchronous reads.
+    let deadline = performance.now() + spinMs;
+    while (this.statusValue === 'running' && this.inFlight === 0 && performance.now() < deadline) {
+      if (this.serveBatch() > 0) deadline = performance.now() + spinMs;
+    }
+  }
+
+  /** Read and serve what is pending now; returns how many messages there were. */
+  private serveBatch(): number {
     let messages: UffdEvent[];
     try {
       messages = this.uffd.readEvents();
     } catch (error) {
       this.fail(error as Error);
-      return;
+      return 0;
     }
+    if (messages.length === 0 && this.retryQueue.length === 0) return 0;
     const faults: PagefaultEvent[] = [];
     for (const message of messages) {
       if (message.type === 'pagefault') faults.push(message);
@@ -235,6 +255,7 @@ export class Pager extends EventEmitter<PagerEvents> {
     const now = performance.now();
     for (const fault of faults) this.guarded(() => this.handleFault(fault, now));
     this.pump();
+    return messages.length;
   }
 
   /**
@@ -483,6 +504,7 @@ export class Pager extends EventEmitter<PagerEvents> {
   }
 
   private startRead(fetch: Fetch): void {
+    if (this.source.readSync && this.readNow(fetch)) return;
     this.inFlight++;
     const background = !fetch.demand;
     if (background) this.backgroundInFlight++;
@@ -510,6 +532,28 @@ export class Pager extends EventEmitter<PagerEvents> {
         this.pump();
       });
     this.inFlightSettled.add(settled);
+  }
+
+  /** The source's synchronous fast path: read and install at once, or return false to go async. */
+  private readNow(fetch: Fetch): boolean {
+    const lengthBytes = fetch.pageCount * PAGE_SIZE;
+    const buffer = this.takeBuffer(lengthBytes);
+    let done: boolean;
+    try {
+      done = this.source.readSync!(fetch.sourceOffset, lengthBytes, buffer);
+    } catch (error) {
+      this.releaseBuffer({ ...fetch, buffer });
+      this.guarded(() => this.readFailed(fetch, error));
+      return true;
+    }
+    if (!done) {
+      this.releaseBuffer({ ...fetch, buffer });
+      return false;
+    }
+    this.metrics.sourceReads++;
+    fetch.buffer = buffer;
+    this.guarded(() => this.install(fetch));
+    return true;
   }
 
   private readFailed(fetch: Fetch, error: unknown): void {

@@ -11,7 +11,11 @@ export class BufferSource implements PageSource {
     this.description = description;
   }
   async read(offset: number, length: number, target: Uint8Array): Promise<void> {
+    this.readSync(offset, length, target);
+  }
+  readSync(offset: number, length: number, target: Uint8Array): boolean {
     checkReadRange(this, offset, length);
     target.set(this.bytes.subarray(offset, offset + length));
+    return true;
   }
 }

@@ -16,6 +16,12 @@ export interface PageSource {
    * can map the zero page without reading. Optional; absent means "unknown".
    */
   isZero?(offset: number, length: number): boolean;
+  /**
+   * Optional fast path: fill target now, on the caller's thread, if that
+   * costs no waiting (memory, or a page-cache hit); return false to have the
+   * pager fall back to read(). Saves a promise and an event-loop round per fetch.
+   */
+  readSync?(offset: number, length: number, target: Uint8Array): boolean;
   close?(): void | Promise<void>;
 }
 

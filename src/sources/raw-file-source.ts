@@ -1,4 +1,5 @@
 import { open, type FileHandle } from 'node:fs/promises';
+import { native } from '../native.js';
 import { SourceReadError, checkReadRange, type PageSource } from './page-source.js';
 
 /**
@@ -54,6 +55,14 @@ export class RawFileSource implements PageSource {
     } catch (error) {
       throw new SourceReadError(offset, length, `${this.description}: ${(error as Error).message}`, { cause: error });
     }
+  }
+
+  /** A page-cache hit is read now (preadv2 RWF_NOWAIT); anything else goes async. */
+  readSync(offset: number, length: number, target: Uint8Array): boolean {
+    checkReadRange(this, offset, length);
+    if (this.closed) return false;
+    const n = native.preadNoWait(this.file.fd, target.subarray(0, length), this.fileOffset + offset);
+    return n === length;
   }
 
   async close(): Promise<void> {

@@ -196,6 +196,48 @@ describe('the pager', () => {
     }
   });
 
+  test('a pager that spins between faults serves the same pages, and stops spinning while reads are in flight', async () => {
+    const r = rig(new BufferSource(image), { prefetch: false, spinMicros: 200 });
+    try {
+      for (const p of [4, 5, 6, 50]) assert.equal(await wordAt(a, r.mapping.address + p * PAGE_SIZE), p);
+      assert.equal(r.pager.snapshotMetrics().pagesCopied, 4);
+    } finally {
+      await r.dispose();
+    }
+    const slow = new FunctionSource(SIZE, async (offset, length, target) => {
+      await sleep(5);
+      target.set(image.subarray(offset, offset + length));
+    });
+    const s2 = rig(slow, { prefetch: false, spinMicros: 10_000 });
+    try {
+      const words = await Promise.all([a, b].map((t, i) => wordAt(t, s2.mapping.address + (20 + i) * PAGE_SIZE)));
+      assert.deepEqual(words, [20, 21]);
+    } finally {
+      await s2.dispose();
+    }
+  });
+
+  test('a source with a synchronous fast path is installed without a promise round, one read per run', async () => {
+    let syncReads = 0;
+    const source = new BufferSource(image);
+    const counting = Object.assign(Object.create(source) as BufferSource, {
+      readSync(offset: number, length: number, target: Uint8Array) {
+        syncReads++;
+        return source.readSync(offset, length, target);
+      },
+    });
+    const r = rig(counting, { prefetch: { initialPages: 1, maxPages: 8 } });
+    try {
+      for (let p = 0; p < 16; p++) assert.equal(await wordAt(a, r.mapping.address + p * PAGE_SIZE), p);
+      const m = r.pager.snapshotMetrics();
+      assert.equal(m.sourceReads, syncReads);
+      assert.equal(m.inFlightPeak, 0, 'nothing went through the asynchronous path');
+      assert.ok(syncReads < 16);
+    } finally {
+      await r.dispose();
+    }
+  });
+
   test('a recorded working set, replayed into a new restore, is in place before it is touched', async () => {
     const first = rig(new BufferSource(image), { prefetch: false, recordWorkingSet: true });
     const order = [5, 1, 40, 41, 42, 7];
