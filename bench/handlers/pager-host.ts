@@ -109,53 +109,6 @@ function hangUp(conn: number): Promise<void> {
 }
 
 /**
- * Spin-then-park for the real Pager, from outside it: every source read (a
- * fault being served) arms a setImmediate that busy-polls the uffd for spinUs.
- * It runs after the microtasks that install the page, and returns as soon as
- * the uffd is readable, so the loop's next epoll_wait finds the fault without
- * sleeping. Only sensible with a synchronous source (nothing else to wait for).
- */
-class SpinArmingSource implements PageSource {
-  readonly sizeBytes: number;
-  readonly description: string;
-  private deadlineNs = 0;
-  private armed = false;
-  spinHits = 0;
-
-  constructor(private readonly inner: PageSource, private readonly uffdFd: number, private readonly spinUs: number) {
-    this.sizeBytes = inner.sizeBytes;
-    this.description = `${inner.description}, spinning ${spinUs} us`;
-  }
-
-  read(offset: number, length: number, target: Uint8Array): Promise<void> {
-    this.deadlineNs = native.monotonicNs() + this.spinUs * 1000;
-    if (!this.armed) {
-      this.armed = true;
-      setImmediate(() => this.spin());
-    }
-    return this.inner.read(offset, length, target);
-  }
-
-  isZero(offset: number, length: number): boolean {
-    return this.inner.isZero?.(offset, length) ?? false;
-  }
-
-  close(): void | Promise<void> {
-    return this.inner.close?.();
-  }
-
-  private spin(): void {
-    this.armed = false;
-    while (native.monotonicNs() < this.deadlineNs) {
-      if (native.pollOnce(this.uffdFd, C.POLLIN, 0) !== 0) {
-        this.spinHits++;
-        return;
-      }
-    }
-  }
-}
-
-/**
  * Bench prototype of async read-ahead in the real Pager, without editing it:
  * when a fault's read-ahead window is at its maximum (a sequential stream),
  * queue the next `aheadPages` pages as background fetches (prefetchPages, the
@@ -224,10 +177,10 @@ async function main(): Promise<void> {
   }
 
   const uffd = Userfaultfd.adopt(toucher.uffdFd, []);
-  const spinner = data.spinUs > 0 ? new SpinArmingSource(source!, uffd.fd, data.spinUs) : undefined;
   const pager = new Pager({
     uffd,
-    source: spinner ?? source!,
+    source: source!,
+    spinMicros: data.spinUs,
     regions: [{ address: toucher.address, lengthBytes: toucher.lengthBytes, sourceOffset: 0 }],
     prefetch: data.prefetch,
     recordWorkingSet: data.recordWorkingSet,
@@ -246,7 +199,6 @@ async function main(): Promise<void> {
     kind: 'pager',
     metrics: pager.snapshotMetrics(),
     workingSet: data.recordWorkingSet ? pager.workingSet() : undefined,
-    spinHits: spinner?.spinHits,
     errors,
     cpu,
   };
