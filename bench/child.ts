@@ -27,7 +27,8 @@ export class BenchChild {
     });
     this.exited = new Promise((resolve, reject) => {
       this.process.once('error', reject);
-      this.process.once('exit', (code, signal) => resolve({ code, signal }));
+      // 'close', not 'exit': 'exit' can come before the last stdout chunk (the JSON result) is read.
+      this.process.once('close', (code, signal) => resolve({ code, signal }));
     });
   }
 
