@@ -153,6 +153,35 @@ export class SnapshotFile {
    * contents are then unspecified). Any range works; page-aligned ranges read straight into target.
    */
   async readPages(imageOffset: number, length: number, target: Uint8Array): Promise<void> {
+    const plan = this.readPlan(imageOffset, length, target);
+    for (let step = plan.next(); !step.done; step = plan.next()) await this.readAt(step.value.fileOffset, step.value.into);
+  }
+
+  /**
+   * readPages without waiting: `readNow(fd, fileOffset, into)` fills `into`
+   * if it can do so at once (a page-cache hit) and returns false otherwise;
+   * then this returns false and the caller uses readPages. CRCs are checked
+   * the same way. (The reader does no I/O of its own here, so inspecting a
+   * file never needs the native addon.)
+   */
+  readPagesNow(imageOffset: number, length: number, target: Uint8Array, readNow: (fd: number, fileOffset: number, into: Uint8Array) => boolean): boolean {
+    if (this.closed) return false;
+    const plan = this.readPlan(imageOffset, length, target);
+    for (let step = plan.next(); !step.done; step = plan.next()) {
+      if (!readNow(this.file.fd, step.value.fileOffset, step.value.into)) {
+        plan.return();
+        return false;
+      }
+    }
+    return true;
+  }
+
+  /**
+   * The reads readPages needs, as a generator: it yields each file range to
+   * read into `into`, and once resumed (the bytes are there) checks them and
+   * fills zero pages and gaps. One plan serves the waiting and the non-waiting reader.
+   */
+  private *readPlan(imageOffset: number, length: number, target: Uint8Array): Generator<{ fileOffset: number; into: Uint8Array }, void, void> {
     this.checkRange(imageOffset, length);
     if (target.length < length) throw new RangeError(`target holds ${target.length} bytes, ${length} asked for`);
     const { pageSize, regions } = this;
@@ -188,7 +217,7 @@ export class SnapshotFile {
           count++;
         }
         const into = target.subarray(position - imageOffset, position - imageOffset + count * pageSize);
-        await this.readAt(this.fileOffsetOf(pageIndex), into);
+        yield { fileOffset: this.fileOffsetOf(pageIndex), into };
         for (let index = 0; index < count; index++) {
           this.checkPage(pageIndex + index, pageStart + index * pageSize, into.subarray(index * pageSize, (index + 1) * pageSize));
         }
@@ -196,7 +225,7 @@ export class SnapshotFile {
       } else {
         // Part of a stored page: its CRC covers the whole page, so read all of it aside.
         const page = new Uint8Array(pageSize);
-        await this.readAt(this.fileOffsetOf(pageIndex), page);
+        yield { fileOffset: this.fileOffsetOf(pageIndex), into: page };
         this.checkPage(pageIndex, pageStart, page);
         const stop = Math.min(end, pageStart + pageSize);
         target.set(page.subarray(position - pageStart, stop - pageStart), position - imageOffset);

@@ -1,3 +1,4 @@
+import { native } from '../native.js';
 import { SnapshotError } from '../snapshot/errors.js';
 import { SnapshotFile } from '../snapshot/reader.js';
 import { SourceReadError, checkReadRange, type PageSource } from './page-source.js';
@@ -27,9 +28,27 @@ export class SnapshotSource implements PageSource {
     try {
       await this.snapshot.readPages(offset, length, target);
     } catch (error) {
-      const reason = error instanceof SnapshotError ? error.message : `${(error as Error).message ?? error}`;
-      throw new SourceReadError(offset, length, `${this.description}: ${reason}`, { cause: error });
+      throw this.readError(offset, length, error);
     }
+  }
+
+  /**
+   * The pager's fast path: when every stored page of the range is in the page
+   * cache, read and check it now (preadv2 RWF_NOWAIT); otherwise decline.
+   * A corrupt page throws the same SourceReadError as read().
+   */
+  readSync(offset: number, length: number, target: Uint8Array): boolean {
+    checkReadRange(this, offset, length);
+    try {
+      return this.snapshot.readPagesNow(offset, length, target, readWithoutWaiting);
+    } catch (error) {
+      throw this.readError(offset, length, error);
+    }
+  }
+
+  private readError(offset: number, length: number, error: unknown): SourceReadError {
+    const reason = error instanceof SnapshotError ? error.message : `${(error as Error).message ?? error}`;
+    return new SourceReadError(offset, length, `${this.description}: ${reason}`, { cause: error });
   }
 
   isZero(offset: number, length: number): boolean {
@@ -39,4 +58,8 @@ export class SnapshotSource implements PageSource {
   close(): Promise<void> {
     return this.snapshot.close();
   }
+}
+
+function readWithoutWaiting(fd: number, fileOffset: number, into: Uint8Array): boolean {
+  return native.preadNoWait(fd, into, fileOffset) === into.length;
 }

@@ -23,3 +23,42 @@ test('a raw file in the page cache is read on the fast path (RWF_NOWAIT), and th
   }
   assert.equal(source.readSync(0, 4096, Buffer.alloc(4096)), false, 'a closed source declines the fast path');
 });
+
+test('a snapshot in the page cache is read on the fast path with every CRC checked; a corrupt page throws as read() does', async (t) => {
+  const { writeSnapshot, SnapshotCorruptError } = await import('../../src/snapshot/index.js');
+  const { SnapshotSource } = await import('../../src/sources/snapshot-source.js');
+  const { SourceReadError } = await import('../../src/sources/page-source.js');
+  const { fillPattern } = await import('../../src/demo/pattern.js');
+  const { readFileSync } = await import('node:fs');
+  const dir = mkdtempSync(join(tmpdir(), 'userfault-snapsync-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const path = join(dir, 'image.snap');
+  const image = new Uint8Array(16 * 4096);
+  fillPattern(image, 0, 1, 4); // every 4th page zero: not stored
+  await writeSnapshot(path, { regions: [{ imageOffset: 0, lengthBytes: image.length }], content: image });
+
+  const source = await SnapshotSource.open(path);
+  try {
+    const fast = Buffer.alloc(8 * 4096);
+    assert.equal(source.readSync(2 * 4096, 8 * 4096, fast), true);
+    assert.equal(Buffer.compare(fast, image.subarray(2 * 4096, 10 * 4096)), 0);
+  } finally {
+    await source.close();
+  }
+
+  const bytes = readFileSync(path);
+  const probe = await SnapshotSource.open(path);
+  const info = probe.snapshot.pageInfo(5 * 4096) as { fileOffset: number };
+  await probe.close();
+  bytes[info.fileOffset + 7]! ^= 0x01;
+  writeFileSync(path, bytes);
+  const damaged = await SnapshotSource.open(path);
+  try {
+    assert.throws(
+      () => damaged.readSync(4 * 4096, 4 * 4096, Buffer.alloc(4 * 4096)),
+      (error: unknown) => error instanceof SourceReadError && error.cause instanceof SnapshotCorruptError,
+    );
+  } finally {
+    await damaged.close();
+  }
+});
