@@ -155,11 +155,3 @@ function checkLength(lengthBytes: number): void {
     throw new RangeError(`mapping length ${lengthBytes} is not a positive multiple of the ${PAGE_SIZE}-byte page`);
   }
 }
-
-export function pageAlignDown(value: number): number {
-  return value - (value % PAGE_SIZE);
-}
-
-export function pageAlignUp(value: number): number {
-  return Math.ceil(value / PAGE_SIZE) * PAGE_SIZE;
-}
