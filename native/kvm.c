@@ -150,12 +150,6 @@ static napi_value KvmKick(napi_env env, napi_callback_info info) {
   return out;
 }
 
-static void kvm_const(napi_env env, napi_value obj, const char *name, double v) {
-  napi_value value;
-  napi_create_double(env, v, &value);
-  napi_set_named_property(env, obj, name, value);
-}
-
 void register_kvm(napi_env env, napi_value exports) {
   napi_property_descriptor fns[] = {
 #define FN(js, c) {js, NULL, c, NULL, NULL, NULL, napi_default, NULL}
@@ -173,10 +167,10 @@ void register_kvm(napi_env env, napi_value exports) {
   napi_create_object(env, &c);
   // glibc reserves the first real-time signals for itself; SIGRTMIN is the
   // first one left to applications.
-  kvm_const(env, c, "SIGRTMIN", SIGRTMIN);
-  kvm_const(env, c, "EINTR", EINTR);
-  kvm_const(env, c, "EAGAIN", EAGAIN);
-  kvm_const(env, c, "E2BIG", E2BIG);
-  kvm_const(env, c, "ENOENT", ENOENT);
+  set_const(env, c, "SIGRTMIN", SIGRTMIN);
+  set_const(env, c, "EINTR", EINTR);
+  set_const(env, c, "EAGAIN", EAGAIN);
+  set_const(env, c, "E2BIG", E2BIG);
+  set_const(env, c, "ENOENT", ENOENT);
   napi_set_named_property(env, exports, "kvmConstants", c);
 }

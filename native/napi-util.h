@@ -132,4 +132,8 @@ static UNUSED_OK int arg_double(napi_env env, napi_value v, double *out) {
   return 1;
 }
 
+static UNUSED_OK void set_const(napi_env env, napi_value obj, const char *name, double value) {
+  napi_set_named_property(env, obj, name, num(env, value));
+}
+
 #endif

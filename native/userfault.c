@@ -778,9 +778,6 @@ static napi_value RefWatch(napi_env env, napi_callback_info info) {
 
 // ---- constants the TypeScript side cannot know without the C headers ----
 
-static void set_const(napi_env env, napi_value obj, const char *name, double value) {
-  napi_set_named_property(env, obj, name, num(env, value));
-}
 
 static napi_value Init(napi_env env, napi_value exports) {
   napi_property_descriptor fns[] = {
