@@ -13,6 +13,8 @@
 // DISCARDED means "the application threw this page away": its contents are
 // zero from now on, and a fill that was in flight when it happened is dropped.
 
+import { UserfaultError } from '../errors.js';
+
 export const PageState = {
   MISSING: 0,
   IN_FLIGHT: 1,
@@ -32,8 +34,8 @@ const LEGAL: ReadonlyArray<ReadonlyArray<PageState>> = [
   /* UNMAPPED  */ [PageState.UNMAPPED],
 ];
 
-export class IllegalPageTransitionError extends Error {
-  readonly code = 'EPAGESTATE';
+export class IllegalPageTransitionError extends UserfaultError {
+  override readonly code = 'EPAGESTATE';
   constructor(readonly pageIndex: number, readonly from: PageState, readonly to: PageState) {
     super(`page ${pageIndex}: illegal transition ${PAGE_STATE_NAMES[from]} -> ${PAGE_STATE_NAMES[to]}`);
   }

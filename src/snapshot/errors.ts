@@ -1,16 +1,13 @@
 // Errors of the snapshot format: one base class, a subclass per condition, a stable code,
 // and what is needed to act on it (which structure, which page, which file offset).
 // Nothing here loads the native addon: a snapshot can be inspected on any machine.
+import { UserfaultError } from '../errors.js';
 
 /** A part of a snapshot file, as named in errors and reports. */
 export type SnapshotStructure = 'header' | 'region table' | 'page table' | 'metadata' | 'page data' | 'file';
 
-export class SnapshotError extends Error {
-  readonly code: string = 'ESNAPSHOT';
-  constructor(message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = new.target.name;
-  }
+export class SnapshotError extends UserfaultError {
+  override readonly code: string = 'ESNAPSHOT';
 }
 
 /** The file (or a buffer handed to a decoder) ends before a structure it must hold. */

@@ -1,4 +1,5 @@
 // A page source: where the pager gets the contents of pages it has not yet filled.
+import { UserfaultError } from '../errors.js';
 
 /**
  * Contents of a flat memory image of `sizeBytes`, read asynchronously.
@@ -26,11 +27,10 @@ export interface PageSource {
 }
 
 /** A source whose reads fail is reported with the range it could not read. */
-export class SourceReadError extends Error {
-  readonly code: string = 'ESOURCE';
+export class SourceReadError extends UserfaultError {
+  override readonly code: string = 'ESOURCE';
   constructor(readonly offset: number, readonly lengthBytes: number, message: string, options?: { cause?: unknown }) {
     super(`reading ${lengthBytes} bytes at offset ${offset}: ${message}`, options);
-    this.name = new.target.name;
   }
 }
 

@@ -1,16 +1,11 @@
 // One base class, a subclass per condition, a stable code, and the data needed to recover.
 import { constants as osConstants } from 'node:os';
+import { UserfaultError } from '../errors.js';
 import { isNativeSyscallError } from '../native.js';
 
 const E = osConstants.errno;
 
-export class UserfaultError extends Error {
-  readonly code: string = 'EUSERFAULT';
-  constructor(message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = new.target.name;
-  }
-}
+export { UserfaultError };
 
 /** A syscall or ioctl failed with an errno that has no more specific class. */
 export class SyscallError extends UserfaultError {

@@ -6,6 +6,7 @@
 //   +------+------+-------+-------+----------------+----------------+---------+
 //   PAGEFAULT: flags(u64) address(u64) ptid(u32)   FORK: ufd(u32)
 //   REMAP: from to len                             REMOVE/UNMAP: start end
+import { UserfaultError } from '../errors.js';
 import {
   UFFD_EVENT_FORK,
   UFFD_EVENT_PAGEFAULT,
@@ -45,8 +46,8 @@ export interface UnknownEvent { type: 'unknown'; event: number; raw: Uint8Array 
 
 export type UffdEvent = PagefaultEvent | ForkEvent | RemapEvent | RemoveEvent | UnmapEvent | UnknownEvent;
 
-export class TruncatedMessageError extends Error {
-  readonly code = 'ETRUNCATED';
+export class TruncatedMessageError extends UserfaultError {
+  override readonly code = 'ETRUNCATED';
   constructor(readonly lengthBytes: number) {
     super(`uffd message buffer of ${lengthBytes} bytes is not a whole number of ${UFFD_MSG_SIZE}-byte messages`);
   }
