@@ -28,6 +28,7 @@ import {
   MissingUffdError,
   NotAUserfaultfdError,
   RegionNotRegisteredError,
+  RegionOnAnotherUffdError,
 } from './errors.js';
 import { HandshakeDecoder, type HandshakeRegion } from './handshake.js';
 
@@ -154,9 +155,27 @@ export class ClientSession extends EventEmitter<ClientSessionEvents> {
   /** Start reading the socket (after the server has attached its listeners). */
   start(): this {
     this.socketWatch = native.watchFd(this.socketFd, native.constants.UV_READABLE | native.constants.UV_DISCONNECT, (status, events) =>
-      this.onSocket(status, events),
+      this.atBoundary(() => this.onSocket(status, events)),
     );
     return this;
+  }
+
+  /**
+   * The connection boundary: whatever this client sends, nothing it causes may
+   * throw out of a libuv callback (that is fatal to the whole process and
+   * every other client). A throw ends this session alone.
+   */
+  private atBoundary(step: () => void): void {
+    try {
+      step();
+    } catch (error) {
+      const failure = error instanceof Error ? error : new UserfaultError(`client ${this.id}: ${String(error)}`);
+      try {
+        this.end('failed', failure);
+      } catch {
+        // end() itself failed (an 'error' listener threw): the session is already closing.
+      }
+    }
   }
 
   summary(): ClientSummary {
@@ -322,8 +341,8 @@ export class ClientSession extends EventEmitter<ClientSessionEvents> {
     clearTimeout(this.handshakeTimer);
     if (this.socketWatch) native.unwatchFd(this.socketWatch);
     this.socketWatch = undefined;
-    if (error) this.emit('error', error);
     void this.release();
+    if (error) this.emit('error', error);
   }
 
   private async release(): Promise<void> {
@@ -351,15 +370,23 @@ export class ClientSession extends EventEmitter<ClientSessionEvents> {
   }
 }
 
-type ProbeOutcome = { type: 'ok' } | { type: 'gone' } | { type: 'unregistered'; error: RegionNotRegisteredError };
+type ProbeOutcome = { type: 'ok' } | { type: 'gone' } | { type: 'unregistered'; error: RegionNotRegisteredError | RegionOnAnotherUffdError };
 
 /**
  * Check that every region is registered with the client's uffd, by serving
- * its first and last page now. UFFDIO_COPY is the one ioctl that looks up the
- * client's VMA and changes nothing the pager would not have done anyway:
- * ENOENT means the range is not registered (outside the mapping, or never
- * registered); EEXIST means the page is already there. Nothing cheaper and
- * non-destructive exists: WAKE checks no VMA, ZEROPAGE would plant zeroes.
+ * its first and last page now, then asking the kernel whose registration it is.
+ *
+ * UFFDIO_COPY is the one ioctl that looks up the client's VMA and changes
+ * nothing the pager would not have done anyway: ENOENT means the range is not
+ * registered (outside the mapping, or never registered); EEXIST means the page
+ * is already there. But COPY only checks that *some* uffd owns the VMA
+ * (validate_dst_vma tests vm_userfaultfd_ctx.ctx for non-NULL): through a
+ * second uffd of the same process it succeeds, and the region's faults would
+ * go to a uffd nobody reads. UFFDIO_REGISTER tells the two apart: on a VMA
+ * another uffd owns it fails with EBUSY; on one this uffd owns in MISSING mode
+ * already it changes nothing (the kernel skips a VMA whose flags already hold
+ * the mode). Nothing cheaper and non-destructive exists: WAKE checks no VMA,
+ * ZEROPAGE would plant zeroes.
  */
 async function probeRegions(
   uffd: Userfaultfd,
@@ -381,6 +408,15 @@ async function probeRegions(
       } catch (error) {
         if (error instanceof AddressSpaceGoneError) return { type: 'gone' };
         if (error instanceof RangeNotRegisteredError) return { type: 'unregistered', error: new RegionNotRegisteredError(index, address, { cause: error }) };
+        throw error;
+      }
+      try {
+        uffd.register(address, PAGE_SIZE, ['MISSING']);
+      } catch (error) {
+        if (error instanceof AddressSpaceGoneError) return { type: 'gone' };
+        if (error instanceof SyscallError && error.errno === ERRNO.EBUSY) {
+          return { type: 'unregistered', error: new RegionOnAnotherUffdError(index, address, { cause: error }) };
+        }
         throw error;
       }
     }

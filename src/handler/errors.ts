@@ -11,7 +11,8 @@ export class HandlerError extends UserfaultError {
 export class HandshakeRefusedError extends HandlerError {
   override readonly code = 'EHANDSHAKE';
   constructor(readonly problems: readonly HandshakeProblem[]) {
-    super(`handshake refused: ${problems.map((p) => `[${p.code}] ${p.message}`).join('; ')}`);
+    // Each problem's code is in `problems`; the message is for people.
+    super(`handshake refused: ${problems.map((p) => p.message).join('; ')}`);
   }
 }
 
@@ -51,6 +52,19 @@ export class RegionNotRegisteredError extends HandlerError {
   constructor(readonly region: number, readonly address: number, options?: { cause?: unknown }) {
     super(`region ${region}: address 0x${address.toString(16)} is not registered with the client's userfaultfd ` +
       '(outside its mapping, or never registered)', options);
+  }
+}
+
+/**
+ * A region is registered, but with another userfaultfd than the one the client
+ * sent (UFFDIO_REGISTER through the client's uffd said EBUSY): its faults would
+ * never reach this handler.
+ */
+export class RegionOnAnotherUffdError extends HandlerError {
+  override readonly code = 'EOTHERUFFD';
+  constructor(readonly region: number, readonly address: number, options?: { cause?: unknown }) {
+    super(`region ${region}: address 0x${address.toString(16)} is registered with another userfaultfd than the one the client sent ` +
+      '(its faults would never arrive here)', options);
   }
 }
 

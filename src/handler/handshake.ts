@@ -8,7 +8,8 @@
 //   [ { "base_host_virt_addr": 139637976727552,   where the region starts in the client
 //       "size": 4194304,                          bytes
 //       "offset": 0,                              where its contents start in the memory file
-//       "page_size": 4096 },                      bytes (older Firecracker: "page_size_kib": 4)
+//       "page_size": 4096,                        bytes
+//       "page_size_kib": 4096 },                  ALSO bytes, despite its name (see pageSizeField)
 //     ... ]
 //
 // A stream socket keeps no message boundaries, so the array may come in any
@@ -25,7 +26,7 @@ export interface HandshakeRegion {
   lengthBytes: number;
   /** `offset`: where the region's contents start in the memory file. */
   fileOffset: number;
-  /** `page_size`, or `page_size_kib` × 1024. */
+  /** `page_size`, or `page_size_kib` (which Firecracker fills with bytes too). */
   pageSizeBytes: number;
 }
 
@@ -44,6 +45,10 @@ export type HandshakeProblemCode =
   | 'EHANDSHAKE_ALIGNMENT'
   /** Two regions share host addresses. */
   | 'EHANDSHAKE_OVERLAP'
+  /** Two regions show the same bytes of the memory file at different addresses. */
+  | 'EHANDSHAKE_ALIAS'
+  /** Arrays or objects nested deeper than any region list needs. */
+  | 'EHANDSHAKE_TOO_DEEP'
   /** offset + size past the end of the memory file. */
   | 'EHANDSHAKE_BEYOND_FILE'
   /** No closing bracket within the length limit. */
@@ -80,6 +85,12 @@ export interface HandshakeLimits {
 }
 
 export const DEFAULT_MAX_HANDSHAKE_BYTES = 64 * 1024;
+/**
+ * A region list is an array of flat objects: depth 2. Anything much deeper is
+ * hostile, and JSON.parse and error formatting recurse per level, so the scan
+ * refuses it before either runs.
+ */
+export const MAX_HANDSHAKE_DEPTH = 4;
 
 const OPEN_BRACKET = 0x5b;
 const CLOSE_BRACKET = 0x5d;
@@ -126,6 +137,10 @@ export class HandshakeDecoder {
         const message = `the handshake must be a JSON array of regions; it starts with ${describeByte(chunk[i]!)}`;
         return this.finish({ regions: [], errors: [problem('EHANDSHAKE_SHAPE', message)] }, lengthBytes);
       }
+      if (end === 'too-deep') {
+        const message = `the handshake nests arrays or objects more than ${MAX_HANDSHAKE_DEPTH} deep (a region list needs 2)`;
+        return this.finish({ regions: [], errors: [problem('EHANDSHAKE_TOO_DEEP', message)] }, lengthBytes);
+      }
       this.chunks.push(chunk.slice(0, i + 1));
       if (lengthBytes > this.maxLengthBytes) return this.finish({ regions: [], errors: [tooLong(this.maxLengthBytes)] }, lengthBytes);
       return this.finish(this.decode(), lengthBytes);
@@ -146,7 +161,7 @@ export class HandshakeDecoder {
   }
 
   /** Advance the scan over one byte. */
-  private scan(byte: number): 'closed' | 'not-an-array' | undefined {
+  private scan(byte: number): 'closed' | 'not-an-array' | 'too-deep' | undefined {
     if (!this.started) {
       if (isJsonWhitespace(byte)) return undefined;
       if (byte !== OPEN_BRACKET) return 'not-an-array';
@@ -167,7 +182,7 @@ export class HandshakeDecoder {
       case OPEN_BRACKET:
       case OPEN_BRACE:
         this.depth++;
-        return undefined;
+        return this.depth > MAX_HANDSHAKE_DEPTH ? 'too-deep' : undefined;
       case CLOSE_BRACKET:
       case CLOSE_BRACE:
         // A mismatched pair still ends the scan; JSON.parse then names the mistake.
@@ -237,6 +252,25 @@ export function validateHandshake(value: unknown, limits: HandshakeLimits): { re
       });
     }
   }
+  // The pager keeps one state per page of the memory file and one address per
+  // file page: two host ranges showing the same file bytes would share a state
+  // (the second's faults coalesced onto a fill of the first, never woken).
+  // Firecracker never sends such regions, so they are refused.
+  const byOffset = [...regions].sort((a, b) => a.fileOffset - b.fileOffset);
+  for (let i = 1; i < byOffset.length; i++) {
+    const previous = byOffset[i - 1]!;
+    const current = byOffset[i]!;
+    if (current.fileOffset < previous.fileOffset + previous.lengthBytes) {
+      const [first, second] = previous.index < current.index ? [previous, current] : [current, previous];
+      errors.push({
+        code: 'EHANDSHAKE_ALIAS',
+        message: `regions ${first.index} and ${second.index} both show memory-file offset ${current.fileOffset} ` +
+          '(two addresses for the same pages are not served)',
+        region: second.index,
+        field: 'offset',
+      });
+    }
+  }
   if (errors.length > 0) return { regions: [], errors };
   return { regions: regions.map(({ index: _index, ...region }) => region), errors };
 }
@@ -295,7 +329,7 @@ function integerField(fields: Record<string, unknown>, field: string, index: num
   if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0) {
     errors.push({
       code: 'EHANDSHAKE_FIELD',
-      message: `region ${index}: ${field} must be a non-negative integer below 2^53, got ${JSON.stringify(value) ?? String(value)}`,
+      message: `region ${index}: ${field} must be a non-negative integer below 2^53, got ${describeValue(value)}`,
       region: index,
       field,
     });
@@ -304,7 +338,16 @@ function integerField(fields: Record<string, unknown>, field: string, index: num
   return value;
 }
 
-/** `page_size` in bytes (Firecracker ≥ 1.8) or `page_size_kib` (older); both must agree if both are sent. */
+/**
+ * The region's page size. What each Firecracker version really sends
+ * (GuestRegionUffdMapping in src/vmm/src/persist.rs):
+ *   before 1.8: `page_size_kib` only, holding BYTES (4096; 2097152 for 2 MiB pages);
+ *   1.8 and later: `page_size` and the deprecated `page_size_kib`, both BYTES
+ *   (its doc comment: "the name is wrong but cannot be changed due to being API").
+ * So both fields are read as bytes, and must agree when both are sent. A
+ * `page_size_kib` that only makes sense as KiB (4) is refused with that said,
+ * rather than guessed at.
+ */
 function pageSizeField(fields: Record<string, unknown>, index: number, limits: HandshakeLimits, errors: HandshakeProblem[]): number | undefined {
   const hasBytes = 'page_size' in fields;
   const hasKib = 'page_size_kib' in fields;
@@ -313,26 +356,29 @@ function pageSizeField(fields: Record<string, unknown>, index: number, limits: H
     return undefined;
   }
   const bytes = hasBytes ? integerField(fields, 'page_size', index, errors) : undefined;
-  const kib = hasKib ? integerField(fields, 'page_size_kib', index, errors) : undefined;
-  if ((hasBytes && bytes === undefined) || (hasKib && kib === undefined)) return undefined;
-  const fromKib = kib === undefined ? undefined : kib * 1024;
-  if (bytes !== undefined && fromKib !== undefined && bytes !== fromKib) {
+  const legacy = hasKib ? integerField(fields, 'page_size_kib', index, errors) : undefined;
+  if ((hasBytes && bytes === undefined) || (hasKib && legacy === undefined)) return undefined;
+  if (bytes !== undefined && legacy !== undefined && bytes !== legacy) {
     errors.push({
       code: 'EHANDSHAKE_PAGE_SIZE',
-      message: `region ${index}: page_size ${bytes} and page_size_kib ${kib} disagree`,
+      message: `region ${index}: page_size ${bytes} and page_size_kib ${legacy} disagree (Firecracker sends both in bytes)`,
       region: index,
-      field: 'page_size',
+      field: 'page_size_kib',
     });
     return undefined;
   }
-  const pageSize = (bytes ?? fromKib)!;
+  const pageSize = (bytes ?? legacy)!;
+  const field = hasBytes ? 'page_size' : 'page_size_kib';
   if (pageSize !== limits.pageSizeBytes) {
+    const asKib = !hasBytes && pageSize * 1024 === limits.pageSizeBytes
+      ? ` (page_size_kib holds bytes, as Firecracker sends it: ${limits.pageSizeBytes}, not ${pageSize})`
+      : '';
     errors.push({
       code: 'EHANDSHAKE_PAGE_SIZE',
-      message: `region ${index}: page size ${pageSize} bytes is not served here: this handler serves ${limits.pageSizeBytes}-byte pages ` +
-        '(hugetlbfs-backed guest memory is not supported)',
+      message: `region ${index}: page size ${pageSize} bytes is not served here: this handler serves ${limits.pageSizeBytes}-byte pages${asKib || 
+        ' (hugetlbfs-backed guest memory is not supported)'}`,
       region: index,
-      field: hasBytes ? 'page_size' : 'page_size_kib',
+      field,
     });
     return undefined;
   }
@@ -349,6 +395,13 @@ function tooLong(maxLengthBytes: number): HandshakeProblem {
 
 function describeByte(byte: number): string {
   return byte >= 0x20 && byte < 0x7f ? `'${String.fromCharCode(byte)}'` : `byte 0x${byte.toString(16).padStart(2, '0')}`;
+}
+
+/** A short, bounded description of a JSON value for a message: never the value itself when it is big or nested. */
+function describeValue(value: unknown): string {
+  if (value === null || typeof value === 'boolean' || typeof value === 'number') return String(value);
+  if (typeof value === 'string') return value.length <= 40 ? JSON.stringify(value) : `a ${value.length}-character string`;
+  return jsonKind(value);
 }
 
 function jsonKind(value: unknown): string {

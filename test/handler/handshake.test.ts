@@ -1,5 +1,6 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import {
   HandshakeDecoder,
   parseHandshake,
@@ -26,11 +27,16 @@ const EXPECTED_TWO_REGIONS = [
   { hostAddress: BASE + 6 * MiB, lengthBytes: 2 * MiB, fileOffset: 4 * MiB, pageSizeBytes: PAGE },
 ];
 
-/** Older Firecracker: page_size_kib, pretty-printed, with a field this handler does not know. */
+/** Older Firecracker's field (page_size_kib, holding bytes), pretty-printed, with a field this handler does not know. */
 const OLDER_FIRECRACKER = utf8(
-  `[\n  {\n    "base_host_virt_addr": ${BASE},\n    "size": ${MiB},\n    "offset": ${PAGE},\n    "page_size_kib": 4,\n` +
+  `[\n  {\n    "base_host_virt_addr": ${BASE},\n    "size": ${MiB},\n    "offset": ${PAGE},\n    "page_size_kib": 4096,\n` +
     `    "note": "brackets ] } [ { and \\"quotes\\" inside a string, and ünïcödé"\n  }\n]`,
 );
+
+/** The exact bytes each Firecracker version sends, and hostile variants, kept as files (test/fixtures/handshakes/). */
+function fixture(name: string): Uint8Array {
+  return readFileSync(new URL(`../../../test/fixtures/handshakes/${name}.json`, import.meta.url));
+}
 
 function codes(parse: HandshakeParse): HandshakeProblemCode[] {
   assert.equal(parse.complete, true, 'the handshake should be complete');
@@ -194,17 +200,63 @@ describe('handshake validation', () => {
     const huge = parseValue([region({ page_size: 2 * MiB, size: 2 * MiB })]);
     assert.deepEqual(codes(huge), ['EHANDSHAKE_PAGE_SIZE']);
     assert.match(huge.complete ? huge.errors[0]!.message : '', /hugetlbfs/);
-    assert.deepEqual(codes(parseValue([region({ page_size: undefined, page_size_kib: 2048 })])), ['EHANDSHAKE_PAGE_SIZE']);
-    assert.deepEqual(codes(parseValue([region({ page_size: 4096, page_size_kib: 8 })])), ['EHANDSHAKE_PAGE_SIZE']);
-    assert.deepEqual(codes(parseValue([region({ page_size: 4096, page_size_kib: 4 })])), []);
+    assert.deepEqual(codes(parseValue([region({ page_size: undefined, page_size_kib: 2 * MiB, size: 2 * MiB })])), ['EHANDSHAKE_PAGE_SIZE']);
+    assert.deepEqual(codes(parseValue([region({ page_size: 4096, page_size_kib: 8192 })])), ['EHANDSHAKE_PAGE_SIZE']);
+  });
+
+  describe('what each Firecracker version really sends (GuestRegionUffdMapping)', () => {
+    const expected = { hostAddress: 140233452208128, lengthBytes: 128 * MiB, fileOffset: 0, pageSizeBytes: PAGE };
+    const limits: HandshakeLimits = { pageSizeBytes: PAGE, memoryFileSizeBytes: 128 * MiB };
+    test('before 1.8: page_size_kib alone, holding bytes (4096), is a 4 KiB page', () => {
+      const parse = parseHandshake(fixture('firecracker-pre-1.8'), limits);
+      assert.deepEqual(parse.complete && parse.errors, []);
+      assert.deepEqual(parse.complete && parse.regions, [expected]);
+    });
+    test('1.8 and later: page_size and page_size_kib, both bytes, agree', () => {
+      const parse = parseHandshake(fixture('firecracker-1.8'), limits);
+      assert.deepEqual(parse.complete && parse.errors, []);
+      assert.deepEqual(parse.complete && parse.regions, [expected]);
+    });
+    test('2 MiB pages (hugetlbfs guest memory) are refused as a page size, not misread as 2 GiB', () => {
+      const parse = parseHandshake(fixture('firecracker-1.8-2mib-pages'), limits);
+      assert.deepEqual(codes(parse), ['EHANDSHAKE_PAGE_SIZE']);
+      assert.match(parse.complete ? parse.errors[0]!.message : '', /page size 2097152 bytes is not served here.*hugetlbfs/);
+    });
+    test('a page_size_kib of 4 (KiB units, which no Firecracker sends) is refused, saying the field holds bytes', () => {
+      const parse = parseHandshake(fixture('hostile-kib-units'), limits);
+      assert.deepEqual(codes(parse), ['EHANDSHAKE_PAGE_SIZE']);
+      assert.match(parse.complete ? parse.errors[0]!.message : '', /page_size_kib holds bytes/);
+    });
+    test('page_size and page_size_kib that disagree are refused', () => {
+      assert.deepEqual(codes(parseValue([region({ page_size: 4096, page_size_kib: 4 })])), ['EHANDSHAKE_PAGE_SIZE']);
+    });
+  });
+
+  test('two regions that show the same file offset at different addresses are refused (each page has one state)', () => {
+    const parse = parseHandshake(fixture('hostile-alias'), LIMITS);
+    assert.deepEqual(codes(parse), ['EHANDSHAKE_ALIAS']);
+    assert.equal(parse.complete && parse.errors[0]!.region, 1);
+    assert.match(parse.complete ? parse.errors[0]!.message : '', /regions 0 and 1 both show memory-file offset 0/);
+  });
+
+  test('a 10 KB handshake nesting 5,000 arrays is refused by the scan, before JSON.parse or any message formats it', () => {
+    const bytes = fixture('hostile-deep-nesting');
+    assert.ok(bytes.length > 10_000);
+    const parse = parseHandshake(bytes, LIMITS);
+    assert.deepEqual(codes(parse), ['EHANDSHAKE_TOO_DEEP']);
+    // Refused at the fifth opening bracket, not after reading it all.
+    assert.ok(parse.complete && parse.lengthBytes < 100, `refused after ${parse.complete && parse.lengthBytes} bytes`);
+    // Nested values that stay within the depth limit are described by kind in messages, never serialized whole.
+    const nested = parseValue([region({ size: [[1]] })]);
+    assert.match(nested.complete ? nested.errors[0]!.message : '', /got an array$/);
   });
 
   test('overlapping regions are refused, naming both', () => {
-    const parse = parseValue([region({}), region({ base_host_virt_addr: BASE + 4 * MiB }), region({ base_host_virt_addr: BASE + MiB - PAGE, offset: MiB })]);
+    const parse = parseValue([region({}), region({ base_host_virt_addr: BASE + 4 * MiB, offset: 2 * MiB }), region({ base_host_virt_addr: BASE + MiB - PAGE, offset: MiB })]);
     assert.deepEqual(codes(parse), ['EHANDSHAKE_OVERLAP']);
     assert.match(parse.complete ? parse.errors[0]!.message : '', /regions 0 and 2 overlap/);
     // Touching is not overlapping.
-    assert.deepEqual(codes(parseValue([region({}), region({ base_host_virt_addr: BASE + MiB })])), []);
+    assert.deepEqual(codes(parseValue([region({}), region({ base_host_virt_addr: BASE + MiB, offset: MiB })])), []);
   });
 
   test('a region whose offset and size reach past the memory file is refused', () => {
