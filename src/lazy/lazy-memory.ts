@@ -82,7 +82,7 @@ export class LazyMemory {
       let watchdog: Worker | undefined;
       let armed: Promise<unknown> = Promise.resolve();
       if (policy !== 'freeze') {
-        const watchdogData: WatchdogWorkerData = { uffdFd: uffd.duplicate(), policy, lifeline: watchdogEnd };
+        const watchdogData: WatchdogWorkerData = { uffdFd: uffd.duplicate(), policy, lifeline: watchdogEnd, regions: [{ address: mapping.address, lengthBytes: sizeBytes }] };
         watchdog = new Worker(new URL('./watchdog-worker.js', import.meta.url), { workerData: watchdogData, transferList: [watchdogEnd] });
         watchdog.unref();
         armed = waitFor(watchdog, (m: { type: string }) => m.type === 'armed');

@@ -24,6 +24,10 @@ function handlerLost(reason: string): void {
 /** Serve every fault with poison, blocking this thread (it has nothing else to do). */
 function poisonForever(): void {
   const uffd = Userfaultfd.adopt(data.uffdFd, ['POISON']);
+  // Threads whose faults the dead handler read sleep on messages nobody will
+  // answer: wake them all, so each retries and faults again, into this loop.
+  // A woken thread whose page did arrive just retries its access.
+  for (const region of data.regions) uffd.wake(region.address, region.lengthBytes);
   for (;;) {
     if (!uffd.waitReadable(1000)) continue;
     for (const event of uffd.readEvents()) {

@@ -20,4 +20,10 @@ export interface WatchdogWorkerData {
   lifeline?: import('node:worker_threads').MessagePort;
   /** A pidfd that turns readable when an out-of-process handler exits. */
   handlerPidfd?: number;
+  /**
+   * The ranges registered with the uffd. A fault the dead handler had already
+   * read will never be read again: on takeover the watchdog wakes every thread
+   * waiting in these ranges, so each faults anew into the policy.
+   */
+  regions: ReadonlyArray<{ address: number; lengthBytes: number }>;
 }

@@ -1,5 +1,6 @@
 // Which host addresses show which part of the image. mremap moves ranges and
 // munmap removes them, so the map is a list of extents that split as needed.
+import { UserfaultError } from '../errors.js';
 import { PAGE_SIZE } from '../native.js';
 
 /** A registered range of host memory and the image offset its first byte shows. */
@@ -11,16 +12,36 @@ export interface PagerRegion {
   sourceOffset: number;
 }
 
+/** Regions a pager cannot serve as given: misaligned, overlapping, or two showing the same image bytes. */
+export class RegionLayoutError extends UserfaultError {
+  override readonly code = 'EREGIONS';
+  constructor(readonly problem: string, readonly regions: readonly PagerRegion[]) {
+    super(`${problem}: ${regions.map((r) => `0x${r.address.toString(16)}+${r.lengthBytes} <- image ${r.sourceOffset}`).join(', ')}`);
+  }
+}
+
 export class AddressMap {
   private extents: PagerRegion[];
 
   constructor(regions: readonly PagerRegion[]) {
     for (const r of regions) {
       if (r.address % PAGE_SIZE || r.lengthBytes % PAGE_SIZE || r.sourceOffset % PAGE_SIZE || r.lengthBytes <= 0) {
-        throw new RangeError(`region ${JSON.stringify(r)} is not page-aligned`);
+        throw new RegionLayoutError('a region is not page-aligned, or empty', [r]);
       }
     }
     this.extents = regions.map((r) => ({ ...r })).sort((a, b) => a.address - b.address);
+    for (let i = 1; i < this.extents.length; i++) {
+      const previous = this.extents[i - 1]!;
+      if (this.extents[i]!.address < previous.address + previous.lengthBytes) throw new RegionLayoutError('two regions overlap in host memory', [previous, this.extents[i]!]);
+    }
+    // One state and one address per image page: two host ranges showing the
+    // same image bytes would share a state, and the second's waiters would
+    // never be woken by a fill of the first. Refused, not served wrong.
+    const byImage = [...this.extents].sort((a, b) => a.sourceOffset - b.sourceOffset);
+    for (let i = 1; i < byImage.length; i++) {
+      const previous = byImage[i - 1]!;
+      if (byImage[i]!.sourceOffset < previous.sourceOffset + previous.lengthBytes) throw new RegionLayoutError('two regions show the same image bytes', [previous, byImage[i]!]);
+    }
   }
 
   get regions(): readonly PagerRegion[] {

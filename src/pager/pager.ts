@@ -13,7 +13,7 @@ import { AddressSpaceGoneError, RangeNotRegisteredError, UserfaultError } from '
 import type { FeatureName } from '../uffd/constants.js';
 import type { PagefaultEvent, UffdEvent } from '../uffd/messages.js';
 import { Userfaultfd, type ResolveResult } from '../uffd/userfaultfd.js';
-import { AddressMap, type PagerRegion } from './address-map.js';
+import { AddressMap, RegionLayoutError, type PagerRegion } from './address-map.js';
 import { PagerMetrics, type PagerMetricsSnapshot } from './metrics.js';
 import { PageState, PageStateTable } from './page-state.js';
 import { ReadAhead, type PrefetchOptions } from './readahead.js';
@@ -57,8 +57,10 @@ interface Fetch {
   demand: boolean;
   attempts: number;
   buffer?: Uint8Array;
-  /** Where to resume installing after the kernel said EAGAIN. */
+  /** Where to resume installing after the kernel said EAGAIN (or refused a copy that is retried). */
   resumeAtPage?: number;
+  /** Copies of this fetch the kernel refused with an unexpected errno, retried so far. */
+  installAttempts?: number;
 }
 
 export type PagerStatus = 'idle' | 'running' | 'stopped' | 'exited';
@@ -73,6 +75,16 @@ export interface PagerEvents {
 }
 
 const RETRY_DELAYS_MS = [0, 1, 2, 5, 10, 20, 50];
+/** Times a copy refused with an unexpected errno (ENOMEM, say) is retried before its pages are given up. */
+const INSTALL_RETRIES = 3;
+
+/** The kernel refused to install pages (UFFDIO_COPY failed with an errno that retrying did not cure). */
+export class PageInstallError extends UserfaultError {
+  override readonly code = 'EINSTALL';
+  constructor(readonly address: number, readonly lengthBytes: number, cause: Error) {
+    super(`installing ${lengthBytes} bytes at 0x${address.toString(16)} failed: ${cause.message}; waiting threads get SIGBUS`, { cause });
+  }
+}
 
 export class Pager extends EventEmitter<PagerEvents> {
   readonly uffd: Userfaultfd;
@@ -111,10 +123,7 @@ export class Pager extends EventEmitter<PagerEvents> {
     this.map = new AddressMap(options.regions);
     for (const region of this.map.regions) {
       if (region.sourceOffset + region.lengthBytes > this.source.sizeBytes) {
-        throw new RangeError(
-          `region at ${hex(region.address)} shows image bytes up to ${region.sourceOffset + region.lengthBytes}, ` +
-            `past the end of ${this.source.description} (${this.source.sizeBytes} bytes)`,
-        );
+        throw new RegionLayoutError(`a region shows image bytes past the end of ${this.source.description} (${this.source.sizeBytes} bytes)`, [region]);
       }
     }
     const pageCount = Math.ceil(this.source.sizeBytes / PAGE_SIZE);
@@ -280,12 +289,24 @@ export class Pager extends EventEmitter<PagerEvents> {
       case 'unmap':
         this.metrics.events.unmap++;
         for (const piece of this.map.remove(event.start, event.end)) {
-          this.forPages(piece.sourceOffset, piece.lengthBytes, (index) => this.states.set(index, PageState.UNMAPPED));
+          this.forPages(piece.sourceOffset, piece.lengthBytes, (index) => {
+            this.states.set(index, PageState.UNMAPPED);
+            this.waitingSince.delete(index);
+          });
+          // A thread that faulted here before the munmap sleeps in
+          // handle_userfault; nothing the kernel does on munmap wakes it. Woken,
+          // it retries, finds no VMA, and fails as any access to unmapped
+          // memory does (SIGSEGV, or EFAULT inside a syscall).
+          this.wakeRange(piece.address, piece.lengthBytes);
         }
         return;
       case 'remap':
         this.metrics.events.remap++;
         this.map.move(event.from, event.to, event.length);
+        // Fills in flight land at the new address (install looks it up then)
+        // and wake waiters there; a thread that faulted at the old address
+        // before the move is woken here to retry, where nothing is mapped now.
+        this.wakeRange(event.from, event.length);
         return;
       case 'fork':
         this.metrics.events.fork++;
@@ -353,13 +374,13 @@ export class Pager extends EventEmitter<PagerEvents> {
     const sourceOffset = this.map.sourceOffsetOf(pageAddress);
     if (sourceOffset === undefined) {
       this.metrics.unknownFaults++;
-      this.settle(pageAddress, this.options.unknownFault === 'poison' ? this.uffd.poison(pageAddress, PAGE_SIZE) : this.uffd.zeropage(pageAddress, PAGE_SIZE));
+      this.resolveOutside(pageAddress);
       return;
     }
     const index = sourceOffset / PAGE_SIZE;
     if (fault.minor) {
       // MINOR mode: the page cache already holds the page; map it.
-      this.settle(pageAddress, this.uffd.continue(pageAddress, PAGE_SIZE));
+      this.answer(pageAddress, () => this.uffd.continue(pageAddress, PAGE_SIZE));
       return;
     }
     if (this.demanded && !this.demanded[index]) {
@@ -388,9 +409,36 @@ export class Pager extends EventEmitter<PagerEvents> {
         return;
       case PageState.UNMAPPED:
         this.metrics.unknownFaults++;
-        this.settle(pageAddress, this.uffd.zeropage(pageAddress, PAGE_SIZE));
         this.waitingSince.delete(index);
+        this.resolveOutside(pageAddress);
         return;
+    }
+  }
+
+  /**
+   * A fault at an address no region shows now: the zero page (or poison, if
+   * asked). When the kernel refuses because the address is not registered any
+   * more (the munmap or mremap that explains it was read in this batch or an
+   * earlier one), the thread is woken to retry, and fails as any access to
+   * unmapped memory does; it must never be left asleep.
+   */
+  private resolveOutside(pageAddress: number): void {
+    try {
+      this.settle(pageAddress, this.options.unknownFault === 'poison' ? this.uffd.poison(pageAddress, PAGE_SIZE) : this.uffd.zeropage(pageAddress, PAGE_SIZE));
+    } catch (error) {
+      if (error instanceof AddressSpaceGoneError) throw error;
+      this.wakeRange(pageAddress, PAGE_SIZE);
+      if (!(error instanceof RangeNotRegisteredError)) this.report(error as Error);
+    }
+  }
+
+  /** UFFDIO_WAKE over a range, for waiters that no fill will reach; a range gone with its process is nothing to wake. */
+  private wakeRange(address: number, lengthBytes: number): void {
+    try {
+      this.uffd.wake(address, lengthBytes);
+    } catch (error) {
+      if (error instanceof AddressSpaceGoneError) throw error;
+      this.report(error as Error);
     }
   }
 
@@ -426,22 +474,49 @@ export class Pager extends EventEmitter<PagerEvents> {
   private resolveWithZero(index: number): void {
     const address = this.map.addressOf(index * PAGE_SIZE);
     if (address === undefined) return;
-    const result = this.settle(address, this.uffd.zeropage(address, PAGE_SIZE));
+    const result = this.answer(address, () => this.uffd.zeropage(address, PAGE_SIZE));
     if (result === 'retry') {
       // Events are pending; the page stays as it is and the next fault or drain decides again.
       this.scheduleRetryDrain();
       return;
     }
-    this.metrics.zeroPages++;
+    if (result === 'done') this.metrics.zeroPages++;
     if (this.states.get(index) !== PageState.UNMAPPED) this.states.set(index, PageState.PRESENT);
     this.resolved(index);
   }
 
   private resolvePresent(index: number, address: number): void {
-    const result = this.settle(address, this.uffd.zeropage(address, PAGE_SIZE));
+    const result = this.answer(address, () => this.uffd.zeropage(address, PAGE_SIZE));
     if (result === 'done') this.metrics.zeroPages++;
     if (result === 'retry') this.scheduleRetryDrain();
     this.resolved(index);
+  }
+
+  /**
+   * Answer one faulting page with `resolve` (ZEROPAGE, CONTINUE). A refusal
+   * must not leave the thread asleep: ENOENT (not registered any more) wakes it
+   * to retry; anything else (ENOMEM from a full tmpfs) is reported and the page
+   * poisoned, as the kernel's own fault path gives SIGBUS when it cannot
+   * allocate. 'failed' means the page got poison or a wake, not its contents.
+   */
+  private answer(address: number, resolve: () => ResolveResult): 'done' | 'retry' | 'failed' {
+    try {
+      return this.settle(address, resolve());
+    } catch (error) {
+      if (error instanceof AddressSpaceGoneError) throw error;
+      if (error instanceof RangeNotRegisteredError) {
+        this.wakeRange(address, PAGE_SIZE);
+        return 'failed';
+      }
+      this.report(new PageInstallError(address, PAGE_SIZE, error as Error));
+      try {
+        this.settle(address, this.uffd.poison(address, PAGE_SIZE));
+      } catch (poisonError) {
+        if (poisonError instanceof AddressSpaceGoneError) throw poisonError;
+        this.wakeRange(address, PAGE_SIZE);
+      }
+      return 'failed';
+    }
   }
 
   /** Interpret a single-page resolution: wake on EEXIST, report retry, surface errors. */
@@ -566,21 +641,42 @@ export class Pager extends EventEmitter<PagerEvents> {
       return;
     }
     // Out of retries: a waiting thread must get an error, never a hang and never
-    // made-up data. POISON gives it SIGBUS (EFAULT inside a syscall).
-    this.forPages(fetch.sourceOffset, fetch.pageCount * PAGE_SIZE, (index) => {
-      if (this.states.get(index) !== PageState.IN_FLIGHT) return;
+    // made-up data.
+    this.abandonPages(fetch.sourceOffset / PAGE_SIZE, fetch.pageCount);
+  }
+
+  /**
+   * Give up on pages in flight that cannot be filled (the source failed for
+   * good, or the kernel refused the copy): a thread waiting on one gets
+   * POISON, so SIGBUS (EFAULT inside a syscall), never a hang and never made-up
+   * data; a page nobody waits for goes back to missing, to be tried again if
+   * it is ever touched.
+   */
+  private abandonPages(firstIndex: number, pageCount: number): void {
+    for (let index = firstIndex; index < firstIndex + pageCount && index < this.states.pageCount; index++) {
+      if (this.states.get(index) !== PageState.IN_FLIGHT) continue;
       const address = this.map.addressOf(index * PAGE_SIZE);
+      if (!this.waitingSince.has(index) || address === undefined) {
+        this.states.set(index, PageState.MISSING);
+        this.prefetchedInFlight.delete(index);
+        continue;
+      }
       // UFFDIO_POISON works whether or not the feature was negotiated (an
-      // adopted uffd's features are unknown); a kernel without it throws,
-      // which fail() reports.
-      if (this.waitingSince.has(index) && address !== undefined) {
+      // adopted uffd's features are unknown). A kernel without it (before
+      // 6.6) throws: then the waiter is woken to retry, which faults again and
+      // is answered again, rather than left asleep.
+      try {
         this.settle(address, this.uffd.poison(address, PAGE_SIZE));
         this.states.set(index, PageState.PRESENT);
         this.resolved(index);
-      } else {
+      } catch (error) {
+        if (error instanceof AddressSpaceGoneError) throw error;
         this.states.set(index, PageState.MISSING);
+        this.resolved(index);
+        this.wakeRange(address, PAGE_SIZE);
+        this.report(error as Error);
       }
-    });
+    }
   }
 
   /** Copy a completed read into place, page runs at a time, skipping pages whose state moved on. */
@@ -643,7 +739,24 @@ export class Pager extends EventEmitter<PagerEvents> {
           this.report(error);
           return undefined;
         }
-        this.fail(error as Error);
+        if (error instanceof AddressSpaceGoneError) {
+          this.fail(error);
+          return undefined;
+        }
+        // Any other refusal (ENOMEM from a full tmpfs or a memory cgroup,
+        // EFAULT, EINVAL): the pages of the run must not stay in flight with a
+        // thread asleep on them. Retry a few times (ENOMEM can be transient),
+        // then give them up: waiters get poison (SIGBUS, as a fault the kernel
+        // cannot allocate for gets), the others go back to missing.
+        const failedAt = first + donePages;
+        if ((fetch.installAttempts ?? 0) < INSTALL_RETRIES) {
+          this.metrics.copyRetries++;
+          fetch.installAttempts = (fetch.installAttempts ?? 0) + 1;
+          return failedAt;
+        }
+        const address0 = address + donePages * PAGE_SIZE;
+        this.report(new PageInstallError(address0, (count - donePages) * PAGE_SIZE, error as Error));
+        this.abandonPages(firstIndex + failedAt, count - donePages);
         return undefined;
       }
       switch (result.status) {

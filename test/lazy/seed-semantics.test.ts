@@ -83,6 +83,21 @@ describe('a handler that dies', () => {
     assert.equal(run.lines.find((l) => l.phase === 'touched'), undefined);
   });
 
+  test('a fault the pager had already read when it died gets the poison policy too: SIGBUS, not a freeze', () => {
+    const run = probe('handler-lost-mid-fault-poison', 10_000);
+    assert.equal(run.timedOut, false, 'the faulting thread was not left asleep');
+    assert.equal(run.signal, 'SIGBUS', run.stderr);
+    assert.ok(run.lines.find((l) => l.phase === 'touching'), 'it was blocked in the touch');
+    assert.equal(run.lines.find((l) => l.phase === 'touched'), undefined, 'no value was read');
+  });
+
+  test('a fault the pager had already read when it died gets the kill policy too', () => {
+    const run = probe('handler-lost-mid-fault-kill', 10_000);
+    assert.equal(run.timedOut, false, 'killed by the watchdog, not by the test bound');
+    assert.equal(run.signal, 'SIGKILL');
+    assert.equal(run.lines.find((l) => l.phase === 'touched'), undefined);
+  });
+
   test('with the owner\'s reference alone, the touch freezes rather than reading zero', () => {
     const run = probe('handler-lost-freeze', 1500);
     assert.equal(run.timedOut, true, 'the touch never completed');

@@ -262,3 +262,115 @@ describe('the pager', () => {
     }
   });
 });
+
+// Every way a fault can be left waiting ends in a defined state: served,
+// woken to retry (and fail like any access to unmapped memory), or poisoned.
+// Each test holds the fault at a known point with a gated source, and reads
+// through process_vm_readv, which reports EFAULT where a load would be a
+// fatal signal to this test process.
+describe('a faulting thread is never left asleep', () => {
+  const waiter = new Toucher();
+  const mover = new Toucher();
+  after(() => Promise.all([waiter.terminate(), mover.terminate()]));
+
+  /** A source whose first read waits for release(), and says when it started. */
+  function gatedSource(): { source: FunctionSource; readStarted: Promise<void>; release: () => void } {
+    let release!: () => void;
+    let started!: () => void;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    const readStarted = new Promise<void>((resolve) => (started = resolve));
+    const source = new FunctionSource(SIZE, async (offset, length, target) => {
+      started();
+      await gate;
+      target.set(image.subarray(offset, offset + length));
+    });
+    return { source, readStarted, release };
+  }
+
+  function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+    let timer: NodeJS.Timeout;
+    return Promise.race([
+      promise.finally(() => clearTimeout(timer)),
+      new Promise<T>((_, reject) => (timer = setTimeout(() => reject(new Error(`${what}: still asleep after ${ms} ms`)), ms))),
+    ]);
+  }
+
+  test('a thread waiting on a page that is munmapped is woken, and its retry fails with EFAULT', { timeout: 20_000 }, async () => {
+    const { source, readStarted, release } = gatedSource();
+    const r = rig(source, { prefetch: false });
+    try {
+      const read = waiter.run<number>({ op: 'process-vm-readv', address: r.mapping.address + 5 * PAGE_SIZE });
+      await readStarted;
+      await mover.run({ op: 'munmap', address: r.mapping.address, length: SIZE });
+      assert.equal(await within(read, 5000, 'the waiter'), -14, 'EFAULT: the memory is gone');
+      release();
+      assert.equal(r.pager.pageCounts().unmapped, PAGES);
+    } finally {
+      release();
+      await r.pager.stop();
+      r.uffd.close();
+    }
+  });
+
+  test('a thread waiting on a page whose memory mremap moves is woken, and its retry at the old address fails with EFAULT', { timeout: 20_000 }, async () => {
+    const { source, readStarted, release } = gatedSource();
+    const r = rig(source, { prefetch: false });
+    let moved = 0;
+    try {
+      const read = waiter.run<number>({ op: 'process-vm-readv', address: r.mapping.address + 9 * PAGE_SIZE });
+      await readStarted;
+      moved = await mover.run<number>({ op: 'mremap', address: r.mapping.address, length: SIZE });
+      assert.equal(await within(read, 5000, 'the waiter'), -14, 'EFAULT: nothing is mapped at the old address');
+      release();
+      // The fill still lands, at the page's new address.
+      assert.equal(await wordAt(a, moved + 9 * PAGE_SIZE), 9);
+    } finally {
+      release();
+      await r.pager.stop();
+      if (moved) r.uffd.unregister(moved, SIZE);
+      r.uffd.close();
+      if (moved) (await import('../../src/native.js')).native.munmap(moved, SIZE);
+    }
+  });
+
+  test('a COPY the kernel refuses with ENOMEM (a full tmpfs) poisons the page after its retries: EFAULT, not a hang', { timeout: 20_000 }, async (t) => {
+    const { execFileSync } = await import('node:child_process');
+    const { mkdtempSync, openSync, ftruncateSync, closeSync, rmSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const { join } = await import('node:path');
+    const dir = mkdtempSync(join(tmpdir(), 'uf-full-tmpfs-'));
+    try {
+      execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', dir], { stdio: 'ignore' });
+    } catch {
+      rmSync(dir, { recursive: true, force: true });
+      t.skip('needs to mount a small tmpfs (root)');
+      return;
+    }
+    const fd = openSync(join(dir, 'memory'), 'w+');
+    ftruncateSync(fd, SIZE);
+    const mapping = Mapping.file(fd, SIZE, { shared: true });
+    closeSync(fd);
+    const uffd = Userfaultfd.open({ optionalFeatures: ['POISON'] });
+    const pager = new Pager({ uffd, source: new BufferSource(image), regions: [{ address: mapping.address, lengthBytes: SIZE, sourceOffset: 0 }], register: true, prefetch: false });
+    const errors: Error[] = [];
+    pager.on('error', (e) => errors.push(e));
+    pager.start();
+    try {
+      // The tmpfs holds 16 pages: the first 16 fit, the 17th cannot be allocated.
+      for (let p = 0; p < 16; p++) assert.equal(await wordAt(a, mapping.address + p * PAGE_SIZE), p);
+      const result = await within(waiter.run<number>({ op: 'process-vm-readv', address: mapping.address + 40 * PAGE_SIZE }), 5000, 'the reader of a page that cannot be allocated');
+      assert.ok(result < 0, `the read returned ${result}`);
+      const failure = errors.find((e) => (e as { code?: string }).code === 'EINSTALL');
+      assert.ok(failure, `an EINSTALL error is reported: ${errors.map((e) => e.message).join('; ')}`);
+      assert.match(failure.message, /ENOMEM/);
+      assert.equal(await wordAt(a, mapping.address + 3 * PAGE_SIZE), 3, 'pages already there are still served');
+    } finally {
+      await pager.stop();
+      uffd.unregister(mapping.address, SIZE);
+      uffd.close();
+      mapping.unmap();
+      execFileSync('umount', [dir]);
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { AddressMap } from '../../src/pager/address-map.js';
+import { AddressMap, RegionLayoutError } from '../../src/pager/address-map.js';
 import { IllegalPageTransitionError, PageState, PageStateTable } from '../../src/pager/page-state.js';
 import { ReadAhead } from '../../src/pager/readahead.js';
 
@@ -64,8 +64,16 @@ describe('the address map', () => {
     assert.equal(m.addressOf(4 * P), 0x10000);
   });
 
+  test('two regions showing the same image bytes, or sharing host addresses, are refused (one state per image page)', () => {
+    const alias = () => new AddressMap([{ address: 0x10000, lengthBytes: 4 * P, sourceOffset: 0 }, { address: 0x40000, lengthBytes: 4 * P, sourceOffset: 2 * P }]);
+    assert.throws(alias, (e: unknown) => e instanceof RegionLayoutError && e.code === 'EREGIONS' && /same image bytes/.test(e.message));
+    const overlap = () => new AddressMap([{ address: 0x10000, lengthBytes: 4 * P, sourceOffset: 0 }, { address: 0x12000, lengthBytes: 4 * P, sourceOffset: 8 * P }]);
+    assert.throws(overlap, /overlap in host memory/);
+    assert.doesNotThrow(() => new AddressMap([{ address: 0x10000, lengthBytes: 4 * P, sourceOffset: 4 * P }, { address: 0x40000, lengthBytes: 4 * P, sourceOffset: 0 }]));
+  });
+
   test('a region that is not page-aligned is refused', () => {
-    assert.throws(() => new AddressMap([{ address: 0x10001, lengthBytes: P, sourceOffset: 0 }]), RangeError);
+    assert.throws(() => new AddressMap([{ address: 0x10001, lengthBytes: P, sourceOffset: 0 }]), RegionLayoutError);
   });
 });
 
