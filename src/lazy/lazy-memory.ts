@@ -6,6 +6,7 @@
 // thread, the first fault would deadlock it.
 import { MessageChannel, Worker } from 'node:worker_threads';
 import { Mapping } from '../mem/mapping.js';
+import { native } from '../native.js';
 import type { PagerMetricsSnapshot, PrefetchOptions } from '../pager/index.js';
 import { Userfaultfd, UserfaultError, type FeatureName } from '../uffd/index.js';
 import type { PagerWorkerData, PagerWorkerReply, PagerWorkerRequest } from './pager-worker.js';
@@ -58,6 +59,13 @@ export class LazyMemory {
     const mapping = Mapping.anonymous(sizeBytes, { noReserve: true });
     let uffd: Userfaultfd | undefined;
     try {
+      // A child forked without exec would inherit this range without the uffd
+      // (no EVENT_FORK is asked for: every spawn would then wait on the pager
+      // and leave it a child pager to serve until it stops) and read every
+      // page not yet filled as ZERO. MADV_DONTFORK leaves the range out of the
+      // child instead: a touch there faults loudly (SIGSEGV), never reads zero.
+      // exec'd children (child_process) never see it either way.
+      mapping.madvise(0, sizeBytes, native.constants.MADV_DONTFORK);
       uffd = Userfaultfd.open({ features: FEATURES, optionalFeatures: OPTIONAL, userModeOnly: options.userModeOnly });
       uffd.register(mapping.address, sizeBytes, ['MISSING']);
       const policy = options.onHandlerLost ?? 'poison';

@@ -10,8 +10,9 @@ export { UserfaultError };
 /** A syscall or ioctl failed with an errno that has no more specific class. */
 export class SyscallError extends UserfaultError {
   override readonly code: string = 'ESYSCALL';
-  constructor(readonly syscall: string, readonly errno: number, options?: { cause?: unknown }) {
-    super(`${syscall} failed: ${errnoName(errno)}`, options);
+  /** `meaning` says what the errno means for this call, when the name alone would mislead. */
+  constructor(readonly syscall: string, readonly errno: number, options?: { cause?: unknown; meaning?: string }) {
+    super(`${syscall} failed: ${options?.meaning ? `${options.meaning} (${errnoName(errno)})` : errnoName(errno)}`, options);
   }
 }
 
@@ -28,9 +29,21 @@ export class PermissionDeniedError extends SyscallError {
   override readonly code = 'EPERM';
 }
 
-/** ENOENT from a resolving ioctl: the range is not registered with this uffd (or was unmapped). */
+/**
+ * ENOENT from a uffd ioctl: the range is not registered with this uffd (or was
+ * unmapped) — or, for UFFDIO_WRITEPROTECT, not registered in the mode the
+ * ioctl needs (`requiredMode`: WP).
+ */
 export class RangeNotRegisteredError extends SyscallError {
   override readonly code = 'ENOENT';
+  constructor(syscall: string, errno: number, options?: { cause?: unknown; requiredMode?: 'WP' }) {
+    const meaning = options?.requiredMode
+      ? `the range is not registered in ${options.requiredMode} mode (register it with ['${options.requiredMode}'], alone or with MISSING)`
+      : 'the range is not registered with this userfaultfd';
+    super(syscall, errno, { cause: options?.cause, meaning });
+    this.requiredMode = options?.requiredMode;
+  }
+  readonly requiredMode: 'WP' | undefined;
 }
 
 /** ESRCH: the address space the uffd served is gone (its process exited). */
@@ -67,7 +80,8 @@ export function errorForErrno(syscall: string, errno: number, cause?: unknown): 
     case E.EACCES:
       return new PermissionDeniedError(syscall, errno, options);
     case E.ENOENT:
-      return new RangeNotRegisteredError(syscall, errno, options);
+      // mwriteprotect_range answers ENOENT for a VMA without VM_UFFD_WP, registered or not.
+      return new RangeNotRegisteredError(syscall, errno, { ...options, requiredMode: syscall === 'UFFDIO_WRITEPROTECT' ? 'WP' : undefined });
     case E.ESRCH:
       return new AddressSpaceGoneError(syscall, errno, options);
     case E.EFAULT:

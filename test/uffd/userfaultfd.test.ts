@@ -110,6 +110,22 @@ describe('resolving ioctls on anonymous memory', () => {
     }
   });
 
+  test('WRITEPROTECT on a range registered without WP mode says the range lacks WP mode, not that it is unregistered', () => {
+    const mapping = Mapping.anonymous(PAGE_SIZE);
+    const uffd = Userfaultfd.open();
+    try {
+      uffd.register(mapping.address, PAGE_SIZE, ['MISSING']);
+      assert.throws(
+        () => uffd.writeProtect(mapping.address, PAGE_SIZE, { protect: true }),
+        (error: unknown) => error instanceof RangeNotRegisteredError && error.requiredMode === 'WP' && /not registered in WP mode/.test(error.message),
+      );
+      assert.throws(() => uffd.copy(mapping.address + PAGE_SIZE, Buffer.alloc(PAGE_SIZE)), /the range is not registered with this userfaultfd \(ENOENT\)/);
+    } finally {
+      uffd.close();
+      mapping.unmap();
+    }
+  });
+
   test('a misaligned COPY is an InvalidArgumentError (EINVAL)', () => {
     const mapping = Mapping.anonymous(2 * PAGE_SIZE);
     const uffd = Userfaultfd.open();
