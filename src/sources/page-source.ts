@@ -1,17 +1,54 @@
 // A page source: where the pager gets the contents of pages it has not yet filled.
+//
+// The contract, for local sources (a file, memory) and network ones (a page
+// server, later a migration stream, object storage) alike:
+//   - read() fills a page-aligned range; many reads may be in flight at once,
+//     and they may complete in any order.
+//   - Each read says how urgent it is (a thread is blocked on a demand read; a
+//     background read is read-ahead or streaming) and may be aborted (its page
+//     was discarded or filled meanwhile). A source may ignore both.
+//   - A read that fails says whether trying again may help (transient) or the
+//     source is gone for good (fatal). A source that loses its peer does not
+//     fail reads at all while it reconnects: the read just takes longer, and
+//     the faulting thread waits, as it must (not zeroes, not SIGBUS).
+//   - A source may push pages nobody asked for (post-copy's background
+//     stream); the pager installs those still missing and drops the rest.
 import { UserfaultError } from '../errors.js';
+
+/** How urgent a read is: 'demand' has a thread blocked on it; 'background' is read-ahead or streaming. */
+export type ReadPriority = 'demand' | 'background';
+
+export interface ReadOptions {
+  /** Default 'demand'. A source with an urgent channel sends demand reads there. */
+  priority?: ReadPriority;
+  /**
+   * Aborted when the pager no longer needs the range (every page of it was
+   * discarded, unmapped or filled by another read). The source may stop the
+   * read and reject with an AbortError, or finish it; either is fine.
+   */
+  signal?: AbortSignal;
+}
+
+/** A page (run) a source sends without being asked; `bytes` holds whole pages from `offset`. */
+export interface PushedPages {
+  offset: number;
+  bytes: Uint8Array;
+}
 
 /**
  * Contents of a flat memory image of `sizeBytes`, read asynchronously.
- * Offsets and lengths the pager asks for are page-aligned. A network source
- * implements the same interface: the pager keeps many reads in flight.
+ * Offsets and lengths the pager asks for are page-aligned.
  */
 export interface PageSource {
   readonly sizeBytes: number;
-  /** Short human description ("snapshot /tmp/a.snap", "zero"). */
+  /** Short human description ("snapshot /tmp/a.snap", "page server tcp://127.0.0.1:7000"). */
   readonly description: string;
-  /** Fill target[0, length) with the image's bytes at [offset, offset+length). */
-  read(offset: number, length: number, target: Uint8Array): Promise<void>;
+  /**
+   * Fill target[0, length) with the image's bytes at [offset, offset+length).
+   * Rejects with a SourceReadError (transient or fatal), or an AbortError
+   * after options.signal aborted.
+   */
+  read(offset: number, length: number, target: Uint8Array, options?: ReadOptions): Promise<void>;
   /**
    * Whether [offset, offset+length) is known to be all zeroes, so the pager
    * can map the zero page without reading. Optional; absent means "unknown".
@@ -23,19 +60,48 @@ export interface PageSource {
    * pager fall back to read(). Saves a promise and an event-loop round per fetch.
    */
   readSync?(offset: number, length: number, target: Uint8Array): boolean;
+  /**
+   * Optional: receive pages the source pushes unasked. Returns the function
+   * that stops the listener. A pager subscribes while it runs.
+   */
+  onPush?(listener: (pages: PushedPages) => void): () => void;
   close?(): void | Promise<void>;
 }
+
+/**
+ * Whether trying a failed read again may help: 'transient' (a timeout, a
+ * connection being re-established, a corrupt reply that a second request may
+ * get right) or 'fatal' (the file is corrupt, the peer is gone for good, the
+ * source was closed). The pager retries transient failures a few times and
+ * gives up on fatal ones at once: their waiters get poison, never made-up data.
+ */
+export type SourceFailure = 'transient' | 'fatal';
 
 /** A source whose reads fail is reported with the range it could not read. */
 export class SourceReadError extends UserfaultError {
   override readonly code: string = 'ESOURCE';
-  constructor(readonly offset: number, readonly lengthBytes: number, message: string, options?: { cause?: unknown }) {
+  readonly failure: SourceFailure;
+  constructor(readonly offset: number, readonly lengthBytes: number, message: string, options?: { cause?: unknown; failure?: SourceFailure }) {
     super(`reading ${lengthBytes} bytes at offset ${offset}: ${message}`, options);
+    this.failure = options?.failure ?? 'transient';
+  }
+}
+
+/** The source is gone for good (its peer did not come back before the deadline, or it was closed): every later read fails too. */
+export class SourceGoneError extends SourceReadError {
+  override readonly code: string = 'ESOURCEGONE';
+  constructor(offset: number, lengthBytes: number, message: string, options?: { cause?: unknown }) {
+    super(offset, lengthBytes, message, { ...options, failure: 'fatal' });
   }
 }
 
 export function checkReadRange(source: PageSource, offset: number, length: number): void {
   if (offset < 0 || length < 0 || offset + length > source.sizeBytes) {
-    throw new SourceReadError(offset, length, `outside the ${source.sizeBytes}-byte image of ${source.description}`);
+    throw new SourceReadError(offset, length, `outside the ${source.sizeBytes}-byte image of ${source.description}`, { failure: 'fatal' });
   }
+}
+
+/** The rejection of a read whose signal aborted (DOMException name 'AbortError', as fetch and fs use). */
+export function isAbortError(error: unknown): boolean {
+  return (error as { name?: string } | null)?.name === 'AbortError';
 }

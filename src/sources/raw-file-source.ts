@@ -1,6 +1,14 @@
 import { open, type FileHandle } from 'node:fs/promises';
+import { UserfaultError } from '../errors.js';
 import { native } from '../native.js';
 import { SourceReadError, checkReadRange, type PageSource } from './page-source.js';
+
+class FileShrankError extends UserfaultError {
+  override readonly code = 'ESHRANK';
+  constructor(readonly bytesRead: number) {
+    super(`end of file after ${bytesRead} bytes (the file shrank)`);
+  }
+}
 
 /**
  * A raw memory file: the image byte for byte, as Firecracker writes guest memory. No checksums
@@ -49,11 +57,13 @@ export class RawFileSource implements PageSource {
       while (done < length) {
         const { bytesRead } = await this.file.read(target, done, length - done, this.fileOffset + offset + done);
         // The length was checked at open: EOF now means the file shrank underneath us.
-        if (bytesRead === 0) throw new Error(`end of file after ${done} bytes (the file shrank)`);
+        if (bytesRead === 0) throw new FileShrankError(done);
         done += bytesRead;
       }
     } catch (error) {
-      throw new SourceReadError(offset, length, `${this.description}: ${(error as Error).message}`, { cause: error });
+      // A file that shrank under us stays short (fatal); an I/O error may pass.
+      const shrank = error instanceof FileShrankError;
+      throw new SourceReadError(offset, length, `${this.description}: ${(error as Error).message}`, { cause: error, failure: shrank ? 'fatal' : 'transient' });
     }
   }
 

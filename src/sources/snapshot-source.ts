@@ -46,9 +46,10 @@ export class SnapshotSource implements PageSource {
     }
   }
 
+  /** A page that fails its CRC stays corrupt however often it is read (fatal); an I/O error may pass (transient). */
   private readError(offset: number, length: number, error: unknown): SourceReadError {
     const reason = error instanceof SnapshotError ? error.message : `${(error as Error).message ?? error}`;
-    return new SourceReadError(offset, length, `${this.description}: ${reason}`, { cause: error });
+    return new SourceReadError(offset, length, `${this.description}: ${reason}`, { cause: error, failure: error instanceof SnapshotError ? 'fatal' : 'transient' });
   }
 
   isZero(offset: number, length: number): boolean {
