@@ -15,7 +15,8 @@
 import { EventEmitter } from 'node:events';
 import { readlinkSync } from 'node:fs';
 import { PAGE_SIZE, native, type NativeWatch } from '../native.js';
-import { Pager, type PagerRegion } from '../pager/pager.js';
+import { PagerHost } from '../pager/pager-host.js';
+import type { PagerRegion } from '../pager/pager.js';
 import type { PagerMetricsSnapshot } from '../pager/metrics.js';
 import type { PrefetchOptions } from '../pager/readahead.js';
 import type { PageSource } from '../sources/page-source.js';
@@ -103,7 +104,7 @@ export class ClientSession extends EventEmitter<ClientSessionEvents> {
   private socketWatch: NativeWatch | undefined;
   private uffdFd: number | undefined;
   private uffd: Userfaultfd | undefined;
-  private pager: Pager | undefined;
+  private host: PagerHost | undefined;
   /** The start-up (probe and pager creation) while it runs: the uffd must not close under it. */
   private starting: Promise<void> | undefined;
   private regionsValue: HandshakeRegion[] | undefined;
@@ -188,7 +189,7 @@ export class ClientSession extends EventEmitter<ClientSessionEvents> {
       probePagesCopied: this.probePagesCopied,
       errorsReported: this.errorsReported,
       connectedMs: (this.endedAt ?? performance.now()) - this.startedAt,
-      metrics: this.pager?.snapshotMetrics(),
+      metrics: this.host?.pager.snapshotMetrics(),
     };
   }
 
@@ -309,24 +310,23 @@ export class ClientSession extends EventEmitter<ClientSessionEvents> {
       }
     }
     const pagerRegions: PagerRegion[] = regions.map((r) => ({ address: r.hostAddress, lengthBytes: r.lengthBytes, sourceOffset: r.fileOffset }));
-    const pager = new Pager({ uffd, source: this.options.source, regions: pagerRegions, prefetch: this.options.prefetch });
-    this.pager = pager;
-    pager.on('exit', () => this.end('exited'));
-    pager.on('error', (error) => this.pagerError(error));
     this.move('serving');
-    pager.start();
+    // The source is the server's, shared by every client: it stays open.
+    this.host = PagerHost.start(
+      { uffd, source: this.options.source, regions: pagerRegions, prefetch: this.options.prefetch, closeUffd: true, closeSource: false },
+      {
+        error: (error) => this.pagerError(error),
+        poisoned: (_first, _count, error) => this.pagerError(error),
+        // 'exit': its address space is gone; 'failed': its uffd cannot be read (EBADF, EINVAL on an fd whose UFFDIO_API was never done).
+        ended: (reason, error) => this.end(reason === 'exit' ? 'exited' : 'failed', error),
+      },
+    );
     // start() serves faults already queued, and may learn right there that the client is gone.
     if (this.stateValue === 'serving') this.emit('ready');
   }
 
   private pagerError(error: Error): void {
     if (this.isOver) return;
-    // A uffd that cannot be read (EBADF, EINVAL on an fd whose UFFDIO_API was
-    // never done) fails on every readiness: serving through it would only spin.
-    if (error instanceof SyscallError && error.syscall.startsWith('read(')) {
-      this.end('failed', error);
-      return;
-    }
     this.errorsReported++;
     this.emit('error', error);
   }
@@ -351,10 +351,10 @@ export class ClientSession extends EventEmitter<ClientSessionEvents> {
       // COPY on a closed descriptor number could land in whichever uffd
       // (another client's) took the number next.
       await this.starting;
-      await this.pager?.stop();
+      await this.host?.stop();
     } finally {
-      if (this.uffd) this.uffd.close();
-      else if (this.uffdFd !== undefined) native.close(this.uffdFd);
+      if (this.uffd && !this.uffd.isClosed) this.uffd.close();
+      else if (!this.uffd && this.uffdFd !== undefined) native.close(this.uffdFd);
       native.close(this.socketFd);
       this.endedAt = performance.now();
       this.move('closed');

@@ -3,7 +3,7 @@
 // kernel on a fault; this thread's event loop answers it.
 import { parentPort, workerData } from 'node:worker_threads';
 import type { MessagePort } from 'node:worker_threads';
-import { Pager, type PagerRegion, type PrefetchOptions } from '../pager/index.js';
+import { PagerHost, type Pager, type PagerRegion, type PrefetchOptions } from '../pager/index.js';
 import { Userfaultfd, type FeatureName } from '../uffd/index.js';
 import { openSource, type SourceSpec } from './source-spec.js';
 
@@ -35,9 +35,13 @@ async function main(): Promise<void> {
   data.lifeline?.start();
   const uffd = Userfaultfd.adopt(data.uffdFd, data.features);
   const source = await openSource(data.source);
-  const pager = new Pager({ uffd, source, regions: data.regions, prefetch: data.prefetch, recordWorkingSet: data.recordWorkingSet });
-  pager.on('error', (error) => send({ type: 'error', message: error.message, code: (error as { code?: string }).code }));
-  pager.start();
+  const reportError = (error: Error): void => send({ type: 'error', message: error.message, code: (error as { code?: string }).code });
+  // The owner unregisters its own range (it keeps its own uffd reference); this worker closes its duplicate and the source.
+  const host = PagerHost.start(
+    { uffd, source, regions: data.regions, prefetch: data.prefetch, recordWorkingSet: data.recordWorkingSet, closeUffd: true, closeSource: true },
+    { error: reportError, poisoned: (_first, _count, error) => reportError(error), ended: (_reason, error) => error && reportError(error) },
+  );
+  const pager = host.pager;
   if (data.replay) pager.prefetchPages(data.replay);
   port.on('message', (request: PagerWorkerRequest) => {
     switch (request.type) {
@@ -51,9 +55,7 @@ async function main(): Promise<void> {
         pager.prefetchAll();
         return;
       case 'stop':
-        void pager.stop().then(async () => {
-          uffd.close();
-          await source.close?.();
+        void host.stop().then(() => {
           send({ type: 'stopped' });
           port.close();
           data.lifeline?.close();

@@ -3,3 +3,4 @@ export * from './metrics.js';
 export * from './page-state.js';
 export * from './pager.js';
 export * from './readahead.js';
+export * from './pager-host.js';

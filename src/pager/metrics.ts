@@ -22,6 +22,13 @@ export interface PagerMetricsSnapshot {
   copyRetries: number;
   /** Faults outside every known region. */
   unknownFaults: number;
+  /** Pages given up and poisoned (the source failed for good, or the kernel refused the copy). */
+  pagesPoisoned: number;
+  /** Pages the source pushed unasked: installed (still missing) and dropped (already there or discarded). */
+  pushedPages: number;
+  pushedPagesDropped: number;
+  /** Reads aborted because none of their pages was needed any more. */
+  readsAborted: number;
   events: { remove: number; unmap: number; remap: number; fork: number; unknown: number };
   inFlightPeak: number;
   /** Per-fault latency in microseconds, from the message being read to the page being resolved. */
@@ -41,6 +48,10 @@ export class PagerMetrics {
   sourceErrors = 0;
   copyRetries = 0;
   unknownFaults = 0;
+  pagesPoisoned = 0;
+  pushedPages = 0;
+  pushedPagesDropped = 0;
+  readsAborted = 0;
   inFlightPeak = 0;
   readonly events = { remove: 0, unmap: 0, remap: 0, fork: 0, unknown: 0 };
   private readonly latency = hdr.build({ lowestDiscernibleValue: 1, highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: 2 });
@@ -64,6 +75,10 @@ export class PagerMetrics {
       sourceErrors: this.sourceErrors,
       copyRetries: this.copyRetries,
       unknownFaults: this.unknownFaults,
+      pagesPoisoned: this.pagesPoisoned,
+      pushedPages: this.pushedPages,
+      pushedPagesDropped: this.pushedPagesDropped,
+      readsAborted: this.readsAborted,
       events: { ...this.events },
       inFlightPeak: this.inFlightPeak,
       latencyMicros: {

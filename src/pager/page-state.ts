@@ -1,18 +1,21 @@
 // The life of one page of the image, as the pager sees it. Legal moves:
 //
 //   MISSING ──fetch──▶ IN_FLIGHT ──copied──▶ PRESENT
-//      │                   │                    │
-//      │ zero page         │ REMOVE             │ REMOVE (MADV_DONTNEED)
-//      ▼                   ▼                    ▼
-//   PRESENT            DISCARDED ◀──────────────┘
-//                          │ fault: zero page (never the source: it is stale)
-//                          ▼
-//                       PRESENT
+//      │  ▲                │  │                 │
+//      │  └─ read failed ──┘  │ REMOVE          │ REMOVE (MADV_DONTNEED)
+//      │     (nobody waits)   ▼                 ▼
+//      │ zero page        DISCARDED ◀───────────┘
+//      ▼                      │ fault: zero page (never the source: it is stale)
+//   PRESENT                   ▼
+//                          PRESENT
+//   MISSING / IN_FLIGHT ──the source cannot supply it──▶ POISONED (SIGBUS/EFAULT on access)
 //   any ──UNMAP──▶ UNMAPPED
 //
 // DISCARDED means "the application threw this page away": its contents are
 // zero from now on, and a fill that was in flight when it happened is dropped.
-
+// POISONED means UFFDIO_POISON was installed: the source failed for good (a
+// corrupt snapshot page) or the kernel would not take the copy; an access
+// gets an error, never made-up data, and no second read is tried.
 import { UserfaultError } from '../errors.js';
 
 export const PageState = {
@@ -21,17 +24,19 @@ export const PageState = {
   PRESENT: 2,
   DISCARDED: 3,
   UNMAPPED: 4,
+  POISONED: 5,
 } as const;
 export type PageState = (typeof PageState)[keyof typeof PageState];
 
-export const PAGE_STATE_NAMES = ['missing', 'in-flight', 'present', 'discarded', 'unmapped'] as const;
+export const PAGE_STATE_NAMES = ['missing', 'in-flight', 'present', 'discarded', 'unmapped', 'poisoned'] as const;
 
 const LEGAL: ReadonlyArray<ReadonlyArray<PageState>> = [
-  /* MISSING   */ [PageState.IN_FLIGHT, PageState.PRESENT, PageState.DISCARDED, PageState.UNMAPPED],
-  /* IN_FLIGHT */ [PageState.PRESENT, PageState.DISCARDED, PageState.UNMAPPED, PageState.MISSING],
+  /* MISSING   */ [PageState.IN_FLIGHT, PageState.PRESENT, PageState.DISCARDED, PageState.UNMAPPED, PageState.POISONED],
+  /* IN_FLIGHT */ [PageState.PRESENT, PageState.DISCARDED, PageState.UNMAPPED, PageState.MISSING, PageState.POISONED],
   /* PRESENT   */ [PageState.DISCARDED, PageState.UNMAPPED, PageState.PRESENT],
   /* DISCARDED */ [PageState.PRESENT, PageState.DISCARDED, PageState.UNMAPPED],
   /* UNMAPPED  */ [PageState.UNMAPPED],
+  /* POISONED  */ [PageState.DISCARDED, PageState.UNMAPPED, PageState.POISONED],
 ];
 
 export class IllegalPageTransitionError extends UserfaultError {
@@ -41,11 +46,30 @@ export class IllegalPageTransitionError extends UserfaultError {
   }
 }
 
-/** One state byte per page of the image. */
+export type PageCounts = Record<'missing' | 'inFlight' | 'present' | 'discarded' | 'unmapped' | 'poisoned', number>;
+
+const isPending = (state: number): boolean => state === PageState.MISSING || state === PageState.IN_FLIGHT;
+
+/**
+ * One state byte per page of the image, with running counts, so asking how
+ * many pages are in a state (or still to be filled) costs nothing.
+ *
+ * `needed` marks the pages a complete restore must fill (shown by a region
+ * and not known to be zero); `pendingNeeded` counts those still missing or in
+ * flight, and reaching zero is what "complete" means.
+ */
 export class PageStateTable {
   readonly states: Uint8Array;
-  constructor(readonly pageCount: number, from?: Uint8Array) {
-    this.states = from ? Uint8Array.from(from) : new Uint8Array(pageCount);
+  private readonly counts = new Float64Array(PAGE_STATE_NAMES.length);
+  private readonly needed: Uint8Array | undefined;
+  private pendingNeededCount: number;
+
+  constructor(readonly pageCount: number, from?: { states: Uint8Array; needed?: Uint8Array }, needed?: Uint8Array) {
+    this.states = from ? Uint8Array.from(from.states) : new Uint8Array(pageCount);
+    this.needed = needed ?? from?.needed;
+    for (const state of this.states) this.counts[state]!++;
+    this.pendingNeededCount = 0;
+    if (this.needed) for (let i = 0; i < pageCount; i++) if (this.needed[i] && isPending(this.states[i]!)) this.pendingNeededCount++;
   }
 
   get(pageIndex: number): PageState {
@@ -55,13 +79,35 @@ export class PageStateTable {
   set(pageIndex: number, to: PageState): void {
     const from = this.states[pageIndex] as PageState;
     if (!LEGAL[from]!.includes(to)) throw new IllegalPageTransitionError(pageIndex, from, to);
+    if (from === to) return;
     this.states[pageIndex] = to;
+    this.counts[from]!--;
+    this.counts[to]!++;
+    if (this.needed?.[pageIndex]) this.pendingNeededCount += (isPending(to) ? 1 : 0) - (isPending(from) ? 1 : 0);
   }
 
   count(state: PageState): number {
-    let n = 0;
-    for (const s of this.states) if (s === state) n++;
-    return n;
+    return this.counts[state]!;
+  }
+
+  counted(): PageCounts {
+    return {
+      missing: this.counts[PageState.MISSING]!,
+      inFlight: this.counts[PageState.IN_FLIGHT]!,
+      present: this.counts[PageState.PRESENT]!,
+      discarded: this.counts[PageState.DISCARDED]!,
+      unmapped: this.counts[PageState.UNMAPPED]!,
+      poisoned: this.counts[PageState.POISONED]!,
+    };
+  }
+
+  /** Needed pages still missing or in flight (undefined when no `needed` mask was given). */
+  get pendingNeeded(): number | undefined {
+    return this.needed ? this.pendingNeededCount : undefined;
+  }
+
+  isNeeded(pageIndex: number): boolean {
+    return this.needed ? this.needed[pageIndex] === 1 : true;
   }
 
   /**
@@ -69,10 +115,8 @@ export class PageStateTable {
    * were copied by fork; pages in flight were not, so the child must fetch them.
    */
   forkedCopy(): PageStateTable {
-    const child = new PageStateTable(this.pageCount, this.states);
-    for (let i = 0; i < child.states.length; i++) {
-      if (child.states[i] === PageState.IN_FLIGHT) child.states[i] = PageState.MISSING;
-    }
-    return child;
+    const states = Uint8Array.from(this.states);
+    for (let i = 0; i < states.length; i++) if (states[i] === PageState.IN_FLIGHT) states[i] = PageState.MISSING;
+    return new PageStateTable(this.pageCount, { states, needed: this.needed });
   }
 }

@@ -5,20 +5,36 @@
 // promises, and each resolution is one non-blocking ioctl. The rule this
 // implies: the pager must never run on a thread that touches the memory it
 // serves (that thread sleeps in the kernel until the pager answers).
+//
+// The pieces, one owner each:
+//   page-state.ts       the state of every image page, and the legal moves between states
+//   address-map.ts      which host addresses show which image pages (split by munmap, moved by mremap)
+//   waiters.ts          the pages a thread is asleep on, and fault latency
+//   event-applier.ts    REMOVE / UNMAP / REMAP / FORK applied before the faults of a batch
+//   fetch-scheduler.ts  what to read next: demand before background, bounded in flight
+//   installer.ts        COPY / ZEROPAGE / POISON / WAKE and every way the kernel refuses them
+//   readahead.ts        how far to read around a fault
+//   metrics.ts          counters and the latency histogram
+// This file reads the uffd, routes each fault by its page's state, runs the
+// source reads and decides what a failed read means.
 import { EventEmitter } from 'node:events';
 import { PAGE_SIZE } from '../native.js';
-import type { PageSource } from '../sources/page-source.js';
-import { SourceReadError } from '../sources/page-source.js';
-import { AddressSpaceGoneError, RangeNotRegisteredError, UserfaultError } from '../uffd/errors.js';
+import { SourceReadError, isAbortError, type PageSource, type PushedPages } from '../sources/page-source.js';
+import { AddressSpaceGoneError, UserfaultError } from '../uffd/errors.js';
 import type { FeatureName } from '../uffd/constants.js';
 import type { PagefaultEvent, UffdEvent } from '../uffd/messages.js';
-import { Userfaultfd, type ResolveResult } from '../uffd/userfaultfd.js';
+import { Userfaultfd } from '../uffd/userfaultfd.js';
 import { AddressMap, RegionLayoutError, type PagerRegion } from './address-map.js';
+import { applyEvent, forPages, type EventContext } from './event-applier.js';
+import { FetchScheduler, newFetch, type Fetch } from './fetch-scheduler.js';
+import { PageInstaller, type InstallHow, type InstallerContext } from './installer.js';
 import { PagerMetrics, type PagerMetricsSnapshot } from './metrics.js';
-import { PageState, PageStateTable } from './page-state.js';
+import { PageState, PageStateTable, type PageCounts } from './page-state.js';
 import { ReadAhead, type PrefetchOptions } from './readahead.js';
+import { FaultWaiters } from './waiters.js';
 
 export type { PagerRegion } from './address-map.js';
+export { PageInstallError, type InstallHow } from './installer.js';
 
 export interface PagerOptions {
   uffd: Userfaultfd;
@@ -31,6 +47,12 @@ export interface PagerOptions {
   prefetch?: PrefetchOptions | false;
   /** Source reads in flight at once (default 64). */
   maxInFlight?: number;
+  /**
+   * Of those, background reads (read-ahead streams, replay, prefetch-all) at
+   * once (default half). A local file source shares libuv's four threads with
+   * demand reads, so a VMM streaming a whole image keeps this small.
+   */
+  maxBackgroundInFlight?: number;
   /** Record the order in which pages were first demanded (see workingSet()). */
   recordWorkingSet?: boolean;
   /** What a fault outside every region gets: the zero page (default), or poison (SIGBUS). */
@@ -39,8 +61,15 @@ export interface PagerOptions {
   followForks?: boolean;
   /** Page states to start from (a forked child's copy). */
   initialStates?: PageStateTable;
-  /** Times a failed source read is retried before the page is poisoned. */
+  /** Times a read that failed transiently is retried before its waiters are poisoned (default 2). */
   sourceRetries?: number;
+  /**
+   * What waiters get when the source is gone for good (a fatal failure, such
+   * as a page server that did not come back before its deadline): 'poison'
+   * (default: SIGBUS/EFAULT) or 'freeze' (they keep waiting, and the owner
+   * decides, e.g. a VMM pausing its guest).
+   */
+  sourceLost?: 'poison' | 'freeze';
   /**
    * After serving, keep reading the uffd for this long (µs) when no read is
    * in flight, before going back to sleep in the event loop. A fault that
@@ -49,42 +78,27 @@ export interface PagerOptions {
   spinMicros?: number;
 }
 
-/** One source read: `pageCount` pages of the image from `sourceOffset`. */
-interface Fetch {
-  sourceOffset: number;
-  pageCount: number;
-  /** Started by a fault (true) or by read-ahead/replay in the background (false). */
-  demand: boolean;
-  attempts: number;
-  buffer?: Uint8Array;
-  /** Where to resume installing after the kernel said EAGAIN (or refused a copy that is retried). */
-  resumeAtPage?: number;
-  /** Copies of this fetch the kernel refused with an unexpected errno, retried so far. */
-  installAttempts?: number;
-}
-
-export type PagerStatus = 'idle' | 'running' | 'stopped' | 'exited';
+export type PagerStatus = 'idle' | 'running' | 'stopped' | 'exited' | 'failed';
 
 export interface PagerEvents {
   /** The served address space is gone (the process exited): nothing more to serve. */
   exit: [];
+  /** The uffd cannot be served any more (reading it fails): the pager stopped serving. */
+  failed: [error: Error];
   /** A FORK event: a child pager now serves the child's copy. */
   fork: [child: Pager];
-  /** Something went wrong that did not stop the pager (a source failure, an unexpected errno). */
+  /** Something went wrong that did not stop the pager (a source read that will be retried, an odd errno). */
   error: [error: Error];
+  /** Pages [first, first+count) of the image got their contents. */
+  installed: [firstPageIndex: number, pageCount: number, how: InstallHow];
+  /** Pages that could not be supplied were poisoned: an access gets SIGBUS/EFAULT. `error` says why. */
+  poisoned: [firstPageIndex: number, pageCount: number, error: Error];
+  /** Every page the regions need (those not known to be zero) is in. Emitted once. */
+  complete: [];
 }
 
-const RETRY_DELAYS_MS = [0, 1, 2, 5, 10, 20, 50];
-/** Times a copy refused with an unexpected errno (ENOMEM, say) is retried before its pages are given up. */
-const INSTALL_RETRIES = 3;
-
-/** The kernel refused to install pages (UFFDIO_COPY failed with an errno that retrying did not cure). */
-export class PageInstallError extends UserfaultError {
-  override readonly code = 'EINSTALL';
-  constructor(readonly address: number, readonly lengthBytes: number, cause: Error) {
-    super(`installing ${lengthBytes} bytes at 0x${address.toString(16)} failed: ${cause.message}; waiting threads get SIGBUS`, { cause });
-  }
-}
+/** Delays before retrying a read that failed transiently (ms), by attempt. */
+const READ_RETRY_DELAYS_MS = [1, 10, 100];
 
 export class Pager extends EventEmitter<PagerEvents> {
   readonly uffd: Userfaultfd;
@@ -93,26 +107,21 @@ export class Pager extends EventEmitter<PagerEvents> {
   readonly states: PageStateTable;
   private readonly map: AddressMap;
   private readonly readAhead: ReadAhead;
-  private readonly maxInFlight: number;
-  private readonly maxRunPages: number;
+  private readonly scheduler: FetchScheduler;
+  private readonly installer: PageInstaller;
+  private readonly waiters = new FaultWaiters();
+  private readonly events: EventContext;
   private readonly options: PagerOptions;
-  private readonly demandQueue: Fetch[] = [];
-  private readonly backgroundQueue: Fetch[] = [];
-  /** Copies the kernel refused with EAGAIN, to redo once events are read. */
-  private readonly retryQueue: Fetch[] = [];
-  private retryTimer: NodeJS.Timeout | undefined;
-  private retryRound = 0;
-  private inFlight = 0;
-  private backgroundInFlight = 0;
   private readonly inFlightSettled = new Set<Promise<void>>();
-  /** When the first fault for a page was read (for latency), by page index. */
-  private readonly waitingSince = new Map<number, number>();
   /** Pages put in flight by read-ahead or replay rather than a fault. */
-  private readonly prefetchedInFlight = new Set<number>();
+  private readonly prefetched = new Set<number>();
   private readonly workingSetOrder: number[] = [];
   private readonly demanded: Uint8Array | undefined;
   private readonly bufferPool: Uint8Array[] = [];
   private readonly children: Pager[] = [];
+  private readonly retryTimers = new Set<NodeJS.Timeout>();
+  private stopPush: (() => void) | undefined;
+  private completeEmitted = false;
   private statusValue: PagerStatus = 'idle';
 
   constructor(options: PagerOptions) {
@@ -127,11 +136,41 @@ export class Pager extends EventEmitter<PagerEvents> {
       }
     }
     const pageCount = Math.ceil(this.source.sizeBytes / PAGE_SIZE);
-    this.states = options.initialStates ?? new PageStateTable(pageCount);
+    this.states = options.initialStates ?? new PageStateTable(pageCount, undefined, this.neededPages(pageCount));
     this.readAhead = new ReadAhead(options.prefetch ?? {});
-    this.maxRunPages = this.readAhead.maxPages;
-    this.maxInFlight = options.maxInFlight ?? 64;
+    const maxInFlight = options.maxInFlight ?? 64;
+    this.scheduler = new FetchScheduler(maxInFlight, options.maxBackgroundInFlight ?? Math.max(1, maxInFlight >> 1), this.readAhead.maxPages);
     if (options.recordWorkingSet) this.demanded = new Uint8Array(pageCount);
+    const installerContext: InstallerContext = {
+      uffd: this.uffd,
+      states: this.states,
+      map: this.map,
+      waiters: this.waiters,
+      metrics: this.metrics,
+      prefetched: this.prefetched,
+      isRunning: () => this.statusValue === 'running',
+      drainEvents: () => this.serve(),
+      report: (error) => this.report(error),
+      installed: (first, count, how) => {
+        this.emit('installed', first, count, how);
+        this.checkComplete();
+      },
+      poisoned: (first, count, error) => {
+        this.emit('poisoned', first, count, error);
+        this.checkComplete();
+      },
+    };
+    this.installer = new PageInstaller(installerContext);
+    this.events = {
+      states: this.states,
+      map: this.map,
+      waiters: this.waiters,
+      installer: this.installer,
+      metrics: this.metrics,
+      settledInFlight: () => this.abortUnneededReads(),
+      adoptFork: (fd) => this.adoptFork(fd),
+      report: (error) => this.report(error),
+    };
   }
 
   get status(): PagerStatus {
@@ -142,6 +181,16 @@ export class Pager extends EventEmitter<PagerEvents> {
     return this.map.regions;
   }
 
+  /** Every page the regions need is in (see the 'complete' event). */
+  get isComplete(): boolean {
+    return this.states.pendingNeeded === 0;
+  }
+
+  /** Pages the regions need (not known to be zero) still missing or in flight. */
+  get pendingPages(): number {
+    return this.states.pendingNeeded ?? 0;
+  }
+
   /** Start serving from this thread's event loop. The watch keeps the loop alive while running. */
   start(): this {
     if (this.statusValue !== 'idle') throw new UserfaultError(`pager cannot start: it is ${this.statusValue}`);
@@ -149,17 +198,18 @@ export class Pager extends EventEmitter<PagerEvents> {
       for (const region of this.map.regions) this.uffd.register(region.address, region.lengthBytes, ['MISSING']);
     }
     this.statusValue = 'running';
-    this.uffd.watch(() => this.serve(), { ref: true, onError: (error) => this.fail(error) });
+    this.uffd.watch(() => this.serve(), { ref: true, onError: (error) => this.failed(error) });
+    this.stopPush = this.source.onPush?.((pages) => this.guarded(() => this.installPushed(pages)));
     // Faults may already be queued (the fd was handed over with waiters).
     this.serve();
+    this.checkComplete();
     return this;
   }
 
   /** Stop serving; reads in flight finish but are not installed. The uffd stays open (the caller owns it). */
   async stop(): Promise<void> {
     if (this.statusValue === 'running') this.statusValue = 'stopped';
-    this.uffd.unwatch();
-    clearTimeout(this.retryTimer);
+    this.halt();
     await Promise.allSettled([...this.inFlightSettled]);
     // The children's uffds came from FORK events: this pager opened them, so it closes them.
     const children = this.children.splice(0);
@@ -181,48 +231,25 @@ export class Pager extends EventEmitter<PagerEvents> {
    * keep priority (working-set replay). Consecutive indices become one run.
    */
   prefetchPages(pageIndices: Iterable<number>): void {
-    let runStart = -1;
-    let runLength = 0;
-    const flush = (): void => {
-      if (runLength > 0) {
-        this.backgroundQueue.push({ sourceOffset: runStart * PAGE_SIZE, pageCount: runLength, demand: false, attempts: 0 });
-      }
-      runLength = 0;
-    };
-    for (const index of pageIndices) {
-      if (runLength > 0 && index === runStart + runLength && runLength < this.maxRunPages) {
-        runLength++;
-      } else {
-        flush();
-        runStart = index;
-        runLength = 1;
-      }
-    }
-    flush();
+    this.scheduler.queueBackgroundPages(pageIndices);
     this.pump();
   }
 
-  /** Fill every page still missing, in the background (eager completion of a lazy restore). */
+  /** Fill every needed page still missing, in the background (eager completion of a lazy restore). */
   prefetchAll(): void {
     const indices: number[] = [];
     for (const region of this.map.regions) {
       const first = region.sourceOffset / PAGE_SIZE;
       for (let i = 0; i < region.lengthBytes / PAGE_SIZE; i++) {
-        if (this.states.get(first + i) === PageState.MISSING) indices.push(first + i);
+        if (this.states.get(first + i) === PageState.MISSING && this.states.isNeeded(first + i)) indices.push(first + i);
       }
     }
     this.prefetchPages(indices);
   }
 
   /** How many pages are in each state. */
-  pageCounts(): Record<'missing' | 'inFlight' | 'present' | 'discarded' | 'unmapped', number> {
-    return {
-      missing: this.states.count(PageState.MISSING),
-      inFlight: this.states.count(PageState.IN_FLIGHT),
-      present: this.states.count(PageState.PRESENT),
-      discarded: this.states.count(PageState.DISCARDED),
-      unmapped: this.states.count(PageState.UNMAPPED),
-    };
+  pageCounts(): PageCounts {
+    return this.states.counted();
   }
 
   // ---- reading the uffd ----------------------------------------------------
@@ -240,7 +267,7 @@ export class Pager extends EventEmitter<PagerEvents> {
     // Spin only while nothing is in flight: a spinning thread cannot run the
     // promise callbacks that complete asynchronous reads.
     let deadline = performance.now() + spinMs;
-    while (this.statusValue === 'running' && this.inFlight === 0 && performance.now() < deadline) {
+    while (this.statusValue === 'running' && this.scheduler.inFlight === 0 && performance.now() < deadline) {
       if (this.serveBatch() > 0) deadline = performance.now() + spinMs;
     }
   }
@@ -251,19 +278,20 @@ export class Pager extends EventEmitter<PagerEvents> {
     try {
       messages = this.uffd.readEvents();
     } catch (error) {
-      this.fail(error as Error);
+      this.failed(error as Error);
       return 0;
     }
-    if (messages.length === 0 && this.retryQueue.length === 0) return 0;
+    if (messages.length === 0 && !this.installer.retriesPending) return 0;
     const faults: PagefaultEvent[] = [];
     for (const message of messages) {
       if (message.type === 'pagefault') faults.push(message);
-      else this.guarded(() => this.applyEvent(message));
+      else this.guarded(() => applyEvent(this.events, message));
     }
-    if (this.retryQueue.length > 0) this.guarded(() => this.flushRetries());
+    if (this.installer.retriesPending) this.guarded(() => this.installer.flushRetries());
     const now = performance.now();
     for (const fault of faults) this.guarded(() => this.handleFault(fault, now));
     this.pump();
+    this.checkComplete();
     return messages.length;
   }
 
@@ -276,66 +304,8 @@ export class Pager extends EventEmitter<PagerEvents> {
     try {
       step();
     } catch (error) {
-      this.fail(error as Error);
-    }
-  }
-
-  private applyEvent(event: Exclude<UffdEvent, PagefaultEvent>): void {
-    switch (event.type) {
-      case 'remove':
-        this.metrics.events.remove++;
-        this.discard(event.start, event.end);
-        return;
-      case 'unmap':
-        this.metrics.events.unmap++;
-        for (const piece of this.map.remove(event.start, event.end)) {
-          this.forPages(piece.sourceOffset, piece.lengthBytes, (index) => {
-            this.states.set(index, PageState.UNMAPPED);
-            this.waitingSince.delete(index);
-          });
-          // A thread that faulted here before the munmap sleeps in
-          // handle_userfault; nothing the kernel does on munmap wakes it. Woken,
-          // it retries, finds no VMA, and fails as any access to unmapped
-          // memory does (SIGSEGV, or EFAULT inside a syscall).
-          this.wakeRange(piece.address, piece.lengthBytes);
-        }
-        return;
-      case 'remap':
-        this.metrics.events.remap++;
-        this.map.move(event.from, event.to, event.length);
-        // Fills in flight land at the new address (install looks it up then)
-        // and wake waiters there; a thread that faulted at the old address
-        // before the move is woken here to retry, where nothing is mapped now.
-        this.wakeRange(event.from, event.length);
-        return;
-      case 'fork':
-        this.metrics.events.fork++;
-        this.adoptFork(event.uffd);
-        return;
-      case 'unknown':
-        this.metrics.events.unknown++;
-        this.report(new UserfaultError(`unknown userfaultfd event 0x${event.event.toString(16)}; ignored`));
-        return;
-      default: {
-        const never: never = event;
-        throw new UserfaultError(`unhandled event ${JSON.stringify(never)}`);
-      }
-    }
-  }
-
-  /**
-   * MADV_DONTNEED/MADV_REMOVE threw pages away: from now on they read zero.
-   * A fill in flight for them is dropped; a thread waiting on one gets the
-   * zero page now rather than stale source data later.
-   */
-  private discard(start: number, end: number): void {
-    for (const piece of this.map.sourceRangesIn(start, end)) {
-      this.forPages(piece.sourceOffset, piece.lengthBytes, (index) => {
-        const state = this.states.get(index);
-        if (state === PageState.UNMAPPED) return;
-        this.states.set(index, PageState.DISCARDED);
-        if (state === PageState.IN_FLIGHT && this.waitingSince.has(index)) this.resolveWithZero(index);
-      });
+      if (error instanceof AddressSpaceGoneError) this.exited();
+      else this.report(error as Error);
     }
   }
 
@@ -374,77 +344,51 @@ export class Pager extends EventEmitter<PagerEvents> {
     const sourceOffset = this.map.sourceOffsetOf(pageAddress);
     if (sourceOffset === undefined) {
       this.metrics.unknownFaults++;
-      this.resolveOutside(pageAddress);
+      this.installer.answerOutside(pageAddress, this.options.unknownFault === 'poison');
       return;
     }
     const index = sourceOffset / PAGE_SIZE;
     if (fault.minor) {
-      // MINOR mode: the page cache already holds the page; map it.
-      this.answer(pageAddress, () => this.uffd.continue(pageAddress, PAGE_SIZE));
+      this.installer.answerMinor(pageAddress);
       return;
     }
     if (this.demanded && !this.demanded[index]) {
       this.demanded[index] = 1;
       this.workingSetOrder.push(index);
     }
-    if (!this.waitingSince.has(index)) this.waitingSince.set(index, now);
+    this.waiters.add(index, now);
     switch (this.states.get(index)) {
       case PageState.MISSING:
         this.startDemandFetch(index);
         return;
       case PageState.IN_FLIGHT:
         this.metrics.coalescedFaults++;
-        if (this.prefetchedInFlight.has(index)) this.metrics.prefetchHits++;
-        this.promoteBackgroundFetch(index);
+        if (this.prefetched.has(index)) this.metrics.prefetchHits++;
+        this.scheduler.promote(index);
         return;
       case PageState.DISCARDED:
-        this.resolveWithZero(index);
+        this.installer.zeroFill(index);
         return;
       case PageState.PRESENT:
-        // A message read after its page was filled (the copy woke the thread
-        // before we read the message), or the page was dropped behind our back
-        // (MADV_FREE reclaim sends no event). ZEROPAGE tells them apart without
-        // ever resurrecting source data: EEXIST means present, so just wake.
-        this.resolvePresent(index, pageAddress);
+        this.installer.answerPresent(index, pageAddress);
+        return;
+      case PageState.POISONED:
+        // The poison marker answers accesses itself; a fault here means it is
+        // gone (the page was zapped). Poison again, never data.
+        this.installer.answerOutside(pageAddress, true);
+        this.installer.settled(index);
         return;
       case PageState.UNMAPPED:
         this.metrics.unknownFaults++;
-        this.waitingSince.delete(index);
-        this.resolveOutside(pageAddress);
+        this.waiters.drop(index);
+        this.installer.answerOutside(pageAddress, false);
         return;
-    }
-  }
-
-  /**
-   * A fault at an address no region shows now: the zero page (or poison, if
-   * asked). When the kernel refuses because the address is not registered any
-   * more (the munmap or mremap that explains it was read in this batch or an
-   * earlier one), the thread is woken to retry, and fails as any access to
-   * unmapped memory does; it must never be left asleep.
-   */
-  private resolveOutside(pageAddress: number): void {
-    try {
-      this.settle(pageAddress, this.options.unknownFault === 'poison' ? this.uffd.poison(pageAddress, PAGE_SIZE) : this.uffd.zeropage(pageAddress, PAGE_SIZE));
-    } catch (error) {
-      if (error instanceof AddressSpaceGoneError) throw error;
-      this.wakeRange(pageAddress, PAGE_SIZE);
-      if (!(error instanceof RangeNotRegisteredError)) this.report(error as Error);
-    }
-  }
-
-  /** UFFDIO_WAKE over a range, for waiters that no fill will reach; a range gone with its process is nothing to wake. */
-  private wakeRange(address: number, lengthBytes: number): void {
-    try {
-      this.uffd.wake(address, lengthBytes);
-    } catch (error) {
-      if (error instanceof AddressSpaceGoneError) throw error;
-      this.report(error as Error);
     }
   }
 
   private startDemandFetch(index: number): void {
     if (this.source.isZero?.(index * PAGE_SIZE, PAGE_SIZE)) {
-      this.resolveWithZero(index);
+      this.installer.zeroFill(index);
       return;
     }
     const window = this.readAhead.windowFor(index);
@@ -454,145 +398,64 @@ export class Pager extends EventEmitter<PagerEvents> {
     while (pageCount < limit && this.states.get(index + pageCount) === PageState.MISSING && !this.source.isZero?.((index + pageCount) * PAGE_SIZE, PAGE_SIZE)) {
       pageCount++;
     }
-    for (let i = 0; i < pageCount; i++) {
-      this.states.set(index + i, PageState.IN_FLIGHT);
-      if (i > 0) this.prefetchedInFlight.add(index + i);
-    }
-    this.demandQueue.push({ sourceOffset, pageCount, demand: true, attempts: 0 });
+    this.claim(index, pageCount, true);
+    this.scheduler.queueDemand(newFetch(sourceOffset, pageCount, true, { claimed: true }));
   }
 
-  /** A fault on a page queued for background replay: move its fetch to the front. */
-  private promoteBackgroundFetch(index: number): void {
-    const at = this.backgroundQueue.findIndex((f) => index * PAGE_SIZE >= f.sourceOffset && index * PAGE_SIZE < f.sourceOffset + f.pageCount * PAGE_SIZE);
-    if (at >= 0) {
-      const [fetch] = this.backgroundQueue.splice(at, 1);
-      fetch!.demand = true;
-      this.demandQueue.push(fetch!);
+  /** Mark pages in flight for a fetch; all but a demand fetch's first are prefetched. */
+  private claim(first: number, count: number, demand: boolean): void {
+    for (let i = 0; i < count; i++) {
+      this.states.set(first + i, PageState.IN_FLIGHT);
+      if (!demand || i > 0) this.prefetched.add(first + i);
     }
-  }
-
-  private resolveWithZero(index: number): void {
-    const address = this.map.addressOf(index * PAGE_SIZE);
-    if (address === undefined) return;
-    const result = this.answer(address, () => this.uffd.zeropage(address, PAGE_SIZE));
-    if (result === 'retry') {
-      // Events are pending; the page stays as it is and the next fault or drain decides again.
-      this.scheduleRetryDrain();
-      return;
-    }
-    if (result === 'done') this.metrics.zeroPages++;
-    if (this.states.get(index) !== PageState.UNMAPPED) this.states.set(index, PageState.PRESENT);
-    this.resolved(index);
-  }
-
-  private resolvePresent(index: number, address: number): void {
-    const result = this.answer(address, () => this.uffd.zeropage(address, PAGE_SIZE));
-    if (result === 'done') this.metrics.zeroPages++;
-    if (result === 'retry') this.scheduleRetryDrain();
-    this.resolved(index);
-  }
-
-  /**
-   * Answer one faulting page with `resolve` (ZEROPAGE, CONTINUE). A refusal
-   * must not leave the thread asleep: ENOENT (not registered any more) wakes it
-   * to retry; anything else (ENOMEM from a full tmpfs) is reported and the page
-   * poisoned, as the kernel's own fault path gives SIGBUS when it cannot
-   * allocate. 'failed' means the page got poison or a wake, not its contents.
-   */
-  private answer(address: number, resolve: () => ResolveResult): 'done' | 'retry' | 'failed' {
-    try {
-      return this.settle(address, resolve());
-    } catch (error) {
-      if (error instanceof AddressSpaceGoneError) throw error;
-      if (error instanceof RangeNotRegisteredError) {
-        this.wakeRange(address, PAGE_SIZE);
-        return 'failed';
-      }
-      this.report(new PageInstallError(address, PAGE_SIZE, error as Error));
-      try {
-        this.settle(address, this.uffd.poison(address, PAGE_SIZE));
-      } catch (poisonError) {
-        if (poisonError instanceof AddressSpaceGoneError) throw poisonError;
-        this.wakeRange(address, PAGE_SIZE);
-      }
-      return 'failed';
-    }
-  }
-
-  /** Interpret a single-page resolution: wake on EEXIST, report retry, surface errors. */
-  private settle(address: number, result: ResolveResult): 'done' | 'retry' {
-    if (result.status === 'exists') {
-      this.uffd.wake(address, PAGE_SIZE);
-      return 'done';
-    }
-    if (result.status === 'retry') return 'retry';
-    return 'done';
-  }
-
-  private resolved(index: number): void {
-    const since = this.waitingSince.get(index);
-    if (since !== undefined) {
-      this.metrics.recordLatencyMicros((performance.now() - since) * 1000);
-      this.waitingSince.delete(index);
-    }
-    this.prefetchedInFlight.delete(index);
   }
 
   // ---- fetching ------------------------------------------------------------
 
-  /**
-   * Start reads up to the in-flight limit. Background reads (read-ahead
-   * streams, replay) take at most half the slots, so a demand fault never
-   * queues behind a long replay.
-   */
+  /** Start reads up to the scheduler's limits. */
   private pump(): void {
-    while (this.inFlight < this.maxInFlight && this.statusValue === 'running') {
-      let fetch = this.demandQueue.shift();
-      if (!fetch && this.backgroundInFlight < Math.max(1, this.maxInFlight >> 1)) fetch = this.nextBackgroundFetch();
+    while (this.statusValue === 'running') {
+      const fetch = this.scheduler.next((queued) => this.prepare(queued));
       if (!fetch) return;
       this.startRead(fetch);
     }
   }
 
-  /** The next background run, trimmed to pages still missing (demand may have taken some). */
-  private nextBackgroundFetch(): Fetch | undefined {
-    for (;;) {
-      const fetch = this.backgroundQueue.shift();
-      if (!fetch) return undefined;
-      let first = fetch.sourceOffset / PAGE_SIZE;
-      const end = first + fetch.pageCount;
-      while (first < end && this.states.get(first) !== PageState.MISSING) first++;
-      let count = 0;
-      while (first + count < end && this.states.get(first + count) === PageState.MISSING) count++;
-      if (count === 0) continue;
-      if (first + count < end) {
-        this.backgroundQueue.unshift({ sourceOffset: (first + count) * PAGE_SIZE, pageCount: end - first - count, demand: false, attempts: 0 });
-      }
-      count = Math.min(count, this.map.contiguousPagesFrom(first * PAGE_SIZE, count));
-      if (count === 0) continue;
-      for (let i = 0; i < count; i++) {
-        this.states.set(first + i, PageState.IN_FLIGHT);
-        this.prefetchedInFlight.add(first + i);
-      }
-      return { sourceOffset: first * PAGE_SIZE, pageCount: count, demand: false, attempts: 0 };
-    }
+  /**
+   * A queued fetch made ready to read. A claimed one (its pages already in
+   * flight for it) goes as it is; an unclaimed one (replay, prefetch-all) is
+   * trimmed to its first run of pages still missing, contiguous in host
+   * memory, and claimed; the rest of it goes back to the queue.
+   */
+  private prepare(fetch: Fetch): Fetch | undefined {
+    if (fetch.claimed) return fetch;
+    let first = fetch.sourceOffset / PAGE_SIZE;
+    const end = first + fetch.pageCount;
+    while (first < end && this.states.get(first) !== PageState.MISSING) first++;
+    let count = 0;
+    while (first + count < end && this.states.get(first + count) === PageState.MISSING) count++;
+    if (count === 0) return undefined;
+    if (first + count < end) this.scheduler.requeueBackgroundFront(newFetch((first + count) * PAGE_SIZE, end - first - count, false));
+    count = Math.min(count, this.map.contiguousPagesFrom(first * PAGE_SIZE, count));
+    if (count === 0) return undefined;
+    this.claim(first, count, false);
+    return newFetch(first * PAGE_SIZE, count, fetch.demand, { attempts: fetch.attempts, claimed: true });
   }
 
   private startRead(fetch: Fetch): void {
     if (this.source.readSync && this.readNow(fetch)) return;
-    this.inFlight++;
-    const background = !fetch.demand;
-    if (background) this.backgroundInFlight++;
-    if (this.inFlight > this.metrics.inFlightPeak) this.metrics.inFlightPeak = this.inFlight;
+    this.scheduler.started(fetch);
+    if (this.scheduler.inFlight > this.metrics.inFlightPeak) this.metrics.inFlightPeak = this.scheduler.inFlight;
     this.metrics.sourceReads++;
     const lengthBytes = fetch.pageCount * PAGE_SIZE;
     const buffer = this.takeBuffer(lengthBytes);
+    fetch.abort = new AbortController();
     const settled = this.source
-      .read(fetch.sourceOffset, lengthBytes, buffer)
+      .read(fetch.sourceOffset, lengthBytes, buffer, { priority: fetch.demand ? 'demand' : 'background', signal: fetch.abort.signal })
       .then(
         () => {
           fetch.buffer = buffer;
-          if (this.statusValue === 'running') this.guarded(() => this.install(fetch));
+          if (this.statusValue === 'running') this.guarded(() => this.installRead(fetch));
           else this.releaseBuffer(fetch);
         },
         (error: unknown) => {
@@ -601,10 +464,10 @@ export class Pager extends EventEmitter<PagerEvents> {
         },
       )
       .finally(() => {
-        this.inFlight--;
-        if (background) this.backgroundInFlight--;
+        this.scheduler.finished(fetch);
         this.inFlightSettled.delete(settled);
         this.pump();
+        this.checkComplete();
       });
     this.inFlightSettled.add(settled);
   }
@@ -627,242 +490,208 @@ export class Pager extends EventEmitter<PagerEvents> {
     }
     this.metrics.sourceReads++;
     fetch.buffer = buffer;
-    this.guarded(() => this.install(fetch));
+    this.guarded(() => this.installRead(fetch));
     return true;
   }
 
+  private installRead(fetch: Fetch): void {
+    if (this.installer.install(fetch)) this.releaseBuffer(fetch);
+  }
+
+  /**
+   * A read failed. Aborted reads were not needed. Otherwise the failure says
+   * what to do: transient ones are retried after a pause (the waiters keep
+   * waiting); fatal ones are not, and their pages are given up (poisoned).
+   * A failed run is narrowed first, so that one bad page costs only itself:
+   * the source names the failing page when it knows it, else the run is
+   * split into single pages.
+   */
   private readFailed(fetch: Fetch, error: unknown): void {
-    this.metrics.sourceErrors++;
-    const wrapped = error instanceof SourceReadError ? error : new SourceReadError(fetch.sourceOffset, fetch.pageCount * PAGE_SIZE, String(error), { cause: error });
-    this.report(wrapped);
-    if (this.statusValue !== 'running') return;
-    if (fetch.attempts < (this.options.sourceRetries ?? 2)) {
-      this.demandQueue.push({ ...fetch, buffer: undefined, attempts: fetch.attempts + 1 });
+    if (isAbortError(error) || fetch.abort?.signal.aborted) {
+      this.metrics.readsAborted++;
+      this.unclaim(fetch);
       return;
     }
-    // Out of retries: a waiting thread must get an error, never a hang and never
-    // made-up data.
-    this.abandonPages(fetch.sourceOffset / PAGE_SIZE, fetch.pageCount);
-  }
-
-  /**
-   * Give up on pages in flight that cannot be filled (the source failed for
-   * good, or the kernel refused the copy): a thread waiting on one gets
-   * POISON, so SIGBUS (EFAULT inside a syscall), never a hang and never made-up
-   * data; a page nobody waits for goes back to missing, to be tried again if
-   * it is ever touched.
-   */
-  private abandonPages(firstIndex: number, pageCount: number): void {
-    for (let index = firstIndex; index < firstIndex + pageCount && index < this.states.pageCount; index++) {
-      if (this.states.get(index) !== PageState.IN_FLIGHT) continue;
-      const address = this.map.addressOf(index * PAGE_SIZE);
-      if (!this.waitingSince.has(index) || address === undefined) {
-        this.states.set(index, PageState.MISSING);
-        this.prefetchedInFlight.delete(index);
-        continue;
-      }
-      // UFFDIO_POISON works whether or not the feature was negotiated (an
-      // adopted uffd's features are unknown). A kernel without it (before
-      // 6.6) throws: then the waiter is woken to retry, which faults again and
-      // is answered again, rather than left asleep.
-      try {
-        this.settle(address, this.uffd.poison(address, PAGE_SIZE));
-        this.states.set(index, PageState.PRESENT);
-        this.resolved(index);
-      } catch (error) {
-        if (error instanceof AddressSpaceGoneError) throw error;
-        this.states.set(index, PageState.MISSING);
-        this.resolved(index);
-        this.wakeRange(address, PAGE_SIZE);
-        this.report(error as Error);
-      }
-    }
-  }
-
-  /** Copy a completed read into place, page runs at a time, skipping pages whose state moved on. */
-  private install(fetch: Fetch): void {
+    this.metrics.sourceErrors++;
+    const failure = error instanceof SourceReadError
+      ? error
+      : new SourceReadError(fetch.sourceOffset, fetch.pageCount * PAGE_SIZE, String((error as Error)?.message ?? error), { cause: error });
+    this.report(failure);
+    if (this.statusValue !== 'running') return;
     const firstIndex = fetch.sourceOffset / PAGE_SIZE;
-    let i = fetch.resumeAtPage ?? 0;
-    while (i < fetch.pageCount) {
-      if (this.states.get(firstIndex + i) !== PageState.IN_FLIGHT) {
-        i++;
-        continue;
-      }
-      let runPages = 1;
-      const sourceOffset = (firstIndex + i) * PAGE_SIZE;
-      const address = this.map.addressOf(sourceOffset);
-      if (address === undefined) {
-        this.states.set(firstIndex + i, PageState.UNMAPPED);
-        i++;
-        continue;
-      }
-      const contiguous = this.map.contiguousPagesFrom(sourceOffset, fetch.pageCount - i);
-      while (runPages < contiguous && this.states.get(firstIndex + i + runPages) === PageState.IN_FLIGHT) runPages++;
-      const retryFrom = this.copyRun(fetch, i, runPages, address);
-      if (retryFrom !== undefined) {
-        this.queueRetry(fetch, retryFrom);
-        return;
-      }
-      i += runPages;
+    const retries = this.options.sourceRetries ?? 2;
+    if (failure.failure === 'transient' && fetch.attempts < retries) {
+      this.retryLater(newFetch(fetch.sourceOffset, fetch.pageCount, this.anyWaiter(fetch), { attempts: fetch.attempts + 1, claimed: true }));
+      return;
     }
-    this.releaseBuffer(fetch);
-  }
-
-  /** COPY pages [first, first+count) of the fetch; returns the page to retry from on EAGAIN. */
-  private copyRun(fetch: Fetch, first: number, count: number, address: number): number | undefined {
-    const firstIndex = fetch.sourceOffset / PAGE_SIZE;
-    let donePages = 0;
-    while (donePages < count) {
-      let result: ResolveResult;
-      try {
-        this.metrics.copyIoctls++;
-        result = this.uffd.copy(address + donePages * PAGE_SIZE, fetch.buffer!, {
-          srcOffset: (first + donePages) * PAGE_SIZE,
-          length: (count - donePages) * PAGE_SIZE,
-        });
-      } catch (error) {
-        if (error instanceof RangeNotRegisteredError) {
-          if (count - donePages > 1) {
-            // The kernel refuses a whole COPY when any part of it is not
-            // registered (a hole in the client's registration, or a munmap
-            // racing us). Go page by page so the pages that can be filled,
-            // the faulting one first, still are.
-            for (let k = donePages; k < count; k++) {
-              const retryFrom = this.copyRun(fetch, first + k, 1, address + k * PAGE_SIZE);
-              if (retryFrom !== undefined) return retryFrom;
-            }
-            return undefined;
-          }
-          // This page is not registered (any more): a hole in the registration,
-          // or a munmap whose UNMAP event follows. Say so; nobody can be waiting on it.
-          this.states.set(firstIndex + first + donePages, PageState.MISSING);
-          this.report(error);
-          return undefined;
-        }
-        if (error instanceof AddressSpaceGoneError) {
-          this.fail(error);
-          return undefined;
-        }
-        // Any other refusal (ENOMEM from a full tmpfs or a memory cgroup,
-        // EFAULT, EINVAL): the pages of the run must not stay in flight with a
-        // thread asleep on them. Retry a few times (ENOMEM can be transient),
-        // then give them up: waiters get poison (SIGBUS, as a fault the kernel
-        // cannot allocate for gets), the others go back to missing.
-        const failedAt = first + donePages;
-        if ((fetch.installAttempts ?? 0) < INSTALL_RETRIES) {
-          this.metrics.copyRetries++;
-          fetch.installAttempts = (fetch.installAttempts ?? 0) + 1;
-          return failedAt;
-        }
-        const address0 = address + donePages * PAGE_SIZE;
-        this.report(new PageInstallError(address0, (count - donePages) * PAGE_SIZE, error as Error));
-        this.abandonPages(firstIndex + failedAt, count - donePages);
-        return undefined;
+    if (fetch.pageCount > 1) {
+      const bad = failure.failedOffset;
+      const badIndex = bad !== undefined && bad >= fetch.sourceOffset && bad < fetch.sourceOffset + fetch.pageCount * PAGE_SIZE ? Math.floor(bad / PAGE_SIZE) : undefined;
+      if (badIndex !== undefined) this.giveUp(badIndex, 1, failure);
+      // Each other page once more on its own, with no retries left if this was transient.
+      const attempts = failure.failure === 'transient' ? retries : fetch.attempts;
+      for (let index = firstIndex; index < firstIndex + fetch.pageCount; index++) {
+        if (index === badIndex || this.states.get(index) !== PageState.IN_FLIGHT) continue;
+        const single = newFetch(index * PAGE_SIZE, 1, this.waiters.has(index), { attempts, claimed: true });
+        if (single.demand) this.scheduler.queueDemand(single);
+        else this.scheduler.queueBackground(single);
       }
-      switch (result.status) {
-        case 'done':
-        case 'partial': {
-          const pages = result.bytes / PAGE_SIZE;
-          for (let k = 0; k < pages; k++) this.installed(firstIndex + first + donePages + k);
-          donePages += pages;
-          break;
-        }
-        case 'exists':
-          // The first page is already there (an earlier zero page, or a fill
-          // that raced us); its waiters still need waking.
-          this.uffd.wake(address + donePages * PAGE_SIZE, PAGE_SIZE);
-          this.states.set(firstIndex + first + donePages, PageState.PRESENT);
-          this.resolved(firstIndex + first + donePages);
-          donePages++;
-          break;
-        case 'retry':
-          this.metrics.copyRetries++;
-          return first + donePages;
-      }
+      this.pump();
+      return;
     }
-    return undefined;
+    this.giveUp(firstIndex, 1, failure);
   }
 
-  private installed(index: number): void {
-    this.states.set(index, PageState.PRESENT);
-    this.metrics.pagesCopied++;
-    this.metrics.bytesCopied += PAGE_SIZE;
-    if (!this.waitingSince.has(index) && this.prefetchedInFlight.has(index)) this.metrics.prefetchedPages++;
-    this.resolved(index);
+  /** Give up pages whose read failed for good: poisoned (or, with sourceLost 'freeze' and a gone source, left waiting). */
+  private giveUp(firstIndex: number, pageCount: number, failure: SourceReadError): void {
+    const fatal = failure.failure === 'fatal';
+    if (fatal && failure.code === 'ESOURCEGONE' && this.options.sourceLost === 'freeze') {
+      // Nobody is answered; the pages go back to missing and their threads keep waiting.
+      for (let index = firstIndex; index < firstIndex + pageCount; index++) if (this.states.get(index) === PageState.IN_FLIGHT) this.states.set(index, PageState.MISSING);
+      return;
+    }
+    // A page whose source failed for good is poisoned even when nobody waits on
+    // it yet: no later read would give it, and a later touch must not wait.
+    this.installer.giveUp(firstIndex, pageCount, failure, { poisonAll: fatal && failure.code !== 'ESOURCEGONE' });
   }
 
-  // ---- EAGAIN: copies refused while events are pending -----------------------
-
-  private queueRetry(fetch: Fetch, fromPage: number): void {
-    this.retryQueue.push({ ...fetch, resumeAtPage: fromPage });
-    this.scheduleRetryDrain();
-  }
-
-  /**
-   * The kernel refuses copies while an mmap change is being reported
-   * (mmap_changing). The events that explain it are read by serve(); the
-   * copies are retried after them, and on a short timer in case the change
-   * completes after its event was already read.
-   */
-  private scheduleRetryDrain(): void {
-    if (this.retryTimer) return;
-    const delay = RETRY_DELAYS_MS[Math.min(this.retryRound, RETRY_DELAYS_MS.length - 1)]!;
-    this.retryRound++;
-    this.retryTimer = setTimeout(() => {
-      this.retryTimer = undefined;
-      this.serve();
-      this.guarded(() => this.flushRetries());
+  private retryLater(fetch: Fetch): void {
+    const delay = READ_RETRY_DELAYS_MS[Math.min(fetch.attempts - 1, READ_RETRY_DELAYS_MS.length - 1)]!;
+    const timer = setTimeout(() => {
+      this.retryTimers.delete(timer);
+      if (this.statusValue !== 'running') return;
+      fetch.demand = this.anyWaiter(fetch);
+      if (fetch.demand) this.scheduler.queueDemand(fetch);
+      else this.scheduler.queueBackground(fetch);
+      this.pump();
     }, delay);
+    this.retryTimers.add(timer);
   }
 
-  private flushRetries(): void {
-    const pending = this.retryQueue.splice(0);
-    for (const fetch of pending) this.install(fetch);
-    if (this.retryQueue.length === 0) this.retryRound = 0;
-    // Faults whose zero-page answer was refused are still waiting: re-serve them.
-    for (const index of [...this.waitingSince.keys()]) {
-      const state = this.states.get(index);
-      if (state === PageState.DISCARDED) this.resolveWithZero(index);
-      else if (state === PageState.PRESENT) {
-        const address = this.map.addressOf(index * PAGE_SIZE);
-        if (address !== undefined) this.resolvePresent(index, address);
-      }
+  private anyWaiter(fetch: Fetch): boolean {
+    const first = fetch.sourceOffset / PAGE_SIZE;
+    for (let index = first; index < first + fetch.pageCount; index++) if (this.waiters.has(index)) return true;
+    return false;
+  }
+
+  /** An aborted read's pages that are still in flight go back to missing (a waiter, if any, gets a new fetch). */
+  private unclaim(fetch: Fetch): void {
+    const first = fetch.sourceOffset / PAGE_SIZE;
+    for (let index = first; index < first + fetch.pageCount; index++) {
+      if (this.states.get(index) !== PageState.IN_FLIGHT) continue;
+      this.states.set(index, PageState.MISSING);
+      this.prefetched.delete(index);
+      if (this.waiters.has(index)) this.startDemandFetch(index);
     }
+    this.pump();
+  }
+
+  /** Abort reads in flight none of whose pages is in flight any more (discarded, unmapped, or pushed meanwhile). */
+  private abortUnneededReads(): void {
+    for (const fetch of this.scheduler.active) {
+      if (!fetch.abort || fetch.abort.signal.aborted) continue;
+      let needed = false;
+      forPages(this.states, fetch.sourceOffset, fetch.pageCount * PAGE_SIZE, (index) => {
+        if (this.states.get(index) === PageState.IN_FLIGHT) needed = true;
+      });
+      if (!needed) fetch.abort.abort();
+    }
+  }
+
+  // ---- pages the source pushes ---------------------------------------------
+
+  /**
+   * Pages the source sent unasked (post-copy's background stream): installed
+   * where still missing or in flight (a read of them may be under way; it
+   * will find them present), dropped where already present or discarded — a
+   * page already installed is never overwritten (COPY refuses with EEXIST).
+   */
+  private installPushed(pages: PushedPages): void {
+    const { offset, bytes } = pages;
+    if (offset % PAGE_SIZE !== 0 || bytes.length % PAGE_SIZE !== 0 || offset < 0 || offset + bytes.length > this.source.sizeBytes) {
+      this.report(new UserfaultError(`the source pushed ${bytes.length} bytes at offset ${offset}: not whole pages of the image; dropped`));
+      return;
+    }
+    const first = offset / PAGE_SIZE;
+    const count = bytes.length / PAGE_SIZE;
+    let wanted = 0;
+    for (let index = first; index < first + count; index++) {
+      const state = this.states.get(index);
+      if (state === PageState.MISSING) this.states.set(index, PageState.IN_FLIGHT);
+      if (state === PageState.MISSING || state === PageState.IN_FLIGHT) wanted++;
+      else this.metrics.pushedPagesDropped++;
+    }
+    if (wanted === 0) return;
+    const before = this.metrics.pagesCopied;
+    this.installer.install({ ...newFetch(offset, count, false), buffer: bytes });
+    this.metrics.pushedPages += this.metrics.pagesCopied - before;
+    this.abortUnneededReads();
+    this.checkComplete();
   }
 
   // ---- helpers -------------------------------------------------------------
 
-  private takeBuffer(lengthBytes: number): Uint8Array {
-    const poolBytes = this.maxRunPages * PAGE_SIZE;
-    if (lengthBytes <= poolBytes) {
-      const pooled = this.bufferPool.pop() ?? Buffer.allocUnsafeSlow(poolBytes);
-      return pooled;
+  /** Pages a complete restore must fill: shown by a region and not known to be zero. */
+  private neededPages(pageCount: number): Uint8Array {
+    const needed = new Uint8Array(pageCount);
+    for (const region of this.map.regions) {
+      const first = region.sourceOffset / PAGE_SIZE;
+      const count = region.lengthBytes / PAGE_SIZE;
+      for (let index = first; index < first + count; index++) {
+        needed[index] = this.source.isZero?.(index * PAGE_SIZE, PAGE_SIZE) ? 0 : 1;
+      }
     }
+    return needed;
+  }
+
+  private checkComplete(): void {
+    if (this.completeEmitted || this.statusValue !== 'running' || this.states.pendingNeeded !== 0) return;
+    this.completeEmitted = true;
+    this.emit('complete');
+  }
+
+  private takeBuffer(lengthBytes: number): Uint8Array {
+    const poolBytes = this.readAhead.maxPages * PAGE_SIZE;
+    if (lengthBytes <= poolBytes) return this.bufferPool.pop() ?? Buffer.allocUnsafeSlow(poolBytes);
     return Buffer.allocUnsafeSlow(lengthBytes);
   }
 
   private releaseBuffer(fetch: Fetch): void {
-    if (fetch.buffer && fetch.buffer.length === this.maxRunPages * PAGE_SIZE && this.bufferPool.length < this.maxInFlight) {
+    if (fetch.buffer && fetch.buffer.length === this.readAhead.maxPages * PAGE_SIZE && this.bufferPool.length < this.scheduler.maxInFlight) {
       this.bufferPool.push(fetch.buffer);
     }
     fetch.buffer = undefined;
   }
 
-  private forPages(sourceOffset: number, lengthBytes: number, each: (index: number) => void): void {
-    const first = Math.floor(sourceOffset / PAGE_SIZE);
-    const end = Math.ceil((sourceOffset + lengthBytes) / PAGE_SIZE);
-    for (let index = first; index < end && index < this.states.pageCount; index++) each(index);
+  /** Stop the machinery (watch, timers, queues, push listener); reads in flight settle on their own. */
+  private halt(): void {
+    this.uffd.unwatch();
+    this.installer.stop();
+    for (const timer of this.retryTimers) clearTimeout(timer);
+    this.retryTimers.clear();
+    this.scheduler.clear();
+    this.stopPush?.();
+    this.stopPush = undefined;
   }
 
-  private fail(error: Error): void {
+  private exited(): void {
+    if (this.statusValue !== 'running') return;
+    this.statusValue = 'exited';
+    this.halt();
+    this.emit('exit');
+  }
+
+  /** The uffd cannot be read (or polled) any more: serving through it would only spin. */
+  private failed(error: Error): void {
     if (error instanceof AddressSpaceGoneError) {
-      this.statusValue = 'exited';
-      this.uffd.unwatch();
-      clearTimeout(this.retryTimer);
-      this.emit('exit');
+      this.exited();
       return;
     }
-    this.report(error);
+    if (this.statusValue !== 'running') return;
+    this.statusValue = 'failed';
+    this.halt();
+    if (this.listenerCount('failed') > 0) this.emit('failed', error);
+    else this.report(error);
   }
 
   /** Errors go to 'error' listeners; with none, to a process warning (never thrown into libuv, never dropped). */
@@ -870,8 +699,4 @@ export class Pager extends EventEmitter<PagerEvents> {
     if (this.listenerCount('error') > 0) this.emit('error', error);
     else process.emitWarning(error);
   }
-}
-
-function hex(value: number): string {
-  return `0x${value.toString(16)}`;
 }

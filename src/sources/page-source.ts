@@ -81,9 +81,12 @@ export type SourceFailure = 'transient' | 'fatal';
 export class SourceReadError extends UserfaultError {
   override readonly code: string = 'ESOURCE';
   readonly failure: SourceFailure;
-  constructor(readonly offset: number, readonly lengthBytes: number, message: string, options?: { cause?: unknown; failure?: SourceFailure }) {
+  /** The offset of the page known to have failed, when the source knows it (a corrupt snapshot page): the rest of the range may be fine. */
+  readonly failedOffset: number | undefined;
+  constructor(readonly offset: number, readonly lengthBytes: number, message: string, options?: { cause?: unknown; failure?: SourceFailure; failedOffset?: number }) {
     super(`reading ${lengthBytes} bytes at offset ${offset}: ${message}`, options);
     this.failure = options?.failure ?? 'transient';
+    this.failedOffset = options?.failedOffset;
   }
 }
 

@@ -1,5 +1,5 @@
 import { native } from '../native.js';
-import { SnapshotError } from '../snapshot/errors.js';
+import { SnapshotCorruptError, SnapshotError } from '../snapshot/errors.js';
 import { SnapshotFile } from '../snapshot/reader.js';
 import { SourceReadError, checkReadRange, type PageSource } from './page-source.js';
 
@@ -49,7 +49,8 @@ export class SnapshotSource implements PageSource {
   /** A page that fails its CRC stays corrupt however often it is read (fatal); an I/O error may pass (transient). */
   private readError(offset: number, length: number, error: unknown): SourceReadError {
     const reason = error instanceof SnapshotError ? error.message : `${(error as Error).message ?? error}`;
-    return new SourceReadError(offset, length, `${this.description}: ${reason}`, { cause: error, failure: error instanceof SnapshotError ? 'fatal' : 'transient' });
+    const failedOffset = error instanceof SnapshotCorruptError ? error.imageOffset : undefined;
+    return new SourceReadError(offset, length, `${this.description}: ${reason}`, { cause: error, failure: error instanceof SnapshotError ? 'fatal' : 'transient', failedOffset });
   }
 
   isZero(offset: number, length: number): boolean {

@@ -17,6 +17,7 @@ import type { KvmVm } from './kvm/kvm-vm.js';
 import { GuestMemory, type GuestMemoryBacking } from './memory/guest-memory.js';
 import { LazyGuestMemory, type LazyMemoryReport, type LazyRestoreOptions } from './memory/lazy-guest-memory.js';
 import type { SnapshotFile, SnapshotWriteSummary } from '../snapshot/index.js';
+import { SnapshotSource } from '../sources/snapshot-source.js';
 import { openVmSnapshot, readVmMemory, writeVmSnapshot } from './persist/vm-snapshot.js';
 import type { MachineConfig, VmSavedState } from './persist/vm-state.js';
 import type { GuestExitReason, VcpuCommandBody, VcpuCounters, VcpuEvent, VcpuWorkerData } from './vcpu-protocol.js';
@@ -259,7 +260,7 @@ export class Vmm {
       if (lazy) {
         built.lazyOptions = lazy;
         fileOwnedByPager = true;
-        built.lazyMemory = LazyGuestMemory.start(built.memory, file, lazy, (error) => built.failMemory(error));
+        built.lazyMemory = LazyGuestMemory.start(built.memory, new SnapshotSource(file), lazy, (error) => built.failMemory(error));
         if (timings.verifiedMs !== undefined) built.lazyMemory.verifyMs = timings.verifiedMs - timings.builtMs;
         const lazyMemory = built.lazyMemory;
         built.stopMemory = () => lazyMemory.stop();

@@ -172,7 +172,7 @@ describe('lazy restore across processes', { skip, timeout: 120000 }, () => {
     assert.equal(await restored.exit, 70, restored.stderr());
     const exited = vmmEvents(restored.stderr()).find((e) => e.event === 'exited') as { reason: { type: string; exit: string }; status: LazyStatus } | undefined;
     assert.equal(exited?.reason.type, 'failed');
-    assert.match(exited!.reason.exit, /^ESNAPSHOTINVALID: .*is corrupt: CRC32/);
+    assert.match(exited!.reason.exit, /^EGUESTMEMORY: guest memory from snapshot .*is corrupt: CRC32/);
     assert.equal(exited!.status.restore.memory.metrics.sourceErrors, 1);
     assert.doesNotMatch(restored.console.text, /verify pages=|done status=/, 'the guest never finished on bad memory');
   });
