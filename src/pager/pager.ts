@@ -623,7 +623,7 @@ export class Pager extends EventEmitter<PagerEvents> {
     }
     if (wanted === 0) return;
     const before = this.metrics.pagesCopied;
-    this.installer.install({ ...newFetch(offset, count, false), buffer: bytes });
+    this.installer.install({ ...newFetch(offset, count, false), buffer: bytes }, 'push');
     this.metrics.pushedPages += this.metrics.pagesCopied - before;
     this.abortUnneededReads();
     this.checkComplete();

@@ -7,7 +7,7 @@ import { PAGE_SIZE } from '../../src/native.js';
 import { Pager, type PagerOptions } from '../../src/pager/index.js';
 import { BufferSource } from '../../src/sources/buffer-source.js';
 import { FunctionSource } from '../../src/sources/function-source.js';
-import type { PageSource } from '../../src/sources/page-source.js';
+import { SourceGoneError, SourceReadError, type PageSource, type PushedPages, type ReadOptions } from '../../src/sources/page-source.js';
 import { Userfaultfd } from '../../src/uffd/index.js';
 import { Toucher, sleep } from '../helpers/toucher.js';
 
@@ -371,6 +371,175 @@ describe('a faulting thread is never left asleep', () => {
       mapping.unmap();
       execFileSync('umount', [dir]);
       rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('the pager and what a source says', () => {
+  /** A source whose reads are answered by the test, and which can push pages. */
+  class ScriptedSource implements PageSource {
+    readonly sizeBytes = SIZE;
+    readonly description = 'scripted';
+    readonly reads: Array<{ offset: number; length: number; priority?: string; signal?: AbortSignal; answer: (error?: Error) => void; target: Uint8Array }> = [];
+    private listener: ((pages: PushedPages) => void) | undefined;
+    private arrived: (() => void) | undefined;
+    read(offset: number, length: number, target: Uint8Array, options: ReadOptions = {}): Promise<void> {
+      return new Promise((resolve, reject) => {
+        const answer = (error?: Error): void => {
+          if (error) return reject(error);
+          target.set(image.subarray(offset, offset + length));
+          resolve();
+        };
+        options.signal?.addEventListener('abort', () => reject(new DOMException('aborted', 'AbortError')));
+        this.reads.push({ offset, length, priority: options.priority, signal: options.signal, answer, target });
+        this.arrived?.();
+      });
+    }
+    onPush(listener: (pages: PushedPages) => void): () => void {
+      this.listener = listener;
+      return () => (this.listener = undefined);
+    }
+    push(page: number, count = 1): void {
+      this.listener?.({ offset: page * PAGE_SIZE, bytes: image.slice(page * PAGE_SIZE, (page + count) * PAGE_SIZE) });
+    }
+    private taken = 0;
+    /** The next read the pager made that the test has not taken yet (waiting for it if need be). */
+    async nextRead(): Promise<ScriptedSource['reads'][number]> {
+      while (this.reads.length === this.taken) await new Promise<void>((resolve) => (this.arrived = resolve));
+      return this.reads[this.taken++]!;
+    }
+  }
+
+  test('a read carries its priority: a fault\'s read is demand, a replay\'s background', async () => {
+    const source = new ScriptedSource();
+    const r = rig(source, { prefetch: false });
+    try {
+      const word = wordAt(a, r.mapping.address + 2 * PAGE_SIZE);
+      const demand = await source.nextRead();
+      assert.equal(demand.priority, 'demand');
+      demand.answer();
+      assert.equal(await word, 2);
+      r.pager.prefetchPages([10]);
+      const background = await source.nextRead();
+      assert.equal(background.priority, 'background');
+      background.answer();
+    } finally {
+      await r.dispose();
+    }
+  });
+
+  test('pushed pages are installed where missing and dropped where present; a read whose pages all arrived by push is aborted', async () => {
+    const source = new ScriptedSource();
+    const r = rig(source, { prefetch: false });
+    const installed: number[] = [];
+    r.pager.on('installed', (first, count, how) => how === 'push' && installed.push(...Array.from({ length: count }, (_, i) => first + i)));
+    try {
+      const word = wordAt(a, r.mapping.address + 20 * PAGE_SIZE);
+      const read = await source.nextRead();
+      // The page the thread waits on arrives by push before its read is answered.
+      source.push(20);
+      assert.equal(await word, 20, 'the waiter was woken by the pushed page');
+      assert.equal(read.signal?.aborted, true, 'the read nobody needs any more was aborted');
+      source.push(20);
+      source.push(30, 2);
+      assert.deepEqual(installed, [20, 30, 31]);
+      const m = r.pager.snapshotMetrics();
+      assert.equal(m.pushedPages, 3);
+      assert.equal(m.pushedPagesDropped, 1, 'the second push of page 20 was dropped');
+      assert.equal(m.readsAborted, 1);
+      assert.equal(await wordAt(b, r.mapping.address + 31 * PAGE_SIZE), 31, 'no fault needed for a pushed page');
+      assert.equal(m.faults, 1);
+    } finally {
+      await r.dispose();
+    }
+  });
+
+  test('complete is emitted once every page not known to be zero is in', async () => {
+    const zeroSecondHalf = new BufferSource(image);
+    const source = Object.assign(Object.create(zeroSecondHalf) as BufferSource, {
+      isZero: (offset: number) => offset >= SIZE / 2,
+    });
+    const r = rig(source, { prefetch: false });
+    try {
+      let completions = 0;
+      r.pager.on('complete', () => completions++);
+      assert.equal(r.pager.pendingPages, PAGES / 2);
+      r.pager.prefetchAll();
+      for (let i = 0; i < 500 && completions === 0; i++) await sleep(2);
+      assert.equal(completions, 1);
+      assert.equal(r.pager.isComplete, true);
+      assert.equal(r.pager.pageCounts().present, PAGES / 2, 'known-zero pages were not filled');
+    } finally {
+      await r.dispose();
+    }
+  });
+
+  test('a fatal failure naming its page poisons that page alone; the rest of the run is served', async () => {
+    let reads = 0;
+    const source = new FunctionSource(SIZE, async (offset, length, target) => {
+      reads++;
+      const bad = 12 * PAGE_SIZE;
+      if (offset <= bad && bad < offset + length) throw new SourceReadError(offset, length, 'page 12 is corrupt', { failure: 'fatal', failedOffset: bad });
+      target.set(image.subarray(offset, offset + length));
+    });
+    const r = rig(source, { prefetch: { initialPages: 8, maxPages: 8 } });
+    const poisoned: number[] = [];
+    r.pager.on('poisoned', (first, count) => poisoned.push(...Array.from({ length: count }, (_, i) => first + i)));
+    try {
+      // A fault on page 10 reads 10..17 in one run; page 12 fails it.
+      assert.equal(await wordAt(a, r.mapping.address + 10 * PAGE_SIZE), 10);
+      assert.deepEqual(poisoned, [12], 'only the bad page is poisoned, though nobody waited on it');
+      assert.ok((await a.run<number>({ op: 'process-vm-readv', address: r.mapping.address + 12 * PAGE_SIZE })) < 0, 'the bad page reads as an error');
+      for (const p of [11, 13, 17]) assert.equal(await wordAt(a, r.mapping.address + p * PAGE_SIZE), p);
+      const m = r.pager.snapshotMetrics();
+      assert.equal(m.sourceErrors, 1, 'the bad page was read once, never again');
+      assert.equal(m.pagesPoisoned, 1);
+      assert.equal(r.pager.pageCounts().poisoned, 1);
+      assert.ok(reads <= 9, `${reads} reads`);
+    } finally {
+      await r.dispose();
+    }
+  });
+
+  test('a transient failure is retried after a pause and the waiter gets the page', async () => {
+    let failures = 0;
+    const source = new FunctionSource(SIZE, async (offset, length, target) => {
+      if (failures < 2) {
+        failures++;
+        throw new SourceReadError(offset, length, 'connection reset', { failure: 'transient' });
+      }
+      target.set(image.subarray(offset, offset + length));
+    });
+    const r = rig(source, { prefetch: false, sourceRetries: 2 });
+    try {
+      assert.equal(await wordAt(a, r.mapping.address + 6 * PAGE_SIZE), 6);
+      assert.equal(r.pager.snapshotMetrics().sourceErrors, 2);
+      assert.equal(r.pager.pageCounts().poisoned, 0);
+    } finally {
+      await r.dispose();
+    }
+  });
+
+  test('with sourceLost freeze, a source gone for good leaves the waiter waiting instead of poisoning it', async () => {
+    const source = new FunctionSource(SIZE, async (offset, length) => {
+      throw new SourceGoneError(offset, length, 'the page server did not come back');
+    });
+    const r = rig(source, { prefetch: false, sourceLost: 'freeze' });
+    try {
+      const read = a.run<number>({ op: 'process-vm-readv', address: r.mapping.address + 3 * PAGE_SIZE });
+      let settled = false;
+      void read.then(() => (settled = true));
+      for (let i = 0; i < 100 && r.pager.snapshotMetrics().sourceErrors === 0; i++) await sleep(2);
+      await sleep(50);
+      assert.equal(settled, false, 'the waiter is still waiting');
+      assert.equal(r.pager.pageCounts().poisoned, 0);
+      // Its owner decides: here, unregistering lets it go.
+      r.uffd.unregister(r.mapping.address, SIZE);
+      assert.equal(await read, PAGE_SIZE);
+    } finally {
+      await r.pager.stop();
+      r.uffd.close();
+      r.mapping.unmap();
     }
   });
 });
