@@ -1,35 +1,45 @@
 #!/usr/bin/env node
-// The `userfault` command line.
-import { Command, InvalidArgumentError, Option } from 'commander';
-import { runDemo } from '../demo/demo.js';
-import { parseSize } from './parse.js';
-import { registerSnapshotCommands } from './snapshot-commands.js';
+// The `userfault` command line. Every command ends the same way: its result
+// on stdout, an error on stderr (one JSON object under --json), and an exit
+// status from the one scheme of src/exit-codes.ts (docs/exit-codes.md).
+import { Command, CommanderError } from 'commander';
+import { ExitCode, exitCodeFor } from '../exit-codes.js';
+import { registerDemoCommand } from './demo-command.js';
+import { UsageError } from './errors.js';
+import { printError } from './output.js';
 import { registerProbeCommand } from './probe-command.js';
 import { registerServeCommand } from './serve-command.js';
+import { registerSnapshotCommands } from './snapshot-commands.js';
 import { registerVmCommands } from './vm-commands.js';
 
-export function buildProgram(): Command {
+export const DESCRIPTION =
+  'Userland page-fault handling, lazy memory and a KVM micro-VMM on userfaultfd: snapshots restored lazily, ' +
+  'a Firecracker-style page-fault handler, and the micro-VMM (live migration, a network page server, S3 sources ' +
+  'and a dashboard are planned, not yet here)';
+
+/** What commander reported of a usage error it found itself (so it is printed once). */
+interface UsageReport {
+  message: string | undefined;
+}
+
+export function buildProgram(json: boolean, usage: UsageReport = { message: undefined }): Command {
   const program = new Command('userfault')
-    .description('Userland page-fault handling, lazy memory and post-copy live migration on userfaultfd and KVM')
+    .description(DESCRIPTION)
     .version('0.1.0')
-    .showHelpAfterError();
-
-  program
-    .command('demo')
-    .description('the main job on a built-in default: snapshot a patterned image, restore it lazily, touch and verify every page')
-    .addOption(new Option('--size <bytes>', 'image size (K/M/G suffixes)').default('64M'))
-    .addOption(new Option('--pattern <order>', 'touch order').choices(['sequential', 'random']).default('sequential'))
-    .option('--json', 'print the result as JSON')
-    .action(async (options: { size: string; pattern: 'sequential' | 'random'; json?: boolean }) => {
-      const result = await runDemo({
-        sizeBytes: parseSize(options.size),
-        pattern: options.pattern,
-        log: options.json ? () => {} : (line) => console.log(line),
-      });
-      if (options.json) console.log(JSON.stringify(result, null, 2));
-      if (result.badPages.length > 0) process.exitCode = 1;
+    .showHelpAfterError('(add --help for usage)')
+    // Set before the commands are added: each inherits it when created.
+    .exitOverride()
+    .configureOutput({
+      outputError: (text, write) => {
+        usage.message = text.trim().replace(/^error: /, '');
+        if (!json) write(text);
+      },
+      // Under --json nothing but JSON reaches stderr: not the help after an error either.
+      writeErr: (text) => {
+        if (!json) process.stderr.write(text);
+      },
     });
-
+  registerDemoCommand(program);
   registerProbeCommand(program);
   registerSnapshotCommands(program);
   registerServeCommand(program);
@@ -37,11 +47,37 @@ export function buildProgram(): Command {
   return program;
 }
 
-export { InvalidArgumentError };
+/** Whether the command line asks for JSON (so an error found before parsing is printed as JSON too). */
+export function wantsJson(args: readonly string[]): boolean {
+  const end = args.indexOf('--');
+  return (end < 0 ? args : args.slice(0, end)).includes('--json');
+}
 
-buildProgram()
-  .parseAsync(process.argv)
-  .catch((error: Error & { code?: string }) => {
-    console.error(`userfault: ${error.message}${error.code ? ` [${error.code}]` : ''}`);
-    process.exitCode = 1;
-  });
+export async function main(argv: readonly string[]): Promise<number> {
+  const json = wantsJson(argv.slice(2));
+  const usage: UsageReport = { message: undefined };
+  try {
+    await buildProgram(json, usage).parseAsync([...argv]);
+    return Number(process.exitCode ?? ExitCode.OK);
+  } catch (error) {
+    if (error instanceof CommanderError) {
+      // --help and --version end with a CommanderError too, status 0.
+      if (error.exitCode === 0) return ExitCode.OK;
+      if (error.code === 'commander.help') {
+        // A command that needs a subcommand got none: commander printed the help (not under --json).
+        if (json) printError(new UsageError('a command is required (userfault --help lists them)'), json, ExitCode.USAGE);
+        return ExitCode.USAGE;
+      }
+      // commander printed the ones it found itself; an InvalidArgumentError thrown by an action it did not.
+      if (usage.message === undefined || json) {
+        printError(new UsageError(usage.message ?? error.message.replace(/^error: /, '')), json, ExitCode.USAGE);
+      }
+      return ExitCode.USAGE;
+    }
+    const status = exitCodeFor(error);
+    printError(error, json, status);
+    return status;
+  }
+}
+
+process.exitCode = await main(process.argv);
