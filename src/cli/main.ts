@@ -27,6 +27,7 @@ export function buildProgram(json: boolean, usage: UsageReport = { message: unde
     .description(DESCRIPTION)
     .version('0.1.0')
     .showHelpAfterError('(add --help for usage)')
+    .allowExcessArguments(false)
     // Set before the commands are added: each inherits it when created.
     .exitOverride()
     .configureOutput({
