@@ -120,10 +120,12 @@ describe('userfault snapshot inspect: exit statuses', () => {
     writeFileSync(path, bytes);
     const bad = run('snapshot', 'inspect', path, '--json');
     assert.equal(bad.status, ExitCode.CHECK_FAILED);
-    const report = JSON.parse(bad.stdout) as { ok: boolean; pages: { corruptPageCount: number; corruptPages: Array<{ pageIndex: number }> } };
+    const report = JSON.parse(bad.stdout) as { ok: boolean; pages: { corruptPageCount: number; corruptPages: Array<{ pageIndex: number; expectedCrc32: string; actualCrc32: string }> } };
     assert.equal(report.ok, false);
     assert.equal(report.pages.corruptPageCount, 1);
     assert.equal(report.pages.corruptPages[0]!.pageIndex, 15);
+    assert.match(report.pages.corruptPages[0]!.expectedCrc32, /^0x[0-9a-f]{8}$/, 'a checksum in hex');
+    assert.notEqual(report.pages.corruptPages[0]!.actualCrc32, report.pages.corruptPages[0]!.expectedCrc32);
     assert.equal(run('snapshot', 'inspect', path, '--no-verify').status, 0, 'not checked, nothing found');
   });
 
