@@ -1,6 +1,6 @@
 // `userfault demo` interrupted, and refusing to start without room for its snapshot.
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, readdirSync, rmSync, statfsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -59,6 +59,24 @@ describe('userfault demo, interrupted', { timeout: 90_000 }, () => {
     // The demo may finish touching before the signal lands; either way nothing is left.
     assert.ok(result.status.signal === 'SIGINT' || result.status.code === 0, JSON.stringify(result.status));
     assert.deepEqual(readdirSync(dir), []);
+  });
+});
+
+describe('userfault demo on a terminal', { skip: spawnSync('script', ['--version']).status === 0 ? undefined : 'no script(1) to give the demo a terminal' }, () => {
+  /** The demo under script(1): its stdout and stderr are a pseudo-terminal. */
+  const onTerminal = (...args: string[]) =>
+    spawnSync('script', ['-qec', [process.execPath, CLI, 'demo', ...args].map((a) => `'${a}'`).join(' '), '/dev/null'], { encoding: 'utf8', timeout: 60_000, killSignal: 'SIGKILL' });
+
+  test('draws its progress in place while it writes and touches; under --json it draws nothing', () => {
+    const text = onTerminal('--size', '64M');
+    assert.equal(text.status, 0, text.stdout);
+    assert.match(text.stdout, /\r\x1b\[Kwriting the snapshot: \d+ of 64 MiB \(\d+%\)/);
+    assert.match(text.stdout, /\r\x1b\[Ktouching pages: \d+ of 64 MiB \(\d+%\)/);
+    assert.match(text.stdout, /verify: every page matches the snapshot/);
+    const json = onTerminal('--size', '64M', '--json');
+    assert.equal(json.status, 0, json.stdout);
+    assert.doesNotMatch(json.stdout, /writing the snapshot|\x1b/);
+    assert.deepEqual((JSON.parse(json.stdout) as { badPages: number[] }).badPages, []);
   });
 });
 
