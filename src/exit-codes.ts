@@ -61,6 +61,7 @@ const BY_CODE: Readonly<Record<string, ExitCode>> = {
   // output
   ECANTCREATE: ExitCode.CANT_CREATE,
   EADDRINUSE: ExitCode.CANT_CREATE,
+  ENOSPACE: ExitCode.CANT_CREATE,
   // permission
   EPERM: ExitCode.NO_PERMISSION,
   EKVMACCESS: ExitCode.NO_PERMISSION,

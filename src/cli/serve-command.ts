@@ -1,15 +1,37 @@
 // `userfault serve`: a page-fault handler process for Firecracker-style clients.
-import { InvalidArgumentError, Option, type Command } from 'commander';
-import { formatClientGone, formatRegions, formatServerSummary, openMemoryFile, startHandlerServer } from '../handler/index.js';
+// Its log is one line per event: text, or with --json one JSON object per line
+// ({"event": ...}), events on stdout and errors on stderr either way.
+import { dirname } from 'node:path';
+import { Option, type Command } from 'commander';
+import {
+  formatClientGone,
+  formatRegions,
+  formatServerSummary,
+  openMemoryFile,
+  startHandlerServer,
+  type ClientSummary,
+  type HandlerServerSummary,
+  type HandshakeRegion,
+} from '../handler/index.js';
+import { errnoName } from '../uffd/errors.js';
+import { CannotCreateError, UsageError } from './errors.js';
+import { errorJson, errorLine, roundMs } from './output.js';
+import { fileModeArg, groupArg, integerArg } from './parse.js';
+import { checkInputFile } from './snapshot-commands.js';
 
 interface ServeOptions {
   socket: string;
   snapshot?: string;
   memoryFile?: string;
   readahead: boolean;
-  handshakeTimeout: string;
+  handshakeTimeout: number;
+  socketMode?: number;
+  socketGroup?: number;
   json?: boolean;
 }
+
+/** sizeof(sockaddr_un.sun_path) less its terminating NUL. */
+const MAX_SOCKET_PATH_BYTES = 107;
 
 export function registerServeCommand(program: Command): void {
   program
@@ -22,35 +44,58 @@ export function registerServeCommand(program: Command): void {
     .addOption(new Option('--snapshot <file>', 'a snapshot in this project\'s format').conflicts('memoryFile'))
     .addOption(new Option('--memory-file <file>', 'a raw memory file as Firecracker writes it (a snapshot is recognised by its magic)'))
     .option('--no-readahead', 'fetch exactly the faulting page, no read-ahead')
-    .option('--handshake-timeout <ms>', 'time a client has to send its regions and userfaultfd', '10000')
-    .option('--json', 'print the shutdown summary as JSON')
+    .addOption(
+      new Option('--handshake-timeout <ms>', 'time a client has to send its regions and userfaultfd')
+        .argParser(integerArg({ min: 1, max: 2 ** 31 - 1, unit: 'milliseconds' }))
+        .default(10_000, '10000'),
+    )
+    .addOption(new Option('--socket-mode <mode>', 'permission bits of the socket file, octal (clients need write permission to connect)').argParser(fileModeArg()))
+    .addOption(new Option('--socket-group <group>', 'group of the socket file, a name or a numeric id (e.g. the jailed VMM\'s group, with --socket-mode 0660)').argParser(groupArg()))
+    .option('--json', 'log one JSON object per line (events on stdout, errors on stderr)')
     .action(async (options: ServeOptions) => {
       const path = options.snapshot ?? options.memoryFile;
-      if (path === undefined) throw new InvalidArgumentError('give the memory to serve: --snapshot FILE or --memory-file FILE');
-      const handshakeTimeoutMs = Number(options.handshakeTimeout);
-      if (!Number.isSafeInteger(handshakeTimeoutMs) || handshakeTimeoutMs <= 0) {
-        throw new InvalidArgumentError(`--handshake-timeout ${options.handshakeTimeout} is not a positive number of milliseconds`);
+      if (path === undefined) throw new UsageError('give the memory to serve: --snapshot FILE or --memory-file FILE', '--snapshot');
+      if (Buffer.byteLength(options.socket) > MAX_SOCKET_PATH_BYTES) {
+        throw new CannotCreateError(options.socket, `a Unix socket path holds at most ${MAX_SOCKET_PATH_BYTES} bytes`);
       }
+      checkInputFile(path);
+      const log = serveLog(options.json === true);
       const { source, kind } = await openMemoryFile(path, options.snapshot ? 'snapshot' : 'auto');
       const server = await startHandlerServer({
         socketPath: options.socket,
         source,
         prefetch: options.readahead ? {} : false,
-        handshakeTimeoutMs,
-      }).catch(async (error: Error) => {
+        handshakeTimeoutMs: options.handshakeTimeout,
+        socketMode: options.socketMode,
+        socketGroupId: options.socketGroup,
+      }).catch(async (error: unknown) => {
         await source.close?.();
-        throw error;
+        throw listenError(options.socket, error);
       });
-      const log = (line: string): void => console.log(line);
-      server.on('client-connected', (client) => log(`client ${client.id}: connected`));
-      server.on('client-ready', (client) => log(`client ${client.id}: serving ${client.regions.length} regions: ${formatRegions(client.regions)}`));
-      server.on('client-notice', (client, message) => log(`client ${client.id}: ${message}`));
-      server.on('client-error', (client, error) =>
-        console.error(`client ${client.id}: error: ${error.message}${codeOf(error)}`),
+      server.on('client-connected', (client) => log.event({ event: 'client-connected', client: client.id }, `client ${client.id}: connected`));
+      server.on('client-ready', (client) =>
+        log.event(
+          { event: 'client-ready', client: client.id, regions: client.regions.map(regionJson) },
+          `client ${client.id}: serving ${client.regions.length} regions: ${formatRegions(client.regions)}`,
+        ),
       );
-      server.on('client-gone', (_client, summary) => log(formatClientGone(summary)));
-      server.on('error', (error) => console.error(`serve: ${error.message}${codeOf(error)}`));
-      log(`serving ${source.description} (${kind}, ${source.sizeBytes} bytes) on ${options.socket}, pid ${process.pid}`);
+      server.on('client-notice', (client, message) => log.event({ event: 'client-notice', client: client.id, message }, `client ${client.id}: ${message}`));
+      server.on('client-error', (client, error) => log.error({ event: 'client-error', client: client.id }, error, `client ${client.id}: error: `));
+      server.on('client-gone', (_client, summary) => log.event({ event: 'client-gone', ...clientJson(summary) }, formatClientGone(summary)));
+      server.on('error', (error) => log.error({ event: 'error' }, error, 'serve: '));
+      log.event(
+        {
+          event: 'listening',
+          socket: options.socket,
+          source: source.description,
+          kind,
+          sizeBytes: source.sizeBytes,
+          pid: process.pid,
+          ...(options.socketMode === undefined ? {} : { socketMode: `0${options.socketMode.toString(8)}` }),
+          ...(options.socketGroup === undefined ? {} : { socketGroupId: options.socketGroup }),
+        },
+        `serving ${source.description} (${kind}, ${source.sizeBytes} bytes) on ${options.socket}, pid ${process.pid}`,
+      );
 
       const signal = await new Promise<NodeJS.Signals>((resolve) => {
         process.once('SIGINT', resolve);
@@ -60,17 +105,78 @@ export function registerServeCommand(program: Command): void {
       const forceExit = (): never => process.exit(1);
       process.once('SIGINT', forceExit);
       process.once('SIGTERM', forceExit);
-      log(`${signal}: closing ${server.clients.length} clients`);
+      log.event({ event: 'closing', signal, clients: server.clients.length }, `${signal}: closing ${server.clients.length} clients`);
       const summary = await server.close();
       await source.close?.();
-      if (options.json) log(JSON.stringify(summary));
-      else for (const line of formatServerSummary(summary)) log(line);
+      log.summary(summary);
       process.off('SIGINT', forceExit);
       process.off('SIGTERM', forceExit);
     });
 }
 
-function codeOf(error: Error): string {
-  const code = (error as { code?: string }).code;
-  return code ? ` [${code}]` : '';
+interface ServeLog {
+  event(json: Record<string, unknown>, text: string): void;
+  /** `prefix` starts the text line ("client 2: error: "); the JSON line carries the error object. */
+  error(json: Record<string, unknown>, error: Error, prefix: string): void;
+  summary(summary: HandlerServerSummary): void;
+}
+
+function serveLog(json: boolean): ServeLog {
+  const out = (line: string): void => {
+    process.stdout.write(`${line}\n`);
+  };
+  const err = (line: string): void => {
+    process.stderr.write(`${line}\n`);
+  };
+  if (json) {
+    return {
+      event: (fields) => out(JSON.stringify(fields)),
+      error: (fields, error) => err(JSON.stringify({ ...fields, error: errorJson(error) })),
+      summary: (summary) => out(JSON.stringify({ event: 'summary', ...summaryJson(summary) })),
+    };
+  }
+  return {
+    event: (_fields, text) => out(text),
+    error: (_fields, error, prefix) => err(`${prefix}${errorLine(error).replace(/^userfault: /, '')}`),
+    summary: (summary) => formatServerSummary(summary).forEach(out),
+  };
+}
+
+/** Addresses as hex strings (a u64 JSON cannot carry as a number in general). */
+function regionJson(region: HandshakeRegion): Record<string, unknown> {
+  return { hostAddress: `0x${region.hostAddress.toString(16)}`, lengthBytes: region.lengthBytes, fileOffset: region.fileOffset, pageSizeBytes: region.pageSizeBytes };
+}
+
+function clientJson(summary: ClientSummary): Record<string, unknown> {
+  return {
+    client: summary.id,
+    state: summary.state,
+    ...(summary.endReason === undefined ? {} : { endReason: summary.endReason }),
+    ...(summary.endError === undefined ? {} : { endError: summary.endError }),
+    regions: summary.regions.map(regionJson),
+    probePagesCopied: summary.probePagesCopied,
+    errorsReported: summary.errorsReported,
+    connectedMs: roundMs(summary.connectedMs),
+    ...(summary.metrics === undefined ? {} : { metrics: summary.metrics }),
+  };
+}
+
+function summaryJson(summary: HandlerServerSummary): Record<string, unknown> {
+  return { socketPath: summary.socketPath, source: summary.source, totals: summary.totals, clients: summary.clients.map(clientJson) };
+}
+
+/** bind(2) and friends name no path; say which socket could not be made, and why. */
+function listenError(socketPath: string, error: unknown): unknown {
+  const e = error as { code?: string; errno?: number; syscall?: string };
+  if (e.syscall === undefined || !['socket', 'bind', 'listen', 'chmod', 'chown'].includes(e.syscall)) return error;
+  // The addon's errors carry the kernel's errno (their code is the library's class code); Node's carry the errno name.
+  const errno = typeof e.errno === 'number' && e.errno > 0 ? errnoName(e.errno) : e.code ?? '';
+  const reasons: Record<string, string> = {
+    ENOENT: `the directory ${dirname(socketPath)} does not exist`,
+    ENOTDIR: `a component of ${dirname(socketPath)} is not a directory`,
+    EACCES: `permission denied in ${dirname(socketPath)}`,
+    EPERM: e.syscall === 'chown' ? 'this process may not give files to that group' : 'operation not permitted',
+    EROFS: 'the file system is read-only',
+  };
+  return new CannotCreateError(socketPath, reasons[errno] ?? `${e.syscall} failed (${errno})`, { cause: error });
 }

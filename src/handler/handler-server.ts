@@ -5,7 +5,7 @@
 // with its own Pager, all in this one event loop: nothing here blocks, and no
 // thread here ever touches a client's memory.
 import { EventEmitter } from 'node:events';
-import { lstatSync, unlinkSync } from 'node:fs';
+import { chmodSync, chownSync, lstatSync, unlinkSync } from 'node:fs';
 import { native, type NativeWatch } from '../native.js';
 import type { PrefetchOptions } from '../pager/readahead.js';
 import type { PageSource } from '../sources/page-source.js';
@@ -24,6 +24,14 @@ export interface HandlerServerOptions {
   probeRegions?: boolean;
   /** listen(2) backlog (default 64). */
   backlog?: number;
+  /**
+   * Permission bits for the socket file (e.g. 0o660): connect(2) needs write
+   * permission on it, so a VMM running as another user (Firecracker's jailer)
+   * needs this or socketGroup. Default: what bind(2) and the umask give.
+   */
+  socketMode?: number;
+  /** Group id to give the socket file (chown to a group this process may give files to). */
+  socketGroupId?: number;
 }
 
 export interface HandlerServerEvents {
@@ -150,6 +158,16 @@ export class HandlerServer extends EventEmitter<HandlerServerEvents> {
  */
 export async function startHandlerServer(options: HandlerServerOptions): Promise<HandlerServer> {
   const listenFd = listenReplacingStale(options.socketPath, options.backlog ?? 64);
+  // No client is accepted before the watch starts in listen() below; one that connects in
+  // between waits in the backlog with the permissions it had at bind(2) time.
+  try {
+    if (options.socketGroupId !== undefined) chownSync(options.socketPath, -1, options.socketGroupId);
+    if (options.socketMode !== undefined) chmodSync(options.socketPath, options.socketMode);
+  } catch (error) {
+    native.close(listenFd);
+    unlinkSync(options.socketPath);
+    throw error;
+  }
   const server = new HandlerServer(options, listenFd, lstatSync(options.socketPath).ino);
   server.listen();
   return server;

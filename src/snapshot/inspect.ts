@@ -18,6 +18,24 @@ export interface SnapshotRegionReport {
   readonly zeroPageCount: number;
 }
 
+/** A page whose CRC did not match, as the report shows it. */
+export interface CorruptPageReport {
+  readonly pageIndex: number;
+  readonly imageOffset: number;
+  readonly fileOffset: number;
+  /** CRC32s as 8 hex digits ("0x1a232a09"): checksums are compared, not counted. */
+  readonly expectedCrc32: string;
+  readonly actualCrc32: string;
+}
+
+export interface SnapshotPagesReport {
+  readonly ok: boolean;
+  readonly pagesChecked: number;
+  readonly corruptPageCount: number;
+  /** The first corrupt pages found (at most 64). */
+  readonly corruptPages: readonly CorruptPageReport[];
+}
+
 export interface SnapshotReport {
   readonly path: string;
   readonly fileSizeBytes: number;
@@ -39,7 +57,7 @@ export interface SnapshotReport {
     readonly metadata: SnapshotSectionReport;
   };
   /** Header, tables and metadata always passed (open refuses otherwise); null when pages were not verified. */
-  readonly pages: SnapshotVerifyReport | null;
+  readonly pages: SnapshotPagesReport | null;
   /** Every checksum that was checked matched. */
   readonly ok: boolean;
 }
@@ -52,7 +70,7 @@ export async function inspectSnapshot(path: string, options: { verify?: boolean 
   const file = await SnapshotFile.open(path);
   try {
     const { header } = file;
-    const pages = options.verify === false ? null : await file.verifyAll();
+    const pages = options.verify === false ? null : pagesReport(await file.verifyAll());
     const regions = file.regions.map((region): SnapshotRegionReport => {
       let dataPageCount = 0;
       for (let page = 0; page < region.pageCount; page++) {
@@ -96,6 +114,25 @@ export async function inspectSnapshot(path: string, options: { verify?: boolean 
   }
 }
 
+function pagesReport(verified: SnapshotVerifyReport): SnapshotPagesReport {
+  return {
+    ok: verified.ok,
+    pagesChecked: verified.pagesChecked,
+    corruptPageCount: verified.corruptPageCount,
+    corruptPages: verified.corruptPages.map((page) => ({
+      pageIndex: page.pageIndex,
+      imageOffset: page.imageOffset,
+      fileOffset: page.fileOffset,
+      expectedCrc32: crcHex(page.expectedCrc32),
+      actualCrc32: crcHex(page.actualCrc32),
+    })),
+  };
+}
+
+function crcHex(crc: number): string {
+  return `0x${crc.toString(16).padStart(8, '0')}`;
+}
+
 /** The report as the text `userfault snapshot inspect` prints. */
 export function formatSnapshotReport(report: SnapshotReport): string {
   const hex = (value: number): string => `0x${value.toString(16)}`;
@@ -121,7 +158,7 @@ export function formatSnapshotReport(report: SnapshotReport): string {
   } else {
     lines.push(`  pages: ${report.pages.pagesChecked} checked, ${report.pages.corruptPageCount} CORRUPT`);
     for (const page of report.pages.corruptPages) {
-      lines.push(`    page ${page.pageIndex} image ${hex(page.imageOffset)} file ${hex(page.fileOffset)}: CRC32 ${hex(page.actualCrc32)}, expected ${hex(page.expectedCrc32)}`);
+      lines.push(`    page ${page.pageIndex} image ${hex(page.imageOffset)} file ${hex(page.fileOffset)}: CRC32 ${page.actualCrc32}, expected ${page.expectedCrc32}`);
     }
   }
   return lines.join('\n');

@@ -1,0 +1,39 @@
+// scripts/setup.sh on a machine that lacks the build tools: it asks Debian for
+// exactly the missing ones (SETUP_DRY_RUN prints them and stops).
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, symlinkSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+
+const setup = fileURLToPath(new URL('../../../scripts/setup.sh', import.meta.url));
+
+/** Run setup.sh with PATH holding only `commands` (besides what the script itself uses). */
+function dryRun(commands: string[]): string {
+  const bin = mkdtempSync(join(tmpdir(), 'userfault-setup-'));
+  try {
+    for (const command of ['bash', 'dirname', 'id', 'env', ...commands]) {
+      const found = spawnSync('bash', ['-c', `command -v ${command}`], { encoding: 'utf8' }).stdout.trim();
+      if (found) symlinkSync(found, join(bin, command));
+    }
+    const result = spawnSync(join(bin, 'bash'), [setup], { encoding: 'utf8', env: { PATH: bin, SETUP_DRY_RUN: '1' }, timeout: 10_000 });
+    assert.equal(result.status, 0, result.stderr);
+    return result.stdout.trim();
+  } finally {
+    rmSync(bin, { recursive: true, force: true });
+  }
+}
+
+describe('scripts/setup.sh', () => {
+  test('on a bare machine it would install nasm, python3, make, gcc and g++', () => {
+    assert.equal(dryRun([]), 'setup: would install from Debian: nasm python3 make gcc g++');
+  });
+
+  test('it asks only for what is missing', () => {
+    const have = ['nasm', 'python3', 'make', 'gcc', 'g++'].filter((c) => spawnSync('bash', ['-c', `command -v ${c}`]).status === 0);
+    const expected = ['nasm', 'python3', 'make', 'gcc', 'g++'].filter((c) => !have.includes(c) || c === 'g++');
+    assert.equal(dryRun(have.filter((c) => c !== 'g++')), `setup: would install from Debian: ${expected.join(' ')}`);
+  });
+});
