@@ -34,8 +34,8 @@ describe('userfault vm: options', () => {
 
   test('talking to a socket nobody serves says so', () => {
     const result = cli(['vm', 'status', '--api-sock', '/nonexistent/vm.sock']);
-    assert.equal(result.status, 1);
-    assert.match(result.stderr, /no VM is listening on \/nonexistent\/vm\.sock/);
+    assert.equal(result.status, 69, 'unavailable (sysexits EX_UNAVAILABLE)');
+    assert.match(result.stderr, /no VM is listening on \/nonexistent\/vm\.sock \[ENOVM\]/);
   });
 });
 
@@ -50,9 +50,9 @@ describe('userfault vm: a guest through the CLI', { skip, timeout: 60000 }, () =
     assert.match(run.stderr(), /^vm: exited after [\d.]+ s: the guest is done, status 0$/m);
   });
 
-  test('vm run with a missing image: a clean error and exit 64', async (t) => {
+  test('vm run with a missing image: a clean error and exit 66', async (t) => {
     const run = spawnCli(t, ['vm', 'run', '--guest', '/nonexistent/guest.elf', '--mem', '16M']);
-    assert.equal(await run.exit, 64);
+    assert.equal(await run.exit, 66, 'no input (sysexits EX_NOINPUT)');
     assert.match(run.stderr(), /EIMAGENOTFOUND/);
   });
 
@@ -66,13 +66,16 @@ describe('userfault vm: a guest through the CLI', { skip, timeout: 60000 }, () =
     const status = cli(['vm', 'status', '--api-sock', sock]);
     assert.equal(status.status, 0, status.stderr);
     assert.match(status.stdout, /^state: running/);
-    assert.equal(cli(['vm', 'pause', '--api-sock', sock]).status, 0);
+    assert.match(status.stdout, /^state: running, memory 32 MiB$/m);
+    assert.deepEqual(cli(['vm', 'pause', '--api-sock', sock]), { status: 0, stdout: 'paused\n', stderr: '' });
+    assert.deepEqual(cli(['vm', 'pause', '--api-sock', sock]), { status: 0, stdout: 'already paused\n', stderr: '' });
     assert.match(cli(['vm', 'status', '--api-sock', sock]).stdout, /^state: paused/);
-    assert.equal(cli(['vm', 'resume', '--api-sock', sock]).status, 0);
+    assert.deepEqual(cli(['vm', 'resume', '--api-sock', sock, '--json']), { status: 0, stdout: '{"state":"running","changed":true}\n', stderr: '' });
+    assert.deepEqual(cli(['vm', 'resume', '--api-sock', sock]), { status: 0, stdout: 'already running\n', stderr: '' });
 
     const snapshot = cli(['vm', 'snapshot', '--api-sock', sock, '--out', snap, '--stop']);
     assert.equal(snapshot.status, 0, snapshot.stderr);
-    assert.match(snapshot.stdout, /^snapshot .*vm\.snap: [\d.]+ MB \(\d+ data pages, \d+ zero pages not stored\) in [\d.]+ ms .*the VM is stopped$/m);
+    assert.match(snapshot.stdout, /^snapshot .*vm\.snap: [\d.]+ MiB \(\d+ data pages, \d+ zero pages not stored\) in [\d.]+ ms .*the VM is stopped$/m);
     assert.equal(await run.exit, 0, run.stderr());
     assert.ok(statSync(snap).size > 8 << 20);
     const last = run.console.heartbeats().at(-1)!;
@@ -87,6 +90,7 @@ describe('userfault vm: a guest through the CLI', { skip, timeout: 60000 }, () =
     assert.match(lazyStatus.stdout, /lazy memory: [1-9]\d* faults served/);
     const input = cli(['vm', 'input', 'q', '--api-sock', sock2]);
     assert.equal(input.status, 0, `${input.stderr}\nthe VMM said:\n${restored.stderr()}`);
+    assert.equal(input.stdout, 'sent 1 byte to COM1\n');
     assert.equal(await restored.exit, 0, restored.stderr());
     assert.equal(restored.console.heartbeats()[0], last + 1);
     assert.match(restored.console.text, /verify pages=2048 bad=0/);

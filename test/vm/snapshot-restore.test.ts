@@ -57,7 +57,7 @@ describe('snapshot and restore across processes', { skip, timeout: 90000 }, () =
 
     const { imageOffset } = await corruptStoredPage(snap, 'last');
     const restored = spawnVmm(t, ['restore', snap]);
-    assert.equal(await restored.exit, 64);
+    assert.equal(await restored.exit, 65, 'bad input data (sysexits EX_DATAERR)');
     assert.match(restored.stderr(), /ESNAPSHOTINVALID.*CRC/i);
     assert.match(restored.stderr(), new RegExp(`image offset 0x${imageOffset.toString(16)}`));
     assert.equal(restored.console.text, '', 'the guest never ran');
@@ -71,8 +71,9 @@ describe('snapshot and restore across processes', { skip, timeout: 90000 }, () =
     const bad = await controlRequest(sock, 'PATCH', '/vm', { state: 'Sleeping' });
     assert.equal(bad.status, 400);
     assert.match((bad.body as { fault_message: string }).fault_message, /Paused/);
-    assert.equal((await controlRequest(sock, 'PATCH', '/vm', { state: 'Paused' })).status, 204);
-    assert.equal((await controlRequest(sock, 'PATCH', '/vm', { state: 'Resumed' })).status, 204);
+    assert.deepEqual(await controlRequest(sock, 'PATCH', '/vm', { state: 'Paused' }), { status: 200, body: { state: 'paused', changed: true } });
+    assert.deepEqual(await controlRequest(sock, 'PATCH', '/vm', { state: 'Paused' }), { status: 200, body: { state: 'paused', changed: false } });
+    assert.deepEqual(await controlRequest(sock, 'PATCH', '/vm', { state: 'Resumed' }), { status: 200, body: { state: 'running', changed: true } });
     await controlRequest(sock, 'PUT', '/actions', { action_type: 'Stop' });
     assert.equal(await run.exit, 0);
   });

@@ -53,7 +53,7 @@ describe('the 16550 UART', () => {
     const a = uart();
     a.dev.write(7, 1, 0x5a);
     a.dev.enqueueInput(new Uint8Array(18).fill(0x61));
-    const state = JSON.parse(JSON.stringify(a.dev.saveState()));
+    const state = structuredClone(a.dev.saveState());
     const b = uart();
     b.dev.restoreState(state);
     assert.equal(b.dev.read(7, 1), 0x5a);

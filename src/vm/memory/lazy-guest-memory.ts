@@ -121,9 +121,7 @@ export class LazyGuestMemory {
         }
         failed = true;
         const cause = (error.cause as Error | undefined)?.message ?? error.message;
-        const invalid = new InvalidVmSnapshotError(file.path, `guest page at image offset 0x${error.offset.toString(16)}: ${cause}`);
-        (invalid as { cause?: unknown }).cause = error;
-        onFailure(invalid);
+        onFailure(new InvalidVmSnapshotError(file.path, `guest page at image offset 0x${error.offset.toString(16)}: ${cause}`, { cause: error }));
       });
       pager.start();
       return lazy;
