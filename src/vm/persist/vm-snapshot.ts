@@ -63,6 +63,8 @@ function describeErrno(error: unknown): string {
       return 'the disk quota is exhausted';
     case 'ENOTDIR':
       return 'a component of the path is not a directory';
+    case 'ENOENT':
+      return 'no file can be created there';
     case 'ENAMETOOLONG':
       return 'the name is too long';
     default:
