@@ -241,7 +241,7 @@ export function registerVmCommands(program: Command): void {
 class SnapshotCommandError extends VmError {
   override readonly code = 'ESNAPSHOTFAILED';
   constructor(readonly path: string, readonly vmState: string, cause: unknown, note: string) {
-    super(`the snapshot to ${path} failed: ${(cause as Error).message}; the VM is ${vmState}${note}`, { cause });
+    super(`snapshot failed: ${(cause as Error).message}; the VM is ${vmState}${note}`, { cause });
   }
 }
 

@@ -3,6 +3,7 @@
 // carry the code; a cause is passed at construction. What each code means for
 // an exit status is src/exit-codes.ts's table; for an HTTP status on the
 // control socket, control-api.ts's. KVM ioctl failures are kvm/kvm-errors.ts.
+import { constants as osConstants } from 'node:os';
 import { UserfaultError } from '../errors.js';
 
 export class VmError extends UserfaultError {
@@ -13,7 +14,7 @@ export class VmError extends UserfaultError {
 export class KvmUnavailableError extends VmError {
   override readonly code = 'EKVMUNAVAILABLE';
   constructor(readonly errno: number, options?: { cause?: unknown }) {
-    super(errno === 2
+    super(errno === osConstants.errno.ENOENT
       ? '/dev/kvm does not exist: this host offers no KVM (load kvm_intel or kvm_amd, or run where KVM is available)'
       : `/dev/kvm cannot be opened (errno ${errno}): KVM is not available to this process`, options);
   }

@@ -200,7 +200,7 @@ describe('userfault vm: snapshots, JSON and errors through the CLI', { skip, tim
     // /proc exists and is a directory, so the path passes the check; no file can be created in it.
     const resumed = cli(['vm', 'snapshot', '--api-sock', sock, '--out', '/proc/vm.snap', '--resume']);
     assert.equal(resumed.status, 73, resumed.stderr);
-    assert.match(resumed.stderr, /^userfault: the snapshot to \/proc\/vm\.snap failed: cannot write the snapshot to \/proc\/vm\.snap: no file can be created there; the VM is running \[ECANTCREATE\]$/m);
+    assert.match(resumed.stderr, /^userfault: snapshot failed: cannot write the snapshot to \/proc\/vm\.snap: no file can be created there; the VM is running \[ECANTCREATE\]$/m);
     assert.doesNotMatch(resumed.stderr, /\.tmp/, 'the writer\'s temporary file is not the user\'s business');
     assert.match(cli(['vm', 'status', '--api-sock', sock]).stdout, /^state: running/);
 
