@@ -28,9 +28,6 @@ import { decodeVcpuError, type GuestExitReason, type VcpuCommandBody, type VcpuC
 import type { VcpuRunState } from './vcpu-state-machine.js';
 import { VmLifecycle, type VmLifecycleEvent, type VmLifecycleState } from './vm-lifecycle.js';
 
-/** The VM's state as reported: its lifecycle state. */
-export type VmRunState = VmLifecycleState;
-
 /** What a pause or resume did: the state after it, and whether it changed anything ("already paused"). */
 export interface VmStateChange {
   state: VmLifecycleState;
