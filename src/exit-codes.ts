@@ -39,6 +39,8 @@ export type ExitCode = (typeof ExitCode)[keyof typeof ExitCode];
 const BY_CODE: Readonly<Record<string, ExitCode>> = {
   // usage
   EUSAGE: ExitCode.USAGE,
+  EVMCONFIG: ExitCode.USAGE,
+  EBADREQUEST: ExitCode.USAGE,
   // malformed input
   ESNAPSHOT: ExitCode.DATA,
   ESNAPSHOT_TRUNCATED: ExitCode.DATA,
@@ -50,6 +52,9 @@ const BY_CODE: Readonly<Record<string, ExitCode>> = {
   EIMAGEINVALID: ExitCode.DATA,
   ENOTSNAPSHOT: ExitCode.DATA,
   EGUESTMEM: ExitCode.USAGE,
+  EKVMSTATESIZE: ExitCode.DATA,
+  ESERIALFULL: ExitCode.DATA,
+  EBODYTOOLARGE: ExitCode.DATA,
   // missing input
   ENOINPUT: ExitCode.NO_INPUT,
   EIMAGENOTFOUND: ExitCode.NO_INPUT,
@@ -58,6 +63,11 @@ const BY_CODE: Readonly<Record<string, ExitCode>> = {
   EKVMCAP: ExitCode.UNAVAILABLE,
   EFEATURE: ExitCode.UNAVAILABLE,
   ENOVM: ExitCode.UNAVAILABLE,
+  EKVMNOTSUP: ExitCode.UNAVAILABLE,
+  // the VM is in a state that does not allow the request (409 on its control socket)
+  ESTATE: ExitCode.UNAVAILABLE,
+  // the OS refused
+  EKVMNOMEM: ExitCode.OS,
   // output
   ECANTCREATE: ExitCode.CANT_CREATE,
   EADDRINUSE: ExitCode.CANT_CREATE,
@@ -65,6 +75,7 @@ const BY_CODE: Readonly<Record<string, ExitCode>> = {
   // permission
   EPERM: ExitCode.NO_PERMISSION,
   EKVMACCESS: ExitCode.NO_PERMISSION,
+  EKVMPERM: ExitCode.NO_PERMISSION,
 };
 
 export function exitCodeFor(error: unknown): ExitCode {

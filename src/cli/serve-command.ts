@@ -165,15 +165,16 @@ function summaryJson(summary: HandlerServerSummary): Record<string, unknown> {
   return { socketPath: summary.socketPath, source: summary.source, totals: summary.totals, clients: summary.clients.map(clientJson) };
 }
 
-/** bind(2) and friends name no path; say which socket could not be made, and why. */
+/**
+ * chmod/chown of the socket (--socket-mode, --socket-group) name no path; say which socket, and why.
+ * (bind and listen failures already name it: src/net/unix-socket-path.ts.)
+ */
 function listenError(socketPath: string, error: unknown): unknown {
   const e = error as { code?: string; errno?: number; syscall?: string };
-  if (e.syscall === undefined || !['socket', 'bind', 'listen', 'chmod', 'chown'].includes(e.syscall)) return error;
+  if (e.syscall === undefined || !['chmod', 'chown'].includes(e.syscall)) return error;
   // The addon's errors carry the kernel's errno (their code is the library's class code); Node's carry the errno name.
   const errno = typeof e.errno === 'number' && e.errno > 0 ? errnoName(e.errno) : e.code ?? '';
   const reasons: Record<string, string> = {
-    ENOENT: `the directory ${dirname(socketPath)} does not exist`,
-    ENOTDIR: `a component of ${dirname(socketPath)} is not a directory`,
     EACCES: `permission denied in ${dirname(socketPath)}`,
     EPERM: e.syscall === 'chown' ? 'this process may not give files to that group' : 'operation not permitted',
     EROFS: 'the file system is read-only',

@@ -3,12 +3,20 @@
 // socket, restore it eagerly or lazily, and drive it (status, pause, resume,
 // input, stop). The VMM itself is src/vm/vmm-process.ts; this file is options
 // and printing.
-import { InvalidArgumentError, Option, type Command } from 'commander';
-import { controlRequest } from '../vm/control-api.js';
+//
+// Every command handles its own errors: it prints them (a JSON object on
+// stderr with --json, else one readable line) and sets the exit status of
+// src/exit-codes.ts's scheme (64 for a command line that is wrong, before
+// anything is sent or built). Sizes are printed in binary units (MiB, GiB),
+// times in ms to 0.1; --json numbers are rounded to 0.01.
+import { resolve } from 'node:path';
+import { Option, type Command } from 'commander';
+import { exitCodeFor } from '../exit-codes.js';
+import { callControlApi } from '../vm/control-api.js';
+import { ControlApiError, VmError, VmUsageError } from '../vm/errors.js';
 import type { LazyRestoreOptions } from '../vm/memory/lazy-guest-memory.js';
-import type { VmStatus } from '../vm/vmm.js';
-import { runVmmProcess, type VmmProcessEvent } from '../vm/vmm-process.js';
-import { parseSize } from './parse.js';
+import type { VmStateChange, VmSnapshotSummary, VmStatus } from '../vm/vmm.js';
+import { checkMachineOptions, errorEvent, formatBytes, runVmmProcess, type VmmProcessEvent } from '../vm/vmm-process.js';
 
 interface CommonRunOptions {
   apiSock?: string;
@@ -38,6 +46,16 @@ interface RestoreCliOptions extends CommonRunOptions {
   prefetchPages?: string;
 }
 
+interface SocketOptions {
+  apiSock: string;
+  json?: boolean;
+}
+
+/** Where the micro guest's region starts (guest/micro.asm REGION_BASE), and its largest size (MAX_PAGES). */
+const MICRO_REGION_BASE_BYTES = 2 << 20;
+const MICRO_REGION_MAX_MIB = 512;
+const MiB = 1 << 20;
+
 export function registerVmCommands(program: Command): void {
   const vm = program
     .command('vm')
@@ -46,32 +64,37 @@ export function registerVmCommands(program: Command): void {
   vm.command('run')
     .description('boot a multiboot guest (the built-in micro guest by default) with its console on the terminal')
     .addOption(new Option('--guest <image>', '"builtin" or a multiboot v1 ELF image').default('builtin'))
-    .addOption(new Option('--mem <bytes>', 'guest RAM (K/M/G suffixes)').default('256M'))
-    .addOption(new Option('--cpus <n>', 'vCPUs').default('1').argParser(positiveInt('--cpus')))
+    .addOption(new Option('--mem <bytes>', 'guest RAM (K/M/G suffixes; a multiple of 4 KiB, at most 3G)').default('256M'))
+    .addOption(new Option('--cpus <n>', 'vCPUs (1 to 255)').default('1'))
     .addOption(new Option('--workload <name>', 'micro guest workload').choices(['idle', 'writer', 'verify']))
-    .addOption(new Option('--workload-mem <MiB>', 'micro guest: MiB of memory the writer fills and dirties').argParser(positiveInt('--workload-mem')))
-    .addOption(new Option('--rate <pages>', 'micro guest: pages dirtied per second (0: flat out)').argParser(nonNegativeInt('--rate')))
+    .addOption(new Option('--workload-mem <MiB>', 'micro guest: MiB of memory the writer fills and dirties (it starts at 2 MiB, so at most --mem minus 2 MiB)'))
+    .addOption(new Option('--rate <pages>', 'micro guest: pages dirtied per second (0: flat out)'))
     .addOption(new Option('--pattern <order>', 'micro guest: order the writer dirties pages in').choices(['seq', 'random']))
-    .addOption(new Option('--seed <n>', 'micro guest: pattern seed').argParser(nonNegativeInt('--seed')))
-    .addOption(new Option('--hb <ticks>', 'micro guest: timer ticks (10 ms) between heartbeats').argParser(positiveInt('--hb')))
-    .addOption(new Option('--beats <n>', 'micro guest: heartbeats before a final verify and done (0: forever)').argParser(nonNegativeInt('--beats')))
+    .addOption(new Option('--seed <n>', 'micro guest: pattern seed'))
+    .addOption(new Option('--hb <ticks>', 'micro guest: timer ticks (10 ms) between heartbeats'))
+    .addOption(new Option('--beats <n>', 'micro guest: heartbeats before a final verify and done (0: forever)'))
     .option('--cmdline <text>', 'the guest command line verbatim (instead of the workload options)')
-    .option('--api-sock <path>', 'serve the control socket here (snapshot, pause, resume, status)')
+    .option('--api-sock <path>', 'serve the control socket here (snapshot, pause, resume, status); a stale socket is replaced, nothing else')
     .option('--log <file>', 'also write the console to this file')
     .option('--no-stdin', 'do not forward the terminal to the guest\'s COM1 (by default keys go to the guest; Ctrl-C stops the VM)')
-    .option('--json', 'report VMM events as JSON lines on stderr')
+    .option('--json', 'report VMM events as JSON lines (one object per line) on stderr')
     .action(async (options: RunOptions) => {
-      const cmdline = guestCmdline(options);
-      process.exitCode = await runVmmProcess({
-        command: 'run',
-        image: options.guest,
-        memoryBytes: parseSize(options.mem),
-        vcpuCount: Number(options.cpus),
-        cmdline,
-        apiSock: options.apiSock,
-        log: options.log,
-        forwardStdin: options.stdin && process.stdin.isTTY === true,
-        report: reporter(options.json),
+      await handled(options.json, async () => {
+        const memoryBytes = sizeOption('--mem', options.mem);
+        const vcpuCount = countOption('--cpus', options.cpus, 1);
+        checkMachineOptions(memoryBytes, vcpuCount);
+        const cmdline = guestCmdline(options, memoryBytes);
+        return runVmmProcess({
+          command: 'run',
+          image: options.guest,
+          memoryBytes,
+          vcpuCount,
+          cmdline,
+          apiSock: options.apiSock === undefined ? undefined : resolve(options.apiSock),
+          log: options.log,
+          forwardStdin: options.stdin && process.stdin.isTTY === true,
+          report: reporter(options.json),
+        });
       });
     });
 
@@ -80,124 +103,242 @@ export function registerVmCommands(program: Command): void {
     .option('--lazy', 'register guest RAM with userfaultfd and resume at once; the pager fills pages on demand from the snapshot')
     .option('--prefetch-all', 'lazy: stream every page still missing in the background after the guest resumes')
     .option('--no-verify', 'lazy: do not check every page\'s CRC before the guest runs (pages are checked as they fault in; a corrupt one stops the VM)')
-    .addOption(new Option('--prefetch-pages <n>', 'lazy: largest read-ahead window around a fault, in pages (1: none)').argParser(positiveInt('--prefetch-pages')))
-    .option('--api-sock <path>', 'serve the control socket here')
+    .addOption(new Option('--prefetch-pages <n>', 'lazy: largest read-ahead window around a fault, in pages (1: none)'))
+    .option('--api-sock <path>', 'serve the control socket here; a stale socket is replaced, nothing else')
     .option('--log <file>', 'also write the console to this file')
     .option('--no-stdin', 'do not forward the terminal to the guest\'s COM1')
-    .option('--json', 'report VMM events as JSON lines on stderr')
+    .option('--json', 'report VMM events as JSON lines (one object per line) on stderr')
     .action(async (snapshot: string, options: RestoreCliOptions) => {
-      if (!options.lazy && (options.prefetchAll || !options.verify || options.prefetchPages)) {
-        throw new InvalidArgumentError('--prefetch-all, --no-verify and --prefetch-pages apply to --lazy');
-      }
-      const maxPages = options.prefetchPages === undefined ? undefined : Number(options.prefetchPages);
-      const lazy: LazyRestoreOptions | false = options.lazy
-        ? { prefetchAll: options.prefetchAll ?? false, verify: options.verify, ...(maxPages === undefined ? {} : { prefetch: maxPages <= 1 ? false : { maxPages } }) }
-        : false;
-      process.exitCode = await runVmmProcess({
-        command: 'restore',
-        snapshotPath: snapshot,
-        lazy,
-        apiSock: options.apiSock,
-        log: options.log,
-        forwardStdin: options.stdin && process.stdin.isTTY === true,
-        report: reporter(options.json),
+      await handled(options.json, async () => {
+        if (!options.lazy && (options.prefetchAll || !options.verify || options.prefetchPages !== undefined)) {
+          throw new VmUsageError(['--prefetch-all', '--no-verify', '--prefetch-pages', '--lazy'], '--prefetch-all, --no-verify and --prefetch-pages apply to --lazy');
+        }
+        const maxPages = options.prefetchPages === undefined ? undefined : countOption('--prefetch-pages', options.prefetchPages, 1);
+        const lazy: LazyRestoreOptions | false = options.lazy
+          ? { prefetchAll: options.prefetchAll ?? false, verify: options.verify, ...(maxPages === undefined ? {} : { prefetch: maxPages <= 1 ? false : { maxPages } }) }
+          : false;
+        return runVmmProcess({
+          command: 'restore',
+          snapshotPath: resolve(snapshot),
+          lazy,
+          apiSock: options.apiSock === undefined ? undefined : resolve(options.apiSock),
+          log: options.log,
+          forwardStdin: options.stdin && process.stdin.isTTY === true,
+          report: reporter(options.json),
+        });
       });
     });
 
   vm.command('snapshot')
-    .description('pause a running VM and write its complete state and memory (through its control socket); it stays paused')
+    .description('pause a running VM and write its complete state and memory (through its control socket); it stays paused unless --resume or --stop')
     .requiredOption('--api-sock <path>', 'the VM\'s control socket')
-    .requiredOption('--out <file>', 'the snapshot file to write')
-    .option('--resume', 'resume the VM once the snapshot is written')
-    .option('--stop', 'stop the VM once the snapshot is written')
-    .option('--json', 'print the result as JSON')
-    .action(async (options: { apiSock: string; out: string; resume?: boolean; stop?: boolean; json?: boolean }) => {
-      const created = await call(options.apiSock, 'PUT', '/snapshot/create', { snapshot_path: options.out });
-      const summary = created as { path: string; fileSizeBytes: number; dataPageCount: number; zeroPageCount: number; pauseMs: number; saveStateMs: number; durationMs: number };
-      if (options.resume) await call(options.apiSock, 'PATCH', '/vm', { state: 'Resumed' });
-      if (options.stop) await call(options.apiSock, 'PUT', '/actions', { action_type: 'Stop' });
-      if (options.json) console.log(JSON.stringify(summary, null, 2));
-      else {
-        console.log(
-          `snapshot ${summary.path}: ${mb(summary.fileSizeBytes)} (${summary.dataPageCount} data pages, ${summary.zeroPageCount} zero pages not stored) ` +
-            `in ${summary.durationMs.toFixed(1)} ms (pause ${summary.pauseMs.toFixed(1)} ms, state ${summary.saveStateMs.toFixed(1)} ms); ` +
-            `the VM is ${options.stop ? 'stopped' : options.resume ? 'running again' : 'paused'}`,
-        );
-      }
+    .requiredOption('--out <file>', 'the snapshot file to write (relative to this shell\'s directory; only a regular file there is replaced)')
+    .option('--resume', 'resume the VM once the snapshot is written (also when writing it failed)')
+    .option('--stop', 'stop the VM once the snapshot is written (not when writing it failed)')
+    .option('--json', 'print the result (or the error) as one JSON object')
+    .action(async (options: SocketOptions & { out: string; resume?: boolean; stop?: boolean }) => {
+      await handled(options.json, async () => {
+        if (options.resume && options.stop) throw new VmUsageError(['--resume', '--stop'], '--resume and --stop contradict each other: choose one');
+        // The VMM's working directory is not this shell's: send the path as the user means it.
+        const out = resolve(options.out);
+        let summary: VmSnapshotSummary | undefined;
+        let failure: unknown;
+        try {
+          summary = (await callControlApi(options.apiSock, 'PUT', '/snapshot/create', { snapshot_path: out })) as VmSnapshotSummary;
+        } catch (error) {
+          failure = error;
+        }
+        let vmState: string = 'paused';
+        if (options.resume) {
+          // Resumed whether or not the snapshot was written: --resume says how the VM should be left.
+          try {
+            vmState = ((await callControlApi(options.apiSock, 'PATCH', '/vm', { state: 'Resumed' })) as VmStateChange).state;
+          } catch (error) {
+            if (!failure) throw error;
+            vmState = `${await currentState(options.apiSock)} (resuming it failed too: ${(error as Error).message})`;
+          }
+        } else if (options.stop && !failure) {
+          await callControlApi(options.apiSock, 'PUT', '/actions', { action_type: 'Stop' });
+          vmState = 'stopped';
+        } else if (failure) {
+          vmState = await currentState(options.apiSock);
+        }
+        if (failure) {
+          const keptRunning = options.stop ? '; not stopped, since nothing was saved' : '';
+          throw new SnapshotCommandError(out, vmState, failure, keptRunning);
+        }
+        const s = summary!;
+        if (options.json) printJson({ ...s, vmState });
+        else {
+          console.log(
+            `snapshot ${s.path}: ${formatBytes(s.fileSizeBytes)} (${s.dataPageCount} data pages, ${s.zeroPageCount} zero pages not stored) ` +
+              `in ${s.durationMs.toFixed(1)} ms (pause ${s.pauseMs.toFixed(1)} ms, state ${s.saveStateMs.toFixed(1)} ms, write ${s.writeMs.toFixed(1)} ms); ` +
+              `the VM is ${vmState === 'running' ? 'running again' : vmState}`,
+          );
+        }
+        return 0;
+      });
     });
 
   vm.command('status')
     .description('the state of a running VM: vCPUs, exits, and for a lazy restore the pager\'s counters')
     .requiredOption('--api-sock <path>', 'the VM\'s control socket')
     .option('--json', 'print as JSON')
-    .action(async (options: { apiSock: string; json?: boolean }) => {
-      const status = (await call(options.apiSock, 'GET', '/vm')) as VmStatus;
-      console.log(options.json ? JSON.stringify(status, null, 2) : formatStatus(status).join('\n'));
+    .action(async (options: SocketOptions) => {
+      await handled(options.json, async () => {
+        const status = (await callControlApi(options.apiSock, 'GET', '/vm')) as VmStatus;
+        if (options.json) printJson(status);
+        else console.log(formatStatus(status).join('\n'));
+        return 0;
+      });
     });
 
-  for (const [name, state] of [['pause', 'Paused'], ['resume', 'Resumed']] as const) {
+  for (const [name, state, did, already] of [['pause', 'Paused', 'paused', 'already paused'], ['resume', 'Resumed', 'resumed', 'already running']] as const) {
     vm.command(name)
-      .description(`${name} a running VM's vCPUs`)
+      .description(`${name} a running VM's vCPUs (says what happened: "${did}" or "${already}")`)
       .requiredOption('--api-sock <path>', 'the VM\'s control socket')
-      .action(async (options: { apiSock: string }) => {
-        await call(options.apiSock, 'PATCH', '/vm', { state });
+      .option('--json', 'print the VM\'s state as JSON')
+      .action(async (options: SocketOptions) => {
+        await handled(options.json, async () => {
+          const change = (await callControlApi(options.apiSock, 'PATCH', '/vm', { state })) as VmStateChange;
+          if (options.json) printJson(change);
+          else console.log(change.changed ? did : change.state === 'created' ? 'already paused (it has not run yet)' : already);
+          return 0;
+        });
       });
   }
 
   vm.command('input <text>')
     .description('send bytes to the guest\'s COM1 (the micro guest: "v" verify, "q" verify and finish, "x" finish)')
     .requiredOption('--api-sock <path>', 'the VM\'s control socket')
-    .action(async (text: string, options: { apiSock: string }) => {
-      await call(options.apiSock, 'PUT', '/serial/input', { data: text });
+    .option('--json', 'print the result as JSON')
+    .action(async (text: string, options: SocketOptions) => {
+      await handled(options.json, async () => {
+        if (text === '') throw new VmUsageError(['<text>'], 'vm input needs at least one byte to send');
+        await callControlApi(options.apiSock, 'PUT', '/serial/input', { data: text });
+        const bytes = Buffer.byteLength(text, 'utf8');
+        if (options.json) printJson({ sentBytes: bytes });
+        else console.log(`sent ${bytes} byte${bytes === 1 ? '' : 's'} to COM1`);
+        return 0;
+      });
     });
 
   vm.command('stop')
     .description('end a running VM')
     .requiredOption('--api-sock <path>', 'the VM\'s control socket')
-    .action(async (options: { apiSock: string }) => {
-      await call(options.apiSock, 'PUT', '/actions', { action_type: 'Stop' });
+    .option('--json', 'print the result as JSON')
+    .action(async (options: SocketOptions) => {
+      await handled(options.json, async () => {
+        await callControlApi(options.apiSock, 'PUT', '/actions', { action_type: 'Stop' });
+        if (options.json) printJson({ state: 'stopped' });
+        else console.log('stopped');
+        return 0;
+      });
     });
 }
 
-/** The micro guest's command line from the workload options, or --cmdline verbatim. */
-export function guestCmdline(options: Pick<RunOptions, 'cmdline' | 'workload' | 'workloadMem' | 'rate' | 'pattern' | 'seed' | 'hb' | 'beats'>): string {
-  const pieces: [string, string | undefined][] = [
-    ['workload', options.workload],
-    ['mem', options.workloadMem],
-    ['rate', options.rate],
-    ['pattern', options.pattern],
-    ['seed', options.seed],
-    ['hb', options.hb],
-    ['beats', options.beats],
+/** `vm snapshot` wrote no snapshot; `vmState` is how the VM was left. The exit status is the cause's. */
+class SnapshotCommandError extends VmError {
+  override readonly code = 'ESNAPSHOTFAILED';
+  constructor(readonly path: string, readonly vmState: string, cause: unknown, note: string) {
+    super(`snapshot failed: ${(cause as Error).message}; the VM is ${vmState}${note}`, { cause });
+  }
+}
+
+/** The micro guest's command line from the workload options, or --cmdline verbatim. `memoryBytes` bounds --workload-mem. */
+export function guestCmdline(options: Pick<RunOptions, 'cmdline' | 'workload' | 'workloadMem' | 'rate' | 'pattern' | 'seed' | 'hb' | 'beats'> & { mem?: string }, memoryBytes?: number): string {
+  const pieces: [string, string, string | undefined][] = [
+    ['workload', '--workload', options.workload],
+    ['mem', '--workload-mem', options.workloadMem === undefined ? undefined : String(countOption('--workload-mem', options.workloadMem, 1))],
+    ['rate', '--rate', options.rate === undefined ? undefined : String(countOption('--rate', options.rate, 0))],
+    ['pattern', '--pattern', options.pattern],
+    ['seed', '--seed', options.seed === undefined ? undefined : String(countOption('--seed', options.seed, 0))],
+    ['hb', '--hb', options.hb === undefined ? undefined : String(countOption('--hb', options.hb, 1))],
+    ['beats', '--beats', options.beats === undefined ? undefined : String(countOption('--beats', options.beats, 0))],
   ];
-  const given = pieces.filter(([, v]) => v !== undefined);
+  const given = pieces.filter(([, , v]) => v !== undefined);
   if (options.cmdline !== undefined) {
-    if (given.length > 0) throw new InvalidArgumentError(`--cmdline is the whole command line; drop ${given.map(([k]) => `--${k === 'mem' ? 'workload-mem' : k}`).join(', ')} or put them in it`);
+    if (given.length > 0) throw new VmUsageError(['--cmdline', ...given.map(([, flag]) => flag)], `--cmdline is the whole command line; drop ${given.map(([, flag]) => flag).join(', ')} or put them in it`);
     return options.cmdline;
   }
+  if (options.workloadMem !== undefined && memoryBytes !== undefined) {
+    const regionMiB = Number(options.workloadMem);
+    const fits = Math.min(MICRO_REGION_MAX_MIB, Math.floor((memoryBytes - MICRO_REGION_BASE_BYTES) / MiB));
+    if (regionMiB > fits) {
+      throw new VmUsageError(['--workload-mem', '--mem'],
+        `--workload-mem ${regionMiB} does not fit in --mem ${options.mem ?? formatBytes(memoryBytes)}: the region starts at 2 MiB, so at most ${Math.max(0, fits)} MiB` +
+          (fits === MICRO_REGION_MAX_MIB ? ' (the micro guest\'s largest region)' : ''));
+    }
+  }
   if (given.length === 0) return 'workload=idle';
-  return given.map(([k, v]) => `${k}=${v}`).join(' ');
+  return given.map(([k, , v]) => `${k}=${v}`).join(' ');
 }
 
-async function call(socketPath: string, method: string, path: string, body?: unknown): Promise<unknown> {
-  let response: { status: number; body: unknown };
+/** "256M", "4096", "1G" -> bytes; anything else is a usage error naming the option. */
+function sizeOption(option: string, text: string): number {
+  const match = /^(\d+)([KMG])?(i?B)?$/i.exec(text.trim());
+  if (!match) throw new VmUsageError([option], `${option} takes a size (4096, 64M, 1G), got ${JSON.stringify(text)}`);
+  const unit = { '': 1, K: 1 << 10, M: 1 << 20, G: 1 << 30 }[(match[2] ?? '').toUpperCase() as '' | 'K' | 'M' | 'G'];
+  return Number(match[1]) * unit;
+}
+
+/** A whole number of at least `min`, else a usage error naming the option. */
+function countOption(option: string, text: string, min: number): number {
+  if (!/^\d+$/.test(text) || !Number.isSafeInteger(Number(text)) || Number(text) < min) {
+    throw new VmUsageError([option], `${option} takes ${min === 0 ? 'a non-negative' : 'a positive'} whole number, got ${JSON.stringify(text)}`);
+  }
+  return Number(text);
+}
+
+async function currentState(socketPath: string): Promise<string> {
   try {
-    response = await controlRequest(socketPath, method, path, body);
-  } catch (error) {
-    const e = error as NodeJS.ErrnoException;
-    if (e.code === 'ENOENT' || e.code === 'ECONNREFUSED') throw Object.assign(new Error(`no VM is listening on ${socketPath}`), { code: e.code });
-    throw error;
+    return ((await callControlApi(socketPath, 'GET', '/vm')) as VmStatus).state;
+  } catch {
+    return 'in an unknown state (its control socket stopped answering)';
   }
-  if (response.status >= 400) {
-    const fault = response.body as { fault_message?: string; code?: string } | undefined;
-    throw Object.assign(new Error(fault?.fault_message ?? `HTTP ${response.status}`), { code: fault?.code });
-  }
-  return response.body;
 }
 
-/** VMM events: JSON lines (as vmm-main prints them), or a few readable lines with the timings. */
+/**
+ * Run a command's body; its result is the exit status. An error is printed
+ * (as JSON on stderr with --json) and its status set from its code; a
+ * refusal from the VM is mapped by the server's fault code.
+ */
+async function handled(json: boolean | undefined, body: () => Promise<number>): Promise<void> {
+  try {
+    process.exitCode = await body();
+  } catch (error) {
+    const event = errorEvent(error);
+    const exitCode = exitCodeForCommand(error);
+    if (json) process.stderr.write(`${jsonLine({ ...event, exitCode })}\n`);
+    else process.stderr.write(`userfault: ${event.message}${event.code ? ` [${faultCode(error) ?? event.code}]` : ''}\n`);
+    process.exitCode = exitCode;
+  }
+}
+
+function faultCode(error: unknown): string | undefined {
+  if (error instanceof ControlApiError) return error.faultCode;
+  if (error instanceof SnapshotCommandError && error.cause instanceof ControlApiError) return error.cause.faultCode;
+  return undefined;
+}
+
+function exitCodeForCommand(error: unknown): number {
+  if (error instanceof SnapshotCommandError) return exitCodeForCommand(error.cause);
+  if (error instanceof ControlApiError) return exitCodeFor({ code: error.faultCode });
+  return exitCodeFor(error);
+}
+
+/** JSON with every fractional number rounded to 0.01 (ms, us, rates: nothing means more digits). */
+function jsonLine(value: unknown): string {
+  return JSON.stringify(value, (_key, v: unknown) => (typeof v === 'number' && !Number.isInteger(v) ? Math.round(v * 100) / 100 : typeof v === 'bigint' ? v.toString() : v));
+}
+
+function printJson(value: unknown): void {
+  console.log(jsonLine(value));
+}
+
+/** VMM events: one JSON object per line on stderr, or a few readable lines with the timings. */
 function reporter(json: boolean | undefined): (event: VmmProcessEvent) => void {
-  if (json) return (event) => process.stderr.write(`vmm: ${JSON.stringify(event)}\n`);
+  if (json) return (event) => process.stderr.write(`${jsonLine(event)}\n`);
   return (event) => {
     for (const line of formatEvent(event)) process.stderr.write(`vm: ${line}\n`);
   };
@@ -246,8 +387,8 @@ function formatLazyMemory(memory: NonNullable<NonNullable<VmStatus['restore']>['
   ];
 }
 
-function formatStatus(status: VmStatus): string[] {
-  const lines = [`state: ${status.state}, memory ${mb(status.memoryBytes)}`];
+export function formatStatus(status: VmStatus): string[] {
+  const lines = [`state: ${status.state}, memory ${formatBytes(status.memoryBytes)}`];
   for (const v of status.vcpus) lines.push(`vCPU ${v.id}: ${v.state}, ${v.counters.exits} exits (${v.counters.ioExits} port I/O), ${v.counters.kicks} kicks`);
   if (status.exitReason) lines.push(`exit: ${JSON.stringify(status.exitReason)}`);
   if (status.restore) {
@@ -255,22 +396,4 @@ function formatStatus(status: VmStatus): string[] {
     if (status.restore.memory) lines.push(...formatLazyMemory(status.restore.memory));
   }
   return lines;
-}
-
-function mb(bytes: number): string {
-  return `${(bytes / 1e6).toFixed(1)} MB`;
-}
-
-function positiveInt(flag: string): (text: string) => string {
-  return (text) => {
-    if (!/^\d+$/.test(text) || Number(text) < 1) throw new InvalidArgumentError(`${flag} takes a positive integer, got "${text}"`);
-    return text;
-  };
-}
-
-function nonNegativeInt(flag: string): (text: string) => string {
-  return (text) => {
-    if (!/^\d+$/.test(text)) throw new InvalidArgumentError(`${flag} takes a non-negative integer, got "${text}"`);
-    return text;
-  };
 }

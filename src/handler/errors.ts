@@ -84,11 +84,3 @@ export class NotASnapshotError extends HandlerError {
       'serve a raw memory file with --memory-file');
   }
 }
-
-/** Another server is listening on the socket path. */
-export class SocketInUseError extends HandlerError {
-  override readonly code = 'EADDRINUSE';
-  constructor(readonly path: string, why: string) {
-    super(`cannot listen on ${path}: ${why}`);
-  }
-}

@@ -9,9 +9,9 @@ import { chmodSync, chownSync, lstatSync, unlinkSync } from 'node:fs';
 import { native, type NativeWatch } from '../native.js';
 import type { PrefetchOptions } from '../pager/readahead.js';
 import type { PageSource } from '../sources/page-source.js';
-import { ERRNO, errnoName, errorForErrno, wrapNative } from '../uffd/errors.js';
+import { listenReplacingStale, removeSocketFile } from '../net/unix-socket-path.js';
+import { ERRNO, errorForErrno } from '../uffd/errors.js';
 import { ClientSession, type ClientSummary } from './client-session.js';
-import { SocketInUseError } from './errors.js';
 
 export interface HandlerServerOptions {
   socketPath: string;
@@ -171,39 +171,4 @@ export async function startHandlerServer(options: HandlerServerOptions): Promise
   const server = new HandlerServer(options, listenFd, lstatSync(options.socketPath).ino);
   server.listen();
   return server;
-}
-
-function listenReplacingStale(path: string, backlog: number): number {
-  try {
-    return wrapNative(() => native.unixListen(path, backlog));
-  } catch (error) {
-    if ((error as { errno?: number }).errno !== ERRNO.EADDRINUSE) throw error;
-  }
-  let isSocket: boolean;
-  try {
-    isSocket = lstatSync(path).isSocket();
-  } catch {
-    isSocket = false;
-  }
-  if (!isSocket) throw new SocketInUseError(path, 'the path exists and is not a socket');
-  let probe: number;
-  try {
-    probe = native.unixConnect(path);
-  } catch (error) {
-    const errno = (error as { errno?: number }).errno;
-    if (errno !== ERRNO.ECONNREFUSED) throw new SocketInUseError(path, `connecting to the existing socket failed: ${errno ? errnoName(errno) : error}`);
-    // Nobody listens: a server died without cleaning up.
-    unlinkSync(path);
-    return wrapNative(() => native.unixListen(path, backlog));
-  }
-  native.close(probe);
-  throw new SocketInUseError(path, 'another server is listening on it');
-}
-
-function removeSocketFile(path: string, inode: number): void {
-  try {
-    if (lstatSync(path).ino === inode) unlinkSync(path);
-  } catch {
-    // Already gone: nothing to remove.
-  }
 }

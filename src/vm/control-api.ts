@@ -1,106 +1,285 @@
 // The control socket of a running VMM: HTTP/JSON over a Unix socket, in the
 // manner of Firecracker's API.
 //
-//   GET   /vm                 -> 200 {state, memoryBytes, vcpus, exitReason}
-//   PATCH /vm {"state": "Paused" | "Resumed"}   (PUT accepted too) -> 204
-//   PUT   /snapshot/create {"snapshot_path": P} -> 200 {sizeBytes, durationMs, ...}
-//                             (pauses the VM; it stays paused)
+//   GET   /vm                 -> 200 {state, memoryBytes, vcpus, exitReason, restore?}
+//   PATCH /vm {"state": "Paused" | "Resumed"}   (PUT accepted too)
+//                             -> 200 {state, changed}   (changed: false for "already paused")
+//   PUT   /snapshot/create {"snapshot_path": ABSOLUTE PATH}
+//                             -> 200 {path, fileSizeBytes, ..., pauseMs, saveStateMs, writeMs, durationMs}
+//                             (pauses the VM; it stays paused, also when the write fails)
 //   PUT   /serial/input {"data": "text"}        -> 204 (bytes for COM1)
 //   PUT   /actions {"action_type": "Stop"}      -> 204 (ends the VM)
-// Errors: 400 {fault_message, code} for a refused or malformed request,
-// 404 for an unknown route.
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { unlinkSync } from 'node:fs';
+//
+// Errors: {fault_message, code} with the status HTTP_STATUS below gives the
+// code: 400 a malformed request, 404 an unknown route, 409 a request the
+// VM's lifecycle does not allow in its current state (the message names
+// the state: "cannot resume a VM that is snapshotting"), 413 a body over
+// MAX_BODY_BYTES or serial input over the UART's bound, 500 anything else.
+//
+// What a peer can make the VMM hold is bounded: MAX_CONNECTIONS connections,
+// each with headers of at most MAX_HEADER_BYTES and a body of at most
+// MAX_BODY_BYTES (a larger body is answered 413 as soon as it is seen and
+// the rest discarded unread into memory), and slow peers time out. Every
+// error, a malformed request line included, is answered on its own
+// connection: nothing a client sends ends the VMM.
+import { createServer, request, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { lstatSync } from 'node:fs';
+import { isAbsolute } from 'node:path';
+import type { Socket } from 'node:net';
+import { listenReplacingStale, removeSocketFile } from '../net/unix-socket-path.js';
+import { ControlApiError, NoVmListeningError, VmError } from './errors.js';
 import type { Vmm } from './vmm.js';
 
+/** The largest request body (the serial input's JSON is the big one: its 1 MiB bound, escaped). */
+export const MAX_BODY_BYTES = 4 << 20;
+export const MAX_HEADER_BYTES = 16 << 10;
+export const MAX_HEADERS = 64;
+export const MAX_CONNECTIONS = 16;
+/** A peer has this long to send its headers, and its whole request. */
+const HEADERS_TIMEOUT_MS = 10_000;
+const REQUEST_TIMEOUT_MS = 60_000;
+
+/** A malformed request: bad JSON, a missing or ill-typed field. */
+export class BadControlRequestError extends VmError {
+  override readonly code = 'EBADREQUEST';
+  constructor(readonly field: string | undefined, message: string) {
+    super(message);
+  }
+}
+
+/** The request's body is over MAX_BODY_BYTES. */
+export class RequestBodyTooLargeError extends VmError {
+  override readonly code = 'EBODYTOOLARGE';
+  constructor(readonly limitBytes: number, readonly declaredBytes?: number) {
+    super(`the request body is over the ${limitBytes}-byte limit${declaredBytes === undefined ? '' : ` (${declaredBytes} bytes declared)`}`);
+  }
+}
+
+/** No such route (or not with this method). */
+export class UnknownRouteError extends VmError {
+  override readonly code = 'ENOROUTE';
+  constructor(readonly method: string, readonly path: string) {
+    super(`no route ${method} ${path}`);
+  }
+}
+
+/** The one table from an error's code to the HTTP status it is answered with; anything else is 500. */
+const HTTP_STATUS: Readonly<Record<string, number>> = {
+  EBADREQUEST: 400,
+  ECANTCREATE: 400,
+  ENOROUTE: 404,
+  ESTATE: 409,
+  EBODYTOOLARGE: 413,
+  ESERIALFULL: 413,
+};
+
 export interface ControlApiOptions {
-  /** Called for PUT /actions Stop (the embedding program ends the VMM its way). */
+  /** Called for PUT /actions Stop once it is allowed and answered (the embedding program ends the VMM its way; default vmm.close()). */
   onStop?: () => void;
 }
 
-export async function startControlApi(vmm: Vmm, socketPath: string, options: ControlApiOptions = {}): Promise<Server> {
-  try {
-    unlinkSync(socketPath);
-  } catch {
-    // no stale socket
-  }
-  const server = createServer((req, res) => {
-    void route(vmm, req, res, options).catch((error: Error & { code?: string }) => reply(res, 400, { fault_message: error.message, code: error.code }));
+/** A listening control socket. */
+export interface ControlApi {
+  readonly server: Server;
+  readonly socketPath: string;
+  /** Stop listening, end open connections, remove the socket file (if it is still ours). */
+  close(): Promise<void>;
+}
+
+/**
+ * Serve `vmm` on `socketPath`. A stale socket there (its VMM died) is
+ * replaced; anything else — a regular file, a live VMM's socket — is refused
+ * (SocketPathInUseError, src/net/unix-socket-path.ts).
+ */
+export async function startControlApi(vmm: Vmm, socketPath: string, options: ControlApiOptions = {}): Promise<ControlApi> {
+  const fd = listenReplacingStale(socketPath, 16);
+  const inode = lstatSync(socketPath).ino;
+  const server = createServer({ maxHeaderSize: MAX_HEADER_BYTES, headersTimeout: HEADERS_TIMEOUT_MS, requestTimeout: REQUEST_TIMEOUT_MS }, (req, res) => {
+    route(vmm, req, res, options).catch((error: unknown) => replyError(res, error));
+  });
+  server.maxHeadersCount = MAX_HEADERS;
+  server.maxConnections = MAX_CONNECTIONS;
+  // A request Node cannot parse (bad request line, headers over the limit): answered and closed; the VMM goes on.
+  server.on('clientError', (error: Error & { code?: string }, socket: Socket) => {
+    if (!socket.writable) return socket.destroy();
+    const status = error.code === 'HPE_HEADER_OVERFLOW' ? '431 Request Header Fields Too Large' : error.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? '408 Request Timeout' : '400 Bad Request';
+    socket.end(`HTTP/1.1 ${status}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n`);
   });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
-    server.listen(socketPath, () => resolve());
+    server.listen({ fd }, () => {
+      server.off('error', reject);
+      resolve();
+    });
   });
-  return server;
+  // After listening, a failed accept (EMFILE) is the server's to survive, not the process's to die of.
+  server.on('error', () => {});
+  let closing: Promise<void> | undefined;
+  return {
+    server,
+    socketPath,
+    close: () => {
+      closing ??= new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+        removeSocketFile(socketPath, inode);
+      });
+      return closing;
+    },
+  };
 }
 
 async function route(vmm: Vmm, req: IncomingMessage, res: ServerResponse, options: ControlApiOptions): Promise<void> {
-  const path = (req.url ?? '/').split('?')[0];
-  const body = await readJson(req);
-  if (path === '/vm' && req.method === 'GET') return reply(res, 200, vmm.status());
-  if (path === '/vm' && (req.method === 'PATCH' || req.method === 'PUT')) {
-    const state = (body as { state?: string }).state;
-    if (state === 'Paused') await vmm.pause();
-    else if (state === 'Resumed') await vmm.resume();
-    else return reply(res, 400, { fault_message: `state must be "Paused" or "Resumed", got ${JSON.stringify(state)}` });
-    return reply(res, 204);
+  const method = req.method ?? 'GET';
+  const path = (req.url ?? '/').split('?')[0]!;
+  const body = await readJson(req, res);
+  if (body === TOO_LARGE) return;
+  if (path === '/vm' && method === 'GET') return reply(res, 200, vmm.status());
+  if (path === '/vm' && (method === 'PATCH' || method === 'PUT')) {
+    const state = field(body, 'state');
+    if (state === 'Paused') return reply(res, 200, await vmm.pause());
+    if (state === 'Resumed') return reply(res, 200, await vmm.resume());
+    throw new BadControlRequestError('state', `state must be "Paused" or "Resumed", got ${JSON.stringify(state) ?? 'nothing'}`);
   }
-  if (path === '/snapshot/create' && req.method === 'PUT') {
-    const snapshotPath = (body as { snapshot_path?: string }).snapshot_path;
-    if (typeof snapshotPath !== 'string' || snapshotPath === '') return reply(res, 400, { fault_message: 'snapshot_path is required' });
+  if (path === '/snapshot/create' && method === 'PUT') {
+    const snapshotPath = field(body, 'snapshot_path');
+    if (typeof snapshotPath !== 'string' || snapshotPath === '') throw new BadControlRequestError('snapshot_path', 'snapshot_path (a path) is required');
+    // The VMM's working directory is not the caller's: a relative path would land somewhere the caller did not mean.
+    if (!isAbsolute(snapshotPath)) throw new BadControlRequestError('snapshot_path', `snapshot_path must be absolute, got ${JSON.stringify(snapshotPath)}`);
     return reply(res, 200, await vmm.snapshot(snapshotPath));
   }
-  if (path === '/serial/input' && req.method === 'PUT') {
-    const data = (body as { data?: string }).data;
-    if (typeof data !== 'string') return reply(res, 400, { fault_message: 'data (a string) is required' });
+  if (path === '/serial/input' && method === 'PUT') {
+    const data = field(body, 'data');
+    if (typeof data !== 'string') throw new BadControlRequestError('data', 'data (a string) is required');
     await vmm.sendInput(Buffer.from(data, 'utf8'));
     return reply(res, 204);
   }
-  if (path === '/actions' && req.method === 'PUT') {
-    const action = (body as { action_type?: string }).action_type;
-    if (action !== 'Stop') return reply(res, 400, { fault_message: `unknown action_type ${JSON.stringify(action)}` });
+  if (path === '/actions' && method === 'PUT') {
+    const action = field(body, 'action_type');
+    if (action !== 'Stop') throw new BadControlRequestError('action_type', `unknown action_type ${JSON.stringify(action) ?? '(none)'}`);
+    vmm.check('stop');
     reply(res, 204);
-    options.onStop?.();
+    if (options.onStop) options.onStop();
+    else void vmm.close();
     return;
   }
-  return reply(res, 404, { fault_message: `no route ${req.method} ${path}` });
+  throw new UnknownRouteError(method, path);
 }
 
-async function readJson(req: IncomingMessage): Promise<unknown> {
-  const chunks: Buffer[] = [];
-  for await (const chunk of req) chunks.push(chunk as Buffer);
-  if (chunks.length === 0) return {};
-  const text = Buffer.concat(chunks).toString('utf8');
-  try {
-    return JSON.parse(text) as unknown;
-  } catch {
-    throw Object.assign(new Error('the request body is not JSON'), { code: 'EBADJSON' });
-  }
+const TOO_LARGE = Symbol('too large');
+
+/**
+ * The body as JSON ({} when empty). Over MAX_BODY_BYTES — by its
+ * content-length before a byte is read, or as it arrives — it is answered
+ * 413 at once and the rest is read and dropped (answering and closing while
+ * the peer still writes would lose the answer).
+ */
+function readJson(req: IncomingMessage, res: ServerResponse): Promise<unknown> {
+  return new Promise((resolve, reject) => {
+    const declared = req.headers['content-length'] === undefined ? undefined : Number(req.headers['content-length']);
+    let over = false;
+    const tooLarge = (): void => {
+      over = true;
+      replyError(res, new RequestBodyTooLargeError(MAX_BODY_BYTES, declared), { close: true });
+      resolve(TOO_LARGE);
+    };
+    if (declared !== undefined && declared > MAX_BODY_BYTES) tooLarge();
+    const chunks: Buffer[] = [];
+    let total = 0;
+    req.on('data', (chunk: Buffer) => {
+      if (over) return; // read and dropped
+      total += chunk.length;
+      if (total > MAX_BODY_BYTES) {
+        chunks.length = 0;
+        tooLarge();
+        return;
+      }
+      chunks.push(chunk);
+    });
+    req.on('end', () => {
+      if (over) return;
+      if (total === 0) return resolve({});
+      try {
+        resolve(JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown);
+      } catch {
+        reject(new BadControlRequestError(undefined, 'the request body is not JSON'));
+      }
+    });
+    // The peer went away mid-body: nothing to answer (reply() sees the response destroyed).
+    req.on('error', reject);
+    req.on('close', () => {
+      if (!req.complete && !over) reject(new BadControlRequestError(undefined, 'the connection closed before the request was complete'));
+    });
+  });
 }
 
-function reply(res: ServerResponse, status: number, body?: unknown): void {
-  if (res.headersSent) return;
+function field(body: unknown, name: string): unknown {
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new BadControlRequestError(undefined, 'the request body must be a JSON object');
+  return Object.prototype.hasOwnProperty.call(body, name) ? (body as Record<string, unknown>)[name] : undefined;
+}
+
+function replyError(res: ServerResponse, error: unknown, options: { close?: boolean } = {}): void {
+  const e = error as Error & { code?: unknown };
+  const code = typeof e?.code === 'string' ? e.code : undefined;
+  const status = (code === undefined ? undefined : HTTP_STATUS[code]) ?? 500;
+  reply(res, status, { fault_message: e?.message ?? String(error), code }, options);
+}
+
+function reply(res: ServerResponse, status: number, body?: unknown, options: { close?: boolean } = {}): void {
+  if (res.headersSent || res.destroyed) return;
+  const headers: Record<string, string> = options.close ? { connection: 'close' } : {};
   if (body === undefined) {
-    res.writeHead(status).end();
+    res.writeHead(status, headers).end();
     return;
   }
   const text = JSON.stringify(body, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v));
-  res.writeHead(status, { 'content-type': 'application/json' }).end(text);
+  res.writeHead(status, { ...headers, 'content-type': 'application/json' }).end(text);
 }
 
-/** A small client for the control socket (tests, the CLI). */
+/** A raw client for the control socket (tests): the status and the parsed body (or its text when not JSON). */
 export async function controlRequest(socketPath: string, method: string, path: string, body?: unknown): Promise<{ status: number; body: unknown }> {
-  const { request } = await import('node:http');
   return new Promise((resolve, reject) => {
     const req = request({ socketPath, method, path, headers: { 'content-type': 'application/json' } }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('error', reject);
       res.on('end', () => {
         const text = Buffer.concat(chunks).toString('utf8');
-        resolve({ status: res.statusCode ?? 0, body: text ? (JSON.parse(text) as unknown) : undefined });
+        let parsed: unknown = text || undefined;
+        try {
+          if (text) parsed = JSON.parse(text) as unknown;
+        } catch {
+          // Not JSON (a 400 from the HTTP parser): the text itself.
+        }
+        resolve({ status: res.statusCode ?? 0, body: parsed });
       });
     });
     req.on('error', reject);
     req.end(body === undefined ? undefined : JSON.stringify(body));
   });
+}
+
+/**
+ * The client the CLI uses: the reply's body on success; NoVmListeningError
+ * when nothing answers at the path; ControlApiError (the HTTP status and
+ * the server's fault code) for a refused request.
+ */
+export async function callControlApi(socketPath: string, method: string, path: string, body?: unknown): Promise<unknown> {
+  let response: { status: number; body: unknown };
+  try {
+    response = await controlRequest(socketPath, method, path, body);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ECONNREFUSED' || code === 'ENOTSOCK' || code === 'ENOTDIR') throw new NoVmListeningError(socketPath, { cause: error });
+    throw error;
+  }
+  if (response.status >= 400) {
+    const fault = (typeof response.body === 'object' && response.body !== null ? response.body : {}) as { fault_message?: unknown; code?: unknown };
+    throw new ControlApiError(
+      response.status,
+      typeof fault.code === 'string' ? fault.code : undefined,
+      typeof fault.fault_message === 'string' ? fault.fault_message : `the VM answered HTTP ${response.status}`,
+    );
+  }
+  return response.body;
 }

@@ -6,6 +6,7 @@
 // and sends the kick signal so KVM_RUN returns -EINTR.
 import type { MessagePort } from 'node:worker_threads';
 import type { UartState } from './devices/serial/uart16550.js';
+import { InvalidStateTransitionError, SerialInputFullError, VcpuCommandError, type VmError } from './errors.js';
 import type { KvmRegs, KvmSregs } from './kvm/ioctls/structs.js';
 import type { VcpuState } from './kvm/kvm-vcpu.js';
 import type { VcpuRunState } from './vcpu-state-machine.js';
@@ -14,6 +15,8 @@ export interface VcpuWorkerData {
   vcpuFd: number;
   vcpuId: number;
   mmapSize: number;
+  /** The VM's XSAVE area size (KvmVm.xsaveBytes). */
+  xsaveBytes: number;
   /** Int32Array[1] over it: the doorbell counter. */
   doorbell: SharedArrayBuffer;
   kickSignal: number;
@@ -25,7 +28,7 @@ export interface VcpuWorkerData {
 export type VcpuCommand =
   | { type: 'resume'; seq: number }
   | { type: 'pause'; seq: number }
-  | { type: 'save-state'; seq: number; msrIndices: number[]; xsaveBytes: number }
+  | { type: 'save-state'; seq: number; msrIndices: number[] }
   | { type: 'restore-state'; seq: number; vcpu: VcpuState; uart?: UartState }
   | { type: 'set-boot-state'; seq: number; regs: KvmRegs; sregs: KvmSregs; cpuid: VcpuState['cpuid'] }
   | { type: 'input'; seq: number; bytes: Uint8Array }
@@ -50,9 +53,35 @@ export interface VcpuCounters {
 export type VcpuEvent =
   | { type: 'ready'; tid: number }
   | { type: 'reply'; seq: number; ok: true; value?: unknown }
-  | { type: 'reply'; seq: number; ok: false; error: { name: string; code?: string; message: string } }
+  | { type: 'reply'; seq: number; ok: false; error: VcpuReplyError }
   | { type: 'state'; state: VcpuRunState; counters: VcpuCounters }
   /** Console bytes, with the counters as of now (so status stays current while the vCPU runs). */
   | { type: 'output'; bytes: Uint8Array; counters: VcpuCounters }
   | { type: 'irq'; irq: number; level: 0 | 1 }
   | { type: 'exited'; reason: GuestExitReason; counters: VcpuCounters };
+
+/** A worker-side error as it crosses the port: its class's code and the fields needed to rebuild it. */
+export interface VcpuReplyError {
+  name: string;
+  code?: string;
+  message: string;
+  fields?: Record<string, number | string>;
+}
+
+/** The worker's side: an error thrown while handling a command, for the reply. */
+export function encodeVcpuError(error: unknown): VcpuReplyError {
+  const e = error as Error & { code?: string };
+  if (error instanceof SerialInputFullError) {
+    return { name: e.name, code: e.code, message: e.message, fields: { refusedBytes: error.refusedBytes, queuedBytes: error.queuedBytes, limitBytes: error.limitBytes } };
+  }
+  if (error instanceof InvalidStateTransitionError) return { name: e.name, code: e.code, message: e.message, fields: { from: error.from, request: error.request } };
+  return { name: e.name, code: e.code, message: e.message };
+}
+
+/** The VMM's side: the typed error a refused command stands for (the same class where the worker's is known). */
+export function decodeVcpuError(vcpuId: number, command: string, error: VcpuReplyError): VmError {
+  const f = error.fields ?? {};
+  if (error.code === 'ESERIALFULL') return new SerialInputFullError(Number(f.refusedBytes), Number(f.queuedBytes), Number(f.limitBytes));
+  if (error.code === 'ESTATE') return new InvalidStateTransitionError(String(f.from), String(f.request));
+  return new VcpuCommandError(vcpuId, command, error.code, error.message);
+}

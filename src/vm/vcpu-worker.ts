@@ -11,13 +11,13 @@ import { PortIoBus } from './devices/port-io.js';
 import { COM1_IRQ, COM1_PORT, Uart16550 } from './devices/serial/uart16550.js';
 import { describeExit } from './kvm/exits.js';
 import { KvmVcpu } from './kvm/kvm-vcpu.js';
-import type { GuestExitReason, VcpuCommand, VcpuCounters, VcpuEvent, VcpuWorkerData } from './vcpu-protocol.js';
+import { encodeVcpuError, type GuestExitReason, type VcpuCommand, type VcpuCounters, type VcpuEvent, type VcpuWorkerData } from './vcpu-protocol.js';
 import { nextVcpuState, type VcpuRunState } from './vcpu-state-machine.js';
 
 const data = workerData as VcpuWorkerData;
 const port = data.port;
 const doorbell = new Int32Array(data.doorbell);
-const vcpu = KvmVcpu.adopt(data.vcpuFd, data.vcpuId, data.mmapSize);
+const vcpu = KvmVcpu.adopt(data.vcpuFd, data.vcpuId, data.mmapSize, data.xsaveBytes);
 const counters: VcpuCounters = { exits: 0, ioExits: 0, kicks: 0 };
 let state = 'paused' as VcpuRunState;
 let exitReason: GuestExitReason | undefined;
@@ -67,7 +67,7 @@ function handle(command: VcpuCommand): void {
         break;
       case 'save-state': {
         nextVcpuState(state, 'save-state');
-        const saved = vcpu.saveState(command.msrIndices, command.xsaveBytes);
+        const saved = vcpu.saveState(command.msrIndices);
         post({ type: 'reply', seq: command.seq, ok: true, value: { vcpu: saved, uart: uart?.saveState() } });
         return;
       }
@@ -95,8 +95,7 @@ function handle(command: VcpuCommand): void {
     if (state !== before) post({ type: 'state', state, counters: { ...counters } });
     post({ type: 'reply', seq: command.seq, ok: true });
   } catch (error) {
-    const e = error as Error & { code?: string };
-    post({ type: 'reply', seq: command.seq, ok: false, error: { name: e.name, code: e.code, message: e.message } });
+    post({ type: 'reply', seq: command.seq, ok: false, error: encodeVcpuError(error) });
   }
 }
 

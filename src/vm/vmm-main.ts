@@ -9,14 +9,20 @@
 // The guest's console goes to stdout (and to --log). The VMM's own lines go
 // to stderr as `vmm: {json}` (see VmmProcessEvent). Exit codes: vmm-process.ts.
 import { parseArgs } from 'node:util';
-import { VmError } from './errors.js';
-import { EXIT_BAD_REQUEST, runVmmProcess } from './vmm-process.js';
+import { exitCodeFor } from '../exit-codes.js';
+import { VmUsageError } from './errors.js';
+import { errorEvent, runVmmProcess } from './vmm-process.js';
 
-function parseBytes(text: string): number {
+function parseBytes(option: string, text: string): number {
   const m = /^(\d+)([KMG]?)i?B?$/i.exec(text.trim());
-  if (!m) throw new VmError(`not a size: ${text}`);
+  if (!m) throw new VmUsageError([option], `${option} takes a size (4096, 64M, 1G), got ${JSON.stringify(text)}`);
   const unit = { '': 1, K: 2 ** 10, M: 2 ** 20, G: 2 ** 30 }[m[2]!.toUpperCase() as '' | 'K' | 'M' | 'G'];
   return Number(m[1]) * unit;
+}
+
+function parseCount(option: string, text: string): number {
+  if (!/^\d+$/.test(text)) throw new VmUsageError([option], `${option} takes a whole number, got ${JSON.stringify(text)}`);
+  return Number(text);
 }
 
 const say = (event: object): void => {
@@ -42,15 +48,14 @@ async function main(argv: string[]): Promise<number> {
   });
   const [command, snapshotPath] = positionals;
   if (!(command === 'run' || (command === 'restore' && snapshotPath))) {
-    process.stderr.write('usage: vmm-main.js run [options] | restore SNAPSHOT [--lazy] [options]\n');
-    return EXIT_BAD_REQUEST;
+    throw new VmUsageError([], 'usage: vmm-main.js run [options] | restore SNAPSHOT [--lazy] [options]');
   }
-  const maxPages = values['prefetch-pages'] === undefined ? undefined : Number(values['prefetch-pages']);
+  const maxPages = values['prefetch-pages'] === undefined ? undefined : parseCount('--prefetch-pages', values['prefetch-pages']);
   return runVmmProcess({
     command,
     image: values.image,
-    memoryBytes: parseBytes(values.mem!),
-    vcpuCount: Number(values.cpus),
+    memoryBytes: parseBytes('--mem', values.mem!),
+    vcpuCount: parseCount('--cpus', values.cpus!),
     cmdline: values.cmdline,
     snapshotPath,
     lazy: values.lazy
@@ -64,8 +69,11 @@ async function main(argv: string[]): Promise<number> {
 
 main(process.argv.slice(2)).then(
   (code) => process.exit(code),
-  (error: Error & { code?: string }) => {
-    say({ event: 'error', name: error.name, code: error.code, message: error.message });
-    process.exit(error instanceof VmError ? 64 : 70);
+  (error: unknown) => {
+    // parseArgs' own errors (an unknown option) carry ERR_PARSE_ARGS_* codes: usage.
+    const usage = typeof (error as { code?: unknown }).code === 'string' && (error as { code: string }).code.startsWith('ERR_PARSE_ARGS');
+    const event = errorEvent(error);
+    say(usage ? { ...event, exitCode: 64 } : event);
+    process.exit(usage ? 64 : exitCodeFor(error));
   },
 );

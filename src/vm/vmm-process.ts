@@ -4,13 +4,21 @@
 // `node dist/src/vm/vmm-main.js` call runVmmProcess; they differ only in how
 // they print its events.
 //
-// Exit codes: the guest's done status; 0 after a Stop (control socket, Ctrl-C,
-// SIGTERM); 70 when the guest failed; 64 for a bad request (bad image, bad
-// or corrupted snapshot, bad option).
+// Exit status (the sysexits scheme of src/exit-codes.ts; errors mapped by
+// their code through exitCodeFor):
+//   the guest's done status; 0 after a Stop (control socket, Ctrl-C, SIGTERM)
+//   64  a bad request: --mem 0, options out of range or contradicting each other
+//   65  bad input data: a truncated or corrupt snapshot, a bad VM state in it, a bad guest image
+//   66  the snapshot or guest image does not exist
+//   69  KVM is missing (or lacks a capability)
+//   70  the guest failed (triple fault, KVM internal error), or an unexpected error
+//   73  the control socket path is taken (a file, a live VM's socket) or cannot be created
+//   77  /dev/kvm: permission denied (the message says to join the kvm group)
 import { appendFileSync, writeFileSync } from 'node:fs';
-import type { Server } from 'node:http';
-import { startControlApi } from './control-api.js';
-import { VmError } from './errors.js';
+import { ExitCode, exitCodeFor } from '../exit-codes.js';
+import { startControlApi, type ControlApi } from './control-api.js';
+import { VmUsageError } from './errors.js';
+import { machineConfigProblem } from './machine-config.js';
 import type { LazyRestoreOptions } from './memory/lazy-guest-memory.js';
 import type { GuestExitReason } from './vcpu-protocol.js';
 import { Vmm, type VmStatus } from './vmm.js';
@@ -51,35 +59,31 @@ export type VmmProcessEvent =
   /** The guest's first console bytes after the start (a restored guest's first line shows it runs). */
   | { event: 'first-output'; ms: number }
   | { event: 'exited'; reason: GuestExitReason; runMs: number; status: VmStatus; exitCode: number }
-  | { event: 'error'; name: string; code: string | undefined; message: string; exitCode: number };
+  | VmmErrorEvent;
 
-export const EXIT_GUEST_FAILED = 70;
-export const EXIT_BAD_REQUEST = 64;
+/** An error, as a process reports it: the class, its stable code, the message, the exit status, and its data fields. */
+export interface VmmErrorEvent {
+  event: 'error';
+  name: string;
+  code: string | undefined;
+  message: string;
+  exitCode: number;
+  /** The error's own fields (path, field, option...), when it has any. */
+  details?: Record<string, unknown>;
+  cause?: { name: string; code: string | undefined; message: string };
+}
+
+/** ms to 0.01 since `started`. */
+const msSince = (started: number): number => Math.round((performance.now() - started) * 100) / 100;
 
 export async function runVmmProcess(options: VmmProcessOptions): Promise<number> {
   const started = performance.now();
-  const ms = (): number => +(performance.now() - started).toFixed(2);
+  const ms = (): number => msSince(started);
   const { log } = options;
-  if (log) writeFileSync(log, '');
-  const out = options.console ?? ((bytes: Uint8Array) => void process.stdout.write(bytes));
-  let sawOutput = false;
-  const console = (bytes: Uint8Array): void => {
-    if (!sawOutput) {
-      sawOutput = true;
-      options.report({ event: 'first-output', ms: ms() });
-    }
-    out(bytes);
-    if (log) appendFileSync(log, bytes);
-  };
-
   let vmm: Vmm;
   try {
-    if (options.command === 'run') {
-      vmm = await Vmm.boot({ image: options.image ?? 'builtin', memoryBytes: options.memoryBytes ?? 32 * 2 ** 20, vcpuCount: options.vcpuCount ?? 1, cmdline: options.cmdline ?? 'workload=idle', console });
-    } else {
-      if (!options.snapshotPath) throw new VmError('restore needs a snapshot path');
-      vmm = await Vmm.restore(options.snapshotPath, { console, lazy: options.lazy || undefined });
-    }
+    if (log) writeFileSync(log, '');
+    vmm = await buildVmm(options, consoleSink(options, ms));
   } catch (error) {
     return failed(options, error);
   }
@@ -90,13 +94,13 @@ export async function runVmmProcess(options: VmmProcessOptions): Promise<number>
     stopRequested = true;
     void vmm.close();
   };
-  let server: Server | undefined;
+  let api: ControlApi | undefined;
   const cleanups: (() => void)[] = [];
   try {
-    if (options.apiSock) server = await startControlApi(vmm, options.apiSock, { onStop: stop });
+    if (options.apiSock) api = await startControlApi(vmm, options.apiSock, { onStop: stop });
     await vmm.resume();
   } catch (error) {
-    server?.close();
+    await api?.close();
     await vmm.close();
     return failed(options, error);
   }
@@ -113,18 +117,90 @@ export async function runVmmProcess(options: VmmProcessOptions): Promise<number>
 
   const reason = await vmm.exited;
   for (const cleanup of cleanups) cleanup();
-  server?.close();
+  await api?.close();
   await vmm.close();
-  const exitCode = reason.type === 'done' ? reason.status : reason.type === 'stopped' || (stopRequested && reason.type !== 'failed') ? 0 : EXIT_GUEST_FAILED;
+  const exitCode = reason.type === 'done' ? reason.status : reason.type === 'stopped' || (stopRequested && reason.type !== 'failed') ? ExitCode.OK : ExitCode.SOFTWARE;
   options.report({ event: 'exited', reason, runMs: ms(), status: vmm.status(), exitCode });
   return exitCode;
 }
 
+/** The command-line names of the machine's fields, the same for `userfault vm run` and vmm-main. */
+const MACHINE_OPTIONS = { memoryBytes: '--mem', vcpuCount: '--cpus' } as const;
+
+/**
+ * Refuse --mem and --cpus values the VMM cannot build (a VmUsageError naming
+ * the option: exit 64), before anything is built. --mem must be a multiple
+ * of 4096 and at most 3 GiB; --cpus from 1 to 255.
+ */
+export function checkMachineOptions(memoryBytes: number, vcpuCount: number): void {
+  const problem = machineConfigProblem({ memoryBytes, vcpuCount });
+  if (!problem) return;
+  const option = MACHINE_OPTIONS[problem.field];
+  const value = problem.field === 'memoryBytes' ? `${memoryBytes} bytes${memoryBytes >= 1024 ? ` (${formatBytes(memoryBytes)})` : ''}` : String(vcpuCount);
+  throw new VmUsageError([option], `${option} is ${value}; it ${problem.problem}`);
+}
+
+/** Bytes in binary units, as the VM commands print them: 256 MiB, 1.5 GiB, 4 KiB, 100 B. */
+export function formatBytes(bytes: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let value = bytes;
+  let unit = 0;
+  while (Math.abs(value) >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit++;
+  }
+  const text = unit === 0 || Number.isInteger(value) ? String(value) : value.toFixed(1);
+  return `${text} ${units[unit]}`;
+}
+
+function consoleSink(options: VmmProcessOptions, ms: () => number): (bytes: Uint8Array) => void {
+  const out = options.console ?? ((bytes: Uint8Array) => void process.stdout.write(bytes));
+  let sawOutput = false;
+  return (bytes) => {
+    if (!sawOutput) {
+      sawOutput = true;
+      options.report({ event: 'first-output', ms: ms() });
+    }
+    out(bytes);
+    if (options.log) appendFileSync(options.log, bytes);
+  };
+}
+
+async function buildVmm(options: VmmProcessOptions, console: (bytes: Uint8Array) => void): Promise<Vmm> {
+  if (options.command === 'run') {
+    checkMachineOptions(options.memoryBytes ?? 32 * 2 ** 20, options.vcpuCount ?? 1);
+    return Vmm.boot({ image: options.image ?? 'builtin', memoryBytes: options.memoryBytes ?? 32 * 2 ** 20, vcpuCount: options.vcpuCount ?? 1, cmdline: options.cmdline ?? 'workload=idle', console });
+  }
+  if (!options.snapshotPath) throw new VmUsageError(['SNAPSHOT'], 'restore needs a snapshot path');
+  return Vmm.restore(options.snapshotPath, { console, lazy: options.lazy || undefined });
+}
+
 function failed(options: VmmProcessOptions, error: unknown): number {
-  const e = error as Error & { code?: string };
-  const exitCode = e instanceof VmError ? EXIT_BAD_REQUEST : EXIT_GUEST_FAILED;
-  options.report({ event: 'error', name: e.name, code: e.code, message: e.message, exitCode });
-  return exitCode;
+  const event = errorEvent(error);
+  options.report(event);
+  return event.exitCode;
+}
+
+const ERROR_FIELDS_SKIPPED = new Set(['name', 'message', 'stack', 'code', 'cause']);
+
+/** An error as an event: its code, exit status, its own data fields, and its cause's code. */
+export function errorEvent(error: unknown): VmmErrorEvent {
+  const e = (error instanceof Error ? error : new Error(String(error))) as Error & { code?: unknown };
+  const details: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(e)) {
+    if (!ERROR_FIELDS_SKIPPED.has(key) && (typeof value === 'string' || typeof value === 'number' || typeof value === 'boolean' || Array.isArray(value))) details[key] = value;
+  }
+  const causeCode = e.cause instanceof Error ? (e.cause as { code?: unknown }).code : undefined;
+  const cause = e.cause instanceof Error ? { name: e.cause.name, code: typeof causeCode === 'string' ? causeCode : undefined, message: e.cause.message } : undefined;
+  return {
+    event: 'error',
+    name: e.name,
+    code: typeof e.code === 'string' ? e.code : undefined,
+    message: e.message,
+    exitCode: exitCodeFor(error),
+    ...(Object.keys(details).length > 0 ? { details } : {}),
+    ...(cause ? { cause } : {}),
+  };
 }
 
 /** stdin to COM1 (raw mode on a TTY, so keys go through as typed). Ctrl-C stops the VM. Returns the undo. */
@@ -137,7 +213,8 @@ function forwardStdin(vmm: Vmm, stop: () => void): () => void {
       stop();
       return;
     }
-    if (vmm.state !== 'exited') void vmm.sendInput(chunk).catch(() => {});
+    // Keys while a snapshot is taken still go in (input is allowed then); a full queue drops the keys.
+    if (vmm.state !== 'stopped') void vmm.sendInput(chunk).catch(() => {});
   };
   stdin.on('data', onData);
   stdin.resume();

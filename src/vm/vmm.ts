@@ -1,15 +1,18 @@
 // The VMM: builds a VM (KVM objects, guest RAM, in-kernel irqchip and PIT),
 // boots a multiboot guest or restores a snapshot, and runs one worker thread
-// per vCPU. The VM's own state (paused, running, exited) is derived from its
-// vCPUs'; every request goes through the vCPU state machine in the workers.
+// per vCPU. The VM's lifecycle (vm-lifecycle.ts) is the authority on what
+// the VM may do next: every request that changes the VM is checked against
+// it when it arrives (refused at once when it does not fit) and runs one at
+// a time, after the requests before it; each vCPU's own state machine
+// (vcpu-state-machine.ts, in its worker) checks the commands it is sent.
 import { readFileSync } from 'node:fs';
 import { MessageChannel, Worker } from 'node:worker_threads';
 import { kvmNative } from '../native-kvm.js';
 import { parseMultibootImage, loadMultiboot, multibootEntryState } from './boot/multiboot.js';
 import { BUILTIN_GUEST_PATH } from './boot/builtin-guest.js';
 import type { UartState } from './devices/serial/uart16550.js';
-import { GuestImageNotFoundError, InvalidStateTransitionError, InvalidVmSnapshotError, VmError } from './errors.js';
-import { KVM_PIT_SPEAKER_DUMMY, KVM_SIZE, KVM_TSS_ADDRESS, KVM_IDENTITY_MAP_ADDRESS, type KvmCapName } from './kvm/ioctls/constants.js';
+import { GuestImageNotFoundError, InvalidStateTransitionError, InvalidVmSnapshotError, VmConfigError, VmError } from './errors.js';
+import { KVM_PIT_SPEAKER_DUMMY, KVM_TSS_ADDRESS, KVM_IDENTITY_MAP_ADDRESS, type KvmCapName } from './kvm/ioctls/constants.js';
 import type { CpuidEntry } from './kvm/ioctls/structs.js';
 import { KvmSystem } from './kvm/kvm-system.js';
 import type { KvmVcpu, VcpuState } from './kvm/kvm-vcpu.js';
@@ -18,12 +21,28 @@ import { GuestMemory, type GuestMemoryBacking } from './memory/guest-memory.js';
 import { LazyGuestMemory, type LazyMemoryReport, type LazyRestoreOptions } from './memory/lazy-guest-memory.js';
 import type { SnapshotFile, SnapshotWriteSummary } from '../snapshot/index.js';
 import { SnapshotSource } from '../sources/snapshot-source.js';
-import { openVmSnapshot, readVmMemory, writeVmSnapshot } from './persist/vm-snapshot.js';
-import type { MachineConfig, VmSavedState } from './persist/vm-state.js';
-import type { GuestExitReason, VcpuCommandBody, VcpuCounters, VcpuEvent, VcpuWorkerData } from './vcpu-protocol.js';
+import { SnapshotCorruptError } from '../snapshot/errors.js';
+import { machineConfigProblem, type MachineConfig } from './machine-config.js';
+import { checkSnapshotPath, openVmSnapshot, readVmMemory, writeVmSnapshot } from './persist/vm-snapshot.js';
+import type { VmSavedState } from './persist/vm-state.js';
+import { decodeVcpuError, type GuestExitReason, type VcpuCommandBody, type VcpuCounters, type VcpuEvent, type VcpuWorkerData } from './vcpu-protocol.js';
 import type { VcpuRunState } from './vcpu-state-machine.js';
+import { VmLifecycle, type VmLifecycleEvent, type VmLifecycleState } from './vm-lifecycle.js';
 
-export type VmRunState = 'paused' | 'running' | 'exited';
+/** What a pause or resume did: the state after it, and whether it changed anything ("already paused"). */
+export interface VmStateChange {
+  state: VmLifecycleState;
+  changed: boolean;
+}
+
+/** A written snapshot: the file's summary and where the time went (ms, to 0.01). */
+export type VmSnapshotSummary = SnapshotWriteSummary & { pauseMs: number; saveStateMs: number; writeMs: number; durationMs: number };
+
+/** Points where a test can hold the VMM in the middle of an operation (deterministic races). */
+export interface VmmHooks {
+  /** A snapshot has paused the VM and saved its state, and is about to write RAM. */
+  beforeSnapshotWrite?: (path: string) => Promise<void> | void;
+}
 
 export interface VmConfig {
   /** A multiboot v1 image path, or 'builtin' for the micro guest. */
@@ -54,7 +73,7 @@ export interface RestoreOptions {
 }
 
 export interface VmStatus {
-  state: VmRunState;
+  state: VmLifecycleState;
   memoryBytes: number;
   vcpus: { id: number; state: VcpuRunState; counters: VcpuCounters }[];
   exitReason: GuestExitReason | undefined;
@@ -87,7 +106,7 @@ class VcpuHandle {
   counters: VcpuCounters = { exits: 0, ioExits: 0, kicks: 0 };
   private tid = 0;
   private seq = 0;
-  private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
+  private readonly pending = new Map<number, { command: string; resolve: (v: unknown) => void; reject: (e: Error) => void }>();
   readonly exited: Promise<GuestExitReason>;
   readonly ready: Promise<void>;
 
@@ -112,7 +131,7 @@ class VcpuHandle {
             this.pending.delete(event.seq);
             if (!p) break;
             if (event.ok) p.resolve(event.value);
-            else p.reject(Object.assign(new VmError(`vCPU ${vcpu.id}: ${event.error.message}`), { vcpuCode: event.error.code }));
+            else p.reject(decodeVcpuError(vcpu.id, p.command, event.error));
             break;
           }
           case 'state':
@@ -122,7 +141,7 @@ class VcpuHandle {
           case 'exited':
             this.state = 'exited';
             this.counters = event.counters;
-            for (const p of this.pending.values()) p.reject(new VmError(`vCPU ${vcpu.id} exited`));
+            for (const p of this.pending.values()) p.reject(new InvalidStateTransitionError('exited', p.command));
             this.pending.clear();
             resolveExit(event.reason);
             break;
@@ -147,7 +166,7 @@ class VcpuHandle {
   request<T = void>(command: VcpuCommandBody): Promise<T> {
     if (this.state === 'exited') return Promise.reject(new InvalidStateTransitionError('exited', command.type));
     const seq = ++this.seq;
-    const reply = new Promise<T>((resolve, reject) => this.pending.set(seq, { resolve: resolve as (v: unknown) => void, reject }));
+    const reply = new Promise<T>((resolve, reject) => this.pending.set(seq, { command: command.type, resolve: resolve as (v: unknown) => void, reject }));
     this.port.postMessage({ ...command, seq });
     Atomics.add(this.doorbell, 0, 1);
     Atomics.notify(this.doorbell, 0);
@@ -169,10 +188,13 @@ class VcpuHandle {
   }
 }
 
+/** ms to 0.01: what a performance.now() difference means here. */
+const ms2 = (x: number): number => Math.round(x * 100) / 100;
+
 export class Vmm {
   private readonly handles: VcpuHandle[] = [];
   private exitReasonValue: GuestExitReason | undefined;
-  private closed = false;
+  private closing: Promise<void> | undefined;
   /** Resolves when every vCPU has left the guest for good; the first vCPU's reason. */
   readonly exited: Promise<GuestExitReason>;
   private resolveExited!: (reason: GuestExitReason) => void;
@@ -183,6 +205,12 @@ export class Vmm {
   private restoreInfo: (RestoreTimings & { mode: 'eager' | 'lazy' }) | undefined;
   /** Set when guest memory could not be supplied: the guest's output from then on is dropped. */
   private memoryFailure: Error | undefined;
+  /** The authority on what the VM may do next. */
+  private readonly lifecycle = new VmLifecycle('created');
+  /** The tail of the requests that change the VM: each runs after the one before it has ended. */
+  private queue: Promise<unknown> = Promise.resolve();
+  /** Test hooks (see VmmHooks). */
+  readonly hooks: VmmHooks = {};
 
   private constructor(
     readonly system: KvmSystem,
@@ -194,9 +222,13 @@ export class Vmm {
     this.exited = new Promise((r) => (this.resolveExited = r));
   }
 
-  /** Build a VM, load a multiboot image and leave it paused at the entry point. */
+  /** Build a VM, load a multiboot image and leave it created (paused at the entry point, never run). */
   static async boot(config: VmConfig): Promise<Vmm> {
+    const machine: MachineConfig = { memoryBytes: config.memoryBytes, vcpuCount: config.vcpuCount ?? 1, cmdline: config.cmdline ?? '', image: '' };
+    const problem = machineConfigProblem(machine);
+    if (problem) throw new VmConfigError(problem.field, `is ${machine[problem.field]}; it ${problem.problem}`);
     const imagePath = config.image === 'builtin' ? BUILTIN_GUEST_PATH : config.image;
+    machine.image = imagePath;
     let imageBytes: Uint8Array;
     try {
       imageBytes = readFileSync(imagePath);
@@ -205,7 +237,6 @@ export class Vmm {
       throw error;
     }
     const image = parseMultibootImage(imageBytes, imagePath);
-    const machine: MachineConfig = { memoryBytes: config.memoryBytes, vcpuCount: config.vcpuCount ?? 1, cmdline: config.cmdline ?? '', image: imagePath };
     const vmm = Vmm.build(machine, config.backing ?? 'anonymous', config.console);
     try {
       const { entry, infoAddress } = loadMultiboot(vmm.memory, image, machine.cmdline);
@@ -226,15 +257,17 @@ export class Vmm {
 
   /**
    * Build the machine a snapshot describes, load its state, and leave it
-   * paused. Eager (default): every page is read and CRC-checked into guest RAM
-   * before any vCPU exists. Lazy: guest RAM is registered with userfaultfd and
-   * served by a pager on this thread while the vCPUs run (see
-   * memory/lazy-guest-memory.ts); with verify (the default) every stored page's
-   * CRC is still checked first, without copying anything.
+   * paused. The snapshot's tables and its whole VM state (vm-state.ts's
+   * schema, every kernel struct's size included) are checked before any KVM
+   * object exists. Eager (default): every page is read and CRC-checked into
+   * guest RAM before any vCPU runs. Lazy: guest RAM is registered with
+   * userfaultfd and served by a pager on this thread while the vCPUs run (see
+   * memory/lazy-guest-memory.ts); with verify (the default) every stored
+   * page's CRC is still checked first, without copying anything.
    */
   static async restore(path: string, options: RestoreOptions = {}): Promise<Vmm> {
     const started = performance.now();
-    const since = (): number => +(performance.now() - started).toFixed(2);
+    const since = (): number => ms2(performance.now() - started);
     const { file, state } = await openVmSnapshot(path);
     const lazy = options.lazy === true ? {} : options.lazy || undefined;
     const timings: Partial<RestoreTimings> = { openedMs: since() };
@@ -243,6 +276,7 @@ export class Vmm {
     let workersStarting: Promise<void> | undefined;
     try {
       vmm = Vmm.build(state.machine, options.backing ?? 'anonymous', options.console);
+      vmm.lifecycle.transition('restore');
       timings.builtMs = since();
       const built = vmm;
       // The vCPU workers take tens of ms to load; they start while the memory is checked and loaded.
@@ -252,8 +286,9 @@ export class Vmm {
         const report = await file.verifyAll();
         if (!report.ok) {
           const first = report.corruptPages[0]!;
+          const cause = new SnapshotCorruptError({ structure: 'page data', ...first });
           throw new InvalidVmSnapshotError(path, `${report.corruptPageCount} stored page(s) fail their CRC check, the first at image offset 0x${first.imageOffset.toString(16)} ` +
-            `(CRC 0x${first.actualCrc32.toString(16)}, expected 0x${first.expectedCrc32.toString(16)}) [ESNAPSHOT_CORRUPT]`);
+            `(CRC 0x${first.actualCrc32.toString(16)}, expected 0x${first.expectedCrc32.toString(16)})`, { cause });
         }
         timings.verifiedMs = since();
       }
@@ -278,13 +313,14 @@ export class Vmm {
       built.vm.setClock(state.clock);
       built.vm.setIrqchip(state.irqchip);
       await workersStarting;
+      // The schema made the saved ids exactly 0..vcpuCount-1, one each.
+      const byId = new Map(state.vcpus.map((v) => [v.id, v]));
       for (const handle of built.handles) {
-        const vcpu = state.vcpus.find((v) => v.id === handle.vcpu.id);
-        if (!vcpu) throw new VmError(`the snapshot has no state for vCPU ${handle.vcpu.id}`);
-        await handle.request({ type: 'restore-state', vcpu, uart: handle.vcpu.id === 0 ? state.uart : undefined });
+        await handle.request({ type: 'restore-state', vcpu: byId.get(handle.vcpu.id)!, uart: handle.vcpu.id === 0 ? state.uart : undefined });
       }
       timings.readyMs = since();
       built.restoreInfo = { mode: lazy ? 'lazy' : 'eager', ...(timings as RestoreTimings) };
+      built.lifecycle.transition('restored');
       return built;
     } catch (error) {
       await workersStarting?.catch(() => {});
@@ -296,6 +332,8 @@ export class Vmm {
   }
 
   private static build(machine: MachineConfig, backing: GuestMemoryBacking, console?: (bytes: Uint8Array) => void): Vmm {
+    const problem = machineConfigProblem(machine);
+    if (problem) throw new VmConfigError(problem.field, `is ${machine[problem.field]}; it ${problem.problem}`);
     const system = KvmSystem.open();
     let vm: KvmVm | undefined;
     let memory: GuestMemory | undefined;
@@ -331,11 +369,12 @@ export class Vmm {
 
   private async startWorkers(): Promise<void> {
     const mmapSize = this.system.vcpuMmapSize();
+    const xsaveBytes = this.vm.xsaveBytes();
     const vcpus = this.vm.createdVcpus;
     for (const vcpu of vcpus) {
       const doorbell = new SharedArrayBuffer(4);
       const channel = new MessageChannel();
-      const data: VcpuWorkerData = { vcpuFd: vcpu.fd, vcpuId: vcpu.id, mmapSize, doorbell, kickSignal: KICK_SIGNAL, ownsDevices: vcpu.id === 0, port: channel.port2 };
+      const data: VcpuWorkerData = { vcpuFd: vcpu.fd, vcpuId: vcpu.id, mmapSize, xsaveBytes, doorbell, kickSignal: KICK_SIGNAL, ownsDevices: vcpu.id === 0, port: channel.port2 };
       const worker = new Worker(new URL('./vcpu-worker.js', import.meta.url), { workerData: data, transferList: [channel.port2] });
       const handle = new VcpuHandle(vcpu, worker, channel.port1 as unknown as MessagePort, new Int32Array(doorbell), (event) => this.onEvent(event));
       this.handles.push(handle);
@@ -353,14 +392,16 @@ export class Vmm {
   }
 
   private onVcpuExited(): void {
+    // A vCPU that left the guest for good ends the VM (a fact: allowed from any state).
+    this.lifecycle.transition('guest-exit');
     // The guest signalling done on one vCPU ends the VM: stop the others.
     for (const h of this.handles) if (h.state !== 'exited') void h.request({ type: 'stop' }).catch(() => {});
     if (this.handles.every((h) => h.state === 'exited')) this.resolveExited(this.exitReasonValue ?? { type: 'stopped' });
   }
 
-  get state(): VmRunState {
-    if (this.handles.length === 0 || this.handles.some((h) => h.state === 'exited')) return this.handles.length === 0 ? 'paused' : 'exited';
-    return this.handles.some((h) => h.state === 'running') ? 'running' : 'paused';
+  /** The lifecycle state: created, running, paused, snapshotting, restoring, migrating or stopped. */
+  get state(): VmLifecycleState {
+    return this.lifecycle.state;
   }
 
   status(): VmStatus {
@@ -402,61 +443,142 @@ export class Vmm {
     this.lazyMemory?.release();
   }
 
-  async resume(): Promise<void> {
-    this.refuseUnless(['paused', 'running'], 'resume');
-    await Promise.all(this.handles.map((h) => h.request({ type: 'resume' })));
-    if (this.lazyOptions?.prefetchAll && !this.prefetchAllStarted) {
-      this.prefetchAllStarted = true;
-      // After resume() returns: queueing thousands of pages is not part of the time to resume.
-      setImmediate(() => this.lazyMemory?.prefetchAll());
+  /**
+   * Run a request that changes the VM. Checked against the lifecycle when it
+   * arrives, so one that does not fit (a resume while a snapshot is being
+   * written) is refused at once instead of waiting; then run after every
+   * request before it has ended, and checked again when its turn comes (an
+   * earlier one may have stopped the VM).
+   */
+  private serialized<T>(event: VmLifecycleEvent, run: () => Promise<T>): Promise<T> {
+    try {
+      this.lifecycle.check(event);
+    } catch (error) {
+      return Promise.reject(error);
     }
+    const turn = this.queue.then(() => {
+      this.lifecycle.check(event);
+      return run();
+    });
+    this.queue = turn.catch(() => {});
+    return turn;
   }
 
-  /** Every vCPU out of the guest, its last exit completed (KVM finished any pending I/O on re-entry). */
-  async pause(): Promise<void> {
-    this.refuseUnless(['paused', 'running'], 'pause');
+  /** Every vCPU into the guest. "Already running" is a result (changed: false), not an error. */
+  resume(): Promise<VmStateChange> {
+    return this.serialized('resume', async () => {
+      if (this.state === 'running') return { state: this.state, changed: false };
+      await Promise.all(this.handles.map((h) => h.request({ type: 'resume' })));
+      this.lifecycle.transition('resume');
+      if (this.lazyOptions?.prefetchAll && !this.prefetchAllStarted) {
+        this.prefetchAllStarted = true;
+        // After resume() returns: queueing thousands of pages is not part of the time to resume.
+        setImmediate(() => this.lazyMemory?.prefetchAll());
+      }
+      return { state: this.state, changed: true };
+    });
+  }
+
+  /**
+   * Every vCPU out of the guest, its last exit completed (KVM finished any
+   * pending I/O on re-entry). "Already paused" (or created, never run) is a
+   * result (changed: false).
+   */
+  pause(): Promise<VmStateChange> {
+    return this.serialized('pause', async () => {
+      if (this.state !== 'running') return { state: this.state, changed: false };
+      await this.pauseVcpus();
+      this.lifecycle.transition('pause');
+      return { state: this.state, changed: true };
+    });
+  }
+
+  private async pauseVcpus(): Promise<void> {
     await Promise.all(this.handles.map((h) => h.request({ type: 'pause' })));
   }
 
-  /** Bytes for the guest's COM1 receiver. */
+  /** Bytes for the guest's COM1 receiver; SerialInputFullError (nothing queued) past the bound. */
   async sendInput(bytes: Uint8Array): Promise<void> {
-    this.refuseUnless(['paused', 'running'], 'send input to');
+    this.lifecycle.check('input');
     await this.handles[0]!.request({ type: 'input', bytes });
   }
 
-  /** The complete state of the paused VM, memory apart. */
+  /** The complete state of the VM, memory apart. Only while no vCPU runs (created, paused, or inside a snapshot). */
   async saveState(): Promise<VmSavedState> {
-    this.refuseUnless(['paused'], 'save the state of');
+    if (!['created', 'paused', 'snapshotting'].includes(this.state)) throw new InvalidStateTransitionError(this.state, 'save the state of');
     const msrCandidates = this.system.msrIndexList();
     const msrIndices = this.handles[0]!.vcpu.readableMsrs(msrCandidates);
-    const xsaveBytes = Math.max(KVM_SIZE.kvm_xsave, this.vm.checkExtension('KVM_CAP_XSAVE2'));
     const vcpus: VcpuState[] = [];
     let uart: UartState | undefined;
     for (const h of this.handles) {
-      const saved = await h.request<{ vcpu: VcpuState; uart?: UartState }>({ type: 'save-state', msrIndices, xsaveBytes });
+      const saved = await h.request<{ vcpu: VcpuState; uart?: UartState }>({ type: 'save-state', msrIndices });
       vcpus.push(saved.vcpu);
       uart ??= saved.uart;
     }
     return { machine: this.machine, vcpus, irqchip: this.vm.getIrqchip(), pit2: this.vm.getPit2(), clock: this.vm.getClock(), uart };
   }
 
-  /** Pause (if running), write state and memory to `path`; the VM stays paused. */
-  async snapshot(path: string): Promise<SnapshotWriteSummary & { pauseMs: number; saveStateMs: number; durationMs: number }> {
-    const started = performance.now();
-    if (this.state === 'running') await this.pause();
-    const pauseMs = performance.now() - started;
-    const state = await this.saveState();
-    const saveStateMs = performance.now() - started - pauseMs;
-    // This thread is the lazy pager: it must not touch a missing page. Fill them all first.
-    await this.completeMemory();
-    const summary = await writeVmSnapshot(path, state, this.memory);
-    return { ...summary, pauseMs, saveStateMs, durationMs: performance.now() - started };
+  /**
+   * Pause (if running), write state and memory to `path`; the VM stays
+   * paused, also when the write fails. The path is checked first
+   * (persist/vm-snapshot.ts checkSnapshotPath): a refused one leaves the VM
+   * as it was. While the snapshot is written the VM is `snapshotting` and
+   * refuses every other request but input.
+   */
+  snapshot(path: string): Promise<VmSnapshotSummary> {
+    return this.serialized('snapshot', async () => {
+      checkSnapshotPath(path);
+      const started = performance.now();
+      const wasRunning = this.state === 'running';
+      this.lifecycle.transition('snapshot');
+      try {
+        if (wasRunning) await this.pauseVcpus();
+        const pausedAt = performance.now();
+        const state = await this.saveState();
+        const savedAt = performance.now();
+        await this.hooks.beforeSnapshotWrite?.(path);
+        // This thread is the lazy pager: it must not touch a missing page. Fill them all first.
+        await this.completeMemory();
+        const summary = await writeVmSnapshot(path, state, this.memory);
+        const done = performance.now();
+        if (this.lifecycle.allows('snapshot-done')) this.lifecycle.transition('snapshot-done');
+        return { ...summary, pauseMs: ms2(pausedAt - started), saveStateMs: ms2(savedAt - pausedAt), writeMs: ms2(done - savedAt), durationMs: ms2(done - started) };
+      } catch (error) {
+        if (this.lifecycle.allows('snapshot-failed')) this.lifecycle.transition('snapshot-failed');
+        throw error;
+      }
+    });
   }
 
-  /** Stop every vCPU, end the workers, free KVM objects and memory. */
-  async close(): Promise<void> {
-    if (this.closed) return;
-    this.closed = true;
+  /** Throws InvalidStateTransitionError (naming the state) unless the lifecycle allows `event` now. */
+  check(event: VmLifecycleEvent): void {
+    this.lifecycle.check(event);
+  }
+
+  /**
+   * Stop: refused (InvalidStateTransitionError) while an operation owns the
+   * VM or once it is stopped; otherwise the VM is closed.
+   */
+  stop(): Promise<void> {
+    this.lifecycle.check('stop');
+    return this.close();
+  }
+
+  /**
+   * Stop every vCPU, end the workers, free KVM objects and memory. Waits for
+   * the request in progress first (a snapshot reads guest RAM; unmapping it
+   * under the writer would crash the process), so it ends the VM after it.
+   */
+  close(): Promise<void> {
+    this.closing ??= this.teardown();
+    return this.closing;
+  }
+
+  private async teardown(): Promise<void> {
+    await this.queue;
+    const state = this.lifecycle.state;
+    if (state === 'restoring') this.lifecycle.transition('restore-failed');
+    else if (this.lifecycle.allows('stop')) this.lifecycle.transition('stop');
     await Promise.all(this.handles.map(async (h) => {
       if (h.state !== 'exited') await h.request({ type: 'stop' }).catch(() => {});
       let timer: NodeJS.Timeout | undefined;
@@ -468,9 +590,5 @@ export class Vmm {
     this.vm.close();
     this.memory.unmap();
     this.system.close();
-  }
-
-  private refuseUnless(states: VmRunState[], request: string): void {
-    if (!states.includes(this.state)) throw new InvalidStateTransitionError(this.state, request);
   }
 }

@@ -142,7 +142,7 @@ describe('userfault serve', { skip, timeout: 60_000 }, () => {
 
     const noDir = runServe('--socket', '/no/dir/x.sock', '--memory-file', files.rawPath);
     assert.equal(noDir.status, ExitCode.CANT_CREATE);
-    assert.match(noDir.stderr, /^userfault: cannot create \/no\/dir\/x\.sock: the directory \/no\/dir does not exist \[ECANTCREATE\]$/m);
+    assert.match(noDir.stderr, /^userfault: cannot listen on \/no\/dir\/x\.sock: its directory does not exist \[ECANTCREATE\]$/m);
     const noDirJson = runServe('--socket', '/no/dir/x.sock', '--memory-file', files.rawPath, '--json');
     assert.equal(noDirJson.status, ExitCode.CANT_CREATE);
     assert.equal(jsonError(noDirJson.stderr).path, '/no/dir/x.sock');

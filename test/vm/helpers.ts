@@ -6,7 +6,7 @@ import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { TestContext } from 'node:test';
 import { ensureBuiltinGuest } from '../../src/vm/boot/builtin-guest.js';
-import { PageKind, SnapshotFile } from '../../src/snapshot/index.js';
+import { PageKind, SnapshotFile, writeSnapshot } from '../../src/snapshot/index.js';
 
 /** Why KVM tests cannot run here, or undefined when they can. */
 export function kvmSkipReason(): string | undefined {
@@ -142,5 +142,29 @@ export async function waitForSocket(path: string, timeoutMs = 10000): Promise<vo
       if (Date.now() > deadline) throw new Error(`no control socket at ${path}`);
       await new Promise((r) => setTimeout(r, 20));
     }
+  }
+}
+
+/**
+ * Copy a VM snapshot with its metadata's VM state changed by `change` (which
+ * edits the JSON in place or returns a replacement): a real snapshot with one
+ * thing wrong in it.
+ */
+export async function rewriteVmSnapshot(src: string, dst: string, change: (state: any) => unknown): Promise<void> { // eslint-disable-line @typescript-eslint/no-explicit-any
+  const file = await SnapshotFile.open(src);
+  try {
+    const image = new Uint8Array(file.imageSizeBytes);
+    await file.readPages(0, file.imageSizeBytes, image);
+    const metadata = JSON.parse(Buffer.from(file.metadata).toString('utf8')) as { kind: string; state: unknown };
+    const replaced = change(metadata.state);
+    if (replaced !== undefined) metadata.state = replaced;
+    await writeSnapshot(dst, {
+      regions: file.regions.map((r) => ({ imageOffset: r.imageOffset, lengthBytes: r.lengthBytes, guestPhysAddress: r.guestPhysAddress, name: r.name })),
+      imageSizeBytes: file.imageSizeBytes,
+      content: image,
+      metadata: Buffer.from(JSON.stringify(metadata), 'utf8'),
+    });
+  } finally {
+    await file.close();
   }
 }

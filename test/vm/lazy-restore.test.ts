@@ -143,7 +143,7 @@ describe('lazy restore across processes', { skip, timeout: 120000 }, () => {
     copyFileSync(snap, bad);
     const { imageOffset } = await corruptStoredPage(bad, 'last');
     const restored = spawnVmm(t, ['restore', bad, '--lazy']);
-    assert.equal(await restored.exit, 64, restored.stderr());
+    assert.equal(await restored.exit, 65, restored.stderr());
     assert.match(restored.stderr(), /ESNAPSHOTINVALID/);
     assert.match(restored.stderr(), new RegExp(`CRC check, the first at image offset 0x${imageOffset.toString(16)}`));
     assert.equal(restored.console.text, '', 'the guest never ran');
@@ -154,7 +154,7 @@ describe('lazy restore across processes', { skip, timeout: 120000 }, () => {
     copyFileSync(snap, bad);
     truncateSync(bad, statSync(bad).size - 4096);
     const restored = spawnVmm(t, ['restore', bad, '--lazy']);
-    assert.equal(await restored.exit, 64, restored.stderr());
+    assert.equal(await restored.exit, 65, restored.stderr());
     assert.match(restored.stderr(), /ESNAPSHOTINVALID.*truncated/i);
     assert.equal(restored.console.text, '');
   });

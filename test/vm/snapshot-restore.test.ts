@@ -5,7 +5,9 @@ import assert from 'node:assert/strict';
 import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { controlRequest } from '../../src/vm/control-api.js';
-import { corruptStoredPage, kvmSkipReason, spawnVmm, tempDir, waitForSocket } from './helpers.js';
+import { Vmm } from '../../src/vm/vmm.js';
+import { InvalidVmStateError } from '../../src/vm/errors.js';
+import { corruptStoredPage, kvmSkipReason, rewriteVmSnapshot, spawnVmm, tempDir, vmmEvents, waitForSocket } from './helpers.js';
 
 const skip = kvmSkipReason();
 
@@ -57,7 +59,7 @@ describe('snapshot and restore across processes', { skip, timeout: 90000 }, () =
 
     const { imageOffset } = await corruptStoredPage(snap, 'last');
     const restored = spawnVmm(t, ['restore', snap]);
-    assert.equal(await restored.exit, 64);
+    assert.equal(await restored.exit, 65, 'bad input data (sysexits EX_DATAERR)');
     assert.match(restored.stderr(), /ESNAPSHOTINVALID.*CRC/i);
     assert.match(restored.stderr(), new RegExp(`image offset 0x${imageOffset.toString(16)}`));
     assert.equal(restored.console.text, '', 'the guest never ran');
@@ -71,9 +73,65 @@ describe('snapshot and restore across processes', { skip, timeout: 90000 }, () =
     const bad = await controlRequest(sock, 'PATCH', '/vm', { state: 'Sleeping' });
     assert.equal(bad.status, 400);
     assert.match((bad.body as { fault_message: string }).fault_message, /Paused/);
-    assert.equal((await controlRequest(sock, 'PATCH', '/vm', { state: 'Paused' })).status, 204);
-    assert.equal((await controlRequest(sock, 'PATCH', '/vm', { state: 'Resumed' })).status, 204);
+    assert.deepEqual(await controlRequest(sock, 'PATCH', '/vm', { state: 'Paused' }), { status: 200, body: { state: 'paused', changed: true } });
+    assert.deepEqual(await controlRequest(sock, 'PATCH', '/vm', { state: 'Paused' }), { status: 200, body: { state: 'paused', changed: false } });
+    assert.deepEqual(await controlRequest(sock, 'PATCH', '/vm', { state: 'Resumed' }), { status: 200, body: { state: 'running', changed: true } });
     await controlRequest(sock, 'PUT', '/actions', { action_type: 'Stop' });
     assert.equal(await run.exit, 0);
+  });
+});
+
+describe('snapshots with a malformed VM state', { skip, timeout: 90000 }, () => {
+  /** A real snapshot of a 16 MiB writer, taken in this process. */
+  async function realSnapshot(dir: string): Promise<string> {
+    const snap = join(dir, 'real.snap');
+    const vmm = await Vmm.boot({ image: 'builtin', memoryBytes: 16 << 20, cmdline: 'workload=writer mem=4 hb=5' });
+    try {
+      await vmm.resume();
+      await vmm.snapshot(snap);
+    } finally {
+      await vmm.close();
+    }
+    return snap;
+  }
+
+  const half = (b64: string): string => { const b = Buffer.from(b64, 'base64'); return b.subarray(0, b.length >> 1).toString('base64'); };
+
+  test('every kernel struct truncated to half, in a real snapshot: refused naming it, before any VM is built', async (t) => {
+    const dir = tempDir(t);
+    const snap = await realSnapshot(dir);
+    const fields: [string, (s: any) => void][] = [ // eslint-disable-line @typescript-eslint/no-explicit-any
+      ...['mpState', 'regs', 'sregs', 'fpu', 'xsave', 'xcrs', 'debugregs', 'lapic', 'events'].map((blob): [string, (s: any) => void] => // eslint-disable-line @typescript-eslint/no-explicit-any
+        [`vcpus[0].${blob}`, (s) => { s.vcpus[0][blob] = half(s.vcpus[0][blob]); }]),
+      ['irqchip.picMaster', (s) => { s.irqchip.picMaster = half(s.irqchip.picMaster); }],
+      ['irqchip.picSlave', (s) => { s.irqchip.picSlave = half(s.irqchip.picSlave); }],
+      ['irqchip.ioapic', (s) => { s.irqchip.ioapic = half(s.irqchip.ioapic); }],
+      ['pit2', (s) => { s.pit2 = half(s.pit2); }],
+      ['clock', (s) => { s.clock = half(s.clock); }],
+    ];
+    for (const [field, change] of fields) {
+      const bad = join(dir, `${field}.snap`);
+      await rewriteVmSnapshot(snap, bad, change);
+      await assert.rejects(Vmm.restore(bad), (e: unknown) => e instanceof InvalidVmStateError && e.field === field && e.snapshotPath === bad && /is \d+ bytes, struct kvm_/.test(e.message), field);
+    }
+  });
+
+  test('a VMM restoring a truncated regs blob or a 0-vCPU state exits 65 with the field named, and the guest never runs', async (t) => {
+    const dir = tempDir(t);
+    const snap = await realSnapshot(dir);
+    const cases: [string, (s: any) => void][] = [ // eslint-disable-line @typescript-eslint/no-explicit-any
+      ['vcpus[0].regs', (s) => { s.vcpus[0].regs = half(s.vcpus[0].regs); }],
+      ['machine.vcpuCount', (s) => { s.machine.vcpuCount = 0; s.vcpus = []; }],
+    ];
+    for (const [field, change] of cases) {
+      const bad = join(dir, 'bad.snap');
+      await rewriteVmSnapshot(snap, bad, change);
+      const restored = spawnVmm(t, ['restore', bad]);
+      assert.equal(await restored.exit, 65, restored.stderr());
+      const error = vmmEvents(restored.stderr()).find((e) => e.event === 'error') as { code: string; details: { field: string } } | undefined;
+      assert.equal(error?.code, 'EVMSTATE');
+      assert.equal(error?.details.field, field);
+      assert.equal(restored.console.text, '', 'the guest never ran');
+    }
   });
 });

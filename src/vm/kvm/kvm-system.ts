@@ -1,11 +1,15 @@
 // The /dev/kvm file descriptor: capabilities, host-wide lists, and VM creation.
+import { constants as osConstants } from 'node:os';
 import { kvmNative } from '../../native-kvm.js';
 import { isNativeSyscallError, native } from '../../native.js';
-import { errorForErrno, wrapNative } from '../../uffd/errors.js';
-import { KvmCapabilityMissingError, KvmUnavailableError, VmError } from '../errors.js';
-import { KVM, KVM_API_VERSION, KVM_CAP, type KvmCapName } from './ioctls/constants.js';
+import { KvmAccessDeniedError, KvmCapabilityMissingError, KvmUnavailableError, VmError } from '../errors.js';
+import { KVM_API_VERSION, KVM_CAP, type KvmCapName } from './ioctls/constants.js';
+import { kvmIoctlBytes, kvmIoctlBytesResult, kvmIoctlInt } from './ioctls/ioctl.js';
+import { kvmErrorForErrno } from './kvm-errors.js';
 import { cpuidBuffer, decodeCpuid, decodeMsrList, msrListBuffer, type CpuidEntry } from './ioctls/structs.js';
 import { KvmVm } from './kvm-vm.js';
+
+const { errno } = osConstants;
 
 export class KvmSystem {
   private closed = false;
@@ -20,8 +24,10 @@ export class KvmSystem {
     try {
       fd = kvmNative.kvmOpen();
     } catch (error) {
-      if (isNativeSyscallError(error)) throw new KvmUnavailableError(error.errno, { cause: error });
-      throw error;
+      if (!isNativeSyscallError(error)) throw error;
+      // EACCES is the usual one: /dev/kvm is root:kvm 0660 and the user is not in the group.
+      if (error.errno === errno.EACCES || error.errno === errno.EPERM) throw new KvmAccessDeniedError(error.errno, { cause: error });
+      throw new KvmUnavailableError(error.errno, { cause: error });
     }
     const system = new KvmSystem(fd);
     const version = system.ioctl('KVM_GET_API_VERSION', 0);
@@ -52,9 +58,9 @@ export class KvmSystem {
     if (this.cachedCpuid) return this.cachedCpuid;
     for (let capacity = 64; capacity <= 4096; capacity *= 2) {
       const bytes = cpuidBuffer(capacity);
-      const r = kvmNative.kvmIoctlBytesResult(this.fd, KVM.KVM_GET_SUPPORTED_CPUID, bytes);
+      const r = kvmIoctlBytesResult(this.fd, 'KVM_GET_SUPPORTED_CPUID', bytes);
       if (r === -kvmNative.kvmConstants.E2BIG) continue;
-      if (r < 0) throw wrapErrno('ioctl(KVM_GET_SUPPORTED_CPUID)', -r);
+      if (r < 0) throw kvmErrorForErrno('KVM_GET_SUPPORTED_CPUID', -r);
       this.cachedCpuid = decodeCpuid(bytes);
       return this.cachedCpuid;
     }
@@ -66,11 +72,11 @@ export class KvmSystem {
     if (this.cachedMsrs) return this.cachedMsrs;
     // A first call with room for none answers E2BIG and writes the count it needs.
     const probe = msrListBuffer(0);
-    const r = kvmNative.kvmIoctlBytesResult(this.fd, KVM.KVM_GET_MSR_INDEX_LIST, probe);
-    if (r < 0 && r !== -kvmNative.kvmConstants.E2BIG) throw wrapErrno('ioctl(KVM_GET_MSR_INDEX_LIST)', -r);
+    const r = kvmIoctlBytesResult(this.fd, 'KVM_GET_MSR_INDEX_LIST', probe);
+    if (r < 0 && r !== -kvmNative.kvmConstants.E2BIG) throw kvmErrorForErrno('KVM_GET_MSR_INDEX_LIST', -r);
     const needed = new DataView(probe.buffer).getUint32(0, true);
     const bytes = msrListBuffer(needed);
-    wrapNative(() => kvmNative.kvmIoctlBytes(this.fd, KVM.KVM_GET_MSR_INDEX_LIST, bytes, 'KVM_GET_MSR_INDEX_LIST'));
+    kvmIoctlBytes(this.fd, 'KVM_GET_MSR_INDEX_LIST', bytes);
     this.cachedMsrs = decodeMsrList(bytes);
     return this.cachedMsrs;
   }
@@ -90,15 +96,10 @@ export class KvmSystem {
 
   private ioctl(name: 'KVM_GET_API_VERSION' | 'KVM_CHECK_EXTENSION' | 'KVM_GET_VCPU_MMAP_SIZE' | 'KVM_CREATE_VM', arg: number): number {
     this.assertOpen();
-    return wrapNative(() => kvmNative.kvmIoctl(this.fd, KVM[name], arg, name));
+    return kvmIoctlInt(this.fd, name, arg);
   }
 
   private assertOpen(): void {
     if (this.closed) throw new VmError('KvmSystem is closed');
   }
-}
-
-/** A typed error for an errno a result-returning call gave back. */
-export function wrapErrno(syscall: string, errno: number): Error {
-  return errorForErrno(syscall, errno);
 }

@@ -6,12 +6,12 @@
 // same page, so the main thread can set immediate_exit for a worker's vCPU.
 import { kvmNative } from '../../native-kvm.js';
 import { native } from '../../native.js';
-import { wrapNative } from '../../uffd/errors.js';
 import { VmError } from '../errors.js';
-import { KVM, KVM_RUN_OFFSET, KVM_SIZE, type KvmIoctlName } from './ioctls/constants.js';
+import { KVM_RUN_OFFSET, KVM_SIZE, type KvmIoctlName } from './ioctls/constants.js';
 import { decodeExit, type VmExit } from './exits.js';
+import { kvmIoctlBytes, kvmIoctlBytesResult, kvmIoctlInt, requireSavedStruct } from './ioctls/ioctl.js';
 import { decodeMsrs, decodeRegs, decodeSregs, encodeCpuid, encodeMsrs, encodeRegs, encodeSregs, type CpuidEntry, type KvmRegs, type KvmSregs, type MsrEntry } from './ioctls/structs.js';
-import { wrapErrno } from './kvm-system.js';
+import { wrapKvm } from './kvm-errors.js';
 
 /** What one KVM_RUN ended with: an exit to handle, or a kick (signal or immediate_exit). */
 export type RunResult = { type: 'exit'; exit: VmExit } | { type: 'kicked' };
@@ -40,20 +40,27 @@ export class KvmVcpu {
   /** The kvm_run mapping: the exit struct, plus the PIO data page after it. */
   readonly run: Uint8Array;
 
-  private constructor(readonly fd: number, readonly id: number, readonly runAddress: number, readonly runLengthBytes: number) {
+  private constructor(
+    readonly fd: number,
+    readonly id: number,
+    readonly runAddress: number,
+    readonly runLengthBytes: number,
+    /** This VM's XSAVE area size (KvmVm.xsaveBytes): what KVM_GET_XSAVE2 fills and KVM_SET_XSAVE reads. */
+    readonly xsaveBytes: number,
+  ) {
     this.run = new Uint8Array(native.arrayBufferAt(runAddress, runLengthBytes));
   }
 
   /** Wrap an existing vCPU fd (made by KvmVm.createVcpu, possibly in another thread) and map kvm_run. */
-  static adopt(fd: number, id: number, mmapSize: number): KvmVcpu {
-    const address = wrapNative(() => native.mmap(0, mmapSize, C.PROT_READ | C.PROT_WRITE, C.MAP_SHARED, fd, 0));
-    return new KvmVcpu(fd, id, address, mmapSize);
+  static adopt(fd: number, id: number, mmapSize: number, xsaveBytes: number): KvmVcpu {
+    const address = wrapKvm('mmap(kvm_run)', () => native.mmap(0, mmapSize, C.PROT_READ | C.PROT_WRITE, C.MAP_SHARED, fd, 0));
+    return new KvmVcpu(fd, id, address, mmapSize, xsaveBytes);
   }
 
   /** KVM_RUN until the next exit to userspace. Blocks the calling thread. */
   runOnce(): RunResult {
     this.assertOpen();
-    const r = wrapNative(() => kvmNative.kvmRun(this.fd));
+    const r = wrapKvm('KVM_RUN', () => kvmNative.kvmRun(this.fd));
     if (r < 0) return { type: 'kicked' };
     return { type: 'exit', exit: decodeExit(this.run) };
   }
@@ -88,7 +95,7 @@ export class KvmVcpu {
   /** KVM_KVMCLOCK_CTRL: tell a kvmclock guest it was paused (no soft-lockup warning). EINVAL when it has no kvmclock. */
   kvmclockCtrl(): boolean {
     try {
-      wrapNative(() => kvmNative.kvmIoctl(this.fd, KVM.KVM_KVMCLOCK_CTRL, 0, 'KVM_KVMCLOCK_CTRL'));
+      kvmIoctlInt(this.fd, 'KVM_KVMCLOCK_CTRL', 0);
       return true;
     } catch {
       return false;
@@ -100,7 +107,7 @@ export class KvmVcpu {
     const readable: number[] = [];
     for (const index of candidates) {
       const bytes = encodeMsrs([{ index, data: 0n }]);
-      if (kvmNative.kvmIoctlBytesResult(this.fd, KVM.KVM_GET_MSRS, bytes) === 1) readable.push(index);
+      if (kvmIoctlBytesResult(this.fd, 'KVM_GET_MSRS', bytes) === 1) readable.push(index);
     }
     return readable;
   }
@@ -118,7 +125,8 @@ export class KvmVcpu {
   }
 
   /** Save every piece of vCPU state. Call on the vCPU's own thread, while it is out of KVM_RUN. */
-  saveState(msrIndices: readonly number[], xsaveBytes: number): VcpuState {
+  saveState(msrIndices: readonly number[]): VcpuState {
+    const { xsaveBytes } = this;
     // Firecracker's order: mp_state first (it can flush pending events into
     // the other state), then the registers, then the rest.
     const mpState = this.getBytes('KVM_GET_MP_STATE', KVM_SIZE.kvm_mp_state);
@@ -134,20 +142,48 @@ export class KvmVcpu {
     return { id: this.id, cpuid: this.cpuid.slice(), mpState, regs, sregs, fpu, xsave, xcrs, debugregs, lapic, msrs, events };
   }
 
-  /** Restore what saveState returned, in the order KVM needs (CPUID first; LAPIC after sregs' apic_base; events last). */
+  /**
+   * Restore what saveState returned, in the order KVM needs (CPUID first;
+   * LAPIC after sregs' apic_base; events last). Every blob is checked against
+   * its struct's size first (SAVED_STRUCTS), so nothing reaches KVM when one is wrong.
+   */
   restoreState(state: VcpuState): void {
     if (state.id !== this.id) throw new VmError(`state of vCPU ${state.id} given to vCPU ${this.id}`);
+    const field = (name: string): string => `vcpus[${state.id}].${name}`;
+    const mpState = requireSavedStruct('mpState', state.mpState, field('mpState'));
+    const regs = requireSavedStruct('regs', state.regs, field('regs'));
+    const sregs = requireSavedStruct('sregs', state.sregs, field('sregs'));
+    const fpu = requireSavedStruct('fpu', state.fpu, field('fpu'));
+    const xsave = this.xsaveArea(requireSavedStruct('xsave', state.xsave, field('xsave')));
+    const xcrs = requireSavedStruct('xcrs', state.xcrs, field('xcrs'));
+    const debugregs = requireSavedStruct('debugregs', state.debugregs, field('debugregs'));
+    const lapic = requireSavedStruct('lapic', state.lapic, field('lapic'));
+    const events = requireSavedStruct('events', state.events, field('events'));
     this.setCpuid(state.cpuid);
-    this.setBytes('KVM_SET_MP_STATE', state.mpState);
-    this.setBytes('KVM_SET_REGS', state.regs);
-    this.setBytes('KVM_SET_SREGS', state.sregs);
-    this.setBytes('KVM_SET_FPU', state.fpu);
-    this.setBytes('KVM_SET_XSAVE', state.xsave);
-    this.setBytes('KVM_SET_XCRS', state.xcrs);
-    this.setBytes('KVM_SET_DEBUGREGS', state.debugregs);
-    this.setBytes('KVM_SET_LAPIC', state.lapic);
+    this.setBytes('KVM_SET_MP_STATE', mpState);
+    this.setBytes('KVM_SET_REGS', regs);
+    this.setBytes('KVM_SET_SREGS', sregs);
+    this.setBytes('KVM_SET_FPU', fpu);
+    // KVM_SET_XSAVE copies this VM's whole XSAVE area (uabi_size), not 4 KiB.
+    this.setBytes('KVM_SET_XSAVE', xsave, this.xsaveBytes);
+    this.setBytes('KVM_SET_XCRS', xcrs);
+    this.setBytes('KVM_SET_DEBUGREGS', debugregs);
+    this.setBytes('KVM_SET_LAPIC', lapic);
     this.setMsrs(state.msrs);
-    this.setBytes('KVM_SET_VCPU_EVENTS', state.events);
+    this.setBytes('KVM_SET_VCPU_EVENTS', events);
+  }
+
+  /**
+   * A saved XSAVE area sized for this VM: a shorter one (saved where the area
+   * was 4 KiB) is zero-padded, which is what the components it lacks look
+   * like to the kernel (their XSTATE_BV bits are clear). A longer one is
+   * passed whole; KVM refuses components this host does not support.
+   */
+  private xsaveArea(saved: Uint8Array): Uint8Array {
+    if (saved.byteLength >= this.xsaveBytes) return saved;
+    const area = new Uint8Array(this.xsaveBytes);
+    area.set(saved);
+    return area;
   }
 
   /** Unmap kvm_run (and close the fd if `closeFd`: only the thread that owns the vCPU should). */
@@ -164,15 +200,13 @@ export class KvmVcpu {
     return bytes;
   }
 
-  private setBytes(name: KvmIoctlName, bytes: Uint8Array): void {
-    this.ioctlBytes(name, bytes);
+  private setBytes(name: KvmIoctlName, bytes: Uint8Array, minBytes = 0): void {
+    this.ioctlBytes(name, bytes, minBytes);
   }
 
-  private ioctlBytes(name: KvmIoctlName, bytes: Uint8Array): number {
+  private ioctlBytes(name: KvmIoctlName, bytes: Uint8Array, minBytes = 0): number {
     this.assertOpen();
-    const r = kvmNative.kvmIoctlBytesResult(this.fd, KVM[name], bytes);
-    if (r < 0) throw wrapErrno(`ioctl(${name})`, -r);
-    return r;
+    return kvmIoctlBytes(this.fd, name, bytes, minBytes);
   }
 
   private assertOpen(): void {

@@ -1,11 +1,10 @@
 // A VM file descriptor: memory slots, the in-kernel irqchip and PIT, the
 // clock, and vCPU creation.
-import { kvmNative } from '../../native-kvm.js';
 import { native } from '../../native.js';
-import { wrapNative } from '../../uffd/errors.js';
 import { VmError } from '../errors.js';
 import type { GuestMemoryRegion } from '../memory/guest-memory.js';
-import { KVM, KVM_CAP, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_SIZE, type KvmCapName, type KvmIoctlName } from './ioctls/constants.js';
+import { KVM_CAP, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_SIZE, type KvmCapName, type KvmIoctlName } from './ioctls/constants.js';
+import { kvmIoctlBytes, kvmIoctlInt, requireSavedStruct } from './ioctls/ioctl.js';
 import { clockFlagsCleared, encodeIrqLevel, encodePitConfig, encodeUserMemoryRegion, irqchipBuffer } from './ioctls/structs.js';
 import type { KvmSystem } from './kvm-system.js';
 import { KvmVcpu } from './kvm-vcpu.js';
@@ -76,7 +75,9 @@ export class KvmVm {
   }
 
   setIrqchip(state: IrqchipState): void {
-    for (const bytes of [state.picMaster, state.picSlave, state.ioapic]) this.ioctlBytes('KVM_SET_IRQCHIP', checkSize(bytes, KVM_SIZE.kvm_irqchip, 'kvm_irqchip'));
+    for (const [field, bytes] of [['irqchip.picMaster', state.picMaster], ['irqchip.picSlave', state.picSlave], ['irqchip.ioapic', state.ioapic]] as const) {
+      this.ioctlBytes('KVM_SET_IRQCHIP', requireSavedStruct('irqchip', bytes, field));
+    }
   }
 
   /** KVM_GET_PIT2: struct kvm_pit_state2. */
@@ -87,7 +88,7 @@ export class KvmVm {
   }
 
   setPit2(bytes: Uint8Array): void {
-    this.ioctlBytes('KVM_SET_PIT2', checkSize(bytes, KVM_SIZE.kvm_pit_state2, 'kvm_pit_state2'));
+    this.ioctlBytes('KVM_SET_PIT2', requireSavedStruct('pit2', bytes));
   }
 
   /** KVM_GET_CLOCK: struct kvm_clock_data (the kvmclock's nanoseconds and flags). */
@@ -99,15 +100,24 @@ export class KvmVm {
 
   /** KVM_SET_CLOCK, with the flags cleared so the clock resumes at the saved value. */
   setClock(bytes: Uint8Array): void {
-    this.ioctlBytes('KVM_SET_CLOCK', clockFlagsCleared(checkSize(bytes, KVM_SIZE.kvm_clock_data, 'kvm_clock_data')));
+    this.ioctlBytes('KVM_SET_CLOCK', clockFlagsCleared(requireSavedStruct('clock', bytes)));
   }
 
   /** KVM_CREATE_VCPU, and its kvm_run mapping in this thread. */
   createVcpu(id: number): KvmVcpu {
     const vcpuFd = this.ioctlInt('KVM_CREATE_VCPU', id);
-    const vcpu = KvmVcpu.adopt(vcpuFd, id, this.system.vcpuMmapSize());
+    const vcpu = KvmVcpu.adopt(vcpuFd, id, this.system.vcpuMmapSize(), this.xsaveBytes());
     this.vcpus.push(vcpu);
     return vcpu;
+  }
+
+  /**
+   * Bytes of a vCPU's XSAVE area on this VM: struct kvm_xsave's 4 KiB, or more
+   * when KVM_CAP_XSAVE2 says so (KVM_GET_XSAVE2 fills that much, and
+   * KVM_SET_XSAVE then reads that much).
+   */
+  xsaveBytes(): number {
+    return Math.max(KVM_SIZE.kvm_xsave, this.checkExtension('KVM_CAP_XSAVE2'));
   }
 
   /** The vCPUs made by createVcpu, in creation order. */
@@ -125,16 +135,11 @@ export class KvmVm {
 
   private ioctlInt(name: KvmIoctlName, arg: number): number {
     if (this.closed) throw new VmError('KvmVm is closed');
-    return wrapNative(() => kvmNative.kvmIoctl(this.fd, KVM[name], arg, name));
+    return kvmIoctlInt(this.fd, name, arg);
   }
 
   private ioctlBytes(name: KvmIoctlName, bytes: Uint8Array): number {
     if (this.closed) throw new VmError('KvmVm is closed');
-    return wrapNative(() => kvmNative.kvmIoctlBytes(this.fd, KVM[name], bytes, name));
+    return kvmIoctlBytes(this.fd, name, bytes);
   }
-}
-
-export function checkSize(bytes: Uint8Array, size: number, name: string): Uint8Array {
-  if (bytes.byteLength !== size) throw new VmError(`${name} must be ${size} bytes, got ${bytes.byteLength}`);
-  return bytes;
 }

@@ -3,6 +3,7 @@
 // where the other is meant (vm-memory's GuestAddress vs host pointers).
 import { Mapping } from '../../mem/mapping.js';
 import { PAGE_SIZE } from '../../native.js';
+import { MAX_GUEST_MEMORY_BYTES } from '../machine-config.js';
 
 /** An address in the guest's physical address space. */
 export type GuestPhysAddress = number & { readonly __space: 'guest-physical' };
@@ -40,7 +41,7 @@ export class GuestMemory {
     if (!Number.isSafeInteger(lengthBytes) || lengthBytes <= 0 || lengthBytes % PAGE_SIZE !== 0) {
       throw new RangeError(`guest memory must be a positive multiple of ${PAGE_SIZE} bytes, got ${lengthBytes}`);
     }
-    if (lengthBytes > 3 * 2 ** 30) throw new RangeError('guest memory above 3 GiB needs a second region above 4 GiB (not built yet)');
+    if (lengthBytes > MAX_GUEST_MEMORY_BYTES) throw new RangeError('guest memory above 3 GiB needs a second region above 4 GiB (not built yet)');
     // noReserve: a 256 MiB guest that touches 16 MiB should not reserve 256 MiB of swap.
     const mapping = backing === 'memfd' ? Mapping.memfd(lengthBytes, 'guest-ram') : Mapping.anonymous(lengthBytes, { noReserve: true });
     const region: GuestMemoryRegion = {

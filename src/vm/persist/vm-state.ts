@@ -2,20 +2,32 @@
 // state, the in-kernel irqchip, PIT and clock, and the UART. JSON-able
 // (kernel structs as base64, 64-bit values as hex strings), so it can live in
 // the snapshot's metadata section whatever container holds the memory.
-import type { UartState } from '../devices/serial/uart16550.js';
-import type { CpuidEntry, MsrEntry } from '../kvm/ioctls/structs.js';
+//
+// vmStateFromJson is the schema: a snapshot is read by untrusted-input rules.
+// Every field is checked (type, range, size of every kernel struct against
+// SAVED_STRUCTS, ids, counts) before anything is built from it, and the first
+// problem is an InvalidVmStateError naming the field's path, so nothing
+// malformed gets as far as KVM or a TypeError.
+import { SERIAL_INPUT_LIMIT_BYTES, type UartState } from '../devices/serial/uart16550.js';
+import { InvalidVmStateError } from '../errors.js';
+import { KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE } from '../kvm/ioctls/constants.js';
+import { savedStructProblem, type CpuidEntry, type MsrEntry, type SavedStructName } from '../kvm/ioctls/structs.js';
 import type { VcpuState } from '../kvm/kvm-vcpu.js';
 import type { IrqchipState } from '../kvm/kvm-vm.js';
+import { machineConfigProblem, type MachineConfig } from '../machine-config.js';
 
-export const VM_STATE_VERSION = 1;
+export type { MachineConfig };
 
-/** How the VM was built: a restore builds the same machine before loading state. */
-export interface MachineConfig {
-  memoryBytes: number;
-  vcpuCount: number;
-  cmdline: string;
-  image: string;
-}
+/** 2: the UART's queued input is base64 (1 had an array of numbers, still read). */
+export const VM_STATE_VERSION = 2;
+const READABLE_VERSIONS = [1, 2];
+
+/** KVM takes at most this many CPUID entries (KVM_MAX_CPUID_ENTRIES) ... */
+const MAX_CPUID_ENTRIES = 256;
+/** ... and fewer than this many MSRs in one KVM_SET_MSRS (MAX_IO_MSRS). */
+const MAX_MSRS = 255;
+const MAX_CMDLINE_CHARS = 4096;
+const MAX_IMAGE_PATH_CHARS = 4096;
 
 export interface VmSavedState {
   machine: MachineConfig;
@@ -34,6 +46,8 @@ interface VcpuStateJson {
   msrs: { index: number; data: string }[];
 }
 
+type UartStateJson = Omit<UartState, 'rx'> & { rx: string };
+
 export interface VmStateJson {
   version: number;
   machine: MachineConfig;
@@ -41,12 +55,13 @@ export interface VmStateJson {
   irqchip: { picMaster: string; picSlave: string; ioapic: string };
   pit2: string;
   clock: string;
-  uart: UartState | null;
+  uart: UartStateJson | null;
 }
 
 const b64 = (bytes: Uint8Array): string => Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('base64');
-const unb64 = (text: string): Uint8Array => new Uint8Array(Buffer.from(text, 'base64'));
-const BLOBS = ['mpState', 'regs', 'sregs', 'fpu', 'xsave', 'xcrs', 'debugregs', 'lapic', 'events'] as const;
+const BLOBS = ['mpState', 'regs', 'sregs', 'fpu', 'xsave', 'xcrs', 'debugregs', 'lapic', 'events'] as const satisfies readonly SavedStructName[];
+const CPUID_FIELDS = ['function', 'index', 'flags', 'eax', 'ebx', 'ecx', 'edx'] as const;
+const UART_REGISTERS = ['dll', 'dlm', 'ier', 'lcr', 'mcr', 'fcr', 'scr', 'lsrErrors'] as const;
 
 export function vmStateToJson(state: VmSavedState): VmStateJson {
   return {
@@ -60,34 +75,164 @@ export function vmStateToJson(state: VmSavedState): VmStateJson {
     irqchip: { picMaster: b64(state.irqchip.picMaster), picSlave: b64(state.irqchip.picSlave), ioapic: b64(state.irqchip.ioapic) },
     pit2: b64(state.pit2),
     clock: b64(state.clock),
-    uart: state.uart ?? null,
+    uart: state.uart ? { ...state.uart, rx: b64(state.uart.rx) } : null,
   };
 }
 
-/** Parse and check the shape; throws a message naming the first bad field. */
+/** Check the whole state against the schema and build it; InvalidVmStateError names the first bad field. */
 export function vmStateFromJson(json: unknown): VmSavedState {
-  const j = json as VmStateJson;
-  const need = (ok: boolean, field: string): void => {
-    if (!ok) throw new TypeError(`VM state: ${field} is missing or malformed`);
+  const root = object(json, '');
+  const version = field(root, 'version');
+  if (typeof version !== 'number' || !READABLE_VERSIONS.includes(version)) {
+    throw new InvalidVmStateError('version', `is ${describe(version)}; this build reads ${READABLE_VERSIONS.join(' and ')}`);
+  }
+  const machine = readMachine(field(root, 'machine'));
+  const vcpusJson = array(field(root, 'vcpus'), 'vcpus');
+  if (vcpusJson.length !== machine.vcpuCount) throw new InvalidVmStateError('vcpus', `holds ${vcpusJson.length} vCPUs, machine.vcpuCount is ${machine.vcpuCount}`);
+  const seen = new Set<number>();
+  const vcpus = vcpusJson.map((v, i) => {
+    const vcpu = readVcpu(v, `vcpus[${i}]`, machine.vcpuCount);
+    if (seen.has(vcpu.id)) throw new InvalidVmStateError(`vcpus[${i}].id`, `is ${vcpu.id}, which an earlier vCPU has too`);
+    seen.add(vcpu.id);
+    return vcpu;
+  });
+  const irqchipJson = object(field(root, 'irqchip'), 'irqchip');
+  const chip = (name: 'picMaster' | 'picSlave' | 'ioapic', chipId: number): Uint8Array => {
+    const bytes = blob(field(irqchipJson, name), `irqchip.${name}`, 'irqchip');
+    // KVM_SET_IRQCHIP takes the chip from the struct's chip_id: a blob under the wrong name would load into the wrong chip.
+    const id = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getUint32(0, true);
+    if (id !== chipId) throw new InvalidVmStateError(`irqchip.${name}`, `has chip_id ${id}, want ${chipId}`);
+    return bytes;
   };
-  need(typeof j === 'object' && j !== null, 'the state object');
-  need(j.version === VM_STATE_VERSION, `version (want ${VM_STATE_VERSION}, have ${String(j.version)})`);
-  need(typeof j.machine?.memoryBytes === 'number' && typeof j.machine?.vcpuCount === 'number', 'machine');
-  need(Array.isArray(j.vcpus) && j.vcpus.length === j.machine.vcpuCount, 'vcpus');
-  const vcpus = j.vcpus.map((v, i) => {
-    for (const key of BLOBS) need(typeof v[key] === 'string', `vcpus[${i}].${key}`);
-    need(Array.isArray(v.msrs) && Array.isArray(v.cpuid), `vcpus[${i}].msrs/cpuid`);
-    const out = { id: v.id, cpuid: v.cpuid, msrs: v.msrs.map((m) => ({ index: m.index, data: BigInt('0x' + m.data) })) } as VcpuState;
-    for (const key of BLOBS) out[key] = unb64(v[key]);
+  const irqchip = { picMaster: chip('picMaster', KVM_IRQCHIP_PIC_MASTER), picSlave: chip('picSlave', KVM_IRQCHIP_PIC_SLAVE), ioapic: chip('ioapic', KVM_IRQCHIP_IOAPIC) };
+  const pit2 = blob(field(root, 'pit2'), 'pit2', 'pit2');
+  const clock = blob(field(root, 'clock'), 'clock', 'clock');
+  const uartJson = field(root, 'uart');
+  const uart = uartJson === null || uartJson === undefined ? undefined : readUart(uartJson, version);
+  return { machine, vcpus, irqchip, pit2, clock, uart };
+}
+
+function readMachine(value: unknown): MachineConfig {
+  const m = object(value, 'machine');
+  const memoryBytes = integer(field(m, 'memoryBytes'), 'machine.memoryBytes');
+  const vcpuCount = integer(field(m, 'vcpuCount'), 'machine.vcpuCount');
+  const cmdline = string(field(m, 'cmdline'), 'machine.cmdline', MAX_CMDLINE_CHARS);
+  const image = string(field(m, 'image'), 'machine.image', MAX_IMAGE_PATH_CHARS);
+  const machine = { memoryBytes, vcpuCount, cmdline, image };
+  const problem = machineConfigProblem(machine);
+  if (problem) throw new InvalidVmStateError(`machine.${problem.field}`, `is ${machine[problem.field]}; it ${problem.problem}`);
+  return machine;
+}
+
+function readVcpu(value: unknown, path: string, vcpuCount: number): VcpuState {
+  const v = object(value, path);
+  const id = integer(field(v, 'id'), `${path}.id`);
+  if (id < 0 || id >= vcpuCount) throw new InvalidVmStateError(`${path}.id`, `is ${id}; vCPU ids run from 0 to ${vcpuCount - 1}`);
+  const cpuidJson = array(field(v, 'cpuid'), `${path}.cpuid`);
+  if (cpuidJson.length > MAX_CPUID_ENTRIES) throw new InvalidVmStateError(`${path}.cpuid`, `has ${cpuidJson.length} entries; KVM takes at most ${MAX_CPUID_ENTRIES}`);
+  const cpuid = cpuidJson.map((e, i) => {
+    const entryPath = `${path}.cpuid[${i}]`;
+    const entry = object(e, entryPath);
+    const out = {} as CpuidEntry;
+    for (const name of CPUID_FIELDS) out[name] = uint32(field(entry, name), `${entryPath}.${name}`);
     return out;
   });
-  need(typeof j.irqchip?.picMaster === 'string' && typeof j.pit2 === 'string' && typeof j.clock === 'string', 'irqchip/pit2/clock');
-  return {
-    machine: j.machine,
-    vcpus,
-    irqchip: { picMaster: unb64(j.irqchip.picMaster), picSlave: unb64(j.irqchip.picSlave), ioapic: unb64(j.irqchip.ioapic) },
-    pit2: unb64(j.pit2),
-    clock: unb64(j.clock),
-    uart: j.uart ?? undefined,
-  };
+  const msrsJson = array(field(v, 'msrs'), `${path}.msrs`);
+  if (msrsJson.length > MAX_MSRS) throw new InvalidVmStateError(`${path}.msrs`, `has ${msrsJson.length} entries; KVM takes at most ${MAX_MSRS} at once`);
+  const msrs = msrsJson.map((m, i) => {
+    const msrPath = `${path}.msrs[${i}]`;
+    const msr = object(m, msrPath);
+    const index = uint32(field(msr, 'index'), `${msrPath}.index`);
+    const data = field(msr, 'data');
+    if (typeof data !== 'string' || !/^[0-9a-f]{1,16}$/i.test(data)) throw new InvalidVmStateError(`${msrPath}.data`, `is ${describe(data)}, not 1 to 16 hex digits`);
+    return { index, data: BigInt(`0x${data}`) };
+  });
+  const out = { id, cpuid, msrs } as VcpuState;
+  for (const key of BLOBS) out[key] = blob(field(v, key), `${path}.${key}`, key);
+  return out;
+}
+
+function readUart(value: unknown, version: number): UartState {
+  const u = object(value, 'uart');
+  const registers = {} as Record<(typeof UART_REGISTERS)[number], number>;
+  for (const name of UART_REGISTERS) {
+    const n = integer(field(u, name), `uart.${name}`);
+    if (n < 0 || n > 0xff) throw new InvalidVmStateError(`uart.${name}`, `is ${n}, not a byte`);
+    registers[name] = n;
+  }
+  const pending = field(u, 'thrEmptyPending');
+  if (typeof pending !== 'boolean') throw new InvalidVmStateError('uart.thrEmptyPending', `is ${describe(pending)}, not a boolean`);
+  const rxJson = field(u, 'rx');
+  let rx: Uint8Array;
+  if (version === 1) {
+    const bytes = array(rxJson, 'uart.rx');
+    if (bytes.length > SERIAL_INPUT_LIMIT_BYTES) throw new InvalidVmStateError('uart.rx', `holds ${bytes.length} bytes; at most ${SERIAL_INPUT_LIMIT_BYTES} may wait`);
+    rx = new Uint8Array(bytes.length);
+    bytes.forEach((b, i) => {
+      if (!Number.isInteger(b) || (b as number) < 0 || (b as number) > 0xff) throw new InvalidVmStateError(`uart.rx[${i}]`, `is ${describe(b)}, not a byte`);
+      rx[i] = b as number;
+    });
+  } else {
+    rx = base64(rxJson, 'uart.rx', Math.ceil(SERIAL_INPUT_LIMIT_BYTES / 3) * 4);
+    if (rx.byteLength > SERIAL_INPUT_LIMIT_BYTES) throw new InvalidVmStateError('uart.rx', `holds ${rx.byteLength} bytes; at most ${SERIAL_INPUT_LIMIT_BYTES} may wait`);
+  }
+  return { ...registers, thrEmptyPending: pending, rx };
+}
+
+// ---- the schema's building blocks: each names the path of what it checks ----
+
+function describe(value: unknown): string {
+  if (value === null) return 'null';
+  if (Array.isArray(value)) return 'an array';
+  if (typeof value === 'string') return value.length > 40 ? `a string of ${value.length} characters` : JSON.stringify(value);
+  if (typeof value === 'number' || typeof value === 'boolean') return String(value);
+  return typeof value === 'undefined' ? 'missing' : `a ${typeof value}`;
+}
+
+function object(value: unknown, path: string): Record<string, unknown> {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new InvalidVmStateError(path, `is ${describe(value)}, not an object`);
+  return value as Record<string, unknown>;
+}
+
+/** obj[name], own properties only (a "constructor" key must not find Object's); a missing one is undefined, which every check below reports as missing. */
+function field(obj: Record<string, unknown>, name: string): unknown {
+  return Object.prototype.hasOwnProperty.call(obj, name) ? obj[name] : undefined;
+}
+
+function array(value: unknown, path: string): unknown[] {
+  if (!Array.isArray(value)) throw new InvalidVmStateError(path, `is ${describe(value)}, not an array`);
+  return value;
+}
+
+function integer(value: unknown, path: string): number {
+  if (typeof value !== 'number' || !Number.isSafeInteger(value)) throw new InvalidVmStateError(path, `is ${describe(value)}, not an integer`);
+  return value;
+}
+
+function uint32(value: unknown, path: string): number {
+  const n = integer(value, path);
+  if (n < 0 || n > 0xffffffff) throw new InvalidVmStateError(path, `is ${n}, not a 32-bit unsigned value`);
+  return n;
+}
+
+function string(value: unknown, path: string, maxChars: number): string {
+  if (typeof value !== 'string') throw new InvalidVmStateError(path, `is ${describe(value)}, not a string`);
+  if (value.length > maxChars) throw new InvalidVmStateError(path, `is ${value.length} characters, more than ${maxChars}`);
+  return value;
+}
+
+/** Strict base64 (Buffer.from would skip bad characters silently). */
+function base64(value: unknown, path: string, maxChars: number): Uint8Array {
+  if (typeof value !== 'string') throw new InvalidVmStateError(path, `is ${describe(value)}, not a base64 string`);
+  if (value.length > maxChars) throw new InvalidVmStateError(path, `is ${value.length} characters of base64, more than ${maxChars}`);
+  if (value.length % 4 !== 0 || !/^[A-Za-z0-9+/]*={0,2}$/.test(value)) throw new InvalidVmStateError(path, 'is not valid base64');
+  return new Uint8Array(Buffer.from(value, 'base64'));
+}
+
+/** A kernel struct in base64, its length checked against SAVED_STRUCTS. */
+function blob(value: unknown, path: string, struct: SavedStructName): Uint8Array {
+  const bytes = base64(value, path, Math.ceil((128 * 1024) / 3) * 4);
+  const problem = savedStructProblem(struct, bytes.byteLength);
+  if (problem !== undefined) throw new InvalidVmStateError(path, problem);
+  return bytes;
 }

@@ -2,17 +2,27 @@
 // needs: transmit is instant (THR is always empty, so the guest never waits),
 // receive has a 16-byte FIFO fed by enqueueInput, interrupts for received
 // data and THR empty follow IER, and loopback works. Pure: output and the
-// interrupt line go to callbacks; saveState/restoreState give a JSON-able state.
+// interrupt line go to callbacks; saveState/restoreState give a plain state
+// (persist/vm-state.ts puts it in the snapshot).
+//
+// Input waiting behind the FIFO (a terminal pastes, the control socket sends
+// faster than the guest reads) is bounded: at most SERIAL_INPUT_LIMIT_BYTES
+// wait in all; input that would pass the bound is refused whole
+// (SerialInputFullError; 413 on the control socket), never cut or dropped.
 //
 // Registers (offset from the base port; DLAB = LCR bit 7):
 //   0  RBR (read) | THR (write) | DLL when DLAB    4  MCR
 //   1  IER | DLM when DLAB                          5  LSR (read)
 //   2  IIR (read) | FCR (write)                     6  MSR (read)
 //   3  LCR                                          7  SCR
+import { SerialInputFullError } from '../../errors.js';
 import type { PortIoDevice } from '../port-io.js';
+import { ByteQueue } from './byte-queue.js';
 
 export const COM1_PORT = 0x3f8;
 export const COM1_IRQ = 4;
+/** Bytes that may wait for the guest to read them, the receive FIFO included. */
+export const SERIAL_INPUT_LIMIT_BYTES = 1 << 20;
 
 const IER_RX_AVAILABLE = 0x01;
 const IER_THR_EMPTY = 0x02;
@@ -32,7 +42,7 @@ const FCR_CLEAR_RX = 0x02;
 const MSR_DCD_DSR_CTS = 0xb0;
 const RX_FIFO_BYTES = 16;
 
-/** Everything the UART holds, JSON-able (the snapshot's `uart` field). */
+/** Everything the UART holds (the snapshot's `uart` field; persist/vm-state.ts encodes it). */
 export interface UartState {
   dll: number;
   dlm: number;
@@ -44,8 +54,8 @@ export interface UartState {
   lsrErrors: number;
   /** A THR-empty interrupt is pending (raised by a write, cleared by reading IIR or writing THR). */
   thrEmptyPending: boolean;
-  /** Bytes in the receive FIFO, then the bytes queued behind it. */
-  rx: number[];
+  /** Bytes in the receive FIFO, then the bytes queued behind it (at most SERIAL_INPUT_LIMIT_BYTES). */
+  rx: Uint8Array;
 }
 
 export interface UartCallbacks {
@@ -55,17 +65,27 @@ export interface UartCallbacks {
   interrupt?(level: boolean): void;
 }
 
+/** The registers, with the receive FIFO (at most 16 bytes) as a small array. */
+type Registers = Omit<UartState, 'rx'> & { rx: number[] };
+
 export class Uart16550 implements PortIoDevice {
-  private s: UartState = { dll: 1, dlm: 0, ier: 0, lcr: 0x03, mcr: MCR_OUT2, fcr: 0, scr: 0, lsrErrors: 0, thrEmptyPending: false, rx: [] };
+  private s: Registers = { dll: 1, dlm: 0, ier: 0, lcr: 0x03, mcr: MCR_OUT2, fcr: 0, scr: 0, lsrErrors: 0, thrEmptyPending: false, rx: [] };
   /** Input beyond the FIFO waits here (a terminal can paste faster than the guest reads). */
-  private readonly backlog: number[] = [];
+  private readonly backlog = new ByteQueue();
   private irqLevel = false;
 
   constructor(private readonly callbacks: UartCallbacks) {}
 
-  /** Queue bytes for the guest to receive. */
+  /** Bytes waiting for the guest: the FIFO and the backlog behind it. */
+  get queuedInputBytes(): number {
+    return this.s.rx.length + this.backlog.lengthBytes;
+  }
+
+  /** Queue bytes for the guest to receive; SerialInputFullError (nothing queued) when they would pass the bound. */
   enqueueInput(bytes: Uint8Array): void {
-    for (const b of bytes) this.backlog.push(b);
+    const queued = this.queuedInputBytes;
+    if (queued + bytes.byteLength > SERIAL_INPUT_LIMIT_BYTES) throw new SerialInputFullError(bytes.byteLength, queued, SERIAL_INPUT_LIMIT_BYTES);
+    this.backlog.push(bytes);
     this.refill();
     this.updateInterrupt();
   }
@@ -152,14 +172,19 @@ export class Uart16550 implements PortIoDevice {
   }
 
   saveState(): UartState {
-    return { ...this.s, rx: [...this.s.rx, ...this.backlog] };
+    const backlog = this.backlog.toBytes();
+    const rx = new Uint8Array(this.s.rx.length + backlog.byteLength);
+    rx.set(this.s.rx);
+    rx.set(backlog, this.s.rx.length);
+    return { ...this.s, rx };
   }
 
+  /** Load a saved state (checked by persist/vm-state.ts's schema): the first 16 bytes go to the FIFO, the rest behind it. */
   restoreState(state: UartState): void {
-    const rx = state.rx.slice();
-    this.s = { ...state, rx: rx.splice(0, RX_FIFO_BYTES) };
-    this.backlog.length = 0;
-    this.backlog.push(...rx);
+    const fifo = Math.min(RX_FIFO_BYTES, state.rx.byteLength);
+    this.s = { ...state, rx: Array.from(state.rx.subarray(0, fifo)) };
+    this.backlog.clear();
+    this.backlog.push(state.rx.subarray(fifo));
     this.irqLevel = false;
     this.updateInterrupt();
   }
@@ -173,7 +198,7 @@ export class Uart16550 implements PortIoDevice {
   }
 
   private refill(): void {
-    while (this.s.rx.length < RX_FIFO_BYTES && this.backlog.length > 0) this.s.rx.push(this.backlog.shift()!);
+    while (this.s.rx.length < RX_FIFO_BYTES && this.backlog.lengthBytes > 0) this.s.rx.push(this.backlog.shift()!);
   }
 
   private currentIir(): number {

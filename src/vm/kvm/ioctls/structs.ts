@@ -3,6 +3,45 @@
 // bytes: the VMM saves and restores it, it never edits it.
 import { KVM_SIZE } from './constants.js';
 
+/**
+ * Saved state that goes back to KVM as the kernel's own bytes: which struct
+ * each piece is and how long it must be. The one table both the snapshot's
+ * schema (persist/vm-state.ts, before any vCPU exists) and the KVM wrappers
+ * (kvm-vcpu.ts, kvm-vm.ts, right before the ioctl) check against. XSAVE may
+ * be longer: with KVM_CAP_XSAVE2 the area holds more state components than
+ * struct kvm_xsave's 4 KiB (AMX), and the restoring vCPU pads or checks it
+ * against its own size.
+ */
+export const SAVED_STRUCTS = {
+  mpState: { struct: 'kvm_mp_state', bytes: KVM_SIZE.kvm_mp_state, larger: false },
+  regs: { struct: 'kvm_regs', bytes: KVM_SIZE.kvm_regs, larger: false },
+  sregs: { struct: 'kvm_sregs', bytes: KVM_SIZE.kvm_sregs, larger: false },
+  fpu: { struct: 'kvm_fpu', bytes: KVM_SIZE.kvm_fpu, larger: false },
+  xsave: { struct: 'kvm_xsave', bytes: KVM_SIZE.kvm_xsave, larger: true },
+  xcrs: { struct: 'kvm_xcrs', bytes: KVM_SIZE.kvm_xcrs, larger: false },
+  debugregs: { struct: 'kvm_debugregs', bytes: KVM_SIZE.kvm_debugregs, larger: false },
+  lapic: { struct: 'kvm_lapic_state', bytes: KVM_SIZE.kvm_lapic_state, larger: false },
+  events: { struct: 'kvm_vcpu_events', bytes: KVM_SIZE.kvm_vcpu_events, larger: false },
+  irqchip: { struct: 'kvm_irqchip', bytes: KVM_SIZE.kvm_irqchip, larger: false },
+  pit2: { struct: 'kvm_pit_state2', bytes: KVM_SIZE.kvm_pit_state2, larger: false },
+  clock: { struct: 'kvm_clock_data', bytes: KVM_SIZE.kvm_clock_data, larger: false },
+} as const satisfies Record<string, { struct: keyof typeof KVM_SIZE; bytes: number; larger: boolean }>;
+export type SavedStructName = keyof typeof SAVED_STRUCTS;
+
+/** The largest XSAVE area accepted from a snapshot (KVM_CAP_XSAVE2 sizes are a few KiB; AMX is about 11 KiB). */
+export const MAX_XSAVE_BYTES = 64 * 1024;
+
+/** Why `byteLength` bytes cannot be `name`'s struct, or undefined when they can. */
+export function savedStructProblem(name: SavedStructName, byteLength: number): string | undefined {
+  const { struct, bytes, larger } = SAVED_STRUCTS[name];
+  if (larger) {
+    if (byteLength < bytes) return `is ${byteLength} bytes, struct ${struct} is at least ${bytes}`;
+    if (byteLength > MAX_XSAVE_BYTES) return `is ${byteLength} bytes, more than the ${MAX_XSAVE_BYTES} accepted for struct ${struct}`;
+    return undefined;
+  }
+  return byteLength === bytes ? undefined : `is ${byteLength} bytes, struct ${struct} is ${bytes}`;
+}
+
 /** struct kvm_regs: general-purpose registers, as 64-bit values. */
 export interface KvmRegs {
   rax: bigint; rbx: bigint; rcx: bigint; rdx: bigint;
