@@ -5,7 +5,7 @@
 // Atomics.wait) and, if the vCPU is in the guest, sets kvm_run.immediate_exit
 // and sends the kick signal so KVM_RUN returns -EINTR.
 import type { MessagePort } from 'node:worker_threads';
-import type { UartState } from './devices/serial/uart16550.js';
+import type { SavedDevice } from './devices/device.js';
 import { InvalidStateTransitionError, SerialInputFullError, VcpuCommandError, type VmError } from './errors.js';
 import type { KvmRegs, KvmSregs } from './kvm/ioctls/structs.js';
 import type { VcpuState } from './kvm/kvm-vcpu.js';
@@ -29,7 +29,8 @@ export type VcpuCommand =
   | { type: 'resume'; seq: number }
   | { type: 'pause'; seq: number }
   | { type: 'save-state'; seq: number; msrIndices: number[] }
-  | { type: 'restore-state'; seq: number; vcpu: VcpuState; uart?: UartState }
+  /** devices: for the worker that owns them (vCPU 0's). */
+  | { type: 'restore-state'; seq: number; vcpu: VcpuState; devices?: SavedDevice[] }
   | { type: 'set-boot-state'; seq: number; regs: KvmRegs; sregs: KvmSregs; cpuid: VcpuState['cpuid'] }
   | { type: 'input'; seq: number; bytes: Uint8Array }
   | { type: 'stop'; seq: number };

@@ -6,9 +6,8 @@
 import { parentPort, receiveMessageOnPort, workerData } from 'node:worker_threads';
 import { kvmNative } from '../native-kvm.js';
 import { native } from '../native.js';
-import { DebugExit, DEBUG_EXIT_PORT } from './devices/debug-exit/debug-exit.js';
+import { BoardDevices } from './devices/board.js';
 import { PortIoBus } from './devices/port-io.js';
-import { COM1_IRQ, COM1_PORT, Uart16550 } from './devices/serial/uart16550.js';
 import { describeExit } from './kvm/exits.js';
 import { KvmVcpu } from './kvm/kvm-vcpu.js';
 import { encodeVcpuError, type GuestExitReason, type VcpuCommand, type VcpuCounters, type VcpuEvent, type VcpuWorkerData } from './vcpu-protocol.js';
@@ -26,16 +25,15 @@ let pendingOutput: Uint8Array[] = [];
 const post = (event: VcpuEvent, transfer: ArrayBuffer[] = []): void => parentPort!.postMessage(event, transfer);
 
 const bus = new PortIoBus();
-let uart: Uart16550 | undefined;
-if (data.ownsDevices) {
-  uart = new Uart16550({
-    output: (bytes) => pendingOutput.push(bytes),
-    // The VMM raises the line on the VM fd (KVM_IRQ_LINE); any thread may.
-    interrupt: (level) => post({ type: 'irq', irq: COM1_IRQ, level: level ? 1 : 0 }),
-  });
-  bus.register(COM1_PORT, 8, uart);
-  bus.register(DEBUG_EXIT_PORT, 1, new DebugExit((status) => guestExit({ type: 'done', status })));
-}
+// vCPU 0's worker holds the board's devices: port I/O exits arrive on the vCPU thread that made them.
+const devices = data.ownsDevices
+  ? new BoardDevices(bus, {
+      output: (bytes) => pendingOutput.push(bytes),
+      // The VMM raises the line on the VM fd (KVM_IRQ_LINE); any thread may.
+      irq: (line, level) => post({ type: 'irq', irq: line, level: level ? 1 : 0 }),
+      guestDone: (status) => guestExit({ type: 'done', status }),
+    })
+  : undefined;
 
 function guestExit(reason: GuestExitReason): void {
   exitReason ??= reason;
@@ -68,13 +66,13 @@ function handle(command: VcpuCommand): void {
       case 'save-state': {
         nextVcpuState(state, 'save-state');
         const saved = vcpu.saveState(command.msrIndices);
-        post({ type: 'reply', seq: command.seq, ok: true, value: { vcpu: saved, uart: uart?.saveState() } });
+        post({ type: 'reply', seq: command.seq, ok: true, value: { vcpu: saved, devices: devices?.save() } });
         return;
       }
       case 'restore-state':
         nextVcpuState(state, 'restore-state');
         vcpu.restoreState(command.vcpu);
-        if (command.uart && uart) uart.restoreState(command.uart);
+        if (command.devices && devices) devices.restore(command.devices);
         break;
       case 'set-boot-state':
         nextVcpuState(state, 'restore-state');
@@ -84,7 +82,7 @@ function handle(command: VcpuCommand): void {
         break;
       case 'input':
         nextVcpuState(state, 'input');
-        uart?.enqueueInput(command.bytes);
+        devices?.console.enqueueInput(command.bytes);
         break;
       default: {
         const never: never = command;

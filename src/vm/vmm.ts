@@ -10,7 +10,7 @@ import { MessageChannel, Worker } from 'node:worker_threads';
 import { kvmNative } from '../native-kvm.js';
 import { parseMultibootImage, loadMultiboot, multibootEntryState } from './boot/multiboot.js';
 import { BUILTIN_GUEST_PATH } from './boot/builtin-guest.js';
-import type { UartState } from './devices/serial/uart16550.js';
+import type { SavedDevice } from './devices/device.js';
 import { GuestImageNotFoundError, InvalidStateTransitionError, InvalidVmSnapshotError, VmConfigError, VmError } from './errors.js';
 import { KVM_PIT_SPEAKER_DUMMY, KVM_TSS_ADDRESS, KVM_IDENTITY_MAP_ADDRESS, type KvmCapName } from './kvm/ioctls/constants.js';
 import type { CpuidEntry } from './kvm/ioctls/structs.js';
@@ -316,7 +316,7 @@ export class Vmm {
       // The schema made the saved ids exactly 0..vcpuCount-1, one each.
       const byId = new Map(state.vcpus.map((v) => [v.id, v]));
       for (const handle of built.handles) {
-        await handle.request({ type: 'restore-state', vcpu: byId.get(handle.vcpu.id)!, uart: handle.vcpu.id === 0 ? state.uart : undefined });
+        await handle.request({ type: 'restore-state', vcpu: byId.get(handle.vcpu.id)!, devices: handle.vcpu.id === 0 ? state.devices : undefined });
       }
       timings.readyMs = since();
       built.restoreInfo = { mode: lazy ? 'lazy' : 'eager', ...(timings as RestoreTimings) };
@@ -509,13 +509,13 @@ export class Vmm {
     const msrCandidates = this.system.msrIndexList();
     const msrIndices = this.handles[0]!.vcpu.readableMsrs(msrCandidates);
     const vcpus: VcpuState[] = [];
-    let uart: UartState | undefined;
+    let devices: SavedDevice[] = [];
     for (const h of this.handles) {
-      const saved = await h.request<{ vcpu: VcpuState; uart?: UartState }>({ type: 'save-state', msrIndices });
+      const saved = await h.request<{ vcpu: VcpuState; devices?: SavedDevice[] }>({ type: 'save-state', msrIndices });
       vcpus.push(saved.vcpu);
-      uart ??= saved.uart;
+      if (saved.devices) devices = saved.devices;
     }
-    return { machine: this.machine, vcpus, irqchip: this.vm.getIrqchip(), pit2: this.vm.getPit2(), clock: this.vm.getClock(), uart };
+    return { machine: this.machine, vcpus, irqchip: this.vm.getIrqchip(), pit2: this.vm.getPit2(), clock: this.vm.getClock(), devices };
   }
 
   /**

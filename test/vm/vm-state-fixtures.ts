@@ -27,7 +27,10 @@ export function validVmState(): VmSavedState {
     irqchip: { picMaster: irqchipBuffer(KVM_IRQCHIP_PIC_MASTER), picSlave: irqchipBuffer(KVM_IRQCHIP_PIC_SLAVE), ioapic: irqchipBuffer(KVM_IRQCHIP_IOAPIC) },
     pit2: zeroed('pit2'),
     clock: zeroed('clock'),
-    uart: { dll: 1, dlm: 0, ier: 0, lcr: 3, mcr: 8, fcr: 0, scr: 0, lsrErrors: 0, thrEmptyPending: false, rx: Uint8Array.of(1, 2, 3) },
+    devices: [
+      { id: 'com1', kind: 'uart16550', state: { dll: 1, dlm: 0, ier: 0, lcr: 3, mcr: 8, fcr: 0, scr: 0, lsrErrors: 0, thrEmptyPending: false, rx: Uint8Array.of(1, 2, 3) } },
+      { id: 'debug-exit', kind: 'debug-exit', state: null },
+    ],
   };
 }
 
@@ -47,4 +50,9 @@ export async function writeVmStateSnapshot(path: string, change: (json: any) => 
     content: new Uint8Array(FIXTURE_MEMORY_BYTES),
     metadata: Buffer.from(metadata, 'utf8'),
   });
+}
+
+/** The UART as VM state versions 1 and 2 carried it, alone, under `uart` (version 2: queued input in base64). */
+export function legacyUartJson(): Record<string, unknown> {
+  return { dll: 1, dlm: 0, ier: 0, lcr: 3, mcr: 8, fcr: 0, scr: 0, lsrErrors: 0, thrEmptyPending: false, rx: 'AQID' };
 }

@@ -12,7 +12,7 @@ import { InvalidVmSnapshotError, InvalidVmStateError, VmSnapshotNotFoundError } 
 import { openVmSnapshot } from '../../src/vm/persist/vm-snapshot.js';
 import { vmStateFromJson, vmStateToJson } from '../../src/vm/persist/vm-state.js';
 import { tempDir } from './helpers.js';
-import { validVmState, writeVmStateSnapshot } from './vm-state-fixtures.js';
+import { legacyUartJson, validVmState, writeVmStateSnapshot } from './vm-state-fixtures.js';
 
 type Json = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 
@@ -29,7 +29,7 @@ const MALFORMED: [string, (j: Json) => unknown, string][] = [
   ['the state is a string', () => 'state', ''],
   ['the state is an array', () => [], ''],
   ['version is missing', (j) => { delete j.version; }, 'version'],
-  ['version is from the future', (j) => { j.version = 3; }, 'version'],
+  ['version is from the future', (j) => { j.version = 4; }, 'version'],
   ['version is a string', (j) => { j.version = '2'; }, 'version'],
   ['machine is null', (j) => { j.machine = null; }, 'machine'],
   ['machine.memoryBytes is a string', (j) => { j.machine.memoryBytes = '16M'; }, 'machine.memoryBytes'],
@@ -79,12 +79,18 @@ const MALFORMED: [string, (j: Json) => unknown, string][] = [
   ['pit2 is half its struct', (j) => { j.pit2 = half(j.pit2); }, 'pit2'],
   ['clock is a number', (j) => { j.clock = 48; }, 'clock'],
   ['clock is longer than kvm_clock_data', (j) => { j.clock = longer(j.clock); }, 'clock'],
-  ['uart is a string', (j) => { j.uart = 'uart'; }, 'uart'],
-  ['uart.ier is not a byte', (j) => { j.uart.ier = 300; }, 'uart.ier'],
-  ['uart.thrEmptyPending is a string', (j) => { j.uart.thrEmptyPending = 'yes'; }, 'uart.thrEmptyPending'],
-  ['uart.rx is not base64', (j) => { j.uart.rx = '%%%%'; }, 'uart.rx'],
-  ['uart.rx holds more than the input bound', (j) => { j.uart.rx = Buffer.alloc((1 << 20) + 1).toString('base64'); }, 'uart.rx'],
-  ['a version 1 uart.rx holds a number that is not a byte', (j) => { j.version = 1; j.uart.rx = [1, 256]; }, 'uart.rx[1]'],
+  ['devices is a string', (j) => { j.devices = 'uart'; }, 'devices'],
+  ['the UART\'s ier is not a byte', (j) => { j.devices[0].state.ier = 300; }, 'devices[0].state.ier'],
+  ['the UART\'s thrEmptyPending is a string', (j) => { j.devices[0].state.thrEmptyPending = 'yes'; }, 'devices[0].state.thrEmptyPending'],
+  ['the UART\'s rx is not base64', (j) => { j.devices[0].state.rx = '%%%%'; }, 'devices[0].state.rx'],
+  ['the UART\'s rx holds more than the input bound', (j) => { j.devices[0].state.rx = Buffer.alloc((1 << 20) + 1).toString('base64'); }, 'devices[0].state.rx'],
+  ['a device the board has not got', (j) => { j.devices[0].id = 'com9'; }, 'devices[0].id'],
+  ['a device of another kind than the board has there', (j) => { j.devices[1].kind = 'uart16550'; }, 'devices[1].kind'],
+  ['a device saved twice', (j) => { j.devices[1] = j.devices[0]; }, 'devices[1].id'],
+  ['more devices than the board has', (j) => { j.devices.push(j.devices[1]); }, 'devices'],
+  ['the debug-exit device with a state', (j) => { j.devices[1].state = { status: 1 }; }, 'devices[1].state'],
+  ['a version 2 uart.ier is not a byte', (j) => { j.version = 2; delete j.devices; j.uart = { ...legacyUartJson(), ier: 300 }; }, 'uart.ier'],
+  ['a version 1 uart.rx holds a number that is not a byte', (j) => { j.version = 1; delete j.devices; j.uart = { ...legacyUartJson(), rx: [1, 256] }; }, 'uart.rx[1]'],
 ];
 
 describe('the VM state schema', () => {
@@ -94,13 +100,19 @@ describe('the VM state schema', () => {
     assert.deepEqual(back, state);
   });
 
-  test('version 1 states (queued input as numbers) are still read; a longer XSAVE area (KVM_CAP_XSAVE2) is accepted', () => {
+  test('version 1 and 2 states (the UART alone, under uart) are still read; a longer XSAVE area (KVM_CAP_XSAVE2) is accepted', () => {
     const j = validJson();
     j.version = 1;
-    j.uart.rx = [104, 105];
+    delete j.devices;
+    j.uart = { ...legacyUartJson(), rx: [104, 105] };
     j.vcpus[0].xsave = Buffer.alloc(KVM_SIZE.kvm_xsave + 4096).toString('base64');
     const state = vmStateFromJson(j);
-    assert.deepEqual(state.uart?.rx, Uint8Array.of(104, 105));
+    assert.deepEqual(state.devices.map((d) => [d.id, d.kind, (d.state as { rx: Uint8Array }).rx]), [['com1', 'uart16550', Uint8Array.of(104, 105)]]);
+    const v2 = validJson();
+    v2.version = 2;
+    delete v2.devices;
+    v2.uart = legacyUartJson();
+    assert.deepEqual((vmStateFromJson(v2).devices[0]!.state as { rx: Uint8Array }).rx, Uint8Array.of(1, 2, 3), 'version 2: queued input in base64');
     assert.equal(state.vcpus[0]!.xsave.byteLength, KVM_SIZE.kvm_xsave + 4096);
   });
 

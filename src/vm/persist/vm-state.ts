@@ -1,5 +1,6 @@
 // The saved state of a paused VM, apart from guest memory: every vCPU's KVM
-// state, the in-kernel irqchip, PIT and clock, and the UART. JSON-able
+// state, the in-kernel irqchip, PIT and clock, and each device's own state
+// (devices/board.ts; each device's model checks its part). JSON-able
 // (kernel structs as base64, 64-bit values as hex strings), so it can live in
 // the snapshot's metadata section whatever container holds the memory.
 //
@@ -8,19 +9,24 @@
 // SAVED_STRUCTS, ids, counts) before anything is built from it, and the first
 // problem is an InvalidVmStateError naming the field's path, so nothing
 // malformed gets as far as KVM or a TypeError.
-import { SERIAL_INPUT_LIMIT_BYTES, type UartState } from '../devices/serial/uart16550.js';
+import { devicesFromJson, devicesFromLegacyUart, devicesToJson } from '../devices/board.js';
+import type { SavedDevice } from '../devices/device.js';
 import { InvalidVmStateError } from '../errors.js';
 import { KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE } from '../kvm/ioctls/constants.js';
 import { savedStructProblem, type CpuidEntry, type MsrEntry, type SavedStructName } from '../kvm/ioctls/structs.js';
 import type { VcpuState } from '../kvm/kvm-vcpu.js';
 import type { IrqchipState } from '../kvm/kvm-vm.js';
 import { machineConfigProblem, type MachineConfig } from '../machine-config.js';
+import { array, base64, describe, field, integer, object, string, uint32 } from './schema.js';
 
 export type { MachineConfig };
 
-/** 2: the UART's queued input is base64 (1 had an array of numbers, still read). */
-export const VM_STATE_VERSION = 2;
-const READABLE_VERSIONS = [1, 2];
+/**
+ * 3: devices as a list of {id, kind, state}. 2 and 1 carried the UART alone
+ * as `uart` (1 with its queued input as an array of numbers); both still read.
+ */
+export const VM_STATE_VERSION = 3;
+const READABLE_VERSIONS = [1, 2, 3];
 
 /** KVM takes at most this many CPUID entries (KVM_MAX_CPUID_ENTRIES) ... */
 const MAX_CPUID_ENTRIES = 256;
@@ -35,7 +41,8 @@ export interface VmSavedState {
   irqchip: IrqchipState;
   pit2: Uint8Array;
   clock: Uint8Array;
-  uart: UartState | undefined;
+  /** Each device's saved state (an empty list: devices keep their power-on state). */
+  devices: SavedDevice[];
 }
 
 interface VcpuStateJson {
@@ -46,8 +53,6 @@ interface VcpuStateJson {
   msrs: { index: number; data: string }[];
 }
 
-type UartStateJson = Omit<UartState, 'rx'> & { rx: string };
-
 export interface VmStateJson {
   version: number;
   machine: MachineConfig;
@@ -55,13 +60,12 @@ export interface VmStateJson {
   irqchip: { picMaster: string; picSlave: string; ioapic: string };
   pit2: string;
   clock: string;
-  uart: UartStateJson | null;
+  devices: unknown[];
 }
 
 const b64 = (bytes: Uint8Array): string => Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('base64');
 const BLOBS = ['mpState', 'regs', 'sregs', 'fpu', 'xsave', 'xcrs', 'debugregs', 'lapic', 'events'] as const satisfies readonly SavedStructName[];
 const CPUID_FIELDS = ['function', 'index', 'flags', 'eax', 'ebx', 'ecx', 'edx'] as const;
-const UART_REGISTERS = ['dll', 'dlm', 'ier', 'lcr', 'mcr', 'fcr', 'scr', 'lsrErrors'] as const;
 
 export function vmStateToJson(state: VmSavedState): VmStateJson {
   return {
@@ -75,7 +79,7 @@ export function vmStateToJson(state: VmSavedState): VmStateJson {
     irqchip: { picMaster: b64(state.irqchip.picMaster), picSlave: b64(state.irqchip.picSlave), ioapic: b64(state.irqchip.ioapic) },
     pit2: b64(state.pit2),
     clock: b64(state.clock),
-    uart: state.uart ? { ...state.uart, rx: b64(state.uart.rx) } : null,
+    devices: devicesToJson(state.devices),
   };
 }
 
@@ -107,9 +111,8 @@ export function vmStateFromJson(json: unknown): VmSavedState {
   const irqchip = { picMaster: chip('picMaster', KVM_IRQCHIP_PIC_MASTER), picSlave: chip('picSlave', KVM_IRQCHIP_PIC_SLAVE), ioapic: chip('ioapic', KVM_IRQCHIP_IOAPIC) };
   const pit2 = blob(field(root, 'pit2'), 'pit2', 'pit2');
   const clock = blob(field(root, 'clock'), 'clock', 'clock');
-  const uartJson = field(root, 'uart');
-  const uart = uartJson === null || uartJson === undefined ? undefined : readUart(uartJson, version);
-  return { machine, vcpus, irqchip, pit2, clock, uart };
+  const devices = version >= 3 ? devicesFromJson(field(root, 'devices')) : devicesFromLegacyUart(field(root, 'uart'), version);
+  return { machine, vcpus, irqchip, pit2, clock, devices };
 }
 
 function readMachine(value: unknown): MachineConfig {
@@ -152,82 +155,7 @@ function readVcpu(value: unknown, path: string, vcpuCount: number): VcpuState {
   return out;
 }
 
-function readUart(value: unknown, version: number): UartState {
-  const u = object(value, 'uart');
-  const registers = {} as Record<(typeof UART_REGISTERS)[number], number>;
-  for (const name of UART_REGISTERS) {
-    const n = integer(field(u, name), `uart.${name}`);
-    if (n < 0 || n > 0xff) throw new InvalidVmStateError(`uart.${name}`, `is ${n}, not a byte`);
-    registers[name] = n;
-  }
-  const pending = field(u, 'thrEmptyPending');
-  if (typeof pending !== 'boolean') throw new InvalidVmStateError('uart.thrEmptyPending', `is ${describe(pending)}, not a boolean`);
-  const rxJson = field(u, 'rx');
-  let rx: Uint8Array;
-  if (version === 1) {
-    const bytes = array(rxJson, 'uart.rx');
-    if (bytes.length > SERIAL_INPUT_LIMIT_BYTES) throw new InvalidVmStateError('uart.rx', `holds ${bytes.length} bytes; at most ${SERIAL_INPUT_LIMIT_BYTES} may wait`);
-    rx = new Uint8Array(bytes.length);
-    bytes.forEach((b, i) => {
-      if (!Number.isInteger(b) || (b as number) < 0 || (b as number) > 0xff) throw new InvalidVmStateError(`uart.rx[${i}]`, `is ${describe(b)}, not a byte`);
-      rx[i] = b as number;
-    });
-  } else {
-    rx = base64(rxJson, 'uart.rx', Math.ceil(SERIAL_INPUT_LIMIT_BYTES / 3) * 4);
-    if (rx.byteLength > SERIAL_INPUT_LIMIT_BYTES) throw new InvalidVmStateError('uart.rx', `holds ${rx.byteLength} bytes; at most ${SERIAL_INPUT_LIMIT_BYTES} may wait`);
-  }
-  return { ...registers, thrEmptyPending: pending, rx };
-}
-
-// ---- the schema's building blocks: each names the path of what it checks ----
-
-function describe(value: unknown): string {
-  if (value === null) return 'null';
-  if (Array.isArray(value)) return 'an array';
-  if (typeof value === 'string') return value.length > 40 ? `a string of ${value.length} characters` : JSON.stringify(value);
-  if (typeof value === 'number' || typeof value === 'boolean') return String(value);
-  return typeof value === 'undefined' ? 'missing' : `a ${typeof value}`;
-}
-
-function object(value: unknown, path: string): Record<string, unknown> {
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new InvalidVmStateError(path, `is ${describe(value)}, not an object`);
-  return value as Record<string, unknown>;
-}
-
-/** obj[name], own properties only (a "constructor" key must not find Object's); a missing one is undefined, which every check below reports as missing. */
-function field(obj: Record<string, unknown>, name: string): unknown {
-  return Object.prototype.hasOwnProperty.call(obj, name) ? obj[name] : undefined;
-}
-
-function array(value: unknown, path: string): unknown[] {
-  if (!Array.isArray(value)) throw new InvalidVmStateError(path, `is ${describe(value)}, not an array`);
-  return value;
-}
-
-function integer(value: unknown, path: string): number {
-  if (typeof value !== 'number' || !Number.isSafeInteger(value)) throw new InvalidVmStateError(path, `is ${describe(value)}, not an integer`);
-  return value;
-}
-
-function uint32(value: unknown, path: string): number {
-  const n = integer(value, path);
-  if (n < 0 || n > 0xffffffff) throw new InvalidVmStateError(path, `is ${n}, not a 32-bit unsigned value`);
-  return n;
-}
-
-function string(value: unknown, path: string, maxChars: number): string {
-  if (typeof value !== 'string') throw new InvalidVmStateError(path, `is ${describe(value)}, not a string`);
-  if (value.length > maxChars) throw new InvalidVmStateError(path, `is ${value.length} characters, more than ${maxChars}`);
-  return value;
-}
-
-/** Strict base64 (Buffer.from would skip bad characters silently). */
-function base64(value: unknown, path: string, maxChars: number): Uint8Array {
-  if (typeof value !== 'string') throw new InvalidVmStateError(path, `is ${describe(value)}, not a base64 string`);
-  if (value.length > maxChars) throw new InvalidVmStateError(path, `is ${value.length} characters of base64, more than ${maxChars}`);
-  if (value.length % 4 !== 0 || !/^[A-Za-z0-9+/]*={0,2}$/.test(value)) throw new InvalidVmStateError(path, 'is not valid base64');
-  return new Uint8Array(Buffer.from(value, 'base64'));
-}
+// ---- kernel structs ----
 
 /** A kernel struct in base64, its length checked against SAVED_STRUCTS. */
 function blob(value: unknown, path: string, struct: SavedStructName): Uint8Array {

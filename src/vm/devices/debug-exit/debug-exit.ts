@@ -14,4 +14,11 @@ export class DebugExit implements PortIoDevice {
   write(_offset: number, _size: number, value: number): void {
     this.onDone(value & 0xff);
   }
+
+  /** Nothing to save: the port only carries the done signal. */
+  saveState(): null {
+    return null;
+  }
+
+  restoreState(): void {}
 }
