@@ -14,6 +14,7 @@
 import { rmSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import type { LazyMemoryReport, LazyRestoreOptions } from './memory/lazy-guest-memory.js';
+import { openVmSnapshotSource } from './persist/vm-snapshot.js';
 import { Vmm } from './vmm.js';
 
 const MiB = 1 << 20;
@@ -96,7 +97,7 @@ interface RestoreRun {
 async function restoreOnce(mode: Mode): Promise<RestoreRun> {
   const out = new Console();
   const started = performance.now();
-  const r = await Vmm.restore(snapPath, { console: out.sink, lazy: MODES[mode] });
+  const r = await Vmm.restore(await openVmSnapshotSource(snapPath), { console: out.sink, lazy: MODES[mode] });
   const readyMs = performance.now() - started;
   await r.resume();
   const resumedMs = performance.now() - started;

@@ -21,6 +21,7 @@ import { VmUsageError } from './errors.js';
 import { machineConfigProblem } from './machine-config.js';
 import type { LazyRestoreOptions } from './memory/lazy-guest-memory.js';
 import type { GuestExitReason } from './vcpu-protocol.js';
+import { openVmSnapshotSource } from './persist/vm-snapshot.js';
 import { Vmm, type VmStatus } from './vmm.js';
 
 export interface VmmProcessOptions {
@@ -172,7 +173,7 @@ async function buildVmm(options: VmmProcessOptions, console: (bytes: Uint8Array)
     return Vmm.boot({ image: options.image ?? 'builtin', memoryBytes: options.memoryBytes ?? 32 * 2 ** 20, vcpuCount: options.vcpuCount ?? 1, cmdline: options.cmdline ?? 'workload=idle', console });
   }
   if (!options.snapshotPath) throw new VmUsageError(['SNAPSHOT'], 'restore needs a snapshot path');
-  return Vmm.restore(options.snapshotPath, { console, lazy: options.lazy || undefined });
+  return Vmm.restore(await openVmSnapshotSource(options.snapshotPath), { console, lazy: options.lazy || undefined });
 }
 
 function failed(options: VmmProcessOptions, error: unknown): number {

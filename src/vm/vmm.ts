@@ -23,7 +23,9 @@ import type { SnapshotFile, SnapshotWriteSummary } from '../snapshot/index.js';
 import { SnapshotSource } from '../sources/snapshot-source.js';
 import { SnapshotCorruptError } from '../snapshot/errors.js';
 import { machineConfigProblem, type MachineConfig } from './machine-config.js';
-import { checkSnapshotPath, openVmSnapshot, readVmMemory, writeVmSnapshot } from './persist/vm-snapshot.js';
+import { checkSnapshotPath, writeVmSnapshot } from './persist/vm-snapshot.js';
+import type { VmRestoreSource } from './persist/restore-source.js';
+import { loadGuestMemory } from './memory/eager-load.js';
 import type { VmSavedState } from './persist/vm-state.js';
 import { decodeVcpuError, type GuestExitReason, type VcpuCommandBody, type VcpuCounters, type VcpuEvent, type VcpuWorkerData } from './vcpu-protocol.js';
 import type { VcpuRunState } from './vcpu-state-machine.js';
@@ -64,12 +66,6 @@ export interface RestoreOptions {
    * reading all of it before the guest runs. `true` takes the defaults.
    */
   lazy?: boolean | LazyRestoreOptions;
-  /**
-   * Fill guest memory before the vCPUs run. The default copies the snapshot's
-   * memory in (eager restore); a lazy restore registers the memory with
-   * userfaultfd here instead and returns a stop function.
-   */
-  loadMemory?: (memory: GuestMemory, snapshot: SnapshotFile) => Promise<(() => Promise<void>) | void> | (() => Promise<void>) | void;
 }
 
 export interface VmStatus {
@@ -77,8 +73,8 @@ export interface VmStatus {
   memoryBytes: number;
   vcpus: { id: number; state: VcpuRunState; counters: VcpuCounters }[];
   exitReason: GuestExitReason | undefined;
-  /** How the VM was restored, with the lazy pager's counters while it serves. */
-  restore?: RestoreTimings & { mode: 'eager' | 'lazy'; memory?: LazyMemoryReport };
+  /** How the VM was restored (and from what), with the lazy pager's counters while it serves. */
+  restore?: RestoreTimings & { mode: 'eager' | 'lazy'; source: string; memory?: LazyMemoryReport };
 }
 
 /** Where the time of a restore went, in ms from the start of Vmm.restore. */
@@ -202,7 +198,7 @@ export class Vmm {
   private lazyMemory: LazyGuestMemory | undefined;
   private lazyOptions: LazyRestoreOptions | undefined;
   private prefetchAllStarted = false;
-  private restoreInfo: (RestoreTimings & { mode: 'eager' | 'lazy' }) | undefined;
+  private restoreInfo: (RestoreTimings & { mode: 'eager' | 'lazy'; source: string }) | undefined;
   /** Set when guest memory could not be supplied: the guest's output from then on is dropped. */
   private memoryFailure: Error | undefined;
   /** The authority on what the VM may do next. */
@@ -256,23 +252,25 @@ export class Vmm {
   }
 
   /**
-   * Build the machine a snapshot describes, load its state, and leave it
-   * paused. The snapshot's tables and its whole VM state (vm-state.ts's
-   * schema, every kernel struct's size included) are checked before any KVM
-   * object exists. Eager (default): every page is read and CRC-checked into
-   * guest RAM before any vCPU runs. Lazy: guest RAM is registered with
-   * userfaultfd and served by a pager on this thread while the vCPUs run (see
-   * memory/lazy-guest-memory.ts); with verify (the default) every stored
-   * page's CRC is still checked first, without copying anything.
+   * Build the machine a restore source describes, load its state, and leave
+   * it paused. The source's state was checked when it was opened (vm-state.ts's
+   * schema, every kernel struct's size included), before any KVM object
+   * exists. Eager (default): every page is read into guest RAM (a snapshot's
+   * CRCs checked as it is) before any vCPU runs. Lazy: guest RAM is
+   * registered with userfaultfd and served by a pager on this thread while the
+   * vCPUs run (see memory/lazy-guest-memory.ts); with verify (the default) a
+   * source that can check every page without copying (a snapshot file) does
+   * so first. The source is the VM's from here on: closed with it, or now if
+   * the restore fails.
    */
-  static async restore(path: string, options: RestoreOptions = {}): Promise<Vmm> {
-    const started = performance.now();
+  static async restore(from: VmRestoreSource, options: RestoreOptions = {}): Promise<Vmm> {
+    const started = performance.now() - from.openMs;
     const since = (): number => ms2(performance.now() - started);
-    const { file, state } = await openVmSnapshot(path);
+    const { state } = from;
     const lazy = options.lazy === true ? {} : options.lazy || undefined;
     const timings: Partial<RestoreTimings> = { openedMs: since() };
     let vmm: Vmm | undefined;
-    let fileOwnedByPager = false;
+    let sourceOwnedByVm = false;
     let workersStarting: Promise<void> | undefined;
     try {
       vmm = Vmm.build(state.machine, options.backing ?? 'anonymous', options.console);
@@ -282,44 +280,30 @@ export class Vmm {
       // The vCPU workers take tens of ms to load; they start while the memory is checked and loaded.
       workersStarting = built.startWorkers();
       workersStarting.catch(() => {});
-      if (lazy && lazy.verify !== false) {
-        const report = await file.verifyAll();
-        if (!report.ok) {
-          const first = report.corruptPages[0]!;
-          const cause = new SnapshotCorruptError({ structure: 'page data', ...first });
-          throw new InvalidVmSnapshotError(path, `${report.corruptPageCount} stored page(s) fail their CRC check, the first at image offset 0x${first.imageOffset.toString(16)} ` +
-            `(CRC 0x${first.actualCrc32.toString(16)}, expected 0x${first.expectedCrc32.toString(16)})`, { cause });
-        }
+      if (lazy && lazy.verify !== false && from.verifyAll) {
+        await from.verifyAll();
         timings.verifiedMs = since();
       }
       if (lazy) {
         built.lazyOptions = lazy;
-        fileOwnedByPager = true;
-        built.lazyMemory = LazyGuestMemory.start(built.memory, new SnapshotSource(file), lazy, (error) => built.failMemory(error));
+        sourceOwnedByVm = true;
+        built.lazyMemory = LazyGuestMemory.start(built.memory, from.memory, lazy, (error) => built.failMemory(error));
         if (timings.verifiedMs !== undefined) built.lazyMemory.verifyMs = timings.verifiedMs - timings.builtMs;
         const lazyMemory = built.lazyMemory;
         built.stopMemory = () => lazyMemory.stop();
-      } else if (options.loadMemory) {
-        fileOwnedByPager = true;
-        const stop = await options.loadMemory(built.memory, file);
-        if (stop) built.stopMemory = stop;
       } else {
-        // Every page checked against its CRC before any vCPU exists to run.
-        await readVmMemory(path, file, built.memory);
+        try {
+          await loadGuestMemory(built.memory, from.memory);
+        } catch (error) {
+          throw from.explain(error as Error);
+        }
         timings.verifiedMs = since();
       }
       timings.memoryMs = since();
-      built.vm.setPit2(state.pit2);
-      built.vm.setClock(state.clock);
-      built.vm.setIrqchip(state.irqchip);
       await workersStarting;
-      // The schema made the saved ids exactly 0..vcpuCount-1, one each.
-      const byId = new Map(state.vcpus.map((v) => [v.id, v]));
-      for (const handle of built.handles) {
-        await handle.request({ type: 'restore-state', vcpu: byId.get(handle.vcpu.id)!, devices: handle.vcpu.id === 0 ? state.devices : undefined });
-      }
+      await built.loadState(state);
       timings.readyMs = since();
-      built.restoreInfo = { mode: lazy ? 'lazy' : 'eager', ...(timings as RestoreTimings) };
+      built.restoreInfo = { mode: lazy ? 'lazy' : 'eager', source: from.description, ...(timings as RestoreTimings) };
       built.lifecycle.transition('restored');
       return built;
     } catch (error) {
@@ -327,7 +311,23 @@ export class Vmm {
       await vmm?.close();
       throw error;
     } finally {
-      if (!fileOwnedByPager || !vmm) await file.close();
+      if (!sourceOwnedByVm || !vmm) await from.memory.close?.();
+    }
+  }
+
+  /**
+   * Load a saved state into the built machine: the in-kernel irqchip, PIT and
+   * clock, every vCPU, and the board's devices (vCPU 0's worker holds them).
+   * The vCPUs are paused; the schema made the saved ids exactly
+   * 0..vcpuCount-1, one each.
+   */
+  private async loadState(state: VmSavedState): Promise<void> {
+    this.vm.setPit2(state.pit2);
+    this.vm.setClock(state.clock);
+    this.vm.setIrqchip(state.irqchip);
+    const byId = new Map(state.vcpus.map((v) => [v.id, v]));
+    for (const handle of this.handles) {
+      await handle.request({ type: 'restore-state', vcpu: byId.get(handle.vcpu.id)!, devices: handle.vcpu.id === 0 ? state.devices : undefined });
     }
   }
 
@@ -420,7 +420,7 @@ export class Vmm {
   }
 
   /** How the VM was restored and where the time went (undefined for a booted VM). */
-  get restoreTimings(): (RestoreTimings & { mode: 'eager' | 'lazy' }) | undefined {
+  get restoreTimings(): (RestoreTimings & { mode: 'eager' | 'lazy'; source: string }) | undefined {
     return this.restoreInfo;
   }
 

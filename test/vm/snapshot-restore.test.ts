@@ -6,6 +6,7 @@ import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { controlRequest } from '../../src/vm/control-api.js';
 import { Vmm } from '../../src/vm/vmm.js';
+import { openVmSnapshotSource } from '../../src/vm/persist/vm-snapshot.js';
 import { InvalidVmStateError } from '../../src/vm/errors.js';
 import { corruptStoredPage, kvmSkipReason, rewriteVmSnapshot, spawnVmm, tempDir, vmmEvents, waitForSocket } from './helpers.js';
 
@@ -112,7 +113,7 @@ describe('snapshots with a malformed VM state', { skip, timeout: 90000 }, () => 
     for (const [field, change] of fields) {
       const bad = join(dir, `${field}.snap`);
       await rewriteVmSnapshot(snap, bad, change);
-      await assert.rejects(Vmm.restore(bad), (e: unknown) => e instanceof InvalidVmStateError && e.field === field && e.snapshotPath === bad && /is \d+ bytes, struct kvm_/.test(e.message), field);
+      await assert.rejects(openVmSnapshotSource(bad).then((from) => Vmm.restore(from)), (e: unknown) => e instanceof InvalidVmStateError && e.field === field && e.snapshotPath === bad && /is \d+ bytes, struct kvm_/.test(e.message), field);
     }
   });
 

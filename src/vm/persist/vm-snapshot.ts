@@ -7,6 +7,9 @@ import { dirname } from 'node:path';
 import { SnapshotError, SnapshotFile, writeSnapshot, type SnapshotWriteSummary } from '../../snapshot/index.js';
 import { InvalidVmSnapshotError, InvalidVmStateError, SnapshotPathError, VmSnapshotNotFoundError } from '../errors.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
+import { SnapshotSource } from '../../sources/snapshot-source.js';
+import { SnapshotCorruptError } from '../../snapshot/errors.js';
+import type { VmRestoreSource } from './restore-source.js';
 import { vmStateFromJson, vmStateToJson, type VmSavedState } from './vm-state.js';
 
 /** metadata.kind of a VM snapshot. */
@@ -138,13 +141,29 @@ export async function openVmSnapshot(path: string): Promise<OpenedVmSnapshot> {
   }
 }
 
-/** Eager restore: every page into guest memory now, each stored page's CRC checked. */
-export async function readVmMemory(path: string, file: SnapshotFile, memory: GuestMemory): Promise<void> {
-  try {
-    await file.readPages(0, memory.lengthBytes, memory.image());
-  } catch (error) {
-    throw invalid(path, error);
-  }
+/**
+ * A VM snapshot as a restore source: its state (checked by openVmSnapshot)
+ * and its image through a SnapshotSource, which checks each stored page's
+ * CRC as it is read; verifyAll checks them all without copying.
+ */
+export async function openVmSnapshotSource(path: string): Promise<VmRestoreSource> {
+  const started = performance.now();
+  const { file, state } = await openVmSnapshot(path);
+  return {
+    description: `snapshot ${path}`,
+    state,
+    memory: new SnapshotSource(file),
+    openMs: performance.now() - started,
+    async verifyAll() {
+      const report = await file.verifyAll();
+      if (report.ok) return;
+      const first = report.corruptPages[0]!;
+      const cause = new SnapshotCorruptError({ structure: 'page data', ...first });
+      throw new InvalidVmSnapshotError(path, `${report.corruptPageCount} stored page(s) fail their CRC check, the first at image offset 0x${first.imageOffset.toString(16)} ` +
+        `(CRC 0x${first.actualCrc32.toString(16)}, expected 0x${first.expectedCrc32.toString(16)})`, { cause });
+    },
+    explain: (error) => invalid(path, (error.cause as Error | undefined) ?? error),
+  };
 }
 
 function invalid(path: string, error: unknown): Error {
