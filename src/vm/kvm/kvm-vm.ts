@@ -3,9 +3,9 @@
 import { native } from '../../native.js';
 import { VmError } from '../errors.js';
 import type { GuestMemoryRegion } from '../memory/guest-memory.js';
-import { KVM_CAP, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_SIZE, type KvmCapName, type KvmIoctlName } from './ioctls/constants.js';
+import { KVM_CAP, KVM_DIRTY_LOG_INITIALLY_SET, KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE, KVM_MEM_LOG_DIRTY_PAGES, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_SIZE, type KvmCapName, type KvmIoctlName } from './ioctls/constants.js';
 import { kvmIoctlBytes, kvmIoctlInt, requireSavedStruct } from './ioctls/ioctl.js';
-import { clockFlagsCleared, encodeIrqLevel, encodePitConfig, encodeUserMemoryRegion, irqchipBuffer } from './ioctls/structs.js';
+import { clockFlagsCleared, encodeClearDirtyLog, encodeDirtyLog, encodeEnableCap, encodeIrqLevel, encodePitConfig, encodeUserMemoryRegion, irqchipBuffer } from './ioctls/structs.js';
 import type { KvmSystem } from './kvm-system.js';
 import { KvmVcpu } from './kvm-vcpu.js';
 
@@ -19,6 +19,8 @@ export interface IrqchipState {
 export class KvmVm {
   private closed = false;
   private readonly vcpus: KvmVcpu[] = [];
+  /** KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 is enabled on this VM (it cannot be turned off again). */
+  private manualProtect = false;
 
   constructor(readonly system: KvmSystem, readonly fd: number) {}
 
@@ -36,6 +38,45 @@ export class KvmVm {
       lengthBytes: region.lengthBytes,
       hostAddress: region.hostAddress,
     }));
+  }
+
+  /**
+   * Start tracking which pages of guest RAM the guest writes (pre-copy's dirty
+   * log): the slot is set again with KVM_MEM_LOG_DIRTY_PAGES. Where KVM offers
+   * KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 it is enabled first with INITIALLY_SET,
+   * so turning the log on costs nothing up front and pages are write-protected
+   * only as clearDirtyLog re-arms them; returns which mode is in force.
+   */
+  startDirtyLog(region: GuestMemoryRegion): 'manual-protect' | 'get-clears' {
+    let mode: 'manual-protect' | 'get-clears' = 'get-clears';
+    if (this.checkExtension('KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2') > 0 && !this.manualProtect) {
+      const flags = BigInt(KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE | KVM_DIRTY_LOG_INITIALLY_SET);
+      this.ioctlBytes('KVM_ENABLE_CAP', encodeEnableCap(KVM_CAP.KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, [flags]));
+      this.manualProtect = true;
+    }
+    if (this.manualProtect) mode = 'manual-protect';
+    this.setUserMemoryRegion(region, KVM_MEM_LOG_DIRTY_PAGES);
+    return mode;
+  }
+
+  /** Stop the dirty log (the slot is set again without KVM_MEM_LOG_DIRTY_PAGES). */
+  stopDirtyLog(region: GuestMemoryRegion): void {
+    this.setUserMemoryRegion(region, 0);
+  }
+
+  /**
+   * KVM_GET_DIRTY_LOG into `bitmap` (one bit per page of the slot, whole u64
+   * words). Without manual protect the call also clears the log and
+   * re-protects the pages it reports; with it, call clearDirtyLog for the
+   * pages about to be sent, before reading them.
+   */
+  getDirtyLog(slot: number, bitmap: Uint8Array): void {
+    this.ioctlBytes('KVM_GET_DIRTY_LOG', encodeDirtyLog(slot, native.addressOf(bitmap)));
+  }
+
+  /** KVM_CLEAR_DIRTY_LOG: re-arm tracking of the pages set in `bitmap` (bit 0 = firstPage, a multiple of 64). */
+  clearDirtyLog(slot: number, firstPage: number, pageCount: number, bitmap: Uint8Array): void {
+    this.ioctlBytes('KVM_CLEAR_DIRTY_LOG', encodeClearDirtyLog(slot, firstPage, pageCount, native.addressOf(bitmap)));
   }
 
   /** KVM_SET_TSS_ADDR: three pages below 4 GiB that Intel VMX uses for real-mode emulation. */

@@ -29,6 +29,8 @@ export const KVM = {
   KVM_GET_CLOCK: 0x8030ae7c,
   KVM_GET_PIT2: 0x8070ae9f,
   KVM_SET_PIT2: 0x4070aea0,
+  KVM_ENABLE_CAP: 0x4068aea3,
+  KVM_CLEAR_DIRTY_LOG: 0xc018aec0,
   // vCPU fd
   KVM_RUN: 0xae80,
   KVM_GET_REGS: 0x8090ae81,
@@ -77,6 +79,8 @@ export const KVM_CAP = {
   KVM_CAP_GET_TSC_KHZ: 61,
   KVM_CAP_MAX_VCPUS: 66,
   KVM_CAP_IMMEDIATE_EXIT: 136,
+  KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2: 168,
+  KVM_CAP_DIRTY_LOG_RING: 192,
   KVM_CAP_XSAVE2: 208,
 } as const;
 export type KvmCapName = keyof typeof KVM_CAP;
@@ -105,6 +109,19 @@ export const KVM_EXIT_IO_OUT = 1;
 export const KVM_IRQCHIP_PIC_MASTER = 0;
 export const KVM_IRQCHIP_PIC_SLAVE = 1;
 export const KVM_IRQCHIP_IOAPIC = 2;
+
+/** kvm_userspace_memory_region.flags: track the slot's dirty pages (KVM_GET_DIRTY_LOG). */
+export const KVM_MEM_LOG_DIRTY_PAGES = 1;
+
+/**
+ * KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2's args[0]: MANUAL_PROTECT_ENABLE makes
+ * KVM_GET_DIRTY_LOG stop re-protecting what it reports (KVM_CLEAR_DIRTY_LOG
+ * does, for just the pages about to be sent); INITIALLY_SET starts the log with
+ * every page dirty, so turning logging on does not write-protect the whole
+ * slot at once (Cloud Hypervisor measured 4-5 ms per GiB of stall without it).
+ */
+export const KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE = 1;
+export const KVM_DIRTY_LOG_INITIALLY_SET = 2;
 
 /** kvm_pit_config.flags: the PIT's speaker port (0x61) is emulated in-kernel too. */
 export const KVM_PIT_SPEAKER_DUMMY = 1;
@@ -142,6 +159,9 @@ export const KVM_SIZE = {
   kvm_msr_list: 4,
   kvm_irq_level: 8,
   kvm_pit_config: 64,
+  kvm_dirty_log: 16,
+  kvm_clear_dirty_log: 24,
+  kvm_enable_cap: 104,
 } as const;
 
 /** Offsets into struct kvm_run (the vCPU's mmap'ed page). */

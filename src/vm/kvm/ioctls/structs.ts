@@ -317,3 +317,40 @@ function viewOf(bytes: Uint8Array, size: number, name: string): DataView {
   if (bytes.byteLength < size) throw new RangeError(`${name} needs ${size} bytes, got ${bytes.byteLength}`);
   return new DataView(bytes.buffer, bytes.byteOffset, size);
 }
+
+/**
+ * struct kvm_dirty_log { u32 slot; u32 padding; u64 dirty_bitmap (a pointer) }:
+ * the kernel writes one bit per page of the slot into the bitmap at that
+ * address, which the caller keeps alive across the ioctl.
+ */
+export function encodeDirtyLog(slot: number, bitmapAddress: number): Uint8Array {
+  const bytes = new Uint8Array(KVM_SIZE.kvm_dirty_log);
+  const view = new DataView(bytes.buffer);
+  view.setUint32(0, slot, true);
+  view.setBigUint64(8, BigInt(bitmapAddress), true);
+  return bytes;
+}
+
+/**
+ * struct kvm_clear_dirty_log { u32 slot; u32 num_pages; u64 first_page; u64 dirty_bitmap }:
+ * re-protect (and clear from the log) the pages whose bits are set in the
+ * bitmap, bit 0 being first_page. first_page must be a multiple of 64.
+ */
+export function encodeClearDirtyLog(slot: number, firstPage: number, pageCount: number, bitmapAddress: number): Uint8Array {
+  const bytes = new Uint8Array(KVM_SIZE.kvm_clear_dirty_log);
+  const view = new DataView(bytes.buffer);
+  view.setUint32(0, slot, true);
+  view.setUint32(4, pageCount, true);
+  view.setBigUint64(8, BigInt(firstPage), true);
+  view.setBigUint64(16, BigInt(bitmapAddress), true);
+  return bytes;
+}
+
+/** struct kvm_enable_cap { u32 cap; u32 flags; u64 args[4]; u8 pad[64] }. */
+export function encodeEnableCap(cap: number, args: readonly bigint[] = []): Uint8Array {
+  const bytes = new Uint8Array(KVM_SIZE.kvm_enable_cap);
+  const view = new DataView(bytes.buffer);
+  view.setUint32(0, cap, true);
+  args.slice(0, 4).forEach((arg, i) => view.setBigUint64(8 + i * 8, arg, true));
+  return bytes;
+}
