@@ -6,6 +6,7 @@ import { parseSize } from './parse.js';
 import { registerSnapshotCommands } from './snapshot-commands.js';
 import { registerProbeCommand } from './probe-command.js';
 import { registerServeCommand } from './serve-command.js';
+import { registerPagesCommand } from './pages-command.js';
 import { registerVmCommands } from './vm-commands.js';
 
 export function buildProgram(): Command {
@@ -33,6 +34,7 @@ export function buildProgram(): Command {
   registerProbeCommand(program);
   registerSnapshotCommands(program);
   registerServeCommand(program);
+  registerPagesCommand(program);
   registerVmCommands(program);
   return program;
 }

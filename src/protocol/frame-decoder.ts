@@ -42,6 +42,7 @@ export class FrameDecoder {
   private failure: ProtocolError | undefined;
   private limit: number;
   private framesDecoded = 0;
+  private onFrame: ((frame: Frame) => void) | undefined;
 
   constructor(options: FrameDecoderOptions) {
     this.limit = options.maxPayloadBytes;
@@ -65,9 +66,16 @@ export class FrameDecoder {
     return this.failure;
   }
 
-  /** Feed the next bytes read. Bytes still needed are copied, so the caller may reuse `chunk`'s buffer. */
-  push(chunk: Uint8Array): FrameDecodeResult {
+  /**
+   * Feed the next bytes read. Bytes still needed are copied, so the caller may
+   * reuse `chunk`'s buffer. With `onFrame`, each frame is handed over as soon
+   * as it is decoded, before the next is looked at (and `frames` stays empty):
+   * a HELLO handled there can raise maxPayloadBytes for the frames after it
+   * in the same chunk.
+   */
+  push(chunk: Uint8Array, onFrame?: (frame: Frame) => void): FrameDecodeResult {
     const frames: Frame[] = [];
+    this.onFrame = onFrame;
     if (this.failure) return { frames, error: this.failure };
     let at = 0;
     while (at < chunk.length) {
@@ -144,7 +152,8 @@ export class FrameDecoder {
       return this.fail(new ProtocolError('EPROTO_FLAGS', `a ${describeType(type)} frame has must-understand flags 0x${unknownFlags.toString(16)} this version does not know`, { ...context, field: 'flags' }));
     }
     if (chunk.length - at >= payloadLength) {
-      return this.complete(type, flags, requestId, payloadCrc32, chunk.subarray(at, at + payloadLength), frames);
+      // A plain Uint8Array view whatever the chunk's class (a socket's Buffer), so decoded fields compare equal to any Uint8Array.
+      return this.complete(type, flags, requestId, payloadCrc32, new Uint8Array(chunk.buffer, chunk.byteOffset + at, payloadLength), frames);
     }
     const payload = new Uint8Array(payloadLength);
     const available = chunk.subarray(at);
@@ -164,7 +173,8 @@ export class FrameDecoder {
       ));
     }
     this.framesDecoded++;
-    frames.push({ type, flags, requestId, payload });
+    if (this.onFrame) this.onFrame({ type, flags, requestId, payload });
+    else frames.push({ type, flags, requestId, payload });
     return undefined;
   }
 

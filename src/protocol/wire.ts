@@ -31,7 +31,7 @@
 //    12  u8    role           Role below
 //    13  u8[3] r
 //    16  u8[16] sessionId     chosen by the client, the same on all its connections; echoed by the server
-//    32  u32   maxPayloadBytes the largest payload the SENDER will receive
+//    32  u32   maxPayloadBytes the largest payload the SENDER will receive (4 KiB..64 MiB)
 //    36  u32   features       bits; none defined in version 1 (ignored when unknown; the answer holds
 //                             the ones both sides take)
 //    40  ...   later versions append fields here; a version-1 receiver ignores them (at most 1 KiB)
@@ -216,14 +216,18 @@ export const MAX_READ_BYTES = 2 * 1024 * 1024;
 /** Pages one ZERO_MAP may describe: a 1 MiB bitmap, 32 GiB of 4 KiB pages. */
 export const MAX_ZERO_MAP_PAGES = 8 * 1024 * 1024;
 /**
- * The least maxPayloadBytes a HELLO may announce: a full READ's reply must fit,
- * or a client could not be served at all.
+ * The least maxPayloadBytes a HELLO may announce: enough for any ERROR and
+ * every request. A side that announces less than a full READ's reply
+ * (MAX_READ_BYTES + 16) asks for shorter READs; a server only ever receives
+ * requests, so it announces little.
  */
-export const MIN_MAX_PAYLOAD_BYTES = MAX_READ_BYTES + PAGES_HEADER_BYTES;
+export const MIN_MAX_PAYLOAD_BYTES = 4096;
 /** The most a HELLO may announce; a peer asking to be sent more is refused. */
 export const MAX_MAX_PAYLOAD_BYTES = 64 * 1024 * 1024;
-/** What this code announces by default: a 2 MiB READ's reply with room, or a 4 MiB metadata chunk. */
+/** What a client announces by default: a 2 MiB READ's reply with room, or a 4 MiB metadata chunk. */
 export const DEFAULT_MAX_PAYLOAD_BYTES = 4 * 1024 * 1024 + 4096;
+/** What a page server announces by default: it receives only requests (and, later, migration's page streams). */
+export const DEFAULT_SERVER_MAX_PAYLOAD_BYTES = 64 * 1024;
 /** A frame received before the peer's HELLO is at most this (it can only be a HELLO or an ERROR). */
 export const PRE_HELLO_MAX_PAYLOAD_BYTES = MAX_HELLO_BYTES + ERROR_HEADER_BYTES + MAX_ERROR_TEXT_BYTES;
 

@@ -209,3 +209,23 @@ describe('the frame decoder', () => {
     assert.equal(header.getUint32(12, true), crc32(payload));
   });
 });
+
+describe('the frame decoder with a per-frame callback', () => {
+  test('a limit raised for one frame applies to the next frame of the same chunk', () => {
+    const hello = encodeMessage({ type: 'get-info' }, 1);
+    const big = encodeMessage({ type: 'pages', offset: 0, data: new Uint8Array(8192) }, 2);
+    const decoder = new FrameDecoder({ maxPayloadBytes: 64 });
+    const seen: number[] = [];
+    const result = decoder.push(Uint8Array.from([...hello, ...big]), (frame) => {
+      seen.push(frame.requestId);
+      decoder.maxPayloadBytes = 1 << 20;
+    });
+    assert.equal(result.error, undefined);
+    assert.deepEqual(result.frames, []);
+    assert.deepEqual(seen, [1, 2]);
+    // Without the callback the whole chunk is decoded under the first limit.
+    const eager = new FrameDecoder({ maxPayloadBytes: 64 }).push(Uint8Array.from([...hello, ...big]));
+    assert.equal(eager.frames.length, 1);
+    assert.equal(eager.error?.code, 'EPROTO_OVERSIZED');
+  });
+});

@@ -171,7 +171,7 @@ describe('the page protocol messages', () => {
     const reserved = payloadOf(HELLO, 0);
     reserved[14] = 1;
     refused(frame(MessageType.HELLO, reserved, 0), 'EPROTO_FIELD', 'reserved');
-    for (const maxPayloadBytes of [0, 4096, 2 * 1024 * 1024, 2 ** 32 - 1]) {
+    for (const maxPayloadBytes of [0, 4095, 64 * 1024 * 1024 + 1, 2 ** 32 - 1]) {
       const payload = payloadOf(HELLO, 0);
       new DataView(payload.buffer).setUint32(32, maxPayloadBytes, true);
       refused(frame(MessageType.HELLO, payload, 0), 'EPROTO_FIELD', 'maxPayloadBytes');
