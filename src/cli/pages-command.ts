@@ -67,6 +67,12 @@ async function servePages(options: PagesServeOptions, log: Log): Promise<void> {
   const maxInFlight = Number(options.maxInFlight);
   if (!Number.isSafeInteger(maxInFlight) || maxInFlight < 1) throw new PagesUsageError(`--max-in-flight ${options.maxInFlight} is not a positive integer`);
 
+  // Listening for the signals before the listen line is printed: a supervisor
+  // that stops the server the moment it reads that line gets a summary too.
+  const signalled = new Promise<NodeJS.Signals>((resolve) => {
+    process.once('SIGINT', resolve);
+    process.once('SIGTERM', resolve);
+  });
   const snapshot = await openSnapshotPages(options.snapshot);
   let server: PageServer;
   try {
@@ -87,10 +93,7 @@ async function servePages(options: PagesServeOptions, log: Log): Promise<void> {
   }
   describeServer(server, snapshot, options.snapshot, remote, log);
 
-  const signal = await new Promise<NodeJS.Signals>((resolve) => {
-    process.once('SIGINT', resolve);
-    process.once('SIGTERM', resolve);
-  });
+  const signal = await signalled;
   // A second signal while connections are flushing leaves at once.
   const forceExit = (): never => process.exit(ExitCode.SOFTWARE);
   process.once('SIGINT', forceExit);
