@@ -28,3 +28,27 @@ export class BadAddressError extends PageServerError {
     super(`${JSON.stringify(text)} is not a ${reason}`);
   }
 }
+
+/** No page server answered at the address (refused, unreachable, or no HELLO in time). */
+export class PeerUnavailableError extends PageServerError {
+  override readonly code = 'EPEERUNAVAILABLE';
+  constructor(readonly url: string, reason: string, options?: { cause?: unknown }) {
+    super(`no page server at ${url}: ${reason}`, options);
+  }
+}
+
+/** The page server answered the HELLO with an ERROR (another version, a role it does not take). */
+export class PeerRefusedError extends PageServerError {
+  override readonly code = 'EPEERREFUSED';
+  constructor(readonly url: string, readonly wireCode: string, readonly text: string) {
+    super(`the page server at ${url} refused the connection: ${wireCode}: ${text}`);
+  }
+}
+
+/** A page server reconnected to serves another image than before (size, page size or image id changed). */
+export class ImageChangedError extends PageServerError {
+  override readonly code = 'EIMAGECHANGED';
+  constructor(readonly url: string, what: string) {
+    super(`the page server at ${url} now serves another image: ${what}`);
+  }
+}
