@@ -21,6 +21,7 @@ import {
   type ErrorMessage,
   type Frame,
   type HelloMessage,
+  type InfoMessage,
   type Message,
   type MessageName,
   type PagesMessage,
@@ -47,19 +48,17 @@ export interface ReadRequest {
 export interface ClientConnectionHandlers<R extends ReadRequest> {
   /** A READ's reply, already checked against the request: PAGES with its offset and length, or an ERROR. */
   onReadReply(read: R, reply: PagesMessage | ErrorMessage): void;
-  /** PUSH pages, checked by `checkPush` first. */
+  /** PUSH pages, checked against this connection's INFO first (a PUSH before the INFO is a violation). */
   onPush(offset: number, data: Uint8Array): void;
   /** Called once, when the connection ends for any reason. */
   onEnd(loss: ConnectionLoss): void;
   /** Bytes arrived (for statistics). */
   onReceived?(lengthBytes: number): void;
-  /** Returns the problem with a PUSH's range (outside the image, off the page grid), or undefined. */
-  checkPush(offset: number, lengthBytes: number): string | undefined;
 }
 
 type Outstanding<R> =
   | { kind: 'call'; expect: MessageName; resolve: (message: Message) => void; reject: (error: Error) => void }
-  | { kind: 'read'; read: R; cancelled: boolean }
+  | { kind: 'read'; read: R; cancelled: boolean; sentAt: number }
   | { kind: 'ping' };
 
 export interface OpenOptions {
@@ -86,6 +85,8 @@ export class ClientConnection<R extends ReadRequest> {
   /** The server's HELLO maxPayloadBytes: no frame sent may be larger. */
   peerMaxPayloadBytes = PRE_HELLO_MAX_PAYLOAD_BYTES;
   bytesReceived = 0;
+  /** The server's INFO, once a GET_INFO on this connection was answered. */
+  info: InfoMessage | undefined;
 
   private constructor(private readonly socket: Socket, private readonly options: OpenOptions, private readonly handlers: ClientConnectionHandlers<R>) {
     socket.setNoDelay(true);
@@ -157,7 +158,7 @@ export class ClientConnection<R extends ReadRequest> {
   /** Send a READ; its reply goes to onReadReply. Returns its requestId (for cancel). */
   sendRead(read: R, message: Message & { type: 'read' }): number {
     const requestId = this.allocateRequestId();
-    this.outstanding.set(requestId, { kind: 'read', read, cancelled: false });
+    this.outstanding.set(requestId, { kind: 'read', read, cancelled: false, sentAt: performance.now() });
     this.send(message, requestId);
     return requestId;
   }
@@ -177,6 +178,13 @@ export class ClientConnection<R extends ReadRequest> {
     const requestId = this.allocateRequestId();
     this.outstanding.set(requestId, { kind: 'ping' });
     this.send({ type: 'ping', data: new Uint8Array(0) }, requestId);
+  }
+
+  /** How long the oldest unanswered READ has waited (0 with none). */
+  oldestReadAgeMs(): number {
+    let oldest = Infinity;
+    for (const o of this.outstanding.values()) if (o.kind === 'read' && o.sentAt < oldest) oldest = o.sentAt;
+    return oldest === Infinity ? 0 : performance.now() - oldest;
   }
 
   /** The READs sent and not answered, cancelled ones left out: what must be re-sent on a new connection. */
@@ -256,7 +264,7 @@ export class ClientConnection<R extends ReadRequest> {
           // The server ends the connection (shutting down, or it disliked something we sent).
           return this.end({ kind: message.code === 'SHUTTING_DOWN' ? 'lost' : 'violation', error: new Error(`the page server closed the connection: ${message.code}: ${message.text}`) });
         case 'push': {
-          const problem = this.handlers.checkPush(message.offset, message.data.length);
+          const problem = this.pushProblem(message.offset, message.data.length);
           if (problem) return this.violation(new ProtocolError('EPROTO_FIELD', `a PUSH of ${message.data.length} bytes at ${message.offset}: ${problem}`, { ...context, field: 'offset' }));
           this.handlers.onPush(message.offset, message.data);
           return;
@@ -275,6 +283,7 @@ export class ClientConnection<R extends ReadRequest> {
           return this.violation(new ProtocolError('EPROTO_MISMATCH', `request ${frame.requestId} was answered with ${message.type}, not ${outstanding.expect}`, context));
         }
         this.outstanding.delete(frame.requestId);
+        if (message.type === 'info') this.info = message;
         if (message.type === 'error') outstanding.reject(new PeerRefusedError(this.options.url, message.code, message.text));
         else outstanding.resolve(message);
         return;
@@ -330,6 +339,15 @@ export class ClientConnection<R extends ReadRequest> {
     this.decoder.maxPayloadBytes = waiter.sent.maxPayloadBytes;
     this.stateValue = 'ready';
     waiter.resolve(message);
+  }
+
+  /** What is wrong with a PUSH of [offset, +lengthBytes), or undefined. */
+  private pushProblem(offset: number, lengthBytes: number): string | undefined {
+    const { info } = this;
+    if (info === undefined) return 'it came before the INFO that says what the image is';
+    if (offset % info.pageSizeBytes !== 0 || lengthBytes % info.pageSizeBytes !== 0) return `off the ${info.pageSizeBytes}-byte page grid`;
+    if (offset + lengthBytes > info.imageSizeBytes) return `past the end of the ${info.imageSizeBytes}-byte image`;
+    return undefined;
   }
 
   private violation(error: ProtocolError): void {

@@ -52,8 +52,15 @@ export interface RemoteSourceOptions {
   reconnectMaxDelayMs?: number;
   /** READs outstanding per connection; more wait here, where a cancel costs nothing (default 32). */
   maxInFlightPerConnection?: number;
-  /** A connection with requests outstanding and nothing received for this long is dropped and re-made (default 15 s). */
+  /** A connection with requests outstanding and nothing received for this long (PINGs unanswered too) is dropped and re-made (default 15 s). */
   idleTimeoutMs?: number;
+  /**
+   * A READ unanswered this long on a connection that still answers PINGs is
+   * given up on there: the connection is dropped and its reads re-sent on a
+   * new one (default 60 s). A server's source may be slow; one that never
+   * answers is broken.
+   */
+  requestTimeoutMs?: number;
   /** Connections in a row dropped for protocol violations before the peer is given up on (default 3). */
   maxProtocolViolations?: number;
   /** The largest metadata accepted (default 64 MiB). */
@@ -158,7 +165,6 @@ class Channel {
         onReceived: (lengthBytes) => {
           this.source.stats.bytesReceived += lengthBytes;
         },
-        checkPush: (offset, lengthBytes) => this.source.checkRange(offset, lengthBytes),
       },
     );
     const opened = connection;
@@ -314,13 +320,15 @@ class Channel {
    */
   private startKeepalive(connection: ClientConnection<Fetch>): void {
     clearInterval(this.keepalive);
-    const idleMs = this.source.settings.idleTimeoutMs;
+    const { idleTimeoutMs, requestTimeoutMs } = this.source.settings;
     this.keepalive = setInterval(() => {
       if (connection.outstandingCount === 0) return;
       const quietMs = performance.now() - connection.lastReceivedAt;
-      if (quietMs >= idleMs) connection.abandon(new Error(`no frame from the page server in ${Math.round(quietMs)} ms with requests outstanding`));
-      else if (quietMs >= idleMs / 3) connection.ping();
-    }, Math.max(10, Math.floor(idleMs / 6)));
+      const oldestMs = connection.oldestReadAgeMs();
+      if (quietMs >= idleTimeoutMs) connection.abandon(new Error(`no frame from the page server in ${Math.round(quietMs)} ms with requests outstanding`));
+      else if (oldestMs >= requestTimeoutMs) connection.abandon(new Error(`a READ unanswered for ${Math.round(oldestMs)} ms`));
+      else if (quietMs >= idleTimeoutMs / 3) connection.ping();
+    }, Math.max(10, Math.floor(Math.min(idleTimeoutMs, requestTimeoutMs) / 6)));
     this.keepalive.unref();
   }
 }
@@ -359,6 +367,7 @@ export class RemoteSource implements PageSource {
       reconnectMaxDelayMs: options.reconnectMaxDelayMs ?? 1_000,
       maxInFlightPerConnection: options.maxInFlightPerConnection ?? 32,
       idleTimeoutMs: options.idleTimeoutMs ?? 15_000,
+      requestTimeoutMs: options.requestTimeoutMs ?? 60_000,
       maxProtocolViolations: options.maxProtocolViolations ?? 3,
       maxMetadataBytes: options.maxMetadataBytes ?? 64 * 1024 * 1024,
       maxPayloadBytes: options.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD_BYTES,
@@ -483,16 +492,8 @@ export class RemoteSource implements PageSource {
 
   /** @internal */
   deliverPush(offset: number, data: Uint8Array): void {
-    this.violationsInARow = 0;
+    // (Not a reason to forgive earlier violations: only a READ answered right is.)
     for (const listener of this.pushListeners) listener({ offset, bytes: data });
-  }
-
-  /** @internal The problem with a range the server sent unasked, or undefined. */
-  checkRange(offset: number, lengthBytes: number): string | undefined {
-    const page = this.info.pageSizeBytes;
-    if (offset % page !== 0 || lengthBytes % page !== 0) return `off the ${page}-byte page grid`;
-    if (offset + lengthBytes > this.info.imageSizeBytes) return `past the end of the ${this.info.imageSizeBytes}-byte image`;
-    return undefined;
   }
 
   /** @internal Count a connection lost to a violation; true when that was one too many and the source is now gone. */
