@@ -22,7 +22,7 @@ export class RemoteListenRefusedError extends PageServerError {
 }
 
 /** A listen address or page URL that cannot be parsed. Code EUSAGE. */
-export class BadAddressError extends PageServerError {
+export class PageAddressError extends PageServerError {
   override readonly code = 'EUSAGE';
   constructor(readonly text: string, reason: string) {
     super(`${JSON.stringify(text)} is not a ${reason}`);
