@@ -142,15 +142,31 @@ export class ClientConnection<R extends ReadRequest> {
     return this.outstanding.size;
   }
 
-  /** A request whose one reply is a message of type `expect` (or an ERROR, which rejects). */
-  call(message: Message, expect: MessageName): Promise<Message> {
+  /**
+   * A request whose one reply is a message of type `expect` (or an ERROR,
+   * which rejects with PeerRefusedError). A server that does not answer within
+   * `timeoutMs` is dropped as lost (the call rejects with PeerUnavailableError).
+   */
+  call(message: Message, expect: MessageName, timeoutMs = this.options.timeoutMs): Promise<Message> {
     return new Promise((resolve, reject) => {
       if (this.stateValue !== 'ready') {
         reject(new Error(`the connection is ${this.stateValue}`));
         return;
       }
       const requestId = this.allocateRequestId();
-      this.outstanding.set(requestId, { kind: 'call', expect, resolve, reject });
+      const timer = setTimeout(() => this.abandon(new PeerUnavailableError(this.options.url, `no answer to ${message.type} within ${timeoutMs} ms`)), timeoutMs);
+      this.outstanding.set(requestId, {
+        kind: 'call',
+        expect,
+        resolve: (reply) => {
+          clearTimeout(timer);
+          resolve(reply);
+        },
+        reject: (error) => {
+          clearTimeout(timer);
+          reject(error);
+        },
+      });
       this.send(message, requestId);
     });
   }

@@ -42,6 +42,8 @@ export interface FakeServerScript {
   reads: ReadBehaviour[];
   /** Called before an honest PAGES is sent (a test checks its target is still untouched here). */
   beforeHonestReply?: (offset: number, lengthBytes: number) => void;
+  /** Never answer GET_INFO (the connection stays up). */
+  ignoreGetInfo?: boolean;
   /** Answer HELLO with this ERROR instead. */
   refuseHello?: WireErrorName;
   /** Send these PUSHes (requestId 0) right after answering GET_INFO on urgent connections. */
@@ -112,6 +114,7 @@ export class FakePageServer {
             return;
           }
           case 'get-info':
+            if (this.script.ignoreGetInfo) return;
             send({ type: 'info', imageSizeBytes: image.length, pageSizeBytes: 4096, hasMetadata: false, hasZeroMap: false, metadataLengthBytes: 0, maxReadBytes: 1 << 21, imageId: new Uint8Array(16) }, id);
             if (record.role === 'page-client-urgent') for (const push of this.script.pushes ?? []) send({ type: 'push', offset: push.offset, data: push.data }, 0);
             return;

@@ -288,7 +288,7 @@ describe('a remote source\'s two connections', () => {
     gate.releaseAll();
   });
 
-  test('connecting where no server listens rejects with PeerUnavailableError; a server refusing the HELLO with PeerRefusedError', async (t) => {
+  test('connecting where no server listens, or to one that never answers, rejects with PeerUnavailableError; a server refusing the HELLO with PeerRefusedError', async (t) => {
     const fake = await FakePageServer.start({ image: patterned(4), reads: ['honest'] });
     const port = fake.port;
     await fake.close();
@@ -306,6 +306,15 @@ describe('a remote source\'s two connections', () => {
       return true;
     });
     await assert.rejects(RemoteSource.connect('http://127.0.0.1:80'), /not a page server URL/);
+    const mute = await FakePageServer.start({ image: patterned(4), reads: ['honest'], ignoreGetInfo: true });
+    t.after(() => mute.close());
+    const started = performance.now();
+    await assert.rejects(RemoteSource.connect(mute.url, { connectTimeoutMs: 300 }), (error: unknown) => {
+      assert.ok(error instanceof PeerUnavailableError, String(error));
+      assert.match(error.message, /no answer to get-info within 300 ms/);
+      return true;
+    });
+    assert.ok(performance.now() - started < 3000);
   });
 });
 
