@@ -114,6 +114,22 @@ interface Fetch {
   readonly waiters: Set<ReadOperation>;
 }
 
+type FetchState = Fetch['state'];
+
+/** A fetch's legal moves, in one place (the diagram at the top of this file). */
+const FETCH_MOVES: Readonly<Record<FetchState, readonly FetchState[]>> = {
+  // Sent on a connection; or dropped before it was (nobody waits, or the source is gone).
+  queued: ['sent', 'queued', 'done'],
+  // Answered or cancelled; or back in the queue (its connection was lost, the server was busy).
+  sent: ['done', 'queued'],
+  done: ['done'],
+};
+
+function moveFetch(fetch: Fetch, to: FetchState): void {
+  if (!FETCH_MOVES[fetch.state].includes(to)) throw new Error(`fetch ${fetch.key}: ${fetch.state} -> ${to} is not a legal move`);
+  fetch.state = to;
+}
+
 type SourceState = 'open' | 'gone' | 'closed';
 
 /**
@@ -197,7 +213,7 @@ class Channel {
     if (connection === undefined || connection.state !== 'ready') return;
     while (this.queue.length > 0 && connection.outstandingCount < this.source.settings.maxInFlightPerConnection) {
       const fetch = this.queue.shift()!;
-      fetch.state = 'sent';
+      moveFetch(fetch, 'sent');
       fetch.connection = connection;
       fetch.requestId = connection.sendRead(fetch, { type: 'read', offset: fetch.offset, lengthBytes: fetch.lengthBytes, priority: this.role === 'page-client-urgent' ? 'demand' : 'background' });
       this.source.countSent(this);
@@ -220,18 +236,18 @@ class Channel {
       fetch.connection.cancelRead(fetch.requestId);
       this.source.stats.cancelsSent++;
     }
-    fetch.state = 'done';
+    moveFetch(fetch, 'done');
   }
 
   finished(fetch: Fetch): void {
-    fetch.state = 'done';
+    moveFetch(fetch, 'done');
     if (this.byKey.get(fetch.key) === fetch) this.byKey.delete(fetch.key);
     this.flush();
   }
 
   /** Put a fetch back at the front of the queue (a server BUSY, an unasked CANCELLED). */
   requeue(fetch: Fetch): void {
-    fetch.state = 'queued';
+    moveFetch(fetch, 'queued');
     fetch.connection = undefined;
     this.queue.unshift(fetch);
     this.flush();
@@ -254,7 +270,7 @@ class Channel {
     // Every READ the server had not answered goes back to the front of the queue, in the order it was sent.
     const unanswered = connection.unansweredReads().filter((fetch) => fetch.state === 'sent' && fetch.connection === connection);
     for (const fetch of unanswered) {
-      fetch.state = 'queued';
+      moveFetch(fetch, 'queued');
       fetch.connection = undefined;
     }
     this.queue.unshift(...unanswered);
@@ -473,7 +489,7 @@ export class RemoteSource implements PageSource {
       case 'SHUTTING_DOWN':
         // Not asked for, or not now: try again (after a pause when the server is busy).
         if (reply.code === 'BUSY') {
-          fetch.state = 'queued';
+          moveFetch(fetch, 'queued');
           setTimeout(() => (fetch.waiters.size > 0 && this.stateValue === 'open' ? fetch.channel.requeue(fetch) : undefined), 20);
         } else {
           fetch.channel.requeue(fetch);
@@ -641,7 +657,7 @@ export class RemoteSource implements PageSource {
       for (const fetch of [...channel.byKey.values(), ...channel.queue]) for (const operation of fetch.waiters) operations.add(operation);
       const sent = channel.connection?.unansweredReads() ?? [];
       for (const fetch of sent) for (const operation of fetch.waiters) operations.add(operation);
-      for (const fetch of [...channel.byKey.values(), ...channel.queue, ...sent]) fetch.state = 'done';
+      for (const fetch of new Set([...channel.byKey.values(), ...channel.queue, ...sent])) moveFetch(fetch, 'done');
       channel.queue.length = 0;
       channel.byKey.clear();
     }
