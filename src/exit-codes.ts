@@ -63,6 +63,10 @@ const BY_CODE: Readonly<Record<string, ExitCode>> = {
   EKVMCAP: ExitCode.UNAVAILABLE,
   EFEATURE: ExitCode.UNAVAILABLE,
   ENOVM: ExitCode.UNAVAILABLE,
+  EPEERUNAVAILABLE: ExitCode.UNAVAILABLE,
+  EPEERREFUSED: ExitCode.UNAVAILABLE,
+  ESOURCEGONE: ExitCode.UNAVAILABLE,
+  EIMAGECHANGED: ExitCode.DATA,
   EKVMNOTSUP: ExitCode.UNAVAILABLE,
   // the VM is in a state that does not allow the request (409 on its control socket)
   ESTATE: ExitCode.UNAVAILABLE,

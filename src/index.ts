@@ -10,3 +10,7 @@ export * from './sources/raw-file-source.js';
 export * from './snapshot/index.js';
 export * from './lazy/index.js';
 export * from './handler/index.js';
+// The page protocol's codec as a namespace: its encodeMessage/decodeMessage are not the uffd ones.
+export * as pageProtocol from './protocol/index.js';
+export * from './pages/index.js';
+export * from './sources/remote-source.js';

@@ -7,6 +7,7 @@ import { registerDemoCommand } from './demo-command.js';
 import { UsageError } from './errors.js';
 import { printError } from './output.js';
 import { registerProbeCommand } from './probe-command.js';
+import { registerPagesCommand } from './pages-command.js';
 import { registerServeCommand } from './serve-command.js';
 import { registerSnapshotCommands } from './snapshot-commands.js';
 import { registerVmCommands } from './vm-commands.js';
@@ -43,6 +44,7 @@ export function buildProgram(json: boolean, usage: UsageReport = { message: unde
   registerProbeCommand(program);
   registerSnapshotCommands(program);
   registerServeCommand(program);
+  registerPagesCommand(program);
   registerVmCommands(program);
   return program;
 }

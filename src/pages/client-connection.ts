@@ -1,0 +1,385 @@
+// One TCP connection of a page client (RemoteSource): HELLO, then requests
+// with their ids, and every frame that comes back checked before anything
+// acts on it. The peer is not trusted: a frame with a bad CRC, of an unknown
+// type, a reply to a request never made or one that does not match its
+// request (another offset, another length, the wrong type) is a protocol
+// violation; the connection reports it and is dropped, and nothing the frame
+// carried is used.
+//
+//   opening ──TCP connected, HELLO sent──▶ hello ──server HELLO checked──▶ ready ──▶ closed
+//      └───── refused / timeout / lost / violation ─────────────────┴────────────────┘
+import { connect, type Socket } from 'node:net';
+import {
+  DEFAULT_MAX_PAYLOAD_BYTES,
+  FrameDecoder,
+  PRE_HELLO_MAX_PAYLOAD_BYTES,
+  ProtocolError,
+  checkHelloAnswer,
+  decodeMessage,
+  describeType,
+  encodeMessageParts,
+  type ErrorMessage,
+  type Frame,
+  type HelloMessage,
+  type InfoMessage,
+  type Message,
+  type MessageName,
+  type PagesMessage,
+  type RoleName,
+} from '../protocol/index.js';
+import { PeerRefusedError, PeerUnavailableError } from './errors.js';
+
+export type ClientConnectionState = 'opening' | 'hello' | 'ready' | 'closed';
+
+/**
+ * Why a connection ended: 'lost' (the socket closed or failed, the server
+ * said it is going away, or went quiet), 'violation' (the peer broke the
+ * protocol: the source counts these and gives up on a peer that keeps doing
+ * it), 'closed' (this side closed it).
+ */
+export type ConnectionLoss = { kind: 'lost' | 'violation' | 'closed'; error: Error };
+
+/** A READ as a connection knows it: the offset and length its reply must carry. */
+export interface ReadRequest {
+  readonly offset: number;
+  readonly lengthBytes: number;
+}
+
+export interface ClientConnectionHandlers<R extends ReadRequest> {
+  /** A READ's reply, already checked against the request: PAGES with its offset and length, or an ERROR. */
+  onReadReply(read: R, reply: PagesMessage | ErrorMessage): void;
+  /** PUSH pages, checked against this connection's INFO first (a PUSH before the INFO is a violation). */
+  onPush(offset: number, data: Uint8Array): void;
+  /** Called once, when the connection ends for any reason. */
+  onEnd(loss: ConnectionLoss): void;
+  /** Bytes arrived (for statistics). */
+  onReceived?(lengthBytes: number): void;
+}
+
+type Outstanding<R> =
+  | { kind: 'call'; expect: MessageName; resolve: (message: Message) => void; reject: (error: Error) => void }
+  | { kind: 'read'; read: R; cancelled: boolean; sentAt: number }
+  | { kind: 'ping' };
+
+export interface OpenOptions {
+  host: string;
+  port: number;
+  /** For messages: "tcp://127.0.0.1:7000". */
+  url: string;
+  role: RoleName;
+  sessionId: Uint8Array;
+  /** Connect plus HELLO. */
+  timeoutMs: number;
+  maxPayloadBytes?: number;
+}
+
+export class ClientConnection<R extends ReadRequest> {
+  private stateValue: ClientConnectionState = 'opening';
+  private readonly decoder = new FrameDecoder({ maxPayloadBytes: PRE_HELLO_MAX_PAYLOAD_BYTES });
+  private readonly outstanding = new Map<number, Outstanding<R>>();
+  private nextRequestId = 1;
+  private helloWaiter: { sent: HelloMessage; resolve: (hello: HelloMessage) => void; reject: (error: Error) => void } | undefined;
+  private ended = false;
+  /** performance.now() of the last frame received. */
+  lastReceivedAt = performance.now();
+  /** The server's HELLO maxPayloadBytes: no frame sent may be larger. */
+  peerMaxPayloadBytes = PRE_HELLO_MAX_PAYLOAD_BYTES;
+  bytesReceived = 0;
+  /** The server's INFO, once a GET_INFO on this connection was answered. */
+  info: InfoMessage | undefined;
+
+  private constructor(private readonly socket: Socket, private readonly options: OpenOptions, private readonly handlers: ClientConnectionHandlers<R>) {
+    socket.setNoDelay(true);
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('error', (error) => this.end({ kind: 'lost', error }));
+    socket.on('close', () => this.end({ kind: 'lost', error: new Error('the connection closed') }));
+  }
+
+  /**
+   * Connect and exchange HELLOs. Rejects with PeerUnavailableError (nothing
+   * answered in time), PeerRefusedError (the server answered ERROR) or
+   * ProtocolError (it answered something else).
+   */
+  static open<R extends ReadRequest>(options: OpenOptions, handlers: ClientConnectionHandlers<R>): Promise<ClientConnection<R>> {
+    return new Promise((resolve, reject) => {
+      const socket = connect({ host: options.host, port: options.port });
+      let connection: ClientConnection<R> | undefined;
+      const timer = setTimeout(() => {
+        const error = new PeerUnavailableError(options.url, `no answer within ${options.timeoutMs} ms`);
+        if (connection) connection.close(error);
+        else socket.destroy();
+        reject(error);
+      }, options.timeoutMs);
+      const failConnect = (error: Error): void => {
+        clearTimeout(timer);
+        reject(new PeerUnavailableError(options.url, error.message, { cause: error }));
+      };
+      socket.once('error', failConnect);
+      socket.once('connect', () => {
+        socket.off('error', failConnect);
+        connection = new ClientConnection(socket, options, handlers);
+        connection.hello().then(
+          () => {
+            clearTimeout(timer);
+            resolve(connection!);
+          },
+          (error: Error) => {
+            clearTimeout(timer);
+            connection!.close(error);
+            reject(error);
+          },
+        );
+      });
+    });
+  }
+
+  get state(): ClientConnectionState {
+    return this.stateValue;
+  }
+
+  /** Requests sent and not yet answered (cancelled READs included: the server still answers them). */
+  get outstandingCount(): number {
+    return this.outstanding.size;
+  }
+
+  /**
+   * A request whose one reply is a message of type `expect` (or an ERROR,
+   * which rejects with PeerRefusedError). A server that does not answer within
+   * `timeoutMs` is dropped as lost (the call rejects with PeerUnavailableError).
+   */
+  call(message: Message, expect: MessageName, timeoutMs = this.options.timeoutMs): Promise<Message> {
+    return new Promise((resolve, reject) => {
+      if (this.stateValue !== 'ready') {
+        reject(new Error(`the connection is ${this.stateValue}`));
+        return;
+      }
+      const requestId = this.allocateRequestId();
+      const timer = setTimeout(() => this.abandon(new PeerUnavailableError(this.options.url, `no answer to ${message.type} within ${timeoutMs} ms`)), timeoutMs);
+      this.outstanding.set(requestId, {
+        kind: 'call',
+        expect,
+        resolve: (reply) => {
+          clearTimeout(timer);
+          resolve(reply);
+        },
+        reject: (error) => {
+          clearTimeout(timer);
+          reject(error);
+        },
+      });
+      this.send(message, requestId);
+    });
+  }
+
+  /** Send a READ; its reply goes to onReadReply. Returns its requestId (for cancel). */
+  sendRead(read: R, message: Message & { type: 'read' }): number {
+    const requestId = this.allocateRequestId();
+    this.outstanding.set(requestId, { kind: 'read', read, cancelled: false, sentAt: performance.now() });
+    this.send(message, requestId);
+    return requestId;
+  }
+
+  /** Ask the server to drop a READ. Its reply (ERROR CANCELLED, or the PAGES if already sent) is still expected, and then discarded. */
+  cancelRead(requestId: number): void {
+    const outstanding = this.outstanding.get(requestId);
+    if (outstanding?.kind !== 'read' || outstanding.cancelled) return;
+    outstanding.cancelled = true;
+    this.send({ type: 'cancel', readRequestId: requestId }, 0);
+  }
+
+  /** Send a PING unless one is outstanding. */
+  ping(): void {
+    if (this.stateValue !== 'ready') return;
+    for (const o of this.outstanding.values()) if (o.kind === 'ping') return;
+    const requestId = this.allocateRequestId();
+    this.outstanding.set(requestId, { kind: 'ping' });
+    this.send({ type: 'ping', data: new Uint8Array(0) }, requestId);
+  }
+
+  /** How long the oldest unanswered READ has waited (0 with none). */
+  oldestReadAgeMs(): number {
+    let oldest = Infinity;
+    for (const o of this.outstanding.values()) if (o.kind === 'read' && o.sentAt < oldest) oldest = o.sentAt;
+    return oldest === Infinity ? 0 : performance.now() - oldest;
+  }
+
+  /** The READs sent and not answered, cancelled ones left out: what must be re-sent on a new connection. */
+  unansweredReads(): R[] {
+    const reads: R[] = [];
+    for (const o of this.outstanding.values()) if (o.kind === 'read' && !o.cancelled) reads.push(o.read);
+    return reads;
+  }
+
+  close(error: Error = new Error('closed by the client')): void {
+    this.end({ kind: 'closed', error });
+  }
+
+  /** Drop the connection as lost (a server gone quiet): its owner reconnects, as after any loss. */
+  abandon(error: Error): void {
+    this.end({ kind: 'lost', error });
+  }
+
+  private hello(): Promise<HelloMessage> {
+    const sent: HelloMessage = {
+      type: 'hello',
+      version: 1,
+      minVersion: 1,
+      role: this.options.role,
+      sessionId: this.options.sessionId,
+      maxPayloadBytes: this.options.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD_BYTES,
+      features: 0,
+    };
+    this.stateValue = 'hello';
+    return new Promise((resolve, reject) => {
+      this.helloWaiter = { sent, resolve, reject };
+      this.send(sent, 0);
+    });
+  }
+
+  private allocateRequestId(): number {
+    // Ids wrap at 2^32 - 1 and skip 0 and any still outstanding.
+    for (;;) {
+      const id = this.nextRequestId;
+      this.nextRequestId = id >= 0xffff_ffff ? 1 : id + 1;
+      if (!this.outstanding.has(id)) return id;
+    }
+  }
+
+  private send(message: Message, requestId: number): void {
+    if (this.socket.destroyed || this.socket.writableEnded) return;
+    const parts = encodeMessageParts(message, requestId);
+    this.socket.cork();
+    for (const part of parts) this.socket.write(part);
+    this.socket.uncork();
+  }
+
+  private onData(chunk: Buffer): void {
+    if (this.ended) return;
+    this.lastReceivedAt = performance.now();
+    this.bytesReceived += chunk.length;
+    this.handlers.onReceived?.(chunk.length);
+    const { error } = this.decoder.push(chunk, (frame) => {
+      if (!this.ended) this.onFrame(frame);
+    });
+    if (error) this.violation(error);
+  }
+
+  private onFrame(frame: Frame): void {
+    let message: Message;
+    try {
+      message = decodeMessage(frame);
+    } catch (error) {
+      if (error instanceof ProtocolError) return this.violation(error);
+      throw error;
+    }
+    const context = { frameType: frame.type, requestId: frame.requestId };
+    if (this.stateValue === 'hello') return this.onHelloAnswer(message, context);
+    if (frame.requestId === 0) {
+      switch (message.type) {
+        case 'error':
+          // The server ends the connection (shutting down, or it disliked something we sent).
+          return this.end({ kind: message.code === 'SHUTTING_DOWN' ? 'lost' : 'violation', error: new Error(`the page server closed the connection: ${message.code}: ${message.text}`) });
+        case 'push': {
+          const problem = this.pushProblem(message.offset, message.data.length);
+          if (problem) return this.violation(new ProtocolError('EPROTO_FIELD', `a PUSH of ${message.data.length} bytes at ${message.offset}: ${problem}`, { ...context, field: 'offset' }));
+          this.handlers.onPush(message.offset, message.data);
+          return;
+        }
+        default:
+          return this.violation(new ProtocolError('EPROTO_UNEXPECTED', `an unsolicited ${message.type} from the page server`, context));
+      }
+    }
+    const outstanding = this.outstanding.get(frame.requestId);
+    if (outstanding === undefined) {
+      return this.violation(new ProtocolError('EPROTO_UNSOLICITED', `a ${describeType(frame.type)} for request ${frame.requestId}, which was never made or is already answered`, context));
+    }
+    switch (outstanding.kind) {
+      case 'call':
+        if (message.type !== outstanding.expect && message.type !== 'error') {
+          return this.violation(new ProtocolError('EPROTO_MISMATCH', `request ${frame.requestId} was answered with ${message.type}, not ${outstanding.expect}`, context));
+        }
+        this.outstanding.delete(frame.requestId);
+        if (message.type === 'info') this.info = message;
+        if (message.type === 'error') outstanding.reject(new PeerRefusedError(this.options.url, message.code, message.text));
+        else outstanding.resolve(message);
+        return;
+      case 'ping':
+        if (message.type !== 'pong' && message.type !== 'error') return this.violation(new ProtocolError('EPROTO_MISMATCH', `a PING was answered with ${message.type}`, context));
+        this.outstanding.delete(frame.requestId);
+        return;
+      case 'read': {
+        const { read } = outstanding;
+        if (message.type === 'pages') {
+          // Checked before a byte is used: the reply must be for exactly the range asked.
+          if (message.offset !== read.offset || message.data.length !== read.lengthBytes) {
+            return this.violation(new ProtocolError(
+              'EPROTO_MISMATCH',
+              `READ ${frame.requestId} asked for ${read.lengthBytes} bytes at ${read.offset}; the reply holds ${message.data.length} at ${message.offset}`,
+              context,
+            ));
+          }
+        } else if (message.type !== 'error') {
+          return this.violation(new ProtocolError('EPROTO_MISMATCH', `READ ${frame.requestId} was answered with ${message.type}`, context));
+        }
+        this.outstanding.delete(frame.requestId);
+        if (!outstanding.cancelled) this.handlers.onReadReply(read, message);
+        return;
+      }
+      default: {
+        const never: never = outstanding;
+        throw new TypeError(`unhandled request kind ${JSON.stringify(never)}`);
+      }
+    }
+  }
+
+  private onHelloAnswer(message: Message, context: { frameType: number; requestId: number }): void {
+    const waiter = this.helloWaiter!;
+    this.helloWaiter = undefined;
+    if (message.type === 'error') {
+      const error = new PeerRefusedError(this.options.url, message.code, message.text);
+      waiter.reject(error);
+      return this.end({ kind: 'violation', error });
+    }
+    if (message.type !== 'hello') {
+      const error = new ProtocolError('EPROTO_UNEXPECTED', `the page server answered HELLO with ${message.type}`, context);
+      waiter.reject(error);
+      return this.violation(error);
+    }
+    try {
+      checkHelloAnswer(message, waiter.sent, 'page-server');
+    } catch (error) {
+      waiter.reject(error as Error);
+      return this.violation(error as ProtocolError);
+    }
+    this.peerMaxPayloadBytes = message.maxPayloadBytes;
+    this.decoder.maxPayloadBytes = waiter.sent.maxPayloadBytes;
+    this.stateValue = 'ready';
+    waiter.resolve(message);
+  }
+
+  /** What is wrong with a PUSH of [offset, +lengthBytes), or undefined. */
+  private pushProblem(offset: number, lengthBytes: number): string | undefined {
+    const { info } = this;
+    if (info === undefined) return 'it came before the INFO that says what the image is';
+    if (offset % info.pageSizeBytes !== 0 || lengthBytes % info.pageSizeBytes !== 0) return `off the ${info.pageSizeBytes}-byte page grid`;
+    if (offset + lengthBytes > info.imageSizeBytes) return `past the end of the ${info.imageSizeBytes}-byte image`;
+    return undefined;
+  }
+
+  private violation(error: ProtocolError): void {
+    this.end({ kind: 'violation', error });
+  }
+
+  private end(loss: ConnectionLoss): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.stateValue = 'closed';
+    this.socket.destroy();
+    if (this.helloWaiter) {
+      this.helloWaiter.reject(loss.error);
+      this.helloWaiter = undefined;
+    }
+    for (const o of this.outstanding.values()) if (o.kind === 'call') o.reject(loss.error);
+    this.handlers.onEnd(loss);
+  }
+}

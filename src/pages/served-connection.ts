@@ -1,0 +1,524 @@
+// One client connection of the page server: its socket, its frame decoder,
+// the requests it has queued and in flight. Every byte it sends is treated as
+// hostile: lengths are bounded before anything is allocated, every field is
+// range-checked against the image before it is used, and whatever goes wrong
+// ends this connection only.
+//
+// The states and their legal moves, in one place:
+//
+//   awaiting-hello ──valid HELLO──▶ serving
+//         │                           │
+//         └── refused / timeout / hangup / protocol error / server closing ──▶ closing ──socket closed──▶ closed
+//
+// Backpressure: at most maxInFlight reads of a connection run at the source;
+// further requests wait in its queue. The socket is paused (requests stay in
+// the kernel's buffer and TCP pushes back on the client) while that queue
+// holds maxQueued requests or the replies fill the socket's write buffer. The
+// queue is there so that a CANCEL or PING sent behind a burst of READs is
+// still read and answered while the reads run: pausing the moment the
+// in-flight limit is reached would leave every CANCEL unread until a read
+// completed, which is when it no longer helps. (One chunk may decode past the
+// bound; it is soft by at most a socket read.)
+import { EventEmitter } from 'node:events';
+import type { Socket } from 'node:net';
+import {
+  FrameDecoder,
+  PAGES_HEADER_BYTES,
+  PRE_HELLO_MAX_PAYLOAD_BYTES,
+  ProtocolError,
+  ZERO_MAP_HEADER_BYTES,
+  METADATA_HEADER_BYTES,
+  MAX_ERROR_TEXT_BYTES,
+  acceptHello,
+  decodeMessage,
+  encodeMessageParts,
+  type Frame,
+  type HelloMessage,
+  type InfoMessage,
+  type Message,
+  type ReadMessage,
+  type RoleName,
+  type WireErrorName,
+} from '../protocol/index.js';
+import { SourceReadError, isAbortError, type PageSource } from '../sources/page-source.js';
+import type { ZeroMap } from './zero-map.js';
+
+/** What every connection of one server serves. */
+export interface PageService {
+  source: PageSource;
+  info: InfoMessage;
+  metadata: Uint8Array;
+  zeroMap: ZeroMap | undefined;
+  /** The largest payload this server receives (announced in its HELLO). */
+  receiveMaxPayloadBytes: number;
+  maxInFlight: number;
+  /** Requests a connection may have waiting for an in-flight slot before its socket is paused. */
+  maxQueued: number;
+  helloTimeoutMs: number;
+}
+
+export type ServedConnectionState = 'awaiting-hello' | 'serving' | 'closing' | 'closed';
+
+const LEGAL_MOVES: Readonly<Record<ServedConnectionState, readonly ServedConnectionState[]>> = {
+  'awaiting-hello': ['serving', 'closing'],
+  serving: ['closing'],
+  closing: ['closed'],
+  closed: [],
+};
+
+export type ConnectionEndReason =
+  /** The client closed its end. */
+  | 'hangup'
+  /** Its HELLO was refused (wrong magic, version or role). */
+  | 'refused'
+  /** It sent no HELLO in time. */
+  | 'timeout'
+  /** It broke the protocol (bad frame, malformed message, a message not allowed). */
+  | 'protocol-error'
+  /** The socket failed, or this code did. */
+  | 'failed'
+  /** The server shut down. */
+  | 'server-closed';
+
+/** The roles a page server takes. Migration roles are refused (WRONG_ROLE) until a server speaks them. */
+const PAGE_CLIENT_ROLES: readonly RoleName[] = ['page-client-urgent', 'page-client-bulk'];
+
+export interface ServedConnectionSummary {
+  id: number;
+  /** "127.0.0.1:54012". */
+  remoteAddress: string;
+  role: RoleName | undefined;
+  /** The session id in hex (a client's urgent and bulk connections share it). */
+  sessionId: string | undefined;
+  state: ServedConnectionState;
+  endReason: ConnectionEndReason | undefined;
+  endError: string | undefined;
+  connectedMs: number;
+  /** Requests received (READ, GET_*, PING, CANCEL). */
+  requests: number;
+  reads: number;
+  /** Page bytes sent in PAGES replies. */
+  bytesServed: number;
+  /** Every byte written, frame headers included. */
+  bytesSent: number;
+  /** ERROR replies sent (out-of-range requests, source failures, cancellations, the refusal that ended it). */
+  errorsSent: number;
+  cancelled: number;
+  sourceErrors: number;
+  /** The most reads that were in flight at once. */
+  peakInFlight: number;
+}
+
+interface QueuedRequest {
+  requestId: number;
+  message: Exclude<Message, { type: 'hello' | 'error' | 'ping' | 'pong' | 'cancel' | 'info' | 'metadata' | 'zero-map' | 'pages' | 'push' }>;
+}
+
+interface RunningRead {
+  controller: AbortController;
+  /** Its one reply was sent (PAGES, or an ERROR: CANCELLED included). */
+  answered: boolean;
+}
+
+export interface ServedConnectionEvents {
+  hello: [];
+  notice: [message: string];
+  error: [error: Error];
+  gone: [summary: ServedConnectionSummary];
+}
+
+/** How long a closing connection may take to flush its last frames before it is destroyed. */
+const CLOSE_FLUSH_MS = 2000;
+
+export class ServedConnection extends EventEmitter<ServedConnectionEvents> {
+  private stateValue: ServedConnectionState = 'awaiting-hello';
+  private readonly decoder = new FrameDecoder({ maxPayloadBytes: PRE_HELLO_MAX_PAYLOAD_BYTES });
+  private readonly queue: QueuedRequest[] = [];
+  /** requestIds queued or in flight: a second request with one of them is a protocol violation. */
+  private readonly outstanding = new Set<number>();
+  private readonly running = new Map<number, RunningRead>();
+  private writeBlocked = false;
+  private peerMaxPayloadBytes = PRE_HELLO_MAX_PAYLOAD_BYTES;
+  private readonly startedAt = performance.now();
+  private endedAt: number | undefined;
+  private helloTimer: NodeJS.Timeout | undefined;
+  private flushTimer: NodeJS.Timeout | undefined;
+  private readonly stats = { requests: 0, reads: 0, bytesServed: 0, bytesSent: 0, errorsSent: 0, cancelled: 0, sourceErrors: 0, peakInFlight: 0 };
+  private role: RoleName | undefined;
+  private sessionId: string | undefined;
+  private endReason: ConnectionEndReason | undefined;
+  private endError: string | undefined;
+  readonly remoteAddress: string;
+
+  constructor(readonly id: number, private readonly socket: Socket, private readonly service: PageService) {
+    super();
+    this.remoteAddress = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
+  }
+
+  get state(): ServedConnectionState {
+    return this.stateValue;
+  }
+
+  start(): void {
+    const { socket } = this;
+    // Replies are whole frames written at once; Nagle would only hold a demand page back.
+    socket.setNoDelay(true);
+    socket.on('data', (chunk: Buffer) => this.guard(() => this.onData(chunk)));
+    socket.on('end', () => this.guard(() => this.onEnd()));
+    socket.on('error', (error: NodeJS.ErrnoException) => this.guard(() => this.onSocketError(error)));
+    socket.on('close', () => this.onClose());
+    socket.on('drain', () => this.guard(() => {
+      this.writeBlocked = false;
+      this.pump();
+    }));
+    this.helloTimer = setTimeout(() => this.guard(() => {
+      if (this.stateValue !== 'awaiting-hello') return;
+      this.sendError(0, 'UNEXPECTED_MESSAGE', `no HELLO within ${this.service.helloTimeoutMs} ms`);
+      this.finish('timeout', `no HELLO within ${this.service.helloTimeoutMs} ms`);
+    }), this.service.helloTimeoutMs);
+  }
+
+  /** End the connection: the client is told the server is going away, and reads still running are abandoned. */
+  close(): void {
+    if (this.stateValue === 'closing' || this.stateValue === 'closed') return;
+    this.sendError(0, 'SHUTTING_DOWN', 'the page server is shutting down');
+    this.finish('server-closed');
+  }
+
+  summary(): ServedConnectionSummary {
+    return {
+      id: this.id,
+      remoteAddress: this.remoteAddress,
+      role: this.role,
+      sessionId: this.sessionId,
+      state: this.stateValue,
+      endReason: this.endReason,
+      endError: this.endError,
+      connectedMs: Math.round((this.endedAt ?? performance.now()) - this.startedAt),
+      ...this.stats,
+    };
+  }
+
+  private move(to: ServedConnectionState): void {
+    if (!LEGAL_MOVES[this.stateValue].includes(to)) throw new Error(`connection ${this.id}: ${this.stateValue} -> ${to} is not a legal move`);
+    this.stateValue = to;
+  }
+
+  /** The connection boundary: whatever this code throws ends this client alone, logged. */
+  private guard(fn: () => void): void {
+    try {
+      fn();
+    } catch (error) {
+      this.emit('error', error as Error);
+      if (this.stateValue === 'awaiting-hello' || this.stateValue === 'serving') {
+        this.sendError(0, 'INTERNAL', `the server failed serving this connection: ${(error as Error).message}`);
+        this.finish('failed', (error as Error).message);
+      }
+    }
+  }
+
+  private onData(chunk: Buffer): void {
+    if (this.stateValue !== 'awaiting-hello' && this.stateValue !== 'serving') return;
+    // Frame by frame, so a HELLO raises the payload limit for the requests pipelined behind it.
+    const { error } = this.decoder.push(chunk, (frame) => {
+      if (this.stateValue === 'awaiting-hello' || this.stateValue === 'serving') this.accept(frame);
+    });
+    if (error) this.refuse(error);
+    this.pump();
+  }
+
+  private onEnd(): void {
+    const truncated = this.decoder.end();
+    this.finish('hangup', truncated?.message);
+  }
+
+  private onSocketError(error: NodeJS.ErrnoException): void {
+    // A reset or a broken pipe is a client that went away; anything else is reported.
+    if (error.code === 'ECONNRESET' || error.code === 'EPIPE') {
+      this.finish('hangup', error.message);
+      return;
+    }
+    this.emit('error', error);
+    this.finish('failed', error.message);
+  }
+
+  private onClose(): void {
+    if (this.stateValue === 'closed') return;
+    if (this.stateValue !== 'closing') this.finish('hangup');
+    clearTimeout(this.flushTimer);
+    this.move('closed');
+    this.endedAt = performance.now();
+    this.emit('gone', this.summary());
+  }
+
+  /** One frame, decoded and either answered at once or queued. */
+  private accept(frame: Frame): void {
+    let message: Message;
+    try {
+      message = decodeMessage(frame);
+    } catch (error) {
+      if (error instanceof ProtocolError) return this.refuse(error);
+      throw error;
+    }
+    const { requestId } = frame;
+    if (this.stateValue === 'awaiting-hello') {
+      if (message.type !== 'hello') return this.refuse(new ProtocolError('EPROTO_UNEXPECTED', `the first frame must be a HELLO, not ${message.type}`, { frameType: frame.type, requestId }));
+      return this.onHello(message);
+    }
+    switch (message.type) {
+      case 'ping':
+        this.stats.requests++;
+        this.send({ type: 'pong', data: message.data }, requestId);
+        return;
+      case 'cancel':
+        this.stats.requests++;
+        this.onCancel(message.readRequestId);
+        return;
+      case 'error':
+        // A client reporting a problem with what it was sent; it closes next.
+        this.emit('notice', `the client reports ${message.code}: ${message.text}`);
+        return;
+      case 'get-info':
+      case 'get-metadata':
+      case 'get-zero-map':
+      case 'read':
+        this.stats.requests++;
+        if (this.outstanding.has(requestId)) {
+          return this.refuse(new ProtocolError('EPROTO_REQUEST_ID', `request ${requestId} is already outstanding`, { frameType: frame.type, requestId }));
+        }
+        this.outstanding.add(requestId);
+        this.queue.push({ requestId, message });
+        return;
+      case 'hello':
+        return this.refuse(new ProtocolError('EPROTO_UNEXPECTED', 'a second HELLO on one connection', { frameType: frame.type, requestId }));
+      case 'pong':
+      case 'info':
+      case 'metadata':
+      case 'zero-map':
+      case 'pages':
+      case 'push':
+        return this.refuse(new ProtocolError('EPROTO_UNEXPECTED', `a page server is not sent ${message.type} messages`, { frameType: frame.type, requestId }));
+      default: {
+        const never: never = message;
+        throw new TypeError(`unhandled message ${JSON.stringify(never)}`);
+      }
+    }
+  }
+
+  private onHello(hello: HelloMessage): void {
+    let version: number;
+    try {
+      version = acceptHello(hello, { roles: PAGE_CLIENT_ROLES });
+    } catch (error) {
+      if (!(error instanceof ProtocolError)) throw error;
+      this.role = hello.role;
+      this.sendError(0, error.wireCode, error.message);
+      this.emit('error', error);
+      this.finish('refused', error.message);
+      return;
+    }
+    clearTimeout(this.helloTimer);
+    this.role = hello.role;
+    this.sessionId = Buffer.from(hello.sessionId).toString('hex');
+    this.peerMaxPayloadBytes = hello.maxPayloadBytes;
+    this.decoder.maxPayloadBytes = this.service.receiveMaxPayloadBytes;
+    this.move('serving');
+    this.send({
+      type: 'hello',
+      version,
+      minVersion: version,
+      role: 'page-server',
+      sessionId: hello.sessionId,
+      maxPayloadBytes: this.service.receiveMaxPayloadBytes,
+      features: 0,
+    }, 0);
+    this.emit('hello');
+  }
+
+  private onCancel(readRequestId: number): void {
+    const queuedAt = this.queue.findIndex((q) => q.requestId === readRequestId && q.message.type === 'read');
+    if (queuedAt !== -1) {
+      this.queue.splice(queuedAt, 1);
+      this.outstanding.delete(readRequestId);
+      this.stats.cancelled++;
+      this.sendError(readRequestId, 'CANCELLED', 'cancelled before it was read');
+      return;
+    }
+    const running = this.running.get(readRequestId);
+    if (running === undefined || running.answered) return;
+    // The source may stop early or finish; either way the one reply is this.
+    running.answered = true;
+    running.controller.abort();
+    this.stats.cancelled++;
+    this.sendError(readRequestId, 'CANCELLED', 'cancelled while it was being read');
+  }
+
+  /** Start queued requests while the connection has room; pause the socket while it has none. */
+  private pump(): void {
+    while (this.stateValue === 'serving' && this.queue.length > 0 && !this.writeBlocked) {
+      const next = this.queue[0]!;
+      if (next.message.type === 'read' && this.running.size >= this.service.maxInFlight) break;
+      this.queue.shift();
+      this.serve(next);
+    }
+    const full = this.queue.length >= this.service.maxQueued || this.writeBlocked;
+    if (this.stateValue !== 'serving' && this.stateValue !== 'awaiting-hello') return;
+    if (full) this.socket.pause();
+    else this.socket.resume();
+  }
+
+  private serve({ requestId, message }: QueuedRequest): void {
+    const { info } = this.service;
+    switch (message.type) {
+      case 'get-info':
+        this.outstanding.delete(requestId);
+        this.send(info, requestId);
+        return;
+      case 'get-metadata': {
+        this.outstanding.delete(requestId);
+        const { metadata } = this.service;
+        if (message.offset > metadata.length) {
+          this.sendError(requestId, 'OUT_OF_RANGE', `metadata offset ${message.offset} is past its ${metadata.length} bytes`);
+          return;
+        }
+        const lengthBytes = Math.min(message.maxLengthBytes, metadata.length - message.offset, this.peerMaxPayloadBytes - METADATA_HEADER_BYTES);
+        this.send({ type: 'metadata', offset: message.offset, totalLengthBytes: metadata.length, bytes: metadata.subarray(message.offset, message.offset + lengthBytes) }, requestId);
+        return;
+      }
+      case 'get-zero-map': {
+        this.outstanding.delete(requestId);
+        const { zeroMap } = this.service;
+        if (zeroMap === undefined) {
+          this.sendError(requestId, 'BAD_REQUEST', 'this server has no zero map (its INFO says so)');
+          return;
+        }
+        if (message.firstPage + message.pageCount > zeroMap.pageCount) {
+          this.sendError(requestId, 'OUT_OF_RANGE', `pages [${message.firstPage}, ${message.firstPage + message.pageCount}) are past the image's ${zeroMap.pageCount}`);
+          return;
+        }
+        if (ZERO_MAP_HEADER_BYTES + Math.ceil(message.pageCount / 8) > this.peerMaxPayloadBytes) {
+          this.sendError(requestId, 'TOO_LARGE', `a map of ${message.pageCount} pages would pass the ${this.peerMaxPayloadBytes}-byte limit of this client's HELLO`);
+          return;
+        }
+        this.send({ type: 'zero-map', firstPage: message.firstPage, pageCount: message.pageCount, bitmap: zeroMap.slice(message.firstPage, message.pageCount) }, requestId);
+        return;
+      }
+      case 'read':
+        this.startRead(requestId, message);
+        return;
+      default: {
+        const never: never = message;
+        throw new TypeError(`unhandled request ${JSON.stringify(never)}`);
+      }
+    }
+  }
+
+  private startRead(requestId: number, read: ReadMessage): void {
+    const { info, source } = this.service;
+    const refuse = (code: WireErrorName, text: string): void => {
+      this.outstanding.delete(requestId);
+      this.sendError(requestId, code, text);
+    };
+    if (read.offset % info.pageSizeBytes !== 0 || read.lengthBytes % info.pageSizeBytes !== 0) {
+      return refuse('OUT_OF_RANGE', `[${read.offset}, +${read.lengthBytes}) is off the image's ${info.pageSizeBytes}-byte page grid`);
+    }
+    if (read.offset + read.lengthBytes > info.imageSizeBytes) {
+      return refuse('OUT_OF_RANGE', `[${read.offset}, ${read.offset + read.lengthBytes}) is past the end of the ${info.imageSizeBytes}-byte image`);
+    }
+    if (read.lengthBytes > info.maxReadBytes) return refuse('TOO_LARGE', `a READ of ${read.lengthBytes} bytes; this server reads at most ${info.maxReadBytes}`);
+    if (read.lengthBytes + PAGES_HEADER_BYTES > this.peerMaxPayloadBytes) {
+      return refuse('TOO_LARGE', `${read.lengthBytes} bytes would pass the ${this.peerMaxPayloadBytes}-byte limit of this client's HELLO`);
+    }
+    this.stats.reads++;
+    const running: RunningRead = { controller: new AbortController(), answered: false };
+    this.running.set(requestId, running);
+    this.stats.peakInFlight = Math.max(this.stats.peakInFlight, this.running.size);
+    // Every byte is written by the source before the reply is sent, so the buffer need not be zeroed.
+    const target = Buffer.allocUnsafeSlow(read.lengthBytes);
+    let reading: Promise<void>;
+    try {
+      reading = source.read(read.offset, read.lengthBytes, target, { priority: read.priority, signal: running.controller.signal });
+    } catch (error) {
+      reading = Promise.reject(error);
+    }
+    reading.then(
+      () => this.guard(() => {
+        if (running.answered || this.stateValue !== 'serving') return;
+        running.answered = true;
+        this.stats.bytesServed += read.lengthBytes;
+        this.send({ type: 'pages', offset: read.offset, data: target }, requestId);
+      }),
+      (error: unknown) => this.guard(() => {
+        if (running.answered || this.stateValue !== 'serving') return;
+        running.answered = true;
+        if (isAbortError(error)) {
+          this.sendError(requestId, 'CANCELLED', 'the source abandoned the read');
+          return;
+        }
+        this.stats.sourceErrors++;
+        this.emit('notice', `READ [${read.offset}, +${read.lengthBytes}) failed: ${(error as Error).message}`);
+        if (error instanceof SourceReadError) {
+          this.sendError(requestId, error.failure === 'fatal' ? 'SOURCE_FAILED' : 'SOURCE_UNAVAILABLE', error.message);
+        } else {
+          this.sendError(requestId, 'INTERNAL', `the source failed: ${(error as Error).message ?? error}`);
+        }
+      }),
+    ).finally(() => this.guard(() => {
+      this.running.delete(requestId);
+      this.outstanding.delete(requestId);
+      this.pump();
+    }));
+  }
+
+  /** The connection cannot go on: say why (an ERROR on requestId 0), then close. */
+  private refuse(error: ProtocolError): void {
+    if (this.stateValue !== 'awaiting-hello' && this.stateValue !== 'serving') return;
+    this.sendError(0, error.wireCode, error.message);
+    this.emit('error', error);
+    this.finish('protocol-error', error.message);
+  }
+
+  private finish(reason: ConnectionEndReason, error?: string): void {
+    if (this.stateValue === 'closing' || this.stateValue === 'closed') return;
+    this.move('closing');
+    this.endReason = reason;
+    this.endError = error;
+    clearTimeout(this.helloTimer);
+    for (const running of this.running.values()) {
+      running.answered = true;
+      running.controller.abort();
+    }
+    this.queue.length = 0;
+    this.outstanding.clear();
+    // Flush what was written (the ERROR saying why), then close; a peer that never reads is cut off.
+    this.socket.end();
+    this.socket.resume();
+    this.flushTimer = setTimeout(() => this.socket.destroy(), CLOSE_FLUSH_MS);
+  }
+
+  private sendError(requestId: number, code: WireErrorName, text: string): void {
+    this.stats.errorsSent++;
+    this.send({ type: 'error', code, text: boundedText(text, MAX_ERROR_TEXT_BYTES) }, requestId);
+  }
+
+  private send(message: Message, requestId: number): void {
+    if (this.socket.destroyed || this.socket.writableEnded) return;
+    const parts = encodeMessageParts(message, requestId);
+    this.socket.cork();
+    for (const part of parts) {
+      this.stats.bytesSent += part.length;
+      this.socket.write(part);
+    }
+    this.socket.uncork();
+    if (this.socket.writableNeedDrain) this.writeBlocked = true;
+  }
+}
+
+/** `text` cut to at most `maxBytes` of UTF-8, never inside a character. */
+export function boundedText(text: string, maxBytes: number): string {
+  if (Buffer.byteLength(text, 'utf8') <= maxBytes) return text;
+  const ellipsis = '…';
+  let cut = text.slice(0, maxBytes);
+  while (Buffer.byteLength(cut + ellipsis, 'utf8') > maxBytes) cut = cut.slice(0, -1);
+  return cut + ellipsis;
+}

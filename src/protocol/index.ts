@@ -1,0 +1,5 @@
+export * from './wire.js';
+export * from './errors.js';
+export * from './frame-decoder.js';
+export * from './messages.js';
+export * from './hello.js';

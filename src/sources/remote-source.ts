@@ -1,0 +1,688 @@
+// Pages from a page server over TCP (`userfault pages serve`; the protocol is
+// docs/protocol.md): a PageSource like any other, so the pager, LazyMemory and
+// the VMM restore from another host as they do from a file.
+//
+// Two connections, one session: demand reads go on the urgent one, background
+// reads on the bulk one, so a page a vCPU waits for never queues behind a
+// read-ahead stream (QEMU's postcopy-preempt channel does the same). Each
+// carries many READs at once; the server answers them in any order.
+//
+// A read's life:
+//
+//   queued ──sent──▶ sent ──PAGES checked──▶ done (copied to every waiting target)
+//     ▲                │ └──ERROR──▶ failed (SOURCE_FAILED fatal, SOURCE_UNAVAILABLE transient) or queued again (BUSY)
+//     └──connection lost (re-sent on the next)
+//   every waiter aborted ─▶ cancelled (CANCEL sent if it was; its answer is still awaited, then dropped)
+//
+// A lost connection is not a failed read: its reads go back to the queue and
+// the channel reconnects with backoff (10 ms doubling to 1 s); only a server
+// that has not come back within reconnectDeadlineMs of the loss makes the
+// source gone (SourceGoneError, fatal, for every read). A reply that breaks
+// the protocol (bad CRC, wrong length, unknown type, a reply to nothing) is
+// never copied anywhere: its connection is dropped and the reads re-sent on a
+// new one, and a peer that keeps doing it (maxProtocolViolations connections
+// in a row) is given up on as gone.
+import { randomBytes } from 'node:crypto';
+import {
+  DEFAULT_MAX_PAYLOAD_BYTES,
+  PAGES_HEADER_BYTES,
+  ProtocolError,
+  SESSION_ID_BYTES,
+  ZERO_MAP_HEADER_BYTES,
+  METADATA_HEADER_BYTES,
+  MAX_ZERO_MAP_PAGES,
+  type ErrorMessage,
+  type InfoMessage,
+  type PagesMessage,
+  type RoleName,
+} from '../protocol/index.js';
+import { parsePageUrl, formatHostPort } from '../pages/address.js';
+import { ClientConnection, type ConnectionLoss } from '../pages/client-connection.js';
+import { ImageChangedError, PeerUnavailableError } from '../pages/errors.js';
+import { ZeroMap } from '../pages/zero-map.js';
+import { SourceGoneError, SourceReadError, checkReadRange, type PageSource, type PushedPages, type ReadOptions, type ReadPriority } from './page-source.js';
+
+export interface RemoteSourceOptions {
+  /** How long a lost server has to come back before every read fails with SourceGoneError (default 30 s). */
+  reconnectDeadlineMs?: number;
+  /** One connection attempt: TCP connect plus HELLO (default 5 s). */
+  connectTimeoutMs?: number;
+  /** First wait between reconnect attempts, doubled each time up to reconnectMaxDelayMs (defaults 10 ms, 1 s). */
+  reconnectInitialDelayMs?: number;
+  reconnectMaxDelayMs?: number;
+  /** READs outstanding per connection; more wait here, where a cancel costs nothing (default 32). */
+  maxInFlightPerConnection?: number;
+  /** A connection with requests outstanding and nothing received for this long (PINGs unanswered too) is dropped and re-made (default 15 s). */
+  idleTimeoutMs?: number;
+  /**
+   * A READ unanswered this long on a connection that still answers PINGs is
+   * given up on there: the connection is dropped and its reads re-sent on a
+   * new one (default 60 s). A server's source may be slow; one that never
+   * answers is broken.
+   */
+  requestTimeoutMs?: number;
+  /** Connections in a row dropped for protocol violations before the peer is given up on (default 3). */
+  maxProtocolViolations?: number;
+  /** The largest metadata accepted (default 64 MiB). */
+  maxMetadataBytes?: number;
+  /** The largest payload this client receives (default 4 MiB + 4 KiB). */
+  maxPayloadBytes?: number;
+  /** 16 bytes; default random. */
+  sessionId?: Uint8Array;
+}
+
+export interface RemoteSourceStats {
+  /** READ requests written (re-sends after a reconnect included). */
+  readsSent: number;
+  /** Reads that joined a READ already in flight for the same range. */
+  coalesced: number;
+  cancelsSent: number;
+  /** Connections made after the first two. */
+  reconnects: number;
+  /** Connections dropped for a protocol violation. */
+  protocolViolations: number;
+  bytesReceived: number;
+  /** Per channel: READs sent on it. */
+  urgentReadsSent: number;
+  bulkReadsSent: number;
+}
+
+/** One read of the caller, over one or more fetches (a read longer than the server's maxReadBytes is split). */
+interface ReadOperation {
+  readonly offset: number;
+  readonly lengthBytes: number;
+  readonly target: Uint8Array;
+  readonly signal: AbortSignal | undefined;
+  remaining: number;
+  settled: boolean;
+  readonly fetches: Set<Fetch>;
+  resolve(): void;
+  reject(error: unknown): void;
+  abortListener?: () => void;
+}
+
+/** One READ on the wire: a page-aligned range, and every operation waiting for it. */
+interface Fetch {
+  readonly key: string;
+  readonly offset: number;
+  readonly lengthBytes: number;
+  readonly channel: Channel;
+  state: 'queued' | 'sent' | 'done';
+  /** The connection and id it was sent with, while 'sent'. */
+  connection: ClientConnection<Fetch> | undefined;
+  requestId: number;
+  readonly waiters: Set<ReadOperation>;
+}
+
+type FetchState = Fetch['state'];
+
+/** A fetch's legal moves, in one place (the diagram at the top of this file). */
+const FETCH_MOVES: Readonly<Record<FetchState, readonly FetchState[]>> = {
+  // Sent on a connection; or dropped before it was (nobody waits, or the source is gone).
+  queued: ['sent', 'queued', 'done'],
+  // Answered or cancelled; or back in the queue (its connection was lost, the server was busy).
+  sent: ['done', 'queued'],
+  done: ['done'],
+};
+
+function moveFetch(fetch: Fetch, to: FetchState): void {
+  if (!FETCH_MOVES[fetch.state].includes(to)) throw new Error(`fetch ${fetch.key}: ${fetch.state} -> ${to} is not a legal move`);
+  fetch.state = to;
+}
+
+type SourceState = 'open' | 'gone' | 'closed';
+
+/**
+ * One of the two connections' worth of state: its fetches (queued and sent),
+ * its current connection, and its reconnect loop.
+ *
+ *   connected ──lost──▶ reconnecting ──HELLO and INFO checked──▶ connected
+ *                           └──deadline passed / image changed──▶ (the source is gone)
+ */
+class Channel {
+  connection: ClientConnection<Fetch> | undefined;
+  readonly queue: Fetch[] = [];
+  readonly byKey = new Map<string, Fetch>();
+  private lostAt: number | undefined;
+  private delayMs: number;
+  private retryTimer: NodeJS.Timeout | undefined;
+  private deadlineTimer: NodeJS.Timeout | undefined;
+  private keepalive: NodeJS.Timeout | undefined;
+  private lastLoss: Error | undefined;
+
+  constructor(readonly role: RoleName, private readonly source: RemoteSource) {
+    this.delayMs = source.settings.reconnectInitialDelayMs;
+  }
+
+  get name(): string {
+    return this.role === 'page-client-urgent' ? 'urgent' : 'bulk';
+  }
+
+  /** Connect (HELLO, INFO) once; rejects as open() does. */
+  async connect(): Promise<InfoMessage> {
+    // Declared first: the connection may end (and say so) before open() resolves.
+    let connection: ClientConnection<Fetch> | undefined = undefined;
+    connection = await ClientConnection.open<Fetch>(
+      {
+        host: this.source.address.host,
+        port: this.source.address.port,
+        url: this.source.url,
+        role: this.role,
+        sessionId: this.source.sessionId,
+        timeoutMs: this.source.settings.connectTimeoutMs,
+        maxPayloadBytes: this.source.settings.maxPayloadBytes,
+      },
+      {
+        onReadReply: (fetch, reply) => this.source.onReadReply(fetch, reply),
+        onPush: (offset, data) => this.source.deliverPush(offset, data),
+        onEnd: (loss) => {
+          if (connection) this.onEnd(connection, loss);
+        },
+        onReceived: (lengthBytes) => {
+          this.source.stats.bytesReceived += lengthBytes;
+        },
+      },
+    );
+    const opened = connection;
+    let info: InfoMessage;
+    try {
+      info = (await opened.call({ type: 'get-info' }, 'info')) as InfoMessage;
+    } catch (error) {
+      opened.close(error as Error);
+      throw error;
+    }
+    if (opened.state !== 'ready') throw new Error('the connection was lost right after its INFO');
+    this.connection = opened;
+    this.startKeepalive(opened);
+    return info;
+  }
+
+  /** Called when the first connection and its INFO are accepted, or a reconnect's INFO matched. */
+  connected(): void {
+    this.lostAt = undefined;
+    this.lastLoss = undefined;
+    this.delayMs = this.source.settings.reconnectInitialDelayMs;
+    clearTimeout(this.deadlineTimer);
+    this.deadlineTimer = undefined;
+    this.flush();
+  }
+
+  /** Send queued fetches while the connection has room. */
+  flush(): void {
+    const { connection } = this;
+    if (connection === undefined || connection.state !== 'ready') return;
+    while (this.queue.length > 0 && connection.outstandingCount < this.source.settings.maxInFlightPerConnection) {
+      const fetch = this.queue.shift()!;
+      moveFetch(fetch, 'sent');
+      fetch.connection = connection;
+      fetch.requestId = connection.sendRead(fetch, { type: 'read', offset: fetch.offset, lengthBytes: fetch.lengthBytes, priority: this.role === 'page-client-urgent' ? 'demand' : 'background' });
+      this.source.countSent(this);
+    }
+  }
+
+  enqueue(fetch: Fetch): void {
+    this.queue.push(fetch);
+    this.byKey.set(fetch.key, fetch);
+    this.flush();
+  }
+
+  /** Forget a fetch nobody waits for: dequeue it, or cancel it on the wire. */
+  drop(fetch: Fetch): void {
+    if (this.byKey.get(fetch.key) === fetch) this.byKey.delete(fetch.key);
+    if (fetch.state === 'queued') {
+      const at = this.queue.indexOf(fetch);
+      if (at !== -1) this.queue.splice(at, 1);
+    } else if (fetch.state === 'sent' && fetch.connection) {
+      fetch.connection.cancelRead(fetch.requestId);
+      this.source.stats.cancelsSent++;
+    }
+    moveFetch(fetch, 'done');
+  }
+
+  finished(fetch: Fetch): void {
+    moveFetch(fetch, 'done');
+    if (this.byKey.get(fetch.key) === fetch) this.byKey.delete(fetch.key);
+    this.flush();
+  }
+
+  /** Put a fetch back at the front of the queue (a server BUSY, an unasked CANCELLED). */
+  requeue(fetch: Fetch): void {
+    moveFetch(fetch, 'queued');
+    fetch.connection = undefined;
+    this.queue.unshift(fetch);
+    this.flush();
+  }
+
+  close(): void {
+    clearTimeout(this.retryTimer);
+    clearTimeout(this.deadlineTimer);
+    clearInterval(this.keepalive);
+    const connection = this.connection;
+    this.connection = undefined;
+    connection?.close();
+  }
+
+  private onEnd(connection: ClientConnection<Fetch>, loss: ConnectionLoss): void {
+    if (this.connection !== connection) return;
+    this.connection = undefined;
+    clearInterval(this.keepalive);
+    if (loss.kind === 'closed' || this.source.state !== 'open') return;
+    // Every READ the server had not answered goes back to the front of the queue, in the order it was sent.
+    const unanswered = connection.unansweredReads().filter((fetch) => fetch.state === 'sent' && fetch.connection === connection);
+    for (const fetch of unanswered) {
+      moveFetch(fetch, 'queued');
+      fetch.connection = undefined;
+    }
+    this.queue.unshift(...unanswered);
+    this.lastLoss = loss.error;
+    if (loss.kind === 'violation') {
+      this.source.stats.protocolViolations++;
+      if (this.source.noteViolation(loss.error)) return;
+    }
+    this.lostAt ??= performance.now();
+    this.deadlineTimer ??= setTimeout(() => this.deadlinePassed(), this.source.settings.reconnectDeadlineMs);
+    this.scheduleReconnect();
+  }
+
+  private scheduleReconnect(): void {
+    clearTimeout(this.retryTimer);
+    this.retryTimer = setTimeout(() => void this.reconnect(), this.delayMs);
+    this.delayMs = Math.min(this.delayMs * 2, this.source.settings.reconnectMaxDelayMs);
+  }
+
+  private async reconnect(): Promise<void> {
+    if (this.source.state !== 'open' || this.connection) return;
+    let info: InfoMessage;
+    try {
+      info = await this.connect();
+    } catch (error) {
+      if (this.source.state !== 'open') return;
+      this.lastLoss = error as Error;
+      if (error instanceof ProtocolError && this.source.noteViolation(error)) return;
+      this.scheduleReconnect();
+      return;
+    }
+    if (this.source.state !== 'open') {
+      this.close();
+      return;
+    }
+    const changed = this.source.compareInfo(info);
+    if (changed) {
+      this.close();
+      this.source.goneFor(new ImageChangedError(this.source.url, changed));
+      return;
+    }
+    this.source.stats.reconnects++;
+    this.connected();
+  }
+
+  private deadlinePassed(): void {
+    this.deadlineTimer = undefined;
+    if (this.connection || this.source.state !== 'open') return;
+    const waited = Math.round(performance.now() - (this.lostAt ?? performance.now()));
+    this.source.goneFor(new PeerUnavailableError(
+      this.source.url,
+      `the ${this.name} connection was lost and the server did not come back within ${waited} ms` +
+        (this.lastLoss ? ` (last: ${this.lastLoss.message})` : ''),
+      { cause: this.lastLoss },
+    ));
+  }
+
+  /**
+   * While requests are outstanding: a PING after a third of the idle time
+   * without a frame, and the connection dropped (and re-made) after all of
+   * it. A server that stopped answering is then a lost connection, not a
+   * read that never ends.
+   */
+  private startKeepalive(connection: ClientConnection<Fetch>): void {
+    clearInterval(this.keepalive);
+    const { idleTimeoutMs, requestTimeoutMs } = this.source.settings;
+    this.keepalive = setInterval(() => {
+      if (connection.outstandingCount === 0) return;
+      const quietMs = performance.now() - connection.lastReceivedAt;
+      const oldestMs = connection.oldestReadAgeMs();
+      if (quietMs >= idleTimeoutMs) connection.abandon(new Error(`no frame from the page server in ${Math.round(quietMs)} ms with requests outstanding`));
+      else if (oldestMs >= requestTimeoutMs) connection.abandon(new Error(`a READ unanswered for ${Math.round(oldestMs)} ms`));
+      else if (quietMs >= idleTimeoutMs / 3) connection.ping();
+    }, Math.max(10, Math.floor(Math.min(idleTimeoutMs, requestTimeoutMs) / 6)));
+    this.keepalive.unref();
+  }
+}
+
+/**
+ * A PageSource reading from a page server (`tcp://HOST:PORT`). Its metadata
+ * (a VM snapshot's VM state) and zero map are fetched when it connects.
+ */
+export class RemoteSource implements PageSource {
+  readonly description: string;
+  readonly address: { host: string; port: number };
+  readonly sessionId: Uint8Array;
+  readonly settings: Required<Omit<RemoteSourceOptions, 'sessionId'>>;
+  readonly stats: RemoteSourceStats = { readsSent: 0, coalesced: 0, cancelsSent: 0, reconnects: 0, protocolViolations: 0, bytesReceived: 0, urgentReadsSent: 0, bulkReadsSent: 0 };
+  /** The image's metadata (empty when the server has none). */
+  metadata: Uint8Array = new Uint8Array(0);
+  info!: InfoMessage;
+  zeroMap: ZeroMap | undefined;
+  private stateValue: SourceState = 'open';
+  private readonly urgent: Channel;
+  private readonly bulk: Channel;
+  private readonly pushListeners = new Set<(pages: PushedPages) => void>();
+  private violationsInARow = 0;
+  private goneError: Error | undefined;
+  private chunkBytes = 0;
+
+  private constructor(readonly url: string, options: RemoteSourceOptions) {
+    this.address = parsePageUrl(url);
+    this.description = `page server tcp://${formatHostPort(this.address)}`;
+    this.sessionId = options.sessionId ?? new Uint8Array(randomBytes(SESSION_ID_BYTES));
+    if (this.sessionId.length !== SESSION_ID_BYTES) throw new RangeError(`a session id is ${SESSION_ID_BYTES} bytes`);
+    this.settings = {
+      reconnectDeadlineMs: options.reconnectDeadlineMs ?? 30_000,
+      connectTimeoutMs: options.connectTimeoutMs ?? 5_000,
+      reconnectInitialDelayMs: options.reconnectInitialDelayMs ?? 10,
+      reconnectMaxDelayMs: options.reconnectMaxDelayMs ?? 1_000,
+      maxInFlightPerConnection: options.maxInFlightPerConnection ?? 32,
+      idleTimeoutMs: options.idleTimeoutMs ?? 15_000,
+      requestTimeoutMs: options.requestTimeoutMs ?? 60_000,
+      maxProtocolViolations: options.maxProtocolViolations ?? 3,
+      maxMetadataBytes: options.maxMetadataBytes ?? 64 * 1024 * 1024,
+      maxPayloadBytes: options.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD_BYTES,
+    };
+    this.urgent = new Channel('page-client-urgent', this);
+    this.bulk = new Channel('page-client-bulk', this);
+  }
+
+  /**
+   * Connect both channels, and fetch the image's description, metadata and
+   * zero map. Rejects with PeerUnavailableError (nothing answered),
+   * PeerRefusedError (the server refused the HELLO) or ProtocolError.
+   */
+  static async connect(url: string, options: RemoteSourceOptions = {}): Promise<RemoteSource> {
+    const source = new RemoteSource(url, options);
+    try {
+      await source.open();
+    } catch (error) {
+      await source.close();
+      throw error;
+    }
+    return source;
+  }
+
+  get sizeBytes(): number {
+    return this.info.imageSizeBytes;
+  }
+
+  get pageSizeBytes(): number {
+    return this.info.pageSizeBytes;
+  }
+
+  get state(): SourceState {
+    return this.stateValue;
+  }
+
+  read(offset: number, length: number, target: Uint8Array, options: ReadOptions = {}): Promise<void> {
+    if (this.stateValue !== 'open') return Promise.reject(this.goneReadError(offset, length));
+    try {
+      checkReadRange(this, offset, length);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    if (target.length < length) return Promise.reject(new RangeError(`target holds ${target.length} bytes, ${length} asked for`));
+    const { signal } = options;
+    if (signal?.aborted) return Promise.reject(abortError());
+    if (length === 0) return Promise.resolve();
+    const priority: ReadPriority = options.priority ?? 'demand';
+    return new Promise<void>((resolve, reject) => {
+      const operation: ReadOperation = { offset, lengthBytes: length, target, signal, remaining: 0, settled: false, fetches: new Set(), resolve, reject };
+      // Whole pages on the wire: an unaligned read is served from the pages around it.
+      const page = this.info.pageSizeBytes;
+      const first = Math.floor(offset / page) * page;
+      const end = Math.ceil((offset + length) / page) * page;
+      for (let at = first; at < end; at += this.chunkBytes) {
+        const fetch = this.fetchFor(at, Math.min(this.chunkBytes, end - at), priority);
+        fetch.waiters.add(operation);
+        operation.fetches.add(fetch);
+        operation.remaining++;
+      }
+      if (signal) {
+        operation.abortListener = () => this.abort(operation);
+        signal.addEventListener('abort', operation.abortListener, { once: true });
+      }
+    });
+  }
+
+  isZero(offset: number, length: number): boolean {
+    return this.zeroMap?.isZero(offset, length) ?? false;
+  }
+
+  onPush(listener: (pages: PushedPages) => void): () => void {
+    this.pushListeners.add(listener);
+    return () => this.pushListeners.delete(listener);
+  }
+
+  /** End both connections; every read still waiting rejects with SourceGoneError. */
+  async close(): Promise<void> {
+    if (this.stateValue === 'closed') return;
+    const wasOpen = this.stateValue === 'open';
+    this.stateValue = 'closed';
+    if (wasOpen) this.goneError ??= new Error('the source was closed');
+    this.failAll();
+    this.urgent.close();
+    this.bulk.close();
+  }
+
+  // Called by the channels.
+
+  /** @internal */
+  onReadReply(fetch: Fetch, reply: PagesMessage | ErrorMessage): void {
+    if (fetch.state !== 'sent') return;
+    if (reply.type !== 'error') {
+      this.violationsInARow = 0;
+      fetch.channel.finished(fetch);
+      for (const operation of fetch.waiters) this.deliver(operation, fetch, reply.data);
+      fetch.waiters.clear();
+      return;
+    }
+    switch (reply.code) {
+      case 'CANCELLED':
+      case 'BUSY':
+      case 'SHUTTING_DOWN':
+        // Not asked for, or not now: try again (after a pause when the server is busy).
+        if (reply.code === 'BUSY') {
+          moveFetch(fetch, 'queued');
+          setTimeout(() => (fetch.waiters.size > 0 && this.stateValue === 'open' ? fetch.channel.requeue(fetch) : undefined), 20);
+        } else {
+          fetch.channel.requeue(fetch);
+        }
+        return;
+      default: {
+        const failure = reply.code === 'SOURCE_UNAVAILABLE' ? 'transient' : 'fatal';
+        fetch.channel.finished(fetch);
+        for (const operation of [...fetch.waiters]) {
+          this.fail(operation, new SourceReadError(operation.offset, operation.lengthBytes, `${this.description}: ${reply.code}: ${reply.text}`, { failure }));
+        }
+        fetch.waiters.clear();
+      }
+    }
+  }
+
+  /** @internal */
+  deliverPush(offset: number, data: Uint8Array): void {
+    // (Not a reason to forgive earlier violations: only a READ answered right is.)
+    for (const listener of this.pushListeners) listener({ offset, bytes: data });
+  }
+
+  /** @internal Count a connection lost to a violation; true when that was one too many and the source is now gone. */
+  noteViolation(error: Error): boolean {
+    this.violationsInARow++;
+    if (this.violationsInARow < this.settings.maxProtocolViolations) return false;
+    this.goneFor(new ProtocolError(
+      error instanceof ProtocolError ? error.code : 'EPROTO_UNEXPECTED',
+      `the page server at ${this.url} broke the protocol on ${this.violationsInARow} connections in a row; giving up on it (last: ${error.message})`,
+      {},
+      { cause: error },
+    ));
+    return true;
+  }
+
+  /** @internal How a reconnect's INFO differs from the first, or undefined. */
+  compareInfo(info: InfoMessage): string | undefined {
+    const before = this.info;
+    if (info.imageSizeBytes !== before.imageSizeBytes) return `its image is ${info.imageSizeBytes} bytes, it was ${before.imageSizeBytes}`;
+    if (info.pageSizeBytes !== before.pageSizeBytes) return `its pages are ${info.pageSizeBytes} bytes, they were ${before.pageSizeBytes}`;
+    if (!equalBytes(info.imageId, before.imageId)) return `its image id is ${hex(info.imageId)}, it was ${hex(before.imageId)}`;
+    if (info.maxReadBytes < this.chunkBytes) return `it takes READs of at most ${info.maxReadBytes} bytes, it took ${before.maxReadBytes}`;
+    return undefined;
+  }
+
+  /** @internal */
+  goneFor(error: Error): void {
+    if (this.stateValue !== 'open') return;
+    this.stateValue = 'gone';
+    this.goneError = error;
+    this.failAll();
+    this.urgent.close();
+    this.bulk.close();
+  }
+
+  /** @internal */
+  countSent(channel: Channel): void {
+    this.stats.readsSent++;
+    if (channel === this.urgent) this.stats.urgentReadsSent++;
+    else this.stats.bulkReadsSent++;
+  }
+
+  private async open(): Promise<void> {
+    const [info, bulkInfo] = await Promise.all([this.urgent.connect(), this.bulk.connect()]);
+    this.info = info;
+    const changed = this.compareInfo(bulkInfo);
+    if (changed) throw new ImageChangedError(this.url, `the two connections disagree: ${changed}`);
+    const connection = this.urgent.connection!;
+    // Whole pages, within the server's READ limit and this side's payload limit.
+    const page = info.pageSizeBytes;
+    this.chunkBytes = Math.floor(Math.min(info.maxReadBytes, this.settings.maxPayloadBytes - PAGES_HEADER_BYTES) / page) * page;
+    if (this.chunkBytes < page) throw new ProtocolError('EPROTO_FIELD', `a ${page}-byte page does not fit this client's ${this.settings.maxPayloadBytes}-byte payload limit`);
+    if (info.hasMetadata) this.metadata = await this.fetchMetadata(connection, info.metadataLengthBytes);
+    if (info.hasZeroMap) this.zeroMap = await this.fetchZeroMap(connection, info);
+    this.urgent.connected();
+    this.bulk.connected();
+  }
+
+  private async fetchMetadata(connection: ClientConnection<Fetch>, totalLengthBytes: number): Promise<Uint8Array> {
+    if (totalLengthBytes > this.settings.maxMetadataBytes) {
+      throw new ProtocolError('EPROTO_FIELD', `the server's metadata is ${totalLengthBytes} bytes; at most ${this.settings.maxMetadataBytes} are taken`, { field: 'metadataLengthBytes' });
+    }
+    const metadata = new Uint8Array(totalLengthBytes);
+    const chunk = this.settings.maxPayloadBytes - METADATA_HEADER_BYTES;
+    for (let offset = 0; offset < totalLengthBytes;) {
+      const reply = await connection.call({ type: 'get-metadata', offset, maxLengthBytes: Math.min(chunk, totalLengthBytes - offset) }, 'metadata');
+      if (reply.type !== 'metadata') throw new ProtocolError('EPROTO_MISMATCH', `GET_METADATA answered with ${reply.type}`);
+      if (reply.offset !== offset || reply.totalLengthBytes !== totalLengthBytes || reply.bytes.length === 0 || offset + reply.bytes.length > totalLengthBytes) {
+        throw new ProtocolError('EPROTO_MISMATCH', `GET_METADATA at ${offset} of ${totalLengthBytes} answered with ${reply.bytes.length} bytes at ${reply.offset} of ${reply.totalLengthBytes}`);
+      }
+      metadata.set(reply.bytes, offset);
+      offset += reply.bytes.length;
+    }
+    return metadata;
+  }
+
+  private async fetchZeroMap(connection: ClientConnection<Fetch>, info: InfoMessage): Promise<ZeroMap> {
+    const pageCount = info.imageSizeBytes / info.pageSizeBytes;
+    const map = new ZeroMap(pageCount, info.pageSizeBytes);
+    // Whole bytes of bitmap per request, within both limits.
+    // The replies come to this side: its payload limit bounds the bitmap.
+    const perRequest = Math.min(MAX_ZERO_MAP_PAGES, (this.settings.maxPayloadBytes - ZERO_MAP_HEADER_BYTES) * 8);
+    for (let firstPage = 0; firstPage < pageCount; firstPage += perRequest) {
+      const count = Math.min(perRequest, pageCount - firstPage);
+      const reply = await connection.call({ type: 'get-zero-map', firstPage, pageCount: count }, 'zero-map');
+      if (reply.type !== 'zero-map' || reply.firstPage !== firstPage || reply.pageCount !== count) {
+        throw new ProtocolError('EPROTO_MISMATCH', `GET_ZERO_MAP of pages ${firstPage}+${count} answered with ${reply.type === 'zero-map' ? `pages ${reply.firstPage}+${reply.pageCount}` : reply.type}`);
+      }
+      map.assign(firstPage, count, reply.bitmap);
+    }
+    return map;
+  }
+
+  /** The fetch of [offset, +length) a read of `priority` joins, or a new one. */
+  private fetchFor(offset: number, lengthBytes: number, priority: ReadPriority): Fetch {
+    const key = `${offset}+${lengthBytes}`;
+    // A demand read joins only a fetch on the urgent channel: one queued behind bulk data would wait for it.
+    const existing = this.urgent.byKey.get(key) ?? (priority === 'background' ? this.bulk.byKey.get(key) : undefined);
+    if (existing) {
+      this.stats.coalesced++;
+      return existing;
+    }
+    const channel = priority === 'demand' ? this.urgent : this.bulk;
+    const fetch: Fetch = { key, offset, lengthBytes, channel, state: 'queued', connection: undefined, requestId: 0, waiters: new Set() };
+    channel.enqueue(fetch);
+    return fetch;
+  }
+
+  /** Copy a fetch's checked bytes into the part of the operation's target they cover. */
+  private deliver(operation: ReadOperation, fetch: Fetch, data: Uint8Array): void {
+    if (operation.settled) return;
+    const start = Math.max(fetch.offset, operation.offset);
+    const end = Math.min(fetch.offset + fetch.lengthBytes, operation.offset + operation.lengthBytes);
+    operation.target.set(data.subarray(start - fetch.offset, end - fetch.offset), start - operation.offset);
+    operation.fetches.delete(fetch);
+    if (--operation.remaining === 0) this.settle(operation, undefined);
+  }
+
+  private abort(operation: ReadOperation): void {
+    if (operation.settled) return;
+    this.settle(operation, abortError());
+  }
+
+  private fail(operation: ReadOperation, error: Error): void {
+    if (operation.settled) return;
+    this.settle(operation, error);
+  }
+
+  /** Resolve or reject an operation, and let go of the fetches it no longer waits for (cancelling those nobody else does). */
+  private settle(operation: ReadOperation, error: Error | undefined): void {
+    operation.settled = true;
+    if (operation.abortListener) operation.signal?.removeEventListener('abort', operation.abortListener);
+    for (const fetch of operation.fetches) {
+      fetch.waiters.delete(operation);
+      if (fetch.waiters.size === 0 && fetch.state !== 'done') fetch.channel.drop(fetch);
+    }
+    operation.fetches.clear();
+    if (error) operation.reject(error);
+    else operation.resolve();
+  }
+
+  private failAll(): void {
+    const operations = new Set<ReadOperation>();
+    for (const channel of [this.urgent, this.bulk]) {
+      for (const fetch of [...channel.byKey.values(), ...channel.queue]) for (const operation of fetch.waiters) operations.add(operation);
+      const sent = channel.connection?.unansweredReads() ?? [];
+      for (const fetch of sent) for (const operation of fetch.waiters) operations.add(operation);
+      for (const fetch of new Set([...channel.byKey.values(), ...channel.queue, ...sent])) moveFetch(fetch, 'done');
+      channel.queue.length = 0;
+      channel.byKey.clear();
+    }
+    for (const operation of operations) {
+      if (operation.settled) continue;
+      operation.settled = true;
+      if (operation.abortListener) operation.signal?.removeEventListener('abort', operation.abortListener);
+      operation.reject(this.goneReadError(operation.offset, operation.lengthBytes));
+    }
+  }
+
+  private goneReadError(offset: number, length: number): SourceGoneError {
+    const reason = this.goneError?.message ?? 'the source is gone';
+    return new SourceGoneError(offset, length, `${this.description}: ${reason}`, { cause: this.goneError });
+  }
+}
+
+function abortError(): Error {
+  return new DOMException('the read was aborted', 'AbortError');
+}
+
+function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && a.every((byte, i) => byte === b[i]);
+}
+
+function hex(bytes: Uint8Array): string {
+  return Buffer.from(bytes).toString('hex');
+}
