@@ -67,6 +67,7 @@ const BY_CODE: Readonly<Record<string, ExitCode>> = {
   EPEERREFUSED: ExitCode.UNAVAILABLE,
   ESOURCEGONE: ExitCode.UNAVAILABLE,
   EIMAGECHANGED: ExitCode.DATA,
+  EREMOTEVM: ExitCode.DATA,
   EKVMNOTSUP: ExitCode.UNAVAILABLE,
   // the VM is in a state that does not allow the request (409 on its control socket)
   ESTATE: ExitCode.UNAVAILABLE,

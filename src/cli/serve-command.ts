@@ -13,6 +13,7 @@ import {
   type HandlerServerSummary,
   type HandshakeRegion,
 } from '../handler/index.js';
+import { RemoteSource } from '../sources/remote-source.js';
 import { errnoName } from '../uffd/errors.js';
 import { CannotCreateError, UsageError } from './errors.js';
 import { errorJson, errorLine, roundMs } from './output.js';
@@ -23,6 +24,7 @@ interface ServeOptions {
   socket: string;
   snapshot?: string;
   memoryFile?: string;
+  from?: string;
   readahead: boolean;
   handshakeTimeout: number;
   socketMode?: number;
@@ -42,7 +44,8 @@ export function registerServeCommand(program: Command): void {
     )
     .requiredOption('--socket <path>', 'Unix socket to listen on (removed on SIGINT/SIGTERM)')
     .addOption(new Option('--snapshot <file>', 'a snapshot in this project\'s format').conflicts('memoryFile'))
-    .addOption(new Option('--memory-file <file>', 'a raw memory file as Firecracker writes it (a snapshot is recognised by its magic)'))
+    .addOption(new Option('--memory-file <file>', 'a raw memory file as Firecracker writes it (a snapshot is recognised by its magic)').conflicts('from'))
+    .addOption(new Option('--from <url>', 'serve memory fetched from a page server (tcp://HOST:PORT; userfault pages serve) instead of a local file').conflicts('snapshot'))
     .option('--no-readahead', 'fetch exactly the faulting page, no read-ahead')
     .addOption(
       new Option('--handshake-timeout <ms>', 'time a client has to send its regions and userfaultfd')
@@ -54,13 +57,16 @@ export function registerServeCommand(program: Command): void {
     .option('--json', 'log one JSON object per line (events on stdout, errors on stderr)')
     .action(async (options: ServeOptions) => {
       const path = options.snapshot ?? options.memoryFile;
-      if (path === undefined) throw new UsageError('give the memory to serve: --snapshot FILE or --memory-file FILE', '--snapshot');
+      if (path === undefined && options.from === undefined) throw new UsageError('give the memory to serve: --snapshot FILE, --memory-file FILE or --from tcp://HOST:PORT', '--snapshot');
       if (Buffer.byteLength(options.socket) > MAX_SOCKET_PATH_BYTES) {
         throw new CannotCreateError(options.socket, `a Unix socket path holds at most ${MAX_SOCKET_PATH_BYTES} bytes`);
       }
-      checkInputFile(path);
+      if (path !== undefined) checkInputFile(path);
       const log = serveLog(options.json === true);
-      const { source, kind } = await openMemoryFile(path, options.snapshot ? 'snapshot' : 'auto');
+      // Every client's faults are served from the one source: a file, or a page server (both of its connections shared by all clients).
+      const { source, kind } = options.from !== undefined
+        ? { source: await RemoteSource.connect(options.from), kind: 'page-server' as const }
+        : await openMemoryFile(path!, options.snapshot ? 'snapshot' : 'auto');
       const server = await startHandlerServer({
         socketPath: options.socket,
         source,

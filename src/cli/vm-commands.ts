@@ -44,6 +44,7 @@ interface RestoreCliOptions extends CommonRunOptions {
   prefetchAll?: boolean;
   verify: boolean;
   prefetchPages?: string;
+  from?: string;
 }
 
 interface SocketOptions {
@@ -98,9 +99,10 @@ export function registerVmCommands(program: Command): void {
       });
     });
 
-  vm.command('restore <snapshot>')
-    .description('restore a VM snapshot in this process and run it from where it stopped')
-    .option('--lazy', 'register guest RAM with userfaultfd and resume at once; the pager fills pages on demand from the snapshot')
+  vm.command('restore [snapshot]')
+    .description('restore a VM (a snapshot file, or --from a page server) in this process and run it from where it stopped')
+    .option('--from <url>', 'restore from a page server instead of a file: tcp://HOST:PORT (userfault pages serve --snapshot FILE)')
+    .option('--lazy', 'register guest RAM with userfaultfd and resume at once; the pager fills pages on demand from the snapshot or the page server')
     .option('--prefetch-all', 'lazy: stream every page still missing in the background after the guest resumes')
     .option('--no-verify', 'lazy: do not check every page\'s CRC before the guest runs (pages are checked as they fault in; a corrupt one stops the VM)')
     .addOption(new Option('--prefetch-pages <n>', 'lazy: largest read-ahead window around a fault, in pages (1: none)'))
@@ -108,8 +110,11 @@ export function registerVmCommands(program: Command): void {
     .option('--log <file>', 'also write the console to this file')
     .option('--no-stdin', 'do not forward the terminal to the guest\'s COM1')
     .option('--json', 'report VMM events as JSON lines (one object per line) on stderr')
-    .action(async (snapshot: string, options: RestoreCliOptions) => {
+    .action(async (snapshot: string | undefined, options: RestoreCliOptions) => {
       await handled(options.json, async () => {
+        if ((snapshot === undefined) === (options.from === undefined)) {
+          throw new VmUsageError(['SNAPSHOT', '--from'], snapshot === undefined ? 'give a snapshot file or --from tcp://HOST:PORT' : 'a snapshot file or --from, not both');
+        }
         if (!options.lazy && (options.prefetchAll || !options.verify || options.prefetchPages !== undefined)) {
           throw new VmUsageError(['--prefetch-all', '--no-verify', '--prefetch-pages', '--lazy'], '--prefetch-all, --no-verify and --prefetch-pages apply to --lazy');
         }
@@ -119,7 +124,8 @@ export function registerVmCommands(program: Command): void {
           : false;
         return runVmmProcess({
           command: 'restore',
-          snapshotPath: resolve(snapshot),
+          snapshotPath: snapshot === undefined ? undefined : resolve(snapshot),
+          fromUrl: options.from,
           lazy,
           apiSock: options.apiSock === undefined ? undefined : resolve(options.apiSock),
           log: options.log,

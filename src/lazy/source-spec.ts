@@ -1,6 +1,7 @@
 // A page source described as data, so it can be opened inside a pager worker
 // (functions and open files do not cross a thread boundary; this does).
 import type { PageSource } from '../sources/page-source.js';
+import type { RemoteSourceOptions } from '../sources/remote-source.js';
 import { BufferSource } from '../sources/buffer-source.js';
 import { ZeroSource } from '../sources/zero-source.js';
 
@@ -12,6 +13,8 @@ export type SourceSpec =
   | { kind: 'snapshot'; path: string }
   /** A raw memory file, as Firecracker writes guest memory. */
   | { kind: 'raw-file'; path: string }
+  /** A page server (`userfault pages serve`), tcp://HOST:PORT; its pages come over the network as they are faulted. */
+  | { kind: 'remote'; url: string; options?: RemoteSourceOptions }
   /** A module whose export (default: `createSource`) is `(options) => PageSource | Promise<PageSource>`. */
   | { kind: 'module'; url: string; exportName?: string; options?: unknown };
 
@@ -28,6 +31,10 @@ export async function openSource(spec: SourceSpec): Promise<PageSource> {
     case 'raw-file': {
       const { RawFileSource } = await import('../sources/raw-file-source.js');
       return RawFileSource.open(spec.path);
+    }
+    case 'remote': {
+      const { RemoteSource } = await import('../sources/remote-source.js');
+      return RemoteSource.connect(spec.url, spec.options);
     }
     case 'module': {
       const module = (await import(spec.url)) as Record<string, unknown>;

@@ -174,3 +174,11 @@ export class VmUsageError extends VmError {
     super(message);
   }
 }
+
+/** A page server that does not serve a VM this VMM can restore: no VM state, another kind of metadata, a state that fails the schema. */
+export class RemoteVmRefusedError extends VmError {
+  override readonly code = 'EREMOTEVM';
+  constructor(readonly source: string, readonly reason: string, options?: { cause?: unknown }) {
+    super(`${source} cannot be restored: ${reason}`, options);
+  }
+}

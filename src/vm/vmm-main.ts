@@ -3,8 +3,8 @@
 //
 //   node dist/src/vm/vmm-main.js run [--image builtin|FILE] [--mem 32M] [--cpus 1]
 //        [--cmdline "workload=writer mem=16"] [--api-sock PATH] [--log FILE]
-//   node dist/src/vm/vmm-main.js restore SNAPSHOT [--lazy [--prefetch-all] [--no-verify]
-//        [--prefetch-pages N]] [--api-sock PATH] [--log FILE]
+//   node dist/src/vm/vmm-main.js restore SNAPSHOT | --from tcp://HOST:PORT [--lazy [--prefetch-all]
+//        [--no-verify] [--prefetch-pages N]] [--api-sock PATH] [--log FILE]
 //
 // The guest's console goes to stdout (and to --log). The VMM's own lines go
 // to stderr as `vmm: {json}` (see VmmProcessEvent). Exit codes: vmm-process.ts.
@@ -44,11 +44,12 @@ async function main(argv: string[]): Promise<number> {
       'prefetch-all': { type: 'boolean', default: false },
       'no-verify': { type: 'boolean', default: false },
       'prefetch-pages': { type: 'string' },
+      from: { type: 'string' },
     },
   });
   const [command, snapshotPath] = positionals;
-  if (!(command === 'run' || (command === 'restore' && snapshotPath))) {
-    throw new VmUsageError([], 'usage: vmm-main.js run [options] | restore SNAPSHOT [--lazy] [options]');
+  if (!(command === 'run' || (command === 'restore' && (snapshotPath !== undefined) !== (values.from !== undefined)))) {
+    throw new VmUsageError([], 'usage: vmm-main.js run [options] | restore SNAPSHOT|--from tcp://HOST:PORT [--lazy] [options]');
   }
   const maxPages = values['prefetch-pages'] === undefined ? undefined : parseCount('--prefetch-pages', values['prefetch-pages']);
   return runVmmProcess({
@@ -58,6 +59,7 @@ async function main(argv: string[]): Promise<number> {
     vcpuCount: parseCount('--cpus', values.cpus!),
     cmdline: values.cmdline,
     snapshotPath,
+    fromUrl: values.from,
     lazy: values.lazy
       ? { prefetchAll: values['prefetch-all'], verify: !values['no-verify'], prefetch: maxPages === undefined ? undefined : maxPages <= 1 ? false : { maxPages } }
       : false,

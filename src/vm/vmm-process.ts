@@ -21,6 +21,7 @@ import { VmUsageError } from './errors.js';
 import { machineConfigProblem } from './machine-config.js';
 import type { LazyRestoreOptions } from './memory/lazy-guest-memory.js';
 import type { GuestExitReason } from './vcpu-protocol.js';
+import { openRemoteVmSource } from './persist/remote-vm.js';
 import { openVmSnapshotSource } from './persist/vm-snapshot.js';
 import { Vmm, type VmStatus } from './vmm.js';
 
@@ -33,6 +34,8 @@ export interface VmmProcessOptions {
   cmdline?: string;
   /** restore: the snapshot. */
   snapshotPath?: string;
+  /** restore: from a page server instead (tcp://HOST:PORT). */
+  fromUrl?: string;
   /** restore: lazily, with these options (undefined or false: eager). */
   lazy?: LazyRestoreOptions | false;
   apiSock?: string;
@@ -172,8 +175,10 @@ async function buildVmm(options: VmmProcessOptions, console: (bytes: Uint8Array)
     checkMachineOptions(options.memoryBytes ?? 32 * 2 ** 20, options.vcpuCount ?? 1);
     return Vmm.boot({ image: options.image ?? 'builtin', memoryBytes: options.memoryBytes ?? 32 * 2 ** 20, vcpuCount: options.vcpuCount ?? 1, cmdline: options.cmdline ?? 'workload=idle', console });
   }
-  if (!options.snapshotPath) throw new VmUsageError(['SNAPSHOT'], 'restore needs a snapshot path');
-  return Vmm.restore(await openVmSnapshotSource(options.snapshotPath), { console, lazy: options.lazy || undefined });
+  if (options.fromUrl !== undefined && options.snapshotPath !== undefined) throw new VmUsageError(['SNAPSHOT', '--from'], 'restore takes a snapshot path or --from URL, not both');
+  if (options.fromUrl === undefined && options.snapshotPath === undefined) throw new VmUsageError(['SNAPSHOT', '--from'], 'restore needs a snapshot path or --from tcp://HOST:PORT');
+  const from = options.fromUrl !== undefined ? await openRemoteVmSource(options.fromUrl) : await openVmSnapshotSource(options.snapshotPath!);
+  return Vmm.restore(from, { console, lazy: options.lazy || undefined });
 }
 
 function failed(options: VmmProcessOptions, error: unknown): number {

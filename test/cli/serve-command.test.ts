@@ -33,6 +33,27 @@ function otherGroup(): { name: string; gid: number } | undefined {
 }
 
 describe('userfault serve', { skip, timeout: 60_000 }, () => {
+  test('--from a page server in another process: a Firecracker-style client is served over TCP, every page right', async (t) => {
+    const dir = tempDir(t);
+    const files = await writeMemoryFiles(dir);
+    const pages = spawn(process.execPath, [CLI, 'pages', 'serve', '--snapshot', files.snapshotPath, '--listen', '127.0.0.1:0', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const pageServer = new ChildRun(t, pages, 'userfault pages serve', 30_000);
+    const listening = await pageServer.waitForText(/^\{"event":"listening".*"url":"(tcp:\/\/127\.0\.0\.1:\d+)".*\}$/m);
+    const socketPath = join(dir, 'serve.sock');
+    const server = await spawnServeJson(t, ['--socket', socketPath, '--from', listening[1]!]);
+    const event = jsonLines(server.stdout).find((e) => e.event === 'listening')!;
+    assert.equal(event.kind, 'page-server');
+    assert.match(String(event.source), /^page server tcp:\/\/127\.0\.0\.1:\d+$/);
+    // Two clients at once, from different parts of the image; zero pages come as zero pages, data over TCP.
+    const clients = [0, 1].map((i) => spawnClient(t, { socketPath, pageCount: 256, filePage: 128 + i * 384, send: 'one-message' }, 20_000, `client ${i}`));
+    for (const client of clients) {
+      const result = await client.waitForEvent('result');
+      assert.equal(result.badCount, 0, JSON.stringify(result));
+    }
+    server.kill('SIGTERM');
+    assert.deepEqual(await server.exit, { code: 0, signal: null });
+  });
+
   test('serves clients, logs each client event, refuses a liar on stderr, and on SIGTERM prints a summary and removes its socket', async (t) => {
     const dir = tempDir(t);
     const files = await writeMemoryFiles(dir);

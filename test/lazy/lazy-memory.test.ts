@@ -34,3 +34,46 @@ describe('lazy memory', () => {
     }
   });
 });
+
+describe('lazy memory from a page server', () => {
+  test('{ kind: "remote" } fills this process\'s memory over TCP from a page server in another process', async (t) => {
+    const { spawn } = await import('node:child_process');
+    const { mkdtempSync, rmSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const { join } = await import('node:path');
+    const { fileURLToPath } = await import('node:url');
+    const { writeSnapshot } = await import('../../src/snapshot/index.js');
+    const { findPatternMismatches } = await import('../../src/demo/pattern.js');
+    const dir = mkdtempSync(join(tmpdir(), 'uf-lazy-remote-'));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    const image = new Uint8Array(256 * PAGE_SIZE);
+    fillPattern(image, 0, 1, 8);
+    const snap = join(dir, 'image.snap');
+    await writeSnapshot(snap, { regions: [{ imageOffset: 0, lengthBytes: image.length, name: 'ram' }], content: image });
+    const cli = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
+    const server = spawn(process.execPath, [cli, 'pages', 'serve', '--snapshot', snap, '--listen', '127.0.0.1:0', '--json'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    t.after(() => server.kill('SIGKILL'));
+    const url = await new Promise<string>((resolve, reject) => {
+      let text = '';
+      const timer = setTimeout(() => reject(new Error(`no listening line: ${text}`)), 10_000);
+      server.stdout!.setEncoding('utf8').on('data', (chunk: string) => {
+        text += chunk;
+        const m = /"url":"(tcp:\/\/[^"]+)"/.exec(text);
+        if (m) {
+          clearTimeout(timer);
+          resolve(m[1]!);
+        }
+      });
+    });
+    const memory = await LazyMemory.create({ source: { kind: 'remote', url } });
+    try {
+      assert.equal(memory.sizeBytes, image.length);
+      assert.deepEqual(findPatternMismatches(memory.bytes(), 0, 1, 8), [], 'every page matches the image');
+      const stats = await memory.stats();
+      assert.ok(stats.metrics.faults > 0);
+      assert.ok(stats.metrics.zeroPages > 0, 'zero pages are known from the server\'s zero map and never read');
+    } finally {
+      await memory.close();
+    }
+  });
+});
