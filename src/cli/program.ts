@@ -14,7 +14,7 @@ import { registerVmCommands } from './vm-commands.js';
 
 export const DESCRIPTION =
   'Userland page-fault handling, lazy memory and a KVM micro-VMM on userfaultfd: snapshots restored lazily, ' +
-  'a Firecracker-style page-fault handler, and the micro-VMM (live migration, a network page server, S3 sources ' +
+  'a Firecracker-style page-fault handler, a page server, and the micro-VMM (live migration, S3 sources ' +
   'and a dashboard are planned, not yet here)';
 
 /** What commander reported of a usage error it found itself (so it is printed once). */

@@ -156,7 +156,7 @@ describe('userfault serve', { skip, timeout: 60_000 }, () => {
     assert.match(notSnapshot.stderr, /is not a userfault snapshot .* \[ENOTSNAPSHOT\]/);
     const neither = runServe('--socket', socketPath);
     assert.equal(neither.status, ExitCode.USAGE);
-    assert.match(neither.stderr, /--snapshot FILE or --memory-file FILE/);
+    assert.match(neither.stderr, /--snapshot FILE, --memory-file FILE or --from tcp:\/\/HOST:PORT/);
     const missing = runServe('--socket', socketPath, '--memory-file', join(dir, 'nope.raw'));
     assert.equal(missing.status, ExitCode.NO_INPUT);
     assert.match(missing.stderr, /nope\.raw does not exist \[ENOINPUT\]/);
