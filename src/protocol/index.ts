@@ -3,3 +3,4 @@ export * from './errors.js';
 export * from './frame-decoder.js';
 export * from './messages.js';
 export * from './hello.js';
+export * from './codec.js';

@@ -128,9 +128,11 @@ export const Role = {
   'page-client-bulk': 2,
   /** The answer of a page server. */
   'page-server': 3,
-  /** Reserved for live migration: the side sending the VM, and the side receiving it. */
+  /** Live migration (src/migrate): the side sending the VM (its main connection), and the side receiving it. */
   'migration-source': 16,
   'migration-destination': 17,
+  /** The source's second connection, for post-copy's demanded pages only (a vCPU waits on each). */
+  'migration-source-urgent': 18,
 } as const;
 export type RoleName = keyof typeof Role;
 
