@@ -363,9 +363,21 @@ export function formatEvent(event: VmmProcessEvent): string[] {
     }
     case 'first-output':
       return [];
+    case 'listening':
+      return [`listening for an incoming VM on ${event.url}`];
+    case 'migration': {
+      const p = event.progress;
+      if (p.error) return [`migration in: ${p.state}: ${p.error.message}`];
+      return [`migration in: ${p.state}${p.verified === undefined ? '' : p.verified ? ', every page verified' : `, ${p.differingBatches} batch(es) differ`}; ` +
+        `pre-copy ${p.dataPagesReceived} data and ${p.zeroPagesReceived} zero pages in ${p.rounds} rounds, ${p.stalePages} stale; ` +
+        `post-copy ${p.demandReads} demanded, ${p.pushedPages} pushed; load ${p.loadMs ?? '-'} ms, resume ${p.resumeMs ?? '-'} ms`];
+    }
     case 'exited': {
       const { reason } = event;
-      const what = reason.type === 'done' ? `the guest is done, status ${reason.status}` : reason.type === 'failed' ? `the guest failed: ${reason.exit}` : reason.type;
+      const what = reason.type === 'done' ? `the guest is done, status ${reason.status}`
+        : reason.type === 'failed' ? `the guest failed: ${reason.exit}`
+        : reason.type === 'migrated' ? `the guest migrated to ${reason.to}`
+        : reason.type;
       const lines = [`exited after ${(event.runMs / 1000).toFixed(2)} s: ${what}`];
       const exits = event.status.vcpus.reduce((n, v) => n + v.counters.exits, 0);
       lines.push(`vCPUs: ${event.status.vcpus.length}, exits to the VMM: ${exits}`);

@@ -35,6 +35,9 @@ export type ConvergenceDecision =
   /** Pause, send the state and the dirty list, resume on the destination; the rest comes after. */
   | { next: 'postcopy'; reason: 'mode' | 'rounds-exhausted' | 'not-converging' };
 
+/** How pre-copy ends. */
+export type SwitchoverDecision = Exclude<ConvergenceDecision, { next: 'round' }>;
+
 export class ConvergencePolicy {
   private rounds = 0;
   private bandwidthBytesPerMs = 0;

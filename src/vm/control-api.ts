@@ -9,6 +9,11 @@
 //                             (pauses the VM; it stays paused, also when the write fails)
 //   PUT   /serial/input {"data": "text"}        -> 204 (bytes for COM1)
 //   PUT   /actions {"action_type": "Stop"}      -> 204 (ends the VM)
+//   PUT   /migrate {"to": "HOST:PORT", "mode": "precopy"|"postcopy"|"hybrid",
+//                   "downtime_ms": N, "max_rounds": N}
+//                             -> 202 {state} (the migration runs on; GET /migrate follows it)
+//   GET   /migrate            -> 200 the migration's progress (source or destination), 404 if none
+//   PUT   /migrate/cancel     -> 200 {state} (before switchover only; 409 after)
 //
 // Errors: {fault_message, code} with the status HTTP_STATUS below gives the
 // code: 400 a malformed request, 404 an unknown route, 409 a request the
@@ -29,6 +34,7 @@ import type { Socket } from 'node:net';
 import { listenReplacingStale, removeSocketFile } from '../net/unix-socket-path.js';
 import { ControlApiError, NoVmListeningError, VmError } from './errors.js';
 import type { Vmm } from './vmm.js';
+import { parseMigrationAddress } from '../migrate/transport/channels.js';
 
 /** The largest request body (the serial input's JSON is the big one: its 1 MiB bound, escaped). */
 export const MAX_BODY_BYTES = 4 << 20;
@@ -69,6 +75,8 @@ const HTTP_STATUS: Readonly<Record<string, number>> = {
   ECANTCREATE: 400,
   ENOROUTE: 404,
   ESTATE: 409,
+  EMIGRATION: 409,
+  EUSAGE: 400,
   EBODYTOOLARGE: 413,
   ESERIALFULL: 413,
 };
@@ -154,6 +162,29 @@ async function route(vmm: Vmm, req: IncomingMessage, res: ServerResponse, option
     await vmm.sendInput(Buffer.from(data, 'utf8'));
     return reply(res, 204);
   }
+  if (path === '/migrate' && method === 'PUT') {
+    const to = field(body, 'to');
+    if (typeof to !== 'string' || to === '') throw new BadControlRequestError('to', 'to (HOST:PORT of the destination) is required');
+    const mode = field(body, 'mode') ?? 'hybrid';
+    if (mode !== 'precopy' && mode !== 'postcopy' && mode !== 'hybrid') throw new BadControlRequestError('mode', `mode must be precopy, postcopy or hybrid, got ${JSON.stringify(mode)}`);
+    const downtimeMs = optionalNumber(body, 'downtime_ms', 1, 600_000);
+    const maxRounds = optionalNumber(body, 'max_rounds', 1, 1000);
+    parseMigrationAddress(to);
+    vmm.check('migrate');
+    const running = vmm.migrate({ to, mode, downtimeMs, maxRounds });
+    // It runs on; its end is in GET /migrate (and the VMM's log).
+    running.catch(() => {});
+    return reply(res, 202, { state: 'migrating' });
+  }
+  if (path === '/migrate' && method === 'GET') {
+    const status = vmm.status().migration;
+    if (!status) throw new UnknownRouteError(method, path);
+    return reply(res, 200, status);
+  }
+  if (path === '/migrate/cancel' && method === 'PUT') {
+    vmm.cancelMigration();
+    return reply(res, 200, { state: vmm.status().migration?.state });
+  }
   if (path === '/actions' && method === 'PUT') {
     const action = field(body, 'action_type');
     if (action !== 'Stop') throw new BadControlRequestError('action_type', `unknown action_type ${JSON.stringify(action) ?? '(none)'}`);
@@ -164,6 +195,14 @@ async function route(vmm: Vmm, req: IncomingMessage, res: ServerResponse, option
     return;
   }
   throw new UnknownRouteError(method, path);
+}
+
+/** body[name] when present: a number in [min, max], else a BadControlRequestError naming it. */
+function optionalNumber(body: unknown, name: string, min: number, max: number): number | undefined {
+  const value = field(body, name);
+  if (value === undefined) return undefined;
+  if (typeof value !== 'number' || !Number.isFinite(value) || value < min || value > max) throw new BadControlRequestError(name, `${name} must be a number from ${min} to ${max}, got ${JSON.stringify(value)}`);
+  return value;
 }
 
 const TOO_LARGE = Symbol('too large');

@@ -43,6 +43,8 @@ export type GuestExitReason =
   | { type: 'done'; status: number }
   | { type: 'shutdown' }
   | { type: 'stopped' }
+  /** The guest moved to another VMM (a completed live migration): it runs there now. */
+  | { type: 'migrated'; to: string }
   | { type: 'failed'; exit: string };
 
 export interface VcpuCounters {

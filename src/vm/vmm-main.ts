@@ -5,6 +5,7 @@
 //        [--cmdline "workload=writer mem=16"] [--api-sock PATH] [--log FILE]
 //   node dist/src/vm/vmm-main.js restore SNAPSHOT | --from tcp://HOST:PORT [--lazy [--prefetch-all]
 //        [--no-verify] [--prefetch-pages N]] [--api-sock PATH] [--log FILE]
+//   node dist/src/vm/vmm-main.js receive --listen HOST:PORT [--api-sock PATH] [--log FILE]
 //
 // The guest's console goes to stdout (and to --log). The VMM's own lines go
 // to stderr as `vmm: {json}` (see VmmProcessEvent). Exit codes: vmm-process.ts.
@@ -12,6 +13,7 @@ import { parseArgs } from 'node:util';
 import { exitCodeFor } from '../exit-codes.js';
 import { VmUsageError } from './errors.js';
 import { errorEvent, runVmmProcess } from './vmm-process.js';
+import { parseHostPort } from '../pages/address.js';
 
 function parseBytes(option: string, text: string): number {
   const m = /^(\d+)([KMG]?)i?B?$/i.exec(text.trim());
@@ -45,21 +47,24 @@ async function main(argv: string[]): Promise<number> {
       'no-verify': { type: 'boolean', default: false },
       'prefetch-pages': { type: 'string' },
       from: { type: 'string' },
+      listen: { type: 'string' },
     },
   });
-  const [command, snapshotPath] = positionals;
-  if (!(command === 'run' || (command === 'restore' && (snapshotPath !== undefined) !== (values.from !== undefined)))) {
-    throw new VmUsageError([], 'usage: vmm-main.js run [options] | restore SNAPSHOT|--from tcp://HOST:PORT [--lazy] [options]');
-  }
+  const [command, snapshotPath] = positionals as [string | undefined, string | undefined];
+  const ok = command === 'run'
+    || (command === 'restore' && (snapshotPath !== undefined) !== (values.from !== undefined))
+    || (command === 'receive' && values.listen !== undefined);
+  if (!ok) throw new VmUsageError([], 'usage: vmm-main.js run [options] | restore SNAPSHOT|--from tcp://HOST:PORT [--lazy] [options] | receive --listen HOST:PORT');
   const maxPages = values['prefetch-pages'] === undefined ? undefined : parseCount('--prefetch-pages', values['prefetch-pages']);
   return runVmmProcess({
-    command,
+    command: command as 'run' | 'restore' | 'receive',
     image: values.image,
     memoryBytes: parseBytes('--mem', values.mem!),
     vcpuCount: parseCount('--cpus', values.cpus!),
     cmdline: values.cmdline,
     snapshotPath,
     fromUrl: values.from,
+    listen: values.listen === undefined ? undefined : parseHostPort(values.listen, '--listen HOST:PORT'),
     lazy: values.lazy
       ? { prefetchAll: values['prefetch-all'], verify: !values['no-verify'], prefetch: maxPages === undefined ? undefined : maxPages <= 1 ? false : { maxPages } }
       : false,

@@ -24,9 +24,12 @@ import type { GuestExitReason } from './vcpu-protocol.js';
 import { openRemoteVmSource } from './persist/remote-vm.js';
 import { openVmSnapshotSource } from './persist/vm-snapshot.js';
 import { Vmm, type VmStatus } from './vmm.js';
+import { DestinationMigration, type DestinationProgress } from '../migrate/destination-migration.js';
 
 export interface VmmProcessOptions {
-  command: 'run' | 'restore';
+  command: 'run' | 'restore' | 'receive';
+  /** receive: where to listen for the incoming VM. */
+  listen?: { host: string; port: number };
   /** run: a multiboot image path or 'builtin'. */
   image?: string;
   memoryBytes?: number;
@@ -52,7 +55,7 @@ export interface VmmProcessOptions {
 export type VmmProcessEvent =
   | {
       event: 'running';
-      command: 'run' | 'restore';
+      command: 'run' | 'restore' | 'receive';
       /** ms from the start until the VM was built and loaded (run) or restored (restore), paused. */
       readyMs: number;
       /** ms from the start until every vCPU was running: the time to resume. */
@@ -62,6 +65,10 @@ export type VmmProcessEvent =
     }
   /** The guest's first console bytes after the start (a restored guest's first line shows it runs). */
   | { event: 'first-output'; ms: number }
+  /** receive: listening for the incoming VM. */
+  | { event: 'listening'; url: string }
+  /** receive: the migration ended (every page in and verified, or not). */
+  | { event: 'migration'; progress: DestinationProgress }
   | { event: 'exited'; reason: GuestExitReason; runMs: number; status: VmStatus; exitCode: number }
   | VmmErrorEvent;
 
@@ -123,7 +130,7 @@ export async function runVmmProcess(options: VmmProcessOptions): Promise<number>
   for (const cleanup of cleanups) cleanup();
   await api?.close();
   await vmm.close();
-  const exitCode = reason.type === 'done' ? reason.status : reason.type === 'stopped' || (stopRequested && reason.type !== 'failed') ? ExitCode.OK : ExitCode.SOFTWARE;
+  const exitCode = reason.type === 'done' ? reason.status : reason.type === 'stopped' || reason.type === 'migrated' || (stopRequested && reason.type !== 'failed') ? ExitCode.OK : ExitCode.SOFTWARE;
   options.report({ event: 'exited', reason, runMs: ms(), status: vmm.status(), exitCode });
   return exitCode;
 }
@@ -171,6 +178,15 @@ function consoleSink(options: VmmProcessOptions, ms: () => number): (bytes: Uint
 }
 
 async function buildVmm(options: VmmProcessOptions, console: (bytes: Uint8Array) => void): Promise<Vmm> {
+  if (options.command === 'receive') {
+    if (!options.listen) throw new VmUsageError(['--listen'], 'receive needs --listen HOST:PORT');
+    const destination = await DestinationMigration.listen({ ...options.listen, console });
+    options.report({ event: 'listening', url: destination.url });
+    const report = (): void => options.report({ event: 'migration', progress: destination.progress() });
+    destination.done.then(report, report);
+    // The VMM is this process's once the guest runs here; the rest of the migration (post-copy) goes on meanwhile.
+    return destination.running;
+  }
   if (options.command === 'run') {
     checkMachineOptions(options.memoryBytes ?? 32 * 2 ** 20, options.vcpuCount ?? 1);
     return Vmm.boot({ image: options.image ?? 'builtin', memoryBytes: options.memoryBytes ?? 32 * 2 ** 20, vcpuCount: options.vcpuCount ?? 1, cmdline: options.cmdline ?? 'workload=idle', console });

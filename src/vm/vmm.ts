@@ -20,7 +20,8 @@ import type { KvmVm } from './kvm/kvm-vm.js';
 import { GuestMemory, type GuestMemoryBacking } from './memory/guest-memory.js';
 import { LazyGuestMemory, type LazyMemoryReport, type LazyRestoreOptions } from './memory/lazy-guest-memory.js';
 import type { SnapshotFile, SnapshotWriteSummary } from '../snapshot/index.js';
-import { SnapshotSource } from '../sources/snapshot-source.js';
+import type { PageSource } from '../sources/page-source.js';
+import { SourceMigration, type MigrateOptions, type MigrationProgress } from '../migrate/source-migration.js';
 import { SnapshotCorruptError } from '../snapshot/errors.js';
 import { machineConfigProblem, type MachineConfig } from './machine-config.js';
 import { checkSnapshotPath, writeVmSnapshot } from './persist/vm-snapshot.js';
@@ -75,6 +76,8 @@ export interface VmStatus {
   exitReason: GuestExitReason | undefined;
   /** How the VM was restored (and from what), with the lazy pager's counters while it serves. */
   restore?: RestoreTimings & { mode: 'eager' | 'lazy'; source: string; memory?: LazyMemoryReport };
+  /** A live migration of this VM, out (source) or in (destination), while it runs and once it ended. */
+  migration?: { role: 'source' | 'destination' } & Record<string, unknown>;
 }
 
 /** Where the time of a restore went, in ms from the start of Vmm.restore. */
@@ -411,8 +414,12 @@ export class Vmm {
       vcpus: this.handles.map((h) => ({ id: h.vcpu.id, state: h.state, counters: h.counters })),
       exitReason: this.exitReasonValue,
       ...(this.restoreInfo ? { restore: { ...this.restoreInfo, ...(this.lazyMemory ? { memory: this.lazyMemory.report() } : {}) } } : {}),
+      ...(this.migrationStatus ? { migration: this.migrationStatus() as VmStatus['migration'] } : {}),
     };
   }
+
+  /** The live migration's progress, for status (set by the migration's owner: migrate() here, the destination for an incoming VM). */
+  migrationStatus: (() => { role: 'source' | 'destination' } & object) | undefined;
 
   /** The lazy pager's counters (undefined unless restored lazily). */
   lazyMemoryReport(): LazyMemoryReport | undefined {
@@ -505,7 +512,7 @@ export class Vmm {
 
   /** The complete state of the VM, memory apart. Only while no vCPU runs (created, paused, or inside a snapshot). */
   async saveState(): Promise<VmSavedState> {
-    if (!['created', 'paused', 'snapshotting'].includes(this.state)) throw new InvalidStateTransitionError(this.state, 'save the state of');
+    if (!['created', 'paused', 'snapshotting', 'migrating'].includes(this.state)) throw new InvalidStateTransitionError(this.state, 'save the state of');
     const msrCandidates = this.system.msrIndexList();
     const msrIndices = this.handles[0]!.vcpu.readableMsrs(msrCandidates);
     const vcpus: VcpuState[] = [];
@@ -548,6 +555,92 @@ export class Vmm {
         throw error;
       }
     });
+  }
+
+  /**
+   * Live-migrate this VM to a destination VMM (`vm receive`): pre-copy while
+   * it runs, then post-copy or stop-and-copy (source-migration.ts). The VM is
+   * `migrating` meanwhile and refuses every other request but input. On
+   * success the guest runs there and this VM stops (its exit reason
+   * 'migrated'); a failure or cancel before switchover leaves it as it was.
+   */
+  migrate(options: MigrateOptions): Promise<MigrationProgress> {
+    return this.serialized('migrate', async () => {
+      const wasRunning = this.state === 'running';
+      this.lifecycle.transition('migrate');
+      let migration: SourceMigration | undefined;
+      try {
+        // This thread is the lazy pager: it must not read a missing page. Fill them all first.
+        await this.completeMemory();
+        migration = new SourceMigration({
+          memory: this.memory,
+          vm: this.vm,
+          machine: this.machine,
+          pauseVcpus: () => this.pauseVcpus(),
+          resumeVcpus: async () => {
+            if (wasRunning) await Promise.all(this.handles.map((h) => h.request({ type: 'resume' })));
+          },
+          saveState: () => this.saveState(),
+        }, options);
+        this.sourceMigration = migration;
+        const m = migration;
+        this.migrationStatus = () => m.progress();
+        const report = await migration.run();
+        this.exitReasonValue ??= { type: 'migrated', to: options.to };
+        this.lifecycle.transition('migrate-done');
+        for (const h of this.handles) if (h.state !== 'exited') void h.request({ type: 'stop' }).catch(() => {});
+        return report;
+      } catch (error) {
+        // Past switchover the guest is the destination's: this side stays migrating, keeping its memory.
+        if (migration && ['postcopy', 'postcopy-paused', 'completing', 'completed'].includes(migration.state)) throw error;
+        this.lifecycle.transition('migrate-failed');
+        if (wasRunning) this.lifecycle.transition('resume');
+        throw error;
+      }
+    });
+  }
+
+  /** Cancel the outgoing migration (before switchover only; MigrationError after). */
+  cancelMigration(): void {
+    if (!this.sourceMigration) throw new InvalidStateTransitionError(this.state, 'cancel the migration of');
+    this.sourceMigration.cancel();
+  }
+
+  private sourceMigration: SourceMigration | undefined;
+
+  /**
+   * Build the machine an incoming live migration describes and start its
+   * vCPU workers. The VM is `restoring`: its memory arrives over the
+   * migration (pre-copy writes it in place), then its state (completeIncoming).
+   */
+  static async createIncoming(machine: MachineConfig, options: { console?: (bytes: Uint8Array) => void; backing?: GuestMemoryBacking } = {}): Promise<Vmm> {
+    const vmm = Vmm.build(machine, options.backing ?? 'anonymous', options.console);
+    try {
+      vmm.lifecycle.transition('restore');
+      await vmm.startWorkers();
+      return vmm;
+    } catch (error) {
+      await vmm.close();
+      throw error;
+    }
+  }
+
+  /**
+   * An incoming migration's switchover: pages still to come (post-copy) are
+   * served by a pager from `lazy.source`, those already here are present; the
+   * saved state is loaded and the VM is paused, ready to resume.
+   */
+  async completeIncoming(state: VmSavedState, from: string, lazy?: { source: PageSource; presentPages: { get(page: number): boolean } }): Promise<void> {
+    const started = performance.now();
+    if (lazy) {
+      const lazyMemory = LazyGuestMemory.start(this.memory, lazy.source, { prefetch: false, presentPages: lazy.presentPages }, (error) => this.failMemory(error));
+      this.lazyMemory = lazyMemory;
+      this.stopMemory = () => lazyMemory.stop();
+    }
+    const memoryMs = ms2(performance.now() - started);
+    await this.loadState(state);
+    this.restoreInfo = { mode: lazy ? 'lazy' : 'eager', source: from, openedMs: 0, builtMs: 0, memoryMs, readyMs: ms2(performance.now() - started) };
+    this.lifecycle.transition('restored');
   }
 
   /** Throws InvalidStateTransitionError (naming the state) unless the lifecycle allows `event` now. */

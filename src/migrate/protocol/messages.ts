@@ -26,8 +26,16 @@
 //     1  u8[3] r
 //     4  u32   r
 //     8  u8[]  VM state JSON (vm-state.ts; <= the receiver's max payload)
+//   READY 0x020c (reply)                                  the destination loaded the state; its vCPUs do not run yet
+//     0  u32   loadMicros
+//   GO 0x020d (a request)                                 the source commits: it will never resume the guest itself
 //   RUNNING 0x0207 (reply)                                the guest runs on the destination
-//     0  u32   loadMicros (state loaded)   4 u32 resumeMicros (vCPUs running)
+//     0  u32   resumeMicros (GO received → vCPUs running)
+//
+// READY and GO make the commit explicit: a connection lost before the source
+// has READY leaves the guest to resume on the source (the destination never
+// runs it without GO); lost after GO, neither side runs it twice — the source
+// waits, paused, for the destination to come back.
 //   ALL_SENT 0x0208                                       post-copy: every page has been sent (pushed or answered)
 //   COMPLETE 0x0209 (destination → source, a request)      every page is in; the digests of what it installed
 //     0  u32   batchCount   4 u32 batchPages   8 u8[batchCount × 32] SHA-256 per batch (page-digests.ts)
@@ -52,6 +60,8 @@ export const MigrationMessageType = {
   COMPLETE: 0x0209,
   VERIFIED: 0x020a,
   CANCEL: 0x020b,
+  READY: 0x020c,
+  GO: 0x020d,
 } as const;
 
 export const MAX_MACHINE_JSON_BYTES = 64 * 1024;
@@ -68,7 +78,9 @@ export type MigrationMessage =
   | { type: 'mig-round'; round: number; pagesSent: number; dirtyPages: number }
   | { type: 'mig-dirty'; firstPage: number; pageCount: number; bitmap: Uint8Array }
   | { type: 'mig-switchover'; postcopy: boolean; stateJson: string }
-  | { type: 'mig-running'; loadMicros: number; resumeMicros: number }
+  | { type: 'mig-ready'; loadMicros: number }
+  | { type: 'mig-go' }
+  | { type: 'mig-running'; resumeMicros: number }
   | { type: 'mig-all-sent' }
   | { type: 'mig-complete'; batchPages: number; digests: Uint8Array[] }
   | { type: 'mig-verified'; ok: boolean; differingCount: number; differing: number[] }
@@ -85,6 +97,8 @@ const TYPE_CODES: Readonly<Record<MigrationMessageName, number>> = {
   'mig-dirty': MigrationMessageType.DIRTY,
   'mig-switchover': MigrationMessageType.SWITCHOVER,
   'mig-running': MigrationMessageType.RUNNING,
+  'mig-ready': MigrationMessageType.READY,
+  'mig-go': MigrationMessageType.GO,
   'mig-all-sent': MigrationMessageType.ALL_SENT,
   'mig-complete': MigrationMessageType.COMPLETE,
   'mig-verified': MigrationMessageType.VERIFIED,
@@ -94,8 +108,8 @@ const NAMES = new Map<number, MigrationMessageName>(Object.entries(TYPE_CODES).m
 const TYPE_LABELS = new Map<number, string>(Object.entries(MigrationMessageType).map(([name, code]) => [code, `MIG_${name}`]));
 
 /** Requests carry an id their reply echoes; the rest are unsolicited (0). */
-const REQUESTS = new Set<MigrationMessageName>(['mig-begin', 'mig-switchover', 'mig-complete']);
-const REPLIES = new Set<MigrationMessageName>(['mig-accept', 'mig-running', 'mig-verified']);
+const REQUESTS = new Set<MigrationMessageName>(['mig-begin', 'mig-switchover', 'mig-go', 'mig-complete']);
+const REPLIES = new Set<MigrationMessageName>(['mig-accept', 'mig-ready', 'mig-running', 'mig-verified']);
 
 function label(type: number): string {
   return TYPE_LABELS.get(type) ?? describeType(type);
@@ -156,6 +170,7 @@ function encodePayload(message: MigrationMessage): Uint8Array[] {
     }
     case 'mig-accept':
     case 'mig-all-sent':
+    case 'mig-go':
       return [];
     case 'mig-pages':
     case 'mig-zero': {
@@ -186,9 +201,13 @@ function encodePayload(message: MigrationMessage): Uint8Array[] {
       w.zeros(7);
       return [w.done(), new TextEncoder().encode(message.stateJson)];
     }
-    case 'mig-running': {
-      const w = new Writer(8);
+    case 'mig-ready': {
+      const w = new Writer(4);
       w.u32(message.loadMicros);
+      return [w.done()];
+    }
+    case 'mig-running': {
+      const w = new Writer(4);
       w.u32(message.resumeMicros);
       return [w.done()];
     }
@@ -232,6 +251,7 @@ function decodePayload(type: MigrationMessageName, r: Reader, context: Context):
     }
     case 'mig-accept':
     case 'mig-all-sent':
+    case 'mig-go':
       r.lengthExactly(0);
       return { type };
     case 'mig-pages': {
@@ -268,9 +288,13 @@ function decodePayload(type: MigrationMessageName, r: Reader, context: Context):
       if (flag > 1) throw r.fieldError('postcopy', `postcopy is ${flag}, not 0 or 1`);
       return { type, postcopy: flag === 1, stateJson: utf8(r.rest(), context, 'state') };
     }
+    case 'mig-ready': {
+      r.lengthExactly(4);
+      return { type, loadMicros: r.u32() };
+    }
     case 'mig-running': {
-      r.lengthExactly(8);
-      return { type, loadMicros: r.u32(), resumeMicros: r.u32() };
+      r.lengthExactly(4);
+      return { type, resumeMicros: r.u32() };
     }
     case 'mig-complete': {
       r.lengthAtLeast(8);
@@ -349,6 +373,8 @@ function checkFields(message: MigrationMessage, context: Context, pageSizeBytes?
     case 'mig-accept':
     case 'mig-round':
     case 'mig-switchover':
+    case 'mig-ready':
+    case 'mig-go':
     case 'mig-running':
     case 'mig-all-sent':
       return;

@@ -70,9 +70,36 @@ export class GuestMemory {
     return this.mapping.bytes(region.imageOffset + (gpa - region.guestPhysAddress), lengthBytes);
   }
 
+  /**
+   * Write guest RAM from the VMM (a loader, device emulation). While a
+   * migration tracks writes, the pages written are marked here: KVM's dirty
+   * log sees only the guest's own writes, and a page the VMM changed must be
+   * sent again like any other.
+   */
   write(gpa: GuestPhysAddress, data: Uint8Array): void {
     this.bytes(gpa, data.byteLength).set(data);
+    if (this.vmmWrites && data.byteLength > 0) {
+      const region = this.regionOf(gpa, data.byteLength);
+      const first = Math.floor((region.imageOffset + (gpa - region.guestPhysAddress)) / PAGE_SIZE);
+      const last = Math.floor((region.imageOffset + (gpa - region.guestPhysAddress) + data.byteLength - 1) / PAGE_SIZE);
+      for (let page = first; page <= last; page++) this.vmmWrites.add(page);
+    }
   }
+
+  /** Start (or stop) remembering the pages the VMM writes (write()), for a migration's dirty tracking. */
+  trackVmmWrites(on: boolean): void {
+    this.vmmWrites = on ? new Set() : undefined;
+  }
+
+  /** The image pages the VMM wrote since the last call (while tracking). */
+  takeVmmWrites(): number[] {
+    if (!this.vmmWrites) return [];
+    const pages = [...this.vmmWrites];
+    this.vmmWrites.clear();
+    return pages;
+  }
+
+  private vmmWrites: Set<number> | undefined;
 
   /** The whole memory image, in imageOffset order (the snapshot's memory section). */
   image(): Uint8Array {

@@ -13,7 +13,7 @@
 // unregister the ranges, close the uffd and the source, and only then may the
 // VMM unmap the memory.
 import { PAGE_SIZE } from '../../native.js';
-import { PagerHost, type PagerMetricsSnapshot, type PageCounts, type PrefetchOptions } from '../../pager/index.js';
+import { PageState, PageStateTable, PagerHost, type PagerMetricsSnapshot, type PageCounts, type PrefetchOptions } from '../../pager/index.js';
 import type { PageSource } from '../../sources/page-source.js';
 import { Userfaultfd } from '../../uffd/index.js';
 import { VmError } from '../errors.js';
@@ -50,6 +50,11 @@ export interface LazyRestoreOptions {
   verify?: boolean;
   /** Source reads in flight at once (the pager's default: 64). */
   maxInFlight?: number;
+  /**
+   * Pages already in guest RAM (a live migration's pre-copy put them there):
+   * they are present for the pager, never fetched. Default: none.
+   */
+  presentPages?: { get(page: number): boolean };
 }
 
 export interface LazyMemoryReport {
@@ -66,6 +71,18 @@ export interface LazyMemoryReport {
   /** ms from start() to completion, when complete. */
   completedMs?: number;
   verifyMs?: number;
+}
+
+/** Page states for a restore some of whose pages are in guest RAM already: those present, the rest missing and needed unless known zero. */
+function startingStates(memory: GuestMemory, source: PageSource, present: { get(page: number): boolean }): PageStateTable {
+  const pages = memory.lengthBytes / PAGE_SIZE;
+  const states = new Uint8Array(pages);
+  const needed = new Uint8Array(pages);
+  for (let page = 0; page < pages; page++) {
+    if (present.get(page)) states[page] = PageState.PRESENT;
+    else needed[page] = source.isZero?.(page * PAGE_SIZE, PAGE_SIZE) ? 0 : 1;
+  }
+  return new PageStateTable(pages, { states, needed });
 }
 
 export class LazyGuestMemory {
@@ -123,6 +140,7 @@ export class LazyGuestMemory {
           uffd,
           source,
           regions: memory.regions.map((r) => ({ address: r.hostAddress, lengthBytes: r.lengthBytes, sourceOffset: r.imageOffset })),
+          initialStates: options.presentPages ? startingStates(memory, source, options.presentPages) : undefined,
           prefetch: options.prefetch,
           maxInFlight: options.maxInFlight,
           maxBackgroundInFlight: STREAM_BACKGROUND_READS,

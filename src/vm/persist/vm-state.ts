@@ -90,7 +90,7 @@ export function vmStateFromJson(json: unknown): VmSavedState {
   if (typeof version !== 'number' || !READABLE_VERSIONS.includes(version)) {
     throw new InvalidVmStateError('version', `is ${describe(version)}; this build reads ${READABLE_VERSIONS.join(' and ')}`);
   }
-  const machine = readMachine(field(root, 'machine'));
+  const machine = machineConfigFromJson(field(root, 'machine'));
   const vcpusJson = array(field(root, 'vcpus'), 'vcpus');
   if (vcpusJson.length !== machine.vcpuCount) throw new InvalidVmStateError('vcpus', `holds ${vcpusJson.length} vCPUs, machine.vcpuCount is ${machine.vcpuCount}`);
   const seen = new Set<number>();
@@ -115,7 +115,8 @@ export function vmStateFromJson(json: unknown): VmSavedState {
   return { machine, vcpus, irqchip, pit2, clock, devices };
 }
 
-function readMachine(value: unknown): MachineConfig {
+/** The machine config a VM state (or a migration's BEGIN) carries, checked; InvalidVmStateError names the bad field. */
+export function machineConfigFromJson(value: unknown): MachineConfig {
   const m = object(value, 'machine');
   const memoryBytes = integer(field(m, 'memoryBytes'), 'machine.memoryBytes');
   const vcpuCount = integer(field(m, 'vcpuCount'), 'machine.vcpuCount');

@@ -1,0 +1,437 @@
+// The destination side of a live migration (`vm receive --listen`): it waits
+// for one incoming VM and becomes its VMM.
+//
+//   listening   one session is taken: its main connection, then its urgent one; a second
+//               migration, a connection for another session or a replayed channel is refused
+//   receiving   BEGIN builds the machine (nothing runs); pre-copy's PAGES are written into guest
+//               RAM as they come (guest RAM is not registered yet: this thread may touch it),
+//               ZERO marks pages zero, DIRTY lists pages whose copy here is stale
+//   loading     SWITCHOVER: the stale pages are dropped (MADV_DONTNEED), guest RAM is registered
+//               with userfaultfd and served by a pager whose source is the migration itself
+//               (post-copy), the state is loaded; READY. GO: the vCPUs run; RUNNING.
+//   postcopy    pages arrive on demand (READ on the urgent connection) and by push; when every
+//               page is in, the pager detaches and COMPLETE carries the digests of what was
+//               installed; VERIFIED closes it
+//
+// Before GO nothing ran here: a failure or a cancel discards the machine, and
+// the guest runs on at the source. After GO a lost connection leaves the
+// vCPUs blocked on their missing pages (nothing is poisoned); the source
+// keeps the memory until completion.
+import { EventEmitter } from 'node:events';
+import { UserfaultError } from '../errors.js';
+import { PAGE_SIZE } from '../native.js';
+import type { ErrorMessage, PagesMessage } from '../protocol/index.js';
+import { Vmm } from '../vm/vmm.js';
+import { InvalidVmStateError } from '../vm/errors.js';
+import { machineConfigFromJson, vmStateFromJson, type MachineConfig } from '../vm/persist/vm-state.js';
+import type { MigrationMode } from './convergence.js';
+import { MigrationPageSource } from './migration-page-source.js';
+import { isFinal, nextDestinationState, type DestinationMigrationState, type MigrationEvent } from './migration-state.js';
+import { PageBitmap } from './page-bitmap.js';
+import { DIGEST_BATCH_PAGES, PageDigestTable } from './page-digests.js';
+import { MigrationListener, sameSession, type AcceptedChannel, type SourceChannel } from './transport/channels.js';
+import type { AnyMessage, FramedSocket } from './transport/framed-socket.js';
+
+export interface ReceiveOptions {
+  /** Where to listen: 127.0.0.1 unless told otherwise (the caller checks loopback). */
+  host: string;
+  port: number;
+  /** Where the guest's COM1 output goes. */
+  console?: (bytes: Uint8Array) => void;
+}
+
+export interface DestinationProgress {
+  role: 'destination';
+  state: DestinationMigrationState;
+  mode?: MigrationMode;
+  guestPages?: number;
+  receivedBytes: number;
+  /** Pre-copy: pages received as data and as zero markers; rounds seen. */
+  dataPagesReceived: number;
+  zeroPagesReceived: number;
+  rounds: number;
+  /** Pages dropped at switchover because the source changed them after sending. */
+  stalePages: number;
+  /** Post-copy. */
+  demandReads: number;
+  backgroundReads: number;
+  pushedPages: number;
+  elapsedMs: number;
+  /** ms from SWITCHOVER to READY, and from GO to the vCPUs running (this side's clock). */
+  loadMs?: number;
+  resumeMs?: number;
+  verified?: boolean;
+  differingBatches?: number;
+  error?: { code: string; message: string };
+  /** The last connection loss and why (post-copy waits for the source to come back). */
+  connectionLost?: { code: string; message: string };
+}
+
+export class IncomingMigrationError extends UserfaultError {
+  override readonly code: string = 'EINCOMING';
+}
+
+export interface DestinationMigrationEvents {
+  state: [state: DestinationMigrationState];
+}
+
+export class DestinationMigration extends EventEmitter<DestinationMigrationEvents> {
+  private stateValue: DestinationMigrationState = 'listening';
+  private readonly started = performance.now();
+  private sessionId: Uint8Array | undefined;
+  private main: FramedSocket | undefined;
+  private urgent: FramedSocket | undefined;
+  private vmm: Vmm | undefined;
+  private machine: MachineConfig | undefined;
+  private mode: MigrationMode | undefined;
+  private pages = 0;
+  private received: PageBitmap | undefined;
+  private knownZero: PageBitmap | undefined;
+  private dirty: PageBitmap | undefined;
+  private digests: PageDigestTable | undefined;
+  private pageSource: MigrationPageSource | undefined;
+  private postcopy = false;
+  private building: Promise<void> | undefined;
+  private readonly stats = { dataPagesReceived: 0, zeroPagesReceived: 0, rounds: 0, stalePages: 0 };
+  private loadMs: number | undefined;
+  private resumeMs: number | undefined;
+  private verified: { ok: boolean; differing: number } | undefined;
+  private failure: Error | undefined;
+  /** Why a connection ended last (a post-copy cut is not a failure, but its reason is worth seeing). */
+  private connectionError: Error | undefined;
+  private nextRequestId = 1;
+  private readonly replies = new Map<number, (message: AnyMessage) => void>();
+  private readonly runningSignal: Promise<Vmm>;
+  private resolveRunning!: (vmm: Vmm) => void;
+  private rejectRunning!: (error: Error) => void;
+  private readonly doneSignal: Promise<DestinationProgress>;
+  private resolveDone!: (progress: DestinationProgress) => void;
+  private rejectDone!: (error: Error) => void;
+
+  private constructor(private readonly options: ReceiveOptions, private listener?: MigrationListener) {
+    super();
+    this.runningSignal = new Promise((resolve, reject) => {
+      this.resolveRunning = resolve;
+      this.rejectRunning = reject;
+    });
+    this.doneSignal = new Promise((resolve, reject) => {
+      this.resolveDone = resolve;
+      this.rejectDone = reject;
+    });
+    // Whoever awaits them sees the failure; nobody awaiting is not an unhandled rejection.
+    this.runningSignal.catch(() => {});
+    this.doneSignal.catch(() => {});
+  }
+
+  /** Listen for one incoming VM. */
+  static async listen(options: ReceiveOptions): Promise<DestinationMigration> {
+    const destination = new DestinationMigration(options);
+    destination.listener = await MigrationListener.listen(
+      { host: options.host, port: options.port },
+      (accepted) => destination.onChannel(accepted),
+      (channel, sessionId) => destination.decide(channel, sessionId),
+    );
+    return destination;
+  }
+
+  get url(): string {
+    return this.listener!.url;
+  }
+
+  get state(): DestinationMigrationState {
+    return this.stateValue;
+  }
+
+  /** Resolves with the VMM once the guest runs here (after GO); rejects if the migration failed before. */
+  get running(): Promise<Vmm> {
+    return this.runningSignal;
+  }
+
+  /** Resolves once every page is in and verified; rejects on failure or a digest mismatch. */
+  get done(): Promise<DestinationProgress> {
+    return this.doneSignal;
+  }
+
+  progress(): DestinationProgress {
+    const stats = this.pageSource?.stats;
+    const progress: DestinationProgress = {
+      role: 'destination',
+      state: this.stateValue,
+      receivedBytes: (this.main?.bytesReceived ?? 0) + (this.urgent?.bytesReceived ?? 0),
+      dataPagesReceived: this.stats.dataPagesReceived,
+      zeroPagesReceived: this.stats.zeroPagesReceived,
+      rounds: this.stats.rounds,
+      stalePages: this.stats.stalePages,
+      demandReads: stats?.demandReads ?? 0,
+      backgroundReads: stats?.backgroundReads ?? 0,
+      pushedPages: (stats?.pushedPages ?? 0) + (stats?.pushedZeroPages ?? 0),
+      elapsedMs: Math.round((performance.now() - this.started) * 100) / 100,
+    };
+    if (this.mode) progress.mode = this.mode;
+    if (this.pages) progress.guestPages = this.pages;
+    if (this.loadMs !== undefined) progress.loadMs = this.loadMs;
+    if (this.resumeMs !== undefined) progress.resumeMs = this.resumeMs;
+    if (this.verified) {
+      progress.verified = this.verified.ok;
+      progress.differingBatches = this.verified.differing;
+    }
+    if (this.failure) progress.error = { code: (this.failure as { code?: string }).code ?? this.failure.name, message: this.failure.message };
+    if (this.connectionError) progress.connectionLost = { code: (this.connectionError as { code?: string }).code ?? this.connectionError.name, message: this.connectionError.message };
+    return progress;
+  }
+
+  /** Stop listening and end the migration (the VMM, if it runs the guest, is its owner's to close). */
+  close(): void {
+    this.listener?.close();
+    this.listener = undefined;
+    this.main?.close();
+    this.urgent?.close();
+  }
+
+  // ---- connections -------------------------------------------------------------
+
+  /** Which connections this destination takes: the first session's main, then that session's urgent, once each. */
+  private decide(channel: SourceChannel, sessionId: Uint8Array): string | undefined {
+    if (isFinal(this.stateValue)) return `this destination is ${this.stateValue}`;
+    if (channel === 'main') {
+      if (this.sessionId) return sameSession(this.sessionId, sessionId) ? 'this session already has its main connection' : 'this destination is receiving another migration';
+      return undefined;
+    }
+    if (!this.sessionId || !sameSession(this.sessionId, sessionId)) return 'an urgent connection for a session that has no main connection here';
+    if (this.urgent) return 'this session already has its urgent connection';
+    return undefined;
+  }
+
+  private onChannel(accepted: AcceptedChannel): void {
+    if (accepted.channel === 'main') {
+      this.sessionId = accepted.sessionId;
+      this.main = accepted.socket;
+      this.main.pageSizeBytes = PAGE_SIZE;
+      this.move('accepted');
+    } else {
+      this.urgent = accepted.socket;
+    }
+    const socket = accepted.socket;
+    socket.on('message', (message, requestId) => this.onMessage(message, requestId, socket));
+    socket.on('end', (error) => this.onEnd(socket, error));
+  }
+
+  private onEnd(socket: FramedSocket, error: Error | undefined): void {
+    if (isFinal(this.stateValue)) return;
+    const why = error ?? new IncomingMigrationError(`${socket.name} closed`);
+    this.connectionError = why;
+    if (this.stateValue === 'postcopy') {
+      // The guest runs here on pages only the source has: wait for it (reads stay pending, vCPUs block).
+      this.move('lost');
+      return;
+    }
+    if (this.stateValue !== 'postcopy-paused') void this.fail(why);
+  }
+
+  // ---- messages ----------------------------------------------------------------
+
+  private onMessage(message: AnyMessage, requestId: number, from: FramedSocket): void {
+    switch (message.type) {
+      case 'mig-begin':
+        this.building = this.begin(message, requestId).catch((error: Error) => this.fail(error));
+        return;
+      case 'mig-pages':
+        this.receivePages(message.firstPage, message.pageCount, message.data);
+        return;
+      case 'mig-zero':
+        this.receiveZero(message.firstPage, message.pageCount);
+        return;
+      case 'mig-round':
+        this.stats.rounds = message.round + 1;
+        return;
+      case 'mig-dirty':
+        this.receiveDirty(message.firstPage, message.pageCount, message.bitmap);
+        return;
+      case 'mig-switchover':
+        void this.switchover(message.postcopy, message.stateJson, requestId).catch((error: Error) => this.fail(error));
+        return;
+      case 'mig-go':
+        void this.go(requestId).catch((error: Error) => this.fail(error));
+        return;
+      case 'mig-all-sent':
+        return;
+      case 'mig-verified':
+        this.replies.get(requestId)?.(message);
+        this.replies.delete(requestId);
+        return;
+      case 'mig-cancel':
+        if (this.stateValue === 'listening' || this.stateValue === 'receiving' || this.stateValue === 'loading') void this.fail(new IncomingMigrationError(`the source cancelled: ${message.text}`), 'cancel');
+        return;
+      case 'pages':
+      case 'push':
+      case 'error':
+        if (!this.pageSource) throw new IncomingMigrationError(`${message.type} before switchover`);
+        this.pageSource.handle(message as PagesMessage | ErrorMessage | { type: 'push'; offset: number; data: Uint8Array }, requestId, from);
+        return;
+      case 'ping':
+        void from.send({ type: 'pong', data: message.data }, requestId).catch(() => {});
+        return;
+      default:
+        throw new IncomingMigrationError(`the source sent ${message.type}, which a migration destination does not take`);
+    }
+  }
+
+  private async begin(message: Extract<AnyMessage, { type: 'mig-begin' }>, requestId: number): Promise<void> {
+    if (this.vmm || this.stateValue !== 'receiving') throw new IncomingMigrationError('a second BEGIN');
+    if (message.pageSizeBytes !== PAGE_SIZE) throw new IncomingMigrationError(`the source's pages are ${message.pageSizeBytes} bytes; this host's are ${PAGE_SIZE}`);
+    let machine: MachineConfig;
+    try {
+      machine = machineConfigFromJson(JSON.parse(message.machineJson));
+    } catch (error) {
+      if (error instanceof InvalidVmStateError || error instanceof SyntaxError) throw new IncomingMigrationError(`the machine in BEGIN: ${error.message}`, { cause: error });
+      throw error;
+    }
+    if (machine.memoryBytes !== message.memoryBytes) throw new IncomingMigrationError(`BEGIN says ${message.memoryBytes} bytes of memory, its machine ${machine.memoryBytes}`);
+    this.machine = machine;
+    this.mode = message.mode;
+    this.pages = machine.memoryBytes / PAGE_SIZE;
+    this.received = new PageBitmap(this.pages);
+    this.knownZero = new PageBitmap(this.pages);
+    this.dirty = new PageBitmap(this.pages);
+    this.digests = new PageDigestTable(this.pages, PAGE_SIZE);
+    this.vmm = await Vmm.createIncoming(machine, { console: this.options.console });
+    const vmm = this.vmm;
+    vmm.migrationStatus = () => this.progress();
+    await this.main!.send({ type: 'mig-accept' }, requestId);
+  }
+
+  private checkRange(firstPage: number, pageCount: number, what: string): void {
+    if (!this.vmm || this.stateValue !== 'receiving') throw new IncomingMigrationError(`${what} before BEGIN was accepted, or after switchover`);
+    if (firstPage + pageCount > this.pages) throw new IncomingMigrationError(`${what} for pages ${firstPage}..${firstPage + pageCount - 1}: guest RAM has ${this.pages} pages`);
+  }
+
+  /** Pre-copy pages: written straight into guest RAM (not registered yet: this thread may touch it). */
+  private receivePages(firstPage: number, pageCount: number, data: Uint8Array): void {
+    if (this.stateValue !== 'receiving' && this.postcopy) throw new IncomingMigrationError('pre-copy pages after switchover');
+    this.checkRange(firstPage, pageCount, 'PAGES');
+    this.vmm!.memory.image().set(data, firstPage * PAGE_SIZE);
+    this.digests!.record(firstPage, data);
+    for (let page = firstPage; page < firstPage + pageCount; page++) {
+      this.received!.set(page);
+      this.knownZero!.clear(page);
+    }
+    this.stats.dataPagesReceived += pageCount;
+  }
+
+  private receiveZero(firstPage: number, pageCount: number): void {
+    if (this.pageSource) {
+      // Post-copy: zero pages pushed as a marker.
+      if (firstPage + pageCount > this.pages) throw new IncomingMigrationError(`ZERO for pages past guest RAM's ${this.pages}`);
+      this.pageSource.pushZero(firstPage, pageCount);
+      return;
+    }
+    this.checkRange(firstPage, pageCount, 'ZERO');
+    const image = this.vmm!.memory.image();
+    for (let page = firstPage; page < firstPage + pageCount; page++) {
+      // A page that had data here is zeroed; one never written is zero already (untouched anonymous memory).
+      if (this.received!.get(page) && !this.knownZero!.get(page)) image.fill(0, page * PAGE_SIZE, (page + 1) * PAGE_SIZE);
+      this.received!.set(page);
+      this.knownZero!.set(page);
+      this.digests!.recordZero(page);
+    }
+    this.stats.zeroPagesReceived += pageCount;
+  }
+
+  private receiveDirty(firstPage: number, pageCount: number, bitmap: Uint8Array): void {
+    this.checkRange(firstPage, pageCount, 'DIRTY');
+    for (let i = 0; i < pageCount; i++) if (bitmap[i >>> 3]! & (1 << (i & 7))) this.dirty!.set(firstPage + i);
+  }
+
+  private async switchover(postcopy: boolean, stateJson: string, requestId: number): Promise<void> {
+    await this.building;
+    if (!this.vmm || this.stateValue !== 'receiving') throw new IncomingMigrationError('SWITCHOVER before BEGIN was accepted');
+    const started = performance.now();
+    this.move('switchover');
+    let state;
+    try {
+      state = vmStateFromJson(JSON.parse(stateJson));
+    } catch (error) {
+      if (error instanceof InvalidVmStateError || error instanceof SyntaxError) throw new IncomingMigrationError(`the VM state in SWITCHOVER: ${error.message}`, { cause: error });
+      throw error;
+    }
+    if (state.machine.memoryBytes !== this.machine!.memoryBytes || state.machine.vcpuCount !== this.machine!.vcpuCount) {
+      throw new IncomingMigrationError('the VM state in SWITCHOVER is for another machine than BEGIN built');
+    }
+    this.postcopy = postcopy;
+    const memory = this.vmm.memory;
+    if (postcopy) {
+      // Pages changed at the source since they were sent: the copy here is stale. Dropped, they are missing again, and fetched.
+      for (const [first, count] of this.dirty!.runs()) {
+        memory.mapping.discard(first * PAGE_SIZE, count * PAGE_SIZE);
+        for (let page = first; page < first + count; page++) {
+          this.received!.clear(page);
+          this.knownZero!.clear(page);
+        }
+        this.stats.stalePages += count;
+      }
+      const present = new PageBitmap(this.pages);
+      for (let page = 0; page < this.pages; page++) if (this.received!.get(page) && !this.knownZero!.get(page)) present.set(page);
+      this.pageSource = new MigrationPageSource(memory.lengthBytes, PAGE_SIZE, this.knownZero!, this.digests!, this.main!.name);
+      this.pageSource.attach(this.main!, this.urgent ?? this.main!);
+      await this.vmm.completeIncoming(state, `migration from ${this.main!.name}`, { source: this.pageSource, presentPages: present });
+    } else {
+      const missing = this.pages - this.received!.count();
+      if (missing > 0 || this.dirty!.count() > 0) throw new IncomingMigrationError(`stop-and-copy switchover with ${missing} page(s) never sent`);
+      await this.vmm.completeIncoming(state, `migration from ${this.main!.name}`);
+    }
+    this.loadMs = Math.round((performance.now() - started) * 100) / 100;
+    await this.main!.send({ type: 'mig-ready', loadMicros: Math.round(this.loadMs * 1000) }, requestId);
+  }
+
+  /** The source committed: the guest runs here now. */
+  private async go(requestId: number): Promise<void> {
+    if (this.stateValue !== 'loading' || !this.vmm) throw new IncomingMigrationError(`GO while ${this.stateValue}`);
+    const started = performance.now();
+    await this.vmm.resume();
+    this.resumeMs = Math.round((performance.now() - started) * 100) / 100;
+    this.move('resumed');
+    await this.main!.send({ type: 'mig-running', resumeMicros: Math.round(this.resumeMs * 1000) }, requestId);
+    this.resolveRunning(this.vmm);
+    // Post-copy: wait for every page; stop-and-copy: they are all here.
+    void this.finish().catch((error: Error) => this.fail(error));
+  }
+
+  /** Every page in: detach the pager, send the digests, hear the verdict. */
+  private async finish(): Promise<void> {
+    if (this.postcopy) await this.vmm!.completeMemory();
+    const requestId = this.nextRequestId++;
+    const verdict = new Promise<AnyMessage>((resolve) => this.replies.set(requestId, resolve));
+    await this.main!.send({ type: 'mig-complete', batchPages: DIGEST_BATCH_PAGES, digests: this.digests!.batchDigests() }, requestId);
+    const answer = await verdict;
+    if (answer.type !== 'mig-verified') throw new IncomingMigrationError(`COMPLETE answered with ${answer.type}`);
+    this.verified = { ok: answer.ok, differing: answer.differingCount };
+    this.move('complete');
+    this.close();
+    if (answer.ok) this.resolveDone(this.progress());
+    else this.rejectDone(new IncomingMigrationError(`${answer.differingCount} batch(es) of pages differ between what the source sent and what was installed here`));
+  }
+
+  /** Before GO: discard the machine (nothing ran here). After: stays (the guest runs here). */
+  private async fail(error: Error, event: MigrationEvent = 'fail'): Promise<void> {
+    if (isFinal(this.stateValue) || this.failure) return;
+    this.failure = error;
+    const beforeGo = this.stateValue === 'listening' || this.stateValue === 'receiving' || this.stateValue === 'loading';
+    if (this.main && !this.main.isEnded) {
+      await this.main.send({ type: 'error', code: 'BAD_REQUEST', text: error.message.slice(0, 1000) }).catch(() => {});
+    }
+    if (beforeGo) {
+      this.move(event);
+      this.close();
+      this.pageSource?.close();
+      await this.vmm?.close();
+      this.vmm = undefined;
+      this.rejectRunning(error);
+    }
+    this.rejectDone(error);
+  }
+
+  private move(event: MigrationEvent): void {
+    this.stateValue = nextDestinationState(this.stateValue, event);
+    this.emit('state', this.stateValue);
+  }
+}

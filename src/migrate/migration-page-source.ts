@@ -1,0 +1,165 @@
+// The destination's page source during post-copy: the pages the guest still
+// needs come from the source VMM over the migration's connections. A demand
+// read (a vCPU waits) is a READ on the urgent connection; a background read on
+// the main one; the source also pushes every page it has not sent, unasked,
+// on the main connection (PUSH, and MIG_ZERO runs for zero pages), which the
+// pager installs where still missing. Every reply is checked against its
+// request before a byte reaches the pager, and the bytes handed over are
+// recorded in the destination's digest table (what it installs is what it
+// hashes).
+//
+// A lost connection is not a failed read: reads stay pending (the vCPUs block
+// on their pages, nothing is poisoned) until the connections come back or the
+// migration is given up.
+import { UserfaultError } from '../errors.js';
+import type { PagesMessage, ErrorMessage } from '../protocol/index.js';
+import { SourceReadError, type PageSource, type PushedPages, type ReadOptions } from '../sources/page-source.js';
+import type { PageBitmap } from './page-bitmap.js';
+import type { PageDigestTable } from './page-digests.js';
+import type { FramedSocket } from './transport/framed-socket.js';
+
+interface PendingRead {
+  offset: number;
+  lengthBytes: number;
+  target: Uint8Array;
+  connection: FramedSocket;
+  resolve: () => void;
+  reject: (error: Error) => void;
+}
+
+/** A reply on a migration connection that answers no READ, or not the one it names. */
+export class MigrationReplyError extends UserfaultError {
+  override readonly code = 'EMIGRATIONREPLY';
+}
+
+export class MigrationPageSource implements PageSource {
+  readonly description: string;
+  private readonly pending = new Map<number, PendingRead>();
+  /** Reads aborted after they were sent: the source answers them anyway (every READ gets its reply), and the answer is dropped. */
+  private readonly cancelled = new Set<number>();
+  private nextRequestId = 1;
+  private readonly listeners = new Set<(pages: PushedPages) => void>();
+  private readonly zeroBuffer: Uint8Array;
+  private urgent: FramedSocket | undefined;
+  private main: FramedSocket | undefined;
+  /** Post-copy READs sent on the urgent connection (demand) and the main one (background). */
+  readonly stats = { demandReads: 0, backgroundReads: 0, pushedPages: 0, pushedZeroPages: 0 };
+
+  constructor(
+    readonly sizeBytes: number,
+    private readonly pageSizeBytes: number,
+    /** Pages known to be zero now (received as zero markers and not dirtied since). */
+    private readonly knownZero: PageBitmap,
+    private readonly digests: PageDigestTable,
+    where: string,
+  ) {
+    this.description = `migration source ${where}`;
+    this.zeroBuffer = new Uint8Array(pageSizeBytes * 64);
+  }
+
+  /** Use these connections (again, after a reconnect): outstanding reads are re-sent on them. */
+  attach(main: FramedSocket, urgent: FramedSocket): void {
+    this.main = main;
+    this.urgent = urgent;
+    for (const [requestId, read] of this.pending) {
+      read.connection = read.connection === this.urgent ? urgent : main;
+      this.sendRead(requestId, read, read.connection === urgent ? 'demand' : 'background');
+    }
+  }
+
+  /** A message on one of the connections that is the page service's: a reply to a READ, or pushed pages. */
+  handle(message: PagesMessage | ErrorMessage | { type: 'push'; offset: number; data: Uint8Array }, requestId: number, from: FramedSocket): void {
+    if (message.type === 'push') {
+      this.deliverPush(message.offset, message.data);
+      return;
+    }
+    if (this.cancelled.delete(requestId)) return;
+    const read = this.pending.get(requestId);
+    if (!read || read.connection !== from) throw new MigrationReplyError(`a ${message.type} for request ${requestId}, which was not asked on this connection`);
+    if (message.type === 'error') {
+      this.pending.delete(requestId);
+      read.reject(new SourceReadError(read.offset, read.lengthBytes, `the migration source refused the read: ${message.code}: ${message.text}`, { failure: 'fatal' }));
+      return;
+    }
+    if (message.offset !== read.offset || message.data.length !== read.lengthBytes) {
+      throw new MigrationReplyError(`PAGES for request ${requestId} carries ${message.data.length} bytes at ${message.offset}; ${read.lengthBytes} at ${read.offset} were asked`);
+    }
+    this.pending.delete(requestId);
+    read.target.set(message.data);
+    this.digests.record(read.offset / this.pageSizeBytes, message.data);
+    read.resolve();
+  }
+
+  /** Zero pages the source pushes as a marker (MIG_ZERO during post-copy). */
+  pushZero(firstPage: number, pageCount: number): void {
+    for (let at = 0; at < pageCount; at += 64) {
+      const count = Math.min(64, pageCount - at);
+      for (let i = 0; i < count; i++) this.digests.recordZero(firstPage + at + i);
+      this.stats.pushedZeroPages += count;
+      this.emitPush((firstPage + at) * this.pageSizeBytes, this.zeroBuffer.subarray(0, count * this.pageSizeBytes));
+    }
+  }
+
+  read(offset: number, length: number, target: Uint8Array, options: ReadOptions = {}): Promise<void> {
+    if (offset < 0 || length <= 0 || offset + length > this.sizeBytes || offset % this.pageSizeBytes || length % this.pageSizeBytes) {
+      return Promise.reject(new SourceReadError(offset, length, `outside the ${this.sizeBytes}-byte guest memory`, { failure: 'fatal' }));
+    }
+    const priority = options.priority ?? 'demand';
+    return new Promise((resolve, reject) => {
+      const requestId = this.nextRequestId++;
+      const connection = (priority === 'demand' ? this.urgent : this.main)!;
+      const read: PendingRead = { offset, lengthBytes: length, target, connection, resolve, reject };
+      this.pending.set(requestId, read);
+      if (priority === 'demand') this.stats.demandReads++;
+      else this.stats.backgroundReads++;
+      options.signal?.addEventListener('abort', () => {
+        if (!this.pending.delete(requestId)) return;
+        this.cancelled.add(requestId);
+        if (!read.connection.isEnded) read.connection.send({ type: 'cancel', readRequestId: requestId }).catch(() => {});
+        reject(new DOMException('the read was aborted', 'AbortError'));
+      }, { once: true });
+      this.sendRead(requestId, read, priority);
+    });
+  }
+
+  isZero(offset: number, length: number): boolean {
+    const first = offset / this.pageSizeBytes;
+    const count = Math.ceil(length / this.pageSizeBytes);
+    for (let page = first; page < first + count; page++) if (!this.knownZero.get(page)) return false;
+    return true;
+  }
+
+  onPush(listener: (pages: PushedPages) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  get outstandingReads(): number {
+    return this.pending.size;
+  }
+
+  /** Fail every read still waiting (the migration is given up, or the VM is going away). */
+  close(): void {
+    for (const read of this.pending.values()) read.reject(new SourceReadError(read.offset, read.lengthBytes, 'the migration ended', { failure: 'fatal' }));
+    this.pending.clear();
+  }
+
+  private sendRead(requestId: number, read: PendingRead, priority: 'demand' | 'background'): void {
+    // A send on a lost connection is retried by attach() on the next one.
+    if (read.connection.isEnded) return;
+    read.connection.send({ type: 'read', offset: read.offset, lengthBytes: read.lengthBytes, priority }, requestId).catch(() => {});
+  }
+
+  private deliverPush(offset: number, data: Uint8Array): void {
+    if (offset % this.pageSizeBytes || data.length % this.pageSizeBytes || offset + data.length > this.sizeBytes) {
+      throw new MigrationReplyError(`a PUSH of ${data.length} bytes at ${offset} is not whole pages of guest memory`);
+    }
+    this.digests.record(offset / this.pageSizeBytes, data);
+    this.stats.pushedPages += data.length / this.pageSizeBytes;
+    this.emitPush(offset, data);
+  }
+
+  private emitPush(offset: number, bytes: Uint8Array): void {
+    for (const listener of this.listeners) listener({ offset, bytes });
+  }
+}

@@ -1,0 +1,589 @@
+// The source side of a live migration: the guest runs here until switchover.
+//
+//   connect     main and urgent connections, one session; BEGIN (the machine) → ACCEPT
+//   pre-copy    round 0 sends every page (zero pages as markers), each later round the pages
+//               KVM's dirty log (and the VMM's own writes) say changed; the convergence policy
+//               decides after each round: another, stop-and-copy, or post-copy
+//   switchover  pause; the last dirty set; the VM state; stop-and-copy sends the dirty pages
+//               then SWITCHOVER, post-copy sends the dirty list (DIRTY: the destination must not
+//               keep its copy) then SWITCHOVER; RUNNING back means the guest runs there
+//   post-copy   READs answered (urgent: demanded, main: background), every page not yet sent
+//               pushed on main starting next to the latest demanded one; ALL_SENT at the end
+//   complete    the destination's COMPLETE carries the digests of what it installed; compared
+//               with what was sent, batch by batch → VERIFIED
+//
+// Before switchover a failure or a cancel leaves the guest running here, as if
+// nothing happened. After it, the guest's only complete copy is split between
+// the two sides: this side keeps the guest's memory until the destination
+// confirms completion.
+import { EventEmitter } from 'node:events';
+import { UserfaultError } from '../errors.js';
+import { PAGE_SIZE } from '../native.js';
+import type { ReadMessage } from '../protocol/index.js';
+import { MAX_READ_BYTES } from '../protocol/wire.js';
+import type { KvmVm } from '../vm/kvm/kvm-vm.js';
+import type { GuestMemory } from '../vm/memory/guest-memory.js';
+import type { MachineConfig, VmSavedState } from '../vm/persist/vm-state.js';
+import { vmStateToJson } from '../vm/persist/vm-state.js';
+import { ConvergencePolicy, type MigrationMode, type SwitchoverDecision } from './convergence.js';
+import { nextSourceState, isFinal, isPastSwitchover, type MigrationEvent, type SourceMigrationState } from './migration-state.js';
+import { PageBitmap } from './page-bitmap.js';
+import { DIGEST_BATCH_PAGES, PageDigestTable, differingBatches } from './page-digests.js';
+import { connectChannel, newSessionId, parseMigrationAddress } from './transport/channels.js';
+import type { AnyMessage, FramedSocket } from './transport/framed-socket.js';
+
+/** What the source side needs of the VM. */
+export interface MigratableVm {
+  readonly memory: GuestMemory;
+  readonly vm: KvmVm;
+  readonly machine: MachineConfig;
+  pauseVcpus(): Promise<void>;
+  resumeVcpus(): Promise<void>;
+  saveState(): Promise<VmSavedState>;
+}
+
+export interface MigrateOptions {
+  /** The destination, HOST:PORT or tcp://HOST:PORT (`vm receive --listen`). */
+  to: string;
+  /** Default 'hybrid'. */
+  mode?: MigrationMode;
+  /** Default 300 ms. */
+  downtimeMs?: number;
+  /** Default 10. */
+  maxRounds?: number;
+  connectTimeoutMs?: number;
+}
+
+/** Where the guest-stopped time went, ms (the VMM's clock). */
+export interface DowntimeBreakdown {
+  /** The vCPUs out of the guest. */
+  pauseMs: number;
+  /** The last dirty-log read. */
+  finalSyncMs: number;
+  /** The VM state saved and encoded. */
+  stateEncodeMs: number;
+  /** Stop-and-copy's pages, the dirty list and the state written. */
+  sendMs: number;
+  /** The destination: state loaded (its own clock). */
+  destinationLoadMs: number;
+  /** The destination: vCPUs running (its own clock). */
+  destinationResumeMs: number;
+  /** From the pause to RUNNING: what the guest could not run for. */
+  totalMs: number;
+}
+
+export interface MigrationProgress {
+  role: 'source';
+  state: SourceMigrationState;
+  mode: MigrationMode;
+  /** Pre-copy rounds done. */
+  round: number;
+  guestPages: number;
+  /** Bytes written on both connections. */
+  transferredBytes: number;
+  /** Pages still to send (pre-copy: dirty; post-copy: not yet sent). */
+  remainingPages: number;
+  /** Bytes per second over the last round (pre-copy) or since switchover (post-copy). */
+  rateBytesPerSecond: number;
+  /** Pages the guest dirtied per second during the last round. */
+  dirtyPagesPerSecond: number;
+  dataPagesSent: number;
+  zeroPagesSent: number;
+  postcopyRequests: number;
+  pushedPages: number;
+  elapsedMs: number;
+  expectedDowntimeMs: number | undefined;
+  /** Why pre-copy stopped, once it did. */
+  switchoverReason?: string;
+  downtime?: DowntimeBreakdown;
+  /** Every page the destination installed matches what was sent (known at completion). */
+  verified?: boolean;
+  differingBatches?: number;
+  error?: { code: string; message: string };
+}
+
+export class MigrationError extends UserfaultError {
+  override readonly code: string = 'EMIGRATION';
+}
+
+/** The destination refused or failed (its ERROR or CANCEL), or broke the protocol. */
+export class MigrationRefusedError extends MigrationError {
+  override readonly code = 'EMIGRATIONREFUSED';
+}
+
+export class MigrationCancelledError extends MigrationError {
+  override readonly code = 'EMIGRATIONCANCELLED';
+}
+
+const CHUNK_PAGES = 512;
+const PUSH_RUN_PAGES = 64;
+
+export interface SourceMigrationEvents {
+  state: [state: SourceMigrationState];
+}
+
+export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
+  private stateValue: SourceMigrationState = 'idle';
+  private readonly started = performance.now();
+  private readonly mode: MigrationMode;
+  private readonly policy: ConvergencePolicy;
+  private readonly pages: number;
+  private readonly digests: PageDigestTable;
+  private main: FramedSocket | undefined;
+  private urgent: FramedSocket | undefined;
+  private nextRequestId = 1;
+  private readonly replies = new Map<number, { resolve: (message: AnyMessage) => void; reject: (error: Error) => void }>();
+  private dirtyMode: 'manual-protect' | 'get-clears' | undefined;
+  /** Pages changed since they were last sent. */
+  private pending: PageBitmap;
+  /** Post-copy: pages the destination still needs from here. */
+  private toSend: PageBitmap | undefined;
+  private pushCursor = 0;
+  private cancelRequested: Error | undefined;
+  private failure: Error | undefined;
+  private completion: { resolve: () => void; reject: (error: Error) => void } | undefined;
+  private readonly zeroPage = Buffer.alloc(PAGE_SIZE);
+  private readonly stats = { round: 0, dataPagesSent: 0, zeroPagesSent: 0, postcopyRequests: 0, pushedPages: 0, rateBytesPerSecond: 0, dirtyPagesPerSecond: 0 };
+  private switchoverReason: string | undefined;
+  private downtime: DowntimeBreakdown | undefined;
+  private verified: { ok: boolean; differing: number } | undefined;
+  private postcopyStartedAt = 0;
+  private postcopyBytesAtStart = 0;
+
+  constructor(private readonly target: MigratableVm, private readonly options: MigrateOptions) {
+    super();
+    this.mode = options.mode ?? 'hybrid';
+    this.policy = new ConvergencePolicy({ mode: this.mode, downtimeMs: options.downtimeMs ?? 300, maxRounds: options.maxRounds ?? 10 });
+    this.pages = target.memory.lengthBytes / PAGE_SIZE;
+    this.digests = new PageDigestTable(this.pages, PAGE_SIZE);
+    this.pending = new PageBitmap(this.pages);
+  }
+
+  get state(): SourceMigrationState {
+    return this.stateValue;
+  }
+
+  progress(): MigrationProgress {
+    const remaining = this.toSend ? this.toSend.count() : this.pending.count();
+    const progress: MigrationProgress = {
+      role: 'source',
+      state: this.stateValue,
+      mode: this.mode,
+      round: this.stats.round,
+      guestPages: this.pages,
+      transferredBytes: (this.main?.bytesSent ?? 0) + (this.urgent?.bytesSent ?? 0),
+      remainingPages: this.stats.round === 0 && !this.toSend && this.stateValue === 'precopy' ? this.pages : remaining,
+      rateBytesPerSecond: Math.round(this.postcopyStartedAt ? this.postcopyRate() : this.stats.rateBytesPerSecond),
+      dirtyPagesPerSecond: Math.round(this.stats.dirtyPagesPerSecond),
+      dataPagesSent: this.stats.dataPagesSent,
+      zeroPagesSent: this.stats.zeroPagesSent,
+      postcopyRequests: this.stats.postcopyRequests,
+      pushedPages: this.stats.pushedPages,
+      elapsedMs: round2(performance.now() - this.started),
+      expectedDowntimeMs: isPastSwitchover(this.stateValue) ? undefined : finiteOr(round2(this.policy.expectedDowntimeMs(this.pending.count(), PAGE_SIZE))),
+    };
+    if (this.switchoverReason) progress.switchoverReason = this.switchoverReason;
+    if (this.downtime) progress.downtime = this.downtime;
+    if (this.verified) {
+      progress.verified = this.verified.ok;
+      progress.differingBatches = this.verified.differing;
+    }
+    if (this.failure) progress.error = { code: (this.failure as { code?: string }).code ?? this.failure.name, message: this.failure.message };
+    return progress;
+  }
+
+  /**
+   * Cancel: before switchover the migration stops and the guest keeps running
+   * here; after it there is nothing to cancel (the guest runs there), and the
+   * request is refused.
+   */
+  cancel(reason = 'cancelled on the source'): void {
+    if (isPastSwitchover(this.stateValue) || this.stateValue === 'switchover') throw new MigrationError(`the migration is ${this.stateValue}: past switchover it cannot be cancelled (the guest runs on the destination)`);
+    if (isFinal(this.stateValue)) throw new MigrationError(`the migration is already ${this.stateValue}`);
+    this.cancelRequested = new MigrationCancelledError(reason);
+  }
+
+  /** Run the migration to its end: resolves at completion; rejects (guest still here) when it fails or is cancelled before switchover. */
+  async run(): Promise<MigrationProgress> {
+    this.move('start');
+    const address = parseMigrationAddress(this.options.to);
+    const sessionId = newSessionId();
+    const timeout = this.options.connectTimeoutMs ?? 5000;
+    let switchedOver = false;
+    try {
+      this.main = await connectChannel(address, 'main', sessionId, timeout);
+      this.main.pageSizeBytes = PAGE_SIZE;
+      this.listen(this.main);
+      this.urgent = await connectChannel(address, 'urgent', sessionId, timeout);
+      this.listen(this.urgent);
+      await this.call({ type: 'mig-begin', mode: this.mode, pageSizeBytes: PAGE_SIZE, memoryBytes: this.target.memory.lengthBytes, machineJson: JSON.stringify(this.target.machine) }, 'mig-accept');
+      this.move('connected');
+      const decision = await this.precopy();
+      await this.switchover(decision);
+      switchedOver = true;
+      if (decision.next === 'postcopy') await this.postcopy();
+      await this.awaitCompletion();
+      return this.progress();
+    } catch (error) {
+      this.failure = error as Error;
+      // Before the commit (GO) the guest is still this side's: resume it here.
+      if (!switchedOver && !isPastSwitchover(this.stateValue)) await this.abandon(error as Error);
+      throw error;
+    } finally {
+      this.stopTracking();
+    }
+  }
+
+  // ---- pre-copy ----------------------------------------------------------------
+
+  private async precopy(): Promise<SwitchoverDecision> {
+    let decision = this.policy.initial();
+    if (decision.next === 'postcopy') return decision;
+    const region = this.target.memory.regions[0]!;
+    this.dirtyMode = this.target.vm.startDirtyLog(region);
+    this.target.memory.trackVmmWrites(true);
+    // Arm the log (manual protect starts with every page set: clear them all),
+    // then send every page: round 0 is the full pass.
+    this.collectDirty(new PageBitmap(this.pages));
+    let toSend = new PageBitmap(this.pages);
+    toSend.setAll();
+    for (;;) {
+      this.checkCancelled();
+      const roundStarted = performance.now();
+      const bytesBefore = this.main!.bytesSent;
+      await this.sendPages(toSend, this.stats.round);
+      const durationMs = performance.now() - roundStarted;
+      this.pending = new PageBitmap(this.pages);
+      this.collectDirty(this.pending);
+      const bytesSent = this.main!.bytesSent - bytesBefore;
+      this.stats.rateBytesPerSecond = durationMs > 0 ? (bytesSent / durationMs) * 1000 : 0;
+      this.stats.dirtyPagesPerSecond = durationMs > 0 ? (this.pending.count() / durationMs) * 1000 : 0;
+      await this.main!.send({ type: 'mig-round', round: this.stats.round, pagesSent: toSend.count(), dirtyPages: this.pending.count() });
+      this.stats.round++;
+      decision = this.policy.afterRound({ bytesSent, durationMs, dirtyPages: this.pending.count(), pageSizeBytes: PAGE_SIZE });
+      if (decision.next !== 'round') return decision;
+      toSend = this.pending;
+      this.pending = new PageBitmap(this.pages);
+    }
+  }
+
+  /** KVM's dirty log (re-armed for the pages it reports) and the VMM's own writes, into `into`. */
+  private collectDirty(into: PageBitmap): void {
+    if (!this.dirtyMode) return;
+    const region = this.target.memory.regions[0]!;
+    const bitmap = new PageBitmap(this.pages);
+    this.target.vm.getDirtyLog(region.slot, bitmap.bytes);
+    if (this.dirtyMode === 'manual-protect') this.target.vm.clearDirtyLog(region.slot, 0, this.pages, bitmap.bytes);
+    into.or(bitmap);
+    for (const page of this.target.memory.takeVmmWrites()) into.set(page);
+  }
+
+  private stopTracking(): void {
+    if (!this.dirtyMode) return;
+    this.target.vm.stopDirtyLog(this.target.memory.regions[0]!);
+    this.target.memory.trackVmmWrites(false);
+    this.dirtyMode = undefined;
+  }
+
+  /**
+   * Send these pages as they are now: runs of data as PAGES, runs of zero as
+   * ZERO markers. The bytes are copied out of guest RAM first: the guest may
+   * write a page while its frame waits in the socket, and the frame's CRC
+   * must match what goes on the wire (the dirty log sends the new contents
+   * again later).
+   */
+  private async sendPages(pages: PageBitmap, round: number): Promise<void> {
+    const image = this.target.memory.image();
+    for (const [first, count] of pages.runs(CHUNK_PAGES)) {
+      this.checkCancelled();
+      const chunk = Buffer.from(image.subarray(first * PAGE_SIZE, (first + count) * PAGE_SIZE));
+      let runStart = 0;
+      while (runStart < count) {
+        const zero = this.isZeroPage(chunk, runStart);
+        let runEnd = runStart + 1;
+        while (runEnd < count && this.isZeroPage(chunk, runEnd) === zero) runEnd++;
+        const firstPage = first + runStart;
+        const pageCount = runEnd - runStart;
+        if (zero) {
+          for (let p = firstPage; p < firstPage + pageCount; p++) this.digests.recordZero(p);
+          this.stats.zeroPagesSent += pageCount;
+          await this.main!.send({ type: 'mig-zero', firstPage, pageCount, round });
+        } else {
+          const data = chunk.subarray(runStart * PAGE_SIZE, runEnd * PAGE_SIZE);
+          this.digests.record(firstPage, data);
+          this.stats.dataPagesSent += pageCount;
+          await this.main!.send({ type: 'mig-pages', firstPage, pageCount, round, data });
+        }
+        runStart = runEnd;
+      }
+    }
+  }
+
+  private isZeroPage(chunk: Buffer, page: number): boolean {
+    return chunk.compare(this.zeroPage, 0, PAGE_SIZE, page * PAGE_SIZE, (page + 1) * PAGE_SIZE) === 0;
+  }
+
+  // ---- switchover --------------------------------------------------------------
+
+  private async switchover(decision: SwitchoverDecision): Promise<void> {
+    this.switchoverReason = decision.reason;
+    this.move('switchover');
+    const t0 = performance.now();
+    await this.target.pauseVcpus();
+    const tPaused = performance.now();
+    this.collectDirty(this.pending);
+    this.stopTracking();
+    const tSynced = performance.now();
+    const state = await this.target.saveState();
+    const stateJson = JSON.stringify(vmStateToJson(state));
+    const tEncoded = performance.now();
+    const postcopy = decision.next === 'postcopy';
+    if (!postcopy) {
+      await this.sendPages(this.pending, this.stats.round);
+      this.pending = new PageBitmap(this.pages);
+    } else {
+      // Never sent (pure post-copy, or pages pre-copy had not reached) or changed since sent: the destination fetches them.
+      this.toSend = new PageBitmap(this.pages);
+      for (let page = 0; page < this.pages; page++) if (this.pending.get(page) || this.digests.crcOf(page) === undefined) this.toSend.set(page);
+      await this.sendDirtyList(this.pending);
+    }
+    const ready = (await this.call({ type: 'mig-switchover', postcopy, stateJson }, 'mig-ready')) as Extract<AnyMessage, { type: 'mig-ready' }>;
+    const tReady = performance.now();
+    // The commit: from GO on, this side never resumes the guest; a cut from here pauses the migration instead.
+    this.move(postcopy ? 'dest-running' : 'all-sent');
+    const running = (await this.call({ type: 'mig-go' }, 'mig-running')) as Extract<AnyMessage, { type: 'mig-running' }>;
+    const tRunning = performance.now();
+    this.downtime = {
+      pauseMs: round2(tPaused - t0),
+      finalSyncMs: round2(tSynced - tPaused),
+      stateEncodeMs: round2(tEncoded - tSynced),
+      sendMs: round2(tReady - tEncoded - ready.loadMicros / 1000),
+      destinationLoadMs: round2(ready.loadMicros / 1000),
+      destinationResumeMs: round2(running.resumeMicros / 1000),
+      totalMs: round2(tRunning - t0),
+    };
+  }
+
+  /** The dirty list, in bitmap chunks (DIRTY), before SWITCHOVER. */
+  private async sendDirtyList(dirty: PageBitmap): Promise<void> {
+    const perMessage = 1 << 20;
+    for (let first = 0; first < this.pages; first += perMessage) {
+      const pageCount = Math.min(perMessage, this.pages - first);
+      const bitmap = new Uint8Array(Math.ceil(pageCount / 8));
+      let any = false;
+      for (let i = 0; i < pageCount; i++) {
+        if (!dirty.get(first + i)) continue;
+        bitmap[i >>> 3]! |= 1 << (i & 7);
+        any = true;
+      }
+      if (any) await this.main!.send({ type: 'mig-dirty', firstPage: first, pageCount, bitmap });
+    }
+  }
+
+  // ---- post-copy ---------------------------------------------------------------
+
+  /** Push every page the destination still needs, starting next to what it last demanded; READs are answered meanwhile (listen()). */
+  private async postcopy(): Promise<void> {
+    this.postcopyStartedAt = performance.now();
+    this.postcopyBytesAtStart = this.main!.bytesSent + this.urgent!.bytesSent;
+    const toSend = this.toSend!;
+    const image = this.target.memory.image();
+    let pushed = 0;
+    while (toSend.count() > 0) {
+      if (this.failure) throw this.failure;
+      const run = this.nextPushRun(toSend);
+      if (!run) break;
+      const [firstPage, pageCount] = run;
+      for (let p = firstPage; p < firstPage + pageCount; p++) toSend.clear(p);
+      const chunk = image.subarray(firstPage * PAGE_SIZE, (firstPage + pageCount) * PAGE_SIZE);
+      // The guest is paused here: its memory no longer changes, so the bytes go as they are.
+      if (chunk.every((byte) => byte === 0)) {
+        for (let p = firstPage; p < firstPage + pageCount; p++) this.digests.recordZero(p);
+        this.stats.zeroPagesSent += pageCount;
+        await this.main!.send({ type: 'mig-zero', firstPage, pageCount, round: this.stats.round });
+      } else {
+        this.digests.record(firstPage, chunk);
+        this.stats.pushedPages += pageCount;
+        await this.main!.send({ type: 'push', offset: firstPage * PAGE_SIZE, data: chunk });
+      }
+      // Let READs in between pushes: a demanded page must not wait for the stream.
+      if (++pushed % 4 === 0) await new Promise((resolve) => setImmediate(resolve));
+    }
+    await this.main!.send({ type: 'mig-all-sent' });
+    this.move('all-sent');
+  }
+
+  /** The next run of pages still to push, from the cursor (next to the last demand), wrapping around. */
+  private nextPushRun(toSend: PageBitmap): [number, number] | undefined {
+    for (let scanned = 0; scanned < this.pages; ) {
+      const page = (this.pushCursor + scanned) % this.pages;
+      if (!toSend.get(page)) {
+        scanned++;
+        continue;
+      }
+      let count = 1;
+      while (count < PUSH_RUN_PAGES && page + count < this.pages && toSend.get(page + count)) count++;
+      this.pushCursor = (page + count) % this.pages;
+      return [page, count];
+    }
+    return undefined;
+  }
+
+  /** A post-copy READ from the destination: the pages as they are (the guest is paused here), on the connection it came on. */
+  private async answerRead(read: ReadMessage, requestId: number, from: FramedSocket): Promise<void> {
+    const end = read.offset + read.lengthBytes;
+    if (read.offset % PAGE_SIZE || read.lengthBytes % PAGE_SIZE || read.lengthBytes > MAX_READ_BYTES || end > this.target.memory.lengthBytes) {
+      await from.send({ type: 'error', code: 'OUT_OF_RANGE', text: `READ ${read.lengthBytes} bytes at ${read.offset} is not whole pages of the ${this.target.memory.lengthBytes}-byte guest memory` }, requestId);
+      return;
+    }
+    if (!isPastSwitchover(this.stateValue)) {
+      await from.send({ type: 'error', code: 'UNEXPECTED_MESSAGE', text: 'pages are read only after switchover' }, requestId);
+      return;
+    }
+    this.stats.postcopyRequests++;
+    const firstPage = read.offset / PAGE_SIZE;
+    const data = this.target.memory.image().subarray(read.offset, end);
+    this.digests.record(firstPage, data);
+    for (let p = firstPage; p < firstPage + read.lengthBytes / PAGE_SIZE; p++) this.toSend?.clear(p);
+    this.pushCursor = (end / PAGE_SIZE) % this.pages;
+    await from.send({ type: 'pages', offset: read.offset, data }, requestId);
+  }
+
+  // ---- completion --------------------------------------------------------------
+
+  private awaitCompletion(): Promise<void> {
+    if (this.stateValue === 'completed') return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      this.completion = { resolve, reject };
+      if (this.failure) reject(this.failure);
+    });
+  }
+
+  private async complete(digests: Uint8Array[], requestId: number): Promise<void> {
+    const differing = differingBatches(this.digests.batchDigests(), digests);
+    this.verified = { ok: differing.length === 0, differing: differing.length };
+    await this.main!.send({ type: 'mig-verified', ok: differing.length === 0, differingCount: differing.length, differing: differing.slice(0, 64) }, requestId);
+    this.move('complete');
+    this.main!.close();
+    this.urgent?.close();
+    if (differing.length === 0) this.completion?.resolve();
+    else this.completion?.reject(new MigrationError(`${differing.length} batch(es) of ${DIGEST_BATCH_PAGES} pages differ between what was sent and what the destination installed (the first: ${differing.slice(0, 8).join(', ')})`));
+  }
+
+  // ---- messages ----------------------------------------------------------------
+
+  private listen(socket: FramedSocket): void {
+    socket.on('message', (message, requestId) => {
+      switch (message.type) {
+        case 'mig-accept':
+        case 'mig-ready':
+        case 'mig-running':
+          this.reply(requestId, message);
+          return;
+        case 'error':
+          if (requestId !== 0 && this.replies.has(requestId)) this.replyError(requestId, new MigrationRefusedError(`the destination refused: ${message.code}: ${message.text}`));
+          else this.lost(new MigrationRefusedError(`the destination: ${message.code}: ${message.text}`));
+          return;
+        case 'mig-cancel':
+          this.lost(new MigrationRefusedError(`the destination cancelled: ${message.text}`));
+          return;
+        case 'read':
+          void this.answerRead(message, requestId, socket).catch((error: Error) => this.lost(error));
+          return;
+        case 'cancel':
+          // READs are answered at once; nothing is left to cancel.
+          return;
+        case 'mig-complete':
+          void this.complete(message.digests, requestId).catch((error: Error) => this.lost(error));
+          return;
+        case 'ping':
+          void socket.send({ type: 'pong', data: message.data }, requestId).catch(() => {});
+          return;
+        default:
+          this.lost(new MigrationRefusedError(`the destination sent ${message.type}, which a migration source does not take`));
+      }
+    });
+    socket.on('end', (error) => {
+      if (isFinal(this.stateValue)) return;
+      this.lost(error ?? new MigrationError(`${socket.name} closed`));
+    });
+  }
+
+  private call(message: AnyMessage, expect: AnyMessage['type']): Promise<AnyMessage> {
+    const requestId = this.nextRequestId++;
+    return new Promise<AnyMessage>((resolve, reject) => {
+      this.replies.set(requestId, {
+        resolve: (reply) => (reply.type === expect ? resolve(reply) : reject(new MigrationRefusedError(`the destination answered ${message.type} with ${reply.type}, not ${expect}`))),
+        reject,
+      });
+      this.main!.send(message, requestId).catch((error: Error) => this.replyError(requestId, error));
+    });
+  }
+
+  private reply(requestId: number, message: AnyMessage): void {
+    const waiter = this.replies.get(requestId);
+    if (!waiter) {
+      this.lost(new MigrationRefusedError(`the destination sent ${message.type} for request ${requestId}, which was never made`));
+      return;
+    }
+    this.replies.delete(requestId);
+    waiter.resolve(message);
+  }
+
+  private replyError(requestId: number, error: Error): void {
+    const waiter = this.replies.get(requestId);
+    this.replies.delete(requestId);
+    waiter?.reject(error);
+  }
+
+  /** A connection failed or the destination gave up: every wait fails; before switchover run() cleans up. */
+  private lost(error: Error): void {
+    if (this.failure || isFinal(this.stateValue)) return;
+    this.failure = error;
+    for (const waiter of this.replies.values()) waiter.reject(error);
+    this.replies.clear();
+    this.completion?.reject(error);
+    if (isPastSwitchover(this.stateValue) && this.stateValue !== 'completing' && this.stateValue !== 'completed') {
+      // The guest runs on the destination and needs pages only this side has: pause, keep everything (recovery resumes here).
+      if (this.stateValue === 'postcopy') this.move('lost');
+    }
+  }
+
+  private checkCancelled(): void {
+    if (this.cancelRequested) throw this.cancelRequested;
+    if (this.failure) throw this.failure;
+  }
+
+  /** Before switchover: tell the destination, close, and let the guest run on here. */
+  private async abandon(error: Error): Promise<void> {
+    this.stopTracking();
+    if (this.stateValue === 'switchover') {
+      // Paused for switchover and the destination never said it runs: the guest resumes here.
+      await this.target.resumeVcpus().catch(() => {});
+    }
+    const text = error.message.slice(0, 1000);
+    if (this.main && !this.main.isEnded) await this.main.send({ type: 'mig-cancel', text }).catch(() => {});
+    this.main?.close();
+    this.urgent?.close();
+    if (!isFinal(this.stateValue)) this.move(error instanceof MigrationCancelledError ? 'cancel' : 'fail');
+  }
+
+  private move(event: MigrationEvent): void {
+    this.stateValue = nextSourceState(this.stateValue, event);
+    this.emit('state', this.stateValue);
+  }
+
+  private postcopyRate(): number {
+    const seconds = (performance.now() - this.postcopyStartedAt) / 1000;
+    const bytes = (this.main?.bytesSent ?? 0) + (this.urgent?.bytesSent ?? 0) - this.postcopyBytesAtStart;
+    return seconds > 0 ? bytes / seconds : 0;
+  }
+}
+
+function round2(x: number): number {
+  return Math.round(x * 100) / 100;
+}
+
+function finiteOr(x: number): number | undefined {
+  return Number.isFinite(x) ? x : undefined;
+}

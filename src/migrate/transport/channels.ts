@@ -1,0 +1,158 @@
+// Opening a migration's connections. The source connects to the destination
+// (`vm receive --listen`) twice, one session: the main connection (the
+// handshake, pre-copy's page stream, switchover, post-copy's background push)
+// and the urgent one (post-copy's demanded pages only, so a page a vCPU waits
+// for never queues behind the push stream). Each opens with the page
+// protocol's HELLO, both ways: the source says its role and the session, the
+// destination answers with its own or an ERROR and closes.
+import { randomBytes } from 'node:crypto';
+import { connect, createServer, type Server, type Socket } from 'node:net';
+import { UserfaultError } from '../../errors.js';
+import { parsePageUrl, formatHostPort } from '../../pages/address.js';
+import {
+  DEFAULT_MAX_PAYLOAD_BYTES,
+  MAX_PROTOCOL_VERSION,
+  MIN_PROTOCOL_VERSION,
+  ProtocolError,
+  SESSION_ID_BYTES,
+  acceptHello,
+  checkHelloAnswer,
+  type HelloMessage,
+  type RoleName,
+} from '../../protocol/index.js';
+import { FramedSocket } from './framed-socket.js';
+
+export type SourceChannel = 'main' | 'urgent';
+
+const ROLE_OF: Record<SourceChannel, RoleName> = { main: 'migration-source', urgent: 'migration-source-urgent' };
+
+/** The destination did not answer, or refused the connection. */
+export class MigrationPeerError extends UserfaultError {
+  override readonly code = 'EMIGRATIONPEER';
+  constructor(readonly address: string, readonly reason: string, options?: { cause?: unknown }) {
+    super(`migration peer ${address}: ${reason}`, options);
+  }
+}
+
+export function newSessionId(): Uint8Array {
+  return new Uint8Array(randomBytes(SESSION_ID_BYTES));
+}
+
+/** "127.0.0.1:7000" or "tcp://127.0.0.1:7000". */
+export function parseMigrationAddress(text: string): { host: string; port: number } {
+  return parsePageUrl(text.startsWith('tcp://') ? text : `tcp://${text}`);
+}
+
+/** The source side: connect one channel to the destination and exchange HELLOs. */
+export function connectChannel(address: { host: string; port: number }, channel: SourceChannel, sessionId: Uint8Array, timeoutMs: number): Promise<FramedSocket> {
+  const where = formatHostPort(address);
+  return new Promise((resolve, reject) => {
+    const socket = connect({ host: address.host, port: address.port });
+    let framed: FramedSocket | undefined;
+    let settled = false;
+    const fail = (error: Error): void => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      if (framed) framed.destroy(error);
+      else socket.destroy();
+      reject(error);
+    };
+    const timer = setTimeout(() => fail(new MigrationPeerError(where, `no answer within ${timeoutMs} ms`)), timeoutMs);
+    socket.once('error', (error) => fail(new MigrationPeerError(where, error.message, { cause: error })));
+    socket.once('connect', () => {
+      framed = new FramedSocket(socket, `migration ${channel} connection to ${where}`);
+      const hello: HelloMessage = { type: 'hello', version: MAX_PROTOCOL_VERSION, minVersion: MIN_PROTOCOL_VERSION, role: ROLE_OF[channel], sessionId, maxPayloadBytes: DEFAULT_MAX_PAYLOAD_BYTES, features: 0 };
+      framed.once('message', (answer) => {
+        try {
+          if (answer.type === 'error') throw new MigrationPeerError(where, `refused the ${channel} connection: ${answer.code}: ${answer.text}`);
+          if (answer.type !== 'hello') throw new ProtocolError('EPROTO_UNEXPECTED', `the destination answered a HELLO with ${answer.type}`, { field: 'type' });
+          checkHelloAnswer(answer, hello, 'migration-destination');
+          framed!.maxPayloadBytes = DEFAULT_MAX_PAYLOAD_BYTES;
+          settled = true;
+          clearTimeout(timer);
+          resolve(framed!);
+        } catch (error) {
+          fail(error as Error);
+        }
+      });
+      framed.once('end', (error) => fail(error ?? new MigrationPeerError(where, `closed the ${channel} connection during its HELLO`)));
+      framed.send(hello).catch(fail);
+    });
+  });
+}
+
+export interface AcceptedChannel {
+  channel: SourceChannel;
+  sessionId: Uint8Array;
+  socket: FramedSocket;
+  peer: string;
+}
+
+/**
+ * The destination side: a listener whose connections are checked (HELLO
+ * first, a migration-source role) before `decide` sees them; `decide` says
+ * whether this session may have this channel now (a second migration, a
+ * connection for another session, a replay are refused with its reason).
+ */
+export class MigrationListener {
+  private readonly server: Server;
+
+  private constructor(server: Server, readonly address: { host: string; port: number }) {
+    this.server = server;
+  }
+
+  static async listen(address: { host: string; port: number }, onChannel: (accepted: AcceptedChannel) => void, decide: (channel: SourceChannel, sessionId: Uint8Array) => string | undefined, helloTimeoutMs = 5000): Promise<MigrationListener> {
+    const server = createServer((socket) => MigrationListener.admit(socket, onChannel, decide, helloTimeoutMs));
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen({ host: address.host, port: address.port }, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    const bound = server.address();
+    const port = typeof bound === 'object' && bound ? bound.port : address.port;
+    return new MigrationListener(server, { host: address.host, port });
+  }
+
+  get url(): string {
+    return `tcp://${formatHostPort(this.address)}`;
+  }
+
+  close(): void {
+    this.server.close();
+  }
+
+  private static admit(socket: Socket, onChannel: (accepted: AcceptedChannel) => void, decide: (channel: SourceChannel, sessionId: Uint8Array) => string | undefined, helloTimeoutMs: number): void {
+    const peer = `${socket.remoteAddress}:${socket.remotePort}`;
+    const framed = new FramedSocket(socket, `migration connection from ${peer}`);
+    const timer = setTimeout(() => framed.destroy(new MigrationPeerError(peer, `no HELLO within ${helloTimeoutMs} ms`)), helloTimeoutMs);
+    const refuse = (code: 'WRONG_ROLE' | 'UNSUPPORTED_VERSION' | 'UNEXPECTED_MESSAGE' | 'BAD_REQUEST', text: string): void => {
+      clearTimeout(timer);
+      framed.send({ type: 'error', code, text }).catch(() => {}).finally(() => framed.close(new MigrationPeerError(peer, text)));
+    };
+    framed.once('message', (hello) => {
+      if (hello.type !== 'hello') return refuse('UNEXPECTED_MESSAGE', `the first message must be HELLO, not ${hello.type}`);
+      let version: number;
+      try {
+        version = acceptHello(hello, { roles: ['migration-source', 'migration-source-urgent'] });
+      } catch (error) {
+        const e = error as ProtocolError;
+        return refuse(e.code === 'EPROTO_VERSION' ? 'UNSUPPORTED_VERSION' : 'WRONG_ROLE', e.message);
+      }
+      const channel: SourceChannel = hello.role === 'migration-source' ? 'main' : 'urgent';
+      const refusal = decide(channel, hello.sessionId);
+      if (refusal !== undefined) return refuse('BAD_REQUEST', refusal);
+      clearTimeout(timer);
+      const answer: HelloMessage = { type: 'hello', version, minVersion: version, role: 'migration-destination', sessionId: hello.sessionId, maxPayloadBytes: DEFAULT_MAX_PAYLOAD_BYTES, features: 0 };
+      framed.maxPayloadBytes = DEFAULT_MAX_PAYLOAD_BYTES;
+      framed.send(answer).then(() => onChannel({ channel, sessionId: hello.sessionId, socket: framed, peer }), () => {});
+    });
+    framed.once('end', () => clearTimeout(timer));
+  }
+}
+
+export function sameSession(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && a.every((byte, i) => byte === b[i]);
+}

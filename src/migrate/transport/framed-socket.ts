@@ -1,0 +1,128 @@
+// One migration connection: a TCP socket carrying the page protocol's frames
+// (migration's own types and the page service's), decoded as they arrive and
+// checked before anything acts on them. Writes respect the socket's buffer
+// (send() resolves once the kernel has room), so a pre-copy stream cannot
+// pile up gigabytes in the VMM's heap. The peer is not trusted: a frame that
+// fails its CRC or its codec ends the connection with the ProtocolError, and
+// nothing it carried is used.
+import { EventEmitter } from 'node:events';
+import type { Socket } from 'node:net';
+import { UserfaultError } from '../../errors.js';
+import { FrameDecoder, PRE_HELLO_MAX_PAYLOAD_BYTES, decodeMessage, encodeMessageParts, type Message } from '../../protocol/index.js';
+import { decodeMigrationMessage, encodeMigrationMessageParts, isMigrationType, type MigrationMessage } from '../protocol/messages.js';
+
+export type AnyMessage = MigrationMessage | Message;
+
+export interface FramedSocketEvents {
+  /** A frame, decoded and checked. */
+  message: [message: AnyMessage, requestId: number];
+  /** The connection is over (closed by either side, failed, or a protocol violation: `error` says which). */
+  end: [error: Error | undefined];
+}
+
+const isMigration = (message: AnyMessage): message is MigrationMessage => message.type.startsWith('mig-');
+
+export class FramedSocket extends EventEmitter<FramedSocketEvents> {
+  private readonly decoder = new FrameDecoder({ maxPayloadBytes: PRE_HELLO_MAX_PAYLOAD_BYTES });
+  private ended = false;
+  private drainWaiters: Array<() => void> = [];
+  bytesSent = 0;
+  bytesReceived = 0;
+  /** Known once both sides agreed (pre-copy PAGES are checked against it). */
+  pageSizeBytes: number | undefined;
+
+  constructor(readonly socket: Socket, readonly name: string) {
+    super();
+    socket.setNoDelay(true);
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('drain', () => this.releaseDrainWaiters());
+    socket.on('error', (error) => this.finish(error));
+    socket.on('close', () => this.finish(undefined));
+  }
+
+  /** The largest payload this side takes from now on (raised after the HELLOs). */
+  set maxPayloadBytes(value: number) {
+    this.decoder.maxPayloadBytes = value;
+  }
+
+  get isEnded(): boolean {
+    return this.ended;
+  }
+
+  /** Write a message; resolves when the socket can take more (its buffer drained), rejects once the connection is over. */
+  async send(message: AnyMessage, requestId = 0): Promise<void> {
+    if (this.ended) throw new ConnectionEndedError(this.name);
+    const parts = isMigration(message) ? encodeMigrationMessageParts(message, requestId, this.pageSizeBytes) : encodeMessageParts(message as Message, requestId);
+    let full = false;
+    for (const part of parts) {
+      this.bytesSent += part.length;
+      full = !this.socket.write(part) || full;
+    }
+    if (full) await this.drained();
+  }
+
+  /** End the connection (flushing what was written). */
+  close(error?: Error): void {
+    if (this.ended) return;
+    this.socket.end();
+    // A peer that does not close its side in time is not waited for.
+    setTimeout(() => this.socket.destroy(), 1000).unref();
+    this.finish(error);
+  }
+
+  /** Drop the connection at once, without flushing (a cut, a hostile peer). */
+  destroy(error?: Error): void {
+    this.socket.destroy();
+    this.finish(error);
+  }
+
+  private drained(): Promise<void> {
+    if (this.ended) return Promise.reject(new ConnectionEndedError(this.name));
+    return new Promise((resolve, reject) => {
+      this.drainWaiters.push(() => (this.ended ? reject(new ConnectionEndedError(this.name)) : resolve()));
+    });
+  }
+
+  private releaseDrainWaiters(): void {
+    const waiters = this.drainWaiters.splice(0);
+    for (const waiter of waiters) waiter();
+  }
+
+  private onData(chunk: Buffer): void {
+    if (this.ended) return;
+    this.bytesReceived += chunk.length;
+    const { error } = this.decoder.push(chunk, (frame) => {
+      if (this.ended) return;
+      let message: AnyMessage;
+      try {
+        // PAGES' data length is checked against the page size once it is agreed.
+        message = isMigrationType(frame.type) ? decodeMigrationMessage(frame, this.pageSizeBytes) : decodeMessage(frame);
+      } catch (decodeError) {
+        this.destroy(decodeError as Error);
+        return;
+      }
+      try {
+        this.emit('message', message, frame.requestId);
+      } catch (handlerError) {
+        // The connection boundary: whatever a handler throws ends this connection alone.
+        this.destroy(handlerError as Error);
+      }
+    });
+    if (error) this.destroy(error);
+  }
+
+  private finish(error: Error | undefined): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.releaseDrainWaiters();
+    this.emit('end', error);
+  }
+}
+
+/** A send on a connection that is over. */
+export class ConnectionEndedError extends UserfaultError {
+  override readonly code = 'ECONNENDED';
+  constructor(readonly connection: string) {
+    super(`the ${connection} connection is closed`);
+  }
+}
