@@ -62,6 +62,7 @@ export class PagerThread {
   private pagerExited = false;
   private stopRequested = false;
   private stopping: Promise<void> | undefined;
+  private awaitingReplies = 0;
 
   private constructor(
     private readonly pagerWorker: Worker,
@@ -107,14 +108,18 @@ export class PagerThread {
         const fd = uffd.duplicate();
         const watchdogData: WatchdogWorkerData = { uffdFd: fd, policy, lifeline: watchdogEnd, regions: regions.map(({ address, lengthBytes }) => ({ address, lengthBytes })) };
         const worker = new Worker(new URL('./watchdog-worker.js', import.meta.url), { workerData: watchdogData, transferList: [watchdogEnd] });
-        worker.unref();
         watchdog = { worker, fd };
         started.push(watchdog);
         armed = waitFor(worker, (m: { type: string }) => m.type === 'armed');
       }
+      // The owner's listener goes on before unref(): a worker's first 'message'
+      // listener refs its port again, and an unclosed lazy memory would then
+      // keep the process from ever exiting on its own.
+      const thread = new PagerThread(pagerWorker, pagerFd, watchdog);
       await Promise.all([ready, armed]);
+      watchdog?.worker.unref();
       pagerWorker.unref();
-      return new PagerThread(pagerWorker, pagerFd, watchdog);
+      return thread;
     } catch (error) {
       // Neither thread serves yet: end both, then close their duplicates (they never close their own here).
       for (const { worker, fd } of started.reverse()) {
@@ -170,9 +175,7 @@ export class PagerThread {
       }
       if (!this.pagerExited) {
         this.stopRequested = true;
-        const stopped = waitFor(this.pagerWorker, (r: PagerWorkerReply) => r.type === 'stopped');
-        this.pagerWorker.postMessage({ type: 'stop', zeroFillKnownZero: options.zeroFillKnownZero ?? false } satisfies PagerWorkerRequest);
-        await stopped;
+        await this.awaitReply({ type: 'stop', zeroFillKnownZero: options.zeroFillKnownZero ?? false }, 'stopped');
         await this.pagerWorker.terminate();
       } else if (!this.stopRequested) {
         // The pager thread died without stopping: its duplicate is still open.
@@ -189,9 +192,24 @@ export class PagerThread {
 
   private request(request: PagerWorkerRequest, replyType: PagerWorkerReply['type']): Promise<PagerWorkerReply> {
     if (this.stopping || this.pagerExited) return Promise.reject(new UserfaultError('the pager is stopped'));
+    return this.awaitReply(request, replyType);
+  }
+
+  /**
+   * Post a request and wait for its reply with the worker ref'd meanwhile: the
+   * worker is unref'd so an idle lazy memory does not keep the process alive,
+   * but a caller awaiting an answer must (else Node ends the process with the
+   * await unsettled, exit status 13).
+   */
+  private async awaitReply(request: PagerWorkerRequest, replyType: PagerWorkerReply['type']): Promise<PagerWorkerReply> {
     const reply = waitFor(this.pagerWorker, (r: PagerWorkerReply) => r.type === replyType);
-    this.pagerWorker.postMessage(request);
-    return reply;
+    if (this.awaitingReplies++ === 0) this.pagerWorker.ref();
+    try {
+      this.pagerWorker.postMessage(request);
+      return await reply;
+    } finally {
+      if (--this.awaitingReplies === 0) this.pagerWorker.unref();
+    }
   }
 }
 
