@@ -15,7 +15,7 @@ import { Userfaultfd } from '../../src/uffd/index.js';
 import { openUffdCount } from '../handler/helpers.js';
 import { runFixture } from '../helpers/run-probe.js';
 import type { WasmWorkerData } from '../fixtures/wasm-worker.js';
-import { instantiateProbe } from '../fixtures/wasm/probe-module.js';
+import { DATA_SEGMENT, DATA_SEGMENT_MODULE, instantiateProbe } from '../fixtures/wasm/probe-module.js';
 
 /** What these tests need: a userfaultfd with POISON (LazyWasmMemory's close() and poison policy use it; Linux 6.6+). */
 function skipReason(): string | undefined {
@@ -110,6 +110,19 @@ describe('a lazy WebAssembly memory', { skip, timeout: 60_000 }, () => {
     assert.equal(wasm.grow(7), 1);
     assert.equal(wasm.load(3 * W), 3 * PAGES_PER_WASM_PAGE);
     assert.equal(wasm.sum(4 * W, 8 * W), 0);
+  });
+
+  test('a module\'s data segment lands over the source\'s bytes at instantiation: V8 writes it from this thread, the page is filled first', async (t) => {
+    const image = patternImage(4);
+    const lazy = await lazyMemory(t, { source: { kind: 'buffer', buffer: image }, maximum: 4, prefetch: false });
+    new WebAssembly.Instance(new WebAssembly.Module(DATA_SEGMENT_MODULE), { env: { memory: lazy.memory } });
+    const bytes = new Uint8Array(lazy.memory.buffer);
+    const { offset } = DATA_SEGMENT;
+    assert.equal(Buffer.from(bytes.subarray(offset, offset + DATA_SEGMENT.bytes.length)).toString(), DATA_SEGMENT.bytes);
+    const page = offset - (offset % PAGE_SIZE);
+    const source = new Uint8Array(image);
+    assert.deepEqual(bytes.subarray(page, offset), source.subarray(page, offset), 'the bytes before the segment are the source\'s');
+    assert.deepEqual(bytes.subarray(offset + 5, page + PAGE_SIZE), source.subarray(offset + 5, page + PAGE_SIZE), 'and those after it');
   });
 
   test('initial defaults to the image\'s size, and sourceOffset shifts what wasm byte 0 shows', async (t) => {
