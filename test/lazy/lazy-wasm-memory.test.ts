@@ -2,10 +2,12 @@
 // reads, writes and grows a memory whose pages fill on first touch, while the
 // pager serves from its worker thread.
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, test, type TestContext } from 'node:test';
+import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { fillPattern, findPatternMismatches } from '../../src/demo/pattern.js';
 import { LazyWasmMemory, WASM_PAGE_BYTES, type SourceSpec } from '../../src/lazy/index.js';
@@ -215,6 +217,27 @@ describe('a lazy WebAssembly memory', { skip, timeout: 60_000 }, () => {
     await assert.rejects(LazyWasmMemory.create({ source: { kind: 'buffer', buffer }, initial: 8, maximum: 4 }), RangeError);
     await assert.rejects(LazyWasmMemory.create({ source: { kind: 'buffer', buffer }, shared: true }), TypeError);
     assert.equal(openUffdCount(), before);
+  });
+});
+
+describe('the README\'s WebAssembly memory example', { skip, timeout: 60_000 }, () => {
+  test('runs as written and prints what its comments say', () => {
+    const root = fileURLToPath(new URL('../../../', import.meta.url));
+    const readme = readFileSync(join(root, 'README.md'), 'utf8');
+    const at = readme.indexOf('### WebAssembly memory');
+    assert.ok(at >= 0, 'the README has the section');
+    const code = /```js\n([\s\S]*?)```/.exec(readme.slice(at))?.[1];
+    assert.ok(code, 'a js block in it');
+    // Inside the package, so that its `import ... from 'userfault'` resolves to this build (package self-reference).
+    const dir = mkdtempSync(join(root, 'dist', 'readme-example-'));
+    try {
+      writeFileSync(join(dir, 'example.mjs'), code);
+      const run = spawnSync(process.execPath, [join(dir, 'example.mjs')], { encoding: 'utf8', timeout: 20_000, killSignal: 'SIGKILL' });
+      assert.equal(run.status, 0, run.stderr);
+      assert.deepEqual(run.stdout.trim().split('\n'), ['100', '245760']);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 
