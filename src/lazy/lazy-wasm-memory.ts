@@ -21,11 +21,17 @@
 // the thread running the wasm code sleeps in the kernel on a fault.
 //
 // Kernel and V8 behaviour this file is built around (measured; docs/lazy-memory.md):
-//   - V8 unmaps the memory when the Memory is collected, and at isolate
-//     teardown, which comes after worker threads have ended. With
-//     EVENT_UNMAP, that munmap sleeps in userfaultfd_event_wait_completion
-//     until a handler reads the event — at process exit, forever. So this uffd
-//     does not ask for EVENT_UNMAP: V8's munmap just drops the registration.
+//   - V8 unmaps the memory at isolate teardown, which comes after worker
+//     threads have ended. With EVENT_UNMAP, that munmap sleeps in
+//     userfaultfd_event_wait_completion until a handler reads the event — at
+//     process exit, forever. So this uffd does not ask for EVENT_UNMAP.
+//   - Without it the pager would not hear of an unmap, and UFFDIO_COPY checks
+//     only that the target VMA is registered with *some* uffd of the process:
+//     a stale fill could land in a later lazy memory mapped at the same
+//     address. So V8 must never unmap the memory while it is served: the
+//     pager thread keeps this object (and so the Memory) reachable until
+//     close(), and V8's only munmap before close() is the one at teardown,
+//     when the pager is gone.
 //   - The memory outlives close() (it is V8's): unregistering would let every
 //     page never filled read ZERO. close() first poisons them (the poison
 //     marker survives unregister and mprotect), so a later touch gets SIGBUS,
@@ -86,7 +92,11 @@ export class LazyWasmMemory {
     /** The owner's own reference: faults wait rather than read zero if the pager dies. */
     private readonly uffd: Userfaultfd,
     private readonly pager: PagerThread,
-  ) {}
+  ) {
+    // Open, this object and its Memory stay reachable whatever the caller
+    // keeps (see above): V8 must not unmap a memory while it is served.
+    pager.retain(this);
+  }
 
   static async create(options: LazyWasmMemoryOptions): Promise<LazyWasmMemory> {
     const sourceOffset = options.sourceOffset ?? 0;

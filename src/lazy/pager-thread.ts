@@ -63,6 +63,7 @@ export class PagerThread {
   private stopRequested = false;
   private stopping: Promise<void> | undefined;
   private awaitingReplies = 0;
+  private retained: object | undefined;
 
   private constructor(
     private readonly pagerWorker: Worker,
@@ -130,6 +131,15 @@ export class PagerThread {
     }
   }
 
+  /**
+   * Keep `owner` reachable until stop(): a running worker keeps its listeners
+   * alive even when unref'd, and this object is one's closure. For an owner
+   * whose memory the garbage collector would otherwise unmap while served.
+   */
+  retain(owner: object): void {
+    this.retained = owner;
+  }
+
   /** Errors the pager reported (source failures and the like). */
   get pagerErrors(): readonly PagerWorkerReply[] {
     return this.errors;
@@ -181,6 +191,7 @@ export class PagerThread {
         // The pager thread died without stopping: its duplicate is still open.
         native.close(this.pagerFd);
       }
+      this.retained = undefined;
     })();
     return this.stopping;
   }

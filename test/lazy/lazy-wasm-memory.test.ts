@@ -8,6 +8,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, test, type TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { Worker } from 'node:worker_threads';
 import { fillPattern, findPatternMismatches } from '../../src/demo/pattern.js';
 import { LazyWasmMemory, WASM_PAGE_BYTES, type SourceSpec } from '../../src/lazy/index.js';
@@ -189,6 +191,24 @@ describe('a lazy WebAssembly memory', { skip, timeout: 60_000 }, () => {
     assert.equal(wasm.load(8), 0x5eed, 'the write stayed');
     wasm.store(8, new Uint32Array(image)[2]!);
     assert.equal(wasm.sum(0, 16 * W), expectedSum(image, 0, 16 * W));
+  });
+
+  test('an open lazy memory is never collected, so V8 never unmaps it while it is served (the pager would not hear of it)', async () => {
+    setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc') as () => void;
+    const refs = await (async () => {
+      const lazy = await LazyWasmMemory.create({ source: { kind: 'buffer', buffer: patternImage(4) }, maximum: 8 });
+      instantiateProbe(lazy.memory).load(W);
+      return { lazy: new WeakRef(lazy), memory: new WeakRef(lazy.memory) };
+    })();
+    for (let i = 0; i < 5; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      gc();
+    }
+    const lazy = refs.lazy.deref();
+    assert.ok(lazy && refs.memory.deref(), 'nothing of the caller\'s refers to it, and it is still there');
+    assert.equal(instantiateProbe(lazy.memory).load(2 * W + PAGE_SIZE), 2 * PAGES_PER_WASM_PAGE + 1);
+    await lazy.close();
   });
 
   test('close() releases everything: no userfaultfd and no thread left, whatever the policy', async () => {
