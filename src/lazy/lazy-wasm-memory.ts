@@ -150,7 +150,7 @@ export class LazyWasmMemory {
   }
 
   /** Wasm pages the memory has now. */
-  get pageCount(): number {
+  get wasmPageCount(): number {
     return this.memory.buffer.byteLength / WASM_PAGE_BYTES;
   }
 

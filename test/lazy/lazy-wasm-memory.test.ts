@@ -98,7 +98,7 @@ describe('a lazy WebAssembly memory', { skip, timeout: 60_000 }, () => {
     assert.equal(wasm.sum(5 * W, 12 * W), expectedSum(image, 5 * W, 12 * W));
     // Grown from JS too; read from JS.
     lazy.memory.grow(20);
-    assert.equal(lazy.pageCount, 32);
+    assert.equal(lazy.wasmPageCount, 32);
     assert.equal(new Uint32Array(lazy.memory.buffer)[(31 * W + PAGE_SIZE) / 4], 31 * PAGES_PER_WASM_PAGE + 1);
     assert.deepEqual(findPatternMismatches(new Uint8Array(lazy.memory.buffer, 12 * W, 20 * W), 12 * PAGES_PER_WASM_PAGE), []);
     // The registration spans committed and uncommitted pages: the VMAs grow made read-write carry it (um) too.
@@ -132,7 +132,7 @@ describe('a lazy WebAssembly memory', { skip, timeout: 60_000 }, () => {
   test('initial defaults to the image\'s size, and sourceOffset shifts what wasm byte 0 shows', async (t) => {
     const image = patternImage(8);
     const lazy = await lazyMemory(t, { source: { kind: 'buffer', buffer: image }, sourceOffset: 2 * W, prefetch: false });
-    assert.equal(lazy.pageCount, 6);
+    assert.equal(lazy.wasmPageCount, 6);
     const wasm = instantiateProbe(lazy.memory);
     assert.equal(wasm.load(0), 2 * PAGES_PER_WASM_PAGE);
     assert.equal(wasm.load(5 * W + PAGE_SIZE), 7 * PAGES_PER_WASM_PAGE + 1);
@@ -174,7 +174,7 @@ describe('a lazy WebAssembly memory', { skip, timeout: 60_000 }, () => {
     assert.equal(reply.grownFrom, 4);
     assert.deepEqual(reply.loads, [1, 10 * PAGES_PER_WASM_PAGE, 15 * PAGES_PER_WASM_PAGE + 3]);
     assert.equal(reply.sum, expectedSum(image, 0, 16 * W));
-    assert.equal(lazy.pageCount, 16, 'the growth is seen from this thread');
+    assert.equal(lazy.wasmPageCount, 16, 'the growth is seen from this thread');
     assert.equal(native.addressOf(new Uint8Array(lazy.memory.buffer)), lazy.address);
   });
 
