@@ -1,10 +1,13 @@
 // Entry point of a pager worker thread: serves one uffd from a SourceSpec.
 // The memory's owner (another thread) touches the memory and sleeps in the
-// kernel on a fault; this thread's event loop answers it.
+// kernel on a fault; this thread's event loop answers it. The owner's side of
+// this protocol is PagerThread (pager-thread.ts).
 import { parentPort, workerData } from 'node:worker_threads';
 import type { MessagePort } from 'node:worker_threads';
-import { PagerHost, type Pager, type PagerRegion, type PrefetchOptions } from '../pager/index.js';
+import { PAGE_SIZE } from '../native.js';
+import { PagerHost, PageState, type Pager, type PagerRegion, type PrefetchOptions } from '../pager/index.js';
 import { Userfaultfd, type FeatureName } from '../uffd/index.js';
+import { installInRun } from './install-runs.js';
 import { openSource, type SourceSpec } from './source-spec.js';
 
 export interface PagerWorkerData {
@@ -20,13 +23,21 @@ export interface PagerWorkerData {
   lifeline?: MessagePort;
 }
 
-export type PagerWorkerRequest = { type: 'metrics' } | { type: 'working-set' } | { type: 'prefetch-all' } | { type: 'stop' };
+export type PagerWorkerRequest =
+  | { type: 'metrics' }
+  | { type: 'working-set' }
+  | { type: 'prefetch-all' }
+  /** Fill every needed page; answered with 'filled' once all are in (or serving ended first). */
+  | { type: 'fill-all' }
+  /** zeroFillKnownZero: see PagerStopOptions. */
+  | { type: 'stop'; zeroFillKnownZero?: boolean };
 export type PagerWorkerReply =
   | { type: 'ready' }
   | { type: 'metrics'; metrics: ReturnType<Pager['snapshotMetrics']>; pages: ReturnType<Pager['pageCounts']> }
   | { type: 'working-set'; pages: Uint32Array }
+  | { type: 'filled'; complete: boolean }
   | { type: 'error'; message: string; code?: string }
-  | { type: 'stopped' };
+  | { type: 'stopped'; zeroFilledPages: number };
 
 async function main(): Promise<void> {
   const data = workerData as PagerWorkerData;
@@ -36,10 +47,26 @@ async function main(): Promise<void> {
   const uffd = Userfaultfd.adopt(data.uffdFd, data.features);
   const source = await openSource(data.source);
   const reportError = (error: Error): void => send({ type: 'error', message: error.message, code: (error as { code?: string }).code });
-  // The owner unregisters its own range (it keeps its own uffd reference); this worker closes its duplicate and the source.
+  let fillWaiting = false;
+  const answerFill = (complete: boolean): void => {
+    if (!fillWaiting) return;
+    fillWaiting = false;
+    send({ type: 'filled', complete });
+  };
+  // The owner unregisters its own range (it keeps its own uffd reference).
+  // This worker closes its duplicate and the source itself, after the
+  // optional zero fill (which needs both), so not through the host.
   const host = PagerHost.start(
-    { uffd, source, regions: data.regions, prefetch: data.prefetch, recordWorkingSet: data.recordWorkingSet, closeUffd: true, closeSource: true },
-    { error: reportError, poisoned: (_first, _count, error) => reportError(error), ended: (_reason, error) => error && reportError(error) },
+    { uffd, source, regions: data.regions, prefetch: data.prefetch, recordWorkingSet: data.recordWorkingSet, closeUffd: false, closeSource: false },
+    {
+      error: reportError,
+      poisoned: (_first, _count, error) => reportError(error),
+      complete: () => answerFill(true),
+      ended: (_reason, error) => {
+        if (error) reportError(error);
+        answerFill(false);
+      },
+    },
   );
   const pager = host.pager;
   if (data.replay) pager.prefetchPages(data.replay);
@@ -54,12 +81,37 @@ async function main(): Promise<void> {
       case 'prefetch-all':
         pager.prefetchAll();
         return;
+      case 'fill-all':
+        fillWaiting = true;
+        if (pager.status !== 'running') answerFill(pager.isComplete);
+        else if (pager.isComplete) answerFill(true);
+        else pager.prefetchAll();
+        return;
       case 'stop':
-        void host.stop().then(() => {
-          send({ type: 'stopped' });
+        void (async () => {
+          try {
+            await host.stop();
+          } catch (error) {
+            reportError(error as Error);
+          }
+          let zeroFilledPages = 0;
+          try {
+            if (request.zeroFillKnownZero) zeroFilledPages = zeroFillKnownZero(pager, uffd);
+          } catch (error) {
+            reportError(error as Error);
+          } finally {
+            uffd.close();
+          }
+          try {
+            await source.close?.();
+          } catch (error) {
+            reportError(error as Error);
+          }
+          answerFill(false);
+          send({ type: 'stopped', zeroFilledPages });
           port.close();
           data.lifeline?.close();
-        });
+        })();
         return;
       default: {
         const never: never = request;
@@ -68,6 +120,37 @@ async function main(): Promise<void> {
     }
   });
   send({ type: 'ready' });
+}
+
+/**
+ * After the pager stopped (nothing else installs any more): the zero page for
+ * every page still without contents that is known to read zero — the source
+ * says it is zero, or the application discarded it (MADV_DONTNEED: zero from
+ * then on). Returns the pages it installed.
+ */
+function zeroFillKnownZero(pager: Pager, uffd: Userfaultfd): number {
+  let installed = 0;
+  for (const region of pager.regions) {
+    const firstIndex = region.sourceOffset / PAGE_SIZE;
+    const pageCount = region.lengthBytes / PAGE_SIZE;
+    let runStart = -1;
+    const flush = (end: number): void => {
+      if (runStart < 0) return;
+      installed += installInRun(uffd, region.address + runStart * PAGE_SIZE, (end - runStart) * PAGE_SIZE, 'zero') / PAGE_SIZE;
+      runStart = -1;
+    };
+    for (let i = 0; i < pageCount; i++) {
+      const index = firstIndex + i;
+      const state = pager.states.get(index);
+      const knownZero =
+        state === PageState.DISCARDED ||
+        ((state === PageState.MISSING || state === PageState.IN_FLIGHT) && pager.source.isZero?.(index * PAGE_SIZE, PAGE_SIZE) === true);
+      if (knownZero && runStart < 0) runStart = i;
+      else if (!knownZero) flush(i);
+    }
+    flush(pageCount);
+  }
+  return installed;
 }
 
 main().catch((error: Error) => {

@@ -48,3 +48,15 @@ export async function openSource(spec: SourceSpec): Promise<PageSource> {
     }
   }
 }
+
+/** The size of the image a spec describes (opening the source when the spec does not say). */
+export async function imageSizeBytes(spec: SourceSpec): Promise<number> {
+  if (spec.kind === 'zero') return spec.sizeBytes;
+  if (spec.kind === 'buffer') return spec.buffer.byteLength;
+  const source = await openSource(spec);
+  try {
+    return source.sizeBytes;
+  } finally {
+    await source.close?.();
+  }
+}

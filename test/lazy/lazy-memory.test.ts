@@ -5,6 +5,8 @@ import { describe, test } from 'node:test';
 import { fillPattern } from '../../src/demo/pattern.js';
 import { LazyMemory } from '../../src/lazy/index.js';
 import { PAGE_SIZE } from '../../src/native.js';
+import { openUffdCount } from '../handler/helpers.js';
+import { runFixture } from '../helpers/run-probe.js';
 
 const PAGES = 32;
 
@@ -31,6 +33,26 @@ describe('lazy memory', () => {
       assert.equal(new Uint32Array(memory.buffer, 7 * PAGE_SIZE, 1)[0], 7);
     } finally {
       await memory.close();
+    }
+  });
+
+  test('close() leaves no userfaultfd open, whatever the policy (the watchdog\'s reference included)', async () => {
+    const before = openUffdCount();
+    for (const onHandlerLost of ['poison', 'kill', 'freeze'] as const) {
+      const memory = await LazyMemory.create({ source: { kind: 'zero', sizeBytes: PAGES * PAGE_SIZE }, onHandlerLost });
+      assert.equal(new Uint8Array(memory.buffer)[3 * PAGE_SIZE], 0);
+      await memory.close();
+      assert.equal(openUffdCount(), before, `${onHandlerLost}: a uffd stayed open`);
+    }
+  });
+
+  test('a process that leaves a lazy memory open still exits on its own, and waits for an answer it awaits', () => {
+    for (const how of ['natural', 'await-stats']) {
+      const run = runFixture('exit-probe.js', ['buffer', how], 10_000);
+      assert.equal(run.timedOut, false, `${how}: the idle pager kept the process alive`);
+      assert.equal(run.status, 0, `${how}: ${run.stderr}`);
+      assert.equal(run.lines.find((l) => l.phase === 'served')?.value, 7 * 16);
+      if (how === 'await-stats') assert.ok(run.lines.some((l) => l.phase === 'stats'), 'the awaited answer came');
     }
   });
 });
