@@ -11,7 +11,9 @@
 // times in ms to 0.1; --json numbers are rounded to 0.01.
 import { resolve } from 'node:path';
 import { Option, type Command } from 'commander';
-import { exitCodeFor } from '../exit-codes.js';
+import { ExitCode, exitCodeFor } from '../exit-codes.js';
+import type { MigrationProgress } from '../migrate/source-migration.js';
+import { isLoopbackHost, parseHostPort } from '../pages/address.js';
 import { callControlApi } from '../vm/control-api.js';
 import { ControlApiError, VmError, VmUsageError } from '../vm/errors.js';
 import type { LazyRestoreOptions } from '../vm/memory/lazy-guest-memory.js';
@@ -229,6 +231,72 @@ export function registerVmCommands(program: Command): void {
       });
     });
 
+  vm.command('receive')
+    .description('wait for one VM to be live-migrated here (vm migrate on its source), then run it as its VMM')
+    .requiredOption('--listen <host:port>', 'where the source connects (127.0.0.1 unless --allow-remote; port 0: any)')
+    .option('--allow-remote', 'listen on an address other hosts can reach (the migration stream is not authenticated yet: a trusted network only)')
+    .option('--api-sock <path>', 'serve the control socket here once the guest runs')
+    .option('--log <file>', 'also write the console to this file')
+    .option('--no-stdin', 'do not forward the terminal to the guest\'s COM1')
+    .option('--json', 'report VMM events as JSON lines (one object per line) on stderr')
+    .action(async (options: CommonRunOptions & { listen: string; allowRemote?: boolean }) => {
+      await handled(options.json, async () => {
+        const listen = parseHostPort(options.listen, '--listen HOST:PORT');
+        if (!isLoopbackHost(listen.host) && !options.allowRemote) {
+          throw new VmUsageError(['--listen', '--allow-remote'], `--listen ${options.listen} is reachable from other hosts; the migration stream is not authenticated: add --allow-remote to mean it`);
+        }
+        if (!isLoopbackHost(listen.host)) process.stderr.write(`vm: warning: listening on ${options.listen}, reachable from other hosts\n`);
+        return runVmmProcess({
+          command: 'receive',
+          listen,
+          apiSock: options.apiSock === undefined ? undefined : resolve(options.apiSock),
+          log: options.log,
+          forwardStdin: options.stdin && process.stdin.isTTY === true,
+          report: reporter(options.json),
+        });
+      });
+    });
+
+  vm.command('migrate')
+    .description('live-migrate a running VM to a destination waiting with vm receive: pre-copy, then post-copy (hybrid), verified end to end')
+    .requiredOption('--api-sock <path>', 'the source VM\'s control socket')
+    .requiredOption('--to <host:port>', 'the destination (vm receive --listen)')
+    .addOption(new Option('--mode <mode>', 'precopy: rounds then stop-and-copy; postcopy: switch at once, fetch on demand; hybrid: rounds, then post-copy when they do not converge').choices(['precopy', 'postcopy', 'hybrid']).default('hybrid'))
+    .addOption(new Option('--downtime-ms <ms>', 'pre-copy stops when the expected downtime is under this').default('300'))
+    .addOption(new Option('--max-rounds <n>', 'pre-copy rounds at most (the full first pass included)').default('10'))
+    .option('--json', 'print only the final report, as one JSON object')
+    .action(async (options: SocketOptions & { to: string; mode: 'precopy' | 'postcopy' | 'hybrid'; downtimeMs: string; maxRounds: string }) => {
+      await handled(options.json, async () => {
+        const downtimeMs = countOption('--downtime-ms', options.downtimeMs, 1);
+        const maxRounds = countOption('--max-rounds', options.maxRounds, 1);
+        parseHostPort(options.to.replace(/^tcp:\/\//, ''), '--to HOST:PORT');
+        const progress = options.json ? undefined : new MigrationProgressView();
+        let done = false;
+        const poll = (async () => {
+          while (!done) {
+            await new Promise((r) => setTimeout(r, 200));
+            if (done || !progress) continue;
+            try {
+              progress.show((await callControlApi(options.apiSock, 'GET', '/migrate')) as MigrationProgress);
+            } catch {
+              // Not started yet, or the source ended (its last word is the PUT's answer).
+            }
+          }
+        })();
+        let report: MigrationProgress;
+        try {
+          report = (await callControlApi(options.apiSock, 'PUT', '/migrate', { to: options.to, mode: options.mode, downtime_ms: downtimeMs, max_rounds: maxRounds, wait: true })) as MigrationProgress;
+        } finally {
+          done = true;
+          await poll;
+          progress?.end();
+        }
+        if (options.json) printJson(report);
+        else for (const line of formatMigrationReport(report)) console.log(line);
+        return report.verified === false ? ExitCode.CHECK_FAILED : 0;
+      });
+    });
+
   vm.command('stop')
     .description('end a running VM')
     .requiredOption('--api-sock <path>', 'the VM\'s control socket')
@@ -413,5 +481,47 @@ export function formatStatus(status: VmStatus): string[] {
     lines.push(`restored ${status.restore.mode}, ready in ${status.restore.readyMs.toFixed(1)} ms`);
     if (status.restore.memory) lines.push(...formatLazyMemory(status.restore.memory));
   }
+  return lines;
+}
+
+/** Progress on a terminal (one line, rewritten), or a line per phase or round when stdout is not one. */
+class MigrationProgressView {
+  private last = '';
+  private readonly tty = process.stderr.isTTY === true;
+
+  show(p: MigrationProgress): void {
+    const line = formatMigrationProgress(p);
+    if (this.tty) process.stderr.write(`\r\x1b[2K${line}`);
+    else if (`${p.state}/${p.round}` !== this.last) process.stderr.write(`${line}\n`);
+    this.last = `${p.state}/${p.round}`;
+  }
+
+  end(): void {
+    if (this.tty) process.stderr.write('\n');
+  }
+}
+
+/** Like QEMU's info migrate: phase, round, transferred / remaining, rate, dirty rate, zero pages, post-copy requests, elapsed, expected downtime. */
+export function formatMigrationProgress(p: MigrationProgress): string {
+  const remaining = formatBytes(p.remainingPages * 4096);
+  const parts = [
+    `${p.state}${p.state === 'precopy' ? ` round ${p.round + 1}` : ''}`,
+    `${formatBytes(p.transferredBytes)} sent, ${remaining} to go`,
+    `${formatBytes(p.rateBytesPerSecond)}/s`,
+  ];
+  if (p.state === 'precopy') parts.push(`dirtying ${p.dirtyPagesPerSecond} pages/s`);
+  parts.push(`${p.zeroPagesSent} zero pages`);
+  if (p.postcopyRequests || p.pushedPages) parts.push(`${p.postcopyRequests} demanded, ${p.pushedPages} pushed`);
+  parts.push(`${(p.elapsedMs / 1000).toFixed(1)} s`);
+  if (p.expectedDowntimeMs !== undefined) parts.push(`expected downtime ${p.expectedDowntimeMs.toFixed(1)} ms`);
+  return `migrate: ${parts.join(', ')}`;
+}
+
+export function formatMigrationReport(p: MigrationProgress): string[] {
+  const lines = [`migrated (${p.mode}, ${p.switchoverReason ?? p.state}) in ${(p.elapsedMs / 1000).toFixed(2)} s: ${p.round} pre-copy round(s), ${formatBytes(p.transferredBytes)} sent ` +
+    `(${p.dataPagesSent + p.pushedPages} data pages, ${p.zeroPagesSent} zero pages as markers), ${p.postcopyRequests} post-copy requests`];
+  const d = p.downtime;
+  if (d) lines.push(`downtime ${d.totalMs.toFixed(1)} ms: pause ${d.pauseMs.toFixed(1)}, final sync ${d.finalSyncMs.toFixed(1)}, state ${d.stateEncodeMs.toFixed(1)}, send ${d.sendMs.toFixed(1)}, destination load ${d.destinationLoadMs.toFixed(1)}, resume ${d.destinationResumeMs.toFixed(1)} ms`);
+  lines.push(p.verified ? 'verified: every page the destination installed matches what was sent' : `NOT verified: ${p.differingBatches ?? '?'} batch(es) of pages differ`);
   return lines;
 }

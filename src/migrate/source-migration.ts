@@ -201,6 +201,9 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
     if (isPastSwitchover(this.stateValue) || this.stateValue === 'switchover') throw new MigrationError(`the migration is ${this.stateValue}: past switchover it cannot be cancelled (the guest runs on the destination)`);
     if (isFinal(this.stateValue)) throw new MigrationError(`the migration is already ${this.stateValue}`);
     this.cancelRequested = new MigrationCancelledError(reason);
+    // A send may be waiting for a destination that stopped reading: ending the connections ends the wait.
+    this.main?.destroy(this.cancelRequested);
+    this.urgent?.destroy(this.cancelRequested);
   }
 
   /** Run the migration to its end: resolves at completion; rejects (guest still here) when it fails or is cancelled before switchover. */
@@ -224,10 +227,11 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
       if (decision.next === 'postcopy') await this.postcopy();
       await this.awaitCompletion();
       return this.progress();
-    } catch (error) {
-      this.failure = error as Error;
+    } catch (caught) {
+      const error = this.cancelRequested ?? (caught as Error);
+      this.failure = error;
       // Before the commit (GO) the guest is still this side's: resume it here.
-      if (!switchedOver && !isPastSwitchover(this.stateValue)) await this.abandon(error as Error);
+      if (!switchedOver && !isPastSwitchover(this.stateValue)) await this.abandon(error);
       throw error;
     } finally {
       this.stopTracking();
@@ -539,6 +543,7 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
   /** A connection failed or the destination gave up: every wait fails; before switchover run() cleans up. */
   private lost(error: Error): void {
     if (this.failure || isFinal(this.stateValue)) return;
+    if (this.cancelRequested) error = this.cancelRequested;
     this.failure = error;
     for (const waiter of this.replies.values()) waiter.reject(error);
     this.replies.clear();
@@ -562,7 +567,8 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
       await this.target.resumeVcpus().catch(() => {});
     }
     const text = error.message.slice(0, 1000);
-    if (this.main && !this.main.isEnded) await this.main.send({ type: 'mig-cancel', text }).catch(() => {});
+    // Told if it still listens; a destination that does not read is not waited for.
+    if (this.main && !this.main.isEnded) await Promise.race([this.main.send({ type: 'mig-cancel', text }).catch(() => {}), new Promise((r) => setTimeout(r, 1000).unref())]);
     this.main?.close();
     this.urgent?.close();
     if (!isFinal(this.stateValue)) this.move(error instanceof MigrationCancelledError ? 'cancel' : 'fail');

@@ -10,8 +10,9 @@
 //   PUT   /serial/input {"data": "text"}        -> 204 (bytes for COM1)
 //   PUT   /actions {"action_type": "Stop"}      -> 204 (ends the VM)
 //   PUT   /migrate {"to": "HOST:PORT", "mode": "precopy"|"postcopy"|"hybrid",
-//                   "downtime_ms": N, "max_rounds": N}
-//                             -> 202 {state} (the migration runs on; GET /migrate follows it)
+//                   "downtime_ms": N, "max_rounds": N, "wait": BOOL}
+//                             -> 202 {state} (the migration runs on; GET /migrate follows it),
+//                                or with wait, 200 the final report once it ended (an error status if it failed)
 //   GET   /migrate            -> 200 the migration's progress (source or destination), 404 if none
 //   PUT   /migrate/cancel     -> 200 {state} (before switchover only; 409 after)
 //
@@ -129,7 +130,9 @@ export async function startControlApi(vmm: Vmm, socketPath: string, options: Con
     close: () => {
       closing ??= new Promise<void>((resolve) => {
         server.close(() => resolve());
-        server.closeAllConnections();
+        // Answers being written (a migration's final report) get a moment to go out; idle connections end now.
+        server.closeIdleConnections();
+        setTimeout(() => server.closeAllConnections(), 1000).unref();
         removeSocketFile(socketPath, inode);
       });
       return closing;
@@ -172,7 +175,9 @@ async function route(vmm: Vmm, req: IncomingMessage, res: ServerResponse, option
     parseMigrationAddress(to);
     vmm.check('migrate');
     const running = vmm.migrate({ to, mode, downtimeMs, maxRounds });
-    // It runs on; its end is in GET /migrate (and the VMM's log).
+    // With "wait": true the answer is the final report (the VMM ends after a completed migration: this is the last word).
+    if (field(body, 'wait') === true) return reply(res, 200, await running);
+    // Otherwise it runs on; its end is in GET /migrate (and the VMM's log).
     running.catch(() => {});
     return reply(res, 202, { state: 'migrating' });
   }
