@@ -475,11 +475,21 @@ function formatLazyMemory(memory: NonNullable<NonNullable<VmStatus['restore']>['
 
 export function formatStatus(status: VmStatus): string[] {
   const lines = [`state: ${status.state}, memory ${formatBytes(status.memoryBytes)}`];
-  for (const v of status.vcpus) lines.push(`vCPU ${v.id}: ${v.state}, ${v.counters.exits} exits (${v.counters.ioExits} port I/O), ${v.counters.kicks} kicks`);
+  for (const v of status.vcpus) {
+    const blocked = v.blockedOnMemoryMs === undefined ? '' : `, blocked on missing pages ${v.blockedOnMemoryMs.toFixed(1)} ms`;
+    lines.push(`vCPU ${v.id}: ${v.state}, ${v.counters.exits} exits (${v.counters.ioExits} port I/O), ${v.counters.kicks} kicks${blocked}`);
+  }
   if (status.exitReason) lines.push(`exit: ${JSON.stringify(status.exitReason)}`);
   if (status.restore) {
-    lines.push(`restored ${status.restore.mode}, ready in ${status.restore.readyMs.toFixed(1)} ms`);
+    lines.push(`restored ${status.restore.mode} from ${status.restore.source}, ready in ${status.restore.readyMs.toFixed(1)} ms`);
     if (status.restore.memory) lines.push(...formatLazyMemory(status.restore.memory));
+  }
+  const migration = status.migration;
+  if (migration?.role === 'source') lines.push(formatMigrationProgress(migration));
+  else if (migration?.role === 'destination') {
+    const m = migration;
+    lines.push(`migration in: ${m.state}, pre-copy ${m.dataPagesReceived} data and ${m.zeroPagesReceived} zero pages, post-copy ${m.demandReads} demanded and ${m.pushedPages} pushed` +
+      (m.verified === undefined ? '' : m.verified ? ', verified' : ', NOT verified'));
   }
   return lines;
 }

@@ -221,6 +221,14 @@ export class Pager extends EventEmitter<PagerEvents> {
     return this.metrics.snapshot();
   }
 
+  /**
+   * Microseconds each faulting thread spent blocked on missing pages, by its
+   * thread id (needs UFFD_FEATURE_THREAD_ID on the uffd; without it, empty).
+   */
+  blocktime(): Map<number, number> {
+    return this.waiters.blocktime();
+  }
+
   /** Pages first demanded by faults, in order, as image page indices (needs recordWorkingSet). */
   workingSet(): Uint32Array {
     return Uint32Array.from(this.workingSetOrder);
@@ -356,7 +364,7 @@ export class Pager extends EventEmitter<PagerEvents> {
       this.demanded[index] = 1;
       this.workingSetOrder.push(index);
     }
-    this.waiters.add(index, now);
+    this.waiters.add(index, now, fault.threadId);
     switch (this.states.get(index)) {
       case PageState.MISSING:
         this.startDemandFetch(index);

@@ -22,6 +22,7 @@ import { LazyGuestMemory, type LazyMemoryReport, type LazyRestoreOptions } from 
 import type { SnapshotFile, SnapshotWriteSummary } from '../snapshot/index.js';
 import type { PageSource } from '../sources/page-source.js';
 import { SourceMigration, type MigrateOptions, type MigrationProgress } from '../migrate/source-migration.js';
+import type { DestinationProgress } from '../migrate/destination-migration.js';
 import { SnapshotCorruptError } from '../snapshot/errors.js';
 import { machineConfigProblem, type MachineConfig } from './machine-config.js';
 import { checkSnapshotPath, writeVmSnapshot } from './persist/vm-snapshot.js';
@@ -72,12 +73,13 @@ export interface RestoreOptions {
 export interface VmStatus {
   state: VmLifecycleState;
   memoryBytes: number;
-  vcpus: { id: number; state: VcpuRunState; counters: VcpuCounters }[];
+  /** blockedOnMemoryMs: a lazily restored (or post-copy migrated) VM's time this vCPU spent blocked on missing pages (QEMU's postcopy-blocktime, per vCPU). */
+  vcpus: { id: number; state: VcpuRunState; counters: VcpuCounters; blockedOnMemoryMs?: number }[];
   exitReason: GuestExitReason | undefined;
   /** How the VM was restored (and from what), with the lazy pager's counters while it serves. */
   restore?: RestoreTimings & { mode: 'eager' | 'lazy'; source: string; memory?: LazyMemoryReport };
   /** A live migration of this VM, out (source) or in (destination), while it runs and once it ended. */
-  migration?: { role: 'source' | 'destination' } & Record<string, unknown>;
+  migration?: MigrationProgress | DestinationProgress;
 }
 
 /** Where the time of a restore went, in ms from the start of Vmm.restore. */
@@ -184,6 +186,11 @@ class VcpuHandle {
 
   async terminate(): Promise<void> {
     await this.worker.terminate();
+  }
+
+  /** The vCPU thread's kernel id (a fault message names it). */
+  get threadId(): number {
+    return this.tid;
   }
 }
 
@@ -411,15 +418,18 @@ export class Vmm {
     return {
       state: this.state,
       memoryBytes: this.machine.memoryBytes,
-      vcpus: this.handles.map((h) => ({ id: h.vcpu.id, state: h.state, counters: h.counters })),
+      vcpus: this.handles.map((h) => {
+        const blocked = this.lazyMemory?.report().blocktimeByThread[String(h.threadId)];
+        return { id: h.vcpu.id, state: h.state, counters: h.counters, ...(blocked === undefined ? {} : { blockedOnMemoryMs: Math.round(blocked / 10) / 100 }) };
+      }),
       exitReason: this.exitReasonValue,
       ...(this.restoreInfo ? { restore: { ...this.restoreInfo, ...(this.lazyMemory ? { memory: this.lazyMemory.report() } : {}) } } : {}),
-      ...(this.migrationStatus ? { migration: this.migrationStatus() as VmStatus['migration'] } : {}),
+      ...(this.migrationStatus ? { migration: this.migrationStatus() } : {}),
     };
   }
 
   /** The live migration's progress, for status (set by the migration's owner: migrate() here, the destination for an incoming VM). */
-  migrationStatus: (() => { role: 'source' | 'destination' } & object) | undefined;
+  migrationStatus: (() => MigrationProgress | DestinationProgress) | undefined;
 
   /** The lazy pager's counters (undefined unless restored lazily). */
   lazyMemoryReport(): LazyMemoryReport | undefined {

@@ -66,6 +66,8 @@ export interface LazyMemoryReport {
   storedPagesPending: number;
   pages: PageCounts;
   metrics: PagerMetricsSnapshot;
+  /** µs each faulting thread (by thread id) spent blocked on missing pages (the VMM maps them to vCPUs). */
+  blocktimeByThread: Record<string, number>;
   /** Every stored page present and the pager detached (memory is ordinary memory now). */
   complete: boolean;
   /** ms from start() to completion, when complete. */
@@ -94,6 +96,7 @@ export class LazyGuestMemory {
   private finalMetrics: PagerMetricsSnapshot | undefined;
   private finalPages: PageCounts | undefined;
   private finalPending: number | undefined;
+  private finalBlocktime: Map<number, number> | undefined;
   verifyMs: number | undefined;
   private readonly dataPages: number;
   private streaming = false;
@@ -115,7 +118,8 @@ export class LazyGuestMemory {
   static start(memory: GuestMemory, source: PageSource, options: LazyRestoreOptions, onFailure: (error: GuestMemoryUnavailableError) => void): LazyGuestMemory {
     // No non-cooperative events: the VMM never unmaps or remaps guest RAM while it
     // is registered (and with EVENT_UNMAP a munmap would wait for us to read it).
-    const uffd = Userfaultfd.open({ features: [], userModeOnly: false });
+    // THREAD_ID: each fault names its thread, so the time each vCPU spends blocked on pages is known.
+    const uffd = Userfaultfd.open({ features: [], optionalFeatures: ['THREAD_ID'], userModeOnly: false });
     const registered: GuestMemory['regions'][number][] = [];
     let lazy: LazyGuestMemory | undefined;
     try {
@@ -227,6 +231,7 @@ export class LazyGuestMemory {
       storedPagesPending: this.finalPending ?? pager.pendingPages,
       pages: this.finalPages ?? pager.pageCounts(),
       metrics: this.finalMetrics ?? pager.snapshotMetrics(),
+      blocktimeByThread: Object.fromEntries([...(this.finalBlocktime ?? pager.blocktime())].map(([tid, micros]) => [String(tid), Math.round(micros)])),
       complete: this.completedMs !== undefined && this.detached,
     };
     if (this.completedMs !== undefined) report.completedMs = +this.completedMs.toFixed(1);
@@ -247,5 +252,6 @@ export class LazyGuestMemory {
     this.finalMetrics = pager.snapshotMetrics();
     this.finalPages = pager.pageCounts();
     this.finalPending = pager.pendingPages;
+    this.finalBlocktime = pager.blocktime();
   }
 }
