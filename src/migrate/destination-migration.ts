@@ -63,6 +63,8 @@ export interface DestinationProgress {
   verified?: boolean;
   differingBatches?: number;
   error?: { code: string; message: string };
+  /** Post-copy cuts survived. */
+  recoveries?: number;
   /** The last connection loss and why (post-copy waits for the source to come back). */
   connectionLost?: { code: string; message: string };
 }
@@ -93,6 +95,7 @@ export class DestinationMigration extends EventEmitter<DestinationMigrationEvent
   private postcopy = false;
   private building: Promise<void> | undefined;
   private readonly stats = { dataPagesReceived: 0, zeroPagesReceived: 0, rounds: 0, stalePages: 0 };
+  private recoveries = 0;
   private loadMs: number | undefined;
   private resumeMs: number | undefined;
   private verified: { ok: boolean; differing: number } | undefined;
@@ -100,6 +103,10 @@ export class DestinationMigration extends EventEmitter<DestinationMigrationEvent
   /** Why a connection ended last (a post-copy cut is not a failure, but its reason is worth seeing). */
   private connectionError: Error | undefined;
   private nextRequestId = 1;
+  /** A reconnect's main connection came; its urgent one is taken even though one was had. */
+  private reconnecting = false;
+  /** COMPLETE sent, its verdict awaited: resent after a reconnect. */
+  private awaitingVerdict: { requestId: number } | undefined;
   private readonly replies = new Map<number, (message: AnyMessage) => void>();
   private readonly runningSignal: Promise<Vmm>;
   private resolveRunning!: (vmm: Vmm) => void;
@@ -170,6 +177,7 @@ export class DestinationMigration extends EventEmitter<DestinationMigrationEvent
     if (this.mode) progress.mode = this.mode;
     if (this.pages) progress.guestPages = this.pages;
     if (this.loadMs !== undefined) progress.loadMs = this.loadMs;
+    if (this.recoveries) progress.recoveries = this.recoveries;
     if (this.resumeMs !== undefined) progress.resumeMs = this.resumeMs;
     if (this.verified) {
       progress.verified = this.verified.ok;
@@ -190,34 +198,53 @@ export class DestinationMigration extends EventEmitter<DestinationMigrationEvent
 
   // ---- connections -------------------------------------------------------------
 
-  /** Which connections this destination takes: the first session's main, then that session's urgent, once each. */
+  /**
+   * Which connections this destination takes: the first session's main, then
+   * that session's urgent, once each — and after a cut in post-copy, that same
+   * session's main and urgent again (a reconnect; RESUME follows).
+   */
   private decide(channel: SourceChannel, sessionId: Uint8Array): string | undefined {
     if (isFinal(this.stateValue)) return `this destination is ${this.stateValue}`;
+    const reconnecting = this.stateValue === 'postcopy' || this.stateValue === 'postcopy-paused';
     if (channel === 'main') {
-      if (this.sessionId) return sameSession(this.sessionId, sessionId) ? 'this session already has its main connection' : 'this destination is receiving another migration';
+      if (!this.sessionId) return undefined;
+      if (!sameSession(this.sessionId, sessionId)) return 'this destination is receiving another migration';
+      if (!reconnecting) return 'this session already has its main connection';
       return undefined;
     }
     if (!this.sessionId || !sameSession(this.sessionId, sessionId)) return 'an urgent connection for a session that has no main connection here';
-    if (this.urgent) return 'this session already has its urgent connection';
+    if (this.urgent && !this.reconnecting) return 'this session already has its urgent connection';
     return undefined;
   }
 
   private onChannel(accepted: AcceptedChannel): void {
-    if (accepted.channel === 'main') {
-      this.sessionId = accepted.sessionId;
-      this.main = accepted.socket;
-      this.main.pageSizeBytes = PAGE_SIZE;
-      this.move('accepted');
-    } else {
-      this.urgent = accepted.socket;
-    }
     const socket = accepted.socket;
+    if (accepted.channel === 'main') {
+      if (this.main) {
+        // A reconnect: the old connections are dead or dying (a half-open one may not know yet).
+        this.reconnecting = true;
+        const old = [this.main, this.urgent];
+        this.main = socket;
+        this.urgent = undefined;
+        for (const dead of old) dead?.destroy();
+        if (this.stateValue === 'postcopy') this.move('lost');
+      } else {
+        this.sessionId = accepted.sessionId;
+        this.main = socket;
+        this.move('accepted');
+      }
+      socket.pageSizeBytes = PAGE_SIZE;
+    } else {
+      this.urgent = socket;
+    }
     socket.on('message', (message, requestId) => this.onMessage(message, requestId, socket));
     socket.on('end', (error) => this.onEnd(socket, error));
   }
 
   private onEnd(socket: FramedSocket, error: Error | undefined): void {
     if (isFinal(this.stateValue)) return;
+    // A connection a reconnect replaced ends without news.
+    if (socket !== this.main && socket !== this.urgent) return;
     const why = error ?? new IncomingMigrationError(`${socket.name} closed`);
     this.connectionError = why;
     if (this.stateValue === 'postcopy') {
@@ -254,6 +281,9 @@ export class DestinationMigration extends EventEmitter<DestinationMigrationEvent
         void this.go(requestId).catch((error: Error) => this.fail(error));
         return;
       case 'mig-all-sent':
+        return;
+      case 'mig-resume':
+        void this.resume(requestId).catch((error: Error) => this.fail(error));
         return;
       case 'mig-verified':
         this.replies.get(requestId)?.(message);
@@ -396,13 +426,41 @@ export class DestinationMigration extends EventEmitter<DestinationMigrationEvent
     void this.finish().catch((error: Error) => this.fail(error));
   }
 
+  /**
+   * After a cut: the source is back on new connections. Answer with what is
+   * here (RESUMED: a bit per page the source need not send again), re-send
+   * every READ still waiting on the new connections, and COMPLETE again if
+   * its verdict was lost with the old ones.
+   */
+  private async resume(requestId: number): Promise<void> {
+    if (this.stateValue !== 'postcopy-paused' || !this.vmm || !this.pageSource || !this.urgent) {
+      throw new IncomingMigrationError(`RESUME while ${this.stateValue}${this.urgent ? '' : ' (no urgent connection yet)'}`);
+    }
+    const has = new PageBitmap(this.pages);
+    const present = this.vmm.incomingPagePresent();
+    for (let page = 0; page < this.pages; page++) if (present(page) || this.knownZero!.get(page)) has.set(page);
+    this.pageSource.attach(this.main!, this.urgent);
+    this.reconnecting = false;
+    this.move('resumed');
+    this.recoveries++;
+    await this.main!.send({ type: 'mig-resumed', pageCount: this.pages, bitmap: has.bytes.subarray(0, Math.ceil(this.pages / 8)) }, requestId);
+    if (this.awaitingVerdict) await this.sendComplete(this.awaitingVerdict.requestId);
+  }
+
+  private sendComplete(requestId: number): Promise<void> {
+    return this.main!.send({ type: 'mig-complete', batchPages: DIGEST_BATCH_PAGES, digests: this.digests!.batchDigests() }, requestId);
+  }
+
   /** Every page in: detach the pager, send the digests, hear the verdict. */
   private async finish(): Promise<void> {
     if (this.postcopy) await this.vmm!.completeMemory();
     const requestId = this.nextRequestId++;
     const verdict = new Promise<AnyMessage>((resolve) => this.replies.set(requestId, resolve));
-    await this.main!.send({ type: 'mig-complete', batchPages: DIGEST_BATCH_PAGES, digests: this.digests!.batchDigests() }, requestId);
+    this.awaitingVerdict = { requestId };
+    // A cut now is survived: resume() sends it again.
+    await this.sendComplete(requestId).catch(() => {});
     const answer = await verdict;
+    this.awaitingVerdict = undefined;
     if (answer.type !== 'mig-verified') throw new IncomingMigrationError(`COMPLETE answered with ${answer.type}`);
     this.verified = { ok: answer.ok, differing: answer.differingCount };
     this.move('complete');

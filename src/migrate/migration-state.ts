@@ -70,7 +70,8 @@ const SOURCE: Readonly<Record<SourceMigrationState, Partial<Record<MigrationEven
   precopy: { switchover: 'switchover', cancel: 'cancelled', fail: 'failed' },
   // Paused, state sent: until the destination says it runs, the guest can still resume here.
   switchover: { 'dest-running': 'postcopy', 'all-sent': 'completing', fail: 'failed' },
-  postcopy: { lost: 'postcopy-paused', 'all-sent': 'completing' },
+  // The destination may have every page before the push reaches its end (it already had them, or demanded them).
+  postcopy: { lost: 'postcopy-paused', 'all-sent': 'completing', complete: 'completed' },
   'postcopy-paused': { resumed: 'postcopy' },
   completing: { complete: 'completed', lost: 'postcopy-paused' },
   completed: {},

@@ -52,6 +52,8 @@ export interface MigrateOptions {
   /** Default 10. */
   maxRounds?: number;
   connectTimeoutMs?: number;
+  /** After a cut in post-copy, how long to keep reconnecting before waiting for `--resume` (default 60 s). */
+  reconnectDeadlineMs?: number;
 }
 
 /** Where the guest-stopped time went, ms (the VMM's clock). */
@@ -95,6 +97,9 @@ export interface MigrationProgress {
   expectedDowntimeMs: number | undefined;
   /** Why pre-copy stopped, once it did. */
   switchoverReason?: string;
+  /** Post-copy cuts survived, and how long the last one took to recover from (ms, loss to RESUMED). */
+  recoveries?: number;
+  lastRecoveryMs?: number;
   downtime?: DowntimeBreakdown;
   /** Every page the destination installed matches what was sent (known at completion). */
   verified?: boolean;
@@ -143,11 +148,16 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
   private failure: Error | undefined;
   private completion: { resolve: () => void; reject: (error: Error) => void } | undefined;
   private readonly zeroPage = Buffer.alloc(PAGE_SIZE);
-  private readonly stats = { round: 0, dataPagesSent: 0, zeroPagesSent: 0, postcopyRequests: 0, pushedPages: 0, rateBytesPerSecond: 0, dirtyPagesPerSecond: 0 };
+  private readonly stats = { round: 0, dataPagesSent: 0, zeroPagesSent: 0, postcopyRequests: 0, pushedPages: 0, rateBytesPerSecond: 0, dirtyPagesPerSecond: 0, recoveries: 0 };
   private switchoverReason: string | undefined;
   private downtime: DowntimeBreakdown | undefined;
   private verified: { ok: boolean; differing: number } | undefined;
   private postcopyStartedAt = 0;
+  private readonly address: { host: string; port: number };
+  private readonly sessionId = newSessionId();
+  private resumeRequested: (() => void) | undefined;
+  private lostAt: number | undefined;
+  private lastRecoveryMs: number | undefined;
   private postcopyBytesAtStart = 0;
 
   constructor(private readonly target: MigratableVm, private readonly options: MigrateOptions) {
@@ -157,6 +167,7 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
     this.pages = target.memory.lengthBytes / PAGE_SIZE;
     this.digests = new PageDigestTable(this.pages, PAGE_SIZE);
     this.pending = new PageBitmap(this.pages);
+    this.address = parseMigrationAddress(options.to);
   }
 
   get state(): SourceMigrationState {
@@ -183,6 +194,10 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
       expectedDowntimeMs: isPastSwitchover(this.stateValue) ? undefined : finiteOr(round2(this.policy.expectedDowntimeMs(this.pending.count(), PAGE_SIZE))),
     };
     if (this.switchoverReason) progress.switchoverReason = this.switchoverReason;
+    if (this.stats.recoveries) {
+      progress.recoveries = this.stats.recoveries;
+      if (this.lastRecoveryMs !== undefined) progress.lastRecoveryMs = this.lastRecoveryMs;
+    }
     if (this.downtime) progress.downtime = this.downtime;
     if (this.verified) {
       progress.verified = this.verified.ok;
@@ -209,23 +224,15 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
   /** Run the migration to its end: resolves at completion; rejects (guest still here) when it fails or is cancelled before switchover. */
   async run(): Promise<MigrationProgress> {
     this.move('start');
-    const address = parseMigrationAddress(this.options.to);
-    const sessionId = newSessionId();
-    const timeout = this.options.connectTimeoutMs ?? 5000;
     let switchedOver = false;
     try {
-      this.main = await connectChannel(address, 'main', sessionId, timeout);
-      this.main.pageSizeBytes = PAGE_SIZE;
-      this.listen(this.main);
-      this.urgent = await connectChannel(address, 'urgent', sessionId, timeout);
-      this.listen(this.urgent);
+      await this.connect();
       await this.call({ type: 'mig-begin', mode: this.mode, pageSizeBytes: PAGE_SIZE, memoryBytes: this.target.memory.lengthBytes, machineJson: JSON.stringify(this.target.machine) }, 'mig-accept');
       this.move('connected');
       const decision = await this.precopy();
       await this.switchover(decision);
       switchedOver = true;
-      if (decision.next === 'postcopy') await this.postcopy();
-      await this.awaitCompletion();
+      await this.afterSwitchover();
       return this.progress();
     } catch (caught) {
       const error = this.cancelRequested ?? (caught as Error);
@@ -236,6 +243,87 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
     } finally {
       this.stopTracking();
     }
+  }
+
+  /** Both connections, one session (the same session id on every reconnect). */
+  private async connect(): Promise<void> {
+    const timeout = this.options.connectTimeoutMs ?? 5000;
+    const main = await connectChannel(this.address, 'main', this.sessionId, timeout);
+    main.pageSizeBytes = PAGE_SIZE;
+    let urgent: FramedSocket;
+    try {
+      urgent = await connectChannel(this.address, 'urgent', this.sessionId, timeout);
+    } catch (error) {
+      main.destroy();
+      throw error;
+    }
+    this.main = main;
+    this.urgent = urgent;
+    this.listen(main);
+    this.listen(urgent);
+  }
+
+  /**
+   * Post-copy to its end, surviving cuts: a lost connection pauses the
+   * migration (the guest runs there, blocked on pages only this side has),
+   * and it goes on once the connections are back.
+   */
+  private async afterSwitchover(): Promise<void> {
+    for (;;) {
+      try {
+        if (this.toSend && this.stateValue === 'postcopy') await this.postcopy();
+        await this.awaitCompletion();
+        return;
+      } catch (error) {
+        if (this.stateValue !== 'postcopy-paused') throw error;
+        await this.recover();
+      }
+    }
+  }
+
+  /**
+   * Reconnect with backoff until the deadline (options.reconnectDeadlineMs),
+   * then wait for a resume request (requestResume) and try again: after
+   * switchover a migration cannot just fail. On the new connections RESUME
+   * asks what the destination has (RESUMED: its bitmap, QEMU's RECV_BITMAP);
+   * every page it lacks is sent again, and it re-sends the READs it still
+   * waits on.
+   */
+  private async recover(): Promise<void> {
+    this.stats.recoveries++;
+    for (;;) {
+      const deadline = performance.now() + (this.options.reconnectDeadlineMs ?? 60_000);
+      let delayMs = 50;
+      while (performance.now() < deadline) {
+        try {
+          await this.connect();
+          this.failure = undefined;
+          const resumed = (await this.call({ type: 'mig-resume' }, 'mig-resumed')) as Extract<AnyMessage, { type: 'mig-resumed' }>;
+          if (resumed.pageCount !== this.pages) throw new MigrationRefusedError(`RESUMED describes ${resumed.pageCount} pages; the guest has ${this.pages}`);
+          const has = new PageBitmap(this.pages, resumed.bitmap);
+          this.toSend = new PageBitmap(this.pages);
+          for (let page = 0; page < this.pages; page++) if (!has.get(page)) this.toSend.set(page);
+          this.move('resumed');
+          this.lastRecoveryMs = round2(performance.now() - (this.lostAt ?? performance.now()));
+          return;
+        } catch {
+          this.main?.destroy();
+          this.urgent?.destroy();
+          await new Promise((r) => setTimeout(r, delayMs));
+          delayMs = Math.min(1000, delayMs * 2);
+        }
+      }
+      // Past the deadline: stay paused (nothing is lost on either side) until someone asks to resume.
+      await new Promise<void>((resolve) => (this.resumeRequested = resolve));
+    }
+  }
+
+  /** `vm migrate --resume`: try reconnecting again now (after the automatic attempts gave up). */
+  requestResume(): void {
+    if (this.stateValue !== 'postcopy-paused') throw new MigrationError(`the migration is ${this.stateValue}: only a paused post-copy resumes`);
+    const resume = this.resumeRequested;
+    this.resumeRequested = undefined;
+    resume?.();
   }
 
   // ---- pre-copy ----------------------------------------------------------------
@@ -395,6 +483,7 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
     let pushed = 0;
     while (toSend.count() > 0) {
       if (this.failure) throw this.failure;
+      if (this.stateValue !== 'postcopy') return;
       const run = this.nextPushRun(toSend);
       if (!run) break;
       const [firstPage, pageCount] = run;
@@ -413,6 +502,7 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
       // Let READs in between pushes: a demanded page must not wait for the stream.
       if (++pushed % 4 === 0) await new Promise((resolve) => setImmediate(resolve));
     }
+    if (this.stateValue !== 'postcopy') return;
     await this.main!.send({ type: 'mig-all-sent' });
     this.move('all-sent');
   }
@@ -482,6 +572,7 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
         case 'mig-accept':
         case 'mig-ready':
         case 'mig-running':
+        case 'mig-resumed':
           this.reply(requestId, message);
           return;
         case 'error':
@@ -509,6 +600,8 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
     });
     socket.on('end', (error) => {
       if (isFinal(this.stateValue)) return;
+      // A connection replaced by a reconnect ends without news.
+      if (socket !== this.main && socket !== this.urgent) return;
       this.lost(error ?? new MigrationError(`${socket.name} closed`));
     });
   }
@@ -540,7 +633,7 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
     waiter?.reject(error);
   }
 
-  /** A connection failed or the destination gave up: every wait fails; before switchover run() cleans up. */
+  /** A connection failed or the destination gave up: every wait fails; before switchover run() cleans up, after it the migration pauses. */
   private lost(error: Error): void {
     if (this.failure || isFinal(this.stateValue)) return;
     if (this.cancelRequested) error = this.cancelRequested;
@@ -548,9 +641,13 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
     for (const waiter of this.replies.values()) waiter.reject(error);
     this.replies.clear();
     this.completion?.reject(error);
-    if (isPastSwitchover(this.stateValue) && this.stateValue !== 'completing' && this.stateValue !== 'completed') {
-      // The guest runs on the destination and needs pages only this side has: pause, keep everything (recovery resumes here).
-      if (this.stateValue === 'postcopy') this.move('lost');
+    this.completion = undefined;
+    if (this.stateValue === 'postcopy' || this.stateValue === 'completing') {
+      // The guest runs on the destination and may need pages only this side has: keep everything, reconnect.
+      this.lostAt = performance.now();
+      this.move('lost');
+      this.main?.destroy();
+      this.urgent?.destroy();
     }
   }
 

@@ -15,6 +15,7 @@
 //                                or with wait, 200 the final report once it ended (an error status if it failed)
 //   GET   /migrate            -> 200 the migration's progress (source or destination), 404 if none
 //   PUT   /migrate/cancel     -> 200 {state} (before switchover only; 409 after)
+//   PUT   /migrate/resume     -> 200 {state} (a post-copy paused by a cut: reconnect now)
 //
 // Errors: {fault_message, code} with the status HTTP_STATUS below gives the
 // code: 400 a malformed request, 404 an unknown route, 409 a request the
@@ -185,6 +186,10 @@ async function route(vmm: Vmm, req: IncomingMessage, res: ServerResponse, option
     const status = vmm.status().migration;
     if (!status) throw new UnknownRouteError(method, path);
     return reply(res, 200, status);
+  }
+  if (path === '/migrate/resume' && method === 'PUT') {
+    vmm.resumeMigration();
+    return reply(res, 200, { state: vmm.status().migration?.state });
   }
   if (path === '/migrate/cancel' && method === 'PUT') {
     vmm.cancelMigration();

@@ -610,6 +610,18 @@ export class Vmm {
     });
   }
 
+  /** For an incoming migration's resume: whether a page is here already (pages still to come are the lazy pager's missing ones). */
+  incomingPagePresent(): (page: number) => boolean {
+    const lazy = this.lazyMemory;
+    return lazy ? (page) => lazy.hasPage(page) : () => true;
+  }
+
+  /** `vm migrate --resume`: reconnect a paused post-copy now. */
+  resumeMigration(): void {
+    if (!this.sourceMigration) throw new InvalidStateTransitionError(this.state, 'resume the migration of');
+    this.sourceMigration.requestResume();
+  }
+
   /** Cancel the outgoing migration (before switchover only; MigrationError after). */
   cancelMigration(): void {
     if (!this.sourceMigration) throw new InvalidStateTransitionError(this.state, 'cancel the migration of');

@@ -43,6 +43,10 @@
 //     0  u8    ok   1 u8[3] r   4 u32 differingCount   8 u32[min(differingCount, 64)] the first differing batches
 //   CANCEL 0x020b (either side)                           the migration is off (before switchover only)
 //     0  u16   textLengthBytes (<= 1024)   2 u8[] text, UTF-8
+//   RESUME 0x020e (a request, on a new main connection)    post-copy goes on after a cut
+//   RESUMED 0x020f (reply)                                 what the destination has (QEMU's RECV_BITMAP): the source
+//     0  u32   pageCount   4 u32 r                          sends every page whose bit is clear
+//     8  u8[ceil(pageCount/8)] bitmap
 import { ProtocolError, Reader, Writer, concatParts, decodeMessage, encodeFrameParts, type Context, type Frame, type Message } from '../../protocol/index.js';
 import { describeType } from '../../protocol/wire.js';
 import type { MigrationMode } from '../convergence.js';
@@ -62,6 +66,8 @@ export const MigrationMessageType = {
   CANCEL: 0x020b,
   READY: 0x020c,
   GO: 0x020d,
+  RESUME: 0x020e,
+  RESUMED: 0x020f,
 } as const;
 
 export const MAX_MACHINE_JSON_BYTES = 64 * 1024;
@@ -84,7 +90,9 @@ export type MigrationMessage =
   | { type: 'mig-all-sent' }
   | { type: 'mig-complete'; batchPages: number; digests: Uint8Array[] }
   | { type: 'mig-verified'; ok: boolean; differingCount: number; differing: number[] }
-  | { type: 'mig-cancel'; text: string };
+  | { type: 'mig-cancel'; text: string }
+  | { type: 'mig-resume' }
+  | { type: 'mig-resumed'; pageCount: number; bitmap: Uint8Array };
 
 export type MigrationMessageName = MigrationMessage['type'];
 
@@ -99,6 +107,8 @@ const TYPE_CODES: Readonly<Record<MigrationMessageName, number>> = {
   'mig-running': MigrationMessageType.RUNNING,
   'mig-ready': MigrationMessageType.READY,
   'mig-go': MigrationMessageType.GO,
+  'mig-resume': MigrationMessageType.RESUME,
+  'mig-resumed': MigrationMessageType.RESUMED,
   'mig-all-sent': MigrationMessageType.ALL_SENT,
   'mig-complete': MigrationMessageType.COMPLETE,
   'mig-verified': MigrationMessageType.VERIFIED,
@@ -108,8 +118,8 @@ const NAMES = new Map<number, MigrationMessageName>(Object.entries(TYPE_CODES).m
 const TYPE_LABELS = new Map<number, string>(Object.entries(MigrationMessageType).map(([name, code]) => [code, `MIG_${name}`]));
 
 /** Requests carry an id their reply echoes; the rest are unsolicited (0). */
-const REQUESTS = new Set<MigrationMessageName>(['mig-begin', 'mig-switchover', 'mig-go', 'mig-complete']);
-const REPLIES = new Set<MigrationMessageName>(['mig-accept', 'mig-ready', 'mig-running', 'mig-verified']);
+const REQUESTS = new Set<MigrationMessageName>(['mig-begin', 'mig-switchover', 'mig-go', 'mig-complete', 'mig-resume']);
+const REPLIES = new Set<MigrationMessageName>(['mig-accept', 'mig-ready', 'mig-running', 'mig-verified', 'mig-resumed']);
 
 function label(type: number): string {
   return TYPE_LABELS.get(type) ?? describeType(type);
@@ -171,7 +181,14 @@ function encodePayload(message: MigrationMessage): Uint8Array[] {
     case 'mig-accept':
     case 'mig-all-sent':
     case 'mig-go':
+    case 'mig-resume':
       return [];
+    case 'mig-resumed': {
+      const w = new Writer(8);
+      w.u32(message.pageCount);
+      w.zeros(4);
+      return [w.done(), message.bitmap];
+    }
     case 'mig-pages':
     case 'mig-zero': {
       const w = new Writer(16);
@@ -252,8 +269,16 @@ function decodePayload(type: MigrationMessageName, r: Reader, context: Context):
     case 'mig-accept':
     case 'mig-all-sent':
     case 'mig-go':
+    case 'mig-resume':
       r.lengthExactly(0);
       return { type };
+    case 'mig-resumed': {
+      r.lengthAtLeast(8);
+      const pageCount = r.u32();
+      r.reserved(4, 'reserved');
+      r.lengthExactly(8 + Math.ceil(pageCount / 8));
+      return { type, pageCount, bitmap: r.rest() };
+    }
     case 'mig-pages': {
       r.lengthAtLeast(16);
       const firstPage = r.u64('firstPage');
@@ -370,6 +395,9 @@ function checkFields(message: MigrationMessage, context: Context, pageSizeBytes?
     case 'mig-cancel':
       if (new TextEncoder().encode(message.text).length > MAX_CANCEL_TEXT_BYTES) fail('text', `the CANCEL text is longer than ${MAX_CANCEL_TEXT_BYTES} bytes`);
       return;
+    case 'mig-resumed':
+      if (message.bitmap.length !== Math.ceil(message.pageCount / 8)) fail('bitmap', `${message.pageCount} pages need a ${Math.ceil(message.pageCount / 8)}-byte bitmap, not ${message.bitmap.length}`);
+      return;
     case 'mig-accept':
     case 'mig-round':
     case 'mig-switchover':
@@ -377,6 +405,7 @@ function checkFields(message: MigrationMessage, context: Context, pageSizeBytes?
     case 'mig-go':
     case 'mig-running':
     case 'mig-all-sent':
+    case 'mig-resume':
       return;
     default:
       unreachable(message);

@@ -223,6 +223,13 @@ export class LazyGuestMemory {
     for (const waiter of this.completeWaiters.splice(0)) waiter.reject(new GuestMemoryUnavailableError(this.host.source.description, new Error('guest memory was released after a failed page')));
   }
 
+  /** Whether a page's contents are in guest RAM (or need none): filled, zero-filled, discarded, or the pager detached. */
+  hasPage(page: number): boolean {
+    if (this.detached) return true;
+    const state = this.host.pager.states.get(page);
+    return state !== PageState.MISSING && state !== PageState.IN_FLIGHT;
+  }
+
   report(): LazyMemoryReport {
     const pager = this.host.pager;
     const report: LazyMemoryReport = {
