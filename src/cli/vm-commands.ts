@@ -234,21 +234,23 @@ export function registerVmCommands(program: Command): void {
   vm.command('receive')
     .description('wait for one VM to be live-migrated here (vm migrate on its source), then run it as its VMM')
     .requiredOption('--listen <host:port>', 'where the source connects (127.0.0.1 unless --allow-remote; port 0: any)')
-    .option('--allow-remote', 'listen on an address other hosts can reach (the migration stream is not authenticated yet: a trusted network only)')
+    .option('--allow-remote', 'listen on an address other hosts can reach (use --psk-file there)')
+    .option('--psk-file <file>', 'a pre-shared key (hex or raw, at least 16 bytes): only a source holding the same key gets in (TLS-PSK)')
     .option('--api-sock <path>', 'serve the control socket here once the guest runs')
     .option('--log <file>', 'also write the console to this file')
     .option('--no-stdin', 'do not forward the terminal to the guest\'s COM1')
     .option('--json', 'report VMM events as JSON lines (one object per line) on stderr')
-    .action(async (options: CommonRunOptions & { listen: string; allowRemote?: boolean }) => {
+    .action(async (options: CommonRunOptions & { listen: string; allowRemote?: boolean; pskFile?: string }) => {
       await handled(options.json, async () => {
         const listen = parseHostPort(options.listen, '--listen HOST:PORT');
         if (!isLoopbackHost(listen.host) && !options.allowRemote) {
-          throw new VmUsageError(['--listen', '--allow-remote'], `--listen ${options.listen} is reachable from other hosts; the migration stream is not authenticated: add --allow-remote to mean it`);
+          throw new VmUsageError(['--listen', '--allow-remote'], `--listen ${options.listen} is reachable from other hosts: add --allow-remote to mean it (and --psk-file to let only your source in)`);
         }
-        if (!isLoopbackHost(listen.host)) process.stderr.write(`vm: warning: listening on ${options.listen}, reachable from other hosts\n`);
+        if (!isLoopbackHost(listen.host)) process.stderr.write(`vm: warning: listening on ${options.listen}, reachable from other hosts${options.pskFile ? '' : ', unauthenticated'}\n`);
         return runVmmProcess({
           command: 'receive',
           listen,
+          pskFile: options.pskFile === undefined ? undefined : resolve(options.pskFile),
           apiSock: options.apiSock === undefined ? undefined : resolve(options.apiSock),
           log: options.log,
           forwardStdin: options.stdin && process.stdin.isTTY === true,
@@ -260,16 +262,17 @@ export function registerVmCommands(program: Command): void {
   vm.command('migrate')
     .description('live-migrate a running VM to a destination waiting with vm receive: pre-copy, then post-copy (hybrid), verified end to end')
     .requiredOption('--api-sock <path>', 'the source VM\'s control socket')
-    .requiredOption('--to <host:port>', 'the destination (vm receive --listen)')
+    .option('--to <host:port>', 'the destination (vm receive --listen)')
+    .option('--resume', 'a post-copy paused by a cut that gave up reconnecting: reconnect now, and follow it to its end')
     .addOption(new Option('--mode <mode>', 'precopy: rounds then stop-and-copy; postcopy: switch at once, fetch on demand; hybrid: rounds, then post-copy when they do not converge').choices(['precopy', 'postcopy', 'hybrid']).default('hybrid'))
     .addOption(new Option('--downtime-ms <ms>', 'pre-copy stops when the expected downtime is under this').default('300'))
     .addOption(new Option('--max-rounds <n>', 'pre-copy rounds at most (the full first pass included)').default('10'))
+    .addOption(new Option('--reconnect-deadline-ms <ms>', 'after a cut in post-copy, keep reconnecting this long before waiting for --resume').default('60000'))
+    .option('--psk-file <file>', 'the pre-shared key the destination holds (vm receive --psk-file): both connections are TLS-PSK')
     .option('--json', 'print only the final report, as one JSON object')
-    .action(async (options: SocketOptions & { to: string; mode: 'precopy' | 'postcopy' | 'hybrid'; downtimeMs: string; maxRounds: string }) => {
+    .action(async (options: SocketOptions & { to?: string; resume?: boolean; mode: 'precopy' | 'postcopy' | 'hybrid'; downtimeMs: string; maxRounds: string; reconnectDeadlineMs: string; pskFile?: string }) => {
       await handled(options.json, async () => {
-        const downtimeMs = countOption('--downtime-ms', options.downtimeMs, 1);
-        const maxRounds = countOption('--max-rounds', options.maxRounds, 1);
-        parseHostPort(options.to.replace(/^tcp:\/\//, ''), '--to HOST:PORT');
+        if (options.resume === (options.to !== undefined)) throw new VmUsageError(['--to', '--resume'], options.resume ? '--resume goes on with the migration under way: it takes no --to' : 'give the destination, --to HOST:PORT (or --resume a paused one)');
         const progress = options.json ? undefined : new MigrationProgressView();
         let done = false;
         const poll = (async () => {
@@ -285,7 +288,22 @@ export function registerVmCommands(program: Command): void {
         })();
         let report: MigrationProgress;
         try {
-          report = (await callControlApi(options.apiSock, 'PUT', '/migrate', { to: options.to, mode: options.mode, downtime_ms: downtimeMs, max_rounds: maxRounds, wait: true })) as MigrationProgress;
+          if (options.resume) report = await followResumed(options.apiSock);
+          else {
+            const downtimeMs = countOption('--downtime-ms', options.downtimeMs, 1);
+            const maxRounds = countOption('--max-rounds', options.maxRounds, 1);
+            const reconnectDeadlineMs = countOption('--reconnect-deadline-ms', options.reconnectDeadlineMs, 100);
+            parseHostPort(options.to!.replace(/^tcp:\/\//, ''), '--to HOST:PORT');
+            report = (await callControlApi(options.apiSock, 'PUT', '/migrate', {
+              to: options.to,
+              mode: options.mode,
+              downtime_ms: downtimeMs,
+              max_rounds: maxRounds,
+              reconnect_deadline_ms: reconnectDeadlineMs,
+              ...(options.pskFile === undefined ? {} : { psk_file: resolve(options.pskFile) }),
+              wait: true,
+            })) as MigrationProgress;
+          }
         } finally {
           done = true;
           await poll;
@@ -432,7 +450,9 @@ export function formatEvent(event: VmmProcessEvent): string[] {
     case 'first-output':
       return [];
     case 'listening':
-      return [`listening for an incoming VM on ${event.url}`];
+      return [`listening for an incoming VM on ${event.url}${event.authenticated ? ' (TLS-PSK: only a source with the key gets in)' : ' (unauthenticated: any process that reaches it can migrate a VM in)'}`];
+    case 'connection-refused':
+      return [`refused a connection from ${event.peer}: ${event.reason}`];
     case 'migration': {
       const p = event.progress;
       if (p.error) return [`migration in: ${p.state}: ${p.error.message}`];
@@ -534,4 +554,9 @@ export function formatMigrationReport(p: MigrationProgress): string[] {
   if (d) lines.push(`downtime ${d.totalMs.toFixed(1)} ms: pause ${d.pauseMs.toFixed(1)}, final sync ${d.finalSyncMs.toFixed(1)}, state ${d.stateEncodeMs.toFixed(1)}, send ${d.sendMs.toFixed(1)}, destination load ${d.destinationLoadMs.toFixed(1)}, resume ${d.destinationResumeMs.toFixed(1)} ms`);
   lines.push(p.verified ? 'verified: every page the destination installed matches what was sent' : `NOT verified: ${p.differingBatches ?? '?'} batch(es) of pages differ`);
   return lines;
+}
+
+/** --resume: ask the source to reconnect now, and wait for the migration's end (its final report is the answer). */
+async function followResumed(apiSock: string): Promise<MigrationProgress> {
+  return (await callControlApi(apiSock, 'PUT', '/migrate/resume', { wait: true })) as MigrationProgress;
 }

@@ -29,7 +29,7 @@ import { MigrationPageSource } from './migration-page-source.js';
 import { isFinal, nextDestinationState, type DestinationMigrationState, type MigrationEvent } from './migration-state.js';
 import { PageBitmap } from './page-bitmap.js';
 import { DIGEST_BATCH_PAGES, PageDigestTable } from './page-digests.js';
-import { MigrationListener, sameSession, type AcceptedChannel, type SourceChannel } from './transport/channels.js';
+import { MigrationListener, sameSession, type AcceptedChannel, type MigrationSecurity, type SourceChannel } from './transport/channels.js';
 import type { AnyMessage, FramedSocket } from './transport/framed-socket.js';
 
 export interface ReceiveOptions {
@@ -38,6 +38,8 @@ export interface ReceiveOptions {
   port: number;
   /** Where the guest's COM1 output goes. */
   console?: (bytes: Uint8Array) => void;
+  /** TLS-PSK: only a source holding this key gets a connection. */
+  security?: MigrationSecurity;
 }
 
 export interface DestinationProgress {
@@ -75,6 +77,8 @@ export class IncomingMigrationError extends UserfaultError {
 
 export interface DestinationMigrationEvents {
   state: [state: DestinationMigrationState];
+  /** A connection refused before it carried anything: a failed TLS-PSK handshake, a wrong role or version, another session. */
+  refused: [peer: string, reason: string];
 }
 
 export class DestinationMigration extends EventEmitter<DestinationMigrationEvents> {
@@ -137,6 +141,7 @@ export class DestinationMigration extends EventEmitter<DestinationMigrationEvent
       { host: options.host, port: options.port },
       (accepted) => destination.onChannel(accepted),
       (channel, sessionId) => destination.decide(channel, sessionId),
+      { security: options.security, onRefused: (peer, reason) => destination.emit('refused', peer, reason) },
     );
     return destination;
   }

@@ -29,7 +29,7 @@ import { ConvergencePolicy, type MigrationMode, type SwitchoverDecision } from '
 import { nextSourceState, isFinal, isPastSwitchover, type MigrationEvent, type SourceMigrationState } from './migration-state.js';
 import { PageBitmap } from './page-bitmap.js';
 import { DIGEST_BATCH_PAGES, PageDigestTable, differingBatches } from './page-digests.js';
-import { connectChannel, newSessionId, parseMigrationAddress } from './transport/channels.js';
+import { connectChannel, newSessionId, parseMigrationAddress, type MigrationSecurity } from './transport/channels.js';
 import type { AnyMessage, FramedSocket } from './transport/framed-socket.js';
 
 /** What the source side needs of the VM. */
@@ -54,6 +54,8 @@ export interface MigrateOptions {
   connectTimeoutMs?: number;
   /** After a cut in post-copy, how long to keep reconnecting before waiting for `--resume` (default 60 s). */
   reconnectDeadlineMs?: number;
+  /** TLS-PSK on both connections (the destination must hold the same key). */
+  security?: MigrationSecurity;
 }
 
 /** Where the guest-stopped time went, ms (the VMM's clock). */
@@ -248,11 +250,11 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
   /** Both connections, one session (the same session id on every reconnect). */
   private async connect(): Promise<void> {
     const timeout = this.options.connectTimeoutMs ?? 5000;
-    const main = await connectChannel(this.address, 'main', this.sessionId, timeout);
+    const main = await connectChannel(this.address, 'main', this.sessionId, timeout, this.options.security);
     main.pageSizeBytes = PAGE_SIZE;
     let urgent: FramedSocket;
     try {
-      urgent = await connectChannel(this.address, 'urgent', this.sessionId, timeout);
+      urgent = await connectChannel(this.address, 'urgent', this.sessionId, timeout, this.options.security);
     } catch (error) {
       main.destroy();
       throw error;

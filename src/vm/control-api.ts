@@ -36,7 +36,7 @@ import type { Socket } from 'node:net';
 import { listenReplacingStale, removeSocketFile } from '../net/unix-socket-path.js';
 import { ControlApiError, NoVmListeningError, VmError } from './errors.js';
 import type { Vmm } from './vmm.js';
-import { parseMigrationAddress } from '../migrate/transport/channels.js';
+import { parseMigrationAddress, readPskFile } from '../migrate/transport/channels.js';
 
 /** The largest request body (the serial input's JSON is the big one: its 1 MiB bound, escaped). */
 export const MAX_BODY_BYTES = 4 << 20;
@@ -174,8 +174,12 @@ async function route(vmm: Vmm, req: IncomingMessage, res: ServerResponse, option
     const downtimeMs = optionalNumber(body, 'downtime_ms', 1, 600_000);
     const maxRounds = optionalNumber(body, 'max_rounds', 1, 1000);
     parseMigrationAddress(to);
+    const pskFile = field(body, 'psk_file');
+    if (pskFile !== undefined && (typeof pskFile !== 'string' || !isAbsolute(pskFile))) throw new BadControlRequestError('psk_file', 'psk_file must be an absolute path');
+    const security = pskFile === undefined ? undefined : readPskFile(pskFile);
+    const reconnectDeadlineMs = optionalNumber(body, 'reconnect_deadline_ms', 100, 24 * 3600_000);
     vmm.check('migrate');
-    const running = vmm.migrate({ to, mode, downtimeMs, maxRounds });
+    const running = vmm.migrate({ to, mode, downtimeMs, maxRounds, security, reconnectDeadlineMs });
     // With "wait": true the answer is the final report (the VMM ends after a completed migration: this is the last word).
     if (field(body, 'wait') === true) return reply(res, 200, await running);
     // Otherwise it runs on; its end is in GET /migrate (and the VMM's log).
@@ -188,7 +192,8 @@ async function route(vmm: Vmm, req: IncomingMessage, res: ServerResponse, option
     return reply(res, 200, status);
   }
   if (path === '/migrate/resume' && method === 'PUT') {
-    vmm.resumeMigration();
+    const run = vmm.resumeMigration();
+    if (field(body, 'wait') === true) return reply(res, 200, await run);
     return reply(res, 200, { state: vmm.status().migration?.state });
   }
   if (path === '/migrate/cancel' && method === 'PUT') {

@@ -25,11 +25,14 @@ import { openRemoteVmSource } from './persist/remote-vm.js';
 import { openVmSnapshotSource } from './persist/vm-snapshot.js';
 import { Vmm, type VmStatus } from './vmm.js';
 import { DestinationMigration, type DestinationProgress } from '../migrate/destination-migration.js';
+import { readPskFile } from '../migrate/transport/channels.js';
 
 export interface VmmProcessOptions {
   command: 'run' | 'restore' | 'receive';
   /** receive: where to listen for the incoming VM. */
   listen?: { host: string; port: number };
+  /** receive: the TLS-PSK key file (only a source holding the key is let in). */
+  pskFile?: string;
   /** run: a multiboot image path or 'builtin'. */
   image?: string;
   memoryBytes?: number;
@@ -65,8 +68,10 @@ export type VmmProcessEvent =
     }
   /** The guest's first console bytes after the start (a restored guest's first line shows it runs). */
   | { event: 'first-output'; ms: number }
-  /** receive: listening for the incoming VM. */
-  | { event: 'listening'; url: string }
+  /** receive: listening for the incoming VM (authenticated: TLS-PSK required). */
+  | { event: 'listening'; url: string; authenticated: boolean }
+  /** receive: a connection refused before it carried anything (a wrong key, another session...). */
+  | { event: 'connection-refused'; peer: string; reason: string }
   /** receive: the migration ended (every page in and verified, or not). */
   | { event: 'migration'; progress: DestinationProgress }
   | { event: 'exited'; reason: GuestExitReason; runMs: number; status: VmStatus; exitCode: number }
@@ -180,8 +185,10 @@ function consoleSink(options: VmmProcessOptions, ms: () => number): (bytes: Uint
 async function buildVmm(options: VmmProcessOptions, console: (bytes: Uint8Array) => void): Promise<Vmm> {
   if (options.command === 'receive') {
     if (!options.listen) throw new VmUsageError(['--listen'], 'receive needs --listen HOST:PORT');
-    const destination = await DestinationMigration.listen({ ...options.listen, console });
-    options.report({ event: 'listening', url: destination.url });
+    const security = options.pskFile === undefined ? undefined : readPskFile(options.pskFile);
+    const destination = await DestinationMigration.listen({ ...options.listen, console, security });
+    destination.on('refused', (peer, reason) => options.report({ event: 'connection-refused', peer, reason }));
+    options.report({ event: 'listening', url: destination.url, authenticated: security !== undefined });
     const report = (): void => options.report({ event: 'migration', progress: destination.progress() });
     destination.done.then(report, report);
     // The VMM is this process's once the guest runs here; the rest of the migration (post-copy) goes on meanwhile.

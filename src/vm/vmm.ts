@@ -595,7 +595,9 @@ export class Vmm {
         this.sourceMigration = migration;
         const m = migration;
         this.migrationStatus = () => m.progress();
-        const report = await migration.run();
+        this.migrationRun = migration.run();
+        this.migrationRun.catch(() => {});
+        const report = await this.migrationRun;
         this.exitReasonValue ??= { type: 'migrated', to: options.to };
         this.lifecycle.transition('migrate-done');
         for (const h of this.handles) if (h.state !== 'exited') void h.request({ type: 'stop' }).catch(() => {});
@@ -616,11 +618,15 @@ export class Vmm {
     return lazy ? (page) => lazy.hasPage(page) : () => true;
   }
 
-  /** `vm migrate --resume`: reconnect a paused post-copy now. */
-  resumeMigration(): void {
-    if (!this.sourceMigration) throw new InvalidStateTransitionError(this.state, 'resume the migration of');
+  /** `vm migrate --resume`: reconnect a paused post-copy now; resolves with the migration's final report. */
+  resumeMigration(): Promise<MigrationProgress> {
+    if (!this.sourceMigration || !this.migrationRun) throw new InvalidStateTransitionError(this.state, 'resume the migration of');
     this.sourceMigration.requestResume();
+    return this.migrationRun;
   }
+
+  /** The outgoing migration's run (its final report, or its failure). */
+  private migrationRun: Promise<MigrationProgress> | undefined;
 
   /** Cancel the outgoing migration (before switchover only; MigrationError after). */
   cancelMigration(): void {

@@ -6,7 +6,9 @@
 // protocol's HELLO, both ways: the source says its role and the session, the
 // destination answers with its own or an ERROR and closes.
 import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { connect, createServer, type Server, type Socket } from 'node:net';
+import * as tls from 'node:tls';
 import { UserfaultError } from '../../errors.js';
 import { parsePageUrl, formatHostPort } from '../../pages/address.js';
 import {
@@ -23,6 +25,45 @@ import {
 import { FramedSocket } from './framed-socket.js';
 
 export type SourceChannel = 'main' | 'urgent';
+
+/**
+ * Authentication: TLS with a pre-shared key (TLS-PSK; node:tls, no
+ * certificates to manage). Both sides hold the same key; a peer without it,
+ * or with another, fails the TLS handshake before a single frame — let alone
+ * a page — is read. ECDHE-PSK gives forward secrecy; TLS 1.2, the version
+ * OpenSSL's PSK callbacks serve in Node.
+ */
+export interface MigrationSecurity {
+  psk: Uint8Array;
+  /** Sent in the clear as the PSK identity (default "userfault-migration"). */
+  identity?: string;
+}
+
+const PSK_CIPHERS = 'ECDHE-PSK-CHACHA20-POLY1305:PSK-AES256-GCM-SHA384';
+const DEFAULT_IDENTITY = 'userfault-migration';
+export const MIN_PSK_BYTES = 16;
+
+/** The key in a --psk-file: its bytes as hex (64 hex digits for 32 bytes) or raw; at least 16 bytes. */
+export function readPskFile(path: string): MigrationSecurity {
+  let bytes: Uint8Array;
+  try {
+    bytes = readFileSync(path);
+  } catch (error) {
+    throw new MigrationKeyError(path, `cannot be read: ${(error as Error).message}`, { cause: error });
+  }
+  const text = Buffer.from(bytes).toString('latin1').trim();
+  const psk = /^[0-9a-f]+$/i.test(text) && text.length % 2 === 0 ? Buffer.from(text, 'hex') : Buffer.from(bytes);
+  if (psk.length < MIN_PSK_BYTES) throw new MigrationKeyError(path, `holds ${psk.length} bytes of key; at least ${MIN_PSK_BYTES} are needed`);
+  return { psk };
+}
+
+/** A --psk-file that cannot serve as a key. */
+export class MigrationKeyError extends UserfaultError {
+  override readonly code = 'EUSAGE';
+  constructor(readonly path: string, reason: string, options?: { cause?: unknown }) {
+    super(`the key file ${path} ${reason}`, options);
+  }
+}
 
 const ROLE_OF: Record<SourceChannel, RoleName> = { main: 'migration-source', urgent: 'migration-source-urgent' };
 
@@ -43,11 +84,22 @@ export function parseMigrationAddress(text: string): { host: string; port: numbe
   return parsePageUrl(text.startsWith('tcp://') ? text : `tcp://${text}`);
 }
 
-/** The source side: connect one channel to the destination and exchange HELLOs. */
-export function connectChannel(address: { host: string; port: number }, channel: SourceChannel, sessionId: Uint8Array, timeoutMs: number): Promise<FramedSocket> {
+/** The source side: connect one channel to the destination and exchange HELLOs (over TLS-PSK with `security`). */
+export function connectChannel(address: { host: string; port: number }, channel: SourceChannel, sessionId: Uint8Array, timeoutMs: number, security?: MigrationSecurity): Promise<FramedSocket> {
   const where = formatHostPort(address);
   return new Promise((resolve, reject) => {
-    const socket = connect({ host: address.host, port: address.port });
+    const socket = security
+      ? tls.connect({
+          host: address.host,
+          port: address.port,
+          pskCallback: () => ({ psk: Buffer.from(security.psk), identity: security.identity ?? DEFAULT_IDENTITY }),
+          ciphers: PSK_CIPHERS,
+          minVersion: 'TLSv1.2',
+          maxVersion: 'TLSv1.2',
+          // The key authenticates the peer; there is no certificate to check.
+          checkServerIdentity: () => undefined,
+        })
+      : connect({ host: address.host, port: address.port });
     let framed: FramedSocket | undefined;
     let settled = false;
     const fail = (error: Error): void => {
@@ -59,8 +111,8 @@ export function connectChannel(address: { host: string; port: number }, channel:
       reject(error);
     };
     const timer = setTimeout(() => fail(new MigrationPeerError(where, `no answer within ${timeoutMs} ms`)), timeoutMs);
-    socket.once('error', (error) => fail(new MigrationPeerError(where, error.message, { cause: error })));
-    socket.once('connect', () => {
+    socket.once('error', (error) => fail(new MigrationPeerError(where, security ? `the authenticated connection failed (a wrong key, or a peer without one): ${error.message}` : error.message, { cause: error })));
+    socket.once(security ? 'secureConnect' : 'connect', () => {
       framed = new FramedSocket(socket, `migration ${channel} connection to ${where}`);
       const hello: HelloMessage = { type: 'hello', version: MAX_PROTOCOL_VERSION, minVersion: MIN_PROTOCOL_VERSION, role: ROLE_OF[channel], sessionId, maxPayloadBytes: DEFAULT_MAX_PAYLOAD_BYTES, features: 0 };
       framed.once('message', (answer) => {
@@ -102,8 +154,29 @@ export class MigrationListener {
     this.server = server;
   }
 
-  static async listen(address: { host: string; port: number }, onChannel: (accepted: AcceptedChannel) => void, decide: (channel: SourceChannel, sessionId: Uint8Array) => string | undefined, helloTimeoutMs = 5000): Promise<MigrationListener> {
-    const server = createServer((socket) => MigrationListener.admit(socket, onChannel, decide, helloTimeoutMs));
+  static async listen(
+    address: { host: string; port: number },
+    onChannel: (accepted: AcceptedChannel) => void,
+    decide: (channel: SourceChannel, sessionId: Uint8Array) => string | undefined,
+    options: { helloTimeoutMs?: number; security?: MigrationSecurity; onRefused?: (peer: string, reason: string) => void } = {},
+  ): Promise<MigrationListener> {
+    const helloTimeoutMs = options.helloTimeoutMs ?? 5000;
+    const refused = options.onRefused ?? (() => {});
+    const security = options.security;
+    const server = security
+      ? tls.createServer(
+          {
+            pskCallback: (_socket, identity) => (identity === (security.identity ?? DEFAULT_IDENTITY) ? Buffer.from(security.psk) : null),
+            ciphers: PSK_CIPHERS,
+            minVersion: 'TLSv1.2',
+            maxVersion: 'TLSv1.2',
+            handshakeTimeout: helloTimeoutMs,
+          },
+          (socket) => MigrationListener.admit(socket, onChannel, decide, helloTimeoutMs, refused),
+        )
+      : createServer((socket) => MigrationListener.admit(socket, onChannel, decide, helloTimeoutMs, refused));
+    // A peer without the key (or without TLS) fails its handshake: refused and said so, before a byte of it is read as a frame.
+    if (security) server.on('tlsClientError', (error, socket) => refused(`${socket.remoteAddress}:${socket.remotePort}`, `TLS-PSK handshake failed (no key, or another): ${error.message}`));
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen({ host: address.host, port: address.port }, () => {
@@ -124,19 +197,24 @@ export class MigrationListener {
     this.server.close();
   }
 
-  private static admit(socket: Socket, onChannel: (accepted: AcceptedChannel) => void, decide: (channel: SourceChannel, sessionId: Uint8Array) => string | undefined, helloTimeoutMs: number): void {
+  private static admit(socket: Socket, onChannel: (accepted: AcceptedChannel) => void, decide: (channel: SourceChannel, sessionId: Uint8Array) => string | undefined, helloTimeoutMs: number, refused: (peer: string, reason: string) => void): void {
     const peer = `${socket.remoteAddress}:${socket.remotePort}`;
     const framed = new FramedSocket(socket, `migration connection from ${peer}`);
-    const timer = setTimeout(() => framed.destroy(new MigrationPeerError(peer, `no HELLO within ${helloTimeoutMs} ms`)), helloTimeoutMs);
+    const timer = setTimeout(() => {
+      refused(peer, `no HELLO within ${helloTimeoutMs} ms`);
+      framed.destroy(new MigrationPeerError(peer, `no HELLO within ${helloTimeoutMs} ms`));
+    }, helloTimeoutMs);
     const refuse = (code: 'WRONG_ROLE' | 'UNSUPPORTED_VERSION' | 'UNEXPECTED_MESSAGE' | 'BAD_REQUEST', text: string): void => {
       clearTimeout(timer);
+      refused(peer, text);
       framed.send({ type: 'error', code, text }).catch(() => {}).finally(() => framed.close(new MigrationPeerError(peer, text)));
     };
     framed.once('message', (hello) => {
       if (hello.type !== 'hello') return refuse('UNEXPECTED_MESSAGE', `the first message must be HELLO, not ${hello.type}`);
       let version: number;
       try {
-        version = acceptHello(hello, { roles: ['migration-source', 'migration-source-urgent'] });
+        // No downgrade: a migration speaks the newest version both ends have, and this end takes nothing older than its own.
+        version = acceptHello(hello, { roles: ['migration-source', 'migration-source-urgent'], minVersion: MAX_PROTOCOL_VERSION });
       } catch (error) {
         const e = error as ProtocolError;
         return refuse(e.code === 'EPROTO_VERSION' ? 'UNSUPPORTED_VERSION' : 'WRONG_ROLE', e.message);
