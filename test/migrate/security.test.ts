@@ -12,7 +12,7 @@ import { DestinationMigration } from '../../src/migrate/destination-migration.js
 import { connectChannel, newSessionId, readPskFile } from '../../src/migrate/transport/channels.js';
 import { ProtocolError, acceptHello } from '../../src/protocol/index.js';
 import type { MigrationProgress } from '../../src/migrate/source-migration.js';
-import { kvmSkipReason, spawnCli, spawnVmm, tempDir, vmmEvents, waitForSocket, type CleanupScope } from '../vm/helpers.js';
+import { kvmSkipReason, spawnCli, spawnVmm, tempDir, waitForSocket } from '../vm/helpers.js';
 
 const skip = kvmSkipReason();
 
