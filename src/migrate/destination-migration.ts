@@ -22,13 +22,12 @@ import { UserfaultError } from '../errors.js';
 import { PAGE_SIZE } from '../native.js';
 import type { ErrorMessage, PagesMessage } from '../protocol/index.js';
 import { Vmm } from '../vm/vmm.js';
-import { InvalidVmStateError } from '../vm/errors.js';
-import { machineConfigFromJson, vmStateFromJson, type MachineConfig } from '../vm/persist/vm-state.js';
 import type { MigrationMode } from './convergence.js';
+import { IncomingStream, type GuestRamTarget } from './incoming-stream.js';
 import { MigrationPageSource } from './migration-page-source.js';
 import { isFinal, nextDestinationState, type DestinationMigrationState, type MigrationEvent } from './migration-state.js';
 import { PageBitmap } from './page-bitmap.js';
-import { DIGEST_BATCH_PAGES, PageDigestTable } from './page-digests.js';
+import { DIGEST_BATCH_PAGES } from './page-digests.js';
 import { MigrationListener, sameSession, type AcceptedChannel, type MigrationSecurity, type SourceChannel } from './transport/channels.js';
 import type { AnyMessage, FramedSocket } from './transport/framed-socket.js';
 
@@ -88,17 +87,12 @@ export class DestinationMigration extends EventEmitter<DestinationMigrationEvent
   private main: FramedSocket | undefined;
   private urgent: FramedSocket | undefined;
   private vmm: Vmm | undefined;
-  private machine: MachineConfig | undefined;
-  private mode: MigrationMode | undefined;
-  private pages = 0;
-  private received: PageBitmap | undefined;
-  private knownZero: PageBitmap | undefined;
-  private dirty: PageBitmap | undefined;
-  private digests: PageDigestTable | undefined;
+  /** Pre-copy's stream, checked message by message before guest RAM is touched (incoming-stream.ts). */
+  private readonly stream = new IncomingStream(PAGE_SIZE);
   private pageSource: MigrationPageSource | undefined;
   private postcopy = false;
   private building: Promise<void> | undefined;
-  private readonly stats = { dataPagesReceived: 0, zeroPagesReceived: 0, rounds: 0, stalePages: 0 };
+  private stalePages = 0;
   private recoveries = 0;
   private loadMs: number | undefined;
   private resumeMs: number | undefined;
@@ -170,17 +164,17 @@ export class DestinationMigration extends EventEmitter<DestinationMigrationEvent
       role: 'destination',
       state: this.stateValue,
       receivedBytes: (this.main?.bytesReceived ?? 0) + (this.urgent?.bytesReceived ?? 0),
-      dataPagesReceived: this.stats.dataPagesReceived,
-      zeroPagesReceived: this.stats.zeroPagesReceived,
-      rounds: this.stats.rounds,
-      stalePages: this.stats.stalePages,
+      dataPagesReceived: this.stream.stats.dataPagesReceived,
+      zeroPagesReceived: this.stream.stats.zeroPagesReceived,
+      rounds: this.stream.stats.rounds,
+      stalePages: this.stalePages,
       demandReads: stats?.demandReads ?? 0,
       backgroundReads: stats?.backgroundReads ?? 0,
       pushedPages: (stats?.pushedPages ?? 0) + (stats?.pushedZeroPages ?? 0),
       elapsedMs: Math.round((performance.now() - this.started) * 100) / 100,
     };
-    if (this.mode) progress.mode = this.mode;
-    if (this.pages) progress.guestPages = this.pages;
+    if (this.stream.mode) progress.mode = this.stream.mode;
+    if (this.stream.pageCount) progress.guestPages = this.stream.pageCount;
     if (this.loadMs !== undefined) progress.loadMs = this.loadMs;
     if (this.recoveries) progress.recoveries = this.recoveries;
     if (this.resumeMs !== undefined) progress.resumeMs = this.resumeMs;
@@ -268,16 +262,24 @@ export class DestinationMigration extends EventEmitter<DestinationMigrationEvent
         this.building = this.begin(message, requestId).catch((error: Error) => this.fail(error));
         return;
       case 'mig-pages':
-        this.receivePages(message.firstPage, message.pageCount, message.data);
+        this.requireBuilt('PAGES');
+        this.stream.pages(message, this.ram!);
         return;
       case 'mig-zero':
-        this.receiveZero(message.firstPage, message.pageCount);
+        if (this.pageSource) {
+          // Post-copy: zero pages pushed as a marker.
+          if (message.firstPage + message.pageCount > this.stream.pageCount) throw new IncomingMigrationError(`ZERO for pages past guest RAM's ${this.stream.pageCount}`);
+          this.pageSource.pushZero(message.firstPage, message.pageCount);
+          return;
+        }
+        this.requireBuilt('ZERO');
+        this.stream.zero(message, this.ram!);
         return;
       case 'mig-round':
-        this.stats.rounds = message.round + 1;
+        this.stream.roundEnd(message);
         return;
       case 'mig-dirty':
-        this.receiveDirty(message.firstPage, message.pageCount, message.bitmap);
+        this.stream.dirtyList(message);
         return;
       case 'mig-switchover':
         void this.switchover(message.postcopy, message.stateJson, requestId).catch((error: Error) => this.fail(error));
@@ -312,106 +314,51 @@ export class DestinationMigration extends EventEmitter<DestinationMigrationEvent
   }
 
   private async begin(message: Extract<AnyMessage, { type: 'mig-begin' }>, requestId: number): Promise<void> {
-    if (this.vmm || this.stateValue !== 'receiving') throw new IncomingMigrationError('a second BEGIN');
-    if (message.pageSizeBytes !== PAGE_SIZE) throw new IncomingMigrationError(`the source's pages are ${message.pageSizeBytes} bytes; this host's are ${PAGE_SIZE}`);
-    let machine: MachineConfig;
-    try {
-      machine = machineConfigFromJson(JSON.parse(message.machineJson));
-    } catch (error) {
-      if (error instanceof InvalidVmStateError || error instanceof SyntaxError) throw new IncomingMigrationError(`the machine in BEGIN: ${error.message}`, { cause: error });
-      throw error;
-    }
-    if (machine.memoryBytes !== message.memoryBytes) throw new IncomingMigrationError(`BEGIN says ${message.memoryBytes} bytes of memory, its machine ${machine.memoryBytes}`);
-    this.machine = machine;
-    this.mode = message.mode;
-    this.pages = machine.memoryBytes / PAGE_SIZE;
-    this.received = new PageBitmap(this.pages);
-    this.knownZero = new PageBitmap(this.pages);
-    this.dirty = new PageBitmap(this.pages);
-    this.digests = new PageDigestTable(this.pages, PAGE_SIZE);
+    if (this.stateValue !== 'receiving') throw new IncomingMigrationError('BEGIN before the session was accepted');
+    const machine = this.stream.begin(message, requestId);
     this.vmm = await Vmm.createIncoming(machine, { console: this.options.console });
-    const vmm = this.vmm;
-    vmm.migrationStatus = () => this.progress();
+    const image = this.vmm.memory.image();
+    // Guest RAM is not registered yet: this thread writes pre-copy's pages in place.
+    this.ram = {
+      writePages: (firstPage, data) => image.set(data, firstPage * PAGE_SIZE),
+      zeroPage: (page) => image.fill(0, page * PAGE_SIZE, (page + 1) * PAGE_SIZE),
+    };
+    this.vmm.migrationStatus = () => this.progress();
     await this.main!.send({ type: 'mig-accept' }, requestId);
   }
 
-  private checkRange(firstPage: number, pageCount: number, what: string): void {
-    if (!this.vmm || this.stateValue !== 'receiving') throw new IncomingMigrationError(`${what} before BEGIN was accepted, or after switchover`);
-    if (firstPage + pageCount > this.pages) throw new IncomingMigrationError(`${what} for pages ${firstPage}..${firstPage + pageCount - 1}: guest RAM has ${this.pages} pages`);
-  }
+  private ram: GuestRamTarget | undefined;
 
-  /** Pre-copy pages: written straight into guest RAM (not registered yet: this thread may touch it). */
-  private receivePages(firstPage: number, pageCount: number, data: Uint8Array): void {
-    if (this.stateValue !== 'receiving' && this.postcopy) throw new IncomingMigrationError('pre-copy pages after switchover');
-    this.checkRange(firstPage, pageCount, 'PAGES');
-    this.vmm!.memory.image().set(data, firstPage * PAGE_SIZE);
-    this.digests!.record(firstPage, data);
-    for (let page = firstPage; page < firstPage + pageCount; page++) {
-      this.received!.set(page);
-      this.knownZero!.clear(page);
-    }
-    this.stats.dataPagesReceived += pageCount;
-  }
-
-  private receiveZero(firstPage: number, pageCount: number): void {
-    if (this.pageSource) {
-      // Post-copy: zero pages pushed as a marker.
-      if (firstPage + pageCount > this.pages) throw new IncomingMigrationError(`ZERO for pages past guest RAM's ${this.pages}`);
-      this.pageSource.pushZero(firstPage, pageCount);
-      return;
-    }
-    this.checkRange(firstPage, pageCount, 'ZERO');
-    const image = this.vmm!.memory.image();
-    for (let page = firstPage; page < firstPage + pageCount; page++) {
-      // A page that had data here is zeroed; one never written is zero already (untouched anonymous memory).
-      if (this.received!.get(page) && !this.knownZero!.get(page)) image.fill(0, page * PAGE_SIZE, (page + 1) * PAGE_SIZE);
-      this.received!.set(page);
-      this.knownZero!.set(page);
-      this.digests!.recordZero(page);
-    }
-    this.stats.zeroPagesReceived += pageCount;
-  }
-
-  private receiveDirty(firstPage: number, pageCount: number, bitmap: Uint8Array): void {
-    this.checkRange(firstPage, pageCount, 'DIRTY');
-    for (let i = 0; i < pageCount; i++) if (bitmap[i >>> 3]! & (1 << (i & 7))) this.dirty!.set(firstPage + i);
+  /** Pages must not arrive while the machine is still being built (the source waits for ACCEPT). */
+  private requireBuilt(what: string): void {
+    if (!this.ram) throw new IncomingMigrationError(`${what} before BEGIN was accepted`);
   }
 
   private async switchover(postcopy: boolean, stateJson: string, requestId: number): Promise<void> {
     await this.building;
     if (!this.vmm || this.stateValue !== 'receiving') throw new IncomingMigrationError('SWITCHOVER before BEGIN was accepted');
     const started = performance.now();
+    const state = this.stream.switchover({ type: 'mig-switchover', postcopy, stateJson }, requestId);
     this.move('switchover');
-    let state;
-    try {
-      state = vmStateFromJson(JSON.parse(stateJson));
-    } catch (error) {
-      if (error instanceof InvalidVmStateError || error instanceof SyntaxError) throw new IncomingMigrationError(`the VM state in SWITCHOVER: ${error.message}`, { cause: error });
-      throw error;
-    }
-    if (state.machine.memoryBytes !== this.machine!.memoryBytes || state.machine.vcpuCount !== this.machine!.vcpuCount) {
-      throw new IncomingMigrationError('the VM state in SWITCHOVER is for another machine than BEGIN built');
-    }
     this.postcopy = postcopy;
     const memory = this.vmm.memory;
+    const { received, knownZero, dirty, digests } = this.stream;
     if (postcopy) {
       // Pages changed at the source since they were sent: the copy here is stale. Dropped, they are missing again, and fetched.
-      for (const [first, count] of this.dirty!.runs()) {
+      for (const [first, count] of dirty.runs()) {
         memory.mapping.discard(first * PAGE_SIZE, count * PAGE_SIZE);
         for (let page = first; page < first + count; page++) {
-          this.received!.clear(page);
-          this.knownZero!.clear(page);
+          received.clear(page);
+          knownZero.clear(page);
         }
-        this.stats.stalePages += count;
+        this.stalePages += count;
       }
-      const present = new PageBitmap(this.pages);
-      for (let page = 0; page < this.pages; page++) if (this.received!.get(page) && !this.knownZero!.get(page)) present.set(page);
-      this.pageSource = new MigrationPageSource(memory.lengthBytes, PAGE_SIZE, this.knownZero!, this.digests!, this.main!.name);
+      const present = new PageBitmap(this.stream.pageCount);
+      for (let page = 0; page < this.stream.pageCount; page++) if (received.get(page) && !knownZero.get(page)) present.set(page);
+      this.pageSource = new MigrationPageSource(memory.lengthBytes, PAGE_SIZE, knownZero, digests, this.main!.name);
       this.pageSource.attach(this.main!, this.urgent ?? this.main!);
       await this.vmm.completeIncoming(state, `migration from ${this.main!.name}`, { source: this.pageSource, presentPages: present });
     } else {
-      const missing = this.pages - this.received!.count();
-      if (missing > 0 || this.dirty!.count() > 0) throw new IncomingMigrationError(`stop-and-copy switchover with ${missing} page(s) never sent`);
       await this.vmm.completeIncoming(state, `migration from ${this.main!.name}`);
     }
     this.loadMs = Math.round((performance.now() - started) * 100) / 100;
@@ -421,6 +368,7 @@ export class DestinationMigration extends EventEmitter<DestinationMigrationEvent
   /** The source committed: the guest runs here now. */
   private async go(requestId: number): Promise<void> {
     if (this.stateValue !== 'loading' || !this.vmm) throw new IncomingMigrationError(`GO while ${this.stateValue}`);
+    this.stream.request('GO', requestId);
     const started = performance.now();
     await this.vmm.resume();
     this.resumeMs = Math.round((performance.now() - started) * 100) / 100;
@@ -441,19 +389,21 @@ export class DestinationMigration extends EventEmitter<DestinationMigrationEvent
     if (this.stateValue !== 'postcopy-paused' || !this.vmm || !this.pageSource || !this.urgent) {
       throw new IncomingMigrationError(`RESUME while ${this.stateValue}${this.urgent ? '' : ' (no urgent connection yet)'}`);
     }
-    const has = new PageBitmap(this.pages);
+    this.stream.request('RESUME', requestId);
+    const pages = this.stream.pageCount;
+    const has = new PageBitmap(pages);
     const present = this.vmm.incomingPagePresent();
-    for (let page = 0; page < this.pages; page++) if (present(page) || this.knownZero!.get(page)) has.set(page);
+    for (let page = 0; page < pages; page++) if (present(page) || this.stream.knownZero.get(page)) has.set(page);
     this.pageSource.attach(this.main!, this.urgent);
     this.reconnecting = false;
     this.move('resumed');
     this.recoveries++;
-    await this.main!.send({ type: 'mig-resumed', pageCount: this.pages, bitmap: has.bytes.subarray(0, Math.ceil(this.pages / 8)) }, requestId);
+    await this.main!.send({ type: 'mig-resumed', pageCount: pages, bitmap: has.bytes.subarray(0, Math.ceil(pages / 8)) }, requestId);
     if (this.awaitingVerdict) await this.sendComplete(this.awaitingVerdict.requestId);
   }
 
   private sendComplete(requestId: number): Promise<void> {
-    return this.main!.send({ type: 'mig-complete', batchPages: DIGEST_BATCH_PAGES, digests: this.digests!.batchDigests() }, requestId);
+    return this.main!.send({ type: 'mig-complete', batchPages: DIGEST_BATCH_PAGES, digests: this.stream.digests.batchDigests() }, requestId);
   }
 
   /** Every page in: detach the pager, send the digests, hear the verdict. */

@@ -9,11 +9,16 @@ export class CutProxy {
   private constructor(private readonly server: Server, readonly port: number) {}
   /** Connections accepted since the start. */
   accepted = 0;
+  /** Every byte each connection's client sent, in order of connections (the source's main connection first). */
+  readonly recorded: Buffer[][] = [];
 
   static async start(target: { host: string; port: number }, options: { bytesPerSecond?: number } = {}): Promise<CutProxy> {
     let proxy!: CutProxy;
     const server = createServer((client) => {
       proxy.accepted++;
+      const record: Buffer[] = [];
+      proxy.recorded.push(record);
+      client.on('data', (chunk: Buffer) => record.push(chunk));
       client.pause();
       const upstream = connect(target);
       const pair: [Socket, Socket] = [client, upstream];

@@ -8,7 +8,7 @@
 import { EventEmitter } from 'node:events';
 import type { Socket } from 'node:net';
 import { UserfaultError } from '../../errors.js';
-import { FrameDecoder, PRE_HELLO_MAX_PAYLOAD_BYTES, decodeMessage, encodeMessageParts, type Message } from '../../protocol/index.js';
+import { FrameDecoder, PRE_HELLO_MAX_PAYLOAD_BYTES, ProtocolError, decodeMessage, encodeMessageParts, type Message } from '../../protocol/index.js';
 import { decodeMigrationMessage, encodeMigrationMessageParts, isMigrationType, type MigrationMessage } from '../protocol/messages.js';
 
 export type AnyMessage = MigrationMessage | Message;
@@ -95,6 +95,8 @@ export class FramedSocket extends EventEmitter<FramedSocketEvents> {
       if (this.ended) return;
       let message: AnyMessage;
       try {
+        // Version 1 defines no flag; a migration stream is strict: any flag set is a frame this side did not mean to take.
+        if (frame.flags !== 0) throw new ProtocolError('EPROTO_FLAGS', `a frame with flags 0x${frame.flags.toString(16)}: a migration connection takes none`, { frameType: frame.type, requestId: frame.requestId, field: 'flags' });
         // PAGES' data length is checked against the page size once it is agreed.
         message = isMigrationType(frame.type) ? decodeMigrationMessage(frame, this.pageSizeBytes) : decodeMessage(frame);
       } catch (decodeError) {

@@ -1,0 +1,201 @@
+// What the destination accepts of a migration's main stream before
+// switchover, and in what order: every message is checked against what may
+// come now before guest RAM is touched, so a malformed, hostile, reordered or
+// duplicated stream ends in a typed error and its bytes never land. Pure: no
+// sockets, no VM — guest RAM is a target it writes through (the fuzz tests
+// drive it with a plain buffer).
+//
+// The canonical order the source keeps, and this checks:
+//   BEGIN                       first, once
+//   PAGES / ZERO (round r)      r is the current round; within a round, each run starts at or past
+//                               the end of the one before (pages ascending, none twice)
+//   ROUND r                     closes round r (r = the current round); the next one starts
+//   DIRTY                       after pre-copy's pages; ascending, none twice; within guest RAM
+//   SWITCHOVER                  once; after it, nothing of pre-copy
+//   requests (BEGIN, SWITCHOVER, then GO, RESUME)   ids strictly increasing over the session, as the
+//                               source numbers them: a replayed or duplicated request is refused
+import { UserfaultError } from '../errors.js';
+import type { MigrationMode } from './convergence.js';
+import { PageBitmap } from './page-bitmap.js';
+import { PageDigestTable } from './page-digests.js';
+import { InvalidVmStateError } from '../vm/errors.js';
+import { machineConfigFromJson, vmStateFromJson, type MachineConfig, type VmSavedState } from '../vm/persist/vm-state.js';
+import type { MigrationMessage } from './protocol/messages.js';
+
+/** Where pre-copy's pages go: guest RAM, not registered with userfaultfd yet (the thread may touch it). */
+export interface GuestRamTarget {
+  /** Write whole pages from `firstPage`. */
+  writePages(firstPage: number, data: Uint8Array): void;
+  /** Make a page that held data zero again. */
+  zeroPage(page: number): void;
+}
+
+/** A stream that breaks the migration's rules (order, ranges, the machine): refused before its bytes land. */
+export class MigrationStreamError extends UserfaultError {
+  override readonly code = 'EMIGRATIONSTREAM';
+  constructor(readonly rule: string, message: string, options?: { cause?: unknown }) {
+    super(`the migration stream: ${message}`, options);
+  }
+}
+
+type Phase = 'begin' | 'precopy' | 'dirty' | 'switched';
+
+export class IncomingStream {
+  private phase: Phase = 'begin';
+  private machineValue: MachineConfig | undefined;
+  private modeValue: MigrationMode | undefined;
+  private pagesValue = 0;
+  private round = 0;
+  /** Within the current round (or the dirty list): where the next run may start. */
+  private cursor = 0;
+  private lastRequestId = 0;
+  received!: PageBitmap;
+  knownZero!: PageBitmap;
+  dirty!: PageBitmap;
+  digests!: PageDigestTable;
+  readonly stats = { dataPagesReceived: 0, zeroPagesReceived: 0, rounds: 0 };
+
+  constructor(private readonly pageSizeBytes: number, private readonly maxMemoryBytes = Number.MAX_SAFE_INTEGER) {}
+
+  get machine(): MachineConfig | undefined {
+    return this.machineValue;
+  }
+
+  get mode(): MigrationMode | undefined {
+    return this.modeValue;
+  }
+
+  get pageCount(): number {
+    return this.pagesValue;
+  }
+
+  get switched(): boolean {
+    return this.phase === 'switched';
+  }
+
+  /** A request from the source: its id must be past every one before it (no replay, no duplicate). */
+  request(what: string, requestId: number): void {
+    if (requestId <= this.lastRequestId) throw new MigrationStreamError('replay', `${what} with request id ${requestId}, not past ${this.lastRequestId}: a replayed or duplicated request`);
+    this.lastRequestId = requestId;
+  }
+
+  /** BEGIN: the machine to build (its config checked by the VM state's own schema). */
+  begin(message: Extract<MigrationMessage, { type: 'mig-begin' }>, requestId: number): MachineConfig {
+    if (this.phase !== 'begin') throw new MigrationStreamError('once', 'a second BEGIN');
+    this.request('BEGIN', requestId);
+    if (message.pageSizeBytes !== this.pageSizeBytes) throw new MigrationStreamError('page-size', `the source's pages are ${message.pageSizeBytes} bytes; this host's are ${this.pageSizeBytes}`);
+    let machine: MachineConfig;
+    try {
+      machine = machineConfigFromJson(JSON.parse(message.machineJson));
+    } catch (error) {
+      if (error instanceof InvalidVmStateError || error instanceof SyntaxError) throw new MigrationStreamError('machine', `the machine in BEGIN: ${error.message}`, { cause: error });
+      throw error;
+    }
+    if (machine.memoryBytes !== message.memoryBytes) throw new MigrationStreamError('machine', `BEGIN says ${message.memoryBytes} bytes of memory, its machine ${machine.memoryBytes}`);
+    if (machine.memoryBytes > this.maxMemoryBytes) throw new MigrationStreamError('machine', `a ${machine.memoryBytes}-byte machine is more than this destination builds`);
+    this.machineValue = machine;
+    this.modeValue = message.mode;
+    this.pagesValue = machine.memoryBytes / this.pageSizeBytes;
+    this.received = new PageBitmap(this.pagesValue);
+    this.knownZero = new PageBitmap(this.pagesValue);
+    this.dirty = new PageBitmap(this.pagesValue);
+    this.digests = new PageDigestTable(this.pagesValue, this.pageSizeBytes);
+    this.phase = 'precopy';
+    return machine;
+  }
+
+  /** PAGES: written into guest RAM only once every rule holds. */
+  pages(message: Extract<MigrationMessage, { type: 'mig-pages' }>, target: GuestRamTarget): void {
+    this.checkRun('PAGES', message.firstPage, message.pageCount, message.round);
+    if (message.data.length !== message.pageCount * this.pageSizeBytes) throw new MigrationStreamError('length', `PAGES of ${message.pageCount} pages carries ${message.data.length} bytes`);
+    target.writePages(message.firstPage, message.data);
+    this.digests.record(message.firstPage, message.data);
+    for (let page = message.firstPage; page < message.firstPage + message.pageCount; page++) {
+      this.received.set(page);
+      this.knownZero.clear(page);
+    }
+    this.stats.dataPagesReceived += message.pageCount;
+  }
+
+  /** ZERO (pre-copy): a page that had data here is zeroed; one never written is zero already (untouched anonymous memory). */
+  zero(message: Extract<MigrationMessage, { type: 'mig-zero' }>, target: GuestRamTarget): void {
+    this.checkRun('ZERO', message.firstPage, message.pageCount, message.round);
+    for (let page = message.firstPage; page < message.firstPage + message.pageCount; page++) {
+      if (this.received.get(page) && !this.knownZero.get(page)) target.zeroPage(page);
+      this.received.set(page);
+      this.knownZero.set(page);
+      this.digests.recordZero(page);
+    }
+    this.stats.zeroPagesReceived += message.pageCount;
+  }
+
+  roundEnd(message: Extract<MigrationMessage, { type: 'mig-round' }>): void {
+    this.expect('ROUND', ['precopy']);
+    if (message.round !== this.round) throw new MigrationStreamError('order', `ROUND ${message.round} while round ${this.round} is under way`);
+    this.round++;
+    this.cursor = 0;
+    this.stats.rounds = this.round;
+  }
+
+  dirtyList(message: Extract<MigrationMessage, { type: 'mig-dirty' }>): void {
+    this.expect('DIRTY', ['precopy', 'dirty']);
+    if (this.phase === 'precopy') {
+      this.phase = 'dirty';
+      this.cursor = 0;
+    }
+    this.checkRange('DIRTY', message.firstPage, message.pageCount);
+    if (message.firstPage < this.cursor) throw new MigrationStreamError('order', `DIRTY from page ${message.firstPage} after one that reached page ${this.cursor}`);
+    this.cursor = message.firstPage + message.pageCount;
+    for (let i = 0; i < message.pageCount; i++) if (message.bitmap[i >>> 3]! & (1 << (i & 7))) this.dirty.set(message.firstPage + i);
+  }
+
+  /** SWITCHOVER: the VM state, checked by its schema and against the machine BEGIN built. */
+  switchover(message: Extract<MigrationMessage, { type: 'mig-switchover' }>, requestId: number): VmSavedState {
+    this.expect('SWITCHOVER', ['precopy', 'dirty']);
+    this.request('SWITCHOVER', requestId);
+    let state: VmSavedState;
+    try {
+      state = vmStateFromJson(JSON.parse(message.stateJson));
+    } catch (error) {
+      if (error instanceof InvalidVmStateError || error instanceof SyntaxError) throw new MigrationStreamError('state', `the VM state in SWITCHOVER: ${error.message}`, { cause: error });
+      throw error;
+    }
+    const machine = this.machineValue!;
+    if (state.machine.memoryBytes !== machine.memoryBytes || state.machine.vcpuCount !== machine.vcpuCount) {
+      throw new MigrationStreamError('state', 'the VM state in SWITCHOVER is for another machine than BEGIN built');
+    }
+    if (!message.postcopy) {
+      const missing = this.pagesValue - this.received.count();
+      if (missing > 0) throw new MigrationStreamError('complete', `stop-and-copy switchover with ${missing} page(s) never sent`);
+      if (this.dirty.count() > 0) throw new MigrationStreamError('complete', 'stop-and-copy switchover with a dirty list (those pages were to be sent)');
+    }
+    this.phase = 'switched';
+    return state;
+  }
+
+  /** The stream ended (the connection closed): before switchover that is a migration that did not happen. */
+  end(): void {
+    if (this.phase !== 'switched') throw new MigrationStreamError('truncated', `the stream ended ${this.phase === 'begin' ? 'before BEGIN' : 'before switchover'}`);
+  }
+
+  private expect(what: string, phases: readonly Phase[]): void {
+    if (!phases.includes(this.phase)) {
+      const where = this.phase === 'begin' ? 'before BEGIN' : this.phase === 'switched' ? 'after switchover' : this.phase === 'dirty' ? 'after the dirty list began' : 'now';
+      throw new MigrationStreamError('order', `${what} ${where}`);
+    }
+  }
+
+  private checkRange(what: string, firstPage: number, pageCount: number): void {
+    if (!Number.isSafeInteger(firstPage) || firstPage < 0 || pageCount < 1 || firstPage + pageCount > this.pagesValue) {
+      throw new MigrationStreamError('range', `${what} for pages ${firstPage}..${firstPage + pageCount - 1}: guest RAM has ${this.pagesValue} pages`);
+    }
+  }
+
+  private checkRun(what: string, firstPage: number, pageCount: number, round: number): void {
+    this.expect(what, ['precopy']);
+    this.checkRange(what, firstPage, pageCount);
+    if (round !== this.round) throw new MigrationStreamError('order', `${what} of round ${round} during round ${this.round}`);
+    if (firstPage < this.cursor) throw new MigrationStreamError('order', `${what} from page ${firstPage} in round ${round}, after a run that reached page ${this.cursor} (pages come once, ascending)`);
+    this.cursor = firstPage + pageCount;
+  }
+}
