@@ -12,6 +12,7 @@
 import { resolve } from 'node:path';
 import { Option, type Command } from 'commander';
 import { ExitCode, exitCodeFor } from '../exit-codes.js';
+import type { DestinationProgress } from '../migrate/destination-migration.js';
 import type { MigrationProgress } from '../migrate/source-migration.js';
 import { isLoopbackHost, parseHostPort } from '../pages/address.js';
 import { callControlApi } from '../vm/control-api.js';
@@ -236,11 +237,12 @@ export function registerVmCommands(program: Command): void {
     .requiredOption('--listen <host:port>', 'where the source connects (127.0.0.1 unless --allow-remote; port 0: any)')
     .option('--allow-remote', 'listen on an address other hosts can reach (use --psk-file there)')
     .option('--psk-file <file>', 'a pre-shared key (hex or raw, at least 16 bytes): only a source holding the same key gets in (TLS-PSK)')
+    .addOption(new Option('--stall-timeout-ms <ms>', 'a connection that carries nothing this long (pings unanswered) counts as cut').default('10000'))
     .option('--api-sock <path>', 'serve the control socket here once the guest runs')
     .option('--log <file>', 'also write the console to this file')
     .option('--no-stdin', 'do not forward the terminal to the guest\'s COM1')
     .option('--json', 'report VMM events as JSON lines (one object per line) on stderr')
-    .action(async (options: CommonRunOptions & { listen: string; allowRemote?: boolean; pskFile?: string }) => {
+    .action(async (options: CommonRunOptions & { listen: string; allowRemote?: boolean; pskFile?: string; stallTimeoutMs: string }) => {
       await handled(options.json, async () => {
         const listen = parseHostPort(options.listen, '--listen HOST:PORT');
         if (!isLoopbackHost(listen.host) && !options.allowRemote) {
@@ -251,6 +253,7 @@ export function registerVmCommands(program: Command): void {
           command: 'receive',
           listen,
           pskFile: options.pskFile === undefined ? undefined : resolve(options.pskFile),
+          stallTimeoutMs: countOption('--stall-timeout-ms', options.stallTimeoutMs, 100),
           apiSock: options.apiSock === undefined ? undefined : resolve(options.apiSock),
           log: options.log,
           forwardStdin: options.stdin && process.stdin.isTTY === true,
@@ -268,9 +271,10 @@ export function registerVmCommands(program: Command): void {
     .addOption(new Option('--downtime-ms <ms>', 'pre-copy stops when the expected downtime is under this').default('300'))
     .addOption(new Option('--max-rounds <n>', 'pre-copy rounds at most (the full first pass included)').default('10'))
     .addOption(new Option('--reconnect-deadline-ms <ms>', 'after a cut in post-copy, keep reconnecting this long before waiting for --resume').default('60000'))
+    .addOption(new Option('--stall-timeout-ms <ms>', 'a connection that carries nothing this long (pings unanswered) counts as cut: a silent link is noticed without waiting for TCP').default('10000'))
     .option('--psk-file <file>', 'the pre-shared key the destination holds (vm receive --psk-file): both connections are TLS-PSK')
     .option('--json', 'print only the final report, as one JSON object')
-    .action(async (options: SocketOptions & { to?: string; resume?: boolean; mode: 'precopy' | 'postcopy' | 'hybrid'; downtimeMs: string; maxRounds: string; reconnectDeadlineMs: string; pskFile?: string }) => {
+    .action(async (options: SocketOptions & { to?: string; resume?: boolean; mode: 'precopy' | 'postcopy' | 'hybrid'; downtimeMs: string; maxRounds: string; reconnectDeadlineMs: string; stallTimeoutMs: string; pskFile?: string }) => {
       await handled(options.json, async () => {
         if (options.resume === (options.to !== undefined)) throw new VmUsageError(['--to', '--resume'], options.resume ? '--resume goes on with the migration under way: it takes no --to' : 'give the destination, --to HOST:PORT (or --resume a paused one)');
         const progress = options.json ? undefined : new MigrationProgressView();
@@ -293,6 +297,7 @@ export function registerVmCommands(program: Command): void {
             const downtimeMs = countOption('--downtime-ms', options.downtimeMs, 1);
             const maxRounds = countOption('--max-rounds', options.maxRounds, 1);
             const reconnectDeadlineMs = countOption('--reconnect-deadline-ms', options.reconnectDeadlineMs, 100);
+            const stallTimeoutMs = countOption('--stall-timeout-ms', options.stallTimeoutMs, 100);
             parseHostPort(options.to!.replace(/^tcp:\/\//, ''), '--to HOST:PORT');
             report = (await callControlApi(options.apiSock, 'PUT', '/migrate', {
               to: options.to,
@@ -300,6 +305,7 @@ export function registerVmCommands(program: Command): void {
               downtime_ms: downtimeMs,
               max_rounds: maxRounds,
               reconnect_deadline_ms: reconnectDeadlineMs,
+              stall_timeout_ms: stallTimeoutMs,
               ...(options.pskFile === undefined ? {} : { psk_file: resolve(options.pskFile) }),
               wait: true,
             })) as MigrationProgress;
@@ -377,7 +383,7 @@ function sizeOption(option: string, text: string): number {
 /** A whole number of at least `min`, else a usage error naming the option. */
 function countOption(option: string, text: string, min: number): number {
   if (!/^\d+$/.test(text) || !Number.isSafeInteger(Number(text)) || Number(text) < min) {
-    throw new VmUsageError([option], `${option} takes ${min === 0 ? 'a non-negative' : 'a positive'} whole number, got ${JSON.stringify(text)}`);
+    throw new VmUsageError([option], `${option} takes ${min === 0 ? 'a non-negative whole number' : min === 1 ? 'a positive whole number' : `a whole number of at least ${min}`}, got ${JSON.stringify(text)}`);
   }
   return Number(text);
 }
@@ -458,7 +464,7 @@ export function formatEvent(event: VmmProcessEvent): string[] {
       if (p.error) return [`migration in: ${p.state}: ${p.error.message}`];
       return [`migration in: ${p.state}${p.verified === undefined ? '' : p.verified ? ', every page verified' : `, ${p.differingBatches} batch(es) differ`}; ` +
         `pre-copy ${p.dataPagesReceived} data and ${p.zeroPagesReceived} zero pages in ${p.rounds} rounds, ${p.stalePages} stale; ` +
-        `post-copy ${p.demandReads} demanded, ${p.pushedPages} pushed; load ${p.loadMs ?? '-'} ms, resume ${p.resumeMs ?? '-'} ms`];
+        `post-copy ${p.demandReads} demanded${demandLatency(p)}, ${p.pushedPages} pushed; load ${p.loadMs ?? '-'} ms, resume ${p.resumeMs ?? '-'} ms`];
     }
     case 'exited': {
       const { reason } = event;
@@ -508,10 +514,15 @@ export function formatStatus(status: VmStatus): string[] {
   if (migration?.role === 'source') lines.push(formatMigrationProgress(migration));
   else if (migration?.role === 'destination') {
     const m = migration;
-    lines.push(`migration in: ${m.state}, pre-copy ${m.dataPagesReceived} data and ${m.zeroPagesReceived} zero pages, post-copy ${m.demandReads} demanded and ${m.pushedPages} pushed` +
+    lines.push(`migration in: ${m.state}, pre-copy ${m.dataPagesReceived} data and ${m.zeroPagesReceived} zero pages, post-copy ${m.demandReads} demanded${demandLatency(m)} and ${m.pushedPages} pushed` +
       (m.verified === undefined ? '' : m.verified ? ', verified' : ', NOT verified'));
   }
   return lines;
+}
+
+function demandLatency(p: DestinationProgress): string {
+  const l = p.demandLatencyMicros;
+  return l && l.count ? ` (round trip p50 ${l.p50} us, p99 ${l.p99} us)` : '';
 }
 
 /** Progress on a terminal (one line, rewritten), or a line per phase or round when stdout is not one. */

@@ -20,6 +20,7 @@
 import { EventEmitter } from 'node:events';
 import { UserfaultError } from '../errors.js';
 import { PAGE_SIZE } from '../native.js';
+import type { LatencySummary } from '../pager/latency-histogram.js';
 import type { ErrorMessage, PagesMessage } from '../protocol/index.js';
 import { Vmm } from '../vm/vmm.js';
 import type { MigrationMode } from './convergence.js';
@@ -29,7 +30,7 @@ import { isFinal, nextDestinationState, type DestinationMigrationState, type Mig
 import { PageBitmap } from './page-bitmap.js';
 import { DIGEST_BATCH_PAGES } from './page-digests.js';
 import { MigrationListener, sameSession, type AcceptedChannel, type MigrationSecurity, type SourceChannel } from './transport/channels.js';
-import type { AnyMessage, FramedSocket } from './transport/framed-socket.js';
+import { DEFAULT_STALL_TIMEOUT_MS, type AnyMessage, type FramedSocket } from './transport/framed-socket.js';
 
 export interface ReceiveOptions {
   /** Where to listen: 127.0.0.1 unless told otherwise (the caller checks loopback). */
@@ -39,6 +40,8 @@ export interface ReceiveOptions {
   console?: (bytes: Uint8Array) => void;
   /** TLS-PSK: only a source holding this key gets a connection. */
   security?: MigrationSecurity;
+  /** A connection that carries nothing for this long (pings unanswered) counts as cut (default 10 s). */
+  stallTimeoutMs?: number;
 }
 
 export interface DestinationProgress {
@@ -57,6 +60,8 @@ export interface DestinationProgress {
   demandReads: number;
   backgroundReads: number;
   pushedPages: number;
+  /** Post-copy: each demand READ's round trip to the source, in µs (what a vCPU waiting on a page waits for). */
+  demandLatencyMicros?: LatencySummary;
   elapsedMs: number;
   /** ms from SWITCHOVER to READY, and from GO to the vCPUs running (this side's clock). */
   loadMs?: number;
@@ -173,6 +178,7 @@ export class DestinationMigration extends EventEmitter<DestinationMigrationEvent
       pushedPages: (stats?.pushedPages ?? 0) + (stats?.pushedZeroPages ?? 0),
       elapsedMs: Math.round((performance.now() - this.started) * 100) / 100,
     };
+    if (this.pageSource) progress.demandLatencyMicros = this.pageSource.demandLatencyMicros;
     if (this.stream.mode) progress.mode = this.stream.mode;
     if (this.stream.pageCount) progress.guestPages = this.stream.pageCount;
     if (this.loadMs !== undefined) progress.loadMs = this.loadMs;
@@ -236,6 +242,7 @@ export class DestinationMigration extends EventEmitter<DestinationMigrationEvent
     } else {
       this.urgent = socket;
     }
+    socket.watchLiveness(this.options.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_MS);
     socket.on('message', (message, requestId) => this.onMessage(message, requestId, socket));
     socket.on('end', (error) => this.onEnd(socket, error));
   }
@@ -304,9 +311,6 @@ export class DestinationMigration extends EventEmitter<DestinationMigrationEvent
       case 'error':
         if (!this.pageSource) throw new IncomingMigrationError(`${message.type} before switchover`);
         this.pageSource.handle(message as PagesMessage | ErrorMessage | { type: 'push'; offset: number; data: Uint8Array }, requestId, from);
-        return;
-      case 'ping':
-        void from.send({ type: 'pong', data: message.data }, requestId).catch(() => {});
         return;
       default:
         throw new IncomingMigrationError(`the source sent ${message.type}, which a migration destination does not take`);

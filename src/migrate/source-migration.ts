@@ -30,7 +30,7 @@ import { nextSourceState, isFinal, isPastSwitchover, type MigrationEvent, type S
 import { PageBitmap } from './page-bitmap.js';
 import { DIGEST_BATCH_PAGES, PageDigestTable, differingBatches } from './page-digests.js';
 import { connectChannel, newSessionId, parseMigrationAddress, type MigrationSecurity } from './transport/channels.js';
-import type { AnyMessage, FramedSocket } from './transport/framed-socket.js';
+import { DEFAULT_STALL_TIMEOUT_MS, type AnyMessage, type FramedSocket } from './transport/framed-socket.js';
 
 /** What the source side needs of the VM. */
 export interface MigratableVm {
@@ -56,6 +56,8 @@ export interface MigrateOptions {
   reconnectDeadlineMs?: number;
   /** TLS-PSK on both connections (the destination must hold the same key). */
   security?: MigrationSecurity;
+  /** A connection that carries nothing for this long (pings unanswered) counts as cut (default 10 s). */
+  stallTimeoutMs?: number;
 }
 
 /** Where the guest-stopped time went, ms (the VMM's clock). */
@@ -261,8 +263,10 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
     }
     this.main = main;
     this.urgent = urgent;
-    this.listen(main);
-    this.listen(urgent);
+    for (const socket of [main, urgent]) {
+      socket.watchLiveness(this.options.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_MS);
+      this.listen(socket);
+    }
   }
 
   /**
@@ -592,9 +596,6 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
           return;
         case 'mig-complete':
           void this.complete(message.digests, requestId).catch((error: Error) => this.lost(error));
-          return;
-        case 'ping':
-          void socket.send({ type: 'pong', data: message.data }, requestId).catch(() => {});
           return;
         default:
           this.lost(new MigrationRefusedError(`the destination sent ${message.type}, which a migration source does not take`));

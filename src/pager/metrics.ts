@@ -1,5 +1,5 @@
 // What the pager did, cheap to update on the fault path.
-import * as hdr from 'hdr-histogram-js';
+import { LatencyHistogram, type LatencySummary } from './latency-histogram.js';
 
 export interface PagerMetricsSnapshot {
   /** Page-fault messages read from the uffd. */
@@ -32,11 +32,9 @@ export interface PagerMetricsSnapshot {
   events: { remove: number; unmap: number; remap: number; fork: number; unknown: number };
   inFlightPeak: number;
   /**
-   * Per-fault latency in whole microseconds, from the message being read to the page being resolved
-   * (mean to 0.1 µs). Always p50 <= p90 <= p99 <= max: percentiles are exact to two significant digits
-   * and never above the largest latency recorded.
+   * Per-fault latency in whole microseconds, from the message being read to the page being resolved.
    */
-  latencyMicros: { count: number; p50: number; p90: number; p99: number; max: number; mean: number };
+  latencyMicros: LatencySummary;
 }
 
 export class PagerMetrics {
@@ -58,18 +56,13 @@ export class PagerMetrics {
   readsAborted = 0;
   inFlightPeak = 0;
   readonly events = { remove: 0, unmap: 0, remap: 0, fork: 0, unknown: 0 };
-  private readonly latency = hdr.build({ lowestDiscernibleValue: 1, highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: 2 });
+  private readonly latency = new LatencyHistogram();
 
   recordLatencyMicros(micros: number): void {
-    this.latency.recordValue(Math.max(1, Math.min(60_000_000, Math.round(micros))));
+    this.latency.record(micros);
   }
 
   snapshot(): PagerMetricsSnapshot {
-    const h = this.latency;
-    // getValueAtPercentile answers with the highest value its bucket stands for (1001 µs recorded
-    // alone reads back as 1003), while maxValue is the largest value recorded exactly: clamp, so a
-    // percentile never claims a latency above every one that was seen.
-    const percentile = (q: number): number => Math.min(h.getValueAtPercentile(q), h.maxValue);
     return {
       faults: this.faults,
       coalescedFaults: this.coalescedFaults,
@@ -89,14 +82,7 @@ export class PagerMetrics {
       readsAborted: this.readsAborted,
       events: { ...this.events },
       inFlightPeak: this.inFlightPeak,
-      latencyMicros: {
-        count: h.totalCount,
-        p50: percentile(50),
-        p90: percentile(90),
-        p99: percentile(99),
-        max: h.maxValue,
-        mean: h.totalCount ? Math.round(h.mean * 10) / 10 : 0,
-      },
+      latencyMicros: this.latency.summary(),
     };
   }
 }

@@ -178,8 +178,9 @@ async function route(vmm: Vmm, req: IncomingMessage, res: ServerResponse, option
     if (pskFile !== undefined && (typeof pskFile !== 'string' || !isAbsolute(pskFile))) throw new BadControlRequestError('psk_file', 'psk_file must be an absolute path');
     const security = pskFile === undefined ? undefined : readPskFile(pskFile);
     const reconnectDeadlineMs = optionalNumber(body, 'reconnect_deadline_ms', 100, 24 * 3600_000);
+    const stallTimeoutMs = optionalNumber(body, 'stall_timeout_ms', 100, 3600_000);
     vmm.check('migrate');
-    const running = vmm.migrate({ to, mode, downtimeMs, maxRounds, security, reconnectDeadlineMs });
+    const running = vmm.migrate({ to, mode, downtimeMs, maxRounds, security, reconnectDeadlineMs, stallTimeoutMs });
     // With "wait": true the answer is the final report (the VMM ends after a completed migration: this is the last word).
     if (field(body, 'wait') === true) return reply(res, 200, await running);
     // Otherwise it runs on; its end is in GET /migrate (and the VMM's log).

@@ -5,7 +5,7 @@
 //        [--cmdline "workload=writer mem=16"] [--api-sock PATH] [--log FILE]
 //   node dist/src/vm/vmm-main.js restore SNAPSHOT | --from tcp://HOST:PORT [--lazy [--prefetch-all]
 //        [--no-verify] [--prefetch-pages N]] [--api-sock PATH] [--log FILE]
-//   node dist/src/vm/vmm-main.js receive --listen HOST:PORT [--api-sock PATH] [--log FILE]
+//   node dist/src/vm/vmm-main.js receive --listen HOST:PORT [--stall-timeout-ms MS] [--api-sock PATH] [--log FILE]
 //
 // The guest's console goes to stdout (and to --log). The VMM's own lines go
 // to stderr as `vmm: {json}` (see VmmProcessEvent). Exit codes: vmm-process.ts.
@@ -48,6 +48,7 @@ async function main(argv: string[]): Promise<number> {
       'prefetch-pages': { type: 'string' },
       from: { type: 'string' },
       listen: { type: 'string' },
+      'stall-timeout-ms': { type: 'string' },
     },
   });
   const [command, snapshotPath] = positionals as [string | undefined, string | undefined];
@@ -65,6 +66,7 @@ async function main(argv: string[]): Promise<number> {
     snapshotPath,
     fromUrl: values.from,
     listen: values.listen === undefined ? undefined : parseHostPort(values.listen, '--listen HOST:PORT'),
+    stallTimeoutMs: values['stall-timeout-ms'] === undefined ? undefined : parseCount('--stall-timeout-ms', values['stall-timeout-ms']),
     lazy: values.lazy
       ? { prefetchAll: values['prefetch-all'], verify: !values['no-verify'], prefetch: maxPages === undefined ? undefined : maxPages <= 1 ? false : { maxPages } }
       : false,

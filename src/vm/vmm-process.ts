@@ -33,6 +33,8 @@ export interface VmmProcessOptions {
   listen?: { host: string; port: number };
   /** receive: the TLS-PSK key file (only a source holding the key is let in). */
   pskFile?: string;
+  /** receive: a connection silent this long counts as cut. */
+  stallTimeoutMs?: number;
   /** run: a multiboot image path or 'builtin'. */
   image?: string;
   memoryBytes?: number;
@@ -186,7 +188,7 @@ async function buildVmm(options: VmmProcessOptions, console: (bytes: Uint8Array)
   if (options.command === 'receive') {
     if (!options.listen) throw new VmUsageError(['--listen'], 'receive needs --listen HOST:PORT');
     const security = options.pskFile === undefined ? undefined : readPskFile(options.pskFile);
-    const destination = await DestinationMigration.listen({ ...options.listen, console, security });
+    const destination = await DestinationMigration.listen({ ...options.listen, console, security, stallTimeoutMs: options.stallTimeoutMs });
     destination.on('refused', (peer, reason) => options.report({ event: 'connection-refused', peer, reason }));
     options.report({ event: 'listening', url: destination.url, authenticated: security !== undefined });
     const report = (): void => options.report({ event: 'migration', progress: destination.progress() });

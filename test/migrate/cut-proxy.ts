@@ -1,11 +1,16 @@
 // A TCP proxy for migration tests: every connection through it can be cut
 // at a chosen moment (both ends destroyed, as a pulled cable looks to the
-// processes), and the bytes from the source can be slowed to a rate, so a
-// post-copy lasts long enough to be cut in the middle.
+// processes) or frozen (nothing forwarded, nothing closed: a blackholed link,
+// which only a liveness check notices), and the bytes from the source can be
+// slowed to a rate, so a post-copy lasts long enough to be cut in the middle.
 import { connect, createServer, type Server, type Socket } from 'node:net';
 
 export class CutProxy {
   private readonly pairs = new Set<[Socket, Socket]>();
+  /** While frozen: connections accepted but not yet joined to the target (a SYN lost on a dead link). */
+  private waiting: Array<{ client: Socket; join: () => void }> = [];
+  private frozen = false;
+  private readonly flows = new Set<Flow>();
   private constructor(private readonly server: Server, readonly port: number) {}
   /** Connections accepted since the start. */
   accepted = 0;
@@ -20,20 +25,27 @@ export class CutProxy {
       proxy.recorded.push(record);
       client.on('data', (chunk: Buffer) => record.push(chunk));
       client.pause();
-      const upstream = connect(target);
-      const pair: [Socket, Socket] = [client, upstream];
-      proxy.pairs.add(pair);
-      const end = (): void => {
-        proxy.pairs.delete(pair);
-        client.destroy();
-        upstream.destroy();
+      const join = (): void => {
+        if (client.destroyed) return;
+        const upstream = connect(target);
+        const pair: [Socket, Socket] = [client, upstream];
+        proxy.pairs.add(pair);
+        const end = (): void => {
+          proxy.pairs.delete(pair);
+          client.destroy();
+          upstream.destroy();
+        };
+        client.on('error', end).on('close', end);
+        upstream.on('error', end).on('close', end);
+        upstream.on('connect', () => {
+          proxy.flow(client, upstream, options.bytesPerSecond);
+          proxy.flow(upstream, client, undefined);
+        });
       };
-      client.on('error', end).on('close', end);
-      upstream.on('error', end).on('close', end);
-      upstream.on('connect', () => {
-        pipeSlowly(client, upstream, options.bytesPerSecond);
-        upstream.pipe(client);
-      });
+      if (proxy.frozen) {
+        client.on('error', () => client.destroy());
+        proxy.waiting.push({ client, join });
+      } else join();
     });
     await new Promise<void>((resolve) => server.listen({ host: '127.0.0.1', port: 0 }, () => resolve()));
     const address = server.address();
@@ -56,23 +68,53 @@ export class CutProxy {
     return n;
   }
 
+  /** Stop forwarding in both directions without closing anything; new connections get no further than the proxy. */
+  freeze(): number {
+    this.frozen = true;
+    for (const flow of this.flows) flow.from.pause();
+    return this.pairs.size;
+  }
+
+  /** Forward again: what was held back flows on, connections that waited are joined. */
+  thaw(): void {
+    this.frozen = false;
+    for (const flow of this.flows) if (!flow.pacing) flow.from.resume();
+    for (const { join } of this.waiting.splice(0)) join();
+  }
+
   close(): void {
     this.cut();
+    for (const { client } of this.waiting.splice(0)) client.destroy();
     this.server.close();
+  }
+
+  /** from → to, at most bytesPerSecond (no limit when undefined), respecting the writer's buffer and the freeze. */
+  private flow(from: Socket, to: Socket, bytesPerSecond: number | undefined): void {
+    const flow: Flow = { from, pacing: false };
+    this.flows.add(flow);
+    from.on('close', () => this.flows.delete(flow));
+    const resume = (): void => {
+      if (!this.frozen && !flow.pacing && !to.writableNeedDrain) from.resume();
+    };
+    to.on('drain', resume);
+    from.on('data', (chunk: Buffer) => {
+      const room = to.write(chunk);
+      if (bytesPerSecond) {
+        flow.pacing = true;
+        from.pause();
+        setTimeout(() => {
+          flow.pacing = false;
+          resume();
+        }, (chunk.length / bytesPerSecond) * 1000);
+      } else if (!room) from.pause();
+      if (this.frozen) from.pause();
+    });
+    if (!this.frozen) from.resume();
   }
 }
 
-/** from → to, at most bytesPerSecond (no limit when undefined): each chunk written, then reading pauses for its share of a second. */
-function pipeSlowly(from: Socket, to: Socket, bytesPerSecond: number | undefined): void {
-  if (!bytesPerSecond) {
-    from.pipe(to);
-    from.resume();
-    return;
-  }
-  from.on('data', (chunk: Buffer) => {
-    to.write(chunk);
-    from.pause();
-    setTimeout(() => from.resume(), (chunk.length / bytesPerSecond) * 1000);
-  });
-  from.resume();
+interface Flow {
+  from: Socket;
+  /** Paused for its rate, resumed by its own timer. */
+  pacing: boolean;
 }

@@ -4,7 +4,11 @@
 // (send() resolves once the kernel has room), so a pre-copy stream cannot
 // pile up gigabytes in the VMM's heap. The peer is not trusted: a frame that
 // fails its CRC or its codec ends the connection with the ProtocolError, and
-// nothing it carried is used.
+// nothing it carried is used. A peer gone silent (a blackholed link, a host
+// that lost power: TCP alone would retransmit for minutes) is noticed by
+// watchLiveness(), which pings when nothing has come for a while and ends the
+// connection when the silence lasts; PING and PONG are this layer's own, never
+// seen by the migration above it.
 import { EventEmitter } from 'node:events';
 import type { Socket } from 'node:net';
 import { UserfaultError } from '../../errors.js';
@@ -12,6 +16,9 @@ import { FrameDecoder, PRE_HELLO_MAX_PAYLOAD_BYTES, ProtocolError, decodeMessage
 import { decodeMigrationMessage, encodeMigrationMessageParts, isMigrationType, type MigrationMessage } from '../protocol/messages.js';
 
 export type AnyMessage = MigrationMessage | Message;
+
+/** How long a migration connection may carry nothing before it counts as cut, unless told otherwise. */
+export const DEFAULT_STALL_TIMEOUT_MS = 10_000;
 
 export interface FramedSocketEvents {
   /** A frame, decoded and checked. */
@@ -30,6 +37,9 @@ export class FramedSocket extends EventEmitter<FramedSocketEvents> {
   bytesReceived = 0;
   /** Known once both sides agreed (pre-copy PAGES are checked against it). */
   pageSizeBytes: number | undefined;
+  private lastHeardAt = performance.now();
+  private livenessTimer: NodeJS.Timeout | undefined;
+  private nextPingId = 1;
 
   constructor(readonly socket: Socket, readonly name: string) {
     super();
@@ -59,6 +69,25 @@ export class FramedSocket extends EventEmitter<FramedSocketEvents> {
       full = !this.socket.write(part) || full;
     }
     if (full) await this.drained();
+  }
+
+  /**
+   * End the connection with a StalledConnectionError once nothing at all has
+   * arrived for silenceLimitMs. A quarter of that into a silence this side
+   * pings (every peer answers), so a healthy but idle peer is never mistaken
+   * for a dead one.
+   */
+  watchLiveness(silenceLimitMs: number): void {
+    clearInterval(this.livenessTimer);
+    if (this.ended) return;
+    const intervalMs = Math.max(10, Math.floor(silenceLimitMs / 4));
+    this.lastHeardAt = performance.now();
+    this.livenessTimer = setInterval(() => {
+      const silentMs = performance.now() - this.lastHeardAt;
+      if (silentMs >= silenceLimitMs) this.destroy(new StalledConnectionError(this.name, Math.round(silentMs)));
+      else if (silentMs >= intervalMs) this.send({ type: 'ping', data: new Uint8Array(0) }, this.nextPingId++).catch(() => {});
+    }, intervalMs);
+    this.livenessTimer.unref();
   }
 
   /** End the connection (flushing what was written). */
@@ -91,6 +120,7 @@ export class FramedSocket extends EventEmitter<FramedSocketEvents> {
   private onData(chunk: Buffer): void {
     if (this.ended) return;
     this.bytesReceived += chunk.length;
+    this.lastHeardAt = performance.now();
     const { error } = this.decoder.push(chunk, (frame) => {
       if (this.ended) return;
       let message: AnyMessage;
@@ -103,6 +133,11 @@ export class FramedSocket extends EventEmitter<FramedSocketEvents> {
         this.destroy(decodeError as Error);
         return;
       }
+      if (message.type === 'ping') {
+        this.send({ type: 'pong', data: message.data }, frame.requestId).catch(() => {});
+        return;
+      }
+      if (message.type === 'pong') return;
       try {
         this.emit('message', message, frame.requestId);
       } catch (handlerError) {
@@ -116,8 +151,17 @@ export class FramedSocket extends EventEmitter<FramedSocketEvents> {
   private finish(error: Error | undefined): void {
     if (this.ended) return;
     this.ended = true;
+    clearInterval(this.livenessTimer);
     this.releaseDrainWaiters();
     this.emit('end', error);
+  }
+}
+
+/** Nothing arrived on a connection for longer than its liveness limit: the peer or the path to it is gone. */
+export class StalledConnectionError extends UserfaultError {
+  override readonly code = 'ESTALLED';
+  constructor(readonly connection: string, readonly silentMs: number) {
+    super(`the ${connection} connection carried nothing for ${silentMs} ms (not even an answer to a ping): the peer or the path to it is gone`);
   }
 }
 
