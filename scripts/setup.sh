@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs what userfault needs on a fresh Debian machine, as root or through
 # sudo, without asking anything (CI runs it with no standard input):
-#   - from Debian, only what is missing: nasm (the micro guest), and python3,
-#     make, gcc and g++ (node-gyp's build of the native addon);
+#   - from Debian, only what is missing: nasm (the micro guest), python3,
+#     make, gcc and g++ (node-gyp's build of the native addon; python3 also
+#     runs the two-host tests' impaired link), and iproute2 (`ip netns`, for
+#     the two-host migration tests);
 #   - the npm dependencies exactly as package-lock.json pins them (`npm ci`
 #     never rewrites the lock file, and fails if it does not match
 #     package.json), which builds the addon and compiles the TypeScript;
@@ -13,7 +15,7 @@ cd "$(dirname "$0")/.."
 
 # Debian package <- the command that shows it is installed.
 missing=()
-for pair in nasm:nasm python3:python3 make:make gcc:gcc g++:g++; do
+for pair in nasm:nasm python3:python3 make:make gcc:gcc g++:g++ iproute2:ip; do
   command -v "${pair#*:}" >/dev/null 2>&1 || missing+=("${pair%%:*}")
 done
 

@@ -78,9 +78,14 @@ export interface SpawnedVmm {
   exit: Promise<number | null>;
 }
 
+export interface SpawnOptions {
+  /** Run it inside this network namespace (`ip netns exec NS`, which execs it: the pid is the VMM's). */
+  netns?: string;
+}
+
 /** A VMM in a child process (`vmm-main.js ARGS`); its console on `console`, its `vmm: {json}` lines in stderr. */
-export function spawnVmm(t: CleanupScope, args: string[]): SpawnedVmm {
-  return spawnNode(t, [VMM_MAIN, ...args]);
+export function spawnVmm(t: CleanupScope, args: string[], options: SpawnOptions = {}): SpawnedVmm {
+  return spawnNode(t, [VMM_MAIN, ...args], options);
 }
 
 /** `userfault ARGS` in a child process. */
@@ -121,8 +126,9 @@ export async function corruptStoredPage(path: string, which: 'first' | 'last' = 
   }
 }
 
-function spawnNode(t: CleanupScope, args: string[]): SpawnedVmm {
-  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+function spawnNode(t: CleanupScope, args: string[], options: SpawnOptions = {}): SpawnedVmm {
+  const [command, argv] = options.netns === undefined ? [process.execPath, args] : ['ip', ['netns', 'exec', options.netns, process.execPath, ...args]];
+  const child = spawn(command, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
   const console = new ConsoleCapture();
   let stderr = '';
   child.stdout!.on('data', (c: Buffer) => console.append(c.toString('latin1')));
