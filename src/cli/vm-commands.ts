@@ -521,8 +521,8 @@ export function formatStatus(status: VmStatus): string[] {
 }
 
 function demandLatency(p: DestinationProgress): string {
-  const l = p.demandLatencyMicros;
-  return l && l.count ? ` (round trip p50 ${l.p50} us, p99 ${l.p99} us)` : '';
+  const l = p.faultLatencyMicros;
+  return l && l.count ? ` (${l.count} faults waited p50 ${l.p50} us, p99 ${l.p99} us)` : '';
 }
 
 /** Progress on a terminal (one line, rewritten), or a line per phase or round when stdout is not one. */

@@ -60,8 +60,11 @@ export interface DestinationProgress {
   demandReads: number;
   backgroundReads: number;
   pushedPages: number;
-  /** Post-copy: each demand READ's round trip to the source, in µs (what a vCPU waiting on a page waits for). */
-  demandLatencyMicros?: LatencySummary;
+  /**
+   * Post-copy: each guest fault's latency, µs, from the fault read off the uffd to its page installed
+   * (by the demand READ's answer or a push that got there first) — what a vCPU waits (QEMU's postcopy-latency).
+   */
+  faultLatencyMicros?: LatencySummary;
   elapsedMs: number;
   /** ms from SWITCHOVER to READY, and from GO to the vCPUs running (this side's clock). */
   loadMs?: number;
@@ -178,7 +181,8 @@ export class DestinationMigration extends EventEmitter<DestinationMigrationEvent
       pushedPages: (stats?.pushedPages ?? 0) + (stats?.pushedZeroPages ?? 0),
       elapsedMs: Math.round((performance.now() - this.started) * 100) / 100,
     };
-    if (this.pageSource) progress.demandLatencyMicros = this.pageSource.demandLatencyMicros;
+    const faults = this.pageSource && this.vmm?.lazyMemoryReport()?.metrics.latencyMicros;
+    if (faults) progress.faultLatencyMicros = faults;
     if (this.stream.mode) progress.mode = this.stream.mode;
     if (this.stream.pageCount) progress.guestPages = this.stream.pageCount;
     if (this.loadMs !== undefined) progress.loadMs = this.loadMs;
@@ -239,6 +243,8 @@ export class DestinationMigration extends EventEmitter<DestinationMigrationEvent
         this.move('accepted');
       }
       socket.pageSizeBytes = PAGE_SIZE;
+      // Pre-copy's stream and post-copy's push: decoded a slice at a time, so the urgent connection's pages never wait behind them.
+      socket.decodeInSlices();
     } else {
       this.urgent = socket;
     }

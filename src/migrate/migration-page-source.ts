@@ -13,7 +13,6 @@
 // migration is given up.
 import { UserfaultError } from '../errors.js';
 import type { PagesMessage, ErrorMessage } from '../protocol/index.js';
-import { LatencyHistogram, type LatencySummary } from '../pager/latency-histogram.js';
 import { SourceReadError, type PageSource, type PushedPages, type ReadOptions } from '../sources/page-source.js';
 import type { PageBitmap } from './page-bitmap.js';
 import type { PageDigestTable } from './page-digests.js';
@@ -24,8 +23,6 @@ interface PendingRead {
   lengthBytes: number;
   target: Uint8Array;
   connection: FramedSocket;
-  /** performance.now() when the read was asked (a re-send after a cut keeps it: the vCPU waited all along). */
-  askedAt: number;
   resolve: () => void;
   reject: (error: Error) => void;
 }
@@ -47,8 +44,6 @@ export class MigrationPageSource implements PageSource {
   private main: FramedSocket | undefined;
   /** Post-copy READs sent on the urgent connection (demand) and the main one (background). */
   readonly stats = { demandReads: 0, backgroundReads: 0, pushedPages: 0, pushedZeroPages: 0 };
-  /** READ to PAGES for demand reads, in µs: what a vCPU waiting on a page waits for the network and the source. */
-  private readonly demandLatency = new LatencyHistogram();
 
   constructor(
     readonly sizeBytes: number,
@@ -90,7 +85,6 @@ export class MigrationPageSource implements PageSource {
       throw new MigrationReplyError(`PAGES for request ${requestId} carries ${message.data.length} bytes at ${message.offset}; ${read.lengthBytes} at ${read.offset} were asked`);
     }
     this.pending.delete(requestId);
-    if (read.connection === this.urgent) this.demandLatency.record((performance.now() - read.askedAt) * 1000);
     read.target.set(message.data);
     this.digests.record(read.offset / this.pageSizeBytes, message.data);
     read.resolve();
@@ -114,7 +108,7 @@ export class MigrationPageSource implements PageSource {
     return new Promise((resolve, reject) => {
       const requestId = this.nextRequestId++;
       const connection = (priority === 'demand' ? this.urgent : this.main)!;
-      const read: PendingRead = { offset, lengthBytes: length, target, connection, askedAt: performance.now(), resolve, reject };
+      const read: PendingRead = { offset, lengthBytes: length, target, connection, resolve, reject };
       this.pending.set(requestId, read);
       if (priority === 'demand') this.stats.demandReads++;
       else this.stats.backgroundReads++;
@@ -138,10 +132,6 @@ export class MigrationPageSource implements PageSource {
   onPush(listener: (pages: PushedPages) => void): () => void {
     this.listeners.add(listener);
     return () => this.listeners.delete(listener);
-  }
-
-  get demandLatencyMicros(): LatencySummary {
-    return this.demandLatency.summary();
   }
 
   get outstandingReads(): number {

@@ -44,6 +44,20 @@ export class PageBitmap {
     return n;
   }
 
+  /** The first set page at or after `from`, or -1 (whole empty bytes are skipped). */
+  nextSet(from: number): number {
+    const { bytes } = this;
+    if (from >= this.pageCount) return -1;
+    let i = from >>> 3;
+    let byte = bytes[i]! & (0xff << (from & 7));
+    while (byte === 0) {
+      if (++i >= bytes.length) return -1;
+      byte = bytes[i]!;
+    }
+    const page = i * 8 + (31 - Math.clz32(byte & -byte));
+    return page < this.pageCount ? page : -1;
+  }
+
   /** Set pages in ascending order (fast over empty stretches). */
   *pages(): Generator<number> {
     const { bytes } = this;

@@ -395,25 +395,30 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
     for (const [first, count] of pages.runs(CHUNK_PAGES)) {
       this.checkCancelled();
       const chunk = Buffer.from(image.subarray(first * PAGE_SIZE, (first + count) * PAGE_SIZE));
-      let runStart = 0;
-      while (runStart < count) {
-        const zero = this.isZeroPage(chunk, runStart);
-        let runEnd = runStart + 1;
-        while (runEnd < count && this.isZeroPage(chunk, runEnd) === zero) runEnd++;
-        const firstPage = first + runStart;
-        const pageCount = runEnd - runStart;
-        if (zero) {
-          for (let p = firstPage; p < firstPage + pageCount; p++) this.digests.recordZero(p);
-          this.stats.zeroPagesSent += pageCount;
-          await this.main!.send({ type: 'mig-zero', firstPage, pageCount, round });
+      for (const run of this.zeroAndDataRuns(chunk, first)) {
+        if (run.zero) {
+          for (let p = run.firstPage; p < run.firstPage + run.pageCount; p++) this.digests.recordZero(p);
+          this.stats.zeroPagesSent += run.pageCount;
+          await this.main!.send({ type: 'mig-zero', firstPage: run.firstPage, pageCount: run.pageCount, round });
         } else {
-          const data = chunk.subarray(runStart * PAGE_SIZE, runEnd * PAGE_SIZE);
-          this.digests.record(firstPage, data);
-          this.stats.dataPagesSent += pageCount;
-          await this.main!.send({ type: 'mig-pages', firstPage, pageCount, round, data });
+          this.digests.record(run.firstPage, run.data);
+          this.stats.dataPagesSent += run.pageCount;
+          await this.main!.send({ type: 'mig-pages', firstPage: run.firstPage, pageCount: run.pageCount, round, data: run.data });
         }
-        runStart = runEnd;
       }
+    }
+  }
+
+  /** `chunk` (pages from `firstPage` on) cut into runs that are all zero or all data. */
+  private *zeroAndDataRuns(chunk: Buffer, firstPage: number): Generator<{ firstPage: number; pageCount: number; zero: boolean; data: Buffer }> {
+    const count = chunk.length / PAGE_SIZE;
+    let runStart = 0;
+    while (runStart < count) {
+      const zero = this.isZeroPage(chunk, runStart);
+      let runEnd = runStart + 1;
+      while (runEnd < count && this.isZeroPage(chunk, runEnd) === zero) runEnd++;
+      yield { firstPage: firstPage + runStart, pageCount: runEnd - runStart, zero, data: chunk.subarray(runStart * PAGE_SIZE, runEnd * PAGE_SIZE) };
+      runStart = runEnd;
     }
   }
 
@@ -486,27 +491,28 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
     this.postcopyBytesAtStart = this.main!.bytesSent + this.urgent!.bytesSent;
     const toSend = this.toSend!;
     const image = this.target.memory.image();
-    let pushed = 0;
-    while (toSend.count() > 0) {
+    for (;;) {
       if (this.failure) throw this.failure;
       if (this.stateValue !== 'postcopy') return;
       const run = this.nextPushRun(toSend);
       if (!run) break;
-      const [firstPage, pageCount] = run;
-      for (let p = firstPage; p < firstPage + pageCount; p++) toSend.clear(p);
-      const chunk = image.subarray(firstPage * PAGE_SIZE, (firstPage + pageCount) * PAGE_SIZE);
+      const [first, count] = run;
+      for (let p = first; p < first + count; p++) toSend.clear(p);
       // The guest is paused here: its memory no longer changes, so the bytes go as they are.
-      if (chunk.every((byte) => byte === 0)) {
-        for (let p = firstPage; p < firstPage + pageCount; p++) this.digests.recordZero(p);
-        this.stats.zeroPagesSent += pageCount;
-        await this.main!.send({ type: 'mig-zero', firstPage, pageCount, round: this.stats.round });
-      } else {
-        this.digests.record(firstPage, chunk);
-        this.stats.pushedPages += pageCount;
-        await this.main!.send({ type: 'push', offset: firstPage * PAGE_SIZE, data: chunk });
+      const chunk = Buffer.from(image.buffer, image.byteOffset + first * PAGE_SIZE, count * PAGE_SIZE);
+      for (const part of this.zeroAndDataRuns(chunk, first)) {
+        if (part.zero) {
+          for (let p = part.firstPage; p < part.firstPage + part.pageCount; p++) this.digests.recordZero(p);
+          this.stats.zeroPagesSent += part.pageCount;
+          await this.main!.send({ type: 'mig-zero', firstPage: part.firstPage, pageCount: part.pageCount, round: this.stats.round });
+        } else {
+          this.digests.record(part.firstPage, part.data);
+          this.stats.pushedPages += part.pageCount;
+          await this.main!.send({ type: 'push', offset: part.firstPage * PAGE_SIZE, data: part.data });
+        }
       }
       // Let READs in between pushes: a demanded page must not wait for the stream.
-      if (++pushed % 4 === 0) await new Promise((resolve) => setImmediate(resolve));
+      await new Promise((resolve) => setImmediate(resolve));
     }
     if (this.stateValue !== 'postcopy') return;
     await this.main!.send({ type: 'mig-all-sent' });
@@ -515,18 +521,13 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
 
   /** The next run of pages still to push, from the cursor (next to the last demand), wrapping around. */
   private nextPushRun(toSend: PageBitmap): [number, number] | undefined {
-    for (let scanned = 0; scanned < this.pages; ) {
-      const page = (this.pushCursor + scanned) % this.pages;
-      if (!toSend.get(page)) {
-        scanned++;
-        continue;
-      }
-      let count = 1;
-      while (count < PUSH_RUN_PAGES && page + count < this.pages && toSend.get(page + count)) count++;
-      this.pushCursor = (page + count) % this.pages;
-      return [page, count];
-    }
-    return undefined;
+    let page = toSend.nextSet(this.pushCursor);
+    if (page < 0) page = toSend.nextSet(0);
+    if (page < 0) return undefined;
+    let count = 1;
+    while (count < PUSH_RUN_PAGES && page + count < this.pages && toSend.get(page + count)) count++;
+    this.pushCursor = (page + count) % this.pages;
+    return [page, count];
   }
 
   /** A post-copy READ from the destination: the pages as they are (the guest is paused here), on the connection it came on. */

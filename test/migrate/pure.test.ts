@@ -58,6 +58,16 @@ describe('page bitmaps', () => {
     b.or(c);
     assert.deepEqual([...b.pages()], [3, 69]);
   });
+
+  test('nextSet finds the first set page at or after a page, across empty bytes, and -1 past the last', () => {
+    const b = new PageBitmap(1000);
+    for (const page of [0, 7, 8, 500, 999]) b.set(page);
+    assert.deepEqual([0, 1, 8, 9, 500, 501, 999, 1000].map((from) => b.nextSet(from)), [0, 7, 8, 500, 500, 999, 999, -1]);
+    // The same answers as a walk of pages(), from every starting point.
+    const pages = [...b.pages()];
+    for (let from = 0; from < 1000; from++) assert.equal(b.nextSet(from), pages.find((p) => p >= from) ?? -1, `from ${from}`);
+    assert.equal(new PageBitmap(64).nextSet(0), -1);
+  });
 });
 
 describe('page digests', () => {

@@ -38,6 +38,8 @@ export class FramedSocket extends EventEmitter<FramedSocketEvents> {
   /** Known once both sides agreed (pre-copy PAGES are checked against it). */
   pageSizeBytes: number | undefined;
   private lastHeardAt = performance.now();
+  /** Set by decodeInSlices(): chunks waiting to be decoded, a turn of the event loop at a time. */
+  private backlog: { chunks: Buffer[]; bytes: number; scheduled: boolean; sliceBytes: number; pauseAboveBytes: number } | undefined;
   private livenessTimer: NodeJS.Timeout | undefined;
   private nextPingId = 1;
 
@@ -47,7 +49,11 @@ export class FramedSocket extends EventEmitter<FramedSocketEvents> {
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('drain', () => this.releaseDrainWaiters());
     socket.on('error', (error) => this.finish(error));
-    socket.on('close', () => this.finish(undefined));
+    socket.on('close', () => {
+      // What arrived before the peer closed is still its word (a last verdict, say): decode it first.
+      if (this.backlog) this.decodeSlice(Infinity);
+      this.finish(undefined);
+    });
   }
 
   /** The largest payload this side takes from now on (raised after the HELLOs). */
@@ -90,6 +96,19 @@ export class FramedSocket extends EventEmitter<FramedSocketEvents> {
     this.livenessTimer.unref();
   }
 
+  /**
+   * Decode what arrives at most `sliceBytes` per turn of the event loop, for a
+   * bulk connection whose backlog must not hold up another connection's frames
+   * (libuv reads up to 2 MiB from one socket per turn, and handing each frame
+   * to the pager costs more than reading it; a demanded page waiting behind
+   * that on the urgent connection would wait tens of ms). Past
+   * `pauseAboveBytes` waiting, reading pauses: the peer's writes back up into
+   * TCP, never into this heap.
+   */
+  decodeInSlices(sliceBytes = 128 << 10, pauseAboveBytes = 4 << 20): void {
+    this.backlog ??= { chunks: [], bytes: 0, scheduled: false, sliceBytes, pauseAboveBytes };
+  }
+
   /** End the connection (flushing what was written). */
   close(error?: Error): void {
     if (this.ended) return;
@@ -121,6 +140,45 @@ export class FramedSocket extends EventEmitter<FramedSocketEvents> {
     if (this.ended) return;
     this.bytesReceived += chunk.length;
     this.lastHeardAt = performance.now();
+    const backlog = this.backlog;
+    if (!backlog) {
+      this.decode(chunk);
+      return;
+    }
+    backlog.chunks.push(chunk);
+    backlog.bytes += chunk.length;
+    if (backlog.bytes > backlog.pauseAboveBytes) this.socket.pause();
+    this.scheduleSlice();
+  }
+
+  private scheduleSlice(): void {
+    const backlog = this.backlog!;
+    if (backlog.scheduled || backlog.chunks.length === 0) return;
+    backlog.scheduled = true;
+    setImmediate(() => {
+      backlog.scheduled = false;
+      this.decodeSlice();
+    });
+  }
+
+  private decodeSlice(sliceBytes = this.backlog!.sliceBytes): void {
+    const backlog = this.backlog!;
+    let decoded = 0;
+    while (!this.ended && backlog.chunks.length > 0 && decoded < sliceBytes) {
+      const chunk = backlog.chunks.shift()!;
+      backlog.bytes -= chunk.length;
+      decoded += chunk.length;
+      this.decode(chunk);
+    }
+    if (this.ended) {
+      backlog.chunks.length = 0;
+      backlog.bytes = 0;
+    }
+    if (backlog.bytes <= backlog.pauseAboveBytes / 2 && this.socket.isPaused() && !this.ended) this.socket.resume();
+    this.scheduleSlice();
+  }
+
+  private decode(chunk: Buffer): void {
     const { error } = this.decoder.push(chunk, (frame) => {
       if (this.ended) return;
       let message: AnyMessage;
