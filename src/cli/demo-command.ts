@@ -1,6 +1,7 @@
 // `userfault demo`: the main job on a built-in default (src/demo/demo.ts).
-// Ctrl-C or SIGTERM stops it and removes its temporary snapshot; on a terminal
-// (and not under --json) it draws its progress on stderr.
+// Ctrl-C or SIGTERM stops it and removes its temporary snapshot; it shows its
+// progress on stderr (src/cli/progress.ts: in place on a terminal, a line a
+// tenth otherwise, nothing under --json).
 import { Option, type Command } from 'commander';
 import { runDemo, type DemoPhase } from '../demo/demo.js';
 import { ExitCode } from '../exit-codes.js';
@@ -8,6 +9,7 @@ import { PAGE_SIZE } from '../native.js';
 import { InterruptedError } from './errors.js';
 import { printError } from './output.js';
 import { sizeArg } from './parse.js';
+import { ByteProgress, ProgressView, progressMode } from './progress.js';
 
 interface DemoCliOptions {
   size: number;
@@ -34,22 +36,25 @@ export function registerDemoCommand(program: Command): void {
       };
       process.once('SIGINT', onSignal);
       process.once('SIGTERM', onSignal);
-      const progress = !json && process.stderr.isTTY ? progressLine() : undefined;
+      const view = new ProgressView(progressMode(json));
+      const bars: Partial<Record<DemoPhase, ByteProgress>> = {};
+      const labels: Record<DemoPhase, string> = { write: 'writing the snapshot', touch: 'touching pages' };
       try {
         const result = await runDemo({
           sizeBytes: options.size,
           pattern: options.pattern,
           log: json ? () => {} : (line) => {
-            progress?.clear();
+            view.clear();
             console.log(line);
           },
-          progress: progress?.draw,
+          progress: (phase, doneBytes, totalBytes) => (bars[phase] ??= new ByteProgress(view, labels[phase])).update(doneBytes, totalBytes),
           signal: controller.signal,
         });
+        view.clear();
         if (json) console.log(JSON.stringify(result, null, 2));
         if (result.badPages.length > 0) process.exitCode = ExitCode.CHECK_FAILED;
       } catch (error) {
-        progress?.clear();
+        view.clear();
         if (!(error instanceof InterruptedError)) throw error;
         // Cleaned up: say so, then die of the signal as the shell expects (status 128 + signal number).
         printError(error, json, 128 + (error.signal === 'SIGINT' ? 2 : 15));
@@ -62,25 +67,4 @@ export function registerDemoCommand(program: Command): void {
         process.off('SIGTERM', onSignal);
       }
     });
-}
-
-/** One line on stderr redrawn in place, at most ten times a second. */
-function progressLine(): { draw: (phase: DemoPhase, doneBytes: number, totalBytes: number) => void; clear: () => void } {
-  let last = 0;
-  let shown = false;
-  return {
-    draw: (phase, doneBytes, totalBytes) => {
-      const now = performance.now();
-      if (now - last < 100 && doneBytes < totalBytes) return;
-      last = now;
-      shown = true;
-      const mib = (bytes: number): string => (bytes / (1 << 20)).toFixed(0);
-      const percent = Math.floor((100 * doneBytes) / totalBytes);
-      process.stderr.write(`\r\x1b[K${phase === 'write' ? 'writing the snapshot' : 'touching pages'}: ${mib(doneBytes)} of ${mib(totalBytes)} MiB (${percent}%)`);
-    },
-    clear: () => {
-      if (shown) process.stderr.write('\r\x1b[K');
-      shown = false;
-    },
-  };
 }

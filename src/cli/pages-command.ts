@@ -1,7 +1,12 @@
 // `userfault pages serve`: a page server for a snapshot file over TCP (the
-// protocol is docs/protocol.md). This file is options and printing; the
-// server is src/pages/page-server.ts.
+// protocol is docs/protocol.md). This file is options and printing (its log:
+// src/cli/log.ts); the server is src/pages/page-server.ts.
 import type { Command } from 'commander';
+import { MetricsRegistry } from '../metrics/metrics-registry.js';
+import { startMetricsServer, type MetricsServer } from '../metrics/metrics-server.js';
+import { pageServerReporter } from '../metrics/page-server-reporter.js';
+import { checkListenAddress } from '../net/http-server.js';
+import { Logger, logFormatOf, logFormatOption } from './log.js';
 import { UserfaultError } from '../errors.js';
 import { ExitCode, exitCodeFor } from '../exit-codes.js';
 import {
@@ -23,6 +28,9 @@ interface PagesServeOptions {
   allowRemote?: boolean;
   maxInFlight: string;
   json?: boolean;
+  logFormat: string;
+  metrics?: string;
+  metricsAllowRemote?: boolean;
 }
 
 /** The command line is wrong: exit status 64. */
@@ -45,19 +53,23 @@ export function registerPagesCommand(program: Command): void {
     .option('--listen <host:port>', 'address to listen on, loopback unless --allow-remote (port 0: any free port)')
     .option('--allow-remote', 'allow a non-loopback --listen address: anyone who can reach it can read the VM\'s memory')
     .option('--max-in-flight <n>', 'reads served concurrently per connection before its requests wait', '16')
-    .option('--json', 'print every line as a JSON object')
+    .addOption(logFormatOption())
+    .option('--json', 'the same as --log-format json')
+    .option('--metrics <host:port>', 'serve the metrics (GET /metrics, Prometheus text) on this TCP address, loopback unless --metrics-allow-remote')
+    .option('--metrics-allow-remote', 'allow a --metrics address other hosts can reach')
     .action(async (options: PagesServeOptions) => {
-      const log = new Log(options.json === true);
+      const log = new Logger(logFormatOf(options));
       try {
         await servePages(options, log);
       } catch (error) {
-        log.failure(error);
-        process.exitCode = exitCodeFor(error);
+        const exitCode = exitCodeFor(error);
+        log.error('error', { exitCode }, error, 'userfault pages serve: ');
+        process.exitCode = exitCode;
       }
     });
 }
 
-async function servePages(options: PagesServeOptions, log: Log): Promise<void> {
+async function servePages(options: PagesServeOptions, log: Logger): Promise<void> {
   if (options.snapshot === undefined) throw new PagesUsageError('give the snapshot to serve: --snapshot FILE');
   if (options.listen === undefined) throw new PagesUsageError('give the address to listen on: --listen HOST:PORT (127.0.0.1:7000; port 0 for any free port)');
   const { host, port } = parseHostPort(options.listen, '--listen HOST:PORT address');
@@ -66,6 +78,13 @@ async function servePages(options: PagesServeOptions, log: Log): Promise<void> {
   if (remote && options.allowRemote !== true) throw new RemoteListenRefusedError(host);
   const maxInFlight = Number(options.maxInFlight);
   if (!Number.isSafeInteger(maxInFlight) || maxInFlight < 1) throw new PagesUsageError(`--max-in-flight ${options.maxInFlight} is not a positive integer`);
+  if (options.metricsAllowRemote && options.metrics === undefined) throw new PagesUsageError('--metrics-allow-remote goes with --metrics HOST:PORT');
+  const metricsAt = options.metrics === undefined ? undefined : checkListenAddress(options.metrics, '--metrics', {
+    allowed: options.metricsAllowRemote === true,
+    flag: '--metrics-allow-remote',
+    what: 'anyone who can reach it reads the page server\'s metrics',
+    warn: (message) => log.warn('metrics-remote', { address: options.metrics }, `warning: ${message}`),
+  });
 
   // Listening for the signals before the listen line is printed: a supervisor
   // that stops the server the moment it reads that line gets a summary too.
@@ -92,24 +111,38 @@ async function servePages(options: PagesServeOptions, log: Log): Promise<void> {
     throw error;
   }
   describeServer(server, snapshot, options.snapshot, remote, log);
+  let metricsServer: MetricsServer | undefined;
+  if (metricsAt) {
+    const registry = new MetricsRegistry({ components: ['page-server'] });
+    registry.report(pageServerReporter(server));
+    try {
+      metricsServer = await startMetricsServer(registry, metricsAt);
+    } catch (error) {
+      await server.close();
+      await snapshot.close();
+      throw error; // EADDRINUSE names the address: exit 73
+    }
+    log.info('metrics-listening', { url: metricsServer.url }, `metrics on ${metricsServer.url}`);
+  }
 
   const signal = await signalled;
   // A second signal while connections are flushing leaves at once.
   const forceExit = (): never => process.exit(ExitCode.SOFTWARE);
   process.once('SIGINT', forceExit);
   process.once('SIGTERM', forceExit);
-  log.event('signal', { signal, clients: server.clients.length }, `${signal}: closing ${server.clients.length} clients`);
+  log.info('signal', { signal, clients: server.clients.length }, `${signal}: closing ${server.clients.length} clients`);
   const summary = await server.close();
+  await metricsServer?.close();
   await snapshot.close();
-  log.summary(summary);
+  log.write('info', 'summary', { ...summary }, formatServerSummary(summary));
   process.off('SIGINT', forceExit);
   process.off('SIGTERM', forceExit);
 }
 
-function describeServer(server: PageServer, snapshot: SnapshotPages, path: string, remote: boolean, log: Log): void {
+function describeServer(server: PageServer, snapshot: SnapshotPages, path: string, remote: boolean, log: Logger): void {
   const { info } = server;
   const zeroPages = snapshot.zeroMap.zeroPageCount;
-  log.event(
+  log.info(
     'serving',
     { snapshot: path, imageSizeBytes: info.imageSizeBytes, pageSizeBytes: info.pageSizeBytes, pageCount: info.imageSizeBytes / info.pageSizeBytes, zeroPages, metadataLengthBytes: info.metadataLengthBytes, pid: process.pid },
     `serving snapshot ${path}: ${info.imageSizeBytes} bytes, ${info.imageSizeBytes / info.pageSizeBytes} pages of ${info.pageSizeBytes} (${zeroPages} zero), ` +
@@ -117,26 +150,23 @@ function describeServer(server: PageServer, snapshot: SnapshotPages, path: strin
   );
   const address = formatHostPort(server.address);
   if (remote) {
-    log.event(
+    log.warn(
       'remote-allowed',
       { address },
       `warning: --allow-remote: serving the VM's memory to the network on ${address}, with no authentication or encryption`,
     );
   }
-  log.event('listening', { host: server.address.host, port: server.address.port, address, url: server.url }, `listening on ${address}`);
+  log.info('listening', { host: server.address.host, port: server.address.port, address, url: server.url }, `listening on ${address}`);
 
-  server.on('client-connected', (client) => log.event('client-connected', { id: client.id, remoteAddress: client.remoteAddress }, `client ${client.id}: connected from ${client.remoteAddress}`));
+  server.on('client-connected', (client) => log.info('client-connected', { id: client.id, remoteAddress: client.remoteAddress }, `client ${client.id}: connected from ${client.remoteAddress}`));
   server.on('client-hello', (client) => {
     const { role, sessionId } = client.summary();
-    log.event('client-hello', { id: client.id, role, sessionId }, `client ${client.id}: ${role}, session ${sessionId}`);
+    log.info('client-hello', { id: client.id, role, sessionId }, `client ${client.id}: ${role}, session ${sessionId}`);
   });
-  server.on('client-notice', (client, message) => log.event('client-notice', { id: client.id, message }, `client ${client.id}: ${message}`));
-  server.on('client-error', (client, error) => {
-    const code = (error as { code?: string }).code;
-    log.event('client-error', { id: client.id, message: error.message, code }, `client ${client.id}: error: ${error.message}${code ? ` [${code}]` : ''}`, 'stderr');
-  });
-  server.on('client-gone', (_client, summary) => log.event('client-gone', { ...summary }, formatClientGone(summary)));
-  server.on('error', (error) => log.failure(error));
+  server.on('client-notice', (client, message) => log.info('client-notice', { id: client.id, message }, `client ${client.id}: ${message}`));
+  server.on('client-error', (client, error) => log.error('client-error', { id: client.id }, error, `client ${client.id}: error: `));
+  server.on('client-gone', (_client, summary) => log.info('client-gone', { ...summary }, formatClientGone(summary)));
+  server.on('error', (error) => log.error('error', {}, error, 'userfault pages serve: '));
 }
 
 /** "client 3: gone (hangup) after 1.2 s: 12 requests, 10 reads, 40960 bytes served, 1 error sent". */
@@ -160,27 +190,4 @@ export function formatServerSummary(summary: PageServerSummary): string[] {
     );
   }
   return lines;
-}
-
-/** Text lines, or one JSON object a line with `--json`. */
-class Log {
-  constructor(private readonly json: boolean) {}
-
-  event(event: string, fields: Record<string, unknown>, text: string, stream: 'stdout' | 'stderr' = 'stdout'): void {
-    if (this.json) console.log(JSON.stringify({ event, ...fields }));
-    else if (stream === 'stderr') console.error(text);
-    else console.log(text);
-  }
-
-  summary(summary: PageServerSummary): void {
-    if (this.json) console.log(JSON.stringify({ event: 'summary', ...summary }));
-    else for (const line of formatServerSummary(summary)) console.log(line);
-  }
-
-  failure(error: unknown): void {
-    const e = error as Error & { code?: string };
-    const exitCode = exitCodeFor(error);
-    if (this.json) console.log(JSON.stringify({ event: 'error', message: e.message, code: e.code, exitCode }));
-    console.error(`userfault pages serve: ${e.message ?? e}${e.code ? ` [${e.code}]` : ''}`);
-  }
 }

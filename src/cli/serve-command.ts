@@ -1,6 +1,7 @@
 // `userfault serve`: a page-fault handler process for Firecracker-style clients.
-// Its log is one line per event: text, or with --json one JSON object per line
-// ({"event": ...}), events on stdout and errors on stderr either way.
+// Its log is one line per event (src/cli/log.ts): text, or with --log-format
+// json (--json) one JSON object per line, events on stdout and errors on
+// stderr either way. --metrics HOST:PORT serves its metrics over HTTP.
 import { dirname } from 'node:path';
 import { Option, type Command } from 'commander';
 import {
@@ -16,7 +17,13 @@ import {
 import { RemoteSource } from '../sources/remote-source.js';
 import { errnoName } from '../uffd/errors.js';
 import { CannotCreateError, UsageError } from './errors.js';
-import { errorJson, errorLine, roundMs } from './output.js';
+import { handlerReporter } from '../metrics/handler-reporter.js';
+import { MetricsRegistry } from '../metrics/metrics-registry.js';
+import { startMetricsServer, type MetricsServer } from '../metrics/metrics-server.js';
+import { checkListenAddress } from '../net/http-server.js';
+import type { HostPort } from '../pages/address.js';
+import { Logger, logFormatOf, logFormatOption } from './log.js';
+import { roundMs } from './output.js';
 import { fileModeArg, groupArg, integerArg } from './parse.js';
 import { checkInputFile } from './snapshot-commands.js';
 
@@ -30,6 +37,9 @@ interface ServeOptions {
   socketMode?: number;
   socketGroup?: number;
   json?: boolean;
+  logFormat: string;
+  metrics?: string;
+  metricsAllowRemote?: boolean;
 }
 
 /** sizeof(sockaddr_un.sun_path) less its terminating NUL. */
@@ -54,7 +64,10 @@ export function registerServeCommand(program: Command): void {
     )
     .addOption(new Option('--socket-mode <mode>', 'permission bits of the socket file, octal (clients need write permission to connect)').argParser(fileModeArg()))
     .addOption(new Option('--socket-group <group>', 'group of the socket file, a name or a numeric id (e.g. the jailed VMM\'s group, with --socket-mode 0660)').argParser(groupArg()))
-    .option('--json', 'log one JSON object per line (events on stdout, errors on stderr)')
+    .addOption(logFormatOption())
+    .option('--json', 'the same as --log-format json: one JSON object per line (events on stdout, errors on stderr)')
+    .option('--metrics <host:port>', 'serve the metrics (GET /metrics, Prometheus text) on this TCP address, loopback unless --metrics-allow-remote')
+    .option('--metrics-allow-remote', 'allow a --metrics address other hosts can reach')
     .action(async (options: ServeOptions) => {
       const path = options.snapshot ?? options.memoryFile;
       if (path === undefined && options.from === undefined) throw new UsageError('give the memory to serve: --snapshot FILE, --memory-file FILE or --from tcp://HOST:PORT', '--snapshot');
@@ -62,7 +75,8 @@ export function registerServeCommand(program: Command): void {
         throw new CannotCreateError(options.socket, `a Unix socket path holds at most ${MAX_SOCKET_PATH_BYTES} bytes`);
       }
       if (path !== undefined) checkInputFile(path);
-      const log = serveLog(options.json === true);
+      const log = new Logger(logFormatOf(options));
+      const metricsAt = metricsAddress(options, log);
       // Every client's faults are served from the one source: a file, or a page server (both of its connections shared by all clients).
       const { source, kind } = options.from !== undefined
         ? { source: await RemoteSource.connect(options.from), kind: 'page-server' as const }
@@ -78,20 +92,30 @@ export function registerServeCommand(program: Command): void {
         await source.close?.();
         throw listenError(options.socket, error);
       });
-      server.on('client-connected', (client) => log.event({ event: 'client-connected', client: client.id }, `client ${client.id}: connected`));
+      server.on('client-connected', (client) => log.info('client-connected', { client: client.id }, `client ${client.id}: connected`));
       server.on('client-ready', (client) =>
-        log.event(
-          { event: 'client-ready', client: client.id, regions: client.regions.map(regionJson) },
-          `client ${client.id}: serving ${client.regions.length} regions: ${formatRegions(client.regions)}`,
-        ),
+        log.info('client-ready', { client: client.id, regions: client.regions.map(regionJson) }, `client ${client.id}: serving ${client.regions.length} regions: ${formatRegions(client.regions)}`),
       );
-      server.on('client-notice', (client, message) => log.event({ event: 'client-notice', client: client.id, message }, `client ${client.id}: ${message}`));
-      server.on('client-error', (client, error) => log.error({ event: 'client-error', client: client.id }, error, `client ${client.id}: error: `));
-      server.on('client-gone', (_client, summary) => log.event({ event: 'client-gone', ...clientJson(summary) }, formatClientGone(summary)));
-      server.on('error', (error) => log.error({ event: 'error' }, error, 'serve: '));
-      log.event(
+      server.on('client-notice', (client, message) => log.info('client-notice', { client: client.id, message }, `client ${client.id}: ${message}`));
+      server.on('client-error', (client, error) => log.error('client-error', { client: client.id }, error, `client ${client.id}: error: `));
+      server.on('client-gone', (_client, summary) => log.info('client-gone', clientJson(summary), formatClientGone(summary)));
+      server.on('error', (error) => log.error('error', {}, error, 'serve: '));
+      let metricsServer: MetricsServer | undefined;
+      if (metricsAt) {
+        const registry = new MetricsRegistry({ components: ['pager', 'handler'] });
+        registry.report(handlerReporter(server));
+        try {
+          metricsServer = await startMetricsServer(registry, metricsAt);
+        } catch (error) {
+          await server.close();
+          await source.close?.();
+          throw error; // EADDRINUSE names the address: exit 73, as for the socket
+        }
+        log.info('metrics-listening', { url: metricsServer.url }, `metrics on ${metricsServer.url}`);
+      }
+      log.info(
+        'listening',
         {
-          event: 'listening',
           socket: options.socket,
           source: source.description,
           kind,
@@ -111,41 +135,28 @@ export function registerServeCommand(program: Command): void {
       const forceExit = (): never => process.exit(1);
       process.once('SIGINT', forceExit);
       process.once('SIGTERM', forceExit);
-      log.event({ event: 'closing', signal, clients: server.clients.length }, `${signal}: closing ${server.clients.length} clients`);
+      log.info('closing', { signal, clients: server.clients.length }, `${signal}: closing ${server.clients.length} clients`);
       const summary = await server.close();
+      await metricsServer?.close();
       await source.close?.();
-      log.summary(summary);
+      log.write('info', 'summary', summaryJson(summary), formatServerSummary(summary));
       process.off('SIGINT', forceExit);
       process.off('SIGTERM', forceExit);
     });
 }
 
-interface ServeLog {
-  event(json: Record<string, unknown>, text: string): void;
-  /** `prefix` starts the text line ("client 2: error: "); the JSON line carries the error object. */
-  error(json: Record<string, unknown>, error: Error, prefix: string): void;
-  summary(summary: HandlerServerSummary): void;
-}
-
-function serveLog(json: boolean): ServeLog {
-  const out = (line: string): void => {
-    process.stdout.write(`${line}\n`);
-  };
-  const err = (line: string): void => {
-    process.stderr.write(`${line}\n`);
-  };
-  if (json) {
-    return {
-      event: (fields) => out(JSON.stringify(fields)),
-      error: (fields, error) => err(JSON.stringify({ ...fields, error: errorJson(error) })),
-      summary: (summary) => out(JSON.stringify({ event: 'summary', ...summaryJson(summary) })),
-    };
+/** --metrics HOST:PORT, checked: loopback, or another address with --metrics-allow-remote (then the log warns). */
+function metricsAddress(options: ServeOptions, log: Logger): HostPort | undefined {
+  if (options.metrics === undefined) {
+    if (options.metricsAllowRemote) throw new UsageError('--metrics-allow-remote goes with --metrics HOST:PORT', '--metrics-allow-remote');
+    return undefined;
   }
-  return {
-    event: (_fields, text) => out(text),
-    error: (_fields, error, prefix) => err(`${prefix}${errorLine(error).replace(/^userfault: /, '')}`),
-    summary: (summary) => formatServerSummary(summary).forEach(out),
-  };
+  return checkListenAddress(options.metrics, '--metrics', {
+    allowed: options.metricsAllowRemote === true,
+    flag: '--metrics-allow-remote',
+    what: 'anyone who can reach it reads the service\'s metrics',
+    warn: (message) => log.warn('metrics-remote', { address: options.metrics }, `warning: ${message}`),
+  });
 }
 
 /** Addresses as hex strings (a u64 JSON cannot carry as a number in general). */

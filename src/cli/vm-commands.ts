@@ -14,18 +14,22 @@ import { Option, type Command } from 'commander';
 import { ExitCode, exitCodeFor } from '../exit-codes.js';
 import type { DestinationProgress } from '../migrate/destination-migration.js';
 import type { MigrationProgress } from '../migrate/source-migration.js';
-import { isLoopbackHost, parseHostPort } from '../pages/address.js';
+import { isLoopbackHost, parseHostPort, type HostPort } from '../pages/address.js';
+import { checkListenAddress } from '../net/http-server.js';
 import { callControlApi } from '../vm/control-api.js';
 import { ControlApiError, VmError, VmUsageError } from '../vm/errors.js';
 import type { LazyRestoreOptions } from '../vm/memory/lazy-guest-memory.js';
-import type { VmStateChange, VmSnapshotSummary, VmStatus } from '../vm/vmm.js';
-import { checkMachineOptions, errorEvent, formatBytes, runVmmProcess, type VmmProcessEvent } from '../vm/vmm-process.js';
+import type { SnapshotProgress, VmStateChange, VmSnapshotSummary, VmStatus } from '../vm/vmm.js';
+import { ByteProgress, ProgressView, progressMode } from './progress.js';
+import { checkMachineOptions, errorEvent, formatBytes, runVmmProcess, type VmmProcessEvent, type VmmProcessOptions } from '../vm/vmm-process.js';
 
 interface CommonRunOptions {
   apiSock?: string;
   log?: string;
   json?: boolean;
   stdin: boolean;
+  metrics?: string;
+  metricsAllowRemote?: boolean;
 }
 
 interface RunOptions extends CommonRunOptions {
@@ -55,6 +59,23 @@ interface SocketOptions {
   json?: boolean;
 }
 
+const METRICS_HELP = 'also serve the metrics (GET /metrics, Prometheus text) on this TCP address, loopback unless --metrics-allow-remote (the control socket has them anyway)';
+const METRICS_REMOTE_HELP = 'allow a --metrics address other hosts can reach (anyone there reads the VM\'s metrics)';
+
+/** --metrics HOST:PORT, checked: loopback, or another address with --metrics-allow-remote (and a warning). */
+function metricsAddress(options: { metrics?: string; metricsAllowRemote?: boolean }): HostPort | undefined {
+  if (options.metrics === undefined) {
+    if (options.metricsAllowRemote) throw new VmUsageError(['--metrics-allow-remote', '--metrics'], '--metrics-allow-remote goes with --metrics HOST:PORT');
+    return undefined;
+  }
+  return checkListenAddress(options.metrics, '--metrics', {
+    allowed: options.metricsAllowRemote === true,
+    flag: '--metrics-allow-remote',
+    what: 'anyone who can reach it reads the VM\'s metrics',
+    warn: (message) => process.stderr.write(`vm: warning: ${message}\n`),
+  });
+}
+
 /** Where the micro guest's region starts (guest/micro.asm REGION_BASE), and its largest size (MAX_PAGES). */
 const MICRO_REGION_BASE_BYTES = 2 << 20;
 const MICRO_REGION_MAX_MIB = 512;
@@ -79,6 +100,8 @@ export function registerVmCommands(program: Command): void {
     .addOption(new Option('--beats <n>', 'micro guest: heartbeats before a final verify and done (0: forever)'))
     .option('--cmdline <text>', 'the guest command line verbatim (instead of the workload options)')
     .option('--api-sock <path>', 'serve the control socket here (snapshot, pause, resume, status); a stale socket is replaced, nothing else')
+    .option('--metrics <host:port>', METRICS_HELP)
+    .option('--metrics-allow-remote', METRICS_REMOTE_HELP)
     .option('--log <file>', 'also write the console to this file')
     .option('--no-stdin', 'do not forward the terminal to the guest\'s COM1 (by default keys go to the guest; Ctrl-C stops the VM)')
     .option('--json', 'report VMM events as JSON lines (one object per line) on stderr')
@@ -97,7 +120,8 @@ export function registerVmCommands(program: Command): void {
           apiSock: options.apiSock === undefined ? undefined : resolve(options.apiSock),
           log: options.log,
           forwardStdin: options.stdin && process.stdin.isTTY === true,
-          report: reporter(options.json),
+          metricsListen: metricsAddress(options),
+          ...vmmOutput(options.json),
         });
       });
     });
@@ -110,6 +134,8 @@ export function registerVmCommands(program: Command): void {
     .option('--no-verify', 'lazy: do not check every page\'s CRC before the guest runs (pages are checked as they fault in; a corrupt one stops the VM)')
     .addOption(new Option('--prefetch-pages <n>', 'lazy: largest read-ahead window around a fault, in pages (1: none)'))
     .option('--api-sock <path>', 'serve the control socket here; a stale socket is replaced, nothing else')
+    .option('--metrics <host:port>', METRICS_HELP)
+    .option('--metrics-allow-remote', METRICS_REMOTE_HELP)
     .option('--log <file>', 'also write the console to this file')
     .option('--no-stdin', 'do not forward the terminal to the guest\'s COM1')
     .option('--json', 'report VMM events as JSON lines (one object per line) on stderr')
@@ -133,7 +159,8 @@ export function registerVmCommands(program: Command): void {
           apiSock: options.apiSock === undefined ? undefined : resolve(options.apiSock),
           log: options.log,
           forwardStdin: options.stdin && process.stdin.isTTY === true,
-          report: reporter(options.json),
+          metricsListen: metricsAddress(options),
+          ...vmmOutput(options.json),
         });
       });
     });
@@ -152,10 +179,19 @@ export function registerVmCommands(program: Command): void {
         const out = resolve(options.out);
         let summary: VmSnapshotSummary | undefined;
         let failure: unknown;
+        const view = new ProgressView(progressMode(options.json));
+        const bar = new ByteProgress(view, `writing ${out}`);
+        const poll = follow(view, async () => {
+          const p = (await callControlApi(options.apiSock, 'GET', '/snapshot')) as SnapshotProgress;
+          bar.update(p.writtenBytes, p.totalBytes);
+        });
         try {
           summary = (await callControlApi(options.apiSock, 'PUT', '/snapshot/create', { snapshot_path: out })) as VmSnapshotSummary;
         } catch (error) {
           failure = error;
+        } finally {
+          await poll.stop();
+          view.clear();
         }
         let vmState: string = 'paused';
         if (options.resume) {
@@ -239,6 +275,8 @@ export function registerVmCommands(program: Command): void {
     .option('--psk-file <file>', 'a pre-shared key (hex or raw, at least 16 bytes): only a source holding the same key gets in (TLS-PSK)')
     .addOption(new Option('--stall-timeout-ms <ms>', 'a connection that carries nothing this long (pings unanswered) counts as cut').default('10000'))
     .option('--api-sock <path>', 'serve the control socket here once the guest runs')
+    .option('--metrics <host:port>', METRICS_HELP)
+    .option('--metrics-allow-remote', METRICS_REMOTE_HELP)
     .option('--log <file>', 'also write the console to this file')
     .option('--no-stdin', 'do not forward the terminal to the guest\'s COM1')
     .option('--json', 'report VMM events as JSON lines (one object per line) on stderr')
@@ -257,7 +295,8 @@ export function registerVmCommands(program: Command): void {
           apiSock: options.apiSock === undefined ? undefined : resolve(options.apiSock),
           log: options.log,
           forwardStdin: options.stdin && process.stdin.isTTY === true,
-          report: reporter(options.json),
+          metricsListen: metricsAddress(options),
+          ...vmmOutput(options.json),
         });
       });
     });
@@ -277,19 +316,12 @@ export function registerVmCommands(program: Command): void {
     .action(async (options: SocketOptions & { to?: string; resume?: boolean; mode: 'precopy' | 'postcopy' | 'hybrid'; downtimeMs: string; maxRounds: string; reconnectDeadlineMs: string; stallTimeoutMs: string; pskFile?: string }) => {
       await handled(options.json, async () => {
         if (options.resume === (options.to !== undefined)) throw new VmUsageError(['--to', '--resume'], options.resume ? '--resume goes on with the migration under way: it takes no --to' : 'give the destination, --to HOST:PORT (or --resume a paused one)');
-        const progress = options.json ? undefined : new MigrationProgressView();
-        let done = false;
-        const poll = (async () => {
-          while (!done) {
-            await new Promise((r) => setTimeout(r, 200));
-            if (done || !progress) continue;
-            try {
-              progress.show((await callControlApi(options.apiSock, 'GET', '/migrate')) as MigrationProgress);
-            } catch {
-              // Not started yet, or the source ended (its last word is the PUT's answer).
-            }
-          }
-        })();
+        // A line per phase or round when stderr is not a terminal.
+        const view = new ProgressView(progressMode(options.json));
+        const poll = follow(view, async () => {
+          const p = (await callControlApi(options.apiSock, 'GET', '/migrate')) as MigrationProgress;
+          view.show(formatMigrationProgress(p), `${p.state}/${p.round}`);
+        });
         let report: MigrationProgress;
         try {
           if (options.resume) report = await followResumed(options.apiSock);
@@ -311,9 +343,8 @@ export function registerVmCommands(program: Command): void {
             })) as MigrationProgress;
           }
         } finally {
-          done = true;
-          await poll;
-          progress?.end();
+          await poll.stop();
+          view.end();
         }
         if (options.json) printJson(report);
         else for (const line of formatMigrationReport(report)) console.log(line);
@@ -434,11 +465,35 @@ function printJson(value: unknown): void {
   console.log(jsonLine(value));
 }
 
-/** VMM events: one JSON object per line on stderr, or a few readable lines with the timings. */
-function reporter(json: boolean | undefined): (event: VmmProcessEvent) => void {
+/** VMM events: one JSON object per line on stderr, or a few readable lines with the timings (around the progress line, if one is drawn). */
+function reporter(json: boolean | undefined, view?: ProgressView): (event: VmmProcessEvent) => void {
   if (json) return (event) => process.stderr.write(`${jsonLine(event)}\n`);
   return (event) => {
-    for (const line of formatEvent(event)) process.stderr.write(`vm: ${line}\n`);
+    const lines = formatEvent(event);
+    if (lines.length === 0) return;
+    const write = (): void => {
+      for (const line of lines) process.stderr.write(`vm: ${line}\n`);
+    };
+    if (view) view.around(write);
+    else write();
+  };
+}
+
+/**
+ * What a VMM process run by this command draws: the progress of an eager
+ * restore's load and of prefetch-all on stderr, the guest's console on
+ * stdout around it (they share the terminal), and the VMM's event lines.
+ */
+function vmmOutput(json: boolean | undefined): Pick<VmmProcessOptions, 'console' | 'progress' | 'report'> {
+  const view = new ProgressView(progressMode(json));
+  const bars = { load: new ByteProgress(view, 'loading guest memory'), 'prefetch-all': new ByteProgress(view, 'prefetching every page') };
+  return {
+    console: (bytes) => view.around(() => void process.stdout.write(bytes)),
+    progress: view.mode === 'off' ? undefined : (p) => {
+      bars[p.operation].update(p.doneBytes, p.totalBytes);
+      if (p.doneBytes >= p.totalBytes) view.end();
+    },
+    report: reporter(json, view),
   };
 }
 
@@ -455,6 +510,8 @@ export function formatEvent(event: VmmProcessEvent): string[] {
     }
     case 'first-output':
       return [];
+    case 'metrics-listening':
+      return [`metrics on ${event.url}`];
     case 'listening':
       return [`listening for an incoming VM on ${event.url}${event.authenticated ? ' (TLS-PSK: only a source with the key gets in)' : ' (unauthenticated: any process that reaches it can migrate a VM in)'}`];
     case 'connection-refused':
@@ -525,23 +582,6 @@ function demandLatency(p: DestinationProgress): string {
   return l && l.count ? ` (${l.count} faults waited p50 ${l.p50} us, p99 ${l.p99} us)` : '';
 }
 
-/** Progress on a terminal (one line, rewritten), or a line per phase or round when stdout is not one. */
-class MigrationProgressView {
-  private last = '';
-  private readonly tty = process.stderr.isTTY === true;
-
-  show(p: MigrationProgress): void {
-    const line = formatMigrationProgress(p);
-    if (this.tty) process.stderr.write(`\r\x1b[2K${line}`);
-    else if (`${p.state}/${p.round}` !== this.last) process.stderr.write(`${line}\n`);
-    this.last = `${p.state}/${p.round}`;
-  }
-
-  end(): void {
-    if (this.tty) process.stderr.write('\n');
-  }
-}
-
 /** Like QEMU's info migrate: phase, round, transferred / remaining, rate, dirty rate, zero pages, post-copy requests, elapsed, expected downtime. */
 export function formatMigrationProgress(p: MigrationProgress): string {
   const remaining = formatBytes(p.remainingPages * 4096);
@@ -565,6 +605,33 @@ export function formatMigrationReport(p: MigrationProgress): string[] {
   if (d) lines.push(`downtime ${d.totalMs.toFixed(1)} ms: pause ${d.pauseMs.toFixed(1)}, final sync ${d.finalSyncMs.toFixed(1)}, state ${d.stateEncodeMs.toFixed(1)}, send ${d.sendMs.toFixed(1)}, destination load ${d.destinationLoadMs.toFixed(1)}, resume ${d.destinationResumeMs.toFixed(1)} ms`);
   lines.push(p.verified ? 'verified: every page the destination installed matches what was sent' : `NOT verified: ${p.differingBatches ?? '?'} batch(es) of pages differ`);
   return lines;
+}
+
+/**
+ * Poll the VMM every 200 ms while a request it is working on runs (a
+ * snapshot, a migration) and draw what `step` reads. A failed poll (not
+ * started yet, or already over: the request's answer is the last word) is
+ * skipped. Nothing is polled when the view shows nothing (--json).
+ */
+function follow(view: ProgressView, step: () => Promise<void>): { stop(): Promise<void> } {
+  let done = false;
+  const loop = view.mode === 'off' ? Promise.resolve() : (async () => {
+    while (!done) {
+      await new Promise((r) => setTimeout(r, 200));
+      if (done) break;
+      try {
+        await step();
+      } catch {
+        // Not started yet, or over.
+      }
+    }
+  })();
+  return {
+    stop: async () => {
+      done = true;
+      await loop;
+    },
+  };
 }
 
 /** --resume: ask the source to reconnect now, and wait for the migration's end (its final report is the answer). */

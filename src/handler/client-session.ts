@@ -17,7 +17,8 @@ import { readlinkSync } from 'node:fs';
 import { PAGE_SIZE, native, type NativeWatch } from '../native.js';
 import { PagerHost } from '../pager/pager-host.js';
 import type { PagerRegion } from '../pager/pager.js';
-import type { PagerMetricsSnapshot } from '../pager/metrics.js';
+import type { PagerMetrics, PagerMetricsSnapshot } from '../pager/metrics.js';
+import type { Pager } from '../pager/pager.js';
 import type { PrefetchOptions } from '../pager/readahead.js';
 import type { PageSource } from '../sources/page-source.js';
 import { AddressSpaceGoneError, ERRNO, RangeNotRegisteredError, SyscallError, UserfaultError, errnoName } from '../uffd/errors.js';
@@ -191,6 +192,21 @@ export class ClientSession extends EventEmitter<ClientSessionEvents> {
       connectedMs: (this.endedAt ?? performance.now()) - this.startedAt,
       metrics: this.host?.pager.snapshotMetrics(),
     };
+  }
+
+  /** The client's pager once it started (its counters stay readable after it stopped). */
+  get pager(): Pager | undefined {
+    return this.host?.pager;
+  }
+
+  /** Pages the region probe copied before the pager started. */
+  get probePages(): number {
+    return this.probePagesCopied;
+  }
+
+  /** How the session ended, once it did. */
+  get ended(): ClientEndReason | undefined {
+    return this.endReason;
   }
 
   /** End the session (the server is shutting down); resolves when its descriptors are closed. */

@@ -7,11 +7,12 @@
 import { EventEmitter } from 'node:events';
 import { chmodSync, chownSync, lstatSync, unlinkSync } from 'node:fs';
 import { native, type NativeWatch } from '../native.js';
+import { PagerMetrics } from '../pager/metrics.js';
 import type { PrefetchOptions } from '../pager/readahead.js';
 import type { PageSource } from '../sources/page-source.js';
 import { listenReplacingStale, removeSocketFile } from '../net/unix-socket-path.js';
 import { ERRNO, errorForErrno } from '../uffd/errors.js';
-import { ClientSession, type ClientSummary } from './client-session.js';
+import { ClientSession, type ClientEndReason, type ClientSummary } from './client-session.js';
 
 export interface HandlerServerOptions {
   socketPath: string;
@@ -56,9 +57,21 @@ export interface HandlerServerSummary {
   totals: { clients: number; faults: number; pagesCopied: number; zeroPages: number };
 }
 
+/** What the server has served, for /metrics: the sessions over, summed, and the live ones. */
+export interface HandlerServerMetricsView {
+  /** The pagers of every session over, added up (so the exported counters never go down). */
+  gone: PagerMetrics;
+  goneProbePages: number;
+  endedByReason: Readonly<Record<ClientEndReason, number>>;
+  live: readonly ClientSession[];
+}
+
 export class HandlerServer extends EventEmitter<HandlerServerEvents> {
   private readonly live = new Map<number, ClientSession>();
   private readonly goneSummaries = new Map<number, ClientSummary>();
+  private readonly goneMetrics = new PagerMetrics();
+  private goneProbePages = 0;
+  private readonly endedByReason: Record<ClientEndReason, number> = { hangup: 0, exited: 0, refused: 0, failed: 0, 'server-closed': 0 };
   private nextId = 1;
   private listenWatch: NativeWatch | undefined;
   private closing: Promise<HandlerServerSummary> | undefined;
@@ -95,6 +108,10 @@ export class HandlerServer extends EventEmitter<HandlerServerEvents> {
       totals.zeroPages += client.metrics?.zeroPages ?? 0;
     }
     return { socketPath: this.socketPath, source: this.source.description, clients, totals };
+  }
+
+  metricsView(): HandlerServerMetricsView {
+    return { gone: this.goneMetrics, goneProbePages: this.goneProbePages, endedByReason: this.endedByReason, live: this.clients };
   }
 
   /** Stop accepting, end every client (stopping its pager and closing its uffd), remove the socket file. */
@@ -136,6 +153,9 @@ export class HandlerServer extends EventEmitter<HandlerServerEvents> {
     client.on('gone', (summary) => {
       this.live.delete(client.id);
       this.goneSummaries.set(client.id, summary);
+      if (client.pager) this.goneMetrics.add(client.pager.metrics);
+      this.goneProbePages += client.probePages;
+      this.endedByReason[summary.endReason ?? 'failed']++;
       this.emit('client-gone', client, summary);
     });
     this.emit('client-connected', client);

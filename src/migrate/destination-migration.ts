@@ -20,7 +20,7 @@
 import { EventEmitter } from 'node:events';
 import { UserfaultError } from '../errors.js';
 import { PAGE_SIZE } from '../native.js';
-import type { LatencySummary } from '../pager/latency-histogram.js';
+import type { LatencySummary } from '../metrics/latency-histogram.js';
 import type { ErrorMessage, PagesMessage } from '../protocol/index.js';
 import { Vmm } from '../vm/vmm.js';
 import type { MigrationMode } from './convergence.js';

@@ -156,6 +156,7 @@ export class PageInstaller {
           // The first page is already there (an earlier zero page, or a fill
           // that raced us); its waiters still need waking.
           uffd.wake(address + donePages * PAGE_SIZE, PAGE_SIZE);
+          metrics.wakes++;
           this.ctx.states.set(firstIndex + first + donePages, PageState.PRESENT);
           this.settled(firstIndex + first + donePages);
           donePages++;
@@ -315,9 +316,10 @@ export class PageInstaller {
    * refusal must not leave the thread asleep: ENOENT (not registered any more)
    * wakes it to retry; anything else (ENOMEM from a full tmpfs) is reported and
    * the page poisoned, as the kernel's own fault path gives SIGBUS when it
-   * cannot allocate. 'failed': the page got poison or a wake, not contents.
+   * cannot allocate. 'woken': the page was there already (EEXIST), its
+   * waiters were woken. 'failed': the page got poison or a wake, not contents.
    */
-  private answer(address: number, resolve: () => ResolveResult): 'done' | 'retry' | 'failed' {
+  private answer(address: number, resolve: () => ResolveResult): 'done' | 'woken' | 'retry' | 'failed' {
     try {
       return this.settle(address, resolve());
     } catch (error) {
@@ -338,10 +340,11 @@ export class PageInstaller {
   }
 
   /** A single-page resolution: EEXIST wakes (the page is there), EAGAIN says retry. */
-  private settle(address: number, result: ResolveResult): 'done' | 'retry' {
+  private settle(address: number, result: ResolveResult): 'done' | 'woken' | 'retry' {
     if (result.status === 'exists') {
       this.ctx.uffd.wake(address, PAGE_SIZE);
-      return 'done';
+      this.ctx.metrics.wakes++;
+      return 'woken';
     }
     return result.status === 'retry' ? 'retry' : 'done';
   }

@@ -111,6 +111,15 @@ export class PageStateTable {
   }
 
   /**
+   * A picture of the table in at most `maxCells` cells (a dashboard's memory
+   * map): cell i covers pages [i*pagesPerCell, (i+1)*pagesPerCell), and holds
+   * the state that best describes them. See downsamplePageStates.
+   */
+  downsample(maxCells: number): PageStateMap {
+    return downsamplePageStates(this.states, maxCells);
+  }
+
+  /**
    * The state a forked child's copy starts in: pages present in the parent
    * were copied by fork; pages in flight were not, so the child must fetch them.
    */
@@ -119,4 +128,41 @@ export class PageStateTable {
     for (let i = 0; i < states.length; i++) if (states[i] === PageState.IN_FLIGHT) states[i] = PageState.MISSING;
     return new PageStateTable(this.pageCount, { states, needed: this.needed });
   }
+}
+
+/** A page-state table shrunk to a bounded number of cells, one PageState per cell. */
+export interface PageStateMap {
+  pageCount: number;
+  pagesPerCell: number;
+  /** One PageState per cell; the last cell may cover fewer pages. */
+  cells: Uint8Array;
+}
+
+/**
+ * Shrink one state byte per page to at most `maxCells` cells. A cell holding
+ * any page in flight shows IN_FLIGHT (a fill under way is what a restore
+ * being watched is about), else any poisoned page shows POISONED (an error
+ * must not be averaged away), else the state most of its pages are in
+ * (a tie goes to the later state: PRESENT over MISSING).
+ */
+export function downsamplePageStates(states: Uint8Array, maxCells: number): PageStateMap {
+  if (!Number.isSafeInteger(maxCells) || maxCells < 1) throw new RangeError(`maxCells must be a positive integer, got ${maxCells}`);
+  const pageCount = states.length;
+  const pagesPerCell = Math.max(1, Math.ceil(pageCount / maxCells));
+  const cells = new Uint8Array(Math.ceil(pageCount / pagesPerCell));
+  const counts = new Uint32Array(PAGE_STATE_NAMES.length);
+  for (let cell = 0; cell < cells.length; cell++) {
+    counts.fill(0);
+    const end = Math.min(pageCount, (cell + 1) * pagesPerCell);
+    for (let page = cell * pagesPerCell; page < end; page++) counts[states[page]!]!++;
+    let chosen: number;
+    if (counts[PageState.IN_FLIGHT]! > 0) chosen = PageState.IN_FLIGHT;
+    else if (counts[PageState.POISONED]! > 0) chosen = PageState.POISONED;
+    else {
+      chosen = PageState.MISSING;
+      for (const state of [PageState.PRESENT, PageState.DISCARDED, PageState.UNMAPPED]) if (counts[state]! >= counts[chosen]!) chosen = state;
+    }
+    cells[cell] = chosen;
+  }
+  return { pageCount, pagesPerCell, cells };
 }

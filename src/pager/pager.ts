@@ -191,6 +191,16 @@ export class Pager extends EventEmitter<PagerEvents> {
     return this.states.pendingNeeded ?? 0;
   }
 
+  /** Source reads started and not finished now. */
+  get readsInFlight(): number {
+    return this.scheduler.inFlight;
+  }
+
+  /** Pages some thread is asleep on (a fault read, not resolved yet). */
+  get pagesWaitedOn(): number {
+    return this.waiters.size;
+  }
+
   /** Start serving from this thread's event loop. The watch keeps the loop alive while running. */
   start(): this {
     if (this.statusValue !== 'idle') throw new UserfaultError(`pager cannot start: it is ${this.statusValue}`);
@@ -341,9 +351,9 @@ export class Pager extends EventEmitter<PagerEvents> {
   // ---- faults ------------------------------------------------------------
 
   private handleFault(fault: PagefaultEvent, now: number): void {
-    this.metrics.faults++;
     const pageAddress = fault.address - (fault.address % PAGE_SIZE);
     if (fault.writeProtect) {
+      this.metrics.fault('write-protect');
       // This pager does not write-protect; a WP fault here means someone else
       // did, and the writer must not hang: lift the protection for this page.
       this.uffd.writeProtect(pageAddress, PAGE_SIZE, { protect: false });
@@ -351,12 +361,13 @@ export class Pager extends EventEmitter<PagerEvents> {
     }
     const sourceOffset = this.map.sourceOffsetOf(pageAddress);
     if (sourceOffset === undefined) {
-      this.metrics.unknownFaults++;
+      this.metrics.fault('outside');
       this.installer.answerOutside(pageAddress, this.options.unknownFault === 'poison');
       return;
     }
     const index = sourceOffset / PAGE_SIZE;
     if (fault.minor) {
+      this.metrics.fault('minor');
       this.installer.answerMinor(pageAddress);
       return;
     }
@@ -365,32 +376,41 @@ export class Pager extends EventEmitter<PagerEvents> {
       this.workingSetOrder.push(index);
     }
     this.waiters.add(index, now, fault.threadId);
-    switch (this.states.get(index)) {
+    const state = this.states.get(index);
+    switch (state) {
       case PageState.MISSING:
+        this.metrics.fault('missing');
         this.startDemandFetch(index);
         return;
       case PageState.IN_FLIGHT:
-        this.metrics.coalescedFaults++;
+        this.metrics.fault('in-flight');
         if (this.prefetched.has(index)) this.metrics.prefetchHits++;
         this.scheduler.promote(index);
         return;
       case PageState.DISCARDED:
+        this.metrics.fault('discarded');
         this.installer.zeroFill(index);
         return;
       case PageState.PRESENT:
+        this.metrics.fault('present');
         this.installer.answerPresent(index, pageAddress);
         return;
       case PageState.POISONED:
+        this.metrics.fault('poisoned');
         // The poison marker answers accesses itself; a fault here means it is
         // gone (the page was zapped). Poison again, never data.
         this.installer.answerOutside(pageAddress, true);
         this.installer.settled(index);
         return;
       case PageState.UNMAPPED:
-        this.metrics.unknownFaults++;
+        this.metrics.fault('outside');
         this.waiters.drop(index);
         this.installer.answerOutside(pageAddress, false);
         return;
+      default: {
+        const never: never = state;
+        throw new UserfaultError(`page ${index} is in an unknown state ${String(never)}`);
+      }
     }
   }
 
@@ -458,10 +478,12 @@ export class Pager extends EventEmitter<PagerEvents> {
     const lengthBytes = fetch.pageCount * PAGE_SIZE;
     const buffer = this.takeBuffer(lengthBytes);
     fetch.abort = new AbortController();
+    const readStarted = performance.now();
     const settled = this.source
       .read(fetch.sourceOffset, lengthBytes, buffer, { priority: fetch.demand ? 'demand' : 'background', signal: fetch.abort.signal })
       .then(
         () => {
+          this.metrics.recordSourceReadMicros((performance.now() - readStarted) * 1000);
           fetch.buffer = buffer;
           if (this.statusValue === 'running') this.guarded(() => this.installRead(fetch));
           else this.releaseBuffer(fetch);
@@ -485,6 +507,7 @@ export class Pager extends EventEmitter<PagerEvents> {
     const lengthBytes = fetch.pageCount * PAGE_SIZE;
     const buffer = this.takeBuffer(lengthBytes);
     let done: boolean;
+    const readStarted = performance.now();
     try {
       done = this.source.readSync!(fetch.sourceOffset, lengthBytes, buffer);
     } catch (error) {
@@ -497,6 +520,7 @@ export class Pager extends EventEmitter<PagerEvents> {
       return false;
     }
     this.metrics.sourceReads++;
+    this.metrics.recordSourceReadMicros((performance.now() - readStarted) * 1000);
     fetch.buffer = buffer;
     this.guarded(() => this.installRead(fetch));
     return true;

@@ -14,6 +14,7 @@ import {
   MIN_PAGE_BYTES,
   type InfoMessage,
 } from '../protocol/index.js';
+import { LatencyHistogram } from '../metrics/latency-histogram.js';
 import type { PageSource } from '../sources/page-source.js';
 import { formatHostPort, isLoopbackHost } from './address.js';
 import { PageServerError, RemoteListenRefusedError } from './errors.js';
@@ -69,7 +70,7 @@ export interface PageServerSummary {
   source: string;
   /** Every connection seen, the closed ones included, in order of arrival. */
   clients: ServedConnectionSummary[];
-  totals: { clients: number; requests: number; reads: number; bytesServed: number; errorsSent: number; sourceErrors: number };
+  totals: { clients: number; requests: number; reads: number; bytesServed: number; bytesSent: number; errorsSent: number; cancelled: number; sourceErrors: number };
 }
 
 export class PageServer extends EventEmitter<PageServerEvents> {
@@ -106,14 +107,21 @@ export class PageServer extends EventEmitter<PageServerEvents> {
     return [...this.live.values()];
   }
 
+  /** How long the server's source reads took (every connection's, since the start). */
+  get readLatency(): LatencyHistogram {
+    return this.service.readLatency;
+  }
+
   summary(): PageServerSummary {
     const clients = [...this.gone.values(), ...[...this.live.values()].map((c) => c.summary())].sort((a, b) => a.id - b.id);
-    const totals = { clients: clients.length, requests: 0, reads: 0, bytesServed: 0, errorsSent: 0, sourceErrors: 0 };
+    const totals = { clients: clients.length, requests: 0, reads: 0, bytesServed: 0, bytesSent: 0, errorsSent: 0, cancelled: 0, sourceErrors: 0 };
     for (const client of clients) {
       totals.requests += client.requests;
       totals.reads += client.reads;
       totals.bytesServed += client.bytesServed;
+      totals.bytesSent += client.bytesSent;
       totals.errorsSent += client.errorsSent;
+      totals.cancelled += client.cancelled;
       totals.sourceErrors += client.sourceErrors;
     }
     return { address: formatHostPort(this.address), source: this.service.source.description, clients, totals };
@@ -220,6 +228,7 @@ function pageService(options: PageServerOptions): PageService {
     maxInFlight,
     maxQueued,
     helloTimeoutMs: options.helloTimeoutMs ?? 10_000,
+    readLatency: new LatencyHistogram(),
     info: {
       type: 'info',
       imageSizeBytes: source.sizeBytes,

@@ -19,6 +19,7 @@
 // in-flight limit is reached would leave every CANCEL unread until a read
 // completed, which is when it no longer helps. (One chunk may decode past the
 // bound; it is soft by at most a socket read.)
+import type { LatencyHistogram } from '../metrics/latency-histogram.js';
 import { EventEmitter } from 'node:events';
 import type { Socket } from 'node:net';
 import {
@@ -55,6 +56,8 @@ export interface PageService {
   /** Requests a connection may have waiting for an in-flight slot before its socket is paused. */
   maxQueued: number;
   helloTimeoutMs: number;
+  /** Every connection's successful source reads, timed (the server's read-latency metric). */
+  readLatency: LatencyHistogram;
 }
 
 export type ServedConnectionState = 'awaiting-hello' | 'serving' | 'closing' | 'closed';
@@ -436,6 +439,7 @@ export class ServedConnection extends EventEmitter<ServedConnectionEvents> {
     // Every byte is written by the source before the reply is sent, so the buffer need not be zeroed.
     const target = Buffer.allocUnsafeSlow(read.lengthBytes);
     let reading: Promise<void>;
+    const readStarted = performance.now();
     try {
       reading = source.read(read.offset, read.lengthBytes, target, { priority: read.priority, signal: running.controller.signal });
     } catch (error) {
@@ -443,6 +447,7 @@ export class ServedConnection extends EventEmitter<ServedConnectionEvents> {
     }
     reading.then(
       () => this.guard(() => {
+        this.service.readLatency.record((performance.now() - readStarted) * 1000);
         if (running.answered || this.stateValue !== 'serving') return;
         running.answered = true;
         this.stats.bytesServed += read.lengthBytes;

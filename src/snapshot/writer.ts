@@ -44,6 +44,8 @@ export interface WriteSnapshotOptions extends SnapshotWriterOptions {
   readonly metadata?: Uint8Array;
   /** Bytes read from an ImageReader per call; default 1 MiB, rounded down to whole pages. */
   readonly chunkBytes?: number;
+  /** Told after every chunk: image bytes written so far of the regions' total. */
+  readonly onProgress?: (writtenBytes: number, totalBytes: number) => void;
 }
 
 export interface SnapshotWriteSummary {
@@ -67,6 +69,8 @@ export async function writeSnapshot(path: string, options: WriteSnapshotOptions)
     const { pageSize } = writer.plan;
     const chunkBytes = Math.max(pageSize, Math.floor((options.chunkBytes ?? DEFAULT_CHUNK_BYTES) / pageSize) * pageSize);
     const scratch = content instanceof Uint8Array ? undefined : new Uint8Array(chunkBytes);
+    const totalBytes = writer.plan.regions.reduce((n, r) => n + r.lengthBytes, 0);
+    let writtenBytes = 0;
     for (const region of writer.plan.regions) {
       const end = region.imageOffset + region.lengthBytes;
       if (content instanceof Uint8Array && content.length < end) {
@@ -82,6 +86,8 @@ export async function writeSnapshot(path: string, options: WriteSnapshotOptions)
           await (content as ImageReader).read(imageOffset, length, bytes);
         }
         await writer.writePages(imageOffset, bytes);
+        writtenBytes += length;
+        options.onProgress?.(writtenBytes, totalBytes);
       }
     }
     return await writer.finish({ metadata: options.metadata });

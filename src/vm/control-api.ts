@@ -16,9 +16,15 @@
 //   GET   /migrate            -> 200 the migration's progress (source or destination), 404 if none
 //   PUT   /migrate/cancel     -> 200 {state} (before switchover only; 409 after)
 //   PUT   /migrate/resume     -> 200 {state} (a post-copy paused by a cut: reconnect now)
+//   GET   /snapshot           -> 200 the snapshot being written now ({path, writtenBytes, totalBytes}), 404 if none
+//   GET   /metrics            -> 200 the VMM's metrics, Prometheus text format (src/metrics/catalog.ts; docs/metrics.md)
+//   GET   /memory-map?cells=N -> 200 {pageCount, pagesPerCell, states: "0122…"} guest RAM's page states in at most
+//                                N cells (1..MAX_MAP_CELLS, default 4096), one digit a cell: src/pager/page-state.ts's
+//                                PageState (0 missing, 1 in flight, 2 present, 3 discarded, 4 unmapped, 5 poisoned)
 //
 // Errors: {fault_message, code} with the status HTTP_STATUS below gives the
-// code: 400 a malformed request, 404 an unknown route, 409 a request the
+// code: 400 a malformed request, 404 an unknown path, 405 a known path with
+// a method it does not take (the Allow header lists those), 409 a request the
 // VM's lifecycle does not allow in its current state (the message names
 // the state: "cannot resume a VM that is snapshotting"), 413 a body over
 // MAX_BODY_BYTES or serial input over the UART's bound, 500 anything else.
@@ -37,6 +43,8 @@ import { listenReplacingStale, removeSocketFile } from '../net/unix-socket-path.
 import { ControlApiError, NoVmListeningError, VmError } from './errors.js';
 import type { Vmm } from './vmm.js';
 import { parseMigrationAddress, readPskFile } from '../migrate/transport/channels.js';
+import { MetricsRegistry, PROMETHEUS_CONTENT_TYPE } from '../metrics/metrics-registry.js';
+import { vmReporter } from '../metrics/vm-reporter.js';
 
 /** The largest request body (the serial input's JSON is the big one: its 1 MiB bound, escaped). */
 export const MAX_BODY_BYTES = 4 << 20;
@@ -71,11 +79,37 @@ export class UnknownRouteError extends VmError {
   }
 }
 
+/** A path the API has, asked with a method it does not take there. */
+export class MethodNotAllowedError extends VmError {
+  override readonly code = 'EMETHOD';
+  constructor(readonly method: string, readonly path: string, readonly allowed: readonly string[]) {
+    super(`${path} takes ${allowed.join(', ')}, not ${method}`);
+  }
+}
+
+/** The methods of each path (a request for a path here with another method is answered 405). */
+const ROUTE_METHODS: Readonly<Record<string, readonly string[]>> = {
+  '/vm': ['GET', 'PATCH', 'PUT'],
+  '/snapshot': ['GET'],
+  '/snapshot/create': ['PUT'],
+  '/serial/input': ['PUT'],
+  '/migrate': ['GET', 'PUT'],
+  '/migrate/resume': ['PUT'],
+  '/migrate/cancel': ['PUT'],
+  '/actions': ['PUT'],
+  '/metrics': ['GET'],
+  '/memory-map': ['GET'],
+};
+
+/** The most cells GET /memory-map draws guest RAM in (a 64 KiB answer at most). */
+export const MAX_MAP_CELLS = 65536;
+
 /** The one table from an error's code to the HTTP status it is answered with; anything else is 500. */
 const HTTP_STATUS: Readonly<Record<string, number>> = {
   EBADREQUEST: 400,
   ECANTCREATE: 400,
   ENOROUTE: 404,
+  EMETHOD: 405,
   ESTATE: 409,
   EMIGRATION: 409,
   EUSAGE: 400,
@@ -86,6 +120,8 @@ const HTTP_STATUS: Readonly<Record<string, number>> = {
 export interface ControlApiOptions {
   /** Called for PUT /actions Stop once it is allowed and answered (the embedding program ends the VMM its way; default vmm.close()). */
   onStop?: () => void;
+  /** The process's metrics (GET /metrics); default: a registry of this VMM's alone. */
+  metrics?: MetricsRegistry;
 }
 
 /** A listening control socket. */
@@ -104,8 +140,9 @@ export interface ControlApi {
 export async function startControlApi(vmm: Vmm, socketPath: string, options: ControlApiOptions = {}): Promise<ControlApi> {
   const fd = listenReplacingStale(socketPath, 16);
   const inode = lstatSync(socketPath).ino;
+  const metrics = options.metrics ?? vmmMetrics(vmm, { processMetrics: false });
   const server = createServer({ maxHeaderSize: MAX_HEADER_BYTES, headersTimeout: HEADERS_TIMEOUT_MS, requestTimeout: REQUEST_TIMEOUT_MS }, (req, res) => {
-    route(vmm, req, res, options).catch((error: unknown) => replyError(res, error));
+    route(vmm, req, res, options, metrics).catch((error: unknown) => replyError(res, error));
   });
   server.maxHeadersCount = MAX_HEADERS;
   server.maxConnections = MAX_CONNECTIONS;
@@ -141,12 +178,36 @@ export async function startControlApi(vmm: Vmm, socketPath: string, options: Con
   };
 }
 
-async function route(vmm: Vmm, req: IncomingMessage, res: ServerResponse, options: ControlApiOptions): Promise<void> {
+/** A registry of one VMM's metrics: the VM, its pager, its migration (and, by default, the process's). */
+export function vmmMetrics(vmm: Vmm, options: { processMetrics?: boolean } = {}): MetricsRegistry {
+  const registry = new MetricsRegistry({ components: ['pager', 'vm', 'migration'], processMetrics: options.processMetrics });
+  registry.report(vmReporter(vmm));
+  return registry;
+}
+
+async function route(vmm: Vmm, req: IncomingMessage, res: ServerResponse, options: ControlApiOptions, metrics: MetricsRegistry): Promise<void> {
   const method = req.method ?? 'GET';
-  const path = (req.url ?? '/').split('?')[0]!;
+  const [path, query] = (req.url ?? '/').split('?') as [string, string | undefined];
   const body = await readJson(req, res);
   if (body === TOO_LARGE) return;
   if (path === '/vm' && method === 'GET') return reply(res, 200, vmm.status());
+  if (path === '/metrics' && method === 'GET') {
+    const text = await metrics.scrape();
+    res.writeHead(200, { 'content-type': PROMETHEUS_CONTENT_TYPE }).end(text);
+    return;
+  }
+  if (path === '/memory-map' && method === 'GET') {
+    const cellsText = new URLSearchParams(query ?? '').get('cells') ?? '4096';
+    const cells = Number(cellsText);
+    if (!/^\d+$/.test(cellsText) || cells < 1 || cells > MAX_MAP_CELLS) throw new BadControlRequestError('cells', `cells must be a whole number from 1 to ${MAX_MAP_CELLS}, got ${JSON.stringify(cellsText.slice(0, 20))}`);
+    const map = vmm.pageStates(cells);
+    return reply(res, 200, { pageCount: map.pageCount, pagesPerCell: map.pagesPerCell, states: Buffer.from(map.cells.map((state) => 0x30 + state)).toString('latin1') });
+  }
+  if (path === '/snapshot' && method === 'GET') {
+    const progress = vmm.snapshotProgress;
+    if (!progress) throw new UnknownRouteError(method, path);
+    return reply(res, 200, progress);
+  }
   if (path === '/vm' && (method === 'PATCH' || method === 'PUT')) {
     const state = field(body, 'state');
     if (state === 'Paused') return reply(res, 200, await vmm.pause());
@@ -210,6 +271,8 @@ async function route(vmm: Vmm, req: IncomingMessage, res: ServerResponse, option
     else void vmm.close();
     return;
   }
+  const allowed = Object.prototype.hasOwnProperty.call(ROUTE_METHODS, path) ? ROUTE_METHODS[path] : undefined;
+  if (allowed) throw new MethodNotAllowedError(method, path, allowed);
   throw new UnknownRouteError(method, path);
 }
 
@@ -277,12 +340,13 @@ function replyError(res: ServerResponse, error: unknown, options: { close?: bool
   const e = error as Error & { code?: unknown };
   const code = typeof e?.code === 'string' ? e.code : undefined;
   const status = (code === undefined ? undefined : HTTP_STATUS[code]) ?? 500;
-  reply(res, status, { fault_message: e?.message ?? String(error), code }, options);
+  const headers = error instanceof MethodNotAllowedError ? { allow: error.allowed.join(', ') } : undefined;
+  reply(res, status, { fault_message: e?.message ?? String(error), code }, { ...options, headers });
 }
 
-function reply(res: ServerResponse, status: number, body?: unknown, options: { close?: boolean } = {}): void {
+function reply(res: ServerResponse, status: number, body?: unknown, options: { close?: boolean; headers?: Record<string, string> } = {}): void {
   if (res.headersSent || res.destroyed) return;
-  const headers: Record<string, string> = options.close ? { connection: 'close' } : {};
+  const headers: Record<string, string> = { ...(options.close ? { connection: 'close' } : {}), ...options.headers };
   if (body === undefined) {
     res.writeHead(status, headers).end();
     return;

@@ -4,10 +4,16 @@
 // VMM posts the command, bumps the doorbell word (waking a paused worker from
 // Atomics.wait) and, if the vCPU is in the guest, sets kvm_run.immediate_exit
 // and sends the kick signal so KVM_RUN returns -EINTR.
+//
+// The vCPU's counters do not travel in messages: a guest that never does port
+// I/O would send none, and the VMM's view would stand still. The worker adds
+// to a SharedArrayBuffer (VcpuCounterBlock) on every exit, and the main thread
+// reads it whenever it is asked (status, /metrics): always live.
 import type { MessagePort } from 'node:worker_threads';
 import type { SavedDevice } from './devices/device.js';
 import { InvalidStateTransitionError, SerialInputFullError, VcpuCommandError, type VmError } from './errors.js';
 import type { KvmRegs, KvmSregs } from './kvm/ioctls/structs.js';
+import type { VmExit } from './kvm/exits.js';
 import type { VcpuState } from './kvm/kvm-vcpu.js';
 import type { VcpuRunState } from './vcpu-state-machine.js';
 
@@ -23,6 +29,8 @@ export interface VcpuWorkerData {
   /** vCPU 0's worker owns the port I/O devices (COM1, the done port). */
   ownsDevices: boolean;
   port: MessagePort;
+  /** The vCPU's counters (VcpuCounterBlock): the worker adds, the VMM reads. */
+  counters: SharedArrayBuffer;
 }
 
 export type VcpuCommand =
@@ -47,21 +55,67 @@ export type GuestExitReason =
   | { type: 'migrated'; to: string }
   | { type: 'failed'; exit: string };
 
+/** Every exit to userspace a vCPU can take (kvm/exits.ts's VmExit types), in the order of their counter slots. */
+export const VCPU_EXIT_REASONS = ['io', 'mmio', 'hlt', 'shutdown', 'fail-entry', 'internal-error', 'system-event', 'intr', 'debug', 'exception', 'unknown'] as const;
+export type VcpuExitReason = (typeof VCPU_EXIT_REASONS)[number];
+// Compile-time check that the list is VmExit's types, no more, no fewer.
+const exitReasonsComplete: [Exclude<VmExit['type'], VcpuExitReason>, Exclude<VcpuExitReason, VmExit['type']>] extends [never, never] ? true : never = true;
+void exitReasonsComplete;
+
 export interface VcpuCounters {
+  /** Exits to userspace (KVM_RUN returned with an exit reason), all reasons. */
   exits: number;
+  /** Of those, port I/O. */
   ioExits: number;
+  /** KVM_RUN interrupted by the VMM's kick (a command for the vCPU). */
   kicks: number;
+  exitsByReason: Record<VcpuExitReason, number>;
+}
+
+const KICK_SLOT = VCPU_EXIT_REASONS.length;
+const EXIT_SLOT: Readonly<Record<VcpuExitReason, number>> = Object.fromEntries(VCPU_EXIT_REASONS.map((reason, slot) => [reason, slot])) as Record<VcpuExitReason, number>;
+
+/**
+ * A vCPU's counters in shared memory: one u64 slot per exit reason, then
+ * kicks. Only the vCPU's worker adds (Atomics, so a reader on another thread
+ * never sees a torn value); anyone holding the buffer reads.
+ */
+export class VcpuCounterBlock {
+  private readonly slots: BigUint64Array;
+
+  constructor(readonly buffer: SharedArrayBuffer = new SharedArrayBuffer((KICK_SLOT + 1) * 8)) {
+    this.slots = new BigUint64Array(buffer);
+  }
+
+  countExit(reason: VcpuExitReason): void {
+    Atomics.add(this.slots, EXIT_SLOT[reason], 1n);
+  }
+
+  countKick(): void {
+    Atomics.add(this.slots, KICK_SLOT, 1n);
+  }
+
+  read(): VcpuCounters {
+    const exitsByReason = {} as Record<VcpuExitReason, number>;
+    let exits = 0;
+    for (const reason of VCPU_EXIT_REASONS) {
+      const count = Number(Atomics.load(this.slots, EXIT_SLOT[reason]));
+      exitsByReason[reason] = count;
+      exits += count;
+    }
+    return { exits, ioExits: exitsByReason.io, kicks: Number(Atomics.load(this.slots, KICK_SLOT)), exitsByReason };
+  }
 }
 
 export type VcpuEvent =
   | { type: 'ready'; tid: number }
   | { type: 'reply'; seq: number; ok: true; value?: unknown }
   | { type: 'reply'; seq: number; ok: false; error: VcpuReplyError }
-  | { type: 'state'; state: VcpuRunState; counters: VcpuCounters }
-  /** Console bytes, with the counters as of now (so status stays current while the vCPU runs). */
-  | { type: 'output'; bytes: Uint8Array; counters: VcpuCounters }
+  | { type: 'state'; state: VcpuRunState }
+  /** Console bytes. */
+  | { type: 'output'; bytes: Uint8Array }
   | { type: 'irq'; irq: number; level: 0 | 1 }
-  | { type: 'exited'; reason: GuestExitReason; counters: VcpuCounters };
+  | { type: 'exited'; reason: GuestExitReason };
 
 /** A worker-side error as it crosses the port: its class's code and the fields needed to rebuild it. */
 export interface VcpuReplyError {

@@ -10,14 +10,14 @@ import { BoardDevices } from './devices/board.js';
 import { PortIoBus } from './devices/port-io.js';
 import { describeExit } from './kvm/exits.js';
 import { KvmVcpu } from './kvm/kvm-vcpu.js';
-import { encodeVcpuError, type GuestExitReason, type VcpuCommand, type VcpuCounters, type VcpuEvent, type VcpuWorkerData } from './vcpu-protocol.js';
+import { encodeVcpuError, VcpuCounterBlock, type GuestExitReason, type VcpuCommand, type VcpuEvent, type VcpuWorkerData } from './vcpu-protocol.js';
 import { nextVcpuState, type VcpuRunState } from './vcpu-state-machine.js';
 
 const data = workerData as VcpuWorkerData;
 const port = data.port;
 const doorbell = new Int32Array(data.doorbell);
 const vcpu = KvmVcpu.adopt(data.vcpuFd, data.vcpuId, data.mmapSize, data.xsaveBytes);
-const counters: VcpuCounters = { exits: 0, ioExits: 0, kicks: 0 };
+const counters = new VcpuCounterBlock(data.counters);
 let state = 'paused' as VcpuRunState;
 let exitReason: GuestExitReason | undefined;
 let pendingOutput: Uint8Array[] = [];
@@ -50,7 +50,7 @@ function flushOutput(): void {
     at += b.byteLength;
   }
   pendingOutput = [];
-  post({ type: 'output', bytes, counters: { ...counters } }, [bytes.buffer]);
+  post({ type: 'output', bytes }, [bytes.buffer]);
 }
 
 function handle(command: VcpuCommand): void {
@@ -90,7 +90,7 @@ function handle(command: VcpuCommand): void {
       }
     }
     // The state event goes first, so the VMM sees the new state when the reply resolves.
-    if (state !== before) post({ type: 'state', state, counters: { ...counters } });
+    if (state !== before) post({ type: 'state', state });
     post({ type: 'reply', seq: command.seq, ok: true });
   } catch (error) {
     post({ type: 'reply', seq: command.seq, ok: false, error: encodeVcpuError(error) });
@@ -105,15 +105,14 @@ function runUntilKickOrExit(): void {
   while (state === 'running') {
     const result = vcpu.runOnce();
     if (result.type === 'kicked') {
-      counters.kicks++;
+      counters.countKick();
       vcpu.setImmediateExit(false);
       return;
     }
-    counters.exits++;
     const exit = result.exit;
+    counters.countExit(exit.type);
     switch (exit.type) {
       case 'io':
-        counters.ioExits++;
         bus.handle(exit);
         break;
       case 'shutdown':
@@ -165,6 +164,6 @@ for (;;) {
   }
 }
 flushOutput();
-post({ type: 'exited', reason: exitReason ?? { type: 'stopped' }, counters: { ...counters } });
+post({ type: 'exited', reason: exitReason ?? { type: 'stopped' } });
 vcpu.close(false);
 port.close();

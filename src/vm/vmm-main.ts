@@ -6,6 +6,7 @@
 //   node dist/src/vm/vmm-main.js restore SNAPSHOT | --from tcp://HOST:PORT [--lazy [--prefetch-all]
 //        [--no-verify] [--prefetch-pages N]] [--api-sock PATH] [--log FILE]
 //   node dist/src/vm/vmm-main.js receive --listen HOST:PORT [--stall-timeout-ms MS] [--api-sock PATH] [--log FILE]
+//   any of them: [--metrics HOST:PORT] (GET /metrics over TCP; loopback only here)
 //
 // The guest's console goes to stdout (and to --log). The VMM's own lines go
 // to stderr as `vmm: {json}` (see VmmProcessEvent). Exit codes: vmm-process.ts.
@@ -14,6 +15,7 @@ import { exitCodeFor } from '../exit-codes.js';
 import { VmUsageError } from './errors.js';
 import { errorEvent, runVmmProcess } from './vmm-process.js';
 import { parseHostPort } from '../pages/address.js';
+import { checkListenAddress } from '../net/http-server.js';
 
 function parseBytes(option: string, text: string): number {
   const m = /^(\d+)([KMG]?)i?B?$/i.exec(text.trim());
@@ -49,6 +51,7 @@ async function main(argv: string[]): Promise<number> {
       from: { type: 'string' },
       listen: { type: 'string' },
       'stall-timeout-ms': { type: 'string' },
+      metrics: { type: 'string' },
     },
   });
   const [command, snapshotPath] = positionals as [string | undefined, string | undefined];
@@ -71,6 +74,7 @@ async function main(argv: string[]): Promise<number> {
       ? { prefetchAll: values['prefetch-all'], verify: !values['no-verify'], prefetch: maxPages === undefined ? undefined : maxPages <= 1 ? false : { maxPages } }
       : false,
     apiSock: values['api-sock'],
+    metricsListen: values.metrics === undefined ? undefined : checkListenAddress(values.metrics, '--metrics', { allowed: false, flag: 'userfault vm … --metrics-allow-remote', what: 'the bare VMM serves metrics on loopback only', warn: () => {} }),
     log: values.log,
     report: say,
   });

@@ -16,7 +16,9 @@
 //   77  /dev/kvm: permission denied (the message says to join the kvm group)
 import { appendFileSync, writeFileSync } from 'node:fs';
 import { ExitCode, exitCodeFor } from '../exit-codes.js';
-import { startControlApi, type ControlApi } from './control-api.js';
+import { startControlApi, vmmMetrics, type ControlApi } from './control-api.js';
+import { startMetricsServer, type MetricsServer } from '../metrics/metrics-server.js';
+import type { HostPort } from '../pages/address.js';
 import { VmUsageError } from './errors.js';
 import { machineConfigProblem } from './machine-config.js';
 import type { LazyRestoreOptions } from './memory/lazy-guest-memory.js';
@@ -53,8 +55,19 @@ export interface VmmProcessOptions {
   console?: (bytes: Uint8Array) => void;
   /** Forward this process's stdin (raw, when a TTY) to COM1; Ctrl-C stops the VM. */
   forwardStdin?: boolean;
+  /** Serve the metrics on this TCP address too (GET /metrics; the control socket always has them). Checked by the caller. */
+  metricsListen?: HostPort;
   /** Every event the process reports (see VmmProcessEvent). */
   report: (event: VmmProcessEvent) => void;
+  /** Progress of the long operations (an eager restore's load, prefetch-all); none when absent. */
+  progress?: (progress: VmmProgress) => void;
+}
+
+/** A long operation's progress: guest RAM bytes done of the total. */
+export interface VmmProgress {
+  operation: 'load' | 'prefetch-all';
+  doneBytes: number;
+  totalBytes: number;
 }
 
 export type VmmProcessEvent =
@@ -70,6 +83,8 @@ export type VmmProcessEvent =
     }
   /** The guest's first console bytes after the start (a restored guest's first line shows it runs). */
   | { event: 'first-output'; ms: number }
+  /** --metrics: the metrics are served over TCP at this URL. */
+  | { event: 'metrics-listening'; url: string }
   /** receive: listening for the incoming VM (authenticated: TLS-PSK required). */
   | { event: 'listening'; url: string; authenticated: boolean }
   /** receive: a connection refused before it carried anything (a wrong key, another session...). */
@@ -113,16 +128,26 @@ export async function runVmmProcess(options: VmmProcessOptions): Promise<number>
     void vmm.close();
   };
   let api: ControlApi | undefined;
+  let metricsServer: MetricsServer | undefined;
   const cleanups: (() => void)[] = [];
   try {
-    if (options.apiSock) api = await startControlApi(vmm, options.apiSock, { onStop: stop });
+    // One registry for both endpoints, the process's own metrics (CPU, memory, event loop) included.
+    const metrics = options.apiSock || options.metricsListen ? vmmMetrics(vmm) : undefined;
+    if (options.apiSock) api = await startControlApi(vmm, options.apiSock, { onStop: stop, metrics });
+    if (options.metricsListen) {
+      // A taken port fails with EADDRINUSE, naming it (exit 73).
+      metricsServer = await startMetricsServer(metrics!, options.metricsListen);
+      options.report({ event: 'metrics-listening', url: metricsServer.url });
+    }
     await vmm.resume();
   } catch (error) {
+    await metricsServer?.close();
     await api?.close();
     await vmm.close();
     return failed(options, error);
   }
   options.report({ event: 'running', command: options.command, readyMs, resumedMs: ms(), restore: vmm.status().restore, apiSock: options.apiSock });
+  if (options.progress && options.lazy && options.lazy.prefetchAll) cleanups.push(followPrefetchAll(vmm, options.progress));
 
   const onSignal = (): void => stop();
   process.on('SIGTERM', onSignal);
@@ -135,6 +160,7 @@ export async function runVmmProcess(options: VmmProcessOptions): Promise<number>
 
   const reason = await vmm.exited;
   for (const cleanup of cleanups) cleanup();
+  await metricsServer?.close();
   await api?.close();
   await vmm.close();
   const exitCode = reason.type === 'done' ? reason.status : reason.type === 'stopped' || reason.type === 'migrated' || (stopRequested && reason.type !== 'failed') ? ExitCode.OK : ExitCode.SOFTWARE;
@@ -203,7 +229,26 @@ async function buildVmm(options: VmmProcessOptions, console: (bytes: Uint8Array)
   if (options.fromUrl !== undefined && options.snapshotPath !== undefined) throw new VmUsageError(['SNAPSHOT', '--from'], 'restore takes a snapshot path or --from URL, not both');
   if (options.fromUrl === undefined && options.snapshotPath === undefined) throw new VmUsageError(['SNAPSHOT', '--from'], 'restore needs a snapshot path or --from tcp://HOST:PORT');
   const from = options.fromUrl !== undefined ? await openRemoteVmSource(options.fromUrl) : await openVmSnapshotSource(options.snapshotPath!);
-  return Vmm.restore(from, { console, lazy: options.lazy || undefined });
+  const progress = options.progress;
+  return Vmm.restore(from, {
+    console,
+    lazy: options.lazy || undefined,
+    onLoadProgress: progress && ((doneBytes, totalBytes) => progress({ operation: 'load', doneBytes, totalBytes })),
+  });
+}
+
+/** prefetch-all's progress: the stored pages in guest RAM, every 200 ms until all are (or the VM ends). Returns the stop. */
+function followPrefetchAll(vmm: Vmm, progress: (progress: VmmProgress) => void): () => void {
+  const tick = (): void => {
+    const report = vmm.lazyMemoryReport();
+    if (!report) return;
+    const totalBytes = report.snapshotDataPages * 4096;
+    progress({ operation: 'prefetch-all', doneBytes: totalBytes - report.storedPagesPending * 4096, totalBytes });
+    if (report.storedPagesPending === 0) clearInterval(timer);
+  };
+  const timer = setInterval(tick, 200);
+  timer.unref();
+  return () => clearInterval(timer);
 }
 
 function failed(options: VmmProcessOptions, error: unknown): number {

@@ -29,7 +29,9 @@ import { checkSnapshotPath, writeVmSnapshot } from './persist/vm-snapshot.js';
 import type { VmRestoreSource } from './persist/restore-source.js';
 import { loadGuestMemory } from './memory/eager-load.js';
 import type { VmSavedState } from './persist/vm-state.js';
-import { decodeVcpuError, type GuestExitReason, type VcpuCommandBody, type VcpuCounters, type VcpuEvent, type VcpuWorkerData } from './vcpu-protocol.js';
+import { PAGE_SIZE } from '../native.js';
+import { downsamplePageStates, PageState, type PageStateMap } from '../pager/page-state.js';
+import { decodeVcpuError, VcpuCounterBlock, type GuestExitReason, type VcpuCommandBody, type VcpuCounters, type VcpuEvent, type VcpuWorkerData } from './vcpu-protocol.js';
 import type { VcpuRunState } from './vcpu-state-machine.js';
 import { VmLifecycle, type VmLifecycleEvent, type VmLifecycleState } from './vm-lifecycle.js';
 
@@ -37,6 +39,13 @@ import { VmLifecycle, type VmLifecycleEvent, type VmLifecycleState } from './vm-
 export interface VmStateChange {
   state: VmLifecycleState;
   changed: boolean;
+}
+
+/** A snapshot being written: guest RAM bytes written so far. */
+export interface SnapshotProgress {
+  path: string;
+  writtenBytes: number;
+  totalBytes: number;
 }
 
 /** A written snapshot: the file's summary and where the time went (ms, to 0.01). */
@@ -68,6 +77,8 @@ export interface RestoreOptions {
    * reading all of it before the guest runs. `true` takes the defaults.
    */
   lazy?: boolean | LazyRestoreOptions;
+  /** An eager restore: told the bytes of guest RAM loaded so far, after each chunk. */
+  onLoadProgress?: (loadedBytes: number, totalBytes: number) => void;
 }
 
 export interface VmStatus {
@@ -104,7 +115,6 @@ const KICK_SIGNAL = kvmNative.kvmConstants.SIGRTMIN + 2;
 /** One vCPU's worker, as the main thread sees it. */
 class VcpuHandle {
   state: VcpuRunState = 'paused';
-  counters: VcpuCounters = { exits: 0, ioExits: 0, kicks: 0 };
   private tid = 0;
   private seq = 0;
   private readonly pending = new Map<number, { command: string; resolve: (v: unknown) => void; reject: (e: Error) => void }>();
@@ -116,6 +126,7 @@ class VcpuHandle {
     private readonly worker: Worker,
     private readonly port: MessagePort,
     private readonly doorbell: Int32Array,
+    private readonly counterBlock: VcpuCounterBlock,
     onEvent: (event: VcpuEvent) => void,
   ) {
     let resolveReady!: () => void;
@@ -137,18 +148,14 @@ class VcpuHandle {
           }
           case 'state':
             this.state = event.state;
-            this.counters = event.counters;
             break;
           case 'exited':
             this.state = 'exited';
-            this.counters = event.counters;
             for (const p of this.pending.values()) p.reject(new InvalidStateTransitionError('exited', p.command));
             this.pending.clear();
             resolveExit(event.reason);
             break;
           case 'output':
-            this.counters = event.counters;
-            break;
           case 'irq':
             break;
           default: {
@@ -186,6 +193,11 @@ class VcpuHandle {
 
   async terminate(): Promise<void> {
     await this.worker.terminate();
+  }
+
+  /** The vCPU's counters as of now, read from the memory its worker adds to (live while it runs). */
+  get counters(): VcpuCounters {
+    return this.counterBlock.read();
   }
 
   /** The vCPU thread's kernel id (a fault message names it). */
@@ -303,7 +315,7 @@ export class Vmm {
         built.stopMemory = () => lazyMemory.stop();
       } else {
         try {
-          await loadGuestMemory(built.memory, from.memory);
+          await loadGuestMemory(built.memory, from.memory, options.onLoadProgress);
         } catch (error) {
           throw from.explain(error as Error);
         }
@@ -384,9 +396,10 @@ export class Vmm {
     for (const vcpu of vcpus) {
       const doorbell = new SharedArrayBuffer(4);
       const channel = new MessageChannel();
-      const data: VcpuWorkerData = { vcpuFd: vcpu.fd, vcpuId: vcpu.id, mmapSize, xsaveBytes, doorbell, kickSignal: KICK_SIGNAL, ownsDevices: vcpu.id === 0, port: channel.port2 };
+      const counters = new VcpuCounterBlock();
+      const data: VcpuWorkerData = { vcpuFd: vcpu.fd, vcpuId: vcpu.id, mmapSize, xsaveBytes, doorbell, kickSignal: KICK_SIGNAL, ownsDevices: vcpu.id === 0, port: channel.port2, counters: counters.buffer };
       const worker = new Worker(new URL('./vcpu-worker.js', import.meta.url), { workerData: data, transferList: [channel.port2] });
-      const handle = new VcpuHandle(vcpu, worker, channel.port1 as unknown as MessagePort, new Int32Array(doorbell), (event) => this.onEvent(event));
+      const handle = new VcpuHandle(vcpu, worker, channel.port1 as unknown as MessagePort, new Int32Array(doorbell), counters, (event) => this.onEvent(event));
       this.handles.push(handle);
       void handle.exited.then(() => this.onVcpuExited());
     }
@@ -434,6 +447,26 @@ export class Vmm {
   /** The lazy pager's counters (undefined unless restored lazily). */
   lazyMemoryReport(): LazyMemoryReport | undefined {
     return this.lazyMemory?.report();
+  }
+
+  /** The lazy pager's live counters and gauges, for /metrics (undefined unless guest RAM is served by a pager). */
+  lazyMemoryMetrics(): ReturnType<LazyGuestMemory['metricsView']> | undefined {
+    return this.lazyMemory?.metricsView();
+  }
+
+  /** Each vCPU's id, run state, live counters and thread id (blocktime is by thread). */
+  vcpuSnapshots(): { id: number; state: VcpuRunState; counters: VcpuCounters; threadId: number }[] {
+    return this.handles.map((h) => ({ id: h.vcpu.id, state: h.state, counters: h.counters, threadId: h.threadId }));
+  }
+
+  /**
+   * Guest RAM's page states in at most `maxCells` cells, for a memory map:
+   * the pager's states while one serves guest RAM (a lazy restore, an
+   * incoming post-copy), else every page present.
+   */
+  pageStates(maxCells: number): PageStateMap {
+    if (this.lazyMemory) return this.lazyMemory.pageStates(maxCells);
+    return downsamplePageStates(new Uint8Array(this.machine.memoryBytes / PAGE_SIZE).fill(PageState.PRESENT), maxCells);
   }
 
   /** How the VM was restored and where the time went (undefined for a booted VM). */
@@ -556,15 +589,27 @@ export class Vmm {
         await this.hooks.beforeSnapshotWrite?.(path);
         // This thread is the lazy pager: it must not touch a missing page. Fill them all first.
         await this.completeMemory();
-        const summary = await writeVmSnapshot(path, state, this.memory);
+        this.snapshotProgressValue = { path, writtenBytes: 0, totalBytes: this.memory.lengthBytes };
+        const summary = await writeVmSnapshot(path, state, this.memory, (writtenBytes, totalBytes) => {
+          this.snapshotProgressValue = { path, writtenBytes, totalBytes };
+        });
         const done = performance.now();
         if (this.lifecycle.allows('snapshot-done')) this.lifecycle.transition('snapshot-done');
         return { ...summary, pauseMs: ms2(pausedAt - started), saveStateMs: ms2(savedAt - pausedAt), writeMs: ms2(done - savedAt), durationMs: ms2(done - started) };
       } catch (error) {
         if (this.lifecycle.allows('snapshot-failed')) this.lifecycle.transition('snapshot-failed');
         throw error;
+      } finally {
+        this.snapshotProgressValue = undefined;
       }
     });
+  }
+
+  private snapshotProgressValue: SnapshotProgress | undefined;
+
+  /** The snapshot being written now (GET /snapshot, for a progress display), or undefined. */
+  get snapshotProgress(): SnapshotProgress | undefined {
+    return this.snapshotProgressValue;
   }
 
   /**

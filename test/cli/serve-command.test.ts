@@ -16,7 +16,7 @@ const runServe = (...args: string[]) => spawnSync(process.execPath, [CLI, 'serve
 async function spawnServeJson(t: TestContext, args: string[]): Promise<ChildRun> {
   const child = spawn(process.execPath, [CLI, 'serve', ...args, '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
   const server = new ChildRun(t, child, 'userfault serve --json', 30_000);
-  await server.waitForText(/^\{"event":"listening",.*\}$/m);
+  await server.waitForText(/^\{"level":30,.*"event":"listening",.*\}$/m);
   return server;
 }
 
@@ -38,7 +38,7 @@ describe('userfault serve', { skip, timeout: 60_000 }, () => {
     const files = await writeMemoryFiles(dir);
     const pages = spawn(process.execPath, [CLI, 'pages', 'serve', '--snapshot', files.snapshotPath, '--listen', '127.0.0.1:0', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
     const pageServer = new ChildRun(t, pages, 'userfault pages serve', 30_000);
-    const listening = await pageServer.waitForText(/^\{"event":"listening".*"url":"(tcp:\/\/127\.0\.0\.1:\d+)".*\}$/m);
+    const listening = await pageServer.waitForText(/^\{.*"event":"listening".*"url":"(tcp:\/\/127\.0\.0\.1:\d+)".*\}$/m);
     const socketPath = join(dir, 'serve.sock');
     const server = await spawnServeJson(t, ['--socket', socketPath, '--from', listening[1]!]);
     const event = jsonLines(server.stdout).find((e) => e.event === 'listening')!;

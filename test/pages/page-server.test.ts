@@ -473,7 +473,7 @@ describe('userfault pages serve', () => {
     assert.match(run.stdout, /^summary: 1 clients, 1 requests, 1 reads, 4096 bytes served, 0 errors sent, 0 source errors, from snapshot .*vm\.snap on 127\.0\.0\.1:\d+$/m);
   });
 
-  test('--json makes every line a JSON object', async (t) => {
+  test('--json makes every line a JSON object in pino\'s shape, errors on stderr', async (t) => {
     const { path } = await writeTestSnapshot(tempDir(t));
     const { run, port } = await spawnPagesServe(t, ['--snapshot', path, '--listen', '127.0.0.1:0', '--json']);
     const listening = run.event('listening')!;
@@ -487,8 +487,13 @@ describe('userfault pages serve', () => {
     assert.deepEqual(await run.exit, { code: 0, signal: null });
     const lines = run.stdout.trim().split('\n');
     for (const line of lines) assert.doesNotThrow(() => JSON.parse(line), line);
-    assert.deepEqual(lines.map((l) => (JSON.parse(l) as { event: string }).event), ['serving', 'listening', 'client-connected', 'client-error', 'client-gone', 'signal', 'summary']);
-    assert.equal(run.event('client-error')!.code, 'EPROTO_OVERSIZED');
+    assert.deepEqual(lines.map((l) => (JSON.parse(l) as { event: string }).event), ['serving', 'listening', 'client-connected', 'client-gone', 'signal', 'summary']);
+    for (const line of lines) {
+      const { level, time, pid, hostname, msg } = JSON.parse(line) as Record<string, unknown>;
+      assert.deepEqual([level, typeof time, pid, typeof hostname, typeof msg], [30, 'number', run.child.pid, 'string', 'string'], line);
+    }
+    const errors = run.stderr.trim().split('\n').map((l) => JSON.parse(l) as { event: string; level: number; error: { code: string } });
+    assert.deepEqual(errors.map((e) => [e.event, e.level, e.error.code]), [['client-error', 50, 'EPROTO_OVERSIZED']]);
     const summary = run.event('summary') as unknown as { totals: { clients: number }; clients: Array<{ endReason: string }> };
     assert.equal(summary.totals.clients, 1);
     assert.equal(summary.clients[0]!.endReason, 'protocol-error');

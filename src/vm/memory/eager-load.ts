@@ -8,16 +8,19 @@ import type { GuestMemory } from './guest-memory.js';
 const CHUNK_BYTES = 2 << 20;
 const READS_IN_FLIGHT = 8;
 
-export async function loadGuestMemory(memory: GuestMemory, source: PageSource): Promise<void> {
+/** `onProgress` is told the bytes of guest RAM loaded so far (zero chunks count: they are done) after each chunk. */
+export async function loadGuestMemory(memory: GuestMemory, source: PageSource, onProgress?: (loadedBytes: number, totalBytes: number) => void): Promise<void> {
   const image = memory.image();
   let next = 0;
+  let loaded = 0;
   const worker = async (): Promise<void> => {
     while (next < memory.lengthBytes) {
       const offset = next;
       const length = Math.min(CHUNK_BYTES, memory.lengthBytes - offset);
       next += length;
-      if (source.isZero?.(offset, length)) continue;
-      await source.read(offset, length, image.subarray(offset, offset + length), { priority: 'background' });
+      if (!source.isZero?.(offset, length)) await source.read(offset, length, image.subarray(offset, offset + length), { priority: 'background' });
+      loaded += length;
+      onProgress?.(loaded, memory.lengthBytes);
     }
   };
   // The first failure wins; the other readers stop at their next chunk.

@@ -13,7 +13,8 @@
 // unregister the ranges, close the uffd and the source, and only then may the
 // VMM unmap the memory.
 import { PAGE_SIZE } from '../../native.js';
-import { PageState, PageStateTable, PagerHost, type PagerMetricsSnapshot, type PageCounts, type PrefetchOptions } from '../../pager/index.js';
+import { PageState, PageStateTable, PagerHost, type PagerMetrics, type PagerMetricsSnapshot, type PageCounts, type PageStateMap, type PrefetchOptions } from '../../pager/index.js';
+import type { PagerGauges } from '../../metrics/pager-reporter.js';
 import type { PageSource } from '../../sources/page-source.js';
 import { Userfaultfd } from '../../uffd/index.js';
 import { VmError } from '../errors.js';
@@ -244,6 +245,21 @@ export class LazyGuestMemory {
     if (this.completedMs !== undefined) report.completedMs = +this.completedMs.toFixed(1);
     if (this.verifyMs !== undefined) report.verifyMs = +this.verifyMs.toFixed(1);
     return report;
+  }
+
+  /** The pager's counters (live while it serves, final after), its gauges, and each faulting thread's blocked µs: for /metrics. */
+  metricsView(): { metrics: PagerMetrics; gauges: PagerGauges; blocktimeByThread: ReadonlyMap<number, number> } {
+    const pager = this.host.pager;
+    return {
+      metrics: pager.metrics,
+      gauges: { pages: this.finalPages ?? pager.pageCounts(), pendingPages: this.finalPending ?? pager.pendingPages, readsInFlight: this.detached ? 0 : pager.readsInFlight },
+      blocktimeByThread: this.finalBlocktime ?? pager.blocktime(),
+    };
+  }
+
+  /** Guest RAM's page states in at most `maxCells` cells (the dashboard's memory map); as they were when the pager detached, after. */
+  pageStates(maxCells: number): PageStateMap {
+    return this.host.pager.states.downsample(maxCells);
   }
 
   /** Stop serving (the vCPUs must be gone), unregister, close the uffd and the source. Memory may be unmapped after. */

@@ -79,7 +79,7 @@ function describeErrno(error: unknown): string {
  * Write the snapshot (checkSnapshotPath first). A failure of the file system
  * is a SnapshotPathError naming `path`, not the writer's temporary file.
  */
-export async function writeVmSnapshot(path: string, state: VmSavedState, memory: GuestMemory): Promise<SnapshotWriteSummary> {
+export async function writeVmSnapshot(path: string, state: VmSavedState, memory: GuestMemory, onProgress?: (writtenBytes: number, totalBytes: number) => void): Promise<SnapshotWriteSummary> {
   checkSnapshotPath(path);
   const metadata = Buffer.from(JSON.stringify({ kind: VM_SNAPSHOT_KIND, state: vmStateToJson(state) }), 'utf8');
   try {
@@ -88,6 +88,7 @@ export async function writeVmSnapshot(path: string, state: VmSavedState, memory:
       imageSizeBytes: memory.lengthBytes,
       content: memory.image(),
       metadata,
+      onProgress,
     });
   } catch (error) {
     if (error instanceof SnapshotError) throw error;

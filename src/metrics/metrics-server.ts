@@ -1,0 +1,30 @@
+// `--metrics HOST:PORT`: the process's metrics on a TCP port Prometheus can
+// scrape (GET /metrics, the text format). Loopback unless the command was
+// given its explicit flag. Read-only, and bounded like every endpoint here
+// (src/net/http-server.ts).
+import type { Server } from 'node:http';
+import { closeHttp, createBoundedHttpServer, listenHttp, sendText } from '../net/http-server.js';
+import { formatHostPort, type HostPort } from '../pages/address.js';
+import { PROMETHEUS_CONTENT_TYPE, type MetricsRegistry } from './metrics-registry.js';
+
+export interface MetricsServer {
+  readonly server: Server;
+  /** Where it listens (with port 0: the port the kernel chose). */
+  readonly address: HostPort;
+  /** "http://127.0.0.1:9100/metrics". */
+  readonly url: string;
+  close(): Promise<void>;
+}
+
+export async function startMetricsServer(registry: MetricsRegistry, address: HostPort): Promise<MetricsServer> {
+  const server = createBoundedHttpServer({
+    routes: {
+      '/metrics': {
+        methods: ['GET'],
+        handle: async (_req, res) => sendText(res, 200, await registry.scrape(), { contentType: PROMETHEUS_CONTENT_TYPE }),
+      },
+    },
+  });
+  const bound = await listenHttp(server, address);
+  return { server, address: bound, url: `http://${formatHostPort(bound)}/metrics`, close: () => closeHttp(server) };
+}
