@@ -3,6 +3,7 @@
 // status from the one scheme of src/exit-codes.ts (docs/exit-codes.md).
 import { Command, CommanderError } from 'commander';
 import { ExitCode, exitCodeFor } from '../exit-codes.js';
+import { registerDashboardCommand } from './dashboard-command.js';
 import { registerDemoCommand } from './demo-command.js';
 import { UsageError } from './errors.js';
 import { printError } from './output.js';
@@ -46,6 +47,7 @@ export function buildProgram(json: boolean, usage: UsageReport = { message: unde
   registerServeCommand(program);
   registerPagesCommand(program);
   registerVmCommands(program);
+  registerDashboardCommand(program);
   return program;
 }
 
