@@ -113,6 +113,12 @@ export function registerServeCommand(program: Command): void {
         }
         log.info('metrics-listening', { url: metricsServer.url }, `metrics on ${metricsServer.url}`);
       }
+      // Listening for the signals before the listen line is printed: a supervisor
+      // that stops the server the moment it reads that line gets a clean exit and a summary.
+      const signalled = new Promise<NodeJS.Signals>((resolve) => {
+        process.once('SIGINT', resolve);
+        process.once('SIGTERM', resolve);
+      });
       log.info(
         'listening',
         {
@@ -127,10 +133,7 @@ export function registerServeCommand(program: Command): void {
         `serving ${source.description} (${kind}, ${source.sizeBytes} bytes) on ${options.socket}, pid ${process.pid}`,
       );
 
-      const signal = await new Promise<NodeJS.Signals>((resolve) => {
-        process.once('SIGINT', resolve);
-        process.once('SIGTERM', resolve);
-      });
+      const signal = await signalled;
       // A second signal while clients are being closed (a source read that never ends) leaves at once.
       const forceExit = (): never => process.exit(1);
       process.once('SIGINT', forceExit);
