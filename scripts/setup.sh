@@ -3,8 +3,10 @@
 # sudo, without asking anything (CI runs it with no standard input):
 #   - from Debian, only what is missing: nasm (the micro guest), python3,
 #     make, gcc and g++ (node-gyp's build of the native addon; python3 also
-#     runs the two-host tests' impaired link), and iproute2 (`ip netns`, for
-#     the two-host migration tests);
+#     runs the two-host tests' impaired link), iproute2 (`ip netns`, for
+#     the two-host migration tests), and chromium (the dashboard's browser
+#     test drives it headless through playwright-core, which downloads no
+#     browser of its own);
 #   - the npm dependencies exactly as package-lock.json pins them (`npm ci`
 #     never rewrites the lock file, and fails if it does not match
 #     package.json), which builds the addon and compiles the TypeScript;
@@ -15,7 +17,7 @@ cd "$(dirname "$0")/.."
 
 # Debian package <- the command that shows it is installed.
 missing=()
-for pair in nasm:nasm python3:python3 make:make gcc:gcc g++:g++ iproute2:ip; do
+for pair in nasm:nasm python3:python3 make:make gcc:gcc g++:g++ iproute2:ip chromium:chromium; do
   command -v "${pair#*:}" >/dev/null 2>&1 || missing+=("${pair%%:*}")
 done
 

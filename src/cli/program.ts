@@ -16,7 +16,7 @@ import { registerVmCommands } from './vm-commands.js';
 export const DESCRIPTION =
   'Userland page-fault handling, lazy memory and a KVM micro-VMM on userfaultfd: snapshots restored lazily, ' +
   'a Firecracker-style page-fault handler, a page server, and the micro-VMM with live migration that survives ' +
-  'network cuts and authenticates its peers (S3 sources and a dashboard are planned, not yet here)';
+  'network cuts and authenticates its peers; Prometheus metrics and a live dashboard. S3 sources are planned, not yet here';
 
 /** What commander reported of a usage error it found itself (so it is printed once). */
 interface UsageReport {

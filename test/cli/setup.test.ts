@@ -27,13 +27,13 @@ function dryRun(commands: string[]): string {
 }
 
 describe('scripts/setup.sh', () => {
-  test('on a bare machine it would install nasm, python3, make, gcc, g++ and iproute2', () => {
-    assert.equal(dryRun([]), 'setup: would install from Debian: nasm python3 make gcc g++ iproute2');
+  test('on a bare machine it would install nasm, python3, make, gcc, g++, iproute2 and chromium', () => {
+    assert.equal(dryRun([]), 'setup: would install from Debian: nasm python3 make gcc g++ iproute2 chromium');
   });
 
   test('it asks only for what is missing', () => {
     // Debian package <- the command setup.sh looks for.
-    const packages: [string, string][] = [['nasm', 'nasm'], ['python3', 'python3'], ['make', 'make'], ['gcc', 'gcc'], ['g++', 'g++'], ['iproute2', 'ip']];
+    const packages: [string, string][] = [['nasm', 'nasm'], ['python3', 'python3'], ['make', 'make'], ['gcc', 'gcc'], ['g++', 'g++'], ['iproute2', 'ip'], ['chromium', 'chromium']];
     const have = packages.filter(([, c]) => spawnSync('bash', ['-c', `command -v ${c}`]).status === 0).map(([, c]) => c);
     const expected = packages.filter(([, c]) => !have.includes(c) || c === 'g++').map(([p]) => p);
     assert.equal(dryRun(have.filter((c) => c !== 'g++')), `setup: would install from Debian: ${expected.join(' ')}`);

@@ -69,7 +69,7 @@ function chartSize(id: string): { width: number; height: number } {
 function makeRateChart(): uPlotType {
   return new uPlot({
     ...chartSize('rate-chart'),
-    scales: { x: { time: true } },
+    scales: { x: { time: true }, y: { range: (_u, _min, max) => [0, max > 0 ? max * 1.1 : 1] } },
     series: [{}, { label: 'faults/s', stroke: '#4fa3ff', width: 2, fill: 'rgba(79,163,255,0.12)' }, { label: 'source reads/s', stroke: '#35c07a', width: 1.5 }],
     axes: [{ stroke: '#8a96a3', grid: { stroke: '#26303b' } }, { stroke: '#8a96a3', grid: { stroke: '#26303b' }, size: 60 }],
   }, rateData, element('rate-chart'));
@@ -163,6 +163,36 @@ function drawVcpus(frame: DashboardFrame): void {
   }));
 }
 
+/** A definition list from [term, description] pairs. */
+function fillList(id: string, fields: [string, string][]): void {
+  element(id).replaceChildren(...fields.flatMap(([k, v]) => {
+    const dt = document.createElement('dt');
+    dt.textContent = k;
+    const dd = document.createElement('dd');
+    dd.textContent = v;
+    return [dt, dd];
+  }));
+}
+
+const counts = (record: Record<string, number>): string => Object.entries(record).filter(([, n]) => n > 0).map(([k, n]) => `${k} ${integer(n)}`).join(', ') || '–';
+
+/** What was served: faults by what they found, pages by how they were put in place; a handler's clients, a page server's reads. */
+function drawServed(frame: DashboardFrame): void {
+  const fields: [string, string][] = [
+    ['faults found', counts(frame.faults.byKind)],
+    ['pages installed', counts(frame.pagesInstalled)],
+    ['source read errors', integer(frame.sourceReads.errors)],
+  ];
+  if (frame.handler) {
+    fields.push(['clients now', counts(frame.handler.clients)]);
+    fields.push(['clients ended', counts(frame.handler.ended)]);
+  }
+  if (frame.pageServer) {
+    fields.push(['page server', `${integer(frame.pageServer.clients)} connections, ${integer(frame.pageServer.reads)} reads, ${bytes(frame.pageServer.servedBytes)} served, read p50 ${seconds(frame.pageServer.readLatency.p50Seconds)}`]);
+  }
+  fillList('served-fields', fields);
+}
+
 function drawMigration(frame: DashboardFrame): void {
   const m = frame.migration;
   element('migration-title').hidden = !m;
@@ -177,19 +207,13 @@ function drawMigration(frame: DashboardFrame): void {
   if (m.remainingBytes !== undefined) fields.push(['to go', bytes(m.remainingBytes)]);
   if (m.rateBytesPerSecond !== undefined) fields.push(['rate', `${bytes(m.rateBytesPerSecond)}/s`]);
   if (m.dirtyPagesPerSecond !== undefined) fields.push(['dirty rate', `${integer(m.dirtyPagesPerSecond)} pages/s`]);
-  fields.push(['pages', Object.entries(m.pages).map(([k, n]) => `${k} ${integer(n)}`).join(', ')]);
+  fields.push(['pages', counts(m.pages)]);
   fields.push(['post-copy requests', integer(m.postcopyRequests)]);
   if (m.expectedDowntimeSeconds !== undefined) fields.push(['expected downtime', seconds(m.expectedDowntimeSeconds)]);
   if (m.downtimeSeconds !== undefined) fields.push(['downtime', seconds(m.downtimeSeconds)]);
   if (m.recoveries) fields.push(['recoveries', integer(m.recoveries)]);
   fields.push(['elapsed', seconds(m.elapsedSeconds)]);
-  element('migration-fields').replaceChildren(...fields.flatMap(([k, v]) => {
-    const dt = document.createElement('dt');
-    dt.textContent = k;
-    const dd = document.createElement('dd');
-    dd.textContent = v;
-    return [dt, dd];
-  }));
+  fillList('migration-fields', fields);
 }
 
 function draw(frame: DashboardFrame): void {
@@ -232,6 +256,7 @@ function draw(frame: DashboardFrame): void {
   }
   drawMemoryMap(frame.memoryMap);
   drawVcpus(frame);
+  drawServed(frame);
   drawMigration(frame);
   document.body.dataset.seq = String(frame.seq);
 }
