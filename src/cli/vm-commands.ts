@@ -608,7 +608,7 @@ export function formatMigrationReport(p: MigrationProgress): string[] {
 }
 
 /**
- * Poll the VMM every 200 ms while a request it is working on runs (a
+ * Poll the VMM every 100 ms while a request it is working on runs (a
  * snapshot, a migration) and draw what `step` reads. A failed poll (not
  * started yet, or already over: the request's answer is the last word) is
  * skipped. Nothing is polled when the view shows nothing (--json).
@@ -617,7 +617,7 @@ function follow(view: ProgressView, step: () => Promise<void>): { stop(): Promis
   let done = false;
   const loop = view.mode === 'off' ? Promise.resolve() : (async () => {
     while (!done) {
-      await new Promise((r) => setTimeout(r, 200));
+      await new Promise((r) => setTimeout(r, 100));
       if (done) break;
       try {
         await step();
