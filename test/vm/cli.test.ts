@@ -155,7 +155,7 @@ describe('userfault vm: a guest through the CLI', { skip, timeout: 60000 }, () =
     await waitForSocket(sock2);
     await restored.console.waitFor(new RegExp(`hb ${last + 1} `));
     const lazyStatus = cli(['vm', 'status', '--api-sock', sock2]);
-    assert.match(lazyStatus.stdout, /restored lazy, ready in [\d.]+ ms/);
+    assert.match(lazyStatus.stdout, /restored lazy from snapshot \S+vm\.snap, ready in [\d.]+ ms/);
     assert.match(lazyStatus.stdout, /lazy memory: [1-9]\d* faults served/);
     const input = cli(['vm', 'input', 'q', '--api-sock', sock2]);
     assert.equal(input.status, 0, `${input.stderr}\nthe VMM said:\n${restored.stderr()}`);
