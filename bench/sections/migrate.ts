@@ -192,7 +192,8 @@ function summarize(records: MigrationRunRecord[], m: MigrateOptions, rounds: num
       const ratio = (key: Column): Ratio => pairedRatio(values(ours, key), values(theirs, key));
       for (const [vmm, list] of [['ours', ours], ['qemu', theirs]] as const) {
         const medians = Object.fromEntries(COLUMNS.map((c) => [c.key, medianOf(values(list, c.key))]));
-        summary.push({ switchover, pattern, vmm, rounds: list.length, ...medians });
+        const engine = vmm === 'ours' ? { accel: 'kvm' } : { accel: qemu.accel, version: qemu.version };
+        summary.push({ switchover, pattern, vmm, ...engine, rounds: list.length, attempts: list.map((r) => r.attempts), ...medians });
         rows.push([pattern, vmm === 'ours' ? 'ours' : `QEMU ${versionShort} (${qemu.accel})`, ...COLUMNS.map((c) => (c.key === 'faults' || c.key === 'requests' ? fmtInt(medians[c.key]!) : fmt(medians[c.key]!, c.digits)))]);
       }
       rows.push([pattern, 'ours / QEMU', ...COLUMNS.map((c) => (RATIO_COLUMNS.has(c.key) ? fmtRatio(ratio(c.key)) : ''))]);
