@@ -1,11 +1,12 @@
 // One migration with this project's VMM, checked end to end: a source VMM
-// runs the writer, a destination VMM (`receive`) listens on loopback, the
-// source is told to migrate in hybrid mode with one pre-copy round (the first
-// full pass, then post-copy: what QEMU does when `migrate-start-postcopy`
-// comes after its first pass) and a 1 ms downtime target (so that pre-copy
-// never stops on its own). Its figures are what the two VMMs report; a
-// migration that is not completed and verified, or after which the guest's
-// heartbeat is broken or its own verify is not clean, is an error.
+// runs the writer, a destination VMM (`receive`) listens on loopback, and the
+// source is told to migrate either in hybrid mode with one pre-copy round and
+// a 1 ms downtime target (the first full pass, then post-copy, since pre-copy
+// never converges to 1 ms: what QEMU does when `migrate-start-postcopy` comes
+// after its first pass) or in postcopy mode (nothing before switchover). Its
+// figures are what the two VMMs report; a migration that is not completed and
+// verified, or after which the guest's heartbeat is broken or its own verify
+// is not clean, is an error.
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { PagerMetricsSnapshot } from '../../src/pager/metrics.js';
@@ -36,7 +37,6 @@ export interface RunOptions {
   timeoutMs: number;
   /** Wraps a command so that it dies with the bench (setpriv --pdeathsig), or runs it as is. */
   wrap: (file: string, args: string[]) => [string, string[]];
-  log: (line: string) => void;
 }
 
 /** How long the guest's fill takes at most: ~20 k pages/s emulated under PVM, with a wide margin. */

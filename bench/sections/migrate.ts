@@ -101,7 +101,7 @@ export const migrateSection: Section = async (ctx, options) => {
             while (!figures) {
               attempts++;
               const runDir = mkdtempSync(join(dir, `${vmm}-`));
-              const run: RunOptions = { workload, switchover, dir: runDir, warmupBeats: WARMUP_BEATS, timeoutMs: migrationTimeoutMs(m), wrap, log: ctx.log };
+              const run: RunOptions = { workload, switchover, dir: runDir, warmupBeats: WARMUP_BEATS, timeoutMs: migrationTimeoutMs(m), wrap };
               try {
                 figures = vmm === 'ours' ? await runOurMigration(run) : await runQemuMigration({ ...run, binary: qemu.binary, accel, kernel: guest.path });
               } catch (error) {
