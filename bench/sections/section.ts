@@ -11,8 +11,8 @@ export interface SectionResult {
   targets: TargetResult[];
   /** One object per table row, with the medians (for the JSON). */
   summary: Record<string, unknown>[];
-  /** Every run, by variant id, in round order. */
-  runs: Record<string, JsonRun[]>;
+  /** Every run, by variant id, in round order (JsonRun; the migrate section's runs are its own MigrationFigures). */
+  runs: Record<string, readonly object[]>;
 }
 
 export type Section = (ctx: BenchContext, options: BenchOptions) => Promise<SectionResult>;
