@@ -1,7 +1,7 @@
 // Command line of `npm run bench` (node dist/bench/run.js): pure parsing.
 import { parseArgs } from 'node:util';
 
-export const SECTION_NAMES = ['per-fault', 'restore', 'working-set', 'concurrency'] as const;
+export const SECTION_NAMES = ['per-fault', 'restore', 'working-set', 'concurrency', 'remote'] as const;
 export type SectionName = (typeof SECTION_NAMES)[number];
 
 export interface BenchOptions {
@@ -14,6 +14,8 @@ export interface BenchOptions {
   delayUs: number;
   /** Faults per thread in the concurrency section. */
   concurrencyFaults: number;
+  /** Demand faults per run in the remote section's latency part. */
+  remoteFaults: number;
   seed: number;
   /** Where the results JSON goes (a directory). */
   outDir: string;
@@ -29,6 +31,7 @@ export const USAGE = `usage: npm run bench -- [options]      (or: node dist/benc
   --spin-us N              busy-poll budget of the spinning handlers (default 50)
   --delay-us N             source latency in the concurrency section (default 200)
   --concurrency-faults N   faults per thread in the concurrency section (default 1000)
+  --remote-faults N        random demand faults per run in the remote section (default 2000)
   --seed N                 seed of the random patterns (default 1)
   --out DIR                where results/bench-<timestamp>.json goes (default results)
   --keep                   keep the work directory (image, compiled C, order files)`;
@@ -61,6 +64,7 @@ export function parseBenchArgs(argv: readonly string[]): BenchOptions {
       'spin-us': { type: 'string' },
       'delay-us': { type: 'string' },
       'concurrency-faults': { type: 'string' },
+      'remote-faults': { type: 'string' },
       seed: { type: 'string' },
       out: { type: 'string' },
       keep: { type: 'boolean' },
@@ -83,6 +87,7 @@ export function parseBenchArgs(argv: readonly string[]): BenchOptions {
     spinUs: positiveInteger('spin-us', values['spin-us'], 50),
     delayUs: positiveInteger('delay-us', values['delay-us'], 200),
     concurrencyFaults: positiveInteger('concurrency-faults', values['concurrency-faults'], 1000),
+    remoteFaults: positiveInteger('remote-faults', values['remote-faults'], 2000),
     seed: positiveInteger('seed', values.seed, 1),
     outDir: values.out ?? 'results',
     keep: values.keep ?? false,

@@ -13,6 +13,7 @@ import { writeBenchImage } from './image.js';
 import type { BenchContext } from './runner.js';
 import { concurrencySection } from './sections/concurrency.js';
 import { perFaultSection } from './sections/per-fault.js';
+import { remoteSection } from './sections/remote.js';
 import { restoreSection } from './sections/restore.js';
 import type { Section, SectionResult } from './sections/section.js';
 import { workingSetSection } from './sections/working-set.js';
@@ -24,6 +25,7 @@ const SECTIONS: Record<SectionName, Section> = {
   restore: restoreSection,
   'working-set': workingSetSection,
   concurrency: concurrencySection,
+  remote: remoteSection,
 };
 
 export interface BenchOutcome {
