@@ -4,11 +4,13 @@
 import { randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import type { CPrograms } from './c-programs.js';
 import { BenchChild } from './child.js';
 import type { PagerHostData, PagerHostMessage, PagerHostSource } from './handlers/pager-host.js';
-import { cpusFor, prefetchArg, type CHandlerStats, type HandlerReport, type HandlerSpec, type Placement, type SourceKind, type ThreadCpu } from './handlers/spec.js';
+import type { BulkStreamStats } from './handlers/bulk-stream.js';
+import { cpusFor, prefetchArg, type CHandlerStats, type ReadsStreamSpec, type HandlerReport, type HandlerSpec, type Placement, type SourceKind, type ThreadCpu } from './handlers/spec.js';
 import type { BenchImage } from './image.js';
 
 export interface BenchContext {
@@ -89,13 +91,34 @@ async function startHandler(ctx: BenchContext, spec: HandlerSpec, cpu: number): 
       if (spec.aheadPages) args.push('--ahead-pages', String(spec.aheadPages));
       if (spec.source === 'delay') args.push('--delay-socket', requireDelaySocket(ctx));
       if (spec.source === 'remote') args.push('--server', requirePageServer(ctx).address, '--session', session!);
+      const stream = spec.stream ? await startStreamClient(ctx, spec.stream) : undefined;
       const child = new BenchChild('ref-handler', ctx.programs.refHandler, args);
-      await child.waitForLine(/^listening$/, 60_000);
+      try {
+        await child.waitForLine(/^listening$/, 60_000);
+      } catch (error) {
+        stream?.kill();
+        throw error;
+      }
+      const done = child.result<CHandlerStats & { cpu: ThreadCpu }>(ctx.runTimeoutMs).then(
+        async ({ cpu, ...stats }): Promise<HandlerReport> => {
+          if (!stream) return { kind: 'c', stats, cpu };
+          await stream.terminate();
+          const reads = await stream.result<BulkStreamStats>(10_000);
+          return { kind: 'c', stats, cpu, stream: { kind: 'reads', reads, runMs: reads.ms } };
+        },
+        (error: unknown) => {
+          stream?.kill();
+          throw error;
+        },
+      );
       return {
         socketPath,
         session,
-        done: child.result<CHandlerStats & { cpu: ThreadCpu }>(ctx.runTimeoutMs).then(({ cpu, ...stats }) => ({ kind: 'c', stats, cpu })),
-        abort: () => child.kill(),
+        done,
+        abort: () => {
+          child.kill();
+          stream?.kill();
+        },
       };
     }
     case 'pager':
@@ -168,6 +191,21 @@ async function startHandler(ctx: BenchContext, spec: HandlerSpec, cpu: number): 
 function requireDelaySocket(ctx: BenchContext): string {
   if (!ctx.delaySocket) throw new Error('this variant needs the delay server');
   return ctx.delaySocket;
+}
+
+/** A bulk stream from a client process of its own (handlers/stream-client.ts), streaming once this resolves. */
+async function startStreamClient(ctx: BenchContext, spec: ReadsStreamSpec): Promise<BenchChild> {
+  const entry = fileURLToPath(new URL('./handlers/stream-client.js', import.meta.url));
+  const args = [entry, requirePageServer(ctx).url, String(spec.runPages), String(spec.inFlight)];
+  if (spec.mbPerSecond) args.push(String(spec.mbPerSecond));
+  const child = new BenchChild('stream-client', process.execPath, args);
+  try {
+    await child.waitForLine(/^streaming$/, 30_000);
+  } catch (error) {
+    child.kill();
+    throw error;
+  }
+  return child;
 }
 
 function requirePageServer(ctx: BenchContext): { url: string; address: string } {

@@ -16,7 +16,7 @@ import { Userfaultfd } from '../../src/uffd/userfaultfd.js';
 import { startBulkStream } from './bulk-stream.js';
 import { DelayedSource } from './delayed-source.js';
 import { SyncFileSource } from './sync-file-source.js';
-import type { HandlerReport, PagerStreamReport, StreamSpec } from './spec.js';
+import type { HandlerReport, StreamReport, StreamSpec } from './spec.js';
 import { runLeanPager, type LeanSource, type LeanWait } from './lean-pager.js';
 import { threadCpuNow, threadCpuSince } from './thread-cpu.js';
 
@@ -147,7 +147,7 @@ function addAsyncReadAhead(pager: Pager, aheadPages: number, pageCount: number):
  * source (bulk-stream.ts), or the Pager's own prefetch of the pages from
  * fromPage to the end, timed by the pages it installs.
  */
-function startStream(pager: Pager, source: PageSource, spec: StreamSpec): { stop(): Promise<PagerStreamReport> } {
+function startStream(pager: Pager, source: PageSource, spec: StreamSpec): { stop(): Promise<StreamReport> } {
   const startedAt = performance.now();
   switch (spec.kind) {
     case 'reads': {

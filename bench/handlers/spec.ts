@@ -23,7 +23,8 @@ export type SourceKind = 'memory' | 'snapshot' | 'raw-file' | 'sync-raw' | 'sync
  * `fromPage` to its end (installed, so it ends when they are all in).
  * mbPerSecond paces the reads (default: as fast as they come back).
  */
-export type StreamSpec = { kind: 'reads'; runPages: number; inFlight: number; mbPerSecond?: number } | { kind: 'pager'; fromPage: number };
+export type ReadsStreamSpec = { kind: 'reads'; runPages: number; inFlight: number; mbPerSecond?: number };
+export type StreamSpec = ReadsStreamSpec | { kind: 'pager'; fromPage: number };
 
 export type HandlerSpec =
   /**
@@ -56,7 +57,15 @@ export type HandlerSpec =
    * The C reference handler (bench/c/ref-handler.c), a process of its own; mmap: COPY straight from a mapping of the file;
    * remote: one READ at a time to the bench's page server (bench/c/page-client.h).
    */
-  | { kind: 'c'; source: 'memory' | 'raw-file' | 'mmap' | 'delay' | 'remote'; prefetch: PrefetchOptions | false; spinUs: number; aheadPages?: number }
+  | {
+      kind: 'c';
+      source: 'memory' | 'raw-file' | 'mmap' | 'delay' | 'remote';
+      prefetch: PrefetchOptions | false;
+      spinUs: number;
+      aheadPages?: number;
+      /** remote: a bulk stream from another client process (stream-client.ts) to the same server while the C client serves. */
+      stream?: ReadsStreamSpec;
+    }
   /** No handler: the kernel's own demand paging, or eager reading. */
   | { kind: 'none' };
 
@@ -122,14 +131,14 @@ export type HandlerReport =
       cpu: ThreadCpu;
       /** A remote source's counters (reads per connection, bytes). */
       remote?: RemoteSourceStats;
-      stream?: PagerStreamReport;
+      stream?: StreamReport;
     }
   | { kind: 'lean'; stats: LeanPagerStats; cpu: ThreadCpu }
-  | { kind: 'c'; stats: CHandlerStats; cpu: ThreadCpu }
+  | { kind: 'c'; stats: CHandlerStats; cpu: ThreadCpu; stream?: StreamReport }
   | { kind: 'none' };
 
 /** What a bulk stream did during a run (StreamSpec). */
-export interface PagerStreamReport {
+export interface StreamReport {
   kind: StreamSpec['kind'];
   /** reads: the stream's reads; pager: its pages, by the pages installed from fromPage on. */
   reads?: BulkStreamStats;
