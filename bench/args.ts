@@ -31,7 +31,7 @@ export const USAGE = `usage: npm run bench -- [options]      (or: node dist/benc
   --spin-us N              busy-poll budget of the spinning handlers (default 50)
   --delay-us N             source latency in the concurrency section (default 200)
   --concurrency-faults N   faults per thread in the concurrency section (default 1000)
-  --remote-faults N        random demand faults per run in the remote section (default 2000)
+  --remote-faults N        random demand faults per run in the remote section (default 1000)
   --seed N                 seed of the random patterns (default 1)
   --out DIR                where results/bench-<timestamp>.json goes (default results)
   --keep                   keep the work directory (image, compiled C, order files)`;
@@ -87,7 +87,7 @@ export function parseBenchArgs(argv: readonly string[]): BenchOptions {
     spinUs: positiveInteger('spin-us', values['spin-us'], 50),
     delayUs: positiveInteger('delay-us', values['delay-us'], 200),
     concurrencyFaults: positiveInteger('concurrency-faults', values['concurrency-faults'], 1000),
-    remoteFaults: positiveInteger('remote-faults', values['remote-faults'], 2000),
+    remoteFaults: positiveInteger('remote-faults', values['remote-faults'], 1000),
     seed: positiveInteger('seed', values.seed, 1),
     outDir: values.out ?? 'results',
     keep: values.keep ?? false,

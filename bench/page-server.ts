@@ -20,9 +20,10 @@ export class BenchPageServer {
     return `tcp://${this.address}`;
   }
 
-  static async start(snapshotPath: string, options: { maxInFlight?: number } = {}): Promise<BenchPageServer> {
+  /** nodeArgs: flags for the server's node (say --cpu-prof, which NODE_OPTIONS does not take). */
+  static async start(snapshotPath: string, options: { maxInFlight?: number; nodeArgs?: readonly string[] } = {}): Promise<BenchPageServer> {
     const cli = join(dirname(fileURLToPath(import.meta.url)), '..', 'src', 'cli', 'main.js');
-    const args = [cli, 'pages', 'serve', '--snapshot', snapshotPath, '--listen', '127.0.0.1:0', '--json'];
+    const args = [...(options.nodeArgs ?? []), cli, 'pages', 'serve', '--snapshot', snapshotPath, '--listen', '127.0.0.1:0', '--json'];
     if (options.maxInFlight !== undefined) args.push('--max-in-flight', String(options.maxInFlight));
     const child = new BenchChild('pages serve', process.execPath, args);
     try {

@@ -129,9 +129,12 @@ export const remoteSection: Section = async (baseCtx, options) => {
     };
     results = await runInterleaved(ctx, 'remote', variants, options.rounds, observe);
   } finally {
-    summary = await server.stop().catch(() => undefined);
+    summary = await server.stop().catch((error: Error) => {
+      ctx.log(`remote: the page server did not stop cleanly (its per-connection figures are missing): ${error.message}`);
+      return undefined;
+    });
   }
-  const server1 = (run: RunResult) => connectionsOf(summary, run.session);
+  const serverConnections = (run: RunResult) => connectionsOf(summary, run.session);
 
   // Table A: restore throughput.
   const targets: TargetResult[] = [];
@@ -146,9 +149,26 @@ export const remoteSection: Section = async (baseCtx, options) => {
       const vsLocal = pairedRatio(ms('local-pager-snapshot'), ms(d.key));
       const vsC = pairedRatio(ms('c-remote'), ms(d.key));
       const reads = median(perRound(results, id, sourceReads));
-      const row = { table: 'restore', pattern, variant: d.key, handler: d.handler, source: d.source, ms: median(ms(d.key)), gbPerSecond: median(speed), sourceReads: reads, speedVsLocalPager: vsLocal, speedVsCClient: vsC };
+      // CPU per source read: the serving thread's, and (remote only) the page server's.
+      const handlerUs = median(perRound(results, id, (r) => (r.handler.kind === 'none' ? Number.NaN : r.handler.cpu.runNs / 1000 / sourceReads(r))));
+      const serverUs = median(perRound(results, id, (r) => ((r.observed?.serverCpuMs ?? Number.NaN) * 1000) / sourceReads(r)));
+      const isRemote = d.spec.kind !== 'none' && d.spec.source === 'remote';
+      const row = {
+        table: 'restore',
+        pattern,
+        variant: d.key,
+        handler: d.handler,
+        source: d.source,
+        ms: median(ms(d.key)),
+        gbPerSecond: median(speed),
+        sourceReads: reads,
+        handlerCpuUsPerRead: handlerUs,
+        serverCpuUsPerRead: isRemote ? serverUs : undefined,
+        speedVsLocalPager: vsLocal,
+        speedVsCClient: vsC,
+      };
       summaryRows.push(row);
-      rowsA.push([pattern, d.handler, d.source, fmt(row.ms), fmt(row.gbPerSecond, 2), fmtInt(reads), fmtRatio(vsLocal), fmtRatio(vsC)]);
+      rowsA.push([pattern, d.handler, d.source, fmt(row.ms), fmt(row.gbPerSecond, 2), fmtInt(reads), `${fmtInt(handlerUs)} / ${isRemote ? fmtInt(serverUs) : '-'}`, fmtRatio(vsLocal), fmtRatio(vsC)]);
       if (pattern === 'sequential' && d.key === 'remote') {
         targets.push(checkTarget('remote: sequential restore from a page server over loopback TCP (pager, RemoteSource), GB/s', perRoundValues(speed), 'at-least', 1, ' GB/s'));
       }
@@ -156,12 +176,13 @@ export const remoteSection: Section = async (baseCtx, options) => {
   }
   const tableA: Table = {
     title: `5a. Restore from a page server: ${fmtInt(baseCtx.image.sizeBytes / (1 << 20))} MiB over loopback TCP, read-ahead ${RESTORE_PREFETCH.initialPages}..${RESTORE_PREFETCH.maxPages} pages (median of ${options.rounds} rounds)`,
-    columns: ['pattern', 'handler', 'source', 'time ms', 'GB/s', 'READs', 'speed / local pager', 'speed / C client'],
-    numeric: [false, false, false, true, true, true, true, true],
+    columns: ['pattern', 'handler', 'source', 'time ms', 'GB/s', 'READs', 'CPU us/READ handler / server', 'speed / local pager', 'speed / C client'],
+    numeric: [false, false, false, true, true, true, true, true, true],
     rows: rowsA,
     notes: [
       'The page server is `userfault pages serve` on the bench image, a process of its own (every page CRC-checked as it reads it, as it serves any client).',
       'GB/s = 10^9 bytes of pages touched per second. READs: source reads (pager) or READ frames (C). speed / X = X time / this time, round by round.',
+      "CPU us/READ: run time of the handler's serving thread, and of the page server process (all its threads), per source read.",
       '"local pager" is the restore section\'s pager from the snapshot file; C client: bench/c/page-client.h in the C handler, one READ in flight, every reply CRC-checked.',
     ],
   };
@@ -184,7 +205,7 @@ export const remoteSection: Section = async (baseCtx, options) => {
     const pagerCpu = median(runs.map((r) => (r.handler.kind === 'none' ? Number.NaN : r.handler.cpu.runNs / 1e6 / touchMs(r))));
     const serverCpu = median(runs.map((r) => (r.observed?.serverCpuMs ?? Number.NaN) / touchMs(r)));
     const pagerP50 = median(runs.map((r) => pager(r)?.metrics.latencyMicros.p50 ?? Number.NaN));
-    const serverPeak = (role: string) => median(runs.map((r) => Math.max(0, ...server1(r).filter((c) => c.role === role).map((c) => c.peakInFlight))));
+    const serverPeak = (role: string) => median(runs.map((r) => Math.max(0, ...serverConnections(r).filter((c) => c.role === role).map((c) => c.peakInFlight))));
     const row = {
       table: 'demand',
       variant: d.key,
@@ -245,7 +266,7 @@ export const remoteSection: Section = async (baseCtx, options) => {
   targets.push(checkTarget('remote: demand-fault p99 during a bulk stream, one connection / urgent + bulk connections', pairedRatio(p99('stream-single'), p99('stream-urgent')), 'at-least', 5));
 
   const runs = toJsonRuns(results);
-  for (const [variantId, list] of results) list.forEach((run, i) => (runs[variantId]![i]!.server = server1(run)));
+  for (const [variantId, list] of results) list.forEach((run, i) => (runs[variantId]![i]!.server = serverConnections(run)));
   return { name: 'remote', tables: [tableA, tableB], targets, summary: summaryRows, runs };
 };
 
