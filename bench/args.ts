@@ -2,7 +2,7 @@
 import { parseArgs } from 'node:util';
 import { MIGRATE_ARG_OPTIONS, MIGRATE_USAGE, parseMigrateOptions, type MigrateOptions } from './migrate/options.js';
 
-export const SECTION_NAMES = ['per-fault', 'restore', 'working-set', 'concurrency'] as const;
+export const SECTION_NAMES = ['per-fault', 'restore', 'working-set', 'concurrency', 'remote'] as const;
 /** Run only when named: migrate installs QEMU and takes minutes. */
 export const OPT_IN_SECTIONS = ['migrate'] as const;
 export type SectionName = (typeof SECTION_NAMES)[number] | (typeof OPT_IN_SECTIONS)[number];
@@ -17,6 +17,8 @@ export interface BenchOptions {
   delayUs: number;
   /** Faults per thread in the concurrency section. */
   concurrencyFaults: number;
+  /** Demand faults per run in the remote section's latency part. */
+  remoteFaults: number;
   seed: number;
   /** Where the results JSON goes (a directory). */
   outDir: string;
@@ -33,6 +35,7 @@ export const USAGE = `usage: npm run bench -- [options]      (or: node dist/benc
   --spin-us N              busy-poll budget of the spinning handlers (default 50)
   --delay-us N             source latency in the concurrency section (default 200)
   --concurrency-faults N   faults per thread in the concurrency section (default 1000)
+  --remote-faults N        random demand faults per run in the remote section (default 1000)
   --seed N                 seed of the random patterns (default 1)
   --out DIR                where results/bench-<timestamp>.json goes (default results)
   --keep                   keep the work directory (image, compiled C, order files)
@@ -66,6 +69,7 @@ export function parseBenchArgs(argv: readonly string[]): BenchOptions {
       'spin-us': { type: 'string' },
       'delay-us': { type: 'string' },
       'concurrency-faults': { type: 'string' },
+      'remote-faults': { type: 'string' },
       seed: { type: 'string' },
       out: { type: 'string' },
       keep: { type: 'boolean' },
@@ -89,6 +93,7 @@ export function parseBenchArgs(argv: readonly string[]): BenchOptions {
     spinUs: positiveInteger('spin-us', values['spin-us'], 50),
     delayUs: positiveInteger('delay-us', values['delay-us'], 200),
     concurrencyFaults: positiveInteger('concurrency-faults', values['concurrency-faults'], 1000),
+    remoteFaults: positiveInteger('remote-faults', values['remote-faults'], 1000),
     seed: positiveInteger('seed', values.seed, 1),
     outDir: values.out ?? 'results',
     keep: values.keep ?? false,

@@ -14,6 +14,7 @@ import type { BenchContext } from './runner.js';
 import { concurrencySection } from './sections/concurrency.js';
 import { migrateSection } from './sections/migrate.js';
 import { perFaultSection } from './sections/per-fault.js';
+import { remoteSection } from './sections/remote.js';
 import { restoreSection } from './sections/restore.js';
 import type { Section, SectionResult } from './sections/section.js';
 import { workingSetSection } from './sections/working-set.js';
@@ -26,6 +27,7 @@ const SECTIONS: Record<SectionName, Section> = {
   'working-set': workingSetSection,
   concurrency: concurrencySection,
   migrate: migrateSection,
+  remote: remoteSection,
 };
 
 export interface BenchOutcome {
