@@ -4,7 +4,7 @@
 //   node dist/src/vm/vmm-main.js run [--image builtin|FILE] [--mem 32M] [--cpus 1]
 //        [--cmdline "workload=writer mem=16"] [--api-sock PATH] [--log FILE]
 //   node dist/src/vm/vmm-main.js restore SNAPSHOT | --from tcp://HOST:PORT [--lazy [--prefetch-all]
-//        [--no-verify] [--prefetch-pages N]] [--api-sock PATH] [--log FILE]
+//        [--verify-first] [--prefetch-pages N]] [--api-sock PATH] [--log FILE]
 //   node dist/src/vm/vmm-main.js receive --listen HOST:PORT [--stall-timeout-ms MS] [--api-sock PATH] [--log FILE]
 //   any of them: [--metrics HOST:PORT] (GET /metrics over TCP; loopback only here)
 //
@@ -46,7 +46,7 @@ async function main(argv: string[]): Promise<number> {
       log: { type: 'string' },
       lazy: { type: 'boolean', default: false },
       'prefetch-all': { type: 'boolean', default: false },
-      'no-verify': { type: 'boolean', default: false },
+      'verify-first': { type: 'boolean', default: false },
       'prefetch-pages': { type: 'string' },
       from: { type: 'string' },
       listen: { type: 'string' },
@@ -71,7 +71,7 @@ async function main(argv: string[]): Promise<number> {
     listen: values.listen === undefined ? undefined : parseHostPort(values.listen, '--listen HOST:PORT'),
     stallTimeoutMs: values['stall-timeout-ms'] === undefined ? undefined : parseCount('--stall-timeout-ms', values['stall-timeout-ms']),
     lazy: values.lazy
-      ? { prefetchAll: values['prefetch-all'], verify: !values['no-verify'], prefetch: maxPages === undefined ? undefined : maxPages <= 1 ? false : { maxPages } }
+      ? { prefetchAll: values['prefetch-all'], verifyFirst: values['verify-first'], prefetch: maxPages === undefined ? undefined : maxPages <= 1 ? false : { maxPages } }
       : false,
     apiSock: values['api-sock'],
     metricsListen: values.metrics === undefined ? undefined : checkListenAddress(values.metrics, '--metrics', { allowed: false, flag: 'userfault vm … --metrics-allow-remote', what: 'the bare VMM serves metrics on loopback only', warn: () => {} }),
