@@ -11,11 +11,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { SampleSet, parsePrometheusText } from '../../src/dashboard/prometheus-text.js';
+import type { DestinationProgress } from '../../src/migrate/destination-migration.js';
+import type { MigrationProgress } from '../../src/migrate/source-migration.js';
 import { RemoteSource } from '../../src/sources/remote-source.js';
 import { controlRequest } from '../../src/vm/control-api.js';
 import type { VmStatus } from '../../src/vm/vmm.js';
 import { CLI, ChildRun, spawnClient, uffdSkipReason, writeMemoryFiles, tempDir as handlerTempDir } from '../handler/helpers.js';
 import { PAGE, spawnPagesServe, tempDir as pagesTempDir, writeTestSnapshot } from '../pages/fixtures.js';
+import { CutProxy } from '../migrate/cut-proxy.js';
 import { cleanupList, kvmSkipReason, spawnVmm, tempDir, vmmEvents, waitForSocket } from '../vm/helpers.js';
 
 /** GET a URL (http://…) or a path on a control socket; the body as text and its content type. */
@@ -175,6 +178,71 @@ const uffdSkip = uffdSkipReason();
 async function logged(run: ChildRun, event: string): Promise<Record<string, unknown>> {
   return run.waitForEvent(event, 15_000);
 }
+
+async function until(what: string, check: () => Promise<boolean>, timeoutMs = 30_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`no ${what} within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+describe('a live migration\'s metrics', { skip: kvmSkip, timeout: 120_000 }, () => {
+  test('both sides: state, bytes, pages by kind, post-copy requests and downtime, as GET /migrate says', async (t) => {
+    const dir = tempDir(t);
+    const srcSock = join(dir, 'src.sock');
+    const dstSock = join(dir, 'dst.sock');
+    const src = spawnVmm(t, ['run', '--mem', '64M', '--cmdline', 'workload=writer mem=16 hb=10 pattern=random seed=5', '--api-sock', srcSock]);
+    const dst = spawnVmm(t, ['receive', '--listen', '127.0.0.1:0', '--api-sock', dstSock]);
+    await waitForSocket(srcSock);
+    await src.console.waitFor(/hb 2 /);
+    await until('listening line', async () => vmmEvents(dst.stderr()).some((e) => e.event === 'listening'));
+    const url = (vmmEvents(dst.stderr()).find((e) => e.event === 'listening') as unknown as { url: string }).url;
+    const [host, port] = url.replace('tcp://', '').split(':') as [string, string];
+    // Paced, so the post-copy push is caught in the middle; frozen there, nothing moves while both are read.
+    const proxy = await CutProxy.start({ host, port: Number(port) }, { bytesPerSecond: 8e6 });
+    t.after(() => proxy.close());
+    assert.equal((await controlRequest(srcSock, 'PUT', '/migrate', { to: proxy.address, mode: 'postcopy' })).status, 202);
+    const progress = async (sock: string): Promise<MigrationProgress> => (await controlRequest(sock, 'GET', '/migrate')).body as MigrationProgress;
+    await until('post-copy with pages pushed', async () => {
+      const p = await progress(srcSock);
+      return p.state === 'postcopy' && p.pushedPages > 200;
+    });
+    proxy.freeze();
+    await new Promise((r) => setTimeout(r, 500));
+    const p = await progress(srcSock);
+    const source = await scrape({ socketPath: srcSock, path: '/metrics' });
+    const role = { role: 'source' };
+    assert.equal(source.value('userfault_migration_state', { ...role, state: 'postcopy' }), 1);
+    assert.equal(source.all('userfault_migration_state').filter((s) => s.value === 1).length, 1, 'one state at a time');
+    assert.equal(source.value('userfault_migration_transferred_bytes_total', role), p.transferredBytes);
+    assert.ok(p.transferredBytes > 200 * 4096);
+    assert.equal(source.value('userfault_migration_remaining_bytes', role), p.remainingPages * 4096);
+    assert.equal(source.value('userfault_migration_pages_total', { ...role, kind: 'pushed' }), p.pushedPages);
+    assert.equal(source.value('userfault_migration_pages_total', { ...role, kind: 'zero' }), p.zeroPagesSent);
+    assert.equal(source.value('userfault_migration_postcopy_requests_total', role), p.postcopyRequests);
+    assert.ok(p.downtime, 'switchover done');
+    assert.equal(source.value('userfault_migration_downtime_seconds', role), p.downtime!.totalMs / 1000);
+    proxy.thaw();
+
+    assert.equal(await src.exit, 0, src.stderr());
+    await until('the destination\'s verdict', async () => vmmEvents(dst.stderr()).some((e) => e.event === 'migration'));
+    const d = (await controlRequest(dstSock, 'GET', '/migrate')).body as DestinationProgress;
+    assert.equal(d.state, 'completed');
+    const destination = await scrape({ socketPath: dstSock, path: '/metrics' });
+    const dRole = { role: 'destination' };
+    assert.equal(destination.value('userfault_migration_state', { ...dRole, state: 'completed' }), 1);
+    assert.equal(destination.value('userfault_migration_transferred_bytes_total', dRole), d.receivedBytes);
+    assert.equal(destination.value('userfault_migration_pages_total', { ...dRole, kind: 'pushed' }), d.pushedPages);
+    assert.equal(destination.value('userfault_migration_postcopy_requests_total', dRole), d.demandReads);
+    assert.ok(d.demandReads > 0, 'the guest faulted on pages still at the source');
+    // The guest's memory came in through the pager: its pages are all present now.
+    assert.equal(destination.value('userfault_pages', { state: 'missing' }) ?? 0, 0);
+    await controlRequest(dstSock, 'PUT', '/serial/input', { data: 'q' });
+    assert.equal(await dst.exit, 0, dst.stderr());
+    assert.match(dst.console.text, /verify pages=4096 bad=0/);
+  });
+});
 
 describe('userfault serve --metrics', { skip: uffdSkip, timeout: 60_000 }, () => {
   test('a client\'s faults, its pages and its end are what the scrape says, and stay counted once it is gone', async (t) => {
