@@ -67,9 +67,16 @@ export class PageStateTable {
   constructor(readonly pageCount: number, from?: { states: Uint8Array; needed?: Uint8Array }, needed?: Uint8Array) {
     this.states = from ? Uint8Array.from(from.states) : new Uint8Array(pageCount);
     this.needed = needed ?? from?.needed;
-    for (const state of this.states) this.counts[state]!++;
     this.pendingNeededCount = 0;
-    if (this.needed) for (let i = 0; i < pageCount; i++) if (this.needed[i] && isPending(this.states[i]!)) this.pendingNeededCount++;
+    const { states, counts } = this;
+    if (!from) {
+      // All missing (0): nothing to look at but the mask (a fresh table on a large image, at every restore).
+      counts[PageState.MISSING] = pageCount;
+      if (this.needed) for (let i = 0; i < pageCount; i++) if (this.needed[i]) this.pendingNeededCount++;
+      return;
+    }
+    for (let i = 0; i < states.length; i++) counts[states[i]!]!++;
+    if (this.needed) for (let i = 0; i < pageCount; i++) if (this.needed[i] && isPending(states[i]!)) this.pendingNeededCount++;
   }
 
   get(pageIndex: number): PageState {

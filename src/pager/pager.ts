@@ -666,12 +666,12 @@ export class Pager extends EventEmitter<PagerEvents> {
   /** Pages a complete restore must fill: shown by a region and not known to be zero. */
   private neededPages(pageCount: number): Uint8Array {
     const needed = new Uint8Array(pageCount);
+    const zero = this.source.zeroPageMask?.(PAGE_SIZE);
     for (const region of this.map.regions) {
       const first = region.sourceOffset / PAGE_SIZE;
       const count = region.lengthBytes / PAGE_SIZE;
-      for (let index = first; index < first + count; index++) {
-        needed[index] = this.source.isZero?.(index * PAGE_SIZE, PAGE_SIZE) ? 0 : 1;
-      }
+      if (zero) for (let index = first; index < first + count; index++) needed[index] = zero[index]! ^ 1;
+      else for (let index = first; index < first + count; index++) needed[index] = this.source.isZero?.(index * PAGE_SIZE, PAGE_SIZE) ? 0 : 1;
     }
     return needed;
   }

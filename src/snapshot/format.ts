@@ -580,9 +580,10 @@ function setU64(view: DataView, offset: number, value: number): void {
 }
 
 function getU64(view: DataView, offset: number, field: string, structure: SnapshotStructure = 'header'): number {
-  const value = view.getBigUint64(offset, true);
-  if (value > BigInt(Number.MAX_SAFE_INTEGER)) {
-    throw new SnapshotFormatError(structure, `${field} 0x${value.toString(16)} is beyond 2^53`);
+  // Two u32 halves, no BigInt: a page table has one of these per page, and open() decodes them all.
+  const high = view.getUint32(offset + 4, true);
+  if (high > 0x1f_ffff) {
+    throw new SnapshotFormatError(structure, `${field} 0x${view.getBigUint64(offset, true).toString(16)} is beyond 2^53`);
   }
-  return Number(value);
+  return high * 0x1_0000_0000 + view.getUint32(offset, true);
 }

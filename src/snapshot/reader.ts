@@ -123,6 +123,22 @@ export class SnapshotFile {
     };
   }
 
+  /**
+   * One byte per page of `pageSize` over the whole image, 1 where isZero() would say so
+   * (a gap or a zero page): a pager asks once at start instead of once per page.
+   * Undefined for another page size than the snapshot's.
+   */
+  zeroPageMask(pageSize: number): Uint8Array | undefined {
+    if (pageSize !== this.pageSize) return undefined;
+    const mask = new Uint8Array(this.imageSizeBytes / pageSize).fill(1);
+    const kinds = this.pageTable.kinds;
+    for (const region of this.regions) {
+      const firstImagePage = region.imageOffset / pageSize;
+      for (let i = 0; i < region.pageCount; i++) if (kinds[region.firstPageIndex + i] !== PageKind.zero) mask[firstImagePage + i] = 0;
+    }
+    return mask;
+  }
+
   /** Whether every byte of [imageOffset, imageOffset+length) is a gap or a zero page. */
   isZero(imageOffset: number, length: number): boolean {
     this.checkRange(imageOffset, length);

@@ -55,6 +55,12 @@ export interface PageSource {
    */
   isZero?(offset: number, length: number): boolean;
   /**
+   * Optional, isZero() for every page at once: one byte per `pageSize` page of
+   * the image, 1 where isZero() would be true; undefined if it cannot say for
+   * that page size. A pager starting on a large image asks this once.
+   */
+  zeroPageMask?(pageSize: number): Uint8Array | undefined;
+  /**
    * Optional fast path: fill target now, on the caller's thread, if that
    * costs no waiting (memory, or a page-cache hit); return false to have the
    * pager fall back to read(). Saves a promise and an event-loop round per fetch.

@@ -57,6 +57,10 @@ export class SnapshotSource implements PageSource {
     return this.snapshot.isZero(offset, length);
   }
 
+  zeroPageMask(pageSize: number): Uint8Array | undefined {
+    return this.snapshot.zeroPageMask(pageSize);
+  }
+
   close(): Promise<void> {
     return this.snapshot.close();
   }

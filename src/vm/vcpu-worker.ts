@@ -13,7 +13,8 @@ import { KvmVcpu } from './kvm/kvm-vcpu.js';
 import { encodeVcpuError, VcpuCounterBlock, type GuestExitReason, type VcpuCommand, type VcpuEvent, type VcpuWorkerData } from './vcpu-protocol.js';
 import { nextVcpuState, type VcpuRunState } from './vcpu-state-machine.js';
 
-const data = workerData as VcpuWorkerData;
+// Started ahead of its vCPU (vcpu-worker-pool.ts): the vCPU comes as the first message.
+const data = (workerData as VcpuWorkerData | null) ?? (await new Promise<VcpuWorkerData>((resolve) => parentPort!.once('message', resolve)));
 const port = data.port;
 const doorbell = new Int32Array(data.doorbell);
 const vcpu = KvmVcpu.adopt(data.vcpuFd, data.vcpuId, data.mmapSize, data.xsaveBytes);

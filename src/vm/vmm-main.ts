@@ -13,7 +13,7 @@
 import { parseArgs } from 'node:util';
 import { exitCodeFor } from '../exit-codes.js';
 import { VmUsageError } from './errors.js';
-import { errorEvent, runVmmProcess } from './vmm-process.js';
+import { prewarmVcpuWorkers } from './vcpu-worker-pool.js';
 import { parseHostPort } from '../pages/address.js';
 import { checkListenAddress } from '../net/http-server.js';
 
@@ -60,6 +60,7 @@ async function main(argv: string[]): Promise<number> {
     || (command === 'receive' && values.listen !== undefined);
   if (!ok) throw new VmUsageError([], 'usage: vmm-main.js run [options] | restore SNAPSHOT|--from tcp://HOST:PORT [--lazy] [options] | receive --listen HOST:PORT');
   const maxPages = values['prefetch-pages'] === undefined ? undefined : parseCount('--prefetch-pages', values['prefetch-pages']);
+  const { runVmmProcess } = await import('./vmm-process.js');
   return runVmmProcess({
     command: command as 'run' | 'restore' | 'receive',
     image: values.image,
@@ -80,9 +81,13 @@ async function main(argv: string[]): Promise<number> {
   });
 }
 
+// The first vCPU's worker loads on the other core while this thread loads the VMM (vmm-process.js and
+// all it imports, tens of ms: imported on first use for that reason; see vcpu-worker-pool.ts).
+prewarmVcpuWorkers(1);
 main(process.argv.slice(2)).then(
   (code) => process.exit(code),
-  (error: unknown) => {
+  async (error: unknown) => {
+    const { errorEvent } = await import('./vmm-process.js');
     // parseArgs' own errors (an unknown option) carry ERR_PARSE_ARGS_* codes: usage.
     const usage = typeof (error as { code?: unknown }).code === 'string' && (error as { code: string }).code.startsWith('ERR_PARSE_ARGS');
     const event = errorEvent(error);

@@ -6,7 +6,7 @@
 // a time, after the requests before it; each vCPU's own state machine
 // (vcpu-state-machine.ts, in its worker) checks the commands it is sent.
 import { readFileSync } from 'node:fs';
-import { MessageChannel, Worker } from 'node:worker_threads';
+import { MessageChannel, type Worker } from 'node:worker_threads';
 import { kvmNative } from '../native-kvm.js';
 import { parseMultibootImage, loadMultiboot, multibootEntryState } from './boot/multiboot.js';
 import { BUILTIN_GUEST_PATH } from './boot/builtin-guest.js';
@@ -31,6 +31,7 @@ import { loadGuestMemory } from './memory/eager-load.js';
 import type { VmSavedState } from './persist/vm-state.js';
 import { PAGE_SIZE } from '../native.js';
 import { downsamplePageStates, PageState, type PageStateMap } from '../pager/page-state.js';
+import { vcpuWorkerFor } from './vcpu-worker-pool.js';
 import { decodeVcpuError, VcpuCounterBlock, type GuestExitReason, type VcpuCommandBody, type VcpuCounters, type VcpuEvent, type VcpuWorkerData } from './vcpu-protocol.js';
 import type { VcpuRunState } from './vcpu-state-machine.js';
 import { VmLifecycle, type VmLifecycleEvent, type VmLifecycleState } from './vm-lifecycle.js';
@@ -398,7 +399,7 @@ export class Vmm {
       const channel = new MessageChannel();
       const counters = new VcpuCounterBlock();
       const data: VcpuWorkerData = { vcpuFd: vcpu.fd, vcpuId: vcpu.id, mmapSize, xsaveBytes, doorbell, kickSignal: KICK_SIGNAL, ownsDevices: vcpu.id === 0, port: channel.port2, counters: counters.buffer };
-      const worker = new Worker(new URL('./vcpu-worker.js', import.meta.url), { workerData: data, transferList: [channel.port2] });
+      const worker = vcpuWorkerFor(data, [channel.port2]);
       const handle = new VcpuHandle(vcpu, worker, channel.port1 as unknown as MessagePort, new Int32Array(doorbell), counters, (event) => this.onEvent(event));
       this.handles.push(handle);
       void handle.exited.then(() => this.onVcpuExited());

@@ -112,6 +112,17 @@ describe('reading a snapshot', () => {
     });
   });
 
+  test('zeroPageMask says what isZero says, page by page, gaps included; another page size gets none', async (t) => {
+    const { path } = await writeTwoRegions(await tempDir(t));
+    await withSnapshot(path, async (file) => {
+      const mask = file.zeroPageMask(PAGE)!;
+      assert.equal(mask.length, 32);
+      for (let page = 0; page < 32; page++) assert.equal(mask[page], file.isZero(page * PAGE, PAGE) ? 1 : 0, `page ${page}`);
+      assert.ok(mask.includes(0) && mask.includes(1));
+      assert.equal(file.zeroPageMask(2 * PAGE), undefined);
+    });
+  });
+
   test('a page size larger than the pager reads: 16 KiB pages read in 4 KiB pieces', async (t) => {
     const dir = await tempDir(t);
     const path = join(dir, 'big-pages.snap');

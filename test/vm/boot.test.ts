@@ -1,8 +1,10 @@
 // Needs /dev/kvm and the micro guest (nasm); skipped with the reason otherwise.
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { idleVcpuWorkers, prewarmVcpuWorkers } from '../../src/vm/vcpu-worker-pool.js';
 import { Vmm } from '../../src/vm/vmm.js';
 import { GuestImageNotFoundError, InvalidGuestImageError, InvalidStateTransitionError } from '../../src/vm/errors.js';
 import { ConsoleCapture, kvmSkipReason, tempDir } from './helpers.js';
@@ -36,6 +38,24 @@ describe('booting the micro guest', { skip, timeout: 60000 }, () => {
     assert.deepEqual(console.heartbeats(), [1, 2, 3]);
     assert.match(console.text, /verify pages=4096 bad=0/);
     assert.deepEqual(reason, { type: 'done', status: 0 });
+  });
+
+  test('a vCPU worker started ahead (the CLI does, before loading itself) runs the next VM\'s vCPU', async () => {
+    prewarmVcpuWorkers(1);
+    assert.equal(idleVcpuWorkers(), 1);
+    const { console, reason } = await runToDone('workload=writer mem=4 hb=5 beats=2');
+    assert.equal(idleVcpuWorkers(), 0, 'the idle worker was taken');
+    assert.deepEqual(console.heartbeats(), [1, 2]);
+    assert.deepEqual(reason, { type: 'done', status: 0 });
+  });
+
+  test('an idle vCPU worker does not keep a process alive', () => {
+    const pool = new URL('../../src/vm/vcpu-worker-pool.js', import.meta.url).href;
+    const started = Date.now();
+    const child = spawnSync(process.execPath, ['--input-type=module', '-e', `const p = await import(${JSON.stringify(pool)}); p.prewarmVcpuWorkers(2); console.log(p.idleVcpuWorkers());`], { encoding: 'utf8', timeout: 10_000 });
+    assert.equal(child.status, 0, child.stderr);
+    assert.equal(child.stdout.trim(), '2');
+    assert.ok(Date.now() - started < 10_000);
   });
 
   test('verify on a fresh guest finds the never-written region all zero', async () => {
