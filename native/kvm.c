@@ -57,7 +57,10 @@ static napi_value KvmIoctl(napi_env env, napi_callback_info info) {
       !arg_double(env, argv[1], &request) || !arg_double(env, argv[2], &arg) ||
       !kvm_arg_name(env, argv[3], name, sizeof name))
     return NULL;
-  int r = ioctl((int)fd, (unsigned long)request, (unsigned long)arg);
+  int r;
+  // A signal (a profiler's SIGPROF, say) can interrupt KVM_CREATE_VM and friends: ask again,
+  // as rust-vmm's kvm-ioctls does. KVM_RUN is not here: its EINTR is a kick (kvmRun).
+  do r = ioctl((int)fd, (unsigned long)request, (unsigned long)arg); while (r < 0 && errno == EINTR);
   if (r < 0) return kvm_throw(env, "ioctl", name, errno);
   return num(env, r);
 }
@@ -74,7 +77,8 @@ static napi_value KvmIoctlBytes(napi_env env, napi_callback_info info) {
       !arg_double(env, argv[1], &request) || !arg_bytes(env, argv[2], &data, &len) ||
       !kvm_arg_name(env, argv[3], name, sizeof name))
     return NULL;
-  int r = ioctl((int)fd, (unsigned long)request, data);
+  int r;
+  do r = ioctl((int)fd, (unsigned long)request, data); while (r < 0 && errno == EINTR);
   if (r < 0) return kvm_throw(env, "ioctl", name, errno);
   return num(env, r);
 }
@@ -90,7 +94,8 @@ static napi_value KvmIoctlBytesResult(napi_env env, napi_callback_info info) {
   if (!get_args(env, info, 3, argv) || !arg_double(env, argv[0], &fd) ||
       !arg_double(env, argv[1], &request) || !arg_bytes(env, argv[2], &data, &len))
     return NULL;
-  int r = ioctl((int)fd, (unsigned long)request, data);
+  int r;
+  do r = ioctl((int)fd, (unsigned long)request, data); while (r < 0 && errno == EINTR);
   return num(env, r < 0 ? -errno : r);
 }
 

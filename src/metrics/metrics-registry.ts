@@ -87,6 +87,13 @@ class Scrape implements MetricsSink {
   }
 }
 
+/** A registry, or how to make it on first use (a VMM makes its own only once the guest runs: prom-client's setup costs ms). */
+export type RegistryRef = MetricsRegistry | (() => MetricsRegistry);
+
+export function registryOf(ref: RegistryRef): MetricsRegistry {
+  return typeof ref === 'function' ? ref() : ref;
+}
+
 export class MetricsRegistry {
   /** The prom-client registry the text is rendered from. */
   readonly prometheus = new client.Registry();

@@ -5,7 +5,7 @@
 import type { Server } from 'node:http';
 import { closeHttp, createBoundedHttpServer, listenHttp, sendText } from '../net/http-server.js';
 import { formatHostPort, type HostPort } from '../pages/address.js';
-import { PROMETHEUS_CONTENT_TYPE, type MetricsRegistry } from './metrics-registry.js';
+import { PROMETHEUS_CONTENT_TYPE, registryOf, type RegistryRef } from './metrics-registry.js';
 
 export interface MetricsServer {
   readonly server: Server;
@@ -16,12 +16,12 @@ export interface MetricsServer {
   close(): Promise<void>;
 }
 
-export async function startMetricsServer(registry: MetricsRegistry, address: HostPort): Promise<MetricsServer> {
+export async function startMetricsServer(registry: RegistryRef, address: HostPort): Promise<MetricsServer> {
   const server = createBoundedHttpServer({
     routes: {
       '/metrics': {
         methods: ['GET'],
-        handle: async (_req, res) => sendText(res, 200, await registry.scrape(), { contentType: PROMETHEUS_CONTENT_TYPE }),
+        handle: async (_req, res) => sendText(res, 200, await registryOf(registry).scrape(), { contentType: PROMETHEUS_CONTENT_TYPE }),
       },
     },
   });

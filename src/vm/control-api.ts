@@ -43,7 +43,7 @@ import { listenReplacingStale, removeSocketFile } from '../net/unix-socket-path.
 import { ControlApiError, NoVmListeningError, VmError } from './errors.js';
 import type { Vmm } from './vmm.js';
 import { parseMigrationAddress, readPskFile } from '../migrate/transport/channels.js';
-import { MetricsRegistry, PROMETHEUS_CONTENT_TYPE } from '../metrics/metrics-registry.js';
+import { MetricsRegistry, PROMETHEUS_CONTENT_TYPE, registryOf, type RegistryRef } from '../metrics/metrics-registry.js';
 import { vmReporter } from '../metrics/vm-reporter.js';
 
 /** The largest request body (the serial input's JSON is the big one: its 1 MiB bound, escaped). */
@@ -120,8 +120,8 @@ const HTTP_STATUS: Readonly<Record<string, number>> = {
 export interface ControlApiOptions {
   /** Called for PUT /actions Stop once it is allowed and answered (the embedding program ends the VMM its way; default vmm.close()). */
   onStop?: () => void;
-  /** The process's metrics (GET /metrics); default: a registry of this VMM's alone. */
-  metrics?: MetricsRegistry;
+  /** The process's metrics (GET /metrics); default: a registry of this VMM's alone, made on the first GET. */
+  metrics?: RegistryRef;
 }
 
 /** A listening control socket. */
@@ -140,7 +140,8 @@ export interface ControlApi {
 export async function startControlApi(vmm: Vmm, socketPath: string, options: ControlApiOptions = {}): Promise<ControlApi> {
   const fd = listenReplacingStale(socketPath, 16);
   const inode = lstatSync(socketPath).ino;
-  const metrics = options.metrics ?? vmmMetrics(vmm, { processMetrics: false });
+  let own: MetricsRegistry | undefined;
+  const metrics = options.metrics ?? (() => (own ??= vmmMetrics(vmm, { processMetrics: false })));
   const server = createServer({ maxHeaderSize: MAX_HEADER_BYTES, headersTimeout: HEADERS_TIMEOUT_MS, requestTimeout: REQUEST_TIMEOUT_MS }, (req, res) => {
     route(vmm, req, res, options, metrics).catch((error: unknown) => replyError(res, error));
   });
@@ -185,14 +186,14 @@ export function vmmMetrics(vmm: Vmm, options: { processMetrics?: boolean } = {})
   return registry;
 }
 
-async function route(vmm: Vmm, req: IncomingMessage, res: ServerResponse, options: ControlApiOptions, metrics: MetricsRegistry): Promise<void> {
+async function route(vmm: Vmm, req: IncomingMessage, res: ServerResponse, options: ControlApiOptions, metrics: RegistryRef): Promise<void> {
   const method = req.method ?? 'GET';
   const [path, query] = (req.url ?? '/').split('?') as [string, string | undefined];
   const body = await readJson(req, res);
   if (body === TOO_LARGE) return;
   if (path === '/vm' && method === 'GET') return reply(res, 200, vmm.status());
   if (path === '/metrics' && method === 'GET') {
-    const text = await metrics.scrape();
+    const text = await registryOf(metrics).scrape();
     res.writeHead(200, { 'content-type': PROMETHEUS_CONTENT_TYPE }).end(text);
     return;
   }

@@ -17,6 +17,7 @@
 import { appendFileSync, writeFileSync } from 'node:fs';
 import { ExitCode, exitCodeFor } from '../exit-codes.js';
 import { startControlApi, vmmMetrics, type ControlApi } from './control-api.js';
+import type { MetricsRegistry } from '../metrics/metrics-registry.js';
 import { startMetricsServer, type MetricsServer } from '../metrics/metrics-server.js';
 import type { HostPort } from '../pages/address.js';
 import { VmUsageError } from './errors.js';
@@ -129,10 +130,14 @@ export async function runVmmProcess(options: VmmProcessOptions): Promise<number>
   };
   let api: ControlApi | undefined;
   let metricsServer: MetricsServer | undefined;
+  // One registry for both endpoints, made once the guest runs (below), or by the first scrape if that
+  // comes sooner: its setup (prom-client's process metrics, a few ms) is no part of the restore.
+  let registry: MetricsRegistry | undefined;
+  let metrics: (() => MetricsRegistry) | undefined;
   const cleanups: (() => void)[] = [];
   try {
-    // One registry for both endpoints, the process's own metrics (CPU, memory, event loop) included.
-    const metrics = options.apiSock || options.metricsListen ? vmmMetrics(vmm) : undefined;
+    // The process's own metrics (CPU, memory, event loop) included.
+    metrics = options.apiSock || options.metricsListen ? () => (registry ??= vmmMetrics(vmm)) : undefined;
     if (options.apiSock) api = await startControlApi(vmm, options.apiSock, { onStop: stop, metrics });
     if (options.metricsListen) {
       // A taken port fails with EADDRINUSE, naming it (exit 73).
@@ -147,6 +152,7 @@ export async function runVmmProcess(options: VmmProcessOptions): Promise<number>
     return failed(options, error);
   }
   options.report({ event: 'running', command: options.command, readyMs, resumedMs: ms(), restore: vmm.status().restore, apiSock: options.apiSock });
+  metrics?.();
   if (options.progress && options.lazy && options.lazy.prefetchAll) cleanups.push(followPrefetchAll(vmm, options.progress));
 
   const onSignal = (): void => stop();
