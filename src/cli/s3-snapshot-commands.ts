@@ -2,11 +2,10 @@
 // s3://BUCKET/KEY FILE`: a snapshot file to and from object storage, in the
 // layout lazy restores read by range (docs/s3.md). The store is found the way
 // S3 tools find it: --endpoint or AWS_ENDPOINT_URL(_S3), credentials from the
-// AWS_* variables or the profile, AWS_REGION.
+// AWS_* variables or the profile, AWS_REGION. The S3 client (a quarter of a
+// second to load) is imported by the commands that use it, not by every command.
 import { Option, type Command } from 'commander';
 import { parseS3Url } from '../s3/s3-url.js';
-import { pullSnapshot } from '../s3/snapshot-pull.js';
-import { pushSnapshot } from '../s3/snapshot-push.js';
 import { checkSnapshotPath } from '../vm/persist/vm-snapshot.js';
 import { formatBytes } from './errors.js';
 import { roundMs } from './output.js';
@@ -33,6 +32,7 @@ export function registerSnapshotTransferCommands(snapshot: Command): void {
     .action(async (file: string, url: string, options: StoreCliOptions & { chunk: number }) => {
       const location = parseS3Url(url);
       checkInputFile(file);
+      const { pushSnapshot } = await import('../s3/snapshot-push.js');
       const summary = await pushSnapshot(file, location, { endpoint: options.endpoint, chunkBytes: options.chunk });
       if (options.json) console.log(JSON.stringify({ ...summary, durationMs: roundMs(summary.durationMs) }));
       else {
@@ -51,6 +51,7 @@ export function registerSnapshotTransferCommands(snapshot: Command): void {
     .action(async (url: string, file: string, options: StoreCliOptions) => {
       const location = parseS3Url(url);
       checkSnapshotPath(file);
+      const { pullSnapshot } = await import('../s3/snapshot-pull.js');
       const summary = await pullSnapshot(location, file, { endpoint: options.endpoint });
       if (options.json) console.log(JSON.stringify({ ...summary, durationMs: roundMs(summary.durationMs) }));
       else {

@@ -42,14 +42,25 @@ const DEFAULT_PART_BYTES = 16 * 1024 * 1024;
 /** Bytes read from the file per call while hashing. */
 const HASH_READ_BYTES = 4 * 1024 * 1024;
 
-export async function pushSnapshot(path: string, location: S3Location, options: PushOptions = {}): Promise<PushSummary> {
-  const started = performance.now();
+/** A snapshot file laid out as an object, ready to upload: its size, and its bytes at any offset (the prefix, then the file's data section). */
+export interface PreparedSnapshotObject {
+  readonly sizeBytes: number;
+  readonly chunkBytes: number;
+  readonly chunkCount: number;
+  readonly dataPageCount: number;
+  readonly zeroPageCount: number;
+  readonly indexBytes: number;
+  bytesAt(offset: number, lengthBytes: number): Promise<Uint8Array>;
+  close(): Promise<void>;
+}
+
+/** Open a snapshot file, check every stored page, hash every chunk and lay out the object (nothing is uploaded). */
+export async function prepareSnapshotObject(path: string, options: { chunkBytes?: number } = {}): Promise<PreparedSnapshotObject> {
   const snapshot = await SnapshotFile.open(path);
   let file: FileHandle | undefined;
-  const object = S3Object.open(location, options);
   try {
     file = await open(path, 'r');
-    const { header, pageTable, pageSize } = { header: snapshot.header, pageTable: snapshot.pageTable, pageSize: snapshot.pageSize };
+    const { header, pageTable, pageSize } = snapshot;
     const chunkBytes = options.chunkBytes ?? Math.max(DEFAULT_CHUNK_BYTES, pageSize);
     const chunkPages = chunkPagesFor(chunkBytes, pageSize);
     const chunks = planChunks(pageTable, chunkPages);
@@ -63,33 +74,53 @@ export async function pushSnapshot(path: string, location: S3Location, options: 
       chunks,
       chunkPages,
     });
-    const size = encoded.header.objectSizeBytes;
+    const source = file;
+    return {
+      sizeBytes: encoded.header.objectSizeBytes,
+      chunkBytes,
+      chunkCount: chunks.chunkCount,
+      dataPageCount: header.dataPageCount,
+      zeroPageCount: header.pageCount - header.dataPageCount,
+      indexBytes: encoded.prefix.length,
+      async bytesAt(offset: number, length: number): Promise<Uint8Array> {
+        const out = new Uint8Array(length);
+        const prefix = encoded.prefix;
+        let done = 0;
+        if (offset < prefix.length) {
+          const piece = prefix.subarray(offset, Math.min(prefix.length, offset + length));
+          out.set(piece);
+          done = piece.length;
+        }
+        if (done < length) out.set(await readAt(source, header.data.offset + offset + done - prefix.length, length - done), done);
+        return out;
+      },
+      async close(): Promise<void> {
+        await source.close();
+        await snapshot.close();
+      },
+    };
+  } catch (error) {
+    await file?.close();
+    await snapshot.close();
+    throw error;
+  }
+}
+
+export async function pushSnapshot(path: string, location: S3Location, options: PushOptions = {}): Promise<PushSummary> {
+  const started = performance.now();
+  const prepared = await prepareSnapshotObject(path, options);
+  const object = S3Object.open(location, options);
+  try {
+    const size = prepared.sizeBytes;
     const wanted = Math.max(MIN_PART_BYTES, options.partBytes ?? DEFAULT_PART_BYTES);
     const partBytes = Math.max(wanted, Math.ceil(size / MAX_PARTS));
-    const source = file;
-    const bytesAt = async (offset: number, length: number): Promise<Uint8Array> => {
-      // The object is the prefix, then the file's data section verbatim.
-      const out = new Uint8Array(length);
-      const prefix = encoded.prefix;
-      let done = 0;
-      if (offset < prefix.length) {
-        const piece = prefix.subarray(offset, Math.min(prefix.length, offset + length));
-        out.set(piece);
-        done = piece.length;
-      }
-      if (done < length) {
-        const dataAt = offset + done - prefix.length;
-        out.set(await readAt(source, header.data.offset + dataAt, length - done), done);
-      }
-      return out;
-    };
     let etag: string;
     let partCount = 0;
     if (size <= partBytes && size <= MAX_SINGLE_PUT_BYTES) {
-      etag = (await object.put(await bytesAt(0, size))).etag;
+      etag = (await object.put(await prepared.bytesAt(0, size))).etag;
     } else {
       const parts = async function* (): AsyncGenerator<Uint8Array> {
-        for (let offset = 0; offset < size; offset += partBytes) yield await bytesAt(offset, Math.min(partBytes, size - offset));
+        for (let offset = 0; offset < size; offset += partBytes) yield await prepared.bytesAt(offset, Math.min(partBytes, size - offset));
       };
       ({ etag, partCount } = await object.putMultipart(parts(), { concurrency: options.concurrency }));
     }
@@ -97,17 +128,16 @@ export async function pushSnapshot(path: string, location: S3Location, options: 
       url: object.url,
       objectSizeBytes: size,
       etag,
-      chunkBytes,
-      chunkCount: chunks.chunkCount,
-      dataPageCount: header.dataPageCount,
-      zeroPageCount: header.pageCount - header.dataPageCount,
-      indexBytes: encoded.prefix.length,
+      chunkBytes: prepared.chunkBytes,
+      chunkCount: prepared.chunkCount,
+      dataPageCount: prepared.dataPageCount,
+      zeroPageCount: prepared.zeroPageCount,
+      indexBytes: prepared.indexBytes,
       partCount,
       durationMs: performance.now() - started,
     };
   } finally {
-    await file?.close();
-    await snapshot.close();
+    await prepared.close();
     object.close();
   }
 }
