@@ -35,7 +35,7 @@
 import { createHash } from 'node:crypto';
 import { ChunkCorruptError } from '../snapshot/object-errors.js';
 import type { ReadPiece, SnapshotObjectLayout } from '../snapshot/object-layout.js';
-import { S3Error } from '../s3/errors.js';
+import { S3Error, StoreResponseError, StoreUnavailableError } from '../s3/errors.js';
 import { S3Object, type ObjectInfo, type ObjectReader, type S3StoreOptions } from '../s3/s3-object.js';
 import { parseS3Url } from '../s3/s3-url.js';
 import { openSnapshotObject } from '../s3/snapshot-object.js';
@@ -230,7 +230,7 @@ export class S3Source implements PageSource {
           },
           (error: Error) => {
             if (error instanceof ChunkCorruptError) finish(this.corruptReadError(offset, length, load.chunk, error));
-            else if (error instanceof SourceReadError) finish(new SourceGoneError(offset, length, error.message, { cause: error.cause ?? error }));
+            else if (this.stateValue !== 'open') finish(this.goneReadError(offset, length));
             else finish(error);
           },
         );
@@ -400,6 +400,11 @@ export class S3Source implements PageSource {
       this.inFlight--;
     }
     if (this.stateValue !== 'open') return;
+    if (bytes !== undefined && bytes.length !== length) {
+      // The reader's own checks should have caught it; a reader is not trusted to.
+      failure = new StoreResponseError(this.reader.url, `a read of ${length} bytes at ${start.offset} returned ${bytes.length}`);
+      bytes = undefined;
+    }
     if (bytes !== undefined) {
       this.stats.bytesFetched += bytes.length;
       this.unavailableSince = undefined;
@@ -446,7 +451,7 @@ export class S3Source implements PageSource {
     this.unavailableSince ??= now;
     this.lastUnavailable = error as Error;
     if (now - this.unavailableSince >= this.settings.deadlineMs) {
-      this.goneFor(new SourceReadError(0, 0, `the store did not answer for ${Math.round(now - this.unavailableSince)} ms (the deadline is ${this.settings.deadlineMs} ms; last: ${(error as Error).message})`, { cause: error, failure: 'fatal' }));
+      this.goneFor(new StoreUnavailableError(this.reader.url, `it did not answer for ${Math.round(now - this.unavailableSince)} ms, past the deadline of ${this.settings.deadlineMs} ms (last: ${(error as Error).message})`, { cause: error }));
       return;
     }
     for (const load of batch) this.retry(load);
@@ -483,7 +488,7 @@ export class S3Source implements PageSource {
       if (this.stateValue !== 'open' || this.unavailableSince === undefined) return;
       const waited = performance.now() - this.unavailableSince;
       if (waited >= this.settings.deadlineMs) {
-        this.goneFor(new SourceReadError(0, 0, `the store did not answer for ${Math.round(waited)} ms (the deadline is ${this.settings.deadlineMs} ms; last: ${this.lastUnavailable?.message ?? 'none'})`, { cause: this.lastUnavailable, failure: 'fatal' }));
+        this.goneFor(new StoreUnavailableError(this.reader.url, `it did not answer for ${Math.round(waited)} ms, past the deadline of ${this.settings.deadlineMs} ms (last: ${this.lastUnavailable?.message ?? 'none'})`, { cause: this.lastUnavailable }));
       } else {
         this.checkDeadlineLater();
       }
@@ -503,7 +508,7 @@ export class S3Source implements PageSource {
     for (const timer of this.timers) clearTimeout(timer);
     this.timers.clear();
     clearTimeout(this.deadlineTimer);
-    const error = this.goneReadError(0, 0);
+    const error = this.goneError ?? new Error('the source is gone');
     for (const load of this.loads.values()) load.reject(error);
     this.loads.clear();
     this.demandQueue.length = 0;
