@@ -82,12 +82,12 @@ describe('the README', () => {
     assert.match(readme, /\(docs\/exit-codes\.md\)/);
   });
 
-  test('the plans (S3, the dashboard) are called planned wherever they are named', () => {
+  test('the plans (the dashboard) are called planned wherever they are named', () => {
     const pkg = JSON.parse(readFileSync(`${root}package.json`, 'utf8')) as { description: string };
     const intro = readme.slice(0, readme.indexOf('## Two commands'));
     for (const [where, text] of [['the README\'s introduction', intro], ['package.json', pkg.description], ['--help', DESCRIPTION]] as const) {
       const sentences = text.replace(/\s+/g, ' ').split(/(?<=\.) /);
-      const naming = sentences.filter((s) => /S3|dashboard/i.test(s));
+      const naming = sentences.filter((s) => /dashboard/i.test(s));
       assert.ok(naming.length > 0, `${where} names the plans`);
       for (const sentence of naming) assert.match(sentence, /planned/i, `${where}: "${sentence}"`);
     }
