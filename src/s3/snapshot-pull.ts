@@ -133,7 +133,7 @@ export function checkChunks(layout: SnapshotObjectLayout, first: number, count: 
     const piece = bytes.subarray(range.offset - objectOffset, range.offset - objectOffset + range.lengthBytes);
     const actual = createHash('sha256').update(piece).digest('hex');
     const expected = layout.chunks.sha256Hex(chunk);
-    if (actual !== expected) throw new ChunkCorruptError(chunk, range.offset, layout.chunkImageOffset(chunk), expected, actual, from);
+    if (actual !== expected) throw new ChunkCorruptError({ chunkIndex: chunk, objectOffset: range.offset, imageOffset: layout.chunkImageOffset(chunk), from, sha256: { expected, actual } });
     let at = 0;
     const end = Math.min(layout.pageTable.pageCount, (chunk + 1) * chunkPages);
     for (let pageIndex = chunk * chunkPages; pageIndex < end; pageIndex++) {

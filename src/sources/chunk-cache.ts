@@ -3,6 +3,9 @@
 // restore of a snapshot reads almost nothing from the store.
 //
 //   DIR/chunks/ab/ab12...ef      a chunk, named by the SHA-256 of its bytes
+//   DIR/chunks/ab/ab12...ef.part some of a chunk's pages (a restore that read only
+//                                part of it): a header, a byte per stored page
+//                                saying whether it is there, the pages there
 //   DIR/indexes/9f/9f...         an object version's header and index, named by
 //                                SHA-256(url, ETag, size)
 //   DIR/tmp/                     files being written
@@ -20,7 +23,14 @@
 // rescans the directory (other processes' files included) and removes the
 // least recently used files (mtime, refreshed on every hit) down to 90%.
 // Two processes may fetch and write the same chunk at once; the second
-// rename replaces identical bytes.
+// rename replaces identical bytes. A part file is merged with the one on
+// disk when written; two writers at once may lose each other's pages (a
+// later miss), never corrupt them: a part file carries the SHA-256 of its
+// body, and its caller checks each page against its page table's CRC32.
+//
+//   part file: 0 u8[8] "UFPART\0\x01", 8 u32 stored pages N, 12 u32 page size,
+//              16 u8[32] SHA-256 of the body; body: N bytes (1: page i is
+//              there), then the pages that are there, in order
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { mkdir, open, readdir, rename, stat, unlink, utimes, writeFile } from 'node:fs/promises';
@@ -56,6 +66,17 @@ export function defaultCacheMaxBytes(env: NodeJS.ProcessEnv = process.env): numb
 }
 
 const SHA256_HEX = /^[0-9a-f]{64}$/;
+const PART_MAGIC = Buffer.from('UFPART\0\x01', 'latin1');
+const PART_HEADER_BYTES = 48;
+
+/** Some of a chunk's stored pages: have[i] is 1 when page i is at bytes[i * pageSize, +pageSize). */
+export interface PartialChunk {
+  readonly have: Uint8Array;
+  readonly bytes: Uint8Array;
+}
+
+/** Whether stored page i of a chunk has these bytes (its page table's CRC32). */
+export type PageCheck = (index: number, page: Uint8Array) => boolean;
 
 export class ChunkCache {
   readonly directory: string;
@@ -95,6 +116,48 @@ export class ChunkCache {
   async put(sha256Hex: string, bytes: Uint8Array): Promise<void> {
     if (!SHA256_HEX.test(sha256Hex)) throw new RangeError(`${sha256Hex} is not a SHA-256`);
     await this.store(this.chunkPath(sha256Hex), bytes, true);
+    await this.dropPartial(sha256Hex);
+  }
+
+  /**
+   * The pages of a chunk that a part file holds, each passed through `check`
+   * (pages that fail it are left out); undefined when there is none or it is damaged.
+   */
+  async getPartial(sha256Hex: string, storedPages: number, pageSize: number, check: PageCheck): Promise<PartialChunk | undefined> {
+    if (!SHA256_HEX.test(sha256Hex)) throw new RangeError(`${sha256Hex} is not a SHA-256`);
+    const path = `${this.chunkPath(sha256Hex)}.part`;
+    const file = await readWhole(path, undefined);
+    if (file === undefined || file.length === 0) return undefined;
+    const partial = decodePart(file, storedPages, pageSize, check);
+    if (partial === undefined) {
+      this.stats.damaged++;
+      await unlink(path).catch(() => undefined);
+      return undefined;
+    }
+    void touch(path);
+    return partial;
+  }
+
+  /** Keep some of a chunk's pages (already checked), merged with what the part file on disk holds. */
+  async putPartial(sha256Hex: string, partial: PartialChunk, pageSize: number, check: PageCheck): Promise<void> {
+    if (!SHA256_HEX.test(sha256Hex)) throw new RangeError(`${sha256Hex} is not a SHA-256`);
+    const storedPages = partial.have.length;
+    const have = partial.have.slice();
+    const bytes = partial.bytes.slice();
+    const onDisk = await this.getPartial(sha256Hex, storedPages, pageSize, check);
+    if (onDisk) {
+      for (let i = 0; i < storedPages; i++) {
+        if (have[i] || !onDisk.have[i]) continue;
+        have[i] = 1;
+        bytes.set(onDisk.bytes.subarray(i * pageSize, (i + 1) * pageSize), i * pageSize);
+      }
+    }
+    await this.store(`${this.chunkPath(sha256Hex)}.part`, encodePart(have, bytes, pageSize), false);
+  }
+
+  /** Forget a chunk's part file (the whole chunk is here now). */
+  async dropPartial(sha256Hex: string): Promise<void> {
+    await unlink(`${this.chunkPath(sha256Hex)}.part`).catch(() => undefined);
   }
 
   /** An object version's header and index (src/s3/snapshot-object.ts checks them on use). */
@@ -172,6 +235,50 @@ export class ChunkCache {
     }
     return files;
   }
+}
+
+function encodePart(have: Uint8Array, bytes: Uint8Array, pageSize: number): Uint8Array {
+  const present = have.reduce((n, h) => n + (h ? 1 : 0), 0);
+  const body = new Uint8Array(have.length + present * pageSize);
+  body.set(have, 0);
+  let at = have.length;
+  for (let i = 0; i < have.length; i++) {
+    if (!have[i]) continue;
+    body.set(bytes.subarray(i * pageSize, (i + 1) * pageSize), at);
+    at += pageSize;
+  }
+  const file = new Uint8Array(PART_HEADER_BYTES + body.length);
+  const view = new DataView(file.buffer);
+  file.set(PART_MAGIC, 0);
+  view.setUint32(8, have.length, true);
+  view.setUint32(12, pageSize, true);
+  file.set(createHash('sha256').update(body).digest(), 16);
+  file.set(body, PART_HEADER_BYTES);
+  return file;
+}
+
+function decodePart(file: Uint8Array, storedPages: number, pageSize: number, check: PageCheck): PartialChunk | undefined {
+  if (file.length < PART_HEADER_BYTES || Buffer.compare(file.subarray(0, 8), PART_MAGIC) !== 0) return undefined;
+  const view = new DataView(file.buffer, file.byteOffset, file.byteLength);
+  if (view.getUint32(8, true) !== storedPages || view.getUint32(12, true) !== pageSize) return undefined;
+  const body = file.subarray(PART_HEADER_BYTES);
+  if (Buffer.compare(createHash('sha256').update(body).digest(), file.subarray(16, 48)) !== 0) return undefined;
+  if (body.length < storedPages) return undefined;
+  const flags = body.subarray(0, storedPages);
+  const present = flags.reduce((n, h) => n + (h ? 1 : 0), 0);
+  if (body.length !== storedPages + present * pageSize) return undefined;
+  const have = new Uint8Array(storedPages);
+  const bytes = new Uint8Array(storedPages * pageSize);
+  let at = storedPages;
+  for (let i = 0; i < storedPages; i++) {
+    if (!flags[i]) continue;
+    const page = body.subarray(at, at + pageSize);
+    at += pageSize;
+    if (!check(i, page)) continue;
+    bytes.set(page, i * pageSize);
+    have[i] = 1;
+  }
+  return { have, bytes };
 }
 
 /** A whole file, or undefined when it is not there (or longer than `maxBytes`, which a damaged file may be). */

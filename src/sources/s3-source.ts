@@ -3,29 +3,34 @@
 // PageSource like any other, so the pager, LazyMemory, the handler service and
 // the VMM restore straight from object storage.
 //
-// The unit of fetching, checking and caching is the chunk (256 KiB of image
-// by default). A read needs the chunks its stored pages are in; each comes
-// from, in order: this process's memory (a bounded LRU), the host's chunk
-// cache on disk (src/sources/chunk-cache.ts, shared by every restore), or the
-// store, by range request. Every chunk is checked against the SHA-256 its
-// index records before a byte of it is copied anywhere, and a read copies
-// nothing until every chunk it needs has passed.
+// The object's page data is cut into chunks (256 KiB of image by default),
+// the unit of checking (a SHA-256 each) and of caching. A read needs some
+// stored pages of some chunks; each comes from, in order: this process's
+// memory, the host's chunk cache on disk (src/sources/chunk-cache.ts, shared
+// by every restore), or the store, by range request:
 //
-// A chunk's life in this process:
+//   - a background read (read-ahead, the working set, prefetch-all) fetches
+//     whole chunks, consecutive ones in one request of up to
+//     backgroundRequestBytes, each checked against its SHA-256 and cached;
+//   - a demand read (a thread is blocked) fetches only the stored pages it
+//     needs, each checked against its page table's CRC32, so what faults
+//     fetch stays close to what they touch (docs/s3.md: the numbers). Those
+//     pages are kept with the rest of their chunk's fetched so far, written
+//     to the cache as a part file, and make a whole chunk once all are here.
 //
-//   absent ──read──▶ loading (disk cache) ──hit──▶ in memory
-//                       └──miss──▶ queued (demand | background) ──sent──▶ fetching ──checked──▶ in memory (and written to the disk cache)
-//                                    ▲                                        ├──store unavailable / wrong reply──▶ queued again, after a pause
-//                                    └────────────────────────────────────────┤   (until the deadline: then the source is gone)
-//                                                                             ├──SHA-256 mismatch──▶ queued again (maxCorruptRetries), then corrupt for good
-//                                                                             └──object changed, missing, refused──▶ the source is gone
+// Nothing is copied into a read's target until every page it needs passed
+// its check. Range requests are bounded (maxInFlight) and demand first: a
+// fault's pages are sent before any read-ahead, and a queued background chunk
+// that a fault then needs moves to the demand queue.
 //
-// Range requests are bounded (maxInFlight) and demand first: a chunk a thread
-// is blocked on is sent before any read-ahead, and a queued background chunk
-// that a fault then needs moves to the demand queue. Consecutive background
-// chunks go in one request of up to backgroundRequestBytes; a demand request
-// carries only the chunks its read needs, so what a fault fetches stays close
-// to what it touches.
+// A load's life:
+//
+//   begun ──▶ cache (disk: whole chunk, or part file) ──hit──▶ done
+//               └──miss──▶ queued (demand | background) ──sent──▶ fetching ──checked──▶ done (kept, cached)
+//                            ▲                                       ├──store unavailable / wrong reply──▶ queued again after a pause,
+//                            └───────────────────────────────────────┤    until the deadline (then the source is gone)
+//                                                                    ├──SHA-256 / CRC32 mismatch──▶ queued again (maxCorruptRetries), then refused
+//                                                                    └──object changed, missing, refused──▶ the source is gone
 //
 // A store that stops answering is not a failed read: the chunk is asked for
 // again (each request bounded by requestTimeoutMs) while the faulting thread
@@ -39,7 +44,8 @@ import { S3Error, StoreResponseError, StoreUnavailableError } from '../s3/errors
 import { S3Object, type ObjectInfo, type ObjectReader, type S3StoreOptions } from '../s3/s3-object.js';
 import { parseS3Url } from '../s3/s3-url.js';
 import { openSnapshotObject } from '../s3/snapshot-object.js';
-import { ChunkCache } from './chunk-cache.js';
+import { PageKind, pageCrc32 } from '../snapshot/format.js';
+import { ChunkCache, type PageCheck } from './chunk-cache.js';
 import { SourceGoneError, SourceReadError, checkReadRange, type PageSource, type ReadOptions, type ReadPriority } from './page-source.js';
 
 export interface S3SourceOptions extends S3StoreOptions {
@@ -53,25 +59,34 @@ export interface S3SourceOptions extends S3StoreOptions {
   maxInFlight?: number;
   /** The most one background request spans, in bytes of consecutive chunks (default 4 MiB). */
   backgroundRequestBytes?: number;
-  /** Chunks kept in this process's memory, in bytes (default 64 MiB). */
+  /** Chunk bytes kept in this process's memory (default 64 MiB). */
   memoryBytes?: number;
-  /** Times a chunk that fails its SHA-256 is fetched again before it is given up as corrupt (default 2). */
+  /** Times a chunk that fails its check is fetched again before it is given up as corrupt (default 2). */
   maxCorruptRetries?: number;
+  /**
+   * What a demand read fetches of a chunk not here: 'pages', only the stored
+   * pages it needs (each checked against its page table's CRC32; the default),
+   * or 'chunk', the whole chunk (checked against its SHA-256).
+   */
+  demandFetch?: 'pages' | 'chunk';
 }
 
 export interface S3SourceStats {
-  /** Range requests sent for chunks (retries included), and by priority. */
+  /** Range requests sent for pages (retries included), and by priority. */
   requests: number;
   demandRequests: number;
   backgroundRequests: number;
   /** Requests to open the object (HEAD, header and index). */
   openRequests: number;
-  /** Chunk bytes received from the store (opening not included). */
+  /** Page bytes received from the store (opening not included). */
   bytesFetched: number;
   openBytes: number;
+  /** Whole chunks received, and demand fetches of part of a chunk. */
   chunksFetched: number;
-  /** Chunks found in the disk cache, and in memory. */
+  pageRunsFetched: number;
+  /** Whole chunks found in the disk cache, part files that served a read, and reads served from memory. */
   cacheHits: number;
+  partialCacheHits: number;
   memoryHits: number;
   /** Requests that failed and were retried (the store unavailable, a wrong reply, a corrupt chunk). */
   retries: number;
@@ -81,15 +96,33 @@ export interface S3SourceStats {
 
 type Priority = ReadPriority;
 
-/** A chunk being loaded: from the disk cache, then (on a miss) the store. */
+/** Some of a chunk's stored pages, fetched by demand reads of part of it. */
+interface PartialState {
+  readonly pages: (Uint8Array | undefined)[];
+  present: number;
+  /** Pages fetched since it was last written to the disk cache. */
+  dirty: boolean;
+}
+
+/** What a load resolves with: the chunk whole, or the pages of it fetched so far (the load's among them). */
+type ChunkData = { readonly whole: Uint8Array } | { readonly partial: PartialState };
+
+/**
+ * A fetch being made: a whole chunk (from the disk cache, else the store), or
+ * for a demand read the stored pages [firstPage, firstPage + pageCount) of one.
+ */
 interface Load {
+  readonly key: string;
   readonly chunk: number;
+  readonly whole: boolean;
+  readonly firstPage: number;
+  readonly pageCount: number;
   state: 'cache' | 'queued' | 'fetching';
   priority: Priority;
   waiters: number;
   corruptAttempts: number;
-  readonly promise: Promise<Uint8Array>;
-  resolve(bytes: Uint8Array): void;
+  readonly promise: Promise<ChunkData>;
+  resolve(data: ChunkData): void;
   reject(error: Error): void;
 }
 
@@ -99,12 +132,18 @@ export class S3Source implements PageSource {
   readonly description: string;
   readonly sizeBytes: number;
   readonly stats: S3SourceStats;
-  private readonly settings: Required<Pick<S3SourceOptions, 'deadlineMs' | 'maxInFlight' | 'backgroundRequestBytes' | 'memoryBytes' | 'maxCorruptRetries'>>;
+  private readonly settings: Required<Pick<S3SourceOptions, 'deadlineMs' | 'maxInFlight' | 'backgroundRequestBytes' | 'memoryBytes' | 'maxCorruptRetries' | 'demandFetch'>>;
   private stateValue: SourceState = 'open';
   private goneError: Error | undefined;
+  /** Whole chunks, least recently used first. */
   private readonly memory = new Map<number, Uint8Array>();
   private memoryBytesUsed = 0;
-  private readonly loads = new Map<number, Load>();
+  private readonly partials = new Map<number, PartialState>();
+  private partialBytesUsed = 0;
+  /** Chunks whose part file was looked for already. */
+  private readonly partialLooked = new Set<number>();
+  private readonly storedIndexCache = new Map<number, Int32Array>();
+  private readonly loads = new Map<string, Load>();
   private readonly demandQueue: Load[] = [];
   private readonly backgroundQueue: Load[] = [];
   private readonly corrupt = new Map<number, ChunkCorruptError>();
@@ -113,7 +152,12 @@ export class S3Source implements PageSource {
   private unavailableSince: number | undefined;
   private lastUnavailable: Error | undefined;
   private readonly timers = new Set<NodeJS.Timeout>();
+  private deadlineTimer: NodeJS.Timeout | undefined;
+  private flushTimer: NodeJS.Timeout | undefined;
+  private flushing: Promise<void> | undefined;
   private retryDelayMs = 20;
+  /** Writes to the disk cache not yet done (close waits for them: a process about to exit still leaves its chunks). */
+  private readonly pendingWrites = new Set<Promise<unknown>>();
 
   private constructor(
     readonly reader: ObjectReader,
@@ -131,10 +175,11 @@ export class S3Source implements PageSource {
       backgroundRequestBytes: options.backgroundRequestBytes ?? 4 * 1024 * 1024,
       memoryBytes: options.memoryBytes ?? 64 * 1024 * 1024,
       maxCorruptRetries: options.maxCorruptRetries ?? 2,
+      demandFetch: options.demandFetch ?? 'pages',
     };
     this.stats = {
       requests: 0, demandRequests: 0, backgroundRequests: 0, openRequests: opened.requests, bytesFetched: 0, openBytes: opened.bytesRead,
-      chunksFetched: 0, cacheHits: 0, memoryHits: 0, retries: 0, corruptChunks: 0, indexFromCache: opened.indexFromCache,
+      chunksFetched: 0, pageRunsFetched: 0, cacheHits: 0, partialCacheHits: 0, memoryHits: 0, retries: 0, corruptChunks: 0, indexFromCache: opened.indexFromCache,
     };
   }
 
@@ -173,13 +218,18 @@ export class S3Source implements PageSource {
     return this.layout.isZero(offset, length);
   }
 
-  /** The fast path: every chunk the range needs is in memory. */
+  /** The fast path: every page the range needs is in memory. */
   readSync(offset: number, length: number, target: Uint8Array): boolean {
     if (this.stateValue !== 'open') return false;
     checkReadRange(this, offset, length);
     const pieces = [...this.layout.planRead(offset, length)];
-    for (const piece of pieces) if (piece.type === 'data' && !this.memory.has(piece.chunk)) return false;
-    this.copy(pieces, target, (chunk) => this.fromMemory(chunk)!);
+    const data = new Map<number, ChunkData>();
+    for (const [chunk, need] of this.needs(pieces)) {
+      const here = this.inMemory(chunk, need.first, need.end);
+      if (here === undefined) return false;
+      data.set(chunk, here);
+    }
+    this.copy(pieces, target, data);
     return true;
   }
 
@@ -193,18 +243,17 @@ export class S3Source implements PageSource {
     if (target.length < length) return Promise.reject(new RangeError(`target holds ${target.length} bytes, ${length} asked for`));
     if (options.signal?.aborted) return Promise.reject(abortError());
     const pieces = [...this.layout.planRead(offset, length)];
-    const chunks = new Map<number, Uint8Array | undefined>();
-    for (const piece of pieces) if (piece.type === 'data') chunks.set(piece.chunk, undefined);
+    const data = new Map<number, ChunkData>();
     const waiting: Load[] = [];
-    for (const chunk of chunks.keys()) {
+    for (const [chunk, need] of this.needs(pieces)) {
       const known = this.corrupt.get(chunk);
       if (known) return Promise.reject(this.corruptReadError(offset, length, chunk, known));
-      const bytes = this.fromMemory(chunk);
-      if (bytes) chunks.set(chunk, bytes);
-      else waiting.push(this.loadFor(chunk, options.priority ?? 'demand'));
+      const here = this.inMemory(chunk, need.first, need.end);
+      if (here) data.set(chunk, here);
+      else waiting.push(this.loadFor(chunk, need.first, need.end, options.priority ?? 'demand'));
     }
     if (waiting.length === 0) {
-      this.copy(pieces, target, (chunk) => chunks.get(chunk)!);
+      this.copy(pieces, target, data);
       return Promise.resolve();
     }
     return new Promise<void>((resolve, reject) => {
@@ -215,8 +264,8 @@ export class S3Source implements PageSource {
         options.signal?.removeEventListener('abort', onAbort);
         for (const load of waiting) this.release(load);
         if (error) return reject(error);
-        // Every chunk passed its check: only now is anything copied.
-        this.copy(pieces, target, (chunk) => chunks.get(chunk)!);
+        // Every page passed its check: only now is anything copied.
+        this.copy(pieces, target, data);
         resolve();
       };
       const onAbort = (): void => finish(abortError());
@@ -224,8 +273,8 @@ export class S3Source implements PageSource {
       let left = waiting.length;
       for (const load of waiting) {
         load.promise.then(
-          (bytes) => {
-            chunks.set(load.chunk, bytes);
+          (chunkData) => {
+            data.set(load.chunk, chunkData);
             if (--left === 0) finish(undefined);
           },
           (error: Error) => {
@@ -238,28 +287,53 @@ export class S3Source implements PageSource {
     });
   }
 
-  /** Abort every request; every read still waiting rejects with SourceGoneError. */
+  /** Abort every request and write what part files are due; every read still waiting rejects with SourceGoneError. */
   async close(): Promise<void> {
     if (this.stateValue === 'closed') return;
     if (this.stateValue === 'open') this.goneError = new Error('the source was closed');
     this.stateValue = 'closed';
     this.failAll();
+    clearTimeout(this.flushTimer);
+    this.cacheWrite(this.flushPartials());
+    // Bounded: a cache on a disk that hangs must not hold the close.
+    await Promise.race([Promise.allSettled([...this.pendingWrites]), new Promise((resolve) => setTimeout(resolve, 5_000).unref())]);
     this.reader.close();
   }
 
-  // ---- loading ----
+  // ---- what a read needs, and what is here ----
 
-  private fromMemory(chunk: number): Uint8Array | undefined {
-    const bytes = this.memory.get(chunk);
-    if (bytes === undefined) return undefined;
-    // Most recently used last.
-    this.memory.delete(chunk);
-    this.memory.set(chunk, bytes);
-    this.stats.memoryHits++;
-    return bytes;
+  /** For each chunk a read touches, the range of its stored pages it needs. */
+  private needs(pieces: readonly ReadPiece[]): Map<number, { first: number; end: number }> {
+    const page = this.layout.pageSize;
+    const out = new Map<number, { first: number; end: number }>();
+    for (const piece of pieces) {
+      if (piece.type !== 'data') continue;
+      const first = Math.floor(piece.chunkOffset / page);
+      const end = Math.ceil((piece.chunkOffset + piece.lengthBytes) / page);
+      const known = out.get(piece.chunk);
+      out.set(piece.chunk, known ? { first: Math.min(known.first, first), end: Math.max(known.end, end) } : { first, end });
+    }
+    return out;
+  }
+
+  private inMemory(chunk: number, first: number, end: number): ChunkData | undefined {
+    const whole = this.memory.get(chunk);
+    if (whole) {
+      this.memory.delete(chunk);
+      this.memory.set(chunk, whole);
+      this.stats.memoryHits++;
+      return { whole };
+    }
+    const partial = this.partials.get(chunk);
+    if (partial && covers(partial, first, end)) {
+      this.stats.memoryHits++;
+      return { partial };
+    }
+    return undefined;
   }
 
   private remember(chunk: number, bytes: Uint8Array): void {
+    this.dropPartialState(chunk);
     if (this.memory.has(chunk)) return;
     this.memory.set(chunk, bytes);
     this.memoryBytesUsed += bytes.length;
@@ -270,113 +344,254 @@ export class S3Source implements PageSource {
     }
   }
 
-  /** The load of a chunk a read of `priority` waits for (joined, or begun). */
-  private loadFor(chunk: number, priority: Priority): Load {
-    const existing = this.loads.get(chunk);
-    if (existing) {
-      existing.waiters++;
-      if (priority === 'demand' && existing.priority === 'background') {
-        existing.priority = 'demand';
-        // Not sent yet: it jumps ahead of every background chunk.
-        const at = this.backgroundQueue.indexOf(existing);
-        if (at !== -1) {
-          this.backgroundQueue.splice(at, 1);
-          this.demandQueue.push(existing);
-          this.pump();
-        }
+  private dropPartialState(chunk: number): void {
+    const partial = this.partials.get(chunk);
+    if (!partial) return;
+    this.partials.delete(chunk);
+    this.partialBytesUsed -= partial.present * this.layout.pageSize;
+  }
+
+  /** The page-table indexes of a chunk's stored pages, in order (for their CRCs). */
+  private storedIndexes(chunk: number): Int32Array {
+    let indexes = this.storedIndexCache.get(chunk);
+    if (indexes) return indexes;
+    const { kinds } = this.layout.pageTable;
+    const { chunkPages } = this.layout.header;
+    indexes = new Int32Array(this.layout.chunks.storedPages[chunk]!);
+    let n = 0;
+    const end = Math.min(this.layout.pageTable.pageCount, (chunk + 1) * chunkPages);
+    for (let page = chunk * chunkPages; page < end; page++) if (kinds[page] === PageKind.data) indexes[n++] = page;
+    this.storedIndexCache.set(chunk, indexes);
+    return indexes;
+  }
+
+  private pageCheck(chunk: number): PageCheck {
+    const indexes = this.storedIndexes(chunk);
+    return (i, page) => i < indexes.length && pageCrc32(page) === this.layout.pageTable.crc32s[indexes[i]!];
+  }
+
+  // ---- loading ----
+
+  /** The load a read of stored pages [first, end) of `chunk` waits for (joined, or begun). */
+  private loadFor(chunk: number, first: number, end: number, priority: Priority): Load {
+    const whole = this.loads.get(`w${chunk}`);
+    if (whole) return this.join(whole, priority);
+    if (priority === 'background' || this.settings.demandFetch === 'chunk') return this.begin(chunk, true, 0, this.layout.chunks.storedPages[chunk]!, priority);
+    // Only the pages not here yet.
+    const partial = this.partials.get(chunk);
+    while (partial && first < end && partial.pages[first]) first++;
+    while (partial && end > first && partial.pages[end - 1]) end--;
+    const existing = this.loads.get(`p${chunk}:${first}+${end - first}`);
+    if (existing) return this.join(existing, priority);
+    return this.begin(chunk, false, first, end - first, priority);
+  }
+
+  private join(load: Load, priority: Priority): Load {
+    load.waiters++;
+    if (priority === 'demand' && load.priority === 'background') {
+      load.priority = 'demand';
+      // Not sent yet: it jumps ahead of every background chunk.
+      const at = this.backgroundQueue.indexOf(load);
+      if (at !== -1) {
+        this.backgroundQueue.splice(at, 1);
+        this.demandQueue.push(load);
+        this.pump();
       }
-      return existing;
     }
-    let resolve!: (bytes: Uint8Array) => void;
+    return load;
+  }
+
+  private begin(chunk: number, whole: boolean, firstPage: number, pageCount: number, priority: Priority): Load {
+    let resolve!: (data: ChunkData) => void;
     let reject!: (error: Error) => void;
-    const promise = new Promise<Uint8Array>((res, rej) => {
+    const promise = new Promise<ChunkData>((res, rej) => {
       resolve = res;
       reject = rej;
     });
     // Nobody may be listening when a load fails after its waiters left.
     promise.catch(() => undefined);
-    const load: Load = { chunk, state: 'cache', priority, waiters: 1, corruptAttempts: 0, promise, resolve, reject };
-    this.loads.set(chunk, load);
+    const key = whole ? `w${chunk}` : `p${chunk}:${firstPage}+${pageCount}`;
+    const load: Load = { key, chunk, whole, firstPage, pageCount, state: 'cache', priority, waiters: 1, corruptAttempts: 0, promise, resolve, reject };
+    this.loads.set(key, load);
     void this.loadFromCache(load);
     return load;
   }
 
   private async loadFromCache(load: Load): Promise<void> {
-    const { lengthBytes } = this.layout.chunkRange(load.chunk);
-    const bytes = lengthBytes === 0 ? new Uint8Array(0) : await this.cache?.get(this.layout.chunks.sha256Hex(load.chunk), lengthBytes).catch(() => undefined);
-    if (this.loads.get(load.chunk) !== load) return;
+    const { chunk } = load;
+    const { lengthBytes } = this.layout.chunkRange(chunk);
+    const sha = this.layout.chunks.sha256Hex(chunk);
+    const bytes = lengthBytes === 0 ? new Uint8Array(0) : await this.cache?.get(sha, lengthBytes).catch(() => undefined);
+    if (this.loads.get(load.key) !== load) return;
     if (bytes !== undefined) {
       if (lengthBytes > 0) this.stats.cacheHits++;
-      this.loaded(load, bytes);
+      this.finishedWhole(load, bytes);
       return;
+    }
+    if (!load.whole && this.cache && !this.partialLooked.has(chunk)) {
+      this.partialLooked.add(chunk);
+      const part = await this.cache.getPartial(sha, this.layout.chunks.storedPages[chunk]!, this.layout.pageSize, this.pageCheck(chunk)).catch(() => undefined);
+      if (this.loads.get(load.key) !== load) return;
+      if (part) this.mergePages(chunk, part.have, part.bytes, false);
+      const partial = this.partials.get(chunk);
+      if (partial && covers(partial, load.firstPage, load.firstPage + load.pageCount)) {
+        this.stats.partialCacheHits++;
+        this.loads.delete(load.key);
+        load.resolve({ partial });
+        return;
+      }
     }
     if (load.waiters === 0) {
-      this.loads.delete(load.chunk);
+      this.loads.delete(load.key);
       return;
     }
-    this.enqueue(load);
-  }
-
-  private enqueue(load: Load): void {
     load.state = 'queued';
     (load.priority === 'demand' ? this.demandQueue : this.backgroundQueue).push(load);
     this.pump();
   }
 
-  private loaded(load: Load, bytes: Uint8Array): void {
-    this.loads.delete(load.chunk);
+  private finishedWhole(load: Load, bytes: Uint8Array): void {
+    this.loads.delete(load.key);
     this.remember(load.chunk, bytes);
-    load.resolve(bytes);
+    load.resolve({ whole: bytes });
   }
 
-  /** A read no longer waits for this load; one nobody waits for is dropped (or its request aborted). */
+  /** Pages of a chunk, checked, into its partial state (a whole chunk when that completes it). */
+  private mergePages(chunk: number, have: Uint8Array | undefined, bytes: Uint8Array, fresh: boolean, firstPage = 0): void {
+    if (this.memory.has(chunk)) return;
+    const page = this.layout.pageSize;
+    const stored = this.layout.chunks.storedPages[chunk]!;
+    let partial = this.partials.get(chunk);
+    if (!partial) {
+      partial = { pages: new Array<Uint8Array | undefined>(stored), present: 0, dirty: false };
+      this.partials.set(chunk, partial);
+    }
+    const count = have ? stored : bytes.length / page;
+    for (let i = 0; i < count; i++) {
+      const at = firstPage + i;
+      if (have && !have[i]) continue;
+      if (partial.pages[at]) continue;
+      partial.pages[at] = bytes.slice(i * page, (i + 1) * page);
+      partial.present++;
+      this.partialBytesUsed += page;
+      if (fresh) partial.dirty = true;
+    }
+    if (partial.present === stored) {
+      // Complete: one buffer, checked against the chunk's SHA-256 like a whole fetch, and cached as a whole chunk.
+      const whole = new Uint8Array(stored * page);
+      partial.pages.forEach((p, i) => whole.set(p!, i * page));
+      const sha = this.layout.chunks.sha256Hex(chunk);
+      if (createHash('sha256').update(whole).digest('hex') === sha) {
+        this.remember(chunk, whole);
+        this.cacheWrite(this.cache?.put(sha, whole));
+      }
+      return;
+    }
+    if (fresh) this.scheduleFlush();
+    if (this.partialBytesUsed > this.settings.memoryBytes) void this.shedPartials();
+  }
+
+  private cacheWrite(write: Promise<unknown> | undefined): void {
+    if (!write) return;
+    const tracked = write.catch(() => undefined).finally(() => this.pendingWrites.delete(tracked));
+    this.pendingWrites.add(tracked);
+  }
+
+  /** Over the memory bound: write the part files due, then let the oldest partial chunks go. */
+  private async shedPartials(): Promise<void> {
+    await this.flushPartials().catch(() => undefined);
+    for (const chunk of this.partials.keys()) {
+      if (this.partialBytesUsed <= this.settings.memoryBytes / 2) break;
+      if (this.partials.get(chunk)?.dirty) continue;
+      this.dropPartialState(chunk);
+      this.partialLooked.delete(chunk);
+    }
+  }
+
+  private scheduleFlush(): void {
+    if (!this.cache || this.flushTimer) return;
+    this.flushTimer = setTimeout(() => {
+      this.flushTimer = undefined;
+      this.cacheWrite(this.flushPartials());
+    }, 500);
+    this.flushTimer.unref();
+  }
+
+  /** Write the part file of every chunk with pages fetched since its last. */
+  private async flushPartials(): Promise<void> {
+    if (!this.cache) return;
+    await this.flushing;
+    const page = this.layout.pageSize;
+    const due = [...this.partials].filter(([, partial]) => partial.dirty);
+    this.flushing = (async () => {
+      for (const [chunk, partial] of due) {
+        partial.dirty = false;
+        const stored = partial.pages.length;
+        const have = new Uint8Array(stored);
+        const bytes = new Uint8Array(stored * page);
+        partial.pages.forEach((p, i) => {
+          if (!p) return;
+          have[i] = 1;
+          bytes.set(p, i * page);
+        });
+        await this.cache!.putPartial(this.layout.chunks.sha256Hex(chunk), { have, bytes }, page, this.pageCheck(chunk));
+      }
+    })();
+    await this.flushing;
+  }
+
+  /** A read no longer waits for this load; one nobody waits for and not yet sent is dropped. */
   private release(load: Load): void {
     load.waiters--;
-    if (load.waiters > 0 || this.loads.get(load.chunk) !== load) return;
+    if (load.waiters > 0 || this.loads.get(load.key) !== load) return;
     if (load.state === 'queued') {
       for (const queue of [this.demandQueue, this.backgroundQueue]) {
         const at = queue.indexOf(load);
         if (at !== -1) queue.splice(at, 1);
       }
-      this.loads.delete(load.chunk);
+      this.loads.delete(load.key);
     }
-    // 'fetching': the request goes on (other chunks of it may be wanted) and the chunk is kept.
+    // 'fetching': the request goes on (other chunks of it may be wanted) and what it brings is kept.
   }
 
-  /** Send queued chunks while there is room: demand first, background after. */
+  /** Send queued loads while there is room: demand first, background after. */
   private pump(): void {
     while (this.stateValue === 'open' && this.inFlight < this.settings.maxInFlight) {
       const demand = this.demandQueue.length > 0;
       const queue = demand ? this.demandQueue : this.backgroundQueue;
       if (queue.length === 0) return;
-      const batch = this.takeBatch(queue, demand ? this.demandRequestBytes() : this.settings.backgroundRequestBytes);
+      const batch = this.takeBatch(queue, demand ? 0 : this.settings.backgroundRequestBytes);
       void this.fetch(batch, demand ? 'demand' : 'background');
     }
   }
 
-  /** A demand request carries what its read needs, plus adjacent queued demand chunks (a fault's run across a chunk boundary). */
-  private demandRequestBytes(): number {
-    return 2 * this.layout.header.chunkPages * this.layout.pageSize;
-  }
-
-  /** The first queued chunk, and the queued chunks right after it in the object, up to maxBytes. */
+  /** The first queued load; for background, the queued whole chunks right after it in the object too, up to maxBytes. */
   private takeBatch(queue: Load[], maxBytes: number): Load[] {
-    queue.sort((a, b) => a.chunk - b.chunk);
+    if (maxBytes > 0) queue.sort((a, b) => a.chunk - b.chunk);
     const first = queue.shift()!;
     const batch = [first];
-    let bytes = this.layout.chunkRange(first.chunk).lengthBytes;
-    let next = first.chunk + 1;
-    for (;;) {
-      const at = queue.findIndex((load) => load.chunk === next);
-      if (at === -1) break;
-      const length = this.layout.chunkRange(next).lengthBytes;
-      if (bytes + length > maxBytes) break;
-      batch.push(queue.splice(at, 1)[0]!);
-      bytes += length;
-      next++;
+    if (first.whole && maxBytes > 0) {
+      let bytes = this.layout.chunkRange(first.chunk).lengthBytes;
+      let next = first.chunk + 1;
+      for (;;) {
+        const at = queue.findIndex((load) => load.whole && load.chunk === next);
+        if (at === -1) break;
+        const length = this.layout.chunkRange(next).lengthBytes;
+        if (bytes + length > maxBytes) break;
+        batch.push(queue.splice(at, 1)[0]!);
+        bytes += length;
+        next++;
+      }
     }
     for (const load of batch) load.state = 'fetching';
     return batch;
+  }
+
+  /** Where a load's bytes are in the object. */
+  private rangeOf(load: Load): { offset: number; lengthBytes: number } {
+    const range = this.layout.chunkRange(load.chunk);
+    if (load.whole) return range;
+    return { offset: range.offset + load.firstPage * this.layout.pageSize, lengthBytes: load.pageCount * this.layout.pageSize };
   }
 
   private async fetch(batch: Load[], priority: Priority): Promise<void> {
@@ -384,8 +599,8 @@ export class S3Source implements PageSource {
     this.stats.requests++;
     if (priority === 'demand') this.stats.demandRequests++;
     else this.stats.backgroundRequests++;
-    const start = this.layout.chunkRange(batch[0]!.chunk);
-    const end = this.layout.chunkRange(batch.at(-1)!.chunk);
+    const start = this.rangeOf(batch[0]!);
+    const end = this.rangeOf(batch.at(-1)!);
     const length = end.offset + end.lengthBytes - start.offset;
     const controller = new AbortController();
     this.requests.add(controller);
@@ -409,7 +624,10 @@ export class S3Source implements PageSource {
       this.stats.bytesFetched += bytes.length;
       this.unavailableSince = undefined;
       this.retryDelayMs = 20;
-      for (const load of batch) this.checkAndDeliver(load, bytes.subarray(this.layout.chunkRange(load.chunk).offset - start.offset, this.layout.chunkRange(load.chunk).offset - start.offset + this.layout.chunkRange(load.chunk).lengthBytes));
+      for (const load of batch) {
+        const range = this.rangeOf(load);
+        this.checkAndDeliver(load, bytes.subarray(range.offset - start.offset, range.offset - start.offset + range.lengthBytes));
+      }
     } else {
       this.fetchFailed(batch, failure);
     }
@@ -417,26 +635,59 @@ export class S3Source implements PageSource {
   }
 
   private checkAndDeliver(load: Load, piece: Uint8Array): void {
-    const expected = this.layout.chunks.sha256Hex(load.chunk);
-    const actual = createHash('sha256').update(piece).digest('hex');
-    if (actual !== expected) {
-      const error = new ChunkCorruptError(load.chunk, this.layout.chunkRange(load.chunk).offset, this.layout.chunkImageOffset(load.chunk), expected, actual, `the store (${this.reader.url})`);
+    const bad = load.whole ? this.checkWhole(load.chunk, piece) : this.checkPages(load, piece);
+    if (bad) {
       this.stats.corruptChunks++;
       if (load.corruptAttempts++ < this.settings.maxCorruptRetries) {
         this.stats.retries++;
         this.retry(load);
         return;
       }
-      this.corrupt.set(load.chunk, error);
-      this.loads.delete(load.chunk);
-      load.reject(error);
+      // A chunk that fails its SHA-256 is refused whole from now on; a page that fails its CRC costs only itself (the pager poisons it).
+      if (load.whole) this.corrupt.set(load.chunk, bad);
+      this.loads.delete(load.key);
+      load.reject(bad);
       return;
     }
-    this.stats.chunksFetched++;
-    // A copy of its own: the request's buffer may hold chunks not kept.
-    const bytes = piece.byteOffset === 0 && piece.length === piece.buffer.byteLength ? piece : piece.slice();
-    this.loaded(load, bytes);
-    if (this.cache) void this.cache.put(expected, bytes);
+    if (load.whole) {
+      this.stats.chunksFetched++;
+      // A copy of its own: the request's buffer may hold chunks not kept.
+      const bytes = piece.byteOffset === 0 && piece.length === piece.buffer.byteLength ? piece : piece.slice();
+      this.finishedWhole(load, bytes);
+      this.cacheWrite(this.cache?.put(this.layout.chunks.sha256Hex(load.chunk), bytes));
+      return;
+    }
+    this.stats.pageRunsFetched++;
+    this.loads.delete(load.key);
+    this.mergePages(load.chunk, undefined, piece, true, load.firstPage);
+    const whole = this.memory.get(load.chunk);
+    load.resolve(whole ? { whole } : { partial: this.partials.get(load.chunk)! });
+  }
+
+  private checkWhole(chunk: number, piece: Uint8Array): ChunkCorruptError | undefined {
+    const expected = this.layout.chunks.sha256Hex(chunk);
+    const actual = createHash('sha256').update(piece).digest('hex');
+    if (actual === expected) return undefined;
+    return new ChunkCorruptError({ chunkIndex: chunk, objectOffset: this.layout.chunkRange(chunk).offset, imageOffset: this.layout.chunkImageOffset(chunk), from: `the store (${this.reader.url})`, sha256: { expected, actual } });
+  }
+
+  private checkPages(load: Load, piece: Uint8Array): ChunkCorruptError | undefined {
+    const page = this.layout.pageSize;
+    const indexes = this.storedIndexes(load.chunk);
+    const { crc32s } = this.layout.pageTable;
+    for (let i = 0; i < load.pageCount; i++) {
+      const pageIndex = indexes[load.firstPage + i]!;
+      const actual = pageCrc32(piece.subarray(i * page, (i + 1) * page));
+      if (actual === crc32s[pageIndex]) continue;
+      return new ChunkCorruptError({
+        chunkIndex: load.chunk,
+        objectOffset: this.rangeOf(load).offset + i * page,
+        imageOffset: this.layout.imageOffsetOfPage(pageIndex),
+        from: `the store (${this.reader.url})`,
+        crc32: { expected: crc32s[pageIndex]!, actual, pageIndex },
+      });
+    }
+    return undefined;
   }
 
   private fetchFailed(batch: Load[], error: unknown): void {
@@ -457,29 +708,26 @@ export class S3Source implements PageSource {
     for (const load of batch) this.retry(load);
   }
 
-  /** Queue a chunk again after a pause (doubling to 1 s); dropped if nobody waits by then. */
+  /** Queue a load again after a pause (doubling to 1 s); dropped if nobody waits by then. */
   private retry(load: Load): void {
     load.state = 'queued';
     const delay = this.retryDelayMs;
     this.retryDelayMs = Math.min(1_000, this.retryDelayMs * 2);
     const timer = setTimeout(() => {
       this.timers.delete(timer);
-      if (this.stateValue !== 'open' || this.loads.get(load.chunk) !== load) return;
+      if (this.stateValue !== 'open' || this.loads.get(load.key) !== load) return;
       if (load.waiters === 0) {
-        this.loads.delete(load.chunk);
+        this.loads.delete(load.key);
         return;
       }
       (load.priority === 'demand' ? this.demandQueue : this.backgroundQueue).push(load);
       this.pump();
     }, delay);
     this.timers.add(timer);
-    // While the deadline runs, a timer must not end before the reads it serves: the deadline itself is checked on each failure.
     this.checkDeadlineLater();
   }
 
-  private deadlineTimer: NodeJS.Timeout | undefined;
-
-  /** A store that holds requests without failing them is caught by the request timeout; this catches one whose retries are all paused. */
+  /** The deadline, checked on a timer too: a store whose requests all wait in their pause still runs out of time. */
   private checkDeadlineLater(): void {
     if (this.deadlineTimer || this.unavailableSince === undefined) return;
     const left = this.settings.deadlineMs - (performance.now() - this.unavailableSince);
@@ -515,21 +763,42 @@ export class S3Source implements PageSource {
     this.backgroundQueue.length = 0;
   }
 
-  private copy(pieces: readonly ReadPiece[], target: Uint8Array, chunkBytes: (chunk: number) => Uint8Array): void {
+  private copy(pieces: readonly ReadPiece[], target: Uint8Array, data: Map<number, ChunkData>): void {
+    const page = this.layout.pageSize;
     for (const piece of pieces) {
-      if (piece.type === 'zero') target.fill(0, piece.targetOffset, piece.targetOffset + piece.lengthBytes);
-      else target.set(chunkBytes(piece.chunk).subarray(piece.chunkOffset, piece.chunkOffset + piece.lengthBytes), piece.targetOffset);
+      if (piece.type === 'zero') {
+        target.fill(0, piece.targetOffset, piece.targetOffset + piece.lengthBytes);
+        continue;
+      }
+      const chunkData = data.get(piece.chunk)!;
+      if ('whole' in chunkData) {
+        target.set(chunkData.whole.subarray(piece.chunkOffset, piece.chunkOffset + piece.lengthBytes), piece.targetOffset);
+        continue;
+      }
+      // Page by page from the pages fetched (every one this read needs is there).
+      for (let done = 0; done < piece.lengthBytes;) {
+        const at = piece.chunkOffset + done;
+        const index = Math.floor(at / page);
+        const within = at - index * page;
+        const n = Math.min(page - within, piece.lengthBytes - done);
+        target.set(chunkData.partial.pages[index]!.subarray(within, within + n), piece.targetOffset + done);
+        done += n;
+      }
     }
   }
 
   private corruptReadError(offset: number, length: number, chunk: number, error: ChunkCorruptError): SourceReadError {
-    // The first byte of the read that lies in the corrupt chunk: the pager poisons it and tries the rest page by page.
+    // The bad page when known, else the first byte of the read in the corrupt chunk: the pager poisons it and tries the rest page by page.
     let failedOffset = offset;
     for (const piece of this.layout.planRead(offset, length)) {
       if (piece.type === 'data' && piece.chunk === chunk) {
         failedOffset = offset + piece.targetOffset;
         break;
       }
+    }
+    if (error.pageIndex !== undefined) {
+      const bad = this.layout.imageOffsetOfPage(error.pageIndex);
+      if (bad >= offset && bad < offset + length) failedOffset = bad;
     }
     return new SourceReadError(offset, length, `${this.description}: ${error.message}`, { cause: error, failure: 'fatal', failedOffset });
   }
@@ -538,6 +807,11 @@ export class S3Source implements PageSource {
     const reason = this.goneError?.message ?? 'the source is gone';
     return new SourceGoneError(offset, length, `${this.description}: ${reason}`, { cause: this.goneError });
   }
+}
+
+function covers(partial: PartialState, first: number, end: number): boolean {
+  for (let i = first; i < end; i++) if (!partial.pages[i]) return false;
+  return true;
 }
 
 function abortError(): Error {

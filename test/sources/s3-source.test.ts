@@ -95,7 +95,8 @@ describe('S3Source', { timeout: 120_000 }, () => {
     try {
       await store.tamper('flip', 3);
       const target = new Uint8Array(PAGE).fill(0xaa);
-      const error = await source.read(20 * PAGE, PAGE, target).then(() => undefined, (e: unknown) => e);
+      // Background: whole chunks, checked against their SHA-256.
+      const error = await source.read(20 * PAGE, PAGE, target, { priority: 'background' }).then(() => undefined, (e: unknown) => e);
       assert.ok(error instanceof SourceReadError && !(error instanceof SourceGoneError), String(error));
       assert.equal(error.failure, 'fatal');
       assert.equal(error.failedOffset, 20 * PAGE);
@@ -112,6 +113,41 @@ describe('S3Source', { timeout: 120_000 }, () => {
       assert.deepEqual(target, image.subarray(200 * PAGE, 201 * PAGE));
     } finally {
       await store.tamper(undefined);
+      await source.close();
+    }
+  });
+
+  test('a corrupt page of a demand read is refused by its CRC32, naming the page; the rest of its chunk is still read', async () => {
+    const source = await S3Source.open(store.url('a'), { ...options(), maxCorruptRetries: 1 });
+    try {
+      await store.tamper('flip', 2);
+      const target = new Uint8Array(2 * PAGE).fill(0xaa);
+      const error = await source.read(33 * PAGE, 2 * PAGE, target).then(() => undefined, (e: unknown) => e);
+      assert.ok(error instanceof SourceReadError && error.cause instanceof ChunkCorruptError, String(error));
+      // Pages 33 and 34 are stored one after the other; the flip lands in the middle of the reply: page 34.
+      assert.match(error.message, /chunk 2's page 34 \(object offset \d+, image offset 0x22000\) .*is corrupt: CRC32/);
+      assert.equal(error.failedOffset, 34 * PAGE);
+      assert.ok(target.every((b) => b === 0xaa));
+      await source.read(33 * PAGE, PAGE, target);
+      assert.deepEqual(target.subarray(0, PAGE), image.subarray(33 * PAGE, 34 * PAGE));
+    } finally {
+      await store.tamper(undefined);
+      await source.close();
+    }
+  });
+
+  test('demand reads fetch only the pages they need; background reads fetch whole chunks', async () => {
+    const source = await S3Source.open(store.url('a'), options());
+    try {
+      await source.read(64 * PAGE, PAGE, new Uint8Array(PAGE));
+      assert.equal(source.stats.bytesFetched, PAGE, 'one page');
+      await source.read(128 * PAGE, PAGE, new Uint8Array(PAGE), { priority: 'background' });
+      assert.equal(source.stats.bytesFetched, PAGE + 12 * PAGE, 'then a whole chunk of 16 pages, 4 of them zero');
+      const whole = await S3Source.open(store.url('a'), { ...options(), demandFetch: 'chunk' });
+      await whole.read(64 * PAGE, PAGE, new Uint8Array(PAGE));
+      assert.equal(whole.stats.bytesFetched, 12 * PAGE, 'demandFetch chunk: the whole chunk');
+      await whole.close();
+    } finally {
       await source.close();
     }
   });
@@ -187,6 +223,10 @@ describe('S3Source', { timeout: 120_000 }, () => {
     const cacheDir = join(dir, 'cache');
     const first = await S3Source.open(store.url('a'), { endpoint: store.endpoint, cacheDir });
     await first.read(0, image.length, new Uint8Array(image.length), { priority: 'background' });
+    // Demand reads of part of a chunk: kept as a part file.
+    const partly = await S3Source.open(store.url('a'), { endpoint: store.endpoint, cacheDir: join(dir, 'cache-partial') });
+    await partly.read(64 * PAGE, PAGE, new Uint8Array(PAGE));
+    await partly.close();
     await first.close();
     await new Promise((r) => setTimeout(r, 200)); // cache writes are not awaited by reads
     await store.reset();
@@ -200,6 +240,15 @@ describe('S3Source', { timeout: 120_000 }, () => {
       assert.deepEqual(await store.stats().then((s) => ({ requests: s.requests, rangeGets: s.rangeGets })), { requests: 1, rangeGets: 0 });
     } finally {
       await second.close();
+    }
+    const again = await S3Source.open(store.url('a'), { endpoint: store.endpoint, cacheDir: join(dir, 'cache-partial') });
+    try {
+      const target = new Uint8Array(PAGE);
+      await again.read(64 * PAGE, PAGE, target);
+      assert.deepEqual(target, image.subarray(64 * PAGE, 65 * PAGE));
+      assert.deepEqual({ fetched: again.stats.bytesFetched, partialHits: again.stats.partialCacheHits }, { fetched: 0, partialHits: 1 }, 'the page came from the part file');
+    } finally {
+      await again.close();
     }
   });
 
