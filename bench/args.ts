@@ -1,7 +1,7 @@
 // Command line of `npm run bench` (node dist/bench/run.js): pure parsing.
 import { parseArgs } from 'node:util';
 
-export const SECTION_NAMES = ['per-fault', 'restore', 'working-set', 'concurrency'] as const;
+export const SECTION_NAMES = ['per-fault', 'restore', 'working-set', 'concurrency', 's3'] as const;
 export type SectionName = (typeof SECTION_NAMES)[number];
 
 export interface BenchOptions {

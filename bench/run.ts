@@ -14,6 +14,7 @@ import type { BenchContext } from './runner.js';
 import { concurrencySection } from './sections/concurrency.js';
 import { perFaultSection } from './sections/per-fault.js';
 import { restoreSection } from './sections/restore.js';
+import { s3Section } from './sections/s3.js';
 import type { Section, SectionResult } from './sections/section.js';
 import { workingSetSection } from './sections/working-set.js';
 import type { TargetResult } from './stats.js';
@@ -24,6 +25,7 @@ const SECTIONS: Record<SectionName, Section> = {
   restore: restoreSection,
   'working-set': workingSetSection,
   concurrency: concurrencySection,
+  s3: s3Section,
 };
 
 export interface BenchOutcome {
