@@ -1,8 +1,11 @@
 // Command line of `npm run bench` (node dist/bench/run.js): pure parsing.
 import { parseArgs } from 'node:util';
+import { MIGRATE_ARG_OPTIONS, MIGRATE_USAGE, parseMigrateOptions, type MigrateOptions } from './migrate/options.js';
 
-export const SECTION_NAMES = ['per-fault', 'restore', 'working-set', 'concurrency', 's3'] as const;
-export type SectionName = (typeof SECTION_NAMES)[number];
+export const SECTION_NAMES = ['per-fault', 'restore', 'working-set', 'concurrency', 'remote', 's3'] as const;
+/** Run only when named: migrate installs QEMU and takes minutes. */
+export const OPT_IN_SECTIONS = ['migrate'] as const;
+export type SectionName = (typeof SECTION_NAMES)[number] | (typeof OPT_IN_SECTIONS)[number];
 
 export interface BenchOptions {
   sizeBytes: number;
@@ -14,24 +17,29 @@ export interface BenchOptions {
   delayUs: number;
   /** Faults per thread in the concurrency section. */
   concurrencyFaults: number;
+  /** Demand faults per run in the remote section's latency part. */
+  remoteFaults: number;
   seed: number;
   /** Where the results JSON goes (a directory). */
   outDir: string;
   /** Keep the work directory (image, binaries, order files). */
   keep: boolean;
+  migrate: MigrateOptions;
   help: boolean;
 }
 
 export const USAGE = `usage: npm run bench -- [options]      (or: node dist/bench/run.js [options])
   --size SIZE              memory per run: 256M (default), 1G, 64M, 512K ... (a multiple of 4 KiB)
   --rounds N               rounds of every section, variants interleaved (default 5)
-  --sections LIST          comma-separated: ${SECTION_NAMES.join(',')} (default: all)
+  --sections LIST          comma-separated: ${SECTION_NAMES.join(',')} (default: these), ${OPT_IN_SECTIONS.join(',')}
   --spin-us N              busy-poll budget of the spinning handlers (default 50)
   --delay-us N             source latency in the concurrency section (default 200)
   --concurrency-faults N   faults per thread in the concurrency section (default 1000)
+  --remote-faults N        random demand faults per run in the remote section (default 1000)
   --seed N                 seed of the random patterns (default 1)
   --out DIR                where results/bench-<timestamp>.json goes (default results)
-  --keep                   keep the work directory (image, compiled C, order files)`;
+  --keep                   keep the work directory (image, compiled C, order files)
+${MIGRATE_USAGE}`;
 
 const UNITS: Record<string, number> = { '': 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3 };
 
@@ -61,17 +69,19 @@ export function parseBenchArgs(argv: readonly string[]): BenchOptions {
       'spin-us': { type: 'string' },
       'delay-us': { type: 'string' },
       'concurrency-faults': { type: 'string' },
+      'remote-faults': { type: 'string' },
       seed: { type: 'string' },
       out: { type: 'string' },
       keep: { type: 'boolean' },
+      ...MIGRATE_ARG_OPTIONS,
       help: { type: 'boolean', short: 'h' },
     },
     strict: true,
   });
   const sections = values.sections === undefined ? [...SECTION_NAMES] : values.sections.split(',').map((s) => s.trim());
   for (const section of sections) {
-    if (!(SECTION_NAMES as readonly string[]).includes(section)) {
-      throw new RangeError(`--sections: unknown section ${section} (known: ${SECTION_NAMES.join(', ')})`);
+    if (![...SECTION_NAMES, ...OPT_IN_SECTIONS].includes(section as SectionName)) {
+      throw new RangeError(`--sections: unknown section ${section} (known: ${[...SECTION_NAMES, ...OPT_IN_SECTIONS].join(', ')})`);
     }
   }
   const rounds = positiveInteger('rounds', values.rounds, 5);
@@ -83,9 +93,11 @@ export function parseBenchArgs(argv: readonly string[]): BenchOptions {
     spinUs: positiveInteger('spin-us', values['spin-us'], 50),
     delayUs: positiveInteger('delay-us', values['delay-us'], 200),
     concurrencyFaults: positiveInteger('concurrency-faults', values['concurrency-faults'], 1000),
+    remoteFaults: positiveInteger('remote-faults', values['remote-faults'], 1000),
     seed: positiveInteger('seed', values.seed, 1),
     outDir: values.out ?? 'results',
     keep: values.keep ?? false,
+    migrate: parseMigrateOptions(values, parseSize),
     help: values.help ?? false,
   };
 }

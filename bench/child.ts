@@ -66,6 +66,25 @@ export class BenchChild {
     return JSON.parse(last) as T;
   }
 
+  /** The stdout lines so far. */
+  get output(): readonly string[] {
+    return this.lines;
+  }
+
+  /** SIGTERM, and wait for the exit (SIGKILL after timeoutMs). */
+  async terminate(timeoutMs = 10_000): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+    if (this.process.exitCode !== null || this.process.signalCode !== null) return this.exited;
+    this.process.kill('SIGTERM');
+    const timer = setTimeout(() => this.kill(), timeoutMs);
+    try {
+      return await this.exited;
+    } finally {
+      clearTimeout(timer);
+      if (this.partial) this.lines.push(this.partial);
+      this.partial = '';
+    }
+  }
+
   kill(): void {
     if (this.process.exitCode === null && this.process.signalCode === null) this.process.kill('SIGKILL');
   }

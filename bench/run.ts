@@ -12,7 +12,9 @@ import { BenchChild } from './child.js';
 import { writeBenchImage } from './image.js';
 import type { BenchContext } from './runner.js';
 import { concurrencySection } from './sections/concurrency.js';
+import { migrateSection } from './sections/migrate.js';
 import { perFaultSection } from './sections/per-fault.js';
+import { remoteSection } from './sections/remote.js';
 import { restoreSection } from './sections/restore.js';
 import { s3Section } from './sections/s3.js';
 import type { Section, SectionResult } from './sections/section.js';
@@ -25,6 +27,8 @@ const SECTIONS: Record<SectionName, Section> = {
   restore: restoreSection,
   'working-set': workingSetSection,
   concurrency: concurrencySection,
+  migrate: migrateSection,
+  remote: remoteSection,
   s3: s3Section,
 };
 
@@ -46,10 +50,12 @@ export async function runBench(options: BenchOptions, log: (line: string) => voi
   try {
     log(`bench: work directory ${workDir}`);
     const programs = buildCPrograms(workDir);
-    log(`bench: writing a ${options.sizeBytes / (1 << 20)} MiB snapshot`);
-    const image = await writeBenchImage(join(workDir, 'image.snap'), options.sizeBytes);
+    // The migrate section boots its own guests: alone, it needs no image.
+    const imageBytes = options.sections.every((name) => name === 'migrate') ? 4096 : options.sizeBytes;
+    log(`bench: writing a ${imageBytes >= 1 << 20 ? `${imageBytes / (1 << 20)} MiB` : `${imageBytes >> 10} KiB`} snapshot`);
+    const image = await writeBenchImage(join(workDir, 'image.snap'), imageBytes);
     // Reading it back leaves the file in the page cache for every variant.
-    const imageMemory = new SharedArrayBuffer(options.sizeBytes);
+    const imageMemory = new SharedArrayBuffer(imageBytes);
     readInto(image.path, image.dataOffset, new Uint8Array(imageMemory));
     const ctx: BenchContext = {
       programs,

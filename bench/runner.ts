@@ -1,13 +1,16 @@
 // Runs one variant (a handler and a toucher, placed on CPUs) and many variants
 // interleaved over rounds, so that the machine's load drifts over all of them
 // alike and ratios can be taken round by round.
+import { randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import type { CPrograms } from './c-programs.js';
 import { BenchChild } from './child.js';
 import type { PagerHostData, PagerHostMessage, PagerHostSource } from './handlers/pager-host.js';
-import { cpusFor, prefetchArg, type CHandlerStats, type HandlerReport, type HandlerSpec, type Placement, type SourceKind, type ThreadCpu } from './handlers/spec.js';
+import type { BulkStreamStats } from './handlers/bulk-stream.js';
+import { cpusFor, prefetchArg, type CHandlerStats, type ReadsStreamSpec, type HandlerReport, type HandlerSpec, type Placement, type SourceKind, type ThreadCpu } from './handlers/spec.js';
 import type { BenchImage } from './image.js';
 
 export interface BenchContext {
@@ -18,6 +21,8 @@ export interface BenchContext {
   workDir: string;
   /** The delay server's socket, when the concurrency section runs. */
   delaySocket?: string;
+  /** The page server serving the image (another process), when the remote section runs. */
+  pageServer?: { url: string; address: string };
   /** Upper bound for one run, in ms. */
   runTimeoutMs: number;
   log: (line: string) => void;
@@ -58,18 +63,24 @@ export interface Variant {
 export interface RunResult {
   toucher: ToucherResult;
   handler: HandlerReport;
+  /** The page-protocol session id (hex) of a remote source: the page server's summary names its connections by it. */
+  session?: string;
+  /** What a section's observer measured around the run (runInterleaved's observe). */
+  observed?: Record<string, number>;
 }
 
 let runCounter = 0;
 
 interface StartedHandler {
   socketPath?: string;
+  session?: string;
   done: Promise<HandlerReport>;
   abort: () => void;
 }
 
 async function startHandler(ctx: BenchContext, spec: HandlerSpec, cpu: number): Promise<StartedHandler> {
   const socketPath = join(ctx.workDir, `handler-${process.pid}-${runCounter}.sock`);
+  const session = spec.kind !== 'none' && spec.source === 'remote' ? randomBytes(16).toString('hex') : undefined;
   switch (spec.kind) {
     case 'none':
       return { done: Promise.resolve({ kind: 'none' }), abort: () => {} };
@@ -79,12 +90,35 @@ async function startHandler(ctx: BenchContext, spec: HandlerSpec, cpu: number): 
       if (spec.spinUs > 0) args.push('--spin-us', String(spec.spinUs));
       if (spec.aheadPages) args.push('--ahead-pages', String(spec.aheadPages));
       if (spec.source === 'delay') args.push('--delay-socket', requireDelaySocket(ctx));
+      if (spec.source === 'remote') args.push('--server', requirePageServer(ctx).address, '--session', session!);
+      const stream = spec.stream ? await startStreamClient(ctx, spec.stream) : undefined;
       const child = new BenchChild('ref-handler', ctx.programs.refHandler, args);
-      await child.waitForLine(/^listening$/, 60_000);
+      try {
+        await child.waitForLine(/^listening$/, 60_000);
+      } catch (error) {
+        stream?.kill();
+        throw error;
+      }
+      const done = child.result<CHandlerStats & { cpu: ThreadCpu }>(ctx.runTimeoutMs).then(
+        async ({ cpu, ...stats }): Promise<HandlerReport> => {
+          if (!stream) return { kind: 'c', stats, cpu };
+          await stream.terminate();
+          const reads = await stream.result<BulkStreamStats>(10_000);
+          return { kind: 'c', stats, cpu, stream: { kind: 'reads', reads, runMs: reads.ms } };
+        },
+        (error: unknown) => {
+          stream?.kill();
+          throw error;
+        },
+      );
       return {
         socketPath,
-        done: child.result<CHandlerStats & { cpu: ThreadCpu }>(ctx.runTimeoutMs).then(({ cpu, ...stats }) => ({ kind: 'c', stats, cpu })),
-        abort: () => child.kill(),
+        session,
+        done,
+        abort: () => {
+          child.kill();
+          stream?.kill();
+        },
       };
     }
     case 'pager':
@@ -92,7 +126,9 @@ async function startHandler(ctx: BenchContext, spec: HandlerSpec, cpu: number): 
       const data: PagerHostData = {
         socketPath,
         mode: spec.kind,
-        source: hostSource(ctx, spec.source),
+        source: spec.source === 'remote'
+          ? { kind: 'remote', url: requirePageServer(ctx).url, sessionId: session!, singleConnection: spec.singleConnection ?? false }
+          : hostSource(ctx, spec.source),
         prefetch: spec.prefetch,
         cpu,
         wait: spec.kind === 'lean' ? spec.wait : 'event-loop',
@@ -100,6 +136,7 @@ async function startHandler(ctx: BenchContext, spec: HandlerSpec, cpu: number): 
         aheadPages: spec.aheadPages ?? 0,
         recordWorkingSet: spec.kind === 'pager' && (spec.recordWorkingSet ?? false),
         replay: spec.kind === 'pager' ? spec.replay : undefined,
+        stream: spec.kind === 'pager' ? spec.stream : undefined,
       };
       const worker = new Worker(new URL('./handlers/pager-host.js', import.meta.url), { workerData: data });
       const messages: PagerHostMessage[] = [];
@@ -142,7 +179,7 @@ async function startHandler(ctx: BenchContext, spec: HandlerSpec, cpu: number): 
         await worker.terminate();
         return (m as { report: HandlerReport }).report;
       });
-      return { socketPath, done, abort: () => void worker.terminate() };
+      return { socketPath, session, done, abort: () => void worker.terminate() };
     }
     default: {
       const never: never = spec;
@@ -156,7 +193,27 @@ function requireDelaySocket(ctx: BenchContext): string {
   return ctx.delaySocket;
 }
 
-function hostSource(ctx: BenchContext, kind: SourceKind): PagerHostSource {
+/** A bulk stream from a client process of its own (handlers/stream-client.ts), streaming once this resolves. */
+async function startStreamClient(ctx: BenchContext, spec: ReadsStreamSpec): Promise<BenchChild> {
+  const entry = fileURLToPath(new URL('./handlers/stream-client.js', import.meta.url));
+  const args = [entry, requirePageServer(ctx).url, String(spec.runPages), String(spec.inFlight)];
+  if (spec.mbPerSecond) args.push(String(spec.mbPerSecond));
+  const child = new BenchChild('stream-client', process.execPath, args);
+  try {
+    await child.waitForLine(/^streaming$/, 30_000);
+  } catch (error) {
+    child.kill();
+    throw error;
+  }
+  return child;
+}
+
+function requirePageServer(ctx: BenchContext): { url: string; address: string } {
+  if (!ctx.pageServer) throw new Error('this variant needs the page server');
+  return ctx.pageServer;
+}
+
+function hostSource(ctx: BenchContext, kind: Exclude<SourceKind, 'remote'>): PagerHostSource {
   switch (kind) {
     case 'memory':
       return { kind, image: ctx.imageMemory };
@@ -202,7 +259,7 @@ export async function runVariant(ctx: BenchContext, variant: Variant): Promise<R
     const toucherResult = await toucher.result<ToucherResult>(ctx.runTimeoutMs);
     if (toucherResult.mismatches > 0) throw new Error(`${variant.id}: ${toucherResult.mismatches} pages read back wrong`);
     const report = await handler.done;
-    return { toucher: toucherResult, handler: report };
+    return { toucher: toucherResult, handler: report, session: handler.session };
   } catch (error) {
     toucher.kill();
     handler.abort();
@@ -214,13 +271,22 @@ export async function runVariant(ctx: BenchContext, variant: Variant): Promise<R
  * Run every variant `rounds` times, round-robin, starting each round one
  * variant later so that none always runs first or right after the same one.
  */
-export async function runInterleaved(ctx: BenchContext, section: string, variants: readonly Variant[], rounds: number): Promise<Map<string, RunResult[]>> {
+export async function runInterleaved(
+  ctx: BenchContext,
+  section: string,
+  variants: readonly Variant[],
+  rounds: number,
+  /** Called before each run; the function it returns, after it (say, another process's CPU time over the run). */
+  observe?: () => () => Record<string, number>,
+): Promise<Map<string, RunResult[]>> {
   const results = new Map<string, RunResult[]>(variants.map((v) => [v.id, []]));
   for (let round = 0; round < rounds; round++) {
     for (let i = 0; i < variants.length; i++) {
       const variant = variants[(i + round) % variants.length]!;
       const started = performance.now();
+      const observed = observe?.();
       const result = await runVariant(ctx, variant);
+      if (observed) result.observed = observed();
       results.get(variant.id)!.push(result);
       ctx.log(`${section} round ${round + 1}/${rounds} ${variant.id}: ${(result.toucher.totalNs / 1e6).toFixed(1)} ms touching (${((performance.now() - started) / 1000).toFixed(1)} s run)`);
     }

@@ -17,6 +17,11 @@ export interface Ratio {
   rounds: number;
 }
 
+/** Values of one variant, one per round, summarised like a ratio (for a target on an absolute figure). */
+export function perRoundValues(values: readonly number[]): Ratio {
+  return { median: median(values), min: Math.min(...values), max: Math.max(...values), rounds: values.length };
+}
+
 /** a[i] / b[i] for each round i both ran, summarised. */
 export function pairedRatio(a: readonly number[], b: readonly number[]): Ratio {
   const n = Math.min(a.length, b.length);
@@ -36,10 +41,12 @@ export interface TargetResult {
   met: boolean;
   /** How far off, as a factor (1 when met): measured/target for at-most, target/measured for at-least. */
   shortfall: number;
+  /** What the figures are in: 'x' for a ratio (the default), or a unit (' GB/s'). */
+  unit: string;
 }
 
-export function checkTarget(name: string, ratio: Ratio, comparison: Comparison, target: number): TargetResult {
+export function checkTarget(name: string, ratio: Ratio, comparison: Comparison, target: number, unit = 'x'): TargetResult {
   const met = comparison === 'at-most' ? ratio.median <= target : ratio.median >= target;
   const shortfall = met ? 1 : comparison === 'at-most' ? ratio.median / target : target / ratio.median;
-  return { name, ratio, comparison, target, met, shortfall };
+  return { name, ratio, comparison, target, met, shortfall, unit };
 }

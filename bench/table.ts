@@ -34,9 +34,9 @@ export function fmtInt(value: number): string {
   return Math.round(value).toLocaleString('en-US');
 }
 
-export function fmtRatio(ratio: Ratio | undefined): string {
+export function fmtRatio(ratio: Ratio | undefined, unit = 'x'): string {
   if (!ratio || !Number.isFinite(ratio.median)) return '-';
-  return ratio.rounds > 1 ? `${ratio.median.toFixed(2)}x (${ratio.min.toFixed(2)}-${ratio.max.toFixed(2)})` : `${ratio.median.toFixed(2)}x`;
+  return ratio.rounds > 1 ? `${ratio.median.toFixed(2)}${unit} (${ratio.min.toFixed(2)}-${ratio.max.toFixed(2)})` : `${ratio.median.toFixed(2)}${unit}`;
 }
 
 export function targetsTable(targets: readonly TargetResult[]): Table {
@@ -46,8 +46,8 @@ export function targetsTable(targets: readonly TargetResult[]): Table {
     numeric: [false, true, true, false],
     rows: targets.map((t) => [
       t.name,
-      fmtRatio(t.ratio),
-      `${t.comparison === 'at-most' ? '<=' : '>='} ${t.target}x`,
+      fmtRatio(t.ratio, t.unit),
+      `${t.comparison === 'at-most' ? '<=' : '>='} ${t.target}${t.unit}`,
       t.met ? 'yes' : `no (off by ${t.shortfall.toFixed(2)}x)`,
     ]),
     notes: [],

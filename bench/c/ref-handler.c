@@ -5,8 +5,10 @@
 // window that stops at the first page already filled, one COPY per window.
 //
 //   ref-handler --socket PATH --size BYTES
-//               --source memory|pread|mmap|delay --image FILE [--image-offset N]
+//               --source memory|pread|mmap|delay|remote --image FILE [--image-offset N]
 //               [--delay-socket PATH]        delay: ask the delay server before each fetch
+//               [--server HOST:PORT]         remote: the page server to READ from
+//               [--session HEX32]            remote: the HELLO's session id (default zeros)
 //               [--prefetch INITIAL,MAX]     read-ahead window in pages (default 1,1: none)
 //               [--spin-us N]                busy-poll the uffd this long before sleeping in poll
 //               [--ahead-pages N]            async read-ahead: once a stream's window is at its
@@ -17,11 +19,14 @@
 // from it. pread: each window is pread from the file into a buffer, then
 // copied. mmap: COPY takes pages straight from a shared mapping of the file
 // (one copy, page cache to the new page, instead of pread's two). delay: like memory, after a round trip to the delay server (the
-// "naive" handler: one fetch at a time, however slow the source).
+// "naive" handler: one fetch at a time, however slow the source). remote: each
+// window is one READ to a page server (page-client.h: the real protocol, every
+// reply CRC-checked), one at a time, and COPY takes the pages from the reply.
 //
 // Prints "listening" when ready for the toucher, and one JSON line of counts
 // when the toucher hangs up.
 #include "bench-common.h"
+#include "page-client.h"
 
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
@@ -33,7 +38,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-enum source_kind { SOURCE_MEMORY, SOURCE_PREAD, SOURCE_MMAP, SOURCE_DELAY };
+enum source_kind { SOURCE_MEMORY, SOURCE_PREAD, SOURCE_MMAP, SOURCE_DELAY, SOURCE_REMOTE };
 
 static struct {
   uint64_t faults, messages, reads, batches, copy_ioctls, pages_copied, wakes, eexist, eagain;
@@ -47,6 +52,7 @@ static uint64_t base, size_bytes, page_count;
 static off_t image_offset;
 static readahead_t ra;
 static uint64_t ahead_budget, ahead_next, ahead_limit;
+static page_client_t remote;
 
 static int listen_on(const char *path) {
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -104,6 +110,12 @@ static void wake_page(uint64_t page) {
 // COPY pages [page, page+count) from the source.
 static void fill(uint64_t page, uint64_t count) {
   const uint8_t *src;
+  if (source_kind == SOURCE_REMOTE && count * PAGE > remote.max_read_bytes) {
+    // Longer than the server's READ limit: one READ per part.
+    uint64_t part = remote.max_read_bytes / PAGE;
+    for (uint64_t done = 0; done < count; done += part) fill(page + done, count - done < part ? count - done : part);
+    return;
+  }
   stats.reads++;
   switch (source_kind) {
     case SOURCE_PREAD: {
@@ -120,6 +132,9 @@ static void fill(uint64_t page, uint64_t count) {
     case SOURCE_DELAY:
       delay_round_trip(page);
       src = image + page * PAGE;
+      break;
+    case SOURCE_REMOTE:
+      src = pc_read(&remote, page * PAGE, (uint32_t)(count * PAGE));
       break;
     default:
       src = image + page * PAGE;
@@ -232,7 +247,8 @@ static int peer_gone(int sock) {
 }
 
 int main(int argc, char **argv) {
-  const char *socket_path = NULL, *image_path = NULL, *delay_path = NULL, *source = "memory";
+  const char *socket_path = NULL, *image_path = NULL, *delay_path = NULL, *server = NULL, *source = "memory";
+  uint8_t session_id[16] = {0};
   int64_t ra_initial = 1, ra_max = 1, spin_us = 0;
   int cpu = -1;
   for (int i = 1; i < argc; i++) {
@@ -243,6 +259,11 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--image")) image_path = v, i++;
     else if (!strcmp(a, "--image-offset")) image_offset = strtoll(v, NULL, 0), i++;
     else if (!strcmp(a, "--delay-socket")) delay_path = v, i++;
+    else if (!strcmp(a, "--server")) server = v, i++;
+    else if (!strcmp(a, "--session")) {
+      for (int k = 0; k < 16 && v[2 * k] && v[2 * k + 1]; k++) sscanf(v + 2 * k, "%2hhx", &session_id[k]);
+      i++;
+    }
     else if (!strcmp(a, "--prefetch")) { sscanf(v, "%lld,%lld", (long long *)&ra_initial, (long long *)&ra_max); i++; }
     else if (!strcmp(a, "--spin-us")) spin_us = atoll(v), i++;
     else if (!strcmp(a, "--ahead-pages")) ahead_budget = strtoull(v, NULL, 0), i++;
@@ -256,6 +277,7 @@ int main(int argc, char **argv) {
   if (!strcmp(source, "pread")) source_kind = SOURCE_PREAD;
   else if (!strcmp(source, "delay")) source_kind = SOURCE_DELAY;
   else if (!strcmp(source, "mmap")) source_kind = SOURCE_MMAP;
+  else if (!strcmp(source, "remote")) source_kind = SOURCE_REMOTE;
   else if (strcmp(source, "memory")) { fprintf(stderr, "ref-handler: unknown source %s\n", source); return 2; }
   page_count = size_bytes / PAGE;
   ra_init(&ra, ra_initial, ra_max);
@@ -266,6 +288,9 @@ int main(int argc, char **argv) {
   if (source_kind == SOURCE_MMAP) {
     image = mmap(NULL, size_bytes, PROT_READ, MAP_SHARED, image_fd, image_offset);
     if (image == MAP_FAILED) die("mmap image file");
+  } else if (source_kind == SOURCE_REMOTE) {
+    if (!server) { fprintf(stderr, "ref-handler: --source remote needs --server HOST:PORT\n"); return 2; }
+    pc_open(&remote, server, session_id, size_bytes);
   } else if (source_kind != SOURCE_PREAD) {
     image = mmap(NULL, size_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
     if (image == MAP_FAILED) die("mmap image");
@@ -315,10 +340,11 @@ int main(int argc, char **argv) {
          (unsigned long long)(cpu_end.run_ns - cpu_start.run_ns), cpu_end.user_ms - cpu_start.user_ms, cpu_end.system_ms - cpu_start.system_ms,
          cpu_end.voluntary - cpu_start.voluntary, cpu_end.involuntary - cpu_start.involuntary);
   printf("\"faults\":%llu,\"messages\":%llu,\"batches\":%llu,\"sourceReads\":%llu,\"copyIoctls\":%llu,\"pagesCopied\":%llu,"
-         "\"wakes\":%llu,\"eexist\":%llu,\"eagain\":%llu,\"sleeps\":%llu,\"spinHits\":%llu,\"aheadPages\":%llu}\n",
+         "\"wakes\":%llu,\"eexist\":%llu,\"eagain\":%llu,\"sleeps\":%llu,\"spinHits\":%llu,\"aheadPages\":%llu,\"bytesReceived\":%llu}\n",
          (unsigned long long)stats.faults, (unsigned long long)stats.messages, (unsigned long long)stats.batches,
          (unsigned long long)stats.reads, (unsigned long long)stats.copy_ioctls, (unsigned long long)stats.pages_copied,
          (unsigned long long)stats.wakes, (unsigned long long)stats.eexist, (unsigned long long)stats.eagain,
-         (unsigned long long)stats.sleeps, (unsigned long long)stats.spin_hits, (unsigned long long)stats.ahead_pages);
+         (unsigned long long)stats.sleeps, (unsigned long long)stats.spin_hits, (unsigned long long)stats.ahead_pages,
+         (unsigned long long)remote.bytes_received);
   return 0;
 }

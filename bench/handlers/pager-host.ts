@@ -9,12 +9,14 @@ import { Pager, type PrefetchOptions, type ReadAhead } from '../../src/pager/ind
 import type { PageSource } from '../../src/sources/page-source.js';
 import { BufferSource } from '../../src/sources/buffer-source.js';
 import { RawFileSource } from '../../src/sources/raw-file-source.js';
+import { RemoteSource } from '../../src/sources/remote-source.js';
 import { SnapshotSource } from '../../src/sources/snapshot-source.js';
 import { ERRNO } from '../../src/uffd/errors.js';
 import { Userfaultfd } from '../../src/uffd/userfaultfd.js';
+import { startBulkStream } from './bulk-stream.js';
 import { DelayedSource } from './delayed-source.js';
 import { SyncFileSource } from './sync-file-source.js';
-import type { HandlerReport } from './spec.js';
+import type { HandlerReport, StreamReport, StreamSpec } from './spec.js';
 import { runLeanPager, type LeanSource, type LeanWait } from './lean-pager.js';
 import { threadCpuNow, threadCpuSince } from './thread-cpu.js';
 
@@ -23,7 +25,8 @@ export type PagerHostSource =
   | { kind: 'snapshot'; path: string }
   | { kind: 'raw-file'; path: string; fileOffset: number; sizeBytes: number }
   | { kind: 'sync-raw' | 'sync-snapshot'; path: string }
-  | { kind: 'delay'; socketPath: string; image: SharedArrayBuffer };
+  | { kind: 'delay'; socketPath: string; image: SharedArrayBuffer }
+  | { kind: 'remote'; url: string; sessionId: string; singleConnection: boolean };
 
 export interface PagerHostData {
   socketPath: string;
@@ -38,6 +41,7 @@ export interface PagerHostData {
   aheadPages: number;
   recordWorkingSet: boolean;
   replay?: Uint32Array;
+  stream?: StreamSpec;
 }
 
 export type PagerHostMessage = { type: 'listening' } | { type: 'report'; report: HandlerReport } | { type: 'error'; message: string };
@@ -67,6 +71,8 @@ async function openPagerSource(source: PagerHostSource): Promise<PageSource> {
       return SyncFileSource.open(source.path, { checkCrc: source.kind === 'sync-snapshot' });
     case 'delay':
       return DelayedSource.connect(source.socketPath, new Uint8Array(source.image));
+    case 'remote':
+      return RemoteSource.connect(source.url, { sessionId: Buffer.from(source.sessionId, 'hex'), singleConnection: source.singleConnection });
     default: {
       const never: never = source;
       throw new Error(`unknown source ${JSON.stringify(never)}`);
@@ -136,6 +142,51 @@ function addAsyncReadAhead(pager: Pager, aheadPages: number, pageCount: number):
   };
 }
 
+/**
+ * Start the bulk traffic of a StreamSpec: the bench's stream of reads on the
+ * source (bulk-stream.ts), or the Pager's own prefetch of the pages from
+ * fromPage to the end, timed by the pages it installs.
+ */
+function startStream(pager: Pager, source: PageSource, spec: StreamSpec): { stop(): Promise<StreamReport> } {
+  const startedAt = performance.now();
+  switch (spec.kind) {
+    case 'reads': {
+      const stream = startBulkStream(source, { runPages: spec.runPages, inFlight: spec.inFlight, mbPerSecond: spec.mbPerSecond });
+      return {
+        async stop() {
+          const reads = await stream.stop();
+          return { kind: 'reads', reads, runMs: reads.ms };
+        },
+      };
+    }
+    case 'pager': {
+      const pageCount = source.sizeBytes / 4096;
+      const wanted = pageCount - spec.fromPage;
+      let installed = 0;
+      let doneMs: number | undefined;
+      const onInstalled = (first: number, count: number): void => {
+        const end = first + count;
+        if (end <= spec.fromPage) return;
+        installed += end - Math.max(first, spec.fromPage);
+        if (installed >= wanted && doneMs === undefined) doneMs = performance.now() - startedAt;
+      };
+      pager.on('installed', onInstalled);
+      pager.prefetchPages(Array.from({ length: wanted }, (_, i) => spec.fromPage + i));
+      return {
+        async stop() {
+          const runMs = performance.now() - startedAt;
+          pager.off('installed', onInstalled);
+          return { kind: 'pager', pagesStreamed: installed, doneMs, runMs };
+        },
+      };
+    }
+    default: {
+      const never: never = spec;
+      throw new Error(`unknown stream ${JSON.stringify(never)}`);
+    }
+  }
+}
+
 async function main(): Promise<void> {
   const data = workerData as PagerHostData;
   const port = parentPort!;
@@ -190,10 +241,12 @@ async function main(): Promise<void> {
   if (data.aheadPages > 0) addAsyncReadAhead(pager, data.aheadPages, toucher.lengthBytes / 4096);
   pager.start();
   if (data.replay) pager.prefetchPages(data.replay);
+  const stream = data.stream ? startStream(pager, source!, data.stream) : undefined;
   const done = hangUp(toucher.conn);
   native.sendWithFds(toucher.conn, ack, []);
   await done;
   const cpu = threadCpuSince(cpuAtStart);
+  const streamReport = await stream?.stop();
   await pager.stop();
   const report: HandlerReport = {
     kind: 'pager',
@@ -201,6 +254,8 @@ async function main(): Promise<void> {
     workingSet: data.recordWorkingSet ? pager.workingSet() : undefined,
     errors,
     cpu,
+    remote: source instanceof RemoteSource ? { ...source.stats } : undefined,
+    stream: streamReport,
   };
   uffd.close();
   await source!.close?.();

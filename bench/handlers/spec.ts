@@ -1,5 +1,7 @@
 // What serves the toucher's faults in one bench run, and where the threads sit.
 import type { PagerMetricsSnapshot, PrefetchOptions } from '../../src/pager/index.js';
+import type { RemoteSourceStats } from '../../src/sources/remote-source.js';
+import type { BulkStreamStats } from './bulk-stream.js';
 import type { LeanPagerStats, LeanWait } from './lean-pager.js';
 
 /**
@@ -8,9 +10,21 @@ import type { LeanPagerStats, LeanWait } from './lean-pager.js';
  * same file's data section through RawFileSource, unchecked (what the C
  * handler preads); sync-raw / sync-snapshot: the same bytes by pread on the
  * pager's thread, unchecked / CRC-checked (bench/handlers/sync-file-source.ts);
- * delay: the image in memory after a round trip to the delay server.
+ * delay: the image in memory after a round trip to the delay server; remote:
+ * RemoteSource to the bench's page server (`userfault pages serve` in another
+ * process, over loopback TCP).
  */
-export type SourceKind = 'memory' | 'snapshot' | 'raw-file' | 'sync-raw' | 'sync-snapshot' | 'delay';
+export type SourceKind = 'memory' | 'snapshot' | 'raw-file' | 'sync-raw' | 'sync-snapshot' | 'delay' | 'remote';
+
+/**
+ * Traffic on a remote source's bulk connection while the toucher faults.
+ * reads: a prefetch-all's reads kept up for the whole run and dropped
+ * (bulk-stream.ts); pager: the Pager's own prefetch of the image from
+ * `fromPage` to its end (installed, so it ends when they are all in).
+ * mbPerSecond paces the reads (default: as fast as they come back).
+ */
+export type ReadsStreamSpec = { kind: 'reads'; runPages: number; inFlight: number; mbPerSecond?: number };
+export type StreamSpec = ReadsStreamSpec | { kind: 'pager'; fromPage: number };
 
 export type HandlerSpec =
   /**
@@ -28,6 +42,10 @@ export type HandlerSpec =
       aheadPages?: number;
       recordWorkingSet?: boolean;
       replay?: Uint32Array;
+      /** remote: demand and background reads on one connection (RemoteSource singleConnection). */
+      singleConnection?: boolean;
+      /** remote: a bulk stream while the toucher runs. */
+      stream?: StreamSpec;
     }
   /**
    * Bench-only prototype (bench/handlers/lean-pager.ts): the fault path cut
@@ -35,8 +53,19 @@ export type HandlerSpec =
    * synchronous source, waiting in poll(2) or in the event loop.
    */
   | { kind: 'lean'; source: 'memory' | 'raw-file'; prefetch: PrefetchOptions | false; wait: LeanWait; spinUs: number; aheadPages?: number }
-  /** The C reference handler (bench/c/ref-handler.c), a process of its own; mmap: COPY straight from a mapping of the file. */
-  | { kind: 'c'; source: 'memory' | 'raw-file' | 'mmap' | 'delay'; prefetch: PrefetchOptions | false; spinUs: number; aheadPages?: number }
+  /**
+   * The C reference handler (bench/c/ref-handler.c), a process of its own; mmap: COPY straight from a mapping of the file;
+   * remote: one READ at a time to the bench's page server (bench/c/page-client.h).
+   */
+  | {
+      kind: 'c';
+      source: 'memory' | 'raw-file' | 'mmap' | 'delay' | 'remote';
+      prefetch: PrefetchOptions | false;
+      spinUs: number;
+      aheadPages?: number;
+      /** remote: a bulk stream from another client process (stream-client.ts) to the same server while the C client serves. */
+      stream?: ReadsStreamSpec;
+    }
   /** No handler: the kernel's own demand paging, or eager reading. */
   | { kind: 'none' };
 
@@ -75,6 +104,8 @@ export interface CHandlerStats {
   sleeps: number;
   spinHits: number;
   aheadPages?: number;
+  /** remote: bytes of frames received from the page server. */
+  bytesReceived?: number;
 }
 
 /**
@@ -91,10 +122,32 @@ export interface ThreadCpu {
 
 /** What a handler reports after a run. */
 export type HandlerReport =
-  | { kind: 'pager'; metrics: PagerMetricsSnapshot; workingSet?: Uint32Array; spinHits?: number; errors: string[]; cpu: ThreadCpu }
+  | {
+      kind: 'pager';
+      metrics: PagerMetricsSnapshot;
+      workingSet?: Uint32Array;
+      spinHits?: number;
+      errors: string[];
+      cpu: ThreadCpu;
+      /** A remote source's counters (reads per connection, bytes). */
+      remote?: RemoteSourceStats;
+      stream?: StreamReport;
+    }
   | { kind: 'lean'; stats: LeanPagerStats; cpu: ThreadCpu }
-  | { kind: 'c'; stats: CHandlerStats; cpu: ThreadCpu }
+  | { kind: 'c'; stats: CHandlerStats; cpu: ThreadCpu; stream?: StreamReport }
   | { kind: 'none' };
+
+/** What a bulk stream did during a run (StreamSpec). */
+export interface StreamReport {
+  kind: StreamSpec['kind'];
+  /** reads: the stream's reads; pager: its pages, by the pages installed from fromPage on. */
+  reads?: BulkStreamStats;
+  pagesStreamed?: number;
+  /** pager: ms from the start until its last page was in (undefined: it did not finish before the toucher did). */
+  doneMs?: number;
+  /** From the stream's start to the toucher's hang-up. */
+  runMs: number;
+}
 
 export function prefetchArg(prefetch: PrefetchOptions | false): string {
   if (prefetch === false) return '1,1';

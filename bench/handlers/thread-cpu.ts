@@ -1,6 +1,6 @@
 // CPU time of the calling thread, from /proc (Linux): what serving cost the
 // handler's own thread, apart from how long the toucher waited.
-import { readFileSync } from 'node:fs';
+import { readFileSync, readdirSync } from 'node:fs';
 import { native } from '../../src/native.js';
 import type { ThreadCpu } from './spec.js';
 
@@ -32,4 +32,17 @@ export function threadCpuSince(start: ThreadCpu): ThreadCpu {
     voluntarySwitches: now.voluntarySwitches - start.voluntarySwitches,
     involuntarySwitches: now.involuntarySwitches - start.involuntarySwitches,
   };
+}
+
+/** Run time of every thread of process `pid` (schedstat, ns): what another process, such as the page server, spent. */
+export function processRunNs(pid: number): number {
+  let total = 0;
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      total += Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[0]);
+    } catch {
+      // The thread ended between the listing and the read: its time is lost with it.
+    }
+  }
+  return total;
 }

@@ -15,7 +15,7 @@ export const RESTORE_PREFETCH: PrefetchOptions = { initialPages: 1, maxPages: 64
 /** Async read-ahead budget of the prototype variants: 8 full windows past the stream. */
 const AHEAD_PAGES = 8 * 64;
 
-interface RestoreVariant {
+export interface RestoreVariant {
   /** Only in these patterns (async read-ahead only changes sequential sweeps). */
   patterns?: PatternName[];
   key: string;
@@ -25,7 +25,7 @@ interface RestoreVariant {
   toucher: Partial<ToucherSpec>;
 }
 
-function restoreVariants(): RestoreVariant[] {
+export function restoreVariants(): RestoreVariant[] {
   const prefetch = RESTORE_PREFETCH;
   return [
     { key: 'pager-snapshot', handler: 'pager', source: 'snapshot file, CRC-checked', spec: { kind: 'pager', source: 'snapshot', prefetch }, toucher: {} },

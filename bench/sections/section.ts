@@ -1,4 +1,5 @@
 // What every bench section produces, and helpers they share.
+import type { ServedConnectionSummary } from '../../src/pages/index.js';
 import type { BenchOptions, SectionName } from '../args.js';
 import type { HandlerReport } from '../handlers/spec.js';
 import type { BenchContext, RunResult, ToucherResult } from '../runner.js';
@@ -11,8 +12,8 @@ export interface SectionResult {
   targets: TargetResult[];
   /** One object per table row, with the medians (for the JSON). */
   summary: Record<string, unknown>[];
-  /** Every run, by variant id, in round order. */
-  runs: Record<string, JsonRun[]>;
+  /** Every run, by variant id, in round order (JsonRun; the migrate section's runs are its own MigrationFigures). */
+  runs: Record<string, readonly object[]>;
 }
 
 export type Section = (ctx: BenchContext, options: BenchOptions) => Promise<SectionResult>;
@@ -21,17 +22,21 @@ export type Section = (ctx: BenchContext, options: BenchOptions) => Promise<Sect
 export interface JsonRun {
   toucher: ToucherResult;
   handler: Omit<HandlerReport, 'workingSet'> & { workingSetPages?: number };
+  /** A remote source's session id, and what the page server says each of its connections did. */
+  session?: string;
+  server?: ServedConnectionSummary[];
+  observed?: Record<string, number>;
 }
 
 export function toJsonRuns(results: Map<string, RunResult[]>): Record<string, JsonRun[]> {
   const out: Record<string, JsonRun[]> = {};
   for (const [id, runs] of results) {
-    out[id] = runs.map(({ toucher, handler }) => {
+    out[id] = runs.map(({ toucher, handler, session, observed }) => {
       if (handler.kind === 'pager' && handler.workingSet) {
         const { workingSet, ...rest } = handler;
-        return { toucher, handler: { ...rest, workingSetPages: workingSet.length } };
+        return { toucher, handler: { ...rest, workingSetPages: workingSet.length }, session, observed };
       }
-      return { toucher, handler };
+      return { toucher, handler, session, observed };
     });
   }
   return out;

@@ -45,7 +45,7 @@ interface RunOptions extends CommonRunOptions {
 interface RestoreCliOptions extends CommonRunOptions {
   lazy?: boolean;
   prefetchAll?: boolean;
-  verify: boolean;
+  verifyFirst?: boolean;
   prefetchPages?: string;
   from?: string;
   endpoint?: string;
@@ -111,7 +111,7 @@ export function registerVmCommands(program: Command): void {
     .option('--source-deadline-ms <ms>', '--from: how long the page server or store may not answer, faults waiting, before their pages are poisoned (default 30000)')
     .option('--lazy', 'register guest RAM with userfaultfd and resume at once; the pager fills pages on demand from the snapshot or the page server')
     .option('--prefetch-all', 'lazy: stream every page still missing in the background after the guest resumes')
-    .option('--no-verify', 'lazy: do not check every page\'s CRC before the guest runs (pages are checked as they fault in; a corrupt one stops the VM)')
+    .option('--verify-first', 'lazy: read and check every page\'s CRC before the guest runs (without it each page is checked as it is installed: a corrupt one is never mapped, and stops the VM when touched)')
     .addOption(new Option('--prefetch-pages <n>', 'lazy: largest read-ahead window around a fault, in pages (1: none)'))
     .option('--api-sock <path>', 'serve the control socket here; a stale socket is replaced, nothing else')
     .option('--log <file>', 'also write the console to this file')
@@ -124,12 +124,12 @@ export function registerVmCommands(program: Command): void {
         }
         if (options.endpoint !== undefined && !options.from?.startsWith('s3://')) throw new VmUsageError(['--endpoint', '--from'], '--endpoint applies to --from s3://BUCKET/KEY');
         if (options.sourceDeadlineMs !== undefined && options.from === undefined) throw new VmUsageError(['--source-deadline-ms', '--from'], '--source-deadline-ms applies to --from');
-        if (!options.lazy && (options.prefetchAll || !options.verify || options.prefetchPages !== undefined)) {
-          throw new VmUsageError(['--prefetch-all', '--no-verify', '--prefetch-pages', '--lazy'], '--prefetch-all, --no-verify and --prefetch-pages apply to --lazy');
+        if (!options.lazy && (options.prefetchAll || options.verifyFirst || options.prefetchPages !== undefined)) {
+          throw new VmUsageError(['--prefetch-all', '--verify-first', '--prefetch-pages', '--lazy'], '--prefetch-all, --verify-first and --prefetch-pages apply to --lazy');
         }
         const maxPages = options.prefetchPages === undefined ? undefined : countOption('--prefetch-pages', options.prefetchPages, 1);
         const lazy: LazyRestoreOptions | false = options.lazy
-          ? { prefetchAll: options.prefetchAll ?? false, verify: options.verify, ...(maxPages === undefined ? {} : { prefetch: maxPages <= 1 ? false : { maxPages } }) }
+          ? { prefetchAll: options.prefetchAll ?? false, verifyFirst: options.verifyFirst ?? false, ...(maxPages === undefined ? {} : { prefetch: maxPages <= 1 ? false : { maxPages } }) }
           : false;
         return runVmmProcess({
           command: 'restore',

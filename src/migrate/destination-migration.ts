@@ -257,6 +257,9 @@ export class DestinationMigration extends EventEmitter<DestinationMigrationEvent
     if (isFinal(this.stateValue)) return;
     // A connection a reconnect replaced ends without news.
     if (socket !== this.main && socket !== this.urgent) return;
+    // Every page is in: the urgent connection has nothing left to carry, and the source closes it
+    // with the main one once it sent its verdict (its end may be seen before the verdict is decoded).
+    if (socket === this.urgent && socket !== this.main && this.awaitingVerdict && !error) return;
     const why = error ?? new IncomingMigrationError(`${socket.name} closed`);
     this.connectionError = why;
     if (this.stateValue === 'postcopy') {
@@ -291,9 +294,16 @@ export class DestinationMigration extends EventEmitter<DestinationMigrationEvent
       case 'mig-round':
         this.stream.roundEnd(message);
         return;
-      case 'mig-dirty':
-        this.stream.dirtyList(message);
+      case 'mig-dirty': {
+        this.requireBuilt('DIRTY');
+        // Dropped at once, so a source sending the list while its guest still runs (then a ping) keeps this work out of the downtime.
+        const memory = this.vmm!.memory;
+        for (const [first, count] of this.stream.dirtyList(message)) {
+          memory.mapping.discard(first * PAGE_SIZE, count * PAGE_SIZE);
+          this.stalePages += count;
+        }
         return;
+      }
       case 'mig-switchover':
         void this.switchover(message.postcopy, message.stateJson, requestId).catch((error: Error) => this.fail(error));
         return;
@@ -352,17 +362,9 @@ export class DestinationMigration extends EventEmitter<DestinationMigrationEvent
     this.move('switchover');
     this.postcopy = postcopy;
     const memory = this.vmm.memory;
-    const { received, knownZero, dirty, digests } = this.stream;
+    const { received, knownZero, digests } = this.stream;
     if (postcopy) {
-      // Pages changed at the source since they were sent: the copy here is stale. Dropped, they are missing again, and fetched.
-      for (const [first, count] of dirty.runs()) {
-        memory.mapping.discard(first * PAGE_SIZE, count * PAGE_SIZE);
-        for (let page = first; page < first + count; page++) {
-          received.clear(page);
-          knownZero.clear(page);
-        }
-        this.stalePages += count;
-      }
+      // The dirty lists' pages were dropped as they came: missing again, they are fetched.
       const present = new PageBitmap(this.stream.pageCount);
       for (let page = 0; page < this.stream.pageCount; page++) if (received.get(page) && !knownZero.get(page)) present.set(page);
       this.pageSource = new MigrationPageSource(memory.lengthBytes, PAGE_SIZE, knownZero, digests, this.main!.name);

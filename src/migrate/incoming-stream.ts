@@ -10,7 +10,8 @@
 //   PAGES / ZERO (round r)      r is the current round; within a round, each run starts at or past
 //                               the end of the one before (pages ascending, none twice)
 //   ROUND r                     closes round r (r = the current round); the next one starts
-//   DIRTY                       after pre-copy's pages; ascending, none twice; within guest RAM
+//   DIRTY                       after pre-copy's pages; each list numbered past the one before,
+//                               its chunks ascending, none twice; within guest RAM
 //   SWITCHOVER                  once; after it, nothing of pre-copy
 //   requests (BEGIN, SWITCHOVER, then GO, RESUME)   ids strictly increasing over the session, as the
 //                               source numbers them: a replayed or duplicated request is refused
@@ -48,6 +49,8 @@ export class IncomingStream {
   private round = 0;
   /** Within the current round (or the dirty list): where the next run may start. */
   private cursor = 0;
+  /** The dirty list under way (-1: none yet). */
+  private dirtyListNumber = -1;
   private lastRequestId = 0;
   received!: PageBitmap;
   knownZero!: PageBitmap;
@@ -137,16 +140,35 @@ export class IncomingStream {
     this.stats.rounds = this.round;
   }
 
-  dirtyList(message: Extract<MigrationMessage, { type: 'mig-dirty' }>): void {
+  /**
+   * DIRTY: pages whose copy here is stale. They are received no more (the
+   * pager fetches them); the answer is the runs of pages newly stale, which
+   * the caller must drop from guest RAM before the guest runs.
+   */
+  dirtyList(message: Extract<MigrationMessage, { type: 'mig-dirty' }>): Array<[first: number, count: number]> {
     this.expect('DIRTY', ['precopy', 'dirty']);
-    if (this.phase === 'precopy') {
-      this.phase = 'dirty';
+    this.phase = 'dirty';
+    if (message.list < this.dirtyListNumber) throw new MigrationStreamError('order', `DIRTY of list ${message.list} after list ${this.dirtyListNumber}`);
+    if (message.list > this.dirtyListNumber) {
+      this.dirtyListNumber = message.list;
       this.cursor = 0;
     }
     this.checkRange('DIRTY', message.firstPage, message.pageCount);
     if (message.firstPage < this.cursor) throw new MigrationStreamError('order', `DIRTY from page ${message.firstPage} after one that reached page ${this.cursor}`);
     this.cursor = message.firstPage + message.pageCount;
-    for (let i = 0; i < message.pageCount; i++) if (message.bitmap[i >>> 3]! & (1 << (i & 7))) this.dirty.set(message.firstPage + i);
+    const stale: Array<[number, number]> = [];
+    for (let i = 0; i < message.pageCount; i++) {
+      if (!(message.bitmap[i >>> 3]! & (1 << (i & 7)))) continue;
+      const page = message.firstPage + i;
+      if (this.dirty.get(page)) continue;
+      this.dirty.set(page);
+      this.received.clear(page);
+      this.knownZero.clear(page);
+      const last = stale.at(-1);
+      if (last && last[0] + last[1] === page) last[1]++;
+      else stale.push([page, 1]);
+    }
+    return stale;
   }
 
   /** SWITCHOVER: the VM state, checked by its schema and against the machine BEGIN built. */

@@ -69,6 +69,13 @@ export interface RemoteSourceOptions {
   maxPayloadBytes?: number;
   /** 16 bytes; default random. */
   sessionId?: Uint8Array;
+  /**
+   * Send background reads on the urgent connection too, and open no bulk one
+   * (default false). For the bench's comparison of one connection against
+   * two (docs/bench.md, section 5): a demand read then queues behind the
+   * background stream, as it would without the urgent channel.
+   */
+  singleConnection?: boolean;
 }
 
 export interface RemoteSourceStats {
@@ -107,6 +114,8 @@ interface Fetch {
   readonly offset: number;
   readonly lengthBytes: number;
   readonly channel: Channel;
+  /** What the READ says on the wire (its channel's, unless singleConnection puts both on one). */
+  readonly priority: ReadPriority;
   state: 'queued' | 'sent' | 'done';
   /** The connection and id it was sent with, while 'sent'. */
   connection: ClientConnection<Fetch> | undefined;
@@ -215,7 +224,7 @@ class Channel {
       const fetch = this.queue.shift()!;
       moveFetch(fetch, 'sent');
       fetch.connection = connection;
-      fetch.requestId = connection.sendRead(fetch, { type: 'read', offset: fetch.offset, lengthBytes: fetch.lengthBytes, priority: this.role === 'page-client-urgent' ? 'demand' : 'background' });
+      fetch.requestId = connection.sendRead(fetch, { type: 'read', offset: fetch.offset, lengthBytes: fetch.lengthBytes, priority: fetch.priority });
       this.source.countSent(this);
     }
   }
@@ -387,9 +396,10 @@ export class RemoteSource implements PageSource {
       maxProtocolViolations: options.maxProtocolViolations ?? 3,
       maxMetadataBytes: options.maxMetadataBytes ?? 64 * 1024 * 1024,
       maxPayloadBytes: options.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD_BYTES,
+      singleConnection: options.singleConnection ?? false,
     };
     this.urgent = new Channel('page-client-urgent', this);
-    this.bulk = new Channel('page-client-bulk', this);
+    this.bulk = this.settings.singleConnection ? this.urgent : new Channel('page-client-bulk', this);
   }
 
   /**
@@ -553,9 +563,9 @@ export class RemoteSource implements PageSource {
   }
 
   private async open(): Promise<void> {
-    const [info, bulkInfo] = await Promise.all([this.urgent.connect(), this.bulk.connect()]);
+    const [info, bulkInfo] = await Promise.all([this.urgent.connect(), this.bulk === this.urgent ? undefined : this.bulk.connect()]);
     this.info = info;
-    const changed = this.compareInfo(bulkInfo);
+    const changed = bulkInfo && this.compareInfo(bulkInfo);
     if (changed) throw new ImageChangedError(this.url, `the two connections disagree: ${changed}`);
     const connection = this.urgent.connection!;
     // Whole pages, within the server's READ limit and this side's payload limit.
@@ -565,7 +575,7 @@ export class RemoteSource implements PageSource {
     if (info.hasMetadata) this.metadata = await this.fetchMetadata(connection, info.metadataLengthBytes);
     if (info.hasZeroMap) this.zeroMap = await this.fetchZeroMap(connection, info);
     this.urgent.connected();
-    this.bulk.connected();
+    if (this.bulk !== this.urgent) this.bulk.connected();
   }
 
   private async fetchMetadata(connection: ClientConnection<Fetch>, totalLengthBytes: number): Promise<Uint8Array> {
@@ -613,7 +623,7 @@ export class RemoteSource implements PageSource {
       return existing;
     }
     const channel = priority === 'demand' ? this.urgent : this.bulk;
-    const fetch: Fetch = { key, offset, lengthBytes, channel, state: 'queued', connection: undefined, requestId: 0, waiters: new Set() };
+    const fetch: Fetch = { key, offset, lengthBytes, channel, priority, state: 'queued', connection: undefined, requestId: 0, waiters: new Set() };
     channel.enqueue(fetch);
     return fetch;
   }
@@ -653,7 +663,7 @@ export class RemoteSource implements PageSource {
 
   private failAll(): void {
     const operations = new Set<ReadOperation>();
-    for (const channel of [this.urgent, this.bulk]) {
+    for (const channel of new Set([this.urgent, this.bulk])) {
       for (const fetch of [...channel.byKey.values(), ...channel.queue]) for (const operation of fetch.waiters) operations.add(operation);
       const sent = channel.connection?.unansweredReads() ?? [];
       for (const fetch of sent) for (const operation of fetch.waiters) operations.add(operation);

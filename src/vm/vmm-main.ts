@@ -4,7 +4,7 @@
 //   node dist/src/vm/vmm-main.js run [--image builtin|FILE] [--mem 32M] [--cpus 1]
 //        [--cmdline "workload=writer mem=16"] [--api-sock PATH] [--log FILE]
 //   node dist/src/vm/vmm-main.js restore SNAPSHOT | --from tcp://HOST:PORT|s3://BUCKET/KEY [--endpoint URL]
-//        [--source-deadline-ms MS] [--lazy [--prefetch-all] [--no-verify] [--prefetch-pages N]] [--api-sock PATH] [--log FILE]
+//        [--source-deadline-ms MS] [--lazy [--prefetch-all] [--verify-first] [--prefetch-pages N]] [--api-sock PATH] [--log FILE]
 //   node dist/src/vm/vmm-main.js receive --listen HOST:PORT [--stall-timeout-ms MS] [--api-sock PATH] [--log FILE]
 //
 // The guest's console goes to stdout (and to --log). The VMM's own lines go
@@ -44,7 +44,7 @@ async function main(argv: string[]): Promise<number> {
       log: { type: 'string' },
       lazy: { type: 'boolean', default: false },
       'prefetch-all': { type: 'boolean', default: false },
-      'no-verify': { type: 'boolean', default: false },
+      'verify-first': { type: 'boolean', default: false },
       'prefetch-pages': { type: 'string' },
       from: { type: 'string' },
       endpoint: { type: 'string' },
@@ -72,7 +72,7 @@ async function main(argv: string[]): Promise<number> {
     listen: values.listen === undefined ? undefined : parseHostPort(values.listen, '--listen HOST:PORT'),
     stallTimeoutMs: values['stall-timeout-ms'] === undefined ? undefined : parseCount('--stall-timeout-ms', values['stall-timeout-ms']),
     lazy: values.lazy
-      ? { prefetchAll: values['prefetch-all'], verify: !values['no-verify'], prefetch: maxPages === undefined ? undefined : maxPages <= 1 ? false : { maxPages } }
+      ? { prefetchAll: values['prefetch-all'], verifyFirst: values['verify-first'], prefetch: maxPages === undefined ? undefined : maxPages <= 1 ? false : { maxPages } }
       : false,
     apiSock: values['api-sock'],
     log: values.log,

@@ -22,7 +22,7 @@ const { positionals, values } = parseArgs({
   allowPositionals: true,
   options: {
     runs: { type: 'string', default: '3' },
-    modes: { type: 'string', default: 'eager,lazy,lazy-noverify,lazy-prefetch-all' },
+    modes: { type: 'string', default: 'eager,lazy,lazy-verify-first,lazy-prefetch-all' },
     snapshot: { type: 'string' },
     keep: { type: 'boolean', default: false },
   },
@@ -33,11 +33,11 @@ const runs = Number(values.runs);
 const snapPath = values.snapshot ?? `/tmp/vmm-measure-${process.pid}.snap`;
 const HB_TICKS = 20;
 
-type Mode = 'eager' | 'lazy' | 'lazy-noverify' | 'lazy-prefetch-all';
+type Mode = 'eager' | 'lazy' | 'lazy-verify-first' | 'lazy-prefetch-all';
 const MODES: Record<Mode, LazyRestoreOptions | undefined> = {
   eager: undefined,
   lazy: {},
-  'lazy-noverify': { verify: false },
+  'lazy-verify-first': { verifyFirst: true },
   'lazy-prefetch-all': { prefetchAll: true },
 };
 

@@ -268,9 +268,9 @@ export class Vmm {
    * exists. Eager (default): every page is read into guest RAM (a snapshot's
    * CRCs checked as it is) before any vCPU runs. Lazy: guest RAM is
    * registered with userfaultfd and served by a pager on this thread while the
-   * vCPUs run (see memory/lazy-guest-memory.ts); with verify (the default) a
-   * source that can check every page without copying (a snapshot file) does
-   * so first. The source is the VM's from here on: closed with it, or now if
+   * vCPUs run (see memory/lazy-guest-memory.ts), each page checked as it is
+   * installed; with verifyFirst a source that can check every page without
+   * copying (a snapshot file) does so before the guest runs. The source is the VM's from here on: closed with it, or now if
    * the restore fails.
    */
   static async restore(from: VmRestoreSource, options: RestoreOptions = {}): Promise<Vmm> {
@@ -290,7 +290,7 @@ export class Vmm {
       // The vCPU workers take tens of ms to load; they start while the memory is checked and loaded.
       workersStarting = built.startWorkers();
       workersStarting.catch(() => {});
-      if (lazy && lazy.verify !== false && from.verifyAll) {
+      if (lazy && lazy.verifyFirst && from.verifyAll) {
         await from.verifyAll();
         timings.verifiedMs = since();
       }

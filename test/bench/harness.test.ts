@@ -95,23 +95,58 @@ describe('bench stats', () => {
   });
 });
 
+type RemoteRun = {
+  handler: { kind: string; remote?: { urgentReadsSent: number; bulkReadsSent: number }; stream?: { reads?: { reads: number; errors: number } } };
+  server?: { role: string; reads: number }[];
+};
+
+/**
+ * The remote section read from the page server in another process, over one
+ * connection or two as asked, and the C client spoke the protocol to it (a
+ * CRC it got wrong would have ended its run).
+ */
+function checkRemoteRuns(all: Record<string, RemoteRun[]>): void {
+  const run = (id: string): RemoteRun => all[id]![0]!;
+  const roles = (r: RemoteRun): string[] => (r.server ?? []).map((c) => c.role).sort();
+  // RemoteSource as shipped: an urgent and a bulk connection; the stream's reads go on the bulk one.
+  const urgent = run('demand/stream-urgent');
+  assert.deepEqual(roles(urgent), ['page-client-bulk', 'page-client-urgent']);
+  assert.ok(urgent.handler.remote!.bulkReadsSent > 0 && urgent.handler.stream!.reads!.reads > 0);
+  assert.equal(urgent.handler.stream!.reads!.errors, 0);
+  // singleConnection: one connection carries both.
+  const single = run('demand/stream-single');
+  assert.deepEqual(roles(single), ['page-client-urgent']);
+  assert.equal(single.handler.remote!.bulkReadsSent, 0);
+  assert.ok(single.server![0]!.reads > 40);
+  // The C client's stream runs from another client process: the C client's own session has one connection.
+  const cStream = run('demand/c-stream');
+  assert.deepEqual(roles(cStream), ['page-client-urgent']);
+  assert.ok(cStream.handler.stream!.reads!.reads > 0);
+  const c = run('sequential/c-remote');
+  assert.equal(c.handler.kind, 'c');
+  assert.deepEqual(roles(c), ['page-client-urgent']);
+  assert.ok(c.server![0]!.reads > 0);
+}
+
 describe('bench smoke run', { skip: smokeSkipReason() }, () => {
-  test('every section runs at a tiny size and writes its table and JSON', { timeout: 120_000 }, async () => {
+  test('every section runs at a tiny size and writes its table and JSON; the remote one reads from a page server in another process', { timeout: 120_000 }, async () => {
     const outDir = mkdtempSync(join(tmpdir(), 'uf-bench-test-'));
     try {
-      const options = { ...parseBenchArgs(['--size', '2M', '--rounds', '1', '--concurrency-faults', '40', '--out', outDir]) };
+      const options = { ...parseBenchArgs(['--size', '2M', '--rounds', '1', '--concurrency-faults', '40', '--remote-faults', '40', '--out', outDir]) };
       const outcome = await runBench(options, () => {});
       assert.deepEqual(
         outcome.sections.map((s) => s.name),
         [...SECTION_NAMES],
       );
-      for (const title of ['1. Per-fault cost', '2. Lazy restore', '3. Working set', '4. Concurrency', 'Targets']) {
+      for (const title of ['1. Per-fault cost', '2. Lazy restore', '3. Working set', '4. Concurrency', '5a. Restore from a page server', '5b. Demand faults over the network', 'Targets']) {
         assert.ok(outcome.text.includes(title), `the output has "${title}"`);
       }
       assert.ok(outcome.targets.length >= 10);
       const json = JSON.parse(readFileSync(outcome.jsonPath, 'utf8')) as { targets: unknown[]; sections: Record<string, { runs: Record<string, unknown[]> }> };
       assert.equal(json.targets.length, outcome.targets.length);
       assert.ok(Object.values(json.sections['per-fault']!.runs).every((runs) => runs.length === 1));
+      assert.equal(outcome.targets.filter((t) => t.name.startsWith('remote:')).length, 3, 'the remote section has its three targets');
+      checkRemoteRuns(json.sections['remote']!.runs as Record<string, RemoteRun[]>);
     } finally {
       rmSync(outDir, { recursive: true, force: true });
     }

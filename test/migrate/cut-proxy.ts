@@ -17,10 +17,16 @@ export class CutProxy {
   /** Every byte each connection's client sent, in order of connections (the source's main connection first). */
   readonly recorded: Buffer[][] = [];
 
-  static async start(target: { host: string; port: number }, options: { bytesPerSecond?: number } = {}): Promise<CutProxy> {
+  /**
+   * `mainLagMs`: the first connection's bytes from the client (the source's
+   * main connection) and its close reach the target that much later, the
+   * other connections' at once (what two TCP connections on one link may do).
+   */
+  static async start(target: { host: string; port: number }, options: { bytesPerSecond?: number; mainLagMs?: number } = {}): Promise<CutProxy> {
     let proxy!: CutProxy;
     const server = createServer((client) => {
       proxy.accepted++;
+      const lagMs = proxy.accepted === 1 ? options.mainLagMs ?? 0 : 0;
       const record: Buffer[] = [];
       proxy.recorded.push(record);
       client.on('data', (chunk: Buffer) => record.push(chunk));
@@ -35,10 +41,11 @@ export class CutProxy {
           client.destroy();
           upstream.destroy();
         };
-        client.on('error', end).on('close', end);
+        // A lagging connection's close follows its last bytes.
+        client.on('error', end).on('close', lagMs ? () => setTimeout(end, lagMs + 20) : end);
         upstream.on('error', end).on('close', end);
         upstream.on('connect', () => {
-          proxy.flow(client, upstream, options.bytesPerSecond);
+          proxy.flow(client, upstream, options.bytesPerSecond, lagMs);
           proxy.flow(upstream, client, undefined);
         });
       };
@@ -89,7 +96,7 @@ export class CutProxy {
   }
 
   /** from → to, at most bytesPerSecond (no limit when undefined), respecting the writer's buffer and the freeze. */
-  private flow(from: Socket, to: Socket, bytesPerSecond: number | undefined): void {
+  private flow(from: Socket, to: Socket, bytesPerSecond: number | undefined, lagMs = 0): void {
     const flow: Flow = { from, pacing: false };
     this.flows.add(flow);
     from.on('close', () => this.flows.delete(flow));
@@ -98,6 +105,10 @@ export class CutProxy {
     };
     to.on('drain', resume);
     from.on('data', (chunk: Buffer) => {
+      if (lagMs) {
+        setTimeout(() => to.destroyed || to.write(chunk), lagMs);
+        return;
+      }
       const room = to.write(chunk);
       if (bytesPerSecond) {
         flow.pacing = true;

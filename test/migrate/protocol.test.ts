@@ -19,7 +19,7 @@ const SAMPLES: Array<[MigrationMessage, number]> = [
   [{ type: 'mig-pages', firstPage: 512, pageCount: 2, round: 3, data: new Uint8Array([...page(1), ...page(2)]) }, 0],
   [{ type: 'mig-zero', firstPage: 9, pageCount: 100, round: 0 }, 0],
   [{ type: 'mig-round', round: 2, pagesSent: 16384, dirtyPages: 812 }, 0],
-  [{ type: 'mig-dirty', firstPage: 0, pageCount: 20, bitmap: Uint8Array.of(0x81, 0x00, 0x0f) }, 0],
+  [{ type: 'mig-dirty', list: 1, firstPage: 0, pageCount: 20, bitmap: Uint8Array.of(0x81, 0x00, 0x0f) }, 0],
   [{ type: 'mig-switchover', postcopy: true, stateJson: '{"version":3}' }, 7],
   [{ type: 'mig-ready', loadMicros: 1234 }, 7],
   [{ type: 'mig-go' }, 8],

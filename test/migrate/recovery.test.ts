@@ -133,3 +133,34 @@ describe('a migration survives a cut', { skip, timeout: 120_000 }, () => {
     assert.equal(dst.console.heartbeats().length, 0);
   });
 });
+
+describe('a migration ends cleanly whatever order its connections close in', { skip, timeout: 120_000 }, () => {
+  test('the urgent connection seen closing before the verdict on the main one: no cut, the destination completes, verified', async (t) => {
+    const dir = tempDir(t);
+    const srcSock = join(dir, 'src.sock');
+    const src = spawnVmm(t, ['run', '--mem', '32M', '--cmdline', 'workload=writer mem=8 hb=10 pattern=random seed=24', '--api-sock', srcSock]);
+    const dst = spawnVmm(t, ['receive', '--listen', '127.0.0.1:0']);
+    await waitForSocket(srcSock);
+    await src.console.waitFor(/hb 2 /);
+    await until('listening line', async () => vmmEvents(dst.stderr()).some((e) => e.event === 'listening'));
+    const url = (vmmEvents(dst.stderr()).find((e) => e.event === 'listening') as unknown as { url: string }).url;
+    const [host, port] = url.replace('tcp://', '').split(':') as [string, string];
+    // The source sends VERIFIED on main, then closes both: main's bytes lag, so the urgent close is seen first.
+    const proxy = await CutProxy.start({ host, port: Number(port) }, { mainLagMs: 150 });
+    t.after(() => proxy.close());
+    assert.equal((await controlRequest(srcSock, 'PUT', '/migrate', { to: proxy.address, mode: 'postcopy' })).status, 202);
+    assert.equal(await src.exit, 0, src.stderr());
+    const exited = vmmEvents(src.stderr()).find((e) => e.event === 'exited') as unknown as { status: { migration: MigrationProgress } };
+    assert.equal(exited.status.migration.state, 'completed');
+    assert.equal(exited.status.migration.verified, true);
+    assert.equal(exited.status.migration.recoveries ?? 0, 0);
+    const last = src.console.heartbeats().at(-1)!;
+    await dst.console.waitFor(new RegExp(`hb ${last + 3} `), 30_000);
+    const incoming = await until('the destination\'s migration line', async () => vmmEvents(dst.stderr()).some((e) => e.event === 'migration')).then(
+      () => vmmEvents(dst.stderr()).find((e) => e.event === 'migration') as unknown as { progress: { state: string; verified: boolean; connectionLost?: unknown; error?: unknown } },
+    );
+    assert.equal(incoming.progress.state, 'completed', JSON.stringify(incoming.progress));
+    assert.equal(incoming.progress.verified, true);
+    assert.equal(incoming.progress.error, undefined);
+  });
+});

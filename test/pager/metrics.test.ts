@@ -1,6 +1,8 @@
-// The pager's latency summary: percentiles and max agree with each other.
+// The pager's latency summary: percentiles and max agree with each other,
+// and with the exact percentiles of what was recorded.
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
+import { LatencyHistogram } from '../../src/pager/latency-histogram.js';
 import { PagerMetrics, type PagerMetricsSnapshot } from '../../src/pager/metrics.js';
 
 function latencies(values: readonly number[]): PagerMetricsSnapshot['latencyMicros'] {
@@ -36,6 +38,36 @@ describe('pager metrics', () => {
       }
       assertOrdered(latencies(values), `run ${run}`);
     }
+  });
+
+  test('each percentile is within 0.8% of the exact one (nearest rank), from 1 µs to 60 s', () => {
+    let x = 7;
+    for (const spread of [300, 5_000, 200_000, 60_000_000]) {
+      const histogram = new LatencyHistogram();
+      const values: number[] = [];
+      for (let i = 0; i < 5000; i++) {
+        x = (Math.imul(x, 1103515245) + 12345) >>> 0;
+        const value = 1 + (x % spread);
+        values.push(value);
+        histogram.record(value);
+      }
+      values.sort((a, b) => a - b);
+      const summary = histogram.summary();
+      for (const q of [50, 90, 99] as const) {
+        const exact = values[Math.ceil((q / 100) * values.length) - 1]!;
+        const got = summary[`p${q}`];
+        assert.ok(got >= exact && got <= exact * (1 + 1 / 128), `spread ${spread}: p${q} ${got}, exact ${exact}`);
+      }
+      assert.equal(summary.max, values.at(-1));
+      assert.equal(summary.count, 5000);
+    }
+  });
+
+  test('values past 60 s count as 60 s; below 1 µs as 1 µs', () => {
+    const histogram = new LatencyHistogram();
+    histogram.record(1e9);
+    histogram.record(0.2);
+    assert.deepEqual([histogram.summary().max, histogram.summary().p50], [60_000_000, 1]);
   });
 
   test('no fault: zeros', () => {

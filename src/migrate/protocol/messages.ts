@@ -82,7 +82,8 @@ export type MigrationMessage =
   | { type: 'mig-pages'; firstPage: number; pageCount: number; round: number; data: Uint8Array }
   | { type: 'mig-zero'; firstPage: number; pageCount: number; round: number }
   | { type: 'mig-round'; round: number; pagesSent: number; dirtyPages: number }
-  | { type: 'mig-dirty'; firstPage: number; pageCount: number; bitmap: Uint8Array }
+  /** `list`: each dirty list a number past the one before (the early one while the guest still runs, then the final one), its chunks ascending. */
+  | { type: 'mig-dirty'; list: number; firstPage: number; pageCount: number; bitmap: Uint8Array }
   | { type: 'mig-switchover'; postcopy: boolean; stateJson: string }
   | { type: 'mig-ready'; loadMicros: number }
   | { type: 'mig-go' }
@@ -209,7 +210,8 @@ function encodePayload(message: MigrationMessage): Uint8Array[] {
       const w = new Writer(16);
       w.u64(message.firstPage);
       w.u32(message.pageCount);
-      w.zeros(4);
+      w.u8(message.list);
+      w.zeros(3);
       return [w.done(), message.bitmap];
     }
     case 'mig-switchover': {
@@ -302,9 +304,10 @@ function decodePayload(type: MigrationMessageName, r: Reader, context: Context):
       r.lengthAtLeast(16);
       const firstPage = r.u64('firstPage');
       const pageCount = r.u32();
-      r.reserved(4, 'reserved');
+      const list = r.u8();
+      r.reserved(3, 'reserved');
       r.lengthExactly(16 + Math.ceil(pageCount / 8));
-      return { type, firstPage, pageCount, bitmap: r.rest() };
+      return { type, list, firstPage, pageCount, bitmap: r.rest() };
     }
     case 'mig-switchover': {
       r.lengthAtLeast(8);
@@ -380,6 +383,7 @@ function checkFields(message: MigrationMessage, context: Context, pageSizeBytes?
       pageCountOk('pageCount', message.pageCount);
       return;
     case 'mig-dirty':
+      if (!Number.isInteger(message.list) || message.list < 0 || message.list > 0xff) fail('list', `list ${message.list} is not a u8`);
       pageCountOk('pageCount', message.pageCount, 1 << 25);
       if (message.bitmap.length !== Math.ceil(message.pageCount / 8)) fail('bitmap', `${message.pageCount} pages need a ${Math.ceil(message.pageCount / 8)}-byte bitmap, not ${message.bitmap.length}`);
       return;

@@ -42,6 +42,8 @@ export class FramedSocket extends EventEmitter<FramedSocketEvents> {
   private backlog: { chunks: Buffer[]; bytes: number; scheduled: boolean; sliceBytes: number; pauseAboveBytes: number } | undefined;
   private livenessTimer: NodeJS.Timeout | undefined;
   private nextPingId = 1;
+  /** roundTrip()s waiting for their PONG, by ping id. */
+  private readonly roundTrips = new Map<number, { resolve: () => void; reject: (error: Error) => void }>();
 
   constructor(readonly socket: Socket, readonly name: string) {
     super();
@@ -107,6 +109,21 @@ export class FramedSocket extends EventEmitter<FramedSocketEvents> {
    */
   decodeInSlices(sliceBytes = 128 << 10, pauseAboveBytes = 4 << 20): void {
     this.backlog ??= { chunks: [], bytes: 0, scheduled: false, sliceBytes, pauseAboveBytes };
+  }
+
+  /**
+   * A PING and its PONG: resolves once the peer has handled everything sent
+   * before it (frames are handled in order), rejects if the connection ends first.
+   */
+  roundTrip(): Promise<void> {
+    const id = this.nextPingId++;
+    return new Promise((resolve, reject) => {
+      this.roundTrips.set(id, { resolve, reject });
+      this.send({ type: 'ping', data: new Uint8Array(0) }, id).catch((error: Error) => {
+        this.roundTrips.delete(id);
+        reject(error);
+      });
+    });
   }
 
   /** End the connection (flushing what was written). */
@@ -195,7 +212,12 @@ export class FramedSocket extends EventEmitter<FramedSocketEvents> {
         this.send({ type: 'pong', data: message.data }, frame.requestId).catch(() => {});
         return;
       }
-      if (message.type === 'pong') return;
+      if (message.type === 'pong') {
+        const waiter = this.roundTrips.get(frame.requestId);
+        this.roundTrips.delete(frame.requestId);
+        waiter?.resolve();
+        return;
+      }
       try {
         this.emit('message', message, frame.requestId);
       } catch (handlerError) {
@@ -210,6 +232,8 @@ export class FramedSocket extends EventEmitter<FramedSocketEvents> {
     if (this.ended) return;
     this.ended = true;
     clearInterval(this.livenessTimer);
+    for (const waiter of this.roundTrips.values()) waiter.reject(new ConnectionEndedError(this.name));
+    this.roundTrips.clear();
     this.releaseDrainWaiters();
     this.emit('end', error);
   }

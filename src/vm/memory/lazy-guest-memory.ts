@@ -42,12 +42,13 @@ export interface LazyRestoreOptions {
   /** After the guest resumes, stream every page still missing in the background. */
   prefetchAll?: boolean;
   /**
-   * Check every stored page's CRC before the guest runs (default true; a
-   * snapshot file only), so a corrupted snapshot is refused before any vCPU
-   * exists. With false the guest resumes at once and pages are checked as
-   * they are faulted in: a corrupt page stops the VM (it is never installed).
+   * Read and check every stored page's CRC before the guest runs (a snapshot
+   * file only), so a corrupted snapshot is refused before any vCPU exists.
+   * Default false: that is reading the whole file first, which is not lazy.
+   * Either way every page is checked as it is installed: a corrupt page is
+   * never mapped, and the VM stops when the guest touches it.
    */
-  verify?: boolean;
+  verifyFirst?: boolean;
   /** Source reads in flight at once (the pager's default: 64). */
   maxInFlight?: number;
   /**
