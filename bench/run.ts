@@ -16,6 +16,7 @@ import { migrateSection } from './sections/migrate.js';
 import { perFaultSection } from './sections/per-fault.js';
 import { remoteSection } from './sections/remote.js';
 import { restoreSection } from './sections/restore.js';
+import { s3Section } from './sections/s3.js';
 import type { Section, SectionResult } from './sections/section.js';
 import { workingSetSection } from './sections/working-set.js';
 import type { TargetResult } from './stats.js';
@@ -28,6 +29,7 @@ const SECTIONS: Record<SectionName, Section> = {
   concurrency: concurrencySection,
   migrate: migrateSection,
   remote: remoteSection,
+  s3: s3Section,
 };
 
 export interface BenchOutcome {

@@ -47,6 +47,10 @@ const BY_CODE: Readonly<Record<string, ExitCode>> = {
   ESNAPSHOT_CORRUPT: ExitCode.DATA,
   ESNAPSHOT_VERSION: ExitCode.DATA,
   ESNAPSHOT_FORMAT: ExitCode.DATA,
+  ESNAPSHOT_OBJECT: ExitCode.DATA,
+  ESNAPSHOT_OBJECT_VERSION: ExitCode.DATA,
+  ESNAPSHOT_CHUNK_CORRUPT: ExitCode.DATA,
+  ES3_CHANGED: ExitCode.DATA,
   ESNAPSHOTINVALID: ExitCode.DATA,
   EVMSTATE: ExitCode.DATA,
   EIMAGEINVALID: ExitCode.DATA,
@@ -58,6 +62,7 @@ const BY_CODE: Readonly<Record<string, ExitCode>> = {
   // missing input
   ENOINPUT: ExitCode.NO_INPUT,
   EIMAGENOTFOUND: ExitCode.NO_INPUT,
+  ES3_NOT_FOUND: ExitCode.NO_INPUT,
   // host lacks something
   EKVMUNAVAILABLE: ExitCode.UNAVAILABLE,
   EKVMCAP: ExitCode.UNAVAILABLE,
@@ -65,6 +70,10 @@ const BY_CODE: Readonly<Record<string, ExitCode>> = {
   ENOVM: ExitCode.UNAVAILABLE,
   EPEERUNAVAILABLE: ExitCode.UNAVAILABLE,
   EPEERREFUSED: ExitCode.UNAVAILABLE,
+  ES3: ExitCode.UNAVAILABLE,
+  ES3_UNAVAILABLE: ExitCode.UNAVAILABLE,
+  ES3_RESPONSE: ExitCode.UNAVAILABLE,
+  ES3_REQUEST: ExitCode.UNAVAILABLE,
   ESOURCEGONE: ExitCode.UNAVAILABLE,
   EIMAGECHANGED: ExitCode.DATA,
   EREMOTEVM: ExitCode.DATA,
@@ -81,6 +90,7 @@ const BY_CODE: Readonly<Record<string, ExitCode>> = {
   EPERM: ExitCode.NO_PERMISSION,
   EKVMACCESS: ExitCode.NO_PERMISSION,
   EKVMPERM: ExitCode.NO_PERMISSION,
+  ES3_DENIED: ExitCode.NO_PERMISSION,
 };
 
 export function exitCodeFor(error: unknown): ExitCode {

@@ -14,9 +14,9 @@ import { registerSnapshotCommands } from './snapshot-commands.js';
 import { registerVmCommands } from './vm-commands.js';
 
 export const DESCRIPTION =
-  'Userland page-fault handling, lazy memory and a KVM micro-VMM on userfaultfd: snapshots restored lazily, ' +
-  'a Firecracker-style page-fault handler, a page server, and the micro-VMM with live migration that survives ' +
-  'network cuts and authenticates its peers; Prometheus metrics and a live dashboard. S3 sources are planned, not yet here';
+  'Userland page-fault handling, lazy memory and a KVM micro-VMM on userfaultfd: snapshots restored lazily ' +
+  '(from a file, a page server or S3-compatible object storage), a Firecracker-style page-fault handler, and the ' +
+  'micro-VMM with live migration that survives network cuts and authenticates its peers; Prometheus metrics and a live dashboard';
 
 /** What commander reported of a usage error it found itself (so it is printed once). */
 interface UsageReport {

@@ -15,6 +15,8 @@ import {
   type HandshakeRegion,
 } from '../handler/index.js';
 import { RemoteSource } from '../sources/remote-source.js';
+import { isS3Url } from '../s3/s3-url.js';
+import { endpointOption } from './s3-snapshot-commands.js';
 import { errnoName } from '../uffd/errors.js';
 import { CannotCreateError, UsageError } from './errors.js';
 import { handlerReporter } from '../metrics/handler-reporter.js';
@@ -32,6 +34,7 @@ interface ServeOptions {
   snapshot?: string;
   memoryFile?: string;
   from?: string;
+  endpoint?: string;
   readahead: boolean;
   handshakeTimeout: number;
   socketMode?: number;
@@ -55,7 +58,8 @@ export function registerServeCommand(program: Command): void {
     .requiredOption('--socket <path>', 'Unix socket to listen on (removed on SIGINT/SIGTERM)')
     .addOption(new Option('--snapshot <file>', 'a snapshot in this project\'s format').conflicts('memoryFile'))
     .addOption(new Option('--memory-file <file>', 'a raw memory file as Firecracker writes it (a snapshot is recognised by its magic)').conflicts('from'))
-    .addOption(new Option('--from <url>', 'serve memory fetched from a page server (tcp://HOST:PORT; userfault pages serve) instead of a local file').conflicts('snapshot'))
+    .addOption(new Option('--from <url>', 'serve memory fetched from a page server (tcp://HOST:PORT; userfault pages serve) or object storage (s3://BUCKET/KEY; userfault snapshot push) instead of a local file').conflicts('snapshot'))
+    .addOption(endpointOption())
     .option('--no-readahead', 'fetch exactly the faulting page, no read-ahead')
     .addOption(
       new Option('--handshake-timeout <ms>', 'time a client has to send its regions and userfaultfd')
@@ -70,17 +74,18 @@ export function registerServeCommand(program: Command): void {
     .option('--metrics-allow-remote', 'allow a --metrics address other hosts can reach')
     .action(async (options: ServeOptions) => {
       const path = options.snapshot ?? options.memoryFile;
-      if (path === undefined && options.from === undefined) throw new UsageError('give the memory to serve: --snapshot FILE, --memory-file FILE or --from tcp://HOST:PORT', '--snapshot');
+      if (path === undefined && options.from === undefined) throw new UsageError('give the memory to serve: --snapshot FILE, --memory-file FILE or --from tcp://HOST:PORT or s3://BUCKET/KEY', '--snapshot');
+      if (options.endpoint !== undefined && !options.from?.startsWith('s3://')) throw new UsageError('--endpoint applies to --from s3://BUCKET/KEY', '--endpoint');
       if (Buffer.byteLength(options.socket) > MAX_SOCKET_PATH_BYTES) {
         throw new CannotCreateError(options.socket, `a Unix socket path holds at most ${MAX_SOCKET_PATH_BYTES} bytes`);
       }
       if (path !== undefined) checkInputFile(path);
       const log = new Logger(logFormatOf(options));
       const metricsAt = metricsAddress(options, log);
-      // Every client's faults are served from the one source: a file, or a page server (both of its connections shared by all clients).
-      const { source, kind } = options.from !== undefined
-        ? { source: await RemoteSource.connect(options.from), kind: 'page-server' as const }
-        : await openMemoryFile(path!, options.snapshot ? 'snapshot' : 'auto');
+      // Every client's faults are served from the one source: a file, a page server (both of its connections shared by all clients), or a store.
+      const { source, kind } = options.from === undefined ? await openMemoryFile(path!, options.snapshot ? 'snapshot' : 'auto')
+        : isS3Url(options.from) ? { source: await (await import('../sources/s3-source.js')).S3Source.open(options.from, { endpoint: options.endpoint }), kind: 'object-store' as const }
+        : { source: await RemoteSource.connect(options.from), kind: 'page-server' as const };
       const server = await startHandlerServer({
         socketPath: options.socket,
         source,

@@ -7,6 +7,7 @@ import type { Command } from 'commander';
 import { ExitCode } from '../exit-codes.js';
 import { formatSnapshotReport, inspectSnapshot } from '../snapshot/index.js';
 import { InputNotFoundError } from './errors.js';
+import { registerSnapshotTransferCommands } from './s3-snapshot-commands.js';
 
 export function registerSnapshotCommands(program: Command): void {
   const snapshot = program.command('snapshot').description('memory snapshot files');
@@ -21,6 +22,7 @@ export function registerSnapshotCommands(program: Command): void {
       console.log(options.json ? JSON.stringify(report, null, 2) : formatSnapshotReport(report));
       if (!report.ok) process.exitCode = ExitCode.CHECK_FAILED;
     });
+  registerSnapshotTransferCommands(snapshot);
 }
 
 /** Refuse a path that is not an existing regular file, naming it (EACCES is left to the open). */

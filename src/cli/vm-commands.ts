@@ -52,6 +52,8 @@ interface RestoreCliOptions extends CommonRunOptions {
   verifyFirst?: boolean;
   prefetchPages?: string;
   from?: string;
+  endpoint?: string;
+  sourceDeadlineMs?: string;
 }
 
 interface SocketOptions {
@@ -127,8 +129,10 @@ export function registerVmCommands(program: Command): void {
     });
 
   vm.command('restore [snapshot]')
-    .description('restore a VM (a snapshot file, or --from a page server) in this process and run it from where it stopped')
-    .option('--from <url>', 'restore from a page server instead of a file: tcp://HOST:PORT (userfault pages serve --snapshot FILE)')
+    .description('restore a VM (a snapshot file, or --from a page server or object storage) in this process and run it from where it stopped')
+    .option('--from <url>', 'restore from a page server (tcp://HOST:PORT: userfault pages serve --snapshot FILE) or object storage (s3://BUCKET/KEY: userfault snapshot push) instead of a file')
+    .option('--endpoint <url>', '--from s3://: the S3-compatible store, http(s)://HOST:PORT (default AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL, else AWS)')
+    .option('--source-deadline-ms <ms>', '--from: how long the page server or store may not answer, faults waiting, before their pages are poisoned (default 30000)')
     .option('--lazy', 'register guest RAM with userfaultfd and resume at once; the pager fills pages on demand from the snapshot or the page server')
     .option('--prefetch-all', 'lazy: stream every page still missing in the background after the guest resumes')
     .option('--verify-first', 'lazy: read and check every page\'s CRC before the guest runs (without it each page is checked as it is installed: a corrupt one is never mapped, and stops the VM when touched)')
@@ -142,8 +146,10 @@ export function registerVmCommands(program: Command): void {
     .action(async (snapshot: string | undefined, options: RestoreCliOptions) => {
       await handled(options.json, async () => {
         if ((snapshot === undefined) === (options.from === undefined)) {
-          throw new VmUsageError(['SNAPSHOT', '--from'], snapshot === undefined ? 'give a snapshot file or --from tcp://HOST:PORT' : 'a snapshot file or --from, not both');
+          throw new VmUsageError(['SNAPSHOT', '--from'], snapshot === undefined ? 'give a snapshot file or --from tcp://HOST:PORT or s3://BUCKET/KEY' : 'a snapshot file or --from, not both');
         }
+        if (options.endpoint !== undefined && !options.from?.startsWith('s3://')) throw new VmUsageError(['--endpoint', '--from'], '--endpoint applies to --from s3://BUCKET/KEY');
+        if (options.sourceDeadlineMs !== undefined && options.from === undefined) throw new VmUsageError(['--source-deadline-ms', '--from'], '--source-deadline-ms applies to --from');
         if (!options.lazy && (options.prefetchAll || options.verifyFirst || options.prefetchPages !== undefined)) {
           throw new VmUsageError(['--prefetch-all', '--verify-first', '--prefetch-pages', '--lazy'], '--prefetch-all, --verify-first and --prefetch-pages apply to --lazy');
         }
@@ -155,6 +161,8 @@ export function registerVmCommands(program: Command): void {
           command: 'restore',
           snapshotPath: snapshot === undefined ? undefined : resolve(snapshot),
           fromUrl: options.from,
+          endpoint: options.endpoint,
+          sourceDeadlineMs: options.sourceDeadlineMs === undefined ? undefined : countOption('--source-deadline-ms', options.sourceDeadlineMs, 100),
           lazy,
           apiSock: options.apiSock === undefined ? undefined : resolve(options.apiSock),
           log: options.log,

@@ -2,6 +2,7 @@
 // (functions and open files do not cross a thread boundary; this does).
 import type { PageSource } from '../sources/page-source.js';
 import type { RemoteSourceOptions } from '../sources/remote-source.js';
+import type { S3SourceOptions } from '../sources/s3-source.js';
 import { BufferSource } from '../sources/buffer-source.js';
 import { ZeroSource } from '../sources/zero-source.js';
 
@@ -15,6 +16,8 @@ export type SourceSpec =
   | { kind: 'raw-file'; path: string }
   /** A page server (`userfault pages serve`), tcp://HOST:PORT; its pages come over the network as they are faulted. */
   | { kind: 'remote'; url: string; options?: RemoteSourceOptions }
+  /** A snapshot pushed to object storage (`userfault snapshot push`), s3://BUCKET/KEY; its chunks are fetched as they are faulted, through the host's chunk cache. */
+  | { kind: 's3'; url: string; options?: S3SourceOptions }
   /** A module whose export (default: `createSource`) is `(options) => PageSource | Promise<PageSource>`. */
   | { kind: 'module'; url: string; exportName?: string; options?: unknown };
 
@@ -35,6 +38,10 @@ export async function openSource(spec: SourceSpec): Promise<PageSource> {
     case 'remote': {
       const { RemoteSource } = await import('../sources/remote-source.js');
       return RemoteSource.connect(spec.url, spec.options);
+    }
+    case 's3': {
+      const { S3Source } = await import('../sources/s3-source.js');
+      return S3Source.open(spec.url, spec.options);
     }
     case 'module': {
       const module = (await import(spec.url)) as Record<string, unknown>;

@@ -3,3 +3,5 @@ export * from './format.js';
 export * from './inspect.js';
 export * from './reader.js';
 export * from './writer.js';
+export * from './object-errors.js';
+export * from './object-layout.js';

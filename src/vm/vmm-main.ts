@@ -3,8 +3,8 @@
 //
 //   node dist/src/vm/vmm-main.js run [--image builtin|FILE] [--mem 32M] [--cpus 1]
 //        [--cmdline "workload=writer mem=16"] [--api-sock PATH] [--log FILE]
-//   node dist/src/vm/vmm-main.js restore SNAPSHOT | --from tcp://HOST:PORT [--lazy [--prefetch-all]
-//        [--verify-first] [--prefetch-pages N]] [--api-sock PATH] [--log FILE]
+//   node dist/src/vm/vmm-main.js restore SNAPSHOT | --from tcp://HOST:PORT|s3://BUCKET/KEY [--endpoint URL]
+//        [--source-deadline-ms MS] [--lazy [--prefetch-all] [--verify-first] [--prefetch-pages N]] [--api-sock PATH] [--log FILE]
 //   node dist/src/vm/vmm-main.js receive --listen HOST:PORT [--stall-timeout-ms MS] [--api-sock PATH] [--log FILE]
 //   any of them: [--metrics HOST:PORT] (GET /metrics over TCP; loopback only here)
 //
@@ -49,6 +49,8 @@ async function main(argv: string[]): Promise<number> {
       'verify-first': { type: 'boolean', default: false },
       'prefetch-pages': { type: 'string' },
       from: { type: 'string' },
+      endpoint: { type: 'string' },
+      'source-deadline-ms': { type: 'string' },
       listen: { type: 'string' },
       'stall-timeout-ms': { type: 'string' },
       metrics: { type: 'string' },
@@ -58,7 +60,7 @@ async function main(argv: string[]): Promise<number> {
   const ok = command === 'run'
     || (command === 'restore' && (snapshotPath !== undefined) !== (values.from !== undefined))
     || (command === 'receive' && values.listen !== undefined);
-  if (!ok) throw new VmUsageError([], 'usage: vmm-main.js run [options] | restore SNAPSHOT|--from tcp://HOST:PORT [--lazy] [options] | receive --listen HOST:PORT');
+  if (!ok) throw new VmUsageError([], 'usage: vmm-main.js run [options] | restore SNAPSHOT|--from tcp://HOST:PORT|s3://BUCKET/KEY [--lazy] [options] | receive --listen HOST:PORT');
   const maxPages = values['prefetch-pages'] === undefined ? undefined : parseCount('--prefetch-pages', values['prefetch-pages']);
   const { runVmmProcess } = await import('./vmm-process.js');
   return runVmmProcess({
@@ -69,6 +71,8 @@ async function main(argv: string[]): Promise<number> {
     cmdline: values.cmdline,
     snapshotPath,
     fromUrl: values.from,
+    endpoint: values.endpoint,
+    sourceDeadlineMs: values['source-deadline-ms'] === undefined ? undefined : parseCount('--source-deadline-ms', values['source-deadline-ms']),
     listen: values.listen === undefined ? undefined : parseHostPort(values.listen, '--listen HOST:PORT'),
     stallTimeoutMs: values['stall-timeout-ms'] === undefined ? undefined : parseCount('--stall-timeout-ms', values['stall-timeout-ms']),
     lazy: values.lazy

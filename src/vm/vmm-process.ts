@@ -25,6 +25,7 @@ import { machineConfigProblem } from './machine-config.js';
 import type { LazyRestoreOptions } from './memory/lazy-guest-memory.js';
 import type { GuestExitReason } from './vcpu-protocol.js';
 import { openRemoteVmSource } from './persist/remote-vm.js';
+import { isS3Url } from '../s3/s3-url.js';
 import { openVmSnapshotSource } from './persist/vm-snapshot.js';
 import { Vmm, type VmStatus } from './vmm.js';
 import { DestinationMigration, type DestinationProgress } from '../migrate/destination-migration.js';
@@ -45,8 +46,11 @@ export interface VmmProcessOptions {
   cmdline?: string;
   /** restore: the snapshot. */
   snapshotPath?: string;
-  /** restore: from a page server instead (tcp://HOST:PORT). */
+  /** restore: from a page server (tcp://HOST:PORT) or an object store (s3://BUCKET/KEY) instead. */
   fromUrl?: string;
+  /** restore --from: the object store's endpoint (s3://), and how long a network source may not answer before its pages are poisoned. */
+  endpoint?: string;
+  sourceDeadlineMs?: number;
   /** restore: lazily, with these options (undefined or false: eager). */
   lazy?: LazyRestoreOptions | false;
   apiSock?: string;
@@ -234,7 +238,10 @@ async function buildVmm(options: VmmProcessOptions, console: (bytes: Uint8Array)
   }
   if (options.fromUrl !== undefined && options.snapshotPath !== undefined) throw new VmUsageError(['SNAPSHOT', '--from'], 'restore takes a snapshot path or --from URL, not both');
   if (options.fromUrl === undefined && options.snapshotPath === undefined) throw new VmUsageError(['SNAPSHOT', '--from'], 'restore needs a snapshot path or --from tcp://HOST:PORT');
-  const from = options.fromUrl !== undefined ? await openRemoteVmSource(options.fromUrl) : await openVmSnapshotSource(options.snapshotPath!);
+  const deadline = options.sourceDeadlineMs;
+  const from = options.fromUrl === undefined ? await openVmSnapshotSource(options.snapshotPath!)
+    : isS3Url(options.fromUrl) ? await (await import('./persist/s3-vm.js')).openS3VmSource(options.fromUrl, { endpoint: options.endpoint, ...(deadline === undefined ? {} : { deadlineMs: deadline }) })
+    : await openRemoteVmSource(options.fromUrl, deadline === undefined ? {} : { reconnectDeadlineMs: deadline });
   const progress = options.progress;
   return Vmm.restore(from, {
     console,

@@ -3,7 +3,7 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { SECTION_NAMES, parseBenchArgs, parseSize } from '../../bench/args.js';
@@ -128,17 +128,57 @@ function checkRemoteRuns(all: Record<string, RemoteRun[]>): void {
   assert.ok(c.server![0]!.reads > 0);
 }
 
+type S3Run = { touches: number; requests: number; fetchedBytes: number; store?: { requests: number; byMethod: Record<string, number>; rangeGets: number } };
+
+/**
+ * The s3 section restored from the store in another process (range GETs
+ * counted by its proxy), a warm cache sent one HEAD and nothing else, and the
+ * file and the page server were measured beside it.
+ */
+function checkS3Runs(all: Record<string, S3Run[]>): void {
+  const run = (id: string): S3Run => {
+    const runs = all[id];
+    assert.ok(runs && runs.length === 1, `the s3 section ran ${id} once`);
+    return runs[0]!;
+  };
+  for (const pattern of ['sequential', 'random', 'working-set']) {
+    const cold = run(`${pattern}/s3-256K-pages-cold`);
+    assert.ok(cold.store!.rangeGets > 0 && cold.fetchedBytes >= cold.touches * 4096, `${pattern}: a cold restore read its pages from the store`);
+    const warm = run(`${pattern}/s3-256K-pages-warm`);
+    assert.deepEqual(warm.store!.byMethod, { HEAD: 1 }, `${pattern}: a warm cache asks the store only whether the object is the same`);
+    assert.ok(run(`${pattern}/file`).fetchedBytes >= run(`${pattern}/file`).touches * 4096);
+    assert.ok(run(`${pattern}/page-server`).requests > 0);
+  }
+  assert.ok(run('latency/s3-256K-pages-cold-20ms').store!.rangeGets > 0);
+}
+
+/** Processes whose parent is this one, by command line (the s3 store and the page server are children). */
+function childCommands(): string[] {
+  const out: string[] = [];
+  for (const pid of readdirSync('/proc').filter((name) => /^\d+$/.test(name))) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      if (ppid === process.pid) out.push(readFileSync(`/proc/${pid}/cmdline`, 'utf8').replaceAll('\0', ' '));
+    } catch {
+      // Gone between the listing and the read.
+    }
+  }
+  return out;
+}
+
 describe('bench smoke run', { skip: smokeSkipReason() }, () => {
-  test('every section runs at a tiny size and writes its table and JSON; the remote one reads from a page server in another process', { timeout: 120_000 }, async () => {
+  test('every section runs at a tiny size and writes its table and JSON; the remote one reads from a page server in another process, the s3 one from a local store it stops', { timeout: 180_000 }, async () => {
     const outDir = mkdtempSync(join(tmpdir(), 'uf-bench-test-'));
+    const logged: string[] = [];
     try {
       const options = { ...parseBenchArgs(['--size', '2M', '--rounds', '1', '--concurrency-faults', '40', '--remote-faults', '40', '--out', outDir]) };
-      const outcome = await runBench(options, () => {});
+      const outcome = await runBench(options, (line) => logged.push(line));
       assert.deepEqual(
         outcome.sections.map((s) => s.name),
         [...SECTION_NAMES],
       );
-      for (const title of ['1. Per-fault cost', '2. Lazy restore', '3. Working set', '4. Concurrency', '5a. Restore from a page server', '5b. Demand faults over the network', 'Targets']) {
+      for (const title of ['1. Per-fault cost', '2. Lazy restore', '3. Working set', '4. Concurrency', '5a. Restore from a page server', '5b. Demand faults over the network', '7a. Lazy restore from object storage', '7b. Demand faults from object storage', 'Targets']) {
         assert.ok(outcome.text.includes(title), `the output has "${title}"`);
       }
       assert.ok(outcome.targets.length >= 10);
@@ -147,6 +187,12 @@ describe('bench smoke run', { skip: smokeSkipReason() }, () => {
       assert.ok(Object.values(json.sections['per-fault']!.runs).every((runs) => runs.length === 1));
       assert.equal(outcome.targets.filter((t) => t.name.startsWith('remote:')).length, 3, 'the remote section has its three targets');
       checkRemoteRuns(json.sections['remote']!.runs as Record<string, RemoteRun[]>);
+      assert.equal(outcome.targets.filter((t) => t.name.startsWith('s3:')).length, 5, 'the s3 section has its five targets');
+      checkS3Runs(json.sections['s3']!.runs as Record<string, S3Run[]>);
+      // The s3 section stopped its store (s3rver and its proxy) and the page server; the store's objects and the chunk caches were in the work directory, removed.
+      assert.deepEqual(childCommands().filter((c) => /s3-store-main|pages serve/.test(c)), []);
+      const workDir = /^bench: work directory (.+)$/.exec(logged.find((line) => line.startsWith('bench: work directory ')) ?? '')?.[1];
+      assert.ok(workDir !== undefined && !existsSync(workDir), `the work directory ${workDir} is gone`);
     } finally {
       rmSync(outDir, { recursive: true, force: true });
     }

@@ -3,7 +3,10 @@
 // a migration stream are three ways to supply the same two things; the VMM
 // does not know which it has.
 import type { PageSource } from '../../sources/page-source.js';
-import type { VmSavedState } from './vm-state.js';
+import { InvalidVmStateError, RemoteVmRefusedError } from '../errors.js';
+import { GuestMemoryUnavailableError } from '../memory/lazy-guest-memory.js';
+import { VM_SNAPSHOT_KIND } from './vm-snapshot.js';
+import { vmStateFromJson, type VmSavedState } from './vm-state.js';
 
 export interface VmRestoreSource {
   /** Where it comes from, for messages ("snapshot /tmp/vm.snap", "page server tcp://127.0.0.1:7000"). */
@@ -22,4 +25,44 @@ export interface VmRestoreSource {
   verifyAll?(): Promise<void>;
   /** The error to report for a failed read of guest memory (a snapshot says which page of which file is corrupt). */
   explain(error: Error): Error;
+}
+
+/**
+ * A restore source from a network source whose metadata is a VM snapshot's
+ * (a page server's, an object's): the state parsed and checked by the VM
+ * snapshot schema, refused (RemoteVmRefusedError naming the source) when it
+ * is missing, not JSON, of another kind or for another memory size. The
+ * source is closed when it is refused.
+ */
+export async function vmRestoreSourceFromMetadata(memory: PageSource, metadata: Uint8Array, startedMs: number, noStateReason: string): Promise<VmRestoreSource> {
+  const where = memory.description;
+  try {
+    if (metadata.byteLength === 0) throw new RemoteVmRefusedError(where, noStateReason);
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(Buffer.from(metadata).toString('utf8'));
+    } catch (error) {
+      throw new RemoteVmRefusedError(where, 'its metadata is not JSON (not a VM snapshot)', { cause: error });
+    }
+    const kind = typeof parsed === 'object' && parsed !== null ? (parsed as { kind?: unknown }).kind : undefined;
+    if (kind !== VM_SNAPSHOT_KIND) throw new RemoteVmRefusedError(where, `its metadata kind is ${JSON.stringify(kind) ?? 'missing'}, not ${VM_SNAPSHOT_KIND}`);
+    let state;
+    try {
+      state = vmStateFromJson((parsed as { state?: unknown }).state);
+    } catch (error) {
+      if (error instanceof InvalidVmStateError) throw new RemoteVmRefusedError(where, error.message, { cause: error });
+      throw error;
+    }
+    if (memory.sizeBytes !== state.machine.memoryBytes) throw new RemoteVmRefusedError(where, `its image is ${memory.sizeBytes} bytes, the machine has ${state.machine.memoryBytes}`);
+    return {
+      description: where,
+      state,
+      memory,
+      openMs: performance.now() - startedMs,
+      explain: (error) => new GuestMemoryUnavailableError(where, error),
+    };
+  } catch (error) {
+    await memory.close?.();
+    throw error;
+  }
 }
