@@ -35,7 +35,7 @@ describe('userfault serve --from s3://', { skip, timeout: 60_000 }, () => {
       env: { ...process.env, USERFAULT_CACHE_DIR: join(dir, 'cache') },
     });
     const server = new ChildRun(t, child, 'userfault serve --from s3://', 30_000);
-    const listening = JSON.parse((await server.waitForText(/^\{"event":"listening",.*\}$/m))[0]) as Record<string, unknown>;
+    const listening = JSON.parse((await server.waitForText(/^\{.*"event":"listening".*\}$/m))[0]) as Record<string, unknown>;
     assert.equal(listening.kind, 'object-store');
     assert.equal(listening.source, `object ${store.url('serve/memory')}`);
     assert.equal(listening.sizeBytes, 4 * 1024 * 1024);
