@@ -2,7 +2,7 @@
 import { parseArgs } from 'node:util';
 import { MIGRATE_ARG_OPTIONS, MIGRATE_USAGE, parseMigrateOptions, type MigrateOptions } from './migrate/options.js';
 
-export const SECTION_NAMES = ['per-fault', 'restore', 'working-set', 'concurrency', 'remote', 's3'] as const;
+export const SECTION_NAMES = ['per-fault', 'restore', 'working-set', 'concurrency', 'remote', 's3', 'vm-resume'] as const;
 /** Run only when named: migrate installs QEMU and takes minutes. */
 export const OPT_IN_SECTIONS = ['migrate'] as const;
 export type SectionName = (typeof SECTION_NAMES)[number] | (typeof OPT_IN_SECTIONS)[number];

@@ -16,6 +16,7 @@ import { migrateSection } from './sections/migrate.js';
 import { perFaultSection } from './sections/per-fault.js';
 import { remoteSection } from './sections/remote.js';
 import { restoreSection } from './sections/restore.js';
+import { vmResumeSection } from './sections/vm-resume.js';
 import { s3Section } from './sections/s3.js';
 import type { Section, SectionResult } from './sections/section.js';
 import { workingSetSection } from './sections/working-set.js';
@@ -28,6 +29,7 @@ const SECTIONS: Record<SectionName, Section> = {
   'working-set': workingSetSection,
   concurrency: concurrencySection,
   migrate: migrateSection,
+  'vm-resume': vmResumeSection,
   remote: remoteSection,
   s3: s3Section,
 };

@@ -2,7 +2,7 @@
 // timed as they arrive, stderr kept, the exit awaited within a bound, and
 // killed on every path out (`kill` is idempotent; `ProcessGroup` kills what
 // is left of a run).
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { TimedConsole } from './heartbeat.js';
 
 export interface ProcessExit {
@@ -139,3 +139,9 @@ export function withTimeout<T>(promise: Promise<T>, ms: number, what: string): P
 }
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** Wraps a command so that it is killed when the bench dies, however it dies (setpriv --pdeathsig KILL). */
+export function deathSignalWrapper(): (file: string, args: string[]) => [string, string[]] {
+  const has = spawnSync('setpriv', ['--help'], { encoding: 'utf8' }).stdout?.includes('--pdeathsig') ?? false;
+  return has ? (file, args) => ['setpriv', ['--pdeathsig', 'KILL', file, ...args]] : (file, args) => [file, args];
+}

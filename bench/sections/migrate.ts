@@ -8,7 +8,7 @@
 // bench/migrate/qemu.ts); a failed one ends the bench with its error.
 import { accessSync, constants, mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { spawnSync } from 'node:child_process';
+import { deathSignalWrapper } from '../migrate/guest-process.js';
 import { ensureBuiltinGuest } from '../../src/vm/boot/builtin-guest.js';
 import type { MigrateOptions } from '../migrate/options.js';
 import { runOurMigration, type RunOptions, type Switchover } from '../migrate/ours.js';
@@ -53,12 +53,6 @@ export interface MigrationRunRecord extends MigrationFigures {
   runSeconds: number;
   /** Runs it took: QEMU may converge in pre-copy before post-copy begins (ConvergedInPrecopyError), and is run again. */
   attempts: number;
-}
-
-/** Wraps a command so that it is killed when the bench dies, however it dies (setpriv --pdeathsig KILL). */
-function deathSignalWrapper(): RunOptions['wrap'] {
-  const has = spawnSync('setpriv', ['--help'], { encoding: 'utf8' }).stdout?.includes('--pdeathsig') ?? false;
-  return has ? (file, args) => ['setpriv', ['--pdeathsig', 'KILL', file, ...args]] : (file, args) => [file, args];
 }
 
 export const migrateSection: Section = async (ctx, options) => {

@@ -14,7 +14,6 @@ import { checkInputFile } from './snapshot-commands.js';
 
 interface StoreCliOptions {
   endpoint?: string;
-  pathStyle?: boolean;
   json?: boolean;
 }
 

@@ -150,6 +150,9 @@ export function registerVmCommands(program: Command): void {
         }
         if (options.endpoint !== undefined && !options.from?.startsWith('s3://')) throw new VmUsageError(['--endpoint', '--from'], '--endpoint applies to --from s3://BUCKET/KEY');
         if (options.sourceDeadlineMs !== undefined && options.from === undefined) throw new VmUsageError(['--source-deadline-ms', '--from'], '--source-deadline-ms applies to --from');
+        if (options.verifyFirst && options.from !== undefined) {
+          throw new VmUsageError(['--verify-first', '--from'], '--verify-first checks a snapshot file before the guest runs; from a page server or object storage each page is checked as it is installed');
+        }
         if (!options.lazy && (options.prefetchAll || options.verifyFirst || options.prefetchPages !== undefined)) {
           throw new VmUsageError(['--prefetch-all', '--verify-first', '--prefetch-pages', '--lazy'], '--prefetch-all, --verify-first and --prefetch-pages apply to --lazy');
         }

@@ -441,7 +441,11 @@ export class ServedConnection extends EventEmitter<ServedConnectionEvents> {
     let reading: Promise<void>;
     const readStarted = performance.now();
     try {
-      reading = source.read(read.offset, read.lengthBytes, target, { priority: read.priority, signal: running.controller.signal });
+      // A demand READ is a guest waiting: served here and now when the source can (a page-cache hit),
+      // not queued behind a bulk stream's reads in libuv's four-thread pool.
+      reading = read.priority === 'demand' && source.readSync?.(read.offset, read.lengthBytes, target)
+        ? Promise.resolve()
+        : source.read(read.offset, read.lengthBytes, target, { priority: read.priority, signal: running.controller.signal });
     } catch (error) {
       reading = Promise.reject(error);
     }

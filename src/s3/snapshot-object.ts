@@ -1,7 +1,8 @@
 // Opening a snapshot object in a store: HEAD for its size and ETag, then its
 // header and index by range reads (one read when the index is small: the
-// first FIRST_READ_BYTES hold both for any guest up to ~200 MiB of 4 KiB
-// pages), decoded and checked by the pure layout (src/snapshot/object-layout.ts).
+// first FIRST_READ_BYTES hold both for a guest up to ~60 MiB of 4 KiB pages:
+// 16 bytes of page table and ~0.75 of chunk table a page; a larger one takes
+// one more read for the rest of its index), decoded and checked by the pure layout (src/snapshot/object-layout.ts).
 // Every later read names the ETag seen here, so chunks are never mixed from
 // two versions of the object.
 import { DEFAULT_MAX_INDEX_BYTES, OBJECT_HEADER_BYTES, SnapshotObjectLayout, decodeObjectHeader } from '../snapshot/object-layout.js';

@@ -178,7 +178,7 @@ describe('bench smoke run', { skip: smokeSkipReason() }, () => {
         outcome.sections.map((s) => s.name),
         [...SECTION_NAMES],
       );
-      for (const title of ['1. Per-fault cost', '2. Lazy restore', '3. Working set', '4. Concurrency', '5a. Restore from a page server', '5b. Demand faults over the network', '7a. Lazy restore from object storage', '7b. Demand faults from object storage', 'Targets']) {
+      for (const title of ['1. Per-fault cost', '2. Lazy restore', '3. Working set', '4. Concurrency', '5a. Restore from a page server', '5b. Demand faults over the network', '7a. Lazy restore from object storage', '7b. Demand faults from object storage', '8. VM resume', 'Targets']) {
         assert.ok(outcome.text.includes(title), `the output has "${title}"`);
       }
       assert.ok(outcome.targets.length >= 10);
@@ -191,6 +191,12 @@ describe('bench smoke run', { skip: smokeSkipReason() }, () => {
       checkS3Runs(json.sections['s3']!.runs as Record<string, S3Run[]>);
       // The s3 section stopped its store (s3rver and its proxy) and the page server; the store's objects and the chunk caches were in the work directory, removed.
       assert.deepEqual(childCommands().filter((c) => /s3-store-main|pages serve/.test(c)), []);
+      // vm-resume restored its guest each way once (each ran on and verified clean, or the section threw) and left no VMM behind.
+      const resumes = json.sections['vm-resume']!.runs as Record<string, { resumedMs: number; openedMs: number }[]>;
+      assert.deepEqual(Object.keys(resumes).sort(), ['eager', 'lazy', 'lazy-verify-first']);
+      for (const [key, runs] of Object.entries(resumes)) assert.ok(runs.length === 1 && runs[0]!.resumedMs > runs[0]!.openedMs && runs[0]!.openedMs > 0, key);
+      assert.equal(outcome.targets.filter((t) => t.name.startsWith('vm-resume:')).length, 1, 'the vm-resume section has its target');
+      assert.deepEqual(childCommands().filter((c) => /vmm-main|vm restore/.test(c)), []);
       const workDir = /^bench: work directory (.+)$/.exec(logged.find((line) => line.startsWith('bench: work directory ')) ?? '')?.[1];
       assert.ok(workDir !== undefined && !existsSync(workDir), `the work directory ${workDir} is gone`);
     } finally {

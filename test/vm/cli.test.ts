@@ -54,6 +54,12 @@ describe('userfault vm: options', () => {
     const notLazy = cli(['vm', 'restore', '/nonexistent.snap', '--prefetch-all']);
     assert.equal(notLazy.status, 64);
     assert.match(notLazy.stderr, /apply to --lazy/);
+    // Nothing to check up front on a page server or a store: refused, not silently ignored.
+    for (const from of ['tcp://127.0.0.1:9', 's3://bucket/key']) {
+      const remote = cli(['vm', 'restore', '--from', from, '--lazy', '--verify-first']);
+      assert.equal(remote.status, 64, remote.stderr);
+      assert.match(remote.stderr, /--verify-first checks a snapshot file/);
+    }
   });
 
   test('--mem 0, --mem that is not whole pages or over 3 GiB, --cpus 0: refused as usage (64) naming the option, before any VM exists', () => {
