@@ -365,8 +365,7 @@ export class DestinationMigration extends EventEmitter<DestinationMigrationEvent
     const { received, knownZero, digests } = this.stream;
     if (postcopy) {
       // The dirty lists' pages were dropped as they came: missing again, they are fetched.
-      const present = new PageBitmap(this.stream.pageCount);
-      for (let page = 0; page < this.stream.pageCount; page++) if (received.get(page) && !knownZero.get(page)) present.set(page);
+      const present = received.andNot(knownZero);
       this.pageSource = new MigrationPageSource(memory.lengthBytes, PAGE_SIZE, knownZero, digests, this.main!.name);
       this.pageSource.attach(this.main!, this.urgent ?? this.main!);
       await this.vmm.completeIncoming(state, `migration from ${this.main!.name}`, { source: this.pageSource, presentPages: present });

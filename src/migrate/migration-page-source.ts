@@ -129,6 +129,11 @@ export class MigrationPageSource implements PageSource {
     return true;
   }
 
+  /** The known-zero bitmap as one byte a page (what a pager starting on all of guest RAM asks once). */
+  zeroPageMask(pageSize: number): Uint8Array | undefined {
+    return pageSize === this.pageSizeBytes ? this.knownZero.toByteMask() : undefined;
+  }
+
   onPush(listener: (pages: PushedPages) => void): () => void {
     this.listeners.add(listener);
     return () => this.listeners.delete(listener);

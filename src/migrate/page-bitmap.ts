@@ -10,6 +10,27 @@ export class PageBitmap {
     this.bytes = bytes ?? new Uint8Array(length);
   }
 
+  /** One byte a page, 1 where the bit is set: a whole byte of bits at a time. */
+  toByteMask(): Uint8Array {
+    const mask = new Uint8Array(this.pageCount);
+    const { bytes, pageCount } = this;
+    for (let i = 0; i < bytes.length; i++) {
+      const byte = bytes[i]!;
+      if (byte === 0) continue;
+      const base = i * 8;
+      for (let bit = 0; bit < 8 && base + bit < pageCount; bit++) if (byte & (1 << bit)) mask[base + bit] = 1;
+    }
+    return mask;
+  }
+
+  /** This bitmap's bits and not `other`'s, as a new bitmap (bytewise). */
+  andNot(other: PageBitmap): PageBitmap {
+    const out = new PageBitmap(this.pageCount);
+    const n = Math.min(this.bytes.length, other.bytes.length);
+    for (let i = 0; i < this.bytes.length; i++) out.bytes[i] = i < n ? this.bytes[i]! & ~other.bytes[i]! : this.bytes[i]!;
+    return out;
+  }
+
   get(page: number): boolean {
     return (this.bytes[page >>> 3]! & (1 << (page & 7))) !== 0;
   }

@@ -68,6 +68,23 @@ describe('page bitmaps', () => {
     for (let from = 0; from < 1000; from++) assert.equal(b.nextSet(from), pages.find((p) => p >= from) ?? -1, `from ${from}`);
     assert.equal(new PageBitmap(64).nextSet(0), -1);
   });
+
+  test('toByteMask and andNot say, page by page, what get() says', () => {
+    const received = new PageBitmap(131);
+    const zero = new PageBitmap(131);
+    for (let page = 0; page < 131; page++) {
+      if (page % 3 !== 0) received.set(page);
+      if (page % 5 === 0 || page === 130) zero.set(page);
+    }
+    const mask = zero.toByteMask();
+    assert.equal(mask.length, 131);
+    const present = received.andNot(zero);
+    for (let page = 0; page < 131; page++) {
+      assert.equal(mask[page], zero.get(page) ? 1 : 0, `mask ${page}`);
+      assert.equal(present.get(page), received.get(page) && !zero.get(page), `present ${page}`);
+    }
+    assert.equal(received.get(1), true, 'andNot leaves its operands alone');
+  });
 });
 
 describe('page digests', () => {
