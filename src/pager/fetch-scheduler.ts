@@ -18,6 +18,8 @@ export interface Fetch {
   installAttempts: number;
   /** The bytes read, once read. */
   buffer?: Uint8Array;
+  /** The buffer is the source's (PageSource.mappedPages), read-only: never pooled, never written. */
+  borrowed?: boolean;
   /** Where to resume installing after the kernel refused part way (EAGAIN, or a retried errno). */
   resumeAtPage?: number;
   /** Aborts the read when none of its pages is in flight any more. */

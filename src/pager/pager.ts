@@ -471,7 +471,7 @@ export class Pager extends EventEmitter<PagerEvents> {
   }
 
   private startRead(fetch: Fetch): void {
-    if (this.source.readSync && this.readNow(fetch)) return;
+    if ((this.source.mappedPages || this.source.readSync) && this.readNow(fetch)) return;
     this.scheduler.started(fetch);
     if (this.scheduler.inFlight > this.metrics.inFlightPeak) this.metrics.inFlightPeak = this.scheduler.inFlight;
     this.metrics.sourceReads++;
@@ -505,9 +505,28 @@ export class Pager extends EventEmitter<PagerEvents> {
   /** The source's synchronous fast path: read and install at once, or return false to go async. */
   private readNow(fetch: Fetch): boolean {
     const lengthBytes = fetch.pageCount * PAGE_SIZE;
+    const readStarted = performance.now();
+    if (this.source.mappedPages) {
+      // One copy: from where the source keeps the bytes (the page cache) straight into place.
+      let view: Uint8Array | undefined;
+      try {
+        view = this.source.mappedPages(fetch.sourceOffset, lengthBytes);
+      } catch (error) {
+        this.guarded(() => this.readFailed(fetch, error));
+        return true;
+      }
+      if (view) {
+        this.metrics.sourceReads++;
+        this.metrics.recordSourceReadMicros((performance.now() - readStarted) * 1000);
+        fetch.buffer = view;
+        fetch.borrowed = true;
+        this.guarded(() => this.installRead(fetch));
+        return true;
+      }
+    }
+    if (!this.source.readSync) return false;
     const buffer = this.takeBuffer(lengthBytes);
     let done: boolean;
-    const readStarted = performance.now();
     try {
       done = this.source.readSync!(fetch.sourceOffset, lengthBytes, buffer);
     } catch (error) {
@@ -689,6 +708,12 @@ export class Pager extends EventEmitter<PagerEvents> {
   }
 
   private releaseBuffer(fetch: Fetch): void {
+    if (fetch.borrowed) {
+      // The source's own memory: dropped, never pooled (a pooled buffer is read into).
+      fetch.buffer = undefined;
+      fetch.borrowed = false;
+      return;
+    }
     if (fetch.buffer && fetch.buffer.length === this.readAhead.maxPages * PAGE_SIZE && this.bufferPool.length < this.scheduler.maxInFlight) {
       this.bufferPool.push(fetch.buffer);
     }

@@ -124,6 +124,39 @@ export class SnapshotFile {
   }
 
   /**
+   * Where [imageOffset, imageOffset+length) lies in the data section, when it
+   * is whole stored pages of one region, one after another in the file (a run
+   * of data pages is: they are stored in page order), else undefined. For a
+   * reader that maps the data section (SnapshotSource) and copies from it.
+   */
+  storedRun(imageOffset: number, length: number): { pageIndex: number; dataOffset: number } | undefined {
+    this.checkRange(imageOffset, length);
+    const { pageSize } = this;
+    if (imageOffset % pageSize !== 0 || length % pageSize !== 0 || length === 0) return undefined;
+    const regionIndex = findRegionIndex(this.regions, imageOffset);
+    if (regionIndex === -1) return undefined;
+    const region = this.regions[regionIndex]!;
+    if (imageOffset + length > region.imageOffset + region.lengthBytes) return undefined;
+    const pageIndex = region.firstPageIndex + (imageOffset - region.imageOffset) / pageSize;
+    const { kinds, dataIndexes } = this.pageTable;
+    const pages = length / pageSize;
+    for (let i = 0; i < pages; i++) if (kinds[pageIndex + i] !== PageKind.data) return undefined;
+    // Consecutive data pages have consecutive data indexes (decodePageTable checks the order).
+    return { pageIndex, dataOffset: dataIndexes[pageIndex]! * pageSize };
+  }
+
+  /** The data section's place in the file (page-aligned), for a reader that maps it. */
+  get dataSection(): { fd: number; offset: number; lengthBytes: number } {
+    return { fd: this.file.fd, offset: this.header.data.offset, lengthBytes: this.header.data.lengthBytes };
+  }
+
+  /** Check `bytes`, the stored pages from pageIndex on (a run storedRun() gave), against their CRCs: SnapshotCorruptError naming the first bad one. */
+  checkStoredPages(pageIndex: number, imageOffset: number, bytes: Uint8Array): void {
+    const { pageSize } = this;
+    for (let i = 0; i * pageSize < bytes.length; i++) this.checkPage(pageIndex + i, imageOffset + i * pageSize, bytes.subarray(i * pageSize, (i + 1) * pageSize));
+  }
+
+  /**
    * One byte per page of `pageSize` over the whole image, 1 where isZero() would say so
    * (a gap or a zero page): a pager asks once at start instead of once per page.
    * Undefined for another page size than the snapshot's.

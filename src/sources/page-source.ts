@@ -67,6 +67,15 @@ export interface PageSource {
    */
   readSync?(offset: number, length: number, target: Uint8Array): boolean;
   /**
+   * Optional one-copy path: the range's bytes where they already are (a
+   * read-only view of memory the source keeps mapped, the page cache say),
+   * checked, if that costs no waiting; undefined to have the pager use
+   * readSync() or read(). The pager copies from the view into place and never
+   * writes to it; it must stay valid until the source is closed. Throws a
+   * SourceReadError as read() rejects.
+   */
+  mappedPages?(offset: number, length: number): Uint8Array | undefined;
+  /**
    * Optional: receive pages the source pushes unasked. Returns the function
    * that stops the listener. A pager subscribes while it runs.
    */

@@ -62,3 +62,53 @@ test('a snapshot in the page cache is read on the fast path with every CRC check
     await damaged.close();
   }
 });
+
+test('a run of cached stored pages comes as a checked view of the mapped file (one copy); a zero page in the range, a corrupt page or a closed source do not', async (t) => {
+  const { writeSnapshot, SnapshotCorruptError } = await import('../../src/snapshot/index.js');
+  const { SnapshotSource } = await import('../../src/sources/snapshot-source.js');
+  const { SourceReadError } = await import('../../src/sources/page-source.js');
+  const { fillPattern } = await import('../../src/demo/pattern.js');
+  const { readFileSync } = await import('node:fs');
+  const dir = mkdtempSync(join(tmpdir(), 'userfault-snapmap-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const path = join(dir, 'image.snap');
+  const image = new Uint8Array(16 * 4096);
+  fillPattern(image, 0, 1, 4); // every 4th page zero: not stored
+  await writeSnapshot(path, { regions: [{ imageOffset: 0, lengthBytes: image.length }], content: image });
+  const PAGE = 4096;
+
+  const source = await SnapshotSource.open(path);
+  // A run of stored pages between two zero ones.
+  const zero = Array.from({ length: 16 }, (_, page) => source.isZero(page * PAGE, PAGE));
+  const first = zero.findIndex((z, page) => !z && zero[page + 1] === false && zero[page + 2] === false);
+  assert.ok(first >= 0 && zero.includes(true), 'the image has zero pages and a run of three stored ones');
+  const zeroPage = zero.indexOf(true);
+  try {
+    const view = source.mappedPages(first * PAGE, 3 * PAGE)!;
+    assert.ok(view, 'a cached run is mapped');
+    assert.equal(view.length, 3 * PAGE);
+    assert.equal(Buffer.compare(Buffer.from(view), Buffer.from(image.subarray(first * PAGE, (first + 3) * PAGE))), 0, 'the view holds the image\'s bytes');
+    assert.equal(source.mappedPages(zeroPage * PAGE, PAGE), undefined, 'a zero page is not stored: nothing to map');
+    assert.equal(source.mappedPages(0, 16 * PAGE), undefined, 'a range with zero pages in it is not one run');
+    assert.throws(() => source.mappedPages(15 * PAGE, 2 * PAGE), /outside/);
+  } finally {
+    await source.close();
+  }
+  assert.equal(source.mappedPages(first * PAGE, PAGE), undefined, 'a closed source maps nothing');
+
+  const bytes = readFileSync(path);
+  const probe = await SnapshotSource.open(path);
+  const info = probe.snapshot.pageInfo((first + 1) * PAGE) as { fileOffset: number };
+  await probe.close();
+  bytes[info.fileOffset + 9]! ^= 0x10;
+  writeFileSync(path, bytes);
+  const damaged = await SnapshotSource.open(path);
+  try {
+    assert.throws(
+      () => damaged.mappedPages(first * PAGE, 3 * PAGE),
+      (error: unknown) => error instanceof SourceReadError && error.failure === 'fatal' && error.cause instanceof SnapshotCorruptError && error.cause.imageOffset === (first + 1) * PAGE,
+    );
+  } finally {
+    await damaged.close();
+  }
+});
