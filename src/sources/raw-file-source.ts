@@ -1,6 +1,7 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import { UserfaultError } from '../errors.js';
 import { native } from '../native.js';
+import { PageCacheView } from './page-cache-view.js';
 import { SourceReadError, checkReadRange, type PageSource } from './page-source.js';
 
 class FileShrankError extends UserfaultError {
@@ -17,6 +18,8 @@ class FileShrankError extends UserfaultError {
 export class RawFileSource implements PageSource {
   readonly description: string;
   private closed = false;
+  /** The image mapped read-only for mappedPages(); null once found unmappable (or closed). */
+  private view: PageCacheView | null | undefined;
 
   private constructor(
     readonly path: string,
@@ -75,9 +78,19 @@ export class RawFileSource implements PageSource {
     return n === length;
   }
 
+  /** The pager's one-copy path: the range as it sits in the page cache, when all of it is there (page-cache-view.ts). */
+  mappedPages(offset: number, length: number): Uint8Array | undefined {
+    checkReadRange(this, offset, length);
+    if (this.closed) return undefined;
+    this.view ??= PageCacheView.open(this.file.fd, this.fileOffset, this.sizeBytes) ?? null;
+    return this.view?.cached(offset, length);
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    this.view?.close();
+    this.view = null;
     await this.file.close();
   }
 }

@@ -1,7 +1,7 @@
-import { Mapping } from '../mem/mapping.js';
-import { PAGE_SIZE, native } from '../native.js';
+import { native } from '../native.js';
 import { SnapshotCorruptError, SnapshotError } from '../snapshot/errors.js';
 import { SnapshotFile } from '../snapshot/reader.js';
+import { PageCacheView } from './page-cache-view.js';
 import { SourceReadError, checkReadRange, type PageSource } from './page-source.js';
 
 /**
@@ -13,8 +13,7 @@ export class SnapshotSource implements PageSource {
   readonly sizeBytes: number;
   readonly description: string;
   /** The data section mapped read-only for mappedPages(); null once found unmappable (or closed). */
-  private dataMapping: Mapping | null | undefined;
-  private residency = new Uint8Array(0);
+  private dataView: PageCacheView | null | undefined;
 
   constructor(readonly snapshot: SnapshotFile) {
     this.sizeBytes = snapshot.imageSizeBytes;
@@ -52,46 +51,28 @@ export class SnapshotSource implements PageSource {
 
   /**
    * The pager's one-copy path: a run of stored pages as they sit in the page
-   * cache, through a read-only shared mapping of the data section, each page
-   * CRC-checked on the way. Only when the range is whole stored pages one
-   * after another in the file and every one is cached (mincore: the pager's
-   * thread never waits on the disk here); otherwise undefined, and the pager
-   * reads as before. Installing from the view copies once (page cache to the
-   * new page) instead of twice (to a buffer, then to the page). A corrupt
-   * page throws the same SourceReadError as read(). The file is the restore's
-   * to keep as it was: a writer that changes it under the mapping can slip a
-   * page between its check and its copy, and one that truncates it raises
-   * SIGBUS, as with any mapped snapshot (Firecracker maps its memory file).
+   * cache (a PageCacheView of the data section: whole stored pages one after
+   * another in the file, every one cached), each page CRC-checked on the way;
+   * otherwise undefined, and the pager reads as before. A corrupt page throws
+   * the same SourceReadError as read(). See page-cache-view.ts for what a
+   * writer of the mapped file can do.
    */
   mappedPages(offset: number, length: number): Uint8Array | undefined {
     checkReadRange(this, offset, length);
     const run = this.snapshot.storedRun(offset, length);
     if (!run) return undefined;
-    const mapping = this.mapData();
-    if (!mapping) return undefined;
-    const hostPages = Math.ceil(length / PAGE_SIZE);
-    if (this.residency.length < hostPages) this.residency = new Uint8Array(hostPages);
-    native.mincore(mapping.address + run.dataOffset, length, this.residency);
-    for (let i = 0; i < hostPages; i++) if ((this.residency[i]! & 1) === 0) return undefined;
-    const view = mapping.bytes(run.dataOffset, length);
+    if (this.dataView === undefined) {
+      const { fd, offset: dataOffset, lengthBytes } = this.snapshot.dataSection;
+      this.dataView = PageCacheView.open(fd, dataOffset, lengthBytes) ?? null;
+    }
+    const view = this.dataView?.cached(run.dataOffset, length);
+    if (!view) return undefined;
     try {
       this.snapshot.checkStoredPages(run.pageIndex, offset, view);
     } catch (error) {
       throw this.readError(offset, length, error);
     }
     return view;
-  }
-
-  private mapData(): Mapping | undefined {
-    if (this.dataMapping === undefined) {
-      const { fd, offset, lengthBytes } = this.snapshot.dataSection;
-      try {
-        this.dataMapping = lengthBytes === 0 ? null : Mapping.file(fd, lengthBytes, { shared: true, writable: false, offset });
-      } catch {
-        this.dataMapping = null;
-      }
-    }
-    return this.dataMapping ?? undefined;
   }
 
   /** A page that fails its CRC stays corrupt however often it is read (fatal); an I/O error may pass (transient). */
@@ -110,8 +91,8 @@ export class SnapshotSource implements PageSource {
   }
 
   close(): Promise<void> {
-    this.dataMapping?.unmap();
-    this.dataMapping = null;
+    this.dataView?.close();
+    this.dataView = null;
     return this.snapshot.close();
   }
 }

@@ -112,3 +112,23 @@ test('a run of cached stored pages comes as a checked view of the mapped file (o
     await damaged.close();
   }
 });
+
+test('a raw file\'s cached range comes as a view of the mapped file, at any file offset; not past the image, not once closed', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'userfault-rawmap-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const path = join(dir, 'mem');
+  const content = Buffer.alloc(100 + 8 * 4096);
+  for (let i = 0; i + 4 <= content.length; i += 4) content.writeUInt32LE(i * 7, i);
+  writeFileSync(path, content);
+  // The image starts 100 bytes in: the mapping is page-aligned, the view is not.
+  const source = await RawFileSource.open(path, { fileOffset: 100 });
+  try {
+    const view = source.mappedPages(2 * 4096, 3 * 4096)!;
+    assert.ok(view);
+    assert.equal(Buffer.compare(Buffer.from(view), content.subarray(100 + 2 * 4096, 100 + 5 * 4096)), 0);
+    assert.throws(() => source.mappedPages(7 * 4096, 2 * 4096), /outside/);
+  } finally {
+    await source.close();
+  }
+  assert.equal(source.mappedPages(0, 4096), undefined);
+});
