@@ -121,10 +121,11 @@ function readInto(path: string, offset: number, target: Uint8Array): void {
 
 /** The commit the run started from, and the measured code's files that differed from it. */
 function gitState(): { commit?: string; uncommitted?: string[] } {
-  const git = (...args: string[]): string => execFileSync('git', args, { stdio: ['ignore', 'pipe', 'ignore'] }).toString().trim();
+  const git = (...args: string[]): string => execFileSync('git', args, { stdio: ['ignore', 'pipe', 'ignore'] }).toString();
   try {
-    const changed = git('status', '--porcelain', '--', 'src', 'native', 'bench');
-    return { commit: git('rev-parse', '--short', 'HEAD'), uncommitted: changed ? changed.split('\n').map((line) => line.slice(3)) : [] };
+    // Porcelain lines are "XY path": trimming the whole output would eat the first line's status column and shift its path.
+    const changed = git('status', '--porcelain', '--', 'src', 'native', 'bench').split('\n').filter((line) => line.length > 3);
+    return { commit: git('rev-parse', '--short', 'HEAD').trim(), uncommitted: changed.map((line) => line.slice(3)) };
   } catch {
     return {};
   }
