@@ -866,6 +866,7 @@ static napi_value Init(napi_env env, napi_value exports) {
   set_const(env, c, "UV_DISCONNECT", UV_DISCONNECT);
   napi_set_named_property(env, exports, "constants", c);
   { extern void register_kvm(napi_env, napi_value); register_kvm(env, exports); } // native/kvm.c
+  { extern void register_crc32c(napi_env, napi_value); register_crc32c(env, exports); } // native/crc32c.c
   return exports;
 }
 

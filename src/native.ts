@@ -49,6 +49,8 @@ export interface NativeBinding {
   /** poll(2) on one fd, blocking the calling thread: revents, 0 on timeout. */
   pollOnce(fd: number, events: number, timeoutMs: number): number;
 
+  /** CRC32C (Castagnoli) of bytes; `initial` continues a previous result over the bytes that follow. SSE4.2 when the CPU has it. */
+  crc32c(bytes: ByteArg, initial?: number): number;
   mmap(address: number, length: number, prot: number, flags: number, fd: number, offset: number): number;
   munmap(address: number, length: number): void;
   madvise(address: number, length: number, advice: number): void;

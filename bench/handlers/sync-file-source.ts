@@ -7,9 +7,9 @@
 // fallback (see docs/bench.md). With `checkCrc`, every page is checked
 // against the snapshot's page table, as SnapshotSource does.
 import { closeSync, openSync } from 'node:fs';
-import { crc32 } from 'node:zlib';
 import { native } from '../../src/native.js';
 import { SnapshotFile } from '../../src/snapshot/reader.js';
+import type { PageChecksum } from '../../src/snapshot/format.js';
 import { SourceReadError, checkReadRange, type PageSource } from '../../src/sources/page-source.js';
 
 const PAGE = 4096;
@@ -24,6 +24,8 @@ export class SyncFileSource implements PageSource {
     private readonly dataOffset: number,
     /** The page table's CRCs, when reads are checked. */
     private readonly crc32s: Uint32Array | undefined,
+    /** The page checksum of the image's format version. */
+    private readonly pageChecksum: PageChecksum,
   ) {
     this.description = `bench image by pread${crc32s ? ', CRC-checked' : ''}`;
   }
@@ -34,7 +36,7 @@ export class SyncFileSource implements PageSource {
       const { header } = snapshot;
       if (header.dataPageCount !== header.pageCount) throw new Error(`${path} elides pages; the bench image stores them all`);
       const crc32s = options.checkCrc ? Uint32Array.from(snapshot.pageTable.crc32s) : undefined;
-      return new SyncFileSource(openSync(path, 'r'), header.imageSizeBytes, header.data.offset, crc32s);
+      return new SyncFileSource(openSync(path, 'r'), header.imageSizeBytes, header.data.offset, crc32s, snapshot.pageChecksum);
     } finally {
       await snapshot.close();
     }
@@ -47,7 +49,7 @@ export class SyncFileSource implements PageSource {
     if (this.crc32s) {
       for (let at = 0; at < length; at += PAGE) {
         const index = (offset + at) / PAGE;
-        if (crc32(target.subarray(at, at + PAGE)) !== this.crc32s[index]) throw new SourceReadError(offset + at, PAGE, `page ${index} fails its CRC`);
+        if (this.pageChecksum(target.subarray(at, at + PAGE)) !== this.crc32s[index]) throw new SourceReadError(offset + at, PAGE, `page ${index} fails its CRC`);
       }
     }
   }

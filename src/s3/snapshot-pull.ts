@@ -8,7 +8,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { open, rename, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { PageKind, pageCrc32 } from '../snapshot/format.js';
+import { PageKind, pageChecksumName } from '../snapshot/format.js';
 import { ChunkCorruptError } from '../snapshot/object-errors.js';
 import type { SnapshotObjectLayout } from '../snapshot/object-layout.js';
 import { SnapshotCorruptError } from '../snapshot/errors.js';
@@ -138,9 +138,9 @@ export function checkChunks(layout: SnapshotObjectLayout, first: number, count: 
     const end = Math.min(layout.pageTable.pageCount, (chunk + 1) * chunkPages);
     for (let pageIndex = chunk * chunkPages; pageIndex < end; pageIndex++) {
       if (kinds[pageIndex] !== PageKind.data) continue;
-      const crc = pageCrc32(piece.subarray(at, at + pageSize));
+      const crc = layout.pageChecksum(piece.subarray(at, at + pageSize));
       if (crc !== crc32s[pageIndex]) {
-        throw new SnapshotCorruptError({ structure: 'page data', fileOffset: range.offset + at, expectedCrc32: crc32s[pageIndex]!, actualCrc32: crc, pageIndex, imageOffset: layout.imageOffsetOfPage(pageIndex) });
+        throw new SnapshotCorruptError({ structure: 'page data', fileOffset: range.offset + at, expectedCrc32: crc32s[pageIndex]!, actualCrc32: crc, pageIndex, imageOffset: layout.imageOffsetOfPage(pageIndex), checksum: pageChecksumName(layout.snapshotHeader.version) });
       }
       at += pageSize;
     }

@@ -9,7 +9,7 @@ import { createHash } from 'node:crypto';
 import { open, type FileHandle } from 'node:fs/promises';
 import { SnapshotCorruptError, SnapshotTruncatedError } from '../snapshot/errors.js';
 import { DEFAULT_CHUNK_BYTES, chunkPagesFor, encodeSnapshotObject, planChunks, type ChunkTable } from '../snapshot/object-layout.js';
-import { PageKind, pageCrc32 } from '../snapshot/format.js';
+import { PageKind, pageChecksumName } from '../snapshot/format.js';
 import { SnapshotFile } from '../snapshot/reader.js';
 import { MAX_PARTS, MIN_PART_BYTES, MAX_SINGLE_PUT_BYTES, S3Object, type S3StoreOptions } from './s3-object.js';
 import type { S3Location } from './s3-url.js';
@@ -159,7 +159,7 @@ async function hashChunks(file: FileHandle, snapshot: SnapshotFile, chunks: Chun
       for (let i = 0; i < count; i++) {
         while (pageIndex < end && pageTable.kinds[pageIndex] !== PageKind.data) pageIndex++;
         const page = bytes.subarray(i * pageSize, (i + 1) * pageSize);
-        const actual = pageCrc32(page);
+        const actual = snapshot.pageChecksum(page);
         if (actual !== pageTable.crc32s[pageIndex]) {
           throw new SnapshotCorruptError({
             structure: 'page data',
@@ -168,6 +168,7 @@ async function hashChunks(file: FileHandle, snapshot: SnapshotFile, chunks: Chun
             actualCrc32: actual,
             pageIndex,
             imageOffset: imageOffsetOf(snapshot, pageIndex),
+            checksum: pageChecksumName(header.version),
           });
         }
         pageIndex++;

@@ -41,11 +41,13 @@ export class SnapshotCorruptError extends SnapshotError {
     actualCrc32: number;
     pageIndex?: number;
     imageOffset?: number;
+    /** Which checksum failed: a page's is CRC32C from format version 2 on; tables and headers are CRC32. */
+    checksum?: 'CRC32' | 'CRC32C';
   }) {
     const what = fields.pageIndex === undefined
       ? `snapshot ${fields.structure}`
       : `snapshot page ${fields.pageIndex} (image offset 0x${(fields.imageOffset ?? 0).toString(16)})`;
-    super(`${what} at file offset ${fields.fileOffset} is corrupt: CRC32 ${hex32(fields.actualCrc32)}, expected ${hex32(fields.expectedCrc32)}`);
+    super(`${what} at file offset ${fields.fileOffset} is corrupt: ${fields.checksum ?? 'CRC32'} ${hex32(fields.actualCrc32)}, expected ${hex32(fields.expectedCrc32)}`);
     this.structure = fields.structure;
     this.fileOffset = fields.fileOffset;
     this.expectedCrc32 = fields.expectedCrc32;

@@ -26,7 +26,7 @@
 //
 //   header                                   region table entry (64 bytes)
 //     0  u8[8] magic "UFSNAP\0\x01"            0  u64 imageOffset
-//     8  u32   version (1)                      8  u64 lengthBytes
+//     8  u32   version (2; 1 still read)        8  u64 lengthBytes
 //    12  u32   headerLengthBytes (256)         16  u64 guestPhysAddress (informational)
 //    16  u32   pageSize (power of two >= 4096) 24  u64 firstPageIndex (its first page-table entry)
 //    20  u32   flags (0: none defined)         32  u8[32] name, UTF-8, NUL-padded
@@ -34,7 +34,7 @@
 //    28  u32   reserved (0)                  page table entry (16 bytes)
 //    32  u64   imageSizeBytes                   0  u8  kind: 0 zero (not stored), 1 data
 //    40  u64   fileSizeBytes                    1  u8[3] reserved (0)
-//    48  u64   pageCount                        4  u32 CRC32 of the page's bytes (0 for zero pages)
+//    48  u64   pageCount                        4  u32 checksum of the page's bytes (0 for zero pages)
 //    56  u64   dataPageCount                    8  u64 data index: the page is at
 //    64  u64   regionTable.offset                      dataOffset + index * pageSize (0 for zero pages)
 //    72  u64   regionTable.lengthBytes
@@ -50,8 +50,11 @@
 //   140  u8[112] reserved (0)
 //   252  u32   header CRC32 of bytes [0, 252)
 //
-// CRC32 is zlib's (IEEE 802.3), as computed by node:zlib crc32() (Node 20.15 and later).
+// CRC32 is zlib's (IEEE 802.3), as computed by node:zlib crc32() (Node 20.15 and later): the header's
+// and the sections'. A page's checksum is CRC32C (Castagnoli, the CPU's crc32 instruction) from
+// version 2 on, CRC32 in version 1: the only difference between the two versions.
 import { crc32 } from 'node:zlib';
+import { crc32c } from './crc32c.js';
 import {
   SnapshotCorruptError,
   SnapshotFormatError,
@@ -62,8 +65,8 @@ import {
 
 /** "UFSNAP\0\x01": the last byte belongs to the magic; the format version is the u32 after it. */
 export const SNAPSHOT_MAGIC: Uint8Array = Uint8Array.of(0x55, 0x46, 0x53, 0x4e, 0x41, 0x50, 0x00, 0x01);
-export const SNAPSHOT_VERSION = 1;
-export const SUPPORTED_SNAPSHOT_VERSIONS: readonly number[] = [SNAPSHOT_VERSION];
+export const SNAPSHOT_VERSION = 2;
+export const SUPPORTED_SNAPSHOT_VERSIONS: readonly number[] = [1, 2];
 export const HEADER_LENGTH_BYTES = 256;
 export const REGION_ENTRY_BYTES = 64;
 export const PAGE_ENTRY_BYTES = 16;
@@ -188,9 +191,17 @@ export interface SnapshotPlan {
   readonly dataOffset: number;
 }
 
-/** CRC32 of a page's bytes, as the page table records it. */
-export function pageCrc32(bytes: Uint8Array): number {
-  return crc32(bytes);
+/** A page's checksum, as a page table of some format version records it. */
+export type PageChecksum = (bytes: Uint8Array) => number;
+
+/** The page checksum of a format version: CRC32C from version 2 on, zlib's CRC32 in version 1. */
+export function pageChecksumOf(version: number): PageChecksum {
+  return version >= 2 ? crc32c : crc32;
+}
+
+/** Its name, for reports. */
+export function pageChecksumName(version: number): 'CRC32C' | 'CRC32' {
+  return version >= 2 ? 'CRC32C' : 'CRC32';
 }
 
 const zeroPages = new Map<number, Buffer>();

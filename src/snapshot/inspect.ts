@@ -1,6 +1,6 @@
 // `userfault snapshot inspect FILE`: what a snapshot holds, as a plain JSON-safe object, and as text.
 import { SnapshotFile, type SnapshotVerifyReport } from './reader.js';
-import { PageKind } from './format.js';
+import { PageKind, pageChecksumName } from './format.js';
 
 export interface SnapshotSectionReport {
   readonly offset: number;
@@ -40,6 +40,8 @@ export interface SnapshotReport {
   readonly path: string;
   readonly fileSizeBytes: number;
   readonly version: number;
+  /** The page checksum its version records: CRC32C (version 2 on) or CRC32 (version 1). */
+  readonly pageChecksum: 'CRC32C' | 'CRC32';
   readonly pageSize: number;
   readonly imageSizeBytes: number;
   /** Image bytes no region covers (they read as zero). */
@@ -91,6 +93,7 @@ export async function inspectSnapshot(path: string, options: { verify?: boolean 
       path,
       fileSizeBytes: header.fileSizeBytes,
       version: header.version,
+      pageChecksum: pageChecksumName(header.version),
       pageSize: header.pageSize,
       imageSizeBytes: header.imageSizeBytes,
       gapBytes: header.imageSizeBytes - header.pageCount * header.pageSize,
@@ -138,7 +141,7 @@ export function formatSnapshotReport(report: SnapshotReport): string {
   const hex = (value: number): string => `0x${value.toString(16)}`;
   const lines = [
     `snapshot ${report.path}`,
-    `  format version ${report.version}, page size ${report.pageSize}, file ${report.fileSizeBytes} bytes`,
+    `  format version ${report.version} (page checksums ${report.pageChecksum}), page size ${report.pageSize}, file ${report.fileSizeBytes} bytes`,
     `  image ${report.imageSizeBytes} bytes (${hex(report.imageSizeBytes)}), ${report.gapBytes} bytes outside any region`,
     `  pages ${report.pageCount}: ${report.dataPageCount} stored, ${report.zeroPageCount} zero`,
     `  metadata ${report.metadataLengthBytes} bytes`,
@@ -158,7 +161,7 @@ export function formatSnapshotReport(report: SnapshotReport): string {
   } else {
     lines.push(`  pages: ${report.pages.pagesChecked} checked, ${report.pages.corruptPageCount} CORRUPT`);
     for (const page of report.pages.corruptPages) {
-      lines.push(`    page ${page.pageIndex} image ${hex(page.imageOffset)} file ${hex(page.fileOffset)}: CRC32 ${page.actualCrc32}, expected ${page.expectedCrc32}`);
+      lines.push(`    page ${page.pageIndex} image ${hex(page.imageOffset)} file ${hex(page.fileOffset)}: ${report.pageChecksum} ${page.actualCrc32}, expected ${page.expectedCrc32}`);
     }
   }
   return lines.join('\n');

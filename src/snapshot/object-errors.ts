@@ -46,10 +46,10 @@ export class ChunkCorruptError extends SnapshotError {
   readonly actual: string;
   /** For a page: its page-table index. */
   readonly pageIndex: number | undefined;
-  constructor(fields: { chunkIndex: number; objectOffset: number; imageOffset: number; from: string } & ({ sha256: { expected: string; actual: string } } | { crc32: { expected: number; actual: number; pageIndex: number } })) {
+  constructor(fields: { chunkIndex: number; objectOffset: number; imageOffset: number; from: string } & ({ sha256: { expected: string; actual: string } } | { crc32: { expected: number; actual: number; pageIndex: number; checksum?: 'CRC32' | 'CRC32C' } })) {
     const check = 'sha256' in fields
       ? `SHA-256 ${fields.sha256.actual.slice(0, 16)}..., expected ${fields.sha256.expected.slice(0, 16)}...`
-      : `CRC32 0x${hex32(fields.crc32.actual)}, expected 0x${hex32(fields.crc32.expected)}`;
+      : `${fields.crc32.checksum ?? 'CRC32'} 0x${hex32(fields.crc32.actual)}, expected 0x${hex32(fields.crc32.expected)}`;
     const what = 'sha256' in fields ? `chunk ${fields.chunkIndex}` : `chunk ${fields.chunkIndex}'s page ${fields.crc32.pageIndex}`;
     super(`${what} (object offset ${fields.objectOffset}, image offset 0x${fields.imageOffset.toString(16)}) from ${fields.from} is corrupt: ${check}`);
     this.chunkIndex = fields.chunkIndex;

@@ -60,6 +60,8 @@ import {
   nextRegionStart,
   type PageTable,
   type SnapshotHeader,
+  pageChecksumOf,
+  type PageChecksum,
   type SnapshotRegion,
 } from './format.js';
 import { SnapshotObjectFormatError, SnapshotObjectVersionError } from './object-errors.js';
@@ -279,6 +281,9 @@ export function decodeObjectHeader(bytes: Uint8Array, options: { objectSizeBytes
 
 /** A decoded, checked snapshot object: what a restore needs before its first page. */
 export class SnapshotObjectLayout {
+  /** The page checksum of the snapshot's format version (its page table's, as the file's). */
+  readonly pageChecksum: PageChecksum;
+
   private constructor(
     readonly header: SnapshotObjectHeader,
     readonly snapshotHeader: SnapshotHeader,
@@ -288,7 +293,9 @@ export class SnapshotObjectLayout {
     readonly metadata: Uint8Array,
     /** The index bytes (for a cache of indexes, and to rebuild the file). */
     readonly indexBytes: Uint8Array,
-  ) {}
+  ) {
+    this.pageChecksum = pageChecksumOf(snapshotHeader.version);
+  }
 
   /**
    * Decode the index (the object's bytes at header.index) and check it: its

@@ -12,7 +12,9 @@ import {
   decodeRegionTable,
   findRegionIndex,
   nextRegionStart,
-  pageCrc32,
+  pageChecksumName,
+  pageChecksumOf,
+  type PageChecksum,
   type PageTable,
   type SnapshotHeader,
   type SnapshotRegion,
@@ -59,6 +61,8 @@ const MAX_HEADER_BYTES = 65536;
 
 export class SnapshotFile {
   private closed = false;
+  /** The page checksum of this file's version (CRC32C from version 2 on, CRC32 in version 1). */
+  readonly pageChecksum: PageChecksum;
 
   private constructor(
     readonly path: string,
@@ -68,7 +72,9 @@ export class SnapshotFile {
     readonly pageTable: PageTable,
     /** The metadata blob (its CRC already checked); empty when none was saved. */
     readonly metadata: Uint8Array,
-  ) {}
+  ) {
+    this.pageChecksum = pageChecksumOf(header.version);
+  }
 
   /**
    * Open and check a snapshot: header, region table, page table and metadata against their CRCs,
@@ -301,7 +307,7 @@ export class SnapshotFile {
       await this.readAt(this.fileOffsetOf(first.pageIndex), bytes);
       batch.forEach(({ pageIndex, imageOffset }, index) => {
         const expectedCrc32 = this.pageTable.crc32s[pageIndex]!;
-        const actualCrc32 = pageCrc32(bytes.subarray(index * pageSize, (index + 1) * pageSize));
+        const actualCrc32 = this.pageChecksum(bytes.subarray(index * pageSize, (index + 1) * pageSize));
         if (actualCrc32 !== expectedCrc32) {
           corruptPageCount++;
           if (corruptPages.length < MAX_LISTED_CORRUPT_PAGES) {
@@ -336,7 +342,7 @@ export class SnapshotFile {
 
   private checkPage(pageIndex: number, imageOffset: number, bytes: Uint8Array): void {
     const expectedCrc32 = this.pageTable.crc32s[pageIndex]!;
-    const actualCrc32 = pageCrc32(bytes);
+    const actualCrc32 = this.pageChecksum(bytes);
     if (actualCrc32 !== expectedCrc32) {
       throw new SnapshotCorruptError({
         structure: 'page data',
@@ -345,6 +351,7 @@ export class SnapshotFile {
         actualCrc32,
         pageIndex,
         imageOffset,
+        checksum: pageChecksumName(this.header.version),
       });
     }
   }

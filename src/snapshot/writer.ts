@@ -11,11 +11,13 @@ import {
   PageTable,
   REGION_ENTRY_BYTES,
   SNAPSHOT_VERSION,
+  SUPPORTED_SNAPSHOT_VERSIONS,
   encodeHeader,
   encodePageTable,
   encodeRegionTable,
   isAllZero,
-  pageCrc32,
+  pageChecksumOf,
+  type PageChecksum,
   planSnapshot,
   type SnapshotPlan,
   type SnapshotRegion,
@@ -28,6 +30,8 @@ export interface SnapshotWriterOptions {
   readonly pageSize?: number;
   /** Size of the flat image; default: the end of the last region. */
   readonly imageSizeBytes?: number;
+  /** The format version to write: SNAPSHOT_VERSION (default), or 1 for a reader that predates it. */
+  readonly version?: number;
 }
 
 /** Anything that can fill `target` with the image's bytes at [imageOffset, imageOffset+length); a PageSource is one. */
@@ -121,6 +125,7 @@ export class SnapshotWriter {
   /** Next image offset to be written; undefined once every region is complete. */
   private next: number | undefined;
   private dataPageCount = 0;
+  private readonly pageChecksum: PageChecksum;
 
   private constructor(
     /** Final path; the file lives at tempPath until finish renames it. */
@@ -128,17 +133,22 @@ export class SnapshotWriter {
     readonly tempPath: string,
     readonly plan: SnapshotPlan,
     private readonly file: FileHandle,
+    /** The format version written. */
+    readonly version: number,
   ) {
     this.pageTable = new PageTable(plan.pageCount);
+    this.pageChecksum = pageChecksumOf(version);
     this.next = plan.regions[0]?.imageOffset;
   }
 
   /** Check the regions (SnapshotFormatError before any file exists) and open a temporary file beside path. */
   static async create(path: string, options: SnapshotWriterOptions): Promise<SnapshotWriter> {
+    const version = options.version ?? SNAPSHOT_VERSION;
+    if (!SUPPORTED_SNAPSHOT_VERSIONS.includes(version)) throw new RangeError(`snapshot format version ${version}: this writer writes ${SUPPORTED_SNAPSHOT_VERSIONS.join(' or ')}`);
     const plan = planSnapshot(options);
     const tempPath = join(dirname(path), `.${basename(path)}.${process.pid}-${randomBytes(6).toString('hex')}.tmp`);
     const file = await open(tempPath, 'wx');
-    return new SnapshotWriter(path, tempPath, plan, file);
+    return new SnapshotWriter(path, tempPath, plan, file, version);
   }
 
   get regions(): readonly SnapshotRegion[] {
@@ -179,7 +189,7 @@ export class SnapshotWriter {
           continue; // the PageTable arrays start zeroed: kind zero, CRC 0, data index 0
         }
         this.pageTable.kinds[pageIndex] = PageKind.data;
-        this.pageTable.crc32s[pageIndex] = pageCrc32(page);
+        this.pageTable.crc32s[pageIndex] = this.pageChecksum(page);
         this.pageTable.dataIndexes[pageIndex] = this.dataPageCount++;
         if (runStart === -1) runStart = offset;
       }
@@ -210,7 +220,7 @@ export class SnapshotWriter {
       const regionTable = encodeRegionTable(plan.regions);
       const pageTable = encodePageTable(this.pageTable);
       const header = encodeHeader({
-        version: SNAPSHOT_VERSION,
+        version: this.version,
         pageSize: plan.pageSize,
         flags: 0,
         regionCount: plan.regions.length,

@@ -44,7 +44,7 @@ import { S3Error, StoreResponseError, StoreUnavailableError } from '../s3/errors
 import { S3Object, type ObjectInfo, type ObjectReader, type S3StoreOptions } from '../s3/s3-object.js';
 import { parseS3Url } from '../s3/s3-url.js';
 import { openSnapshotObject } from '../s3/snapshot-object.js';
-import { PageKind, pageCrc32 } from '../snapshot/format.js';
+import { PageKind, pageChecksumName } from '../snapshot/format.js';
 import { ChunkCache, type PageCheck } from './chunk-cache.js';
 import { SourceGoneError, SourceReadError, checkReadRange, type PageSource, type ReadOptions, type ReadPriority } from './page-source.js';
 
@@ -367,7 +367,7 @@ export class S3Source implements PageSource {
 
   private pageCheck(chunk: number): PageCheck {
     const indexes = this.storedIndexes(chunk);
-    return (i, page) => i < indexes.length && pageCrc32(page) === this.layout.pageTable.crc32s[indexes[i]!];
+    return (i, page) => i < indexes.length && this.layout.pageChecksum(page) === this.layout.pageTable.crc32s[indexes[i]!];
   }
 
   // ---- loading ----
@@ -677,14 +677,14 @@ export class S3Source implements PageSource {
     const { crc32s } = this.layout.pageTable;
     for (let i = 0; i < load.pageCount; i++) {
       const pageIndex = indexes[load.firstPage + i]!;
-      const actual = pageCrc32(piece.subarray(i * page, (i + 1) * page));
+      const actual = this.layout.pageChecksum(piece.subarray(i * page, (i + 1) * page));
       if (actual === crc32s[pageIndex]) continue;
       return new ChunkCorruptError({
         chunkIndex: load.chunk,
         objectOffset: this.rangeOf(load).offset + i * page,
         imageOffset: this.layout.imageOffsetOfPage(pageIndex),
         from: `the store (${this.reader.url})`,
-        crc32: { expected: crc32s[pageIndex]!, actual, pageIndex },
+        crc32: { expected: crc32s[pageIndex]!, actual, pageIndex, checksum: pageChecksumName(this.layout.snapshotHeader.version) },
       });
     }
     return undefined;

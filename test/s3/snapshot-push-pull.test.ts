@@ -79,7 +79,7 @@ describe('snapshot push and pull', { timeout: 120_000 }, () => {
     await corruptStoredPage(bad);
     const push = cli('snapshot', 'push', bad, store.url('bad'));
     assert.equal(push.status, ExitCode.DATA, push.stderr);
-    assert.match(push.stderr, /snapshot page 63 .* is corrupt: CRC32 .*\[ESNAPSHOT_CORRUPT\]/);
+    assert.match(push.stderr, /snapshot page 63 .* is corrupt: CRC32C .*\[ESNAPSHOT_CORRUPT\]/);
     await assert.rejects(S3Object.open(parseS3Url(store.url('bad')), { endpoint: store.endpoint }).head(), ObjectNotFoundError);
   });
 

@@ -79,8 +79,8 @@ describe('snapshot header', () => {
   });
 
   test('a well-formed header of a newer version is refused as a version, not as corruption', () => {
-    const bytes = encodeHeader(sampleHeader({ version: 2 }));
-    assert.throws(() => decodeHeader(bytes), (error: unknown) => error instanceof SnapshotVersionError && error.version === 2);
+    const bytes = encodeHeader(sampleHeader({ version: 3 }));
+    assert.throws(() => decodeHeader(bytes), (error: unknown) => error instanceof SnapshotVersionError && error.version === 3);
   });
 
   test('unknown flags, a bad page size and inconsistent sections are refused', () => {

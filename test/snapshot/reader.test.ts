@@ -40,6 +40,36 @@ async function flipByte(path: string, offset: number): Promise<void> {
 }
 
 describe('reading a snapshot', () => {
+  test('version 2 checks pages by CRC32C; a version 1 file (CRC32) still reads, and a flipped page byte is caught in either', async (t) => {
+    const { crc32 } = await import('node:zlib');
+    const { crc32c } = await import('../../src/snapshot/crc32c.js');
+    const dir = await tempDir(t);
+    const { written, expected } = twoRegionImage();
+    for (const version of [1, 2] as const) {
+      const path = join(dir, `v${version}.snap`);
+      await writeSnapshot(path, { ...TWO_REGIONS, content: written, metadata: METADATA, version });
+      let flipAt = 0;
+      await withSnapshot(path, async (file) => {
+        assert.equal(file.header.version, version);
+        const info = file.pageInfo(0) as { type: string; fileOffset: number; crc32: number };
+        assert.equal(info.type, 'data');
+        const page = expected.subarray(0, PAGE);
+        assert.equal(info.crc32, version === 1 ? crc32(page) : crc32c(page), `version ${version} records ${version === 1 ? 'CRC32' : 'CRC32C'}`);
+        const target = new Uint8Array(expected.length);
+        await file.readPages(0, expected.length, target);
+        assert.deepEqual(target, expected);
+        flipAt = info.fileOffset + 5;
+      });
+      assert.equal((await inspectSnapshot(path)).pageChecksum, version === 1 ? 'CRC32' : 'CRC32C');
+      await flipByte(path, flipAt);
+      await withSnapshot(path, async (file) => {
+        await assert.rejects(file.readPages(0, PAGE, new Uint8Array(PAGE)), (error: unknown) => error instanceof SnapshotCorruptError && error.message.includes(version === 1 ? 'CRC32 ' : 'CRC32C '));
+      });
+    }
+    // The CRC32C is the standard one (RFC 3720's check value).
+    assert.equal(crc32c(new TextEncoder().encode('123456789')), 0xe3069283);
+  });
+
   test('a small image with zero pages, data pages and a gap reads back byte for byte', async (t) => {
     const { path, expected } = await writeTwoRegions(await tempDir(t));
     await withSnapshot(path, async (file) => {
@@ -246,7 +276,8 @@ describe('inspecting a snapshot', () => {
   test('the report counts pages, regions and metadata and survives JSON', async (t) => {
     const { path } = await writeTwoRegions(await tempDir(t));
     const report = await inspectSnapshot(path);
-    assert.equal(report.version, 1);
+    assert.equal(report.version, 2);
+    assert.equal(report.pageChecksum, 'CRC32C');
     assert.equal(report.pageSize, PAGE);
     assert.equal(report.imageSizeBytes, 32 * PAGE);
     assert.equal(report.gapBytes, 8 * PAGE);

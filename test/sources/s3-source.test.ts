@@ -125,7 +125,7 @@ describe('S3Source', { timeout: 120_000 }, () => {
       const error = await source.read(33 * PAGE, 2 * PAGE, target).then(() => undefined, (e: unknown) => e);
       assert.ok(error instanceof SourceReadError && error.cause instanceof ChunkCorruptError, String(error));
       // Pages 33 and 34 are stored one after the other; the flip lands in the middle of the reply: page 34.
-      assert.match(error.message, /chunk 2's page 34 \(object offset \d+, image offset 0x22000\) .*is corrupt: CRC32/);
+      assert.match(error.message, /chunk 2's page 34 \(object offset \d+, image offset 0x22000\) .*is corrupt: CRC32C/);
       assert.equal(error.failedOffset, 34 * PAGE);
       assert.ok(target.every((b) => b === 0xaa));
       await source.read(33 * PAGE, PAGE, target);

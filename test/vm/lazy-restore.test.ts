@@ -145,7 +145,7 @@ describe('lazy restore across processes', { skip, timeout: 120000 }, () => {
     const restored = spawnVmm(t, ['restore', bad, '--lazy', '--verify-first']);
     assert.equal(await restored.exit, 65, restored.stderr());
     assert.match(restored.stderr(), /ESNAPSHOTINVALID/);
-    assert.match(restored.stderr(), new RegExp(`CRC check, the first at image offset 0x${imageOffset.toString(16)}`));
+    assert.match(restored.stderr(), new RegExp(`CRC32C check, the first at image offset 0x${imageOffset.toString(16)}`));
     assert.equal(restored.console.text, '', 'the guest never ran');
   });
 
@@ -172,7 +172,7 @@ describe('lazy restore across processes', { skip, timeout: 120000 }, () => {
     assert.equal(await restored.exit, 70, restored.stderr());
     const exited = vmmEvents(restored.stderr()).find((e) => e.event === 'exited') as { reason: { type: string; exit: string }; status: LazyStatus } | undefined;
     assert.equal(exited?.reason.type, 'failed');
-    assert.match(exited!.reason.exit, /^EGUESTMEMORY: guest memory from snapshot .*is corrupt: CRC32/);
+    assert.match(exited!.reason.exit, /^EGUESTMEMORY: guest memory from snapshot .*is corrupt: CRC32C/);
     assert.equal(exited!.status.restore.memory.metrics.sourceErrors, 1);
     assert.doesNotMatch(restored.console.text, /verify pages=|done status=/, 'the guest never finished on bad memory');
   });

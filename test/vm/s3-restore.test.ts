@@ -136,7 +136,7 @@ describe('restore from object storage', { skip, timeout: 180_000 }, () => {
     assert.equal(await restored.exit, 70, restored.stderr());
     const exited = vmmEvents(restored.stderr()).find((e) => e.event === 'exited') as { reason: { type: string; exit: string }; status: VmStatus } | undefined;
     assert.equal(exited?.reason.type, 'failed');
-    assert.match(exited!.reason.exit, /^EGUESTMEMORY: guest memory from object s3:\/\/snapshots\/vm-corrupt: .*chunk \d+(?:'s page \d+)? \(object offset \d+, image offset 0x[0-9a-f]+\) from the store .*is corrupt: (?:SHA-256|CRC32)/);
+    assert.match(exited!.reason.exit, /^EGUESTMEMORY: guest memory from object s3:\/\/snapshots\/vm-corrupt: .*chunk \d+(?:'s page \d+)? \(object offset \d+, image offset 0x[0-9a-f]+\) from the store .*is corrupt: (?:SHA-256|CRC32C)/);
     assert.ok((exited!.status.restore?.memory?.pages.poisoned ?? 0) > 0, 'the bad page is poisoned, not zero-filled');
     assert.doesNotMatch(restored.console.text, /verify pages=|done status=/);
   });

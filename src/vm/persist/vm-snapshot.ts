@@ -9,6 +9,7 @@ import { InvalidVmSnapshotError, InvalidVmStateError, SnapshotPathError, VmSnaps
 import type { GuestMemory } from '../memory/guest-memory.js';
 import { SnapshotSource } from '../../sources/snapshot-source.js';
 import { SnapshotCorruptError } from '../../snapshot/errors.js';
+import { pageChecksumName } from '../../snapshot/format.js';
 import type { VmRestoreSource } from './restore-source.js';
 import { vmStateFromJson, vmStateToJson, type VmSavedState } from './vm-state.js';
 
@@ -159,9 +160,10 @@ export async function openVmSnapshotSource(path: string): Promise<VmRestoreSourc
       const report = await file.verifyAll();
       if (report.ok) return;
       const first = report.corruptPages[0]!;
-      const cause = new SnapshotCorruptError({ structure: 'page data', ...first });
-      throw new InvalidVmSnapshotError(path, `${report.corruptPageCount} stored page(s) fail their CRC check, the first at image offset 0x${first.imageOffset.toString(16)} ` +
-        `(CRC 0x${first.actualCrc32.toString(16)}, expected 0x${first.expectedCrc32.toString(16)})`, { cause });
+      const checksum = pageChecksumName(file.header.version);
+      const cause = new SnapshotCorruptError({ structure: 'page data', ...first, checksum });
+      throw new InvalidVmSnapshotError(path, `${report.corruptPageCount} stored page(s) fail their ${checksum} check, the first at image offset 0x${first.imageOffset.toString(16)} ` +
+        `(${checksum} 0x${first.actualCrc32.toString(16)}, expected 0x${first.expectedCrc32.toString(16)})`, { cause });
     },
     explain: (error) => invalid(path, (error.cause as Error | undefined) ?? error),
   };
