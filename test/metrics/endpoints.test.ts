@@ -19,6 +19,7 @@ import type { VmStatus } from '../../src/vm/vmm.js';
 import { CLI, ChildRun, spawnClient, uffdSkipReason, writeMemoryFiles, tempDir as handlerTempDir } from '../handler/helpers.js';
 import { PAGE, spawnPagesServe, tempDir as pagesTempDir, writeTestSnapshot } from '../pages/fixtures.js';
 import { CutProxy } from '../migrate/cut-proxy.js';
+import * as pair from '../migrate/vmm-pair.js';
 import { cleanupList, kvmSkipReason, spawnVmm, tempDir, vmmEvents, waitForSocket } from '../vm/helpers.js';
 
 /** GET a URL (http://…) or a path on a control socket; the body as text and its content type. */
@@ -179,32 +180,17 @@ async function logged(run: ChildRun, event: string): Promise<Record<string, unkn
   return run.waitForEvent(event, 15_000);
 }
 
-async function until(what: string, check: () => Promise<boolean>, timeoutMs = 30_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`no ${what} within ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
-
 describe('a live migration\'s metrics', { skip: kvmSkip, timeout: 120_000 }, () => {
   test('both sides: state, bytes, pages by kind, post-copy requests and downtime, as GET /migrate says', async (t) => {
     const dir = tempDir(t);
-    const srcSock = join(dir, 'src.sock');
-    const dstSock = join(dir, 'dst.sock');
-    const src = spawnVmm(t, ['run', '--mem', '64M', '--cmdline', 'workload=writer mem=16 hb=10 pattern=random seed=5', '--api-sock', srcSock]);
-    const dst = spawnVmm(t, ['receive', '--listen', '127.0.0.1:0', '--api-sock', dstSock]);
-    await waitForSocket(srcSock);
-    await src.console.waitFor(/hb 2 /);
-    await until('listening line', async () => vmmEvents(dst.stderr()).some((e) => e.event === 'listening'));
-    const url = (vmmEvents(dst.stderr()).find((e) => e.event === 'listening') as unknown as { url: string }).url;
-    const [host, port] = url.replace('tcp://', '').split(':') as [string, string];
+    const { run: src, sock: srcSock } = await pair.source(t, dir, 'workload=writer mem=16 hb=10 pattern=random seed=5');
+    const { run: dst, sock: dstSock, host, port } = await pair.destination(t, dir);
     // Paced, so the post-copy push is caught in the middle; frozen there, nothing moves while both are read.
     const proxy = await CutProxy.start({ host, port: Number(port) }, { bytesPerSecond: 8e6 });
     t.after(() => proxy.close());
     assert.equal((await controlRequest(srcSock, 'PUT', '/migrate', { to: proxy.address, mode: 'postcopy' })).status, 202);
     const progress = async (sock: string): Promise<MigrationProgress> => (await controlRequest(sock, 'GET', '/migrate')).body as MigrationProgress;
-    await until('post-copy with pages pushed', async () => {
+    await pair.until('post-copy with pages pushed', async () => {
       const p = await progress(srcSock);
       return p.state === 'postcopy' && p.pushedPages > 200;
     });
@@ -226,7 +212,7 @@ describe('a live migration\'s metrics', { skip: kvmSkip, timeout: 120_000 }, () 
     proxy.thaw();
 
     assert.equal(await src.exit, 0, src.stderr());
-    await until('the destination\'s verdict', async () => vmmEvents(dst.stderr()).some((e) => e.event === 'migration'));
+    await pair.until('the destination\'s verdict', async () => vmmEvents(dst.stderr()).some((e) => e.event === 'migration'));
     const d = (await controlRequest(dstSock, 'GET', '/migrate')).body as DestinationProgress;
     assert.equal(d.state, 'completed');
     const destination = await scrape({ socketPath: dstSock, path: '/metrics' });

@@ -10,31 +10,10 @@ import { controlRequest } from '../../src/vm/control-api.js';
 import { MigrationListener } from '../../src/migrate/transport/channels.js';
 import type { MigrationProgress } from '../../src/migrate/source-migration.js';
 import { kvmSkipReason, spawnCli, spawnVmm, tempDir, vmmEvents, waitForSocket, type CleanupScope, type SpawnedVmm } from '../vm/helpers.js';
+import { destination, source } from './vmm-pair.js';
 
 const skip = kvmSkipReason();
 const REGION_PAGES = 4096;
-
-/** A source VMM running the writer (16 MiB of a 64 MiB guest, random pages), once its first heartbeats are out. */
-async function source(t: CleanupScope, dir: string, cmdline = 'workload=writer mem=16 hb=10 pattern=random seed=11'): Promise<{ run: SpawnedVmm; sock: string }> {
-  const sock = join(dir, 'source.sock');
-  const run = spawnVmm(t, ['run', '--mem', '64M', '--cmdline', cmdline, '--api-sock', sock]);
-  await waitForSocket(sock);
-  await run.console.waitFor(/hb 2 /);
-  return { run, sock };
-}
-
-/** `vm receive` on 127.0.0.1 (any port) and the URL it listens on. */
-async function destination(t: CleanupScope, dir: string): Promise<{ run: SpawnedVmm; sock: string; url: string }> {
-  const sock = join(dir, 'destination.sock');
-  const run = spawnVmm(t, ['receive', '--listen', '127.0.0.1:0', '--api-sock', sock]);
-  const deadline = Date.now() + 10_000;
-  for (;;) {
-    const listening = vmmEvents(run.stderr()).find((e) => e.event === 'listening') as { url: string } | undefined;
-    if (listening) return { run, sock, url: listening.url };
-    if (Date.now() > deadline) throw new Error(`vm receive did not listen:\n${run.stderr()}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 /** The heartbeats of both sides form one sequence: no gap, no repeat. */
 function assertContinuous(before: number[], afterMove: number[]): void {

@@ -5,25 +5,17 @@
 // the guest runs on at the source. Needs /dev/kvm and the micro guest.
 import assert from 'node:assert/strict';
 import { describe, test, type TestContext } from 'node:test';
-import { join } from 'node:path';
 import { controlRequest } from '../../src/vm/control-api.js';
 import type { MigrationProgress } from '../../src/migrate/source-migration.js';
-import { kvmSkipReason, spawnVmm, tempDir, vmmEvents, waitForSocket } from '../vm/helpers.js';
+import { kvmSkipReason, tempDir, vmmEvents } from '../vm/helpers.js';
 import { CutProxy } from './cut-proxy.js';
+import { destination, source, until } from './vmm-pair.js';
 
 const skip = kvmSkipReason();
 
 async function progressOf(sock: string): Promise<MigrationProgress | undefined> {
   const reply = await controlRequest(sock, 'GET', '/migrate').catch(() => undefined);
   return reply?.status === 200 ? (reply.body as MigrationProgress) : undefined;
-}
-
-async function until(what: string, test: () => Promise<boolean>, timeoutMs = 20_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await test())) {
-    if (Date.now() > deadline) throw new Error(`no ${what} within ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
 }
 
 interface Interruption {
@@ -40,15 +32,8 @@ interface Interruption {
  */
 async function postcopySurvives(t: TestContext, seed: number, interruption: Interruption): Promise<{ source: MigrationProgress; proxy: CutProxy }> {
   const dir = tempDir(t);
-  const srcSock = join(dir, 'src.sock');
-  const dstSock = join(dir, 'dst.sock');
-  const src = spawnVmm(t, ['run', '--mem', '64M', '--cmdline', `workload=writer mem=16 hb=10 pattern=random seed=${seed}`, '--api-sock', srcSock]);
-  const dst = spawnVmm(t, ['receive', '--listen', '127.0.0.1:0', '--api-sock', dstSock, ...(interruption.migrate?.stall_timeout_ms ? ['--stall-timeout-ms', String(interruption.migrate.stall_timeout_ms)] : [])]);
-  await waitForSocket(srcSock);
-  await src.console.waitFor(/hb 2 /);
-  await until('listening line', async () => vmmEvents(dst.stderr()).some((e) => e.event === 'listening'));
-  const url = (vmmEvents(dst.stderr()).find((e) => e.event === 'listening') as unknown as { url: string }).url;
-  const [host, port] = url.replace('tcp://', '').split(':') as [string, string];
+  const { run: src, sock: srcSock } = await source(t, dir, `workload=writer mem=16 hb=10 pattern=random seed=${seed}`);
+  const { run: dst, sock: dstSock, host, port } = await destination(t, dir, interruption.migrate?.stall_timeout_ms ? ['--stall-timeout-ms', String(interruption.migrate.stall_timeout_ms)] : []);
   // 8 MB/s from the source: the post-copy push of 64 MiB takes seconds, long enough to be cut in the middle.
   const proxy = await CutProxy.start({ host, port: Number(port) }, { bytesPerSecond: 8e6 });
   t.after(() => proxy.close());
@@ -108,14 +93,8 @@ describe('a migration survives a cut', { skip, timeout: 120_000 }, () => {
 
   test('cut during pre-copy: the migration fails cleanly and the guest runs on at the source', async (t) => {
     const dir = tempDir(t);
-    const srcSock = join(dir, 'src.sock');
-    const src = spawnVmm(t, ['run', '--mem', '64M', '--cmdline', 'workload=writer mem=16 hb=10 pattern=random seed=22', '--api-sock', srcSock]);
-    const dst = spawnVmm(t, ['receive', '--listen', '127.0.0.1:0']);
-    await waitForSocket(srcSock);
-    await src.console.waitFor(/hb 2 /);
-    await until('listening line', async () => vmmEvents(dst.stderr()).some((e) => e.event === 'listening'));
-    const url = (vmmEvents(dst.stderr()).find((e) => e.event === 'listening') as unknown as { url: string }).url;
-    const [host, port] = url.replace('tcp://', '').split(':') as [string, string];
+    const { run: src, sock: srcSock } = await source(t, dir, 'workload=writer mem=16 hb=10 pattern=random seed=22');
+    const { run: dst, host, port } = await destination(t, dir);
     const proxy = await CutProxy.start({ host, port: Number(port) }, { bytesPerSecond: 4e6 });
     t.after(() => proxy.close());
     assert.equal((await controlRequest(srcSock, 'PUT', '/migrate', { to: proxy.address, mode: 'precopy' })).status, 202);
@@ -137,14 +116,8 @@ describe('a migration survives a cut', { skip, timeout: 120_000 }, () => {
 describe('a migration ends cleanly whatever order its connections close in', { skip, timeout: 120_000 }, () => {
   test('the urgent connection seen closing before the verdict on the main one: no cut, the destination completes, verified', async (t) => {
     const dir = tempDir(t);
-    const srcSock = join(dir, 'src.sock');
-    const src = spawnVmm(t, ['run', '--mem', '32M', '--cmdline', 'workload=writer mem=8 hb=10 pattern=random seed=24', '--api-sock', srcSock]);
-    const dst = spawnVmm(t, ['receive', '--listen', '127.0.0.1:0']);
-    await waitForSocket(srcSock);
-    await src.console.waitFor(/hb 2 /);
-    await until('listening line', async () => vmmEvents(dst.stderr()).some((e) => e.event === 'listening'));
-    const url = (vmmEvents(dst.stderr()).find((e) => e.event === 'listening') as unknown as { url: string }).url;
-    const [host, port] = url.replace('tcp://', '').split(':') as [string, string];
+    const { run: src, sock: srcSock } = await source(t, dir, 'workload=writer mem=8 hb=10 pattern=random seed=24', { mem: '32M' });
+    const { run: dst, host, port } = await destination(t, dir);
     // The source sends VERIFIED on main, then closes both: main's bytes lag, so the urgent close is seen first.
     const proxy = await CutProxy.start({ host, port: Number(port) }, { mainLagMs: 150 });
     t.after(() => proxy.close());

@@ -147,6 +147,10 @@ describe('userfault vm: a guest through the CLI', { skip, timeout: 60000 }, () =
     assert.match(cli(['vm', 'status', '--api-sock', sock]).stdout, /^state: paused/);
     assert.deepEqual(cli(['vm', 'resume', '--api-sock', sock, '--json']), { status: 0, stdout: '{"state":"running","changed":true}\n', stderr: '' });
     assert.deepEqual(cli(['vm', 'resume', '--api-sock', sock]), { status: 0, stdout: 'already running\n', stderr: '' });
+    // KVM's PIT delivers the ticks it held while the VM was paused: the guest beats several times at
+    // once after a resume. Let that catch-up reach the console before the state is saved.
+    const beats = run.console.heartbeats().at(-1) ?? 0;
+    await run.console.waitFor(new RegExp(`hb ${beats + 2} `));
 
     const snapshot = cli(['vm', 'snapshot', '--api-sock', sock, '--out', snap, '--stop']);
     assert.equal(snapshot.status, 0, snapshot.stderr);

@@ -133,7 +133,8 @@ function spawnNode(t: CleanupScope, args: string[], options: SpawnOptions = {}):
   let stderr = '';
   child.stdout!.on('data', (c: Buffer) => console.append(c.toString('latin1')));
   child.stderr!.on('data', (c: Buffer) => { stderr += c.toString('utf8'); });
-  const exit = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  // 'close', not 'exit': by then every byte of stdout has been read (a console's last lines arrive after 'exit').
+  const exit = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
   t.after(() => { if (child.exitCode === null) child.kill('SIGKILL'); });
   return { child, console, stderr: () => stderr, exit };
 }
