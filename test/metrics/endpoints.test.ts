@@ -20,7 +20,7 @@ import { CLI, ChildRun, spawnClient, uffdSkipReason, writeMemoryFiles, tempDir a
 import { PAGE, spawnPagesServe, tempDir as pagesTempDir, writeTestSnapshot } from '../pages/fixtures.js';
 import { CutProxy } from '../migrate/cut-proxy.js';
 import * as pair from '../migrate/vmm-pair.js';
-import { cleanupList, kvmSkipReason, spawnVmm, tempDir, vmmEvents, waitForSocket } from '../vm/helpers.js';
+import { cleanupList, kvmSkipReason, snapshotRunningWriter, spawnVmm, tempDir, vmmEvents, waitForSocket } from '../vm/helpers.js';
 
 /** GET a URL (http://…) or a path on a control socket; the body as text and its content type. */
 function get(target: { url: string } | { socketPath: string; path: string }): Promise<{ status: number; type: string; text: string }> {
@@ -58,19 +58,7 @@ describe('a VMM\'s metrics', { skip: kvmSkip, timeout: 120_000 }, () => {
     if (kvmSkip) return;
     dir = mkdtempSync(join(tmpdir(), 'uf-metrics-'));
     snap = join(dir, 'vm.snap');
-    const sock = join(dir, 'run.sock');
-    const cleanup = cleanupList();
-    const run = spawnVmm(cleanup, ['run', '--mem', '64M', '--cmdline', 'workload=writer mem=16 hb=10 pattern=random seed=3', '--api-sock', sock]);
-    try {
-      await waitForSocket(sock);
-      await run.console.waitFor(/hb 3 [^\n]*\n/);
-      assert.equal((await controlRequest(sock, 'PUT', '/snapshot/create', { snapshot_path: snap })).status, 200);
-      await controlRequest(sock, 'PUT', '/actions', { action_type: 'Stop' });
-      assert.equal(await run.exit, 0, run.stderr());
-      last = run.console.heartbeats().at(-1)!;
-    } finally {
-      cleanup.run();
-    }
+    last = await snapshotRunningWriter(snap);
   });
   after(() => {
     if (dir) rmSync(dir, { recursive: true, force: true });

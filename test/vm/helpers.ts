@@ -2,11 +2,12 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { accessSync, closeSync, constants, mkdtempSync, openSync, readSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, dirname } from 'node:path';
+import { basename, join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { TestContext } from 'node:test';
 import { ensureBuiltinGuest } from '../../src/vm/boot/builtin-guest.js';
 import { PageKind, SnapshotFile, writeSnapshot } from '../../src/snapshot/index.js';
+import { controlRequest } from '../../src/vm/control-api.js';
 
 /** Why KVM tests cannot run here, or undefined when they can. */
 export function kvmSkipReason(): string | undefined {
@@ -173,5 +174,28 @@ export async function rewriteVmSnapshot(src: string, dst: string, change: (state
     });
   } finally {
     await file.close();
+  }
+}
+
+/**
+ * Boot the writer in a VMM process, snapshot it to `snapshotPath` through its
+ * control socket once `hb 3` is out, stop it; the last heartbeat it printed
+ * (a restore's guest must go on from the next one).
+ */
+export async function snapshotRunningWriter(snapshotPath: string, cmdline = 'workload=writer mem=16 hb=10 pattern=random seed=3', mem = '64M'): Promise<number> {
+  const sock = join(dirname(snapshotPath), `${basename(snapshotPath)}.run.sock`);
+  const cleanup = cleanupList();
+  const run = spawnVmm(cleanup, ['run', '--mem', mem, '--cmdline', cmdline, '--api-sock', sock]);
+  try {
+    await waitForSocket(sock);
+    await run.console.waitFor(/hb 3 [^\n]*\n/);
+    const created = await controlRequest(sock, 'PUT', '/snapshot/create', { snapshot_path: snapshotPath });
+    if (created.status !== 200) throw new Error(`the snapshot was refused (HTTP ${created.status}): ${JSON.stringify(created.body)}`);
+    await controlRequest(sock, 'PUT', '/actions', { action_type: 'Stop' });
+    const code = await run.exit;
+    if (code !== 0) throw new Error(`the VMM exited ${code}:\n${run.stderr()}`);
+    return run.console.heartbeats().at(-1)!;
+  } finally {
+    cleanup.run();
   }
 }

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { controlRequest } from '../../src/vm/control-api.js';
 import type { VmStatus } from '../../src/vm/vmm.js';
-import { cleanupList, kvmSkipReason, spawnCli, spawnVmm, tempDir, waitForSocket, type CleanupScope, type SpawnedVmm } from './helpers.js';
+import { cleanupList, kvmSkipReason, snapshotRunningWriter, spawnCli, spawnVmm, tempDir, waitForSocket, type CleanupScope, type SpawnedVmm } from './helpers.js';
 
 const skip = kvmSkipReason();
 const REGION_PAGES = 4096;
@@ -42,20 +42,7 @@ describe('restore from a page server in another process', { skip, timeout: 120_0
     if (skip) return;
     dir = mkdtempSync(join(tmpdir(), 'uf-vm-remote-'));
     snap = join(dir, 'vm.snap');
-    const sock = join(dir, 'run.sock');
-    const cleanup = cleanupList();
-    const run = spawnVmm(cleanup, ['run', '--mem', '64M', '--cmdline', 'workload=writer mem=16 hb=10 pattern=random seed=5', '--api-sock', sock]);
-    try {
-      await waitForSocket(sock);
-      await run.console.waitFor(/hb 3 [^\n]*\n/);
-      const created = await controlRequest(sock, 'PUT', '/snapshot/create', { snapshot_path: snap });
-      assert.equal(created.status, 200, JSON.stringify(created.body));
-      await controlRequest(sock, 'PUT', '/actions', { action_type: 'Stop' });
-      assert.equal(await run.exit, 0, run.stderr());
-      last = run.console.heartbeats().at(-1)!;
-    } finally {
-      cleanup.run();
-    }
+    last = await snapshotRunningWriter(snap, 'workload=writer mem=16 hb=10 pattern=random seed=5');
   });
   after(() => {
     if (dir) rmSync(dir, { recursive: true, force: true });

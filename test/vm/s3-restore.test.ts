@@ -12,7 +12,7 @@ import type { VmStatus } from '../../src/vm/vmm.js';
 import { S3Object } from '../../src/s3/s3-object.js';
 import { parseS3Url } from '../../src/s3/s3-url.js';
 import { LocalS3Store, storeEnv } from '../fixtures/s3-store.js';
-import { cleanupList, kvmSkipReason, spawnCli, spawnVmm, tempDir, vmmEvents, waitForSocket } from './helpers.js';
+import { cleanupList, kvmSkipReason, snapshotRunningWriter, spawnCli, spawnVmm, tempDir, vmmEvents, waitForSocket } from './helpers.js';
 
 const skip = kvmSkipReason();
 const REGION_PAGES = 4096;
@@ -40,17 +40,9 @@ describe('restore from object storage', { skip, timeout: 180_000 }, () => {
     store = await LocalS3Store.start();
     Object.assign(process.env, storeEnv(store.endpoint));
     const snap = join(dir, 'vm.snap');
-    const sock = join(dir, 'run.sock');
+    last = await snapshotRunningWriter(snap, 'workload=writer mem=16 hb=10 pattern=random seed=5');
     const cleanup = cleanupList();
-    const run = spawnVmm(cleanup, ['run', '--mem', '64M', '--cmdline', 'workload=writer mem=16 hb=10 pattern=random seed=5', '--api-sock', sock]);
     try {
-      await waitForSocket(sock);
-      await run.console.waitFor(/hb 3 [^\n]*\n/);
-      const created = await controlRequest(sock, 'PUT', '/snapshot/create', { snapshot_path: snap });
-      assert.equal(created.status, 200, JSON.stringify(created.body));
-      await controlRequest(sock, 'PUT', '/actions', { action_type: 'Stop' });
-      assert.equal(await run.exit, 0, run.stderr());
-      last = run.console.heartbeats().at(-1)!;
       for (const [key, chunk] of [['vm', '256K'], ['vm-small-chunks', '16K']] as const) {
         const push = spawnCli(cleanup, ['snapshot', 'push', snap, store.url(key), '--chunk', chunk, '--json']);
         assert.equal(await push.exit, 0, push.stderr());
