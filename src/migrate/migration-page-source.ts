@@ -13,7 +13,7 @@
 // migration is given up.
 import { UserfaultError } from '../errors.js';
 import type { PagesMessage, ErrorMessage } from '../protocol/index.js';
-import { SourceReadError, type PageSource, type PushedPages, type ReadOptions } from '../sources/page-source.js';
+import { SourceReadError, abortedReadError, type PageSource, type PushedPages, type ReadOptions } from '../sources/page-source.js';
 import type { PageBitmap } from './page-bitmap.js';
 import type { PageDigestTable } from './page-digests.js';
 import type { FramedSocket } from './transport/framed-socket.js';
@@ -116,7 +116,7 @@ export class MigrationPageSource implements PageSource {
         if (!this.pending.delete(requestId)) return;
         this.cancelled.add(requestId);
         if (!read.connection.isEnded) read.connection.send({ type: 'cancel', readRequestId: requestId }).catch(() => {});
-        reject(new DOMException('the read was aborted', 'AbortError'));
+        reject(abortedReadError());
       }, { once: true });
       this.sendRead(requestId, read, priority);
     });

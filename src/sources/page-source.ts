@@ -119,6 +119,17 @@ export function checkReadRange(source: PageSource, offset: number, length: numbe
   }
 }
 
+/** checkReadRange, and a target too short for the read: a RangeError. */
+export function checkReadRequest(source: PageSource, offset: number, length: number, target: Uint8Array): void {
+  checkReadRange(source, offset, length);
+  if (target.length < length) throw new RangeError(`target holds ${target.length} bytes, ${length} asked for`);
+}
+
+/** What a read rejects with once its signal aborted. */
+export function abortedReadError(): Error {
+  return new DOMException('the read was aborted', 'AbortError');
+}
+
 /** The rejection of a read whose signal aborted (DOMException name 'AbortError', as fetch and fs use). */
 export function isAbortError(error: unknown): boolean {
   return (error as { name?: string } | null)?.name === 'AbortError';

@@ -40,7 +40,7 @@ import { parsePageUrl, formatHostPort } from '../pages/address.js';
 import { ClientConnection, type ConnectionLoss } from '../pages/client-connection.js';
 import { ImageChangedError, PeerUnavailableError } from '../pages/errors.js';
 import { ZeroMap } from '../pages/zero-map.js';
-import { SourceGoneError, SourceReadError, checkReadRange, type PageSource, type PushedPages, type ReadOptions, type ReadPriority } from './page-source.js';
+import { SourceGoneError, SourceReadError, abortedReadError, checkReadRequest, type PageSource, type PushedPages, type ReadOptions, type ReadPriority } from './page-source.js';
 
 export interface RemoteSourceOptions {
   /** How long a lost server has to come back before every read fails with SourceGoneError (default 30 s). */
@@ -433,13 +433,12 @@ export class RemoteSource implements PageSource {
   read(offset: number, length: number, target: Uint8Array, options: ReadOptions = {}): Promise<void> {
     if (this.stateValue !== 'open') return Promise.reject(this.goneReadError(offset, length));
     try {
-      checkReadRange(this, offset, length);
+      checkReadRequest(this, offset, length, target);
     } catch (error) {
       return Promise.reject(error);
     }
-    if (target.length < length) return Promise.reject(new RangeError(`target holds ${target.length} bytes, ${length} asked for`));
     const { signal } = options;
-    if (signal?.aborted) return Promise.reject(abortError());
+    if (signal?.aborted) return Promise.reject(abortedReadError());
     if (length === 0) return Promise.resolve();
     const priority: ReadPriority = options.priority ?? 'demand';
     return new Promise<void>((resolve, reject) => {
@@ -640,7 +639,7 @@ export class RemoteSource implements PageSource {
 
   private abort(operation: ReadOperation): void {
     if (operation.settled) return;
-    this.settle(operation, abortError());
+    this.settle(operation, abortedReadError());
   }
 
   private fail(operation: ReadOperation, error: Error): void {
@@ -683,10 +682,6 @@ export class RemoteSource implements PageSource {
     const reason = this.goneError?.message ?? 'the source is gone';
     return new SourceGoneError(offset, length, `${this.description}: ${reason}`, { cause: this.goneError });
   }
-}
-
-function abortError(): Error {
-  return new DOMException('the read was aborted', 'AbortError');
 }
 
 function equalBytes(a: Uint8Array, b: Uint8Array): boolean {

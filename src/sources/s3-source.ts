@@ -46,7 +46,7 @@ import { parseS3Url } from '../s3/s3-url.js';
 import { openSnapshotObject } from '../s3/snapshot-object.js';
 import { PageKind, pageChecksumName } from '../snapshot/format.js';
 import { ChunkCache, type PageCheck } from './chunk-cache.js';
-import { SourceGoneError, SourceReadError, checkReadRange, type PageSource, type ReadOptions, type ReadPriority } from './page-source.js';
+import { SourceGoneError, SourceReadError, abortedReadError, checkReadRange, checkReadRequest, type PageSource, type ReadOptions, type ReadPriority } from './page-source.js';
 
 export interface S3SourceOptions extends S3StoreOptions {
   /** The chunk cache's directory; false for none (default: ChunkCache's). */
@@ -236,12 +236,11 @@ export class S3Source implements PageSource {
   read(offset: number, length: number, target: Uint8Array, options: ReadOptions = {}): Promise<void> {
     if (this.stateValue !== 'open') return Promise.reject(this.goneReadError(offset, length));
     try {
-      checkReadRange(this, offset, length);
+      checkReadRequest(this, offset, length, target);
     } catch (error) {
       return Promise.reject(error);
     }
-    if (target.length < length) return Promise.reject(new RangeError(`target holds ${target.length} bytes, ${length} asked for`));
-    if (options.signal?.aborted) return Promise.reject(abortError());
+    if (options.signal?.aborted) return Promise.reject(abortedReadError());
     const pieces = [...this.layout.planRead(offset, length)];
     const data = new Map<number, ChunkData>();
     const waiting: Load[] = [];
@@ -268,7 +267,7 @@ export class S3Source implements PageSource {
         this.copy(pieces, target, data);
         resolve();
       };
-      const onAbort = (): void => finish(abortError());
+      const onAbort = (): void => finish(abortedReadError());
       options.signal?.addEventListener('abort', onAbort, { once: true });
       let left = waiting.length;
       for (const load of waiting) {
@@ -812,8 +811,4 @@ export class S3Source implements PageSource {
 function covers(partial: PartialState, first: number, end: number): boolean {
   for (let i = first; i < end; i++) if (!partial.pages[i]) return false;
   return true;
-}
-
-function abortError(): Error {
-  return new DOMException('the read was aborted', 'AbortError');
 }
