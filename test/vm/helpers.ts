@@ -2,6 +2,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { accessSync, closeSync, constants, mkdtempSync, openSync, readSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import assert from 'node:assert/strict';
 import { basename, join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { TestContext } from 'node:test';
@@ -198,4 +199,11 @@ export async function snapshotRunningWriter(snapshotPath: string, cmdline = 'wor
   } finally {
     cleanup.run();
   }
+}
+
+/** A restored guest's heartbeats go on from the last one saved: the next first, then no gap and no repeat. */
+export function assertHeartbeatContinues(heartbeats: number[], last: number, text: string): void {
+  assert.ok(heartbeats.length > 0, `no heartbeat after the restore:\n${text}`);
+  assert.equal(heartbeats[0], last + 1, `the first heartbeat after the restore follows the last one saved:\n${text}`);
+  assert.deepEqual(heartbeats, heartbeats.map((_, i) => last + 1 + i), `the heartbeat continues from ${last}, no gap and no repeat:\n${text}`);
 }

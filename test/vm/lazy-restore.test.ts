@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { controlRequest } from '../../src/vm/control-api.js';
 import type { VmStatus } from '../../src/vm/vmm.js';
-import { cleanupList, corruptStoredPage, snapshotRunningWriter, kvmSkipReason, spawnVmm, tempDir, vmmEvents, waitForSocket } from './helpers.js';
+import { assertHeartbeatContinues, cleanupList, corruptStoredPage, snapshotRunningWriter, kvmSkipReason, spawnVmm, tempDir, vmmEvents, waitForSocket } from './helpers.js';
 
 const skip = kvmSkipReason();
 const MiB = 1 << 20;
@@ -22,12 +22,6 @@ async function status(sock: string): Promise<LazyStatus> {
   const reply = await controlRequest(sock, 'GET', '/vm');
   assert.equal(reply.status, 200);
   return reply.body as LazyStatus;
-}
-
-function assertContinues(heartbeats: number[], last: number, text: string): void {
-  assert.ok(heartbeats.length > 0, `no heartbeat after the restore:\n${text}`);
-  assert.equal(heartbeats[0], last + 1, `the first heartbeat after the restore follows the last one saved:\n${text}`);
-  assert.deepEqual(heartbeats, heartbeats.map((_, i) => last + 1 + i), 'no gap and no repeat');
 }
 
 describe('lazy restore across processes', { skip, timeout: 120000 }, () => {
@@ -52,7 +46,7 @@ describe('lazy restore across processes', { skip, timeout: 120000 }, () => {
     const restored = spawnVmm(t, ['restore', snap, '--lazy', '--api-sock', sock]);
     await waitForSocket(sock);
     await restored.console.waitFor(new RegExp(`hb ${last + 3} `));
-    assertContinues(restored.console.heartbeats(), last, restored.console.text);
+    assertHeartbeatContinues(restored.console.heartbeats(), last, restored.console.text);
 
     const live = await status(sock);
     assert.equal(live.restore.mode, 'lazy');
@@ -95,7 +89,7 @@ describe('lazy restore across processes', { skip, timeout: 120000 }, () => {
     assert.ok(memory.metrics.pagesCopied <= memory.snapshotDataPages, 'zero pages are not copied: they fault in as zero pages, or stay untouched');
     await controlRequest(sock, 'PUT', '/serial/input', { data: 'q' });
     assert.equal(await restored.exit, 0, restored.stderr());
-    assertContinues(restored.console.heartbeats(), last, restored.console.text);
+    assertHeartbeatContinues(restored.console.heartbeats(), last, restored.console.text);
     assert.match(restored.console.text, new RegExp(`verify pages=${REGION_PAGES} bad=0`));
   });
 
@@ -119,7 +113,7 @@ describe('lazy restore across processes', { skip, timeout: 120000 }, () => {
 
     const eager = spawnVmm(t, ['restore', snap2]);
     await eager.console.waitFor(new RegExp(`hb ${second + 2} `));
-    assertContinues(eager.console.heartbeats(), second, eager.console.text);
+    assertHeartbeatContinues(eager.console.heartbeats(), second, eager.console.text);
     eager.child.kill('SIGTERM');
     assert.equal(await eager.exit, 0, eager.stderr());
   });

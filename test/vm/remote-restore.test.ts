@@ -8,15 +8,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { controlRequest } from '../../src/vm/control-api.js';
 import type { VmStatus } from '../../src/vm/vmm.js';
-import { cleanupList, kvmSkipReason, snapshotRunningWriter, spawnCli, spawnVmm, tempDir, waitForSocket, type CleanupScope, type SpawnedVmm } from './helpers.js';
+import { assertHeartbeatContinues, cleanupList, kvmSkipReason, snapshotRunningWriter, spawnCli, spawnVmm, tempDir, waitForSocket, type CleanupScope, type SpawnedVmm } from './helpers.js';
 
 const skip = kvmSkipReason();
 const REGION_PAGES = 4096;
-
-function assertContinues(heartbeats: number[], last: number, text: string): void {
-  assert.ok(heartbeats.length > 0, `no heartbeat after the restore:\n${text}`);
-  assert.deepEqual(heartbeats, heartbeats.map((_, i) => last + 1 + i), `the heartbeat continues from ${last}, no gap and no repeat:\n${text}`);
-}
 
 /** `userfault pages serve` on 127.0.0.1 (port 0: any), and the URL it listens on once it says so. */
 async function pageServer(t: CleanupScope, snap: string, port = 0): Promise<{ run: SpawnedVmm; url: string; port: number }> {
@@ -54,7 +49,7 @@ describe('restore from a page server in another process', { skip, timeout: 120_0
     const restored = spawnVmm(t, ['restore', '--from', server.url, '--lazy', '--api-sock', sock]);
     await waitForSocket(sock);
     await restored.console.waitFor(new RegExp(`hb ${last + 3} `));
-    assertContinues(restored.console.heartbeats(), last, restored.console.text);
+    assertHeartbeatContinues(restored.console.heartbeats(), last, restored.console.text);
     const live = (await controlRequest(sock, 'GET', '/vm')).body as VmStatus;
     assert.equal(live.restore?.mode, 'lazy');
     assert.match(live.restore?.source ?? '', /^page server tcp:\/\/127\.0\.0\.1:\d+$/);
@@ -70,7 +65,7 @@ describe('restore from a page server in another process', { skip, timeout: 120_0
     const restored = spawnVmm(t, ['restore', '--from', server.url, '--api-sock', sock]);
     await waitForSocket(sock);
     await restored.console.waitFor(new RegExp(`hb ${last + 2} `));
-    assertContinues(restored.console.heartbeats(), last, restored.console.text);
+    assertHeartbeatContinues(restored.console.heartbeats(), last, restored.console.text);
     await controlRequest(sock, 'PUT', '/serial/input', { data: 'q' });
     assert.equal(await restored.exit, 0, restored.stderr());
     assert.match(restored.console.text, new RegExp(`verify pages=${REGION_PAGES} bad=0`));
@@ -90,7 +85,7 @@ describe('restore from a page server in another process', { skip, timeout: 120_0
     const second = await pageServer(t, snap, first.port);
     assert.equal(second.url, first.url);
     await restored.console.waitFor(new RegExp(`hb ${last + beatsAtKill + 2} `), 30_000);
-    assertContinues(restored.console.heartbeats(), last, restored.console.text);
+    assertHeartbeatContinues(restored.console.heartbeats(), last, restored.console.text);
     await controlRequest(sock, 'PUT', '/serial/input', { data: 'q' });
     assert.equal(await restored.exit, 0, restored.stderr());
     assert.match(restored.console.text, new RegExp(`verify pages=${REGION_PAGES} bad=0`));

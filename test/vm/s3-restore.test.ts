@@ -12,15 +12,10 @@ import type { VmStatus } from '../../src/vm/vmm.js';
 import { S3Object } from '../../src/s3/s3-object.js';
 import { parseS3Url } from '../../src/s3/s3-url.js';
 import { LocalS3Store, storeEnv } from '../fixtures/s3-store.js';
-import { cleanupList, kvmSkipReason, snapshotRunningWriter, spawnCli, spawnVmm, tempDir, vmmEvents, waitForSocket } from './helpers.js';
+import { assertHeartbeatContinues, cleanupList, kvmSkipReason, snapshotRunningWriter, spawnCli, spawnVmm, tempDir, vmmEvents, waitForSocket } from './helpers.js';
 
 const skip = kvmSkipReason();
 const REGION_PAGES = 4096;
-
-function assertContinues(heartbeats: number[], last: number, text: string): void {
-  assert.ok(heartbeats.length > 0, `no heartbeat after the restore:\n${text}`);
-  assert.deepEqual(heartbeats, heartbeats.map((_, i) => last + 1 + i), `the heartbeat continues from ${last}, no gap and no repeat:\n${text}`);
-}
 
 describe('restore from object storage', { skip, timeout: 180_000 }, () => {
   let dir = '';
@@ -71,7 +66,7 @@ describe('restore from object storage', { skip, timeout: 180_000 }, () => {
     const restored = spawnVmm(t, ['restore', '--from', store.url('vm'), '--lazy', '--api-sock', sock]);
     await waitForSocket(sock);
     await restored.console.waitFor(new RegExp(`hb ${last + 3} `));
-    assertContinues(restored.console.heartbeats(), last, restored.console.text);
+    assertHeartbeatContinues(restored.console.heartbeats(), last, restored.console.text);
     const live = (await controlRequest(sock, 'GET', '/vm')).body as VmStatus;
     assert.equal(live.restore?.mode, 'lazy');
     assert.equal(live.restore?.source, `object ${store.url('vm')}`);
@@ -113,7 +108,7 @@ describe('restore from object storage', { skip, timeout: 180_000 }, () => {
     const restored = spawnVmm(t, ['restore', '--from', store.url('vm'), '--api-sock', sock]);
     await waitForSocket(sock);
     await restored.console.waitFor(new RegExp(`hb ${last + 2} `));
-    assertContinues(restored.console.heartbeats(), last, restored.console.text);
+    assertHeartbeatContinues(restored.console.heartbeats(), last, restored.console.text);
     await controlRequest(sock, 'PUT', '/serial/input', { data: 'q' });
     assert.equal(await restored.exit, 0, restored.stderr());
     assert.match(restored.console.text, new RegExp(`verify pages=${REGION_PAGES} bad=0`));
