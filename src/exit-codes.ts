@@ -26,6 +26,8 @@ export const ExitCode = {
   CANT_CREATE: 73,
   /** EX_IOERR: reading or writing failed part way. */
   IO: 74,
+  /** EX_TEMPFAIL: not done, not failed: a migration paused by a cut waits for the operator (vm migrate --resume). */
+  TEMPFAIL: 75,
   /** EX_NOPERM: permission denied (/dev/kvm, /dev/userfaultfd). */
   NO_PERMISSION: 77,
 } as const;

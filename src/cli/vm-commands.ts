@@ -285,13 +285,15 @@ export function registerVmCommands(program: Command): void {
     .option('--allow-remote', 'listen on an address other hosts can reach (use --psk-file there)')
     .option('--psk-file <file>', 'a pre-shared key (hex or raw, at least 16 bytes): only a source holding the same key gets in (TLS-PSK)')
     .addOption(new Option('--stall-timeout-ms <ms>', 'a connection that carries nothing this long (pings unanswered) counts as cut').default('10000'))
+    .addOption(new Option('--reconnect-deadline-ms <ms>', 'after a cut past READY, wait this long for the source to come back: GO never read, the machine is then discarded; every page in, the migration completes without its verdict').default('60000'))
+    .addOption(new Option('--progress-timeout-ms <ms>', 'before GO, give up on a source that sends nothing but pings this long').default('60000'))
     .option('--api-sock <path>', 'serve the control socket here once the guest runs')
     .option('--metrics <host:port>', METRICS_HELP)
     .option('--metrics-allow-remote', METRICS_REMOTE_HELP)
     .option('--log <file>', 'also write the console to this file')
     .option('--no-stdin', 'do not forward the terminal to the guest\'s COM1')
     .option('--json', 'report VMM events as JSON lines (one object per line) on stderr')
-    .action(async (options: CommonRunOptions & { listen: string; allowRemote?: boolean; pskFile?: string; stallTimeoutMs: string }) => {
+    .action(async (options: CommonRunOptions & { listen: string; allowRemote?: boolean; pskFile?: string; stallTimeoutMs: string; reconnectDeadlineMs: string; progressTimeoutMs: string }) => {
       await handled(options.json, async () => {
         const listen = parseHostPort(options.listen, '--listen HOST:PORT');
         if (!isLoopbackHost(listen.host) && !options.allowRemote) {
@@ -303,6 +305,8 @@ export function registerVmCommands(program: Command): void {
           listen,
           pskFile: options.pskFile === undefined ? undefined : resolve(options.pskFile),
           stallTimeoutMs: countOption('--stall-timeout-ms', options.stallTimeoutMs, 100),
+          reconnectDeadlineMs: countOption('--reconnect-deadline-ms', options.reconnectDeadlineMs, 100),
+          progressTimeoutMs: countOption('--progress-timeout-ms', options.progressTimeoutMs, 100),
           apiSock: options.apiSock === undefined ? undefined : resolve(options.apiSock),
           log: options.log,
           forwardStdin: options.stdin && process.stdin.isTTY === true,
@@ -316,17 +320,28 @@ export function registerVmCommands(program: Command): void {
     .description('live-migrate a running VM to a destination waiting with vm receive: pre-copy, then post-copy (hybrid), verified end to end')
     .requiredOption('--api-sock <path>', 'the source VM\'s control socket')
     .option('--to <host:port>', 'the destination (vm receive --listen)')
-    .option('--resume', 'a post-copy paused by a cut that gave up reconnecting: reconnect now, and follow it to its end')
+    .option('--resume', 'a migration paused by a cut that gave up reconnecting: reconnect now, and follow it to its end')
+    .option('--abandon', 'a migration paused with GO in flight (committing-paused) whose destination is gone for good: resume the guest here (if the destination did run it, two copies would run)')
     .addOption(new Option('--mode <mode>', 'precopy: rounds then stop-and-copy; postcopy: switch at once, fetch on demand; hybrid: rounds, then post-copy when they do not converge').choices(['precopy', 'postcopy', 'hybrid']).default('hybrid'))
     .addOption(new Option('--downtime-ms <ms>', 'pre-copy stops when the expected downtime is under this').default('300'))
     .addOption(new Option('--max-rounds <n>', 'pre-copy rounds at most (the full first pass included)').default('10'))
-    .addOption(new Option('--reconnect-deadline-ms <ms>', 'after a cut in post-copy, keep reconnecting this long before waiting for --resume').default('60000'))
+    .addOption(new Option('--reconnect-deadline-ms <ms>', 'after a cut past GO, keep reconnecting this long before waiting for --resume').default('60000'))
     .addOption(new Option('--stall-timeout-ms <ms>', 'a connection that carries nothing this long (pings unanswered) counts as cut: a silent link is noticed without waiting for TCP').default('10000'))
+    .addOption(new Option('--progress-timeout-ms <ms>', 'a destination that keeps its connections alive but does not answer BEGIN, SWITCHOVER, GO or RESUME this long counts as cut').default('60000'))
     .option('--psk-file <file>', 'the pre-shared key the destination holds (vm receive --psk-file): both connections are TLS-PSK')
     .option('--json', 'print only the final report, as one JSON object')
-    .action(async (options: SocketOptions & { to?: string; resume?: boolean; mode: 'precopy' | 'postcopy' | 'hybrid'; downtimeMs: string; maxRounds: string; reconnectDeadlineMs: string; stallTimeoutMs: string; pskFile?: string }) => {
+    .action(async (options: SocketOptions & { to?: string; resume?: boolean; abandon?: boolean; mode: 'precopy' | 'postcopy' | 'hybrid'; downtimeMs: string; maxRounds: string; reconnectDeadlineMs: string; stallTimeoutMs: string; progressTimeoutMs: string; pskFile?: string }) => {
       await handled(options.json, async () => {
-        if (options.resume === (options.to !== undefined)) throw new VmUsageError(['--to', '--resume'], options.resume ? '--resume goes on with the migration under way: it takes no --to' : 'give the destination, --to HOST:PORT (or --resume a paused one)');
+        const actions = [options.to !== undefined && '--to', options.resume && '--resume', options.abandon && '--abandon'].filter((a): a is string => typeof a === 'string');
+        if (actions.length !== 1) {
+          throw new VmUsageError(['--to', '--resume', '--abandon'], actions.length === 0 ? 'give the destination, --to HOST:PORT (or --resume or --abandon a paused migration)' : `${actions.join(' and ')} contradict each other: choose one`);
+        }
+        if (options.abandon) {
+          const answer = (await callControlApi(options.apiSock, 'PUT', '/migrate/abandon', {})) as { state: string };
+          if (options.json) printJson(answer);
+          else console.log(`migration ${answer.state}: the guest runs here again`);
+          return 0;
+        }
         // A line per phase or round when stderr is not a terminal.
         const view = new ProgressView(progressMode(options.json));
         const poll = follow(view, async () => {
@@ -341,6 +356,7 @@ export function registerVmCommands(program: Command): void {
             const maxRounds = countOption('--max-rounds', options.maxRounds, 1);
             const reconnectDeadlineMs = countOption('--reconnect-deadline-ms', options.reconnectDeadlineMs, 100);
             const stallTimeoutMs = countOption('--stall-timeout-ms', options.stallTimeoutMs, 100);
+            const progressTimeoutMs = countOption('--progress-timeout-ms', options.progressTimeoutMs, 100);
             parseHostPort(options.to!.replace(/^tcp:\/\//, ''), '--to HOST:PORT');
             report = (await callControlApi(options.apiSock, 'PUT', '/migrate', {
               to: options.to,
@@ -349,6 +365,7 @@ export function registerVmCommands(program: Command): void {
               max_rounds: maxRounds,
               reconnect_deadline_ms: reconnectDeadlineMs,
               stall_timeout_ms: stallTimeoutMs,
+              progress_timeout_ms: progressTimeoutMs,
               ...(options.pskFile === undefined ? {} : { psk_file: resolve(options.pskFile) }),
               wait: true,
             })) as MigrationProgress;
@@ -359,6 +376,8 @@ export function registerVmCommands(program: Command): void {
         }
         if (options.json) printJson(report);
         else for (const line of formatMigrationReport(report)) console.log(line);
+        // Paused past its reconnect deadline: not over, and not failed — the operator decides (the lines above say how).
+        if (report.waitingForOperator) return ExitCode.TEMPFAIL;
         return report.verified === false ? ExitCode.CHECK_FAILED : 0;
       });
     });
@@ -593,6 +612,20 @@ function demandLatency(p: DestinationProgress): string {
   return l && l.count ? ` (${l.count} faults waited p50 ${l.p50} us, p99 ${l.p99} us)` : '';
 }
 
+/** A migration paused by a cut past its reconnect deadline: where the guest is, why, and the ways out. */
+function formatPausedMigration(p: MigrationProgress): string[] {
+  const why = p.reconnectError ?? p.connectionLost;
+  const lines = [`migration ${p.state}: the connection to the destination was lost${p.connectionLost ? ` (${p.connectionLost.message})` : ''} and reconnecting gave up${why && why !== p.connectionLost ? `; last attempt: ${why.message}` : ''}`];
+  if (p.state === 'committing-paused') {
+    lines.push('GO was sent and its answer lost: whether the destination runs the guest is not known; the guest is paused here, its memory kept');
+    lines.push('ways out: vm migrate --resume (try again), vm migrate --abandon (the destination is gone for good: the guest resumes here), vm stop');
+  } else {
+    lines.push('the destination runs the guest and may still need pages only this side has: they are kept here');
+    lines.push('ways out: vm migrate --resume (try again), vm stop (give up on the destination\'s missing pages)');
+  }
+  return lines;
+}
+
 /** Like QEMU's info migrate: phase, round, transferred / remaining, rate, dirty rate, zero pages, post-copy requests, elapsed, expected downtime. */
 export function formatMigrationProgress(p: MigrationProgress): string {
   const remaining = formatBytes(p.remainingPages * 4096);
@@ -610,6 +643,7 @@ export function formatMigrationProgress(p: MigrationProgress): string {
 }
 
 export function formatMigrationReport(p: MigrationProgress): string[] {
+  if (p.waitingForOperator) return formatPausedMigration(p);
   const lines = [`migrated (${p.mode}, ${p.switchoverReason ?? p.state}) in ${(p.elapsedMs / 1000).toFixed(2)} s: ${p.round} pre-copy round(s), ${formatBytes(p.transferredBytes)} sent ` +
     `(${p.dataPagesSent + p.pushedPages} data pages, ${p.zeroPagesSent} zero pages as markers), ${p.postcopyRequests} post-copy requests`];
   const d = p.downtime;

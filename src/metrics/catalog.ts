@@ -35,7 +35,7 @@ type Exactly<List extends readonly string[], Union extends string> = [Exclude<Un
 const exactly = <Union extends string>() => <const List extends readonly string[]>(list: List & (Exactly<List, Union> extends true ? unknown : never)): List => list;
 
 const ROLE = ['source', 'destination'] as const;
-const MIGRATION_STATES = exactly<MigrationState>()(['idle', 'connecting', 'precopy', 'switchover', 'postcopy', 'postcopy-paused', 'completing', 'completed', 'cancelled', 'failed', 'listening', 'receiving', 'loading']);
+const MIGRATION_STATES = exactly<MigrationState>()(['idle', 'connecting', 'precopy', 'switchover', 'committing', 'committing-paused', 'postcopy', 'postcopy-paused', 'completing', 'completed', 'cancelled', 'failed', 'listening', 'receiving', 'loading', 'ready', 'ready-paused', 'verifying']);
 const VM_STATES = exactly<VmLifecycleState>()(['created', 'running', 'paused', 'snapshotting', 'restoring', 'migrating', 'stopped']);
 const VCPU_STATES = exactly<VcpuRunState>()(['paused', 'running', 'exited']);
 /** Clients counted as connected: every state but closed. */

@@ -8,40 +8,57 @@
 //               ZERO marks pages zero, DIRTY lists pages whose copy here is stale
 //   loading     SWITCHOVER: the stale pages are dropped (MADV_DONTNEED), guest RAM is registered
 //               with userfaultfd and served by a pager whose source is the migration itself
-//               (post-copy), the state is loaded; READY. GO: the vCPUs run; RUNNING.
-//   postcopy    pages arrive on demand (READ on the urgent connection) and by push; when every
-//               page is in, the pager detaches and COMPLETE carries the digests of what was
-//               installed; VERIFIED closes it
+//               (post-copy), the state is loaded; READY
+//   ready       READY sent, GO awaited: the guest is still the source's. A cut here waits for the
+//               source to come back and ask (ready-paused; RESUMED says "not running") until the
+//               reconnect deadline, then discards; the source's CANCEL discards at once
+//   postcopy    GO read: the guest is this side's; the vCPUs run; RUNNING. Pages arrive on demand
+//               (READ on the urgent connection) and by push
+//   verifying   every page in: the pager detaches and COMPLETE carries the digests of what was
+//               installed; VERIFIED closes it (a verdict lost with a cut is waited for until the
+//               reconnect deadline, then the migration completes saying it never came)
 //
 // Before GO nothing ran here: a failure or a cancel discards the machine, and
 // the guest runs on at the source. After GO a lost connection leaves the
 // vCPUs blocked on their missing pages (nothing is poisoned); the source
-// keeps the memory until completion.
+// keeps the memory until completion. The listener stays open for this
+// session until the process ends: a source that lost COMPLETE or VERIFIED can
+// always come back and hear it again.
 import { EventEmitter } from 'node:events';
 import { UserfaultError } from '../errors.js';
 import { PAGE_SIZE } from '../native.js';
 import type { LatencySummary } from '../metrics/latency-histogram.js';
 import type { ErrorMessage, PagesMessage } from '../protocol/index.js';
-import { Vmm } from '../vm/vmm.js';
+import type { IncomingMachine, MigratableMachineKind } from '../vm/migratable.js';
 import type { MigrationMode } from './convergence.js';
 import { IncomingStream, type GuestRamTarget } from './incoming-stream.js';
 import { MigrationPageSource } from './migration-page-source.js';
-import { isFinal, nextDestinationState, type DestinationMigrationState, type MigrationEvent } from './migration-state.js';
+import { destinationAllows, destinationRunsGuest, isFinal, isPaused, nextDestinationState, type DestinationMigrationEvent, type DestinationMigrationState } from './migration-state.js';
 import { PageBitmap } from './page-bitmap.js';
 import { DIGEST_BATCH_PAGES } from './page-digests.js';
 import { MigrationListener, sameSession, type AcceptedChannel, type MigrationSecurity, type SourceChannel } from './transport/channels.js';
 import { DEFAULT_STALL_TIMEOUT_MS, type AnyMessage, type FramedSocket } from './transport/framed-socket.js';
 
-export interface ReceiveOptions {
+export interface ReceiveOptions<Built extends IncomingMachine = IncomingMachine> {
   /** Where to listen: 127.0.0.1 unless told otherwise (the caller checks loopback). */
   host: string;
   port: number;
-  /** Where the guest's COM1 output goes. */
-  console?: (bytes: Uint8Array) => void;
+  /** What kind of machine comes in: how its description and state are checked, and how it is built (vm-migration-kind.ts for a VM). */
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  kind: MigratableMachineKind<any, any, Built>;
   /** TLS-PSK: only a source holding this key gets a connection. */
   security?: MigrationSecurity;
   /** A connection that carries nothing for this long (pings unanswered) counts as cut (default 10 s). */
   stallTimeoutMs?: number;
+  /**
+   * After a cut past READY, how long to wait for the source to come back
+   * (default 60 s): READY sent but GO never read, the machine is then
+   * discarded (the guest is the source's); every page in, the migration
+   * completes without the source's verdict.
+   */
+  reconnectDeadlineMs?: number;
+  /** Before GO, how long the source may send nothing but pings while this side waits on it (default 60 s). */
+  progressTimeoutMs?: number;
 }
 
 export interface DestinationProgress {
@@ -71,6 +88,10 @@ export interface DestinationProgress {
   resumeMs?: number;
   verified?: boolean;
   differingBatches?: number;
+  /** Every page is here but the source's verdict never came (lost with a cut, past the reconnect deadline). */
+  verdictLost?: boolean;
+  /** Whether this side runs the guest (it read GO). */
+  runsGuest: boolean;
   error?: { code: string; message: string };
   /** Post-copy cuts survived. */
   recoveries?: number;
@@ -82,21 +103,29 @@ export class IncomingMigrationError extends UserfaultError {
   override readonly code: string = 'EINCOMING';
 }
 
+/** The source sent nothing but pings for too long before GO, or did not come back after a cut. */
+export class IncomingMigrationStalledError extends IncomingMigrationError {
+  override readonly code = 'EINCOMINGSTALLED';
+}
+
 export interface DestinationMigrationEvents {
   state: [state: DestinationMigrationState];
   /** A connection refused before it carried anything: a failed TLS-PSK handshake, a wrong role or version, another session. */
   refused: [peer: string, reason: string];
 }
 
-export class DestinationMigration extends EventEmitter<DestinationMigrationEvents> {
+/** States in which the session's source may connect again (a reconnect after a cut past READY). */
+const RECONNECTABLE: ReadonlySet<DestinationMigrationState> = new Set(['ready', 'ready-paused', 'postcopy', 'postcopy-paused', 'verifying', 'completed']);
+
+export class DestinationMigration<Built extends IncomingMachine = IncomingMachine> extends EventEmitter<DestinationMigrationEvents> {
   private stateValue: DestinationMigrationState = 'listening';
   private readonly started = performance.now();
   private sessionId: Uint8Array | undefined;
   private main: FramedSocket | undefined;
   private urgent: FramedSocket | undefined;
-  private vmm: Vmm | undefined;
+  private vmm: Built | undefined;
   /** Pre-copy's stream, checked message by message before guest RAM is touched (incoming-stream.ts). */
-  private readonly stream = new IncomingStream(PAGE_SIZE);
+  private readonly stream: IncomingStream;
   private pageSource: MigrationPageSource | undefined;
   private postcopy = false;
   private building: Promise<void> | undefined;
@@ -111,18 +140,25 @@ export class DestinationMigration extends EventEmitter<DestinationMigrationEvent
   private nextRequestId = 1;
   /** A reconnect's main connection came; its urgent one is taken even though one was had. */
   private reconnecting = false;
-  /** COMPLETE sent, its verdict awaited: resent after a reconnect. */
-  private awaitingVerdict: { requestId: number } | undefined;
-  private readonly replies = new Map<number, (message: AnyMessage) => void>();
-  private readonly runningSignal: Promise<Vmm>;
-  private resolveRunning!: (vmm: Vmm) => void;
+  /** COMPLETE's request id (resent with it after a reconnect) and the wait for its verdict. */
+  private verdictRequestId: number | undefined;
+  private verdictWaiter: ((verdict: Extract<AnyMessage, { type: 'mig-verified' }> | undefined) => void) | undefined;
+  private verdictLost = false;
+  /** A deadline running while the source is away (ready-paused, or the verdict awaited). */
+  private awayTimer: NodeJS.Timeout | undefined;
+  /** When the source last sent a migration message (the progress deadline before GO). */
+  private lastProgressAt = performance.now();
+  private progressTimer: NodeJS.Timeout | undefined;
+  private readonly runningSignal: Promise<Built>;
+  private resolveRunning!: (vmm: Built) => void;
   private rejectRunning!: (error: Error) => void;
   private readonly doneSignal: Promise<DestinationProgress>;
   private resolveDone!: (progress: DestinationProgress) => void;
   private rejectDone!: (error: Error) => void;
 
-  private constructor(private readonly options: ReceiveOptions, private listener?: MigrationListener) {
+  private constructor(private readonly options: ReceiveOptions<Built>, private listener?: MigrationListener) {
     super();
+    this.stream = new IncomingStream(PAGE_SIZE, options.kind);
     this.runningSignal = new Promise((resolve, reject) => {
       this.resolveRunning = resolve;
       this.rejectRunning = reject;
@@ -134,11 +170,12 @@ export class DestinationMigration extends EventEmitter<DestinationMigrationEvent
     // Whoever awaits them sees the failure; nobody awaiting is not an unhandled rejection.
     this.runningSignal.catch(() => {});
     this.doneSignal.catch(() => {});
+    this.watchProgress();
   }
 
   /** Listen for one incoming VM. */
-  static async listen(options: ReceiveOptions): Promise<DestinationMigration> {
-    const destination = new DestinationMigration(options);
+  static async listen<Built extends IncomingMachine>(options: ReceiveOptions<Built>): Promise<DestinationMigration<Built>> {
+    const destination = new DestinationMigration<Built>(options);
     destination.listener = await MigrationListener.listen(
       { host: options.host, port: options.port },
       (accepted) => destination.onChannel(accepted),
@@ -156,8 +193,8 @@ export class DestinationMigration extends EventEmitter<DestinationMigrationEvent
     return this.stateValue;
   }
 
-  /** Resolves with the VMM once the guest runs here (after GO); rejects if the migration failed before. */
-  get running(): Promise<Vmm> {
+  /** Resolves with the machine once the guest runs here (after GO); rejects if the migration failed before. */
+  get running(): Promise<Built> {
     return this.runningSignal;
   }
 
@@ -180,8 +217,10 @@ export class DestinationMigration extends EventEmitter<DestinationMigrationEvent
       backgroundReads: stats?.backgroundReads ?? 0,
       pushedPages: (stats?.pushedPages ?? 0) + (stats?.pushedZeroPages ?? 0),
       elapsedMs: Math.round((performance.now() - this.started) * 100) / 100,
+      runsGuest: destinationRunsGuest(this.stateValue),
     };
-    const faults = this.pageSource && this.vmm?.lazyMemoryReport()?.metrics.latencyMicros;
+    if (this.verdictLost) progress.verdictLost = true;
+    const faults = this.pageSource && this.vmm?.faultLatency();
     if (faults) progress.faultLatencyMicros = faults;
     if (this.stream.mode) progress.mode = this.stream.mode;
     if (this.stream.pageCount) progress.guestPages = this.stream.pageCount;
@@ -193,7 +232,7 @@ export class DestinationMigration extends EventEmitter<DestinationMigrationEvent
       progress.differingBatches = this.verified.differing;
     }
     if (this.failure) progress.error = { code: (this.failure as { code?: string }).code ?? this.failure.name, message: this.failure.message };
-    if (this.connectionError) progress.connectionLost = { code: (this.connectionError as { code?: string }).code ?? this.connectionError.name, message: this.connectionError.message };
+    if (this.connectionError && isPaused(this.stateValue)) progress.connectionLost = { code: (this.connectionError as { code?: string }).code ?? this.connectionError.name, message: this.connectionError.message };
     return progress;
   }
 
@@ -201,6 +240,12 @@ export class DestinationMigration extends EventEmitter<DestinationMigrationEvent
   close(): void {
     this.listener?.close();
     this.listener = undefined;
+    this.endConnections();
+  }
+
+  private endConnections(): void {
+    clearTimeout(this.awayTimer);
+    clearInterval(this.progressTimer);
     this.main?.close();
     this.urgent?.close();
   }
@@ -209,19 +254,19 @@ export class DestinationMigration extends EventEmitter<DestinationMigrationEvent
 
   /**
    * Which connections this destination takes: the first session's main, then
-   * that session's urgent, once each — and after a cut in post-copy, that same
-   * session's main and urgent again (a reconnect; RESUME follows).
+   * that session's urgent, once each — and after a cut past READY, that same
+   * session's main and urgent again (a reconnect; RESUME or CANCEL follows),
+   * even once completed (a source that lost the verdict asks again).
    */
   private decide(channel: SourceChannel, sessionId: Uint8Array): string | undefined {
-    if (isFinal(this.stateValue)) return `this destination is ${this.stateValue}`;
-    const reconnecting = this.stateValue === 'postcopy' || this.stateValue === 'postcopy-paused';
+    if (this.stateValue === 'failed' || this.stateValue === 'cancelled') return `this destination is ${this.stateValue}`;
+    const ours = this.sessionId !== undefined && sameSession(this.sessionId, sessionId);
     if (channel === 'main') {
       if (!this.sessionId) return undefined;
-      if (!sameSession(this.sessionId, sessionId)) return 'this destination is receiving another migration';
-      if (!reconnecting) return 'this session already has its main connection';
-      return undefined;
+      if (!ours) return 'this destination is receiving another migration';
+      return RECONNECTABLE.has(this.stateValue) ? undefined : 'this session already has its main connection';
     }
-    if (!this.sessionId || !sameSession(this.sessionId, sessionId)) return 'an urgent connection for a session that has no main connection here';
+    if (!ours) return 'an urgent connection for a session that has no main connection here';
     if (this.urgent && !this.reconnecting) return 'this session already has its urgent connection';
     return undefined;
   }
@@ -236,10 +281,11 @@ export class DestinationMigration extends EventEmitter<DestinationMigrationEvent
         this.main = socket;
         this.urgent = undefined;
         for (const dead of old) dead?.destroy();
-        if (this.stateValue === 'postcopy') this.move('lost');
+        this.connectionGone(new IncomingMigrationError('the source reconnected (its old connections are gone)'));
       } else {
         this.sessionId = accepted.sessionId;
         this.main = socket;
+        this.lastProgressAt = performance.now();
         this.move('accepted');
       }
       socket.pageSizeBytes = PAGE_SIZE;
@@ -254,25 +300,74 @@ export class DestinationMigration extends EventEmitter<DestinationMigrationEvent
   }
 
   private onEnd(socket: FramedSocket, error: Error | undefined): void {
-    if (isFinal(this.stateValue)) return;
     // A connection a reconnect replaced ends without news.
     if (socket !== this.main && socket !== this.urgent) return;
     // Every page is in: the urgent connection has nothing left to carry, and the source closes it
     // with the main one once it sent its verdict (its end may be seen before the verdict is decoded).
-    if (socket === this.urgent && socket !== this.main && this.awaitingVerdict && !error) return;
-    const why = error ?? new IncomingMigrationError(`${socket.name} closed`);
+    if (socket === this.urgent && socket !== this.main && this.stateValue === 'verifying' && !error) return;
+    this.connectionGone(error ?? new IncomingMigrationError(`${socket.name} closed`));
+  }
+
+  /**
+   * A connection is gone (or replaced). Before READY: nothing can come of this
+   * session, discard. READY sent: the source may have sent GO, and will come
+   * back to ask — wait, bounded. After GO: wait for the source (the guest
+   * needs its pages); every page in: wait, bounded, for its verdict.
+   */
+  private connectionGone(why: Error): void {
+    if (isFinal(this.stateValue) || isPaused(this.stateValue)) return;
     this.connectionError = why;
-    if (this.stateValue === 'postcopy') {
-      // The guest runs here on pages only the source has: wait for it (reads stay pending, vCPUs block).
+    if (destinationAllows(this.stateValue, 'lost')) {
       this.move('lost');
+      if (this.stateValue === 'ready-paused') {
+        this.awaySince(() => void this.fail(new IncomingMigrationStalledError(`the source did not come back within ${this.reconnectDeadlineMs} ms of losing its connection after READY: it still owns the guest (GO never arrived here), and what was loaded is discarded`)));
+      }
       return;
     }
-    if (this.stateValue !== 'postcopy-paused') void this.fail(why);
+    if (this.stateValue === 'verifying') {
+      this.awaySince(() => this.verdictWaiter?.(undefined));
+      return;
+    }
+    void this.fail(why);
+  }
+
+  private get reconnectDeadlineMs(): number {
+    return this.options.reconnectDeadlineMs ?? 60_000;
+  }
+
+  /** Start the deadline for the source to come back (once: a second loss while away keeps the first clock). */
+  private awaySince(expired: () => void): void {
+    if (this.awayTimer) return;
+    this.awayTimer = setTimeout(() => {
+      this.awayTimer = undefined;
+      expired();
+    }, this.reconnectDeadlineMs);
+    this.awayTimer.unref();
+  }
+
+  private back(): void {
+    clearTimeout(this.awayTimer);
+    this.awayTimer = undefined;
+  }
+
+  /** Before GO: a source that keeps its connections alive but sends nothing else is given up on (item: a stuck or hostile source). */
+  private watchProgress(): void {
+    const limitMs = this.options.progressTimeoutMs ?? 60_000;
+    this.progressTimer = setInterval(() => {
+      const waiting = this.stateValue === 'receiving' || this.stateValue === 'ready';
+      if (!waiting) return;
+      const idleMs = performance.now() - this.lastProgressAt;
+      if (idleMs >= limitMs) void this.fail(new IncomingMigrationStalledError(`the source sent nothing but pings for ${Math.round(idleMs)} ms while this side waited on it (${this.stateValue}): given up`));
+    }, Math.max(50, Math.min(1000, Math.floor(limitMs / 4))));
+    this.progressTimer.unref();
   }
 
   // ---- messages ----------------------------------------------------------------
 
   private onMessage(message: AnyMessage, requestId: number, from: FramedSocket): void {
+    // A connection a reconnect replaced says nothing more.
+    if (from !== this.main && from !== this.urgent) return;
+    this.lastProgressAt = performance.now();
     switch (message.type) {
       case 'mig-begin':
         this.building = this.begin(message, requestId).catch((error: Error) => this.fail(error));
@@ -308,19 +403,20 @@ export class DestinationMigration extends EventEmitter<DestinationMigrationEvent
         void this.switchover(message.postcopy, message.stateJson, requestId).catch((error: Error) => this.fail(error));
         return;
       case 'mig-go':
-        void this.go(requestId).catch((error: Error) => this.fail(error));
+        this.go(requestId);
         return;
       case 'mig-all-sent':
         return;
       case 'mig-resume':
-        void this.resume(requestId).catch((error: Error) => this.fail(error));
+        void this.resume(requestId).catch((error: Error) => from.destroy(error));
         return;
       case 'mig-verified':
-        this.replies.get(requestId)?.(message);
-        this.replies.delete(requestId);
+        if (requestId !== this.verdictRequestId) throw new IncomingMigrationError(`VERIFIED for request ${requestId}, which is not this side's COMPLETE`);
+        this.verdictHeard(message);
         return;
       case 'mig-cancel':
-        if (this.stateValue === 'listening' || this.stateValue === 'receiving' || this.stateValue === 'loading') void this.fail(new IncomingMigrationError(`the source cancelled: ${message.text}`), 'cancel');
+        if (destinationRunsGuest(this.stateValue)) throw new IncomingMigrationError(`CANCEL while ${this.stateValue}: the guest runs here`);
+        void this.fail(new IncomingMigrationError(`the source cancelled: ${message.text}`), 'cancel');
         return;
       case 'pages':
       case 'push':
@@ -336,7 +432,8 @@ export class DestinationMigration extends EventEmitter<DestinationMigrationEvent
   private async begin(message: Extract<AnyMessage, { type: 'mig-begin' }>, requestId: number): Promise<void> {
     if (this.stateValue !== 'receiving') throw new IncomingMigrationError('BEGIN before the session was accepted');
     const machine = this.stream.begin(message, requestId);
-    this.vmm = await Vmm.createIncoming(machine, { console: this.options.console });
+    this.vmm = await this.options.kind.createIncoming(machine);
+    if (this.stateValue !== 'receiving') return;
     const image = this.vmm.memory.image();
     // Guest RAM is not registered yet: this thread writes pre-copy's pages in place.
     this.ram = {
@@ -363,98 +460,137 @@ export class DestinationMigration extends EventEmitter<DestinationMigrationEvent
     this.postcopy = postcopy;
     const memory = this.vmm.memory;
     const { received, knownZero, digests } = this.stream;
+    const main = this.main!;
     if (postcopy) {
       // The dirty lists' pages were dropped as they came: missing again, they are fetched.
       const present = received.andNot(knownZero);
-      this.pageSource = new MigrationPageSource(memory.lengthBytes, PAGE_SIZE, knownZero, digests, this.main!.name);
-      this.pageSource.attach(this.main!, this.urgent ?? this.main!);
-      await this.vmm.completeIncoming(state, `migration from ${this.main!.name}`, { source: this.pageSource, presentPages: present });
+      this.pageSource = new MigrationPageSource(memory.lengthBytes, PAGE_SIZE, knownZero, digests, main.name);
+      this.pageSource.attach(main, this.urgent ?? main);
+      await this.vmm.completeIncoming(state, `migration from ${main.name}`, { source: this.pageSource, presentPages: present });
     } else {
-      await this.vmm.completeIncoming(state, `migration from ${this.main!.name}`);
+      await this.vmm.completeIncoming(state, `migration from ${main.name}`);
     }
+    // Cut (and discarded) while loading: nothing more to do.
+    if (this.state !== 'loading') return;
     this.loadMs = Math.round((performance.now() - started) * 100) / 100;
-    await this.main!.send({ type: 'mig-ready', loadMicros: Math.round(this.loadMs * 1000) }, requestId);
-  }
-
-  /** The source committed: the guest runs here now. */
-  private async go(requestId: number): Promise<void> {
-    if (this.stateValue !== 'loading' || !this.vmm) throw new IncomingMigrationError(`GO while ${this.stateValue}`);
-    this.stream.request('GO', requestId);
-    const started = performance.now();
-    await this.vmm.resume();
-    this.resumeMs = Math.round((performance.now() - started) * 100) / 100;
-    this.move('resumed');
-    await this.main!.send({ type: 'mig-running', resumeMicros: Math.round(this.resumeMs * 1000) }, requestId);
-    this.resolveRunning(this.vmm);
-    // Post-copy: wait for every page; stop-and-copy: they are all here.
-    void this.finish().catch((error: Error) => this.fail(error));
+    // From here the source may send GO: a cut no longer discards (the source may be committing); it is waited out.
+    this.move('ready');
+    await main.send({ type: 'mig-ready', loadMicros: Math.round(this.loadMs * 1000) }, requestId).catch(() => {});
   }
 
   /**
-   * After a cut: the source is back on new connections. Answer with what is
-   * here (RESUMED: a bit per page the source need not send again), re-send
-   * every READ still waiting on the new connections, and COMPLETE again if
-   * its verdict was lost with the old ones.
+   * GO read: the guest is this side's from this moment, whatever happens to
+   * the connections (the state moves before anything is awaited).
+   */
+  private go(requestId: number): void {
+    if (this.stateValue !== 'ready' || !this.vmm) throw new IncomingMigrationError(`GO while ${this.stateValue}`);
+    this.stream.request('GO', requestId);
+    this.move(this.postcopy ? 'go' : 'go-all-in');
+    const vmm = this.vmm;
+    const main = this.main!;
+    void (async () => {
+      const started = performance.now();
+      await vmm.resume();
+      this.resumeMs = Math.round((performance.now() - started) * 100) / 100;
+      this.resolveRunning(vmm);
+      // Lost with a cut, RUNNING is said again by RESUMED (running).
+      await main.send({ type: 'mig-running', resumeMicros: Math.round(this.resumeMs * 1000) }, requestId).catch(() => {});
+      await this.finish();
+    })().catch((error: Error) => this.fail(error));
+  }
+
+  /**
+   * After a cut: the source is back on new connections and asks where this
+   * side stands. RESUMED says whether the guest runs here (GO was read) and
+   * which pages are here (a bit per page the source need not send again);
+   * every READ still waiting is re-sent on the new connections, and COMPLETE
+   * again if its verdict was lost with the old ones.
    */
   private async resume(requestId: number): Promise<void> {
-    if (this.stateValue !== 'postcopy-paused' || !this.vmm || !this.pageSource || !this.urgent) {
+    if (!this.vmm || !this.urgent || !(this.stateValue === 'ready-paused' || this.stateValue === 'postcopy-paused' || this.stateValue === 'verifying' || this.stateValue === 'completed')) {
       throw new IncomingMigrationError(`RESUME while ${this.stateValue}${this.urgent ? '' : ' (no urgent connection yet)'}`);
     }
     this.stream.request('RESUME', requestId);
     const pages = this.stream.pageCount;
     const has = new PageBitmap(pages);
-    const present = this.vmm.incomingPagePresent();
-    for (let page = 0; page < pages; page++) if (present(page) || this.stream.knownZero.get(page)) has.set(page);
-    this.pageSource.attach(this.main!, this.urgent);
+    const running = destinationRunsGuest(this.stateValue);
+    if (this.stateValue === 'verifying' || this.stateValue === 'completed') has.setAll();
+    else {
+      const present = this.vmm.pagePresent();
+      for (let page = 0; page < pages; page++) if (present(page) || this.stream.knownZero.get(page)) has.set(page);
+    }
+    this.pageSource?.attach(this.main!, this.urgent);
     this.reconnecting = false;
-    this.move('resumed');
+    this.back();
+    if (destinationAllows(this.stateValue, 'resumed')) this.move('resumed');
     this.recoveries++;
-    await this.main!.send({ type: 'mig-resumed', pageCount: pages, bitmap: has.bytes.subarray(0, Math.ceil(pages / 8)) }, requestId);
-    if (this.awaitingVerdict) await this.sendComplete(this.awaitingVerdict.requestId);
+    await this.main!.send({ type: 'mig-resumed', pageCount: pages, running, bitmap: has.bytes.subarray(0, Math.ceil(pages / 8)) }, requestId);
+    if (this.verdictRequestId !== undefined) await this.sendComplete(this.verdictRequestId);
   }
 
   private sendComplete(requestId: number): Promise<void> {
     return this.main!.send({ type: 'mig-complete', batchPages: DIGEST_BATCH_PAGES, digests: this.stream.digests.batchDigests() }, requestId);
   }
 
-  /** Every page in: detach the pager, send the digests, hear the verdict. */
+  /** Every page in: detach the pager, send the digests, hear the verdict (or, the source gone past the deadline, do without). */
   private async finish(): Promise<void> {
-    if (this.postcopy) await this.vmm!.completeMemory();
+    if (this.postcopy) {
+      await this.vmm!.completeMemory();
+      this.move('all-in');
+    }
     const requestId = this.nextRequestId++;
-    const verdict = new Promise<AnyMessage>((resolve) => this.replies.set(requestId, resolve));
-    this.awaitingVerdict = { requestId };
-    // A cut now is survived: resume() sends it again.
-    await this.sendComplete(requestId).catch(() => {});
+    this.verdictRequestId = requestId;
+    const verdict = new Promise<Extract<AnyMessage, { type: 'mig-verified' }> | undefined>((resolve) => (this.verdictWaiter = resolve));
+    // A cut now is survived: resume() sends it again; with no connection, the wait for the source is bounded.
+    if (this.main && !this.main.isEnded) await this.sendComplete(requestId).catch(() => {});
+    else this.awaySince(() => this.verdictWaiter?.(undefined));
     const answer = await verdict;
-    this.awaitingVerdict = undefined;
-    if (answer.type !== 'mig-verified') throw new IncomingMigrationError(`COMPLETE answered with ${answer.type}`);
+    this.verdictWaiter = undefined;
+    this.back();
+    if (answer) this.verdictHeard(answer);
+    else {
+      this.verdictLost = true;
+      this.move('verdict-lost');
+    }
+    this.endConnections();
+    // Still listening for this session (a source that lost the verdict asks again), without holding the process.
+    this.listener?.unref();
+    this.resolveDone(this.progress());
+  }
+
+  private verdictHeard(answer: Extract<AnyMessage, { type: 'mig-verified' }>): void {
     this.verified = { ok: answer.ok, differing: answer.differingCount };
-    this.move('complete');
-    this.close();
-    if (answer.ok) this.resolveDone(this.progress());
-    else this.rejectDone(new IncomingMigrationError(`${answer.differingCount} batch(es) of pages differ between what the source sent and what was installed here`));
+    this.verdictLost = false;
+    if (this.verdictWaiter) {
+      const waiter = this.verdictWaiter;
+      this.verdictWaiter = undefined;
+      this.move('verdict');
+      if (!answer.ok) this.rejectDone(new IncomingMigrationError(`${answer.differingCount} batch(es) of pages differ between what the source sent and what was installed here`));
+      waiter(answer);
+    }
   }
 
   /** Before GO: discard the machine (nothing ran here). After: stays (the guest runs here). */
-  private async fail(error: Error, event: MigrationEvent = 'fail'): Promise<void> {
+  private async fail(error: Error, event: DestinationMigrationEvent = 'fail'): Promise<void> {
     if (isFinal(this.stateValue) || this.failure) return;
     this.failure = error;
-    const beforeGo = this.stateValue === 'listening' || this.stateValue === 'receiving' || this.stateValue === 'loading';
-    if (this.main && !this.main.isEnded) {
-      await this.main.send({ type: 'error', code: 'BAD_REQUEST', text: error.message.slice(0, 1000) }).catch(() => {});
+    if (destinationRunsGuest(this.stateValue)) {
+      this.rejectDone(error);
+      return;
     }
-    if (beforeGo) {
-      this.move(event);
-      this.close();
-      this.pageSource?.close();
-      await this.vmm?.close();
-      this.vmm = undefined;
-      this.rejectRunning(error);
+    if (this.main && !this.main.isEnded && event === 'fail') {
+      await Promise.race([this.main.send({ type: 'error', code: 'BAD_REQUEST', text: error.message.slice(0, 1000) }).catch(() => {}), new Promise((r) => setTimeout(r, 1000).unref())]);
     }
+    if (!isFinal(this.stateValue)) this.move(destinationAllows(this.stateValue, event) ? event : 'fail');
+    this.close();
+    this.pageSource?.close();
+    await this.vmm?.close();
+    this.vmm = undefined;
+    this.rejectRunning(error);
     this.rejectDone(error);
   }
 
-  private move(event: MigrationEvent): void {
+  private move(event: DestinationMigrationEvent): void {
     this.stateValue = nextDestinationState(this.stateValue, event);
     this.emit('state', this.stateValue);
   }

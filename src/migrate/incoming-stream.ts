@@ -3,7 +3,8 @@
 // come now before guest RAM is touched, so a malformed, hostile, reordered or
 // duplicated stream ends in a typed error and its bytes never land. Pure: no
 // sockets, no VM — guest RAM is a target it writes through (the fuzz tests
-// drive it with a plain buffer).
+// drive it with a plain buffer), and the machine and its state are checked by
+// the machine kind's own schema (vm/migratable.ts).
 //
 // The canonical order the source keeps, and this checks:
 //   BEGIN                       first, once
@@ -19,8 +20,7 @@ import { UserfaultError } from '../errors.js';
 import type { MigrationMode } from './convergence.js';
 import { PageBitmap } from './page-bitmap.js';
 import { PageDigestTable } from './page-digests.js';
-import { InvalidVmStateError } from '../vm/errors.js';
-import { machineConfigFromJson, vmStateFromJson, type MachineConfig, type VmSavedState } from '../vm/persist/vm-state.js';
+import type { MigratableMachineKind } from '../vm/migratable.js';
 import type { MigrationMessage } from './protocol/messages.js';
 
 /** Where pre-copy's pages go: guest RAM, not registered with userfaultfd yet (the thread may touch it). */
@@ -41,9 +41,9 @@ export class MigrationStreamError extends UserfaultError {
 
 type Phase = 'begin' | 'precopy' | 'dirty' | 'switched';
 
-export class IncomingStream {
+export class IncomingStream<Machine extends { memoryBytes: number } = { memoryBytes: number }, State = unknown> {
   private phase: Phase = 'begin';
-  private machineValue: MachineConfig | undefined;
+  private machineValue: Machine | undefined;
   private modeValue: MigrationMode | undefined;
   private pagesValue = 0;
   private round = 0;
@@ -58,9 +58,13 @@ export class IncomingStream {
   digests!: PageDigestTable;
   readonly stats = { dataPagesReceived: 0, zeroPagesReceived: 0, rounds: 0 };
 
-  constructor(private readonly pageSizeBytes: number, private readonly maxMemoryBytes = Number.MAX_SAFE_INTEGER) {}
+  constructor(
+    private readonly pageSizeBytes: number,
+    private readonly kind: Pick<MigratableMachineKind<Machine, State>, 'parseMachine' | 'parseState'>,
+    private readonly maxMemoryBytes = Number.MAX_SAFE_INTEGER,
+  ) {}
 
-  get machine(): MachineConfig | undefined {
+  get machine(): Machine | undefined {
     return this.machineValue;
   }
 
@@ -82,16 +86,16 @@ export class IncomingStream {
     this.lastRequestId = requestId;
   }
 
-  /** BEGIN: the machine to build (its config checked by the VM state's own schema). */
-  begin(message: Extract<MigrationMessage, { type: 'mig-begin' }>, requestId: number): MachineConfig {
+  /** BEGIN: the machine to build (its description checked by its kind's own schema). */
+  begin(message: Extract<MigrationMessage, { type: 'mig-begin' }>, requestId: number): Machine {
     if (this.phase !== 'begin') throw new MigrationStreamError('once', 'a second BEGIN');
     this.request('BEGIN', requestId);
     if (message.pageSizeBytes !== this.pageSizeBytes) throw new MigrationStreamError('page-size', `the source's pages are ${message.pageSizeBytes} bytes; this host's are ${this.pageSizeBytes}`);
-    let machine: MachineConfig;
+    let machine: Machine;
     try {
-      machine = machineConfigFromJson(JSON.parse(message.machineJson));
+      machine = this.kind.parseMachine(JSON.parse(message.machineJson));
     } catch (error) {
-      if (error instanceof InvalidVmStateError || error instanceof SyntaxError) throw new MigrationStreamError('machine', `the machine in BEGIN: ${error.message}`, { cause: error });
+      if (error instanceof UserfaultError || error instanceof SyntaxError) throw new MigrationStreamError('machine', `the machine in BEGIN: ${error.message}`, { cause: error });
       throw error;
     }
     if (machine.memoryBytes !== message.memoryBytes) throw new MigrationStreamError('machine', `BEGIN says ${message.memoryBytes} bytes of memory, its machine ${machine.memoryBytes}`);
@@ -171,20 +175,16 @@ export class IncomingStream {
     return stale;
   }
 
-  /** SWITCHOVER: the VM state, checked by its schema and against the machine BEGIN built. */
-  switchover(message: Extract<MigrationMessage, { type: 'mig-switchover' }>, requestId: number): VmSavedState {
+  /** SWITCHOVER: the machine's state, checked by its kind's schema and against the machine BEGIN built. */
+  switchover(message: Extract<MigrationMessage, { type: 'mig-switchover' }>, requestId: number): State {
     this.expect('SWITCHOVER', ['precopy', 'dirty']);
     this.request('SWITCHOVER', requestId);
-    let state: VmSavedState;
+    let state: State;
     try {
-      state = vmStateFromJson(JSON.parse(message.stateJson));
+      state = this.kind.parseState(JSON.parse(message.stateJson), this.machineValue!);
     } catch (error) {
-      if (error instanceof InvalidVmStateError || error instanceof SyntaxError) throw new MigrationStreamError('state', `the VM state in SWITCHOVER: ${error.message}`, { cause: error });
+      if (error instanceof UserfaultError || error instanceof SyntaxError) throw new MigrationStreamError('state', `the state in SWITCHOVER: ${error.message}`, { cause: error });
       throw error;
-    }
-    const machine = this.machineValue!;
-    if (state.machine.memoryBytes !== machine.memoryBytes || state.machine.vcpuCount !== machine.vcpuCount) {
-      throw new MigrationStreamError('state', 'the VM state in SWITCHOVER is for another machine than BEGIN built');
     }
     if (!message.postcopy) {
       const missing = this.pagesValue - this.received.count();

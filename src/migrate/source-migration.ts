@@ -21,26 +21,13 @@ import { UserfaultError } from '../errors.js';
 import { PAGE_SIZE } from '../native.js';
 import type { ReadMessage } from '../protocol/index.js';
 import { MAX_READ_BYTES } from '../protocol/wire.js';
-import type { KvmVm } from '../vm/kvm/kvm-vm.js';
-import type { GuestMemory } from '../vm/memory/guest-memory.js';
-import type { MachineConfig, VmSavedState } from '../vm/persist/vm-state.js';
-import { vmStateToJson } from '../vm/persist/vm-state.js';
+import type { MigrationSourceMachine } from '../vm/migratable.js';
 import { ConvergencePolicy, type MigrationMode, type SwitchoverDecision } from './convergence.js';
-import { nextSourceState, isFinal, isPastSwitchover, type MigrationEvent, type SourceMigrationState } from './migration-state.js';
+import { isFinal, isPastSwitchover, isPaused, nextSourceState, sourceAllows, sourceOwnsGuest, type SourceMigrationEvent, type SourceMigrationState } from './migration-state.js';
 import { PageBitmap } from './page-bitmap.js';
 import { DIGEST_BATCH_PAGES, PageDigestTable, differingBatches } from './page-digests.js';
 import { connectChannel, newSessionId, parseMigrationAddress, type MigrationSecurity } from './transport/channels.js';
-import { DEFAULT_STALL_TIMEOUT_MS, type AnyMessage, type FramedSocket } from './transport/framed-socket.js';
-
-/** What the source side needs of the VM. */
-export interface MigratableVm {
-  readonly memory: GuestMemory;
-  readonly vm: KvmVm;
-  readonly machine: MachineConfig;
-  pauseVcpus(): Promise<void>;
-  resumeVcpus(): Promise<void>;
-  saveState(): Promise<VmSavedState>;
-}
+import { ConnectionEndedError, DEFAULT_STALL_TIMEOUT_MS, type AnyMessage, type FramedSocket } from './transport/framed-socket.js';
 
 export interface MigrateOptions {
   /** The destination, HOST:PORT or tcp://HOST:PORT (`vm receive --listen`). */
@@ -58,6 +45,12 @@ export interface MigrateOptions {
   security?: MigrationSecurity;
   /** A connection that carries nothing for this long (pings unanswered) counts as cut (default 10 s). */
   stallTimeoutMs?: number;
+  /**
+   * How long the destination may take to answer BEGIN, SWITCHOVER, GO or
+   * RESUME while its connections stay alive (default 60 s): past it the wait
+   * ends as a cut would.
+   */
+  progressTimeoutMs?: number;
 }
 
 /** Where the guest-stopped time went, ms (the VMM's clock). */
@@ -108,7 +101,15 @@ export interface MigrationProgress {
   /** Every page the destination installed matches what was sent (known at completion). */
   verified?: boolean;
   differingBatches?: number;
+  /** Who runs the guest now: this side, the destination, or not known (GO sent, its answer lost with a cut). */
+  guestOwner: 'source' | 'destination' | 'unknown';
   error?: { code: string; message: string };
+  /** The connection loss that paused the migration (past GO), while it is paused. */
+  connectionLost?: { code: string; message: string };
+  /** Why the last reconnect attempt failed (a refusal, no answer), while paused. */
+  reconnectError?: { code: string; message: string };
+  /** Paused and past its reconnect deadline: it waits for `vm migrate --resume` (or, committing-paused, `--abandon`). */
+  waitingForOperator?: boolean;
 }
 
 export class MigrationError extends UserfaultError {
@@ -124,11 +125,55 @@ export class MigrationCancelledError extends MigrationError {
   override readonly code = 'EMIGRATIONCANCELLED';
 }
 
+/** A connection of the migration closed (by the peer, or a reset) without another cause. */
+export class MigrationConnectionLostError extends MigrationError {
+  override readonly code = 'EMIGRATIONLOST';
+  constructor(readonly connection: string) {
+    super(`the ${connection} closed`);
+  }
+}
+
+/** The destination kept its connections alive but did not answer a request in time. */
+export class MigrationStalledError extends MigrationError {
+  override readonly code = 'EMIGRATIONSTALLED';
+}
+
+/** The operator took the guest back (`vm migrate --abandon`): it runs here again. */
+export class MigrationTakenBackError extends MigrationError {
+  override readonly code = 'EMIGRATIONTAKENBACK';
+  constructor() {
+    super('the guest was taken back by the operator (vm migrate --abandon) while it was not known whether the destination had read GO: it runs here again');
+  }
+}
+
+/** `vm stop` while the migration was paused by a cut: this side ends; the guest is the destination's (or lost with it). */
+export class MigrationStoppedError extends MigrationError {
+  override readonly code = 'EMIGRATIONSTOPPED';
+  constructor(state: SourceMigrationState) {
+    super(`stopped by the operator while ${state}: this side's copy of the guest is discarded${state === 'committing-paused' ? ' (whether the destination read GO is not known)' : ' (the destination runs the guest, and may still need pages that were only here)'}`);
+  }
+}
+
+/** What the destination installed differs from what was sent. */
+export class MigrationVerificationError extends MigrationError {
+  override readonly code = 'EMIGRATIONVERIFY';
+  constructor(readonly differingCount: number, readonly differing: number[]) {
+    super(`${differingCount} batch(es) of ${DIGEST_BATCH_PAGES} pages differ between what was sent and what the destination installed (the first: ${differing.slice(0, 8).join(', ')})`);
+  }
+}
+
+interface PendingComplete {
+  digests: Uint8Array[];
+  requestId: number;
+}
+
 const CHUNK_PAGES = 512;
 const PUSH_RUN_PAGES = 64;
 
 export interface SourceMigrationEvents {
   state: [state: SourceMigrationState];
+  /** Paused past the reconnect deadline: it waits for the operator. */
+  waiting: [];
 }
 
 export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
@@ -142,7 +187,8 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
   private urgent: FramedSocket | undefined;
   private nextRequestId = 1;
   private readonly replies = new Map<number, { resolve: (message: AnyMessage) => void; reject: (error: Error) => void }>();
-  private dirtyMode: 'manual-protect' | 'get-clears' | undefined;
+  /** The machine's dirty log is on (pre-copy started it; off once the guest runs on the destination). */
+  private tracking = false;
   /** Pages changed since they were last sent. */
   private pending: PageBitmap;
   /** Post-copy: pages the destination still needs from here. */
@@ -150,7 +196,17 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
   private pushCursor = 0;
   private cancelRequested: Error | undefined;
   private failure: Error | undefined;
-  private completion: { resolve: () => void; reject: (error: Error) => void } | undefined;
+  private completion: { resolve: (complete: PendingComplete) => void; reject: (error: Error) => void } | undefined;
+  /** COMPLETE heard, not yet answered (it may come before RUNNING is handled, or before the push ends). */
+  private pendingComplete: PendingComplete | undefined;
+  /** GO's answer, once GO is sent. */
+  private runningReply: Promise<AnyMessage> | undefined;
+  /** The switchover's clock, for the downtime once RUNNING is heard. */
+  private switchoverTimes: { started: number; paused: number; synced: number; encoded: number; ready: number; loadMicros: number } | undefined;
+  private connectionLost: Error | undefined;
+  private reconnectError: Error | undefined;
+  private gaveUpReconnecting = false;
+  private readonly progressTimeoutMs: number;
   private readonly zeroPage = Buffer.alloc(PAGE_SIZE);
   private readonly stats = { round: 0, dataPagesSent: 0, zeroPagesSent: 0, postcopyRequests: 0, pushedPages: 0, rateBytesPerSecond: 0, dirtyPagesPerSecond: 0, recoveries: 0 };
   private switchoverReason: string | undefined;
@@ -164,7 +220,7 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
   private lastRecoveryMs: number | undefined;
   private postcopyBytesAtStart = 0;
 
-  constructor(private readonly target: MigratableVm, private readonly options: MigrateOptions) {
+  constructor(private readonly target: MigrationSourceMachine, private readonly options: MigrateOptions) {
     super();
     this.mode = options.mode ?? 'hybrid';
     this.policy = new ConvergencePolicy({ mode: this.mode, downtimeMs: options.downtimeMs ?? 300, maxRounds: options.maxRounds ?? 10 });
@@ -172,6 +228,7 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
     this.digests = new PageDigestTable(this.pages, PAGE_SIZE);
     this.pending = new PageBitmap(this.pages);
     this.address = parseMigrationAddress(options.to);
+    this.progressTimeoutMs = options.progressTimeoutMs ?? 60_000;
   }
 
   get state(): SourceMigrationState {
@@ -196,7 +253,13 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
       pushedPages: this.stats.pushedPages,
       elapsedMs: round2(performance.now() - this.started),
       expectedDowntimeMs: isPastSwitchover(this.stateValue) ? undefined : finiteOr(round2(this.policy.expectedDowntimeMs(this.pending.count(), PAGE_SIZE))),
+      guestOwner: sourceOwnsGuest(this.stateValue) ? 'source' : this.stateValue === 'committing' || this.stateValue === 'committing-paused' ? 'unknown' : 'destination',
     };
+    if (isPaused(this.stateValue)) {
+      if (this.connectionLost) progress.connectionLost = errorSummary(this.connectionLost);
+      if (this.reconnectError) progress.reconnectError = errorSummary(this.reconnectError);
+      if (this.gaveUpReconnecting) progress.waitingForOperator = true;
+    }
     if (this.switchoverReason) progress.switchoverReason = this.switchoverReason;
     if (this.stats.recoveries) {
       progress.recoveries = this.stats.recoveries;
@@ -207,7 +270,7 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
       progress.verified = this.verified.ok;
       progress.differingBatches = this.verified.differing;
     }
-    if (this.failure) progress.error = { code: (this.failure as { code?: string }).code ?? this.failure.name, message: this.failure.message };
+    if (this.failure && sourceOwnsGuest(this.stateValue)) progress.error = errorSummary(this.failure);
     return progress;
   }
 
@@ -217,7 +280,7 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
    * request is refused.
    */
   cancel(reason = 'cancelled on the source'): void {
-    if (isPastSwitchover(this.stateValue) || this.stateValue === 'switchover') throw new MigrationError(`the migration is ${this.stateValue}: past switchover it cannot be cancelled (the guest runs on the destination)`);
+    if (!sourceOwnsGuest(this.stateValue) || this.stateValue === 'switchover') throw new MigrationError(`the migration is ${this.stateValue}: past switchover it cannot be cancelled (the guest is, or may be, the destination's)`);
     if (isFinal(this.stateValue)) throw new MigrationError(`the migration is already ${this.stateValue}`);
     this.cancelRequested = new MigrationCancelledError(reason);
     // A send may be waiting for a destination that stopped reading: ending the connections ends the wait.
@@ -225,25 +288,31 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
     this.urgent?.destroy(this.cancelRequested);
   }
 
-  /** Run the migration to its end: resolves at completion; rejects (guest still here) when it fails or is cancelled before switchover. */
+  /**
+   * Run the migration to its end: resolves at completion; rejects with the
+   * guest running here when it fails or is cancelled before GO (or the
+   * operator takes it back, requestAbandon()). From GO on it never fails on
+   * its own: a cut pauses it and it reconnects to learn the destination's
+   * side (the commit in migration-state.ts and docs/migration.md).
+   */
   async run(): Promise<MigrationProgress> {
     this.move('start');
-    let switchedOver = false;
     try {
       await this.connect();
-      await this.call({ type: 'mig-begin', mode: this.mode, pageSizeBytes: PAGE_SIZE, memoryBytes: this.target.memory.lengthBytes, machineJson: JSON.stringify(this.target.machine) }, 'mig-accept');
+      await this.call({ type: 'mig-begin', mode: this.mode, pageSizeBytes: PAGE_SIZE, memoryBytes: this.target.memory.lengthBytes, machineJson: JSON.stringify(this.target.describe()) }, 'mig-accept', this.progressTimeoutMs);
       this.move('connected');
       const decision = await this.precopy();
       await this.switchover(decision);
-      switchedOver = true;
-      await this.afterSwitchover();
-      return this.progress();
     } catch (caught) {
-      const error = this.cancelRequested ?? (caught as Error);
+      const error = this.cancelRequested ?? this.failure ?? (caught as Error);
       this.failure = error;
-      // Before the commit (GO) the guest is still this side's: resume it here.
-      if (!switchedOver && !isPastSwitchover(this.stateValue)) await this.abandon(error);
+      // GO never left: the guest is this side's, and runs on here.
+      await this.abandon(error);
       throw error;
+    }
+    try {
+      await this.handOver();
+      return this.progress();
     } finally {
       this.stopTracking();
     }
@@ -263,73 +332,184 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
     }
     this.main = main;
     this.urgent = urgent;
-    for (const socket of [main, urgent]) {
-      socket.watchLiveness(this.options.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_MS);
-      this.listen(socket);
-    }
+    const stallMs = this.options.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_MS;
+    // Pre-copy's stream and the push queue on main: the peer's pongs there may wait behind them, so
+    // hearing the peer on urgent (which carries no bulk data) also says main's peer is alive.
+    main.watchLiveness(stallMs, { companion: urgent });
+    urgent.watchLiveness(stallMs);
+    this.listen(main);
+    this.listen(urgent);
   }
 
   /**
-   * Post-copy to its end, surviving cuts: a lost connection pauses the
-   * migration (the guest runs there, blocked on pages only this side has),
-   * and it goes on once the connections are back.
+   * From GO to the end: wait for RUNNING, push what the destination still
+   * lacks, hear its COMPLETE and answer VERIFIED — and after any cut,
+   * reconnect and learn from the destination where it stands (recover()).
    */
-  private async afterSwitchover(): Promise<void> {
+  private async handOver(): Promise<void> {
     for (;;) {
       try {
-        if (this.toSend && this.stateValue === 'postcopy') await this.postcopy();
-        await this.awaitCompletion();
-        return;
+        switch (this.stateValue) {
+          case 'committing':
+            await this.awaitRunning();
+            break;
+          case 'postcopy':
+            await this.postcopy();
+            break;
+          case 'completing':
+            await this.awaitCompletion();
+            break;
+          case 'committing-paused':
+          case 'postcopy-paused':
+            await this.recover();
+            break;
+          case 'completed':
+            return;
+          default:
+            // Taken back by the operator (the guest runs here again), or a state handOver never enters.
+            throw this.failure ?? new MigrationError(`the migration is ${this.stateValue}`);
+        }
       } catch (error) {
-        if (this.stateValue !== 'postcopy-paused') throw error;
-        await this.recover();
+        if (isPaused(this.stateValue)) continue;
+        throw error;
       }
     }
   }
 
+  /** GO's answer: the guest runs on the destination. */
+  private async awaitRunning(): Promise<void> {
+    const running = (await this.runningReply!) as Extract<AnyMessage, { type: 'mig-running' }>;
+    this.runningHeard(running.resumeMicros);
+  }
+
+  private runningHeard(resumeMicros: number | undefined): void {
+    const ended = this.switchoverTimes;
+    if (ended && !this.downtime) {
+      const tRunning = performance.now();
+      this.downtime = {
+        pauseMs: round2(ended.paused - ended.started),
+        finalSyncMs: round2(ended.synced - ended.paused),
+        stateEncodeMs: round2(ended.encoded - ended.synced),
+        sendMs: round2(ended.ready - ended.encoded - ended.loadMicros / 1000),
+        destinationLoadMs: round2(ended.loadMicros / 1000),
+        destinationResumeMs: round2((resumeMicros ?? 0) / 1000),
+        totalMs: round2(tRunning - ended.started),
+      };
+    }
+    this.stopTracking();
+    this.move(this.toSend ? 'running' : 'running-all-sent');
+  }
+
   /**
    * Reconnect with backoff until the deadline (options.reconnectDeadlineMs),
-   * then wait for a resume request (requestResume) and try again: after
-   * switchover a migration cannot just fail. On the new connections RESUME
-   * asks what the destination has (RESUMED: its bitmap, QEMU's RECV_BITMAP);
-   * every page it lacks is sent again, and it re-sends the READs it still
-   * waits on.
+   * then wait for a resume request (requestResume) and try again: past GO a
+   * migration cannot just fail. On the new connections RESUME asks where the
+   * destination stands. Committing (GO may have been lost): RESUMED says
+   * whether it runs the guest; if not, GO goes again. In post-copy: its
+   * bitmap (QEMU's RECV_BITMAP) says what it has; every page it lacks is sent
+   * again, and it re-sends the READs it still waits on. Every failed attempt
+   * is kept (reconnectError, in status): a refusal is not swallowed.
    */
   private async recover(): Promise<void> {
     this.stats.recoveries++;
     for (;;) {
       const deadline = performance.now() + (this.options.reconnectDeadlineMs ?? 60_000);
       let delayMs = 50;
-      while (performance.now() < deadline) {
+      while (performance.now() < deadline && isPaused(this.stateValue)) {
         try {
           await this.connect();
-          this.failure = undefined;
-          const resumed = (await this.call({ type: 'mig-resume' }, 'mig-resumed')) as Extract<AnyMessage, { type: 'mig-resumed' }>;
+          if (!isPaused(this.stateValue)) return;
+          const resumed = (await this.call({ type: 'mig-resume' }, 'mig-resumed', this.progressTimeoutMs)) as Extract<AnyMessage, { type: 'mig-resumed' }>;
           if (resumed.pageCount !== this.pages) throw new MigrationRefusedError(`RESUMED describes ${resumed.pageCount} pages; the guest has ${this.pages}`);
-          const has = new PageBitmap(this.pages, resumed.bitmap);
-          this.toSend = new PageBitmap(this.pages);
-          for (let page = 0; page < this.pages; page++) if (!has.get(page)) this.toSend.set(page);
-          this.move('resumed');
+          this.reconnectError = undefined;
           this.lastRecoveryMs = round2(performance.now() - (this.lostAt ?? performance.now()));
+          this.resumedWith(resumed);
           return;
-        } catch {
+        } catch (error) {
+          if (!isPaused(this.stateValue)) return;
+          this.reconnectError = error as Error;
           this.main?.destroy();
           this.urgent?.destroy();
           await new Promise((r) => setTimeout(r, delayMs));
           delayMs = Math.min(1000, delayMs * 2);
         }
       }
-      // Past the deadline: stay paused (nothing is lost on either side) until someone asks to resume.
-      await new Promise<void>((resolve) => (this.resumeRequested = resolve));
+      if (!isPaused(this.stateValue)) return;
+      // Past the deadline: stay paused (nothing is lost on either side) until someone asks to resume (or to take the guest back).
+      this.gaveUpReconnecting = true;
+      const asked = new Promise<void>((resolve) => (this.resumeRequested = resolve));
+      this.emit('waiting');
+      await asked;
+      this.gaveUpReconnecting = false;
     }
+  }
+
+  /** RESUMED heard on new connections: go on from where the destination stands. */
+  private resumedWith(resumed: Extract<AnyMessage, { type: 'mig-resumed' }>): void {
+    const has = new PageBitmap(this.pages, resumed.bitmap);
+    if (this.stateValue === 'committing-paused' && !resumed.running) {
+      // GO was lost with the cut: the destination holds the state, ready; send GO again.
+      this.sendGo();
+      return;
+    }
+    if (!resumed.running) throw new MigrationRefusedError('the destination says it does not run the guest, though it answered RUNNING before');
+    if (this.toSend) {
+      this.toSend = new PageBitmap(this.pages);
+      for (let page = 0; page < this.pages; page++) if (!has.get(page)) this.toSend.set(page);
+    }
+    if (this.stateValue === 'committing-paused') this.runningHeard(undefined);
+    else this.move('resumed');
+  }
+
+  /** Paused past the reconnect deadline, waiting for `--resume`, `--abandon` or `vm stop`. */
+  get waitingForOperator(): boolean {
+    return this.gaveUpReconnecting && isPaused(this.stateValue);
+  }
+
+  /**
+   * `vm stop` while paused by a cut: this side gives up (run() rejects with
+   * MigrationStoppedError). Its guest is not resumed: past GO it is, or may
+   * be, the destination's.
+   */
+  stop(): void {
+    if (!sourceAllows(this.stateValue, 'stop')) throw new MigrationError(`the migration is ${this.stateValue}: only a migration paused by a cut can be stopped`);
+    this.failure = new MigrationStoppedError(this.stateValue);
+    this.move('stop');
+    this.main?.destroy();
+    this.urgent?.destroy();
+    const resume = this.resumeRequested;
+    this.resumeRequested = undefined;
+    resume?.();
   }
 
   /** `vm migrate --resume`: try reconnecting again now (after the automatic attempts gave up). */
   requestResume(): void {
-    if (this.stateValue !== 'postcopy-paused') throw new MigrationError(`the migration is ${this.stateValue}: only a paused post-copy resumes`);
+    if (!isPaused(this.stateValue)) throw new MigrationError(`the migration is ${this.stateValue}: only a migration paused by a cut resumes`);
     const resume = this.resumeRequested;
     this.resumeRequested = undefined;
     resume?.();
+  }
+
+  /**
+   * `vm migrate --abandon`: the operator says the destination is gone for
+   * good while this side does not know whether it read GO (committing-paused):
+   * the guest resumes here. Refused in any other state — after the
+   * destination said it runs the guest, resuming here would run it twice.
+   */
+  async requestAbandon(): Promise<void> {
+    if (this.stateValue !== 'committing-paused') {
+      throw new MigrationError(`the migration is ${this.stateValue}: only a migration that lost its connection with GO in flight (committing-paused) can be taken back${this.stateValue === 'postcopy-paused' ? ' — the destination runs the guest' : ''}`);
+    }
+    this.failure = new MigrationTakenBackError();
+    this.move('taken-back');
+    this.main?.destroy();
+    this.urgent?.destroy();
+    await this.target.resumeVcpus();
+    const resume = this.resumeRequested;
+    this.resumeRequested = undefined;
+    resume?.();
+    // A destination still waiting (ready-paused) discards what it loaded now rather than at its deadline.
+    await this.tellCancelled(this.failure.message);
   }
 
   // ---- pre-copy ----------------------------------------------------------------
@@ -337,9 +517,8 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
   private async precopy(): Promise<SwitchoverDecision> {
     let decision = this.policy.initial();
     if (decision.next === 'postcopy') return decision;
-    const region = this.target.memory.regions[0]!;
-    this.dirtyMode = this.target.vm.startDirtyLog(region);
-    this.target.memory.trackVmmWrites(true);
+    this.target.startDirtyLog();
+    this.tracking = true;
     // Arm the log (manual protect starts with every page set: clear them all),
     // then send every page: round 0 is the full pass.
     this.collectDirty(new PageBitmap(this.pages));
@@ -365,22 +544,15 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
     }
   }
 
-  /** KVM's dirty log (re-armed for the pages it reports) and the VMM's own writes, into `into`. */
+  /** The machine's dirty log (re-armed for the pages it reports), into `into`. */
   private collectDirty(into: PageBitmap): void {
-    if (!this.dirtyMode) return;
-    const region = this.target.memory.regions[0]!;
-    const bitmap = new PageBitmap(this.pages);
-    this.target.vm.getDirtyLog(region.slot, bitmap.bytes);
-    if (this.dirtyMode === 'manual-protect') this.target.vm.clearDirtyLog(region.slot, 0, this.pages, bitmap.bytes);
-    into.or(bitmap);
-    for (const page of this.target.memory.takeVmmWrites()) into.set(page);
+    if (this.tracking) this.target.collectDirtyPages(into.bytes);
   }
 
   private stopTracking(): void {
-    if (!this.dirtyMode) return;
-    this.target.vm.stopDirtyLog(this.target.memory.regions[0]!);
-    this.target.memory.trackVmmWrites(false);
-    this.dirtyMode = undefined;
+    if (!this.tracking) return;
+    this.target.stopDirtyLog();
+    this.tracking = false;
   }
 
   /**
@@ -437,7 +609,7 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
     // has); after the pause only the few dirtied since are left to list. Dropping tens of thousands
     // of scattered pages is tens of ms the guest would otherwise be stopped for.
     let earlyDirty: PageBitmap | undefined;
-    if (postcopy && this.dirtyMode) {
+    if (postcopy && this.tracking) {
       this.collectDirty(this.pending);
       earlyDirty = this.pending;
       this.pending = new PageBitmap(this.pages);
@@ -450,10 +622,8 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
     // The last read of the dirty log. Turning the log off rebuilds KVM's memslot (tens of ms on
     // a large guest): a paused guest dirties nothing, so that waits until the guest runs again.
     this.collectDirty(this.pending);
-    this.target.memory.trackVmmWrites(false);
     const tSynced = performance.now();
-    const state = await this.target.saveState();
-    const stateJson = JSON.stringify(vmStateToJson(state));
+    const stateJson = JSON.stringify(await this.target.saveState());
     const tEncoded = performance.now();
     if (!postcopy) {
       await this.sendPages(this.pending, this.stats.round);
@@ -464,22 +634,23 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
       for (let page = 0; page < this.pages; page++) if (this.pending.get(page) || earlyDirty?.get(page) || this.digests.crcOf(page) === undefined) this.toSend.set(page);
       await this.sendDirtyList(this.pending, earlyDirty ? 1 : 0);
     }
-    const ready = (await this.call({ type: 'mig-switchover', postcopy, stateJson }, 'mig-ready')) as Extract<AnyMessage, { type: 'mig-ready' }>;
-    const tReady = performance.now();
-    // The commit: from GO on, this side never resumes the guest; a cut from here pauses the migration instead.
-    this.move(postcopy ? 'dest-running' : 'all-sent');
-    const running = (await this.call({ type: 'mig-go' }, 'mig-running')) as Extract<AnyMessage, { type: 'mig-running' }>;
-    const tRunning = performance.now();
-    this.downtime = {
-      pauseMs: round2(tPaused - t0),
-      finalSyncMs: round2(tSynced - tPaused),
-      stateEncodeMs: round2(tEncoded - tSynced),
-      sendMs: round2(tReady - tEncoded - ready.loadMicros / 1000),
-      destinationLoadMs: round2(ready.loadMicros / 1000),
-      destinationResumeMs: round2(running.resumeMicros / 1000),
-      totalMs: round2(tRunning - t0),
-    };
-    this.stopTracking();
+    const ready = (await this.call({ type: 'mig-switchover', postcopy, stateJson }, 'mig-ready', this.progressTimeoutMs)) as Extract<AnyMessage, { type: 'mig-ready' }>;
+    this.switchoverTimes = { started: t0, paused: tPaused, synced: tSynced, encoded: tEncoded, ready: performance.now(), loadMicros: ready.loadMicros };
+    // GO cannot leave on a connection already over: the destination never had it, the guest resumes here.
+    if (this.main!.isEnded || this.failure) throw this.failure ?? new ConnectionEndedError(this.main!.name);
+    this.sendGo();
+  }
+
+  /**
+   * The commit: GO is written, and from this moment the guest may be the
+   * destination's — this side never resumes it on its own again. RUNNING
+   * (awaitRunning) or, after a cut, RESUMED (recover) says it is.
+   */
+  private sendGo(): void {
+    this.move('go-sent');
+    this.runningReply = this.call({ type: 'mig-go' }, 'mig-running', this.progressTimeoutMs);
+    // Awaited by handOver(); a cut rejects it and moves to committing-paused (lost()).
+    this.runningReply.catch(() => {});
   }
 
   /** A dirty list, in bitmap chunks (DIRTY), before SWITCHOVER: `list` numbers it (each past the one before). */
@@ -502,8 +673,9 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
     const toSend = this.toSend!;
     const image = this.target.memory.image();
     for (;;) {
-      if (this.failure) throw this.failure;
-      if (this.stateValue !== 'postcopy') return;
+      if (this.stateValue !== 'postcopy') throw this.connectionLost ?? new MigrationError(`the push stopped: the migration is ${this.stateValue}`);
+      // The destination has every page already (it demanded the rest): nothing left to push.
+      if (this.pendingComplete) break;
       const run = this.nextPushRun(toSend);
       if (!run) break;
       const [first, count] = run;
@@ -524,8 +696,8 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
       // Let READs in between pushes: a demanded page must not wait for the stream.
       await new Promise((resolve) => setImmediate(resolve));
     }
-    if (this.stateValue !== 'postcopy') return;
-    await this.main!.send({ type: 'mig-all-sent' });
+    if (this.stateValue !== 'postcopy') throw this.connectionLost ?? new MigrationError(`the push stopped: the migration is ${this.stateValue}`);
+    if (!this.pendingComplete) await this.main!.send({ type: 'mig-all-sent' });
     this.move('all-sent');
   }
 
@@ -562,29 +734,30 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
 
   // ---- completion --------------------------------------------------------------
 
-  private awaitCompletion(): Promise<void> {
-    if (this.stateValue === 'completed') return Promise.resolve();
-    return new Promise((resolve, reject) => {
+  /** The destination's COMPLETE (it may have come already, even before RUNNING was handled), then the verdict. */
+  private async awaitCompletion(): Promise<void> {
+    const complete = this.pendingComplete ?? (await new Promise<PendingComplete>((resolve, reject) => {
       this.completion = { resolve, reject };
-      if (this.failure) reject(this.failure);
-    });
-  }
-
-  private async complete(digests: Uint8Array[], requestId: number): Promise<void> {
-    const differing = differingBatches(this.digests.batchDigests(), digests);
+    }));
+    this.completion = undefined;
+    this.pendingComplete = undefined;
+    const differing = differingBatches(this.digests.batchDigests(), complete.digests);
     this.verified = { ok: differing.length === 0, differing: differing.length };
-    await this.main!.send({ type: 'mig-verified', ok: differing.length === 0, differingCount: differing.length, differing: differing.slice(0, 64) }, requestId);
+    // The verdict is this side's last word: lost with a cut, the destination still holds every page
+    // (it says the verdict never came); this side knows, and is done either way.
+    await this.main!.send({ type: 'mig-verified', ok: differing.length === 0, differingCount: differing.length, differing: differing.slice(0, 64) }, complete.requestId).catch(() => {});
     this.move('complete');
     this.main!.close();
     this.urgent?.close();
-    if (differing.length === 0) this.completion?.resolve();
-    else this.completion?.reject(new MigrationError(`${differing.length} batch(es) of ${DIGEST_BATCH_PAGES} pages differ between what was sent and what the destination installed (the first: ${differing.slice(0, 8).join(', ')})`));
+    if (differing.length > 0) throw new MigrationVerificationError(differing.length, differing);
   }
 
   // ---- messages ----------------------------------------------------------------
 
   private listen(socket: FramedSocket): void {
     socket.on('message', (message, requestId) => {
+      // A connection a reconnect replaced says nothing more; a completed migration hears nothing.
+      if ((socket !== this.main && socket !== this.urgent) || isFinal(this.stateValue)) return;
       switch (message.type) {
         case 'mig-accept':
         case 'mig-ready':
@@ -606,7 +779,12 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
           // READs are answered at once; nothing is left to cancel.
           return;
         case 'mig-complete':
-          void this.complete(message.digests, requestId).catch((error: Error) => this.lost(error));
+          if (!isPastSwitchover(this.stateValue)) {
+            this.lost(new MigrationRefusedError('the destination sent COMPLETE before it ran the guest'));
+            return;
+          }
+          this.pendingComplete = { digests: message.digests, requestId };
+          this.completion?.resolve(this.pendingComplete);
           return;
         default:
           this.lost(new MigrationRefusedError(`the destination sent ${message.type}, which a migration source does not take`));
@@ -616,18 +794,39 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
       if (isFinal(this.stateValue)) return;
       // A connection replaced by a reconnect ends without news.
       if (socket !== this.main && socket !== this.urgent) return;
-      this.lost(error ?? new MigrationError(`${socket.name} closed`));
+      this.lost(error ?? new MigrationConnectionLostError(socket.name));
     });
   }
 
-  private call(message: AnyMessage, expect: AnyMessage['type']): Promise<AnyMessage> {
+  /**
+   * A request and its reply. `timeoutMs`: a destination that keeps its
+   * connections alive (it answers pings) but never answers is as good as
+   * gone — the wait ends as a cut would (lost()).
+   */
+  private call(message: AnyMessage, expect: AnyMessage['type'], timeoutMs?: number): Promise<AnyMessage> {
     const requestId = this.nextRequestId++;
+    const main = this.main!;
     return new Promise<AnyMessage>((resolve, reject) => {
+      const timer = timeoutMs === undefined ? undefined : setTimeout(() => {
+        const stalled = new MigrationStalledError(`the destination did not answer ${message.type} within ${timeoutMs} ms`);
+        if (this.main === main && this.replies.has(requestId)) {
+          this.lost(stalled);
+          main.destroy(stalled);
+        }
+      }, timeoutMs);
+      timer?.unref();
       this.replies.set(requestId, {
-        resolve: (reply) => (reply.type === expect ? resolve(reply) : reject(new MigrationRefusedError(`the destination answered ${message.type} with ${reply.type}, not ${expect}`))),
-        reject,
+        resolve: (reply) => {
+          clearTimeout(timer);
+          if (reply.type === expect) resolve(reply);
+          else reject(new MigrationRefusedError(`the destination answered ${message.type} with ${reply.type}, not ${expect}`));
+        },
+        reject: (error) => {
+          clearTimeout(timer);
+          reject(error);
+        },
       });
-      this.main!.send(message, requestId).catch((error: Error) => this.replyError(requestId, error));
+      main.send(message, requestId).catch((error: Error) => this.replyError(requestId, error));
     });
   }
 
@@ -647,22 +846,31 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
     waiter?.reject(error);
   }
 
-  /** A connection failed or the destination gave up: every wait fails; before switchover run() cleans up, after it the migration pauses. */
+  /**
+   * A connection failed, stalled or the destination gave up: every wait
+   * fails with the first cause. Before GO, run() resumes the guest here;
+   * from GO on, the migration pauses and recover() reconnects.
+   */
   private lost(error: Error): void {
-    if (this.failure || isFinal(this.stateValue)) return;
+    if (isFinal(this.stateValue)) return;
     if (this.cancelRequested) error = this.cancelRequested;
-    this.failure = error;
     for (const waiter of this.replies.values()) waiter.reject(error);
     this.replies.clear();
     this.completion?.reject(error);
     this.completion = undefined;
-    if (this.stateValue === 'postcopy' || this.stateValue === 'completing') {
-      // The guest runs on the destination and may need pages only this side has: keep everything, reconnect.
+    if (sourceAllows(this.stateValue, 'lost')) {
+      // The guest may run there, on pages only this side has: keep everything, reconnect.
+      this.connectionLost = error;
       this.lostAt = performance.now();
       this.move('lost');
-      this.main?.destroy();
-      this.urgent?.destroy();
+      this.main?.destroy(error);
+      this.urgent?.destroy(error);
+    } else if (sourceOwnsGuest(this.stateValue)) {
+      this.failure ??= error;
+      this.main?.destroy(error);
+      this.urgent?.destroy(error);
     }
+    // Paused already: a reconnect attempt that fails is recover()'s to retry (its call was rejected above).
   }
 
   private checkCancelled(): void {
@@ -670,22 +878,34 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
     if (this.failure) throw this.failure;
   }
 
-  /** Before switchover: tell the destination, close, and let the guest run on here. */
+  /** Before GO: the guest resumes (or keeps running) here; the destination is told, and discards what it has. */
   private async abandon(error: Error): Promise<void> {
     this.stopTracking();
-    if (this.stateValue === 'switchover') {
-      // Paused for switchover and the destination never said it runs: the guest resumes here.
-      await this.target.resumeVcpus().catch(() => {});
-    }
+    // Paused for switchover and GO never sent: the guest resumes here.
+    if (this.stateValue === 'switchover') await this.target.resumeVcpus().catch(() => {});
+    const duringSwitchover = this.stateValue === 'switchover';
+    if (!isFinal(this.stateValue)) this.move(error instanceof MigrationCancelledError ? 'cancel' : 'fail');
     const text = error.message.slice(0, 1000);
-    // Told if it still listens; a destination that does not read is not waited for.
-    if (this.main && !this.main.isEnded) await Promise.race([this.main.send({ type: 'mig-cancel', text }).catch(() => {}), new Promise((r) => setTimeout(r, 1000).unref())]);
+    if (this.main && !this.main.isEnded) {
+      // Told if it still listens; a destination that does not read is not waited for.
+      await Promise.race([this.main.send({ type: 'mig-cancel', text }).catch(() => {}), new Promise((r) => setTimeout(r, 1000).unref())]);
+    } else if (duringSwitchover) {
+      // The connection is gone: a destination that sent READY waits for this side to come back (ready-paused); tell it now.
+      await this.tellCancelled(text);
+    }
     this.main?.close();
     this.urgent?.close();
-    if (!isFinal(this.stateValue)) this.move(error instanceof MigrationCancelledError ? 'cancel' : 'fail');
   }
 
-  private move(event: MigrationEvent): void {
+  /** Best effort, bounded: a new main connection of this session that carries CANCEL, for a destination left waiting. */
+  private async tellCancelled(text: string): Promise<void> {
+    const main = await connectChannel(this.address, 'main', this.sessionId, 1000, this.options.security).catch(() => undefined);
+    if (!main) return;
+    await Promise.race([main.send({ type: 'mig-cancel', text: text.slice(0, 1000) }).catch(() => {}), new Promise((r) => setTimeout(r, 1000).unref())]);
+    main.close();
+  }
+
+  private move(event: SourceMigrationEvent): void {
     this.stateValue = nextSourceState(this.stateValue, event);
     this.emit('state', this.stateValue);
   }
@@ -695,6 +915,10 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
     const bytes = (this.main?.bytesSent ?? 0) + (this.urgent?.bytesSent ?? 0) - this.postcopyBytesAtStart;
     return seconds > 0 ? bytes / seconds : 0;
   }
+}
+
+function errorSummary(error: Error): { code: string; message: string } {
+  return { code: (error as { code?: string }).code ?? error.name, message: error.message };
 }
 
 function round2(x: number): number {

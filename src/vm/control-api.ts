@@ -15,7 +15,9 @@
 //                                or with wait, 200 the final report once it ended (an error status if it failed)
 //   GET   /migrate            -> 200 the migration's progress (source or destination), 404 if none
 //   PUT   /migrate/cancel     -> 200 {state} (before switchover only; 409 after)
-//   PUT   /migrate/resume     -> 200 {state} (a post-copy paused by a cut: reconnect now)
+//   PUT   /migrate/resume     -> 200 {state} (a migration paused by a cut: reconnect now)
+//   PUT   /migrate/abandon    -> 200 {state} (paused with GO in flight, committing-paused: the guest
+//                             resumes here; only when the destination is known to be gone for good)
 //   GET   /snapshot           -> 200 the snapshot being written now ({path, writtenBytes, totalBytes}), 404 if none
 //   GET   /metrics            -> 200 the VMM's metrics, Prometheus text format (src/metrics/catalog.ts; docs/metrics.md)
 //   GET   /memory-map?cells=N -> 200 {pageCount, pagesPerCell, states: "0122…"} guest RAM's page states in at most
@@ -96,6 +98,7 @@ const ROUTE_METHODS: Readonly<Record<string, readonly string[]>> = {
   '/migrate': ['GET', 'PUT'],
   '/migrate/resume': ['PUT'],
   '/migrate/cancel': ['PUT'],
+  '/migrate/abandon': ['PUT'],
   '/actions': ['PUT'],
   '/metrics': ['GET'],
   '/memory-map': ['GET'],
@@ -241,10 +244,12 @@ async function route(vmm: Vmm, req: IncomingMessage, res: ServerResponse, option
     const security = pskFile === undefined ? undefined : readPskFile(pskFile);
     const reconnectDeadlineMs = optionalNumber(body, 'reconnect_deadline_ms', 100, 24 * 3600_000);
     const stallTimeoutMs = optionalNumber(body, 'stall_timeout_ms', 100, 3600_000);
+    const progressTimeoutMs = optionalNumber(body, 'progress_timeout_ms', 100, 24 * 3600_000);
     vmm.check('migrate');
-    const running = vmm.migrate({ to, mode, downtimeMs, maxRounds, security, reconnectDeadlineMs, stallTimeoutMs });
-    // With "wait": true the answer is the final report (the VMM ends after a completed migration: this is the last word).
-    if (field(body, 'wait') === true) return reply(res, 200, await running);
+    const running = vmm.migrate({ to, mode, downtimeMs, maxRounds, security, reconnectDeadlineMs, stallTimeoutMs, progressTimeoutMs });
+    // With "wait": true the answer is the final report (the VMM ends after a completed migration: this is the last
+    // word) — or the progress of a migration paused past its reconnect deadline, which waits for the operator.
+    if (field(body, 'wait') === true) return reply(res, 200, await vmm.migrationOutcome(running));
     // Otherwise it runs on; its end is in GET /migrate (and the VMM's log).
     running.catch(() => {});
     return reply(res, 202, { state: 'migrating' });
@@ -257,6 +262,10 @@ async function route(vmm: Vmm, req: IncomingMessage, res: ServerResponse, option
   if (path === '/migrate/resume' && method === 'PUT') {
     const run = vmm.resumeMigration();
     if (field(body, 'wait') === true) return reply(res, 200, await run);
+    return reply(res, 200, { state: vmm.status().migration?.state });
+  }
+  if (path === '/migrate/abandon' && method === 'PUT') {
+    await vmm.abandonMigration();
     return reply(res, 200, { state: vmm.status().migration?.state });
   }
   if (path === '/migrate/cancel' && method === 'PUT') {

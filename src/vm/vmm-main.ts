@@ -53,6 +53,8 @@ async function main(argv: string[]): Promise<number> {
       'source-deadline-ms': { type: 'string' },
       listen: { type: 'string' },
       'stall-timeout-ms': { type: 'string' },
+      'reconnect-deadline-ms': { type: 'string' },
+      'progress-timeout-ms': { type: 'string' },
       metrics: { type: 'string' },
     },
   });
@@ -75,6 +77,8 @@ async function main(argv: string[]): Promise<number> {
     sourceDeadlineMs: values['source-deadline-ms'] === undefined ? undefined : parseCount('--source-deadline-ms', values['source-deadline-ms']),
     listen: values.listen === undefined ? undefined : parseHostPort(values.listen, '--listen HOST:PORT'),
     stallTimeoutMs: values['stall-timeout-ms'] === undefined ? undefined : parseCount('--stall-timeout-ms', values['stall-timeout-ms']),
+    reconnectDeadlineMs: values['reconnect-deadline-ms'] === undefined ? undefined : parseCount('--reconnect-deadline-ms', values['reconnect-deadline-ms']),
+    progressTimeoutMs: values['progress-timeout-ms'] === undefined ? undefined : parseCount('--progress-timeout-ms', values['progress-timeout-ms']),
     lazy: values.lazy
       ? { prefetchAll: values['prefetch-all'], verifyFirst: values['verify-first'], prefetch: maxPages === undefined ? undefined : maxPages <= 1 ? false : { maxPages } }
       : false,

@@ -29,6 +29,7 @@ import { isS3Url } from '../s3/s3-url.js';
 import { openVmSnapshotSource } from './persist/vm-snapshot.js';
 import { Vmm, type VmStatus } from './vmm.js';
 import { DestinationMigration, type DestinationProgress } from '../migrate/destination-migration.js';
+import { vmMigrationKind } from './vm-migration-kind.js';
 import { readPskFile } from '../migrate/transport/channels.js';
 
 export interface VmmProcessOptions {
@@ -39,6 +40,10 @@ export interface VmmProcessOptions {
   pskFile?: string;
   /** receive: a connection silent this long counts as cut. */
   stallTimeoutMs?: number;
+  /** receive: after a cut past READY, how long to wait for the source to come back (ReceiveOptions). */
+  reconnectDeadlineMs?: number;
+  /** receive: before GO, how long the source may send nothing but pings. */
+  progressTimeoutMs?: number;
   /** run: a multiboot image path or 'builtin'. */
   image?: string;
   memoryBytes?: number;
@@ -224,7 +229,14 @@ async function buildVmm(options: VmmProcessOptions, console: (bytes: Uint8Array)
   if (options.command === 'receive') {
     if (!options.listen) throw new VmUsageError(['--listen'], 'receive needs --listen HOST:PORT');
     const security = options.pskFile === undefined ? undefined : readPskFile(options.pskFile);
-    const destination = await DestinationMigration.listen({ ...options.listen, console, security, stallTimeoutMs: options.stallTimeoutMs });
+    const destination = await DestinationMigration.listen({
+      ...options.listen,
+      kind: vmMigrationKind({ console }),
+      security,
+      stallTimeoutMs: options.stallTimeoutMs,
+      reconnectDeadlineMs: options.reconnectDeadlineMs,
+      progressTimeoutMs: options.progressTimeoutMs,
+    });
     destination.on('refused', (peer, reason) => options.report({ event: 'connection-refused', peer, reason }));
     options.report({ event: 'listening', url: destination.url, authenticated: security !== undefined });
     const report = (): void => options.report({ event: 'migration', progress: destination.progress() });

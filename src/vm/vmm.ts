@@ -21,14 +21,18 @@ import { GuestMemory, type GuestMemoryBacking } from './memory/guest-memory.js';
 import { LazyGuestMemory, type LazyMemoryReport, type LazyRestoreOptions } from './memory/lazy-guest-memory.js';
 import type { SnapshotFile, SnapshotWriteSummary } from '../snapshot/index.js';
 import type { PageSource } from '../sources/page-source.js';
-import { SourceMigration, type MigrateOptions, type MigrationProgress } from '../migrate/source-migration.js';
+import { isPaused, sourceOwnsGuest } from '../migrate/migration-state.js';
+import { MigrationStoppedError, SourceMigration, type MigrateOptions, type MigrationProgress } from '../migrate/source-migration.js';
 import type { DestinationProgress } from '../migrate/destination-migration.js';
 import { SnapshotCorruptError } from '../snapshot/errors.js';
 import { machineConfigProblem, type MachineConfig } from './machine-config.js';
 import { checkSnapshotPath, writeVmSnapshot } from './persist/vm-snapshot.js';
 import type { VmRestoreSource } from './persist/restore-source.js';
 import { loadGuestMemory } from './memory/eager-load.js';
-import type { VmSavedState } from './persist/vm-state.js';
+import { vmStateToJson, type VmSavedState } from './persist/vm-state.js';
+import { GuestDirtyLog } from './dirty-log.js';
+import type { IncomingLazyMemory, IncomingMachine } from './migratable.js';
+import type { LatencySummary } from '../metrics/latency-histogram.js';
 import { PAGE_SIZE } from '../native.js';
 import { downsamplePageStates, PageState, type PageStateMap } from '../pager/page-state.js';
 import { vcpuWorkerFor } from './vcpu-worker-pool.js';
@@ -210,7 +214,7 @@ class VcpuHandle {
 /** ms to 0.01: what a performance.now() difference means here. */
 const ms2 = (x: number): number => Math.round(x * 100) / 100;
 
-export class Vmm {
+export class Vmm implements IncomingMachine {
   private readonly handles: VcpuHandle[] = [];
   private exitReasonValue: GuestExitReason | undefined;
   private closing: Promise<void> | undefined;
@@ -423,6 +427,11 @@ export class Vmm {
     if (this.handles.every((h) => h.state === 'exited')) this.resolveExited(this.exitReasonValue ?? { type: 'stopped' });
   }
 
+  /** An incoming migration's guest faults so far (post-copy): each one's wait for its page. */
+  faultLatency(): LatencySummary | undefined {
+    return this.lazyMemory ? this.lazyMemoryReport()?.metrics.latencyMicros : undefined;
+  }
+
   /** The lifecycle state: created, running, paused, snapshotting, restoring, migrating or stopped. */
   get state(): VmLifecycleState {
     return this.lifecycle.state;
@@ -628,18 +637,24 @@ export class Vmm {
       try {
         // This thread is the lazy pager: it must not read a missing page. Fill them all first.
         await this.completeMemory();
+        const dirtyLog = new GuestDirtyLog(this.vm, this.memory, PAGE_SIZE);
         migration = new SourceMigration({
           memory: this.memory,
-          vm: this.vm,
-          machine: this.machine,
+          describe: () => this.machine,
+          startDirtyLog: () => dirtyLog.start(),
+          collectDirtyPages: (bitmap) => dirtyLog.collect(bitmap),
+          stopDirtyLog: () => dirtyLog.stop(),
           pauseVcpus: () => this.pauseVcpus(),
           resumeVcpus: async () => {
             if (wasRunning) await Promise.all(this.handles.map((h) => h.request({ type: 'resume' })));
           },
-          saveState: () => this.saveState(),
+          saveState: async () => vmStateToJson(await this.saveState()),
         }, options);
         this.sourceMigration = migration;
         const m = migration;
+        m.on('waiting', () => {
+          for (const waiter of this.operatorWaiters.splice(0)) waiter(m.progress());
+        });
         this.migrationStatus = () => m.progress();
         this.migrationRun = migration.run();
         this.migrationRun.catch(() => {});
@@ -649,27 +664,59 @@ export class Vmm {
         for (const h of this.handles) if (h.state !== 'exited') void h.request({ type: 'stop' }).catch(() => {});
         return report;
       } catch (error) {
-        // Past switchover the guest is the destination's: this side stays migrating, keeping its memory.
-        if (migration && ['postcopy', 'postcopy-paused', 'completing', 'completed'].includes(migration.state)) throw error;
+        // Past GO the guest is (or may be) the destination's: this side stays migrating, keeping its memory.
+        if (migration && !sourceOwnsGuest(migration.state)) throw error;
         this.lifecycle.transition('migrate-failed');
-        if (wasRunning) this.lifecycle.transition('resume');
+        // Stopped by the operator while paused: the guest was left to the destination; the VM ends (stop()).
+        if (wasRunning && !(error instanceof MigrationStoppedError)) this.lifecycle.transition('resume');
         throw error;
       }
     });
   }
 
   /** For an incoming migration's resume: whether a page is here already (pages still to come are the lazy pager's missing ones). */
-  incomingPagePresent(): (page: number) => boolean {
+  pagePresent(): (page: number) => boolean {
     const lazy = this.lazyMemory;
     return lazy ? (page) => lazy.hasPage(page) : () => true;
   }
 
-  /** `vm migrate --resume`: reconnect a paused post-copy now; resolves with the migration's final report. */
+  /** `vm migrate --resume`: reconnect a paused migration now; resolves with its final report, or its progress if it gives up again. */
   resumeMigration(): Promise<MigrationProgress> {
     if (!this.sourceMigration || !this.migrationRun) throw new InvalidStateTransitionError(this.state, 'resume the migration of');
     this.sourceMigration.requestResume();
-    return this.migrationRun;
+    // The answer waits for the next outcome: its end, or its giving up again.
+    return Promise.race([this.migrationRun, new Promise<MigrationProgress>((resolve) => this.operatorWaiters.push(resolve))]);
   }
+
+  /**
+   * `vm migrate --abandon`: a migration that lost its connection with GO in
+   * flight (committing-paused) takes the guest back; it runs here again.
+   */
+  async abandonMigration(): Promise<void> {
+    if (!this.sourceMigration) throw new InvalidStateTransitionError(this.state, 'abandon the migration of');
+    await this.sourceMigration.requestAbandon();
+    await this.migrationRun?.catch(() => {});
+  }
+
+  /**
+   * The outgoing migration's end: its final report, or (it failed) its
+   * error — or its progress as soon as it gave up reconnecting and waits
+   * for the operator (--resume, --abandon, or vm stop), so that a caller
+   * waiting on it is told the truth rather than left hanging.
+   */
+  migrationOutcome(run: Promise<MigrationProgress> | undefined = this.migrationRun): Promise<MigrationProgress> {
+    if (!run) return Promise.reject(new InvalidStateTransitionError(this.state, 'follow the migration of'));
+    return Promise.race([run, this.migrationWaitsForOperator()]);
+  }
+
+  /** Resolves with the outgoing migration's progress once it waits for the operator (now, or the next time). */
+  private migrationWaitsForOperator(): Promise<MigrationProgress> {
+    const migration = this.sourceMigration;
+    if (migration?.waitingForOperator) return Promise.resolve(migration.progress());
+    return new Promise((resolve) => this.operatorWaiters.push(resolve));
+  }
+
+  private operatorWaiters: Array<(progress: MigrationProgress) => void> = [];
 
   /** The outgoing migration's run (its final report, or its failure). */
   private migrationRun: Promise<MigrationProgress> | undefined;
@@ -704,7 +751,7 @@ export class Vmm {
    * served by a pager from `lazy.source`, those already here are present; the
    * saved state is loaded and the VM is paused, ready to resume.
    */
-  async completeIncoming(state: VmSavedState, from: string, lazy?: { source: PageSource; presentPages: { get(page: number): boolean } }): Promise<void> {
+  async completeIncoming(state: VmSavedState, from: string, lazy?: IncomingLazyMemory): Promise<void> {
     const started = performance.now();
     if (lazy) {
       const lazyMemory = LazyGuestMemory.start(this.memory, lazy.source, { prefetch: false, presentPages: lazy.presentPages }, (error) => this.failMemory(error));
@@ -719,6 +766,8 @@ export class Vmm {
 
   /** Throws InvalidStateTransitionError (naming the state) unless the lifecycle allows `event` now. */
   check(event: VmLifecycleEvent): void {
+    // A migrating VM stops only when its migration, paused by a cut, allows it (vm stop is its way out).
+    if (event === 'stop' && this.state === 'migrating' && this.sourceMigration && isPaused(this.sourceMigration.state)) return;
     this.lifecycle.check(event);
   }
 
@@ -727,8 +776,20 @@ export class Vmm {
    * VM or once it is stopped; otherwise the VM is closed.
    */
   stop(): Promise<void> {
-    this.lifecycle.check('stop');
+    this.check('stop');
+    if (this.state === 'migrating') return this.stopMigrating();
     return this.close();
+  }
+
+  /**
+   * Stop while an outgoing migration is paused by a cut: the operator gives up
+   * on it (the destination has the guest, or it is lost with it). The
+   * migration ends first — it holds the request queue close() waits for.
+   */
+  private async stopMigrating(): Promise<void> {
+    this.sourceMigration!.stop();
+    await this.migrationRun?.catch(() => {});
+    await this.close();
   }
 
   /**

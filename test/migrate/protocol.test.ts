@@ -29,7 +29,8 @@ const SAMPLES: Array<[MigrationMessage, number]> = [
   [{ type: 'mig-verified', ok: false, differingCount: 2, differing: [0, 5] }, 9],
   [{ type: 'mig-cancel', text: 'operator cancelled' }, 0],
   [{ type: 'mig-resume' }, 12],
-  [{ type: 'mig-resumed', pageCount: 17, bitmap: Uint8Array.of(0xff, 0x7f, 0x01) }, 12],
+  [{ type: 'mig-resumed', pageCount: 17, running: true, bitmap: Uint8Array.of(0xff, 0x7f, 0x01) }, 12],
+  [{ type: 'mig-resumed', pageCount: 9, running: false, bitmap: Uint8Array.of(0xff, 0x01) }, 12],
 ];
 
 function decodeAll(bytes: Uint8Array, chunks: number[] = [bytes.length]): MigrationMessage[] {

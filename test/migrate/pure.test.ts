@@ -2,27 +2,78 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { ConvergencePolicy } from '../../src/migrate/convergence.js';
-import { IllegalMigrationTransitionError, isPastSwitchover, nextDestinationState, nextSourceState, type MigrationEvent, type SourceMigrationState } from '../../src/migrate/migration-state.js';
+import {
+  IllegalMigrationTransitionError,
+  destinationRunsGuest,
+  isPastSwitchover,
+  nextDestinationState,
+  nextSourceState,
+  sourceOwnsGuest,
+  type DestinationMigrationEvent,
+  type DestinationMigrationState,
+  type SourceMigrationEvent,
+  type SourceMigrationState,
+} from '../../src/migrate/migration-state.js';
 import { DIGEST_BATCH_PAGES, PageDigestTable, differingBatches } from '../../src/migrate/page-digests.js';
 import { PageBitmap } from '../../src/migrate/page-bitmap.js';
 
 describe('the migration state machines', () => {
-  test('a hybrid migration goes idle → connecting → precopy → switchover → postcopy → completing → completed', () => {
-    const events: MigrationEvent[] = ['start', 'connected', 'switchover', 'dest-running', 'all-sent', 'complete'];
+  const walkSource = (events: SourceMigrationEvent[]): SourceMigrationState[] => {
     let state: SourceMigrationState = 'idle';
     const seen: SourceMigrationState[] = [state];
     for (const event of events) seen.push((state = nextSourceState(state, event)));
-    assert.deepEqual(seen, ['idle', 'connecting', 'precopy', 'switchover', 'postcopy', 'completing', 'completed']);
+    return seen;
+  };
+  const walkDestination = (events: DestinationMigrationEvent[]): DestinationMigrationState[] => {
+    let state: DestinationMigrationState = 'listening';
+    const seen: DestinationMigrationState[] = [state];
+    for (const event of events) seen.push((state = nextDestinationState(state, event)));
+    return seen;
+  };
+
+  test('a hybrid migration goes idle → connecting → precopy → switchover → committing → postcopy → completing → completed', () => {
+    assert.deepEqual(walkSource(['start', 'connected', 'switchover', 'go-sent', 'running', 'all-sent', 'complete']), ['idle', 'connecting', 'precopy', 'switchover', 'committing', 'postcopy', 'completing', 'completed']);
   });
 
-  test('a cut during post-copy pauses it, and only a resume goes on; before switchover a failure leaves the guest on the source', () => {
+  test('stop-and-copy: RUNNING after GO means every page is there (completing)', () => {
+    assert.deepEqual(walkSource(['start', 'connected', 'switchover', 'go-sent', 'running-all-sent', 'complete']), ['idle', 'connecting', 'precopy', 'switchover', 'committing', 'completing', 'completed']);
+  });
+
+  test('a cut with GO in flight pauses the commit; the destination\'s answer decides: GO again, running, or (the operator) taken back', () => {
+    assert.equal(nextSourceState('committing', 'lost'), 'committing-paused');
+    assert.equal(nextSourceState('committing-paused', 'go-sent'), 'committing');
+    assert.equal(nextSourceState('committing-paused', 'running'), 'postcopy');
+    assert.equal(nextSourceState('committing-paused', 'taken-back'), 'failed');
+    assert.throws(() => nextSourceState('committing', 'fail'), IllegalMigrationTransitionError, 'GO sent: the source cannot just fail');
+    assert.throws(() => nextSourceState('postcopy-paused', 'taken-back'), IllegalMigrationTransitionError, 'the destination runs the guest: it cannot be taken back');
+    assert.equal(sourceOwnsGuest('switchover'), true);
+    assert.equal(sourceOwnsGuest('committing'), false);
+  });
+
+  test('a cut during post-copy pauses it, and only a resume goes on; before GO a failure leaves the guest on the source', () => {
     assert.equal(nextSourceState('postcopy', 'lost'), 'postcopy-paused');
     assert.equal(nextSourceState('postcopy-paused', 'resumed'), 'postcopy');
     assert.throws(() => nextSourceState('postcopy', 'fail'), IllegalMigrationTransitionError, 'past switchover a migration cannot just fail');
+    assert.equal(nextSourceState('switchover', 'fail'), 'failed');
     assert.equal(nextSourceState('precopy', 'fail'), 'failed');
     assert.equal(nextSourceState('precopy', 'cancel'), 'cancelled');
     assert.equal(isPastSwitchover('postcopy-paused'), true);
+    assert.equal(isPastSwitchover('committing-paused'), true);
     assert.equal(isPastSwitchover('precopy'), false);
+  });
+
+  test('the destination runs the guest only from GO; after READY a cut waits for the source, a cancel or its deadline discards', () => {
+    assert.deepEqual(walkDestination(['accepted', 'switchover', 'ready', 'go', 'all-in', 'verdict']), ['listening', 'receiving', 'loading', 'ready', 'postcopy', 'verifying', 'completed']);
+    assert.deepEqual(walkDestination(['accepted', 'switchover', 'ready', 'lost', 'resumed', 'go-all-in', 'verdict-lost']), ['listening', 'receiving', 'loading', 'ready', 'ready-paused', 'ready', 'verifying', 'completed']);
+    assert.equal(nextDestinationState('ready-paused', 'fail'), 'failed');
+    assert.equal(nextDestinationState('ready-paused', 'cancel'), 'cancelled');
+    assert.equal(destinationRunsGuest('ready-paused'), false);
+    assert.equal(destinationRunsGuest('postcopy-paused'), true);
+    assert.throws(() => nextDestinationState('ready-paused', 'go'), IllegalMigrationTransitionError, 'GO only on a live connection (after RESUMED)');
+  });
+
+  test('a destination that is loading takes the source\'s cancel (it gave up waiting for READY)', () => {
+    assert.equal(nextDestinationState('loading', 'cancel'), 'cancelled');
   });
 
   test('illegal requests are refused naming the state: resume a completed migration, cancel after switchover', () => {
@@ -30,7 +81,6 @@ describe('the migration state machines', () => {
     assert.throws(() => nextSourceState('postcopy', 'cancel'), /postcopy cannot take 'cancel'/);
     assert.throws(() => nextDestinationState('postcopy', 'accepted'), /destination migration that is postcopy/);
     assert.equal(nextDestinationState('listening', 'accepted'), 'receiving');
-    assert.equal(nextDestinationState('loading', 'resumed'), 'postcopy');
   });
 });
 

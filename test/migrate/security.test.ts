@@ -12,6 +12,7 @@ import { DestinationMigration } from '../../src/migrate/destination-migration.js
 import { connectChannel, newSessionId, readPskFile } from '../../src/migrate/transport/channels.js';
 import { ProtocolError, acceptHello } from '../../src/protocol/index.js';
 import type { MigrationProgress } from '../../src/migrate/source-migration.js';
+import { vmMigrationKind } from '../../src/vm/vm-migration-kind.js';
 import { kvmSkipReason, spawnCli, spawnVmm, tempDir, waitForSocket } from '../vm/helpers.js';
 
 const skip = kvmSkipReason();
@@ -81,7 +82,7 @@ describe('authenticated migration (TLS-PSK)', { skip, timeout: 120_000 }, () => 
 
 describe('the migration handshake refuses', () => {
   test('a second migration, another session\'s urgent connection, a replay of a taken channel', async () => {
-    const destination = await DestinationMigration.listen({ host: '127.0.0.1', port: 0 });
+    const destination = await DestinationMigration.listen({ host: '127.0.0.1', port: 0, kind: vmMigrationKind() });
     const refusals: string[] = [];
     destination.on('refused', (_peer, reason) => refusals.push(reason));
     const address = { host: '127.0.0.1', port: Number(destination.url.split(':').at(-1)) };

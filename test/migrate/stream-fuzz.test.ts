@@ -10,6 +10,7 @@ import { describe, test } from 'node:test';
 import { crc32 } from 'node:zlib';
 import { UserfaultError } from '../../src/errors.js';
 import { IncomingStream } from '../../src/migrate/incoming-stream.js';
+import { vmMigrationKind } from '../../src/vm/vm-migration-kind.js';
 import { decodeMigrationMessage, encodeMigrationMessage, isMigrationType, type MigrationMessage } from '../../src/migrate/protocol/messages.js';
 import { DEFAULT_MAX_PAYLOAD_BYTES, FrameDecoder, ProtocolError, decodeMessage, encodeFrame, type Frame } from '../../src/protocol/index.js';
 import { controlRequest } from '../../src/vm/control-api.js';
@@ -66,7 +67,7 @@ function consume(pieces: readonly Uint8Array[], ram: Uint8Array): Outcome {
       written.add(page);
     },
   };
-  const stream = new IncomingStream(PAGE, MEMORY_BYTES);
+  const stream = new IncomingStream(PAGE, vmMigrationKind(), MEMORY_BYTES);
   const decoder = new FrameDecoder({ maxPayloadBytes: DEFAULT_MAX_PAYLOAD_BYTES });
   let error: Error | undefined;
   let sawHello = false;

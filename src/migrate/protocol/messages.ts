@@ -32,10 +32,11 @@
 //   RUNNING 0x0207 (reply)                                the guest runs on the destination
 //     0  u32   resumeMicros (GO received → vCPUs running)
 //
-// READY and GO make the commit explicit: a connection lost before the source
-// has READY leaves the guest to resume on the source (the destination never
-// runs it without GO); lost after GO, neither side runs it twice — the source
-// waits, paused, for the destination to come back.
+// READY and GO make the commit explicit: the source owns the guest until it
+// sends GO, the destination from the moment it reads GO. A connection lost
+// before GO was sent leaves the guest to resume on the source (the
+// destination never runs it without GO); lost with GO in flight, the source
+// does not know and asks on reconnecting (RESUME → RESUMED says `running`).
 //   ALL_SENT 0x0208                                       post-copy: every page has been sent (pushed or answered)
 //   COMPLETE 0x0209 (destination → source, a request)      every page is in; the digests of what it installed
 //     0  u32   batchCount   4 u32 batchPages   8 u8[batchCount × 32] SHA-256 per batch (page-digests.ts)
@@ -43,9 +44,12 @@
 //     0  u8    ok   1 u8[3] r   4 u32 differingCount   8 u32[min(differingCount, 64)] the first differing batches
 //   CANCEL 0x020b (either side)                           the migration is off (before switchover only)
 //     0  u16   textLengthBytes (<= 1024)   2 u8[] text, UTF-8
-//   RESUME 0x020e (a request, on a new main connection)    post-copy goes on after a cut
+//   RESUME 0x020e (a request, on a new main connection)    the migration goes on after a cut past READY
 //   RESUMED 0x020f (reply)                                 what the destination has (QEMU's RECV_BITMAP): the source
-//     0  u32   pageCount   4 u32 r                          sends every page whose bit is clear
+//     0  u32   pageCount                                    sends every page whose bit is clear
+//     4  u8    running  1: it read GO and runs the guest; 0: it did not (READY sent, GO never read:
+//                       the source sends GO again, or takes the guest back and sends CANCEL)
+//     5  u8[3] r
 //     8  u8[ceil(pageCount/8)] bitmap
 import { ProtocolError, Reader, Writer, concatParts, decodeMessage, encodeFrameParts, type Context, type Frame, type Message } from '../../protocol/index.js';
 import { describeType } from '../../protocol/wire.js';
@@ -93,7 +97,7 @@ export type MigrationMessage =
   | { type: 'mig-verified'; ok: boolean; differingCount: number; differing: number[] }
   | { type: 'mig-cancel'; text: string }
   | { type: 'mig-resume' }
-  | { type: 'mig-resumed'; pageCount: number; bitmap: Uint8Array };
+  | { type: 'mig-resumed'; pageCount: number; running: boolean; bitmap: Uint8Array };
 
 export type MigrationMessageName = MigrationMessage['type'];
 
@@ -187,7 +191,8 @@ function encodePayload(message: MigrationMessage): Uint8Array[] {
     case 'mig-resumed': {
       const w = new Writer(8);
       w.u32(message.pageCount);
-      w.zeros(4);
+      w.u8(message.running ? 1 : 0);
+      w.zeros(3);
       return [w.done(), message.bitmap];
     }
     case 'mig-pages':
@@ -277,9 +282,11 @@ function decodePayload(type: MigrationMessageName, r: Reader, context: Context):
     case 'mig-resumed': {
       r.lengthAtLeast(8);
       const pageCount = r.u32();
-      r.reserved(4, 'reserved');
+      const running = r.u8();
+      r.reserved(3, 'reserved');
+      if (running > 1) throw r.fieldError('running', `running is ${running}, not 0 or 1`);
       r.lengthExactly(8 + Math.ceil(pageCount / 8));
-      return { type, pageCount, bitmap: r.rest() };
+      return { type, pageCount, running: running === 1, bitmap: r.rest() };
     }
     case 'mig-pages': {
       r.lengthAtLeast(16);

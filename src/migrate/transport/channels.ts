@@ -193,6 +193,11 @@ export class MigrationListener {
     return `tcp://${formatHostPort(this.address)}`;
   }
 
+  /** Keep listening without keeping the process alive for it (a completed migration still answers a late RESUME). */
+  unref(): void {
+    this.server.unref();
+  }
+
   close(): void {
     this.server.close();
   }

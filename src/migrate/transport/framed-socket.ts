@@ -8,7 +8,12 @@
 // that lost power: TCP alone would retransmit for minutes) is noticed by
 // watchLiveness(), which pings when nothing has come for a while and ends the
 // connection when the silence lasts; PING and PONG are this layer's own, never
-// seen by the migration above it.
+// seen by the migration above it. A PING written behind megabytes of bulk
+// data (a pre-copy stream, through a relay that buffers) waits behind them,
+// so silence alone would call a slow healthy link dead: bytes this side had
+// queued leaving the socket (the peer, or a relay, took them) count as proof
+// of life, and so does hearing from a companion connection of the same
+// session that bulk data never queues on (the urgent one).
 import { EventEmitter } from 'node:events';
 import type { Socket } from 'node:net';
 import { UserfaultError } from '../../errors.js';
@@ -38,6 +43,14 @@ export class FramedSocket extends EventEmitter<FramedSocketEvents> {
   /** Known once both sides agreed (pre-copy PAGES are checked against it). */
   pageSizeBytes: number | undefined;
   private lastHeardAt = performance.now();
+  /** When bytes this side had queued (the kernel's buffer full) last left: the path takes them. */
+  private lastDrainedAt = 0;
+  /** Since when a write is waiting for room in the kernel's buffer (undefined: nothing waits). */
+  private blockedSince: number | undefined;
+  /** Why the connection ended, for the error a later send gets. */
+  private endError: Error | undefined;
+  /** A connection of the same session whose hearing also counts (watchLiveness). */
+  private companion: FramedSocket | undefined;
   /** Set by decodeInSlices(): chunks waiting to be decoded, a turn of the event loop at a time. */
   private backlog: { chunks: Buffer[]; bytes: number; scheduled: boolean; sliceBytes: number; pauseAboveBytes: number } | undefined;
   private livenessTimer: NodeJS.Timeout | undefined;
@@ -49,7 +62,11 @@ export class FramedSocket extends EventEmitter<FramedSocketEvents> {
     super();
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
-    socket.on('drain', () => this.releaseDrainWaiters());
+    socket.on('drain', () => {
+      this.lastDrainedAt = performance.now();
+      this.blockedSince = undefined;
+      this.releaseDrainWaiters();
+    });
     socket.on('error', (error) => this.finish(error));
     socket.on('close', () => {
       // What arrived before the peer closed is still its word (a last verdict, say): decode it first.
@@ -69,14 +86,17 @@ export class FramedSocket extends EventEmitter<FramedSocketEvents> {
 
   /** Write a message; resolves when the socket can take more (its buffer drained), rejects once the connection is over. */
   async send(message: AnyMessage, requestId = 0): Promise<void> {
-    if (this.ended) throw new ConnectionEndedError(this.name);
+    if (this.ended) throw new ConnectionEndedError(this.name, this.endError);
     const parts = isMigration(message) ? encodeMigrationMessageParts(message, requestId, this.pageSizeBytes) : encodeMessageParts(message as Message, requestId);
     let full = false;
     for (const part of parts) {
       this.bytesSent += part.length;
       full = !this.socket.write(part) || full;
     }
-    if (full) await this.drained();
+    if (full) {
+      this.blockedSince ??= performance.now();
+      await this.drained();
+    }
   }
 
   /**
@@ -85,14 +105,21 @@ export class FramedSocket extends EventEmitter<FramedSocketEvents> {
    * pings (every peer answers), so a healthy but idle peer is never mistaken
    * for a dead one.
    */
-  watchLiveness(silenceLimitMs: number): void {
+  watchLiveness(silenceLimitMs: number, options: { companion?: FramedSocket } = {}): void {
     clearInterval(this.livenessTimer);
     if (this.ended) return;
+    this.companion = options.companion;
     const intervalMs = Math.max(10, Math.floor(silenceLimitMs / 4));
     this.lastHeardAt = performance.now();
     this.livenessTimer = setInterval(() => {
-      const silentMs = performance.now() - this.lastHeardAt;
-      if (silentMs >= silenceLimitMs) this.destroy(new StalledConnectionError(this.name, Math.round(silentMs)));
+      const now = performance.now();
+      const silentMs = now - this.lastHeardAt;
+      // Alive: heard from the peer, or what this side queued is leaving (a PING behind it is not lost,
+      // only late), or the session's other connection hears the peer while this one has nothing stuck.
+      const stuck = this.blockedSince !== undefined && now - Math.max(this.blockedSince, this.lastDrainedAt) >= silenceLimitMs;
+      const companionHeardAt = this.companion && !this.companion.ended ? this.companion.lastHeardAt : 0;
+      const lifeMs = now - Math.max(this.lastHeardAt, this.lastDrainedAt, stuck ? 0 : companionHeardAt);
+      if (lifeMs >= silenceLimitMs) this.destroy(new StalledConnectionError(this.name, Math.round(Math.min(silentMs, lifeMs))));
       else if (silentMs >= intervalMs) this.send({ type: 'ping', data: new Uint8Array(0) }, this.nextPingId++).catch(() => {});
     }, intervalMs);
     this.livenessTimer.unref();
@@ -142,9 +169,9 @@ export class FramedSocket extends EventEmitter<FramedSocketEvents> {
   }
 
   private drained(): Promise<void> {
-    if (this.ended) return Promise.reject(new ConnectionEndedError(this.name));
+    if (this.ended) return Promise.reject(new ConnectionEndedError(this.name, this.endError));
     return new Promise((resolve, reject) => {
-      this.drainWaiters.push(() => (this.ended ? reject(new ConnectionEndedError(this.name)) : resolve()));
+      this.drainWaiters.push(() => (this.ended ? reject(new ConnectionEndedError(this.name, this.endError)) : resolve()));
     });
   }
 
@@ -231,8 +258,9 @@ export class FramedSocket extends EventEmitter<FramedSocketEvents> {
   private finish(error: Error | undefined): void {
     if (this.ended) return;
     this.ended = true;
+    this.endError = error;
     clearInterval(this.livenessTimer);
-    for (const waiter of this.roundTrips.values()) waiter.reject(new ConnectionEndedError(this.name));
+    for (const waiter of this.roundTrips.values()) waiter.reject(new ConnectionEndedError(this.name, error));
     this.roundTrips.clear();
     this.releaseDrainWaiters();
     this.emit('end', error);
@@ -247,10 +275,10 @@ export class StalledConnectionError extends UserfaultError {
   }
 }
 
-/** A send on a connection that is over. */
+/** A send on a connection that is over; `cause` is what ended it (a stall, a reset, a protocol error), when known. */
 export class ConnectionEndedError extends UserfaultError {
   override readonly code = 'ECONNENDED';
-  constructor(readonly connection: string) {
-    super(`the ${connection} connection is closed`);
+  constructor(readonly connection: string, cause?: Error) {
+    super(`the ${connection} connection is closed${cause ? ` (${cause.message})` : ''}`, cause ? { cause } : undefined);
   }
 }
