@@ -13,6 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { controlRequest, MAX_BODY_BYTES } from '../../src/vm/control-api.js';
 import { SERIAL_INPUT_LIMIT_BYTES } from '../../src/vm/devices/serial/uart16550.js';
+import { getWith, occupy, statusOf } from '../net/hostile-clients.js';
 import { cleanupList, kvmSkipReason, spawnVmm, tempDir, vmmEvents, waitForSocket, type SpawnedVmm } from './helpers.js';
 
 const skip = kvmSkipReason();
@@ -75,6 +76,18 @@ describe('the control socket under abuse', { skip, timeout: 120000 }, () => {
   after(() => {
     cleanup.run();
     if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  test('16 idle and 16 slow connections do not lock the socket out: a new request is answered within 2 s', async (t) => {
+    const hostile = await occupy({ socketPath: sock }, { idle: 16, slow: 16 });
+    t.after(() => hostile.close());
+    await new Promise((r) => setTimeout(r, 200));
+    for (let round = 0; round < 3; round++) {
+      const started = Date.now();
+      const answer = await getWith({ socketPath: sock }, '/vm', { host: 'localhost' }, 2000);
+      assert.equal(statusOf(answer), 200, `round ${round}: answered ${JSON.stringify(answer.slice(0, 80))} after ${Date.now() - started} ms`);
+      assert.ok(Date.now() - started < 2000);
+    }
   });
 
   test('a body declared over the limit is refused 413 before a byte of it is read', async () => {
