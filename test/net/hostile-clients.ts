@@ -10,14 +10,17 @@ function open(target: Target): Socket {
 }
 
 /** Connections that hold a place and send nothing, or a header byte every `dribbleMs`. close() ends them all. */
-export async function occupy(target: Target, counts: { idle: number; slow: number }, dribbleMs = 1000): Promise<{ sockets: Socket[]; close(): void }> {
+export async function occupy(target: Target, counts: { idle: number; slow: number }, dribbleMs = 1000): Promise<{ sockets: Socket[]; answers: Map<Socket, string>; close(): void }> {
   const sockets: Socket[] = [];
+  const answers = new Map<Socket, string>();
   const timers: NodeJS.Timeout[] = [];
   const request = 'GET / HTTP/1.1\r\nhost: localhost\r\nx-slow: ' + 'a'.repeat(10_000);
   const opened: Promise<void>[] = [];
   for (let i = 0; i < counts.idle + counts.slow; i++) {
     const socket = open(target);
     socket.on('error', () => {});
+    // Read what comes (a 408, the end) so a close is seen: `answers` has it.
+    socket.setEncoding('latin1').on('data', (chunk: string) => answers.set(socket, (answers.get(socket) ?? '') + chunk));
     sockets.push(socket);
     opened.push(new Promise((resolve) => socket.once('connect', resolve).once('close', resolve)));
     if (i >= counts.idle) {
@@ -32,6 +35,7 @@ export async function occupy(target: Target, counts: { idle: number; slow: numbe
   await Promise.all(opened);
   return {
     sockets,
+    answers,
     close: () => {
       for (const timer of timers) clearInterval(timer);
       for (const socket of sockets) socket.destroy();

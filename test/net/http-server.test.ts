@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { connect } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { closeHttp, createBoundedHttpServer, listenHttp, sendText, checkListenAddress } from '../../src/net/http-server.js';
+import { getWith, statusOf } from './hostile-clients.js';
 
 /** Send raw bytes; resolve with everything the server answered until it closed (or 2 s passed). */
 function raw(port: number, request: string | Buffer): Promise<string> {
@@ -20,7 +21,6 @@ function raw(port: number, request: string | Buffer): Promise<string> {
   });
 }
 
-const statusOf = (answer: string): number => Number(/^HTTP\/1\.1 (\d{3})/.exec(answer)?.[1]);
 
 describe('a bounded HTTP endpoint', { timeout: 30_000 }, () => {
   const server = createBoundedHttpServer({ routes: { '/metrics': { methods: ['GET'], handle: (_req, res) => sendText(res, 200, 'userfault_x 1\n') } } });
@@ -60,6 +60,37 @@ describe('a bounded HTTP endpoint', { timeout: 30_000 }, () => {
 
   test('the server is still there for a well-behaved client after all that', async () => {
     assert.equal(statusOf(await raw(port, 'GET /metrics HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n')), 200);
+  });
+});
+
+describe('a bounded HTTP endpoint and the Host it is asked by', { timeout: 30_000 }, () => {
+  const routes = { '/metrics': { methods: ['GET' as const], handle: (_req: unknown, res: Parameters<typeof sendText>[0]) => sendText(res, 200, 'userfault_x 1\n') } };
+
+  test('on loopback: a Host naming another server is 421 before any path is looked at; localhost, 127.0.0.1 and [::1] are answered', async (t) => {
+    const server = createBoundedHttpServer({ routes });
+    const { port } = await listenHttp(server, { host: '127.0.0.1', port: 0 });
+    t.after(() => closeHttp(server));
+    const refused = await getWith({ port }, '/nowhere', { host: 'evil.example' });
+    assert.equal(statusOf(refused), 421);
+    assert.doesNotMatch(refused, /\/metrics/, 'not even the list of paths');
+    assert.match(refused, /\r\nconnection: close\r\n/i);
+    for (const host of ['localhost', `localhost:${port}`, '127.0.0.1', `[::1]:${port}`]) assert.equal(statusOf(await getWith({ port }, '/metrics', { host })), 200, host);
+  });
+
+  test('listening on every interface: IP literals and the machine\'s name are answered, another name is still 421', async (t) => {
+    const server = createBoundedHttpServer({ routes, hostNames: ['build-box'] });
+    const { port } = await listenHttp(server, { host: '0.0.0.0', port: 0 });
+    t.after(() => closeHttp(server));
+    for (const host of ['127.0.0.1', `10.1.2.3:${port}`, `build-box:${port}`]) assert.equal(statusOf(await getWith({ port }, '/metrics', { host })), 200, host);
+    assert.equal(statusOf(await getWith({ port }, '/metrics', { host: `evil.example:${port}` })), 421);
+  });
+
+  test('HTTP/1.0 without a Host is answered (no browser sends that); HTTP/1.1 without one is 400', async (t) => {
+    const server = createBoundedHttpServer({ routes });
+    const { port } = await listenHttp(server, { host: '127.0.0.1', port: 0 });
+    t.after(() => closeHttp(server));
+    assert.match(await raw(port, 'GET /metrics HTTP/1.0\r\n\r\n'), /^HTTP\/1\.1 200 [^]*userfault_x 1/);
+    assert.equal(statusOf(await raw(port, 'GET /metrics HTTP/1.1\r\nconnection: close\r\n\r\n')), 400);
   });
 });
 
