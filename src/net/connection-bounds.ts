@@ -70,7 +70,8 @@ export function boundHttpServer(server: Server, bounds: HttpBounds): void {
     tracked.set(socket, { idleSinceMs: Date.now(), answering: 0 });
     socket.once('close', () => tracked.delete(socket));
   });
-  server.on('request', (req: IncomingMessage, res) => {
+  // Ahead of the handler, which may finish its answer at once.
+  server.prependListener('request', (req: IncomingMessage, res) => {
     const entry = tracked.get(req.socket);
     if (!entry) return;
     entry.answering++;

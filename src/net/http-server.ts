@@ -55,9 +55,10 @@ export function createBoundedHttpServer(options: BoundedHttpServerOptions): Serv
   server.maxHeadersCount = 64;
   boundHttpServer(server, { ...DEFAULT_HTTP_BOUNDS, ...options.bounds });
   server.on('listening', () => {
-    const bound = server.address() as AddressInfo;
-    const remote = !isLoopbackHost(bound.address);
-    policy = { listenHost: bound.address, remote, names: (options.hostNames ?? [hostname()]).map((name) => name.toLowerCase()) };
+    const bound = server.address() as AddressInfo | string;
+    // On a Unix socket (a path) no web page reaches it: the loopback rule is plenty.
+    const listenHost = typeof bound === 'string' ? 'localhost' : bound.address;
+    policy = { listenHost, remote: !isLoopbackHost(listenHost), names: (options.hostNames ?? [hostname()]).map((name) => name.toLowerCase()) };
   });
   answerClientErrors(server);
   return server;
