@@ -11,13 +11,17 @@
 //   GET /events             text/event-stream: a "frame" event per update (JSON), the latest first
 //   GET /frame              the latest frame, JSON
 //
-// Everything else is refused (src/net/http-server.ts); the page may load
-// nothing from anywhere else (Content-Security-Policy default-src 'self').
+// Everything else is refused (src/net/http-server.ts), and so is any request
+// whose Host does not name this server (a page of another site that reached
+// it by DNS rebinding: it would read the memory map) or that another site's
+// script sends (its Origin; GET / alone, the page, may be linked to). The
+// page's own requests are same-origin. It may load nothing from anywhere else
+// (Content-Security-Policy default-src 'self').
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import type { Server, ServerResponse } from 'node:http';
 import { fileURLToPath } from 'node:url';
-import { closeHttp, createBoundedHttpServer, listenHttp, sendText, type HttpRoute } from '../net/http-server.js';
+import { closeHttp, createBoundedHttpServer, listenHttp, sendText, type BoundedHttpServerOptions, type HttpRoute } from '../net/http-server.js';
 import { formatHostPort, type HostPort } from '../pages/address.js';
 import { buildFrame, type DashboardFrame, type MemoryMapView } from './dashboard-frame.js';
 import type { DashboardSource } from './dashboard-source.js';
@@ -32,6 +36,8 @@ export interface DashboardServerOptions {
   /** Cells of the memory map (default 4096: a 64 × 64 grid). */
   mapCells?: number;
   sse?: SseOptions;
+  /** Connection bounds (default 64 connections, http-server.ts's timeouts) and host names taken when listening remotely. */
+  http?: Pick<BoundedHttpServerOptions, 'bounds' | 'hostNames'>;
 }
 
 interface Asset {
@@ -83,7 +89,7 @@ export class DashboardServer {
     let dashboard: DashboardServer | undefined;
     const routes: Record<string, HttpRoute> = {};
     for (const [path, asset] of Object.entries(assets)) {
-      routes[path] = { methods: ['GET'], handle: (_req, res) => sendAsset(res, asset) };
+      routes[path] = { methods: ['GET'], page: path === '/', handle: (_req, res) => sendAsset(res, asset) };
     }
     routes['/events'] = {
       methods: ['GET'],
@@ -96,7 +102,7 @@ export class DashboardServer {
       methods: ['GET'],
       handle: (_req, res) => sendText(res, 200, JSON.stringify(dashboard?.latest ?? null), { contentType: 'application/json' }),
     };
-    const server = createBoundedHttpServer({ routes, maxConnections: 64 });
+    const server = createBoundedHttpServer({ routes, hostNames: options.http?.hostNames, bounds: { maxConnections: 64, ...options.http?.bounds } });
     const address = await listenHttp(server, options.listen);
     dashboard = new DashboardServer(server, address, options, sse);
     await dashboard.poll();

@@ -1,9 +1,10 @@
 // `--metrics HOST:PORT`: the process's metrics on a TCP port Prometheus can
 // scrape (GET /metrics, the text format). Loopback unless the command was
 // given its explicit flag. Read-only, and bounded like every endpoint here
-// (src/net/http-server.ts).
+// (src/net/http-server.ts): a Host that does not name this server is refused
+// (DNS rebinding), and idle or slow peers cannot keep a scrape out.
 import type { Server } from 'node:http';
-import { closeHttp, createBoundedHttpServer, listenHttp, sendText } from '../net/http-server.js';
+import { closeHttp, createBoundedHttpServer, listenHttp, sendText, type BoundedHttpServerOptions } from '../net/http-server.js';
 import { formatHostPort, type HostPort } from '../pages/address.js';
 import { PROMETHEUS_CONTENT_TYPE, registryOf, type RegistryRef } from './metrics-registry.js';
 
@@ -16,8 +17,12 @@ export interface MetricsServer {
   close(): Promise<void>;
 }
 
-export async function startMetricsServer(registry: RegistryRef, address: HostPort): Promise<MetricsServer> {
+/** Connection bounds and host names (tests shorten the timeouts); the defaults are http-server.ts's. */
+export type MetricsServerOptions = Pick<BoundedHttpServerOptions, 'bounds' | 'hostNames'>;
+
+export async function startMetricsServer(registry: RegistryRef, address: HostPort, options: MetricsServerOptions = {}): Promise<MetricsServer> {
   const server = createBoundedHttpServer({
+    ...options,
     routes: {
       '/metrics': {
         methods: ['GET'],

@@ -34,13 +34,18 @@
 // What a peer can make the VMM hold is bounded: MAX_CONNECTIONS connections,
 // each with headers of at most MAX_HEADER_BYTES and a body of at most
 // MAX_BODY_BYTES (a larger body is answered 413 as soon as it is seen and
-// the rest discarded unread into memory), and slow peers time out. Every
-// error, a malformed request line included, is answered on its own
-// connection: nothing a client sends ends the VMM.
+// the rest discarded unread into memory), and slow peers time out; at the
+// cap a new connection closes the idlest one (idle, or still sending its
+// request), so idle or slow peers cannot lock the socket out
+// (src/net/connection-bounds.ts). Every error, a malformed request line
+// included, is answered on its own connection: nothing a client sends ends
+// the VMM. No Host check: a Unix socket is out of a web page's reach (no DNS
+// rebinding there).
 import { createServer, request, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { lstatSync } from 'node:fs';
 import { isAbsolute } from 'node:path';
-import type { Socket } from 'node:net';
+import { boundHttpServer, type HttpBounds } from '../net/connection-bounds.js';
+import { answerClientErrors } from '../net/http-server.js';
 import { listenReplacingStale, removeSocketFile } from '../net/unix-socket-path.js';
 import { ControlApiError, NoVmListeningError, VmError } from './errors.js';
 import type { Vmm } from './vmm.js';
@@ -53,9 +58,8 @@ export const MAX_BODY_BYTES = 4 << 20;
 export const MAX_HEADER_BYTES = 16 << 10;
 export const MAX_HEADERS = 64;
 export const MAX_CONNECTIONS = 16;
-/** A peer has this long to send its headers, and its whole request. */
-const HEADERS_TIMEOUT_MS = 10_000;
-const REQUEST_TIMEOUT_MS = 60_000;
+/** A peer has this long to send its headers, and its whole request (a 4 MiB body); an idle one stays this long. */
+const CONTROL_HTTP_BOUNDS: HttpBounds = { maxConnections: MAX_CONNECTIONS, headersTimeoutMs: 10_000, requestTimeoutMs: 60_000, keepAliveTimeoutMs: 5_000 };
 
 /** A malformed request: bad JSON, a missing or ill-typed field. */
 export class BadControlRequestError extends VmError {
@@ -125,6 +129,8 @@ export interface ControlApiOptions {
   onStop?: () => void;
   /** The process's metrics (GET /metrics); default: a registry of this VMM's alone, made on the first GET. */
   metrics?: RegistryRef;
+  /** Connections and timeouts (default CONTROL_HTTP_BOUNDS; tests shorten them). */
+  bounds?: Partial<HttpBounds>;
 }
 
 /** A listening control socket. */
@@ -145,17 +151,13 @@ export async function startControlApi(vmm: Vmm, socketPath: string, options: Con
   const inode = lstatSync(socketPath).ino;
   let own: MetricsRegistry | undefined;
   const metrics = options.metrics ?? (() => (own ??= vmmMetrics(vmm, { processMetrics: false })));
-  const server = createServer({ maxHeaderSize: MAX_HEADER_BYTES, headersTimeout: HEADERS_TIMEOUT_MS, requestTimeout: REQUEST_TIMEOUT_MS }, (req, res) => {
+  const server = createServer({ maxHeaderSize: MAX_HEADER_BYTES }, (req, res) => {
     route(vmm, req, res, options, metrics).catch((error: unknown) => replyError(res, error));
   });
   server.maxHeadersCount = MAX_HEADERS;
-  server.maxConnections = MAX_CONNECTIONS;
+  boundHttpServer(server, { ...CONTROL_HTTP_BOUNDS, ...options.bounds });
   // A request Node cannot parse (bad request line, headers over the limit): answered and closed; the VMM goes on.
-  server.on('clientError', (error: Error & { code?: string }, socket: Socket) => {
-    if (!socket.writable) return socket.destroy();
-    const status = error.code === 'HPE_HEADER_OVERFLOW' ? '431 Request Header Fields Too Large' : error.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? '408 Request Timeout' : '400 Bad Request';
-    socket.end(`HTTP/1.1 ${status}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n`);
-  });
+  answerClientErrors(server);
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen({ fd }, () => {

@@ -2,7 +2,8 @@
 // playwright-core) while a real guest is restored lazily: the page updates by
 // itself, its numbers are the VMM's /metrics, its memory map is the VMM's
 // page states, it loads nothing from anywhere else, and a screenshot of it
-// is saved under test-output/dashboard/.
+// is saved under test-output/dashboard/. And, with no guest, the page
+// against DNS rebinding (Chromium resolving an attacker's name to loopback).
 //
 // The browser runs as this process's user; as root Chromium refuses its
 // sandbox, so it is launched with --no-sandbox (a test browser on a page of
@@ -10,12 +11,17 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, statSync } from 'node:fs';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { SampleSet, parsePrometheusText } from '../../src/dashboard/prometheus-text.js';
+import { DashboardServer } from '../../src/dashboard/dashboard-server.js';
+import { metricsUrlSource } from '../../src/dashboard/dashboard-source.js';
+import { MetricsRegistry } from '../../src/metrics/metrics-registry.js';
+import { startMetricsServer } from '../../src/metrics/metrics-server.js';
 import { controlRequest } from '../../src/vm/control-api.js';
 import { CLI, ChildRun } from '../handler/helpers.js';
 import { cleanupList, kvmSkipReason, spawnVmm, tempDir, waitForSocket } from '../vm/helpers.js';
@@ -153,5 +159,42 @@ describe('the dashboard in a browser, during a lazy restore', { skip, timeout: 1
     await vmm.exit;
     dashboard.kill('SIGTERM');
     assert.equal((await dashboard.exit).code, 0, dashboard.stderr);
+  });
+});
+
+// No guest needed: a dashboard of a --metrics endpoint, and Chromium told that
+// evil.example is 127.0.0.1 — what a DNS-rebinding attacker's name resolves
+// to once re-pointed.
+describe('the dashboard in a browser, against DNS rebinding', { skip: CHROMIUM === '' ? 'no chromium (scripts/setup.sh installs Debian\'s)' : undefined, timeout: 60_000 }, () => {
+  test('the page works on 127.0.0.1 and localhost; at evil.example it is refused, and another site\'s script reads nothing', async (t) => {
+    const metrics = await startMetricsServer(new MetricsRegistry({ components: ['page-server'], processMetrics: false }), { host: '127.0.0.1', port: 0 });
+    t.after(() => metrics.close());
+    const dashboard = await DashboardServer.start({ source: metricsUrlSource(metrics.url), listen: { host: '127.0.0.1', port: 0 }, intervalMs: 100 });
+    t.after(() => dashboard.close());
+    const { port } = dashboard.address;
+    const browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox', '--host-resolver-rules=MAP evil.example 127.0.0.1'] });
+    t.after(() => browser.close());
+    const page = await browser.newPage();
+    for (const origin of [`http://127.0.0.1:${port}`, `http://localhost:${port}`]) {
+      const response = await page.goto(`${origin}/`);
+      assert.equal(response?.status(), 200, origin);
+      // The page's own EventSource and scripts are same-origin: it connects and updates.
+      await page.waitForFunction(() => Number(document.body.dataset.seq) > 1, undefined, { timeout: 10_000 });
+      assert.equal(await page.textContent('#connection'), 'live');
+    }
+    const rebound = await page.goto(`http://evil.example:${port}/`);
+    assert.equal(rebound?.status(), 421);
+    assert.match(await page.textContent('body') ?? '', /DNS rebinding/);
+    const read = await page.evaluate(async (p) => (await fetch(`http://evil.example:${p}/frame`)).status, port);
+    assert.equal(read, 421, 'the page at the rebound name reads no frame');
+    // The rebound page's script asking the real server's name: a cross-origin request, its Origin is
+    // http://evil.example:PORT, refused 403 (and the browser would not have shown it the answer anyway).
+    const frameAnswers: { origin?: string; status: number }[] = [];
+    dashboard.server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+      if (req.url === '/frame') res.on('finish', () => frameAnswers.push({ origin: req.headers.origin, status: res.statusCode }));
+    });
+    const thrown = await page.evaluate(async (p) => fetch(`http://127.0.0.1:${p}/frame`).then(() => 'read', (error: Error) => error.name), port);
+    assert.equal(thrown, 'TypeError');
+    assert.deepEqual(frameAnswers, [{ origin: `http://evil.example:${port}`, status: 403 }]);
   });
 });

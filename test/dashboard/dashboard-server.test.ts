@@ -13,6 +13,7 @@ import { pageServerReporter } from '../../src/metrics/page-server-reporter.js';
 import { startPageServer } from '../../src/pages/page-server.js';
 import { BufferSource } from '../../src/sources/buffer-source.js';
 import { RemoteSource } from '../../src/sources/remote-source.js';
+import { getWith, occupy, statusOf } from '../net/hostile-clients.js';
 
 function get(url: string, method = 'GET'): Promise<{ status: number; headers: Record<string, unknown>; text: string }> {
   return new Promise((resolve, reject) => {
@@ -86,5 +87,41 @@ describe('the dashboard server', { timeout: 60_000 }, () => {
     metrics = await startMetricsServer(registry, { host: '127.0.0.1', port });
     t.after(() => metrics.close());
     await frameWhere(dashboard, 'a good frame again', (f) => f.error === undefined && f.seq > broken.seq);
+  });
+
+  test('a page reached by DNS rebinding is refused 421, a cross-origin stream 403; the page\'s own requests are answered', async (t) => {
+    const metrics = await startMetricsServer(new MetricsRegistry({ components: ['page-server'], processMetrics: false }), { host: '127.0.0.1', port: 0 });
+    t.after(() => metrics.close());
+    const dashboard = await DashboardServer.start({ source: metricsUrlSource(metrics.url), listen: { host: '127.0.0.1', port: 0 }, intervalMs: 100 });
+    t.after(() => dashboard.close());
+    const { port } = dashboard.address;
+    const self = `127.0.0.1:${port}`;
+    for (const path of ['/', '/frame', '/events']) {
+      const rebound = await getWith({ port }, path, { host: `evil.example:${port}` });
+      assert.equal(statusOf(rebound), 421, path);
+      assert.doesNotMatch(rebound, /userfault dashboard|"seq"|text\/event-stream/);
+    }
+    // What the page itself sends: the document, then same-origin requests (a browser adds Origin to some of them).
+    assert.equal(statusOf(await getWith({ port }, '/', { host: self })), 200);
+    assert.equal(statusOf(await getWith({ port }, '/frame', { host: `localhost:${port}`, origin: `http://localhost:${port}` })), 200);
+    const stream = await getWith({ port }, '/events', { host: self, origin: `http://${self}` }, 300);
+    assert.equal(statusOf(stream), 200);
+    // Another site's script: refused before anything is read (its own page it may link to).
+    assert.equal(statusOf(await getWith({ port }, '/events', { host: self, origin: 'http://evil.example' })), 403);
+    assert.equal(statusOf(await getWith({ port }, '/frame', { host: self, origin: 'null' })), 403);
+    assert.equal(statusOf(await getWith({ port }, '/', { host: self, origin: 'http://evil.example' })), 200);
+  });
+
+  test('32 idle and slow connections do not keep the page from being answered within 2 s', async (t) => {
+    const metrics = await startMetricsServer(new MetricsRegistry({ components: ['page-server'], processMetrics: false }), { host: '127.0.0.1', port: 0 });
+    t.after(() => metrics.close());
+    const dashboard = await DashboardServer.start({ source: metricsUrlSource(metrics.url), listen: { host: '127.0.0.1', port: 0 }, intervalMs: 100 });
+    t.after(() => dashboard.close());
+    const hostile = await occupy({ port: dashboard.address.port }, { idle: 32, slow: 32 });
+    t.after(() => hostile.close());
+    await new Promise((r) => setTimeout(r, 200));
+    const started = Date.now();
+    assert.equal(statusOf(await getWith({ port: dashboard.address.port }, '/frame', { host: 'localhost' })), 200);
+    assert.ok(Date.now() - started < 2000);
   });
 });

@@ -13,6 +13,8 @@ import { after, before, describe, test } from 'node:test';
 import { SampleSet, parsePrometheusText } from '../../src/dashboard/prometheus-text.js';
 import type { DestinationProgress } from '../../src/migrate/destination-migration.js';
 import type { MigrationProgress } from '../../src/migrate/source-migration.js';
+import { MetricsRegistry } from '../../src/metrics/metrics-registry.js';
+import { startMetricsServer } from '../../src/metrics/metrics-server.js';
 import { RemoteSource } from '../../src/sources/remote-source.js';
 import { controlRequest } from '../../src/vm/control-api.js';
 import type { VmStatus } from '../../src/vm/vmm.js';
@@ -20,6 +22,7 @@ import { CLI, ChildRun, spawnClient, uffdSkipReason, writeMemoryFiles, tempDir a
 import { PAGE, spawnPagesServe, tempDir as pagesTempDir, writeTestSnapshot } from '../pages/fixtures.js';
 import { CutProxy } from '../migrate/cut-proxy.js';
 import * as pair from '../migrate/vmm-pair.js';
+import { getWith, occupy, statusOf } from '../net/hostile-clients.js';
 import { cleanupList, kvmSkipReason, snapshotRunningWriter, spawnVmm, tempDir, vmmEvents, waitForSocket } from '../vm/helpers.js';
 
 /** GET a URL (http://…) or a path on a control socket; the body as text and its content type. */
@@ -299,3 +302,33 @@ describe('userfault pages serve --metrics', { timeout: 60_000 }, () => {
   });
 });
 
+
+describe('a --metrics endpoint against a hostile web page and slow peers', { timeout: 30_000 }, () => {
+  test('a Host naming another server (DNS rebinding) is refused 421, a cross-origin Origin 403; loopback Hosts are answered', async (t) => {
+    const metrics = await startMetricsServer(new MetricsRegistry({ components: ['page-server'], processMetrics: false }), { host: '127.0.0.1', port: 0 });
+    t.after(() => metrics.close());
+    const { port } = metrics.address;
+    const rebound = await getWith({ port }, '/metrics', { host: `evil.example:${port}` });
+    assert.equal(statusOf(rebound), 421);
+    assert.match(rebound, /\r\n\r\n.*evil\.example.*DNS rebinding/s);
+    assert.doesNotMatch(rebound, /userfault_/);
+    for (const host of ['localhost', `localhost:${port}`, `127.0.0.1:${port}`, `[::1]:${port}`]) {
+      assert.equal(statusOf(await getWith({ port }, '/metrics', { host })), 200, host);
+    }
+    const crossOrigin = await getWith({ port }, '/metrics', { host: `127.0.0.1:${port}`, origin: 'http://evil.example' });
+    assert.equal(statusOf(crossOrigin), 403);
+    assert.equal(statusOf(await getWith({ port }, '/metrics', { host: `127.0.0.1:${port}`, origin: `http://127.0.0.1:${port}` })), 200);
+  });
+
+  test('16 idle and 16 slow connections do not keep a scrape from being answered within 2 s', async (t) => {
+    const metrics = await startMetricsServer(new MetricsRegistry({ components: ['page-server'], processMetrics: false }), { host: '127.0.0.1', port: 0 });
+    t.after(() => metrics.close());
+    const hostile = await occupy({ port: metrics.address.port }, { idle: 16, slow: 16 });
+    t.after(() => hostile.close());
+    await new Promise((r) => setTimeout(r, 200));
+    const started = Date.now();
+    const answer = await getWith({ port: metrics.address.port }, '/metrics', { host: 'localhost' }, 2000);
+    assert.equal(statusOf(answer), 200, `answered ${JSON.stringify(answer.slice(0, 80))} after ${Date.now() - started} ms`);
+    assert.ok(Date.now() - started < 2000);
+  });
+});

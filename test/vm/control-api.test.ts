@@ -11,8 +11,10 @@ import { request } from 'node:http';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { controlRequest, MAX_BODY_BYTES } from '../../src/vm/control-api.js';
+import { controlRequest, MAX_BODY_BYTES, startControlApi } from '../../src/vm/control-api.js';
+import type { Vmm } from '../../src/vm/vmm.js';
 import { SERIAL_INPUT_LIMIT_BYTES } from '../../src/vm/devices/serial/uart16550.js';
+import { getWith, occupy, statusOf } from '../net/hostile-clients.js';
 import { cleanupList, kvmSkipReason, spawnVmm, tempDir, vmmEvents, waitForSocket, type SpawnedVmm } from './helpers.js';
 
 const skip = kvmSkipReason();
@@ -75,6 +77,18 @@ describe('the control socket under abuse', { skip, timeout: 120000 }, () => {
   after(() => {
     cleanup.run();
     if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  test('16 idle and 16 slow connections do not lock the socket out: a new request is answered within 2 s', async (t) => {
+    const hostile = await occupy({ socketPath: sock }, { idle: 16, slow: 16 });
+    t.after(() => hostile.close());
+    await new Promise((r) => setTimeout(r, 200));
+    for (let round = 0; round < 3; round++) {
+      const started = Date.now();
+      const answer = await getWith({ socketPath: sock }, '/vm', { host: 'localhost' }, 2000);
+      assert.equal(statusOf(answer), 200, `round ${round}: answered ${JSON.stringify(answer.slice(0, 80))} after ${Date.now() - started} ms`);
+      assert.ok(Date.now() - started < 2000);
+    }
   });
 
   test('a body declared over the limit is refused 413 before a byte of it is read', async () => {
@@ -199,6 +213,41 @@ describe('the control socket under abuse', { skip, timeout: 120000 }, () => {
     assert.equal(await vmState(sock2), 'running', 'the control socket answers with a full queue');
     await controlRequest(sock2, 'PUT', '/actions', { action_type: 'Stop' });
     assert.equal(await restored.exit, 0, restored.stderr());
+  });
+});
+
+// The same abuse where /dev/kvm is missing: the socket's HTTP server in front
+// of a stand-in VMM that only answers GET /vm (the one request made).
+describe('the control socket\'s HTTP server against idle and slow peers', { timeout: 30000 }, () => {
+  test('32 idle and slow connections (twice the cap) do not keep a new request from being answered within 2 s', async (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'uf-vm-api-'));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    const socketPath = join(dir, 'vm.sock');
+    const standIn = { status: () => ({ state: 'Running' }) } as unknown as Vmm;
+    const api = await startControlApi(standIn, socketPath);
+    t.after(() => api.close());
+    const hostile = await occupy({ socketPath }, { idle: 16, slow: 16 });
+    t.after(() => hostile.close());
+    await new Promise((r) => setTimeout(r, 200));
+    for (let round = 0; round < 3; round++) {
+      const started = Date.now();
+      const answer = await getWith({ socketPath }, '/vm', { host: 'localhost' }, 2000);
+      assert.equal(statusOf(answer), 200, `round ${round}: answered ${JSON.stringify(answer.slice(0, 80))} after ${Date.now() - started} ms`);
+      assert.match(answer, /"state":"Running"/);
+      assert.ok(Date.now() - started < 2000);
+    }
+  });
+
+  test('an idle connection is answered 408 and closed after the header timeout', async (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'uf-vm-api-'));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    const socketPath = join(dir, 'vm.sock');
+    const api = await startControlApi({ status: () => ({ state: 'Running' }) } as unknown as Vmm, socketPath, { bounds: { headersTimeoutMs: 300, requestTimeoutMs: 600 } });
+    t.after(() => api.close());
+    const started = Date.now();
+    const answer = await rawExchange(socketPath, Buffer.alloc(0), 4096, 5000);
+    assert.match(answer, /^HTTP\/1\.1 408 /);
+    assert.ok(Date.now() - started < 2000, `closed after ${Date.now() - started} ms`);
   });
 });
 
