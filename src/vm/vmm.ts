@@ -121,6 +121,8 @@ class VcpuHandle {
   private readonly pending = new Map<number, { command: string; resolve: (v: unknown) => void; reject: (e: Error) => void }>();
   readonly exited: Promise<GuestExitReason>;
   readonly ready: Promise<void>;
+  /** Resolves when the worker thread has ended (on its own after 'exited', or terminated). */
+  private readonly ended: Promise<void>;
 
   constructor(
     readonly vcpu: KvmVcpu,
@@ -132,6 +134,7 @@ class VcpuHandle {
   ) {
     let resolveReady!: () => void;
     this.ready = new Promise((r) => (resolveReady = r));
+    this.ended = new Promise((r) => worker.once('exit', () => r()));
     this.exited = new Promise((resolveExit) => {
       worker.on('message', (event: VcpuEvent) => {
         switch (event.type) {
@@ -192,8 +195,18 @@ class VcpuHandle {
     return reply;
   }
 
-  async terminate(): Promise<void> {
-    await this.worker.terminate();
+  /**
+   * Wait for the worker to leave the guest for good (it was sent a stop) and
+   * for its thread to end, each for at most `graceMs`; a worker that has not
+   * ended by then is terminated. A vCPU thread still inside KVM_RUN cannot be
+   * terminated (Node ends a worker only when its JavaScript runs again), so
+   * nothing here waits longer than its bounds: the caller goes on either way.
+   */
+  async end(graceMs: number): Promise<void> {
+    await settledWithin(this.exited, graceMs);
+    // After 'exited' the worker has unmapped kvm_run and ends by itself in a moment.
+    if (await settledWithin(this.ended, graceMs)) return;
+    await settledWithin(this.worker.terminate(), graceMs);
   }
 
   /** The vCPU's counters as of now, read from the memory its worker adds to (live while it runs). */
@@ -206,6 +219,25 @@ class VcpuHandle {
     return this.tid;
   }
 }
+
+/** Whether `promise` settled within `ms` (false: it is still pending, and is left to settle alone). */
+async function settledWithin(promise: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const timedOut = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), ms)));
+  try {
+    return await Promise.race([promise.then(() => true, () => true), timedOut]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * How long a stopping VM waits for each vCPU to leave the guest, and then for
+ * its worker thread to end. A vCPU leaves within microseconds of its kick
+ * (KVM_RUN returns -EINTR; a vCPU asleep on a missing page is let go when the
+ * pager stops); this bound is for one that does not.
+ */
+const VCPU_STOP_GRACE_MS = 2000;
 
 /** ms to 0.01: what a performance.now() difference means here. */
 const ms2 = (x: number): number => Math.round(x * 100) / 100;
@@ -746,16 +778,24 @@ export class Vmm {
     const state = this.lifecycle.state;
     if (state === 'restoring') this.lifecycle.transition('restore-failed');
     else if (this.lifecycle.allows('stop')) this.lifecycle.transition('stop');
-    await Promise.all(this.handles.map(async (h) => {
-      if (h.state !== 'exited') await h.request({ type: 'stop' }).catch(() => {});
-      let timer: NodeJS.Timeout | undefined;
-      await Promise.race([h.exited, new Promise((r) => (timer = setTimeout(r, 2000)))]);
-      clearTimeout(timer);
-      await h.terminate();
-    }));
-    await this.stopMemory?.();
+    // The stop is sent, not awaited: a vCPU asleep on a missing page hears it
+    // only once that page is answered, which may be never (a page server that
+    // stopped answering). Its reply is not needed: its 'exited' is.
+    for (const h of this.handles) if (h.state !== 'exited') void h.request({ type: 'stop' }).catch(() => {});
+    // Then the pager stops and lets go of every thread asleep on a page (the
+    // VM is going away: its memory no longer matters), without waiting for
+    // the vCPUs: those are the threads that may be asleep. Each vCPU was
+    // kicked first, so once its fault is done on the zero-filled memory it
+    // retried on, KVM sees the pending kick before it enters the guest again.
+    const memoryStopped = this.stopMemory?.();
+    memoryStopped?.catch(() => {}); // awaited below; not an unhandled rejection meanwhile
+    await Promise.all(this.handles.map((h) => h.end(VCPU_STOP_GRACE_MS)));
+    await memoryStopped;
     this.vm.close();
     this.memory.unmap();
     this.system.close();
+    // Every vCPU has ended, or did not within its bounds (then its worker
+    // never says so): the VM has exited either way.
+    this.resolveExited(this.exitReasonValue ?? { type: 'stopped' });
   }
 }

@@ -265,9 +265,24 @@ export class LazyGuestMemory {
     return this.host.pager.states.downsample(maxCells);
   }
 
-  /** Stop serving (the vCPUs must be gone), unregister, close the uffd and the source. Memory may be unmapped after. */
+  /**
+   * Stop serving, unregister, close the uffd and the source: the VM is going
+   * away and its memory no longer matters. A thread still asleep on a page
+   * (a vCPU blocked in KVM_RUN, or the kernel worker of one of its async page
+   * faults) is let go at once, before any read in flight settles: the
+   * unregister wakes it and its retry finds ordinary anonymous memory (zero),
+   * so nothing waits for a page that may never come. Memory may be unmapped
+   * once the vCPU threads are gone.
+   */
   async stop(): Promise<void> {
-    await this.detach();
+    // detach() stops the pager before its first await (no ioctl on the uffd
+    // after this line), so the unregister cannot race a fill.
+    const detaching = this.detach();
+    if (!this.released) {
+      this.released = true;
+      this.host.unregister();
+    }
+    await detaching;
   }
 
   private async detach(): Promise<void> {
