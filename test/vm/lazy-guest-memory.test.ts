@@ -9,6 +9,11 @@ import { abortedReadError, type PageSource, type ReadOptions } from '../../src/s
 import { GuestMemory } from '../../src/vm/memory/guest-memory.js';
 import { LazyGuestMemory } from '../../src/vm/memory/lazy-guest-memory.js';
 import { Toucher, sleep } from '../helpers/toucher.js';
+import { Worker } from 'node:worker_threads';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { rmSync } from 'node:fs';
+import { kvmNative } from '../../src/native-kvm.js';
 
 const PAGES = 64;
 const SIZE = PAGES * PAGE_SIZE;
@@ -54,6 +59,46 @@ async function until(what: string, condition: () => boolean, timeoutMs = 5000): 
 describe('lazy guest memory, stopped while a thread waits on a page that never comes', { timeout: 30_000 }, () => {
   const toucher = new Toucher();
   after(() => toucher.terminate());
+
+  test('a thread kicked while its kernel-mode access waits on a page re-faults without end, and stop ends that at once', async (t) => {
+    // What a vCPU does when the VMM's stop kicks it while KVM's emulator reads
+    // a missing page of guest RAM: x86's fault path gives up on a kernel-mode
+    // fault only for a fatal signal, so with the kick pending handle_userfault
+    // returns at once and the fault is retried, each retry a new uffd message.
+    const memory = GuestMemory.create(SIZE);
+    const source = new NeverAnsweringSource();
+    const lazy = LazyGuestMemory.start(memory, source, { prefetch: false }, () => {});
+    const kickSignal = kvmNative.kvmConstants.SIGRTMIN + 2;
+    const file = join(tmpdir(), `uf-kernel-access-${process.pid}.bin`);
+    const worker = new Worker(new URL('./kernel-access-worker.js', import.meta.url), { workerData: { kickSignal, file } });
+    t.after(async () => {
+      await worker.terminate();
+      rmSync(file, { force: true });
+    });
+    try {
+      const tid = await within(10_000, 'the worker starting', new Promise<number>((resolve) => worker.on('message', (m: { type: string; tid: number }) => m.type === 'ready' && resolve(m.tid))));
+      const written = new Promise<{ type: string; bytes?: number }>((resolve) => worker.on('message', (m: { type: string }) => m.type !== 'ready' && resolve(m)));
+      worker.postMessage({ address: memory.regions[0]!.hostAddress + 7 * PAGE_SIZE, lengthBytes: PAGE_SIZE });
+      await until('the fault to reach the pager', () => lazy.report().metrics.faults > 0);
+      await sleep(50);
+      assert.equal(lazy.report().metrics.faults, 1, 'before the kick the thread sleeps on its page');
+
+      kvmNative.kvmKick(tid, kickSignal);
+      await sleep(200);
+      const spinning = lazy.report().metrics.faults;
+      t.diagnostic(`faults read in the 200 ms after the kick: ${spinning - 1}`);
+
+      await within(2000, 'stopping lazy guest memory', lazy.stop());
+      assert.deepEqual(await within(2000, 'the kicked thread', written), { type: 'written', bytes: PAGE_SIZE }, 'the access completed, on plain memory');
+      const stopped = lazy.report().metrics.faults;
+      await sleep(100);
+      assert.equal(lazy.report().metrics.faults, stopped, 'no fault is read after the stop');
+      assert.equal(lazy.report().metrics.pagesCopied, 0, 'no page was served');
+    } finally {
+      await within(2000, 'stopping lazy guest memory', lazy.stop()).catch(() => {});
+      memory.unmap();
+    }
+  });
 
   test('stop lets the waiting thread go at once (it reads zero), aborts the read, closes the source, and counts no more faults', async () => {
     const memory = GuestMemory.create(SIZE);
