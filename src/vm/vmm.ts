@@ -239,6 +239,12 @@ async function settledWithin(promise: Promise<unknown>, ms: number): Promise<boo
  */
 const VCPU_STOP_GRACE_MS = 2000;
 
+/**
+ * How long a stopping VM waits for the request in progress (a pause, a
+ * resume) before it stops the vCPUs that request may be waiting on.
+ */
+const QUEUE_GRACE_MS = 250;
+
 /** ms to 0.01: what a performance.now() difference means here. */
 const ms2 = (x: number): number => Math.round(x * 100) / 100;
 
@@ -763,10 +769,39 @@ export class Vmm {
     return this.close();
   }
 
+  /** Resolves when guest memory has stopped being served (haltGuest started it). */
+  private memoryStopped: Promise<void> | undefined;
+
+  /**
+   * Send every vCPU the stop, then stop serving guest memory and let go of
+   * every thread asleep on a page: the VM is going away, its memory no longer
+   * matters. Once; neither waits.
+   *
+   * The stop is sent, not awaited: a vCPU asleep on a missing page hears it
+   * only once the page is answered, which may be never (a page server that
+   * stopped answering). Worse, the kick that comes with it wakes a vCPU whose
+   * wait is a kernel-mode access (KVM's emulator reading guest RAM), and x86
+   * retries such a fault at once unless the signal is fatal: the vCPU thread
+   * re-faults without end, each retry a new message for the pager, both
+   * threads spinning until the page comes. Stopping the pager and
+   * unregistering guest RAM (LazyGuestMemory.stop) ends that: the retry finds
+   * plain memory (zero), the access completes, and KVM sees the pending kick
+   * before it would enter the guest again, so the guest runs on none of it.
+   */
+  private haltGuest(): void {
+    if (this.memoryStopped) return;
+    for (const h of this.handles) if (h.state !== 'exited') void h.request({ type: 'stop' }).catch(() => {});
+    this.memoryStopped = this.stopMemory?.() ?? Promise.resolve();
+    this.memoryStopped.catch(() => {}); // awaited by teardown; not an unhandled rejection meanwhile
+  }
+
   /**
    * Stop every vCPU, end the workers, free KVM objects and memory. Waits for
    * the request in progress first (a snapshot reads guest RAM; unmapping it
-   * under the writer would crash the process), so it ends the VM after it.
+   * under the writer would crash the process), so it ends the VM after it;
+   * a pause or resume that does not end in a moment (a vCPU held on a page
+   * that never comes) is ended by the stop instead. Every wait on a vCPU is
+   * bounded (VCPU_STOP_GRACE_MS), and `exited` resolves by the end.
    */
   close(): Promise<void> {
     this.closing ??= this.teardown();
@@ -774,23 +809,19 @@ export class Vmm {
   }
 
   private async teardown(): Promise<void> {
+    // A pause, resume or input in progress waits for its vCPUs' replies, and a
+    // vCPU held on a page that never comes never replies: if the request
+    // before this one has not ended in a moment, the vCPUs are stopped and
+    // guest memory let go now, so that it ends. Not while an operation owns
+    // the VM (a snapshot being written reads guest RAM on this thread).
+    if (!(await settledWithin(this.queue, QUEUE_GRACE_MS)) && !['snapshotting', 'migrating', 'restoring'].includes(this.lifecycle.state)) this.haltGuest();
     await this.queue;
     const state = this.lifecycle.state;
     if (state === 'restoring') this.lifecycle.transition('restore-failed');
     else if (this.lifecycle.allows('stop')) this.lifecycle.transition('stop');
-    // The stop is sent, not awaited: a vCPU asleep on a missing page hears it
-    // only once that page is answered, which may be never (a page server that
-    // stopped answering). Its reply is not needed: its 'exited' is.
-    for (const h of this.handles) if (h.state !== 'exited') void h.request({ type: 'stop' }).catch(() => {});
-    // Then the pager stops and lets go of every thread asleep on a page (the
-    // VM is going away: its memory no longer matters), without waiting for
-    // the vCPUs: those are the threads that may be asleep. Each vCPU was
-    // kicked first, so once its fault is done on the zero-filled memory it
-    // retried on, KVM sees the pending kick before it enters the guest again.
-    const memoryStopped = this.stopMemory?.();
-    memoryStopped?.catch(() => {}); // awaited below; not an unhandled rejection meanwhile
+    this.haltGuest();
     await Promise.all(this.handles.map((h) => h.end(VCPU_STOP_GRACE_MS)));
-    await memoryStopped;
+    await this.memoryStopped;
     this.vm.close();
     this.memory.unmap();
     this.system.close();
