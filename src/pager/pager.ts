@@ -728,7 +728,7 @@ export class Pager extends EventEmitter<PagerEvents> {
     fetch.buffer = undefined;
   }
 
-  /** Stop the machinery (watch, timers, queues, push listener); reads in flight settle on their own. */
+  /** Stop the machinery (watch, timers, queues, push listener); reads in flight settle on their own (stop() aborts them). */
   private halt(): void {
     this.uffd.unwatch();
     this.installer.stop();
