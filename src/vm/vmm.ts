@@ -786,7 +786,8 @@ export class Vmm {
    * threads spinning until the page comes. Stopping the pager and
    * unregistering guest RAM (LazyGuestMemory.stop) ends that: the retry finds
    * plain memory (zero), the access completes, and KVM sees the pending kick
-   * before it would enter the guest again, so the guest runs on none of it.
+   * before it would enter the guest again: the guest runs no further
+   * instruction on memory it was never given.
    */
   private haltGuest(): void {
     if (this.memoryStopped) return;

@@ -17,6 +17,8 @@ interface KvmFootprint {
   vmFds: number;
   vcpuFds: number;
   uffds: number;
+  /** /dev/kvm itself (each VMM opens it). */
+  kvmSystemFds: number;
   /** The kernel's per-VM huge-page recovery thread (a thread of this process since Linux 6.13, kvm-nx-lpage-recovery). */
   nxRecoveryThreads: number;
 }
@@ -44,6 +46,7 @@ function footprint(): KvmFootprint {
     vmFds: links.filter((l) => l === 'anon_inode:kvm-vm').length,
     vcpuFds: links.filter((l) => l.startsWith('anon_inode:kvm-vcpu')).length,
     uffds: links.filter((l) => l === 'anon_inode:[userfaultfd]').length,
+    kvmSystemFds: links.filter((l) => l === '/dev/kvm').length,
     nxRecoveryThreads,
   };
 }
