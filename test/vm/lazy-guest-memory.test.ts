@@ -7,7 +7,7 @@ import { after, describe, test } from 'node:test';
 import { PAGE_SIZE } from '../../src/native.js';
 import { abortedReadError, type PageSource, type ReadOptions } from '../../src/sources/page-source.js';
 import { GuestMemory } from '../../src/vm/memory/guest-memory.js';
-import { LazyGuestMemory } from '../../src/vm/memory/lazy-guest-memory.js';
+import { GuestMemoryUnavailableError, LazyGuestMemory } from '../../src/vm/memory/lazy-guest-memory.js';
 import { Toucher, sleep } from '../helpers/toucher.js';
 import { Worker } from 'node:worker_threads';
 import { tmpdir } from 'node:os';
@@ -96,6 +96,22 @@ describe('lazy guest memory, stopped while a thread waits on a page that never c
       assert.equal(lazy.report().metrics.pagesCopied, 0, 'no page was served');
     } finally {
       await within(2000, 'stopping lazy guest memory', lazy.stop()).catch(() => {});
+      memory.unmap();
+    }
+  });
+
+  test('a complete() waiting for pages that never come fails when memory is stopped, instead of waiting for ever', async () => {
+    const memory = GuestMemory.create(SIZE);
+    const source = new NeverAnsweringSource();
+    const lazy = LazyGuestMemory.start(memory, source, { prefetch: false }, () => {});
+    try {
+      const completing = lazy.complete();
+      completing.catch(() => {});
+      await until('the background reads to start', () => source.reads > 0);
+      await within(2000, 'stopping lazy guest memory', lazy.stop());
+      await assert.rejects(within(2000, 'complete()', completing), GuestMemoryUnavailableError);
+      assert.equal(source.aborted, source.reads, 'every background read was aborted');
+    } finally {
       memory.unmap();
     }
   });

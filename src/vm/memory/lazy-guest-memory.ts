@@ -282,6 +282,8 @@ export class LazyGuestMemory {
       this.released = true;
       this.host.unregister();
     }
+    // A complete() still waiting would wait for ever: the pages it waits for will not come now.
+    for (const waiter of this.completeWaiters.splice(0)) waiter.reject(new GuestMemoryUnavailableError(this.host.source.description, new Error('guest memory was stopped before it was complete')));
     await detaching;
   }
 
