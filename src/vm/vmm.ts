@@ -206,7 +206,9 @@ class VcpuHandle {
     await settledWithin(this.exited, graceMs);
     // After 'exited' the worker has unmapped kvm_run and ends by itself in a moment.
     if (await settledWithin(this.ended, graceMs)) return;
-    await settledWithin(this.worker.terminate(), graceMs);
+    if (await settledWithin(this.worker.terminate(), graceMs)) return;
+    // Held in the kernel still: it must not keep the process alive as well.
+    this.worker.unref();
   }
 
   /** The vCPU's counters as of now, read from the memory its worker adds to (live while it runs). */
