@@ -66,10 +66,10 @@ describe('a closed VM leaves nothing behind', { skip, timeout: 120_000 }, () => 
   test('50 VMs booted, run and closed in one process: kvm_run mappings, KVM descriptors and threads return to where they were', async () => {
     const baseline = footprint();
     for (let i = 0; i < 50; i++) {
-      const console = new ConsoleCapture();
-      const vmm = await Vmm.boot({ image: 'builtin', memoryBytes: 8 << 20, cmdline: 'workload=idle hb=1', console: console.sink });
+      const guestConsole = new ConsoleCapture();
+      const vmm = await Vmm.boot({ image: 'builtin', memoryBytes: 8 << 20, cmdline: 'workload=idle hb=1', console: guestConsole.sink });
       await vmm.resume();
-      await console.waitFor(/tick 1\n/, 5000);
+      await guestConsole.waitFor(/tick 1\n/, 5000);
       await vmm.close();
       // The closed VM is gone at once, not at some later close.
       if (i === 0 || i === 49) await assertReleased(baseline, `after VM ${i + 1}`);
