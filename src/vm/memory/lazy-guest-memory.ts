@@ -94,6 +94,7 @@ function startingStates(memory: GuestMemory, source: PageSource, present: { get(
 export class LazyGuestMemory {
   private readonly started = performance.now();
   private detached = false;
+  private detaching: Promise<void> | undefined;
   private released = false;
   private completedMs: number | undefined;
   private completion: Promise<void> | undefined;
@@ -287,14 +288,17 @@ export class LazyGuestMemory {
     await detaching;
   }
 
-  private async detach(): Promise<void> {
-    if (this.detached) return;
-    this.detached = true;
-    const pager = this.host.pager;
-    await this.host.stop();
-    this.finalMetrics = pager.snapshotMetrics();
-    this.finalPages = pager.pageCounts();
-    this.finalPending = pager.pendingPages;
-    this.finalBlocktime = pager.blocktime();
+  /** Stop the pager and release what it holds; every caller waits for the one detach (a stop during complete()'s). */
+  private detach(): Promise<void> {
+    this.detaching ??= (async () => {
+      this.detached = true;
+      const pager = this.host.pager;
+      await this.host.stop();
+      this.finalMetrics = pager.snapshotMetrics();
+      this.finalPages = pager.pageCounts();
+      this.finalPending = pager.pendingPages;
+      this.finalBlocktime = pager.blocktime();
+    })();
+    return this.detaching;
   }
 }
