@@ -4,7 +4,7 @@
 // meaning of each event are written once.
 //
 // Teardown order (each step needs the one before):
-//   1. the pager stops: no new ioctl on the uffd, reads in flight settle
+//   1. the pager stops: no new ioctl on the uffd, reads in flight aborted and settled
 //   2. the ranges the host registered are unregistered (waiters still asleep
 //      wake and retry as plain memory; nothing can be filled any more)
 //   3. the uffd closes — never before the pager is done with it: a COPY on a

@@ -216,10 +216,18 @@ export class Pager extends EventEmitter<PagerEvents> {
     return this;
   }
 
-  /** Stop serving; reads in flight finish but are not installed. The uffd stays open (the caller owns it). */
+  /**
+   * Stop serving; reads in flight are aborted (a source that honours the
+   * signal settles them at once, one that does not finishes them) and never
+   * installed. The uffd stays open (the caller owns it).
+   */
   async stop(): Promise<void> {
     if (this.statusValue === 'running') this.statusValue = 'stopped';
     this.halt();
+    // Their bytes would be dropped anyway, and waiting for a read that never
+    // answers (a page server stopped mid-read) would hold the stop, and every
+    // teardown behind it, until the source's own timeouts give up on it.
+    for (const fetch of this.scheduler.active) fetch.abort?.abort();
     await Promise.allSettled([...this.inFlightSettled]);
     // The children's uffds came from FORK events: this pager opened them, so it closes them.
     const children = this.children.splice(0);
@@ -720,7 +728,7 @@ export class Pager extends EventEmitter<PagerEvents> {
     fetch.buffer = undefined;
   }
 
-  /** Stop the machinery (watch, timers, queues, push listener); reads in flight settle on their own. */
+  /** Stop the machinery (watch, timers, queues, push listener); reads in flight settle on their own (stop() aborts them). */
   private halt(): void {
     this.uffd.unwatch();
     this.installer.stop();

@@ -165,6 +165,11 @@ for (;;) {
   }
 }
 flushOutput();
-post({ type: 'exited', reason: exitReason ?? { type: 'stopped' } });
+// kvm_run is unmapped before 'exited' goes out: the VMM may end this thread
+// as soon as it hears it, and a mapping left behind keeps the vCPU's file,
+// and with it the whole kernel VM (its memory, its kvm-nx-lpage-recovery
+// thread), alive for as long as the process lives.
 vcpu.close(false);
+post({ type: 'exited', reason: exitReason ?? { type: 'stopped' } });
+// Nothing keeps this thread alive now: it ends on its own.
 port.close();

@@ -125,6 +125,8 @@ class VcpuHandle {
   private readonly pending = new Map<number, { command: string; resolve: (v: unknown) => void; reject: (e: Error) => void }>();
   readonly exited: Promise<GuestExitReason>;
   readonly ready: Promise<void>;
+  /** Resolves when the worker thread has ended (on its own after 'exited', or terminated). */
+  private readonly ended: Promise<void>;
 
   constructor(
     readonly vcpu: KvmVcpu,
@@ -136,6 +138,7 @@ class VcpuHandle {
   ) {
     let resolveReady!: () => void;
     this.ready = new Promise((r) => (resolveReady = r));
+    this.ended = new Promise((r) => worker.once('exit', () => r()));
     this.exited = new Promise((resolveExit) => {
       worker.on('message', (event: VcpuEvent) => {
         switch (event.type) {
@@ -196,8 +199,20 @@ class VcpuHandle {
     return reply;
   }
 
-  async terminate(): Promise<void> {
-    await this.worker.terminate();
+  /**
+   * Wait for the worker to leave the guest for good (it was sent a stop) and
+   * for its thread to end, each for at most `graceMs`; a worker that has not
+   * ended by then is terminated. A vCPU thread still inside KVM_RUN cannot be
+   * terminated (Node ends a worker only when its JavaScript runs again), so
+   * nothing here waits longer than its bounds: the caller goes on either way.
+   */
+  async end(graceMs: number): Promise<void> {
+    await settledWithin(this.exited, graceMs);
+    // After 'exited' the worker has unmapped kvm_run and ends by itself in a moment.
+    if (await settledWithin(this.ended, graceMs)) return;
+    if (await settledWithin(this.worker.terminate(), graceMs)) return;
+    // Held in the kernel still: it must not keep the process alive as well.
+    this.worker.unref();
   }
 
   /** The vCPU's counters as of now, read from the memory its worker adds to (live while it runs). */
@@ -210,6 +225,31 @@ class VcpuHandle {
     return this.tid;
   }
 }
+
+/** Whether `promise` settled within `ms` (false: it is still pending, and is left to settle alone). */
+async function settledWithin(promise: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const timedOut = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), ms)));
+  try {
+    return await Promise.race([promise.then(() => true, () => true), timedOut]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * How long a stopping VM waits for each vCPU to leave the guest, and then for
+ * its worker thread to end. A vCPU leaves within microseconds of its kick
+ * (KVM_RUN returns -EINTR; a vCPU asleep on a missing page is let go when the
+ * pager stops); this bound is for one that does not.
+ */
+const VCPU_STOP_GRACE_MS = 2000;
+
+/**
+ * How long a stopping VM waits for the request in progress (a pause, a
+ * resume) before it stops the vCPUs that request may be waiting on.
+ */
+const QUEUE_GRACE_MS = 250;
 
 /** ms to 0.01: what a performance.now() difference means here. */
 const ms2 = (x: number): number => Math.round(x * 100) / 100;
@@ -781,6 +821,33 @@ export class Vmm implements IncomingMachine {
     return this.close();
   }
 
+  /** Resolves when guest memory has stopped being served (haltGuest started it). */
+  private memoryStopped: Promise<void> | undefined;
+
+  /**
+   * Send every vCPU the stop, then stop serving guest memory and let go of
+   * every thread asleep on a page: the VM is going away, its memory no longer
+   * matters. Once; neither waits.
+   *
+   * The stop is sent, not awaited: a vCPU asleep on a missing page hears it
+   * only once the page is answered, which may be never (a page server that
+   * stopped answering). Worse, the kick that comes with it wakes a vCPU whose
+   * wait is a kernel-mode access (KVM's emulator reading guest RAM), and x86
+   * retries such a fault at once unless the signal is fatal: the vCPU thread
+   * re-faults without end, each retry a new message for the pager, both
+   * threads spinning until the page comes. Stopping the pager and
+   * unregistering guest RAM (LazyGuestMemory.stop) ends that: the retry finds
+   * plain memory (zero), the access completes, and KVM sees the pending kick
+   * before it would enter the guest again: the guest runs no further
+   * instruction on memory it was never given.
+   */
+  private haltGuest(): void {
+    if (this.memoryStopped) return;
+    for (const h of this.handles) if (h.state !== 'exited') void h.request({ type: 'stop' }).catch(() => {});
+    this.memoryStopped = this.stopMemory?.() ?? Promise.resolve();
+    this.memoryStopped.catch(() => {}); // awaited by teardown; not an unhandled rejection meanwhile
+  }
+
   /**
    * Stop while an outgoing migration is paused by a cut: the operator gives up
    * on it (the destination has the guest, or it is lost with it). The
@@ -795,7 +862,10 @@ export class Vmm implements IncomingMachine {
   /**
    * Stop every vCPU, end the workers, free KVM objects and memory. Waits for
    * the request in progress first (a snapshot reads guest RAM; unmapping it
-   * under the writer would crash the process), so it ends the VM after it.
+   * under the writer would crash the process), so it ends the VM after it;
+   * a pause or resume that does not end in a moment (a vCPU held on a page
+   * that never comes) is ended by the stop instead. Every wait on a vCPU is
+   * bounded (VCPU_STOP_GRACE_MS), and `exited` resolves by the end.
    */
   close(): Promise<void> {
     this.closing ??= this.teardown();
@@ -803,20 +873,24 @@ export class Vmm implements IncomingMachine {
   }
 
   private async teardown(): Promise<void> {
+    // A pause, resume or input in progress waits for its vCPUs' replies, and a
+    // vCPU held on a page that never comes never replies: if the request
+    // before this one has not ended in a moment, the vCPUs are stopped and
+    // guest memory let go now, so that it ends. Not while an operation owns
+    // the VM (a snapshot being written reads guest RAM on this thread).
+    if (!(await settledWithin(this.queue, QUEUE_GRACE_MS)) && !['snapshotting', 'migrating', 'restoring'].includes(this.lifecycle.state)) this.haltGuest();
     await this.queue;
     const state = this.lifecycle.state;
     if (state === 'restoring') this.lifecycle.transition('restore-failed');
     else if (this.lifecycle.allows('stop')) this.lifecycle.transition('stop');
-    await Promise.all(this.handles.map(async (h) => {
-      if (h.state !== 'exited') await h.request({ type: 'stop' }).catch(() => {});
-      let timer: NodeJS.Timeout | undefined;
-      await Promise.race([h.exited, new Promise((r) => (timer = setTimeout(r, 2000)))]);
-      clearTimeout(timer);
-      await h.terminate();
-    }));
-    await this.stopMemory?.();
+    this.haltGuest();
+    await Promise.all(this.handles.map((h) => h.end(VCPU_STOP_GRACE_MS)));
+    await this.memoryStopped;
     this.vm.close();
     this.memory.unmap();
     this.system.close();
+    // Every vCPU has ended, or did not within its bounds (then its worker
+    // never says so): the VM has exited either way.
+    this.resolveExited(this.exitReasonValue ?? { type: 'stopped' });
   }
 }

@@ -94,6 +94,7 @@ function startingStates(memory: GuestMemory, source: PageSource, present: { get(
 export class LazyGuestMemory {
   private readonly started = performance.now();
   private detached = false;
+  private detaching: Promise<void> | undefined;
   private released = false;
   private completedMs: number | undefined;
   private completion: Promise<void> | undefined;
@@ -265,19 +266,39 @@ export class LazyGuestMemory {
     return this.host.pager.states.downsample(maxCells);
   }
 
-  /** Stop serving (the vCPUs must be gone), unregister, close the uffd and the source. Memory may be unmapped after. */
+  /**
+   * Stop serving, unregister, close the uffd and the source: the VM is going
+   * away and its memory no longer matters. A thread still asleep on a page
+   * (a vCPU blocked in KVM_RUN, or the kernel worker of one of its async page
+   * faults) is let go at once, before any read in flight settles: the
+   * unregister wakes it and its retry finds ordinary anonymous memory (zero),
+   * so nothing waits for a page that may never come. Memory may be unmapped
+   * once the vCPU threads are gone.
+   */
   async stop(): Promise<void> {
-    await this.detach();
+    // detach() stops the pager before its first await (no ioctl on the uffd
+    // after this line), so the unregister cannot race a fill.
+    const detaching = this.detach();
+    if (!this.released) {
+      this.released = true;
+      this.host.unregister();
+    }
+    // A complete() still waiting would wait for ever: the pages it waits for will not come now.
+    for (const waiter of this.completeWaiters.splice(0)) waiter.reject(new GuestMemoryUnavailableError(this.host.source.description, new Error('guest memory was stopped before it was complete')));
+    await detaching;
   }
 
-  private async detach(): Promise<void> {
-    if (this.detached) return;
-    this.detached = true;
-    const pager = this.host.pager;
-    await this.host.stop();
-    this.finalMetrics = pager.snapshotMetrics();
-    this.finalPages = pager.pageCounts();
-    this.finalPending = pager.pendingPages;
-    this.finalBlocktime = pager.blocktime();
+  /** Stop the pager and release what it holds; every caller waits for the one detach (a stop during complete()'s). */
+  private detach(): Promise<void> {
+    this.detaching ??= (async () => {
+      this.detached = true;
+      const pager = this.host.pager;
+      await this.host.stop();
+      this.finalMetrics = pager.snapshotMetrics();
+      this.finalPages = pager.pageCounts();
+      this.finalPending = pager.pendingPages;
+      this.finalBlocktime = pager.blocktime();
+    })();
+    return this.detaching;
   }
 }
