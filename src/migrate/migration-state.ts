@@ -25,7 +25,8 @@
 //   committing / committing-paused ─running─▶ postcopy            (pages still missing there)
 //                                  ─running-all-sent─▶ completing (stop-and-copy: every page sent)
 //   postcopy ─all-sent─▶ completing ─complete─▶ completed
-//   postcopy / completing ─lost─▶ postcopy-paused ─resumed─▶ postcopy
+//   postcopy / completing ─lost─▶ postcopy-paused ─resumed─▶ postcopy (─resumed-all-sent─▶ completing:
+//                                                                      the destination lacks nothing)
 //   committing-paused / postcopy-paused ─stop─▶ failed   (`vm stop`: the operator ends this side)
 //
 // Destination (the VM runs here from GO):
@@ -82,6 +83,7 @@ export type SourceMigrationEvent =
   | 'running-all-sent'
   | 'lost'
   | 'resumed'
+  | 'resumed-all-sent'
   | 'all-sent'
   | 'complete'
   | 'taken-back'
@@ -118,7 +120,7 @@ const SOURCE: Readonly<Record<SourceMigrationState, Partial<Record<SourceMigrati
   // The destination may have every page before the push reaches its end (it already had them, or demanded them).
   postcopy: { lost: 'postcopy-paused', 'all-sent': 'completing', complete: 'completed' },
   // `vm stop` while paused: the operator gives up on the destination (the guest is there, or lost with it).
-  'postcopy-paused': { resumed: 'postcopy', stop: 'failed' },
+  'postcopy-paused': { resumed: 'postcopy', 'resumed-all-sent': 'completing', stop: 'failed' },
   completing: { complete: 'completed', lost: 'postcopy-paused' },
   completed: {},
   cancelled: {},

@@ -453,12 +453,13 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
       return;
     }
     if (!resumed.running) throw new MigrationRefusedError('the destination says it does not run the guest, though it answered RUNNING before');
-    if (this.toSend) {
-      this.toSend = new PageBitmap(this.pages);
-      for (let page = 0; page < this.pages; page++) if (!has.get(page)) this.toSend.set(page);
-    }
+    // Whatever it lacks goes again (stop-and-copy sent everything before SWITCHOVER: it lacks nothing).
+    const missing = new PageBitmap(this.pages);
+    for (let page = 0; page < this.pages; page++) if (!has.get(page)) missing.set(page);
+    if (this.toSend) this.toSend = missing;
+    else if (missing.count() > 0) throw new MigrationRefusedError(`the destination lacks ${missing.count()} page(s) after a stop-and-copy that sent them all`);
     if (this.stateValue === 'committing-paused') this.runningHeard(undefined);
-    else this.move('resumed');
+    else this.move(this.toSend && this.toSend.count() > 0 ? 'resumed' : 'resumed-all-sent');
   }
 
   /** Paused past the reconnect deadline, waiting for `--resume`, `--abandon` or `vm stop`. */

@@ -1,0 +1,127 @@
+// One migration between two soft machines (soft-machine.ts) through a frame
+// proxy with one fault in it, run to where both sides have settled, and what
+// each side ended with: the fault-injection suite's single case. The checks
+// every case shares are here too: never two running copies (sampled all
+// along), and the survivor's memory exactly what its writer last wrote, its
+// heartbeat without gap or repeat.
+import assert from 'node:assert/strict';
+import { DestinationMigration, type DestinationProgress } from '../../src/migrate/destination-migration.js';
+import { SourceMigration, type MigrationProgress } from '../../src/migrate/source-migration.js';
+import type { MigrationMode } from '../../src/migrate/convergence.js';
+import { FrameProxy, type FrameFault } from './frame-proxy.js';
+import { SoftMachine, softMachineKind } from './soft-machine.js';
+
+export const FRAME = {
+  SWITCHOVER: 0x0206,
+  RUNNING: 0x0207,
+  COMPLETE: 0x0209,
+  VERIFIED: 0x020a,
+  READY: 0x020c,
+  GO: 0x020d,
+  PAGES: 0x0202,
+  PUSH: 0x0109,
+} as const;
+
+export interface FaultCase {
+  mode: MigrationMode;
+  fault?: FrameFault;
+  /** The destination's deadline for a source that does not come back (ms). */
+  destinationDeadlineMs?: number;
+  /** The source's reconnect deadline (ms). */
+  sourceDeadlineMs?: number;
+  /** Called once the source's run ended or paused for the operator (an operator's action). */
+  operator?: (migration: SourceMigration) => Promise<void>;
+}
+
+export interface FaultOutcome {
+  /** Where the guest runs at the end. */
+  runsOn: 'source' | 'destination' | 'nowhere';
+  source: MigrationProgress;
+  sourceError: Error | undefined;
+  destination: DestinationProgress;
+  /** Moments both copies ran at once (must be 0). */
+  bothRunning: number;
+  proxy: FrameProxy;
+}
+
+const CONFIG = { memoryBytes: 8 << 20, pattern: 'random' as const, writePages: 1024, pagesPerTick: 24, tickMs: 2 };
+
+export async function runFaultCase(c: FaultCase, seed: number): Promise<FaultOutcome> {
+  const source = SoftMachine.start(CONFIG, seed);
+  const kind = softMachineKind();
+  const destination = await DestinationMigration.listen({ host: '127.0.0.1', port: 0, kind, stallTimeoutMs: 1000, reconnectDeadlineMs: c.destinationDeadlineMs ?? 4000, progressTimeoutMs: 5000 });
+  const target = new URL(destination.url);
+  const proxy = await FrameProxy.start({ host: target.hostname, port: Number(target.port) }, c.fault);
+  let bothRunning = 0;
+  const sampler = setInterval(() => {
+    if (source.running && kind.built.some((m) => m.running)) bothRunning++;
+  }, 2);
+  try {
+    // Let the writer dirty some pages first, so pre-copy has rounds to do.
+    await new Promise((r) => setTimeout(r, 60));
+    const migration = new SourceMigration(source, {
+      to: proxy.address,
+      mode: c.mode,
+      downtimeMs: 30,
+      maxRounds: 4,
+      stallTimeoutMs: 1000,
+      reconnectDeadlineMs: c.sourceDeadlineMs ?? 4000,
+      progressTimeoutMs: 5000,
+    });
+    let sourceError: Error | undefined;
+    const run = migration.run().catch((error: Error) => {
+      sourceError = error;
+    });
+    const waiting = new Promise<void>((resolve) => migration.once('waiting', () => resolve()));
+    await bounded(Promise.race([run, waiting]), 30_000, `the source's run (${proxy.log.slice(-12).join(' ')})`);
+    if (c.operator) {
+      await c.operator(migration);
+      await bounded(run, 10_000, 'the source after the operator');
+    }
+    // The destination settles: done, failed, or (the guest runs there) at least running.
+    await bounded(destination.done.then(() => {}, () => {}), (c.destinationDeadlineMs ?? 4000) + 5000, `the destination (${destination.state})`);
+    clearInterval(sampler);
+    const incoming = kind.built[0];
+    const runsOn = source.running ? 'source' : incoming?.running ? 'destination' : 'nowhere';
+    const outcome: FaultOutcome = { runsOn, source: migration.progress(), sourceError, destination: destination.progress(), bothRunning, proxy };
+    await checkSurvivor(outcome, source, incoming);
+    return outcome;
+  } finally {
+    clearInterval(sampler);
+    destination.close();
+    proxy.close();
+    for (const machine of kind.built) await machine.close();
+    await source.close();
+  }
+}
+
+/** The survivor holds exactly what its writer wrote, and its heartbeat went on without a gap or a repeat. */
+async function checkSurvivor(outcome: FaultOutcome, source: SoftMachine, incoming: SoftMachine | undefined): Promise<void> {
+  assert.equal(outcome.bothRunning, 0, 'two running copies of the guest');
+  if (outcome.runsOn === 'nowhere') return;
+  const survivor = outcome.runsOn === 'source' ? source : incoming!;
+  // A few more beats, so a copy that runs is seen to run on.
+  const before = survivor.heartbeat;
+  await bounded(new Promise<void>((resolve) => {
+    const check = (): void => {
+      if (survivor.heartbeat >= before + 3) {
+        survivor.off('heartbeat', check);
+        resolve();
+      }
+    };
+    survivor.on('heartbeat', check);
+    check();
+  }), 10_000, 'heartbeats from the survivor');
+  assert.deepEqual(await survivor.verify(), [], `pages of the ${outcome.runsOn} that differ from what its writer wrote`);
+  const beats = outcome.runsOn === 'source' ? source.heartbeats : [...source.heartbeats, ...incoming!.heartbeats];
+  assert.deepEqual(beats, beats.map((_, i) => beats[0]! + i), 'the heartbeat went on without a gap or a repeat');
+}
+
+async function bounded<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([promise, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`${what}: not settled within ${ms} ms`)), ms)))]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

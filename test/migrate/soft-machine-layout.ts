@@ -1,0 +1,61 @@
+// What the soft machine's main side and its vCPU worker share: the control
+// words, the worker's data, and the page pattern both write and check.
+
+export const Control = {
+  /** RunState: the main side's request. */
+  RUN: 0,
+  /** 1 while the worker is parked (its writes are done and their dirty bits set). */
+  PAUSED: 1,
+  HEARTBEAT: 2,
+  RNG: 3,
+  CURSOR: 4,
+  /** 1: set a dirty bit per page written (the dirty log is on). */
+  TRACK: 5,
+} as const;
+export const CONTROL_WORDS = 8;
+
+export const RunState = { PAUSED: 0, RUNNING: 1, EXIT: 2 } as const;
+
+export interface SoftVcpuData {
+  address: number;
+  memoryBytes: number;
+  pageSizeBytes: number;
+  control: SharedArrayBuffer;
+  versions: SharedArrayBuffer;
+  dirty: SharedArrayBuffer;
+  pattern: 'random' | 'sequential';
+  /** Pages from 0 the writer writes (its working set). */
+  writePages: number;
+  pagesPerTick: number;
+  tickMs: number;
+}
+
+/** Page `page` at `version`: its index, its version, then words derived from both (version 0: never written, all zero). */
+export function writeSoftPage(words: Uint32Array, at: number, pageWords: number, page: number, version: number): void {
+  words[at] = page;
+  words[at + 1] = version;
+  let x = (Math.imul(page, 0x9e3779b1) ^ Math.imul(version, 0x85ebca6b)) >>> 0 || 1;
+  for (let i = 2; i < pageWords; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    words[at + i] = x >>> 0;
+  }
+}
+
+/** Whether page `page` holds exactly what the writer wrote at `version` (zero when never written). */
+export function checkSoftPage(words: Uint32Array, at: number, pageWords: number, page: number, version: number): boolean {
+  if (version === 0) {
+    for (let i = 0; i < pageWords; i++) if (words[at + i] !== 0) return false;
+    return true;
+  }
+  if (words[at] !== page || words[at + 1] !== version) return false;
+  let x = (Math.imul(page, 0x9e3779b1) ^ Math.imul(version, 0x85ebca6b)) >>> 0 || 1;
+  for (let i = 2; i < pageWords; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    if (words[at + i] !== x >>> 0) return false;
+  }
+  return true;
+}
