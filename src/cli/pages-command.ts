@@ -101,6 +101,7 @@ async function servePages(options: PagesServeOptions, log: Logger): Promise<void
       metadata: snapshot.metadata,
       zeroMap: snapshot.zeroMap,
       imageId: snapshot.imageId,
+      pageChecksums: snapshot.pageChecksums,
       host,
       port,
       allowRemote: options.allowRemote === true,

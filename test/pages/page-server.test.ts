@@ -29,7 +29,7 @@ import { RawClient, TEST_SESSION_ID, helloMessage } from './raw-client.js';
 async function snapshotServer(t: TestContext, options: Partial<PageServerOptions> = {}): Promise<{ server: PageServer; image: Uint8Array; metadata: Uint8Array; path: string }> {
   const { path, image, metadata } = await writeTestSnapshot(tempDir(t));
   const pages = await openSnapshotPages(path);
-  const server = await startPageServer({ source: pages.source, pageSizeBytes: pages.pageSizeBytes, metadata: pages.metadata, zeroMap: pages.zeroMap, imageId: pages.imageId, ...options });
+  const server = await startPageServer({ source: pages.source, pageSizeBytes: pages.pageSizeBytes, metadata: pages.metadata, zeroMap: pages.zeroMap, imageId: pages.imageId, pageChecksums: pages.pageChecksums, ...options });
   t.after(async () => {
     await server.close();
     await pages.close();
@@ -45,7 +45,7 @@ async function helloClient(t: TestContext, server: PageServer, role: 'page-clien
 }
 
 function pagesOf(reply: Message): Uint8Array {
-  if (reply.type !== 'pages') assert.fail(`expected PAGES, got ${JSON.stringify(reply)}`);
+  if (reply.type !== 'checked-pages') assert.fail(`expected CHECKED_PAGES, got ${JSON.stringify(reply)}`);
   return reply.data;
 }
 
@@ -107,14 +107,14 @@ class GatedSource implements PageSource {
 }
 
 describe('the page server', () => {
-  test('HELLO is answered with the page-server role, the client\'s session id, version 1 and the server\'s payload limit', async (t) => {
+  test('HELLO is answered with the page-server role, the client\'s session id, version 2 and the server\'s payload limit', async (t) => {
     const { server } = await snapshotServer(t);
     const client = await RawClient.connect(server.address.port);
     t.after(() => client.destroy());
     const answer = await client.hello('page-client-bulk');
     assert.equal(answer.role, 'page-server');
-    assert.equal(answer.version, 1);
-    assert.equal(answer.minVersion, 1);
+    assert.equal(answer.version, 2);
+    assert.equal(answer.minVersion, 2);
     assert.deepEqual(answer.sessionId, TEST_SESSION_ID);
     assert.equal(answer.maxPayloadBytes, DEFAULT_SERVER_MAX_PAYLOAD_BYTES);
     assert.equal(server.clients[0]!.summary().sessionId, Buffer.from(TEST_SESSION_ID).toString('hex'));
@@ -214,8 +214,8 @@ describe('the page server', () => {
     await source.waitStarted(16);
     // Release last-first: the replies come back in that order.
     for (const read of [...source.started].reverse()) read.release();
-    await client.waitFor(() => client.received.filter((r) => r.message.type === 'pages').length === 16, '16 PAGES');
-    const replies = client.received.filter((r) => r.message.type === 'pages');
+    await client.waitFor(() => client.received.filter((r) => r.message.type === 'checked-pages').length === 16, '16 CHECKED_PAGES');
+    const replies = client.received.filter((r) => r.message.type === 'checked-pages');
     assert.deepEqual(replies.map((r) => r.requestId), [...ids].reverse());
     for (const { requestId, message } of replies) {
       const page = ids.indexOf(requestId);
@@ -234,7 +234,7 @@ describe('the page server', () => {
     await new Promise((r) => setTimeout(r, 100));
     assert.equal(source.started.length, 3, 'no fourth read starts while three run');
     let released = 0;
-    while (client.received.filter((r) => r.message.type === 'pages').length < 20) {
+    while (client.received.filter((r) => r.message.type === 'checked-pages').length < 20) {
       while (released < source.started.length) source.started[released++]!.release();
       await new Promise((r) => setTimeout(r, 2));
     }
@@ -296,7 +296,8 @@ describe('the page server', () => {
       })),
       { name: 'sixteen zero bytes', act: (c) => c.sendBytes(new Uint8Array(16)), wireCode: 'UNKNOWN_TYPE', reason: 'protocol-error' },
       { name: 'a wrong magic', act: (c) => c.sendBytes(helloWithMagic('NOTUFLT\0')), wireCode: 'BAD_FRAME', reason: 'protocol-error' },
-      { name: 'only version 2', act: (c) => c.send(helloMessage('page-client-urgent', { version: 2, minVersion: 2 })), wireCode: 'UNSUPPORTED_VERSION', reason: 'refused' },
+      // A version-1 client would take pages without their checksums: no downgrade.
+      { name: 'only version 1', act: (c) => c.send(helloMessage('page-client-urgent', { version: 1, minVersion: 1 })), wireCode: 'UNSUPPORTED_VERSION', reason: 'refused' },
       { name: 'a migration role', act: (c) => c.send(helloMessage('migration-destination')), wireCode: 'WRONG_ROLE', reason: 'refused' },
       { name: 'a READ before HELLO', act: (c) => c.send({ type: 'read', offset: 0, lengthBytes: PAGE, priority: 'demand' }, 1), wireCode: 'UNEXPECTED_MESSAGE', reason: 'protocol-error' },
       { name: 'no HELLO at all', act: () => {}, wireCode: 'UNEXPECTED_MESSAGE', reason: 'timeout' },
@@ -384,7 +385,7 @@ describe('the page server', () => {
       assert.equal(error.code, 'SOURCE_FAILED');
       assert.match(error.text, /page 300 .* is corrupt/);
     }
-    assert.ok(!client.received.some((r) => r.message.type === 'pages'), 'no bytes of the corrupt page were sent');
+    assert.ok(!client.received.some((r) => r.message.type === 'checked-pages'), 'no bytes of the corrupt page were sent');
     const next = pagesOf(await client.request({ type: 'read', offset: 301 * PAGE, lengthBytes: PAGE, priority: 'demand' }));
     assert.deepEqual(Buffer.from(next), Buffer.from(image.subarray(301 * PAGE, 302 * PAGE)));
     assert.equal(server.clients[0]!.summary().sourceErrors, 2);
