@@ -10,6 +10,7 @@ import {
 } from '../../src/protocol/index.js';
 import { openSnapshotPages, startPageServer, ZeroMap, type PageServer, type PageServerOptions, type ServedConnectionSummary } from '../../src/pages/index.js';
 import { SnapshotFile } from '../../src/snapshot/index.js';
+import { crc32c } from '../../src/snapshot/crc32c.js';
 import { BufferSource } from '../../src/sources/buffer-source.js';
 import { SourceReadError, type PageSource, type ReadOptions } from '../../src/sources/page-source.js';
 import { HOSTILE_STREAMS } from '../protocol/fixtures.js';
@@ -139,6 +140,7 @@ describe('the page server', () => {
       metadataLengthBytes: metadata.length,
       maxReadBytes: 2 * 1024 * 1024,
       imageId,
+      pageChecksum: 'crc32c',
     });
 
     const chunks: Uint8Array[] = [];
@@ -362,6 +364,57 @@ describe('the page server', () => {
     assert.equal(good.isClosed, false, 'the good client was never dropped');
     assert.ok(errors.length >= cases.length - 1, 'each refusal is logged with its client');
     assert.ok(!errors.some((e) => e.id === 1), 'none of them is the good client\'s');
+  });
+
+  test('CHECKED_PAGES carries the snapshot\'s stored checksums (a zero page\'s for zero pages and gaps), not ones computed from the bytes sent', async (t) => {
+    const { path, image } = await writeTestSnapshot(tempDir(t));
+    const pages = await openSnapshotPages(path);
+    // The bytes of page 5 go bad in the server's memory after the snapshot's check: what it sends no longer matches what it stored.
+    const source: PageSource = {
+      sizeBytes: pages.source.sizeBytes,
+      description: 'a source whose page 5 goes bad after its check',
+      read: async (offset, length, target) => {
+        await pages.source.read(offset, length, target);
+        if (offset <= 5 * PAGE && 5 * PAGE < offset + length) target[5 * PAGE - offset + 8]! ^= 0xff;
+      },
+    };
+    const server = await startPageServer({ source, pageSizeBytes: PAGE, pageChecksums: pages.pageChecksums });
+    t.after(async () => {
+      await server.close();
+      await pages.close();
+    });
+    const client = await helloClient(t, server);
+    const file = await SnapshotFile.open(path);
+    t.after(() => file.close());
+    const zeroPageCrc = crc32c(new Uint8Array(PAGE));
+    // Pages 0..7 (page 7 is zero) and 764..771 (768.. is the gap between the regions).
+    for (const first of [0, 764]) {
+      const reply = await client.request({ type: 'read', offset: first * PAGE, lengthBytes: 8 * PAGE, priority: 'demand' });
+      assert.equal(reply.type, 'checked-pages');
+      if (reply.type !== 'checked-pages') return;
+      for (let i = 0; i < 8; i++) {
+        const info = file.pageInfo((first + i) * PAGE);
+        const stored = info.type === 'data' ? info.crc32 : zeroPageCrc;
+        assert.equal(reply.checksums[i], stored, `page ${first + i} (${info.type}) carries its stored checksum`);
+        const actual = crc32c(reply.data.subarray(i * PAGE, (i + 1) * PAGE));
+        if (first + i === 5) assert.notEqual(actual, stored, 'the bad page goes out with the checksum it no longer matches: the client will tell');
+        else assert.equal(actual, stored);
+      }
+      if (first === 0) assert.ok(Buffer.from(reply.data.subarray(0, 5 * PAGE)).equals(Buffer.from(image.subarray(0, 5 * PAGE))));
+    }
+  });
+
+  test('a server over a source that stores no checksums sends CRC32C of the bytes it read', async (t) => {
+    const image = new Uint8Array(8 * PAGE).map((_, i) => (i * 13) & 0xff);
+    const server = await startPageServer({ source: new BufferSource(image) });
+    t.after(() => server.close());
+    const client = await helloClient(t, server);
+    const info = await client.request({ type: 'get-info' });
+    assert.equal(info.type === 'info' && info.pageChecksum, 'crc32c');
+    const reply = await client.request({ type: 'read', offset: 2 * PAGE, lengthBytes: 3 * PAGE, priority: 'background' });
+    assert.equal(reply.type, 'checked-pages');
+    if (reply.type !== 'checked-pages') return;
+    assert.deepEqual([...reply.checksums], [2, 3, 4].map((p) => crc32c(image.subarray(p * PAGE, (p + 1) * PAGE))));
   });
 
   test('a corrupt snapshot page is answered ERROR SOURCE_FAILED, never its bytes; the pages around it are served', async (t) => {
