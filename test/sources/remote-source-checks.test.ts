@@ -12,6 +12,8 @@ import { SourceReadError } from '../../src/sources/page-source.js';
 import { PageChecksumError, SourceDeadlineError } from '../../src/sources/read-errors.js';
 import { RemoteSource, type RemoteSourceOptions } from '../../src/sources/remote-source.js';
 import { Userfaultfd } from '../../src/uffd/index.js';
+import { loadGuestMemory } from '../../src/vm/memory/eager-load.js';
+import { GuestMemory } from '../../src/vm/memory/guest-memory.js';
 import { Toucher } from '../helpers/toucher.js';
 import { FakePageServer } from '../pages/fake-page-server.js';
 import { IMAGE_BYTES, PAGE, spawnPagesServe, tempDir, writeTestSnapshot } from '../pages/fixtures.js';
@@ -91,6 +93,34 @@ describe('pages from a page server are checked against the snapshot\'s own check
     proxy.mode = 'pass';
     assert.equal(await readPage(address + 4 * PAGE_SIZE), PAGE_SIZE);
     assert.equal(await toucher.run<number>({ op: 'read-word', address: address + 4 * PAGE_SIZE }), new DataView(image.buffer).getUint32(4 * PAGE, true));
+  });
+});
+
+describe('an eager restore\'s load (vm restore --from tcp:// without --lazy) from a hostile page server', () => {
+  test('altered pages: the load fails with PageChecksumError, and no altered byte is in guest memory', async (t) => {
+    const { proxy, image: expected } = await servedThrough(t, 'flip-pages');
+    const source = await connect(t, proxy.url);
+    const memory = GuestMemory.create(IMAGE_BYTES);
+    t.after(() => memory.unmap());
+    await assert.rejects(loadGuestMemory(memory, source), PageChecksumError);
+    // Every page the proxy passed had byte 8 flipped: each page of guest memory is the snapshot's, or still zero.
+    const loaded = memory.image();
+    const zeroPage = Buffer.alloc(PAGE);
+    for (let page = 0; page < IMAGE_BYTES / PAGE; page++) {
+      const bytes = Buffer.from(loaded.subarray(page * PAGE, (page + 1) * PAGE));
+      assert.ok(bytes.equals(zeroPage) || bytes.equals(Buffer.from(expected.subarray(page * PAGE, (page + 1) * PAGE))), `page ${page} is neither the snapshot's nor untouched`);
+    }
+    assert.ok(proxy.pagesFlipped > 0);
+  });
+
+  test('a server that never delivers: the load fails with SourceDeadlineError after the deadline, rather than hang', async (t) => {
+    const { proxy } = await servedThrough(t, 'swallow-reads');
+    const source = await connect(t, proxy.url, { readDeadlineMs: 1000 });
+    const memory = GuestMemory.create(IMAGE_BYTES);
+    t.after(() => memory.unmap());
+    const started = performance.now();
+    await assert.rejects(loadGuestMemory(memory, source), SourceDeadlineError);
+    assert.ok(performance.now() - started < 2500, `failed after ${Math.round(performance.now() - started)} ms`);
   });
 });
 
