@@ -4,6 +4,7 @@
 // does. Real sockets, the real server, the real pager and kernel.
 import { after, describe, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
+import { join } from 'node:path';
 import { Mapping } from '../../src/mem/index.js';
 import { PAGE_SIZE } from '../../src/native.js';
 import { PeerRefusedError } from '../../src/pages/index.js';
@@ -11,6 +12,7 @@ import { Pager } from '../../src/pager/index.js';
 import { SourceReadError } from '../../src/sources/page-source.js';
 import { PageChecksumError, SourceDeadlineError } from '../../src/sources/read-errors.js';
 import { RemoteSource, type RemoteSourceOptions } from '../../src/sources/remote-source.js';
+import { writeSnapshot } from '../../src/snapshot/index.js';
 import { Userfaultfd } from '../../src/uffd/index.js';
 import { loadGuestMemory } from '../../src/vm/memory/eager-load.js';
 import { GuestMemory } from '../../src/vm/memory/guest-memory.js';
@@ -79,6 +81,26 @@ describe('pages from a page server are checked against the snapshot\'s own check
     assert.equal(source.stats.corruptReplies, 3, 'asked twice more, then refused');
     assert.ok(proxy.pagesFlipped >= 3);
     assert.equal(source.state, 'open', 'the source goes on: the refusal is that read\'s');
+  });
+
+  test('a format-1 snapshot\'s pages travel with its CRC32s: they read back right, and an altered one is refused', async (t) => {
+    const path = join(tempDir(t), 'v1.snap');
+    const image = new Uint8Array(64 * PAGE).map((_, i) => (i * 7 + (i >> 12)) & 0xff);
+    await writeSnapshot(path, { regions: [{ imageOffset: 0, lengthBytes: image.length }], content: image, version: 1 });
+    const { port } = await spawnPagesServe(t, ['--snapshot', path, '--listen', '127.0.0.1:0']);
+    const direct = await connect(t, `tcp://127.0.0.1:${port}`);
+    assert.equal(direct.info.pageChecksum, 'crc32');
+    const whole = new Uint8Array(image.length);
+    await direct.read(0, image.length, whole);
+    assert.ok(Buffer.from(whole).equals(Buffer.from(image)));
+    const proxy = await TamperProxy.start({ host: '127.0.0.1', port }, 'flip-pages');
+    t.after(() => proxy.close());
+    const tampered = await connect(t, proxy.url);
+    await assert.rejects(tampered.read(2 * PAGE, PAGE, new Uint8Array(PAGE)), (error: unknown) => {
+      assert.ok(error instanceof PageChecksumError, String(error));
+      assert.match(error.message, /offset 0x2000 .* CRC32 0x/);
+      return true;
+    });
   });
 
   test('the pager never installs an altered page: the fault gets poison naming the page, and an honest page after it is served', async (t) => {
