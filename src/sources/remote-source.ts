@@ -442,6 +442,8 @@ export class RemoteSource implements PageSource {
       maxPayloadBytes: options.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD_BYTES,
       singleConnection: options.singleConnection ?? false,
     };
+    if (!(this.settings.readDeadlineMs > 0) || !Number.isFinite(this.settings.readDeadlineMs)) throw new RangeError(`readDeadlineMs ${this.settings.readDeadlineMs}: a positive number of milliseconds`);
+    if (!Number.isSafeInteger(this.settings.maxCorruptRetries) || this.settings.maxCorruptRetries < 0) throw new RangeError(`maxCorruptRetries ${this.settings.maxCorruptRetries}: a count`);
     this.urgent = new Channel('page-client-urgent', this);
     this.bulk = this.settings.singleConnection ? this.urgent : new Channel('page-client-bulk', this);
   }
