@@ -14,3 +14,4 @@ export * from './handler/index.js';
 export * as pageProtocol from './protocol/index.js';
 export * from './pages/index.js';
 export * from './sources/remote-source.js';
+export * from './sources/read-errors.js';

@@ -1,16 +1,19 @@
-// A minimal page-protocol client (docs/protocol.md, src/protocol/wire.ts):
-// one TCP connection, HELLO, GET_INFO, then one READ at a time, every PAGES
-// reply checked (frame CRC32, type, requestId, offset, length) before a byte
-// of it is used. What the C handler (ref-handler.c --source remote) fetches
+// A minimal page-protocol client (docs/protocol.md, src/protocol/wire.ts;
+// version 2): one TCP connection, HELLO, GET_INFO, then one READ at a time,
+// every CHECKED_PAGES reply checked (frame CRC32, type, requestId, offset,
+// length, and each page against the checksum its snapshot stores for it, as
+// RemoteSource does) before a byte of it is used. What the C handler (ref-handler.c --source remote) fetches
 // with, to show what the page protocol costs without the JS client around it.
 //
 //   frame:  u16 type | u16 flags | u32 requestId | u32 payloadLength | u32 payloadCrc32 | payload
 //   HELLO   0x0001  magic "USERFLT\0", u16 version, u16 minVersion, u8 role, u8[3] 0,
 //                   u8[16] sessionId, u32 maxPayloadBytes, u32 features          (40 bytes)
 //   INFO    0x0101  u64 imageSize, u64 metadataLength, u32 pageSize, u32 flags,
-//                   u32 maxReadBytes, u32 0, u8[16] imageId                       (48 bytes)
+//                   u32 maxReadBytes, u8 pageChecksum (1 CRC32, 2 CRC32C), u8[3] 0,
+//                   u8[16] imageId                                                (48 bytes)
 //   READ    0x0106  u64 offset, u32 length, u8 priority, u8[3] 0                  (16 bytes)
-//   PAGES   0x0107  u64 offset, u32 length, u32 0, data                          (16 + length)
+//   CHECKED_PAGES 0x010a  u64 offset, u32 length, u32 pageCount,
+//                   u32[pageCount] checksums, data                (16 + 4 * pageCount + length)
 //
 // Little-endian throughout (x86-64: the structs below are the wire, memcpy'd).
 #ifndef PAGE_CLIENT_H
@@ -24,7 +27,8 @@
 #include <unistd.h>
 
 enum {
-  PC_HELLO = 0x0001, PC_ERROR = 0x0002, PC_GET_INFO = 0x0100, PC_INFO = 0x0101, PC_READ = 0x0106, PC_PAGES = 0x0107,
+  PC_HELLO = 0x0001, PC_ERROR = 0x0002, PC_GET_INFO = 0x0100, PC_INFO = 0x0101, PC_READ = 0x0106, PC_CHECKED_PAGES = 0x010a,
+  PC_VERSION = 2, PC_CHECKSUM_CRC32 = 1, PC_CHECKSUM_CRC32C = 2,
   PC_ROLE_URGENT = 1, PC_ROLE_SERVER = 3,
   PC_HEADER_BYTES = 16, PC_HELLO_BYTES = 40, PC_INFO_BYTES = 48, PC_READ_BYTES = 16, PC_PAGES_HEADER_BYTES = 16,
 };
@@ -58,6 +62,31 @@ static uint32_t pc_crc32(const uint8_t *p, size_t n) {
   return c ^ 0xFFFFFFFFu;
 }
 
+// CRC32C (Castagnoli), the page checksum of snapshot format 2: the CPU's
+// crc32 instruction 8 bytes at a time (native/crc32c.c does the same), a
+// bitwise loop without SSE4.2.
+__attribute__((target("sse4.2"))) static uint32_t pc_crc32c_sse42(const uint8_t *p, size_t n) {
+  uint64_t c = 0xFFFFFFFFu;
+  for (; n >= 8; n -= 8, p += 8) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+    c = __builtin_ia32_crc32di(c, v);
+  }
+  uint32_t c32 = (uint32_t)c;
+  while (n--) c32 = __builtin_ia32_crc32qi(c32, *p++);
+  return c32 ^ 0xFFFFFFFFu;
+}
+
+static uint32_t pc_crc32c(const uint8_t *p, size_t n) {
+  if (__builtin_cpu_supports("sse4.2")) return pc_crc32c_sse42(p, n);
+  uint32_t c = 0xFFFFFFFFu;
+  while (n--) {
+    c ^= *p++;
+    for (int k = 0; k < 8; k++) c = c & 1 ? 0x82F63B78u ^ (c >> 1) : c >> 1;
+  }
+  return c ^ 0xFFFFFFFFu;
+}
+
 typedef struct __attribute__((packed)) {
   uint16_t type, flags;
   uint32_t request_id, payload_length, payload_crc32;
@@ -67,6 +96,7 @@ typedef struct {
   int fd;
   uint32_t next_id;
   uint64_t image_bytes, page_bytes, max_read_bytes;
+  uint8_t page_checksum; // PC_CHECKSUM_CRC32 or PC_CHECKSUM_CRC32C, from the INFO
   uint8_t *payload; // the last frame's payload (PC_MAX_PAYLOAD_BYTES)
   uint64_t reads, bytes_received;
 } page_client_t;
@@ -154,7 +184,7 @@ static void pc_open(page_client_t *pc, const char *address, const uint8_t sessio
   pc->next_id = 1;
 
   uint8_t hello[PC_HELLO_BYTES] = {'U', 'S', 'E', 'R', 'F', 'L', 'T', 0};
-  uint16_t version = 1;
+  uint16_t version = PC_VERSION;
   uint32_t max_payload = PC_MAX_PAYLOAD_BYTES, features = 0;
   memcpy(hello + 8, &version, 2);
   memcpy(hello + 10, &version, 2);
@@ -168,8 +198,8 @@ static void pc_open(page_client_t *pc, const char *address, const uint8_t sessio
   memcpy(&got_version, pc->payload + 8, 2);
   memcpy(&got_min, pc->payload + 10, 2);
   if (h.type != PC_HELLO || h.request_id != 0 || h.payload_length < PC_HELLO_BYTES || memcmp(pc->payload, hello, 8) != 0) pc_fail("the server did not answer with a HELLO");
-  if (got_version != 1 || got_min != 1 || pc->payload[12] != PC_ROLE_SERVER || memcmp(pc->payload + 16, session_id, 16) != 0) {
-    pc_fail("the server's HELLO is not version 1, a page server, with this session id");
+  if (got_version != PC_VERSION || got_min != PC_VERSION || pc->payload[12] != PC_ROLE_SERVER || memcmp(pc->payload + 16, session_id, 16) != 0) {
+    pc_fail("the server's HELLO is not version 2, a page server, with this session id");
   }
 
   uint32_t id = pc->next_id++;
@@ -182,14 +212,18 @@ static void pc_open(page_client_t *pc, const char *address, const uint8_t sessio
   memcpy(&max_read, pc->payload + 24, 4);
   pc->page_bytes = page_bytes;
   pc->max_read_bytes = max_read;
+  pc->page_checksum = pc->payload[28];
+  if (pc->page_checksum != PC_CHECKSUM_CRC32 && pc->page_checksum != PC_CHECKSUM_CRC32C) pc_fail("the server's INFO names no page checksum this client knows");
   if (pc->image_bytes != image_bytes) pc_fail("the server's image is not the size of the toucher's memory");
   if (page_bytes != PAGE || max_read < PAGE || max_read % PAGE) pc_fail("the server's pages are not 4 KiB, or its READ limit is not whole pages");
 }
 
-// READ [offset, +length) at demand priority and wait for its PAGES (one READ
-// in flight: the naive client). Returns the checked data, valid until the next call.
+// READ [offset, +length) at demand priority and wait for its CHECKED_PAGES (one
+// READ in flight: the naive client). Returns the checked data, valid until the next call.
 static const uint8_t *pc_read(page_client_t *pc, uint64_t offset, uint32_t length) {
-  if (length > pc->max_read_bytes || length + PC_PAGES_HEADER_BYTES > PC_MAX_PAYLOAD_BYTES) pc_fail("a READ longer than the server takes");
+  uint32_t page_count = length / PAGE;
+  uint32_t data_start = PC_PAGES_HEADER_BYTES + 4 * page_count;
+  if (length > pc->max_read_bytes || data_start + length > PC_MAX_PAYLOAD_BYTES) pc_fail("a READ longer than the server takes");
   uint8_t read[PC_READ_BYTES] = {0};
   memcpy(read, &offset, 8);
   memcpy(read + 8, &length, 4);
@@ -198,13 +232,21 @@ static const uint8_t *pc_read(page_client_t *pc, uint64_t offset, uint32_t lengt
   pc_send(pc, PC_READ, id, read, sizeof read);
   pc_header_t h = pc_receive(pc);
   uint64_t got_offset;
-  uint32_t got_length;
+  uint32_t got_length, got_count;
   memcpy(&got_offset, pc->payload, 8);
   memcpy(&got_length, pc->payload + 8, 4);
-  if (h.type != PC_PAGES || h.request_id != id) pc_fail("a READ was answered with something other than its PAGES");
-  if (h.payload_length != PC_PAGES_HEADER_BYTES + length || got_offset != offset || got_length != length) pc_fail("a PAGES reply for another range than the READ's");
+  memcpy(&got_count, pc->payload + 12, 4);
+  if (h.type != PC_CHECKED_PAGES || h.request_id != id) pc_fail("a READ was answered with something other than its CHECKED_PAGES");
+  if (h.payload_length != data_start + length || got_offset != offset || got_length != length || got_count != page_count) pc_fail("a CHECKED_PAGES reply for another range than the READ's");
+  const uint8_t *data = pc->payload + data_start;
+  for (uint32_t i = 0; i < page_count; i++) {
+    uint32_t expected;
+    memcpy(&expected, pc->payload + PC_PAGES_HEADER_BYTES + 4 * i, 4);
+    uint32_t actual = pc->page_checksum == PC_CHECKSUM_CRC32C ? pc_crc32c(data + (size_t)i * PAGE, PAGE) : pc_crc32(data + (size_t)i * PAGE, PAGE);
+    if (actual != expected) pc_fail("a page that does not match its snapshot's checksum");
+  }
   pc->reads++;
-  return pc->payload + PC_PAGES_HEADER_BYTES;
+  return data;
 }
 
 #endif

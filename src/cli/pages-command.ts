@@ -49,7 +49,7 @@ export function registerPagesCommand(program: Command): void {
       'serve the pages, zero map and metadata (the VM state) of a snapshot to any number of clients ' +
         '(RemoteSource, `--from tcp://HOST:PORT`) until SIGINT/SIGTERM',
     )
-    .option('--snapshot <file>', 'the snapshot to serve (this project\'s format; every page CRC-checked as it is read)')
+    .option('--snapshot <file>', 'the snapshot to serve (this project\'s format; every page CRC-checked as it is read, and sent with its stored checksum for the client to check)')
     .option('--listen <host:port>', 'address to listen on, loopback unless --allow-remote (port 0: any free port)')
     .option('--allow-remote', 'allow a non-loopback --listen address: anyone who can reach it can read the VM\'s memory')
     .option('--max-in-flight <n>', 'reads served concurrently per connection before its requests wait', '16')
@@ -101,6 +101,7 @@ async function servePages(options: PagesServeOptions, log: Logger): Promise<void
       metadata: snapshot.metadata,
       zeroMap: snapshot.zeroMap,
       imageId: snapshot.imageId,
+      pageChecksums: snapshot.pageChecksums,
       host,
       port,
       allowRemote: options.allowRemote === true,

@@ -132,7 +132,7 @@ export function registerVmCommands(program: Command): void {
     .description('restore a VM (a snapshot file, or --from a page server or object storage) in this process and run it from where it stopped')
     .option('--from <url>', 'restore from a page server (tcp://HOST:PORT: userfault pages serve --snapshot FILE) or object storage (s3://BUCKET/KEY: userfault snapshot push) instead of a file')
     .option('--endpoint <url>', '--from s3://: the S3-compatible store, http(s)://HOST:PORT (default AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL, else AWS)')
-    .option('--source-deadline-ms <ms>', '--from: how long the page server or store may not answer, faults waiting, before their pages are poisoned (default 30000)')
+    .option('--source-deadline-ms <ms>', '--from: how long a page may wait: for a page server, each read counted from its fault whatever the server does (gone, stuck, BUSY); for a store, how long it may not answer. Then its pages are poisoned, or an eager restore fails (default 30000)')
     .option('--lazy', 'register guest RAM with userfaultfd and resume at once; the pager fills pages on demand from the snapshot or the page server')
     .option('--prefetch-all', 'lazy: stream every page still missing in the background after the guest resumes')
     .option('--verify-first', 'lazy: read and check every page\'s CRC before the guest runs (without it each page is checked as it is installed: a corrupt one is never mapped, and stops the VM when touched)')

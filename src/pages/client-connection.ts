@@ -2,9 +2,10 @@
 // with their ids, and every frame that comes back checked before anything
 // acts on it. The peer is not trusted: a frame with a bad CRC, of an unknown
 // type, a reply to a request never made or one that does not match its
-// request (another offset, another length, the wrong type) is a protocol
-// violation; the connection reports it and is dropped, and nothing the frame
-// carried is used.
+// request (another offset, another length, the wrong type, a checksum count
+// that is not one per page) is a protocol violation; the connection reports
+// it and is dropped, and nothing the frame carried is used. (The pages'
+// checksums themselves are checked by the source, which knows the algorithm.)
 //
 //   opening ──TCP connected, HELLO sent──▶ hello ──server HELLO checked──▶ ready ──▶ closed
 //      └───── refused / timeout / lost / violation ─────────────────┴────────────────┘
@@ -12,19 +13,20 @@ import { connect, type Socket } from 'node:net';
 import {
   DEFAULT_MAX_PAYLOAD_BYTES,
   FrameDecoder,
+  PAGE_SERVICE_VERSION,
   PRE_HELLO_MAX_PAYLOAD_BYTES,
   ProtocolError,
   checkHelloAnswer,
   decodeMessage,
   describeType,
   encodeMessageParts,
+  type CheckedPagesMessage,
   type ErrorMessage,
   type Frame,
   type HelloMessage,
   type InfoMessage,
   type Message,
   type MessageName,
-  type PagesMessage,
   type RoleName,
 } from '../protocol/index.js';
 import { PeerRefusedError, PeerUnavailableError } from './errors.js';
@@ -46,10 +48,8 @@ export interface ReadRequest {
 }
 
 export interface ClientConnectionHandlers<R extends ReadRequest> {
-  /** A READ's reply, already checked against the request: PAGES with its offset and length, or an ERROR. */
-  onReadReply(read: R, reply: PagesMessage | ErrorMessage): void;
-  /** PUSH pages, checked against this connection's INFO first (a PUSH before the INFO is a violation). */
-  onPush(offset: number, data: Uint8Array): void;
+  /** A READ's reply, already checked against the request: CHECKED_PAGES with its offset, length and one checksum per page, or an ERROR. */
+  onReadReply(read: R, reply: CheckedPagesMessage | ErrorMessage): void;
   /** Called once, when the connection ends for any reason. */
   onEnd(loss: ConnectionLoss): void;
   /** Bytes arrived (for statistics). */
@@ -222,8 +222,9 @@ export class ClientConnection<R extends ReadRequest> {
   private hello(): Promise<HelloMessage> {
     const sent: HelloMessage = {
       type: 'hello',
-      version: 1,
-      minVersion: 1,
+      // Version 2 only: a version-1 server sends pages without their checksums.
+      version: PAGE_SERVICE_VERSION,
+      minVersion: PAGE_SERVICE_VERSION,
       role: this.options.role,
       sessionId: this.options.sessionId,
       maxPayloadBytes: this.options.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD_BYTES,
@@ -279,12 +280,9 @@ export class ClientConnection<R extends ReadRequest> {
         case 'error':
           // The server ends the connection (shutting down, or it disliked something we sent).
           return this.end({ kind: message.code === 'SHUTTING_DOWN' ? 'lost' : 'violation', error: new Error(`the page server closed the connection: ${message.code}: ${message.text}`) });
-        case 'push': {
-          const problem = this.pushProblem(message.offset, message.data.length);
-          if (problem) return this.violation(new ProtocolError('EPROTO_FIELD', `a PUSH of ${message.data.length} bytes at ${message.offset}: ${problem}`, { ...context, field: 'offset' }));
-          this.handlers.onPush(message.offset, message.data);
-          return;
-        }
+        case 'push':
+          // A PUSH carries no checksums: nothing could tell its pages from altered ones. A page server never sends one.
+          return this.violation(new ProtocolError('EPROTO_UNEXPECTED', `a PUSH of ${message.data.length} bytes at ${message.offset}: a page server sends pages only with their checksums, in answer to a READ`, context));
         default:
           return this.violation(new ProtocolError('EPROTO_UNEXPECTED', `an unsolicited ${message.type} from the page server`, context));
       }
@@ -309,13 +307,21 @@ export class ClientConnection<R extends ReadRequest> {
         return;
       case 'read': {
         const { read } = outstanding;
-        if (message.type === 'pages') {
-          // Checked before a byte is used: the reply must be for exactly the range asked.
+        if (message.type === 'checked-pages') {
+          // Checked before a byte is used: the reply must be for exactly the range asked, a checksum for each page.
           if (message.offset !== read.offset || message.data.length !== read.lengthBytes) {
             return this.violation(new ProtocolError(
               'EPROTO_MISMATCH',
               `READ ${frame.requestId} asked for ${read.lengthBytes} bytes at ${read.offset}; the reply holds ${message.data.length} at ${message.offset}`,
               context,
+            ));
+          }
+          const pageSizeBytes = this.info?.pageSizeBytes;
+          if (pageSizeBytes === undefined || message.checksums.length * pageSizeBytes !== read.lengthBytes) {
+            return this.violation(new ProtocolError(
+              'EPROTO_MISMATCH',
+              `READ ${frame.requestId} of ${read.lengthBytes} bytes was answered with ${message.checksums.length} checksums; one per ${pageSizeBytes ?? '?'}-byte page was due`,
+              { ...context, field: 'pageCount' },
             ));
           }
         } else if (message.type !== 'error') {
@@ -336,7 +342,11 @@ export class ClientConnection<R extends ReadRequest> {
     const waiter = this.helloWaiter!;
     this.helloWaiter = undefined;
     if (message.type === 'error') {
-      const error = new PeerRefusedError(this.options.url, message.code, message.text);
+      // Most likely a version-1 server: say what this side needs, not just that the versions differ.
+      const text = message.code === 'UNSUPPORTED_VERSION'
+        ? `${message.text} (this client speaks page protocol version ${PAGE_SERVICE_VERSION} only, where every page comes with its image's checksum; a page server of an older version sends pages nothing could check)`
+        : message.text;
+      const error = new PeerRefusedError(this.options.url, message.code, text);
       waiter.reject(error);
       return this.end({ kind: 'violation', error });
     }
@@ -355,15 +365,6 @@ export class ClientConnection<R extends ReadRequest> {
     this.decoder.maxPayloadBytes = waiter.sent.maxPayloadBytes;
     this.stateValue = 'ready';
     waiter.resolve(message);
-  }
-
-  /** What is wrong with a PUSH of [offset, +lengthBytes), or undefined. */
-  private pushProblem(offset: number, lengthBytes: number): string | undefined {
-    const { info } = this;
-    if (info === undefined) return 'it came before the INFO that says what the image is';
-    if (offset % info.pageSizeBytes !== 0 || lengthBytes % info.pageSizeBytes !== 0) return `off the ${info.pageSizeBytes}-byte page grid`;
-    if (offset + lengthBytes > info.imageSizeBytes) return `past the end of the ${info.imageSizeBytes}-byte image`;
-    return undefined;
   }
 
   private violation(error: ProtocolError): void {

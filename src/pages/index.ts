@@ -4,3 +4,4 @@ export * from './page-server.js';
 export * from './served-connection.js';
 export * from './snapshot-pages.js';
 export * from './zero-map.js';
+export * from './page-checksums.js';

@@ -20,6 +20,7 @@ import { formatHostPort, isLoopbackHost } from './address.js';
 import { PageServerError, RemoteListenRefusedError } from './errors.js';
 import { ServedConnection, type PageService, type ServedConnectionSummary } from './served-connection.js';
 import { ZeroMap } from './zero-map.js';
+import { computedPageChecksums, type PageChecksums } from './page-checksums.js';
 
 export interface PageServerOptions {
   /** The image. The server reads it, never closes it. */
@@ -32,6 +33,12 @@ export interface PageServerOptions {
   zeroMap?: ZeroMap | false;
   /** 16 bytes naming the image's content, so a reconnecting client can tell another image (default: all zero, unknown). */
   imageId?: Uint8Array;
+  /**
+   * The checksums the image stores for its pages, sent with every page
+   * (a snapshot's: SnapshotPages.pageChecksums). Default: CRC32C of the bytes
+   * as read, for a source that stores none (memory, a raw file).
+   */
+  pageChecksums?: PageChecksums;
   /** Default 127.0.0.1. */
   host?: string;
   /** Default 0: any free port (see `address`). */
@@ -220,8 +227,10 @@ function pageService(options: PageServerOptions): PageService {
     zeroMap = ZeroMap.fromPredicate(pageCount, pageSizeBytes, (offset, length) => source.isZero!(offset, length));
   }
   const metadata = options.metadata ?? new Uint8Array(0);
+  const pageChecksums = options.pageChecksums ?? computedPageChecksums();
   return {
     source,
+    pageChecksums,
     metadata,
     zeroMap,
     receiveMaxPayloadBytes,
@@ -238,6 +247,7 @@ function pageService(options: PageServerOptions): PageService {
       metadataLengthBytes: metadata.length,
       maxReadBytes,
       imageId,
+      pageChecksum: pageChecksums.algorithm,
     },
   };
 }

@@ -23,8 +23,10 @@ import type { LatencyHistogram } from '../metrics/latency-histogram.js';
 import { EventEmitter } from 'node:events';
 import type { Socket } from 'node:net';
 import {
+  CHECKED_PAGES_HEADER_BYTES,
   FrameDecoder,
-  PAGES_HEADER_BYTES,
+  PAGE_CHECKSUM_BYTES,
+  PAGE_SERVICE_VERSION,
   PRE_HELLO_MAX_PAYLOAD_BYTES,
   ProtocolError,
   ZERO_MAP_HEADER_BYTES,
@@ -43,6 +45,7 @@ import {
 } from '../protocol/index.js';
 import { SourceReadError, isAbortError, type PageSource } from '../sources/page-source.js';
 import type { ZeroMap } from './zero-map.js';
+import type { PageChecksums } from './page-checksums.js';
 
 /** What every connection of one server serves. */
 export interface PageService {
@@ -50,6 +53,8 @@ export interface PageService {
   info: InfoMessage;
   metadata: Uint8Array;
   zeroMap: ZeroMap | undefined;
+  /** The checksums sent with the pages of every READ (CHECKED_PAGES); info.pageChecksum names their algorithm. */
+  pageChecksums: PageChecksums;
   /** The largest payload this server receives (announced in its HELLO). */
   receiveMaxPayloadBytes: number;
   maxInFlight: number;
@@ -114,7 +119,7 @@ export interface ServedConnectionSummary {
 
 interface QueuedRequest {
   requestId: number;
-  message: Exclude<Message, { type: 'hello' | 'error' | 'ping' | 'pong' | 'cancel' | 'info' | 'metadata' | 'zero-map' | 'pages' | 'push' }>;
+  message: Exclude<Message, { type: 'hello' | 'error' | 'ping' | 'pong' | 'cancel' | 'info' | 'metadata' | 'zero-map' | 'pages' | 'push' | 'checked-pages' }>;
 }
 
 interface RunningRead {
@@ -300,6 +305,7 @@ export class ServedConnection extends EventEmitter<ServedConnectionEvents> {
       case 'zero-map':
       case 'pages':
       case 'push':
+      case 'checked-pages':
         return this.refuse(new ProtocolError('EPROTO_UNEXPECTED', `a page server is not sent ${message.type} messages`, { frameType: frame.type, requestId }));
       default: {
         const never: never = message;
@@ -311,7 +317,8 @@ export class ServedConnection extends EventEmitter<ServedConnectionEvents> {
   private onHello(hello: HelloMessage): void {
     let version: number;
     try {
-      version = acceptHello(hello, { roles: PAGE_CLIENT_ROLES });
+      // Version 2 only: a version-1 client would take pages without their checksums.
+      version = acceptHello(hello, { roles: PAGE_CLIENT_ROLES, minVersion: PAGE_SERVICE_VERSION, maxVersion: PAGE_SERVICE_VERSION });
     } catch (error) {
       if (!(error instanceof ProtocolError)) throw error;
       this.role = hello.role;
@@ -429,7 +436,7 @@ export class ServedConnection extends EventEmitter<ServedConnectionEvents> {
       return refuse('OUT_OF_RANGE', `[${read.offset}, ${read.offset + read.lengthBytes}) is past the end of the ${info.imageSizeBytes}-byte image`);
     }
     if (read.lengthBytes > info.maxReadBytes) return refuse('TOO_LARGE', `a READ of ${read.lengthBytes} bytes; this server reads at most ${info.maxReadBytes}`);
-    if (read.lengthBytes + PAGES_HEADER_BYTES > this.peerMaxPayloadBytes) {
+    if (checkedPagesPayloadBytes(read.lengthBytes, info.pageSizeBytes) > this.peerMaxPayloadBytes) {
       return refuse('TOO_LARGE', `${read.lengthBytes} bytes would pass the ${this.peerMaxPayloadBytes}-byte limit of this client's HELLO`);
     }
     this.stats.reads++;
@@ -455,7 +462,8 @@ export class ServedConnection extends EventEmitter<ServedConnectionEvents> {
         if (running.answered || this.stateValue !== 'serving') return;
         running.answered = true;
         this.stats.bytesServed += read.lengthBytes;
-        this.send({ type: 'pages', offset: read.offset, data: target }, requestId);
+        const checksums = this.service.pageChecksums.of(read.offset, target, info.pageSizeBytes);
+        this.send({ type: 'checked-pages', offset: read.offset, checksums, data: target }, requestId);
       }),
       (error: unknown) => this.guard(() => {
         if (running.answered || this.stateValue !== 'serving') return;
@@ -521,6 +529,11 @@ export class ServedConnection extends EventEmitter<ServedConnectionEvents> {
     this.socket.uncork();
     if (this.socket.writableNeedDrain) this.writeBlocked = true;
   }
+}
+
+/** The payload of a CHECKED_PAGES answering a READ of `lengthBytes`: header, a checksum per page, the pages. */
+export function checkedPagesPayloadBytes(lengthBytes: number, pageSizeBytes: number): number {
+  return CHECKED_PAGES_HEADER_BYTES + (lengthBytes / pageSizeBytes) * PAGE_CHECKSUM_BYTES + lengthBytes;
 }
 
 /** `text` cut to at most `maxBytes` of UTF-8, never inside a character. */

@@ -1,12 +1,15 @@
 // What a page server serves for a snapshot file: its flat image through
 // SnapshotSource (every stored page CRC-checked on read, so a corrupt page is
 // an ERROR SOURCE_FAILED, never bad bytes), its zero map from the page table,
-// its metadata section (a VM snapshot's VM state), and an id of its content.
+// its metadata section (a VM snapshot's VM state), an id of its content, and
+// the page table's checksums, which travel with the pages (CHECKED_PAGES) so
+// the client checks each page against the snapshot itself.
 import { createHash } from 'node:crypto';
 import type { SnapshotFile } from '../snapshot/reader.js';
 import { SnapshotSource } from '../sources/snapshot-source.js';
 import { IMAGE_ID_BYTES } from '../protocol/index.js';
 import { ZeroMap } from './zero-map.js';
+import { snapshotPageChecksums, type PageChecksums } from './page-checksums.js';
 
 export interface SnapshotPages {
   source: SnapshotSource;
@@ -14,6 +17,8 @@ export interface SnapshotPages {
   metadata: Uint8Array;
   zeroMap: ZeroMap;
   imageId: Uint8Array;
+  /** The page table's checksums, sent with every page. */
+  pageChecksums: PageChecksums;
   close(): Promise<void>;
 }
 
@@ -27,6 +32,7 @@ export async function openSnapshotPages(path: string): Promise<SnapshotPages> {
     metadata: file.metadata,
     zeroMap: ZeroMap.fromSnapshot(file),
     imageId: snapshotImageId(file),
+    pageChecksums: snapshotPageChecksums(file),
     close: () => source.close(),
   };
 }

@@ -6,6 +6,7 @@ import { Reader, Writer, type Context } from './codec.js';
 import { concatParts, encodeFrameParts, type Frame } from './frame-decoder.js';
 import {
   CANCEL_BYTES,
+  CHECKED_PAGES_HEADER_BYTES,
   ERROR_HEADER_BYTES,
   GET_METADATA_BYTES,
   GET_ZERO_MAP_BYTES,
@@ -27,6 +28,8 @@ import {
   MIN_PAGE_BYTES,
   MessageType,
   PAGES_HEADER_BYTES,
+  PAGE_CHECKSUM_BYTES,
+  PageChecksumCode,
   READ_BYTES,
   ReadPriorityCode,
   Role,
@@ -36,6 +39,7 @@ import {
   describeType,
   roleName,
   wireErrorName,
+  type PageChecksumName,
   type RoleName,
   type WireErrorName,
 } from './wire.js';
@@ -83,6 +87,8 @@ export interface InfoMessage {
   maxReadBytes: number;
   /** 16 bytes naming the image's content; all zero when the server cannot say. */
   imageId: Uint8Array;
+  /** The checksum the image stores for each page, which CHECKED_PAGES carries: CRC32C (snapshot format 2) or CRC32 (format 1). */
+  pageChecksum: PageChecksumName;
 }
 
 export interface GetMetadataMessage {
@@ -129,6 +135,16 @@ export interface PagesMessage {
   data: Uint8Array;
 }
 
+/** A page server's answer to a READ: the pages, each with the checksum its image stores for it. */
+export interface CheckedPagesMessage {
+  type: 'checked-pages';
+  offset: number;
+  /** One per page, in order: the image's own (a snapshot's page table), never computed from `data` by the sender. */
+  checksums: Uint32Array;
+  /** Whole pages from `offset`: checksums.length pages of equal size. */
+  data: Uint8Array;
+}
+
 export interface CancelMessage {
   type: 'cancel';
   /** The READ to cancel. */
@@ -147,6 +163,7 @@ export type Message =
   | ZeroMapMessage
   | ReadMessage
   | PagesMessage
+  | CheckedPagesMessage
   | CancelMessage;
 
 export type MessageName = Message['type'];
@@ -166,6 +183,7 @@ const TYPE_CODES: Readonly<Record<MessageName, number>> = {
   pages: MessageType.PAGES,
   cancel: MessageType.CANCEL,
   push: MessageType.PUSH,
+  'checked-pages': MessageType.CHECKED_PAGES,
 };
 const NAMES = new Map<number, MessageName>(Object.entries(TYPE_CODES).map(([name, code]) => [code, name as MessageName]));
 
@@ -191,6 +209,7 @@ const REQUEST_ID_RULES: Readonly<Record<MessageName, RequestIdRule>> = {
   pages: 'reply',
   cancel: 'none',
   push: 'none',
+  'checked-pages': 'reply',
 };
 
 export function requestIdRule(type: MessageName): RequestIdRule {
@@ -285,7 +304,8 @@ function encodePayload(message: Message): Uint8Array[] {
       w.u32(message.pageSizeBytes);
       w.u32((message.hasMetadata ? InfoFlag.hasMetadata : 0) | (message.hasZeroMap ? InfoFlag.hasZeroMap : 0));
       w.u32(message.maxReadBytes);
-      w.zeros(4);
+      w.u8(PageChecksumCode[message.pageChecksum]);
+      w.zeros(3);
       w.bytes(message.imageId);
       return [w.done()];
     }
@@ -330,6 +350,14 @@ function encodePayload(message: Message): Uint8Array[] {
       w.u64(message.offset);
       w.u32(message.data.length);
       w.zeros(4);
+      return [w.done(), message.data];
+    }
+    case 'checked-pages': {
+      const w = new Writer(CHECKED_PAGES_HEADER_BYTES + message.checksums.length * PAGE_CHECKSUM_BYTES);
+      w.u64(message.offset);
+      w.u32(message.data.length);
+      w.u32(message.checksums.length);
+      for (const checksum of message.checksums) w.u32(checksum);
       return [w.done(), message.data];
     }
     case 'cancel': {
@@ -393,9 +421,14 @@ function decodePayload(type: MessageName, r: Reader): Message {
       const pageSizeBytes = r.u32();
       const flags = r.u32();
       const maxReadBytes = r.u32();
-      r.reserved(4, 'reserved');
+      const checksumCode = r.u8();
+      r.reserved(3, 'reserved');
       const imageId = r.bytes(IMAGE_ID_BYTES);
       if ((flags & ~KNOWN_INFO_FLAGS) !== 0) throw r.fieldError('flags', `INFO flags 0x${flags.toString(16)} include bits version 1 does not define`);
+      const pageChecksum = checksumCode === PageChecksumCode.crc32c ? 'crc32c' : checksumCode === PageChecksumCode.crc32 ? 'crc32' : undefined;
+      if (pageChecksum === undefined) {
+        throw r.fieldError('pageChecksum', `INFO page checksum ${checksumCode}: 1 (CRC32) or 2 (CRC32C); a server that names none (version 1) sends pages nothing can check`);
+      }
       return {
         type,
         imageSizeBytes,
@@ -405,6 +438,7 @@ function decodePayload(type: MessageName, r: Reader): Message {
         metadataLengthBytes,
         maxReadBytes,
         imageId,
+        pageChecksum,
       };
     }
     case 'get-metadata': {
@@ -455,6 +489,18 @@ function decodePayload(type: MessageName, r: Reader): Message {
       if (lengthBytes > MAX_READ_BYTES) throw r.fieldError('lengthBytes', `${describeType(r.context.frameType)} of ${lengthBytes} bytes; at most ${MAX_READ_BYTES}`);
       r.lengthExactly(PAGES_HEADER_BYTES + lengthBytes);
       return { type, offset, data: r.rest() };
+    }
+    case 'checked-pages': {
+      r.lengthAtLeast(CHECKED_PAGES_HEADER_BYTES);
+      const offset = r.u64('offset');
+      const lengthBytes = r.u32();
+      const pageCount = r.u32();
+      if (lengthBytes > MAX_READ_BYTES) throw r.fieldError('lengthBytes', `CHECKED_PAGES of ${lengthBytes} bytes; at most ${MAX_READ_BYTES}`);
+      if (pageCount === 0 || pageCount > MAX_READ_BYTES / MIN_PAGE_BYTES) throw r.fieldError('pageCount', `CHECKED_PAGES of ${pageCount} pages; 1..${MAX_READ_BYTES / MIN_PAGE_BYTES}`);
+      r.lengthExactly(CHECKED_PAGES_HEADER_BYTES + pageCount * PAGE_CHECKSUM_BYTES + lengthBytes);
+      const checksums = new Uint32Array(pageCount);
+      for (let i = 0; i < pageCount; i++) checksums[i] = r.u32();
+      return { type, offset, checksums, data: r.rest() };
     }
     case 'cancel': {
       r.lengthExactly(CANCEL_BYTES);
@@ -510,6 +556,7 @@ function checkFields(message: Message, context: Context): void {
         fail('maxReadBytes', `maxReadBytes ${message.maxReadBytes}: whole pages, ${message.pageSizeBytes}..${MAX_READ_BYTES}`);
       }
       if (message.imageId.length !== IMAGE_ID_BYTES) fail('imageId', `an image id is ${IMAGE_ID_BYTES} bytes, not ${message.imageId.length}`);
+      if (!(message.pageChecksum in PageChecksumCode)) fail('pageChecksum', `page checksum ${String(message.pageChecksum)}: crc32 or crc32c`);
       return;
     case 'get-metadata':
       if (!isSafeCount(message.offset)) fail('offset', `offset ${message.offset} is not a count below 2^53`);
@@ -543,6 +590,15 @@ function checkFields(message: Message, context: Context): void {
     case 'push':
       checkPageRange(message.offset, message.data.length, fail);
       return;
+    case 'checked-pages': {
+      checkPageRange(message.offset, message.data.length, fail);
+      const pageCount = message.checksums.length;
+      const pageBytes = pageCount === 0 ? 0 : message.data.length / pageCount;
+      if (!Number.isInteger(pageBytes) || !isPowerOfTwo(pageBytes) || pageBytes < MIN_PAGE_BYTES || pageBytes > MAX_PAGE_BYTES) {
+        fail('pageCount', `${pageCount} checksums for ${message.data.length} bytes: one per page of ${MIN_PAGE_BYTES}..${MAX_PAGE_BYTES} bytes (a power of two)`);
+      }
+      return;
+    }
     case 'cancel':
       if (!isU32(message.readRequestId) || message.readRequestId === 0) fail('readRequestId', `CANCEL of request ${message.readRequestId}: a READ's id is 1..2^32-1`);
       return;

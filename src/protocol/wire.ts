@@ -50,7 +50,9 @@
 //    16  u32   pageSizeBytes       a power of two, 4 KiB..2 MiB
 //    20  u32   flags               bit 0: has metadata; bit 1: has a zero map
 //    24  u32   maxReadBytes        the longest READ the server takes (a multiple of the page, <= 2 MiB)
-//    28  u32   r
+//    28  u8    pageChecksum        the image's own page checksum: 1 CRC32 (snapshot format 1),
+//                                  2 CRC32C (format 2); 0 is refused (a version-1 INFO)
+//    29  u8[3] r
 //    32  u8[16] imageId            identifies the image's content (all zero: unknown), so a client that
 //                                  reconnects can tell a restarted server serving another image
 //
@@ -66,7 +68,9 @@
 //                                           16  u8[ceil(pageCount/8)] bitmap: bit i (LSB first in
 //                                               byte i>>3) set = page firstPage+i is zero; pad bits 0
 //
-//   READ 0x0106 -> PAGES 0x0107 or ERROR    exactly one reply per READ, in any order
+//   READ 0x0106 -> CHECKED_PAGES 0x010a     exactly one reply per READ, in any order. A page server
+//                  or ERROR                 answers CHECKED_PAGES (page service version 2); live
+//                                           migration's source answers PAGES (below).
 //     0  u64   offset (page-aligned)         0  u64  offset (as asked)
 //     8  u32   lengthBytes (page-aligned,    8  u32  lengthBytes (as asked)
 //              1 page..MAX_READ_BYTES)      12  u32  r
@@ -79,6 +83,15 @@
 //
 //   PUSH 0x0109 (requestId 0)               pages sent unasked (post-copy); the PAGES layout
 //     0  u64 offset   8 u32 lengthBytes   12 u32 r   16 u8[lengthBytes] data
+//
+//   CHECKED_PAGES 0x010a (a READ's reply)   the pages with the checksums the image stores for them,
+//     0  u64   offset (as asked)            read by the server from its table (a snapshot's page
+//     8  u32   lengthBytes (as asked)       table), never computed from the bytes it sends: the
+//    12  u32   pageCount                    client checks each page against its own before using it,
+//    16  u32[pageCount] checksums           so a page altered anywhere between the disk and the
+//    16+4*pageCount u8[lengthBytes] data    client (the server's memory, a proxy) is refused.
+//                                           A page the image stores as zero has the checksum of a
+//                                           zero page. pageCount = lengthBytes / INFO pageSizeBytes.
 
 export const FRAME_HEADER_BYTES = 16;
 
@@ -96,6 +109,15 @@ export const PROTOCOL_VERSION = 1;
 /** The versions this code speaks. */
 export const MIN_PROTOCOL_VERSION = 1;
 export const MAX_PROTOCOL_VERSION = 1;
+/**
+ * The page service's version (roles page-client-*, page-server): 2, where a
+ * READ is answered CHECKED_PAGES, each page with the checksum its image
+ * stores. A page server and a page client speak 2 only: version 1 carries
+ * no page checksums, and a client that accepted it would install whatever
+ * bytes arrived, so there is no downgrade. (Live migration's roles keep
+ * MIN/MAX_PROTOCOL_VERSION above.)
+ */
+export const PAGE_SERVICE_VERSION = 2;
 
 /** Message type codes; the ranges are drawn above. */
 export const MessageType = {
@@ -113,6 +135,7 @@ export const MessageType = {
   PAGES: 0x0107,
   CANCEL: 0x0108,
   PUSH: 0x0109,
+  CHECKED_PAGES: 0x010a,
 } as const;
 export type MessageTypeCode = (typeof MessageType)[keyof typeof MessageType];
 
@@ -208,6 +231,9 @@ export const ZERO_MAP_HEADER_BYTES = 16;
 export const READ_BYTES = 16;
 export const PAGES_HEADER_BYTES = 16;
 export const CANCEL_BYTES = 8;
+export const CHECKED_PAGES_HEADER_BYTES = 16;
+/** Bytes of one page's checksum in CHECKED_PAGES. */
+export const PAGE_CHECKSUM_BYTES = 4;
 
 /** The smallest page the protocol knows; READ offsets and lengths are multiples of it at least. */
 export const MIN_PAGE_BYTES = 4096;
@@ -236,6 +262,10 @@ export const PRE_HELLO_MAX_PAYLOAD_BYTES = MAX_HELLO_BYTES + ERROR_HEADER_BYTES 
 /** INFO flags bits. */
 export const InfoFlag = { hasMetadata: 1 << 0, hasZeroMap: 1 << 1 } as const;
 export const KNOWN_INFO_FLAGS = InfoFlag.hasMetadata | InfoFlag.hasZeroMap;
+
+/** INFO's pageChecksum byte: the checksum the image stores for each page. */
+export const PageChecksumCode = { crc32: 1, crc32c: 2 } as const;
+export type PageChecksumName = keyof typeof PageChecksumCode;
 
 /** READ priority byte. */
 export const ReadPriorityCode = { demand: 0, background: 1 } as const;

@@ -9,8 +9,10 @@
 //     was discarded or filled meanwhile). A source may ignore both.
 //   - A read that fails says whether trying again may help (transient) or the
 //     source is gone for good (fatal). A source that loses its peer does not
-//     fail reads at all while it reconnects: the read just takes longer, and
-//     the faulting thread waits, as it must (not zeroes, not SIGBUS).
+//     fail reads while it reconnects: the read just takes longer, and the
+//     faulting thread waits, as it must (not zeroes), up to the source's
+//     deadline (RemoteSource's readDeadlineMs, S3Source's deadlineMs): then
+//     the read fails and the pager poisons the page (SIGBUS, never zeroes).
 //   - A source may push pages nobody asked for (post-copy's background
 //     stream); the pager installs those still missing and drops the rest.
 import { UserfaultError } from '../errors.js';

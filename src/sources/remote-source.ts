@@ -9,10 +9,24 @@
 //
 // A read's life:
 //
-//   queued ──sent──▶ sent ──PAGES checked──▶ done (copied to every waiting target)
-//     ▲                │ └──ERROR──▶ failed (SOURCE_FAILED fatal, SOURCE_UNAVAILABLE transient) or queued again (BUSY)
+//   queued ──sent──▶ sent ──CHECKED_PAGES, every page's checksum right──▶ done (copied to every waiting target)
+//     ▲                │ ├──a page's checksum wrong──▶ queued again (maxCorruptRetries), then failed (PageChecksumError)
+//     │                │ └──ERROR──▶ failed (SOURCE_FAILED fatal, SOURCE_UNAVAILABLE transient) or queued again (BUSY)
 //     └──connection lost (re-sent on the next)
-//   every waiter aborted ─▶ cancelled (CANCEL sent if it was; its answer is still awaited, then dropped)
+//   every waiter aborted or past its deadline ─▶ cancelled (CANCEL sent if it was; its answer is still awaited, then dropped)
+//
+// Every page comes with the checksum its image stores for it (a snapshot's
+// page table, CHECKED_PAGES), and is checked against it before a byte of it
+// is copied anywhere: a page altered on the server or on the way (a proxy
+// that fixes the frame CRC) is refused, naming the page, never installed.
+//
+// Every read has a deadline (readDeadlineMs), counted from its request and
+// independent of the connections: a server that answers PINGs but not the
+// READ, closes the connection on every READ, answers BUSY for ever or is not
+// there at all makes the read fail with SourceDeadlineError once it passes
+// (fatal for a demand read, whose pages the pager then poisons; transient for
+// a background one, which the pager may ask again, as demand if a thread now
+// waits on it). The reconnect logic below goes on meanwhile.
 //
 // A lost connection is not a failed read: its reads go back to the queue and
 // the channel reconnects with backoff (10 ms doubling to 1 s); only a server
@@ -24,27 +38,39 @@
 // in a row) is given up on as gone.
 import { randomBytes } from 'node:crypto';
 import {
+  CHECKED_PAGES_HEADER_BYTES,
   DEFAULT_MAX_PAYLOAD_BYTES,
-  PAGES_HEADER_BYTES,
+  PAGE_CHECKSUM_BYTES,
   ProtocolError,
   SESSION_ID_BYTES,
   ZERO_MAP_HEADER_BYTES,
   METADATA_HEADER_BYTES,
   MAX_ZERO_MAP_PAGES,
+  type CheckedPagesMessage,
   type ErrorMessage,
   type InfoMessage,
-  type PagesMessage,
   type RoleName,
 } from '../protocol/index.js';
 import { parsePageUrl, formatHostPort } from '../pages/address.js';
 import { ClientConnection, type ConnectionLoss } from '../pages/client-connection.js';
 import { ImageChangedError, PeerUnavailableError } from '../pages/errors.js';
 import { ZeroMap } from '../pages/zero-map.js';
-import { SourceGoneError, SourceReadError, abortedReadError, checkReadRequest, type PageSource, type PushedPages, type ReadOptions, type ReadPriority } from './page-source.js';
+import { firstPageMismatch } from '../pages/page-checksums.js';
+import { SourceGoneError, SourceReadError, abortedReadError, checkReadRequest, type PageSource, type ReadOptions, type ReadPriority } from './page-source.js';
+import { PageChecksumError, SourceDeadlineError } from './read-errors.js';
 
 export interface RemoteSourceOptions {
   /** How long a lost server has to come back before every read fails with SourceGoneError (default 30 s). */
   reconnectDeadlineMs?: number;
+  /**
+   * How long one read may wait for its pages, counted from its request,
+   * whatever the connections do meanwhile (default 30 s): then it fails with
+   * SourceDeadlineError, fatal for a demand read, transient for a background
+   * one. `--source-deadline-ms`.
+   */
+  readDeadlineMs?: number;
+  /** Times a READ whose pages fail their checksums is sent again before the read fails with PageChecksumError (default 2). */
+  maxCorruptRetries?: number;
   /** One connection attempt: TCP connect plus HELLO (default 5 s). */
   connectTimeoutMs?: number;
   /** First wait between reconnect attempts, doubled each time up to reconnectMaxDelayMs (defaults 10 ms, 1 s). */
@@ -88,6 +114,10 @@ export interface RemoteSourceStats {
   reconnects: number;
   /** Connections dropped for a protocol violation. */
   protocolViolations: number;
+  /** Replies refused because a page did not match its checksum. */
+  corruptReplies: number;
+  /** Reads failed at their deadline. */
+  deadlinesPassed: number;
   bytesReceived: number;
   /** Per channel: READs sent on it. */
   urgentReadsSent: number;
@@ -100,6 +130,9 @@ interface ReadOperation {
   readonly lengthBytes: number;
   readonly target: Uint8Array;
   readonly signal: AbortSignal | undefined;
+  readonly priority: ReadPriority;
+  readonly startedAt: number;
+  deadlineTimer?: NodeJS.Timeout;
   remaining: number;
   settled: boolean;
   readonly fetches: Set<Fetch>;
@@ -121,6 +154,10 @@ interface Fetch {
   connection: ClientConnection<Fetch> | undefined;
   requestId: number;
   readonly waiters: Set<ReadOperation>;
+  /** Replies refused for a page that failed its checksum, and others the server gave (for a deadline error's text). */
+  corruptReplies: number;
+  busyReplies: number;
+  sends: number;
 }
 
 type FetchState = Fetch['state'];
@@ -183,7 +220,6 @@ class Channel {
       },
       {
         onReadReply: (fetch, reply) => this.source.onReadReply(fetch, reply),
-        onPush: (offset, data) => this.source.deliverPush(offset, data),
         onEnd: (loss) => {
           if (connection) this.onEnd(connection, loss);
         },
@@ -225,6 +261,7 @@ class Channel {
       moveFetch(fetch, 'sent');
       fetch.connection = connection;
       fetch.requestId = connection.sendRead(fetch, { type: 'read', offset: fetch.offset, lengthBytes: fetch.lengthBytes, priority: fetch.priority });
+      fetch.sends++;
       this.source.countSent(this);
     }
   }
@@ -325,6 +362,12 @@ class Channel {
     this.connected();
   }
 
+  /** How the channel is doing, for a deadline error's text. */
+  describe(): string {
+    const state = this.connection?.state === 'ready' ? 'connected' : `reconnecting${this.lastLoss ? ` (last: ${this.lastLoss.message})` : ''}`;
+    return `its ${this.name} connection is ${state}`;
+  }
+
   private deadlinePassed(): void {
     this.deadlineTimer = undefined;
     if (this.connection || this.source.state !== 'open') return;
@@ -367,7 +410,7 @@ export class RemoteSource implements PageSource {
   readonly address: { host: string; port: number };
   readonly sessionId: Uint8Array;
   readonly settings: Required<Omit<RemoteSourceOptions, 'sessionId'>>;
-  readonly stats: RemoteSourceStats = { readsSent: 0, coalesced: 0, cancelsSent: 0, reconnects: 0, protocolViolations: 0, bytesReceived: 0, urgentReadsSent: 0, bulkReadsSent: 0 };
+  readonly stats: RemoteSourceStats = { readsSent: 0, coalesced: 0, cancelsSent: 0, reconnects: 0, protocolViolations: 0, corruptReplies: 0, deadlinesPassed: 0, bytesReceived: 0, urgentReadsSent: 0, bulkReadsSent: 0 };
   /** The image's metadata (empty when the server has none). */
   metadata: Uint8Array = new Uint8Array(0);
   info!: InfoMessage;
@@ -375,7 +418,6 @@ export class RemoteSource implements PageSource {
   private stateValue: SourceState = 'open';
   private readonly urgent: Channel;
   private readonly bulk: Channel;
-  private readonly pushListeners = new Set<(pages: PushedPages) => void>();
   private violationsInARow = 0;
   private goneError: Error | undefined;
   private chunkBytes = 0;
@@ -387,6 +429,8 @@ export class RemoteSource implements PageSource {
     if (this.sessionId.length !== SESSION_ID_BYTES) throw new RangeError(`a session id is ${SESSION_ID_BYTES} bytes`);
     this.settings = {
       reconnectDeadlineMs: options.reconnectDeadlineMs ?? 30_000,
+      readDeadlineMs: options.readDeadlineMs ?? 30_000,
+      maxCorruptRetries: options.maxCorruptRetries ?? 2,
       connectTimeoutMs: options.connectTimeoutMs ?? 5_000,
       reconnectInitialDelayMs: options.reconnectInitialDelayMs ?? 10,
       reconnectMaxDelayMs: options.reconnectMaxDelayMs ?? 1_000,
@@ -398,6 +442,8 @@ export class RemoteSource implements PageSource {
       maxPayloadBytes: options.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD_BYTES,
       singleConnection: options.singleConnection ?? false,
     };
+    if (!(this.settings.readDeadlineMs > 0) || !Number.isFinite(this.settings.readDeadlineMs)) throw new RangeError(`readDeadlineMs ${this.settings.readDeadlineMs}: a positive number of milliseconds`);
+    if (!Number.isSafeInteger(this.settings.maxCorruptRetries) || this.settings.maxCorruptRetries < 0) throw new RangeError(`maxCorruptRetries ${this.settings.maxCorruptRetries}: a count`);
     this.urgent = new Channel('page-client-urgent', this);
     this.bulk = this.settings.singleConnection ? this.urgent : new Channel('page-client-bulk', this);
   }
@@ -442,7 +488,7 @@ export class RemoteSource implements PageSource {
     if (length === 0) return Promise.resolve();
     const priority: ReadPriority = options.priority ?? 'demand';
     return new Promise<void>((resolve, reject) => {
-      const operation: ReadOperation = { offset, lengthBytes: length, target, signal, remaining: 0, settled: false, fetches: new Set(), resolve, reject };
+      const operation: ReadOperation = { offset, lengthBytes: length, target, signal, priority, startedAt: performance.now(), remaining: 0, settled: false, fetches: new Set(), resolve, reject };
       // Whole pages on the wire: an unaligned read is served from the pages around it.
       const page = this.info.pageSizeBytes;
       const first = Math.floor(offset / page) * page;
@@ -457,16 +503,12 @@ export class RemoteSource implements PageSource {
         operation.abortListener = () => this.abort(operation);
         signal.addEventListener('abort', operation.abortListener, { once: true });
       }
+      operation.deadlineTimer = setTimeout(() => this.deadlinePassed(operation), this.settings.readDeadlineMs);
     });
   }
 
   isZero(offset: number, length: number): boolean {
     return this.zeroMap?.isZero(offset, length) ?? false;
-  }
-
-  onPush(listener: (pages: PushedPages) => void): () => void {
-    this.pushListeners.add(listener);
-    return () => this.pushListeners.delete(listener);
   }
 
   /** End both connections; every read still waiting rejects with SourceGoneError. */
@@ -483,10 +525,14 @@ export class RemoteSource implements PageSource {
   // Called by the channels.
 
   /** @internal */
-  onReadReply(fetch: Fetch, reply: PagesMessage | ErrorMessage): void {
+  onReadReply(fetch: Fetch, reply: CheckedPagesMessage | ErrorMessage): void {
     if (fetch.state !== 'sent') return;
     if (reply.type !== 'error') {
       this.violationsInARow = 0;
+      // Every page against the checksum its image stores, before a byte of any is copied.
+      const page = this.info.pageSizeBytes;
+      const bad = firstPageMismatch(reply.data, page, reply.checksums, this.info.pageChecksum);
+      if (bad) return this.corruptReply(fetch, fetch.offset + bad.index * page, bad.expected, bad.actual);
       fetch.channel.finished(fetch);
       for (const operation of fetch.waiters) this.deliver(operation, fetch, reply.data);
       fetch.waiters.clear();
@@ -498,6 +544,7 @@ export class RemoteSource implements PageSource {
       case 'SHUTTING_DOWN':
         // Not asked for, or not now: try again (after a pause when the server is busy).
         if (reply.code === 'BUSY') {
+          fetch.busyReplies++;
           moveFetch(fetch, 'queued');
           setTimeout(() => (fetch.waiters.size > 0 && this.stateValue === 'open' ? fetch.channel.requeue(fetch) : undefined), 20);
         } else {
@@ -515,10 +562,46 @@ export class RemoteSource implements PageSource {
     }
   }
 
-  /** @internal */
-  deliverPush(offset: number, data: Uint8Array): void {
-    // (Not a reason to forgive earlier violations: only a READ answered right is.)
-    for (const listener of this.pushListeners) listener({ offset, bytes: data });
+  /**
+   * A reply with a page that fails its checksum: nothing of it is used. The
+   * READ is sent again (a page garbled in the server's memory may come right),
+   * then the read fails for good, naming the page.
+   */
+  private corruptReply(fetch: Fetch, pageOffset: number, expected: number, actual: number): void {
+    this.stats.corruptReplies++;
+    if (fetch.corruptReplies++ < this.settings.maxCorruptRetries) {
+      fetch.channel.requeue(fetch);
+      return;
+    }
+    fetch.channel.finished(fetch);
+    for (const operation of [...fetch.waiters]) {
+      this.fail(operation, new PageChecksumError(operation.offset, operation.lengthBytes, pageOffset, this.info.pageChecksum, expected, actual, this.description));
+    }
+    fetch.waiters.clear();
+  }
+
+  /** A read's deadline passed: it fails, whatever state its fetches are in (they are dropped or cancelled if nobody else waits). */
+  private deadlinePassed(operation: ReadOperation): void {
+    operation.deadlineTimer = undefined;
+    if (operation.settled) return;
+    this.stats.deadlinesPassed++;
+    // The first page still missing; what its fetch went through, for the message.
+    let first: Fetch | undefined;
+    for (const fetch of operation.fetches) if (first === undefined || fetch.offset < first.offset) first = fetch;
+    const pageOffset = Math.max(operation.offset, first?.offset ?? operation.offset);
+    const what = first === undefined
+      ? `${this.description}`
+      : `${this.description}: its READ was sent ${first.sends} time(s), answered BUSY ${first.busyReplies} time(s), refused ${first.corruptReplies} time(s) for a bad checksum; ${first.channel.describe()}`;
+    this.fail(operation, new SourceDeadlineError(
+      operation.offset,
+      operation.lengthBytes,
+      pageOffset,
+      this.settings.readDeadlineMs,
+      performance.now() - operation.startedAt,
+      what,
+      // A thread waits on a demand read: its pages are given up (poisoned). A background read may be asked again.
+      { failure: operation.priority === 'demand' ? 'fatal' : 'transient' },
+    ));
   }
 
   /** @internal Count a connection lost to a violation; true when that was one too many and the source is now gone. */
@@ -541,6 +624,7 @@ export class RemoteSource implements PageSource {
     if (info.pageSizeBytes !== before.pageSizeBytes) return `its pages are ${info.pageSizeBytes} bytes, they were ${before.pageSizeBytes}`;
     if (!equalBytes(info.imageId, before.imageId)) return `its image id is ${hex(info.imageId)}, it was ${hex(before.imageId)}`;
     if (info.maxReadBytes < this.chunkBytes) return `it takes READs of at most ${info.maxReadBytes} bytes, it took ${before.maxReadBytes}`;
+    if (info.pageChecksum !== before.pageChecksum) return `its pages' checksum is ${info.pageChecksum}, it was ${before.pageChecksum}`;
     return undefined;
   }
 
@@ -567,9 +651,10 @@ export class RemoteSource implements PageSource {
     const changed = bulkInfo && this.compareInfo(bulkInfo);
     if (changed) throw new ImageChangedError(this.url, `the two connections disagree: ${changed}`);
     const connection = this.urgent.connection!;
-    // Whole pages, within the server's READ limit and this side's payload limit.
+    // Whole pages, within the server's READ limit and this side's payload limit (each page comes with its checksum).
     const page = info.pageSizeBytes;
-    this.chunkBytes = Math.floor(Math.min(info.maxReadBytes, this.settings.maxPayloadBytes - PAGES_HEADER_BYTES) / page) * page;
+    const pagesFitting = Math.floor((this.settings.maxPayloadBytes - CHECKED_PAGES_HEADER_BYTES) / (page + PAGE_CHECKSUM_BYTES));
+    this.chunkBytes = Math.min(Math.floor(info.maxReadBytes / page), pagesFitting) * page;
     if (this.chunkBytes < page) throw new ProtocolError('EPROTO_FIELD', `a ${page}-byte page does not fit this client's ${this.settings.maxPayloadBytes}-byte payload limit`);
     if (info.hasMetadata) this.metadata = await this.fetchMetadata(connection, info.metadataLengthBytes);
     if (info.hasZeroMap) this.zeroMap = await this.fetchZeroMap(connection, info);
@@ -622,7 +707,7 @@ export class RemoteSource implements PageSource {
       return existing;
     }
     const channel = priority === 'demand' ? this.urgent : this.bulk;
-    const fetch: Fetch = { key, offset, lengthBytes, channel, priority, state: 'queued', connection: undefined, requestId: 0, waiters: new Set() };
+    const fetch: Fetch = { key, offset, lengthBytes, channel, priority, state: 'queued', connection: undefined, requestId: 0, waiters: new Set(), corruptReplies: 0, busyReplies: 0, sends: 0 };
     channel.enqueue(fetch);
     return fetch;
   }
@@ -650,6 +735,7 @@ export class RemoteSource implements PageSource {
   /** Resolve or reject an operation, and let go of the fetches it no longer waits for (cancelling those nobody else does). */
   private settle(operation: ReadOperation, error: Error | undefined): void {
     operation.settled = true;
+    clearTimeout(operation.deadlineTimer);
     if (operation.abortListener) operation.signal?.removeEventListener('abort', operation.abortListener);
     for (const fetch of operation.fetches) {
       fetch.waiters.delete(operation);
@@ -673,6 +759,7 @@ export class RemoteSource implements PageSource {
     for (const operation of operations) {
       if (operation.settled) continue;
       operation.settled = true;
+      clearTimeout(operation.deadlineTimer);
       if (operation.abortListener) operation.signal?.removeEventListener('abort', operation.abortListener);
       operation.reject(this.goneReadError(operation.offset, operation.lengthBytes));
     }

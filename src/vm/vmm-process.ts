@@ -253,7 +253,8 @@ async function buildVmm(options: VmmProcessOptions, console: (bytes: Uint8Array)
   const deadline = options.sourceDeadlineMs;
   const from = options.fromUrl === undefined ? await openVmSnapshotSource(options.snapshotPath!)
     : isS3Url(options.fromUrl) ? await (await import('./persist/s3-vm.js')).openS3VmSource(options.fromUrl, { endpoint: options.endpoint, ...(deadline === undefined ? {} : { deadlineMs: deadline }) })
-    : await openRemoteVmSource(options.fromUrl, deadline === undefined ? {} : { reconnectDeadlineMs: deadline });
+    // The deadline bounds each read from its request (a server that stays connected but never delivers included), and a lost server's return.
+    : await openRemoteVmSource(options.fromUrl, deadline === undefined ? {} : { readDeadlineMs: deadline, reconnectDeadlineMs: deadline });
   const progress = options.progress;
   return Vmm.restore(from, {
     console,

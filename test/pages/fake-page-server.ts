@@ -5,7 +5,10 @@
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import {
   FrameDecoder,
+  PAGE_SERVICE_VERSION,
   PRE_HELLO_MAX_PAYLOAD_BYTES,
+  ProtocolError,
+  acceptHello,
   decodeMessage,
   encodeFrame,
   encodeMessage,
@@ -14,11 +17,20 @@ import {
   type RoleName,
   type WireErrorName,
 } from '../../src/protocol/index.js';
+import { computedPageChecksums } from '../../src/pages/page-checksums.js';
 
 export type ReadBehaviour =
-  /** PAGES with the right bytes. */
+  /** CHECKED_PAGES with the right bytes and checksums. */
   | 'honest'
-  /** The right PAGES frame with one data byte flipped after its CRC was taken. */
+  /** The right checksums, byte 8 of the first page flipped, and a frame CRC taken over that: only the page checksum can tell. */
+  | 'flips-a-byte'
+  /** A version-1 PAGES reply (no checksums). */
+  | 'unchecked-pages'
+  /** ERROR BUSY, every time. */
+  | 'busy'
+  /** Closes the connection on every READ. */
+  | 'closes-on-read'
+  /** The right reply frame with one data byte flipped after its CRC was taken. */
   | 'bad-crc'
   /** PAGES one page shorter than asked. */
   | 'wrong-length'
@@ -48,6 +60,8 @@ export interface FakeServerScript {
   refuseHello?: WireErrorName;
   /** Send these PUSHes (requestId 0) right after answering GET_INFO on urgent connections. */
   pushes?: Array<{ offset: number; data: Uint8Array }>;
+  /** Answer HELLOs as a version-1 page server does (it speaks 1..1 only). */
+  version1?: boolean;
 }
 
 /** The bytes the lies carry: recognisably not the image. */
@@ -109,13 +123,23 @@ export class FakePageServer {
               socket.end();
               return;
             }
-            const answer: HelloMessage = { ...message, version: 1, minVersion: 1, role: 'page-server', maxPayloadBytes: 64 * 1024 };
+            if (this.script.version1) {
+              // What a version-1 server did with any HELLO: negotiate within 1..1.
+              try {
+                acceptHello(message, { roles: ['page-client-urgent', 'page-client-bulk'], minVersion: 1, maxVersion: 1 });
+              } catch (refusal) {
+                send({ type: 'error', code: (refusal as ProtocolError).wireCode, text: (refusal as ProtocolError).message }, 0);
+                socket.end();
+                return;
+              }
+            }
+            const answer: HelloMessage = { ...message, version: PAGE_SERVICE_VERSION, minVersion: PAGE_SERVICE_VERSION, role: 'page-server', maxPayloadBytes: 64 * 1024 };
             send(answer, 0);
             return;
           }
           case 'get-info':
             if (this.script.ignoreGetInfo) return;
-            send({ type: 'info', imageSizeBytes: image.length, pageSizeBytes: 4096, hasMetadata: false, hasZeroMap: false, metadataLengthBytes: 0, maxReadBytes: 1 << 21, imageId: new Uint8Array(16) }, id);
+            send({ type: 'info', imageSizeBytes: image.length, pageSizeBytes: 4096, hasMetadata: false, hasZeroMap: false, metadataLengthBytes: 0, maxReadBytes: 1 << 21, imageId: new Uint8Array(16), pageChecksum: 'crc32c' }, id);
             if (record.role === 'page-client-urgent') for (const push of this.script.pushes ?? []) send({ type: 'push', offset: push.offset, data: push.data }, 0);
             return;
           case 'read':
@@ -139,32 +163,51 @@ export class FakePageServer {
     const write = (bytes: Uint8Array): void => {
       if (!socket.destroyed) socket.write(bytes);
     };
+    const data = this.script.image.subarray(offset, offset + lengthBytes);
+    const checksums = computedPageChecksums().of(offset, data, 4096);
     switch (behaviour) {
       case 'honest':
         this.script.beforeHonestReply?.(offset, lengthBytes);
-        write(encodeMessage({ type: 'pages', offset, data: this.script.image.subarray(offset, offset + lengthBytes) }, requestId));
+        write(encodeMessage({ type: 'checked-pages', offset, checksums, data }, requestId));
+        return;
+      case 'flips-a-byte': {
+        const altered = Uint8Array.from(data);
+        altered[8]! ^= 0xff;
+        write(encodeMessage({ type: 'checked-pages', offset, checksums, data: altered }, requestId));
+        return;
+      }
+      case 'unchecked-pages':
+        write(encodeMessage({ type: 'pages', offset, data }, requestId));
+        return;
+      case 'busy':
+        write(encodeMessage({ type: 'error', code: 'BUSY', text: 'busy, for ever' }, requestId));
+        return;
+      case 'closes-on-read':
+        socket.destroy();
         return;
       case 'bad-crc': {
-        const frame = encodeMessage({ type: 'pages', offset, data: this.script.image.subarray(offset, offset + lengthBytes) }, requestId);
+        const frame = encodeMessage({ type: 'checked-pages', offset, checksums, data }, requestId);
         frame[frame.length - 1]! ^= 0x01;
         write(frame);
         return;
       }
       case 'wrong-length':
         // One page short, or one page long when a page was asked for.
-        write(encodeMessage({ type: 'pages', offset, data: lengthBytes > 4096 ? lie.subarray(0, lengthBytes - 4096) : new Uint8Array(2 * 4096).fill(LIE_BYTE) }, requestId));
+        write(encodeMessage(lengthBytes > 4096
+          ? { type: 'checked-pages', offset, checksums: checksums.subarray(1), data: lie.subarray(0, lengthBytes - 4096) }
+          : { type: 'checked-pages', offset, checksums: Uint32Array.of(0, 0), data: new Uint8Array(2 * 4096).fill(LIE_BYTE) }, requestId));
         return;
       case 'wrong-offset':
-        write(encodeMessage({ type: 'pages', offset: offset + 4096, data: lie }, requestId));
+        write(encodeMessage({ type: 'checked-pages', offset: offset + 4096, checksums, data: lie }, requestId));
         return;
       case 'unknown-type':
         write(encodeFrame(0x01ff, requestId, lie));
         return;
       case 'unsolicited':
-        write(encodeMessage({ type: 'pages', offset, data: lie }, requestId + 1000));
+        write(encodeMessage({ type: 'checked-pages', offset, checksums, data: lie }, requestId + 1000));
         return;
       case 'wrong-type':
-        write(encodeMessage({ type: 'info', imageSizeBytes: this.script.image.length, pageSizeBytes: 4096, hasMetadata: false, hasZeroMap: false, metadataLengthBytes: 0, maxReadBytes: 4096, imageId: new Uint8Array(16) }, requestId));
+        write(encodeMessage({ type: 'info', imageSizeBytes: this.script.image.length, pageSizeBytes: 4096, hasMetadata: false, hasZeroMap: false, metadataLengthBytes: 0, maxReadBytes: 4096, imageId: new Uint8Array(16), pageChecksum: 'crc32c' }, requestId));
         return;
       case 'silent':
       case 'stalls-reads':

@@ -10,6 +10,7 @@ import {
 } from '../../src/protocol/index.js';
 import { openSnapshotPages, startPageServer, ZeroMap, type PageServer, type PageServerOptions, type ServedConnectionSummary } from '../../src/pages/index.js';
 import { SnapshotFile } from '../../src/snapshot/index.js';
+import { crc32c } from '../../src/snapshot/crc32c.js';
 import { BufferSource } from '../../src/sources/buffer-source.js';
 import { SourceReadError, type PageSource, type ReadOptions } from '../../src/sources/page-source.js';
 import { HOSTILE_STREAMS } from '../protocol/fixtures.js';
@@ -29,7 +30,7 @@ import { RawClient, TEST_SESSION_ID, helloMessage } from './raw-client.js';
 async function snapshotServer(t: TestContext, options: Partial<PageServerOptions> = {}): Promise<{ server: PageServer; image: Uint8Array; metadata: Uint8Array; path: string }> {
   const { path, image, metadata } = await writeTestSnapshot(tempDir(t));
   const pages = await openSnapshotPages(path);
-  const server = await startPageServer({ source: pages.source, pageSizeBytes: pages.pageSizeBytes, metadata: pages.metadata, zeroMap: pages.zeroMap, imageId: pages.imageId, ...options });
+  const server = await startPageServer({ source: pages.source, pageSizeBytes: pages.pageSizeBytes, metadata: pages.metadata, zeroMap: pages.zeroMap, imageId: pages.imageId, pageChecksums: pages.pageChecksums, ...options });
   t.after(async () => {
     await server.close();
     await pages.close();
@@ -45,7 +46,7 @@ async function helloClient(t: TestContext, server: PageServer, role: 'page-clien
 }
 
 function pagesOf(reply: Message): Uint8Array {
-  if (reply.type !== 'pages') assert.fail(`expected PAGES, got ${JSON.stringify(reply)}`);
+  if (reply.type !== 'checked-pages') assert.fail(`expected CHECKED_PAGES, got ${JSON.stringify(reply)}`);
   return reply.data;
 }
 
@@ -107,14 +108,14 @@ class GatedSource implements PageSource {
 }
 
 describe('the page server', () => {
-  test('HELLO is answered with the page-server role, the client\'s session id, version 1 and the server\'s payload limit', async (t) => {
+  test('HELLO is answered with the page-server role, the client\'s session id, version 2 and the server\'s payload limit', async (t) => {
     const { server } = await snapshotServer(t);
     const client = await RawClient.connect(server.address.port);
     t.after(() => client.destroy());
     const answer = await client.hello('page-client-bulk');
     assert.equal(answer.role, 'page-server');
-    assert.equal(answer.version, 1);
-    assert.equal(answer.minVersion, 1);
+    assert.equal(answer.version, 2);
+    assert.equal(answer.minVersion, 2);
     assert.deepEqual(answer.sessionId, TEST_SESSION_ID);
     assert.equal(answer.maxPayloadBytes, DEFAULT_SERVER_MAX_PAYLOAD_BYTES);
     assert.equal(server.clients[0]!.summary().sessionId, Buffer.from(TEST_SESSION_ID).toString('hex'));
@@ -139,6 +140,7 @@ describe('the page server', () => {
       metadataLengthBytes: metadata.length,
       maxReadBytes: 2 * 1024 * 1024,
       imageId,
+      pageChecksum: 'crc32c',
     });
 
     const chunks: Uint8Array[] = [];
@@ -214,8 +216,8 @@ describe('the page server', () => {
     await source.waitStarted(16);
     // Release last-first: the replies come back in that order.
     for (const read of [...source.started].reverse()) read.release();
-    await client.waitFor(() => client.received.filter((r) => r.message.type === 'pages').length === 16, '16 PAGES');
-    const replies = client.received.filter((r) => r.message.type === 'pages');
+    await client.waitFor(() => client.received.filter((r) => r.message.type === 'checked-pages').length === 16, '16 CHECKED_PAGES');
+    const replies = client.received.filter((r) => r.message.type === 'checked-pages');
     assert.deepEqual(replies.map((r) => r.requestId), [...ids].reverse());
     for (const { requestId, message } of replies) {
       const page = ids.indexOf(requestId);
@@ -234,7 +236,7 @@ describe('the page server', () => {
     await new Promise((r) => setTimeout(r, 100));
     assert.equal(source.started.length, 3, 'no fourth read starts while three run');
     let released = 0;
-    while (client.received.filter((r) => r.message.type === 'pages').length < 20) {
+    while (client.received.filter((r) => r.message.type === 'checked-pages').length < 20) {
       while (released < source.started.length) source.started[released++]!.release();
       await new Promise((r) => setTimeout(r, 2));
     }
@@ -296,7 +298,8 @@ describe('the page server', () => {
       })),
       { name: 'sixteen zero bytes', act: (c) => c.sendBytes(new Uint8Array(16)), wireCode: 'UNKNOWN_TYPE', reason: 'protocol-error' },
       { name: 'a wrong magic', act: (c) => c.sendBytes(helloWithMagic('NOTUFLT\0')), wireCode: 'BAD_FRAME', reason: 'protocol-error' },
-      { name: 'only version 2', act: (c) => c.send(helloMessage('page-client-urgent', { version: 2, minVersion: 2 })), wireCode: 'UNSUPPORTED_VERSION', reason: 'refused' },
+      // A version-1 client would take pages without their checksums: no downgrade.
+      { name: 'only version 1', act: (c) => c.send(helloMessage('page-client-urgent', { version: 1, minVersion: 1 })), wireCode: 'UNSUPPORTED_VERSION', reason: 'refused' },
       { name: 'a migration role', act: (c) => c.send(helloMessage('migration-destination')), wireCode: 'WRONG_ROLE', reason: 'refused' },
       { name: 'a READ before HELLO', act: (c) => c.send({ type: 'read', offset: 0, lengthBytes: PAGE, priority: 'demand' }, 1), wireCode: 'UNEXPECTED_MESSAGE', reason: 'protocol-error' },
       { name: 'no HELLO at all', act: () => {}, wireCode: 'UNEXPECTED_MESSAGE', reason: 'timeout' },
@@ -363,6 +366,57 @@ describe('the page server', () => {
     assert.ok(!errors.some((e) => e.id === 1), 'none of them is the good client\'s');
   });
 
+  test('CHECKED_PAGES carries the snapshot\'s stored checksums (a zero page\'s for zero pages and gaps), not ones computed from the bytes sent', async (t) => {
+    const { path, image } = await writeTestSnapshot(tempDir(t));
+    const pages = await openSnapshotPages(path);
+    // The bytes of page 5 go bad in the server's memory after the snapshot's check: what it sends no longer matches what it stored.
+    const source: PageSource = {
+      sizeBytes: pages.source.sizeBytes,
+      description: 'a source whose page 5 goes bad after its check',
+      read: async (offset, length, target) => {
+        await pages.source.read(offset, length, target);
+        if (offset <= 5 * PAGE && 5 * PAGE < offset + length) target[5 * PAGE - offset + 8]! ^= 0xff;
+      },
+    };
+    const server = await startPageServer({ source, pageSizeBytes: PAGE, pageChecksums: pages.pageChecksums });
+    t.after(async () => {
+      await server.close();
+      await pages.close();
+    });
+    const client = await helloClient(t, server);
+    const file = await SnapshotFile.open(path);
+    t.after(() => file.close());
+    const zeroPageCrc = crc32c(new Uint8Array(PAGE));
+    // Pages 0..7 (page 7 is zero) and 764..771 (768.. is the gap between the regions).
+    for (const first of [0, 764]) {
+      const reply = await client.request({ type: 'read', offset: first * PAGE, lengthBytes: 8 * PAGE, priority: 'demand' });
+      assert.equal(reply.type, 'checked-pages');
+      if (reply.type !== 'checked-pages') return;
+      for (let i = 0; i < 8; i++) {
+        const info = file.pageInfo((first + i) * PAGE);
+        const stored = info.type === 'data' ? info.crc32 : zeroPageCrc;
+        assert.equal(reply.checksums[i], stored, `page ${first + i} (${info.type}) carries its stored checksum`);
+        const actual = crc32c(reply.data.subarray(i * PAGE, (i + 1) * PAGE));
+        if (first + i === 5) assert.notEqual(actual, stored, 'the bad page goes out with the checksum it no longer matches: the client will tell');
+        else assert.equal(actual, stored);
+      }
+      if (first === 0) assert.ok(Buffer.from(reply.data.subarray(0, 5 * PAGE)).equals(Buffer.from(image.subarray(0, 5 * PAGE))));
+    }
+  });
+
+  test('a server over a source that stores no checksums sends CRC32C of the bytes it read', async (t) => {
+    const image = new Uint8Array(8 * PAGE).map((_, i) => (i * 13) & 0xff);
+    const server = await startPageServer({ source: new BufferSource(image) });
+    t.after(() => server.close());
+    const client = await helloClient(t, server);
+    const info = await client.request({ type: 'get-info' });
+    assert.equal(info.type === 'info' && info.pageChecksum, 'crc32c');
+    const reply = await client.request({ type: 'read', offset: 2 * PAGE, lengthBytes: 3 * PAGE, priority: 'background' });
+    assert.equal(reply.type, 'checked-pages');
+    if (reply.type !== 'checked-pages') return;
+    assert.deepEqual([...reply.checksums], [2, 3, 4].map((p) => crc32c(image.subarray(p * PAGE, (p + 1) * PAGE))));
+  });
+
   test('a corrupt snapshot page is answered ERROR SOURCE_FAILED, never its bytes; the pages around it are served', async (t) => {
     const { path, image } = await writeTestSnapshot(tempDir(t));
     const file = await SnapshotFile.open(path);
@@ -384,7 +438,7 @@ describe('the page server', () => {
       assert.equal(error.code, 'SOURCE_FAILED');
       assert.match(error.text, /page 300 .* is corrupt/);
     }
-    assert.ok(!client.received.some((r) => r.message.type === 'pages'), 'no bytes of the corrupt page were sent');
+    assert.ok(!client.received.some((r) => r.message.type === 'checked-pages'), 'no bytes of the corrupt page were sent');
     const next = pagesOf(await client.request({ type: 'read', offset: 301 * PAGE, lengthBytes: PAGE, priority: 'demand' }));
     assert.deepEqual(Buffer.from(next), Buffer.from(image.subarray(301 * PAGE, 302 * PAGE)));
     assert.equal(server.clients[0]!.summary().sourceErrors, 2);

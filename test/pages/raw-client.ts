@@ -21,7 +21,7 @@ export interface Received {
 export const TEST_SESSION_ID = Uint8Array.from({ length: 16 }, (_, i) => 0x10 + i);
 
 export function helloMessage(role: RoleName = 'page-client-urgent', fields: Partial<HelloMessage> = {}): HelloMessage {
-  return { type: 'hello', version: 1, minVersion: 1, role, sessionId: TEST_SESSION_ID, maxPayloadBytes: DEFAULT_MAX_PAYLOAD_BYTES, features: 0, ...fields };
+  return { type: 'hello', version: 2, minVersion: 2, role, sessionId: TEST_SESSION_ID, maxPayloadBytes: DEFAULT_MAX_PAYLOAD_BYTES, features: 0, ...fields };
 }
 
 export class RawClient {

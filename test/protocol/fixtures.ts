@@ -15,10 +15,10 @@ export function pages(firstPage: number, pageCount: number): Uint8Array {
 export const SESSION_ID = Uint8Array.from({ length: 16 }, (_, i) => 0xa0 + i);
 export const IMAGE_ID = Uint8Array.from({ length: 16 }, (_, i) => i * 7);
 
-/** One message of every type (both PING and PONG, PAGES and PUSH), with the requestId each is sent with. */
+/** One message of every type (both PING and PONG, PAGES, CHECKED_PAGES and PUSH), with the requestId each is sent with. */
 export const EVERY_MESSAGE: ReadonlyArray<{ requestId: number; message: Message }> = [
-  { requestId: 0, message: { type: 'hello', version: 1, minVersion: 1, role: 'page-client-urgent', sessionId: SESSION_ID, maxPayloadBytes: 4 * 1024 * 1024 + 4096, features: 0 } },
-  { requestId: 0, message: { type: 'hello', version: 1, minVersion: 1, role: 'page-server', sessionId: SESSION_ID, maxPayloadBytes: 2 * 1024 * 1024 + 16, features: 0 } },
+  { requestId: 0, message: { type: 'hello', version: 2, minVersion: 2, role: 'page-client-urgent', sessionId: SESSION_ID, maxPayloadBytes: 4 * 1024 * 1024 + 4096, features: 0 } },
+  { requestId: 0, message: { type: 'hello', version: 2, minVersion: 2, role: 'page-server', sessionId: SESSION_ID, maxPayloadBytes: 2 * 1024 * 1024 + 16, features: 0 } },
   { requestId: 7, message: { type: 'error', code: 'OUT_OF_RANGE', text: 'offset 0x10000000 is past the 64 MiB image — ünïcödé' } },
   { requestId: 0, message: { type: 'error', code: 'BAD_FRAME', text: '' } },
   { requestId: 1, message: { type: 'ping', data: Uint8Array.of(1, 2, 3, 4, 5, 6, 7, 8) } },
@@ -26,7 +26,7 @@ export const EVERY_MESSAGE: ReadonlyArray<{ requestId: number; message: Message 
   { requestId: 2, message: { type: 'get-info' } },
   {
     requestId: 2,
-    message: { type: 'info', imageSizeBytes: 2 ** 40, pageSizeBytes: PAGE, hasMetadata: true, hasZeroMap: true, metadataLengthBytes: 1234, maxReadBytes: 2 * 1024 * 1024, imageId: IMAGE_ID },
+    message: { type: 'info', imageSizeBytes: 2 ** 40, pageSizeBytes: PAGE, hasMetadata: true, hasZeroMap: true, metadataLengthBytes: 1234, maxReadBytes: 2 * 1024 * 1024, imageId: IMAGE_ID, pageChecksum: 'crc32c' },
   },
   { requestId: 3, message: { type: 'get-metadata', offset: 1000, maxLengthBytes: 65536 } },
   { requestId: 3, message: { type: 'metadata', offset: 1000, totalLengthBytes: 1234, bytes: new TextEncoder().encode('{"kind":"userfault-vm"}') } },
@@ -35,6 +35,7 @@ export const EVERY_MESSAGE: ReadonlyArray<{ requestId: number; message: Message 
   { requestId: 0xffff_ffff, message: { type: 'read', offset: 2 ** 45, lengthBytes: 2 * 1024 * 1024, priority: 'background' } },
   { requestId: 5, message: { type: 'read', offset: 8 * PAGE, lengthBytes: 2 * PAGE, priority: 'demand' } },
   { requestId: 5, message: { type: 'pages', offset: 8 * PAGE, data: pages(8, 2) } },
+  { requestId: 5, message: { type: 'checked-pages', offset: 8 * PAGE, checksums: Uint32Array.of(0xdeadbeef, 0x0123abcd), data: pages(8, 2) } },
   { requestId: 0, message: { type: 'cancel', readRequestId: 5 } },
   { requestId: 0, message: { type: 'push', offset: 3 * PAGE, data: pages(3, 1) } },
 ];

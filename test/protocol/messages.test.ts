@@ -53,9 +53,9 @@ function encodeRefused(message: Message, code: string, requestId = 1): ProtocolE
   return caught;
 }
 
-const HELLO: Message = { type: 'hello', version: 1, minVersion: 1, role: 'page-client-bulk', sessionId: SESSION_ID, maxPayloadBytes: 4 * 1024 * 1024, features: 0 };
+const HELLO: Message = { type: 'hello', version: 2, minVersion: 2, role: 'page-client-bulk', sessionId: SESSION_ID, maxPayloadBytes: 4 * 1024 * 1024, features: 0 };
 const READ: Message = { type: 'read', offset: 4096, lengthBytes: 8192, priority: 'demand' };
-const INFO: Message = { type: 'info', imageSizeBytes: 1 << 24, pageSizeBytes: 4096, hasMetadata: true, hasZeroMap: true, metadataLengthBytes: 10, maxReadBytes: 1 << 21, imageId: IMAGE_ID };
+const INFO: Message = { type: 'info', imageSizeBytes: 1 << 24, pageSizeBytes: 4096, hasMetadata: true, hasZeroMap: true, metadataLengthBytes: 10, maxReadBytes: 1 << 21, imageId: IMAGE_ID, pageChecksum: 'crc32c' };
 
 describe('the page protocol messages', () => {
   test('every type has a code, a name and a requestId rule, and codes are where the ranges say', () => {
@@ -77,7 +77,7 @@ describe('the page protocol messages', () => {
   });
 
   test('an unknown type is refused, including the migration range this version does not speak', () => {
-    for (const type of [0x0000, 0x0005, 0x00ff, 0x010a, 0x0200, 0x02ff, 0x8000, 0xffff]) {
+    for (const type of [0x0000, 0x0005, 0x00ff, 0x010b, 0x0200, 0x02ff, 0x8000, 0xffff]) {
       const error = refused(frame(type, new Uint8Array(0)), 'EPROTO_UNKNOWN_TYPE');
       assert.equal(error.wireCode, 'UNKNOWN_TYPE');
     }
@@ -292,6 +292,44 @@ describe('the page protocol messages', () => {
     refused(frame(MessageType.PUSH, push, 0), 'EPROTO_FIELD', 'lengthBytes');
     encodeRefused({ type: 'pages', offset: 0, data: new Uint8Array(100) }, 'EPROTO_FIELD');
     encodeRefused({ type: 'push', offset: 0, data: new Uint8Array(0) }, 'EPROTO_FIELD', 0);
+  });
+
+  test('INFO names the page checksum: CRC32 and CRC32C decode, 0 (a version-1 INFO) and unknown codes are refused', () => {
+    for (const pageChecksum of ['crc32', 'crc32c'] as const) {
+      const decoded = decodeMessage(frame(MessageType.INFO, payloadOf({ ...INFO, pageChecksum } as Message)));
+      assert.equal(decoded.type === 'info' && decoded.pageChecksum, pageChecksum);
+    }
+    for (const code of [0, 3, 0xff]) {
+      const payload = payloadOf(INFO);
+      payload[28] = code;
+      const error = refused(frame(MessageType.INFO, payload), 'EPROTO_FIELD', 'pageChecksum');
+      if (code === 0) assert.match(error.message, /names none \(version 1\)/);
+    }
+    encodeRefused({ ...INFO, pageChecksum: 'sha1' } as unknown as Message, 'EPROTO_FIELD');
+  });
+
+  test('CHECKED_PAGES: one checksum per page of a power-of-two size, the lengths agreeing, decoded in order', () => {
+    const data = new Uint8Array(3 * 4096).fill(5);
+    const message: Message = { type: 'checked-pages', offset: 4096, checksums: Uint32Array.of(1, 0xffff_ffff, 0x8000_0000), data };
+    const decoded = decodeMessage(frame(MessageType.CHECKED_PAGES, payloadOf(message)));
+    assert.equal(decoded.type, 'checked-pages');
+    if (decoded.type !== 'checked-pages') return;
+    assert.deepEqual([...decoded.checksums], [1, 0xffff_ffff, 0x8000_0000]);
+    assert.equal(decoded.offset, 4096);
+    assert.ok(Buffer.from(decoded.data).equals(Buffer.from(data)));
+    // Two checksums for three pages: 6 KiB pages are no page size.
+    encodeRefused({ ...message, checksums: Uint32Array.of(1, 2) } as Message, 'EPROTO_FIELD');
+    encodeRefused({ ...message, checksums: new Uint32Array(0) } as Message, 'EPROTO_FIELD');
+    const count = payloadOf(message);
+    new DataView(count.buffer).setUint32(12, 2, true);
+    refused(frame(MessageType.CHECKED_PAGES, count), 'EPROTO_LENGTH');
+    const zero = payloadOf(message);
+    new DataView(zero.buffer).setUint32(12, 0, true);
+    refused(frame(MessageType.CHECKED_PAGES, zero), 'EPROTO_FIELD', 'pageCount');
+    const length = payloadOf(message);
+    new DataView(length.buffer).setUint32(8, 2 * 4096, true);
+    refused(frame(MessageType.CHECKED_PAGES, length), 'EPROTO_LENGTH');
+    refused(frame(MessageType.CHECKED_PAGES, payloadOf(message), 0), 'EPROTO_REQUEST_ID');
   });
 
   test('CANCEL names a READ: id 0 is refused', () => {

@@ -2,9 +2,9 @@
 // a restore source: the VM state comes from the server's metadata (the same
 // JSON a VM snapshot's metadata section holds, checked by the same schema),
 // the memory from a RemoteSource. Nothing is read before the guest runs: a
-// lazy restore's pages arrive as the vCPUs fault on them, each checked against
-// its frame's CRC on receipt, and the snapshot's own CRCs were checked by the
-// server as it read them.
+// lazy restore's pages arrive as the vCPUs fault on them, each checked on
+// receipt against the checksum the snapshot stores for it (sent with it), so a
+// page altered on the server or on the way is refused, never installed.
 import { RemoteSource, type RemoteSourceOptions } from '../../sources/remote-source.js';
 import { vmRestoreSourceFromMetadata, type VmRestoreSource } from './restore-source.js';
 
