@@ -7,6 +7,8 @@ import assert from 'node:assert/strict';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { fillPattern } from '../../src/demo/pattern.js';
+import { MetricsRegistry } from '../../src/metrics/metrics-registry.js';
+import { pageServerReporter } from '../../src/metrics/page-server-reporter.js';
 import type { Message } from '../../src/protocol/index.js';
 import { startPageServer, type PageServer, type PageServerOptions, type ServedConnectionSummary } from '../../src/pages/index.js';
 import { BufferSource } from '../../src/sources/buffer-source.js';
@@ -179,6 +181,9 @@ describe('the page server against clients that hold on to it', () => {
     assert.ok(at.peakQueuedReplyBytes <= perConnectionBytes, `peak ${at.peakQueuedReplyBytes} > ${perConnectionBytes}`);
     assert.equal(at.summary().totals.reads, heldAt, 'no READ starts while its replies are not taken');
     assert.ok(heldAt < 64);
+    const registry = new MetricsRegistry({ components: ['page-server'] });
+    registry.report(pageServerReporter(at));
+    assert.match(await registry.scrape(), new RegExp(`^userfault_page_server_queued_reply_bytes ${at.queuedReplyBytes}$`, 'm'));
 
     const good = await helloClient(t, at);
     const started = performance.now();
