@@ -12,6 +12,7 @@ import { pageServerReporter } from '../../src/metrics/page-server-reporter.js';
 import type { Message } from '../../src/protocol/index.js';
 import { startPageServer, type PageServer, type PageServerOptions, type ServedConnectionSummary } from '../../src/pages/index.js';
 import { BufferSource } from '../../src/sources/buffer-source.js';
+import { RemoteSource } from '../../src/sources/remote-source.js';
 import type { PageSource, ReadOptions } from '../../src/sources/page-source.js';
 import { RawClient } from './raw-client.js';
 
@@ -126,6 +127,21 @@ describe('the page server against clients that hold on to it', () => {
     // Now idle: closed.
     await reader.waitClosed(2000);
     await pinger.waitClosed(2000);
+  });
+
+  test('a RemoteSource whose connections were closed as idle reconnects and reads on, no protocol violation counted', { timeout: 20_000 }, async (t) => {
+    const image = patternImage(MiB);
+    const at = await server(t, { source: new BufferSource(image), idleTimeoutMs: 300 });
+    const gone = collectGone(at);
+    const source = await RemoteSource.connect(at.url, { connectTimeoutMs: 3000 });
+    t.after(() => source.close());
+    const target = new Uint8Array(8192);
+    await source.read(0, 8192, target);
+    await until(() => gone.filter((s) => s.endReason === 'idle').length >= 2, 'both its connections closed as idle');
+    await source.read(65536, 8192, target);
+    assert.deepEqual(target, image.subarray(65536, 65536 + 8192));
+    assert.equal(source.stats.protocolViolations, 0);
+    assert.ok(source.stats.reconnects >= 1);
   });
 
   test('one peer address at its limit cannot take the rest: its next connection is refused BUSY while another address is served', { timeout: 20_000 }, async (t) => {
