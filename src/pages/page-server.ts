@@ -99,14 +99,22 @@ export interface PageServerSummary {
   /** "127.0.0.1:7000". */
   address: string;
   source: string;
-  /** Every connection seen, the closed ones included, in order of arrival. */
+  /** The open connections and the last CLOSED_SUMMARIES_KEPT closed ones, in order of arrival. */
   clients: ServedConnectionSummary[];
-  totals: { clients: number; requests: number; reads: number; bytesServed: number; bytesSent: number; errorsSent: number; cancelled: number; sourceErrors: number };
+  /** Over every connection seen, the ones whose summaries were let go included. */
+  totals: PageServerTotals;
 }
+
+export interface PageServerTotals { clients: number; requests: number; reads: number; bytesServed: number; bytesSent: number; errorsSent: number; cancelled: number; sourceErrors: number }
+
+/** Closed connections whose summaries are kept; older ones count in the totals only, so a stream of short connections cannot grow the server. */
+export const CLOSED_SUMMARIES_KEPT = 1024;
 
 export class PageServer extends EventEmitter<PageServerEvents> {
   private readonly live = new Map<number, ServedConnection>();
   private readonly gone = new Map<number, ServedConnectionSummary>();
+  /** The closed connections whose summaries were let go. */
+  private readonly forgotten: PageServerTotals = { clients: 0, requests: 0, reads: 0, bytesServed: 0, bytesSent: 0, errorsSent: 0, cancelled: 0, sourceErrors: 0 };
   private nextId = 1;
   private closing: Promise<PageServerSummary> | undefined;
   private readonly listening: { host: string; port: number };
@@ -159,16 +167,8 @@ export class PageServer extends EventEmitter<PageServerEvents> {
 
   summary(): PageServerSummary {
     const clients = [...this.gone.values(), ...[...this.live.values()].map((c) => c.summary())].sort((a, b) => a.id - b.id);
-    const totals = { clients: clients.length, requests: 0, reads: 0, bytesServed: 0, bytesSent: 0, errorsSent: 0, cancelled: 0, sourceErrors: 0 };
-    for (const client of clients) {
-      totals.requests += client.requests;
-      totals.reads += client.reads;
-      totals.bytesServed += client.bytesServed;
-      totals.bytesSent += client.bytesSent;
-      totals.errorsSent += client.errorsSent;
-      totals.cancelled += client.cancelled;
-      totals.sourceErrors += client.sourceErrors;
-    }
+    const totals = { ...this.forgotten };
+    for (const client of clients) addTo(totals, client);
     return { address: formatHostPort(this.address), source: this.service.source.description, clients, totals };
   }
 
@@ -192,6 +192,11 @@ export class PageServer extends EventEmitter<PageServerEvents> {
     client.on('gone', (summary) => {
       this.live.delete(client.id);
       this.gone.set(client.id, summary);
+      if (this.gone.size > CLOSED_SUMMARIES_KEPT) {
+        const [oldestId, oldest] = this.gone.entries().next().value as [number, ServedConnectionSummary];
+        addTo(this.forgotten, oldest);
+        this.gone.delete(oldestId);
+      }
       this.emit('client-gone', client, summary);
     });
     this.emit('client-connected', client);
@@ -245,6 +250,17 @@ export class PageServer extends EventEmitter<PageServerEvents> {
     await Promise.all([stopped, allGone]);
     return this.summary();
   }
+}
+
+function addTo(totals: PageServerTotals, client: ServedConnectionSummary): void {
+  totals.clients++;
+  totals.requests += client.requests;
+  totals.reads += client.reads;
+  totals.bytesServed += client.bytesServed;
+  totals.bytesSent += client.bytesSent;
+  totals.errorsSent += client.errorsSent;
+  totals.cancelled += client.cancelled;
+  totals.sourceErrors += client.sourceErrors;
 }
 
 /**

@@ -10,7 +10,7 @@ import { fillPattern } from '../../src/demo/pattern.js';
 import { MetricsRegistry } from '../../src/metrics/metrics-registry.js';
 import { pageServerReporter } from '../../src/metrics/page-server-reporter.js';
 import type { Message } from '../../src/protocol/index.js';
-import { startPageServer, type PageServer, type PageServerOptions, type ServedConnectionSummary } from '../../src/pages/index.js';
+import { CLOSED_SUMMARIES_KEPT, startPageServer, type PageServer, type PageServerOptions, type ServedConnectionSummary } from '../../src/pages/index.js';
 import { BufferSource } from '../../src/sources/buffer-source.js';
 import { RemoteSource } from '../../src/sources/remote-source.js';
 import type { PageSource, ReadOptions } from '../../src/sources/page-source.js';
@@ -142,6 +142,23 @@ describe('the page server against clients that hold on to it', () => {
     assert.deepEqual(target, image.subarray(65536, 65536 + 8192));
     assert.equal(source.stats.protocolViolations, 0);
     assert.ok(source.stats.reconnects >= 1);
+  });
+
+  test('a stream of short connections does not grow the server: it keeps the last CLOSED_SUMMARIES_KEPT summaries, and its totals count every one', { timeout: 30_000 }, async (t) => {
+    const at = await server(t, { source: new BufferSource(patternImage(MiB)) });
+    const count = CLOSED_SUMMARIES_KEPT + 100;
+    let closed = 0;
+    at.on('client-gone', () => closed++);
+    for (let batch = 0; batch < count; batch += 50) {
+      const clients = await Promise.all(Array.from({ length: Math.min(50, count - batch) }, () => RawClient.connect(at.address.port)));
+      for (const client of clients) client.destroy();
+      await until(() => closed >= batch + clients.length, 'the batch gone');
+    }
+    const summary = at.summary();
+    assert.equal(summary.clients.length, CLOSED_SUMMARIES_KEPT);
+    assert.equal(summary.totals.clients, count);
+    // The first closed are let go (connections of one batch may close in any order).
+    assert.ok(Math.min(...summary.clients.map((c) => c.id)) > count - CLOSED_SUMMARIES_KEPT - 50);
   });
 
   test('one peer address at its limit cannot take the rest: its next connection is refused BUSY while another address is served', { timeout: 20_000 }, async (t) => {
