@@ -82,10 +82,16 @@ export class ReplyBudget {
 
   /** The total over the connections holding or waiting for bytes (`extra` counted too when it is neither). */
   fairShareBytes(extra?: BudgetHolder): number {
-    const contenders = new Set<BudgetHolder>(this.held.keys());
-    for (const w of this.waiting) contenders.add(w.holder);
-    if (extra) contenders.add(extra);
-    return Math.floor(this.limits.maxTotalBytes / Math.max(1, contenders.size));
+    // Called for every request a connection starts: no allocation, and the waiters (usually none) are the only loop.
+    let contenders = this.held.size;
+    let extraCounted = extra === undefined || this.held.has(extra);
+    for (const w of this.waiting) {
+      if (this.held.has(w.holder)) continue;
+      contenders++;
+      if (w.holder === extra) extraCounted = true;
+    }
+    if (!extraCounted) contenders++;
+    return Math.floor(this.limits.maxTotalBytes / Math.max(1, contenders));
   }
 
   /** Take `bytes` for one reply of `holder`, or say why it must wait. */
