@@ -9,6 +9,7 @@
 //   awaiting-hello ──valid HELLO──▶ serving
 //         │                           │
 //         └── refused / timeout / hangup / protocol error / server closing ──▶ closing ──socket closed──▶ closed
+//             idle / evicted for room / busy on arrival / stalled (never reads)
 //
 // Backpressure: at most maxInFlight reads of a connection run at the source;
 // further requests wait in its queue. The socket is paused (requests stay in
