@@ -58,7 +58,7 @@ export function registerPagesCommand(program: Command): void {
     .option('--allow-remote', 'allow a non-loopback --listen address: anyone who can reach it can read the VM\'s memory')
     .option('--max-in-flight <n>', 'reads served concurrently per connection before its requests wait', '16')
     .option('--max-connections <n>', 'connections at once; one more closes the one quiet longest, or is refused BUSY', '256')
-    .option('--max-connections-per-peer <n>', 'connections at once from one peer address (default: a quarter of --max-connections)')
+    .option('--max-connections-per-peer <n>', 'connections at once from one peer address (default: half of --max-connections)')
     .option('--idle-timeout-ms <ms>', 'close a connection with nothing outstanding that sends nothing (not even a PING) for this long', '60000')
     .option('--max-queued-reply-mib <MiB>', 'reply bytes held for all clients together (reads under way, replies not taken by the kernel); one client holds at most 16 MiB', '256')
     .addOption(logFormatOption())

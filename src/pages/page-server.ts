@@ -69,7 +69,7 @@ export interface PageServerOptions {
   helloTimeoutMs?: number;
   /** Connections at once; one more closes the connection quiet longest, or is refused BUSY (default 256). */
   maxConnections?: number;
-  /** Connections at once from one peer address (default a quarter of maxConnections): one host cannot take every slot. */
+  /** Connections at once from one peer address (default half of maxConnections): one host cannot take every slot. */
   maxConnectionsPerPeer?: number;
   /** A connection with nothing outstanding that sends no frame (a request, a PING) for this long is closed, SHUTTING_DOWN (default 60 s). */
   idleTimeoutMs?: number;
@@ -292,7 +292,7 @@ interface AdmissionLimits {
 function admissionLimits(options: PageServerOptions): AdmissionLimits {
   const maxConnections = options.maxConnections ?? 256;
   if (!Number.isSafeInteger(maxConnections) || maxConnections < 1) throw new PageServerError(`maxConnections ${maxConnections}: at least 1`);
-  const maxConnectionsPerPeer = options.maxConnectionsPerPeer ?? Math.max(1, Math.floor(maxConnections / 4));
+  const maxConnectionsPerPeer = options.maxConnectionsPerPeer ?? Math.max(1, Math.floor(maxConnections / 2));
   if (!Number.isSafeInteger(maxConnectionsPerPeer) || maxConnectionsPerPeer < 1 || maxConnectionsPerPeer > maxConnections) {
     throw new PageServerError(`maxConnectionsPerPeer ${maxConnectionsPerPeer}: 1..maxConnections (${maxConnections})`);
   }
