@@ -87,7 +87,7 @@ function liveArrayBufferBytes(): number {
 describe('the page server against clients that hold on to it', () => {
   test('clients idle after HELLO do not lock a new client out: the quietest is closed to make room, the new one is served, and the idle ones are closed after idleTimeoutMs', { timeout: 20_000 }, async (t) => {
     const image = patternImage(MiB);
-    const at = await server(t, { source: new BufferSource(image), maxConnections: 8, maxConnectionsPerPeer: 8, idleTimeoutMs: 1500 });
+    const at = await server(t, { source: new BufferSource(image), maxConnections: 8, maxConnectionsPerPeer: 8, idleTimeoutMs: 3000 });
     const gone = collectGone(at);
     const idle: RawClient[] = [];
     for (let i = 0; i < 8; i++) idle.push(await helloClient(t, at));
@@ -103,7 +103,7 @@ describe('the page server against clients that hold on to it', () => {
 
     // The rest go once idle for idleTimeoutMs; the newcomer was busy later, so it goes last.
     for (const client of idle.slice(1)) {
-      await client.waitClosed(4000);
+      await client.waitClosed(6000);
       assert.ok(client.received.some(isError('SHUTTING_DOWN')), 'an idle connection is told it is closed (reconnect when needed)');
     }
     await until(() => gone.filter((s) => s.endReason === 'idle').length >= 7, 'seven connections gone as idle');
@@ -111,12 +111,13 @@ describe('the page server against clients that hold on to it', () => {
 
   test('a client that pings, or waits for a READ, is not idle', { timeout: 20_000 }, async (t) => {
     const source = new GatedSource(patternImage(MiB));
-    const at = await server(t, { source, idleTimeoutMs: 300 });
+    const at = await server(t, { source, idleTimeoutMs: 1000 });
     const pinger = await helloClient(t, at);
     const reader = await helloClient(t, at);
     const readId = reader.newRequestId();
     reader.send({ type: 'read', offset: 0, lengthBytes: 4096, priority: 'demand' }, readId);
-    for (let i = 0; i < 10; i++) {
+    // Twice the idle time, a PING every 100 ms.
+    for (let i = 0; i < 20; i++) {
       await pinger.request({ type: 'ping', data: new Uint8Array([i]) });
       await new Promise((resolve) => setTimeout(resolve, 100));
     }
@@ -125,8 +126,8 @@ describe('the page server against clients that hold on to it', () => {
     source.releaseAll();
     await reader.waitFor((r) => r.requestId === readId && r.message.type === 'pages', 'the PAGES');
     // Now idle: closed.
-    await reader.waitClosed(2000);
-    await pinger.waitClosed(2000);
+    await reader.waitClosed(3000);
+    await pinger.waitClosed(3000);
   });
 
   test('a RemoteSource whose connections were closed as idle reconnects and reads on, no protocol violation counted', { timeout: 20_000 }, async (t) => {
