@@ -9,9 +9,10 @@
 // connection (of all, or of that peer) that has been quiet longest, if one is:
 // still without HELLO, or idle with nothing outstanding (as a web server's
 // keep-alive connections are the first to go when it is full). With none
-// quiet it is refused: ERROR BUSY, then closed. The kernel's limit
-// (server.maxConnections) is twice maxConnections, a backstop for
-// connections refused or closing that have not finished closing.
+// quiet it is refused: ERROR BUSY, then closed. Node's own limit
+// (server.maxConnections, past which it drops a connection as it is
+// accepted) is twice maxConnections: a backstop for connections refused or
+// closing that have not finished closing.
 //
 // A sweep, a few times per shortest timeout, closes connections idle for
 // idleTimeoutMs or stalled for sendTimeoutMs, and takes back room from
