@@ -27,6 +27,10 @@ interface PagesServeOptions {
   listen?: string;
   allowRemote?: boolean;
   maxInFlight: string;
+  maxConnections: string;
+  maxConnectionsPerPeer?: string;
+  idleTimeoutMs: string;
+  maxQueuedReplyMib: string;
   json?: boolean;
   logFormat: string;
   metrics?: string;
@@ -53,6 +57,10 @@ export function registerPagesCommand(program: Command): void {
     .option('--listen <host:port>', 'address to listen on, loopback unless --allow-remote (port 0: any free port)')
     .option('--allow-remote', 'allow a non-loopback --listen address: anyone who can reach it can read the VM\'s memory')
     .option('--max-in-flight <n>', 'reads served concurrently per connection before its requests wait', '16')
+    .option('--max-connections <n>', 'connections at once; one more closes the one quiet longest, or is refused BUSY', '256')
+    .option('--max-connections-per-peer <n>', 'connections at once from one peer address (default: half of --max-connections)')
+    .option('--idle-timeout-ms <ms>', 'close a connection with nothing outstanding that sends nothing (not even a PING) for this long', '60000')
+    .option('--max-queued-reply-mib <MiB>', 'reply bytes held for all clients together (reads under way, replies not taken by the kernel); one client holds at most 16 MiB', '256')
     .addOption(logFormatOption())
     .option('--json', 'the same as --log-format json')
     .option('--metrics <host:port>', 'serve the metrics (GET /metrics, Prometheus text) on this TCP address, loopback unless --metrics-allow-remote')
@@ -78,6 +86,22 @@ async function servePages(options: PagesServeOptions, log: Logger): Promise<void
   if (remote && options.allowRemote !== true) throw new RemoteListenRefusedError(host);
   const maxInFlight = Number(options.maxInFlight);
   if (!Number.isSafeInteger(maxInFlight) || maxInFlight < 1) throw new PagesUsageError(`--max-in-flight ${options.maxInFlight} is not a positive integer`);
+  const positive = (flag: string, text: string | undefined): number | undefined => {
+    if (text === undefined) return undefined;
+    const value = Number(text);
+    if (!Number.isSafeInteger(value) || value < 1) throw new PagesUsageError(`${flag} ${text} is not a positive integer`);
+    return value;
+  };
+  const maxConnections = positive('--max-connections', options.maxConnections)!;
+  const maxConnectionsPerPeer = positive('--max-connections-per-peer', options.maxConnectionsPerPeer);
+  if (maxConnectionsPerPeer !== undefined && maxConnectionsPerPeer > maxConnections) {
+    throw new PagesUsageError(`--max-connections-per-peer ${maxConnectionsPerPeer} is more than --max-connections ${maxConnections}`);
+  }
+  const idleTimeoutMs = positive('--idle-timeout-ms', options.idleTimeoutMs)!;
+  const maxQueuedReplyMib = positive('--max-queued-reply-mib', options.maxQueuedReplyMib)!;
+  if (maxQueuedReplyMib < 4) throw new PagesUsageError(`--max-queued-reply-mib ${maxQueuedReplyMib}: at least 4 (a 2 MiB READ's reply must fit)`);
+  // One connection's bound (16 MiB) must fit in the total.
+  const maxQueuedReplyBytesPerConnection = Math.min(16, maxQueuedReplyMib) * 1024 * 1024;
   if (options.metricsAllowRemote && options.metrics === undefined) throw new PagesUsageError('--metrics-allow-remote goes with --metrics HOST:PORT');
   const metricsAt = options.metrics === undefined ? undefined : checkListenAddress(options.metrics, '--metrics', {
     allowed: options.metricsAllowRemote === true,
@@ -106,6 +130,11 @@ async function servePages(options: PagesServeOptions, log: Logger): Promise<void
       port,
       allowRemote: options.allowRemote === true,
       maxInFlightPerConnection: maxInFlight,
+      maxConnections,
+      maxConnectionsPerPeer,
+      idleTimeoutMs,
+      maxQueuedReplyBytes: maxQueuedReplyMib * 1024 * 1024,
+      maxQueuedReplyBytesPerConnection,
     });
   } catch (error) {
     await snapshot.close();

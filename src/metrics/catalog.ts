@@ -151,6 +151,7 @@ export const METRICS = define({
   pageServerErrorsSent: { name: 'userfault_page_server_errors_sent_total', type: 'counter', component: 'page-server', help: 'ERROR replies sent (out-of-range requests, source failures, cancellations, refusals).' },
   pageServerCancelled: { name: 'userfault_page_server_reads_cancelled_total', type: 'counter', component: 'page-server', help: 'Reads a client cancelled.' },
   pageServerSourceErrors: { name: 'userfault_page_server_source_errors_total', type: 'counter', component: 'page-server', help: 'Reads of the snapshot that failed (a corrupt page, an I/O error).' },
+  pageServerQueuedReplyBytes: { name: 'userfault_page_server_queued_reply_bytes', type: 'gauge', component: 'page-server', help: 'Reply bytes held now: pages of reads under way and replies the kernel has not taken from the sockets (bounded by maxQueuedReplyBytes).' },
   pageServerReadLatency: { name: 'userfault_page_server_read_latency_seconds', type: 'histogram', component: 'page-server', help: 'Time the server took to read one READ\'s pages from the snapshot. Buckets double from 1 µs.' },
 });
 

@@ -14,6 +14,7 @@ export function pageServerReporter(server: PageServer): MetricsReporter {
     sink.add('pageServerErrorsSent', totals.errorsSent);
     sink.add('pageServerCancelled', totals.cancelled);
     sink.add('pageServerSourceErrors', totals.sourceErrors);
+    sink.add('pageServerQueuedReplyBytes', server.queuedReplyBytes);
     sink.histogram('pageServerReadLatency', server.readLatency);
   };
 }

@@ -9,6 +9,7 @@
 //   awaiting-hello ──valid HELLO──▶ serving
 //         │                           │
 //         └── refused / timeout / hangup / protocol error / server closing ──▶ closing ──socket closed──▶ closed
+//             idle / evicted for room / busy on arrival / stalled (never reads)
 //
 // Backpressure: at most maxInFlight reads of a connection run at the source;
 // further requests wait in its queue. The socket is paused (requests stay in
@@ -17,8 +18,22 @@
 // queue is there so that a CANCEL or PING sent behind a burst of READs is
 // still read and answered while the reads run: pausing the moment the
 // in-flight limit is reached would leave every CANCEL unread until a read
-// completed, which is when it no longer helps. (One chunk may decode past the
-// bound; it is soft by at most a socket read.)
+// completed, which is when it no longer helps. One socket read may decode
+// past the bound: the requests past it are answered BUSY, so a connection
+// never has more than maxInFlight + maxQueued requests outstanding.
+//
+// Memory: a request starts only when the server's ReplyBudget has room for
+// its reply (reply-budget.ts): a reply's bytes are held from the moment its
+// read starts until the kernel has taken the last of them from the socket. A
+// client that asks and never reads thus stops being served (its requests
+// wait, then its socket is not read), not the server; and it is closed when
+// its socket takes nothing for sendTimeoutMs (as nginx's send_timeout), or
+// sooner if it holds more than its fair share while others wait for room.
+//
+// Liveness: a serving connection with nothing queued, running or unwritten
+// that has sent no frame (a request, a PING) for idleTimeoutMs is closed with
+// ERROR SHUTTING_DOWN (as HTTP/2's GOAWAY on an idle connection: reconnect
+// when needed); the server sweeps for these (checkLiveness).
 import type { LatencyHistogram } from '../metrics/latency-histogram.js';
 import { EventEmitter } from 'node:events';
 import type { Socket } from 'node:net';
@@ -32,6 +47,7 @@ import {
   ZERO_MAP_HEADER_BYTES,
   METADATA_HEADER_BYTES,
   MAX_ERROR_TEXT_BYTES,
+  FRAME_HEADER_BYTES,
   acceptHello,
   decodeMessage,
   encodeMessageParts,
@@ -44,6 +60,7 @@ import {
   type WireErrorName,
 } from '../protocol/index.js';
 import { SourceReadError, isAbortError, type PageSource } from '../sources/page-source.js';
+import type { BudgetHolder, ReplyBudget } from './reply-budget.js';
 import type { ZeroMap } from './zero-map.js';
 import type { PageChecksums } from './page-checksums.js';
 
@@ -61,6 +78,12 @@ export interface PageService {
   /** Requests a connection may have waiting for an in-flight slot before its socket is paused. */
   maxQueued: number;
   helloTimeoutMs: number;
+  /** A serving connection with nothing outstanding that sends no frame for this long is closed. */
+  idleTimeoutMs: number;
+  /** A connection whose socket takes none of its reply bytes for this long is closed. */
+  sendTimeoutMs: number;
+  /** The server's bound on reply bytes held, shared by every connection. */
+  budget: ReplyBudget;
   /** Every connection's successful source reads, timed (the server's read-latency metric). */
   readLatency: LatencyHistogram;
 }
@@ -86,7 +109,15 @@ export type ConnectionEndReason =
   /** The socket failed, or this code did. */
   | 'failed'
   /** The server shut down. */
-  | 'server-closed';
+  | 'server-closed'
+  /** It sent no frame for idleTimeoutMs with nothing outstanding. */
+  | 'idle'
+  /** Closed, quiet, to make room for a new connection when the server (or its peer address) was at its limit. */
+  | 'evicted'
+  /** Refused on arrival: the server (or its peer address) was at its limit and no connection was quiet. */
+  | 'busy'
+  /** Its socket took none of its replies for sendTimeoutMs, or it held more than its share while others waited. */
+  | 'stalled';
 
 /** The roles a page server takes. Migration roles are refused (WRONG_ROLE) until a server speaks them. */
 const PAGE_CLIENT_ROLES: readonly RoleName[] = ['page-client-urgent', 'page-client-bulk'];
@@ -126,6 +157,8 @@ interface RunningRead {
   controller: AbortController;
   /** Its one reply was sent (PAGES, or an ERROR: CANCELLED included). */
   answered: boolean;
+  /** Budget held for its reply until the reply is written or the read abandoned; 0 once given back. */
+  reservedBytes: number;
 }
 
 export interface ServedConnectionEvents {
@@ -151,20 +184,84 @@ export class ServedConnection extends EventEmitter<ServedConnectionEvents> {
   private endedAt: number | undefined;
   private helloTimer: NodeJS.Timeout | undefined;
   private flushTimer: NodeJS.Timeout | undefined;
+  /** Bytes written to the socket that the kernel has not taken yet (each write's callback gives them back). */
+  private unflushedBytes = 0;
+  /** The socket closed: what it had not written is given back, and late write callbacks are ignored. */
+  private unflushedReleased = false;
+  /** The last frame received after HELLO (the idle clock). */
+  private lastFrameAt = performance.now();
+  /** The last time the kernel took one of this connection's writes, or its first unwritten byte was queued (the stall clock). */
+  private lastWriteProgressAt = performance.now();
+  /** This connection as the ReplyBudget sees it. */
+  private readonly holder: BudgetHolder = {
+    onRoom: () => this.guard(() => this.pump()),
+    stalledForMs: (nowMs) => (this.stateValue === 'serving' && this.unflushedBytes > 0 ? nowMs - this.lastWriteProgressAt : undefined),
+    evict: (reason) => this.guard(() => this.cutOff(reason)),
+  };
   private readonly stats = { requests: 0, reads: 0, bytesServed: 0, bytesSent: 0, errorsSent: 0, cancelled: 0, sourceErrors: 0, peakInFlight: 0 };
   private role: RoleName | undefined;
   private sessionId: string | undefined;
   private endReason: ConnectionEndReason | undefined;
   private endError: string | undefined;
   readonly remoteAddress: string;
+  /** The peer's address without its port: what the per-peer connection limit counts. */
+  readonly peerHost: string;
 
   constructor(readonly id: number, private readonly socket: Socket, private readonly service: PageService) {
     super();
-    this.remoteAddress = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
+    this.peerHost = socket.remoteAddress ?? '?';
+    this.remoteAddress = `${this.peerHost}:${socket.remotePort ?? '?'}`;
   }
 
   get state(): ServedConnectionState {
     return this.stateValue;
+  }
+
+  /** Reply bytes this connection holds now: reads under way and replies the kernel has not taken. */
+  get queuedReplyBytes(): number {
+    return this.service.budget.heldBy(this.holder);
+  }
+
+  /**
+   * How long it has been quiet, if closing it would lose nothing: still
+   * without HELLO, or serving with nothing queued, running or unwritten.
+   * undefined for a connection doing something.
+   */
+  quietForMs(nowMs: number): number | undefined {
+    if (this.stateValue === 'awaiting-hello') return nowMs - this.startedAt;
+    if (this.stateValue === 'serving' && this.isIdle) return nowMs - this.lastFrameAt;
+    return undefined;
+  }
+
+  /** Close it if it has been idle for idleTimeoutMs, or its socket has taken nothing for sendTimeoutMs (the server's sweep calls this). */
+  checkLiveness(nowMs: number): void {
+    if (this.stateValue !== 'serving') return;
+    const { idleTimeoutMs, sendTimeoutMs } = this.service;
+    if (this.unflushedBytes > 0 && nowMs - this.lastWriteProgressAt >= sendTimeoutMs) {
+      this.cutOff(`its socket took none of its ${this.unflushedBytes} unwritten reply bytes for ${sendTimeoutMs} ms`);
+    } else if (this.isIdle && nowMs - this.lastFrameAt >= idleTimeoutMs) {
+      const why = `no request for ${idleTimeoutMs} ms: this idle connection is closed (reconnect when needed)`;
+      this.sendError(0, 'SHUTTING_DOWN', why);
+      this.finish('idle', why);
+    }
+  }
+
+  /** Close this quiet connection to make room for a new one. */
+  evictForRoom(why: string): void {
+    if (this.stateValue !== 'awaiting-hello' && this.stateValue !== 'serving') return;
+    this.sendError(0, 'SHUTTING_DOWN', why);
+    this.finish('evicted', why);
+  }
+
+  /** Refuse this new connection: there is no room for it. */
+  refuseBusy(why: string): void {
+    if (this.stateValue !== 'awaiting-hello') return;
+    this.sendError(0, 'BUSY', why);
+    this.finish('busy', why);
+  }
+
+  private get isIdle(): boolean {
+    return this.queue.length === 0 && this.running.size === 0 && this.unflushedBytes === 0;
   }
 
   start(): void {
@@ -254,6 +351,12 @@ export class ServedConnection extends EventEmitter<ServedConnectionEvents> {
     if (this.stateValue === 'closed') return;
     if (this.stateValue !== 'closing') this.finish('hangup');
     clearTimeout(this.flushTimer);
+    // The socket's buffers are gone with it; reads still at the source give theirs back as they settle.
+    if (!this.unflushedReleased) {
+      this.unflushedReleased = true;
+      this.service.budget.release(this.holder, this.unflushedBytes);
+      this.unflushedBytes = 0;
+    }
     this.move('closed');
     this.endedAt = performance.now();
     this.emit('gone', this.summary());
@@ -269,6 +372,8 @@ export class ServedConnection extends EventEmitter<ServedConnectionEvents> {
       throw error;
     }
     const { requestId } = frame;
+    // Any frame, a PING included, is a client alive.
+    this.lastFrameAt = performance.now();
     if (this.stateValue === 'awaiting-hello') {
       if (message.type !== 'hello') return this.refuse(new ProtocolError('EPROTO_UNEXPECTED', `the first frame must be a HELLO, not ${message.type}`, { frameType: frame.type, requestId }));
       return this.onHello(message);
@@ -293,6 +398,11 @@ export class ServedConnection extends EventEmitter<ServedConnectionEvents> {
         this.stats.requests++;
         if (this.outstanding.has(requestId)) {
           return this.refuse(new ProtocolError('EPROTO_REQUEST_ID', `request ${requestId} is already outstanding`, { frameType: frame.type, requestId }));
+        }
+        if (this.queue.length >= this.service.maxQueued) {
+          // Decoded from the socket read that filled the queue (the socket is paused now): answered, not held.
+          this.sendError(requestId, 'BUSY', `${this.queue.length} requests of this connection are waiting already`);
+          return;
         }
         this.outstanding.add(requestId);
         this.queue.push({ requestId, message });
@@ -363,13 +473,16 @@ export class ServedConnection extends EventEmitter<ServedConnectionEvents> {
     this.sendError(readRequestId, 'CANCELLED', 'cancelled while it was being read');
   }
 
-  /** Start queued requests while the connection has room; pause the socket while it has none. */
+  /** Start queued requests while the connection and the server's budget have room; pause the socket while its queue is full. */
   private pump(): void {
     while (this.stateValue === 'serving' && this.queue.length > 0 && !this.writeBlocked) {
       const next = this.queue[0]!;
       if (next.message.type === 'read' && this.running.size >= this.service.maxInFlight) break;
+      // No room: it waits for this connection's replies to drain, or for the budget's onRoom.
+      const costBytes = this.replyCostBytes(next);
+      if (this.service.budget.take(this.holder, costBytes) !== 'taken') break;
       this.queue.shift();
-      this.serve(next);
+      this.serve(next, costBytes);
     }
     const full = this.queue.length >= this.service.maxQueued || this.writeBlocked;
     if (this.stateValue !== 'serving' && this.stateValue !== 'awaiting-hello') return;
@@ -377,8 +490,39 @@ export class ServedConnection extends EventEmitter<ServedConnectionEvents> {
     else this.socket.resume();
   }
 
-  private serve({ requestId, message }: QueuedRequest): void {
+  /** The most bytes the reply to `request` can take, its frame header included: what is held for it before it starts. */
+  private replyCostBytes({ message }: QueuedRequest): number {
     const { info } = this.service;
+    switch (message.type) {
+      case 'read':
+        // A READ past maxReadBytes is answered with an ERROR.
+        return FRAME_HEADER_BYTES + Math.max(checkedPagesPayloadBytes(Math.min(message.lengthBytes, info.maxReadBytes), info.pageSizeBytes), SMALL_REPLY_BYTES);
+      case 'get-metadata':
+        return FRAME_HEADER_BYTES + Math.max(METADATA_HEADER_BYTES + this.metadataChunkBytes(message.offset, message.maxLengthBytes), SMALL_REPLY_BYTES);
+      case 'get-zero-map':
+        return FRAME_HEADER_BYTES + Math.max(ZERO_MAP_HEADER_BYTES + Math.ceil(message.pageCount / 8), SMALL_REPLY_BYTES);
+      case 'get-info':
+        return FRAME_HEADER_BYTES + SMALL_REPLY_BYTES;
+      default: {
+        const never: never = message;
+        throw new TypeError(`unhandled request ${JSON.stringify(never)}`);
+      }
+    }
+  }
+
+  /** A METADATA reply's length: what was asked, what is left, what fits the client's limit, and at most maxReadBytes (the client asks again for the rest). */
+  private metadataChunkBytes(offset: number, maxLengthBytes: number): number {
+    const { metadata, info } = this.service;
+    return Math.max(0, Math.min(maxLengthBytes, metadata.length - offset, this.peerMaxPayloadBytes - METADATA_HEADER_BYTES, info.maxReadBytes));
+  }
+
+  private serve(request: QueuedRequest, costBytes: number): void {
+    const { requestId, message } = request;
+    const { info } = this.service;
+    if (message.type !== 'read') {
+      // Answered at once: what was held for it becomes the reply written (send counts it until the kernel takes it).
+      this.service.budget.release(this.holder, costBytes);
+    }
     switch (message.type) {
       case 'get-info':
         this.outstanding.delete(requestId);
@@ -391,7 +535,7 @@ export class ServedConnection extends EventEmitter<ServedConnectionEvents> {
           this.sendError(requestId, 'OUT_OF_RANGE', `metadata offset ${message.offset} is past its ${metadata.length} bytes`);
           return;
         }
-        const lengthBytes = Math.min(message.maxLengthBytes, metadata.length - message.offset, this.peerMaxPayloadBytes - METADATA_HEADER_BYTES);
+        const lengthBytes = this.metadataChunkBytes(message.offset, message.maxLengthBytes);
         this.send({ type: 'metadata', offset: message.offset, totalLengthBytes: metadata.length, bytes: metadata.subarray(message.offset, message.offset + lengthBytes) }, requestId);
         return;
       }
@@ -414,7 +558,7 @@ export class ServedConnection extends EventEmitter<ServedConnectionEvents> {
         return;
       }
       case 'read':
-        this.startRead(requestId, message);
+        this.startRead(requestId, message, costBytes);
         return;
       default: {
         const never: never = message;
@@ -423,9 +567,10 @@ export class ServedConnection extends EventEmitter<ServedConnectionEvents> {
     }
   }
 
-  private startRead(requestId: number, read: ReadMessage): void {
-    const { info, source } = this.service;
+  private startRead(requestId: number, read: ReadMessage, costBytes: number): void {
+    const { info, source, budget } = this.service;
     const refuse = (code: WireErrorName, text: string): void => {
+      budget.release(this.holder, costBytes);
       this.outstanding.delete(requestId);
       this.sendError(requestId, code, text);
     };
@@ -440,7 +585,12 @@ export class ServedConnection extends EventEmitter<ServedConnectionEvents> {
       return refuse('TOO_LARGE', `${read.lengthBytes} bytes would pass the ${this.peerMaxPayloadBytes}-byte limit of this client's HELLO`);
     }
     this.stats.reads++;
-    const running: RunningRead = { controller: new AbortController(), answered: false };
+    const running: RunningRead = { controller: new AbortController(), answered: false, reservedBytes: costBytes };
+    /** Give back what was held for the reply: just before the reply is written (which counts itself), or when the read is abandoned. */
+    const unreserve = (): void => {
+      budget.release(this.holder, running.reservedBytes);
+      running.reservedBytes = 0;
+    };
     this.running.set(requestId, running);
     this.stats.peakInFlight = Math.max(this.stats.peakInFlight, this.running.size);
     // Every byte is written by the source before the reply is sent, so the buffer need not be zeroed.
@@ -461,6 +611,7 @@ export class ServedConnection extends EventEmitter<ServedConnectionEvents> {
         this.service.readLatency.record((performance.now() - readStarted) * 1000);
         if (running.answered || this.stateValue !== 'serving') return;
         running.answered = true;
+        unreserve();
         this.stats.bytesServed += read.lengthBytes;
         const checksums = this.service.pageChecksums.of(read.offset, target, info.pageSizeBytes);
         this.send({ type: 'checked-pages', offset: read.offset, checksums, data: target }, requestId);
@@ -468,6 +619,7 @@ export class ServedConnection extends EventEmitter<ServedConnectionEvents> {
       (error: unknown) => this.guard(() => {
         if (running.answered || this.stateValue !== 'serving') return;
         running.answered = true;
+        unreserve();
         if (isAbortError(error)) {
           this.sendError(requestId, 'CANCELLED', 'the source abandoned the read');
           return;
@@ -481,6 +633,8 @@ export class ServedConnection extends EventEmitter<ServedConnectionEvents> {
         }
       }),
     ).finally(() => this.guard(() => {
+      // Cancelled, or the connection closed: the target buffer is free only now that the source is done with it.
+      if (running.reservedBytes > 0) unreserve();
       this.running.delete(requestId);
       this.outstanding.delete(requestId);
       this.pump();
@@ -501,6 +655,7 @@ export class ServedConnection extends EventEmitter<ServedConnectionEvents> {
     this.endReason = reason;
     this.endError = error;
     clearTimeout(this.helloTimer);
+    this.service.budget.withdraw(this.holder);
     for (const running of this.running.values()) {
       running.answered = true;
       running.controller.abort();
@@ -513,6 +668,17 @@ export class ServedConnection extends EventEmitter<ServedConnectionEvents> {
     this.flushTimer = setTimeout(() => this.socket.destroy(), CLOSE_FLUSH_MS);
   }
 
+  /**
+   * Close a connection that does not read what it is sent, at once: no
+   * goodbye (it would not read it) and no flush time (its buffers are what is
+   * to be freed).
+   */
+  private cutOff(why: string): void {
+    if (this.stateValue !== 'serving' && this.stateValue !== 'awaiting-hello') return;
+    this.finish('stalled', why);
+    this.socket.destroy();
+  }
+
   private sendError(requestId: number, code: WireErrorName, text: string): void {
     this.stats.errorsSent++;
     this.send({ type: 'error', code, text: boundedText(text, MAX_ERROR_TEXT_BYTES) }, requestId);
@@ -521,13 +687,27 @@ export class ServedConnection extends EventEmitter<ServedConnectionEvents> {
   private send(message: Message, requestId: number): void {
     if (this.socket.destroyed || this.socket.writableEnded) return;
     const parts = encodeMessageParts(message, requestId);
+    const frameBytes = parts.reduce((sum, part) => sum + part.length, 0);
+    // Held until the kernel takes it; a reply asked for had its room taken before it started (pump).
+    this.service.budget.charge(this.holder, frameBytes);
+    if (this.unflushedBytes === 0) this.lastWriteProgressAt = performance.now();
+    this.unflushedBytes += frameBytes;
     this.socket.cork();
     for (const part of parts) {
       this.stats.bytesSent += part.length;
-      this.socket.write(part);
+      this.socket.write(part, () => this.flushed(part.length));
     }
     this.socket.uncork();
     if (this.socket.writableNeedDrain) this.writeBlocked = true;
+  }
+
+  /** The kernel took one write: its bytes are no longer the server's to hold, and the connection may have room again. */
+  private flushed(bytes: number): void {
+    if (this.unflushedReleased) return;
+    this.unflushedBytes -= bytes;
+    this.lastWriteProgressAt = performance.now();
+    this.service.budget.release(this.holder, bytes);
+    if (this.stateValue === 'serving') this.guard(() => this.pump());
   }
 }
 
@@ -535,6 +715,9 @@ export class ServedConnection extends EventEmitter<ServedConnectionEvents> {
 export function checkedPagesPayloadBytes(lengthBytes: number, pageSizeBytes: number): number {
   return CHECKED_PAGES_HEADER_BYTES + (lengthBytes / pageSizeBytes) * PAGE_CHECKSUM_BYTES + lengthBytes;
 }
+
+/** The most an INFO or any ERROR reply takes (an ERROR's text is at most MAX_ERROR_TEXT_BYTES): what is held for a small reply. */
+const SMALL_REPLY_BYTES = 4 + MAX_ERROR_TEXT_BYTES;
 
 /** `text` cut to at most `maxBytes` of UTF-8, never inside a character. */
 export function boundedText(text: string, maxBytes: number): string {

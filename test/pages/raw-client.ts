@@ -52,9 +52,10 @@ export class RawClient {
     }));
   }
 
-  static connect(port: number, host = '127.0.0.1'): Promise<RawClient> {
+  /** `localAddress` picks the client's own address (127.0.0.2: another peer on loopback). */
+  static connect(port: number, host = '127.0.0.1', localAddress?: string): Promise<RawClient> {
     return new Promise((resolve, reject) => {
-      const socket = connect({ host, port }, () => {
+      const socket = connect({ host, port, localAddress }, () => {
         socket.off('error', reject);
         resolve(new RawClient(socket));
       });
