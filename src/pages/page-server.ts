@@ -29,7 +29,6 @@ import {
   MIN_PAGE_BYTES,
   FRAME_HEADER_BYTES,
   MAX_ZERO_MAP_PAGES,
-  PAGES_HEADER_BYTES,
   ZERO_MAP_HEADER_BYTES,
   type InfoMessage,
 } from '../protocol/index.js';

@@ -18,7 +18,10 @@ export const FRAME = {
   VERIFIED: 0x020a,
   READY: 0x020c,
   GO: 0x020d,
+  /** Pre-copy's pages. */
   PAGES: 0x0202,
+  /** Post-copy: a READ's answer. */
+  PAGES_REPLY: 0x0107,
   PUSH: 0x0109,
 } as const;
 
