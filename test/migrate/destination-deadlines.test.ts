@@ -1,0 +1,41 @@
+// A destination is never held for ever by a source that keeps its
+// connections alive but stops migrating: before GO, a source that sends
+// nothing but pings is given up on at the progress deadline, and what was
+// built is discarded.
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { DestinationMigration, IncomingMigrationStalledError } from '../../src/migrate/destination-migration.js';
+import { connectChannel, newSessionId } from '../../src/migrate/transport/channels.js';
+import { PAGE_SIZE } from '../../src/native.js';
+import { softMachineKind } from './soft-machine.js';
+
+describe('a destination and a source that stops but answers pings', { timeout: 20_000 }, () => {
+  test('stopped mid-pre-copy: given up at the progress deadline, the machine discarded', async () => {
+    const kind = softMachineKind();
+    const destination = await DestinationMigration.listen({ host: '127.0.0.1', port: 0, kind, stallTimeoutMs: 400, progressTimeoutMs: 800 });
+    const address = { host: '127.0.0.1', port: Number(new URL(destination.url).port) };
+    const session = newSessionId();
+    const main = await connectChannel(address, 'main', session, 2000);
+    const urgent = await connectChannel(address, 'urgent', session, 2000);
+    // Alive: this side answers every ping (FramedSocket does) and pings too.
+    main.watchLiveness(400);
+    urgent.watchLiveness(400);
+    main.pageSizeBytes = PAGE_SIZE;
+    const accepted = new Promise((resolve) => main.once('message', resolve));
+    const machine = { kind: 'soft-writer', memoryBytes: 1 << 20, pattern: 'random', writePages: 16, pagesPerTick: 1, tickMs: 10 };
+    await main.send({ type: 'mig-begin', mode: 'precopy', pageSizeBytes: PAGE_SIZE, memoryBytes: 1 << 20, machineJson: JSON.stringify(machine) }, 1);
+    assert.equal(((await accepted) as { type: string }).type, 'mig-accept');
+    await main.send({ type: 'mig-pages', firstPage: 0, pageCount: 1, round: 0, data: new Uint8Array(PAGE_SIZE) });
+    const started = performance.now();
+    await assert.rejects(destination.running, (error: unknown) => error instanceof IncomingMigrationStalledError && /nothing but pings/.test(error.message));
+    const tookMs = performance.now() - started;
+    assert.ok(tookMs >= 700 && tookMs < 3000, `given up after ${Math.round(tookMs)} ms`);
+    assert.equal(destination.state, 'failed');
+    assert.equal(main.isEnded || urgent.isEnded, true, 'the destination closed its connections');
+    assert.equal(kind.built[0]!.running, false, 'nothing runs there');
+    main.destroy();
+    urgent.destroy();
+    destination.close();
+    await kind.built[0]!.close();
+  });
+});
