@@ -28,7 +28,6 @@ import { EventEmitter } from 'node:events';
 import { UserfaultError } from '../errors.js';
 import { PAGE_SIZE } from '../native.js';
 import type { LatencySummary } from '../metrics/latency-histogram.js';
-import type { ErrorMessage, PagesMessage } from '../protocol/index.js';
 import type { IncomingMachine, MigratableMachineKind } from '../vm/migratable.js';
 import type { MigrationMode } from './convergence.js';
 import { IncomingStream, type GuestRamTarget } from './incoming-stream.js';
@@ -418,11 +417,11 @@ export class DestinationMigration<Built extends IncomingMachine = IncomingMachin
         if (destinationRunsGuest(this.stateValue)) throw new IncomingMigrationError(`CANCEL while ${this.stateValue}: the guest runs here`);
         void this.fail(new IncomingMigrationError(`the source cancelled: ${message.text}`), 'cancel');
         return;
-      case 'pages':
-      case 'push':
+      case 'checked-pages':
+      case 'mig-push':
       case 'error':
         if (!this.pageSource) throw new IncomingMigrationError(`${message.type} before switchover`);
-        this.pageSource.handle(message as PagesMessage | ErrorMessage | { type: 'push'; offset: number; data: Uint8Array }, requestId, from);
+        this.pageSource.handle(message, requestId, from);
         return;
       default:
         throw new IncomingMigrationError(`the source sent ${message.type}, which a migration destination does not take`);

@@ -115,8 +115,10 @@ export class IncomingStream<Machine extends { memoryBytes: number } = { memoryBy
   pages(message: Extract<MigrationMessage, { type: 'mig-pages' }>, target: GuestRamTarget): void {
     this.checkRun('PAGES', message.firstPage, message.pageCount, message.round);
     if (message.data.length !== message.pageCount * this.pageSizeBytes) throw new MigrationStreamError('length', `PAGES of ${message.pageCount} pages carries ${message.data.length} bytes`);
+    // Each page against the checksum the source computed from the bytes it read, before a byte lands.
+    const bad = this.digests.checkAndRecord(message.firstPage, message.data, message.checksums);
+    if (bad >= 0) throw new MigrationStreamError('checksum', `page ${bad} arrived with bytes that do not match the CRC32C the source computed for it: altered on the way`);
     target.writePages(message.firstPage, message.data);
-    this.digests.record(message.firstPage, message.data);
     for (let page = message.firstPage; page < message.firstPage + message.pageCount; page++) {
       this.received.set(page);
       this.knownZero.clear(page);

@@ -12,7 +12,8 @@
 // on their pages, nothing is poisoned) until the connections come back or the
 // migration is given up.
 import { UserfaultError } from '../errors.js';
-import type { PagesMessage, ErrorMessage } from '../protocol/index.js';
+import type { CheckedPagesMessage, ErrorMessage } from '../protocol/index.js';
+import type { MigrationMessage } from './protocol/messages.js';
 import { SourceReadError, abortedReadError, type PageSource, type PushedPages, type ReadOptions } from '../sources/page-source.js';
 import type { PageBitmap } from './page-bitmap.js';
 import type { PageDigestTable } from './page-digests.js';
@@ -30,6 +31,13 @@ interface PendingRead {
 /** A reply on a migration connection that answers no READ, or not the one it names. */
 export class MigrationReplyError extends UserfaultError {
   override readonly code = 'EMIGRATIONREPLY';
+}
+
+/** A page whose bytes do not match the CRC32C the source computed for it: altered on the way, refused. */
+export class MigrationPageChecksumError extends MigrationReplyError {
+  constructor(readonly page: number) {
+    super(`page ${page} arrived with bytes that do not match the CRC32C the source computed for it: altered on the way, not installed`);
+  }
 }
 
 export class MigrationPageSource implements PageSource {
@@ -67,10 +75,16 @@ export class MigrationPageSource implements PageSource {
     }
   }
 
-  /** A message on one of the connections that is the page service's: a reply to a READ, or pushed pages. */
-  handle(message: PagesMessage | ErrorMessage | { type: 'push'; offset: number; data: Uint8Array }, requestId: number, from: FramedSocket): void {
-    if (message.type === 'push') {
-      this.deliverPush(message.offset, message.data);
+  /**
+   * A message on one of the connections for the pager: a reply to a READ
+   * (CHECKED_PAGES, or ERROR), or pushed pages (PUSH). Every page is checked
+   * against the CRC32C the source computed for it before a byte reaches the
+   * pager: a page altered on the way ends the connection (a cut: the source
+   * reconnects and sends it again), and is never installed.
+   */
+  handle(message: CheckedPagesMessage | ErrorMessage | Extract<MigrationMessage, { type: 'mig-push' }>, requestId: number, from: FramedSocket): void {
+    if (message.type === 'mig-push') {
+      this.deliverPush(message.firstPage * this.pageSizeBytes, message.data, message.checksums);
       return;
     }
     if (this.cancelled.delete(requestId)) return;
@@ -84,9 +98,9 @@ export class MigrationPageSource implements PageSource {
     if (message.offset !== read.offset || message.data.length !== read.lengthBytes) {
       throw new MigrationReplyError(`PAGES for request ${requestId} carries ${message.data.length} bytes at ${message.offset}; ${read.lengthBytes} at ${read.offset} were asked`);
     }
+    this.check(read.offset, message.data, message.checksums);
     this.pending.delete(requestId);
     read.target.set(message.data);
-    this.digests.record(read.offset / this.pageSizeBytes, message.data);
     read.resolve();
   }
 
@@ -155,13 +169,19 @@ export class MigrationPageSource implements PageSource {
     read.connection.send({ type: 'read', offset: read.offset, lengthBytes: read.lengthBytes, priority }, requestId).catch(() => {});
   }
 
-  private deliverPush(offset: number, data: Uint8Array): void {
+  private deliverPush(offset: number, data: Uint8Array, checksums: Uint32Array): void {
     if (offset % this.pageSizeBytes || data.length % this.pageSizeBytes || offset + data.length > this.sizeBytes) {
       throw new MigrationReplyError(`a PUSH of ${data.length} bytes at ${offset} is not whole pages of guest memory`);
     }
-    this.digests.record(offset / this.pageSizeBytes, data);
+    this.check(offset, data, checksums);
     this.stats.pushedPages += data.length / this.pageSizeBytes;
     this.emitPush(offset, data);
+  }
+
+  /** Each page against its checksum, recorded as installed only when all match (page-digests.ts). */
+  private check(offset: number, data: Uint8Array, checksums: Uint32Array): void {
+    const bad = this.digests.checkAndRecord(offset / this.pageSizeBytes, data, checksums);
+    if (bad >= 0) throw new MigrationPageChecksumError(bad);
   }
 
   private emitPush(offset: number, bytes: Uint8Array): void {

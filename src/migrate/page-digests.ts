@@ -1,13 +1,16 @@
-// End-to-end verification of a migration: each side keeps the CRC32 of every
+// End-to-end verification of a migration: each side keeps the CRC32C of every
 // page as the source last sent it (source) or as it was installed (destination:
 // computed from the very bytes handed to UFFDIO_COPY or written in place).
+// Each page also travels with the CRC32C the source computed from the bytes it
+// read, and the destination checks it before the page lands (checkAndRecord):
+// a page altered on the way is refused on arrival, not found at the end.
 // At the end the tables are compared a batch at a time (a SHA-256 over the
 // batch's CRCs): equal digests for every batch, and the migration is
 // "verified"; a differing batch names the pages to look at. A per-page CRC
 // costs far less than the copy it guards; SHA-256 runs over the CRC tables,
 // 16 KiB per 4096 pages, not over the memory.
 import { createHash } from 'node:crypto';
-import { crc32 } from 'node:zlib';
+import { crc32c } from '../snapshot/crc32c.js';
 
 export const DIGEST_BATCH_PAGES = 4096;
 
@@ -21,13 +24,34 @@ export class PageDigestTable {
     this.recorded = new Uint8Array(pageCount);
   }
 
-  /** `bytes` holds `pageCount` whole pages from `firstPage`: record each one's CRC. */
-  record(firstPage: number, bytes: Uint8Array): void {
+  /** `bytes` holds whole pages from `firstPage`: record each one's CRC32C; returns them (what goes on the wire with the pages). */
+  record(firstPage: number, bytes: Uint8Array): Uint32Array {
     const pages = bytes.length / this.pageSizeBytes;
+    const out = new Uint32Array(pages);
     for (let i = 0; i < pages; i++) {
-      this.crcs[firstPage + i] = crc32(bytes.subarray(i * this.pageSizeBytes, (i + 1) * this.pageSizeBytes));
+      out[i] = crc32c(bytes.subarray(i * this.pageSizeBytes, (i + 1) * this.pageSizeBytes));
+      this.crcs[firstPage + i] = out[i]!;
       this.recorded[firstPage + i] = 1;
     }
+    return out;
+  }
+
+  /**
+   * Pages that arrived with the source's CRC32C each: the first page (its
+   * index) whose bytes do not match, or -1 — and then, only then, each one's
+   * CRC is recorded as installed.
+   */
+  checkAndRecord(firstPage: number, bytes: Uint8Array, checksums: Uint32Array): number {
+    const pages = bytes.length / this.pageSizeBytes;
+    if (checksums.length !== pages) return firstPage;
+    for (let i = 0; i < pages; i++) {
+      if (crc32c(bytes.subarray(i * this.pageSizeBytes, (i + 1) * this.pageSizeBytes)) !== checksums[i]) return firstPage + i;
+    }
+    for (let i = 0; i < pages; i++) {
+      this.crcs[firstPage + i] = checksums[i]!;
+      this.recorded[firstPage + i] = 1;
+    }
+    return -1;
   }
 
   /** A page sent (or installed) as all zero. */
@@ -60,7 +84,7 @@ export class PageDigestTable {
   }
 
   private get zeroCrc(): number {
-    ZERO_CRC[this.pageSizeBytes] ??= crc32(new Uint8Array(this.pageSizeBytes));
+    ZERO_CRC[this.pageSizeBytes] ??= crc32c(new Uint8Array(this.pageSizeBytes));
     return ZERO_CRC[this.pageSizeBytes]!;
   }
 }

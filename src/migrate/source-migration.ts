@@ -574,9 +574,9 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
           this.stats.zeroPagesSent += run.pageCount;
           await this.main!.send({ type: 'mig-zero', firstPage: run.firstPage, pageCount: run.pageCount, round });
         } else {
-          this.digests.record(run.firstPage, run.data);
+          const checksums = this.digests.record(run.firstPage, run.data);
           this.stats.dataPagesSent += run.pageCount;
-          await this.main!.send({ type: 'mig-pages', firstPage: run.firstPage, pageCount: run.pageCount, round, data: run.data });
+          await this.main!.send({ type: 'mig-pages', firstPage: run.firstPage, pageCount: run.pageCount, round, checksums, data: run.data });
         }
       }
     }
@@ -689,9 +689,9 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
           this.stats.zeroPagesSent += part.pageCount;
           await this.main!.send({ type: 'mig-zero', firstPage: part.firstPage, pageCount: part.pageCount, round: this.stats.round });
         } else {
-          this.digests.record(part.firstPage, part.data);
+          const checksums = this.digests.record(part.firstPage, part.data);
           this.stats.pushedPages += part.pageCount;
-          await this.main!.send({ type: 'push', offset: part.firstPage * PAGE_SIZE, data: part.data });
+          await this.main!.send({ type: 'mig-push', firstPage: part.firstPage, checksums, data: part.data });
         }
       }
       // Let READs in between pushes: a demanded page must not wait for the stream.
@@ -727,10 +727,10 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
     this.stats.postcopyRequests++;
     const firstPage = read.offset / PAGE_SIZE;
     const data = this.target.memory.image().subarray(read.offset, end);
-    this.digests.record(firstPage, data);
+    const checksums = this.digests.record(firstPage, data);
     for (let p = firstPage; p < firstPage + read.lengthBytes / PAGE_SIZE; p++) this.toSend?.clear(p);
     this.pushCursor = (end / PAGE_SIZE) % this.pages;
-    await from.send({ type: 'pages', offset: read.offset, data }, requestId);
+    await from.send({ type: 'checked-pages', offset: read.offset, checksums, data }, requestId);
   }
 
   // ---- completion --------------------------------------------------------------

@@ -157,6 +157,26 @@ describe('faults that do not heal leave one side that says so, its guest intact'
   });
 });
 
+describe('a page altered on the way (its frame CRC fixed) never lands', { timeout: 60_000 }, () => {
+  test('in pre-copy: the destination refuses it naming the page, the migration fails, the guest runs on at the source', async () => {
+    const outcome = await runFaultCase({ mode: 'precopy', fault: { direction: 'to-destination', frameType: FRAME.PAGES, occurrence: 5, where: 'before', fault: 'tamper' } }, 301);
+    assert.ok(outcome.proxy.fired);
+    assert.equal(outcome.runsOn, 'source');
+    assert.match(outcome.destination.error?.message ?? '', /page \d+ arrived with bytes that do not match the CRC32C the source computed/);
+    assertTruthful(outcome, 'precopy');
+  });
+
+  for (const [what, frameType] of [['a demanded page (CHECKED_PAGES)', FRAME.PAGES_REPLY], ['a pushed page (PUSH)', FRAME.PUSH]] as const) {
+    test(`in post-copy, ${what}: refused before install, the connection dropped, the page sent again; every page verified, the guest's memory exact`, async () => {
+      const outcome = await runFaultCase({ mode: 'postcopy', fault: { direction: 'to-destination', frameType, occurrence: 2, where: 'before', fault: 'tamper' } }, 302);
+      // Refused (a reconnect, the page sent again), or dropped unread (a push got there first and the READ
+      // was cancelled): either way the altered bytes never land — the verify and the guest's own check say so.
+      assert.equal(outcome.runsOn, 'destination');
+      assertTruthful(outcome, 'postcopy');
+    });
+  }
+});
+
 // The rest of the matrix: every mode, fault and frame (UF_FAULT_MATRIX=full), or a few picked by a seed.
 const FAULTS: Fault[] = ['cut-heal', 'cut-forever', 'blackhole'];
 const matrix = [] as Array<{ mode: MigrationMode; frame: (typeof COMMIT)[number]; where: 'before' | 'after'; fault: Fault }>;
@@ -184,7 +204,11 @@ describe(`the fault matrix (${full ? 'all' : `4 picked by seed ${seed}`} of ${ma
         assert.equal(outcome.runsOn, expectedOwner(frame.name, where));
         assertTruthful(outcome, mode);
       } else {
+        // Unhealed: the guest is on one side only, which says so: the source (before GO left), or the destination
+        // (GO read) — running, or waiting for pages only the gone source had.
         assert.notEqual(outcome.runsOn, 'nowhere', 'a guest runs somewhere');
+        if (outcome.runsOn === 'destination') assert.equal(outcome.destination.runsGuest, true);
+        else assert.equal(outcome.source.guestOwner, 'source');
       }
     });
   }

@@ -7,6 +7,7 @@ import { describe, test } from 'node:test';
 import { DestinationMigration, IncomingMigrationStalledError } from '../../src/migrate/destination-migration.js';
 import { connectChannel, newSessionId } from '../../src/migrate/transport/channels.js';
 import { PAGE_SIZE } from '../../src/native.js';
+import { crc32c } from '../../src/snapshot/crc32c.js';
 import { softMachineKind } from './soft-machine.js';
 
 describe('a destination and a source that stops but answers pings', { timeout: 20_000 }, () => {
@@ -25,7 +26,7 @@ describe('a destination and a source that stops but answers pings', { timeout: 2
     const machine = { kind: 'soft-writer', memoryBytes: 1 << 20, pattern: 'random', writePages: 16, pagesPerTick: 1, tickMs: 10 };
     await main.send({ type: 'mig-begin', mode: 'precopy', pageSizeBytes: PAGE_SIZE, memoryBytes: 1 << 20, machineJson: JSON.stringify(machine) }, 1);
     assert.equal(((await accepted) as { type: string }).type, 'mig-accept');
-    await main.send({ type: 'mig-pages', firstPage: 0, pageCount: 1, round: 0, data: new Uint8Array(PAGE_SIZE) });
+    await main.send({ type: 'mig-pages', firstPage: 0, pageCount: 1, round: 0, checksums: Uint32Array.of(crc32c(new Uint8Array(PAGE_SIZE))), data: new Uint8Array(PAGE_SIZE) });
     const started = performance.now();
     await assert.rejects(destination.running, (error: unknown) => error instanceof IncomingMigrationStalledError && /nothing but pings/.test(error.message));
     const tookMs = performance.now() - started;

@@ -9,14 +9,17 @@
 //   cut-forever  every connection cut, and every new one reset as it arrives
 //   blackhole    nothing forwarded and nothing closed for a while (a dead path only a
 //                liveness check notices), then everything held flows on
+//   tamper       the frame's last payload byte flipped (inside a page, for a frame of pages)
+//                and its frame CRC fixed: a liar the transport's check cannot see
 //
 // "after" means the frame reached the peer's socket and nothing after it did.
 // Frames cannot be seen under TLS-PSK (the bytes are encrypted): there the
 // recovery tests cut by time instead.
 import { connect, createServer, type Server, type Socket } from 'node:net';
+import { crc32 } from 'node:zlib';
 
 export type Direction = 'to-destination' | 'to-source';
-export type Fault = 'cut-heal' | 'cut-forever' | 'blackhole';
+export type Fault = 'cut-heal' | 'cut-forever' | 'blackhole' | 'tamper';
 
 export interface FrameFault {
   direction: Direction;
@@ -126,6 +129,13 @@ export class FrameProxy {
       return;
     }
     this.firedAt = performance.now();
+    if (f.fault === 'tamper') {
+      const altered = Buffer.from(frame);
+      altered[altered.length - 1]! ^= 0x01;
+      altered.writeUInt32LE(crc32(altered.subarray(HEADER_BYTES)), 12);
+      if (!to.destroyed) to.write(altered);
+      return;
+    }
     if (f.where === 'before') {
       if (f.fault === 'blackhole') this.held.push(forward);
       this.apply(f);

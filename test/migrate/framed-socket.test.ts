@@ -15,6 +15,7 @@ class BufferingRelay {
     let relay!: BufferingRelay;
     const server = createServer((client) => {
       const upstream = connect({ host: '127.0.0.1', port: target });
+      relaySockets.push(client, upstream);
       const queue: Buffer[] = [];
       client.on('data', (chunk: Buffer) => queue.push(chunk));
       const tickMs = 10;
@@ -53,11 +54,16 @@ class BufferingRelay {
   }
 }
 
+const relaySockets: Socket[] = [];
+
 async function pair(): Promise<{ server: Server; port: number; accepted: FramedSocket[] }> {
   const accepted: FramedSocket[] = [];
   const server = createServer((socket: Socket) => {
     const framed = new FramedSocket(socket, `accepted ${accepted.length}`);
+    closers.push(() => framed.destroy());
     framed.pageSizeBytes = 4096;
+    // As after the HELLOs (which this test skips): frames up to 1 MiB.
+    framed.maxPayloadBytes = 1 << 20;
     accepted.push(framed);
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
@@ -66,7 +72,11 @@ async function pair(): Promise<{ server: Server; port: number; accepted: FramedS
 
 function dial(port: number, name: string): Promise<FramedSocket> {
   return new Promise((resolve, reject) => {
-    const socket = connect({ host: '127.0.0.1', port }, () => resolve(new FramedSocket(socket, name)));
+    const socket = connect({ host: '127.0.0.1', port }, () => {
+      const framed = new FramedSocket(socket, name);
+      framed.maxPayloadBytes = 1 << 20;
+      resolve(framed);
+    });
     socket.once('error', reject);
   });
 }
@@ -74,6 +84,7 @@ function dial(port: number, name: string): Promise<FramedSocket> {
 const closers: Array<() => void> = [];
 after(() => {
   for (const close of closers) close();
+  for (const socket of relaySockets) socket.destroy();
 });
 
 describe('a migration connection\'s liveness', { timeout: 30_000 }, () => {

@@ -20,9 +20,10 @@ export const FRAME = {
   GO: 0x020d,
   /** Pre-copy's pages. */
   PAGES: 0x0202,
-  /** Post-copy: a READ's answer. */
-  PAGES_REPLY: 0x0107,
-  PUSH: 0x0109,
+  /** Post-copy: a READ's answer (CHECKED_PAGES). */
+  PAGES_REPLY: 0x010a,
+  /** Post-copy: pages pushed unasked (MIG_PUSH). */
+  PUSH: 0x0210,
 } as const;
 
 export interface FaultCase {
@@ -44,6 +45,12 @@ export interface FaultOutcome {
   destination: DestinationProgress;
   /** Moments both copies ran at once (must be 0). */
   bothRunning: number;
+  /**
+   * The destination runs the guest but waits, paused, for pages only a source
+   * that is gone for good had (its vCPUs blocked; nothing poisoned): the
+   * truth of an unhealed cut after GO, whose way out is the operator's.
+   */
+  stranded: boolean;
   proxy: FrameProxy;
 }
 
@@ -81,12 +88,23 @@ export async function runFaultCase(c: FaultCase, seed: number): Promise<FaultOut
       await c.operator(migration);
       await bounded(run, 10_000, 'the source after the operator');
     }
-    // The destination settles: done, failed, or (the guest runs there) at least running.
-    await bounded(destination.done.then(() => {}, () => {}), (c.destinationDeadlineMs ?? 4000) + 5000, `the destination (${destination.state})`);
+    // The destination settles: done or failed — or, its source gone for good after GO, paused for ever.
+    const sourceGone = (): boolean => ['completed', 'failed', 'cancelled'].includes(migration.state);
+    const strandedThere = new Promise<void>((resolve) => {
+      const check = setInterval(() => {
+        if (destination.state === 'postcopy-paused' && sourceGone()) {
+          clearInterval(check);
+          resolve();
+        }
+      }, 20);
+      void destination.done.finally(() => clearInterval(check)).catch(() => {});
+    });
+    await bounded(Promise.race([destination.done.then(() => {}, () => {}), strandedThere]), (c.destinationDeadlineMs ?? 4000) + 5000, `the destination (${destination.state})`);
     clearInterval(sampler);
     const incoming = kind.built[0];
     const runsOn = source.running ? 'source' : incoming?.running ? 'destination' : 'nowhere';
-    const outcome: FaultOutcome = { runsOn, source: migration.progress(), sourceError, destination: destination.progress(), bothRunning, proxy };
+    const stranded = destination.state === 'postcopy-paused';
+    const outcome: FaultOutcome = { runsOn, source: migration.progress(), sourceError, destination: destination.progress(), bothRunning, stranded, proxy };
     await checkSurvivor(outcome, source, incoming);
     return outcome;
   } finally {
@@ -102,6 +120,11 @@ export async function runFaultCase(c: FaultCase, seed: number): Promise<FaultOut
 async function checkSurvivor(outcome: FaultOutcome, source: SoftMachine, incoming: SoftMachine | undefined): Promise<void> {
   assert.equal(outcome.bothRunning, 0, 'two running copies of the guest');
   if (outcome.runsOn === 'nowhere') return;
+  if (outcome.stranded) {
+    // It cannot run on, and says why; its memory is checked once complete, which it cannot be.
+    assert.ok(outcome.destination.connectionLost, 'the stranded destination says its connection was lost');
+    return;
+  }
   const survivor = outcome.runsOn === 'source' ? source : incoming!;
   // A few more beats, so a copy that runs is seen to run on.
   const before = survivor.heartbeat;

@@ -16,7 +16,7 @@ const page = (seed: number): Uint8Array => Uint8Array.from({ length: PAGE }, (_,
 const SAMPLES: Array<[MigrationMessage, number]> = [
   [{ type: 'mig-begin', mode: 'hybrid', pageSizeBytes: PAGE, memoryBytes: 64 << 20, machineJson: '{"memoryBytes":67108864,"vcpuCount":1,"cmdline":"workload=writer","image":"builtin"}' }, 1],
   [{ type: 'mig-accept' }, 1],
-  [{ type: 'mig-pages', firstPage: 512, pageCount: 2, round: 3, data: new Uint8Array([...page(1), ...page(2)]) }, 0],
+  [{ type: 'mig-pages', firstPage: 512, pageCount: 2, round: 3, checksums: Uint32Array.of(0xdeadbeef, 7), data: new Uint8Array([...page(1), ...page(2)]) }, 0],
   [{ type: 'mig-zero', firstPage: 9, pageCount: 100, round: 0 }, 0],
   [{ type: 'mig-round', round: 2, pagesSent: 16384, dirtyPages: 812 }, 0],
   [{ type: 'mig-dirty', list: 1, firstPage: 0, pageCount: 20, bitmap: Uint8Array.of(0x81, 0x00, 0x0f) }, 0],
@@ -31,6 +31,7 @@ const SAMPLES: Array<[MigrationMessage, number]> = [
   [{ type: 'mig-resume' }, 12],
   [{ type: 'mig-resumed', pageCount: 17, running: true, bitmap: Uint8Array.of(0xff, 0x7f, 0x01) }, 12],
   [{ type: 'mig-resumed', pageCount: 9, running: false, bitmap: Uint8Array.of(0xff, 0x01) }, 12],
+  [{ type: 'mig-push', firstPage: 77, checksums: Uint32Array.of(0x12345678), data: page(3) }, 0],
 ];
 
 function decodeAll(bytes: Uint8Array, chunks: number[] = [bytes.length]): MigrationMessage[] {
@@ -83,7 +84,7 @@ describe('the migration codec', () => {
     refuse(MigrationMessageType.ACCEPT, new Uint8Array(0), 0, 'EPROTO_REQUEST_ID');
     refuse(MigrationMessageType.PAGES, new Uint8Array(16), 5, 'EPROTO_REQUEST_ID');
     // PAGES claiming 2 pages with one page of data.
-    const pages = encodeMigrationMessage({ type: 'mig-pages', firstPage: 1, pageCount: 1, round: 0, data: page(0) }, 0).subarray(16);
+    const pages = encodeMigrationMessage({ type: 'mig-pages', firstPage: 1, pageCount: 1, round: 0, checksums: Uint32Array.of(0), data: page(0) }, 0).subarray(16);
     new DataView(pages.buffer, pages.byteOffset).setUint32(8, 2, true);
     refuse(MigrationMessageType.PAGES, pages, 0, 'EPROTO_FIELD', PAGE);
     // A zero page count, a bitmap of the wrong length, a bad mode, a non-UTF-8 state.
@@ -104,7 +105,8 @@ describe('the migration codec', () => {
 
   test('nothing the decoder would refuse can be encoded', () => {
     assert.throws(() => encodeMigrationMessage({ type: 'mig-zero', firstPage: 0, pageCount: 0, round: 0 }, 0), ProtocolError);
-    assert.throws(() => encodeMigrationMessage({ type: 'mig-pages', firstPage: 0, pageCount: 2, round: 0, data: page(0) }, 0, PAGE), ProtocolError);
+    assert.throws(() => encodeMigrationMessage({ type: 'mig-pages', firstPage: 0, pageCount: 2, round: 0, checksums: Uint32Array.of(0, 0), data: page(0) }, 0, PAGE), ProtocolError);
+    assert.throws(() => encodeMigrationMessage({ type: 'mig-pages', firstPage: 0, pageCount: 1, round: 0, checksums: Uint32Array.of(0, 0), data: page(0) }, 0, PAGE), ProtocolError, 'a checksum per page, no more');
     assert.throws(() => encodeMigrationMessage({ type: 'mig-begin', mode: 'precopy', pageSizeBytes: 1000, memoryBytes: 4096, machineJson: '{}' }, 1), ProtocolError);
     assert.throws(() => encodeMigrationMessage({ type: 'mig-accept' }, 0), ProtocolError);
   });

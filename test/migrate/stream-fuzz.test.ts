@@ -219,7 +219,7 @@ describe('the migration stream under mutation', { skip, timeout: 180_000 }, () =
     const pageFrames = frames.map((f, i) => [f, i] as const).filter(([f]) => [0x0202, 0x0203, 0x0205].includes(new DataView(f.buffer, f.byteOffset).getUint16(0, true)));
     for (let i = 0; i < 1000; i++) {
       const [frame, index] = pageFrames[pick(pageFrames.length)]!;
-      const decoded = decodeMigrationMessage(new FrameDecoder({ maxPayloadBytes: DEFAULT_MAX_PAYLOAD_BYTES }).push(frame).frames[0]!, PAGE) as Extract<MigrationMessage, { firstPage: number }>;
+      const decoded = decodeMigrationMessage(new FrameDecoder({ maxPayloadBytes: DEFAULT_MAX_PAYLOAD_BYTES }).push(frame).frames[0]!, PAGE) as Extract<MigrationMessage, { firstPage: number; pageCount: number }>;
       // Past the end, or overlapping it: the run ends beyond the last page.
       const firstPage = Math.max(PAGES - decoded.pageCount + 1, PAGES - pick(decoded.pageCount) + pick(1 << 20));
       const hostile = { ...decoded, firstPage } as MigrationMessage;

@@ -13,7 +13,10 @@
 //   ACCEPT 0x0201 (reply)                                 empty: the destination built the machine
 //
 //   PAGES 0x0202 (source → destination)                   pre-copy: guest pages as they are now
-//     0  u64   firstPage   8 u32 pageCount   12 u32 round   16 u8[pageCount × pageSize] data
+//     0  u64   firstPage   8 u32 pageCount   12 u32 round
+//    16  u32[pageCount] checksums   the CRC32C of each page, computed by the source from the bytes it
+//                                   read; the destination checks each before the page lands
+//    16 + 4 × pageCount  u8[pageCount × pageSize] data
 //   ZERO 0x0203                                           pre-copy: pages that are all zero now (a marker, no data)
 //     0  u64   firstPage   8 u32 pageCount   12 u32 round
 //   ROUND 0x0204                                          a pre-copy round ended
@@ -44,6 +47,9 @@
 //     0  u8    ok   1 u8[3] r   4 u32 differingCount   8 u32[min(differingCount, 64)] the first differing batches
 //   CANCEL 0x020b (either side)                           the migration is off (before switchover only)
 //     0  u16   textLengthBytes (<= 1024)   2 u8[] text, UTF-8
+//   PUSH 0x0210 (source → destination)                    post-copy: pages sent unasked, checked like PAGES
+//     0  u64   firstPage   8 u32 pageCount   12 u32 r   16 u32[pageCount] checksums   then the data
+//   (a post-copy READ is answered with the page protocol's CHECKED_PAGES: a checksum per page too)
 //   RESUME 0x020e (a request, on a new main connection)    the migration goes on after a cut past READY
 //   RESUMED 0x020f (reply)                                 what the destination has (QEMU's RECV_BITMAP): the source
 //     0  u32   pageCount                                    sends every page whose bit is clear
@@ -72,18 +78,22 @@ export const MigrationMessageType = {
   GO: 0x020d,
   RESUME: 0x020e,
   RESUMED: 0x020f,
+  PUSH: 0x0210,
 } as const;
 
 export const MAX_MACHINE_JSON_BYTES = 64 * 1024;
 export const MAX_CANCEL_TEXT_BYTES = 1024;
 export const MAX_LISTED_BATCHES = 64;
+/** The most pages one PAGES or PUSH carries. */
+export const MAX_RUN_PAGES = 4096;
 const DIGEST_BYTES = 32;
 const MODES: readonly MigrationMode[] = ['precopy', 'postcopy', 'hybrid'];
 
 export type MigrationMessage =
   | { type: 'mig-begin'; mode: MigrationMode; pageSizeBytes: number; memoryBytes: number; machineJson: string }
   | { type: 'mig-accept' }
-  | { type: 'mig-pages'; firstPage: number; pageCount: number; round: number; data: Uint8Array }
+  | { type: 'mig-pages'; firstPage: number; pageCount: number; round: number; checksums: Uint32Array; data: Uint8Array }
+  | { type: 'mig-push'; firstPage: number; checksums: Uint32Array; data: Uint8Array }
   | { type: 'mig-zero'; firstPage: number; pageCount: number; round: number }
   | { type: 'mig-round'; round: number; pagesSent: number; dirtyPages: number }
   /** `list`: each dirty list a number past the one before (the early one while the guest still runs, then the final one), its chunks ascending. */
@@ -105,6 +115,7 @@ const TYPE_CODES: Readonly<Record<MigrationMessageName, number>> = {
   'mig-begin': MigrationMessageType.BEGIN,
   'mig-accept': MigrationMessageType.ACCEPT,
   'mig-pages': MigrationMessageType.PAGES,
+  'mig-push': MigrationMessageType.PUSH,
   'mig-zero': MigrationMessageType.ZERO,
   'mig-round': MigrationMessageType.ROUND,
   'mig-dirty': MigrationMessageType.DIRTY,
@@ -195,13 +206,28 @@ function encodePayload(message: MigrationMessage): Uint8Array[] {
       w.zeros(3);
       return [w.done(), message.bitmap];
     }
-    case 'mig-pages':
+    case 'mig-pages': {
+      const w = new Writer(16 + message.checksums.length * 4);
+      w.u64(message.firstPage);
+      w.u32(message.pageCount);
+      w.u32(message.round);
+      for (const checksum of message.checksums) w.u32(checksum);
+      return [w.done(), message.data];
+    }
+    case 'mig-push': {
+      const w = new Writer(16 + message.checksums.length * 4);
+      w.u64(message.firstPage);
+      w.u32(message.checksums.length);
+      w.zeros(4);
+      for (const checksum of message.checksums) w.u32(checksum);
+      return [w.done(), message.data];
+    }
     case 'mig-zero': {
       const w = new Writer(16);
       w.u64(message.firstPage);
       w.u32(message.pageCount);
       w.u32(message.round);
-      return message.type === 'mig-pages' ? [w.done(), message.data] : [w.done()];
+      return [w.done()];
     }
     case 'mig-round': {
       const w = new Writer(24);
@@ -293,7 +319,22 @@ function decodePayload(type: MigrationMessageName, r: Reader, context: Context):
       const firstPage = r.u64('firstPage');
       const pageCount = r.u32();
       const round = r.u32();
-      return { type, firstPage, pageCount, round, data: r.rest() };
+      if (pageCount < 1 || pageCount > MAX_RUN_PAGES) throw r.fieldError('pageCount', `pageCount ${pageCount} is not 1..${MAX_RUN_PAGES}`);
+      r.lengthAtLeast(16 + pageCount * 4);
+      const checksums = new Uint32Array(pageCount);
+      for (let i = 0; i < pageCount; i++) checksums[i] = r.u32();
+      return { type, firstPage, pageCount, round, checksums, data: r.rest() };
+    }
+    case 'mig-push': {
+      r.lengthAtLeast(16);
+      const firstPage = r.u64('firstPage');
+      const pageCount = r.u32();
+      r.reserved(4, 'reserved');
+      if (pageCount < 1 || pageCount > MAX_RUN_PAGES) throw r.fieldError('pageCount', `pageCount ${pageCount} is not 1..${MAX_RUN_PAGES}`);
+      r.lengthAtLeast(16 + pageCount * 4);
+      const checksums = new Uint32Array(pageCount);
+      for (let i = 0; i < pageCount; i++) checksums[i] = r.u32();
+      return { type, firstPage, checksums, data: r.rest() };
     }
     case 'mig-zero': {
       r.lengthExactly(16);
@@ -381,9 +422,16 @@ function checkFields(message: MigrationMessage, context: Context, pageSizeBytes?
       if (new TextEncoder().encode(message.machineJson).length > MAX_MACHINE_JSON_BYTES) fail('machine', `the machine JSON is longer than ${MAX_MACHINE_JSON_BYTES} bytes`);
       return;
     case 'mig-pages':
-      pageCountOk('pageCount', message.pageCount, 4096);
+      pageCountOk('pageCount', message.pageCount, MAX_RUN_PAGES);
+      if (message.checksums.length !== message.pageCount) fail('checksums', `${message.pageCount} pages need ${message.pageCount} checksums, not ${message.checksums.length}`);
       if (pageSizeBytes !== undefined && message.data.length !== message.pageCount * pageSizeBytes) {
         fail('data', `${message.pageCount} pages need ${message.pageCount * pageSizeBytes} bytes of data, not ${message.data.length}`);
+      }
+      return;
+    case 'mig-push':
+      pageCountOk('pageCount', message.checksums.length, MAX_RUN_PAGES);
+      if (pageSizeBytes !== undefined && message.data.length !== message.checksums.length * pageSizeBytes) {
+        fail('data', `${message.checksums.length} pages need ${message.checksums.length * pageSizeBytes} bytes of data, not ${message.data.length}`);
       }
       return;
     case 'mig-zero':
