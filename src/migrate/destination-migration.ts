@@ -25,7 +25,6 @@
 // session until the process ends: a source that lost COMPLETE or VERIFIED can
 // always come back and hear it again.
 import { EventEmitter } from 'node:events';
-import { UserfaultError } from '../errors.js';
 import { PAGE_SIZE } from '../native.js';
 import type { LatencySummary } from '../metrics/latency-histogram.js';
 import type { IncomingMachine, MigratableMachineKind } from '../vm/migratable.js';
@@ -37,6 +36,7 @@ import { PageBitmap } from './page-bitmap.js';
 import { DIGEST_BATCH_PAGES } from './page-digests.js';
 import { MigrationListener, sameSession, type AcceptedChannel, type MigrationSecurity, type SourceChannel } from './transport/channels.js';
 import { DEFAULT_STALL_TIMEOUT_MS, type AnyMessage, type FramedSocket } from './transport/framed-socket.js';
+import { IncomingMigrationError, IncomingMigrationStalledError } from './errors.js';
 
 export interface ReceiveOptions<Built extends IncomingMachine = IncomingMachine> {
   /** Where to listen: 127.0.0.1 unless told otherwise (the caller checks loopback). */
@@ -96,15 +96,6 @@ export interface DestinationProgress {
   recoveries?: number;
   /** The last connection loss and why (post-copy waits for the source to come back). */
   connectionLost?: { code: string; message: string };
-}
-
-export class IncomingMigrationError extends UserfaultError {
-  override readonly code: string = 'EINCOMING';
-}
-
-/** The source sent nothing but pings for too long before GO, or did not come back after a cut. */
-export class IncomingMigrationStalledError extends IncomingMigrationError {
-  override readonly code = 'EINCOMINGSTALLED';
 }
 
 export interface DestinationMigrationEvents {

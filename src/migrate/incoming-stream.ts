@@ -22,6 +22,7 @@ import { PageBitmap } from './page-bitmap.js';
 import { PageDigestTable } from './page-digests.js';
 import type { MigratableMachineKind } from '../vm/migratable.js';
 import type { MigrationMessage } from './protocol/messages.js';
+import { MigrationStreamError } from './errors.js';
 
 /** Where pre-copy's pages go: guest RAM, not registered with userfaultfd yet (the thread may touch it). */
 export interface GuestRamTarget {
@@ -29,14 +30,6 @@ export interface GuestRamTarget {
   writePages(firstPage: number, data: Uint8Array): void;
   /** Make a page that held data zero again. */
   zeroPage(page: number): void;
-}
-
-/** A stream that breaks the migration's rules (order, ranges, the machine): refused before its bytes land. */
-export class MigrationStreamError extends UserfaultError {
-  override readonly code = 'EMIGRATIONSTREAM';
-  constructor(readonly rule: string, message: string, options?: { cause?: unknown }) {
-    super(`the migration stream: ${message}`, options);
-  }
 }
 
 type Phase = 'begin' | 'precopy' | 'dirty' | 'switched';

@@ -11,13 +11,13 @@
 // A lost connection is not a failed read: reads stay pending (the vCPUs block
 // on their pages, nothing is poisoned) until the connections come back or the
 // migration is given up.
-import { UserfaultError } from '../errors.js';
 import type { CheckedPagesMessage, ErrorMessage } from '../protocol/index.js';
 import type { MigrationMessage } from './protocol/messages.js';
 import { SourceReadError, abortedReadError, type PageSource, type PushedPages, type ReadOptions } from '../sources/page-source.js';
 import type { PageBitmap } from './page-bitmap.js';
 import type { PageDigestTable } from './page-digests.js';
 import type { FramedSocket } from './transport/framed-socket.js';
+import { MigrationPageChecksumError, MigrationReplyError } from './errors.js';
 
 interface PendingRead {
   offset: number;
@@ -26,18 +26,6 @@ interface PendingRead {
   connection: FramedSocket;
   resolve: () => void;
   reject: (error: Error) => void;
-}
-
-/** A reply on a migration connection that answers no READ, or not the one it names. */
-export class MigrationReplyError extends UserfaultError {
-  override readonly code = 'EMIGRATIONREPLY';
-}
-
-/** A page whose bytes do not match the CRC32C the source computed for it: altered on the way, refused. */
-export class MigrationPageChecksumError extends MigrationReplyError {
-  constructor(readonly page: number) {
-    super(`page ${page} arrived with bytes that do not match the CRC32C the source computed for it: altered on the way, not installed`);
-  }
 }
 
 export class MigrationPageSource implements PageSource {

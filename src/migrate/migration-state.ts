@@ -41,7 +41,7 @@
 // After GO neither side may simply fail: the guest's only complete copy is
 // split between them. A lost connection pauses post-copy (vCPUs block on
 // their missing pages, nothing is poisoned) until the source is back.
-import { UserfaultError } from '../errors.js';
+import { IllegalMigrationTransitionError } from './errors.js';
 
 export type MigrationRole = 'source' | 'destination';
 
@@ -144,14 +144,6 @@ const DESTINATION: Readonly<Record<DestinationMigrationState, Partial<Record<Des
   cancelled: {},
   failed: {},
 };
-
-/** A request or event the migration's state does not allow. */
-export class IllegalMigrationTransitionError extends UserfaultError {
-  override readonly code = 'EMIGRATIONSTATE';
-  constructor(readonly role: MigrationRole, readonly from: MigrationState, readonly event: MigrationEvent) {
-    super(`a ${role} migration that is ${from} cannot take '${event}'`);
-  }
-}
 
 export function nextSourceState(from: SourceMigrationState, event: SourceMigrationEvent): SourceMigrationState {
   const to = SOURCE[from][event];

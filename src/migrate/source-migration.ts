@@ -17,7 +17,6 @@
 // the two sides: this side keeps the guest's memory until the destination
 // confirms completion.
 import { EventEmitter } from 'node:events';
-import { UserfaultError } from '../errors.js';
 import { PAGE_SIZE } from '../native.js';
 import type { ReadMessage } from '../protocol/index.js';
 import { MAX_READ_BYTES } from '../protocol/wire.js';
@@ -27,7 +26,8 @@ import { isFinal, isPastSwitchover, isPaused, nextSourceState, sourceAllows, sou
 import { PageBitmap } from './page-bitmap.js';
 import { DIGEST_BATCH_PAGES, PageDigestTable, differingBatches } from './page-digests.js';
 import { connectChannel, newSessionId, parseMigrationAddress, type MigrationSecurity } from './transport/channels.js';
-import { ConnectionEndedError, DEFAULT_STALL_TIMEOUT_MS, type AnyMessage, type FramedSocket } from './transport/framed-socket.js';
+import { DEFAULT_STALL_TIMEOUT_MS, type AnyMessage, type FramedSocket } from './transport/framed-socket.js';
+import { ConnectionEndedError, MigrationCancelledError, MigrationConnectionLostError, MigrationError, MigrationRefusedError, MigrationStalledError, MigrationStoppedError, MigrationTakenBackError, MigrationVerificationError } from './errors.js';
 
 export interface MigrateOptions {
   /** The destination, HOST:PORT or tcp://HOST:PORT (`vm receive --listen`). */
@@ -110,56 +110,6 @@ export interface MigrationProgress {
   reconnectError?: { code: string; message: string };
   /** Paused and past its reconnect deadline: it waits for `vm migrate --resume` (or, committing-paused, `--abandon`). */
   waitingForOperator?: boolean;
-}
-
-export class MigrationError extends UserfaultError {
-  override readonly code: string = 'EMIGRATION';
-}
-
-/** The destination refused or failed (its ERROR or CANCEL), or broke the protocol. */
-export class MigrationRefusedError extends MigrationError {
-  override readonly code = 'EMIGRATIONREFUSED';
-}
-
-export class MigrationCancelledError extends MigrationError {
-  override readonly code = 'EMIGRATIONCANCELLED';
-}
-
-/** A connection of the migration closed (by the peer, or a reset) without another cause. */
-export class MigrationConnectionLostError extends MigrationError {
-  override readonly code = 'EMIGRATIONLOST';
-  constructor(readonly connection: string) {
-    super(`the ${connection} closed`);
-  }
-}
-
-/** The destination kept its connections alive but did not answer a request in time. */
-export class MigrationStalledError extends MigrationError {
-  override readonly code = 'EMIGRATIONSTALLED';
-}
-
-/** The operator took the guest back (`vm migrate --abandon`): it runs here again. */
-export class MigrationTakenBackError extends MigrationError {
-  override readonly code = 'EMIGRATIONTAKENBACK';
-  constructor() {
-    super('the guest was taken back by the operator (vm migrate --abandon) while it was not known whether the destination had read GO: it runs here again');
-  }
-}
-
-/** `vm stop` while the migration was paused by a cut: this side ends; the guest is the destination's (or lost with it). */
-export class MigrationStoppedError extends MigrationError {
-  override readonly code = 'EMIGRATIONSTOPPED';
-  constructor(state: SourceMigrationState) {
-    super(`stopped by the operator while ${state}: this side's copy of the guest is discarded${state === 'committing-paused' ? ' (whether the destination read GO is not known)' : ' (the destination runs the guest, and may still need pages that were only here)'}`);
-  }
-}
-
-/** What the destination installed differs from what was sent. */
-export class MigrationVerificationError extends MigrationError {
-  override readonly code = 'EMIGRATIONVERIFY';
-  constructor(readonly differingCount: number, readonly differing: number[]) {
-    super(`${differingCount} batch(es) of ${DIGEST_BATCH_PAGES} pages differ between what was sent and what the destination installed (the first: ${differing.slice(0, 8).join(', ')})`);
-  }
 }
 
 interface PendingComplete {

@@ -135,6 +135,15 @@ export async function runVmmProcess(options: VmmProcessOptions): Promise<number>
   let stopRequested = false;
   const stop = (): void => {
     stopRequested = true;
+    // An outgoing migration paused by a cut holds the VM's request queue: stop() ends it first (its way out).
+    if (vmm.state === 'migrating') {
+      try {
+        void vmm.stop().catch(() => {});
+        return;
+      } catch {
+        // Not paused: the migration runs on; the VM closes once it ends.
+      }
+    }
     void vmm.close();
   };
   let api: ControlApi | undefined;

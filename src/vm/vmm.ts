@@ -22,7 +22,7 @@ import { LazyGuestMemory, type LazyMemoryReport, type LazyRestoreOptions } from 
 import type { SnapshotFile, SnapshotWriteSummary } from '../snapshot/index.js';
 import type { PageSource } from '../sources/page-source.js';
 import { isPaused, sourceOwnsGuest } from '../migrate/migration-state.js';
-import { MigrationStoppedError, SourceMigration, type MigrateOptions, type MigrationProgress } from '../migrate/source-migration.js';
+import { SourceMigration, type MigrateOptions, type MigrationProgress } from '../migrate/source-migration.js';
 import type { DestinationProgress } from '../migrate/destination-migration.js';
 import { SnapshotCorruptError } from '../snapshot/errors.js';
 import { machineConfigProblem, type MachineConfig } from './machine-config.js';
@@ -39,6 +39,7 @@ import { vcpuWorkerFor } from './vcpu-worker-pool.js';
 import { decodeVcpuError, VcpuCounterBlock, type GuestExitReason, type VcpuCommandBody, type VcpuCounters, type VcpuEvent, type VcpuWorkerData } from './vcpu-protocol.js';
 import type { VcpuRunState } from './vcpu-state-machine.js';
 import { VmLifecycle, type VmLifecycleEvent, type VmLifecycleState } from './vm-lifecycle.js';
+import { MigrationStoppedError } from '../migrate/errors.js';
 
 /** What a pause or resume did: the state after it, and whether it changed anything ("already paused"). */
 export interface VmStateChange {

@@ -19,6 +19,7 @@ import { describe, test } from 'node:test';
 import type { MigrationMode } from '../../src/migrate/convergence.js';
 import { FRAME, runFaultCase, type FaultOutcome } from './migration-faults.js';
 import type { Direction, Fault } from './frame-proxy.js';
+import { MigrationStoppedError, MigrationTakenBackError } from '../../src/migrate/errors.js';
 
 const COMMIT: Array<{ name: keyof typeof FRAME; direction: Direction }> = [
   { name: 'SWITCHOVER', direction: 'to-destination' },
@@ -102,7 +103,7 @@ describe('faults that do not heal leave one side that says so, its guest intact'
       },
     }, 201);
     assert.equal(outcome.runsOn, 'source');
-    assert.equal(outcome.sourceError?.name, 'MigrationTakenBackError');
+    assert.ok(outcome.sourceError instanceof MigrationTakenBackError, String(outcome.sourceError));
     assert.equal(outcome.destination.state, 'failed', 'the destination gave up on the source at its deadline');
     assert.equal(outcome.destination.runsGuest, false);
   });
@@ -121,7 +122,7 @@ describe('faults that do not heal leave one side that says so, its guest intact'
       },
     }, 202);
     assert.equal(outcome.runsOn, 'destination');
-    assert.equal(outcome.sourceError?.name, 'MigrationStoppedError');
+    assert.ok(outcome.sourceError instanceof MigrationStoppedError, String(outcome.sourceError));
     assert.equal(outcome.destination.runsGuest, true);
     assert.equal(outcome.destination.verdictLost, true, 'every page is there; the verdict never came, and it says so');
   });
@@ -173,6 +174,18 @@ describe('a page altered on the way (its frame CRC fixed) never lands', { timeou
       // was cancelled): either way the altered bytes never land — the verify and the guest's own check say so.
       assert.equal(outcome.runsOn, 'destination');
       assertTruthful(outcome, 'postcopy');
+    });
+  }
+});
+
+describe('under TLS-PSK, where frames cannot be seen: faults at byte offsets', { timeout: 60_000 }, () => {
+  const security = { psk: new Uint8Array(32).fill(0x5a) };
+  for (const [fault, afterBytes, mode] of [['cut-heal', 60_000, 'postcopy'], ['cut-heal', 400_000, 'precopy'], ['blackhole', 100_000, 'postcopy']] as const) {
+    test(`${mode}: ${fault} once ${afterBytes} bytes went to the destination → one copy runs, where the commit says, its memory intact`, async () => {
+      const outcome = await runFaultCase({ mode, security, fault: { direction: 'to-destination', frameType: 0, afterBytes, where: 'before', fault, blackholeMs: 1500 } }, 401);
+      assert.ok(outcome.proxy.fired, 'the fault fired');
+      assert.notEqual(outcome.runsOn, 'nowhere');
+      assertTruthful(outcome, mode);
     });
   }
 });

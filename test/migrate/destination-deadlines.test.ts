@@ -4,11 +4,12 @@
 // built is discarded.
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { DestinationMigration, IncomingMigrationStalledError } from '../../src/migrate/destination-migration.js';
+import { DestinationMigration } from '../../src/migrate/destination-migration.js';
 import { connectChannel, newSessionId } from '../../src/migrate/transport/channels.js';
 import { PAGE_SIZE } from '../../src/native.js';
 import { crc32c } from '../../src/snapshot/crc32c.js';
 import { softMachineKind } from './soft-machine.js';
+import { IncomingMigrationStalledError } from '../../src/migrate/errors.js';
 
 describe('a destination and a source that stops but answers pings', { timeout: 20_000 }, () => {
   test('stopped mid-pre-copy: given up at the progress deadline, the machine discarded', async () => {

@@ -14,7 +14,7 @@
 //
 // "after" means the frame reached the peer's socket and nothing after it did.
 // Frames cannot be seen under TLS-PSK (the bytes are encrypted): there the
-// recovery tests cut by time instead.
+// proxy runs raw and the fault fires at a byte offset instead (`afterBytes`).
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { crc32 } from 'node:zlib';
 
@@ -23,7 +23,10 @@ export type Fault = 'cut-heal' | 'cut-forever' | 'blackhole' | 'tamper';
 
 export interface FrameFault {
   direction: Direction;
+  /** The frame type that fires the fault; 0 with `afterBytes` (raw mode, TLS). */
   frameType: number;
+  /** Raw mode: fire once this many bytes went that way (over all connections); frames are not parsed. */
+  afterBytes?: number;
   /** The n-th frame of that type in that direction, over all connections (default 1). */
   occurrence?: number;
   where: 'before' | 'after';
@@ -98,7 +101,13 @@ export class FrameProxy {
     this.relay(upstream, client, 'to-source');
   }
 
+  private bytesSeen = 0;
+
   private relay(from: Socket, to: Socket, direction: Direction): void {
+    if (this.fault?.afterBytes !== undefined) {
+      from.on('data', (chunk: Buffer) => this.rawChunk(chunk, to, direction));
+      return;
+    }
     let buffered: Buffer = Buffer.alloc(0);
     from.on('data', (chunk: Buffer) => {
       buffered = buffered.length ? Buffer.concat([buffered, chunk]) : chunk;
@@ -148,6 +157,25 @@ export class FrameProxy {
       this.holding = false;
       this.apply(f);
     }, 30);
+  }
+
+  /** Raw mode: chunks as they come; the fault fires before the chunk that crosses `afterBytes`. */
+  private rawChunk(chunk: Buffer, to: Socket, direction: Direction): void {
+    const forward = (): void => {
+      if (!to.destroyed) to.write(chunk);
+    };
+    if (this.holding) {
+      this.held.push(forward);
+      return;
+    }
+    const f = this.fault!;
+    if (this.fired || f.direction !== direction || (this.bytesSeen += chunk.length) < f.afterBytes!) {
+      forward();
+      return;
+    }
+    this.firedAt = performance.now();
+    if (f.fault === 'blackhole') this.held.push(forward);
+    this.apply(f);
   }
 
   private apply(f: FrameFault): void {

@@ -5,7 +5,8 @@
 import assert from 'node:assert/strict';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { after, describe, test } from 'node:test';
-import { ConnectionEndedError, FramedSocket, StalledConnectionError } from '../../src/migrate/transport/framed-socket.js';
+import { FramedSocket } from '../../src/migrate/transport/framed-socket.js';
+import { ConnectionEndedError, StalledConnectionError } from '../../src/migrate/errors.js';
 
 /** A relay that takes everything the client sends at once and forwards it at `bytesPerSecond` (what a buffering middlebox on a slow link does); the way back is immediate. `freeze()` stops both ways. */
 class BufferingRelay {

@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import { DestinationMigration, type DestinationProgress } from '../../src/migrate/destination-migration.js';
 import { SourceMigration, type MigrationProgress } from '../../src/migrate/source-migration.js';
 import type { MigrationMode } from '../../src/migrate/convergence.js';
+import type { MigrationSecurity } from '../../src/migrate/transport/channels.js';
 import { FrameProxy, type FrameFault } from './frame-proxy.js';
 import { SoftMachine, softMachineKind } from './soft-machine.js';
 
@@ -33,6 +34,8 @@ export interface FaultCase {
   destinationDeadlineMs?: number;
   /** The source's reconnect deadline (ms). */
   sourceDeadlineMs?: number;
+  /** TLS-PSK on both connections (the proxy must then run raw: `fault.afterBytes`). */
+  security?: MigrationSecurity;
   /** Called once the source's run ended or paused for the operator (an operator's action). */
   operator?: (migration: SourceMigration) => Promise<void>;
 }
@@ -59,7 +62,7 @@ const CONFIG = { memoryBytes: 8 << 20, pattern: 'random' as const, writePages: 1
 export async function runFaultCase(c: FaultCase, seed: number): Promise<FaultOutcome> {
   const source = SoftMachine.start(CONFIG, seed);
   const kind = softMachineKind();
-  const destination = await DestinationMigration.listen({ host: '127.0.0.1', port: 0, kind, stallTimeoutMs: 1000, reconnectDeadlineMs: c.destinationDeadlineMs ?? 4000, progressTimeoutMs: 5000 });
+  const destination = await DestinationMigration.listen({ host: '127.0.0.1', port: 0, kind, stallTimeoutMs: 1000, reconnectDeadlineMs: c.destinationDeadlineMs ?? 4000, progressTimeoutMs: 5000, security: c.security });
   const target = new URL(destination.url);
   const proxy = await FrameProxy.start({ host: target.hostname, port: Number(target.port) }, c.fault);
   let bothRunning = 0;
@@ -77,6 +80,7 @@ export async function runFaultCase(c: FaultCase, seed: number): Promise<FaultOut
       stallTimeoutMs: 1000,
       reconnectDeadlineMs: c.sourceDeadlineMs ?? 4000,
       progressTimeoutMs: 5000,
+      security: c.security,
     });
     let sourceError: Error | undefined;
     const run = migration.run().catch((error: Error) => {

@@ -3,11 +3,12 @@
 // altered on the way is refused naming it, and its read's target is untouched.
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { MigrationPageChecksumError, MigrationPageSource } from '../../src/migrate/migration-page-source.js';
+import { MigrationPageSource } from '../../src/migrate/migration-page-source.js';
 import { PageBitmap } from '../../src/migrate/page-bitmap.js';
 import { PageDigestTable } from '../../src/migrate/page-digests.js';
 import type { FramedSocket } from '../../src/migrate/transport/framed-socket.js';
 import { crc32c } from '../../src/snapshot/crc32c.js';
+import { MigrationPageChecksumError } from '../../src/migrate/errors.js';
 
 const PAGE = 4096;
 const PAGES = 16;

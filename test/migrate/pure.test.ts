@@ -3,7 +3,6 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { ConvergencePolicy } from '../../src/migrate/convergence.js';
 import {
-  IllegalMigrationTransitionError,
   destinationRunsGuest,
   isPastSwitchover,
   nextDestinationState,
@@ -16,6 +15,7 @@ import {
 } from '../../src/migrate/migration-state.js';
 import { DIGEST_BATCH_PAGES, PageDigestTable, differingBatches } from '../../src/migrate/page-digests.js';
 import { PageBitmap } from '../../src/migrate/page-bitmap.js';
+import { IllegalMigrationTransitionError } from '../../src/migrate/errors.js';
 
 describe('the migration state machines', () => {
   const walkSource = (events: SourceMigrationEvent[]): SourceMigrationState[] => {

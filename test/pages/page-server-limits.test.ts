@@ -94,8 +94,8 @@ describe('the page server against clients that hold on to it', () => {
 
     const newcomer = await helloClient(t, at);
     const reply = await newcomer.request({ type: 'read', offset: 4096, lengthBytes: 8192, priority: 'demand' });
-    assert.equal(reply.type, 'pages');
-    assert.deepEqual(reply.type === 'pages' && reply.data, image.subarray(4096, 4096 + 8192));
+    assert.equal(reply.type, 'checked-pages');
+    assert.deepEqual(reply.type === 'checked-pages' && reply.data, image.subarray(4096, 4096 + 8192));
     // The first to say HELLO had been quiet longest: it made the room, told why.
     await idle[0]!.waitClosed(2000);
     assert.ok(idle[0]!.received.some(isError('SHUTTING_DOWN')));
@@ -124,7 +124,7 @@ describe('the page server against clients that hold on to it', () => {
     assert.equal(pinger.isClosed, false);
     assert.equal(reader.isClosed, false);
     source.releaseAll();
-    await reader.waitFor((r) => r.requestId === readId && r.message.type === 'pages', 'the PAGES');
+    await reader.waitFor((r) => r.requestId === readId && r.message.type === 'checked-pages', 'the PAGES');
     // Now idle: closed.
     await reader.waitClosed(3000);
     await pinger.waitClosed(3000);
@@ -194,7 +194,7 @@ describe('the page server against clients that hold on to it', () => {
     await client.waitFor(() => client.received.filter(isError('BUSY')).length === 7, '7 BUSY replies');
     source.releaseAll();
     for (const id of ids.slice(0, 3)) {
-      await client.waitFor((r) => r.requestId === id && r.message.type === 'pages', `PAGES ${id}`);
+      await client.waitFor((r) => r.requestId === id && r.message.type === 'checked-pages', `PAGES ${id}`);
       source.releaseAll();
     }
   });
@@ -221,7 +221,7 @@ describe('the page server against clients that hold on to it', () => {
 
     const good = await helloClient(t, at);
     const started = performance.now();
-    for (let i = 0; i < 4; i++) assert.equal((await good.request({ type: 'read', offset: i * MiB, lengthBytes: MiB, priority: 'demand' }, 2000)).type, 'pages');
+    for (let i = 0; i < 4; i++) assert.equal((await good.request({ type: 'read', offset: i * MiB, lengthBytes: MiB, priority: 'demand' }, 2000)).type, 'checked-pages');
     assert.ok(performance.now() - started < 2000);
 
     await until(() => gone.some((s) => s.endReason === 'stalled'), 'the hog closed as stalled', 5000);
@@ -263,8 +263,8 @@ describe('the page server against clients that hold on to it', () => {
     for (let i = 0; i < 8; i++) {
       const offset = ((i * 5) % 16) * MiB;
       const reply = await good.request({ type: 'read', offset, lengthBytes: MiB, priority: 'demand' }, 4000);
-      assert.equal(reply.type, 'pages');
-      assert.ok(reply.type === 'pages' && Buffer.from(reply.data).equals(image.subarray(offset, offset + MiB)));
+      assert.equal(reply.type, 'checked-pages');
+      assert.ok(reply.type === 'checked-pages' && Buffer.from(reply.data).equals(image.subarray(offset, offset + MiB)));
     }
     const tookMs = performance.now() - started;
     assert.ok(tookMs < 4000, `8 READs took ${Math.round(tookMs)} ms`);

@@ -9,7 +9,6 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import * as tls from 'node:tls';
-import { UserfaultError } from '../../errors.js';
 import { parsePageUrl, formatHostPort } from '../../pages/address.js';
 import {
   DEFAULT_MAX_PAYLOAD_BYTES,
@@ -23,6 +22,7 @@ import {
   type RoleName,
 } from '../../protocol/index.js';
 import { FramedSocket } from './framed-socket.js';
+import { MigrationKeyError, MigrationPeerError } from '../errors.js';
 
 export type SourceChannel = 'main' | 'urgent';
 
@@ -57,23 +57,7 @@ export function readPskFile(path: string): MigrationSecurity {
   return { psk };
 }
 
-/** A --psk-file that cannot serve as a key. */
-export class MigrationKeyError extends UserfaultError {
-  override readonly code = 'EUSAGE';
-  constructor(readonly path: string, reason: string, options?: { cause?: unknown }) {
-    super(`the key file ${path} ${reason}`, options);
-  }
-}
-
 const ROLE_OF: Record<SourceChannel, RoleName> = { main: 'migration-source', urgent: 'migration-source-urgent' };
-
-/** The destination did not answer, or refused the connection. */
-export class MigrationPeerError extends UserfaultError {
-  override readonly code = 'EMIGRATIONPEER';
-  constructor(readonly address: string, readonly reason: string, options?: { cause?: unknown }) {
-    super(`migration peer ${address}: ${reason}`, options);
-  }
-}
 
 export function newSessionId(): Uint8Array {
   return new Uint8Array(randomBytes(SESSION_ID_BYTES));

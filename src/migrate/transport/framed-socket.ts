@@ -16,9 +16,9 @@
 // session that bulk data never queues on (the urgent one).
 import { EventEmitter } from 'node:events';
 import type { Socket } from 'node:net';
-import { UserfaultError } from '../../errors.js';
 import { FrameDecoder, PRE_HELLO_MAX_PAYLOAD_BYTES, ProtocolError, decodeMessage, encodeMessageParts, type Message } from '../../protocol/index.js';
 import { decodeMigrationMessage, encodeMigrationMessageParts, isMigrationType, type MigrationMessage } from '../protocol/messages.js';
+import { ConnectionEndedError, StalledConnectionError } from '../errors.js';
 
 export type AnyMessage = MigrationMessage | Message;
 
@@ -267,18 +267,3 @@ export class FramedSocket extends EventEmitter<FramedSocketEvents> {
   }
 }
 
-/** Nothing arrived on a connection for longer than its liveness limit: the peer or the path to it is gone. */
-export class StalledConnectionError extends UserfaultError {
-  override readonly code = 'ESTALLED';
-  constructor(readonly connection: string, readonly silentMs: number) {
-    super(`the ${connection} connection carried nothing for ${silentMs} ms (not even an answer to a ping): the peer or the path to it is gone`);
-  }
-}
-
-/** A send on a connection that is over; `cause` is what ended it (a stall, a reset, a protocol error), when known. */
-export class ConnectionEndedError extends UserfaultError {
-  override readonly code = 'ECONNENDED';
-  constructor(readonly connection: string, cause?: Error) {
-    super(`the ${connection} connection is closed${cause ? ` (${cause.message})` : ''}`, cause ? { cause } : undefined);
-  }
-}
