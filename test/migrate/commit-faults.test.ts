@@ -202,17 +202,23 @@ const picked = full ? matrix : pick(matrix, 4, seed);
 
 describe(`the fault matrix (${full ? 'all' : `4 picked by seed ${seed}`} of ${matrix.length} cases)`, { timeout: 1_800_000 }, () => {
   for (const { mode, frame, where, fault } of picked) {
-    test(`${mode}: ${fault} ${where} ${frame.name} → one copy at most runs; a healed one runs where the commit says; the unhealed side says so`, async () => {
+    test(`${mode}: ${fault} ${where} ${frame.name} → one copy at most runs; a healed one runs where the commit says; the unhealed side says so`, async (t) => {
       const outcome = await runFaultCase({
         mode,
         fault: { direction: frame.direction, frameType: FRAME[frame.name], where, fault, blackholeMs: 1500 },
         sourceDeadlineMs: 1000,
         destinationDeadlineMs: 1500,
-        // Unhealed with GO's answer unknown: the operator, knowing the link is gone, stops the source.
-        operator: async (migration) => {
-          if (migration.waitingForOperator) migration.stop();
+        // Unhealed: the operator asks the destination (`vm status` there) what it did, then acts: it discarded the
+        // guest (GO never read) → take it back here (--abandon); it runs the guest → stop this side (vm stop).
+        operator: async (migration, destination) => {
+          if (!migration.waitingForOperator) return;
+          const deadline = Date.now() + 10_000;
+          while (!['failed', 'cancelled', 'postcopy', 'postcopy-paused', 'verifying', 'completed'].includes(destination.state) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+          if (migration.state === 'committing-paused' && !destination.progress().runsGuest) await migration.requestAbandon();
+          else migration.stop();
         },
       }, seed);
+      t.diagnostic(`outcome runsOn=${outcome.runsOn} stranded=${outcome.stranded} bothRunning=${outcome.bothRunning} source=${outcome.source.state} destination=${outcome.destination.state}`);
       if (fault !== 'cut-forever') {
         assert.equal(outcome.runsOn, expectedOwner(frame.name, where));
         assertTruthful(outcome, mode);

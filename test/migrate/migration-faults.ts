@@ -37,7 +37,7 @@ export interface FaultCase {
   /** TLS-PSK on both connections (the proxy must then run raw: `fault.afterBytes`). */
   security?: MigrationSecurity;
   /** Called once the source's run ended or paused for the operator (an operator's action). */
-  operator?: (migration: SourceMigration) => Promise<void>;
+  operator?: (migration: SourceMigration, destination: DestinationMigration<SoftMachine>) => Promise<void>;
 }
 
 export interface FaultOutcome {
@@ -89,7 +89,7 @@ export async function runFaultCase(c: FaultCase, seed: number): Promise<FaultOut
     const waiting = new Promise<void>((resolve) => migration.once('waiting', () => resolve()));
     await bounded(Promise.race([run, waiting]), 30_000, `the source's run (${proxy.log.slice(-12).join(' ')})`);
     if (c.operator) {
-      await c.operator(migration);
+      await c.operator(migration, destination);
       await bounded(run, 10_000, 'the source after the operator');
     }
     // The destination settles: done or failed — or, its source gone for good after GO, paused for ever.
