@@ -206,7 +206,8 @@ describe(`the fault matrix (${full ? 'all' : `4 picked by seed ${seed}`} of ${ma
       const outcome = await runFaultCase({
         mode,
         fault: { direction: frame.direction, frameType: FRAME[frame.name], where, fault, blackholeMs: 1500 },
-        sourceDeadlineMs: 1000,
+        // Past a blackhole, both sides must still be trying: it heals by itself; cut for good, the deadline passes.
+        sourceDeadlineMs: fault === 'blackhole' ? 4000 : 1000,
         destinationDeadlineMs: 1500,
         // Unhealed: the operator asks the destination (`vm status` there) what it did, then acts: it discarded the
         // guest (GO never read) → take it back here (--abandon); it runs the guest → stop this side (vm stop).
@@ -220,6 +221,7 @@ describe(`the fault matrix (${full ? 'all' : `4 picked by seed ${seed}`} of ${ma
       }, seed);
       t.diagnostic(`outcome runsOn=${outcome.runsOn} stranded=${outcome.stranded} bothRunning=${outcome.bothRunning} source=${outcome.source.state} destination=${outcome.destination.state}`);
       if (fault !== 'cut-forever') {
+        assert.equal(outcome.stranded, false, 'a fault that heals strands nothing');
         assert.equal(outcome.runsOn, expectedOwner(frame.name, where));
         assertTruthful(outcome, mode);
       } else {
