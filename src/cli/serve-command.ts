@@ -23,7 +23,7 @@ import { handlerReporter } from '../metrics/handler-reporter.js';
 import { MetricsRegistry } from '../metrics/metrics-registry.js';
 import { startMetricsServer, type MetricsServer } from '../metrics/metrics-server.js';
 import { checkListenAddress } from '../net/http-server.js';
-import type { HostPort } from '../pages/address.js';
+import type { HostPort } from '../net/address.js';
 import { Logger, logFormatOf, logFormatOption } from './log.js';
 import { roundMs } from './output.js';
 import { fileModeArg, groupArg, integerArg } from './parse.js';

@@ -51,7 +51,7 @@ import {
   type InfoMessage,
   type RoleName,
 } from '../protocol/index.js';
-import { parsePageUrl, formatHostPort } from '../pages/address.js';
+import { parsePageUrl, formatHostPort } from '../net/address.js';
 import { ClientConnection, type ConnectionLoss } from '../pages/client-connection.js';
 import { ImageChangedError, PeerUnavailableError } from '../pages/errors.js';
 import { ZeroMap } from '../pages/zero-map.js';

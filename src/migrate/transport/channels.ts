@@ -10,7 +10,7 @@ import { readFileSync } from 'node:fs';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import * as tls from 'node:tls';
 import { UserfaultError } from '../../errors.js';
-import { parsePageUrl, formatHostPort } from '../../pages/address.js';
+import { parsePageUrl, formatHostPort } from '../../net/address.js';
 import {
   DEFAULT_MAX_PAYLOAD_BYTES,
   MAX_PROTOCOL_VERSION,
