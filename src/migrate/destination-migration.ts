@@ -27,7 +27,7 @@
 import { EventEmitter } from 'node:events';
 import { UserfaultError } from '../errors.js';
 import { PAGE_SIZE } from '../native.js';
-import type { LatencySummary } from '../metrics/latency-histogram.js';
+import type { LatencySummary } from '../stats/latency-histogram.js';
 import type { ErrorMessage, PagesMessage } from '../protocol/index.js';
 import type { IncomingMachine, MigratableMachineKind } from '../vm/migratable.js';
 import type { MigrationMode } from './convergence.js';

@@ -32,7 +32,7 @@ import {
   ZERO_MAP_HEADER_BYTES,
   type InfoMessage,
 } from '../protocol/index.js';
-import { LatencyHistogram } from '../metrics/latency-histogram.js';
+import { LatencyHistogram } from '../stats/latency-histogram.js';
 import type { PageSource } from '../sources/page-source.js';
 import { formatHostPort, isLoopbackHost } from '../net/address.js';
 import { PageServerError, RemoteListenRefusedError } from './errors.js';
