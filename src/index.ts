@@ -14,5 +14,5 @@ export * from './handler/index.js';
 export * as pageProtocol from './protocol/index.js';
 export * from './net/address.js';
 export * from './pages/index.js';
-export * from './sources/remote-source.js';
+export * from './pages/remote-source.js';
 export * from './sources/read-errors.js';

@@ -52,12 +52,12 @@ import {
   type RoleName,
 } from '../protocol/index.js';
 import { parsePageUrl, formatHostPort } from '../net/address.js';
-import { ClientConnection, type ConnectionLoss } from '../pages/client-connection.js';
-import { ImageChangedError, PeerUnavailableError } from '../pages/errors.js';
-import { ZeroMap } from '../pages/zero-map.js';
-import { firstPageMismatch } from '../pages/page-checksums.js';
-import { SourceGoneError, SourceReadError, abortedReadError, checkReadRequest, type PageSource, type ReadOptions, type ReadPriority } from './page-source.js';
-import { PageChecksumError, SourceDeadlineError } from './read-errors.js';
+import { ClientConnection, type ConnectionLoss } from './client-connection.js';
+import { ImageChangedError, PeerUnavailableError } from './errors.js';
+import { ZeroMap } from './zero-map.js';
+import { firstPageMismatch } from './page-checksums.js';
+import { SourceGoneError, SourceReadError, abortedReadError, checkReadRequest, type PageSource, type ReadOptions, type ReadPriority } from '../sources/page-source.js';
+import { PageChecksumError, SourceDeadlineError } from '../sources/read-errors.js';
 
 export interface RemoteSourceOptions {
   /** How long a lost server has to come back before every read fails with SourceGoneError (default 30 s). */

@@ -40,13 +40,13 @@
 import { createHash } from 'node:crypto';
 import { ChunkCorruptError } from '../snapshot/object-errors.js';
 import type { ReadPiece, SnapshotObjectLayout } from '../snapshot/object-layout.js';
-import { S3Error, StoreResponseError, StoreUnavailableError } from '../s3/errors.js';
-import { S3Object, type ObjectInfo, type ObjectReader, type S3StoreOptions } from '../s3/s3-object.js';
-import { parseS3Url } from '../s3/s3-url.js';
-import { openSnapshotObject } from '../s3/snapshot-object.js';
+import { S3Error, StoreResponseError, StoreUnavailableError } from './errors.js';
+import { S3Object, type ObjectInfo, type ObjectReader, type S3StoreOptions } from './s3-object.js';
+import { parseS3Url } from './s3-url.js';
+import { openSnapshotObject } from './snapshot-object.js';
 import { PageKind, pageChecksumName } from '../snapshot/format.js';
-import { ChunkCache, type PageCheck } from './chunk-cache.js';
-import { SourceGoneError, SourceReadError, abortedReadError, checkReadRange, checkReadRequest, type PageSource, type ReadOptions, type ReadPriority } from './page-source.js';
+import { ChunkCache, type PageCheck } from '../sources/chunk-cache.js';
+import { SourceGoneError, SourceReadError, abortedReadError, checkReadRange, checkReadRequest, type PageSource, type ReadOptions, type ReadPriority } from '../sources/page-source.js';
 
 export interface S3SourceOptions extends S3StoreOptions {
   /** The chunk cache's directory; false for none (default: ChunkCache's). */
