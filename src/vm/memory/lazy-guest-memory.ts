@@ -13,8 +13,7 @@
 // unregister the ranges, close the uffd and the source, and only then may the
 // VMM unmap the memory.
 import { PAGE_SIZE } from '../../native.js';
-import { PageState, PageStateTable, PagerHost, type PagerMetrics, type PagerMetricsSnapshot, type PageCounts, type PageStateMap, type PrefetchOptions } from '../../pager/index.js';
-import type { PagerGauges } from '../../pager/metrics.js';
+import { PageState, PageStateTable, PagerHost, type PagerGauges, type PagerMetrics, type PagerMetricsSnapshot, type PageCounts, type PageStateMap, type PrefetchOptions } from '../../pager/index.js';
 import type { PageSource } from '../../sources/page-source.js';
 import { Userfaultfd } from '../../uffd/index.js';
 import { VmError } from '../errors.js';
