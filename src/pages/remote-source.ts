@@ -58,6 +58,8 @@ import { ZeroMap } from './zero-map.js';
 import { firstPageMismatch } from './page-checksums.js';
 import { SourceGoneError, SourceReadError, abortedReadError, checkReadRequest, type PageSource, type ReadOptions, type ReadPriority } from '../sources/page-source.js';
 import { PageChecksumError, SourceDeadlineError } from '../sources/read-errors.js';
+import { SOURCE_STATES, type SourceState } from '../sources/source-state.js';
+import { CHANNEL_STATES, type ChannelState } from './channel-state.js';
 
 export interface RemoteSourceOptions {
   /** How long a lost server has to come back before every read fails with SourceGoneError (default 30 s). */
@@ -176,16 +178,14 @@ function moveFetch(fetch: Fetch, to: FetchState): void {
   fetch.state = to;
 }
 
-type SourceState = 'open' | 'gone' | 'closed';
-
 /**
  * One of the two connections' worth of state: its fetches (queued and sent),
- * its current connection, and its reconnect loop.
- *
- *   connected ──lost──▶ reconnecting ──HELLO and INFO checked──▶ connected
- *                           └──deadline passed / image changed──▶ (the source is gone)
+ * its current connection, and its reconnect loop. Its states and their moves
+ * are the table in channel-state.ts.
  */
 class Channel {
+  /** Moved only through CHANNEL_STATES. */
+  private stateValue: ChannelState = 'connecting';
   connection: ClientConnection<Fetch> | undefined;
   readonly queue: Fetch[] = [];
   readonly byKey = new Map<string, Fetch>();
@@ -244,6 +244,7 @@ class Channel {
 
   /** Called when the first connection and its INFO are accepted, or a reconnect's INFO matched. */
   connected(): void {
+    this.stateValue = CHANNEL_STATES.next(this.stateValue, 'connected');
     this.lostAt = undefined;
     this.lastLoss = undefined;
     this.delayMs = this.source.settings.reconnectInitialDelayMs;
@@ -300,6 +301,7 @@ class Channel {
   }
 
   close(): void {
+    this.stateValue = CHANNEL_STATES.next(this.stateValue, 'close');
     clearTimeout(this.retryTimer);
     clearTimeout(this.deadlineTimer);
     clearInterval(this.keepalive);
@@ -313,6 +315,7 @@ class Channel {
     this.connection = undefined;
     clearInterval(this.keepalive);
     if (loss.kind === 'closed' || this.source.state !== 'open') return;
+    this.stateValue = CHANNEL_STATES.next(this.stateValue, 'lost');
     // Every READ the server had not answered goes back to the front of the queue, in the order it was sent.
     const unanswered = connection.unansweredReads().filter((fetch) => fetch.state === 'sent' && fetch.connection === connection);
     for (const fetch of unanswered) {
@@ -515,7 +518,7 @@ export class RemoteSource implements PageSource {
   async close(): Promise<void> {
     if (this.stateValue === 'closed') return;
     const wasOpen = this.stateValue === 'open';
-    this.stateValue = 'closed';
+    this.stateValue = SOURCE_STATES.next(this.stateValue, 'close');
     if (wasOpen) this.goneError ??= new Error('the source was closed');
     this.failAll();
     this.urgent.close();
@@ -631,7 +634,7 @@ export class RemoteSource implements PageSource {
   /** @internal */
   goneFor(error: Error): void {
     if (this.stateValue !== 'open') return;
-    this.stateValue = 'gone';
+    this.stateValue = SOURCE_STATES.next(this.stateValue, 'gave-up');
     this.goneError = error;
     this.failAll();
     this.urgent.close();
