@@ -479,23 +479,23 @@ export class RemoteSource implements PageSource {
     return this.stateValue;
   }
 
-  read(offset: number, length: number, target: Uint8Array, options: ReadOptions = {}): Promise<void> {
-    if (this.stateValue !== 'open') return Promise.reject(this.goneReadError(offset, length));
+  read(offset: number, lengthBytes: number, target: Uint8Array, options: ReadOptions = {}): Promise<void> {
+    if (this.stateValue !== 'open') return Promise.reject(this.goneReadError(offset, lengthBytes));
     try {
-      checkReadRequest(this, offset, length, target);
+      checkReadRequest(this, offset, lengthBytes, target);
     } catch (error) {
       return Promise.reject(error);
     }
     const { signal } = options;
     if (signal?.aborted) return Promise.reject(abortedReadError());
-    if (length === 0) return Promise.resolve();
+    if (lengthBytes === 0) return Promise.resolve();
     const priority: ReadPriority = options.priority ?? 'demand';
     return new Promise<void>((resolve, reject) => {
-      const operation: ReadOperation = { offset, lengthBytes: length, target, signal, priority, startedAt: performance.now(), remaining: 0, settled: false, fetches: new Set(), resolve, reject };
+      const operation: ReadOperation = { offset, lengthBytes, target, signal, priority, startedAt: performance.now(), remaining: 0, settled: false, fetches: new Set(), resolve, reject };
       // Whole pages on the wire: an unaligned read is served from the pages around it.
       const page = this.info.pageSizeBytes;
       const first = Math.floor(offset / page) * page;
-      const end = Math.ceil((offset + length) / page) * page;
+      const end = Math.ceil((offset + lengthBytes) / page) * page;
       for (let at = first; at < end; at += this.chunkBytes) {
         const fetch = this.fetchFor(at, Math.min(this.chunkBytes, end - at), priority);
         fetch.waiters.add(operation);
@@ -510,8 +510,8 @@ export class RemoteSource implements PageSource {
     });
   }
 
-  isZero(offset: number, length: number): boolean {
-    return this.zeroMap?.isZero(offset, length) ?? false;
+  isZero(offset: number, lengthBytes: number): boolean {
+    return this.zeroMap?.isZero(offset, lengthBytes) ?? false;
   }
 
   /** End both connections; every read still waiting rejects with SourceGoneError. */

@@ -219,15 +219,15 @@ export class S3Source implements PageSource {
     return this.stateValue;
   }
 
-  isZero(offset: number, length: number): boolean {
-    return this.layout.isZero(offset, length);
+  isZero(offset: number, lengthBytes: number): boolean {
+    return this.layout.isZero(offset, lengthBytes);
   }
 
   /** The fast path: every page the range needs is in memory. */
-  readSync(offset: number, length: number, target: Uint8Array): boolean {
+  readSync(offset: number, lengthBytes: number, target: Uint8Array): boolean {
     if (this.stateValue !== 'open') return false;
-    checkReadRange(this, offset, length);
-    const pieces = [...this.layout.planRead(offset, length)];
+    checkReadRange(this, offset, lengthBytes);
+    const pieces = [...this.layout.planRead(offset, lengthBytes)];
     const data = new Map<number, ChunkData>();
     for (const [chunk, need] of this.needs(pieces)) {
       const here = this.inMemory(chunk, need.first, need.end);
@@ -238,20 +238,20 @@ export class S3Source implements PageSource {
     return true;
   }
 
-  read(offset: number, length: number, target: Uint8Array, options: ReadOptions = {}): Promise<void> {
-    if (this.stateValue !== 'open') return Promise.reject(this.goneReadError(offset, length));
+  read(offset: number, lengthBytes: number, target: Uint8Array, options: ReadOptions = {}): Promise<void> {
+    if (this.stateValue !== 'open') return Promise.reject(this.goneReadError(offset, lengthBytes));
     try {
-      checkReadRequest(this, offset, length, target);
+      checkReadRequest(this, offset, lengthBytes, target);
     } catch (error) {
       return Promise.reject(error);
     }
     if (options.signal?.aborted) return Promise.reject(abortedReadError());
-    const pieces = [...this.layout.planRead(offset, length)];
+    const pieces = [...this.layout.planRead(offset, lengthBytes)];
     const data = new Map<number, ChunkData>();
     const waiting: Load[] = [];
     for (const [chunk, need] of this.needs(pieces)) {
       const known = this.corrupt.get(chunk);
-      if (known) return Promise.reject(this.corruptReadError(offset, length, chunk, known));
+      if (known) return Promise.reject(this.corruptReadError(offset, lengthBytes, chunk, known));
       const here = this.inMemory(chunk, need.first, need.end);
       if (here) data.set(chunk, here);
       else waiting.push(this.loadFor(chunk, need.first, need.end, options.priority ?? 'demand'));
@@ -282,8 +282,8 @@ export class S3Source implements PageSource {
             if (--left === 0) finish(undefined);
           },
           (error: Error) => {
-            if (error instanceof ChunkCorruptError) finish(this.corruptReadError(offset, length, load.chunk, error));
-            else if (this.stateValue !== 'open') finish(this.goneReadError(offset, length));
+            if (error instanceof ChunkCorruptError) finish(this.corruptReadError(offset, lengthBytes, load.chunk, error));
+            else if (this.stateValue !== 'open') finish(this.goneReadError(offset, lengthBytes));
             else finish(error);
           },
         );

@@ -64,9 +64,9 @@ class GatedSource implements PageSource {
   get sizeBytes(): number {
     return this.image.length;
   }
-  read(offset: number, length: number, target: Uint8Array, _options?: ReadOptions): Promise<void> {
+  read(offset: number, lengthBytes: number, target: Uint8Array, _options?: ReadOptions): Promise<void> {
     return new Promise((resolve) => this.waiting.push(() => {
-      target.set(this.image.subarray(offset, offset + length));
+      target.set(this.image.subarray(offset, offset + lengthBytes));
       resolve();
     }));
   }

@@ -34,9 +34,9 @@ class BulkGate implements PageSource {
   get sizeBytes(): number {
     return this.image.length;
   }
-  read(offset: number, length: number, target: Uint8Array, options?: ReadOptions): Promise<void> {
+  read(offset: number, lengthBytes: number, target: Uint8Array, options?: ReadOptions): Promise<void> {
     this.seen.push({ offset, priority: options?.priority, aborted: () => options?.signal?.aborted === true });
-    const fill = (): void => target.set(this.image.subarray(offset, offset + length));
+    const fill = (): void => target.set(this.image.subarray(offset, offset + lengthBytes));
     if (this.holdPriority === 'background' && options?.priority !== 'background') {
       fill();
       return Promise.resolve();
