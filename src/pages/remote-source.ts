@@ -137,14 +137,14 @@ interface ReadOperation {
   deadlineTimer?: NodeJS.Timeout;
   remaining: number;
   settled: boolean;
-  readonly fetches: Set<Fetch>;
+  readonly fetches: Set<WireRead>;
   resolve(): void;
   reject(error: unknown): void;
   abortListener?: () => void;
 }
 
 /** One READ on the wire: a page-aligned range, and every operation waiting for it. */
-interface Fetch {
+interface WireRead {
   readonly key: string;
   readonly offset: number;
   readonly lengthBytes: number;
@@ -153,7 +153,7 @@ interface Fetch {
   readonly priority: ReadPriority;
   state: 'queued' | 'sent' | 'done';
   /** The connection and id it was sent with, while 'sent'. */
-  connection: ClientConnection<Fetch> | undefined;
+  connection: ClientConnection<WireRead> | undefined;
   requestId: number;
   readonly waiters: Set<ReadOperation>;
   /** Replies refused for a page that failed its checksum, and others the server gave (for a deadline error's text). */
@@ -162,10 +162,10 @@ interface Fetch {
   sends: number;
 }
 
-type FetchState = Fetch['state'];
+type WireReadState = WireRead['state'];
 
 /** A fetch's legal moves, in one place (the diagram at the top of this file). */
-const FETCH_MOVES: Readonly<Record<FetchState, readonly FetchState[]>> = {
+const WIRE_READ_MOVES: Readonly<Record<WireReadState, readonly WireReadState[]>> = {
   // Sent on a connection; or dropped before it was (nobody waits, or the source is gone).
   queued: ['sent', 'queued', 'done'],
   // Answered or cancelled; or back in the queue (its connection was lost, the server was busy).
@@ -173,8 +173,8 @@ const FETCH_MOVES: Readonly<Record<FetchState, readonly FetchState[]>> = {
   done: ['done'],
 };
 
-function moveFetch(fetch: Fetch, to: FetchState): void {
-  if (!FETCH_MOVES[fetch.state].includes(to)) throw new Error(`fetch ${fetch.key}: ${fetch.state} -> ${to} is not a legal move`);
+function moveWireRead(fetch: WireRead, to: WireReadState): void {
+  if (!WIRE_READ_MOVES[fetch.state].includes(to)) throw new Error(`fetch ${fetch.key}: ${fetch.state} -> ${to} is not a legal move`);
   fetch.state = to;
 }
 
@@ -186,9 +186,9 @@ function moveFetch(fetch: Fetch, to: FetchState): void {
 class Channel {
   /** Moved only through CHANNEL_STATES. */
   private stateValue: ChannelState = 'connecting';
-  connection: ClientConnection<Fetch> | undefined;
-  readonly queue: Fetch[] = [];
-  readonly byKey = new Map<string, Fetch>();
+  connection: ClientConnection<WireRead> | undefined;
+  readonly queue: WireRead[] = [];
+  readonly byKey = new Map<string, WireRead>();
   private lostAt: number | undefined;
   private delayMs: number;
   private retryTimer: NodeJS.Timeout | undefined;
@@ -207,8 +207,8 @@ class Channel {
   /** Connect (HELLO, INFO) once; rejects as open() does. */
   async connect(): Promise<InfoMessage> {
     // Declared first: the connection may end (and say so) before open() resolves.
-    let connection: ClientConnection<Fetch> | undefined = undefined;
-    connection = await ClientConnection.open<Fetch>(
+    let connection: ClientConnection<WireRead> | undefined = undefined;
+    connection = await ClientConnection.open<WireRead>(
       {
         host: this.source.address.host,
         port: this.source.address.port,
@@ -259,7 +259,7 @@ class Channel {
     if (connection === undefined || connection.state !== 'ready') return;
     while (this.queue.length > 0 && connection.outstandingCount < this.source.settings.maxInFlightPerConnection) {
       const fetch = this.queue.shift()!;
-      moveFetch(fetch, 'sent');
+      moveWireRead(fetch, 'sent');
       fetch.connection = connection;
       fetch.requestId = connection.sendRead(fetch, { type: 'read', offset: fetch.offset, lengthBytes: fetch.lengthBytes, priority: fetch.priority });
       fetch.sends++;
@@ -267,14 +267,14 @@ class Channel {
     }
   }
 
-  enqueue(fetch: Fetch): void {
+  enqueue(fetch: WireRead): void {
     this.queue.push(fetch);
     this.byKey.set(fetch.key, fetch);
     this.flush();
   }
 
   /** Forget a fetch nobody waits for: dequeue it, or cancel it on the wire. */
-  drop(fetch: Fetch): void {
+  drop(fetch: WireRead): void {
     if (this.byKey.get(fetch.key) === fetch) this.byKey.delete(fetch.key);
     if (fetch.state === 'queued') {
       const at = this.queue.indexOf(fetch);
@@ -283,18 +283,18 @@ class Channel {
       fetch.connection.cancelRead(fetch.requestId);
       this.source.stats.cancelsSent++;
     }
-    moveFetch(fetch, 'done');
+    moveWireRead(fetch, 'done');
   }
 
-  finished(fetch: Fetch): void {
-    moveFetch(fetch, 'done');
+  finished(fetch: WireRead): void {
+    moveWireRead(fetch, 'done');
     if (this.byKey.get(fetch.key) === fetch) this.byKey.delete(fetch.key);
     this.flush();
   }
 
   /** Put a fetch back at the front of the queue (a server BUSY, an unasked CANCELLED). */
-  requeue(fetch: Fetch): void {
-    moveFetch(fetch, 'queued');
+  requeue(fetch: WireRead): void {
+    moveWireRead(fetch, 'queued');
     fetch.connection = undefined;
     this.queue.unshift(fetch);
     this.flush();
@@ -310,7 +310,7 @@ class Channel {
     connection?.close();
   }
 
-  private onEnd(connection: ClientConnection<Fetch>, loss: ConnectionLoss): void {
+  private onEnd(connection: ClientConnection<WireRead>, loss: ConnectionLoss): void {
     if (this.connection !== connection) return;
     this.connection = undefined;
     clearInterval(this.keepalive);
@@ -319,7 +319,7 @@ class Channel {
     // Every READ the server had not answered goes back to the front of the queue, in the order it was sent.
     const unanswered = connection.unansweredReads().filter((fetch) => fetch.state === 'sent' && fetch.connection === connection);
     for (const fetch of unanswered) {
-      moveFetch(fetch, 'queued');
+      moveWireRead(fetch, 'queued');
       fetch.connection = undefined;
     }
     this.queue.unshift(...unanswered);
@@ -389,7 +389,7 @@ class Channel {
    * it. A server that stopped answering is then a lost connection, not a
    * read that never ends.
    */
-  private startKeepalive(connection: ClientConnection<Fetch>): void {
+  private startKeepalive(connection: ClientConnection<WireRead>): void {
     clearInterval(this.keepalive);
     const { idleTimeoutMs, requestTimeoutMs } = this.source.settings;
     this.keepalive = setInterval(() => {
@@ -528,7 +528,7 @@ export class RemoteSource implements PageSource {
   // Called by the channels.
 
   /** @internal */
-  onReadReply(fetch: Fetch, reply: CheckedPagesMessage | ErrorMessage): void {
+  onReadReply(fetch: WireRead, reply: CheckedPagesMessage | ErrorMessage): void {
     if (fetch.state !== 'sent') return;
     if (reply.type !== 'error') {
       this.violationsInARow = 0;
@@ -548,7 +548,7 @@ export class RemoteSource implements PageSource {
         // Not asked for, or not now: try again (after a pause when the server is busy).
         if (reply.code === 'BUSY') {
           fetch.busyReplies++;
-          moveFetch(fetch, 'queued');
+          moveWireRead(fetch, 'queued');
           setTimeout(() => (fetch.waiters.size > 0 && this.stateValue === 'open' ? fetch.channel.requeue(fetch) : undefined), 20);
         } else {
           fetch.channel.requeue(fetch);
@@ -570,7 +570,7 @@ export class RemoteSource implements PageSource {
    * READ is sent again (a page garbled in the server's memory may come right),
    * then the read fails for good, naming the page.
    */
-  private corruptReply(fetch: Fetch, pageOffset: number, expected: number, actual: number): void {
+  private corruptReply(fetch: WireRead, pageOffset: number, expected: number, actual: number): void {
     this.stats.corruptReplies++;
     if (fetch.corruptReplies++ < this.settings.maxCorruptRetries) {
       fetch.channel.requeue(fetch);
@@ -589,7 +589,7 @@ export class RemoteSource implements PageSource {
     if (operation.settled) return;
     this.stats.deadlinesPassed++;
     // The first page still missing; what its fetch went through, for the message.
-    let first: Fetch | undefined;
+    let first: WireRead | undefined;
     for (const fetch of operation.fetches) if (first === undefined || fetch.offset < first.offset) first = fetch;
     const pageOffset = Math.max(operation.offset, first?.offset ?? operation.offset);
     const what = first === undefined
@@ -665,7 +665,7 @@ export class RemoteSource implements PageSource {
     if (this.bulk !== this.urgent) this.bulk.connected();
   }
 
-  private async fetchMetadata(connection: ClientConnection<Fetch>, totalLengthBytes: number): Promise<Uint8Array> {
+  private async fetchMetadata(connection: ClientConnection<WireRead>, totalLengthBytes: number): Promise<Uint8Array> {
     if (totalLengthBytes > this.settings.maxMetadataBytes) {
       throw new ProtocolError('EPROTO_FIELD', `the server's metadata is ${totalLengthBytes} bytes; at most ${this.settings.maxMetadataBytes} are taken`, { field: 'metadataLengthBytes' });
     }
@@ -683,7 +683,7 @@ export class RemoteSource implements PageSource {
     return metadata;
   }
 
-  private async fetchZeroMap(connection: ClientConnection<Fetch>, info: InfoMessage): Promise<ZeroMap> {
+  private async fetchZeroMap(connection: ClientConnection<WireRead>, info: InfoMessage): Promise<ZeroMap> {
     const pageCount = info.imageSizeBytes / info.pageSizeBytes;
     const map = new ZeroMap(pageCount, info.pageSizeBytes);
     // Whole bytes of bitmap per request, within both limits.
@@ -701,7 +701,7 @@ export class RemoteSource implements PageSource {
   }
 
   /** The fetch of [offset, +length) a read of `priority` joins, or a new one. */
-  private fetchFor(offset: number, lengthBytes: number, priority: ReadPriority): Fetch {
+  private fetchFor(offset: number, lengthBytes: number, priority: ReadPriority): WireRead {
     const key = `${offset}+${lengthBytes}`;
     // A demand read joins only a fetch on the urgent channel: one queued behind bulk data would wait for it.
     const existing = this.urgent.byKey.get(key) ?? (priority === 'background' ? this.bulk.byKey.get(key) : undefined);
@@ -710,13 +710,13 @@ export class RemoteSource implements PageSource {
       return existing;
     }
     const channel = priority === 'demand' ? this.urgent : this.bulk;
-    const fetch: Fetch = { key, offset, lengthBytes, channel, priority, state: 'queued', connection: undefined, requestId: 0, waiters: new Set(), corruptReplies: 0, busyReplies: 0, sends: 0 };
+    const fetch: WireRead = { key, offset, lengthBytes, channel, priority, state: 'queued', connection: undefined, requestId: 0, waiters: new Set(), corruptReplies: 0, busyReplies: 0, sends: 0 };
     channel.enqueue(fetch);
     return fetch;
   }
 
   /** Copy a fetch's checked bytes into the part of the operation's target they cover. */
-  private deliver(operation: ReadOperation, fetch: Fetch, data: Uint8Array): void {
+  private deliver(operation: ReadOperation, fetch: WireRead, data: Uint8Array): void {
     if (operation.settled) return;
     const start = Math.max(fetch.offset, operation.offset);
     const end = Math.min(fetch.offset + fetch.lengthBytes, operation.offset + operation.lengthBytes);
@@ -755,7 +755,7 @@ export class RemoteSource implements PageSource {
       for (const fetch of [...channel.byKey.values(), ...channel.queue]) for (const operation of fetch.waiters) operations.add(operation);
       const sent = channel.connection?.unansweredReads() ?? [];
       for (const fetch of sent) for (const operation of fetch.waiters) operations.add(operation);
-      for (const fetch of new Set([...channel.byKey.values(), ...channel.queue, ...sent])) moveFetch(fetch, 'done');
+      for (const fetch of new Set([...channel.byKey.values(), ...channel.queue, ...sent])) moveWireRead(fetch, 'done');
       channel.queue.length = 0;
       channel.byKey.clear();
     }

@@ -1,7 +1,7 @@
 // A page source: where the pager gets the contents of pages it has not yet filled.
 //
 // The contract, for local sources (a file, memory) and network ones (a page
-// server, later a migration stream, object storage) alike:
+// server, a migration stream, object storage) alike:
 //   - read() fills a page-aligned range; many reads may be in flight at once,
 //     and they may complete in any order.
 //   - Each read says how urgent it is (a thread is blocked on a demand read; a
