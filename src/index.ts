@@ -1,3 +1,4 @@
+export * from './errno.js';
 export * from './uffd/index.js';
 export * from './mem/index.js';
 export * from './pager/index.js';

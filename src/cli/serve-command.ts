@@ -17,7 +17,7 @@ import {
 import { RemoteSource } from '../pages/remote-source.js';
 import { isS3Url } from '../s3/s3-url.js';
 import { endpointOption } from './s3-snapshot-commands.js';
-import { errnoName } from '../uffd/errors.js';
+import { errnoName } from '../errno.js';
 import { CannotCreateError, UsageError } from './errors.js';
 import { handlerReporter } from '../metrics/handler-reporter.js';
 import { MetricsRegistry } from '../metrics/metrics-registry.js';
