@@ -1,3 +1,4 @@
+export * from './errno.js';
 export * from './uffd/index.js';
 export * from './mem/index.js';
 export * from './pager/index.js';
@@ -12,6 +13,7 @@ export * from './lazy/index.js';
 export * from './handler/index.js';
 // The page protocol's codec as a namespace: its encodeMessage/decodeMessage are not the uffd ones.
 export * as pageProtocol from './protocol/index.js';
+export * from './net/address.js';
 export * from './pages/index.js';
-export * from './sources/remote-source.js';
+export * from './pages/remote-source.js';
 export * from './sources/read-errors.js';

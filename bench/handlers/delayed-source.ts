@@ -31,8 +31,8 @@ export class DelayedSource implements PageSource {
     });
   }
 
-  read(offset: number, length: number, target: Uint8Array): Promise<void> {
-    checkReadRange(this, offset, length);
+  read(offset: number, lengthBytes: number, target: Uint8Array): Promise<void> {
+    checkReadRange(this, offset, lengthBytes);
     const id = this.nextId++;
     const request = Buffer.alloc(8);
     request.writeBigUInt64LE(BigInt(id));
@@ -41,10 +41,10 @@ export class DelayedSource implements PageSource {
       this.socket.write(request);
     }).then(
       () => {
-        target.set(this.image.subarray(offset, offset + length));
+        target.set(this.image.subarray(offset, offset + lengthBytes));
       },
       (error: Error) => {
-        throw new SourceReadError(offset, length, error.message, { cause: error });
+        throw new SourceReadError(offset, lengthBytes, error.message, { cause: error });
       },
     );
   }

@@ -14,7 +14,7 @@
 import { native } from '../../src/native.js';
 import { ReadAhead, type PrefetchOptions } from '../../src/pager/readahead.js';
 import { UFFD_MSG_SIZE } from '../../src/uffd/constants.js';
-import { ERRNO } from '../../src/uffd/errors.js';
+import { ERRNO } from '../../src/errno.js';
 import { decodeMessages } from '../../src/uffd/messages.js';
 
 const PAGE = 4096;

@@ -9,9 +9,9 @@ import { Pager, type PrefetchOptions, type ReadAhead } from '../../src/pager/ind
 import type { PageSource } from '../../src/sources/page-source.js';
 import { BufferSource } from '../../src/sources/buffer-source.js';
 import { RawFileSource } from '../../src/sources/raw-file-source.js';
-import { RemoteSource } from '../../src/sources/remote-source.js';
+import { RemoteSource } from '../../src/pages/remote-source.js';
 import { SnapshotSource } from '../../src/sources/snapshot-source.js';
-import { ERRNO } from '../../src/uffd/errors.js';
+import { ERRNO } from '../../src/errno.js';
 import { Userfaultfd } from '../../src/uffd/userfaultfd.js';
 import { startBulkStream } from './bulk-stream.js';
 import { DelayedSource } from './delayed-source.js';

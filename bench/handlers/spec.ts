@@ -1,6 +1,6 @@
 // What serves the toucher's faults in one bench run, and where the threads sit.
 import type { PagerMetricsSnapshot, PrefetchOptions } from '../../src/pager/index.js';
-import type { RemoteSourceStats } from '../../src/sources/remote-source.js';
+import type { RemoteSourceStats } from '../../src/pages/remote-source.js';
 import type { BulkStreamStats } from './bulk-stream.js';
 import type { LeanPagerStats, LeanWait } from './lean-pager.js';
 

@@ -5,7 +5,7 @@
 // faults then suffer is the page server's doing alone.
 //
 //   node dist/bench/handlers/stream-client.js URL RUN_PAGES IN_FLIGHT [MB_PER_SECOND]
-import { RemoteSource } from '../../src/sources/remote-source.js';
+import { RemoteSource } from '../../src/pages/remote-source.js';
 import { startBulkStream } from './bulk-stream.js';
 
 async function main(): Promise<void> {

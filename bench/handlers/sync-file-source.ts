@@ -42,12 +42,12 @@ export class SyncFileSource implements PageSource {
     }
   }
 
-  async read(offset: number, length: number, target: Uint8Array): Promise<void> {
-    checkReadRange(this, offset, length);
-    const n = native.preadAt(this.fd, native.addressOf(target), length, this.dataOffset + offset);
-    if (n !== length) throw new SourceReadError(offset, length, `pread returned ${n}`);
+  async read(offset: number, lengthBytes: number, target: Uint8Array): Promise<void> {
+    checkReadRange(this, offset, lengthBytes);
+    const n = native.preadAt(this.fd, native.addressOf(target), lengthBytes, this.dataOffset + offset);
+    if (n !== lengthBytes) throw new SourceReadError(offset, lengthBytes, `pread returned ${n}`);
     if (this.crc32s) {
-      for (let at = 0; at < length; at += PAGE) {
+      for (let at = 0; at < lengthBytes; at += PAGE) {
         const index = (offset + at) / PAGE;
         if (this.pageChecksum(target.subarray(at, at + PAGE)) !== this.crc32s[index]) throw new SourceReadError(offset + at, PAGE, `page ${index} fails its CRC`);
       }

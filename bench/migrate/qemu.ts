@@ -10,7 +10,7 @@
 // its own verify is not clean, is an error.
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { LatencyHistogram, type LatencySummary } from '../../src/metrics/latency-histogram.js';
+import { LatencyHistogram, type LatencySummary } from '../../src/stats/latency-histogram.js';
 import { demandTraceArgs, parseDemandTrace } from '../qemu/postcopy-trace.js';
 import { guestStatusFromExit, qemuArgs, type QemuAccel } from '../qemu/qemu-args.js';
 import { QmpClient, type QmpEvent } from '../qemu/qmp-client.js';

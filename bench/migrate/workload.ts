@@ -3,7 +3,7 @@
 // from the very same image by both: the writer workload fills its region once,
 // then dirties pages in order (seq) or at random (random) at `rate` pages per
 // second, with a heartbeat every `hb` timer ticks.
-import type { LatencySummary } from '../../src/metrics/latency-histogram.js';
+import type { LatencySummary } from '../../src/stats/latency-histogram.js';
 
 export type DirtyPattern = 'sequential' | 'random';
 

@@ -28,26 +28,10 @@ export class CannotCreateError extends UserfaultError {
   }
 }
 
-/** A file system has less free space than the command needs to write. */
-export class InsufficientSpaceError extends UserfaultError {
-  override readonly code = 'ENOSPACE';
-  constructor(readonly directory: string, readonly neededBytes: number, readonly availableBytes: number, what: string, hint: string) {
-    super(`${what} needs ${formatBytes(neededBytes)} in ${directory}, which has ${formatBytes(availableBytes)} free: ${hint}`);
-  }
-}
-
 /** A SIGINT or SIGTERM ended the command before it finished. */
 export class InterruptedError extends UserfaultError {
   override readonly code = 'EINTERRUPTED';
   constructor(readonly signal: NodeJS.Signals, what: string) {
     super(`${signal}: ${what}`);
   }
-}
-
-/** "1.5 GiB", "64.0 MiB", "512 bytes". */
-export function formatBytes(bytes: number): string {
-  if (bytes >= 1 << 30) return `${(bytes / (1 << 30)).toFixed(1)} GiB`;
-  if (bytes >= 1 << 20) return `${(bytes / (1 << 20)).toFixed(1)} MiB`;
-  if (bytes >= 1 << 10) return `${(bytes / (1 << 10)).toFixed(1)} KiB`;
-  return `${bytes} bytes`;
 }

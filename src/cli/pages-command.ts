@@ -9,11 +9,9 @@ import { checkListenAddress } from '../net/http-server.js';
 import { Logger, logFormatOf, logFormatOption } from './log.js';
 import { UserfaultError } from '../errors.js';
 import { ExitCode, exitCodeFor } from '../exit-codes.js';
+import { formatHostPort, isLoopbackHost, parseHostPort } from '../net/address.js';
 import {
-  formatHostPort,
-  isLoopbackHost,
   openSnapshotPages,
-  parseHostPort,
   startPageServer,
   RemoteListenRefusedError,
   type PageServer,

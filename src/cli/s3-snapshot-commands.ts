@@ -7,7 +7,7 @@
 import { Option, type Command } from 'commander';
 import { parseS3Url } from '../s3/s3-url.js';
 import { checkSnapshotPath } from '../vm/persist/vm-snapshot.js';
-import { formatBytes } from './errors.js';
+import { formatBytes } from '../format-bytes.js';
 import { roundMs } from './output.js';
 import { sizeArg } from './parse.js';
 import { checkInputFile } from './snapshot-commands.js';

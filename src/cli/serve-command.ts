@@ -14,16 +14,16 @@ import {
   type HandlerServerSummary,
   type HandshakeRegion,
 } from '../handler/index.js';
-import { RemoteSource } from '../sources/remote-source.js';
+import { RemoteSource } from '../pages/remote-source.js';
 import { isS3Url } from '../s3/s3-url.js';
 import { endpointOption } from './s3-snapshot-commands.js';
-import { errnoName } from '../uffd/errors.js';
+import { errnoName } from '../errno.js';
 import { CannotCreateError, UsageError } from './errors.js';
 import { handlerReporter } from '../metrics/handler-reporter.js';
 import { MetricsRegistry } from '../metrics/metrics-registry.js';
 import { startMetricsServer, type MetricsServer } from '../metrics/metrics-server.js';
 import { checkListenAddress } from '../net/http-server.js';
-import type { HostPort } from '../pages/address.js';
+import type { HostPort } from '../net/address.js';
 import { Logger, logFormatOf, logFormatOption } from './log.js';
 import { roundMs } from './output.js';
 import { fileModeArg, groupArg, integerArg } from './parse.js';
@@ -84,7 +84,7 @@ export function registerServeCommand(program: Command): void {
       const metricsAt = metricsAddress(options, log);
       // Every client's faults are served from the one source: a file, a page server (both of its connections shared by all clients), or a store.
       const { source, kind } = options.from === undefined ? await openMemoryFile(path!, options.snapshot ? 'snapshot' : 'auto')
-        : isS3Url(options.from) ? { source: await (await import('../sources/s3-source.js')).S3Source.open(options.from, { endpoint: options.endpoint }), kind: 'object-store' as const }
+        : isS3Url(options.from) ? { source: await (await import('../s3/s3-source.js')).S3Source.open(options.from, { endpoint: options.endpoint }), kind: 'object-store' as const }
         : { source: await RemoteSource.connect(options.from), kind: 'page-server' as const };
       const server = await startHandlerServer({
         socketPath: options.socket,

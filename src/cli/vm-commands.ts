@@ -14,7 +14,7 @@ import { Option, type Command } from 'commander';
 import { ExitCode, exitCodeFor } from '../exit-codes.js';
 import type { DestinationProgress } from '../migrate/destination-migration.js';
 import type { MigrationProgress } from '../migrate/source-migration.js';
-import { isLoopbackHost, parseHostPort, type HostPort } from '../pages/address.js';
+import { isLoopbackHost, parseHostPort, type HostPort } from '../net/address.js';
 import { checkListenAddress } from '../net/http-server.js';
 import { callControlApi } from '../vm/control-api.js';
 import { ControlApiError, VmError, VmUsageError } from '../vm/errors.js';

@@ -3,7 +3,7 @@
 // before. Pure: the page shows exactly the numbers /metrics gave (the
 // browser test checks this), nothing is counted twice.
 import { METRICS } from '../metrics/catalog.js';
-import { LATENCY_BUCKET_BOUNDS_SECONDS } from '../metrics/latency-histogram.js';
+import { LATENCY_BUCKET_BOUNDS_SECONDS } from '../stats/latency-histogram.js';
 import type { SampleSet } from './prometheus-text.js';
 
 /** A latency histogram as the page draws it: per-bucket counts (not cumulative), the +Inf bucket last. */

@@ -22,7 +22,7 @@ import { createRequire } from 'node:module';
 import type { Server, ServerResponse } from 'node:http';
 import { fileURLToPath } from 'node:url';
 import { closeHttp, createBoundedHttpServer, listenHttp, sendText, type BoundedHttpServerOptions, type HttpRoute } from '../net/http-server.js';
-import { formatHostPort, type HostPort } from '../pages/address.js';
+import { formatHostPort, type HostPort } from '../net/address.js';
 import { buildFrame, type DashboardFrame, type MemoryMapView } from './dashboard-frame.js';
 import type { DashboardSource } from './dashboard-source.js';
 import { SampleSet, parsePrometheusText } from './prometheus-text.js';

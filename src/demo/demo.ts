@@ -8,10 +8,10 @@
 import { mkdtempSync, rmSync, statfsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { InsufficientSpaceError } from '../cli/errors.js';
 import { LazyMemory } from '../lazy/index.js';
 import { PAGE_SIZE } from '../native.js';
 import { PAGE_ENTRY_BYTES, writeSnapshot } from '../snapshot/index.js';
+import { InsufficientSpaceError } from './errors.js';
 import { fillPattern, findPatternMismatches } from './pattern.js';
 
 export type DemoPhase = 'write' | 'touch';

@@ -21,7 +21,8 @@ import type { PagerMetrics, PagerMetricsSnapshot } from '../pager/metrics.js';
 import type { Pager } from '../pager/pager.js';
 import type { PrefetchOptions } from '../pager/readahead.js';
 import type { PageSource } from '../sources/page-source.js';
-import { AddressSpaceGoneError, ERRNO, RangeNotRegisteredError, SyscallError, UserfaultError, errnoName } from '../uffd/errors.js';
+import { ERRNO, errnoName } from '../errno.js';
+import { AddressSpaceGoneError, RangeNotRegisteredError, SyscallError, UserfaultError } from '../uffd/errors.js';
 import { Userfaultfd } from '../uffd/userfaultfd.js';
 import {
   ClientSocketError,

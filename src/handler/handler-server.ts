@@ -11,7 +11,8 @@ import { PagerMetrics } from '../pager/metrics.js';
 import type { PrefetchOptions } from '../pager/readahead.js';
 import type { PageSource } from '../sources/page-source.js';
 import { listenReplacingStale, removeSocketFile } from '../net/unix-socket-path.js';
-import { ERRNO, errorForErrno } from '../uffd/errors.js';
+import { ERRNO } from '../errno.js';
+import { errorForErrno } from '../uffd/errors.js';
 import { ClientSession, type ClientEndReason, type ClientSummary } from './client-session.js';
 
 export interface HandlerServerOptions {

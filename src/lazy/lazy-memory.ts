@@ -4,13 +4,15 @@
 // thread it serves. The owning thread touches the memory and sleeps in the
 // kernel until the worker resolves the fault; if the pager ran on the owning
 // thread, the first fault would deadlock it. The worker, the watchdog and
-// their teardown are PagerThread's (shared with LazyWasmMemory).
+// their teardown are PagerThread's, and the front end (the uffd, the calls
+// that reach the pager, the order of close) LazyFront's, both shared with
+// LazyWasmMemory.
 import { Mapping } from '../mem/mapping.js';
 import { native } from '../native.js';
 import type { PrefetchOptions } from '../pager/index.js';
-import { Userfaultfd, UserfaultError, type FeatureName } from '../uffd/index.js';
-import type { PagerWorkerReply } from './pager-worker.js';
-import { PagerThread, type LazyMemoryStats } from './pager-thread.js';
+import type { FeatureName, Userfaultfd } from '../uffd/index.js';
+import { LazyFront, serveLazyRange } from './lazy-front.js';
+import type { PagerThread } from './pager-thread.js';
 import { imageSizeBytes, type SourceSpec } from './source-spec.js';
 import type { HandlerLostPolicy } from './watchdog.js';
 
@@ -35,21 +37,21 @@ export interface LazyMemoryOptions {
 const FEATURES: FeatureName[] = ['EVENT_REMOVE', 'EVENT_UNMAP', 'EVENT_REMAP'];
 const OPTIONAL: FeatureName[] = ['THREAD_ID', 'POISON'];
 
-export class LazyMemory {
-  private closed = false;
-
+/** close() stops the pager and unmaps the memory; views of it must not be used after. */
+export class LazyMemory extends LazyFront {
   private constructor(
     readonly mapping: Mapping,
     /** The owner's own reference: faults freeze rather than zero-fill if the pager dies. */
-    private readonly uffd: Userfaultfd,
-    private readonly pager: PagerThread,
-  ) {}
+    uffd: Userfaultfd,
+    pager: PagerThread,
+  ) {
+    super(uffd, pager, 'lazy memory');
+  }
 
   static async create(options: LazyMemoryOptions): Promise<LazyMemory> {
     const sourceOffset = options.sourceOffset ?? 0;
     const sizeBytes = options.sizeBytes ?? (await imageSizeBytes(options.source)) - sourceOffset;
     const mapping = Mapping.anonymous(sizeBytes, { noReserve: true });
-    let uffd: Userfaultfd | undefined;
     try {
       // A child forked without exec would inherit this range without the uffd
       // (no EVENT_FORK is asked for: every spawn would then wait on the pager
@@ -58,20 +60,9 @@ export class LazyMemory {
       // child instead: a touch there faults loudly (SIGSEGV), never reads zero.
       // exec'd children (child_process) never see it either way.
       mapping.madvise(0, sizeBytes, native.constants.MADV_DONTFORK);
-      uffd = Userfaultfd.open({ features: FEATURES, optionalFeatures: OPTIONAL, userModeOnly: options.userModeOnly });
-      uffd.register(mapping.address, sizeBytes, ['MISSING']);
-      const pager = await PagerThread.start({
-        uffd,
-        regions: [{ address: mapping.address, lengthBytes: sizeBytes, sourceOffset }],
-        source: options.source,
-        prefetch: options.prefetch,
-        recordWorkingSet: options.recordWorkingSet,
-        replay: options.replay,
-        onHandlerLost: options.onHandlerLost,
-      });
+      const { uffd, pager } = await serveLazyRange({ ...options, address: mapping.address, lengthBytes: sizeBytes, sourceOffset, features: FEATURES, optionalFeatures: OPTIONAL });
       return new LazyMemory(mapping, uffd, pager);
     } catch (error) {
-      uffd?.close();
       mapping.unmap();
       throw error;
     }
@@ -94,54 +85,13 @@ export class LazyMemory {
     return this.mapping.bytes(offset, length);
   }
 
-  /** Errors the pager reported (source failures and the like). */
-  get pagerErrors(): readonly PagerWorkerReply[] {
-    return this.pager.pagerErrors;
+  protected override releaseRange(): void {
+    // Unregister before munmap: with EVENT_UNMAP registered, munmap waits until
+    // a handler reads the UNMAP event, and the pager has just stopped.
+    this.uffd.unregister(this.mapping.address, this.mapping.lengthBytes);
   }
 
-  stats(): Promise<LazyMemoryStats> {
-    return this.closed ? closedError() : this.pager.stats();
+  protected override afterClose(): void {
+    this.mapping.unmap();
   }
-
-  /** Image pages first demanded so far, in order (needs recordWorkingSet). */
-  workingSet(): Promise<Uint32Array> {
-    return this.closed ? closedError() : this.pager.workingSet();
-  }
-
-  /** Fill the rest in the background. */
-  prefetchAll(): void {
-    this.pager.prefetchAll();
-  }
-
-  /** Fill the rest, resolving once every page is in. */
-  fillAll(): Promise<void> {
-    return this.closed ? closedError() : this.pager.fillAll();
-  }
-
-  /** Stop the pager and unmap the memory; views of it must not be used after. */
-  async close(): Promise<void> {
-    if (this.closed) return;
-    this.closed = true;
-    try {
-      await this.pager.stop();
-    } finally {
-      // Unregister before munmap: with EVENT_UNMAP registered, munmap waits until
-      // a handler reads the UNMAP event, and the pager has just stopped.
-      try {
-        this.uffd.unregister(this.mapping.address, this.mapping.lengthBytes);
-      } finally {
-        this.uffd.close();
-        this.mapping.unmap();
-      }
-    }
-  }
-
-  /** For tests of the handler-lost policy: end the pager thread abruptly. */
-  killPagerForTest(): Promise<void> {
-    return this.pager.killPagerForTest();
-  }
-}
-
-function closedError(): Promise<never> {
-  return Promise.reject(new UserfaultError('lazy memory is closed'));
 }

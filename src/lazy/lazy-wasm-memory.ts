@@ -18,7 +18,9 @@
 // as a new wasm page does.
 //
 // The pager runs in a worker thread (PagerThread, shared with LazyMemory):
-// the thread running the wasm code sleeps in the kernel on a fault.
+// the thread running the wasm code sleeps in the kernel on a fault. The front
+// end (the uffd, the calls that reach the pager, the order of close) is
+// LazyFront's, shared with LazyMemory too.
 //
 // Kernel and V8 behaviour this file is built around (measured; docs/lazy-memory.md):
 //   - V8 unmaps the memory at isolate teardown, which comes after worker
@@ -41,11 +43,11 @@
 import { readFileSync } from 'node:fs';
 import { PAGE_SIZE, native } from '../native.js';
 import type { PrefetchOptions } from '../pager/index.js';
-import { Userfaultfd, UserfaultError, wrapNative, type FeatureName } from '../uffd/index.js';
+import { wrapNative, type FeatureName, type Userfaultfd } from '../uffd/index.js';
 import { WasmPagesTouchedError, WasmReservationError } from './errors.js';
 import { poisonPagesWithoutContents } from './install-runs.js';
-import { PagerThread, type LazyMemoryStats } from './pager-thread.js';
-import type { PagerWorkerReply } from './pager-worker.js';
+import { LazyFront, serveLazyRange } from './lazy-front.js';
+import type { PagerStopOptions, PagerThread } from './pager-thread.js';
 import { imageSizeBytes, type SourceSpec } from './source-spec.js';
 import type { HandlerLostPolicy } from './watchdog.js';
 import { WASM32_MAX_PAGES, WASM_PAGE_BYTES, checkWasmReservation, parseProcMaps } from './wasm-reservation.js';
@@ -79,9 +81,14 @@ export interface LazyWasmMemoryOptions {
 const FEATURES: FeatureName[] = ['EVENT_REMOVE', 'EVENT_REMAP', 'POISON'];
 const OPTIONAL: FeatureName[] = ['THREAD_ID'];
 
-export class LazyWasmMemory {
-  private closed = false;
-
+/**
+ * close() stops the pager and lets go of the uffd. The memory stays V8's:
+ * pages that were filled keep their contents (and the writes to them), pages
+ * known to be zero read zero, and every page never filled is poisoned — a
+ * touch gets SIGBUS, never zero. After fillAll(), nothing is poisoned.
+ * prefetchAll() fills pages the memory has not grown into too.
+ */
+export class LazyWasmMemory extends LazyFront {
   private constructor(
     /** The memory to import into wasm modules (or use through memory.buffer). */
     readonly memory: WebAssembly.Memory,
@@ -90,9 +97,10 @@ export class LazyWasmMemory {
     /** Bytes from the base registered with the uffd: the part of the image the memory can show. */
     readonly servedBytes: number,
     /** The owner's own reference: faults wait rather than read zero if the pager dies. */
-    private readonly uffd: Userfaultfd,
-    private readonly pager: PagerThread,
+    uffd: Userfaultfd,
+    pager: PagerThread,
   ) {
+    super(uffd, pager, 'lazy WebAssembly memory');
     // Open, this object and its Memory stay reachable whatever the caller
     // keeps (see above): V8 must not unmap a memory while it is served.
     pager.retain(this);
@@ -124,29 +132,13 @@ export class LazyWasmMemory {
     const touched = residentPageOffsets(address, Math.min(committedBytes, servedBytes));
     if (touched.length > 0) throw new WasmPagesTouchedError(touched);
 
-    let uffd: Userfaultfd | undefined;
-    try {
-      // V8 already makes its reservation VM_DONTCOPY (smaps shows "dc"); said
+    // V8 already makes its reservation VM_DONTCOPY (smaps shows "dc"); said
       // again here so it holds whatever V8 does: a child forked without exec
-      // would otherwise read the unfilled pages of its copy as zero.
-      wrapNative(() => native.madvise(address, servedBytes, native.constants.MADV_DONTFORK));
-      uffd = Userfaultfd.open({ features: FEATURES, optionalFeatures: OPTIONAL, userModeOnly: options.userModeOnly });
-      uffd.register(address, servedBytes, ['MISSING']);
-      const pager = await PagerThread.start({
-        uffd,
-        regions: [{ address, lengthBytes: servedBytes, sourceOffset }],
-        source: options.source,
-        prefetch: options.prefetch,
-        recordWorkingSet: options.recordWorkingSet,
-        replay: options.replay,
-        onHandlerLost: options.onHandlerLost,
-      });
-      return new LazyWasmMemory(memory, address, servedBytes, uffd, pager);
-    } catch (error) {
-      // The last reference: the kernel unregisters the range. The memory is dropped untouched.
-      uffd?.close();
-      throw error;
-    }
+    // would otherwise read the unfilled pages of its copy as zero.
+    wrapNative(() => native.madvise(address, servedBytes, native.constants.MADV_DONTFORK));
+    // On a failure the uffd is closed (the kernel unregisters the range) and the memory dropped untouched.
+    const { uffd, pager } = await serveLazyRange({ ...options, address, lengthBytes: servedBytes, sourceOffset, features: FEATURES, optionalFeatures: OPTIONAL });
+    return new LazyWasmMemory(memory, address, servedBytes, uffd, pager);
   }
 
   /** Wasm pages the memory has now. */
@@ -154,58 +146,16 @@ export class LazyWasmMemory {
     return this.memory.buffer.byteLength / WASM_PAGE_BYTES;
   }
 
-  /** Errors the pager reported (source failures and the like). */
-  get pagerErrors(): readonly PagerWorkerReply[] {
-    return this.pager.pagerErrors;
+  protected override stopOptions(): PagerStopOptions {
+    return { zeroFillKnownZero: true };
   }
 
-  stats(): Promise<LazyMemoryStats> {
-    return this.closed ? closedError() : this.pager.stats();
-  }
-
-  /** Image pages (4 KiB) first demanded so far, in order (needs recordWorkingSet). */
-  workingSet(): Promise<Uint32Array> {
-    return this.closed ? closedError() : this.pager.workingSet();
-  }
-
-  /** Fill the rest of the served range in the background, pages the memory has not grown into included. */
-  prefetchAll(): void {
-    this.pager.prefetchAll();
-  }
-
-  /** Fill the rest, resolving once every page is in; close() then leaves an ordinary memory. */
-  fillAll(): Promise<void> {
-    return this.closed ? closedError() : this.pager.fillAll();
-  }
-
-  /**
-   * Stop the pager and let go of the uffd. The memory stays V8's: pages that
-   * were filled keep their contents (and the writes to them), pages known to
-   * be zero read zero, and every page never filled is poisoned — a touch gets
-   * SIGBUS, never zero. After fillAll(), nothing is poisoned.
-   */
-  async close(): Promise<void> {
-    if (this.closed) return;
-    this.closed = true;
-    try {
-      await this.pager.stop({ zeroFillKnownZero: true });
-    } finally {
-      // Both threads are gone (stop() rejects only once the pager worker has
-      // exited): still registered, and nobody installs any more. Poison what
-      // has no contents, then unregister (threads asleep on those pages wake
-      // into the poison).
-      try {
-        poisonPagesWithoutContents(this.uffd, this.address, this.servedBytes);
-        this.uffd.unregister(this.address, this.servedBytes);
-      } finally {
-        this.uffd.close();
-      }
-    }
-  }
-
-  /** For tests of the handler-lost policy: end the pager thread abruptly. */
-  killPagerForTest(): Promise<void> {
-    return this.pager.killPagerForTest();
+  protected override releaseRange(): void {
+    // Still registered, and nobody installs any more. Poison what has no
+    // contents, then unregister (threads asleep on those pages wake into the
+    // poison).
+    poisonPagesWithoutContents(this.uffd, this.address, this.servedBytes);
+    this.uffd.unregister(this.address, this.servedBytes);
   }
 }
 
@@ -228,8 +178,4 @@ function residentPageOffsets(address: number, lengthBytes: number): number[] {
   const offsets: number[] = [];
   residency.forEach((r, i) => r & 1 && offsets.push(i * PAGE_SIZE));
   return offsets;
-}
-
-function closedError(): Promise<never> {
-  return Promise.reject(new UserfaultError('lazy WebAssembly memory is closed'));
 }

@@ -1,8 +1,8 @@
 // A page source described as data, so it can be opened inside a pager worker
 // (functions and open files do not cross a thread boundary; this does).
 import type { PageSource } from '../sources/page-source.js';
-import type { RemoteSourceOptions } from '../sources/remote-source.js';
-import type { S3SourceOptions } from '../sources/s3-source.js';
+import type { RemoteSourceOptions } from '../pages/remote-source.js';
+import type { S3SourceOptions } from '../s3/s3-source.js';
 import { BufferSource } from '../sources/buffer-source.js';
 import { ZeroSource } from '../sources/zero-source.js';
 
@@ -36,11 +36,11 @@ export async function openSource(spec: SourceSpec): Promise<PageSource> {
       return RawFileSource.open(spec.path);
     }
     case 'remote': {
-      const { RemoteSource } = await import('../sources/remote-source.js');
+      const { RemoteSource } = await import('../pages/remote-source.js');
       return RemoteSource.connect(spec.url, spec.options);
     }
     case 's3': {
-      const { S3Source } = await import('../sources/s3-source.js');
+      const { S3Source } = await import('../s3/s3-source.js');
       return S3Source.open(spec.url, spec.options);
     }
     case 'module': {

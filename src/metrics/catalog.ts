@@ -14,7 +14,6 @@ import { VCPU_EXIT_REASONS } from '../vm/vcpu-protocol.js';
 import type { VmLifecycleState } from '../vm/vm-lifecycle.js';
 import type { VcpuRunState } from '../vm/vcpu-state-machine.js';
 import type { MigrationState } from '../migrate/migration-state.js';
-import type { ClientEndReason, ClientState } from '../handler/client-session.js';
 
 export type MetricType = 'counter' | 'gauge' | 'histogram';
 
@@ -31,16 +30,21 @@ export interface MetricDefinition {
 }
 
 /** `true` when the list names exactly the members of the union (a compile error otherwise): label value sets cannot drift from the types. */
-type Exactly<List extends readonly string[], Union extends string> = [Exclude<Union, List[number]>, Exclude<List[number], Union>] extends [never, never] ? true : false;
+export type Exactly<List extends readonly string[], Union extends string> = [Exclude<Union, List[number]>, Exclude<List[number], Union>] extends [never, never] ? true : false;
 const exactly = <Union extends string>() => <const List extends readonly string[]>(list: List & (Exactly<List, Union> extends true ? unknown : never)): List => list;
 
 const ROLE = ['source', 'destination'] as const;
 const MIGRATION_STATES = exactly<MigrationState>()(['idle', 'connecting', 'precopy', 'switchover', 'committing', 'committing-paused', 'postcopy', 'postcopy-paused', 'completing', 'completed', 'cancelled', 'failed', 'listening', 'receiving', 'loading', 'ready', 'ready-paused', 'verifying']);
 const VM_STATES = exactly<VmLifecycleState>()(['created', 'running', 'paused', 'snapshotting', 'restoring', 'migrating', 'stopped']);
 const VCPU_STATES = exactly<VcpuRunState>()(['paused', 'running', 'exited']);
-/** Clients counted as connected: every state but closed. */
-const CLIENT_STATES = exactly<Exclude<ClientState, 'closed'>>()(['handshaking', 'starting', 'serving', 'closing']);
-const CLIENT_END_REASONS = exactly<ClientEndReason>()(['hangup', 'exited', 'refused', 'failed', 'server-closed']);
+/**
+ * Clients counted as connected: every state but closed. The handler's two
+ * label sets are held to its types by handler-reporter.ts, not here: the VM's
+ * control API builds a registry from this table and must not reach the
+ * handler (src/handler/) through it.
+ */
+export const HANDLER_CLIENT_STATES = ['handshaking', 'starting', 'serving', 'closing'] as const;
+export const HANDLER_CLIENT_END_REASONS = ['hangup', 'exited', 'refused', 'failed', 'server-closed'] as const;
 
 function define<const T extends Record<string, Omit<MetricDefinition, 'labels'> & { labels?: MetricDefinition['labels'] }>>(table: T): { readonly [K in keyof T]: MetricDefinition } {
   return Object.fromEntries(Object.entries(table).map(([id, definition]) => [id, { labels: {}, ...definition }])) as { readonly [K in keyof T]: MetricDefinition };
@@ -132,11 +136,11 @@ export const METRICS = define({
 
   // ---- userfault serve: the page-fault handler service
   handlerClients: {
-    name: 'userfault_handler_clients', type: 'gauge', component: 'handler', labels: { state: CLIENT_STATES },
+    name: 'userfault_handler_clients', type: 'gauge', component: 'handler', labels: { state: HANDLER_CLIENT_STATES },
     help: 'Clients connected now, by state (a handshake being read, the pager starting, serving, closing).',
   },
   handlerClientsEnded: {
-    name: 'userfault_handler_clients_ended_total', type: 'counter', component: 'handler', labels: { reason: CLIENT_END_REASONS },
+    name: 'userfault_handler_clients_ended_total', type: 'counter', component: 'handler', labels: { reason: HANDLER_CLIENT_END_REASONS },
     help: 'Client sessions over, by why: the client hung up, its process exited, its handshake was refused, its socket or uffd failed, the server shut down.',
   },
   handlerProbePages: { name: 'userfault_handler_probe_pages_copied_total', type: 'counter', component: 'handler', help: 'Pages copied by the region probe before a client\'s pager started (not in userfault_pages_installed_total).' },

@@ -5,7 +5,7 @@
 import { writeFileSync } from 'node:fs';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { METRICS, type MetricComponent, type MetricDefinition } from './catalog.js';
-import { LATENCY_BUCKET_BOUNDS_SECONDS } from './latency-histogram.js';
+import { LATENCY_BUCKET_BOUNDS_SECONDS } from '../stats/latency-histogram.js';
 
 const SECTIONS: ReadonlyArray<[MetricComponent, string, string]> = [
   ['pager', 'The pager', 'Exported by a VMM whose guest RAM a pager serves (a lazy restore, an incoming post-copy migration), and by `userfault serve` (summed over its clients, the ones gone included).'],

@@ -11,7 +11,7 @@
 // summed, histograms merged bucket by bucket.
 import client from 'prom-client';
 import { METRICS, type MetricComponent, type MetricDefinition, type MetricId } from './catalog.js';
-import { LATENCY_BUCKET_BOUNDS_SECONDS, type LatencyHistogram } from './latency-histogram.js';
+import { LATENCY_BUCKET_BOUNDS_SECONDS, type LatencyHistogram } from '../stats/latency-histogram.js';
 
 export type Labels = Readonly<Record<string, string | number>>;
 

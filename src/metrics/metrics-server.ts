@@ -5,7 +5,7 @@
 // (DNS rebinding), and idle or slow peers cannot keep a scrape out.
 import type { Server } from 'node:http';
 import { closeHttp, createBoundedHttpServer, listenHttp, sendText, type BoundedHttpServerOptions } from '../net/http-server.js';
-import { formatHostPort, type HostPort } from '../pages/address.js';
+import { formatHostPort, type HostPort } from '../net/address.js';
 import { PROMETHEUS_CONTENT_TYPE, registryOf, type RegistryRef } from './metrics-registry.js';
 
 export interface MetricsServer {

@@ -1,16 +1,9 @@
 // The pager's part of the metrics model: its counters (PagerMetrics) and, for
 // a live pager, its page states, as the catalog's metrics.
-import type { PagerMetrics } from '../pager/metrics.js';
+import type { PagerGauges, PagerMetrics } from '../pager/metrics.js';
 import { FAULT_KINDS } from '../pager/metrics.js';
 import type { PageCounts } from '../pager/page-state.js';
 import type { MetricsSink } from './metrics-registry.js';
-
-/** A pager's live numbers (the gauges), beside its counters. */
-export interface PagerGauges {
-  pages: PageCounts;
-  pendingPages: number;
-  readsInFlight: number;
-}
 
 const PAGE_COUNT_LABELS: ReadonlyArray<[keyof PageCounts, string]> = [
   ['missing', 'missing'], ['inFlight', 'in-flight'], ['present', 'present'], ['discarded', 'discarded'], ['unmapped', 'unmapped'], ['poisoned', 'poisoned'],

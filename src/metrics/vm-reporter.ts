@@ -4,12 +4,28 @@
 import type { DestinationProgress } from '../migrate/destination-migration.js';
 import type { MigrationProgress } from '../migrate/source-migration.js';
 import { PAGE_SIZE } from '../native.js';
-import { VCPU_EXIT_REASONS } from '../vm/vcpu-protocol.js';
-import type { Vmm } from '../vm/vmm.js';
+import type { PagerGauges, PagerMetrics } from '../pager/metrics.js';
+import { VCPU_EXIT_REASONS, type VcpuCounters } from '../vm/vcpu-protocol.js';
+import type { VcpuRunState } from '../vm/vcpu-state-machine.js';
+import type { VmLifecycleState } from '../vm/vm-lifecycle.js';
 import type { MetricsReporter, MetricsSink } from './metrics-registry.js';
 import { reportPagerCounters, reportPagerGauges } from './pager-reporter.js';
 
-export function vmReporter(vmm: Vmm): MetricsReporter {
+/**
+ * What this reporter reads of a VMM (the Vmm of vm/vmm.ts offers it). Named
+ * here, by its shape, so the metrics layer depends on the VM's own types
+ * only, never on the VMM class or on wherever the VMM host keeps it.
+ */
+export interface VmMetricsView {
+  readonly state: VmLifecycleState;
+  readonly machine: { readonly memoryBytes: number };
+  lazyMemoryMetrics(): { metrics: PagerMetrics; gauges: PagerGauges; blocktimeByThread: ReadonlyMap<number, number> } | undefined;
+  vcpuSnapshots(): ReadonlyArray<{ id: number; state: VcpuRunState; counters: VcpuCounters; threadId: number }>;
+  readonly restoreTimings: { readonly readyMs: number; readonly mode: 'eager' | 'lazy' } | undefined;
+  readonly migrationStatus: (() => MigrationProgress | DestinationProgress) | undefined;
+}
+
+export function vmReporter(vmm: VmMetricsView): MetricsReporter {
   return (sink) => {
     sink.add('vmState', 1, { state: vmm.state });
     sink.add('vmMemory', vmm.machine.memoryBytes);

@@ -26,7 +26,7 @@
 // always come back and hear it again.
 import { EventEmitter } from 'node:events';
 import { PAGE_SIZE } from '../native.js';
-import type { LatencySummary } from '../metrics/latency-histogram.js';
+import type { LatencySummary } from '../stats/latency-histogram.js';
 import type { IncomingMachine, MigratableMachineKind } from '../vm/migratable.js';
 import type { MigrationMode } from './convergence.js';
 import { IncomingStream, type GuestRamTarget } from './incoming-stream.js';

@@ -28,7 +28,7 @@
 // the answer). The dashboard's page asks only its own origin
 // (EventSource('/events'), same-origin), so its requests pass.
 import { isIP } from 'node:net';
-import { isLoopbackHost } from '../pages/address.js';
+import { isLoopbackHost } from '../net/address.js';
 
 export interface HostPolicy {
   /** The address listened on (as bound: an IP). */

@@ -17,7 +17,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { hostname } from 'node:os';
 import type { AddressInfo, Socket } from 'node:net';
 import { UserfaultError } from '../errors.js';
-import { formatHostPort, isLoopbackHost, parseHostPort, type HostPort } from '../pages/address.js';
+import { formatHostPort, isLoopbackHost, parseHostPort, type HostPort } from '../net/address.js';
 import { boundHttpServer, DEFAULT_HTTP_BOUNDS, type HttpBounds } from './connection-bounds.js';
 import { checkHostAndOrigin, type HostPolicy } from './host-policy.js';
 

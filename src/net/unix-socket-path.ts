@@ -8,13 +8,10 @@
 // (src/handler/handler-server.ts) and the VMM's control socket
 // (src/vm/control-api.ts).
 import { lstatSync, unlinkSync } from 'node:fs';
-import { constants as osConstants } from 'node:os';
+import { ERRNO as E, errnoName } from '../errno.js';
 import { UserfaultError } from '../errors.js';
 import { isNativeSyscallError, native } from '../native.js';
 
-const E = osConstants.errno;
-const ERRNO_NAMES = new Map<number, string>(Object.entries(E).map(([name, value]) => [value, name]));
-const errnoName = (errno: number): string => ERRNO_NAMES.get(errno) ?? `errno ${errno}`;
 
 /** Why a socket path was refused. */
 export type SocketPathProblem = 'not-a-socket' | 'in-use' | 'probe-failed';

@@ -2,7 +2,8 @@
 // the pager's part of the one metrics model: the JSON status shows their
 // snapshot(), and src/metrics/pager-reporter.ts exports the same objects to
 // Prometheus (names in src/metrics/catalog.ts).
-import { LatencyHistogram, type LatencySummary } from '../metrics/latency-histogram.js';
+import { LatencyHistogram, type LatencySummary } from '../stats/latency-histogram.js';
+import type { PageCounts } from './page-state.js';
 
 /**
  * What a fault found, by the state of its page when its message was read: a
@@ -54,6 +55,13 @@ export interface PagerMetricsSnapshot {
   latencyMicros: LatencySummary;
   /** Per source read, µs, from the read started to its bytes in hand (a synchronous read included). */
   sourceReadLatencyMicros: LatencySummary;
+}
+
+/** A pager's live numbers (the gauges), beside its counters. */
+export interface PagerGauges {
+  pages: PageCounts;
+  pendingPages: number;
+  readsInFlight: number;
 }
 
 export class PagerMetrics {

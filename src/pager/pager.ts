@@ -29,6 +29,7 @@ import { applyEvent, forPages, type EventContext } from './event-applier.js';
 import { FetchScheduler, newFetch, type Fetch } from './fetch-scheduler.js';
 import { PageInstaller, type InstallHow, type InstallerContext } from './installer.js';
 import { PagerMetrics, type PagerMetricsSnapshot } from './metrics.js';
+import { neededPages } from './needed-pages.js';
 import { PageState, PageStateTable, type PageCounts } from './page-state.js';
 import { ReadAhead, type PrefetchOptions } from './readahead.js';
 import { FaultWaiters } from './waiters.js';
@@ -136,7 +137,7 @@ export class Pager extends EventEmitter<PagerEvents> {
       }
     }
     const pageCount = Math.ceil(this.source.sizeBytes / PAGE_SIZE);
-    this.states = options.initialStates ?? new PageStateTable(pageCount, undefined, this.neededPages(pageCount));
+    this.states = options.initialStates ?? new PageStateTable(pageCount, undefined, neededPages(this.source, pageCount, this.map.regions.map((region) => ({ firstPage: region.sourceOffset / PAGE_SIZE, pageCount: region.lengthBytes / PAGE_SIZE }))));
     this.readAhead = new ReadAhead(options.prefetch ?? {});
     const maxInFlight = options.maxInFlight ?? 64;
     this.scheduler = new FetchScheduler(maxInFlight, options.maxBackgroundInFlight ?? Math.max(1, maxInFlight >> 1), this.readAhead.maxPages);
@@ -689,19 +690,6 @@ export class Pager extends EventEmitter<PagerEvents> {
   }
 
   // ---- helpers -------------------------------------------------------------
-
-  /** Pages a complete restore must fill: shown by a region and not known to be zero. */
-  private neededPages(pageCount: number): Uint8Array {
-    const needed = new Uint8Array(pageCount);
-    const zero = this.source.zeroPageMask?.(PAGE_SIZE);
-    for (const region of this.map.regions) {
-      const first = region.sourceOffset / PAGE_SIZE;
-      const count = region.lengthBytes / PAGE_SIZE;
-      if (zero) for (let index = first; index < first + count; index++) needed[index] = zero[index]! ^ 1;
-      else for (let index = first; index < first + count; index++) needed[index] = this.source.isZero?.(index * PAGE_SIZE, PAGE_SIZE) ? 0 : 1;
-    }
-    return needed;
-  }
 
   private checkComplete(): void {
     if (this.completeEmitted || this.statusValue !== 'running' || this.states.pendingNeeded !== 0) return;

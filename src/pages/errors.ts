@@ -1,4 +1,4 @@
-// Errors of the page server and of page URLs. One base class, a stable code each.
+// Errors of the page server and its client. One base class, a stable code each.
 import { UserfaultError } from '../errors.js';
 
 export class PageServerError extends UserfaultError {
@@ -18,14 +18,6 @@ export class RemoteListenRefusedError extends PageServerError {
       `${host} is not a loopback address: serving pages there lets anyone who can reach it read the VM's memory ` +
         '(the protocol has no authentication or encryption); pass --allow-remote (allowRemote: true) to mean it',
     );
-  }
-}
-
-/** A listen address or page URL that cannot be parsed. Code EUSAGE. */
-export class PageAddressError extends PageServerError {
-  override readonly code = 'EUSAGE';
-  constructor(readonly text: string, reason: string) {
-    super(`${JSON.stringify(text)} is not a ${reason}`);
   }
 }
 

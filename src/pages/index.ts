@@ -1,4 +1,3 @@
-export * from './address.js';
 export * from './errors.js';
 export * from './page-server.js';
 export * from './reply-budget.js';

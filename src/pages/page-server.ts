@@ -32,9 +32,9 @@ import {
   ZERO_MAP_HEADER_BYTES,
   type InfoMessage,
 } from '../protocol/index.js';
-import { LatencyHistogram } from '../metrics/latency-histogram.js';
+import { LatencyHistogram } from '../stats/latency-histogram.js';
 import type { PageSource } from '../sources/page-source.js';
-import { formatHostPort, isLoopbackHost } from './address.js';
+import { formatHostPort, isLoopbackHost } from '../net/address.js';
 import { PageServerError, RemoteListenRefusedError } from './errors.js';
 import { ReplyBudget } from './reply-budget.js';
 import { ServedConnection, checkedPagesPayloadBytes, type PageService, type ServedConnectionSummary } from './served-connection.js';

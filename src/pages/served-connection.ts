@@ -34,7 +34,7 @@
 // that has sent no frame (a request, a PING) for idleTimeoutMs is closed with
 // ERROR SHUTTING_DOWN (as HTTP/2's GOAWAY on an idle connection: reconnect
 // when needed); the server sweeps for these (checkLiveness).
-import type { LatencyHistogram } from '../metrics/latency-histogram.js';
+import type { LatencyHistogram } from '../stats/latency-histogram.js';
 import { EventEmitter } from 'node:events';
 import type { Socket } from 'node:net';
 import {

@@ -1,6 +1,6 @@
 // A snapshot laid out as one object for an object store (S3), made for range
 // reads: pure functions over bytes. The store I/O lives in src/s3/; the
-// source that restores from it is src/sources/s3-source.ts.
+// source that restores from it is src/s3/s3-source.ts.
 //
 // The object keeps the snapshot file's own structures verbatim (header,
 // region table, page table, metadata, page data), so the file can be rebuilt

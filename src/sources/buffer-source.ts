@@ -10,12 +10,12 @@ export class BufferSource implements PageSource {
     this.sizeBytes = this.bytes.length;
     this.description = description;
   }
-  async read(offset: number, length: number, target: Uint8Array): Promise<void> {
-    this.readSync(offset, length, target);
+  async read(offset: number, lengthBytes: number, target: Uint8Array): Promise<void> {
+    this.readSync(offset, lengthBytes, target);
   }
-  readSync(offset: number, length: number, target: Uint8Array): boolean {
-    checkReadRange(this, offset, length);
-    target.set(this.bytes.subarray(offset, offset + length));
+  readSync(offset: number, lengthBytes: number, target: Uint8Array): boolean {
+    checkReadRange(this, offset, lengthBytes);
+    target.set(this.bytes.subarray(offset, offset + lengthBytes));
     return true;
   }
 }

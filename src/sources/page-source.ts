@@ -1,7 +1,7 @@
 // A page source: where the pager gets the contents of pages it has not yet filled.
 //
 // The contract, for local sources (a file, memory) and network ones (a page
-// server, later a migration stream, object storage) alike:
+// server, a migration stream, object storage) alike:
 //   - read() fills a page-aligned range; many reads may be in flight at once,
 //     and they may complete in any order.
 //   - Each read says how urgent it is (a thread is blocked on a demand read; a
@@ -46,16 +46,16 @@ export interface PageSource {
   /** Short human description ("snapshot /tmp/a.snap", "page server tcp://127.0.0.1:7000"). */
   readonly description: string;
   /**
-   * Fill target[0, length) with the image's bytes at [offset, offset+length).
+   * Fill target[0, lengthBytes) with the image's bytes at [offset, offset+lengthBytes).
    * Rejects with a SourceReadError (transient or fatal), or an AbortError
    * after options.signal aborted.
    */
-  read(offset: number, length: number, target: Uint8Array, options?: ReadOptions): Promise<void>;
+  read(offset: number, lengthBytes: number, target: Uint8Array, options?: ReadOptions): Promise<void>;
   /**
-   * Whether [offset, offset+length) is known to be all zeroes, so the pager
+   * Whether [offset, offset+lengthBytes) is known to be all zeroes, so the pager
    * can map the zero page without reading. Optional; absent means "unknown".
    */
-  isZero?(offset: number, length: number): boolean;
+  isZero?(offset: number, lengthBytes: number): boolean;
   /**
    * Optional, isZero() for every page at once: one byte per `pageSize` page of
    * the image, 1 where isZero() would be true; undefined if it cannot say for
@@ -67,7 +67,7 @@ export interface PageSource {
    * costs no waiting (memory, or a page-cache hit); return false to have the
    * pager fall back to read(). Saves a promise and an event-loop round per fetch.
    */
-  readSync?(offset: number, length: number, target: Uint8Array): boolean;
+  readSync?(offset: number, lengthBytes: number, target: Uint8Array): boolean;
   /**
    * Optional one-copy path: the range's bytes where they already are (a
    * read-only view of memory the source keeps mapped, the page cache say),
@@ -76,7 +76,7 @@ export interface PageSource {
    * writes to it; it must stay valid until the source is closed. Throws a
    * SourceReadError as read() rejects.
    */
-  mappedPages?(offset: number, length: number): Uint8Array | undefined;
+  mappedPages?(offset: number, lengthBytes: number): Uint8Array | undefined;
   /**
    * Optional: receive pages the source pushes unasked. Returns the function
    * that stops the listener. A pager subscribes while it runs.
@@ -115,16 +115,16 @@ export class SourceGoneError extends SourceReadError {
   }
 }
 
-export function checkReadRange(source: PageSource, offset: number, length: number): void {
-  if (offset < 0 || length < 0 || offset + length > source.sizeBytes) {
-    throw new SourceReadError(offset, length, `outside the ${source.sizeBytes}-byte image of ${source.description}`, { failure: 'fatal' });
+export function checkReadRange(source: PageSource, offset: number, lengthBytes: number): void {
+  if (offset < 0 || lengthBytes < 0 || offset + lengthBytes > source.sizeBytes) {
+    throw new SourceReadError(offset, lengthBytes, `outside the ${source.sizeBytes}-byte image of ${source.description}`, { failure: 'fatal' });
   }
 }
 
 /** checkReadRange, and a target too short for the read: a RangeError. */
-export function checkReadRequest(source: PageSource, offset: number, length: number, target: Uint8Array): void {
-  checkReadRange(source, offset, length);
-  if (target.length < length) throw new RangeError(`target holds ${target.length} bytes, ${length} asked for`);
+export function checkReadRequest(source: PageSource, offset: number, lengthBytes: number, target: Uint8Array): void {
+  checkReadRange(source, offset, lengthBytes);
+  if (target.length < lengthBytes) throw new RangeError(`target holds ${target.length} bytes, ${lengthBytes} asked for`);
 }
 
 /** What a read rejects with once its signal aborted. */

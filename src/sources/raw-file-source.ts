@@ -52,13 +52,13 @@ export class RawFileSource implements PageSource {
     }
   }
 
-  async read(offset: number, length: number, target: Uint8Array): Promise<void> {
-    checkReadRange(this, offset, length);
-    if (target.length < length) throw new SourceReadError(offset, length, `target holds only ${target.length} bytes`);
+  async read(offset: number, lengthBytes: number, target: Uint8Array): Promise<void> {
+    checkReadRange(this, offset, lengthBytes);
+    if (target.length < lengthBytes) throw new SourceReadError(offset, lengthBytes, `target holds only ${target.length} bytes`);
     let done = 0;
     try {
-      while (done < length) {
-        const { bytesRead } = await this.file.read(target, done, length - done, this.fileOffset + offset + done);
+      while (done < lengthBytes) {
+        const { bytesRead } = await this.file.read(target, done, lengthBytes - done, this.fileOffset + offset + done);
         // The length was checked at open: EOF now means the file shrank underneath us.
         if (bytesRead === 0) throw new FileShrankError(done);
         done += bytesRead;
@@ -66,24 +66,24 @@ export class RawFileSource implements PageSource {
     } catch (error) {
       // A file that shrank under us stays short (fatal); an I/O error may pass.
       const shrank = error instanceof FileShrankError;
-      throw new SourceReadError(offset, length, `${this.description}: ${(error as Error).message}`, { cause: error, failure: shrank ? 'fatal' : 'transient' });
+      throw new SourceReadError(offset, lengthBytes, `${this.description}: ${(error as Error).message}`, { cause: error, failure: shrank ? 'fatal' : 'transient' });
     }
   }
 
   /** A page-cache hit is read now (preadv2 RWF_NOWAIT); anything else goes async. */
-  readSync(offset: number, length: number, target: Uint8Array): boolean {
-    checkReadRange(this, offset, length);
+  readSync(offset: number, lengthBytes: number, target: Uint8Array): boolean {
+    checkReadRange(this, offset, lengthBytes);
     if (this.closed) return false;
-    const n = native.preadNoWait(this.file.fd, target.subarray(0, length), this.fileOffset + offset);
-    return n === length;
+    const n = native.preadNoWait(this.file.fd, target.subarray(0, lengthBytes), this.fileOffset + offset);
+    return n === lengthBytes;
   }
 
   /** The pager's one-copy path: the range as it sits in the page cache, when all of it is there (page-cache-view.ts). */
-  mappedPages(offset: number, length: number): Uint8Array | undefined {
-    checkReadRange(this, offset, length);
+  mappedPages(offset: number, lengthBytes: number): Uint8Array | undefined {
+    checkReadRange(this, offset, lengthBytes);
     if (this.closed) return undefined;
     this.view ??= PageCacheView.open(this.file.fd, this.fileOffset, this.sizeBytes) ?? null;
-    return this.view?.cached(offset, length);
+    return this.view?.cached(offset, lengthBytes);
   }
 
   async close(): Promise<void> {

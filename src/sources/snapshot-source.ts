@@ -26,12 +26,12 @@ export class SnapshotSource implements PageSource {
   }
 
   /** Rejects with SourceReadError; its cause is the SnapshotCorruptError naming the page, or the I/O error. */
-  async read(offset: number, length: number, target: Uint8Array): Promise<void> {
-    checkReadRange(this, offset, length);
+  async read(offset: number, lengthBytes: number, target: Uint8Array): Promise<void> {
+    checkReadRange(this, offset, lengthBytes);
     try {
-      await this.snapshot.readPages(offset, length, target);
+      await this.snapshot.readPages(offset, lengthBytes, target);
     } catch (error) {
-      throw this.readError(offset, length, error);
+      throw this.readError(offset, lengthBytes, error);
     }
   }
 
@@ -40,12 +40,12 @@ export class SnapshotSource implements PageSource {
    * cache, read and check it now (preadv2 RWF_NOWAIT); otherwise decline.
    * A corrupt page throws the same SourceReadError as read().
    */
-  readSync(offset: number, length: number, target: Uint8Array): boolean {
-    checkReadRange(this, offset, length);
+  readSync(offset: number, lengthBytes: number, target: Uint8Array): boolean {
+    checkReadRange(this, offset, lengthBytes);
     try {
-      return this.snapshot.readPagesNow(offset, length, target, readWithoutWaiting);
+      return this.snapshot.readPagesNow(offset, lengthBytes, target, readWithoutWaiting);
     } catch (error) {
-      throw this.readError(offset, length, error);
+      throw this.readError(offset, lengthBytes, error);
     }
   }
 
@@ -57,20 +57,20 @@ export class SnapshotSource implements PageSource {
    * the same SourceReadError as read(). See page-cache-view.ts for what a
    * writer of the mapped file can do.
    */
-  mappedPages(offset: number, length: number): Uint8Array | undefined {
-    checkReadRange(this, offset, length);
-    const run = this.snapshot.storedRun(offset, length);
+  mappedPages(offset: number, lengthBytes: number): Uint8Array | undefined {
+    checkReadRange(this, offset, lengthBytes);
+    const run = this.snapshot.storedRun(offset, lengthBytes);
     if (!run) return undefined;
     if (this.dataView === undefined) {
-      const { fd, offset: dataOffset, lengthBytes } = this.snapshot.dataSection;
-      this.dataView = PageCacheView.open(fd, dataOffset, lengthBytes) ?? null;
+      const { fd, offset: dataOffset, lengthBytes: dataLengthBytes } = this.snapshot.dataSection;
+      this.dataView = PageCacheView.open(fd, dataOffset, dataLengthBytes) ?? null;
     }
-    const view = this.dataView?.cached(run.dataOffset, length);
+    const view = this.dataView?.cached(run.dataOffset, lengthBytes);
     if (!view) return undefined;
     try {
       this.snapshot.checkStoredPages(run.pageIndex, offset, view);
     } catch (error) {
-      throw this.readError(offset, length, error);
+      throw this.readError(offset, lengthBytes, error);
     }
     return view;
   }
@@ -82,8 +82,8 @@ export class SnapshotSource implements PageSource {
     return new SourceReadError(offset, length, `${this.description}: ${reason}`, { cause: error, failure: error instanceof SnapshotError ? 'fatal' : 'transient', failedOffset });
   }
 
-  isZero(offset: number, length: number): boolean {
-    return this.snapshot.isZero(offset, length);
+  isZero(offset: number, lengthBytes: number): boolean {
+    return this.snapshot.isZero(offset, lengthBytes);
   }
 
   zeroPageMask(pageSize: number): Uint8Array | undefined {

@@ -4,9 +4,9 @@ import { checkReadRange, type PageSource } from './page-source.js';
 export class ZeroSource implements PageSource {
   readonly description = 'zero';
   constructor(readonly sizeBytes: number) {}
-  async read(offset: number, length: number, target: Uint8Array): Promise<void> {
-    checkReadRange(this, offset, length);
-    target.fill(0, 0, length);
+  async read(offset: number, lengthBytes: number, target: Uint8Array): Promise<void> {
+    checkReadRange(this, offset, lengthBytes);
+    target.fill(0, 0, lengthBytes);
   }
   isZero(): boolean {
     return true;

@@ -1,9 +1,6 @@
 // One base class, a subclass per condition, a stable code, and the data needed to recover.
-import { constants as osConstants } from 'node:os';
+import { ERRNO as E, ErrnoTable, errnoName } from '../errno.js';
 import { UserfaultError } from '../errors.js';
-import { isNativeSyscallError } from '../native.js';
-
-const E = osConstants.errno;
 
 export { UserfaultError };
 
@@ -37,11 +34,13 @@ export class PermissionDeniedError extends SyscallError {
 export class RangeNotRegisteredError extends SyscallError {
   override readonly code = 'ENOENT';
   constructor(syscall: string, errno: number, options?: { cause?: unknown; requiredMode?: 'WP' }) {
-    const meaning = options?.requiredMode
-      ? `the range is not registered in ${options.requiredMode} mode (register it with ['${options.requiredMode}'], alone or with MISSING)`
+    // mwriteprotect_range answers ENOENT for a VMA without VM_UFFD_WP, registered or not.
+    const requiredMode = options?.requiredMode ?? (syscall === 'UFFDIO_WRITEPROTECT' ? 'WP' : undefined);
+    const meaning = requiredMode
+      ? `the range is not registered in ${requiredMode} mode (register it with ['${requiredMode}'], alone or with MISSING)`
       : 'the range is not registered with this userfaultfd';
     super(syscall, errno, { cause: options?.cause, meaning });
-    this.requiredMode = options?.requiredMode;
+    this.requiredMode = requiredMode;
   }
   readonly requiredMode: 'WP' | undefined;
 }
@@ -66,43 +65,23 @@ export class PageExistsError extends SyscallError {
   override readonly code = 'EEXIST';
 }
 
-const errnoNames = new Map<number, string>(Object.entries(E).map(([name, value]) => [value, name]));
-
-export function errnoName(errno: number): string {
-  return errnoNames.get(errno) ?? `errno ${errno}`;
-}
+/** userfaultfd's table (and the syscalls around it: accept4, recvmsg, read). An errno not listed is a plain SyscallError. */
+const UFFD_ERRNOS = new ErrnoTable<SyscallError>([
+  [E.EPERM, PermissionDeniedError],
+  [E.EACCES, PermissionDeniedError],
+  [E.ENOENT, RangeNotRegisteredError],
+  [E.ESRCH, AddressSpaceGoneError],
+  [E.EFAULT, BadAddressError],
+  [E.EINVAL, InvalidArgumentError],
+  [E.EEXIST, PageExistsError],
+], SyscallError);
 
 /** The typed error for an errno returned by `syscall`. */
 export function errorForErrno(syscall: string, errno: number, cause?: unknown): SyscallError {
-  const options = cause === undefined ? undefined : { cause };
-  switch (errno) {
-    case E.EPERM:
-    case E.EACCES:
-      return new PermissionDeniedError(syscall, errno, options);
-    case E.ENOENT:
-      // mwriteprotect_range answers ENOENT for a VMA without VM_UFFD_WP, registered or not.
-      return new RangeNotRegisteredError(syscall, errno, { ...options, requiredMode: syscall === 'UFFDIO_WRITEPROTECT' ? 'WP' : undefined });
-    case E.ESRCH:
-      return new AddressSpaceGoneError(syscall, errno, options);
-    case E.EFAULT:
-      return new BadAddressError(syscall, errno, options);
-    case E.EINVAL:
-      return new InvalidArgumentError(syscall, errno, options);
-    case E.EEXIST:
-      return new PageExistsError(syscall, errno, options);
-    default:
-      return new SyscallError(syscall, errno, options);
-  }
+  return UFFD_ERRNOS.errorFor(syscall, errno, cause === undefined ? undefined : { cause });
 }
 
 /** Run a native call, turning its thrown {errno, syscall} into a typed error. */
 export function wrapNative<T>(call: () => T): T {
-  try {
-    return call();
-  } catch (error) {
-    if (isNativeSyscallError(error)) throw errorForErrno(error.syscall, error.errno, error);
-    throw error;
-  }
+  return UFFD_ERRNOS.wrap(call);
 }
-
-export const ERRNO = E;

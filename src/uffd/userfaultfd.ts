@@ -21,8 +21,8 @@ import {
   type IoctlName,
   type RegisterModeName,
 } from './constants.js';
+import { ERRNO } from '../errno.js';
 import {
-  ERRNO,
   FeatureUnavailableError,
   UserfaultError,
   errorForErrno,

@@ -11,7 +11,7 @@
 //   MigratableMachineKind   how the destination checks the machine and state a source
 //                           describes (a hostile source is refused before anything is built)
 //                           and builds an IncomingMachine that loads them and runs
-import type { LatencySummary } from '../metrics/latency-histogram.js';
+import type { LatencySummary } from '../stats/latency-histogram.js';
 import type { PageSource } from '../sources/page-source.js';
 import type { GuestMemory } from './memory/guest-memory.js';
 

@@ -14,7 +14,7 @@ import { parseArgs } from 'node:util';
 import { exitCodeFor } from '../exit-codes.js';
 import { VmUsageError } from './errors.js';
 import { prewarmVcpuWorkers } from './vcpu-worker-pool.js';
-import { parseHostPort } from '../pages/address.js';
+import { parseHostPort } from '../net/address.js';
 import { checkListenAddress } from '../net/http-server.js';
 
 function parseBytes(option: string, text: string): number {

@@ -19,7 +19,7 @@ import { ExitCode, exitCodeFor } from '../exit-codes.js';
 import { startControlApi, vmmMetrics, type ControlApi } from './control-api.js';
 import type { MetricsRegistry } from '../metrics/metrics-registry.js';
 import { startMetricsServer, type MetricsServer } from '../metrics/metrics-server.js';
-import type { HostPort } from '../pages/address.js';
+import type { HostPort } from '../net/address.js';
 import { VmUsageError } from './errors.js';
 import { machineConfigProblem } from './machine-config.js';
 import type { LazyRestoreOptions } from './memory/lazy-guest-memory.js';

@@ -32,7 +32,7 @@ import { loadGuestMemory } from './memory/eager-load.js';
 import { vmStateToJson, type VmSavedState } from './persist/vm-state.js';
 import { GuestDirtyLog } from './dirty-log.js';
 import type { IncomingLazyMemory, IncomingMachine } from './migratable.js';
-import type { LatencySummary } from '../metrics/latency-histogram.js';
+import type { LatencySummary } from '../stats/latency-histogram.js';
 import { PAGE_SIZE } from '../native.js';
 import { downsamplePageStates, PageState, type PageStateMap } from '../pager/page-state.js';
 import { vcpuWorkerFor } from './vcpu-worker-pool.js';

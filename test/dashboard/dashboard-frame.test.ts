@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { buildFrame, histogramView } from '../../src/dashboard/dashboard-frame.js';
 import { SampleSet, parsePrometheusText } from '../../src/dashboard/prometheus-text.js';
-import { LatencyHistogram } from '../../src/metrics/latency-histogram.js';
+import { LatencyHistogram } from '../../src/stats/latency-histogram.js';
 import { MetricsRegistry } from '../../src/metrics/metrics-registry.js';
 
 async function samplesOf(report: Parameters<MetricsRegistry['report']>[0]): Promise<SampleSet> {

@@ -12,7 +12,7 @@ import { startMetricsServer } from '../../src/metrics/metrics-server.js';
 import { pageServerReporter } from '../../src/metrics/page-server-reporter.js';
 import { startPageServer } from '../../src/pages/page-server.js';
 import { BufferSource } from '../../src/sources/buffer-source.js';
-import { RemoteSource } from '../../src/sources/remote-source.js';
+import { RemoteSource } from '../../src/pages/remote-source.js';
 import { getWith, occupy, statusOf } from '../net/hostile-clients.js';
 
 function get(url: string, method = 'GET'): Promise<{ status: number; headers: Record<string, unknown>; text: string }> {

@@ -1,7 +1,7 @@
 // The registry: reporters' numbers, summed and merged, rendered by prom-client and read back.
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { LatencyHistogram } from '../../src/metrics/latency-histogram.js';
+import { LatencyHistogram } from '../../src/stats/latency-histogram.js';
 import { MetricsRegistry } from '../../src/metrics/metrics-registry.js';
 import { SampleSet, parsePrometheusText } from '../../src/dashboard/prometheus-text.js';
 

@@ -11,7 +11,7 @@ import { EventEmitter } from 'node:events';
 import { Worker } from 'node:worker_threads';
 import { PAGE_SIZE } from '../../src/native.js';
 import { UserfaultError } from '../../src/errors.js';
-import type { LatencySummary } from '../../src/metrics/latency-histogram.js';
+import type { LatencySummary } from '../../src/stats/latency-histogram.js';
 import { GuestMemory } from '../../src/vm/memory/guest-memory.js';
 import { LazyGuestMemory } from '../../src/vm/memory/lazy-guest-memory.js';
 import type { IncomingLazyMemory, IncomingMachine, MigratableMachineKind, MigrationSourceMachine } from '../../src/vm/migratable.js';

@@ -2,7 +2,7 @@
 // and with the exact percentiles of what was recorded.
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { LatencyHistogram } from '../../src/metrics/latency-histogram.js';
+import { LatencyHistogram } from '../../src/stats/latency-histogram.js';
 import { PagerMetrics, type PagerMetricsSnapshot } from '../../src/pager/metrics.js';
 
 function latencies(values: readonly number[]): PagerMetricsSnapshot['latencyMicros'] {

@@ -221,9 +221,9 @@ describe('the pager', () => {
     let syncReads = 0;
     const source = new BufferSource(image);
     const counting = Object.assign(Object.create(source) as BufferSource, {
-      readSync(offset: number, length: number, target: Uint8Array) {
+      readSync(offset: number, lengthBytes: number, target: Uint8Array) {
         syncReads++;
-        return source.readSync(offset, length, target);
+        return source.readSync(offset, lengthBytes, target);
       },
     });
     const r = rig(counting, { prefetch: { initialPages: 1, maxPages: 8 } });
@@ -383,15 +383,15 @@ describe('the pager and what a source says', () => {
     readonly reads: Array<{ offset: number; length: number; priority?: string; signal?: AbortSignal; answer: (error?: Error) => void; target: Uint8Array }> = [];
     private listener: ((pages: PushedPages) => void) | undefined;
     private arrived: (() => void) | undefined;
-    read(offset: number, length: number, target: Uint8Array, options: ReadOptions = {}): Promise<void> {
+    read(offset: number, lengthBytes: number, target: Uint8Array, options: ReadOptions = {}): Promise<void> {
       return new Promise((resolve, reject) => {
         const answer = (error?: Error): void => {
           if (error) return reject(error);
-          target.set(image.subarray(offset, offset + length));
+          target.set(image.subarray(offset, offset + lengthBytes));
           resolve();
         };
         options.signal?.addEventListener('abort', () => reject(new DOMException('aborted', 'AbortError')));
-        this.reads.push({ offset, length, priority: options.priority, signal: options.signal, answer, target });
+        this.reads.push({ offset, length: lengthBytes, priority: options.priority, signal: options.signal, answer, target });
         this.arrived?.();
       });
     }

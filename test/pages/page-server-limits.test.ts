@@ -12,7 +12,7 @@ import { pageServerReporter } from '../../src/metrics/page-server-reporter.js';
 import type { Message } from '../../src/protocol/index.js';
 import { CLOSED_SUMMARIES_KEPT, startPageServer, type PageServer, type PageServerOptions, type ServedConnectionSummary } from '../../src/pages/index.js';
 import { BufferSource } from '../../src/sources/buffer-source.js';
-import { RemoteSource } from '../../src/sources/remote-source.js';
+import { RemoteSource } from '../../src/pages/remote-source.js';
 import type { PageSource, ReadOptions } from '../../src/sources/page-source.js';
 import { RawClient } from './raw-client.js';
 
@@ -64,9 +64,9 @@ class GatedSource implements PageSource {
   get sizeBytes(): number {
     return this.image.length;
   }
-  read(offset: number, length: number, target: Uint8Array, _options?: ReadOptions): Promise<void> {
+  read(offset: number, lengthBytes: number, target: Uint8Array, _options?: ReadOptions): Promise<void> {
     return new Promise((resolve) => this.waiting.push(() => {
-      target.set(this.image.subarray(offset, offset + length));
+      target.set(this.image.subarray(offset, offset + lengthBytes));
       resolve();
     }));
   }

@@ -81,17 +81,17 @@ class GatedSource implements PageSource {
   get sizeBytes(): number {
     return this.image.length;
   }
-  read(offset: number, length: number, target: Uint8Array, options?: ReadOptions): Promise<void> {
+  read(offset: number, lengthBytes: number, target: Uint8Array, options?: ReadOptions): Promise<void> {
     this.running++;
     this.peakRunning = Math.max(this.peakRunning, this.running);
     return new Promise((resolve) => {
       this.started.push({
         offset,
-        length,
+        length: lengthBytes,
         priority: options?.priority,
         signal: options?.signal,
         release: () => {
-          target.set(this.image.subarray(offset, offset + length));
+          target.set(this.image.subarray(offset, offset + lengthBytes));
           this.running--;
           resolve();
         },

@@ -9,7 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import * as tls from 'node:tls';
-import { parsePageUrl, formatHostPort } from '../../pages/address.js';
+import { parsePageUrl, formatHostPort } from '../../net/address.js';
 import {
   DEFAULT_MAX_PAYLOAD_BYTES,
   MAX_PROTOCOL_VERSION,

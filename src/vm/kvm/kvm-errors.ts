@@ -3,24 +3,15 @@
 // things (EINVAL: a value or state the kernel refuses; EEXIST: the vCPU id or
 // memory slot is taken; ENXIO/ENOTTY: this host's KVM lacks the ioctl), not
 // what the same numbers mean to userfaultfd, so KVM has its own table
-// instead of src/uffd/errors.ts's.
-import { constants as osConstants } from 'node:os';
-import { isNativeSyscallError } from '../../native.js';
+// instead of src/uffd/errors.ts's (the mechanism, src/errno.ts, is shared).
+import { ERRNO as E, ErrnoTable, errnoName } from '../../errno.js';
 import { VmError } from '../errors.js';
-
-const E = osConstants.errno;
-const ERRNO_NAMES = new Map<number, string>(Object.entries(E).map(([name, value]) => [value, name]));
-
-/** "EINVAL", or "errno 1234" for a number the host does not name. */
-export function kvmErrnoName(errno: number): string {
-  return ERRNO_NAMES.get(errno) ?? `errno ${errno}`;
-}
 
 /** A KVM ioctl failed. `ioctl` is the kernel's name (KVM_SET_REGS), `errno` what it returned. */
 export class KvmIoctlError extends VmError {
   override readonly code: string = 'EKVMIOCTL';
   constructor(readonly ioctl: string, readonly errno: number, options?: { cause?: unknown }, detail = '') {
-    super(`${ioctl} failed: ${kvmErrnoName(errno)}${detail ? ` (${detail})` : ''}`, options);
+    super(`${ioctl} failed: ${errnoName(errno)}${detail ? ` (${detail})` : ''}`, options);
   }
 }
 
@@ -59,10 +50,8 @@ export class KvmPermissionError extends KvmIoctlError {
   override readonly code = 'EKVMPERM';
 }
 
-type KvmIoctlErrorClass = new (ioctl: string, errno: number, options?: { cause?: unknown }, detail?: string) => KvmIoctlError;
-
 /** The one table. An errno not listed is a plain KvmIoctlError. */
-const BY_ERRNO: ReadonlyMap<number, KvmIoctlErrorClass> = new Map<number, KvmIoctlErrorClass>([
+const KVM_ERRNOS = new ErrnoTable<KvmIoctlError>([
   [E.EINVAL, KvmInvalidArgumentError],
   [E.EFAULT, KvmBadAddressError],
   [E.EEXIST, KvmBusyError],
@@ -75,22 +64,16 @@ const BY_ERRNO: ReadonlyMap<number, KvmIoctlErrorClass> = new Map<number, KvmIoc
   [E.ENOMEM, KvmOutOfMemoryError],
   [E.EPERM, KvmPermissionError],
   [E.EACCES, KvmPermissionError],
-]);
+], KvmIoctlError);
 
 /** The typed error for `errno` from `ioctl`. */
 export function kvmErrorForErrno(ioctl: string, errno: number, options?: { cause?: unknown }): KvmIoctlError {
-  const ErrorClass = BY_ERRNO.get(errno) ?? KvmIoctlError;
-  return new ErrorClass(ioctl, errno, options);
+  return KVM_ERRNOS.errorFor(ioctl, errno, options);
 }
 
 /** Run a native KVM call, turning its thrown {errno, syscall} into the typed error for `ioctl`. */
 export function wrapKvm<T>(ioctl: string, call: () => T): T {
-  try {
-    return call();
-  } catch (error) {
-    if (isNativeSyscallError(error)) throw kvmErrorForErrno(ioctl, error.errno, { cause: error });
-    throw error;
-  }
+  return KVM_ERRNOS.wrap(call, ioctl);
 }
 
 /**

@@ -13,8 +13,7 @@
 // unregister the ranges, close the uffd and the source, and only then may the
 // VMM unmap the memory.
 import { PAGE_SIZE } from '../../native.js';
-import { PageState, PageStateTable, PagerHost, type PagerMetrics, type PagerMetricsSnapshot, type PageCounts, type PageStateMap, type PrefetchOptions } from '../../pager/index.js';
-import type { PagerGauges } from '../../metrics/pager-reporter.js';
+import { PageState, PageStateTable, PagerHost, neededPages, type PagerGauges, type PagerMetrics, type PagerMetricsSnapshot, type PageCounts, type PageStateMap, type PrefetchOptions } from '../../pager/index.js';
 import type { PageSource } from '../../sources/page-source.js';
 import { Userfaultfd } from '../../uffd/index.js';
 import { VmError } from '../errors.js';
@@ -81,13 +80,8 @@ export interface LazyMemoryReport {
 function startingStates(memory: GuestMemory, source: PageSource, present: { get(page: number): boolean }): PageStateTable {
   const pages = memory.lengthBytes / PAGE_SIZE;
   const states = new Uint8Array(pages);
-  const needed = new Uint8Array(pages);
-  // One mask from the source rather than an isZero() call a page: this runs inside a migration's downtime.
-  const zero = source.zeroPageMask?.(PAGE_SIZE);
-  for (let page = 0; page < pages; page++) {
-    if (present.get(page)) states[page] = PageState.PRESENT;
-    else needed[page] = zero ? zero[page]! ^ 1 : source.isZero?.(page * PAGE_SIZE, PAGE_SIZE) ? 0 : 1;
-  }
+  for (let page = 0; page < pages; page++) if (present.get(page)) states[page] = PageState.PRESENT;
+  const needed = neededPages(source, pages, [{ firstPage: 0, pageCount: pages }], (page) => states[page] === PageState.PRESENT);
   return new PageStateTable(pages, { states, needed });
 }
 

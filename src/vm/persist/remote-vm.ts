@@ -5,7 +5,7 @@
 // lazy restore's pages arrive as the vCPUs fault on them, each checked on
 // receipt against the checksum the snapshot stores for it (sent with it), so a
 // page altered on the server or on the way is refused, never installed.
-import { RemoteSource, type RemoteSourceOptions } from '../../sources/remote-source.js';
+import { RemoteSource, type RemoteSourceOptions } from '../../pages/remote-source.js';
 import { vmRestoreSourceFromMetadata, type VmRestoreSource } from './restore-source.js';
 
 export async function openRemoteVmSource(url: string, options: RemoteSourceOptions = {}): Promise<VmRestoreSource> {

@@ -4,7 +4,7 @@
 // S3Source. Nothing but the index is read before the guest runs; each chunk
 // is checked against its SHA-256 as it arrives (there is no verifyAll: it
 // would fetch the whole object).
-import { S3Source, type S3SourceOptions } from '../../sources/s3-source.js';
+import { S3Source, type S3SourceOptions } from '../../s3/s3-source.js';
 import { vmRestoreSourceFromMetadata, type VmRestoreSource } from './restore-source.js';
 
 export async function openS3VmSource(url: string, options: S3SourceOptions = {}): Promise<VmRestoreSource> {

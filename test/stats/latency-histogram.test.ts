@@ -1,7 +1,7 @@
 // The one latency record, read as percentiles and as Prometheus buckets.
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { LATENCY_BUCKET_BOUNDS_MICROS, LATENCY_BUCKET_BOUNDS_SECONDS, LatencyHistogram } from '../../src/metrics/latency-histogram.js';
+import { LATENCY_BUCKET_BOUNDS_MICROS, LATENCY_BUCKET_BOUNDS_SECONDS, LatencyHistogram } from '../../src/stats/latency-histogram.js';
 
 /** The bucket index a value landed in. */
 function bucketOf(micros: number): number {

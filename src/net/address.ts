@@ -1,7 +1,15 @@
 // Addresses of page servers: "HOST:PORT" to listen on, "tcp://HOST:PORT" to
 // connect to, and whether a host is this machine's loopback. Pure.
 import { isIP } from 'node:net';
-import { PageAddressError } from './errors.js';
+import { UserfaultError } from '../errors.js';
+
+/** A listen address or page URL that cannot be parsed. Code EUSAGE. */
+export class AddressError extends UserfaultError {
+  override readonly code = 'EUSAGE';
+  constructor(readonly text: string, reason: string) {
+    super(`${JSON.stringify(text)} is not a ${reason}`);
+  }
+}
 
 export interface HostPort {
   /** An IP address or a host name, without brackets. */
@@ -12,20 +20,20 @@ export interface HostPort {
 /** "127.0.0.1:7000", "[::1]:7000", "localhost:0". */
 export function parseHostPort(text: string, what = 'HOST:PORT address'): HostPort {
   const match = /^(?:\[([^\]]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(text.trim());
-  if (!match) throw new PageAddressError(text, `${what} (examples: 127.0.0.1:7000, [::1]:7000)`);
+  if (!match) throw new AddressError(text, `${what} (examples: 127.0.0.1:7000, [::1]:7000)`);
   const host = (match[1] ?? match[2])!;
   const port = Number(match[3]);
-  if (port > 65535) throw new PageAddressError(text, `${what}: port ${port} is past 65535`);
-  if (match[1] !== undefined && isIP(host) !== 6) throw new PageAddressError(text, `${what}: only IPv6 addresses go in brackets`);
+  if (port > 65535) throw new AddressError(text, `${what}: port ${port} is past 65535`);
+  if (match[1] !== undefined && isIP(host) !== 6) throw new AddressError(text, `${what}: only IPv6 addresses go in brackets`);
   return { host, port };
 }
 
 /** "tcp://HOST:PORT" (port 1..65535). */
 export function parsePageUrl(url: string): HostPort {
   const match = /^tcp:\/\/(.+)$/.exec(url.trim());
-  if (!match) throw new PageAddressError(url, 'page server URL (tcp://HOST:PORT)');
+  if (!match) throw new AddressError(url, 'page server URL (tcp://HOST:PORT)');
   const address = parseHostPort(match[1]!, 'page server URL (tcp://HOST:PORT)');
-  if (address.port === 0) throw new PageAddressError(url, 'page server URL: port 0 names no server');
+  if (address.port === 0) throw new AddressError(url, 'page server URL: port 0 names no server');
   return address;
 }
 

@@ -13,7 +13,7 @@ import { parseS3Url } from '../../src/s3/s3-url.js';
 import { prepareSnapshotObject, pushSnapshot } from '../../src/s3/snapshot-push.js';
 import { SnapshotObjectFormatError } from '../../src/snapshot/object-errors.js';
 import { SourceGoneError, SourceReadError } from '../../src/sources/page-source.js';
-import { S3Source } from '../../src/sources/s3-source.js';
+import { S3Source } from '../../src/s3/s3-source.js';
 import { LocalS3Store } from '../fixtures/s3-store.js';
 
 const PAGE = 4096;

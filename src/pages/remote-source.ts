@@ -51,13 +51,15 @@ import {
   type InfoMessage,
   type RoleName,
 } from '../protocol/index.js';
-import { parsePageUrl, formatHostPort } from '../pages/address.js';
-import { ClientConnection, type ConnectionLoss } from '../pages/client-connection.js';
-import { ImageChangedError, PeerUnavailableError } from '../pages/errors.js';
-import { ZeroMap } from '../pages/zero-map.js';
-import { firstPageMismatch } from '../pages/page-checksums.js';
-import { SourceGoneError, SourceReadError, abortedReadError, checkReadRequest, type PageSource, type ReadOptions, type ReadPriority } from './page-source.js';
-import { PageChecksumError, SourceDeadlineError } from './read-errors.js';
+import { parsePageUrl, formatHostPort } from '../net/address.js';
+import { ClientConnection, type ConnectionLoss } from './client-connection.js';
+import { ImageChangedError, PeerUnavailableError } from './errors.js';
+import { ZeroMap } from './zero-map.js';
+import { firstPageMismatch } from './page-checksums.js';
+import { SourceGoneError, SourceReadError, abortedReadError, checkReadRequest, type PageSource, type ReadOptions, type ReadPriority } from '../sources/page-source.js';
+import { PageChecksumError, SourceDeadlineError } from '../sources/read-errors.js';
+import { SOURCE_STATES, type SourceState } from '../sources/source-state.js';
+import { CHANNEL_STATES, type ChannelState } from './channel-state.js';
 
 export interface RemoteSourceOptions {
   /** How long a lost server has to come back before every read fails with SourceGoneError (default 30 s). */
@@ -135,14 +137,14 @@ interface ReadOperation {
   deadlineTimer?: NodeJS.Timeout;
   remaining: number;
   settled: boolean;
-  readonly fetches: Set<Fetch>;
+  readonly fetches: Set<WireRead>;
   resolve(): void;
   reject(error: unknown): void;
   abortListener?: () => void;
 }
 
 /** One READ on the wire: a page-aligned range, and every operation waiting for it. */
-interface Fetch {
+interface WireRead {
   readonly key: string;
   readonly offset: number;
   readonly lengthBytes: number;
@@ -151,7 +153,7 @@ interface Fetch {
   readonly priority: ReadPriority;
   state: 'queued' | 'sent' | 'done';
   /** The connection and id it was sent with, while 'sent'. */
-  connection: ClientConnection<Fetch> | undefined;
+  connection: ClientConnection<WireRead> | undefined;
   requestId: number;
   readonly waiters: Set<ReadOperation>;
   /** Replies refused for a page that failed its checksum, and others the server gave (for a deadline error's text). */
@@ -160,10 +162,10 @@ interface Fetch {
   sends: number;
 }
 
-type FetchState = Fetch['state'];
+type WireReadState = WireRead['state'];
 
 /** A fetch's legal moves, in one place (the diagram at the top of this file). */
-const FETCH_MOVES: Readonly<Record<FetchState, readonly FetchState[]>> = {
+const WIRE_READ_MOVES: Readonly<Record<WireReadState, readonly WireReadState[]>> = {
   // Sent on a connection; or dropped before it was (nobody waits, or the source is gone).
   queued: ['sent', 'queued', 'done'],
   // Answered or cancelled; or back in the queue (its connection was lost, the server was busy).
@@ -171,24 +173,22 @@ const FETCH_MOVES: Readonly<Record<FetchState, readonly FetchState[]>> = {
   done: ['done'],
 };
 
-function moveFetch(fetch: Fetch, to: FetchState): void {
-  if (!FETCH_MOVES[fetch.state].includes(to)) throw new Error(`fetch ${fetch.key}: ${fetch.state} -> ${to} is not a legal move`);
+function moveWireRead(fetch: WireRead, to: WireReadState): void {
+  if (!WIRE_READ_MOVES[fetch.state].includes(to)) throw new Error(`fetch ${fetch.key}: ${fetch.state} -> ${to} is not a legal move`);
   fetch.state = to;
 }
 
-type SourceState = 'open' | 'gone' | 'closed';
-
 /**
  * One of the two connections' worth of state: its fetches (queued and sent),
- * its current connection, and its reconnect loop.
- *
- *   connected ──lost──▶ reconnecting ──HELLO and INFO checked──▶ connected
- *                           └──deadline passed / image changed──▶ (the source is gone)
+ * its current connection, and its reconnect loop. Its states and their moves
+ * are the table in channel-state.ts.
  */
 class Channel {
-  connection: ClientConnection<Fetch> | undefined;
-  readonly queue: Fetch[] = [];
-  readonly byKey = new Map<string, Fetch>();
+  /** Moved only through CHANNEL_STATES. */
+  private stateValue: ChannelState = 'connecting';
+  connection: ClientConnection<WireRead> | undefined;
+  readonly queue: WireRead[] = [];
+  readonly byKey = new Map<string, WireRead>();
   private lostAt: number | undefined;
   private delayMs: number;
   private retryTimer: NodeJS.Timeout | undefined;
@@ -207,8 +207,8 @@ class Channel {
   /** Connect (HELLO, INFO) once; rejects as open() does. */
   async connect(): Promise<InfoMessage> {
     // Declared first: the connection may end (and say so) before open() resolves.
-    let connection: ClientConnection<Fetch> | undefined = undefined;
-    connection = await ClientConnection.open<Fetch>(
+    let connection: ClientConnection<WireRead> | undefined = undefined;
+    connection = await ClientConnection.open<WireRead>(
       {
         host: this.source.address.host,
         port: this.source.address.port,
@@ -244,6 +244,7 @@ class Channel {
 
   /** Called when the first connection and its INFO are accepted, or a reconnect's INFO matched. */
   connected(): void {
+    this.stateValue = CHANNEL_STATES.next(this.stateValue, 'connected');
     this.lostAt = undefined;
     this.lastLoss = undefined;
     this.delayMs = this.source.settings.reconnectInitialDelayMs;
@@ -258,7 +259,7 @@ class Channel {
     if (connection === undefined || connection.state !== 'ready') return;
     while (this.queue.length > 0 && connection.outstandingCount < this.source.settings.maxInFlightPerConnection) {
       const fetch = this.queue.shift()!;
-      moveFetch(fetch, 'sent');
+      moveWireRead(fetch, 'sent');
       fetch.connection = connection;
       fetch.requestId = connection.sendRead(fetch, { type: 'read', offset: fetch.offset, lengthBytes: fetch.lengthBytes, priority: fetch.priority });
       fetch.sends++;
@@ -266,14 +267,14 @@ class Channel {
     }
   }
 
-  enqueue(fetch: Fetch): void {
+  enqueue(fetch: WireRead): void {
     this.queue.push(fetch);
     this.byKey.set(fetch.key, fetch);
     this.flush();
   }
 
   /** Forget a fetch nobody waits for: dequeue it, or cancel it on the wire. */
-  drop(fetch: Fetch): void {
+  drop(fetch: WireRead): void {
     if (this.byKey.get(fetch.key) === fetch) this.byKey.delete(fetch.key);
     if (fetch.state === 'queued') {
       const at = this.queue.indexOf(fetch);
@@ -282,24 +283,25 @@ class Channel {
       fetch.connection.cancelRead(fetch.requestId);
       this.source.stats.cancelsSent++;
     }
-    moveFetch(fetch, 'done');
+    moveWireRead(fetch, 'done');
   }
 
-  finished(fetch: Fetch): void {
-    moveFetch(fetch, 'done');
+  finished(fetch: WireRead): void {
+    moveWireRead(fetch, 'done');
     if (this.byKey.get(fetch.key) === fetch) this.byKey.delete(fetch.key);
     this.flush();
   }
 
   /** Put a fetch back at the front of the queue (a server BUSY, an unasked CANCELLED). */
-  requeue(fetch: Fetch): void {
-    moveFetch(fetch, 'queued');
+  requeue(fetch: WireRead): void {
+    moveWireRead(fetch, 'queued');
     fetch.connection = undefined;
     this.queue.unshift(fetch);
     this.flush();
   }
 
   close(): void {
+    this.stateValue = CHANNEL_STATES.next(this.stateValue, 'close');
     clearTimeout(this.retryTimer);
     clearTimeout(this.deadlineTimer);
     clearInterval(this.keepalive);
@@ -308,15 +310,16 @@ class Channel {
     connection?.close();
   }
 
-  private onEnd(connection: ClientConnection<Fetch>, loss: ConnectionLoss): void {
+  private onEnd(connection: ClientConnection<WireRead>, loss: ConnectionLoss): void {
     if (this.connection !== connection) return;
     this.connection = undefined;
     clearInterval(this.keepalive);
     if (loss.kind === 'closed' || this.source.state !== 'open') return;
+    this.stateValue = CHANNEL_STATES.next(this.stateValue, 'lost');
     // Every READ the server had not answered goes back to the front of the queue, in the order it was sent.
     const unanswered = connection.unansweredReads().filter((fetch) => fetch.state === 'sent' && fetch.connection === connection);
     for (const fetch of unanswered) {
-      moveFetch(fetch, 'queued');
+      moveWireRead(fetch, 'queued');
       fetch.connection = undefined;
     }
     this.queue.unshift(...unanswered);
@@ -386,7 +389,7 @@ class Channel {
    * it. A server that stopped answering is then a lost connection, not a
    * read that never ends.
    */
-  private startKeepalive(connection: ClientConnection<Fetch>): void {
+  private startKeepalive(connection: ClientConnection<WireRead>): void {
     clearInterval(this.keepalive);
     const { idleTimeoutMs, requestTimeoutMs } = this.source.settings;
     this.keepalive = setInterval(() => {
@@ -476,23 +479,23 @@ export class RemoteSource implements PageSource {
     return this.stateValue;
   }
 
-  read(offset: number, length: number, target: Uint8Array, options: ReadOptions = {}): Promise<void> {
-    if (this.stateValue !== 'open') return Promise.reject(this.goneReadError(offset, length));
+  read(offset: number, lengthBytes: number, target: Uint8Array, options: ReadOptions = {}): Promise<void> {
+    if (this.stateValue !== 'open') return Promise.reject(this.goneReadError(offset, lengthBytes));
     try {
-      checkReadRequest(this, offset, length, target);
+      checkReadRequest(this, offset, lengthBytes, target);
     } catch (error) {
       return Promise.reject(error);
     }
     const { signal } = options;
     if (signal?.aborted) return Promise.reject(abortedReadError());
-    if (length === 0) return Promise.resolve();
+    if (lengthBytes === 0) return Promise.resolve();
     const priority: ReadPriority = options.priority ?? 'demand';
     return new Promise<void>((resolve, reject) => {
-      const operation: ReadOperation = { offset, lengthBytes: length, target, signal, priority, startedAt: performance.now(), remaining: 0, settled: false, fetches: new Set(), resolve, reject };
+      const operation: ReadOperation = { offset, lengthBytes, target, signal, priority, startedAt: performance.now(), remaining: 0, settled: false, fetches: new Set(), resolve, reject };
       // Whole pages on the wire: an unaligned read is served from the pages around it.
       const page = this.info.pageSizeBytes;
       const first = Math.floor(offset / page) * page;
-      const end = Math.ceil((offset + length) / page) * page;
+      const end = Math.ceil((offset + lengthBytes) / page) * page;
       for (let at = first; at < end; at += this.chunkBytes) {
         const fetch = this.fetchFor(at, Math.min(this.chunkBytes, end - at), priority);
         fetch.waiters.add(operation);
@@ -507,15 +510,15 @@ export class RemoteSource implements PageSource {
     });
   }
 
-  isZero(offset: number, length: number): boolean {
-    return this.zeroMap?.isZero(offset, length) ?? false;
+  isZero(offset: number, lengthBytes: number): boolean {
+    return this.zeroMap?.isZero(offset, lengthBytes) ?? false;
   }
 
   /** End both connections; every read still waiting rejects with SourceGoneError. */
   async close(): Promise<void> {
     if (this.stateValue === 'closed') return;
     const wasOpen = this.stateValue === 'open';
-    this.stateValue = 'closed';
+    this.stateValue = SOURCE_STATES.next(this.stateValue, 'close');
     if (wasOpen) this.goneError ??= new Error('the source was closed');
     this.failAll();
     this.urgent.close();
@@ -525,7 +528,7 @@ export class RemoteSource implements PageSource {
   // Called by the channels.
 
   /** @internal */
-  onReadReply(fetch: Fetch, reply: CheckedPagesMessage | ErrorMessage): void {
+  onReadReply(fetch: WireRead, reply: CheckedPagesMessage | ErrorMessage): void {
     if (fetch.state !== 'sent') return;
     if (reply.type !== 'error') {
       this.violationsInARow = 0;
@@ -545,7 +548,7 @@ export class RemoteSource implements PageSource {
         // Not asked for, or not now: try again (after a pause when the server is busy).
         if (reply.code === 'BUSY') {
           fetch.busyReplies++;
-          moveFetch(fetch, 'queued');
+          moveWireRead(fetch, 'queued');
           setTimeout(() => (fetch.waiters.size > 0 && this.stateValue === 'open' ? fetch.channel.requeue(fetch) : undefined), 20);
         } else {
           fetch.channel.requeue(fetch);
@@ -567,7 +570,7 @@ export class RemoteSource implements PageSource {
    * READ is sent again (a page garbled in the server's memory may come right),
    * then the read fails for good, naming the page.
    */
-  private corruptReply(fetch: Fetch, pageOffset: number, expected: number, actual: number): void {
+  private corruptReply(fetch: WireRead, pageOffset: number, expected: number, actual: number): void {
     this.stats.corruptReplies++;
     if (fetch.corruptReplies++ < this.settings.maxCorruptRetries) {
       fetch.channel.requeue(fetch);
@@ -586,7 +589,7 @@ export class RemoteSource implements PageSource {
     if (operation.settled) return;
     this.stats.deadlinesPassed++;
     // The first page still missing; what its fetch went through, for the message.
-    let first: Fetch | undefined;
+    let first: WireRead | undefined;
     for (const fetch of operation.fetches) if (first === undefined || fetch.offset < first.offset) first = fetch;
     const pageOffset = Math.max(operation.offset, first?.offset ?? operation.offset);
     const what = first === undefined
@@ -631,7 +634,7 @@ export class RemoteSource implements PageSource {
   /** @internal */
   goneFor(error: Error): void {
     if (this.stateValue !== 'open') return;
-    this.stateValue = 'gone';
+    this.stateValue = SOURCE_STATES.next(this.stateValue, 'gave-up');
     this.goneError = error;
     this.failAll();
     this.urgent.close();
@@ -662,7 +665,7 @@ export class RemoteSource implements PageSource {
     if (this.bulk !== this.urgent) this.bulk.connected();
   }
 
-  private async fetchMetadata(connection: ClientConnection<Fetch>, totalLengthBytes: number): Promise<Uint8Array> {
+  private async fetchMetadata(connection: ClientConnection<WireRead>, totalLengthBytes: number): Promise<Uint8Array> {
     if (totalLengthBytes > this.settings.maxMetadataBytes) {
       throw new ProtocolError('EPROTO_FIELD', `the server's metadata is ${totalLengthBytes} bytes; at most ${this.settings.maxMetadataBytes} are taken`, { field: 'metadataLengthBytes' });
     }
@@ -680,7 +683,7 @@ export class RemoteSource implements PageSource {
     return metadata;
   }
 
-  private async fetchZeroMap(connection: ClientConnection<Fetch>, info: InfoMessage): Promise<ZeroMap> {
+  private async fetchZeroMap(connection: ClientConnection<WireRead>, info: InfoMessage): Promise<ZeroMap> {
     const pageCount = info.imageSizeBytes / info.pageSizeBytes;
     const map = new ZeroMap(pageCount, info.pageSizeBytes);
     // Whole bytes of bitmap per request, within both limits.
@@ -698,7 +701,7 @@ export class RemoteSource implements PageSource {
   }
 
   /** The fetch of [offset, +length) a read of `priority` joins, or a new one. */
-  private fetchFor(offset: number, lengthBytes: number, priority: ReadPriority): Fetch {
+  private fetchFor(offset: number, lengthBytes: number, priority: ReadPriority): WireRead {
     const key = `${offset}+${lengthBytes}`;
     // A demand read joins only a fetch on the urgent channel: one queued behind bulk data would wait for it.
     const existing = this.urgent.byKey.get(key) ?? (priority === 'background' ? this.bulk.byKey.get(key) : undefined);
@@ -707,13 +710,13 @@ export class RemoteSource implements PageSource {
       return existing;
     }
     const channel = priority === 'demand' ? this.urgent : this.bulk;
-    const fetch: Fetch = { key, offset, lengthBytes, channel, priority, state: 'queued', connection: undefined, requestId: 0, waiters: new Set(), corruptReplies: 0, busyReplies: 0, sends: 0 };
+    const fetch: WireRead = { key, offset, lengthBytes, channel, priority, state: 'queued', connection: undefined, requestId: 0, waiters: new Set(), corruptReplies: 0, busyReplies: 0, sends: 0 };
     channel.enqueue(fetch);
     return fetch;
   }
 
   /** Copy a fetch's checked bytes into the part of the operation's target they cover. */
-  private deliver(operation: ReadOperation, fetch: Fetch, data: Uint8Array): void {
+  private deliver(operation: ReadOperation, fetch: WireRead, data: Uint8Array): void {
     if (operation.settled) return;
     const start = Math.max(fetch.offset, operation.offset);
     const end = Math.min(fetch.offset + fetch.lengthBytes, operation.offset + operation.lengthBytes);
@@ -752,7 +755,7 @@ export class RemoteSource implements PageSource {
       for (const fetch of [...channel.byKey.values(), ...channel.queue]) for (const operation of fetch.waiters) operations.add(operation);
       const sent = channel.connection?.unansweredReads() ?? [];
       for (const fetch of sent) for (const operation of fetch.waiters) operations.add(operation);
-      for (const fetch of new Set([...channel.byKey.values(), ...channel.queue, ...sent])) moveFetch(fetch, 'done');
+      for (const fetch of new Set([...channel.byKey.values(), ...channel.queue, ...sent])) moveWireRead(fetch, 'done');
       channel.queue.length = 0;
       channel.byKey.clear();
     }

@@ -40,13 +40,15 @@
 import { createHash } from 'node:crypto';
 import { ChunkCorruptError } from '../snapshot/object-errors.js';
 import type { ReadPiece, SnapshotObjectLayout } from '../snapshot/object-layout.js';
-import { S3Error, StoreResponseError, StoreUnavailableError } from '../s3/errors.js';
-import { S3Object, type ObjectInfo, type ObjectReader, type S3StoreOptions } from '../s3/s3-object.js';
-import { parseS3Url } from '../s3/s3-url.js';
-import { openSnapshotObject } from '../s3/snapshot-object.js';
+import { S3Error, StoreResponseError, StoreUnavailableError } from './errors.js';
+import { S3Object, type ObjectInfo, type ObjectReader, type S3StoreOptions } from './s3-object.js';
+import { parseS3Url } from './s3-url.js';
+import { openSnapshotObject } from './snapshot-object.js';
 import { PageKind, pageChecksumName } from '../snapshot/format.js';
-import { ChunkCache, type PageCheck } from './chunk-cache.js';
-import { SourceGoneError, SourceReadError, abortedReadError, checkReadRange, checkReadRequest, type PageSource, type ReadOptions, type ReadPriority } from './page-source.js';
+import { ChunkCache, type PageCheck } from '../sources/chunk-cache.js';
+import { SourceGoneError, SourceReadError, abortedReadError, checkReadRange, checkReadRequest, type PageSource, type ReadOptions, type ReadPriority } from '../sources/page-source.js';
+import { SOURCE_STATES, type SourceState } from '../sources/source-state.js';
+import { CHUNK_LOAD_STATES, type ChunkLoadEvent, type ChunkLoadState } from './chunk-load-state.js';
 
 export interface S3SourceOptions extends S3StoreOptions {
   /** The chunk cache's directory; false for none (default: ChunkCache's). */
@@ -117,7 +119,8 @@ interface Load {
   readonly whole: boolean;
   readonly firstPage: number;
   readonly pageCount: number;
-  state: 'cache' | 'queued' | 'fetching';
+  /** Moved only by move() (its table: chunk-load-state.ts). */
+  state: ChunkLoadState;
   priority: Priority;
   waiters: number;
   corruptAttempts: number;
@@ -126,7 +129,9 @@ interface Load {
   reject(error: Error): void;
 }
 
-type SourceState = 'open' | 'gone' | 'closed';
+function move(load: Load, event: ChunkLoadEvent): void {
+  load.state = CHUNK_LOAD_STATES.next(load.state, event);
+}
 
 export class S3Source implements PageSource {
   readonly description: string;
@@ -214,15 +219,15 @@ export class S3Source implements PageSource {
     return this.stateValue;
   }
 
-  isZero(offset: number, length: number): boolean {
-    return this.layout.isZero(offset, length);
+  isZero(offset: number, lengthBytes: number): boolean {
+    return this.layout.isZero(offset, lengthBytes);
   }
 
   /** The fast path: every page the range needs is in memory. */
-  readSync(offset: number, length: number, target: Uint8Array): boolean {
+  readSync(offset: number, lengthBytes: number, target: Uint8Array): boolean {
     if (this.stateValue !== 'open') return false;
-    checkReadRange(this, offset, length);
-    const pieces = [...this.layout.planRead(offset, length)];
+    checkReadRange(this, offset, lengthBytes);
+    const pieces = [...this.layout.planRead(offset, lengthBytes)];
     const data = new Map<number, ChunkData>();
     for (const [chunk, need] of this.needs(pieces)) {
       const here = this.inMemory(chunk, need.first, need.end);
@@ -233,20 +238,20 @@ export class S3Source implements PageSource {
     return true;
   }
 
-  read(offset: number, length: number, target: Uint8Array, options: ReadOptions = {}): Promise<void> {
-    if (this.stateValue !== 'open') return Promise.reject(this.goneReadError(offset, length));
+  read(offset: number, lengthBytes: number, target: Uint8Array, options: ReadOptions = {}): Promise<void> {
+    if (this.stateValue !== 'open') return Promise.reject(this.goneReadError(offset, lengthBytes));
     try {
-      checkReadRequest(this, offset, length, target);
+      checkReadRequest(this, offset, lengthBytes, target);
     } catch (error) {
       return Promise.reject(error);
     }
     if (options.signal?.aborted) return Promise.reject(abortedReadError());
-    const pieces = [...this.layout.planRead(offset, length)];
+    const pieces = [...this.layout.planRead(offset, lengthBytes)];
     const data = new Map<number, ChunkData>();
     const waiting: Load[] = [];
     for (const [chunk, need] of this.needs(pieces)) {
       const known = this.corrupt.get(chunk);
-      if (known) return Promise.reject(this.corruptReadError(offset, length, chunk, known));
+      if (known) return Promise.reject(this.corruptReadError(offset, lengthBytes, chunk, known));
       const here = this.inMemory(chunk, need.first, need.end);
       if (here) data.set(chunk, here);
       else waiting.push(this.loadFor(chunk, need.first, need.end, options.priority ?? 'demand'));
@@ -277,8 +282,8 @@ export class S3Source implements PageSource {
             if (--left === 0) finish(undefined);
           },
           (error: Error) => {
-            if (error instanceof ChunkCorruptError) finish(this.corruptReadError(offset, length, load.chunk, error));
-            else if (this.stateValue !== 'open') finish(this.goneReadError(offset, length));
+            if (error instanceof ChunkCorruptError) finish(this.corruptReadError(offset, lengthBytes, load.chunk, error));
+            else if (this.stateValue !== 'open') finish(this.goneReadError(offset, lengthBytes));
             else finish(error);
           },
         );
@@ -290,7 +295,7 @@ export class S3Source implements PageSource {
   async close(): Promise<void> {
     if (this.stateValue === 'closed') return;
     if (this.stateValue === 'open') this.goneError = new Error('the source was closed');
-    this.stateValue = 'closed';
+    this.stateValue = SOURCE_STATES.next(this.stateValue, 'close');
     this.failAll();
     clearTimeout(this.flushTimer);
     this.cacheWrite(this.flushPartials());
@@ -424,7 +429,7 @@ export class S3Source implements PageSource {
     if (this.loads.get(load.key) !== load) return;
     if (bytes !== undefined) {
       if (lengthBytes > 0) this.stats.cacheHits++;
-      this.finishedWhole(load, bytes);
+      this.finishedWhole(load, bytes, 'cache-hit');
       return;
     }
     if (!load.whole && this.cache && !this.partialLooked.has(chunk)) {
@@ -435,21 +440,24 @@ export class S3Source implements PageSource {
       const partial = this.partials.get(chunk);
       if (partial && covers(partial, load.firstPage, load.firstPage + load.pageCount)) {
         this.stats.partialCacheHits++;
+        move(load, 'cache-hit');
         this.loads.delete(load.key);
         load.resolve({ partial });
         return;
       }
     }
     if (load.waiters === 0) {
+      move(load, 'dropped');
       this.loads.delete(load.key);
       return;
     }
-    load.state = 'queued';
+    move(load, 'cache-missed');
     (load.priority === 'demand' ? this.demandQueue : this.backgroundQueue).push(load);
     this.pump();
   }
 
-  private finishedWhole(load: Load, bytes: Uint8Array): void {
+  private finishedWhole(load: Load, bytes: Uint8Array, event: 'cache-hit' | 'delivered'): void {
+    move(load, event);
     this.loads.delete(load.key);
     this.remember(load.chunk, bytes);
     load.resolve({ whole: bytes });
@@ -548,6 +556,7 @@ export class S3Source implements PageSource {
         const at = queue.indexOf(load);
         if (at !== -1) queue.splice(at, 1);
       }
+      move(load, 'dropped');
       this.loads.delete(load.key);
     }
     // 'fetching': the request goes on (other chunks of it may be wanted) and what it brings is kept.
@@ -582,7 +591,7 @@ export class S3Source implements PageSource {
         next++;
       }
     }
-    for (const load of batch) load.state = 'fetching';
+    for (const load of batch) move(load, 'sent');
     return batch;
   }
 
@@ -644,6 +653,7 @@ export class S3Source implements PageSource {
       }
       // A chunk that fails its SHA-256 is refused whole from now on; a page that fails its CRC costs only itself (the pager poisons it).
       if (load.whole) this.corrupt.set(load.chunk, bad);
+      move(load, 'refused');
       this.loads.delete(load.key);
       load.reject(bad);
       return;
@@ -652,11 +662,12 @@ export class S3Source implements PageSource {
       this.stats.chunksFetched++;
       // A copy of its own: the request's buffer may hold chunks not kept.
       const bytes = piece.byteOffset === 0 && piece.length === piece.buffer.byteLength ? piece : piece.slice();
-      this.finishedWhole(load, bytes);
+      this.finishedWhole(load, bytes, 'delivered');
       this.cacheWrite(this.cache?.put(this.layout.chunks.sha256Hex(load.chunk), bytes));
       return;
     }
     this.stats.pageRunsFetched++;
+    move(load, 'delivered');
     this.loads.delete(load.key);
     this.mergePages(load.chunk, undefined, piece, true, load.firstPage);
     const whole = this.memory.get(load.chunk);
@@ -709,13 +720,14 @@ export class S3Source implements PageSource {
 
   /** Queue a load again after a pause (doubling to 1 s); dropped if nobody waits by then. */
   private retry(load: Load): void {
-    load.state = 'queued';
+    move(load, 'retry');
     const delay = this.retryDelayMs;
     this.retryDelayMs = Math.min(1_000, this.retryDelayMs * 2);
     const timer = setTimeout(() => {
       this.timers.delete(timer);
       if (this.stateValue !== 'open' || this.loads.get(load.key) !== load) return;
       if (load.waiters === 0) {
+        move(load, 'dropped');
         this.loads.delete(load.key);
         return;
       }
@@ -744,7 +756,7 @@ export class S3Source implements PageSource {
 
   private goneFor(error: Error): void {
     if (this.stateValue !== 'open') return;
-    this.stateValue = 'gone';
+    this.stateValue = SOURCE_STATES.next(this.stateValue, 'gave-up');
     this.goneError = error;
     this.failAll();
   }
@@ -756,7 +768,10 @@ export class S3Source implements PageSource {
     this.timers.clear();
     clearTimeout(this.deadlineTimer);
     const error = this.goneError ?? new Error('the source is gone');
-    for (const load of this.loads.values()) load.reject(error);
+    for (const load of this.loads.values()) {
+      move(load, 'source-gone');
+      load.reject(error);
+    }
     this.loads.clear();
     this.demandQueue.length = 0;
     this.backgroundQueue.length = 0;

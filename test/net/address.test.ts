@@ -1,6 +1,6 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { PageAddressError, formatHostPort, isLoopbackHost, parseHostPort, parsePageUrl } from '../../src/pages/index.js';
+import { AddressError, formatHostPort, isLoopbackHost, parseHostPort, parsePageUrl } from '../../src/net/address.js';
 
 describe('page server addresses', () => {
   test('HOST:PORT and [IPv6]:PORT parse; anything else is a usage error naming the form', () => {
@@ -8,7 +8,7 @@ describe('page server addresses', () => {
     assert.deepEqual(parseHostPort('[::1]:0'), { host: '::1', port: 0 });
     assert.deepEqual(parseHostPort('localhost:65535'), { host: 'localhost', port: 65535 });
     for (const bad of ['127.0.0.1', ':7000', '127.0.0.1:', '127.0.0.1:65536', '::1:7000', '[localhost]:7000', 'a:b:7000', '127.0.0.1:-1']) {
-      assert.throws(() => parseHostPort(bad), (error: unknown) => error instanceof PageAddressError && error.code === 'EUSAGE', bad);
+      assert.throws(() => parseHostPort(bad), (error: unknown) => error instanceof AddressError && error.code === 'EUSAGE', bad);
     }
   });
 

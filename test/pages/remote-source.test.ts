@@ -6,9 +6,9 @@ import { ImageChangedError, PeerRefusedError, PeerUnavailableError, startPageSer
 import { ProtocolError } from '../../src/protocol/index.js';
 import { SnapshotFile, writeSnapshot } from '../../src/snapshot/index.js';
 import { SourceGoneError, SourceReadError, isAbortError, type PageSource, type ReadOptions } from '../../src/sources/page-source.js';
-import { RemoteSource, type RemoteSourceOptions } from '../../src/sources/remote-source.js';
-import { FakePageServer, LIE_BYTE, type ReadBehaviour } from '../pages/fake-page-server.js';
-import { IMAGE_BYTES, PAGE, PAGE_COUNT, isZeroPage, spawnPagesServe, tempDir, writeTestSnapshot } from '../pages/fixtures.js';
+import { RemoteSource, type RemoteSourceOptions } from '../../src/pages/remote-source.js';
+import { FakePageServer, LIE_BYTE, type ReadBehaviour } from './fake-page-server.js';
+import { IMAGE_BYTES, PAGE, PAGE_COUNT, isZeroPage, spawnPagesServe, tempDir, writeTestSnapshot } from './fixtures.js';
 
 const UNTOUCHED = 0xee;
 
@@ -34,9 +34,9 @@ class BulkGate implements PageSource {
   get sizeBytes(): number {
     return this.image.length;
   }
-  read(offset: number, length: number, target: Uint8Array, options?: ReadOptions): Promise<void> {
+  read(offset: number, lengthBytes: number, target: Uint8Array, options?: ReadOptions): Promise<void> {
     this.seen.push({ offset, priority: options?.priority, aborted: () => options?.signal?.aborted === true });
-    const fill = (): void => target.set(this.image.subarray(offset, offset + length));
+    const fill = (): void => target.set(this.image.subarray(offset, offset + lengthBytes));
     if (this.holdPriority === 'background' && options?.priority !== 'background') {
       fill();
       return Promise.resolve();

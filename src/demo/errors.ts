@@ -1,0 +1,12 @@
+// Errors of the demo, each named after its condition, with a stable code that
+// src/exit-codes.ts maps to an exit status.
+import { UserfaultError } from '../errors.js';
+import { formatBytes } from '../format-bytes.js';
+
+/** A file system has less free space than the command needs to write. */
+export class InsufficientSpaceError extends UserfaultError {
+  override readonly code = 'ENOSPACE';
+  constructor(readonly directory: string, readonly neededBytes: number, readonly availableBytes: number, what: string, hint: string) {
+    super(`${what} needs ${formatBytes(neededBytes)} in ${directory}, which has ${formatBytes(availableBytes)} free: ${hint}`);
+  }
+}
