@@ -1,7 +1,9 @@
 // Every error of live migration, one base (MigrationError, itself a
 // UserfaultError): a caller catches migration's failures as one kind and
 // tells them apart by class and stable `code`. Grouped by where they arise:
-// the connections, the protocol and stream, the pages, each side.
+// the connections, the protocol and stream, the pages, each side. A
+// connection that is gone (closed, reset, stalled) is every network path's
+// own ConnectionLostError (net/connection-errors.ts), not a migration error.
 import { UserfaultError } from '../errors.js';
 import { DIGEST_BATCH_PAGES } from './page-digests.js';
 import type { MigrationEvent, MigrationRole, MigrationState, SourceMigrationState } from './migration-state.js';
@@ -9,22 +11,6 @@ import type { MigrationEvent, MigrationRole, MigrationState, SourceMigrationStat
 /** Anything that went wrong with a live migration. */
 export class MigrationError extends UserfaultError {
   override readonly code: string = 'EMIGRATION';
-}
-
-/** Nothing arrived on a connection for longer than its liveness limit: the peer or the path to it is gone. */
-export class StalledConnectionError extends MigrationError {
-  override readonly code = 'ESTALLED';
-  constructor(readonly connection: string, readonly silentMs: number) {
-    super(`the ${connection} connection carried nothing for ${silentMs} ms (not even an answer to a ping): the peer or the path to it is gone`);
-  }
-}
-
-/** A send on a connection that is over; `cause` is what ended it (a stall, a reset, a protocol error), when known. */
-export class ConnectionEndedError extends MigrationError {
-  override readonly code = 'ECONNENDED';
-  constructor(readonly connection: string, cause?: Error) {
-    super(`the ${connection} connection is closed${cause ? ` (${cause.message})` : ''}`, cause ? { cause } : undefined);
-  }
 }
 
 /** A --psk-file that cannot serve as a key. */

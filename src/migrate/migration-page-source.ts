@@ -102,15 +102,15 @@ export class MigrationPageSource implements PageSource {
     }
   }
 
-  read(offset: number, length: number, target: Uint8Array, options: ReadOptions = {}): Promise<void> {
-    if (offset < 0 || length <= 0 || offset + length > this.sizeBytes || offset % this.pageSizeBytes || length % this.pageSizeBytes) {
-      return Promise.reject(new SourceReadError(offset, length, `outside the ${this.sizeBytes}-byte guest memory`, { failure: 'fatal' }));
+  read(offset: number, lengthBytes: number, target: Uint8Array, options: ReadOptions = {}): Promise<void> {
+    if (offset < 0 || lengthBytes <= 0 || offset + lengthBytes > this.sizeBytes || offset % this.pageSizeBytes || lengthBytes % this.pageSizeBytes) {
+      return Promise.reject(new SourceReadError(offset, lengthBytes, `outside the ${this.sizeBytes}-byte guest memory`, { failure: 'fatal' }));
     }
     const priority = options.priority ?? 'demand';
     return new Promise((resolve, reject) => {
       const requestId = this.nextRequestId++;
       const connection = (priority === 'demand' ? this.urgent : this.main)!;
-      const read: PendingRead = { offset, lengthBytes: length, target, connection, resolve, reject };
+      const read: PendingRead = { offset, lengthBytes, target, connection, resolve, reject };
       this.pending.set(requestId, read);
       if (priority === 'demand') this.stats.demandReads++;
       else this.stats.backgroundReads++;
@@ -124,9 +124,9 @@ export class MigrationPageSource implements PageSource {
     });
   }
 
-  isZero(offset: number, length: number): boolean {
+  isZero(offset: number, lengthBytes: number): boolean {
     const first = offset / this.pageSizeBytes;
-    const count = Math.ceil(length / this.pageSizeBytes);
+    const count = Math.ceil(lengthBytes / this.pageSizeBytes);
     for (let page = first; page < first + count; page++) if (!this.knownZero.get(page)) return false;
     return true;
   }

@@ -27,7 +27,8 @@ import { PageBitmap } from './page-bitmap.js';
 import { DIGEST_BATCH_PAGES, PageDigestTable, differingBatches } from './page-digests.js';
 import { connectChannel, newSessionId, parseMigrationAddress, type MigrationSecurity } from './transport/channels.js';
 import { DEFAULT_STALL_TIMEOUT_MS, type AnyMessage, type FramedSocket } from './transport/framed-socket.js';
-import { ConnectionEndedError, MigrationCancelledError, MigrationConnectionLostError, MigrationError, MigrationRefusedError, MigrationStalledError, MigrationStoppedError, MigrationTakenBackError, MigrationVerificationError } from './errors.js';
+import { ConnectionEndedError } from '../net/connection-errors.js';
+import { MigrationCancelledError, MigrationConnectionLostError, MigrationError, MigrationRefusedError, MigrationStalledError, MigrationStoppedError, MigrationTakenBackError, MigrationVerificationError } from './errors.js';
 
 export interface MigrateOptions {
   /** The destination, HOST:PORT or tcp://HOST:PORT (`vm receive --listen`). */

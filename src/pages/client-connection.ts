@@ -30,6 +30,7 @@ import {
   type RoleName,
 } from '../protocol/index.js';
 import { PeerRefusedError, PeerUnavailableError } from './errors.js';
+import { ConnectionLostError } from '../net/connection-errors.js';
 
 export type ClientConnectionState = 'opening' | 'hello' | 'ready' | 'closed';
 
@@ -92,7 +93,7 @@ export class ClientConnection<R extends ReadRequest> {
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('error', (error) => this.end({ kind: 'lost', error }));
-    socket.on('close', () => this.end({ kind: 'lost', error: new Error('the connection closed') }));
+    socket.on('close', () => this.end({ kind: 'lost', error: new ConnectionLostError('page server', 'closed') }));
   }
 
   /**
@@ -150,7 +151,7 @@ export class ClientConnection<R extends ReadRequest> {
   call(message: Message, expect: MessageName, timeoutMs = this.options.timeoutMs): Promise<Message> {
     return new Promise((resolve, reject) => {
       if (this.stateValue !== 'ready') {
-        reject(new Error(`the connection is ${this.stateValue}`));
+        reject(new ConnectionLostError('page server', `is ${this.stateValue}`));
         return;
       }
       const requestId = this.allocateRequestId();
@@ -210,7 +211,7 @@ export class ClientConnection<R extends ReadRequest> {
     return reads;
   }
 
-  close(error: Error = new Error('closed by the client')): void {
+  close(error: Error = new ConnectionLostError('page server', 'closed by the client')): void {
     this.end({ kind: 'closed', error });
   }
 
@@ -279,7 +280,7 @@ export class ClientConnection<R extends ReadRequest> {
       switch (message.type) {
         case 'error':
           // The server ends the connection (shutting down, or it disliked something we sent).
-          return this.end({ kind: message.code === 'SHUTTING_DOWN' ? 'lost' : 'violation', error: new Error(`the page server closed the connection: ${message.code}: ${message.text}`) });
+          return this.end({ kind: message.code === 'SHUTTING_DOWN' ? 'lost' : 'violation', error: new ConnectionLostError('page server', `closed by the server: ${message.code}: ${message.text}`) });
         case 'push':
           // A PUSH carries no checksums: nothing could tell its pages from altered ones. A page server never sends one.
           return this.violation(new ProtocolError('EPROTO_UNEXPECTED', `a PUSH of ${message.data.length} bytes at ${message.offset}: a page server sends pages only with their checksums, in answer to a READ`, context));

@@ -60,6 +60,7 @@ import { SourceGoneError, SourceReadError, abortedReadError, checkReadRequest, t
 import { PageChecksumError, SourceDeadlineError } from '../sources/read-errors.js';
 import { SOURCE_STATES, type SourceState } from '../sources/source-state.js';
 import { CHANNEL_STATES, type ChannelState } from './channel-state.js';
+import { ConnectionLostError, ConnectionStalledError } from '../net/connection-errors.js';
 
 export interface RemoteSourceOptions {
   /** How long a lost server has to come back before every read fails with SourceGoneError (default 30 s). */
@@ -236,7 +237,7 @@ class Channel {
       opened.close(error as Error);
       throw error;
     }
-    if (opened.state !== 'ready') throw new Error('the connection was lost right after its INFO');
+    if (opened.state !== 'ready') throw new ConnectionLostError('page server', 'lost right after its INFO');
     this.connection = opened;
     this.startKeepalive(opened);
     return info;
@@ -396,8 +397,8 @@ class Channel {
       if (connection.outstandingCount === 0) return;
       const quietMs = performance.now() - connection.lastReceivedAt;
       const oldestMs = connection.oldestReadAgeMs();
-      if (quietMs >= idleTimeoutMs) connection.abandon(new Error(`no frame from the page server in ${Math.round(quietMs)} ms with requests outstanding`));
-      else if (oldestMs >= requestTimeoutMs) connection.abandon(new Error(`a READ unanswered for ${Math.round(oldestMs)} ms`));
+      if (quietMs >= idleTimeoutMs) connection.abandon(new ConnectionStalledError('page server', Math.round(quietMs), `carried nothing for ${Math.round(quietMs)} ms with requests outstanding`));
+      else if (oldestMs >= requestTimeoutMs) connection.abandon(new ConnectionStalledError('page server', Math.round(oldestMs), `left a READ unanswered for ${Math.round(oldestMs)} ms`));
       else if (quietMs >= idleTimeoutMs / 3) connection.ping();
     }, Math.max(10, Math.floor(Math.min(idleTimeoutMs, requestTimeoutMs) / 6)));
     this.keepalive.unref();
@@ -519,7 +520,7 @@ export class RemoteSource implements PageSource {
     if (this.stateValue === 'closed') return;
     const wasOpen = this.stateValue === 'open';
     this.stateValue = SOURCE_STATES.next(this.stateValue, 'close');
-    if (wasOpen) this.goneError ??= new Error('the source was closed');
+    if (wasOpen) this.goneError ??= new ConnectionLostError('page server', 'closed: the source was closed');
     this.failAll();
     this.urgent.close();
     this.bulk.close();

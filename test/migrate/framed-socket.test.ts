@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { after, describe, test } from 'node:test';
 import { FramedSocket } from '../../src/migrate/transport/framed-socket.js';
-import { ConnectionEndedError, StalledConnectionError } from '../../src/migrate/errors.js';
+import { ConnectionEndedError, ConnectionStalledError } from '../../src/net/connection-errors.js';
 
 /** A relay that takes everything the client sends at once and forwards it at `bytesPerSecond` (what a buffering middlebox on a slow link does); the way back is immediate. `freeze()` stops both ways. */
 class BufferingRelay {
@@ -122,8 +122,8 @@ describe('a migration connection\'s liveness', { timeout: 30_000 }, () => {
     const started = performance.now();
     const [mainEnd, urgentEnd] = await Promise.all(ends);
     const tookMs = performance.now() - started;
-    assert.ok(mainEnd instanceof StalledConnectionError, `main: ${mainEnd?.message}`);
-    assert.ok(urgentEnd instanceof StalledConnectionError, `urgent: ${urgentEnd?.message}`);
+    assert.ok(mainEnd instanceof ConnectionStalledError, `main: ${mainEnd?.message}`);
+    assert.ok(urgentEnd instanceof ConnectionStalledError, `urgent: ${urgentEnd?.message}`);
     assert.ok(tookMs < 2500, `noticed after ${Math.round(tookMs)} ms`);
   });
 
@@ -135,7 +135,7 @@ describe('a migration connection\'s liveness', { timeout: 30_000 }, () => {
     const ended = new Promise<Error | undefined>((resolve) => main.on('end', resolve));
     main.watchLiveness(300);
     relay.freeze();
-    assert.ok((await ended) instanceof StalledConnectionError);
-    await assert.rejects(main.send({ type: 'ping', data: new Uint8Array(0) }), (error: unknown) => error instanceof ConnectionEndedError && /carried nothing for/.test(error.message) && error.cause instanceof StalledConnectionError);
+    assert.ok((await ended) instanceof ConnectionStalledError);
+    await assert.rejects(main.send({ type: 'ping', data: new Uint8Array(0) }), (error: unknown) => error instanceof ConnectionEndedError && /carried nothing for/.test(error.message) && error.cause instanceof ConnectionStalledError);
   });
 });

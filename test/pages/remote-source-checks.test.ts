@@ -142,7 +142,7 @@ describe('an eager restore\'s load (vm restore --from tcp:// without --lazy) fro
     t.after(() => memory.unmap());
     const started = performance.now();
     await assert.rejects(loadGuestMemory(memory, source), SourceDeadlineError);
-    assert.ok(performance.now() - started < 2500, `failed after ${Math.round(performance.now() - started)} ms`);
+    assert.ok(performance.now() - started < 5000, `failed after ${Math.round(performance.now() - started)} ms`);
   });
 });
 
@@ -169,7 +169,7 @@ describe('every read from a page server has a deadline, whatever the server does
         return true;
       });
       const waitedMs = performance.now() - started;
-      assert.ok(waitedMs >= 950 && waitedMs < 2000, `failed after ${Math.round(waitedMs)} ms`);
+      assert.ok(waitedMs >= 950 && waitedMs < 4000, `failed after ${Math.round(waitedMs)} ms`);
       assert.ok(target.every((b) => b === UNTOUCHED));
       assert.ok(proxy.reads >= 1, 'the READ was sent');
       assert.equal(source.state, 'open', 'the deadline fails the read, not the source');
@@ -200,7 +200,7 @@ describe('every read from a page server has a deadline, whatever the server does
       assert.match(error.message, /reconnecting/, 'the message says the server is not there');
       return true;
     });
-    assert.ok(performance.now() - started < 1500, 'long before the 60 s reconnect deadline');
+    assert.ok(performance.now() - started < 4000, 'long before the 60 s reconnect deadline');
     assert.equal(source.state, 'open', 'still reconnecting');
   });
 
@@ -211,7 +211,7 @@ describe('every read from a page server has a deadline, whatever the server does
     const started = performance.now();
     assert.ok((await readPage(address + 6 * PAGE_SIZE)) < 0, 'the access fails rather than waits for ever');
     const waitedMs = performance.now() - started;
-    assert.ok(waitedMs >= 950 && waitedMs < 2500, `the fault waited ${Math.round(waitedMs)} ms`);
+    assert.ok(waitedMs >= 950 && waitedMs < 5000, `the fault waited ${Math.round(waitedMs)} ms`);
     assert.ok(poisoned[0] instanceof SourceDeadlineError, String(poisoned[0]));
     assert.equal(pager.pageCounts().poisoned, 1);
   });

@@ -18,7 +18,7 @@ import { EventEmitter } from 'node:events';
 import type { Socket } from 'node:net';
 import { FrameDecoder, PRE_HELLO_MAX_PAYLOAD_BYTES, ProtocolError, decodeMessage, encodeMessageParts, type Message } from '../../protocol/index.js';
 import { decodeMigrationMessage, encodeMigrationMessageParts, isMigrationType, type MigrationMessage } from '../protocol/messages.js';
-import { ConnectionEndedError, StalledConnectionError } from '../errors.js';
+import { ConnectionEndedError, ConnectionStalledError } from '../../net/connection-errors.js';
 
 export type AnyMessage = MigrationMessage | Message;
 
@@ -100,7 +100,7 @@ export class FramedSocket extends EventEmitter<FramedSocketEvents> {
   }
 
   /**
-   * End the connection with a StalledConnectionError once nothing at all has
+   * End the connection with a ConnectionStalledError once nothing at all has
    * arrived for silenceLimitMs. A quarter of that into a silence this side
    * pings (every peer answers), so a healthy but idle peer is never mistaken
    * for a dead one.
@@ -119,7 +119,7 @@ export class FramedSocket extends EventEmitter<FramedSocketEvents> {
       const stuck = this.blockedSince !== undefined && now - Math.max(this.blockedSince, this.lastDrainedAt) >= silenceLimitMs;
       const companionHeardAt = this.companion && !this.companion.ended ? this.companion.lastHeardAt : 0;
       const lifeMs = now - Math.max(this.lastHeardAt, this.lastDrainedAt, stuck ? 0 : companionHeardAt);
-      if (lifeMs >= silenceLimitMs) this.destroy(new StalledConnectionError(this.name, Math.round(Math.min(silentMs, lifeMs))));
+      if (lifeMs >= silenceLimitMs) this.destroy(new ConnectionStalledError(this.name, Math.round(Math.min(silentMs, lifeMs))));
       else if (silentMs >= intervalMs) this.send({ type: 'ping', data: new Uint8Array(0) }, this.nextPingId++).catch(() => {});
     }, intervalMs);
     this.livenessTimer.unref();
