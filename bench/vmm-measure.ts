@@ -1,7 +1,7 @@
 // Measures the micro guest: boot, dirty rate, snapshot, and restore eagerly
 // and lazily (the numbers in docs/vm.md):
 //
-//   node dist/src/vm/vmm-measure.js [RAM_MiB=64] [REGION_MiB=32] [--runs 3]
+//   node dist/bench/vmm-measure.js [RAM_MiB=64] [REGION_MiB=32] [--runs 3]
 //        [--modes eager,lazy,lazy-noverify,lazy-prefetch-all] [--snapshot PATH] [--keep]
 //
 // One guest runs the writer (random pattern) and is snapshotted mid-workload;
@@ -13,9 +13,9 @@
 // figures are medians over the runs.
 import { rmSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import type { LazyMemoryReport, LazyRestoreOptions } from './memory/lazy-guest-memory.js';
-import { openVmSnapshotSource } from './persist/vm-snapshot.js';
-import { Vmm } from './vmm.js';
+import type { LazyMemoryReport, LazyRestoreOptions } from '../src/vm/memory/lazy-guest-memory.js';
+import { openVmSnapshotSource } from '../src/vm/persist/vm-snapshot.js';
+import { Vmm } from '../src/vm/vmm.js';
 
 const MiB = 1 << 20;
 const { positionals, values } = parseArgs({
