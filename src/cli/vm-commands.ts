@@ -1,7 +1,7 @@
 // `userfault vm ...`: run the micro guest (or another multiboot image) under
 // the VMM with its console on the terminal, snapshot it through the control
 // socket, restore it eagerly or lazily, and drive it (status, pause, resume,
-// input, stop). The VMM itself is src/vm/vmm-process.ts; this file is options
+// input, stop). The VMM itself is src/vmm-host/vmm-process.ts; this file is options
 // and printing.
 //
 // Every command handles its own errors: it prints them (a JSON object on
@@ -16,12 +16,12 @@ import type { DestinationProgress } from '../migrate/destination-migration.js';
 import type { MigrationProgress } from '../migrate/source-migration.js';
 import { isLoopbackHost, parseHostPort, type HostPort } from '../pages/address.js';
 import { checkListenAddress } from '../net/http-server.js';
-import { callControlApi } from '../vm/control-api.js';
+import { callControlApi } from '../vmm-host/control-api.js';
 import { ControlApiError, VmError, VmUsageError } from '../vm/errors.js';
 import type { LazyRestoreOptions } from '../vm/memory/lazy-guest-memory.js';
 import type { SnapshotProgress, VmStateChange, VmSnapshotSummary, VmStatus } from '../vm/vmm.js';
 import { ByteProgress, ProgressView, progressMode } from './progress.js';
-import { checkMachineOptions, errorEvent, formatBytes, runVmmProcess, type VmmProcessEvent, type VmmProcessOptions } from '../vm/vmm-process.js';
+import { checkMachineOptions, errorEvent, formatBytes, runVmmProcess, type VmmProcessEvent, type VmmProcessOptions } from '../vmm-host/vmm-process.js';
 
 interface CommonRunOptions {
   apiSock?: string;

@@ -11,7 +11,7 @@ import { request } from 'node:http';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { controlRequest, MAX_BODY_BYTES, startControlApi } from '../../src/vm/control-api.js';
+import { controlRequest, MAX_BODY_BYTES, startControlApi } from '../../src/vmm-host/control-api.js';
 import type { Vmm } from '../../src/vm/vmm.js';
 import { SERIAL_INPUT_LIMIT_BYTES } from '../../src/vm/devices/serial/uart16550.js';
 import { getWith, occupy, statusOf } from '../net/hostile-clients.js';

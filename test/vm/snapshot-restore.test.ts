@@ -4,7 +4,7 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { statSync } from 'node:fs';
 import { join } from 'node:path';
-import { controlRequest } from '../../src/vm/control-api.js';
+import { controlRequest } from '../../src/vmm-host/control-api.js';
 import { Vmm } from '../../src/vm/vmm.js';
 import { openVmSnapshotSource } from '../../src/vm/persist/vm-snapshot.js';
 import { InvalidVmStateError } from '../../src/vm/errors.js';

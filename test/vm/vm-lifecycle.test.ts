@@ -7,7 +7,7 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { SnapshotFile } from '../../src/snapshot/index.js';
-import { controlRequest, startControlApi } from '../../src/vm/control-api.js';
+import { controlRequest, startControlApi } from '../../src/vmm-host/control-api.js';
 import { InvalidStateTransitionError } from '../../src/vm/errors.js';
 import { VmLifecycle, vmLifecycleEvents, vmLifecycleNext, type VmLifecycleState } from '../../src/vm/vm-lifecycle.js';
 import { Vmm } from '../../src/vm/vmm.js';

@@ -4,7 +4,7 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
-import { controlRequest } from '../../src/vm/control-api.js';
+import { controlRequest } from '../../src/vmm-host/control-api.js';
 import { openVmSnapshotSource } from '../../src/vm/persist/vm-snapshot.js';
 import { Vmm, type VmStatus } from '../../src/vm/vmm.js';
 import { ConsoleCapture, kvmSkipReason, snapshotRunningWriter, spawnCli, spawnVmm, tempDir, vmmEvents, waitForSocket, type CleanupScope, type SpawnedVmm } from './helpers.js';

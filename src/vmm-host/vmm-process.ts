@@ -1,7 +1,7 @@
 // One VMM as a process: boot or restore a guest, serve the control socket,
 // put the console on stdout (and a log file), and end with the guest. Both
 // `userfault vm run|restore` (src/cli/vm-commands.ts) and the bare
-// `node dist/src/vm/vmm-main.js` call runVmmProcess; they differ only in how
+// `node dist/src/vmm-host/vmm-main.js` call runVmmProcess; they differ only in how
 // they print its events.
 //
 // Exit status (the sysexits scheme of src/exit-codes.ts; errors mapped by
@@ -20,16 +20,16 @@ import { startControlApi, vmmMetrics, type ControlApi } from './control-api.js';
 import type { MetricsRegistry } from '../metrics/metrics-registry.js';
 import { startMetricsServer, type MetricsServer } from '../metrics/metrics-server.js';
 import type { HostPort } from '../pages/address.js';
-import { VmUsageError } from './errors.js';
-import { machineConfigProblem } from './machine-config.js';
-import type { LazyRestoreOptions } from './memory/lazy-guest-memory.js';
-import type { GuestExitReason } from './vcpu-protocol.js';
-import { openRemoteVmSource } from './persist/remote-vm.js';
+import { VmUsageError } from '../vm/errors.js';
+import { machineConfigProblem } from '../vm/machine-config.js';
+import type { LazyRestoreOptions } from '../vm/memory/lazy-guest-memory.js';
+import type { GuestExitReason } from '../vm/vcpu-protocol.js';
+import { openRemoteVmSource } from '../vm/persist/remote-vm.js';
 import { isS3Url } from '../s3/s3-url.js';
-import { openVmSnapshotSource } from './persist/vm-snapshot.js';
-import { Vmm, type VmStatus } from './vmm.js';
+import { openVmSnapshotSource } from '../vm/persist/vm-snapshot.js';
+import { Vmm, type VmStatus } from '../vm/vmm.js';
 import { DestinationMigration, type DestinationProgress } from '../migrate/destination-migration.js';
-import { vmMigrationKind } from './vm-migration-kind.js';
+import { vmMigrationKind } from '../vm/vm-migration-kind.js';
 import { readPskFile } from '../migrate/transport/channels.js';
 
 export interface VmmProcessOptions {
@@ -252,7 +252,7 @@ async function buildVmm(options: VmmProcessOptions, console: (bytes: Uint8Array)
   if (options.fromUrl === undefined && options.snapshotPath === undefined) throw new VmUsageError(['SNAPSHOT', '--from'], 'restore needs a snapshot path or --from tcp://HOST:PORT');
   const deadline = options.sourceDeadlineMs;
   const from = options.fromUrl === undefined ? await openVmSnapshotSource(options.snapshotPath!)
-    : isS3Url(options.fromUrl) ? await (await import('./persist/s3-vm.js')).openS3VmSource(options.fromUrl, { endpoint: options.endpoint, ...(deadline === undefined ? {} : { deadlineMs: deadline }) })
+    : isS3Url(options.fromUrl) ? await (await import('../vm/persist/s3-vm.js')).openS3VmSource(options.fromUrl, { endpoint: options.endpoint, ...(deadline === undefined ? {} : { deadlineMs: deadline }) })
     // The deadline bounds each read from its request (a server that stays connected but never delivers included), and a lost server's return.
     : await openRemoteVmSource(options.fromUrl, deadline === undefined ? {} : { readDeadlineMs: deadline, reconnectDeadlineMs: deadline });
   const progress = options.progress;
