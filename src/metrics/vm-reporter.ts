@@ -9,7 +9,8 @@ import type { Vmm } from '../vm/vmm.js';
 import type { MetricsReporter, MetricsSink } from './metrics-registry.js';
 import { reportPagerCounters, reportPagerGauges } from './pager-reporter.js';
 
-export function vmReporter(vmm: Vmm): MetricsReporter {
+/** `migration`: the live migration of this VM, out or in (its host follows it; the VM does not), if any. */
+export function vmReporter(vmm: Vmm, migration?: () => MigrationProgress | DestinationProgress | undefined): MetricsReporter {
   return (sink) => {
     sink.add('vmState', 1, { state: vmm.state });
     sink.add('vmMemory', vmm.machine.memoryBytes);
@@ -29,8 +30,8 @@ export function vmReporter(vmm: Vmm): MetricsReporter {
       reportPagerCounters(sink, lazy.metrics);
       reportPagerGauges(sink, lazy.gauges);
     }
-    const migration = vmm.migrationStatus?.();
-    if (migration) reportMigration(sink, migration);
+    const progress = migration?.();
+    if (progress) reportMigration(sink, progress);
   };
 }
 
