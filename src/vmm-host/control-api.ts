@@ -127,7 +127,7 @@ const HTTP_STATUS: Readonly<Record<string, number>> = {
 };
 
 export interface ControlApiOptions {
-  /** Called for PUT /actions Stop once it is allowed and answered (the embedding program ends the VMM its way; default vmm.close()). */
+  /** Called for PUT /actions Stop once it is allowed and answered (the embedding program ends the VMM its way; default host.close()). */
   onStop?: () => void;
   /** The process's metrics (GET /metrics); default: a registry of this VMM's alone, made on the first GET. */
   metrics?: RegistryRef;
@@ -282,7 +282,7 @@ async function route(host: HostedVm, req: IncomingMessage, res: ServerResponse, 
     host.check('stop');
     reply(res, 204);
     if (options.onStop) options.onStop();
-    else void host.vmm.close();
+    else void host.close();
     return;
   }
   const allowed = Object.prototype.hasOwnProperty.call(ROUTE_METHODS, path) ? ROUTE_METHODS[path] : undefined;

@@ -134,7 +134,17 @@ export class HostedVm {
    */
   stop(): Promise<void> {
     this.check('stop');
-    if (this.vmm.state === 'migrating') return this.stopMigrating();
+    return this.close();
+  }
+
+  /**
+   * End the VM, whatever it is doing (an allowed vm stop, SIGTERM, Ctrl-C).
+   * An outgoing migration paused by a cut is stopped first: it holds the
+   * VM's request queue, which Vmm.close waits for, and would hold it until
+   * an operator's --resume or --abandon. Otherwise Vmm.close().
+   */
+  close(): Promise<void> {
+    if (this.vmm.state === 'migrating' && this.outgoing && isPaused(this.outgoing.state)) return this.stopMigrating();
     return this.vmm.close();
   }
 

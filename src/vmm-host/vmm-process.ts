@@ -139,7 +139,7 @@ export async function runVmmProcess(options: VmmProcessOptions): Promise<number>
   let stopRequested = false;
   const stop = (): void => {
     stopRequested = true;
-    void vmm.close();
+    void host.close();
   };
   let api: ControlApi | undefined;
   let metricsServer: MetricsServer | undefined;
