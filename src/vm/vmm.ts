@@ -170,11 +170,19 @@ export class Vmm {
     else if (event.type === 'exited') this.exitReasonValue ??= event.reason;
   }
 
+  /**
+   * Send every vCPU still in its worker the stop; none is waited for (a vCPU
+   * asleep on a missing page hears it only once the page comes: haltGuest).
+   */
+  private sendStopToVcpus(): void {
+    for (const h of this.handles) if (h.state !== 'exited') void h.request({ type: 'stop' }).catch(() => {});
+  }
+
   private onVcpuExited(): void {
     // A vCPU that left the guest for good ends the VM (a fact: allowed from any state).
     this.lifecycle.transition('guest-exit');
     // The guest signalling done on one vCPU ends the VM: stop the others.
-    for (const h of this.handles) if (h.state !== 'exited') void h.request({ type: 'stop' }).catch(() => {});
+    this.sendStopToVcpus();
     if (this.handles.every((h) => h.state === 'exited')) this.resolveExited(this.exitReasonValue ?? { type: 'stopped' });
   }
 
@@ -241,7 +249,7 @@ export class Vmm {
     if (this.memoryFailure) return;
     this.memoryFailure = error;
     this.exitReasonValue ??= { type: 'failed', exit: `${error.code ?? error.name}: ${error.message}` };
-    for (const h of this.handles) if (h.state !== 'exited') void h.request({ type: 'stop' }).catch(() => {});
+    this.sendStopToVcpus();
     this.lazyMemory?.release();
   }
 
@@ -424,7 +432,7 @@ export class Vmm {
         case 'moved':
           this.exitReasonValue ??= { type: 'migrated', to: end.to };
           this.lifecycle.transition('migrate-done');
-          for (const h of this.handles) if (h.state !== 'exited') void h.request({ type: 'stop' }).catch(() => {});
+          this.sendStopToVcpus();
           break;
         case 'kept':
           this.lifecycle.transition('migrate-failed');
@@ -487,7 +495,7 @@ export class Vmm {
    */
   private haltGuest(): void {
     if (this.memoryStopped) return;
-    for (const h of this.handles) if (h.state !== 'exited') void h.request({ type: 'stop' }).catch(() => {});
+    this.sendStopToVcpus();
     this.memoryStopped = this.stopMemory?.() ?? Promise.resolve();
     this.memoryStopped.catch(() => {}); // awaited by teardown; not an unhandled rejection meanwhile
   }
@@ -513,8 +521,7 @@ export class Vmm {
     // the VM (a snapshot being written reads guest RAM on this thread).
     if (!(await settledWithin(this.queue, QUEUE_GRACE_MS)) && !vmLifecycleBusy(this.lifecycle.state)) this.haltGuest();
     await this.queue;
-    const state = this.lifecycle.state;
-    if (state === 'restoring') this.lifecycle.transition('restore-failed');
+    if (this.lifecycle.allows('restore-failed')) this.lifecycle.transition('restore-failed');
     else if (this.lifecycle.allows('stop')) this.lifecycle.transition('stop');
     this.haltGuest();
     await Promise.all(this.handles.map((h) => h.end(VCPU_STOP_GRACE_MS)));
