@@ -2,7 +2,7 @@
 // sysexits.h values, so a script can tell a mistake in its own command line
 // from a bad file, a missing file, a host that lacks KVM and a failure at run
 // time. docs/exit-codes.md lists them with examples; the CLI and the bare VMM
-// process (src/vm/vmm-main.ts) both map errors through exitCodeFor.
+// process (src/vmm-host/vmm-main.ts) both map errors through exitCodeFor.
 import { UserfaultError } from './errors.js';
 
 export const ExitCode = {

@@ -38,14 +38,6 @@ export const LAYERS: ReadonlyArray<{ readonly units: readonly string[]; readonly
   { units: ['index.ts'], why: 'the package\'s entry point: re-exports' },
 ];
 
-/**
- * Violations in files another branch is moving into src/vmm-host/ (the VM's
- * host process: vmm.ts's split, vmm-process.ts, vmm-main.ts, control-api.ts).
- * They are reported by a `todo` test until that branch is merged; the merge
- * deletes this set, and with it the todo.
- */
-const MOVING_TO_VMM_HOST: ReadonlySet<string> = new Set(['src/vm/vmm.ts', 'src/vm/vmm-process.ts', 'src/vm/vmm-main.ts', 'src/vm/control-api.ts']);
-
 export interface ImportEdge {
   /** Repository-relative paths, e.g. src/pager/pager.ts. */
   readonly from: string;
@@ -156,13 +148,7 @@ describe('the layering of src/', () => {
   });
 
   test('every import in src/ runs down the layers or stays in its own folder', () => {
-    const violations = importGraph().filter((edge) => !MOVING_TO_VMM_HOST.has(edge.from)).flatMap((edge) => violationOf(edge) ?? []);
-    assert.deepEqual(violations, []);
-  });
-
-  // Delete with MOVING_TO_VMM_HOST when the vmm-host branch is merged.
-  test('the VM\'s host process files, once moved to src/vmm-host/, import down too', { todo: 'vm/ -> migrate/ and vm/ -> metrics/ until src/vm/{vmm,vmm-process,vmm-main,control-api}.ts move to src/vmm-host/' }, () => {
-    const violations = importGraph().filter((edge) => MOVING_TO_VMM_HOST.has(edge.from)).flatMap((edge) => violationOf(edge) ?? []);
+    const violations = importGraph().flatMap((edge) => violationOf(edge) ?? []);
     assert.deepEqual(violations, []);
   });
 

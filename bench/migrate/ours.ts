@@ -12,12 +12,12 @@ import { fileURLToPath } from 'node:url';
 import type { PagerMetricsSnapshot } from '../../src/pager/metrics.js';
 import type { DestinationProgress } from '../../src/migrate/destination-migration.js';
 import type { MigrationProgress } from '../../src/migrate/source-migration.js';
-import { controlRequest } from '../../src/vm/control-api.js';
+import { controlRequest } from '../../src/vmm-host/control-api.js';
 import { checkGuestVerify, heartbeatAcrossMove } from './heartbeat.js';
 import { GuestProcess, ProcessGroup, sleep, withTimeout } from './guest-process.js';
 import { bootPages, guestCmdline, type GuestWorkload, type MigrationFigures } from './workload.js';
 
-const VMM_MAIN = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'src', 'vm', 'vmm-main.js');
+const VMM_MAIN = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'src', 'vmm-host', 'vmm-main.js');
 
 /**
  * When post-copy begins: after the first full pre-copy pass (the issue's

@@ -15,7 +15,7 @@ import { accessSync, constants, mkdtempSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ensureBuiltinGuest } from '../../src/vm/boot/builtin-guest.js';
-import { controlRequest } from '../../src/vm/control-api.js';
+import { controlRequest } from '../../src/vmm-host/control-api.js';
 import { checkGuestVerify } from '../migrate/heartbeat.js';
 import { deathSignalWrapper, GuestProcess, ProcessGroup } from '../migrate/guest-process.js';
 import { checkTarget, median, type Ratio, type TargetResult } from '../stats.js';
@@ -23,7 +23,7 @@ import { fmt, fmtInt, type Table } from '../table.js';
 import type { Section } from './section.js';
 
 const DIST = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'src');
-const VMM_MAIN = join(DIST, 'vm', 'vmm-main.js');
+const VMM_MAIN = join(DIST, 'vmm-host', 'vmm-main.js');
 const CLI_MAIN = join(DIST, 'cli', 'main.js');
 /** The target: the guest runs within this many ms of the restore starting. */
 const TARGET_RESUME_MS = 20;

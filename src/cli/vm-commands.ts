@@ -1,7 +1,7 @@
 // `userfault vm ...`: run the micro guest (or another multiboot image) under
 // the VMM with its console on the terminal, snapshot it through the control
 // socket, restore it eagerly or lazily, and drive it (status, pause, resume,
-// input, stop). The VMM itself is src/vm/vmm-process.ts; this file is options
+// input, stop). The VMM itself is src/vmm-host/vmm-process.ts; this file is options
 // and printing.
 //
 // Every command handles its own errors: it prints them (a JSON object on
@@ -16,12 +16,13 @@ import type { DestinationProgress } from '../migrate/destination-migration.js';
 import type { MigrationProgress } from '../migrate/source-migration.js';
 import { isLoopbackHost, parseHostPort, type HostPort } from '../net/address.js';
 import { checkListenAddress } from '../net/http-server.js';
-import { callControlApi } from '../vm/control-api.js';
+import { callControlApi } from '../vmm-host/control-api.js';
 import { ControlApiError, VmError, VmUsageError } from '../vm/errors.js';
 import type { LazyRestoreOptions } from '../vm/memory/lazy-guest-memory.js';
-import type { SnapshotProgress, VmStateChange, VmSnapshotSummary, VmStatus } from '../vm/vmm.js';
+import type { SnapshotProgress, VmStateChange, VmSnapshotSummary } from '../vm/vmm.js';
+import type { HostedVmStatus } from '../vmm-host/hosted-vm.js';
 import { ByteProgress, ProgressView, progressMode } from './progress.js';
-import { checkMachineOptions, errorEvent, formatBytes, runVmmProcess, type VmmProcessEvent, type VmmProcessOptions } from '../vm/vmm-process.js';
+import { checkMachineOptions, errorEvent, formatBytes, runVmmProcess, type VmmProcessEvent, type VmmProcessOptions } from '../vmm-host/vmm-process.js';
 
 interface CommonRunOptions {
   apiSock?: string;
@@ -242,7 +243,7 @@ export function registerVmCommands(program: Command): void {
     .option('--json', 'print as JSON')
     .action(async (options: SocketOptions) => {
       await handled(options.json, async () => {
-        const status = (await callControlApi(options.apiSock, 'GET', '/vm')) as VmStatus;
+        const status = (await callControlApi(options.apiSock, 'GET', '/vm')) as HostedVmStatus;
         if (options.json) printJson(status);
         else console.log(formatStatus(status).join('\n'));
         return 0;
@@ -451,7 +452,7 @@ function countOption(option: string, text: string, min: number): number {
 
 async function currentState(socketPath: string): Promise<string> {
   try {
-    return ((await callControlApi(socketPath, 'GET', '/vm')) as VmStatus).state;
+    return ((await callControlApi(socketPath, 'GET', '/vm')) as HostedVmStatus).state;
   } catch {
     return 'in an unknown state (its control socket stopped answering)';
   }
@@ -575,7 +576,7 @@ export function formatEvent(event: VmmProcessEvent): string[] {
   }
 }
 
-function formatLazyMemory(memory: NonNullable<NonNullable<VmStatus['restore']>['memory']>): string[] {
+function formatLazyMemory(memory: NonNullable<NonNullable<HostedVmStatus['restore']>['memory']>): string[] {
   const m = memory.metrics;
   const untouched = memory.pages.missing;
   return [
@@ -586,7 +587,7 @@ function formatLazyMemory(memory: NonNullable<NonNullable<VmStatus['restore']>['
   ];
 }
 
-export function formatStatus(status: VmStatus): string[] {
+export function formatStatus(status: HostedVmStatus): string[] {
   const lines = [`state: ${status.state}, memory ${formatBytes(status.memoryBytes)}`];
   for (const v of status.vcpus) {
     const blocked = v.blockedOnMemoryMs === undefined ? '' : `, blocked on missing pages ${v.blockedOnMemoryMs.toFixed(1)} ms`;

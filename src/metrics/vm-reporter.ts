@@ -22,10 +22,10 @@ export interface VmMetricsView {
   lazyMemoryMetrics(): { metrics: PagerMetrics; gauges: PagerGauges; blocktimeByThread: ReadonlyMap<number, number> } | undefined;
   vcpuSnapshots(): ReadonlyArray<{ id: number; state: VcpuRunState; counters: VcpuCounters; threadId: number }>;
   readonly restoreTimings: { readonly readyMs: number; readonly mode: 'eager' | 'lazy' } | undefined;
-  readonly migrationStatus: (() => MigrationProgress | DestinationProgress) | undefined;
 }
 
-export function vmReporter(vmm: VmMetricsView): MetricsReporter {
+/** `migration`: the live migration of this VM, out or in (its host follows it; the VM does not), if any. */
+export function vmReporter(vmm: VmMetricsView, migration?: () => MigrationProgress | DestinationProgress | undefined): MetricsReporter {
   return (sink) => {
     sink.add('vmState', 1, { state: vmm.state });
     sink.add('vmMemory', vmm.machine.memoryBytes);
@@ -45,8 +45,8 @@ export function vmReporter(vmm: VmMetricsView): MetricsReporter {
       reportPagerCounters(sink, lazy.metrics);
       reportPagerGauges(sink, lazy.gauges);
     }
-    const migration = vmm.migrationStatus?.();
-    if (migration) reportMigration(sink, migration);
+    const progress = migration?.();
+    if (progress) reportMigration(sink, progress);
   };
 }
 

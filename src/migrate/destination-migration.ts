@@ -430,7 +430,6 @@ export class DestinationMigration<Built extends IncomingMachine = IncomingMachin
       writePages: (firstPage, data) => image.set(data, firstPage * PAGE_SIZE),
       zeroPage: (page) => image.fill(0, page * PAGE_SIZE, (page + 1) * PAGE_SIZE),
     };
-    this.vmm.migrationStatus = () => this.progress();
     await this.main!.send({ type: 'mig-accept' }, requestId);
   }
 

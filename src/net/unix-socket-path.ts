@@ -6,7 +6,7 @@
 // connecting to it must be refused (ECONNREFUSED: nobody listens, its
 // server died without cleaning up). Shared by the page-fault handler server
 // (src/handler/handler-server.ts) and the VMM's control socket
-// (src/vm/control-api.ts).
+// (src/vmm-host/control-api.ts).
 import { lstatSync, unlinkSync } from 'node:fs';
 import { ERRNO as E, errnoName } from '../errno.js';
 import { UserfaultError } from '../errors.js';

@@ -2,7 +2,7 @@
 // condition, a stable code, and the data needed to act on it. Messages never
 // carry the code; a cause is passed at construction. What each code means for
 // an exit status is src/exit-codes.ts's table; for an HTTP status on the
-// control socket, control-api.ts's. KVM ioctl failures are kvm/kvm-errors.ts.
+// control socket, src/vmm-host/control-api.ts's. KVM ioctl failures are kvm/kvm-errors.ts.
 import { constants as osConstants } from 'node:os';
 import { UserfaultError } from '../errors.js';
 

@@ -1,6 +1,6 @@
 // The machine a VM is built as, and what this VMM can build: checked in one
 // place for a boot's options (src/cli/vm-commands.ts names them --mem and
-// --cpus), a snapshot's saved machine (persist/vm-state.ts) and Vmm.build.
+// --cpus), a snapshot's saved machine (persist/vm-state.ts) and the builder (builder.ts buildVm).
 // Pure: no KVM, no addon.
 
 /** How the VM was built: a restore builds the same machine before loading state. */

@@ -3,7 +3,8 @@
 // interfaces; nothing in src/vm/ imports src/migrate/ for them). The KVM
 // micro-VM is one such machine (vmm.ts, vm-migration-kind.ts); any other
 // machine whose memory is a GuestMemory and whose state is JSON can be
-// migrated the same way.
+// migrated the same way. Who drives a migration is the host's affair
+// (src/vmm-host/): the machine offers these views and is told how it ended.
 //
 // Two sides:
 //   MigrationSourceMachine  the running machine: its RAM, a dirty log, pause and resume,
@@ -33,6 +34,20 @@ export interface MigrationSourceMachine {
   saveState(): Promise<unknown>;
 }
 
+/**
+ * How an outgoing migration ended, for the machine it was to move (the
+ * migration's owner tells the machine: Vmm.endMigration).
+ */
+export type MigrationEnd =
+  /** The guest runs on the destination now: this machine stops. */
+  | { type: 'moved'; to: string }
+  /** Failed or cancelled while the guest was still this machine's: it is as it was (running again if it ran). */
+  | { type: 'kept' }
+  /** Stopped by the operator while paused, the guest still this machine's: not resumed (the machine is being stopped). */
+  | { type: 'stopped' }
+  /** Failed once the guest is (or may be) the destination's: this machine stays migrating, keeping its memory. */
+  | { type: 'left' };
+
 /** Pages still to come after the switchover (post-copy): served by a pager from `source`. */
 export interface IncomingLazyMemory {
   source: PageSource;
@@ -53,8 +68,6 @@ export interface IncomingMachine {
   pagePresent(): (page: number) => boolean;
   /** Each guest fault's latency so far (post-copy), if a pager serves it. */
   faultLatency(): LatencySummary | undefined;
-  /** The migration's progress, for this machine's own status (set by whoever receives it). */
-  migrationStatus: (() => unknown) | undefined;
   /** Stop it and free everything. */
   close(): Promise<void>;
 }

@@ -24,3 +24,16 @@ export function nextVcpuState(state: VcpuRunState, request: VcpuRequest): VcpuRu
   if (next === undefined) throw new InvalidStateTransitionError(state, request);
   return next;
 }
+
+/**
+ * The main thread's copy of a worker's state, moved by what the worker
+ * reports (it applied a request to its own copy with nextVcpuState): `to`
+ * when a request in the table leads there from `from`, or `to` is `from`
+ * (an 'exited' event after the state event that said so); otherwise
+ * InvalidStateTransitionError, naming `from`: a worker reporting a move its
+ * table does not have is a bug, not a state.
+ */
+export function reportedVcpuState(from: VcpuRunState, to: VcpuRunState): VcpuRunState {
+  if (to === from || Object.values(TRANSITIONS[from]).includes(to)) return to;
+  throw new InvalidStateTransitionError(from, `report ${to} for`);
+}

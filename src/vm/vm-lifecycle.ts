@@ -53,6 +53,32 @@ const TRANSITIONS: Readonly<Record<VmLifecycleState, Partial<Record<VmLifecycleE
   stopped: { 'guest-exit': 'stopped' },
 };
 
+/**
+ * What each state says of the VM beyond where it may go: `savable`, its
+ * vCPUs are out of the guest and its state is loaded (the state can be
+ * saved: a created VM, a paused one, one a snapshot or a migration paused);
+ * `busy`, an operation owns the VM (the requests are refused until it ends).
+ */
+const STATE_FACTS: Readonly<Record<VmLifecycleState, { savable: boolean; busy: boolean }>> = {
+  created: { savable: true, busy: false },
+  restoring: { savable: false, busy: true },
+  paused: { savable: true, busy: false },
+  running: { savable: false, busy: false },
+  snapshotting: { savable: true, busy: true },
+  migrating: { savable: true, busy: true },
+  stopped: { savable: false, busy: false },
+};
+
+/** Whether the VM's state can be saved in `state` (no vCPU runs, the state is loaded). */
+export function vmStateSavable(state: VmLifecycleState): boolean {
+  return STATE_FACTS[state].savable;
+}
+
+/** Whether an operation (a snapshot, a restore, a migration) owns the VM in `state`. */
+export function vmLifecycleBusy(state: VmLifecycleState): boolean {
+  return STATE_FACTS[state].busy;
+}
+
 /** Where `event` leads from `state`, or undefined when the lifecycle does not allow it. */
 export function vmLifecycleNext(state: VmLifecycleState, event: VmLifecycleEvent): VmLifecycleState | undefined {
   return TRANSITIONS[state][event];

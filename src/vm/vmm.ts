@@ -1,45 +1,36 @@
-// The VMM: builds a VM (KVM objects, guest RAM, in-kernel irqchip and PIT),
-// boots a multiboot guest or restores a snapshot, and runs one worker thread
-// per vCPU. The VM's lifecycle (vm-lifecycle.ts) is the authority on what
-// the VM may do next: every request that changes the VM is checked against
-// it when it arrives (refused at once when it does not fit) and runs one at
-// a time, after the requests before it; each vCPU's own state machine
+// The VMM's live object (Firecracker's Vmm): one VM, built by builder.ts
+// (booted, or left restoring for an incoming migration) or restored by
+// persist/restore.ts, and what it does while it lives: its vCPU threads
+// (vcpu-handle.ts), pause and resume, input, snapshots, its status, and
+// taking part in a live migration that the host drives (beginMigration,
+// endMigration: the VM knows nothing of migration beyond migratable.ts).
+// The VM's lifecycle (vm-lifecycle.ts) is the authority on what the VM may
+// do next: every request that changes the VM is checked against it when it
+// arrives (refused at once when it does not fit) and runs one at a time,
+// after the requests before it; each vCPU's own state machine
 // (vcpu-state-machine.ts, in its worker) checks the commands it is sent.
-import { readFileSync } from 'node:fs';
-import { MessageChannel, type Worker } from 'node:worker_threads';
-import { kvmNative } from '../native-kvm.js';
-import { parseMultibootImage, loadMultiboot, multibootEntryState } from './boot/multiboot.js';
-import { BUILTIN_GUEST_PATH } from './boot/builtin-guest.js';
+import { MessageChannel } from 'node:worker_threads';
 import type { SavedDevice } from './devices/device.js';
-import { GuestImageNotFoundError, InvalidStateTransitionError, InvalidVmSnapshotError, VmConfigError, VmError } from './errors.js';
-import { KVM_PIT_SPEAKER_DUMMY, KVM_TSS_ADDRESS, KVM_IDENTITY_MAP_ADDRESS, type KvmCapName } from './kvm/ioctls/constants.js';
-import type { CpuidEntry } from './kvm/ioctls/structs.js';
-import { KvmSystem } from './kvm/kvm-system.js';
-import type { KvmVcpu, VcpuState } from './kvm/kvm-vcpu.js';
+import { InvalidStateTransitionError, VmError } from './errors.js';
+import type { VcpuState } from './kvm/kvm-vcpu.js';
+import type { KvmSystem } from './kvm/kvm-system.js';
 import type { KvmVm } from './kvm/kvm-vm.js';
-import { GuestMemory, type GuestMemoryBacking } from './memory/guest-memory.js';
-import { LazyGuestMemory, type LazyMemoryReport, type LazyRestoreOptions } from './memory/lazy-guest-memory.js';
-import type { SnapshotFile, SnapshotWriteSummary } from '../snapshot/index.js';
-import type { PageSource } from '../sources/page-source.js';
-import { isPaused, sourceOwnsGuest } from '../migrate/migration-state.js';
-import { SourceMigration, type MigrateOptions, type MigrationProgress } from '../migrate/source-migration.js';
-import type { DestinationProgress } from '../migrate/destination-migration.js';
-import { SnapshotCorruptError } from '../snapshot/errors.js';
-import { machineConfigProblem, type MachineConfig } from './machine-config.js';
+import type { GuestMemory } from './memory/guest-memory.js';
+import type { LazyGuestMemory, LazyMemoryReport, LazyRestoreOptions } from './memory/lazy-guest-memory.js';
+import type { SnapshotWriteSummary } from '../snapshot/index.js';
+import type { MachineConfig } from './machine-config.js';
 import { checkSnapshotPath, writeVmSnapshot } from './persist/vm-snapshot.js';
-import type { VmRestoreSource } from './persist/restore-source.js';
-import { loadGuestMemory } from './memory/eager-load.js';
+import type { RestoreInfo } from './persist/restore.js';
 import { vmStateToJson, type VmSavedState } from './persist/vm-state.js';
 import { GuestDirtyLog } from './dirty-log.js';
-import type { IncomingLazyMemory, IncomingMachine } from './migratable.js';
-import type { LatencySummary } from '../stats/latency-histogram.js';
+import type { MigrationEnd, MigrationSourceMachine } from './migratable.js';
 import { PAGE_SIZE } from '../native.js';
 import { downsamplePageStates, PageState, type PageStateMap } from '../pager/page-state.js';
 import { vcpuWorkerFor } from './vcpu-worker-pool.js';
-import { decodeVcpuError, VcpuCounterBlock, type GuestExitReason, type VcpuCommandBody, type VcpuCounters, type VcpuEvent, type VcpuWorkerData } from './vcpu-protocol.js';
+import { VcpuCounterBlock, type GuestExitReason, type VcpuCounters, type VcpuEvent, type VcpuWorkerData } from './vcpu-protocol.js';
 import type { VcpuRunState } from './vcpu-state-machine.js';
-import { VmLifecycle, type VmLifecycleEvent, type VmLifecycleState } from './vm-lifecycle.js';
-import { MigrationStoppedError } from '../migrate/errors.js';
+import { KICK_SIGNAL, settledWithin, VcpuHandle } from './vcpu-handle.js';
+import { VmLifecycle, vmLifecycleBusy, vmStateSavable, type VmLifecycleEvent, type VmLifecycleState } from './vm-lifecycle.js';
 
 /** What a pause or resume did: the state after it, and whether it changed anything ("already paused"). */
 export interface VmStateChange {
@@ -63,30 +54,6 @@ export interface VmmHooks {
   beforeSnapshotWrite?: (path: string) => Promise<void> | void;
 }
 
-export interface VmConfig {
-  /** A multiboot v1 image path, or 'builtin' for the micro guest. */
-  image: string;
-  memoryBytes: number;
-  vcpuCount?: number;
-  cmdline?: string;
-  backing?: GuestMemoryBacking;
-  /** Where the guest's COM1 output goes (default: discarded). */
-  console?: (bytes: Uint8Array) => void;
-}
-
-export interface RestoreOptions {
-  console?: (bytes: Uint8Array) => void;
-  backing?: GuestMemoryBacking;
-  /**
-   * Lazy restore: register guest RAM with userfaultfd and let a pager in this
-   * thread fill pages from the snapshot as the vCPUs touch them, instead of
-   * reading all of it before the guest runs. `true` takes the defaults.
-   */
-  lazy?: boolean | LazyRestoreOptions;
-  /** An eager restore: told the bytes of guest RAM loaded so far, after each chunk. */
-  onLoadProgress?: (loadedBytes: number, totalBytes: number) => void;
-}
-
 export interface VmStatus {
   state: VmLifecycleState;
   memoryBytes: number;
@@ -94,148 +61,7 @@ export interface VmStatus {
   vcpus: { id: number; state: VcpuRunState; counters: VcpuCounters; blockedOnMemoryMs?: number }[];
   exitReason: GuestExitReason | undefined;
   /** How the VM was restored (and from what), with the lazy pager's counters while it serves. */
-  restore?: RestoreTimings & { mode: 'eager' | 'lazy'; source: string; memory?: LazyMemoryReport };
-  /** A live migration of this VM, out (source) or in (destination), while it runs and once it ended. */
-  migration?: MigrationProgress | DestinationProgress;
-}
-
-/** Where the time of a restore went, in ms from the start of Vmm.restore. */
-export interface RestoreTimings {
-  /** Snapshot opened, its tables and the VM state checked. */
-  openedMs: number;
-  /** KVM objects and guest RAM built (the vCPU workers start loading from here, alongside what follows). */
-  builtMs: number;
-  /** Every stored page's CRC checked (eager: while copying into guest RAM; lazy: only with verify). */
-  verifiedMs?: number;
-  /** Guest memory filled (eager) or registered with the pager serving it (lazy). */
-  memoryMs: number;
-  /** irqchip, PIT, clock, vCPUs and UART restored: ready to resume. */
-  readyMs: number;
-}
-
-/** What the VMM needs from KVM; checked up front so a missing one is named. */
-const REQUIRED_CAPS: KvmCapName[] = ['KVM_CAP_IRQCHIP', 'KVM_CAP_PIT2', 'KVM_CAP_USER_MEMORY', 'KVM_CAP_IMMEDIATE_EXIT', 'KVM_CAP_XSAVE', 'KVM_CAP_XCRS', 'KVM_CAP_VCPU_EVENTS', 'KVM_CAP_DEBUGREGS'];
-
-const KICK_SIGNAL = kvmNative.kvmConstants.SIGRTMIN + 2;
-
-/** One vCPU's worker, as the main thread sees it. */
-class VcpuHandle {
-  state: VcpuRunState = 'paused';
-  private tid = 0;
-  private seq = 0;
-  private readonly pending = new Map<number, { command: string; resolve: (v: unknown) => void; reject: (e: Error) => void }>();
-  readonly exited: Promise<GuestExitReason>;
-  readonly ready: Promise<void>;
-  /** Resolves when the worker thread has ended (on its own after 'exited', or terminated). */
-  private readonly ended: Promise<void>;
-
-  constructor(
-    readonly vcpu: KvmVcpu,
-    private readonly worker: Worker,
-    private readonly port: MessagePort,
-    private readonly doorbell: Int32Array,
-    private readonly counterBlock: VcpuCounterBlock,
-    onEvent: (event: VcpuEvent) => void,
-  ) {
-    let resolveReady!: () => void;
-    this.ready = new Promise((r) => (resolveReady = r));
-    this.ended = new Promise((r) => worker.once('exit', () => r()));
-    this.exited = new Promise((resolveExit) => {
-      worker.on('message', (event: VcpuEvent) => {
-        switch (event.type) {
-          case 'ready':
-            this.tid = event.tid;
-            resolveReady();
-            break;
-          case 'reply': {
-            const p = this.pending.get(event.seq);
-            this.pending.delete(event.seq);
-            if (!p) break;
-            if (event.ok) p.resolve(event.value);
-            else p.reject(decodeVcpuError(vcpu.id, p.command, event.error));
-            break;
-          }
-          case 'state':
-            this.state = event.state;
-            break;
-          case 'exited':
-            this.state = 'exited';
-            for (const p of this.pending.values()) p.reject(new InvalidStateTransitionError('exited', p.command));
-            this.pending.clear();
-            resolveExit(event.reason);
-            break;
-          case 'output':
-          case 'irq':
-            break;
-          default: {
-            const never: never = event;
-            throw new Error(`unknown vCPU event ${JSON.stringify(never)}`);
-          }
-        }
-        onEvent(event);
-      });
-      worker.on('error', (error) => resolveExit({ type: 'failed', exit: `worker error: ${error.message}` }));
-      worker.on('exit', () => resolveExit({ type: 'failed', exit: 'worker ended' }));
-    });
-  }
-
-  /** Send a command and wait for its reply. Kicks the vCPU out of the guest so it sees the command. */
-  request<T = void>(command: VcpuCommandBody): Promise<T> {
-    if (this.state === 'exited') return Promise.reject(new InvalidStateTransitionError('exited', command.type));
-    const seq = ++this.seq;
-    const reply = new Promise<T>((resolve, reject) => this.pending.set(seq, { command: command.type, resolve: resolve as (v: unknown) => void, reject }));
-    this.port.postMessage({ ...command, seq });
-    Atomics.add(this.doorbell, 0, 1);
-    Atomics.notify(this.doorbell, 0);
-    if (this.state === 'running') {
-      // immediate_exit first: a signal landing just before KVM_RUN would be
-      // lost, the flag is not (KVM checks it on entry).
-      this.vcpu.setImmediateExit(true);
-      try {
-        kvmNative.kvmKick(this.tid, KICK_SIGNAL);
-      } catch {
-        // The thread is gone: its 'exited' event rejects the request.
-      }
-    }
-    return reply;
-  }
-
-  /**
-   * Wait for the worker to leave the guest for good (it was sent a stop) and
-   * for its thread to end, each for at most `graceMs`; a worker that has not
-   * ended by then is terminated. A vCPU thread still inside KVM_RUN cannot be
-   * terminated (Node ends a worker only when its JavaScript runs again), so
-   * nothing here waits longer than its bounds: the caller goes on either way.
-   */
-  async end(graceMs: number): Promise<void> {
-    await settledWithin(this.exited, graceMs);
-    // After 'exited' the worker has unmapped kvm_run and ends by itself in a moment.
-    if (await settledWithin(this.ended, graceMs)) return;
-    if (await settledWithin(this.worker.terminate(), graceMs)) return;
-    // Held in the kernel still: it must not keep the process alive as well.
-    this.worker.unref();
-  }
-
-  /** The vCPU's counters as of now, read from the memory its worker adds to (live while it runs). */
-  get counters(): VcpuCounters {
-    return this.counterBlock.read();
-  }
-
-  /** The vCPU thread's kernel id (a fault message names it). */
-  get threadId(): number {
-    return this.tid;
-  }
-}
-
-/** Whether `promise` settled within `ms` (false: it is still pending, and is left to settle alone). */
-async function settledWithin(promise: Promise<unknown>, ms: number): Promise<boolean> {
-  let timer: NodeJS.Timeout | undefined;
-  const timedOut = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), ms)));
-  try {
-    return await Promise.race([promise.then(() => true, () => true), timedOut]);
-  } finally {
-    clearTimeout(timer);
-  }
+  restore?: RestoreInfo & { memory?: LazyMemoryReport };
 }
 
 /**
@@ -253,9 +79,9 @@ const VCPU_STOP_GRACE_MS = 2000;
 const QUEUE_GRACE_MS = 250;
 
 /** ms to 0.01: what a performance.now() difference means here. */
-const ms2 = (x: number): number => Math.round(x * 100) / 100;
+export const ms2 = (x: number): number => Math.round(x * 100) / 100;
 
-export class Vmm implements IncomingMachine {
+export class Vmm {
   private readonly handles: VcpuHandle[] = [];
   private exitReasonValue: GuestExitReason | undefined;
   private closing: Promise<void> | undefined;
@@ -266,7 +92,7 @@ export class Vmm implements IncomingMachine {
   private lazyMemory: LazyGuestMemory | undefined;
   private lazyOptions: LazyRestoreOptions | undefined;
   private prefetchAllStarted = false;
-  private restoreInfo: (RestoreTimings & { mode: 'eager' | 'lazy'; source: string }) | undefined;
+  private restoreInfo: RestoreInfo | undefined;
   /** Set when guest memory could not be supplied: the guest's output from then on is dropped. */
   private memoryFailure: Error | undefined;
   /** The authority on what the VM may do next. */
@@ -276,7 +102,8 @@ export class Vmm implements IncomingMachine {
   /** Test hooks (see VmmHooks). */
   readonly hooks: VmmHooks = {};
 
-  private constructor(
+  /** A built VM (builder.ts buildVm): its vCPUs exist in KVM; startVcpus starts their threads. */
+  constructor(
     readonly system: KvmSystem,
     readonly vm: KvmVm,
     readonly memory: GuestMemory,
@@ -286,156 +113,39 @@ export class Vmm implements IncomingMachine {
     this.exited = new Promise((r) => (this.resolveExited = r));
   }
 
-  /** Build a VM, load a multiboot image and leave it created (paused at the entry point, never run). */
-  static async boot(config: VmConfig): Promise<Vmm> {
-    const machine: MachineConfig = { memoryBytes: config.memoryBytes, vcpuCount: config.vcpuCount ?? 1, cmdline: config.cmdline ?? '', image: '' };
-    const problem = machineConfigProblem(machine);
-    if (problem) throw new VmConfigError(problem.field, `is ${machine[problem.field]}; it ${problem.problem}`);
-    const imagePath = config.image === 'builtin' ? BUILTIN_GUEST_PATH : config.image;
-    machine.image = imagePath;
-    let imageBytes: Uint8Array;
-    try {
-      imageBytes = readFileSync(imagePath);
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === 'ENOENT') throw new GuestImageNotFoundError(imagePath, { cause: error });
-      throw error;
-    }
-    const image = parseMultibootImage(imageBytes, imagePath);
-    const vmm = Vmm.build(machine, config.backing ?? 'anonymous', config.console);
-    try {
-      const { entry, infoAddress } = loadMultiboot(vmm.memory, image, machine.cmdline);
-      await vmm.startWorkers();
-      const bsp = vmm.handles[0]!;
-      const boot = multibootEntryState(entry, infoAddress, bsp.vcpu.getSregs());
-      for (const handle of vmm.handles) {
-        const cpuid = vmm.cpuidFor(handle.vcpu.id);
-        if (handle === bsp) await handle.request({ type: 'set-boot-state', regs: boot.regs, sregs: boot.sregs, cpuid });
-        else await handle.request({ type: 'set-boot-state', regs: handle.vcpu.getRegs(), sregs: handle.vcpu.getSregs(), cpuid });
-      }
-      return vmm;
-    } catch (error) {
-      await vmm.close();
-      throw error;
-    }
+  /** The VM's vCPUs, in id order (the builder sets their boot state, a restore loads theirs). */
+  get vcpus(): readonly VcpuHandle[] {
+    return this.handles;
+  }
+
+  /** A restore begins (builder.ts, persist/restore.ts): the VM is restoring until restored() or its close. */
+  beginRestore(): void {
+    this.lifecycle.transition('restore');
   }
 
   /**
-   * Build the machine a restore source describes, load its state, and leave
-   * it paused. The source's state was checked when it was opened (vm-state.ts's
-   * schema, every kernel struct's size included), before any KVM object
-   * exists. Eager (default): every page is read into guest RAM (a snapshot's
-   * CRCs checked as it is) before any vCPU runs. Lazy: guest RAM is
-   * registered with userfaultfd and served by a pager on this thread while the
-   * vCPUs run (see memory/lazy-guest-memory.ts), each page checked as it is
-   * installed; with verifyFirst a source that can check every page without
-   * copying (a snapshot file) does so before the guest runs. The source is the VM's from here on: closed with it, or now if
-   * the restore fails.
+   * A restore hands guest RAM to a pager (persist/restore.ts): `start` makes
+   * it, told where to report a page the source cannot supply. The VM owns it
+   * from here (its status, completeMemory, stopped with the VM); with
+   * `options.prefetchAll` the pager streams every missing page once the VM
+   * first resumes.
    */
-  static async restore(from: VmRestoreSource, options: RestoreOptions = {}): Promise<Vmm> {
-    const started = performance.now() - from.openMs;
-    const since = (): number => ms2(performance.now() - started);
-    const { state } = from;
-    const lazy = options.lazy === true ? {} : options.lazy || undefined;
-    const timings: Partial<RestoreTimings> = { openedMs: since() };
-    let vmm: Vmm | undefined;
-    let sourceOwnedByVm = false;
-    let workersStarting: Promise<void> | undefined;
-    try {
-      vmm = Vmm.build(state.machine, options.backing ?? 'anonymous', options.console);
-      vmm.lifecycle.transition('restore');
-      timings.builtMs = since();
-      const built = vmm;
-      // The vCPU workers take tens of ms to load; they start while the memory is checked and loaded.
-      workersStarting = built.startWorkers();
-      workersStarting.catch(() => {});
-      if (lazy && lazy.verifyFirst && from.verifyAll) {
-        await from.verifyAll();
-        timings.verifiedMs = since();
-      }
-      if (lazy) {
-        built.lazyOptions = lazy;
-        sourceOwnedByVm = true;
-        built.lazyMemory = LazyGuestMemory.start(built.memory, from.memory, lazy, (error) => built.failMemory(error));
-        if (timings.verifiedMs !== undefined) built.lazyMemory.verifyMs = timings.verifiedMs - timings.builtMs;
-        const lazyMemory = built.lazyMemory;
-        built.stopMemory = () => lazyMemory.stop();
-      } else {
-        try {
-          await loadGuestMemory(built.memory, from.memory, options.onLoadProgress);
-        } catch (error) {
-          throw from.explain(error as Error);
-        }
-        timings.verifiedMs = since();
-      }
-      timings.memoryMs = since();
-      await workersStarting;
-      await built.loadState(state);
-      timings.readyMs = since();
-      built.restoreInfo = { mode: lazy ? 'lazy' : 'eager', source: from.description, ...(timings as RestoreTimings) };
-      built.lifecycle.transition('restored');
-      return built;
-    } catch (error) {
-      await workersStarting?.catch(() => {});
-      await vmm?.close();
-      throw error;
-    } finally {
-      if (!sourceOwnedByVm || !vmm) await from.memory.close?.();
-    }
+  serveMemory(start: (onFailure: (error: Error & { code?: string }) => void) => LazyGuestMemory, options: LazyRestoreOptions): LazyGuestMemory {
+    this.lazyOptions = options;
+    const lazyMemory = start((error) => this.failMemory(error));
+    this.lazyMemory = lazyMemory;
+    this.stopMemory = () => lazyMemory.stop();
+    return lazyMemory;
   }
 
-  /**
-   * Load a saved state into the built machine: the in-kernel irqchip, PIT and
-   * clock, every vCPU, and the board's devices (vCPU 0's worker holds them).
-   * The vCPUs are paused; the schema made the saved ids exactly
-   * 0..vcpuCount-1, one each.
-   */
-  private async loadState(state: VmSavedState): Promise<void> {
-    this.vm.setPit2(state.pit2);
-    this.vm.setClock(state.clock);
-    this.vm.setIrqchip(state.irqchip);
-    const byId = new Map(state.vcpus.map((v) => [v.id, v]));
-    for (const handle of this.handles) {
-      await handle.request({ type: 'restore-state', vcpu: byId.get(handle.vcpu.id)!, devices: handle.vcpu.id === 0 ? state.devices : undefined });
-    }
+  /** A restore is done (persist/restore.ts): its state is loaded, the VM is paused, ready to resume. */
+  restored(info: RestoreInfo): void {
+    this.restoreInfo = info;
+    this.lifecycle.transition('restored');
   }
 
-  private static build(machine: MachineConfig, backing: GuestMemoryBacking, console?: (bytes: Uint8Array) => void): Vmm {
-    const problem = machineConfigProblem(machine);
-    if (problem) throw new VmConfigError(problem.field, `is ${machine[problem.field]}; it ${problem.problem}`);
-    const system = KvmSystem.open();
-    let vm: KvmVm | undefined;
-    let memory: GuestMemory | undefined;
-    try {
-      system.requireExtensions(REQUIRED_CAPS);
-      vm = system.createVm();
-      // Intel VMX needs these pages for real-mode emulation; harmless elsewhere.
-      vm.setTssAddress(KVM_TSS_ADDRESS);
-      vm.setIdentityMapAddress(KVM_IDENTITY_MAP_ADDRESS);
-      vm.createIrqchip();
-      vm.createPit2(KVM_PIT_SPEAKER_DUMMY);
-      memory = GuestMemory.create(machine.memoryBytes, backing);
-      for (const region of memory.regions) vm.setUserMemoryRegion(region);
-      const vmm = new Vmm(system, vm, memory, machine, console ?? (() => {}));
-      for (let id = 0; id < machine.vcpuCount; id++) vm.createVcpu(id);
-      return vmm;
-    } catch (error) {
-      vm?.close();
-      memory?.unmap();
-      system.close();
-      throw error;
-    }
-  }
-
-  /** CPUID for one vCPU: what KVM supports, with this vCPU's APIC ID. */
-  private cpuidFor(id: number): CpuidEntry[] {
-    return this.system.supportedCpuid().map((e) => {
-      if (e.function === 1) return { ...e, ebx: ((e.ebx & 0x00ffffff) | (id << 24)) >>> 0 };
-      if (e.function === 0xb || e.function === 0x1f) return { ...e, edx: id };
-      return e;
-    });
-  }
-
-  private async startWorkers(): Promise<void> {
+  /** Start a worker thread for each vCPU (once, as the VM is built) and wait until each is ready. */
+  async startVcpus(): Promise<void> {
     const mmapSize = this.system.vcpuMmapSize();
     const xsaveBytes = this.vm.xsaveBytes();
     const vcpus = this.vm.createdVcpus;
@@ -460,17 +170,20 @@ export class Vmm implements IncomingMachine {
     else if (event.type === 'exited') this.exitReasonValue ??= event.reason;
   }
 
+  /**
+   * Send every vCPU still in its worker the stop; none is waited for (a vCPU
+   * asleep on a missing page hears it only once the page comes: haltGuest).
+   */
+  private sendStopToVcpus(): void {
+    for (const h of this.handles) if (h.state !== 'exited') void h.request({ type: 'stop' }).catch(() => {});
+  }
+
   private onVcpuExited(): void {
     // A vCPU that left the guest for good ends the VM (a fact: allowed from any state).
     this.lifecycle.transition('guest-exit');
     // The guest signalling done on one vCPU ends the VM: stop the others.
-    for (const h of this.handles) if (h.state !== 'exited') void h.request({ type: 'stop' }).catch(() => {});
+    this.sendStopToVcpus();
     if (this.handles.every((h) => h.state === 'exited')) this.resolveExited(this.exitReasonValue ?? { type: 'stopped' });
-  }
-
-  /** An incoming migration's guest faults so far (post-copy): each one's wait for its page. */
-  faultLatency(): LatencySummary | undefined {
-    return this.lazyMemory ? this.lazyMemoryReport()?.metrics.latencyMicros : undefined;
   }
 
   /** The lifecycle state: created, running, paused, snapshotting, restoring, migrating or stopped. */
@@ -488,12 +201,8 @@ export class Vmm implements IncomingMachine {
       }),
       exitReason: this.exitReasonValue,
       ...(this.restoreInfo ? { restore: { ...this.restoreInfo, ...(this.lazyMemory ? { memory: this.lazyMemory.report() } : {}) } } : {}),
-      ...(this.migrationStatus ? { migration: this.migrationStatus() } : {}),
     };
   }
-
-  /** The live migration's progress, for status (set by the migration's owner: migrate() here, the destination for an incoming VM). */
-  migrationStatus: (() => MigrationProgress | DestinationProgress) | undefined;
 
   /** The lazy pager's counters (undefined unless restored lazily). */
   lazyMemoryReport(): LazyMemoryReport | undefined {
@@ -521,7 +230,7 @@ export class Vmm implements IncomingMachine {
   }
 
   /** How the VM was restored and where the time went (undefined for a booted VM). */
-  get restoreTimings(): (RestoreTimings & { mode: 'eager' | 'lazy'; source: string }) | undefined {
+  get restoreTimings(): RestoreInfo | undefined {
     return this.restoreInfo;
   }
 
@@ -540,7 +249,7 @@ export class Vmm implements IncomingMachine {
     if (this.memoryFailure) return;
     this.memoryFailure = error;
     this.exitReasonValue ??= { type: 'failed', exit: `${error.code ?? error.name}: ${error.message}` };
-    for (const h of this.handles) if (h.state !== 'exited') void h.request({ type: 'stop' }).catch(() => {});
+    this.sendStopToVcpus();
     this.lazyMemory?.release();
   }
 
@@ -549,9 +258,11 @@ export class Vmm implements IncomingMachine {
    * arrives, so one that does not fit (a resume while a snapshot is being
    * written) is refused at once instead of waiting; then run after every
    * request before it has ended, and checked again when its turn comes (an
-   * earlier one may have stopped the VM).
+   * earlier one may have stopped the VM). The requests after it wait for its
+   * end, or, given `heldUntil`, for that too (a migration owns the VM past
+   * the answer to its start).
    */
-  private serialized<T>(event: VmLifecycleEvent, run: () => Promise<T>): Promise<T> {
+  private serialized<T>(event: VmLifecycleEvent, run: () => Promise<T>, heldUntil?: Promise<void>): Promise<T> {
     try {
       this.lifecycle.check(event);
     } catch (error) {
@@ -561,7 +272,7 @@ export class Vmm implements IncomingMachine {
       this.lifecycle.check(event);
       return run();
     });
-    this.queue = turn.catch(() => {});
+    this.queue = heldUntil ? turn.then(() => heldUntil, () => {}) : turn.catch(() => {});
     return turn;
   }
 
@@ -606,7 +317,7 @@ export class Vmm implements IncomingMachine {
 
   /** The complete state of the VM, memory apart. Only while no vCPU runs (created, paused, or inside a snapshot). */
   async saveState(): Promise<VmSavedState> {
-    if (!['created', 'paused', 'snapshotting', 'migrating'].includes(this.state)) throw new InvalidStateTransitionError(this.state, 'save the state of');
+    if (!vmStateSavable(this.state)) throw new InvalidStateTransitionError(this.state, 'save the state of');
     const msrCandidates = this.system.msrIndexList();
     const msrIndices = this.handles[0]!.vcpu.readableMsrs(msrCandidates);
     const vcpus: VcpuState[] = [];
@@ -663,56 +374,83 @@ export class Vmm implements IncomingMachine {
     return this.snapshotProgressValue;
   }
 
+  /** An outgoing migration in progress (beginMigration to endMigration): whether the VM ran before it, and the release of the request queue. */
+  private migration: { wasRunning: boolean; ended: () => void } | undefined;
+
   /**
-   * Live-migrate this VM to a destination VMM (`vm receive`): pre-copy while
-   * it runs, then post-copy or stop-and-copy (source-migration.ts). The VM is
-   * `migrating` meanwhile and refuses every other request but input. On
-   * success the guest runs there and this VM stops (its exit reason
-   * 'migrated'); a failure or cancel before switchover leaves it as it was.
+   * Hand this VM to an outgoing live migration, which the host drives
+   * (src/vmm-host/hosted-vm.ts). The VM is `migrating` from here and
+   * refuses every other request but input until endMigration(), which the
+   * host calls once the migration has ended, whatever the end. Resolves with
+   * the VM as a migration sees it (migratable.ts), its memory complete;
+   * refused (InvalidStateTransitionError) unless the VM is paused or running.
    */
-  migrate(options: MigrateOptions): Promise<MigrationProgress> {
+  beginMigration(): Promise<MigrationSourceMachine> {
+    let ended!: () => void;
+    const migrationEnded = new Promise<void>((resolve) => (ended = resolve));
     return this.serialized('migrate', async () => {
       const wasRunning = this.state === 'running';
       this.lifecycle.transition('migrate');
-      let migration: SourceMigration | undefined;
+      this.migration = { wasRunning, ended };
       try {
         // This thread is the lazy pager: it must not read a missing page. Fill them all first.
         await this.completeMemory();
-        const dirtyLog = new GuestDirtyLog(this.vm, this.memory, PAGE_SIZE);
-        migration = new SourceMigration({
-          memory: this.memory,
-          describe: () => this.machine,
-          startDirtyLog: () => dirtyLog.start(),
-          collectDirtyPages: (bitmap) => dirtyLog.collect(bitmap),
-          stopDirtyLog: () => dirtyLog.stop(),
-          pauseVcpus: () => this.pauseVcpus(),
-          resumeVcpus: async () => {
-            if (wasRunning) await Promise.all(this.handles.map((h) => h.request({ type: 'resume' })));
-          },
-          saveState: async () => vmStateToJson(await this.saveState()),
-        }, options);
-        this.sourceMigration = migration;
-        const m = migration;
-        m.on('waiting', () => {
-          for (const waiter of this.operatorWaiters.splice(0)) waiter(m.progress());
-        });
-        this.migrationStatus = () => m.progress();
-        this.migrationRun = migration.run();
-        this.migrationRun.catch(() => {});
-        const report = await this.migrationRun;
-        this.exitReasonValue ??= { type: 'migrated', to: options.to };
-        this.lifecycle.transition('migrate-done');
-        for (const h of this.handles) if (h.state !== 'exited') void h.request({ type: 'stop' }).catch(() => {});
-        return report;
       } catch (error) {
-        // Past GO the guest is (or may be) the destination's: this side stays migrating, keeping its memory.
-        if (migration && !sourceOwnsGuest(migration.state)) throw error;
-        this.lifecycle.transition('migrate-failed');
-        // Stopped by the operator while paused: the guest was left to the destination; the VM ends (stop()).
-        if (wasRunning && !(error instanceof MigrationStoppedError)) this.lifecycle.transition('resume');
+        this.endMigration({ type: 'kept' });
         throw error;
       }
-    });
+      const dirtyLog = new GuestDirtyLog(this.vm, this.memory, PAGE_SIZE);
+      return {
+        memory: this.memory,
+        describe: () => this.machine,
+        startDirtyLog: () => dirtyLog.start(),
+        collectDirtyPages: (bitmap) => dirtyLog.collect(bitmap),
+        stopDirtyLog: () => dirtyLog.stop(),
+        pauseVcpus: () => this.pauseVcpus(),
+        resumeVcpus: async () => {
+          if (wasRunning) await Promise.all(this.handles.map((h) => h.request({ type: 'resume' })));
+        },
+        saveState: async () => vmStateToJson(await this.saveState()),
+      };
+    }, migrationEnded);
+  }
+
+  /**
+   * The outgoing migration begun by beginMigration() has ended (migratable.ts
+   * MigrationEnd): moved, the guest runs there and this VM stops (its exit
+   * reason 'migrated'); kept, it is as it was (running again if it ran);
+   * stopped by the operator, it stays paused (it is being stopped); left past
+   * the switchover, it stays migrating, keeping its memory. The requests
+   * after the migration run from here.
+   */
+  endMigration(end: MigrationEnd): void {
+    const migration = this.migration;
+    if (!migration) throw new InvalidStateTransitionError(this.state, 'end the migration of');
+    this.migration = undefined;
+    try {
+      switch (end.type) {
+        case 'moved':
+          this.exitReasonValue ??= { type: 'migrated', to: end.to };
+          this.lifecycle.transition('migrate-done');
+          this.sendStopToVcpus();
+          break;
+        case 'kept':
+          this.lifecycle.transition('migrate-failed');
+          if (migration.wasRunning) this.lifecycle.transition('resume');
+          break;
+        case 'stopped':
+          this.lifecycle.transition('migrate-failed');
+          break;
+        case 'left':
+          break;
+        default: {
+          const never: never = end;
+          throw new Error(`unknown migration end ${JSON.stringify(never)}`);
+        }
+      }
+    } finally {
+      migration.ended();
+    }
   }
 
   /** For an incoming migration's resume: whether a page is here already (pages still to come are the lazy pager's missing ones). */
@@ -721,94 +459,8 @@ export class Vmm implements IncomingMachine {
     return lazy ? (page) => lazy.hasPage(page) : () => true;
   }
 
-  /** `vm migrate --resume`: reconnect a paused migration now; resolves with its final report, or its progress if it gives up again. */
-  resumeMigration(): Promise<MigrationProgress> {
-    if (!this.sourceMigration || !this.migrationRun) throw new InvalidStateTransitionError(this.state, 'resume the migration of');
-    this.sourceMigration.requestResume();
-    // The answer waits for the next outcome: its end, or its giving up again.
-    return Promise.race([this.migrationRun, new Promise<MigrationProgress>((resolve) => this.operatorWaiters.push(resolve))]);
-  }
-
-  /**
-   * `vm migrate --abandon`: a migration that lost its connection with GO in
-   * flight (committing-paused) takes the guest back; it runs here again.
-   */
-  async abandonMigration(): Promise<void> {
-    if (!this.sourceMigration) throw new InvalidStateTransitionError(this.state, 'abandon the migration of');
-    await this.sourceMigration.requestAbandon();
-    await this.migrationRun?.catch(() => {});
-  }
-
-  /**
-   * The outgoing migration's end: its final report, or (it failed) its
-   * error — or its progress as soon as it gave up reconnecting and waits
-   * for the operator (--resume, --abandon, or vm stop), so that a caller
-   * waiting on it is told the truth rather than left hanging.
-   */
-  migrationOutcome(run: Promise<MigrationProgress> | undefined = this.migrationRun): Promise<MigrationProgress> {
-    if (!run) return Promise.reject(new InvalidStateTransitionError(this.state, 'follow the migration of'));
-    return Promise.race([run, this.migrationWaitsForOperator()]);
-  }
-
-  /** Resolves with the outgoing migration's progress once it waits for the operator (now, or the next time). */
-  private migrationWaitsForOperator(): Promise<MigrationProgress> {
-    const migration = this.sourceMigration;
-    if (migration?.waitingForOperator) return Promise.resolve(migration.progress());
-    return new Promise((resolve) => this.operatorWaiters.push(resolve));
-  }
-
-  private operatorWaiters: Array<(progress: MigrationProgress) => void> = [];
-
-  /** The outgoing migration's run (its final report, or its failure). */
-  private migrationRun: Promise<MigrationProgress> | undefined;
-
-  /** Cancel the outgoing migration (before switchover only; MigrationError after). */
-  cancelMigration(): void {
-    if (!this.sourceMigration) throw new InvalidStateTransitionError(this.state, 'cancel the migration of');
-    this.sourceMigration.cancel();
-  }
-
-  private sourceMigration: SourceMigration | undefined;
-
-  /**
-   * Build the machine an incoming live migration describes and start its
-   * vCPU workers. The VM is `restoring`: its memory arrives over the
-   * migration (pre-copy writes it in place), then its state (completeIncoming).
-   */
-  static async createIncoming(machine: MachineConfig, options: { console?: (bytes: Uint8Array) => void; backing?: GuestMemoryBacking } = {}): Promise<Vmm> {
-    const vmm = Vmm.build(machine, options.backing ?? 'anonymous', options.console);
-    try {
-      vmm.lifecycle.transition('restore');
-      await vmm.startWorkers();
-      return vmm;
-    } catch (error) {
-      await vmm.close();
-      throw error;
-    }
-  }
-
-  /**
-   * An incoming migration's switchover: pages still to come (post-copy) are
-   * served by a pager from `lazy.source`, those already here are present; the
-   * saved state is loaded and the VM is paused, ready to resume.
-   */
-  async completeIncoming(state: VmSavedState, from: string, lazy?: IncomingLazyMemory): Promise<void> {
-    const started = performance.now();
-    if (lazy) {
-      const lazyMemory = LazyGuestMemory.start(this.memory, lazy.source, { prefetch: false, presentPages: lazy.presentPages }, (error) => this.failMemory(error));
-      this.lazyMemory = lazyMemory;
-      this.stopMemory = () => lazyMemory.stop();
-    }
-    const memoryMs = ms2(performance.now() - started);
-    await this.loadState(state);
-    this.restoreInfo = { mode: lazy ? 'lazy' : 'eager', source: from, openedMs: 0, builtMs: 0, memoryMs, readyMs: ms2(performance.now() - started) };
-    this.lifecycle.transition('restored');
-  }
-
   /** Throws InvalidStateTransitionError (naming the state) unless the lifecycle allows `event` now. */
   check(event: VmLifecycleEvent): void {
-    // A migrating VM stops only when its migration, paused by a cut, allows it (vm stop is its way out).
-    if (event === 'stop' && this.state === 'migrating' && this.sourceMigration && isPaused(this.sourceMigration.state)) return;
     this.lifecycle.check(event);
   }
 
@@ -818,7 +470,6 @@ export class Vmm implements IncomingMachine {
    */
   stop(): Promise<void> {
     this.check('stop');
-    if (this.state === 'migrating') return this.stopMigrating();
     return this.close();
   }
 
@@ -844,20 +495,9 @@ export class Vmm implements IncomingMachine {
    */
   private haltGuest(): void {
     if (this.memoryStopped) return;
-    for (const h of this.handles) if (h.state !== 'exited') void h.request({ type: 'stop' }).catch(() => {});
+    this.sendStopToVcpus();
     this.memoryStopped = this.stopMemory?.() ?? Promise.resolve();
     this.memoryStopped.catch(() => {}); // awaited by teardown; not an unhandled rejection meanwhile
-  }
-
-  /**
-   * Stop while an outgoing migration is paused by a cut: the operator gives up
-   * on it (the destination has the guest, or it is lost with it). The
-   * migration ends first — it holds the request queue close() waits for.
-   */
-  private async stopMigrating(): Promise<void> {
-    this.sourceMigration!.stop();
-    await this.migrationRun?.catch(() => {});
-    await this.close();
   }
 
   /**
@@ -879,10 +519,9 @@ export class Vmm implements IncomingMachine {
     // before this one has not ended in a moment, the vCPUs are stopped and
     // guest memory let go now, so that it ends. Not while an operation owns
     // the VM (a snapshot being written reads guest RAM on this thread).
-    if (!(await settledWithin(this.queue, QUEUE_GRACE_MS)) && !['snapshotting', 'migrating', 'restoring'].includes(this.lifecycle.state)) this.haltGuest();
+    if (!(await settledWithin(this.queue, QUEUE_GRACE_MS)) && !vmLifecycleBusy(this.lifecycle.state)) this.haltGuest();
     await this.queue;
-    const state = this.lifecycle.state;
-    if (state === 'restoring') this.lifecycle.transition('restore-failed');
+    if (this.lifecycle.allows('restore-failed')) this.lifecycle.transition('restore-failed');
     else if (this.lifecycle.allows('stop')) this.lifecycle.transition('stop');
     this.haltGuest();
     await Promise.all(this.handles.map((h) => h.end(VCPU_STOP_GRACE_MS)));

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
 import { ByteProgress, ProgressView } from '../../src/cli/progress.js';
-import { controlRequest } from '../../src/vm/control-api.js';
+import { controlRequest } from '../../src/vmm-host/control-api.js';
 import { CLI_MAIN, cleanupList, kvmSkipReason, spawnCli, spawnVmm, waitForSocket } from '../vm/helpers.js';
 
 /** A stream that keeps what is written to it. */

@@ -22,7 +22,7 @@ import { DashboardServer } from '../../src/dashboard/dashboard-server.js';
 import { metricsUrlSource } from '../../src/dashboard/dashboard-source.js';
 import { MetricsRegistry } from '../../src/metrics/metrics-registry.js';
 import { startMetricsServer } from '../../src/metrics/metrics-server.js';
-import { controlRequest } from '../../src/vm/control-api.js';
+import { controlRequest } from '../../src/vmm-host/control-api.js';
 import { CLI, ChildRun } from '../handler/helpers.js';
 import { cleanupList, kvmSkipReason, spawnVmm, tempDir, waitForSocket } from '../vm/helpers.js';
 

@@ -16,7 +16,7 @@ import type { MigrationProgress } from '../../src/migrate/source-migration.js';
 import { MetricsRegistry } from '../../src/metrics/metrics-registry.js';
 import { startMetricsServer } from '../../src/metrics/metrics-server.js';
 import { RemoteSource } from '../../src/pages/remote-source.js';
-import { controlRequest } from '../../src/vm/control-api.js';
+import { controlRequest } from '../../src/vmm-host/control-api.js';
 import type { VmStatus } from '../../src/vm/vmm.js';
 import { CLI, ChildRun, spawnClient, uffdSkipReason, writeMemoryFiles, tempDir as handlerTempDir } from '../handler/helpers.js';
 import { PAGE, spawnPagesServe, tempDir as pagesTempDir, writeTestSnapshot } from '../pages/fixtures.js';

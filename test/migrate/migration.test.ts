@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { after, describe, test } from 'node:test';
 import { join } from 'node:path';
-import { controlRequest } from '../../src/vm/control-api.js';
+import { controlRequest } from '../../src/vmm-host/control-api.js';
 import { MigrationListener } from '../../src/migrate/transport/channels.js';
 import type { MigrationProgress } from '../../src/migrate/source-migration.js';
 import { kvmSkipReason, spawnCli, spawnVmm, tempDir, vmmEvents, waitForSocket, type CleanupScope, type SpawnedVmm } from '../vm/helpers.js';

@@ -5,7 +5,7 @@
 // the guest runs on at the source. Needs /dev/kvm and the micro guest.
 import assert from 'node:assert/strict';
 import { describe, test, type TestContext } from 'node:test';
-import { controlRequest } from '../../src/vm/control-api.js';
+import { controlRequest } from '../../src/vmm-host/control-api.js';
 import type { MigrationProgress } from '../../src/migrate/source-migration.js';
 import { kvmSkipReason, tempDir, vmmEvents } from '../vm/helpers.js';
 import { CutProxy } from './cut-proxy.js';

@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
-import { controlRequest } from '../../src/vm/control-api.js';
+import { controlRequest } from '../../src/vmm-host/control-api.js';
 import { DestinationMigration } from '../../src/migrate/destination-migration.js';
 import { connectChannel, newSessionId, readPskFile } from '../../src/migrate/transport/channels.js';
 import { ProtocolError, acceptHello } from '../../src/protocol/index.js';

@@ -50,7 +50,6 @@ export class SoftMachine extends EventEmitter<{ heartbeat: [beat: number] }> imp
   private closed = false;
   /** Every heartbeat this machine's vCPU gave, in order. */
   readonly heartbeats: number[] = [];
-  migrationStatus: (() => unknown) | undefined;
   memoryFailure: Error | undefined;
 
   private constructor(readonly config: SoftMachineConfig, options: { seed?: number } = {}) {

@@ -13,7 +13,7 @@ import { IncomingStream } from '../../src/migrate/incoming-stream.js';
 import { vmMigrationKind } from '../../src/vm/vm-migration-kind.js';
 import { decodeMigrationMessage, encodeMigrationMessage, isMigrationType, type MigrationMessage } from '../../src/migrate/protocol/messages.js';
 import { DEFAULT_MAX_PAYLOAD_BYTES, FrameDecoder, ProtocolError, decodeMessage, encodeFrame, type Frame } from '../../src/protocol/index.js';
-import { controlRequest } from '../../src/vm/control-api.js';
+import { controlRequest } from '../../src/vmm-host/control-api.js';
 import { kvmSkipReason, spawnVmm, tempDir, vmmEvents, waitForSocket } from '../vm/helpers.js';
 import { CutProxy } from './cut-proxy.js';
 

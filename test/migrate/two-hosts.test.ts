@@ -10,7 +10,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test, type TestContext } from 'node:test';
 import { join } from 'node:path';
-import { controlRequest } from '../../src/vm/control-api.js';
+import { controlRequest } from '../../src/vmm-host/control-api.js';
 import type { DestinationProgress } from '../../src/migrate/destination-migration.js';
 import type { MigrationProgress } from '../../src/migrate/source-migration.js';
 import { kvmSkipReason, spawnVmm, tempDir, vmmEvents, waitForSocket } from '../vm/helpers.js';

@@ -5,7 +5,8 @@ import { spawnSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { idleVcpuWorkers, prewarmVcpuWorkers } from '../../src/vm/vcpu-worker-pool.js';
-import { Vmm } from '../../src/vm/vmm.js';
+import { bootVm } from '../../src/vm/builder.js';
+import type { Vmm } from '../../src/vm/vmm.js';
 import { GuestImageNotFoundError, InvalidGuestImageError, InvalidStateTransitionError } from '../../src/vm/errors.js';
 import { ConsoleCapture, kvmSkipReason, tempDir } from './helpers.js';
 
@@ -14,7 +15,7 @@ const MiB = 1 << 20;
 
 async function runToDone(cmdline: string, memoryBytes = 32 * MiB): Promise<{ console: ConsoleCapture; reason: Awaited<Vmm['exited']> }> {
   const console = new ConsoleCapture();
-  const vmm = await Vmm.boot({ image: 'builtin', memoryBytes, cmdline, console: console.sink });
+  const vmm = await bootVm({ image: 'builtin', memoryBytes, cmdline, console: console.sink });
   try {
     await vmm.resume();
     const reason = await vmm.exited;
@@ -66,7 +67,7 @@ describe('booting the micro guest', { skip, timeout: 60000 }, () => {
 
   test('a page changed behind the guest\'s back is reported by its verify', async () => {
     const console = new ConsoleCapture();
-    const vmm = await Vmm.boot({ image: 'builtin', memoryBytes: 32 * MiB, cmdline: 'workload=writer mem=4 hb=5 rate=100', console: console.sink });
+    const vmm = await bootVm({ image: 'builtin', memoryBytes: 32 * MiB, cmdline: 'workload=writer mem=4 hb=5 rate=100', console: console.sink });
     try {
       await vmm.resume();
       await console.waitFor(/hb 1 /);
@@ -86,18 +87,18 @@ describe('booting the micro guest', { skip, timeout: 60000 }, () => {
   });
 
   test('a missing image is a GuestImageNotFoundError', async () => {
-    await assert.rejects(Vmm.boot({ image: '/nonexistent/guest.elf', memoryBytes: 16 * MiB }), (e: unknown) => e instanceof GuestImageNotFoundError && e.code === 'EIMAGENOTFOUND');
+    await assert.rejects(bootVm({ image: '/nonexistent/guest.elf', memoryBytes: 16 * MiB }), (e: unknown) => e instanceof GuestImageNotFoundError && e.code === 'EIMAGENOTFOUND');
   });
 
   test('a file that is not multiboot is an InvalidGuestImageError before any VM is made', async (t) => {
     const path = join(tempDir(t), 'junk.elf');
     writeFileSync(path, Buffer.alloc(4096, 0x90));
-    await assert.rejects(Vmm.boot({ image: path, memoryBytes: 16 * MiB }), (e: unknown) => e instanceof InvalidGuestImageError && e.code === 'EIMAGEINVALID');
+    await assert.rejects(bootVm({ image: path, memoryBytes: 16 * MiB }), (e: unknown) => e instanceof InvalidGuestImageError && e.code === 'EIMAGEINVALID');
   });
 
   test('pause and resume stop and restart the heartbeat; saving a running VM is refused', async () => {
     const console = new ConsoleCapture();
-    const vmm = await Vmm.boot({ image: 'builtin', memoryBytes: 32 * MiB, cmdline: 'workload=writer mem=4 hb=5', console: console.sink });
+    const vmm = await bootVm({ image: 'builtin', memoryBytes: 32 * MiB, cmdline: 'workload=writer mem=4 hb=5', console: console.sink });
     try {
       await vmm.resume();
       await console.waitFor(/hb 2 /);

@@ -11,8 +11,8 @@ import { request } from 'node:http';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { controlRequest, MAX_BODY_BYTES, startControlApi } from '../../src/vm/control-api.js';
-import type { Vmm } from '../../src/vm/vmm.js';
+import { controlRequest, MAX_BODY_BYTES, startControlApi } from '../../src/vmm-host/control-api.js';
+import type { HostedVm } from '../../src/vmm-host/hosted-vm.js';
 import { SERIAL_INPUT_LIMIT_BYTES } from '../../src/vm/devices/serial/uart16550.js';
 import { getWith, occupy, statusOf } from '../net/hostile-clients.js';
 import { cleanupList, kvmSkipReason, spawnVmm, tempDir, vmmEvents, waitForSocket, type SpawnedVmm } from './helpers.js';
@@ -223,7 +223,7 @@ describe('the control socket\'s HTTP server against idle and slow peers', { time
     const dir = mkdtempSync(join(tmpdir(), 'uf-vm-api-'));
     t.after(() => rmSync(dir, { recursive: true, force: true }));
     const socketPath = join(dir, 'vm.sock');
-    const standIn = { status: () => ({ state: 'Running' }) } as unknown as Vmm;
+    const standIn = { status: () => ({ state: 'Running' }) } as unknown as HostedVm;
     const api = await startControlApi(standIn, socketPath);
     t.after(() => api.close());
     const hostile = await occupy({ socketPath }, { idle: 16, slow: 16 });
@@ -242,7 +242,7 @@ describe('the control socket\'s HTTP server against idle and slow peers', { time
     const dir = mkdtempSync(join(tmpdir(), 'uf-vm-api-'));
     t.after(() => rmSync(dir, { recursive: true, force: true }));
     const socketPath = join(dir, 'vm.sock');
-    const api = await startControlApi({ status: () => ({ state: 'Running' }) } as unknown as Vmm, socketPath, { bounds: { headersTimeoutMs: 300, requestTimeoutMs: 600 } });
+    const api = await startControlApi({ status: () => ({ state: 'Running' }) } as unknown as HostedVm, socketPath, { bounds: { headersTimeoutMs: 300, requestTimeoutMs: 600 } });
     t.after(() => api.close());
     const started = Date.now();
     const answer = await rawExchange(socketPath, Buffer.alloc(0), 4096, 5000);

@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { PageBitmap } from '../../src/migrate/page-bitmap.js';
-import { Vmm } from '../../src/vm/vmm.js';
+import { bootVm } from '../../src/vm/builder.js';
 import { ConsoleCapture, kvmSkipReason } from './helpers.js';
 
 const skip = kvmSkipReason();
@@ -14,7 +14,7 @@ const WRITER_FIRST_PAGE = 512;
 describe('KVM dirty logging', { skip, timeout: 60_000 }, () => {
   test('the log reports the pages the guest writes; once cleared, a paused guest dirties nothing', async () => {
     const console = new ConsoleCapture();
-    const vmm = await Vmm.boot({ image: 'builtin', memoryBytes: 16 * MiB, cmdline: 'workload=writer mem=4 rate=0 pattern=seq hb=5', console: console.sink });
+    const vmm = await bootVm({ image: 'builtin', memoryBytes: 16 * MiB, cmdline: 'workload=writer mem=4 rate=0 pattern=seq hb=5', console: console.sink });
     try {
       const region = vmm.memory.regions[0]!;
       const pages = region.lengthBytes / 4096;

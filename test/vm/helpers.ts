@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url';
 import type { TestContext } from 'node:test';
 import { ensureBuiltinGuest } from '../../src/vm/boot/builtin-guest.js';
 import { PageKind, SnapshotFile, writeSnapshot } from '../../src/snapshot/index.js';
-import { controlRequest } from '../../src/vm/control-api.js';
+import { controlRequest } from '../../src/vmm-host/control-api.js';
 
 /** Why KVM tests cannot run here, or undefined when they can. */
 export function kvmSkipReason(): string | undefined {
@@ -59,7 +59,7 @@ export class ConsoleCapture {
 }
 
 const DIST_SRC = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'src');
-const VMM_MAIN = join(DIST_SRC, 'vm', 'vmm-main.js');
+const VMM_MAIN = join(DIST_SRC, 'vmm-host', 'vmm-main.js');
 export const CLI_MAIN = join(DIST_SRC, 'cli', 'main.js');
 
 /** Where a spawned process registers its kill: a test's context, or a list a hook runs later. */

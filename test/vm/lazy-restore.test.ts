@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { copyFileSync, mkdtempSync, rmSync, statSync, truncateSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { controlRequest } from '../../src/vm/control-api.js';
+import { controlRequest } from '../../src/vmm-host/control-api.js';
 import type { VmStatus } from '../../src/vm/vmm.js';
 import { assertHeartbeatContinues, cleanupList, corruptStoredPage, snapshotRunningWriter, kvmSkipReason, spawnVmm, tempDir, vmmEvents, waitForSocket } from './helpers.js';
 

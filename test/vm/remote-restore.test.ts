@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { controlRequest } from '../../src/vm/control-api.js';
+import { controlRequest } from '../../src/vmm-host/control-api.js';
 import type { VmStatus } from '../../src/vm/vmm.js';
 import { assertHeartbeatContinues, cleanupList, kvmSkipReason, snapshotRunningWriter, spawnCli, spawnVmm, tempDir, waitForSocket, type CleanupScope, type SpawnedVmm } from './helpers.js';
 

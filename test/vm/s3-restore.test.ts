@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { controlRequest } from '../../src/vm/control-api.js';
+import { controlRequest } from '../../src/vmm-host/control-api.js';
 import type { VmStatus } from '../../src/vm/vmm.js';
 import { S3Object } from '../../src/s3/s3-object.js';
 import { parseS3Url } from '../../src/s3/s3-url.js';

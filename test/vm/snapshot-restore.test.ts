@@ -4,8 +4,9 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { statSync } from 'node:fs';
 import { join } from 'node:path';
-import { controlRequest } from '../../src/vm/control-api.js';
-import { Vmm } from '../../src/vm/vmm.js';
+import { controlRequest } from '../../src/vmm-host/control-api.js';
+import { bootVm } from '../../src/vm/builder.js';
+import { restoreVm } from '../../src/vm/persist/restore.js';
 import { openVmSnapshotSource } from '../../src/vm/persist/vm-snapshot.js';
 import { InvalidVmStateError } from '../../src/vm/errors.js';
 import { corruptStoredPage, kvmSkipReason, rewriteVmSnapshot, spawnVmm, tempDir, vmmEvents, waitForSocket } from './helpers.js';
@@ -86,7 +87,7 @@ describe('snapshots with a malformed VM state', { skip, timeout: 90000 }, () => 
   /** A real snapshot of a 16 MiB writer, taken in this process. */
   async function realSnapshot(dir: string): Promise<string> {
     const snap = join(dir, 'real.snap');
-    const vmm = await Vmm.boot({ image: 'builtin', memoryBytes: 16 << 20, cmdline: 'workload=writer mem=4 hb=5' });
+    const vmm = await bootVm({ image: 'builtin', memoryBytes: 16 << 20, cmdline: 'workload=writer mem=4 hb=5' });
     try {
       await vmm.resume();
       await vmm.snapshot(snap);
@@ -113,7 +114,7 @@ describe('snapshots with a malformed VM state', { skip, timeout: 90000 }, () => 
     for (const [field, change] of fields) {
       const bad = join(dir, `${field}.snap`);
       await rewriteVmSnapshot(snap, bad, change);
-      await assert.rejects(openVmSnapshotSource(bad).then((from) => Vmm.restore(from)), (e: unknown) => e instanceof InvalidVmStateError && e.field === field && e.snapshotPath === bad && /is \d+ bytes, struct kvm_/.test(e.message), field);
+      await assert.rejects(openVmSnapshotSource(bad).then((from) => restoreVm(from)), (e: unknown) => e instanceof InvalidVmStateError && e.field === field && e.snapshotPath === bad && /is \d+ bytes, struct kvm_/.test(e.message), field);
     }
   });
 

@@ -2,7 +2,7 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ByteQueue } from '../../src/vm/devices/serial/byte-queue.js';
 import { SERIAL_INPUT_LIMIT_BYTES, Uart16550 } from '../../src/vm/devices/serial/uart16550.js';
-import { nextVcpuState } from '../../src/vm/vcpu-state-machine.js';
+import { nextVcpuState, reportedVcpuState } from '../../src/vm/vcpu-state-machine.js';
 import { InvalidStateTransitionError, SerialInputFullError } from '../../src/vm/errors.js';
 
 function uart(): { dev: Uart16550; out: number[]; irq: boolean[] } {
@@ -74,6 +74,16 @@ describe('the vCPU state machine', () => {
 
   test('an exited vCPU refuses everything', () => {
     for (const r of ['resume', 'pause', 'save-state', 'stop'] as const) assert.throws(() => nextVcpuState('exited', r), InvalidStateTransitionError);
+  });
+
+  test('the main thread\'s copy follows a worker\'s report only along the table', () => {
+    assert.equal(reportedVcpuState('paused', 'running'), 'running');
+    assert.equal(reportedVcpuState('running', 'exited'), 'exited');
+    assert.equal(reportedVcpuState('paused', 'exited'), 'exited');
+    // The 'exited' event after the state event that said so.
+    assert.equal(reportedVcpuState('exited', 'exited'), 'exited');
+    assert.throws(() => reportedVcpuState('exited', 'running'), (e: unknown) => e instanceof InvalidStateTransitionError && e.from === 'exited');
+    assert.throws(() => reportedVcpuState('exited', 'paused'), InvalidStateTransitionError);
   });
 });
 

@@ -7,10 +7,11 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { SnapshotFile } from '../../src/snapshot/index.js';
-import { controlRequest, startControlApi } from '../../src/vm/control-api.js';
+import { controlRequest, startControlApi } from '../../src/vmm-host/control-api.js';
+import { HostedVm } from '../../src/vmm-host/hosted-vm.js';
 import { InvalidStateTransitionError } from '../../src/vm/errors.js';
-import { VmLifecycle, vmLifecycleEvents, vmLifecycleNext, type VmLifecycleState } from '../../src/vm/vm-lifecycle.js';
-import { Vmm } from '../../src/vm/vmm.js';
+import { VmLifecycle, vmLifecycleBusy, vmLifecycleEvents, vmLifecycleNext, vmStateSavable, type VmLifecycleState } from '../../src/vm/vm-lifecycle.js';
+import { bootVm } from '../../src/vm/builder.js';
 import { ConsoleCapture, kvmSkipReason, tempDir } from './helpers.js';
 
 const skip = kvmSkipReason();
@@ -47,6 +48,15 @@ describe('the VM lifecycle table', () => {
     for (const state of STATES) assert.equal(vmLifecycleNext(state, 'guest-exit'), 'stopped');
   });
 
+  test('the state can be saved only where no vCPU runs and the state is loaded; the busy states are those an operation owns', () => {
+    assert.deepEqual(STATES.filter(vmStateSavable), ['created', 'paused', 'snapshotting', 'migrating']);
+    assert.deepEqual(STATES.filter(vmLifecycleBusy), ['snapshotting', 'restoring', 'migrating']);
+    // A busy state refuses every request but input: what "owns the VM" means in the table.
+    for (const state of STATES.filter(vmLifecycleBusy)) {
+      for (const request of ['resume', 'pause', 'snapshot', 'migrate', 'stop'] as const) assert.equal(vmLifecycleNext(state, request), undefined, `${request} while ${state}`);
+    }
+  });
+
   test('a refused transition names the current state and changes nothing', () => {
     const lifecycle = new VmLifecycle('created');
     lifecycle.transition('resume');
@@ -63,8 +73,8 @@ describe('the Vmm holds to its lifecycle', { skip, timeout: 60000 }, () => {
     const snap = join(dir, 'vm.snap');
     const sock = join(dir, 'vm.sock');
     const console = new ConsoleCapture();
-    const vmm = await Vmm.boot({ image: 'builtin', memoryBytes: 32 * MiB, cmdline: 'workload=writer mem=8 hb=5 rate=0', console: console.sink });
-    const api = await startControlApi(vmm, sock);
+    const vmm = await bootVm({ image: 'builtin', memoryBytes: 32 * MiB, cmdline: 'workload=writer mem=8 hb=5 rate=0', console: console.sink });
+    const api = await startControlApi(new HostedVm(vmm), sock);
     t.after(async () => {
       await api.close();
       await vmm.close();
@@ -116,7 +126,7 @@ describe('the Vmm holds to its lifecycle', { skip, timeout: 60000 }, () => {
 
   test('requests run one at a time: a pause and a resume sent together both complete, in order', async (t) => {
     const console = new ConsoleCapture();
-    const vmm = await Vmm.boot({ image: 'builtin', memoryBytes: 16 * MiB, cmdline: 'workload=idle hb=5', console: console.sink });
+    const vmm = await bootVm({ image: 'builtin', memoryBytes: 16 * MiB, cmdline: 'workload=idle hb=5', console: console.sink });
     t.after(() => vmm.close());
     await vmm.resume();
     const [paused, resumed, pausedAgain] = await Promise.all([vmm.pause(), vmm.resume(), vmm.pause()]);
@@ -128,7 +138,7 @@ describe('the Vmm holds to its lifecycle', { skip, timeout: 60000 }, () => {
   });
 
   test('a stopped VM refuses everything with the state named', async () => {
-    const vmm = await Vmm.boot({ image: 'builtin', memoryBytes: 16 * MiB, cmdline: 'workload=idle' });
+    const vmm = await bootVm({ image: 'builtin', memoryBytes: 16 * MiB, cmdline: 'workload=idle' });
     await vmm.close();
     assert.equal(vmm.state, 'stopped');
     await assert.rejects(vmm.resume(), { code: 'ESTATE', message: 'cannot resume a VM that is stopped' });

@@ -4,9 +4,11 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
-import { controlRequest } from '../../src/vm/control-api.js';
+import { controlRequest } from '../../src/vmm-host/control-api.js';
 import { openVmSnapshotSource } from '../../src/vm/persist/vm-snapshot.js';
-import { Vmm, type VmStatus } from '../../src/vm/vmm.js';
+import { bootVm } from '../../src/vm/builder.js';
+import { restoreVm } from '../../src/vm/persist/restore.js';
+import type { VmStatus } from '../../src/vm/vmm.js';
 import { ConsoleCapture, kvmSkipReason, snapshotRunningWriter, spawnCli, spawnVmm, tempDir, vmmEvents, waitForSocket, type CleanupScope, type SpawnedVmm } from './helpers.js';
 
 const skip = kvmSkipReason();
@@ -67,7 +69,7 @@ describe('a closed VM leaves nothing behind', { skip, timeout: 120_000 }, () => 
     const baseline = footprint();
     for (let i = 0; i < 50; i++) {
       const guestConsole = new ConsoleCapture();
-      const vmm = await Vmm.boot({ image: 'builtin', memoryBytes: 8 << 20, cmdline: 'workload=idle hb=1', console: guestConsole.sink });
+      const vmm = await bootVm({ image: 'builtin', memoryBytes: 8 << 20, cmdline: 'workload=idle hb=1', console: guestConsole.sink });
       await vmm.resume();
       await guestConsole.waitFor(/tick 1\n/, 5000);
       await vmm.close();
@@ -79,7 +81,7 @@ describe('a closed VM leaves nothing behind', { skip, timeout: 120_000 }, () => 
 
   test('20 lazy restores closed in one process: the uffds go too', async (t) => {
     const snap = join(tempDir(t), 'vm.snap');
-    const source = await Vmm.boot({ image: 'builtin', memoryBytes: 16 << 20, cmdline: 'workload=writer mem=4 hb=5' });
+    const source = await bootVm({ image: 'builtin', memoryBytes: 16 << 20, cmdline: 'workload=writer mem=4 hb=5' });
     try {
       await source.resume();
       await source.snapshot(snap);
@@ -88,7 +90,7 @@ describe('a closed VM leaves nothing behind', { skip, timeout: 120_000 }, () => 
     }
     const baseline = footprint();
     for (let i = 0; i < 20; i++) {
-      const vmm = await Vmm.restore(await openVmSnapshotSource(snap), { lazy: true });
+      const vmm = await restoreVm(await openVmSnapshotSource(snap), { lazy: true });
       await vmm.resume();
       const deadline = Date.now() + 5000;
       while ((vmm.lazyMemoryReport()?.metrics.faults ?? 0) === 0) {

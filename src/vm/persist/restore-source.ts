@@ -1,8 +1,8 @@
 // What a VM restore needs, wherever it comes from: the VM's saved state and a
-// page source over its memory image. A snapshot file, a page server and an
-// object store are three ways to supply the same two things; the VMM does not
-// know which it has. (A migration's destination gets them from the migration
-// itself: src/migrate/incoming-stream.ts.)
+// page source over its memory image. A snapshot file, a page server and
+// object storage are three ways to supply the same two things (an incoming
+// migration a fourth, with some pages present already); the restore
+// (restore.ts) does not know which it has.
 import type { PageSource } from '../../sources/page-source.js';
 import { InvalidVmStateError, RemoteVmRefusedError } from '../errors.js';
 import { GuestMemoryUnavailableError } from '../memory/lazy-guest-memory.js';

@@ -1,7 +1,7 @@
 // Measures the micro guest: boot, dirty rate, snapshot, and restore eagerly
 // and lazily (the numbers in docs/vm.md):
 //
-//   node dist/src/vm/vmm-measure.js [RAM_MiB=64] [REGION_MiB=32] [--runs 3]
+//   node dist/bench/vmm-measure.js [RAM_MiB=64] [REGION_MiB=32] [--runs 3]
 //        [--modes eager,lazy,lazy-noverify,lazy-prefetch-all] [--snapshot PATH] [--keep]
 //
 // One guest runs the writer (random pattern) and is snapshotted mid-workload;
@@ -13,9 +13,11 @@
 // figures are medians over the runs.
 import { rmSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import type { LazyMemoryReport, LazyRestoreOptions } from './memory/lazy-guest-memory.js';
-import { openVmSnapshotSource } from './persist/vm-snapshot.js';
-import { Vmm } from './vmm.js';
+import type { LazyMemoryReport, LazyRestoreOptions } from '../src/vm/memory/lazy-guest-memory.js';
+import { openVmSnapshotSource } from '../src/vm/persist/vm-snapshot.js';
+import { bootVm } from '../src/vm/builder.js';
+import { restoreVm } from '../src/vm/persist/restore.js';
+import type { Vmm } from '../src/vm/vmm.js';
 
 const MiB = 1 << 20;
 const { positionals, values } = parseArgs({
@@ -63,7 +65,7 @@ const round = (x: number, digits = 1): number => +x.toFixed(digits);
 // ---- boot, dirty, snapshot ---------------------------------------------------
 const guest = new Console();
 let t = performance.now();
-const vmm = await Vmm.boot({ image: 'builtin', memoryBytes: memMiB * MiB, cmdline: `workload=writer mem=${regionMiB} hb=${HB_TICKS} pattern=random`, console: guest.sink });
+const vmm = await bootVm({ image: 'builtin', memoryBytes: memMiB * MiB, cmdline: `workload=writer mem=${regionMiB} hb=${HB_TICKS} pattern=random`, console: guest.sink });
 const built = performance.now() - t;
 await vmm.resume();
 await guest.wait(/micro: boot/);
@@ -97,7 +99,7 @@ interface RestoreRun {
 async function restoreOnce(mode: Mode): Promise<RestoreRun> {
   const out = new Console();
   const started = performance.now();
-  const r = await Vmm.restore(await openVmSnapshotSource(snapPath), { console: out.sink, lazy: MODES[mode] });
+  const r = await restoreVm(await openVmSnapshotSource(snapPath), { console: out.sink, lazy: MODES[mode] });
   const readyMs = performance.now() - started;
   await r.resume();
   const resumedMs = performance.now() - started;

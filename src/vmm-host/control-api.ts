@@ -1,5 +1,7 @@
 // The control socket of a running VMM: HTTP/JSON over a Unix socket, in the
-// manner of Firecracker's API.
+// manner of Firecracker's API. It serves a HostedVm (hosted-vm.ts): the VM's
+// own requests go to its Vmm, the migration routes to the host, which drives
+// the migration.
 //
 //   GET   /vm                 -> 200 {state, memoryBytes, vcpus, exitReason, restore?}
 //   PATCH /vm {"state": "Paused" | "Resumed"}   (PUT accepted too)
@@ -47,8 +49,8 @@ import { isAbsolute } from 'node:path';
 import { boundHttpServer, type HttpBounds } from '../net/connection-bounds.js';
 import { answerClientErrors } from '../net/http-server.js';
 import { listenReplacingStale, removeSocketFile } from '../net/unix-socket-path.js';
-import { ControlApiError, NoVmListeningError, VmError } from './errors.js';
-import type { Vmm } from './vmm.js';
+import { ControlApiError, NoVmListeningError, VmError } from '../vm/errors.js';
+import type { HostedVm } from './hosted-vm.js';
 import { parseMigrationAddress, readPskFile } from '../migrate/transport/channels.js';
 import { MetricsRegistry, PROMETHEUS_CONTENT_TYPE, registryOf, type RegistryRef } from '../metrics/metrics-registry.js';
 import { vmReporter } from '../metrics/vm-reporter.js';
@@ -125,7 +127,7 @@ const HTTP_STATUS: Readonly<Record<string, number>> = {
 };
 
 export interface ControlApiOptions {
-  /** Called for PUT /actions Stop once it is allowed and answered (the embedding program ends the VMM its way; default vmm.close()). */
+  /** Called for PUT /actions Stop once it is allowed and answered (the embedding program ends the VMM its way; default host.close()). */
   onStop?: () => void;
   /** The process's metrics (GET /metrics); default: a registry of this VMM's alone, made on the first GET. */
   metrics?: RegistryRef;
@@ -142,17 +144,17 @@ export interface ControlApi {
 }
 
 /**
- * Serve `vmm` on `socketPath`. A stale socket there (its VMM died) is
+ * Serve `host` (a VM and its migrations) on `socketPath`. A stale socket there (its VMM died) is
  * replaced; anything else — a regular file, a live VMM's socket — is refused
  * (SocketPathInUseError, src/net/unix-socket-path.ts).
  */
-export async function startControlApi(vmm: Vmm, socketPath: string, options: ControlApiOptions = {}): Promise<ControlApi> {
+export async function startControlApi(host: HostedVm, socketPath: string, options: ControlApiOptions = {}): Promise<ControlApi> {
   const fd = listenReplacingStale(socketPath, 16);
   const inode = lstatSync(socketPath).ino;
   let own: MetricsRegistry | undefined;
-  const metrics = options.metrics ?? (() => (own ??= vmmMetrics(vmm, { processMetrics: false })));
+  const metrics = options.metrics ?? (() => (own ??= vmmMetrics(host, { processMetrics: false })));
   const server = createServer({ maxHeaderSize: MAX_HEADER_BYTES }, (req, res) => {
-    route(vmm, req, res, options, metrics).catch((error: unknown) => replyError(res, error));
+    route(host, req, res, options, metrics).catch((error: unknown) => replyError(res, error));
   });
   server.maxHeadersCount = MAX_HEADERS;
   boundHttpServer(server, { ...CONTROL_HTTP_BOUNDS, ...options.bounds });
@@ -185,18 +187,18 @@ export async function startControlApi(vmm: Vmm, socketPath: string, options: Con
 }
 
 /** A registry of one VMM's metrics: the VM, its pager, its migration (and, by default, the process's). */
-export function vmmMetrics(vmm: Vmm, options: { processMetrics?: boolean } = {}): MetricsRegistry {
+export function vmmMetrics(host: HostedVm, options: { processMetrics?: boolean } = {}): MetricsRegistry {
   const registry = new MetricsRegistry({ components: ['pager', 'vm', 'migration'], processMetrics: options.processMetrics });
-  registry.report(vmReporter(vmm));
+  registry.report(vmReporter(host.vmm, () => host.migrationProgress()));
   return registry;
 }
 
-async function route(vmm: Vmm, req: IncomingMessage, res: ServerResponse, options: ControlApiOptions, metrics: RegistryRef): Promise<void> {
+async function route(host: HostedVm, req: IncomingMessage, res: ServerResponse, options: ControlApiOptions, metrics: RegistryRef): Promise<void> {
   const method = req.method ?? 'GET';
   const [path, query] = (req.url ?? '/').split('?') as [string, string | undefined];
   const body = await readJson(req, res);
   if (body === TOO_LARGE) return;
-  if (path === '/vm' && method === 'GET') return reply(res, 200, vmm.status());
+  if (path === '/vm' && method === 'GET') return reply(res, 200, host.status());
   if (path === '/metrics' && method === 'GET') {
     const text = await registryOf(metrics).scrape();
     res.writeHead(200, { 'content-type': PROMETHEUS_CONTENT_TYPE }).end(text);
@@ -206,18 +208,18 @@ async function route(vmm: Vmm, req: IncomingMessage, res: ServerResponse, option
     const cellsText = new URLSearchParams(query ?? '').get('cells') ?? '4096';
     const cells = Number(cellsText);
     if (!/^\d+$/.test(cellsText) || cells < 1 || cells > MAX_MAP_CELLS) throw new BadControlRequestError('cells', `cells must be a whole number from 1 to ${MAX_MAP_CELLS}, got ${JSON.stringify(cellsText.slice(0, 20))}`);
-    const map = vmm.pageStates(cells);
+    const map = host.vmm.pageStates(cells);
     return reply(res, 200, { pageCount: map.pageCount, pagesPerCell: map.pagesPerCell, states: Buffer.from(map.cells.map((state) => 0x30 + state)).toString('latin1') });
   }
   if (path === '/snapshot' && method === 'GET') {
-    const progress = vmm.snapshotProgress;
+    const progress = host.vmm.snapshotProgress;
     if (!progress) throw new UnknownRouteError(method, path);
     return reply(res, 200, progress);
   }
   if (path === '/vm' && (method === 'PATCH' || method === 'PUT')) {
     const state = field(body, 'state');
-    if (state === 'Paused') return reply(res, 200, await vmm.pause());
-    if (state === 'Resumed') return reply(res, 200, await vmm.resume());
+    if (state === 'Paused') return reply(res, 200, await host.vmm.pause());
+    if (state === 'Resumed') return reply(res, 200, await host.vmm.resume());
     throw new BadControlRequestError('state', `state must be "Paused" or "Resumed", got ${JSON.stringify(state) ?? 'nothing'}`);
   }
   if (path === '/snapshot/create' && method === 'PUT') {
@@ -225,12 +227,12 @@ async function route(vmm: Vmm, req: IncomingMessage, res: ServerResponse, option
     if (typeof snapshotPath !== 'string' || snapshotPath === '') throw new BadControlRequestError('snapshot_path', 'snapshot_path (a path) is required');
     // The VMM's working directory is not the caller's: a relative path would land somewhere the caller did not mean.
     if (!isAbsolute(snapshotPath)) throw new BadControlRequestError('snapshot_path', `snapshot_path must be absolute, got ${JSON.stringify(snapshotPath)}`);
-    return reply(res, 200, await vmm.snapshot(snapshotPath));
+    return reply(res, 200, await host.vmm.snapshot(snapshotPath));
   }
   if (path === '/serial/input' && method === 'PUT') {
     const data = field(body, 'data');
     if (typeof data !== 'string') throw new BadControlRequestError('data', 'data (a string) is required');
-    await vmm.sendInput(Buffer.from(data, 'utf8'));
+    await host.vmm.sendInput(Buffer.from(data, 'utf8'));
     return reply(res, 204);
   }
   if (path === '/migrate' && method === 'PUT') {
@@ -247,40 +249,40 @@ async function route(vmm: Vmm, req: IncomingMessage, res: ServerResponse, option
     const reconnectDeadlineMs = optionalNumber(body, 'reconnect_deadline_ms', 100, 24 * 3600_000);
     const stallTimeoutMs = optionalNumber(body, 'stall_timeout_ms', 100, 3600_000);
     const progressTimeoutMs = optionalNumber(body, 'progress_timeout_ms', 100, 24 * 3600_000);
-    vmm.check('migrate');
-    const running = vmm.migrate({ to, mode, downtimeMs, maxRounds, security, reconnectDeadlineMs, stallTimeoutMs, progressTimeoutMs });
+    host.check('migrate');
+    const running = host.migrate({ to, mode, downtimeMs, maxRounds, security, reconnectDeadlineMs, stallTimeoutMs, progressTimeoutMs });
     // With "wait": true the answer is the final report (the VMM ends after a completed migration: this is the last
     // word) — or the progress of a migration paused past its reconnect deadline, which waits for the operator.
-    if (field(body, 'wait') === true) return reply(res, 200, await vmm.migrationOutcome(running));
+    if (field(body, 'wait') === true) return reply(res, 200, await host.migrationOutcome(running));
     // Otherwise it runs on; its end is in GET /migrate (and the VMM's log).
     running.catch(() => {});
     return reply(res, 202, { state: 'migrating' });
   }
   if (path === '/migrate' && method === 'GET') {
-    const status = vmm.status().migration;
+    const status = host.status().migration;
     if (!status) throw new UnknownRouteError(method, path);
     return reply(res, 200, status);
   }
   if (path === '/migrate/resume' && method === 'PUT') {
-    const run = vmm.resumeMigration();
+    const run = host.resumeMigration();
     if (field(body, 'wait') === true) return reply(res, 200, await run);
-    return reply(res, 200, { state: vmm.status().migration?.state });
+    return reply(res, 200, { state: host.status().migration?.state });
   }
   if (path === '/migrate/abandon' && method === 'PUT') {
-    await vmm.abandonMigration();
-    return reply(res, 200, { state: vmm.status().migration?.state });
+    await host.abandonMigration();
+    return reply(res, 200, { state: host.status().migration?.state });
   }
   if (path === '/migrate/cancel' && method === 'PUT') {
-    vmm.cancelMigration();
-    return reply(res, 200, { state: vmm.status().migration?.state });
+    host.cancelMigration();
+    return reply(res, 200, { state: host.status().migration?.state });
   }
   if (path === '/actions' && method === 'PUT') {
     const action = field(body, 'action_type');
     if (action !== 'Stop') throw new BadControlRequestError('action_type', `unknown action_type ${JSON.stringify(action) ?? '(none)'}`);
-    vmm.check('stop');
+    host.check('stop');
     reply(res, 204);
     if (options.onStop) options.onStop();
-    else void vmm.close();
+    else void host.close();
     return;
   }
   const allowed = Object.prototype.hasOwnProperty.call(ROUTE_METHODS, path) ? ROUTE_METHODS[path] : undefined;

@@ -1,19 +1,19 @@
 // A bare VMM process (the tests spawn it; `userfault vm run|restore` is the
 // same thing with a friendlier command line, src/cli/vm-commands.ts):
 //
-//   node dist/src/vm/vmm-main.js run [--image builtin|FILE] [--mem 32M] [--cpus 1]
+//   node dist/src/vmm-host/vmm-main.js run [--image builtin|FILE] [--mem 32M] [--cpus 1]
 //        [--cmdline "workload=writer mem=16"] [--api-sock PATH] [--log FILE]
-//   node dist/src/vm/vmm-main.js restore SNAPSHOT | --from tcp://HOST:PORT|s3://BUCKET/KEY [--endpoint URL]
+//   node dist/src/vmm-host/vmm-main.js restore SNAPSHOT | --from tcp://HOST:PORT|s3://BUCKET/KEY [--endpoint URL]
 //        [--source-deadline-ms MS] [--lazy [--prefetch-all] [--verify-first] [--prefetch-pages N]] [--api-sock PATH] [--log FILE]
-//   node dist/src/vm/vmm-main.js receive --listen HOST:PORT [--stall-timeout-ms MS] [--api-sock PATH] [--log FILE]
+//   node dist/src/vmm-host/vmm-main.js receive --listen HOST:PORT [--stall-timeout-ms MS] [--api-sock PATH] [--log FILE]
 //   any of them: [--metrics HOST:PORT] (GET /metrics over TCP; loopback only here)
 //
 // The guest's console goes to stdout (and to --log). The VMM's own lines go
 // to stderr as `vmm: {json}` (see VmmProcessEvent). Exit codes: vmm-process.ts.
 import { parseArgs } from 'node:util';
 import { exitCodeFor } from '../exit-codes.js';
-import { VmUsageError } from './errors.js';
-import { prewarmVcpuWorkers } from './vcpu-worker-pool.js';
+import { VmUsageError } from '../vm/errors.js';
+import { prewarmVcpuWorkers } from '../vm/vcpu-worker-pool.js';
 import { parseHostPort } from '../net/address.js';
 import { checkListenAddress } from '../net/http-server.js';
 

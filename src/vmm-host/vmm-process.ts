@@ -1,7 +1,7 @@
 // One VMM as a process: boot or restore a guest, serve the control socket,
 // put the console on stdout (and a log file), and end with the guest. Both
 // `userfault vm run|restore` (src/cli/vm-commands.ts) and the bare
-// `node dist/src/vm/vmm-main.js` call runVmmProcess; they differ only in how
+// `node dist/src/vmm-host/vmm-main.js` call runVmmProcess; they differ only in how
 // they print its events.
 //
 // Exit status (the sysexits scheme of src/exit-codes.ts; errors mapped by
@@ -20,16 +20,19 @@ import { startControlApi, vmmMetrics, type ControlApi } from './control-api.js';
 import type { MetricsRegistry } from '../metrics/metrics-registry.js';
 import { startMetricsServer, type MetricsServer } from '../metrics/metrics-server.js';
 import type { HostPort } from '../net/address.js';
-import { VmUsageError } from './errors.js';
-import { machineConfigProblem } from './machine-config.js';
-import type { LazyRestoreOptions } from './memory/lazy-guest-memory.js';
-import type { GuestExitReason } from './vcpu-protocol.js';
-import { openRemoteVmSource } from './persist/remote-vm.js';
+import { VmUsageError } from '../vm/errors.js';
+import { machineConfigProblem } from '../vm/machine-config.js';
+import type { LazyRestoreOptions } from '../vm/memory/lazy-guest-memory.js';
+import type { GuestExitReason } from '../vm/vcpu-protocol.js';
+import { openRemoteVmSource } from '../vm/persist/remote-vm.js';
 import { isS3Url } from '../s3/s3-url.js';
-import { openVmSnapshotSource } from './persist/vm-snapshot.js';
-import { Vmm, type VmStatus } from './vmm.js';
+import { openVmSnapshotSource } from '../vm/persist/vm-snapshot.js';
+import type { Vmm, VmStatus } from '../vm/vmm.js';
+import { bootVm } from '../vm/builder.js';
+import { restoreVm } from '../vm/persist/restore.js';
+import { HostedVm, type HostedVmStatus } from './hosted-vm.js';
 import { DestinationMigration, type DestinationProgress } from '../migrate/destination-migration.js';
-import { vmMigrationKind } from './vm-migration-kind.js';
+import { vmMigrationKind } from '../vm/vm-migration-kind.js';
 import { readPskFile } from '../migrate/transport/channels.js';
 
 export interface VmmProcessOptions {
@@ -101,7 +104,7 @@ export type VmmProcessEvent =
   | { event: 'connection-refused'; peer: string; reason: string }
   /** receive: the migration ended (every page in and verified, or not). */
   | { event: 'migration'; progress: DestinationProgress }
-  | { event: 'exited'; reason: GuestExitReason; runMs: number; status: VmStatus; exitCode: number }
+  | { event: 'exited'; reason: GuestExitReason; runMs: number; status: HostedVmStatus; exitCode: number }
   | VmmErrorEvent;
 
 /** An error, as a process reports it: the class, its stable code, the message, the exit status, and its data fields. */
@@ -123,28 +126,20 @@ export async function runVmmProcess(options: VmmProcessOptions): Promise<number>
   const started = performance.now();
   const ms = (): number => msSince(started);
   const { log } = options;
-  let vmm: Vmm;
+  let host: HostedVm;
   try {
     if (log) writeFileSync(log, '');
-    vmm = await buildVmm(options, consoleSink(options, ms));
+    host = await buildVmm(options, consoleSink(options, ms));
   } catch (error) {
     return failed(options, error);
   }
   const readyMs = ms();
+  const { vmm } = host;
 
   let stopRequested = false;
   const stop = (): void => {
     stopRequested = true;
-    // An outgoing migration paused by a cut holds the VM's request queue: stop() ends it first (its way out).
-    if (vmm.state === 'migrating') {
-      try {
-        void vmm.stop().catch(() => {});
-        return;
-      } catch {
-        // Not paused: the migration runs on; the VM closes once it ends.
-      }
-    }
-    void vmm.close();
+    void host.close();
   };
   let api: ControlApi | undefined;
   let metricsServer: MetricsServer | undefined;
@@ -155,8 +150,8 @@ export async function runVmmProcess(options: VmmProcessOptions): Promise<number>
   const cleanups: (() => void)[] = [];
   try {
     // The process's own metrics (CPU, memory, event loop) included.
-    metrics = options.apiSock || options.metricsListen ? () => (registry ??= vmmMetrics(vmm)) : undefined;
-    if (options.apiSock) api = await startControlApi(vmm, options.apiSock, { onStop: stop, metrics });
+    metrics = options.apiSock || options.metricsListen ? () => (registry ??= vmmMetrics(host)) : undefined;
+    if (options.apiSock) api = await startControlApi(host, options.apiSock, { onStop: stop, metrics });
     if (options.metricsListen) {
       // A taken port fails with EADDRINUSE, naming it (exit 73).
       metricsServer = await startMetricsServer(metrics!, options.metricsListen);
@@ -188,7 +183,7 @@ export async function runVmmProcess(options: VmmProcessOptions): Promise<number>
   await api?.close();
   await vmm.close();
   const exitCode = reason.type === 'done' ? reason.status : reason.type === 'stopped' || reason.type === 'migrated' || (stopRequested && reason.type !== 'failed') ? ExitCode.OK : ExitCode.SOFTWARE;
-  options.report({ event: 'exited', reason, runMs: ms(), status: vmm.status(), exitCode });
+  options.report({ event: 'exited', reason, runMs: ms(), status: host.status(), exitCode });
   return exitCode;
 }
 
@@ -234,7 +229,7 @@ function consoleSink(options: VmmProcessOptions, ms: () => number): (bytes: Uint
   };
 }
 
-async function buildVmm(options: VmmProcessOptions, console: (bytes: Uint8Array) => void): Promise<Vmm> {
+async function buildVmm(options: VmmProcessOptions, console: (bytes: Uint8Array) => void): Promise<HostedVm> {
   if (options.command === 'receive') {
     if (!options.listen) throw new VmUsageError(['--listen'], 'receive needs --listen HOST:PORT');
     const security = options.pskFile === undefined ? undefined : readPskFile(options.pskFile);
@@ -251,25 +246,25 @@ async function buildVmm(options: VmmProcessOptions, console: (bytes: Uint8Array)
     const report = (): void => options.report({ event: 'migration', progress: destination.progress() });
     destination.done.then(report, report);
     // The VMM is this process's once the guest runs here; the rest of the migration (post-copy) goes on meanwhile.
-    return destination.running;
+    return new HostedVm((await destination.running).vmm, { incoming: destination });
   }
   if (options.command === 'run') {
     checkMachineOptions(options.memoryBytes ?? 32 * 2 ** 20, options.vcpuCount ?? 1);
-    return Vmm.boot({ image: options.image ?? 'builtin', memoryBytes: options.memoryBytes ?? 32 * 2 ** 20, vcpuCount: options.vcpuCount ?? 1, cmdline: options.cmdline ?? 'workload=idle', console });
+    return new HostedVm(await bootVm({ image: options.image ?? 'builtin', memoryBytes: options.memoryBytes ?? 32 * 2 ** 20, vcpuCount: options.vcpuCount ?? 1, cmdline: options.cmdline ?? 'workload=idle', console }));
   }
   if (options.fromUrl !== undefined && options.snapshotPath !== undefined) throw new VmUsageError(['SNAPSHOT', '--from'], 'restore takes a snapshot path or --from URL, not both');
   if (options.fromUrl === undefined && options.snapshotPath === undefined) throw new VmUsageError(['SNAPSHOT', '--from'], 'restore needs a snapshot path or --from tcp://HOST:PORT');
   const deadline = options.sourceDeadlineMs;
   const from = options.fromUrl === undefined ? await openVmSnapshotSource(options.snapshotPath!)
-    : isS3Url(options.fromUrl) ? await (await import('./persist/s3-vm.js')).openS3VmSource(options.fromUrl, { endpoint: options.endpoint, ...(deadline === undefined ? {} : { deadlineMs: deadline }) })
+    : isS3Url(options.fromUrl) ? await (await import('../vm/persist/s3-vm.js')).openS3VmSource(options.fromUrl, { endpoint: options.endpoint, ...(deadline === undefined ? {} : { deadlineMs: deadline }) })
     // The deadline bounds each read from its request (a server that stays connected but never delivers included), and a lost server's return.
     : await openRemoteVmSource(options.fromUrl, deadline === undefined ? {} : { readDeadlineMs: deadline, reconnectDeadlineMs: deadline });
   const progress = options.progress;
-  return Vmm.restore(from, {
+  return new HostedVm(await restoreVm(from, {
     console,
     lazy: options.lazy || undefined,
     onLoadProgress: progress && ((doneBytes, totalBytes) => progress({ operation: 'load', doneBytes, totalBytes })),
-  });
+  }));
 }
 
 /** prefetch-all's progress: the stored pages in guest RAM, every 200 ms until all are (or the VM ends). Returns the stop. */
