@@ -77,6 +77,19 @@ const BY_CODE: Readonly<Record<string, ExitCode>> = {
   ES3_RESPONSE: ExitCode.UNAVAILABLE,
   ES3_REQUEST: ExitCode.UNAVAILABLE,
   ESOURCEGONE: ExitCode.UNAVAILABLE,
+  // a peer or the path to it is gone (any network path), or a migration peer that does not answer or refuses
+  ECONNLOST: ExitCode.UNAVAILABLE,
+  ESTALLED: ExitCode.UNAVAILABLE,
+  ECONNENDED: ExitCode.UNAVAILABLE,
+  EMIGRATIONPEER: ExitCode.UNAVAILABLE,
+  EMIGRATIONLOST: ExitCode.UNAVAILABLE,
+  EMIGRATIONSTALLED: ExitCode.UNAVAILABLE,
+  EMIGRATIONREFUSED: ExitCode.UNAVAILABLE,
+  // a migration stream or page that breaks the protocol's rules (a hostile or broken peer)
+  EMIGRATIONSTREAM: ExitCode.DATA,
+  EMIGRATIONREPLY: ExitCode.DATA,
+  // the migration ran; its end-to-end check found pages that differ
+  EMIGRATIONVERIFY: ExitCode.CHECK_FAILED,
   EIMAGECHANGED: ExitCode.DATA,
   EREMOTEVM: ExitCode.DATA,
   EKVMNOTSUP: ExitCode.UNAVAILABLE,
