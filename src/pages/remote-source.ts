@@ -588,6 +588,12 @@ export class RemoteSource implements PageSource {
   private deadlinePassed(operation: ReadOperation): void {
     operation.deadlineTimer = undefined;
     if (operation.settled) return;
+    // A timer may fire a fraction of a millisecond before performance.now() says the time is up: wait the rest.
+    const leftMs = this.settings.readDeadlineMs - (performance.now() - operation.startedAt);
+    if (leftMs > 0) {
+      operation.deadlineTimer = setTimeout(() => this.deadlinePassed(operation), Math.ceil(leftMs));
+      return;
+    }
     this.stats.deadlinesPassed++;
     // The first page still missing; what its fetch went through, for the message.
     let first: WireRead | undefined;
