@@ -106,6 +106,7 @@ const BY_CODE: Readonly<Record<string, ExitCode>> = {
   EKVMACCESS: ExitCode.NO_PERMISSION,
   EKVMPERM: ExitCode.NO_PERMISSION,
   ES3_DENIED: ExitCode.NO_PERMISSION,
+  EMIGRATIONAUTH: ExitCode.NO_PERMISSION,
 };
 
 export function exitCodeFor(error: unknown): ExitCode {

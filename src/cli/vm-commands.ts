@@ -284,7 +284,7 @@ export function registerVmCommands(program: Command): void {
     .description('wait for one VM to be live-migrated here (vm migrate on its source), then run it as its VMM')
     .requiredOption('--listen <host:port>', 'where the source connects (127.0.0.1 unless --allow-remote; port 0: any)')
     .option('--allow-remote', 'listen on an address other hosts can reach (use --psk-file there)')
-    .option('--psk-file <file>', 'a pre-shared key (hex or raw, at least 16 bytes): only a source holding the same key gets in (TLS-PSK)')
+    .option('--psk-file <file>', 'a pre-shared key (hex or raw, at least 16 bytes; mode 0600, readable by its owner only): only a source holding the same key gets in (TLS-PSK)')
     .addOption(new Option('--stall-timeout-ms <ms>', 'a connection that carries nothing this long (pings unanswered) counts as cut').default('10000'))
     .addOption(new Option('--reconnect-deadline-ms <ms>', 'after a cut past READY, wait this long for the source to come back: GO never read, the machine is then discarded; every page in, the migration completes without its verdict').default('60000'))
     .addOption(new Option('--progress-timeout-ms <ms>', 'before GO, give up on a source that sends nothing but pings this long').default('60000'))
@@ -329,7 +329,7 @@ export function registerVmCommands(program: Command): void {
     .addOption(new Option('--reconnect-deadline-ms <ms>', 'after a cut past GO, keep reconnecting this long before waiting for --resume').default('60000'))
     .addOption(new Option('--stall-timeout-ms <ms>', 'a connection that carries nothing this long (pings unanswered) counts as cut: a silent link is noticed without waiting for TCP').default('10000'))
     .addOption(new Option('--progress-timeout-ms <ms>', 'a destination that keeps its connections alive but does not answer BEGIN, SWITCHOVER, GO or RESUME this long counts as cut').default('60000'))
-    .option('--psk-file <file>', 'the pre-shared key the destination holds (vm receive --psk-file): both connections are TLS-PSK')
+    .option('--psk-file <file>', 'the pre-shared key the destination holds (vm receive --psk-file; mode 0600, readable by its owner only): both connections are TLS-PSK')
     .option('--json', 'print only the final report, as one JSON object')
     .action(async (options: SocketOptions & { to?: string; resume?: boolean; abandon?: boolean; mode: 'precopy' | 'postcopy' | 'hybrid'; downtimeMs: string; maxRounds: string; reconnectDeadlineMs: string; stallTimeoutMs: string; progressTimeoutMs: string; pskFile?: string }) => {
       await handled(options.json, async () => {

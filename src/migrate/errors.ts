@@ -21,6 +21,14 @@ export class MigrationKeyError extends MigrationError {
   }
 }
 
+/** The TLS-PSK handshake failed: the destination holds another key, or none. */
+export class MigrationAuthError extends MigrationError {
+  override readonly code = 'EMIGRATIONAUTH';
+  constructor(readonly address: string, options?: { cause?: unknown }) {
+    super(`migration peer ${address} refused this side's key: the destination holds a different --psk-file, or none (both sides need the same key)`, options);
+  }
+}
+
 /** The destination did not answer, or refused the connection. */
 export class MigrationPeerError extends MigrationError {
   override readonly code = 'EMIGRATIONPEER';

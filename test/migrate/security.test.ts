@@ -4,7 +4,7 @@
 // urgent connection for nobody, a version older than this end's).
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { writeFileSync } from 'node:fs';
+import { chmodSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { controlRequest } from '../../src/vmm-host/control-api.js';
@@ -13,6 +13,9 @@ import { connectChannel, newSessionId, readPskFile } from '../../src/migrate/tra
 import { ProtocolError, acceptHello } from '../../src/protocol/index.js';
 import type { MigrationProgress } from '../../src/migrate/source-migration.js';
 import { vmMigrationKind } from '../../src/vm/vm-migration-kind.js';
+import { MigrationAuthError, MigrationKeyError } from '../../src/migrate/errors.js';
+import { ExitCode, exitCodeFor } from '../../src/exit-codes.js';
+import { softMachineKind } from './soft-machine.js';
 import { kvmSkipReason, spawnCli, spawnVmm, tempDir, waitForSocket } from '../vm/helpers.js';
 
 const skip = kvmSkipReason();
@@ -111,8 +114,33 @@ describe('the migration handshake refuses', () => {
   test('a key file too short, or unreadable, is refused naming it', (t) => {
     const dir = tempDir(t);
     const short = join(dir, 'short');
-    writeFileSync(short, 'abcd');
+    writeFileSync(short, 'abcd', { mode: 0o600 });
     assert.throws(() => readPskFile(short), /the key file .*short holds 2 bytes of key; at least 16 are needed/);
     assert.throws(() => readPskFile(join(dir, 'absent')), /cannot be read/);
+  });
+
+  test('a key file other users may read is refused, saying why and how to fix it (as ssh refuses such a key)', (t) => {
+    const dir = tempDir(t);
+    const open = join(dir, 'open.psk');
+    writeFileSync(open, `${randomBytes(32).toString('hex')}\n`, { mode: 0o644 });
+    chmodSync(open, 0o644);
+    assert.throws(() => readPskFile(open), (error: unknown) => error instanceof MigrationKeyError && error.code === 'EUSAGE' && /is open to other users \(mode 0644\).*chmod 600/.test(error.message));
+    chmodSync(open, 0o600);
+    assert.equal(readPskFile(open).psk.length, 32);
+  });
+
+  test('a wrong key is refused in plain words (exit status 77), and a source without a key is told to give one', async (t) => {
+    const dir = tempDir(t);
+    const destination = await DestinationMigration.listen({ host: '127.0.0.1', port: 0, kind: softMachineKind(), security: readPskFile(keyFile(dir, 'right')) });
+    t.after(() => destination.close());
+    const address = { host: '127.0.0.1', port: Number(destination.url.split(':').at(-1)) };
+    await assert.rejects(connectChannel(address, 'main', newSessionId(), 3000, readPskFile(keyFile(dir, 'wrong'))), (error: unknown) => {
+      assert.ok(error instanceof MigrationAuthError, String(error));
+      assert.match(error.message, /refused this side's key: the destination holds a different --psk-file, or none/);
+      assert.doesNotMatch(error.message, /SSL routines|0A0003FC/, 'OpenSSL\'s text is the cause, not the message');
+      assert.equal(exitCodeFor(error), ExitCode.NO_PERMISSION);
+      return true;
+    });
+    await assert.rejects(connectChannel(address, 'main', newSessionId(), 3000), /give this side the same --psk-file/);
   });
 });

@@ -6,7 +6,7 @@
 // protocol's HELLO, both ways: the source says its role and the session, the
 // destination answers with its own or an ERROR and closes.
 import { randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import * as tls from 'node:tls';
 import { parsePageUrl, formatHostPort } from '../../net/address.js';
@@ -22,7 +22,7 @@ import {
   type RoleName,
 } from '../../protocol/index.js';
 import { FramedSocket } from './framed-socket.js';
-import { MigrationKeyError, MigrationPeerError } from '../errors.js';
+import { MigrationAuthError, MigrationKeyError, MigrationPeerError } from '../errors.js';
 
 export type SourceChannel = 'main' | 'urgent';
 
@@ -46,11 +46,15 @@ export const MIN_PSK_BYTES = 16;
 /** The key in a --psk-file: its bytes as hex (64 hex digits for 32 bytes) or raw; at least 16 bytes. */
 export function readPskFile(path: string): MigrationSecurity {
   let bytes: Uint8Array;
+  let mode: number;
   try {
+    mode = statSync(path).mode;
     bytes = readFileSync(path);
   } catch (error) {
     throw new MigrationKeyError(path, `cannot be read: ${(error as Error).message}`, { cause: error });
   }
+  // Like ssh with a private key: a key others may read is no secret.
+  if ((mode & 0o077) !== 0) throw new MigrationKeyError(path, `is open to other users (mode ${(mode & 0o777).toString(8).padStart(4, '0')}): a key must be readable by its owner only — chmod 600 ${path}`);
   const text = Buffer.from(bytes).toString('latin1').trim();
   const psk = /^[0-9a-f]+$/i.test(text) && text.length % 2 === 0 ? Buffer.from(text, 'hex') : Buffer.from(bytes);
   if (psk.length < MIN_PSK_BYTES) throw new MigrationKeyError(path, `holds ${psk.length} bytes of key; at least ${MIN_PSK_BYTES} are needed`);
@@ -95,7 +99,9 @@ export function connectChannel(address: { host: string; port: number }, channel:
       reject(error);
     };
     const timer = setTimeout(() => fail(new MigrationPeerError(where, `no answer within ${timeoutMs} ms`)), timeoutMs);
-    socket.once('error', (error) => fail(new MigrationPeerError(where, security ? `the authenticated connection failed (a wrong key, or a peer without one): ${error.message}` : error.message, { cause: error })));
+    // A TLS-PSK handshake that fails is a key the destination does not hold (another --psk-file, or none): said in
+    // those words, OpenSSL's own text kept as the cause.
+    socket.once('error', (error) => fail(security && isTlsHandshakeError(error) ? new MigrationAuthError(where, { cause: error }) : new MigrationPeerError(where, error.message, { cause: error })));
     socket.once(security ? 'secureConnect' : 'connect', () => {
       framed = new FramedSocket(socket, `migration ${channel} connection to ${where}`);
       const hello: HelloMessage = { type: 'hello', version: MAX_PROTOCOL_VERSION, minVersion: MIN_PROTOCOL_VERSION, role: ROLE_OF[channel], sessionId, maxPayloadBytes: DEFAULT_MAX_PAYLOAD_BYTES, features: 0 };
@@ -112,10 +118,16 @@ export function connectChannel(address: { host: string; port: number }, channel:
           fail(error as Error);
         }
       });
-      framed.once('end', (error) => fail(error ?? new MigrationPeerError(where, `closed the ${channel} connection during its HELLO`)));
+      framed.once('end', (error) => fail(error ?? new MigrationPeerError(where, `closed the ${channel} connection during its HELLO${security ? '' : ' (a destination started with --psk-file closes a source without the key like this: give this side the same --psk-file)'}`)));
       framed.send(hello).catch(fail);
     });
   });
+}
+
+/** An error from the TLS layer itself (OpenSSL's codes), not the socket beneath it. */
+function isTlsHandshakeError(error: Error): boolean {
+  const code = (error as { code?: unknown }).code;
+  return (typeof code === 'string' && code.startsWith('ERR_SSL')) || /SSL routines|alert|handshake/i.test(error.message);
 }
 
 export interface AcceptedChannel {
