@@ -296,9 +296,12 @@ describe('a lazy WebAssembly memory whose pager dies', { skip, timeout: 60_000 }
 });
 
 describe('a lazy WebAssembly memory after close()', { skip, timeout: 60_000 }, () => {
-  test('filled pages keep their bytes and writes, pages known zero read zero (grown ones too), a page never filled raises SIGBUS', () => {
+  test('filled pages keep their bytes and writes, pages known zero read zero (grown ones too), a page never filled raises SIGBUS — and the probe leaves no snapshot behind', () => {
+    const leftovers = (): string[] => readdirSync(tmpdir()).filter((name) => name.startsWith('userfault-wasm-'));
+    const before = new Set(leftovers());
     const run = probe('close-then-touch');
     assert.equal(run.signal, 'SIGBUS', run.stderr);
+    assert.deepEqual(leftovers().filter((name) => !before.has(name)), [], 'a process that dies of SIGBUS leaves its temporary snapshot behind');
     assert.equal(phase(run, 'closed')?.filled, 1);
     assert.deepEqual(phase(run, 'filled-page'), { phase: 'filled-page', value: 1, written: 0x5eed });
     assert.equal(phase(run, 'known-zero-page')?.value, 0);
