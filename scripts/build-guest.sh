@@ -7,4 +7,3 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 out="$root/dist/guest"
 mkdir -p "$out"
 nasm -f bin -o "$out/micro.elf" "$root/guest/micro.asm"
-echo "$out/micro.elf"

@@ -12,7 +12,12 @@ const MAX_ANSWER_BYTES = 8 << 20;
 const TIMEOUT_MS = 5_000;
 
 export class DashboardSourceError extends UserfaultError {
-  override readonly code = 'EDASHBOARDSOURCE';
+  override readonly code: string = 'EDASHBOARDSOURCE';
+}
+
+/** A --metrics-url that is not an http:// URL: the command line is wrong (exit status 64). */
+export class DashboardUrlError extends DashboardSourceError {
+  override readonly code = 'EUSAGE';
 }
 
 export interface DashboardSource {
@@ -40,9 +45,9 @@ export function metricsUrlSource(url: string): DashboardSource {
   try {
     parsed = new URL(url);
   } catch {
-    throw new DashboardSourceError(`--metrics-url ${url}: not a URL (http://HOST:PORT/metrics)`);
+    throw new DashboardUrlError(`--metrics-url ${url}: not a URL (http://HOST:PORT/metrics)`);
   }
-  if (parsed.protocol !== 'http:') throw new DashboardSourceError(`--metrics-url ${url}: only http:// URLs`);
+  if (parsed.protocol !== 'http:') throw new DashboardUrlError(`--metrics-url ${url}: only http:// URLs (http://HOST:PORT/metrics)`);
   return {
     description: url,
     metrics: () => get({ host: parsed.hostname.replace(/^\[|\]$/g, ''), port: Number(parsed.port || 80), path: `${parsed.pathname}${parsed.search}` }, url),

@@ -58,6 +58,21 @@ describe('userfault demo', () => {
 });
 
 describe('usage errors', () => {
+  test('a --metrics-url that is not an http:// URL (no scheme, another scheme) is a usage error (64) naming the option', () => {
+    for (const url of ['127.0.0.1:9465', 'https://127.0.0.1:9465/metrics']) {
+      const result = run('dashboard', '--metrics-url', url, '--listen', '127.0.0.1:0');
+      assert.equal(result.status, ExitCode.USAGE, `${url}: ${result.stderr}`);
+      assert.match(result.stderr, /--metrics-url .*http:\/\/HOST:PORT\/metrics/);
+    }
+  });
+
+  test('vm migrate with neither --to, --resume nor --abandon is a usage error naming them, not a crash', () => {
+    const result = run('vm', 'migrate', '--api-sock', '/nonexistent/x.sock');
+    assert.equal(result.status, ExitCode.USAGE, result.stderr);
+    assert.match(result.stderr, /--to HOST:PORT \(or --resume or --abandon a paused migration\)/);
+    assert.doesNotMatch(result.stderr, /Cannot read properties/);
+  });
+
   test('an unknown command or option exits 64 with commander\'s message, once, and no code in brackets', () => {
     for (const args of [['bogus'], ['demo', '--bogus'], ['snapshot', 'inspect'], ['probe', 'extra', 'args']]) {
       const result = run(...args);

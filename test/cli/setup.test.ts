@@ -39,3 +39,13 @@ describe('scripts/setup.sh', () => {
     assert.equal(dryRun(have.filter((c) => c !== 'g++')), `setup: would install from Debian: ${expected.join(' ')}`);
   });
 });
+
+describe('scripts/build-guest.sh', () => {
+  test('builds the guest without a word on stdout (npm run demo printed its path as a stray line)', () => {
+    const buildGuest = fileURLToPath(new URL('../../../scripts/build-guest.sh', import.meta.url));
+    const result = spawnSync('sh', [buildGuest], { encoding: 'utf8', timeout: 30_000 });
+    if (result.status !== 0 && /nasm: not found|nasm: command not found/.test(result.stderr)) return;
+    assert.equal(result.status, 0, result.stderr);
+    assert.equal(result.stdout, '');
+  });
+});
