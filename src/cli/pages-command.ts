@@ -19,6 +19,7 @@ import {
   type ServedConnectionSummary,
   type SnapshotPages,
 } from '../pages/index.js';
+import { checkInputFile } from './snapshot-commands.js';
 
 interface PagesServeOptions {
   snapshot?: string;
@@ -114,6 +115,8 @@ async function servePages(options: PagesServeOptions, log: Logger): Promise<void
     process.once('SIGINT', resolve);
     process.once('SIGTERM', resolve);
   });
+  // A missing snapshot is named the way every command names a missing input (ENOINPUT, 66).
+  checkInputFile(options.snapshot);
   const snapshot = await openSnapshotPages(options.snapshot);
   let server: PageServer;
   try {

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { LazyMemory } from '../lazy/index.js';
 import { PAGE_SIZE } from '../native.js';
 import { PAGE_ENTRY_BYTES, writeSnapshot } from '../snapshot/index.js';
-import { InsufficientSpaceError } from './errors.js';
+import { InsufficientSpaceError, WorkDirectoryMissingError } from './errors.js';
 import { fillPattern, findPatternMismatches } from './pattern.js';
 
 export type DemoPhase = 'write' | 'touch';
@@ -69,7 +69,13 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
   }
   const parent = options.directory ?? tmpdir();
   const neededBytes = demoSnapshotBytes(sizeBytes);
-  const fs = statfsSync(parent);
+  let fs;
+  try {
+    fs = statfsSync(parent);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') throw new WorkDirectoryMissingError(parent, options.directory === undefined ? 'TMPDIR' : 'the directory given', { cause: error });
+    throw error;
+  }
   const availableBytes = fs.bavail * fs.bsize;
   if (availableBytes < neededBytes) {
     throw new InsufficientSpaceError(parent, neededBytes, availableBytes, 'the demo\'s temporary snapshot', 'free some, set TMPDIR to a larger file system, or give a smaller --size');

@@ -10,3 +10,11 @@ export class InsufficientSpaceError extends UserfaultError {
     super(`${what} needs ${formatBytes(neededBytes)} in ${directory}, which has ${formatBytes(availableBytes)} free: ${hint}`);
   }
 }
+
+/** The directory the demo writes its temporary snapshot in does not exist (TMPDIR names it, or the option). */
+export class WorkDirectoryMissingError extends UserfaultError {
+  override readonly code = 'ENOINPUT';
+  constructor(readonly directory: string, readonly source: string, options?: { cause?: unknown }) {
+    super(`the demo writes its temporary snapshot in ${directory} (${source}), which does not exist: create it, or point ${source === 'TMPDIR' ? 'TMPDIR' : 'it'} elsewhere`, options);
+  }
+}

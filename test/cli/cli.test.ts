@@ -8,7 +8,7 @@ import { after, describe, test } from 'node:test';
 import { fillPattern } from '../../src/demo/pattern.js';
 import { ExitCode } from '../../src/exit-codes.js';
 import { writeSnapshot } from '../../src/snapshot/index.js';
-import { jsonError, run } from './helpers.js';
+import { jsonError, run, runWith } from './helpers.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'userfault-cli-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
@@ -64,6 +64,22 @@ describe('usage errors', () => {
       assert.equal(result.status, ExitCode.USAGE, `${url}: ${result.stderr}`);
       assert.match(result.stderr, /--metrics-url .*http:\/\/HOST:PORT\/metrics/);
     }
+  });
+
+  test('a missing input is named alike by every command: pages serve --snapshot of a missing file says ENOINPUT (66) as snapshot inspect does', () => {
+    const missing = join(tmpdir(), 'userfault-no-such.snap');
+    for (const args of [['pages', 'serve', '--snapshot', missing, '--listen', '127.0.0.1:0'], ['snapshot', 'inspect', missing]]) {
+      const result = run(...args);
+      assert.equal(result.status, ExitCode.NO_INPUT, `${args.join(' ')}: ${result.stderr}`);
+      assert.match(result.stderr, /userfault-no-such\.snap does not exist \[ENOINPUT\]/);
+    }
+  });
+
+  test('demo with TMPDIR naming a missing directory says so, naming TMPDIR, not a bare statfs error', () => {
+    const result = runWith({ env: { ...process.env, TMPDIR: '/nonexistent-userfault-tmp' } }, 'demo', '--size', '1M');
+    assert.equal(result.status, ExitCode.NO_INPUT, result.stderr);
+    assert.match(result.stderr, /\/nonexistent-userfault-tmp \(TMPDIR\), which does not exist/);
+    assert.doesNotMatch(result.stderr, /statfs/);
   });
 
   test('vm migrate with neither --to, --resume nor --abandon is a usage error naming them, not a crash', () => {
