@@ -570,7 +570,7 @@ describe('userfault pages serve', () => {
       [['--listen', '127.0.0.1:0'], 64, /--snapshot FILE/],
       [['--snapshot', `${dir}/x.snap`], 64, /--listen HOST:PORT/],
       [['--snapshot', `${dir}/x.snap`, '--listen', 'nowhere'], 64, /not a --listen HOST:PORT address/],
-      [['--snapshot', `${dir}/missing.snap`, '--listen', '127.0.0.1:0'], 66, /ENOENT/],
+      [['--snapshot', `${dir}/missing.snap`, '--listen', '127.0.0.1:0'], 66, /missing\.snap does not exist \[ENOINPUT\]/],
       [['--snapshot', `${dir}/x.snap`, '--listen', '127.0.0.1:0', '--max-connections', '0'], 64, /--max-connections 0 is not a positive integer/],
       [['--snapshot', `${dir}/x.snap`, '--listen', '127.0.0.1:0', '--max-connections', '8', '--max-connections-per-peer', '9'], 64, /more than --max-connections 8/],
       [['--snapshot', `${dir}/x.snap`, '--listen', '127.0.0.1:0', '--idle-timeout-ms', 'soon'], 64, /--idle-timeout-ms soon/],
