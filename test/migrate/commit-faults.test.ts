@@ -151,8 +151,9 @@ describe('faults that do not heal leave one side that says so, its guest intact'
   test('a cut in the middle of pre-copy: the migration fails and the guest runs on at the source', async () => {
     const outcome = await runFaultCase({
       mode: 'precopy',
-      fault: { direction: 'to-destination', frameType: FRAME.PAGES, occurrence: 20, where: 'before', fault: 'cut-heal' },
+      fault: { direction: 'to-destination', frameType: FRAME.PAGES, occurrence: 5, where: 'before', fault: 'cut-heal' },
     }, 205);
+    assert.ok(outcome.proxy.fired, `the cut came mid-pre-copy (frames: ${outcome.proxy.log.slice(-20).join(' ')})`);
     assert.equal(outcome.runsOn, 'source');
     assertTruthful(outcome, 'precopy');
   });

@@ -70,8 +70,17 @@ export async function runFaultCase(c: FaultCase, seed: number): Promise<FaultOut
     if (source.running && kind.built.some((m) => m.running)) bothRunning++;
   }, 2);
   try {
-    // Let the writer dirty some pages first, so pre-copy has rounds to do.
-    await new Promise((r) => setTimeout(r, 60));
+    // Let the writer dirty some pages first (a count of beats, not a time: a loaded machine writes slower), so
+    // pre-copy has runs of pages and rounds to do.
+    await bounded(new Promise<void>((resolve) => {
+      const check = (): void => {
+        if (source.heartbeat < 20) return;
+        source.off('heartbeat', check);
+        resolve();
+      };
+      source.on('heartbeat', check);
+      check();
+    }), 10_000, 'the source writer\'s first beats');
     const migration = new SourceMigration(source, {
       to: proxy.address,
       mode: c.mode,
