@@ -24,7 +24,7 @@ import type { MigrationSourceMachine } from '../vm/migratable.js';
 import { ConvergencePolicy, type MigrationMode, type SwitchoverDecision } from './convergence.js';
 import { isFinal, isPastSwitchover, isPaused, nextSourceState, sourceAllows, sourceOwnsGuest, type SourceMigrationEvent, type SourceMigrationState } from './migration-state.js';
 import { PageBitmap } from './page-bitmap.js';
-import { DIGEST_BATCH_PAGES, PageDigestTable, differingBatches } from './page-digests.js';
+import { PageDigestTable, differingBatches } from './page-digests.js';
 import { connectChannel, newSessionId, parseMigrationAddress, type MigrationSecurity } from './transport/channels.js';
 import { DEFAULT_STALL_TIMEOUT_MS, type AnyMessage, type FramedSocket } from './transport/framed-socket.js';
 import { ConnectionEndedError } from '../net/connection-errors.js';
