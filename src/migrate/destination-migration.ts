@@ -36,7 +36,7 @@ import { PageBitmap } from './page-bitmap.js';
 import { DIGEST_BATCH_PAGES } from './page-digests.js';
 import { MigrationListener, sameSession, type AcceptedChannel, type MigrationSecurity, type SourceChannel } from './transport/channels.js';
 import { DEFAULT_STALL_TIMEOUT_MS, type AnyMessage, type FramedSocket } from './transport/framed-socket.js';
-import { IncomingMigrationError, IncomingMigrationStalledError } from './errors.js';
+import { IncomingMigrationError, IncomingMigrationStalledError, errorSummary } from './errors.js';
 
 export interface ReceiveOptions<Built extends IncomingMachine = IncomingMachine> {
   /** Where to listen: 127.0.0.1 unless told otherwise (the caller checks loopback). */
@@ -106,6 +106,8 @@ export interface DestinationMigrationEvents {
 
 /** States in which the session's source may connect again (a reconnect after a cut past READY). */
 const RECONNECTABLE: ReadonlySet<DestinationMigrationState> = new Set(['ready', 'ready-paused', 'postcopy', 'postcopy-paused', 'verifying', 'completed']);
+/** Where a reconnect leaves it, and RESUME is answered: a live state is paused by the reconnect (connectionGone) first. */
+const RESUMABLE: ReadonlySet<DestinationMigrationState> = new Set(['ready-paused', 'postcopy-paused', 'verifying', 'completed']);
 
 export class DestinationMigration<Built extends IncomingMachine = IncomingMachine> extends EventEmitter<DestinationMigrationEvents> {
   private stateValue: DestinationMigrationState = 'listening';
@@ -221,8 +223,8 @@ export class DestinationMigration<Built extends IncomingMachine = IncomingMachin
       progress.verified = this.verified.ok;
       progress.differingBatches = this.verified.differing;
     }
-    if (this.failure) progress.error = { code: (this.failure as { code?: string }).code ?? this.failure.name, message: this.failure.message };
-    if (this.connectionError && isPaused(this.stateValue)) progress.connectionLost = { code: (this.connectionError as { code?: string }).code ?? this.connectionError.name, message: this.connectionError.message };
+    if (this.failure) progress.error = errorSummary(this.failure);
+    if (this.connectionError && isPaused(this.stateValue)) progress.connectionLost = errorSummary(this.connectionError);
     return progress;
   }
 
@@ -496,7 +498,7 @@ export class DestinationMigration<Built extends IncomingMachine = IncomingMachin
    * again if its verdict was lost with the old ones.
    */
   private async resume(requestId: number): Promise<void> {
-    if (!this.vmm || !this.urgent || !(this.stateValue === 'ready-paused' || this.stateValue === 'postcopy-paused' || this.stateValue === 'verifying' || this.stateValue === 'completed')) {
+    if (!this.vmm || !this.urgent || !RESUMABLE.has(this.stateValue)) {
       throw new IncomingMigrationError(`RESUME while ${this.stateValue}${this.urgent ? '' : ' (no urgent connection yet)'}`);
     }
     this.stream.request('RESUME', requestId);

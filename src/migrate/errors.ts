@@ -8,6 +8,11 @@ import { UserfaultError } from '../errors.js';
 import { DIGEST_BATCH_PAGES } from './page-digests.js';
 import type { MigrationEvent, MigrationRole, MigrationState, SourceMigrationState } from './migration-state.js';
 
+/** An error as a migration's progress reports it (status, GET /migrate): its stable code, or its class name, and its message. */
+export function errorSummary(error: Error): { code: string; message: string } {
+  return { code: (error as { code?: string }).code ?? error.name, message: error.message };
+}
+
 /** Anything that went wrong with a live migration. */
 export class MigrationError extends UserfaultError {
   override readonly code: string = 'EMIGRATION';

@@ -28,7 +28,7 @@ import { PageDigestTable, differingBatches } from './page-digests.js';
 import { connectChannel, newSessionId, parseMigrationAddress, type MigrationSecurity } from './transport/channels.js';
 import { DEFAULT_STALL_TIMEOUT_MS, type AnyMessage, type FramedSocket } from './transport/framed-socket.js';
 import { ConnectionEndedError } from '../net/connection-errors.js';
-import { MigrationCancelledError, MigrationConnectionLostError, MigrationError, MigrationRefusedError, MigrationStalledError, MigrationStoppedError, MigrationTakenBackError, MigrationVerificationError } from './errors.js';
+import { errorSummary, MigrationCancelledError, MigrationConnectionLostError, MigrationError, MigrationRefusedError, MigrationStalledError, MigrationStoppedError, MigrationTakenBackError, MigrationVerificationError } from './errors.js';
 
 export interface MigrateOptions {
   /** The destination, HOST:PORT or tcp://HOST:PORT (`vm receive --listen`). */
@@ -867,10 +867,6 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
     const bytes = (this.main?.bytesSent ?? 0) + (this.urgent?.bytesSent ?? 0) - this.postcopyBytesAtStart;
     return seconds > 0 ? bytes / seconds : 0;
   }
-}
-
-function errorSummary(error: Error): { code: string; message: string } {
-  return { code: (error as { code?: string }).code ?? error.name, message: error.message };
 }
 
 function round2(x: number): number {

@@ -56,7 +56,7 @@ import { ClientConnection, type ConnectionLoss } from './client-connection.js';
 import { ImageChangedError, PeerUnavailableError } from './errors.js';
 import { ZeroMap } from './zero-map.js';
 import { firstPageMismatch } from './page-checksums.js';
-import { SourceGoneError, SourceReadError, abortedReadError, checkReadRequest, type PageSource, type ReadOptions, type ReadPriority } from '../sources/page-source.js';
+import { SourceGoneError, SourceReadError, abortedReadError, readRequestRefusal, type PageSource, type ReadOptions, type ReadPriority } from '../sources/page-source.js';
 import { PageChecksumError, SourceDeadlineError } from '../sources/read-errors.js';
 import { SOURCE_STATES, type SourceState } from '../sources/source-state.js';
 import { CHANNEL_STATES, type ChannelState } from './channel-state.js';
@@ -482,13 +482,9 @@ export class RemoteSource implements PageSource {
 
   read(offset: number, lengthBytes: number, target: Uint8Array, options: ReadOptions = {}): Promise<void> {
     if (this.stateValue !== 'open') return Promise.reject(this.goneReadError(offset, lengthBytes));
-    try {
-      checkReadRequest(this, offset, lengthBytes, target);
-    } catch (error) {
-      return Promise.reject(error);
-    }
     const { signal } = options;
-    if (signal?.aborted) return Promise.reject(abortedReadError());
+    const refusal = readRequestRefusal(this, offset, lengthBytes, target, signal);
+    if (refusal) return Promise.reject(refusal);
     if (lengthBytes === 0) return Promise.resolve();
     const priority: ReadPriority = options.priority ?? 'demand';
     return new Promise<void>((resolve, reject) => {

@@ -46,7 +46,7 @@ import { parseS3Url } from './s3-url.js';
 import { openSnapshotObject } from './snapshot-object.js';
 import { PageKind, pageChecksumName } from '../snapshot/format.js';
 import { ChunkCache, type PageCheck } from '../sources/chunk-cache.js';
-import { SourceGoneError, SourceReadError, abortedReadError, checkReadRange, checkReadRequest, type PageSource, type ReadOptions, type ReadPriority } from '../sources/page-source.js';
+import { SourceGoneError, SourceReadError, abortedReadError, checkReadRange, readRequestRefusal, type PageSource, type ReadOptions, type ReadPriority } from '../sources/page-source.js';
 import { SOURCE_STATES, type SourceState } from '../sources/source-state.js';
 import { CHUNK_LOAD_STATES, type ChunkLoadEvent, type ChunkLoadState } from './chunk-load-state.js';
 
@@ -240,12 +240,8 @@ export class S3Source implements PageSource {
 
   read(offset: number, lengthBytes: number, target: Uint8Array, options: ReadOptions = {}): Promise<void> {
     if (this.stateValue !== 'open') return Promise.reject(this.goneReadError(offset, lengthBytes));
-    try {
-      checkReadRequest(this, offset, lengthBytes, target);
-    } catch (error) {
-      return Promise.reject(error);
-    }
-    if (options.signal?.aborted) return Promise.reject(abortedReadError());
+    const refusal = readRequestRefusal(this, offset, lengthBytes, target, options.signal);
+    if (refusal) return Promise.reject(refusal);
     const pieces = [...this.layout.planRead(offset, lengthBytes)];
     const data = new Map<number, ChunkData>();
     const waiting: Load[] = [];

@@ -128,6 +128,21 @@ export function checkReadRequest(source: PageSource, offset: number, lengthBytes
 }
 
 /** What a read rejects with once its signal aborted. */
+/**
+ * Why an asynchronous read must be refused before it starts — its range or
+ * target is wrong (checkReadRequest), or its signal is already aborted — or
+ * undefined: the check every network source makes first, as a value, so the
+ * read rejects rather than throws.
+ */
+export function readRequestRefusal(source: PageSource, offset: number, lengthBytes: number, target: Uint8Array, signal?: AbortSignal): Error | undefined {
+  try {
+    checkReadRequest(source, offset, lengthBytes, target);
+  } catch (error) {
+    return error as Error;
+  }
+  return signal?.aborted ? abortedReadError() : undefined;
+}
+
 export function abortedReadError(): Error {
   return new DOMException('the read was aborted', 'AbortError');
 }

@@ -9,22 +9,25 @@ import { DestinationMigration, type DestinationProgress } from '../../src/migrat
 import { SourceMigration, type MigrationProgress } from '../../src/migrate/source-migration.js';
 import type { MigrationMode } from '../../src/migrate/convergence.js';
 import type { MigrationSecurity } from '../../src/migrate/transport/channels.js';
+import { MigrationMessageType } from '../../src/migrate/protocol/messages.js';
+import { MessageType } from '../../src/protocol/wire.js';
 import { FrameProxy, type FrameFault } from './frame-proxy.js';
 import { SoftMachine, softMachineKind } from './soft-machine.js';
 
+/** The frames a fault can be placed at: the migration's own type codes, and the page protocol's for post-copy's page replies. */
 export const FRAME = {
-  SWITCHOVER: 0x0206,
-  RUNNING: 0x0207,
-  COMPLETE: 0x0209,
-  VERIFIED: 0x020a,
-  READY: 0x020c,
-  GO: 0x020d,
+  SWITCHOVER: MigrationMessageType.SWITCHOVER,
+  RUNNING: MigrationMessageType.RUNNING,
+  COMPLETE: MigrationMessageType.COMPLETE,
+  VERIFIED: MigrationMessageType.VERIFIED,
+  READY: MigrationMessageType.READY,
+  GO: MigrationMessageType.GO,
   /** Pre-copy's pages. */
-  PAGES: 0x0202,
+  PAGES: MigrationMessageType.PAGES,
   /** Post-copy: a READ's answer (CHECKED_PAGES). */
-  PAGES_REPLY: 0x010a,
+  PAGES_REPLY: MessageType.CHECKED_PAGES,
   /** Post-copy: pages pushed unasked (MIG_PUSH). */
-  PUSH: 0x0210,
+  PUSH: MigrationMessageType.PUSH,
 } as const;
 
 export interface FaultCase {

@@ -32,6 +32,10 @@ export interface SoftVcpuData {
 
 /** Page `page` at `version`: its index, its version, then words derived from both (version 0: never written, all zero). */
 export function writeSoftPage(words: Uint32Array, at: number, pageWords: number, page: number, version: number): void {
+  if (version === 0) {
+    words.fill(0, at, at + pageWords);
+    return;
+  }
   words[at] = page;
   words[at + 1] = version;
   let x = (Math.imul(page, 0x9e3779b1) ^ Math.imul(version, 0x85ebca6b)) >>> 0 || 1;
@@ -43,19 +47,9 @@ export function writeSoftPage(words: Uint32Array, at: number, pageWords: number,
   }
 }
 
-/** Whether page `page` holds exactly what the writer wrote at `version` (zero when never written). */
-export function checkSoftPage(words: Uint32Array, at: number, pageWords: number, page: number, version: number): boolean {
-  if (version === 0) {
-    for (let i = 0; i < pageWords; i++) if (words[at + i] !== 0) return false;
-    return true;
-  }
-  if (words[at] !== page || words[at + 1] !== version) return false;
-  let x = (Math.imul(page, 0x9e3779b1) ^ Math.imul(version, 0x85ebca6b)) >>> 0 || 1;
-  for (let i = 2; i < pageWords; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    if (words[at + i] !== x >>> 0) return false;
-  }
+/** Whether page `page` holds exactly what the writer wrote at `version` (zero when never written): compared with the page writeSoftPage makes. */
+export function checkSoftPage(words: Uint32Array, at: number, pageWords: number, page: number, version: number, scratch = new Uint32Array(pageWords)): boolean {
+  writeSoftPage(scratch, 0, pageWords, page, version);
+  for (let i = 0; i < pageWords; i++) if (words[at + i] !== scratch[i]) return false;
   return true;
 }

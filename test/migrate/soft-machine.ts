@@ -188,8 +188,9 @@ export class SoftMachine extends EventEmitter<{ heartbeat: [beat: number] }> imp
     const words = new Uint32Array(image.buffer, image.byteOffset, image.byteLength / 4);
     const pageWords = PAGE_SIZE / 4;
     const bad: number[] = [];
+    const scratch = new Uint32Array(pageWords);
     for (let page = 0; page < this.versions.length; page++) {
-      if (!checkSoftPage(words, page * pageWords, pageWords, page, this.versions[page]!)) bad.push(page);
+      if (!checkSoftPage(words, page * pageWords, pageWords, page, this.versions[page]!, scratch)) bad.push(page);
     }
     return bad;
   }
