@@ -4,8 +4,7 @@
 // saved), so a page altered anywhere after that (on the server's disk, in its
 // memory, by a proxy that fixes the frame CRC) fails on the client, before
 // a byte of it reaches guest memory. The frame CRC only covers one hop.
-import { crc32c } from '../snapshot/crc32c.js';
-import { pageChecksumOf } from '../snapshot/format.js';
+import { pageChecksumOf, pageChecksumsOf } from '../snapshot/format.js';
 import type { SnapshotFile } from '../snapshot/reader.js';
 import type { PageChecksumName } from '../protocol/index.js';
 
@@ -59,9 +58,7 @@ export function computedPageChecksums(): PageChecksums {
   return {
     algorithm: 'crc32c',
     of(_offset, data, pageSizeBytes) {
-      const checksums = new Uint32Array(data.length / pageSizeBytes);
-      for (let i = 0; i < checksums.length; i++) checksums[i] = crc32c(data.subarray(i * pageSizeBytes, (i + 1) * pageSizeBytes));
-      return checksums;
+      return pageChecksumsOf(2, data, pageSizeBytes);
     },
   };
 }
@@ -76,10 +73,9 @@ export interface PageMismatch {
 
 /** The first page of `data` whose checksum is not the expected one, or undefined when every page matches. */
 export function firstPageMismatch(data: Uint8Array, pageSizeBytes: number, expected: Uint32Array, algorithm: PageChecksumName): PageMismatch | undefined {
-  const checksum = pageChecksumFunction(algorithm);
+  const actual = pageChecksumsOf(algorithm === 'crc32c' ? 2 : 1, data.subarray(0, expected.length * pageSizeBytes), pageSizeBytes);
   for (let index = 0; index < expected.length; index++) {
-    const actual = checksum(data.subarray(index * pageSizeBytes, (index + 1) * pageSizeBytes));
-    if (actual !== expected[index]) return { index, expected: expected[index]!, actual };
+    if (actual[index] !== expected[index]) return { index, expected: expected[index]!, actual: actual[index]! };
   }
   return undefined;
 }
