@@ -54,7 +54,8 @@ export interface ToucherResult {
   setupNs: number;
   mismatches: number;
   threadNs: number[];
-  latencyNs?: { p50: number; p90: number; p99: number; max: number; mean: number };
+  /** first: the first thread's first touch. */
+  latencyNs?: { p50: number; p90: number; p99: number; max: number; mean: number; first: number };
 }
 
 export interface Variant {

@@ -16,7 +16,7 @@ import { BenchServe } from '../serve-process.js';
 import { checkTarget, median, pairedRatio, type TargetResult } from '../stats.js';
 import { fmt, fmtInt, fmtRatio, type Table } from '../table.js';
 import { RESTORE_PREFETCH } from './restore.js';
-import { perRound, sourceReads, toJsonRuns, totalMs, type Section } from './section.js';
+import { p99Us, perRound, sourceReads, toJsonRuns, totalMs, type Section } from './section.js';
 
 interface FirecrackerVariant {
   key: string;
@@ -39,6 +39,8 @@ function variants(rawPath: string): FirecrackerVariant[] {
   return [
     { key: 'serve-raw', handler: 'userfault serve', memory: 'raw memory file', spec: { kind: 'serve', source: 'raw' }, toucher: firecracker },
     { key: 'serve-snapshot', handler: 'userfault serve', memory: 'snapshot, CRC-checked', spec: { kind: 'serve', source: 'snapshot' }, toucher: firecracker },
+    // What the other sections measure: the Pager in a worker thread of the bench, the bench's own handover (no JSON, an answer awaited).
+    { key: 'pager-raw', handler: 'pager in the bench (worker)', memory: 'raw (RawFileSource)', spec: { kind: 'pager', source: 'raw-file', prefetch }, toucher: { memory: 'uffd' } },
     { key: 'kernel', handler: 'kernel MAP_PRIVATE (File backend)', memory: 'raw memory file', spec: { kind: 'none' }, toucher: { memory: 'private', file: { path: rawPath, offset: 0 } } },
     { key: 'c-pread', handler: 'C reference', memory: 'raw (pread)', spec: { kind: 'c', source: 'raw-file', prefetch, spinUs: 0 }, toucher: firecracker },
     { key: 'c-mmap', handler: 'C reference', memory: 'raw (mmap: one copy)', spec: { kind: 'c', source: 'mmap', prefetch, spinUs: 0 }, toucher: firecracker },
@@ -52,7 +54,8 @@ export const firecrackerSection: Section = async (ctx, options) => {
   writeFileSync(rawPath, new Uint8Array(ctx.imageMemory));
   const defs = variants(rawPath);
   const patterns: PatternName[] = ['sequential', 'random'];
-  const base: ToucherSpec = { memory: 'uffd', access: 'store', threads: 1, latency: false };
+  // Every store timed (~50 ns each, a few % of the kernel's time per page): the first one shows a handler's start-up.
+  const base: ToucherSpec = { memory: 'uffd', access: 'store', threads: 1, latency: true };
   const runs: Variant[] = [];
   for (const pattern of patterns) {
     const order = patternOrder(pattern, pageCount, options.seed);
@@ -75,9 +78,11 @@ export const firecrackerSection: Section = async (ctx, options) => {
       const vsC = pairedRatio(ms('c-pread'), ms(d.key));
       const cpuUs = median(perRound(results, id, (r) => handlerCpuUsPerPage(r, pageCount)));
       const reads = median(perRound(results, id, sourceReads));
-      const row = { pattern, variant: d.key, handler: d.handler, memory: d.memory, ms: median(ms(d.key)), speedVsKernel: vsKernel, speedVsC: vsC, handlerCpuUsPerPage: cpuUs, sourceReads: reads };
+      const firstUs = median(perRound(results, id, (r) => (r.toucher.latencyNs?.first ?? Number.NaN) / 1000));
+      const p99 = median(perRound(results, id, p99Us));
+      const row = { pattern, variant: d.key, handler: d.handler, memory: d.memory, ms: median(ms(d.key)), speedVsKernel: vsKernel, speedVsC: vsC, firstStoreUs: firstUs, p99Us: p99, handlerCpuUsPerPage: cpuUs, sourceReads: reads };
       summary.push(row);
-      rows.push([pattern, d.handler, d.memory, fmt(row.ms), fmtInt(mib / (row.ms / 1000)), fmtRatio(vsKernel), fmtRatio(vsC), Number.isNaN(cpuUs) ? '-' : fmt(cpuUs, 2), d.spec.kind === 'none' ? '-' : fmtInt(reads)]);
+      rows.push([pattern, d.handler, d.memory, fmt(row.ms), fmtInt(mib / (row.ms / 1000)), fmtRatio(vsKernel), fmtRatio(vsC), fmtInt(firstUs), fmtInt(p99), Number.isNaN(cpuUs) ? '-' : fmt(cpuUs, 2), d.spec.kind === 'none' ? '-' : fmtInt(reads)]);
     }
   }
   const seq = (key: string): number[] => perRound(results, `sequential/${key}`, totalMs);
@@ -88,12 +93,14 @@ export const firecrackerSection: Section = async (ctx, options) => {
 
   const table: Table = {
     title: `9. The Firecracker path: a ${fmtInt(mib)} MiB guest's memory restored through \`userfault serve\` (Firecracker's handshake), every page stored to once (median of ${options.rounds} rounds)`,
-    columns: ['pattern', 'handler', 'memory file', 'time ms', 'MiB/s', 'speed / kernel', 'speed / C', 'handler CPU us/page', 'source reads'],
-    numeric: [false, false, false, true, true, true, true, true, true],
+    columns: ['pattern', 'handler', 'memory file', 'time ms', 'MiB/s', 'speed / kernel', 'speed / C', 'first store us', 'p99 us', 'handler CPU us/page', 'source reads'],
+    numeric: [false, false, false, true, true, true, true, true, true, true, true],
     rows,
     notes: [
       'The client (bench/c/toucher.c --handshake firecracker) makes its uffd, registers its memory, sends the JSON regions and the uffd in one message and starts storing at once: serve\'s handshake, probe and pager start are in the time.',
       `serve: one process per memory file for the section (a service many restores connect to), read-ahead ${RESTORE_PREFETCH.initialPages}..${RESTORE_PREFETCH.maxPages} (its default); the C handler gets the same read-ahead. kernel: MAP_PRIVATE of the raw file, stores copy page-cache pages.`,
+      'pager in the bench: the Pager in a worker thread of the bench with the bench\'s own handover, as sections 1-3 run it: what differs from serve is the process, the handshake and the start-up.',
+      'first store: the first store\'s latency (serve\'s handshake, probe and pager start are in it); p99: of every store.',
       'speed / X = X time / this time, round by round: median (min-max). handler CPU: serve\'s main thread (its event loop) or the C handler\'s thread, per page of the guest. The files are in the page cache. Threads are not pinned.',
     ],
   };
