@@ -196,6 +196,13 @@ static void serve_fault(uint64_t address) {
   uint64_t count = 1;
   while ((int64_t)count < window && page + count < page_count && !filled[page + count]) count++;
   fill(page, count);
+  if (ra.full_speed && (int64_t)count == window) {
+    // The window after this one, as the pager does for a stream at full speed (bench-common.h).
+    uint64_t next = page + count, more = 0;
+    while ((int64_t)more < window && next + more < page_count && !filled[next + more]) more++;
+    if (more > 0) fill(next, more);
+    count += more;
+  }
   if (ahead_budget > 0 && window == ra.max_pages) {
     if (page + count > ahead_next) ahead_next = page + count;
     ahead_limit = page + count + ahead_budget < page_count ? page + count + ahead_budget : page_count;
