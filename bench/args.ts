@@ -26,6 +26,8 @@ export interface BenchOptions {
   keep: boolean;
   /** Write CPU profiles of the firecracker section's serve processes here (node --cpu-prof). */
   serveProfileDir?: string;
+  /** A build of this project (its dist directory) whose serve the firecracker section runs beside this one's: before and after, in one run. */
+  serveBaseline?: string;
   migrate: MigrateOptions;
   help: boolean;
 }
@@ -42,6 +44,7 @@ export const USAGE = `usage: npm run bench -- [options]      (or: node dist/benc
   --out DIR                where results/bench-<timestamp>.json goes (default results)
   --keep                   keep the work directory (image, compiled C, order files)
   --serve-cpu-prof DIR     profile the firecracker section's userfault serve processes (node --cpu-prof) into DIR
+  --serve-baseline DIST    also run serve from another build (its dist directory) in the firecracker section
 ${MIGRATE_USAGE}`;
 
 const UNITS: Record<string, number> = { '': 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3 };
@@ -77,6 +80,7 @@ export function parseBenchArgs(argv: readonly string[]): BenchOptions {
       out: { type: 'string' },
       keep: { type: 'boolean' },
       'serve-cpu-prof': { type: 'string' },
+      'serve-baseline': { type: 'string' },
       ...MIGRATE_ARG_OPTIONS,
       help: { type: 'boolean', short: 'h' },
     },
@@ -102,6 +106,7 @@ export function parseBenchArgs(argv: readonly string[]): BenchOptions {
     outDir: values.out ?? 'results',
     keep: values.keep ?? false,
     serveProfileDir: values['serve-cpu-prof'],
+    serveBaseline: values['serve-baseline'],
     migrate: parseMigrateOptions(values, parseSize),
     help: values.help ?? false,
   };

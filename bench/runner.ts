@@ -25,7 +25,7 @@ export interface BenchContext {
   /** The page server serving the image (another process), when the remote section runs. */
   pageServer?: { url: string; address: string };
   /** The `userfault serve` processes, by memory file, when the firecracker section runs. */
-  serve?: Partial<Record<ServeMemory, BenchServe>>;
+  serve?: Map<string, BenchServe>;
   /** Upper bound for one run, in ms. */
   runTimeoutMs: number;
   log: (line: string) => void;
@@ -93,8 +93,8 @@ async function startHandler(ctx: BenchContext, spec: HandlerSpec, cpu: number): 
     case 'none':
       return { done: Promise.resolve({ kind: 'none' }), abort: () => {} };
     case 'serve': {
-      const server = ctx.serve?.[spec.source];
-      if (!server) throw new Error(`this variant needs userfault serve on the ${spec.source} memory file`);
+      const server = ctx.serve?.get(serveKey(spec.source, spec.baseline ?? false));
+      if (!server) throw new Error(`this variant needs userfault serve on the ${spec.source} memory file${spec.baseline ? ' (the baseline build)' : ''}`);
       const report = server.expectClient(ctx.runTimeoutMs);
       // A run that fails leaves serve to notice the hangup; the section stops it.
       return { socketPath: server.socketPath, done: report().then((r) => ({ kind: 'serve', ...r })), abort: () => {} };
@@ -201,6 +201,11 @@ async function startHandler(ctx: BenchContext, spec: HandlerSpec, cpu: number): 
       throw new Error(`unknown handler ${JSON.stringify(never)}`);
     }
   }
+}
+
+/** Which of the firecracker section's serve processes serves a variant. */
+export function serveKey(source: ServeMemory, baseline: boolean): string {
+  return baseline ? `${source}-baseline` : source;
 }
 
 function requireDelaySocket(ctx: BenchContext): string {

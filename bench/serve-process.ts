@@ -31,9 +31,12 @@ export class BenchServe {
     readonly pid: number,
   ) {}
 
-  /** nodeArgs: flags for serve's node (say --cpu-prof --cpu-prof-dir DIR, to profile it). */
-  static async start(memoryFile: string, socketPath: string, options: { snapshot?: boolean; nodeArgs?: readonly string[] } = {}): Promise<BenchServe> {
-    const cli = join(dirname(fileURLToPath(import.meta.url)), '..', 'src', 'cli', 'main.js');
+  /**
+   * nodeArgs: flags for serve's node (say --cpu-prof --cpu-prof-dir DIR, to profile it).
+   * distDir: the build to run (a directory holding src/cli/main.js; default this one).
+   */
+  static async start(memoryFile: string, socketPath: string, options: { snapshot?: boolean; nodeArgs?: readonly string[]; distDir?: string } = {}): Promise<BenchServe> {
+    const cli = join(options.distDir ?? join(dirname(fileURLToPath(import.meta.url)), '..'), 'src', 'cli', 'main.js');
     const args = [...(options.nodeArgs ?? []), cli, 'serve', '--socket', socketPath, options.snapshot ? '--snapshot' : '--memory-file', memoryFile, '--json'];
     const child = new BenchChild('userfault serve', process.execPath, args);
     try {

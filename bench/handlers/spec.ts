@@ -71,7 +71,7 @@ export type HandlerSpec =
    * started by the firecracker section, on the image as a raw memory file or
    * as the CRC-checked snapshot; the toucher speaks Firecracker's handshake.
    */
-  | { kind: 'serve'; source: ServeMemory }
+  | { kind: 'serve'; source: ServeMemory; /** serve from another build (--serve-baseline): before and after a change, in one run. */ baseline?: boolean }
   /** No handler: the kernel's own demand paging, or eager reading. */
   | { kind: 'none' };
 

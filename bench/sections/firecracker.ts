@@ -9,9 +9,10 @@
 // the bench's C handler given the same handshake and read-ahead.
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { HandlerSpec, ServeMemory } from '../handlers/spec.js';
+import type { BenchOptions } from '../args.js';
+import type { HandlerSpec } from '../handlers/spec.js';
 import { patternOrder, type PatternName } from '../patterns.js';
-import { runInterleaved, type BenchContext, type RunResult, type ToucherSpec, type Variant } from '../runner.js';
+import { runInterleaved, serveKey, type BenchContext, type RunResult, type ToucherSpec, type Variant } from '../runner.js';
 import { BenchServe } from '../serve-process.js';
 import { checkTarget, median, pairedRatio, type TargetResult } from '../stats.js';
 import { fmt, fmtInt, fmtRatio, type Table } from '../table.js';
@@ -33,10 +34,15 @@ export const FIRECRACKER_TARGETS = {
   randomVsC: 0.9,
 };
 
-function variants(rawPath: string): FirecrackerVariant[] {
+function variants(rawPath: string, baseline: boolean): FirecrackerVariant[] {
   const prefetch = RESTORE_PREFETCH;
   const firecracker: Partial<ToucherSpec> = { memory: 'uffd', handshake: 'firecracker' };
+  const baselineRows: FirecrackerVariant[] = !baseline ? [] : [
+    { key: 'serve-raw-baseline', handler: 'userfault serve (baseline build)', memory: 'raw memory file', spec: { kind: 'serve', source: 'raw', baseline }, toucher: firecracker },
+    { key: 'serve-snapshot-baseline', handler: 'userfault serve (baseline build)', memory: 'snapshot, CRC-checked', spec: { kind: 'serve', source: 'snapshot', baseline }, toucher: firecracker },
+  ];
   return [
+    ...baselineRows,
     { key: 'serve-raw', handler: 'userfault serve', memory: 'raw memory file', spec: { kind: 'serve', source: 'raw' }, toucher: firecracker },
     { key: 'serve-snapshot', handler: 'userfault serve', memory: 'snapshot, CRC-checked', spec: { kind: 'serve', source: 'snapshot' }, toucher: firecracker },
     // What the other sections measure: the Pager in a worker thread of the bench, the bench's own handover (no JSON, an answer awaited).
@@ -52,7 +58,8 @@ export const firecrackerSection: Section = async (ctx, options) => {
   // Firecracker's memory file is the guest's memory byte for byte: the image, raw.
   const rawPath = join(ctx.workDir, 'memory.raw');
   writeFileSync(rawPath, new Uint8Array(ctx.imageMemory));
-  const defs = variants(rawPath);
+  const baseline = options.serveBaseline !== undefined;
+  const defs = variants(rawPath, baseline);
   const patterns: PatternName[] = ['sequential', 'random'];
   // Every store timed (~50 ns each, a few % of the kernel's time per page): the first one shows a handler's start-up.
   const base: ToucherSpec = { memory: 'uffd', access: 'store', threads: 1, latency: true };
@@ -64,7 +71,7 @@ export const firecrackerSection: Section = async (ctx, options) => {
     }
   }
 
-  const results = await withServe(ctx, rawPath, options.serveProfileDir, () => runInterleaved(ctx, 'firecracker', runs, options.rounds));
+  const results = await withServe(ctx, rawPath, options, () => runInterleaved(ctx, 'firecracker', runs, options.rounds));
 
   const rows: string[][] = [];
   const summary: Record<string, unknown>[] = [];
@@ -80,9 +87,14 @@ export const firecrackerSection: Section = async (ctx, options) => {
       const reads = median(perRound(results, id, sourceReads));
       const firstUs = median(perRound(results, id, (r) => (r.toucher.latencyNs?.first ?? Number.NaN) / 1000));
       const p99 = median(perRound(results, id, p99Us));
-      const row = { pattern, variant: d.key, handler: d.handler, memory: d.memory, ms: median(ms(d.key)), speedVsKernel: vsKernel, speedVsC: vsC, firstStoreUs: firstUs, p99Us: p99, handlerCpuUsPerPage: cpuUs, sourceReads: reads };
+      // serve against the same serve from the baseline build (--serve-baseline), round by round.
+      const vsBaseline = baseline && d.spec.kind === 'serve' && !d.spec.baseline ? pairedRatio(ms(`${d.key}-baseline`), ms(d.key)) : undefined;
+      const row = { pattern, variant: d.key, handler: d.handler, memory: d.memory, ms: median(ms(d.key)), speedVsKernel: vsKernel, speedVsC: vsC, speedVsBaseline: vsBaseline, firstStoreUs: firstUs, p99Us: p99, handlerCpuUsPerPage: cpuUs, sourceReads: reads };
       summary.push(row);
-      rows.push([pattern, d.handler, d.memory, fmt(row.ms), fmtInt(mib / (row.ms / 1000)), fmtRatio(vsKernel), fmtRatio(vsC), fmtInt(firstUs), fmtInt(p99), Number.isNaN(cpuUs) ? '-' : fmt(cpuUs, 2), d.spec.kind === 'none' ? '-' : fmtInt(reads)]);
+      rows.push([
+        pattern, d.handler, d.memory, fmt(row.ms), fmtInt(mib / (row.ms / 1000)), fmtRatio(vsKernel), fmtRatio(vsC), ...(baseline ? [vsBaseline ? fmtRatio(vsBaseline) : '-'] : []),
+        fmtInt(firstUs), fmtInt(p99), Number.isNaN(cpuUs) ? '-' : fmt(cpuUs, 2), d.spec.kind === 'none' ? '-' : fmtInt(reads),
+      ]);
     }
   }
   const seq = (key: string): number[] => perRound(results, `sequential/${key}`, totalMs);
@@ -93,34 +105,44 @@ export const firecrackerSection: Section = async (ctx, options) => {
 
   const table: Table = {
     title: `9. The Firecracker path: a ${fmtInt(mib)} MiB guest's memory restored through \`userfault serve\` (Firecracker's handshake), every page stored to once (median of ${options.rounds} rounds)`,
-    columns: ['pattern', 'handler', 'memory file', 'time ms', 'MiB/s', 'speed / kernel', 'speed / C', 'first store us', 'p99 us', 'handler CPU us/page', 'source reads'],
-    numeric: [false, false, false, true, true, true, true, true, true, true, true],
+    columns: ['pattern', 'handler', 'memory file', 'time ms', 'MiB/s', 'speed / kernel', 'speed / C', ...(baseline ? ['speed / baseline'] : []), 'first store us', 'p99 us', 'handler CPU us/page', 'source reads'],
+    numeric: [false, false, false, true, true, true, true, ...(baseline ? [true] : []), true, true, true, true],
     rows,
     notes: [
       'The client (bench/c/toucher.c --handshake firecracker) makes its uffd, registers its memory, sends the JSON regions and the uffd in one message and starts storing at once: serve\'s handshake, probe and pager start are in the time.',
       `serve: one process per memory file for the section (a service many restores connect to), read-ahead ${RESTORE_PREFETCH.initialPages}..${RESTORE_PREFETCH.maxPages} (its default); the C handler gets the same read-ahead. kernel: MAP_PRIVATE of the raw file, stores copy page-cache pages.`,
       'pager in the bench: the Pager in a worker thread of the bench with the bench\'s own handover, as sections 1-3 run it: what differs from serve is the process, the handshake and the start-up.',
       'first store: the first store\'s latency (serve\'s handshake, probe and pager start are in it); p99: of every store.',
+      ...(baseline ? [`baseline build: ${options.serveBaseline} (speed / baseline: serve of that build over this one, round by round).`] : []),
       'speed / X = X time / this time, round by round: median (min-max). handler CPU: serve\'s main thread (its event loop) or the C handler\'s thread, per page of the guest. The files are in the page cache. Threads are not pinned.',
     ],
   };
   return { name: 'firecracker', tables: [table], targets, summary, runs: toJsonRuns(results) };
 };
 
-/** Start serve on the raw file and on the snapshot for the section, and stop both after it (profiles are written on stop). */
-async function withServe<T>(ctx: BenchContext, rawPath: string, profileDir: string | undefined, body: () => Promise<T>): Promise<T> {
+/** Start serve on the raw file and on the snapshot for the section (and from the baseline build), and stop them after it (profiles are written on stop). */
+async function withServe<T>(ctx: BenchContext, rawPath: string, options: BenchOptions, body: () => Promise<T>): Promise<T> {
   const started: BenchServe[] = [];
-  const nodeArgs = (name: ServeMemory): string[] => {
+  const profileDir = options.serveProfileDir;
+  const nodeArgs = (name: string): string[] => {
     if (!profileDir) return [];
     mkdirSync(profileDir, { recursive: true });
     return ['--cpu-prof', `--cpu-prof-dir=${profileDir}`, `--cpu-prof-name=serve-${name}-${process.pid}.cpuprofile`];
   };
   try {
-    const raw = await BenchServe.start(rawPath, join(ctx.workDir, 'serve-raw.sock'), { nodeArgs: nodeArgs('raw') });
-    started.push(raw);
-    const snapshot = await BenchServe.start(ctx.image.path, join(ctx.workDir, 'serve-snapshot.sock'), { snapshot: true, nodeArgs: nodeArgs('snapshot') });
-    started.push(snapshot);
-    ctx.serve = { raw, snapshot };
+    ctx.serve = new Map();
+    for (const baseline of options.serveBaseline === undefined ? [false] : [false, true]) {
+      for (const source of ['raw', 'snapshot'] as const) {
+        const key = serveKey(source, baseline);
+        const server = await BenchServe.start(source === 'raw' ? rawPath : ctx.image.path, join(ctx.workDir, `serve-${key}.sock`), {
+          snapshot: source === 'snapshot',
+          nodeArgs: nodeArgs(key),
+          distDir: baseline ? options.serveBaseline : undefined,
+        });
+        started.push(server);
+        ctx.serve.set(key, server);
+      }
+    }
     const result = await body();
     await Promise.all(started.splice(0).map((s) => s.stop()));
     if (profileDir) ctx.log(`firecracker: serve's CPU profiles are in ${profileDir}`);
