@@ -14,7 +14,9 @@ describe('examples', { skip }, () => {
     assert.equal(result.status, 0, `${result.stdout}\n${result.stderr}`);
     assert.match(result.stdout, /\bMISSING_SHMEM\b/);
     assert.match(result.stdout, /^WAKE COPY ZEROPAGE/m);
-    assert.match(result.stdout, /^\d+ faults, 15 pages copied, p99 \d+ µs$/m);
+    // The 15 stored pages of the 16 it reads, and at most one read-ahead window (8 pages) past them: a sweep at full speed fetches the next window too.
+    const copied = Number(/^\d+ faults, (\d+) pages copied, p99 \d+ µs$/m.exec(result.stdout)?.[1]);
+    assert.ok(copied >= 15 && copied <= 15 + 8, `${copied} pages copied:\n${result.stdout}`);
     assert.match(result.stdout, /^lazy memory, faults served: [1-9]\d*$/m);
   });
 });
