@@ -10,7 +10,7 @@
 // costs far less than the copy it guards; SHA-256 runs over the CRC tables,
 // 16 KiB per 4096 pages, not over the memory.
 import { createHash } from 'node:crypto';
-import { crc32c, crc32cPages } from '../snapshot/crc32c.js';
+import { crc32c, crc32cPages } from '../checksum/crc32c.js';
 
 export const DIGEST_BATCH_PAGES = 4096;
 
