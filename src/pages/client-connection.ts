@@ -87,6 +87,8 @@ export interface OpenOptions {
 const MIN_DIRECT_READ_BYTES = 4096;
 /** The socket's read buffer between payloads: headers, small frames, the start of a large payload. */
 const SCRATCH_BYTES = 32 * 1024;
+/** What the bulk connection reads per turn of the event loop before the urgent one is looked at (SocketReceive.received). */
+const BULK_TURN_BUDGET_BYTES = 512 * 1024;
 
 /**
  * A connection's receiving end, given to the socket before the connection
@@ -99,15 +101,39 @@ const SCRATCH_BYTES = 32 * 1024;
 class SocketReceive {
   readonly scratch = Buffer.allocUnsafe(SCRATCH_BYTES);
   connection: ClientConnection<ReadRequest> | undefined;
+  socket: Socket | undefined;
+  private turnBytes = 0;
+  private yielding = false;
+
+  /** turnBudgetBytes: how much one turn of the event loop may read before the socket yields to the others (Infinity: never). */
+  constructor(private readonly turnBudgetBytes: number) {}
 
   nextBuffer(): Uint8Array {
     return this.connection?.readTarget(this.scratch) ?? this.scratch;
   }
 
-  /** Always true: reading goes on (the socket's own pause() still stops it). */
+  /**
+   * Returns false to stop reading for the rest of this turn once the
+   * connection read its budget: libuv reads a readable socket up to 32 times
+   * in a row, which on a bulk stream is 8 MiB of frames to check and deliver
+   * (~25 ms here) before the urgent connection's demanded page is even read.
+   * Reading starts again in the same turn's check phase, after every other
+   * socket that was ready has had its go.
+   */
   received(lengthBytes: number, buffer: Uint8Array): boolean {
     this.connection?.onRead(lengthBytes, buffer, this.scratch);
-    return true;
+    this.turnBytes += lengthBytes;
+    if (this.turnBytes < this.turnBudgetBytes) return true;
+    this.turnBytes = 0;
+    if (!this.yielding) {
+      this.yielding = true;
+      setImmediate(() => {
+        this.yielding = false;
+        // Socket.read(0) restarts the handle's reading (its _read), which returning false stopped.
+        if (this.socket && !this.socket.destroyed) this.socket.read(0);
+      });
+    }
+    return false;
   }
 }
 
@@ -142,12 +168,13 @@ export class ClientConnection<R extends ReadRequest> {
    */
   static open<R extends ReadRequest>(options: OpenOptions, handlers: ClientConnectionHandlers<R>): Promise<ClientConnection<R>> {
     return new Promise((resolve, reject) => {
-      const receive = new SocketReceive();
+      const receive = new SocketReceive(options.role === 'page-client-bulk' ? BULK_TURN_BUDGET_BYTES : Infinity);
       const socket = connect({
         host: options.host,
         port: options.port,
         onread: { buffer: () => receive.nextBuffer(), callback: (bytes, buffer) => receive.received(bytes, buffer) },
       });
+      receive.socket = socket;
       let connection: ClientConnection<R> | undefined;
       const timer = setTimeout(() => {
         const error = new PeerUnavailableError(options.url, `no answer within ${options.timeoutMs} ms`);
