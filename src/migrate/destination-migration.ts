@@ -287,7 +287,7 @@ export class DestinationMigration<Built extends IncomingMachine = IncomingMachin
       this.urgent = socket;
     }
     socket.watchLiveness(this.options.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_MS);
-    socket.on('message', (message, requestId) => this.onMessage(message, requestId, socket));
+    socket.on('message', (message, requestId, dataCrcs) => this.onMessage(message, requestId, socket, dataCrcs));
     socket.on('end', (error) => this.onEnd(socket, error));
   }
 
@@ -356,7 +356,7 @@ export class DestinationMigration<Built extends IncomingMachine = IncomingMachin
 
   // ---- messages ----------------------------------------------------------------
 
-  private onMessage(message: AnyMessage, requestId: number, from: FramedSocket): void {
+  private onMessage(message: AnyMessage, requestId: number, from: FramedSocket, dataCrcs?: Uint32Array): void {
     // A connection a reconnect replaced says nothing more.
     if (from !== this.main && from !== this.urgent) return;
     this.lastProgressAt = performance.now();
@@ -366,7 +366,7 @@ export class DestinationMigration<Built extends IncomingMachine = IncomingMachin
         return;
       case 'mig-pages':
         this.requireBuilt('PAGES');
-        this.stream.pages(message, this.ram!);
+        this.stream.pages(message, this.ram!, dataCrcs);
         return;
       case 'mig-zero':
         if (this.pageSource) {

@@ -37,10 +37,11 @@ export class PageDigestTable {
    * index) whose bytes do not match, or -1 — and then, only then, each one's
    * CRC is recorded as installed.
    */
-  checkAndRecord(firstPage: number, bytes: Uint8Array, checksums: Uint32Array): number {
+  checkAndRecord(firstPage: number, bytes: Uint8Array, checksums: Uint32Array, computed?: Uint32Array): number {
     const pages = bytes.length / this.pageSizeBytes;
     if (checksums.length !== pages) return firstPage;
-    const actual = crc32cPages(bytes, this.pageSizeBytes, this.scratch(pages));
+    // `computed`: the bytes' CRC32Cs, already taken (the frame's check did it, a 4 KiB block a page).
+    const actual = computed?.length === pages && this.pageSizeBytes === 4096 ? computed : crc32cPages(bytes, this.pageSizeBytes, this.scratch(pages));
     for (let i = 0; i < pages; i++) if (actual[i] !== checksums[i]) return firstPage + i;
     this.crcs.set(checksums, firstPage);
     this.recorded.fill(1, firstPage, firstPage + pages);

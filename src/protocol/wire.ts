@@ -126,9 +126,17 @@ export type FrameChecksum = 'crc32' | 'crc32c';
 /** "USERFLT\0": the first 8 bytes of every HELLO payload. */
 export const HELLO_MAGIC: Uint8Array = Uint8Array.of(0x55, 0x53, 0x45, 0x52, 0x46, 0x4c, 0x54, 0x00);
 export const PROTOCOL_VERSION = 1;
-/** The versions this code speaks. */
+/**
+ * The versions of live migration's roles this code speaks: 2 is 1 with
+ * CRC32C frames after the HELLOs (derived from the pages' own CRC32Cs, as
+ * the page service's version 3 does).
+ */
 export const MIN_PROTOCOL_VERSION = 1;
-export const MAX_PROTOCOL_VERSION = 1;
+export const MAX_PROTOCOL_VERSION = 2;
+/** The frame checksum of a live migration version. */
+export function migrationFrameChecksumOf(version: number): FrameChecksum {
+  return version >= 2 ? 'crc32c' : 'crc32';
+}
 /**
  * The page service's version (roles page-client-*, page-server): 3, where
  * frames after the HELLOs carry CRC32C; from 2 on a READ is answered
