@@ -51,6 +51,12 @@ export interface NativeBinding {
 
   /** CRC32C (Castagnoli) of bytes; `initial` continues a previous result over the bytes that follow. SSE4.2 when the CPU has it. */
   crc32c(bytes: ByteArg, initial?: number): number;
+  /** One CRC32C per pageSize bytes of bytes (whole pages) into out, three pages interleaved. */
+  crc32cPages(bytes: ByteArg, pageSize: number, out: Uint32Array): void;
+  /** CRC32C of (the range whose CRC32C is initial) + pages whose CRC32Cs are pageCrcs. */
+  crc32cExtend(initial: number, pageCrcs: Uint32Array, pageSize: number): number;
+  /** CRC32C(A + B) from CRC32C(A), CRC32C(B) and B's length. */
+  crc32cCombine(crcA: number, crcB: number, lengthB: number): number;
   mmap(address: number, length: number, prot: number, flags: number, fd: number, offset: number): number;
   munmap(address: number, length: number): void;
   madvise(address: number, length: number, advice: number): void;

@@ -23,7 +23,7 @@ const srcDir = join(root, 'src');
 export const LAYERS: ReadonlyArray<{ readonly units: readonly string[]; readonly why: string }> = [
   { units: ['errors.ts', 'native.ts', 'format-bytes.ts'], why: 'the error base, the native addon\'s typed surface and its constants, byte counts for people' },
   { units: ['native-kvm.ts', 'errno.ts', 'exit-codes.ts', 'transition-table.ts'], why: 'the addon\'s KVM surface and errno tables (on native.ts); the exit status of every error code, the state machines\' tables (on errors.ts)' },
-  { units: ['uffd', 'stats', 'net'], why: 'userfaultfd, leaf statistics (the latency histogram), sockets and addresses' },
+  { units: ['uffd', 'stats', 'net', 'checksum'], why: 'userfaultfd, leaf statistics (the latency histogram), sockets and addresses, CRC32C' },
   { units: ['mem'], why: 'mappings (they register with userfaultfd)' },
   { units: ['protocol', 'snapshot'], why: 'the page protocol\'s codec, the snapshot format' },
   { units: ['sources'], why: 'the PageSource contract and the local sources' },

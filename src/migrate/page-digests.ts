@@ -10,7 +10,7 @@
 // costs far less than the copy it guards; SHA-256 runs over the CRC tables,
 // 16 KiB per 4096 pages, not over the memory.
 import { createHash } from 'node:crypto';
-import { crc32c } from '../snapshot/crc32c.js';
+import { crc32c, crc32cPages } from '../checksum/crc32c.js';
 
 export const DIGEST_BATCH_PAGES = 4096;
 
@@ -26,13 +26,9 @@ export class PageDigestTable {
 
   /** `bytes` holds whole pages from `firstPage`: record each one's CRC32C; returns them (what goes on the wire with the pages). */
   record(firstPage: number, bytes: Uint8Array): Uint32Array {
-    const pages = bytes.length / this.pageSizeBytes;
-    const out = new Uint32Array(pages);
-    for (let i = 0; i < pages; i++) {
-      out[i] = crc32c(bytes.subarray(i * this.pageSizeBytes, (i + 1) * this.pageSizeBytes));
-      this.crcs[firstPage + i] = out[i]!;
-      this.recorded[firstPage + i] = 1;
-    }
+    const out = crc32cPages(bytes, this.pageSizeBytes);
+    this.crcs.set(out, firstPage);
+    this.recorded.fill(1, firstPage, firstPage + out.length);
     return out;
   }
 
@@ -44,14 +40,18 @@ export class PageDigestTable {
   checkAndRecord(firstPage: number, bytes: Uint8Array, checksums: Uint32Array): number {
     const pages = bytes.length / this.pageSizeBytes;
     if (checksums.length !== pages) return firstPage;
-    for (let i = 0; i < pages; i++) {
-      if (crc32c(bytes.subarray(i * this.pageSizeBytes, (i + 1) * this.pageSizeBytes)) !== checksums[i]) return firstPage + i;
-    }
-    for (let i = 0; i < pages; i++) {
-      this.crcs[firstPage + i] = checksums[i]!;
-      this.recorded[firstPage + i] = 1;
-    }
+    const actual = crc32cPages(bytes, this.pageSizeBytes, this.scratch(pages));
+    for (let i = 0; i < pages; i++) if (actual[i] !== checksums[i]) return firstPage + i;
+    this.crcs.set(checksums, firstPage);
+    this.recorded.fill(1, firstPage, firstPage + pages);
     return -1;
+  }
+
+  private checkScratch = new Uint32Array(0);
+
+  private scratch(pages: number): Uint32Array {
+    if (this.checkScratch.length < pages) this.checkScratch = new Uint32Array(pages);
+    return this.checkScratch.subarray(0, pages);
   }
 
   /** A page sent (or installed) as all zero. */

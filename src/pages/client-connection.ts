@@ -12,7 +12,9 @@
 import { connect, type Socket } from 'node:net';
 import {
   DEFAULT_MAX_PAYLOAD_BYTES,
+  CRC_BLOCK_BYTES,
   FrameDecoder,
+  MIN_PAGE_SERVICE_VERSION,
   PAGE_SERVICE_VERSION,
   PRE_HELLO_MAX_PAYLOAD_BYTES,
   ProtocolError,
@@ -20,9 +22,11 @@ import {
   decodeMessage,
   describeType,
   encodeMessageParts,
+  frameChecksumOf,
   type CheckedPagesMessage,
   type ErrorMessage,
   type Frame,
+  type FrameChecksum,
   type HelloMessage,
   type InfoMessage,
   type Message,
@@ -49,8 +53,13 @@ export interface ReadRequest {
 }
 
 export interface ClientConnectionHandlers<R extends ReadRequest> {
-  /** A READ's reply, already checked against the request: CHECKED_PAGES with its offset, length and one checksum per page, or an ERROR. */
-  onReadReply(read: R, reply: CheckedPagesMessage | ErrorMessage): void;
+  /**
+   * A READ's reply, already checked against the request: CHECKED_PAGES with
+   * its offset, length and one checksum per page, or an ERROR. `dataCrcs`: the
+   * CRC32C of each CRC_BLOCK_BYTES block of the reply's data, computed while
+   * its frame was checked (a CRC32C frame; undefined otherwise).
+   */
+  onReadReply(read: R, reply: CheckedPagesMessage | ErrorMessage, dataCrcs?: Uint32Array): void;
   /** Called once, when the connection ends for any reason. */
   onEnd(loss: ConnectionLoss): void;
   /** Bytes arrived (for statistics). */
@@ -86,6 +95,8 @@ export class ClientConnection<R extends ReadRequest> {
   /** The server's HELLO maxPayloadBytes: no frame sent may be larger. */
   peerMaxPayloadBytes = PRE_HELLO_MAX_PAYLOAD_BYTES;
   bytesReceived = 0;
+  /** CRC32 until the HELLOs chose version 3 or later. */
+  private frameChecksum: FrameChecksum = 'crc32';
   /** The server's INFO, once a GET_INFO on this connection was answered. */
   info: InfoMessage | undefined;
 
@@ -223,9 +234,9 @@ export class ClientConnection<R extends ReadRequest> {
   private hello(): Promise<HelloMessage> {
     const sent: HelloMessage = {
       type: 'hello',
-      // Version 2 only: a version-1 server sends pages without their checksums.
+      // Version 2 on: a version-1 server sends pages without their checksums.
       version: PAGE_SERVICE_VERSION,
-      minVersion: PAGE_SERVICE_VERSION,
+      minVersion: MIN_PAGE_SERVICE_VERSION,
       role: this.options.role,
       sessionId: this.options.sessionId,
       maxPayloadBytes: this.options.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD_BYTES,
@@ -249,7 +260,7 @@ export class ClientConnection<R extends ReadRequest> {
 
   private send(message: Message, requestId: number): void {
     if (this.socket.destroyed || this.socket.writableEnded) return;
-    const parts = encodeMessageParts(message, requestId);
+    const parts = encodeMessageParts(message, requestId, { checksum: this.frameChecksum });
     this.socket.cork();
     for (const part of parts) this.socket.write(part);
     this.socket.uncork();
@@ -329,7 +340,7 @@ export class ClientConnection<R extends ReadRequest> {
           return this.violation(new ProtocolError('EPROTO_MISMATCH', `READ ${frame.requestId} was answered with ${message.type}`, context));
         }
         this.outstanding.delete(frame.requestId);
-        if (!outstanding.cancelled) this.handlers.onReadReply(read, message);
+        if (!outstanding.cancelled) this.handlers.onReadReply(read, message, message.type === 'checked-pages' ? dataBlockCrcs(frame, message.data.length) : undefined);
         return;
       }
       default: {
@@ -345,7 +356,7 @@ export class ClientConnection<R extends ReadRequest> {
     if (message.type === 'error') {
       // Most likely a version-1 server: say what this side needs, not just that the versions differ.
       const text = message.code === 'UNSUPPORTED_VERSION'
-        ? `${message.text} (this client speaks page protocol version ${PAGE_SERVICE_VERSION} only, where every page comes with its image's checksum; a page server of an older version sends pages nothing could check)`
+        ? `${message.text} (this client speaks page protocol versions ${MIN_PAGE_SERVICE_VERSION}..${PAGE_SERVICE_VERSION}, where every page comes with its image's checksum; a page server of an older version sends pages nothing could check)`
         : message.text;
       const error = new PeerRefusedError(this.options.url, message.code, text);
       waiter.reject(error);
@@ -364,6 +375,7 @@ export class ClientConnection<R extends ReadRequest> {
     }
     this.peerMaxPayloadBytes = message.maxPayloadBytes;
     this.decoder.maxPayloadBytes = waiter.sent.maxPayloadBytes;
+    this.frameChecksum = frameChecksumOf(message.version);
     this.stateValue = 'ready';
     waiter.resolve(message);
   }
@@ -384,4 +396,11 @@ export class ClientConnection<R extends ReadRequest> {
     for (const o of this.outstanding.values()) if (o.kind === 'call') o.reject(loss.error);
     this.handlers.onEnd(loss);
   }
+}
+
+/** The frame's block CRC32Cs that cover exactly its last `dataBytes` (whole blocks), if the decoder computed them. */
+function dataBlockCrcs(frame: Frame, dataBytes: number): Uint32Array | undefined {
+  const blocks = dataBytes / CRC_BLOCK_BYTES;
+  if (!frame.blockCrcs || !Number.isInteger(blocks) || frame.blockCrcs.length < blocks) return undefined;
+  return frame.blockCrcs.subarray(frame.blockCrcs.length - blocks);
 }

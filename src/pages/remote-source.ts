@@ -197,7 +197,7 @@ class Channel {
         maxPayloadBytes: this.source.settings.maxPayloadBytes,
       },
       {
-        onReadReply: (fetch, reply) => this.source.onReadReply(fetch, reply),
+        onReadReply: (fetch, reply, dataCrcs) => this.source.onReadReply(fetch, reply, dataCrcs),
         onEnd: (loss) => {
           if (connection) this.onEnd(connection, loss);
         },
@@ -472,13 +472,13 @@ export class RemoteSource implements PageSource {
   // Called by the channels.
 
   /** @internal */
-  onReadReply(fetch: WireRead, reply: CheckedPagesMessage | ErrorMessage): void {
+  onReadReply(fetch: WireRead, reply: CheckedPagesMessage | ErrorMessage, dataCrcs?: Uint32Array): void {
     if (fetch.state !== 'sent') return;
     if (reply.type !== 'error') {
       this.violationsInARow = 0;
       // Every page against the checksum its image stores, before a byte of any is copied.
       const page = this.info.pageSizeBytes;
-      const bad = firstPageMismatch(reply.data, page, reply.checksums, this.info.pageChecksum);
+      const bad = firstPageMismatch(reply.data, page, reply.checksums, this.info.pageChecksum, dataCrcs);
       if (bad) return this.corruptReply(fetch, fetch.offset + bad.index * page, bad.expected, bad.actual);
       this.table.deliver(fetch, reply.data);
       fetch.channel.flush();

@@ -1,8 +1,9 @@
 // Frames in and out of a byte stream (the layout is drawn in wire.ts). Pure:
 // the caller reads the socket and pushes what it got.
 import { crc32 } from 'node:zlib';
+import { crc32c, crc32cExtend, crc32cPages } from '../checksum/crc32c.js';
 import { ProtocolError } from './errors.js';
-import { FRAME_HEADER_BYTES, FrameField, KNOWN_FLAGS, MUST_UNDERSTAND_FLAGS_MASK, describeType } from './wire.js';
+import { CRC_BLOCK_BYTES, FRAME_HEADER_BYTES, FrameField, FrameFlag, KNOWN_FLAGS, MUST_UNDERSTAND_FLAGS_MASK, describeType, type FrameChecksum } from './wire.js';
 
 /** One frame, its CRC checked. `payload` stays valid: the decoder never reuses a buffer it handed out. */
 export interface Frame {
@@ -10,6 +11,13 @@ export interface Frame {
   readonly flags: number;
   readonly requestId: number;
   readonly payload: Uint8Array;
+  /**
+   * A CRC32C frame's: the CRC32C of each of the payload's last
+   * floor(length / CRC_BLOCK_BYTES) blocks of CRC_BLOCK_BYTES, computed while
+   * checking the frame (the pages of a CHECKED_PAGES or PUSH end its payload,
+   * so their checks need no second pass). Undefined for a CRC32 frame.
+   */
+  readonly blockCrcs?: Uint32Array;
 }
 
 /**
@@ -163,18 +171,28 @@ export class FrameDecoder {
   }
 
   private complete(type: number, flags: number, requestId: number, expectedCrc32: number, payload: Uint8Array, frames: Frame[]): ProtocolError | undefined {
-    const actualCrc32 = crc32(payload);
+    let blockCrcs: Uint32Array | undefined;
+    let actualCrc32: number;
+    if (flags & FrameFlag.crc32c) {
+      // The leading remainder, then the whole blocks that end the payload in one batched pass, combined.
+      const head = payload.length % CRC_BLOCK_BYTES;
+      blockCrcs = crc32cPages(payload.subarray(head), CRC_BLOCK_BYTES);
+      actualCrc32 = crc32cExtend(crc32c(payload.subarray(0, head)), blockCrcs, CRC_BLOCK_BYTES);
+    } else {
+      actualCrc32 = crc32(payload);
+    }
     if (actualCrc32 !== expectedCrc32) {
       return this.fail(new ProtocolError(
         'EPROTO_CRC',
-        `frame ${this.framesDecoded + 1} (${describeType(type)}, request ${requestId}, ${payload.length} bytes) fails its CRC32: ` +
+        `frame ${this.framesDecoded + 1} (${describeType(type)}, request ${requestId}, ${payload.length} bytes) fails its ${flags & FrameFlag.crc32c ? 'CRC32C' : 'CRC32'}: ` +
           `0x${hex32(actualCrc32)}, the header says 0x${hex32(expectedCrc32)}`,
         { frameType: type, requestId, field: 'payloadCrc32' },
       ));
     }
     this.framesDecoded++;
-    if (this.onFrame) this.onFrame({ type, flags, requestId, payload });
-    else frames.push({ type, flags, requestId, payload });
+    const frame: Frame = blockCrcs ? { type, flags, requestId, payload, blockCrcs } : { type, flags, requestId, payload };
+    if (this.onFrame) this.onFrame(frame);
+    else frames.push(frame);
     return undefined;
   }
 
@@ -187,18 +205,43 @@ export class FrameDecoder {
 }
 
 /**
+ * How a frame is checksummed: zlib's CRC32 (the default, and every HELLO) or
+ * CRC32C, which sets the frame's CRC32C flag. `lastPartCrcs`, with CRC32C:
+ * the CRC32C of each CRC_BLOCK_BYTES block of the last payload part (pages
+ * whose checksums the sender holds, and which it knows match the bytes it
+ * sends): the frame's checksum is derived from them without reading the part.
+ */
+export interface FrameEncoding {
+  checksum: FrameChecksum;
+  lastPartCrcs?: Uint32Array;
+}
+
+/**
  * A frame as the byte ranges to write, in order: the header, then `payload`'s
  * parts as given (so a 2 MiB page run is written from where it lies, not copied).
  */
-export function encodeFrameParts(type: number, requestId: number, payload: readonly Uint8Array[], flags = 0): Uint8Array[] {
+export function encodeFrameParts(type: number, requestId: number, payload: readonly Uint8Array[], flags = 0, encoding: FrameEncoding = { checksum: 'crc32' }): Uint8Array[] {
   let lengthBytes = 0;
   let checksum = 0;
   // Empty parts are left out: node's crc32() of an empty TextEncoder result
   // (a view with no backing store) returns 0 whatever the running value.
   const parts = payload.filter((part) => part.length > 0);
-  for (const part of parts) {
-    lengthBytes += part.length;
-    checksum = crc32(part, checksum);
+  // The flag says which checksum the frame carries, whatever `flags` held (a frame re-encoded by a relay).
+  flags = encoding.checksum === 'crc32c' ? flags | FrameFlag.crc32c : flags & ~FrameFlag.crc32c;
+  if (encoding.checksum === 'crc32c') {
+    const known = encoding.lastPartCrcs;
+    const last = parts[parts.length - 1];
+    const derived = known !== undefined && last !== undefined && last.length === known.length * CRC_BLOCK_BYTES;
+    for (let i = 0; i < parts.length; i++) {
+      const part = parts[i]!;
+      lengthBytes += part.length;
+      checksum = derived && i === parts.length - 1 ? crc32cExtend(checksum, known, CRC_BLOCK_BYTES) : crc32c(part, checksum);
+    }
+  } else {
+    for (const part of parts) {
+      lengthBytes += part.length;
+      checksum = crc32(part, checksum);
+    }
   }
   const header = new Uint8Array(FRAME_HEADER_BYTES);
   const view = new DataView(header.buffer);
@@ -211,8 +254,8 @@ export function encodeFrameParts(type: number, requestId: number, payload: reado
 }
 
 /** A frame as one buffer. */
-export function encodeFrame(type: number, requestId: number, payload: Uint8Array, flags = 0): Uint8Array {
-  return concatParts(encodeFrameParts(type, requestId, [payload], flags));
+export function encodeFrame(type: number, requestId: number, payload: Uint8Array, flags = 0, encoding?: FrameEncoding): Uint8Array {
+  return concatParts(encodeFrameParts(type, requestId, [payload], flags, encoding));
 }
 
 export function concatParts(parts: readonly Uint8Array[]): Uint8Array {

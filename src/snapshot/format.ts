@@ -54,7 +54,7 @@
 // and the sections'. A page's checksum is CRC32C (Castagnoli, the CPU's crc32 instruction) from
 // version 2 on, CRC32 in version 1: the only difference between the two versions.
 import { crc32 } from 'node:zlib';
-import { crc32c } from './crc32c.js';
+import { crc32c, crc32cPages } from '../checksum/crc32c.js';
 import {
   SnapshotCorruptError,
   SnapshotFormatError,
@@ -197,6 +197,13 @@ export type PageChecksum = (bytes: Uint8Array) => number;
 /** The page checksum of a format version: CRC32C from version 2 on, zlib's CRC32 in version 1. */
 export function pageChecksumOf(version: number): PageChecksum {
   return version >= 2 ? crc32c : crc32;
+}
+
+/** The checksum of each `pageSize` page of `bytes` (whole pages) as a format version records it, in one pass: CRC32C's is batched. */
+export function pageChecksumsOf(version: number, bytes: Uint8Array, pageSize: number, out: Uint32Array = new Uint32Array(bytes.length / pageSize)): Uint32Array {
+  if (version >= 2) return crc32cPages(bytes, pageSize, out);
+  for (let i = 0; i < out.length && (i + 1) * pageSize <= bytes.length; i++) out[i] = crc32(bytes.subarray(i * pageSize, (i + 1) * pageSize));
+  return out;
 }
 
 /** Its name, for reports. */

@@ -14,6 +14,7 @@ import {
   nextRegionStart,
   pageChecksumName,
   pageChecksumOf,
+  pageChecksumsOf,
   type PageChecksum,
   type PageTable,
   type SnapshotHeader,
@@ -61,6 +62,8 @@ const MAX_HEADER_BYTES = 65536;
 
 export class SnapshotFile {
   private closed = false;
+  /** Reused by checkPages: one checksum per page of the longest run checked so far. */
+  private checksumScratch = new Uint32Array(64);
   /** The page checksum of this file's version (CRC32C from version 2 on, CRC32 in version 1). */
   readonly pageChecksum: PageChecksum;
 
@@ -158,8 +161,7 @@ export class SnapshotFile {
 
   /** Check `bytes`, the stored pages from pageIndex on (a run storedRun() gave), against their CRCs: SnapshotCorruptError naming the first bad one. */
   checkStoredPages(pageIndex: number, imageOffset: number, bytes: Uint8Array): void {
-    const { pageSize } = this;
-    for (let i = 0; i * pageSize < bytes.length; i++) this.checkPage(pageIndex + i, imageOffset + i * pageSize, bytes.subarray(i * pageSize, (i + 1) * pageSize));
+    this.checkPages(pageIndex, imageOffset, bytes);
   }
 
   /**
@@ -273,9 +275,7 @@ export class SnapshotFile {
         }
         const into = target.subarray(position - imageOffset, position - imageOffset + count * pageSize);
         yield { fileOffset: this.fileOffsetOf(pageIndex), into };
-        for (let index = 0; index < count; index++) {
-          this.checkPage(pageIndex + index, pageStart + index * pageSize, into.subarray(index * pageSize, (index + 1) * pageSize));
-        }
+        this.checkPages(pageIndex, pageStart, into);
         position = pageStart + count * pageSize;
       } else {
         // Part of a stored page: its CRC covers the whole page, so read all of it aside.
@@ -295,6 +295,7 @@ export class SnapshotFile {
     const { kinds } = this.pageTable;
     const pagesPerChunk = Math.max(1, Math.floor((options.chunkBytes ?? 1 << 20) / pageSize));
     const chunk = new Uint8Array(pagesPerChunk * pageSize);
+    const actualScratch = new Uint32Array(pagesPerChunk);
     const corruptPages: CorruptPage[] = [];
     let corruptPageCount = 0;
     let pagesChecked = 0;
@@ -305,9 +306,10 @@ export class SnapshotFile {
       const first = batch[0]!;
       const bytes = chunk.subarray(0, batch.length * pageSize);
       await this.readAt(this.fileOffsetOf(first.pageIndex), bytes);
+      const actual = pageChecksumsOf(this.header.version, bytes, pageSize, actualScratch);
       batch.forEach(({ pageIndex, imageOffset }, index) => {
         const expectedCrc32 = this.pageTable.crc32s[pageIndex]!;
-        const actualCrc32 = this.pageChecksum(bytes.subarray(index * pageSize, (index + 1) * pageSize));
+        const actualCrc32 = actual[index]!;
         if (actualCrc32 !== expectedCrc32) {
           corruptPageCount++;
           if (corruptPages.length < MAX_LISTED_CORRUPT_PAGES) {
@@ -338,6 +340,18 @@ export class SnapshotFile {
 
   private fileOffsetOf(pageIndex: number): number {
     return this.header.data.offset + this.pageTable.dataIndexes[pageIndex]! * this.pageSize;
+  }
+
+  /** checkPage for a run of stored pages from pageIndex on, their checksums computed in one batched pass. */
+  private checkPages(pageIndex: number, imageOffset: number, bytes: Uint8Array): void {
+    const { pageSize } = this;
+    const count = bytes.length / pageSize;
+    if (this.checksumScratch.length < count) this.checksumScratch = new Uint32Array(count);
+    const actual = pageChecksumsOf(this.header.version, bytes, pageSize, this.checksumScratch.subarray(0, count));
+    const expected = this.pageTable.crc32s;
+    for (let i = 0; i < count; i++) {
+      if (actual[i] !== expected[pageIndex + i]) this.checkPage(pageIndex + i, imageOffset + i * pageSize, bytes.subarray(i * pageSize, (i + 1) * pageSize));
+    }
   }
 
   private checkPage(pageIndex: number, imageOffset: number, bytes: Uint8Array): void {

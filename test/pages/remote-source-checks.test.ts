@@ -224,8 +224,8 @@ describe('a page server and a client of page protocol version 1 are refused', ()
     await assert.rejects(RemoteSource.connect(fake.url, { connectTimeoutMs: 2000 }), (error: unknown) => {
       assert.ok(error instanceof PeerRefusedError, String(error));
       assert.equal(error.wireCode, 'UNSUPPORTED_VERSION');
-      assert.match(error.message, /the peer speaks versions 2\.\.2, this side 1\.\.1/);
-      assert.match(error.message, /speaks page protocol version 2 only, where every page comes with its image's checksum/);
+      assert.match(error.message, /the peer speaks versions 2\.\.3, this side 1\.\.1/);
+      assert.match(error.message, /speaks page protocol versions 2\.\.3, where every page comes with its image's checksum/);
       return true;
     });
     assert.ok(fake.connections.every((c) => c.reads === 0));

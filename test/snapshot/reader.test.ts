@@ -42,7 +42,7 @@ async function flipByte(path: string, offset: number): Promise<void> {
 describe('reading a snapshot', () => {
   test('version 2 checks pages by CRC32C; a version 1 file (CRC32) still reads, and a flipped page byte is caught in either', async (t) => {
     const { crc32 } = await import('node:zlib');
-    const { crc32c } = await import('../../src/snapshot/crc32c.js');
+    const { crc32c } = await import('../../src/checksum/crc32c.js');
     const dir = await tempDir(t);
     const { written, expected } = twoRegionImage();
     for (const version of [1, 2] as const) {
