@@ -34,6 +34,12 @@ export interface FrameDecodeResult {
 export interface FrameDecoderOptions {
   /** The largest payload accepted; a header announcing more fails the decoder at once. */
   maxPayloadBytes: number;
+  /**
+   * The caller reuses the buffer of every chunk it pushes (a socket reading
+   * into a buffer of its own): a frame wholly inside a chunk is then copied
+   * out, never handed over as a view of it. Default false.
+   */
+  transientChunks?: boolean;
 }
 
 /**
@@ -52,8 +58,35 @@ export class FrameDecoder {
   private framesDecoded = 0;
   private onFrame: ((frame: Frame) => void) | undefined;
 
+  private readonly transientChunks: boolean;
+
   constructor(options: FrameDecoderOptions) {
     this.limit = options.maxPayloadBytes;
+    this.transientChunks = options.transientChunks ?? false;
+  }
+
+  /**
+   * Where the next bytes of the stream belong when a frame's payload is being
+   * assembled: the rest of that payload, so a reader can have the kernel put
+   * them there (no copy); then it calls payloadReceived(). Undefined between
+   * payloads: read into a buffer and push() it.
+   */
+  payloadWindow(): Uint8Array | undefined {
+    if (this.failure || !this.partial) return undefined;
+    return this.partial.payload.subarray(this.partial.filled);
+  }
+
+  /** `lengthBytes` bytes were read into the window payloadWindow() gave; completes the frame when they were its last. */
+  payloadReceived(lengthBytes: number, onFrame?: (frame: Frame) => void): FrameDecodeResult {
+    const frames: Frame[] = [];
+    this.onFrame = onFrame;
+    const { partial } = this;
+    if (this.failure || !partial) return { frames, error: this.failure };
+    if (lengthBytes < 0 || partial.filled + lengthBytes > partial.payload.length) throw new RangeError(`${lengthBytes} bytes do not fit the payload's ${partial.payload.length - partial.filled} left`);
+    partial.filled += lengthBytes;
+    if (partial.filled < partial.payload.length) return { frames, error: undefined };
+    this.partial = undefined;
+    return { frames, error: this.complete(partial.type, partial.flags, partial.requestId, partial.crc32, partial.payload, frames) };
   }
 
   /** The payload limit. A receiver starts small (only a HELLO can come first) and raises it once the peer is known. */
@@ -160,10 +193,13 @@ export class FrameDecoder {
       return this.fail(new ProtocolError('EPROTO_FLAGS', `a ${describeType(type)} frame has must-understand flags 0x${unknownFlags.toString(16)} this version does not know`, { ...context, field: 'flags' }));
     }
     if (chunk.length - at >= payloadLength) {
-      // A plain Uint8Array view whatever the chunk's class (a socket's Buffer), so decoded fields compare equal to any Uint8Array.
-      return this.complete(type, flags, requestId, payloadCrc32, new Uint8Array(chunk.buffer, chunk.byteOffset + at, payloadLength), frames);
+      // A plain Uint8Array view whatever the chunk's class (a socket's Buffer), so decoded fields compare equal to any
+      // Uint8Array; a copy when the chunk's buffer is about to be reused.
+      const inChunk = new Uint8Array(chunk.buffer, chunk.byteOffset + at, payloadLength);
+      return this.complete(type, flags, requestId, payloadCrc32, this.transientChunks ? inChunk.slice() : inChunk, frames);
     }
-    const payload = new Uint8Array(payloadLength);
+    // Not zeroed: every byte is written from the stream before the frame is complete.
+    const payload = uninitialized(payloadLength);
     const available = chunk.subarray(at);
     payload.set(available);
     this.partial = { type, flags, requestId, crc32: payloadCrc32, payload, filled: available.length };
@@ -280,4 +316,10 @@ function readU32(bytes: Uint8Array, at: number): number {
 
 function hex32(value: number): string {
   return value.toString(16).padStart(8, '0');
+}
+
+/** A plain Uint8Array of `length` bytes, not zero-filled (Node's unpooled allocation under it). */
+function uninitialized(length: number): Uint8Array {
+  const buffer = Buffer.allocUnsafeSlow(length);
+  return new Uint8Array(buffer.buffer, buffer.byteOffset, length);
 }

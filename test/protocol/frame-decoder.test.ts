@@ -272,3 +272,48 @@ describe('CRC32C frames (page service version 3)', () => {
     assert.deepEqual(decodeMessage(again!), message);
   });
 });
+
+describe('reading payloads in place', () => {
+  const data = new Uint8Array(64 * 1024).map((_, i) => i & 0xff);
+  const frame = encodeMessage({ type: 'pages', offset: 0, data }, 3, { checksum: 'crc32c' });
+
+  test('after a header, the payload\'s window takes the rest of its bytes where they belong; the frame completes on the last', () => {
+    const decoder = new FrameDecoder({ ...LIMITS, transientChunks: true });
+    assert.equal(decoder.payloadWindow(), undefined, 'no payload under way');
+    const first = frame.subarray(0, 1000);
+    assert.equal(decoder.push(first).frames.length, 0);
+    let at = 1000;
+    const frames: Frame[] = [];
+    for (let window = decoder.payloadWindow(); window; window = decoder.payloadWindow()) {
+      const take = Math.min(window.length, 7000);
+      window.set(frame.subarray(at, at + take));
+      at += take;
+      const result = decoder.payloadReceived(take);
+      assert.equal(result.error, undefined);
+      frames.push(...result.frames);
+    }
+    assert.equal(at, frame.length);
+    assert.equal(frames.length, 1);
+    assert.deepEqual(decodeMessage(frames[0]!), { type: 'pages', offset: 0, data });
+    assert.throws(() => { decoder.push(frame.subarray(0, 40)); decoder.payloadReceived(1 << 20); }, RangeError, 'more than the window is refused');
+  });
+
+  test('with transient chunks, a frame wholly inside a chunk is a copy: reusing the chunk does not change it', () => {
+    const small = encodeMessage({ type: 'ping', data: Uint8Array.of(1, 2, 3) }, 9);
+    const chunk = new Uint8Array(small);
+    const [kept] = new FrameDecoder({ ...LIMITS, transientChunks: true }).push(chunk).frames;
+    const [view] = new FrameDecoder(LIMITS).push(chunk).frames;
+    chunk.fill(0);
+    assert.deepEqual(decodeMessage(kept!), { type: 'ping', data: Uint8Array.of(1, 2, 3) });
+    assert.notDeepEqual(view!.payload, kept!.payload, 'without the option, the frame is a view of the chunk');
+  });
+
+  test('a payload whose in-place bytes fail the CRC is refused like any other', () => {
+    const decoder = new FrameDecoder(LIMITS);
+    decoder.push(frame.subarray(0, 100));
+    const window = decoder.payloadWindow()!;
+    window.set(frame.subarray(100));
+    window[window.length - 1]! ^= 1;
+    assertProtocolError(decoder.payloadReceived(window.length).error, 'EPROTO_CRC');
+  });
+});
