@@ -29,6 +29,7 @@ export const LAYERS: ReadonlyArray<{ readonly units: readonly string[]; readonly
   { units: ['sources'], why: 'the PageSource contract and the local sources' },
   { units: ['pager'], why: 'faults served from a PageSource' },
   { units: ['pages', 's3'], why: 'sources over the network: the page server and its client (the remote source); the object store (the S3 source)' },
+  { units: ['source-url'], why: 'a source opened by its URL (tcp://, s3://): the one dispatch the CLI, the VMM process and lazy memory share' },
   { units: ['lazy', 'handler', 'vm'], why: 'users of a pager: lazy memory in this process, the handler service for other processes, the VM' },
   { units: ['migrate'], why: 'moving a running VM' },
   { units: ['metrics'], why: 'the catalog and the reporters, which import what they report on' },

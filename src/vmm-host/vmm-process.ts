@@ -24,8 +24,8 @@ import { VmUsageError } from '../vm/errors.js';
 import { machineConfigProblem } from '../vm/machine-config.js';
 import type { LazyRestoreOptions } from '../vm/memory/lazy-guest-memory.js';
 import type { GuestExitReason } from '../vm/vcpu-protocol.js';
-import { openRemoteVmSource } from '../vm/persist/remote-vm.js';
-import { isS3Url } from '../s3/s3-url.js';
+import { vmRestoreSourceFromNetwork, type VmRestoreSource } from '../vm/persist/restore-source.js';
+import { openSourceByUrl, sourceUrlKind } from '../source-url/open-source-by-url.js';
 import { openVmSnapshotSource } from '../vm/persist/vm-snapshot.js';
 import type { Vmm, VmStatus } from '../vm/vmm.js';
 import { bootVm } from '../vm/builder.js';
@@ -254,17 +254,21 @@ async function buildVmm(options: VmmProcessOptions, console: (bytes: Uint8Array)
   }
   if (options.fromUrl !== undefined && options.snapshotPath !== undefined) throw new VmUsageError(['SNAPSHOT', '--from'], 'restore takes a snapshot path or --from URL, not both');
   if (options.fromUrl === undefined && options.snapshotPath === undefined) throw new VmUsageError(['SNAPSHOT', '--from'], 'restore needs a snapshot path or --from tcp://HOST:PORT');
-  const deadline = options.sourceDeadlineMs;
-  const from = options.fromUrl === undefined ? await openVmSnapshotSource(options.snapshotPath!)
-    : isS3Url(options.fromUrl) ? await (await import('../vm/persist/s3-vm.js')).openS3VmSource(options.fromUrl, { endpoint: options.endpoint, ...(deadline === undefined ? {} : { deadlineMs: deadline }) })
-    // The deadline bounds each read from its request (a server that stays connected but never delivers included), and a lost server's return.
-    : await openRemoteVmSource(options.fromUrl, deadline === undefined ? {} : { readDeadlineMs: deadline, reconnectDeadlineMs: deadline });
+  const from = options.fromUrl === undefined ? await openVmSnapshotSource(options.snapshotPath!) : await openUrlVmSource(options.fromUrl, options);
   const progress = options.progress;
   return new HostedVm(await restoreVm(from, {
     console,
     lazy: options.lazy || undefined,
     onLoadProgress: progress && ((doneBytes, totalBytes) => progress({ operation: 'load', doneBytes, totalBytes })),
   }));
+}
+
+/** A VM served by a page server or pushed to a store: its memory from the source the URL opens, its state from that source's metadata. */
+async function openUrlVmSource(url: string, options: VmmProcessOptions): Promise<VmRestoreSource> {
+  const started = performance.now();
+  const kind = sourceUrlKind(url);
+  const memory = await openSourceByUrl(url, { endpoint: options.endpoint, deadlineMs: options.sourceDeadlineMs });
+  return vmRestoreSourceFromNetwork(memory, kind, started);
 }
 
 /** prefetch-all's progress: the stored pages in guest RAM, every 200 ms until all are (or the VM ends). Returns the stop. */
