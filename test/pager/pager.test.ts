@@ -136,6 +136,20 @@ describe('the pager', () => {
     }
   });
 
+  test('a sweep at full read-ahead speed finds the next window already in: it faults once every two windows', async () => {
+    const r = rig(new BufferSource(image), { prefetch: { initialPages: 1, maxPages: 4 } });
+    try {
+      for (let p = 0; p < PAGES; p++) assert.equal(await wordAt(a, r.mapping.address + p * PAGE_SIZE), p);
+      const m = r.pager.snapshotMetrics();
+      assert.equal(m.pagesCopied, PAGES);
+      // Windows of 1, 2 and 4 pages (faults at 0, 1, 3: the third reaches the largest window, and 7-10 go ahead),
+      // then a fault every 8 pages (11, 19, ... 59): 4 pages faulted, 4 ahead.
+      assert.equal(m.faultsByKind.missing, 10, `${m.faultsByKind.missing} faults on missing pages (18 without the window ahead)`);
+    } finally {
+      await r.dispose();
+    }
+  });
+
   test('a page the application discarded is refilled with zeroes, not from the source', async () => {
     const r = rig(new BufferSource(image), { prefetch: false });
     try {
