@@ -58,7 +58,7 @@ import { ClientConnection, type ConnectionLoss } from './client-connection.js';
 import { ImageChangedError, PeerUnavailableError } from './errors.js';
 import { ZeroMap } from './zero-map.js';
 import { firstPageMismatch } from './page-checksums.js';
-import { SourceReadError, readRequestRefusal, type PageSource, type ReadOptions, type ReadPriority } from '../sources/page-source.js';
+import { SourceReadError, abortedReadError, checkReadRange, readRequestRefusal, type PageSource, type ReadOptions, type ReadPriority } from '../sources/page-source.js';
 import { PageChecksumError, SourceDeadlineError } from '../sources/read-errors.js';
 import { SourceAvailability, type Outage } from '../sources/network/availability.js';
 import { RequestTable, type NetworkRequest, type PendingRead } from '../sources/network/request-table.js';
@@ -441,8 +441,16 @@ export class RemoteSource implements PageSource {
     const refusal = readRequestRefusal(this, offset, lengthBytes, target, signal);
     if (refusal) return Promise.reject(refusal);
     if (lengthBytes === 0) return Promise.resolve();
-    const priority: ReadPriority = options.priority ?? 'demand';
     const operation = { offset, lengthBytes, target };
+    return this.readParts(offset, lengthBytes, options, (fetch, data) => this.deliver(operation, fetch, data));
+  }
+
+  /** A read of [offset, +lengthBytes) through the request table: `onPart` gets each READ's checked bytes as they come. */
+  private readParts(offset: number, lengthBytes: number, options: ReadOptions, onPart: (fetch: WireRead, data: Uint8Array) => void): Promise<void> {
+    if (!this.availability.isOpen) return Promise.reject(this.availability.readError(offset, lengthBytes));
+    const { signal } = options;
+    if (signal?.aborted) return Promise.reject(abortedReadError());
+    const priority: ReadPriority = options.priority ?? 'demand';
     return this.table.read({
       offset,
       lengthBytes,
@@ -450,7 +458,7 @@ export class RemoteSource implements PageSource {
       signal,
       deadlineMs: this.settings.readDeadlineMs,
       onDeadline: (read) => this.deadlinePassed(read),
-      onPart: (fetch, data) => this.deliver(operation, fetch as WireRead, data),
+      onPart: (fetch, data) => onPart(fetch as WireRead, data),
     }, (read) => {
       // Whole pages on the wire: an unaligned read is served from the pages around it.
       const page = this.info.pageSizeBytes;
@@ -458,6 +466,30 @@ export class RemoteSource implements PageSource {
       const end = Math.ceil((offset + lengthBytes) / page) * page;
       for (let at = first; at < end; at += this.chunkBytes) this.table.join(read, this.fetchFor(at, Math.min(this.chunkBytes, end - at), priority));
     });
+  }
+
+  /**
+   * read() without the copy: a range that one READ covers resolves with a
+   * view of that READ's reply (its payload buffer, allocated for that frame
+   * alone and never reused), each page checked against its image's checksum
+   * like any reply; a longer or unaligned range is read into a buffer of its own.
+   */
+  readView(offset: number, lengthBytes: number, options: ReadOptions = {}): Promise<Uint8Array> {
+    try {
+      checkReadRange(this, offset, lengthBytes);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    const page = this.info.pageSizeBytes;
+    // One READ covers it (read() splits a range into READs of chunkBytes from its first page on).
+    if (lengthBytes === 0 || offset % page !== 0 || lengthBytes % page !== 0 || lengthBytes > this.chunkBytes) {
+      const target = new Uint8Array(lengthBytes);
+      return this.read(offset, lengthBytes, target, options).then(() => target);
+    }
+    let view: Uint8Array | undefined;
+    return this.readParts(offset, lengthBytes, options, (fetch, data) => {
+      view = data.subarray(offset - fetch.offset, offset - fetch.offset + lengthBytes);
+    }).then(() => view!);
   }
 
   isZero(offset: number, lengthBytes: number): boolean {

@@ -63,6 +63,19 @@ function pagerOver(t: TestContext, source: RemoteSource): { pager: Pager; addres
 const readPage = (address: number): Promise<number> => toucher.run<number>({ op: 'process-vm-readv', address });
 
 describe('pages from a page server are checked against the snapshot\'s own checksums', () => {
+  test('readView lends a READ\'s reply, checked: the right bytes, a view of the received payload (no copy); an altered one is refused the same way', async (t) => {
+    const { proxy: honest, image } = await servedThrough(t, 'pass');
+    const source = await connect(t, honest.url);
+    const view = await source.readView(2 * PAGE, 8 * PAGE);
+    assert.deepEqual(view, image.subarray(2 * PAGE, 10 * PAGE));
+    assert.ok(view.byteOffset > 0 && view.buffer.byteLength > view.length, 'a view inside the reply\'s payload (after its header and checksums)');
+    const long = await source.readView(0, 3 * 1024 * 1024);
+    assert.deepEqual(long, image.subarray(0, 3 * 1024 * 1024), 'longer than one READ: read into a buffer of its own');
+    const { proxy } = await servedThrough(t, 'flip-pages');
+    const tampered = await connect(t, proxy.url);
+    await assert.rejects(tampered.readView(PAGE, 4 * PAGE), PageChecksumError);
+  });
+
   test('a proxy that flips byte 8 of each page and fixes the frame CRC: the read is refused naming the page, no byte reaches the target', async (t) => {
     const { proxy } = await servedThrough(t, 'flip-pages');
     const source = await connect(t, proxy.url);
