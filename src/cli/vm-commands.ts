@@ -4,25 +4,25 @@
 // input, stop). The VMM itself is src/vmm-host/vmm-process.ts; this file is options
 // and printing.
 //
-// Every command handles its own errors: it prints them (a JSON object on
-// stderr with --json, else one readable line) and sets the exit status of
-// src/exit-codes.ts's scheme (64 for a command line that is wrong, before
-// anything is sent or built). Sizes are printed in binary units (MiB, GiB),
+// An error goes up to the CLI's edge (program.ts), printed there as every
+// command's is and mapped to src/exit-codes.ts's status (64 for a command
+// line that is wrong, before anything is sent or built). Sizes are printed in binary units (MiB, GiB),
 // times in ms to 0.1; --json numbers are rounded to 0.01.
 import { resolve } from 'node:path';
 import { Option, type Command } from 'commander';
-import { ExitCode, exitCodeFor } from '../exit-codes.js';
+import { ExitCode } from '../exit-codes.js';
 import type { DestinationProgress } from '../migrate/destination-migration.js';
 import type { MigrationProgress } from '../migrate/source-migration.js';
 import { isLoopbackHost, parseHostPort, type HostPort } from '../net/address.js';
 import { checkListenAddress } from '../net/http-server.js';
 import { callControlApi } from '../vmm-host/control-api.js';
-import { ControlApiError, VmError, VmUsageError } from '../vm/errors.js';
+import { NoVmListeningError, VmError, VmUsageError } from '../vm/errors.js';
 import type { LazyRestoreOptions } from '../vm/memory/lazy-guest-memory.js';
 import type { SnapshotProgress, VmStateChange, VmSnapshotSummary } from '../vm/vmm.js';
 import type { HostedVmStatus } from '../vmm-host/hosted-vm.js';
+import { printWarning } from './output.js';
 import { ByteProgress, ProgressView, progressMode } from './progress.js';
-import { checkMachineOptions, errorEvent, formatBytes, runVmmProcess, type VmmProcessEvent, type VmmProcessOptions } from '../vmm-host/vmm-process.js';
+import { checkMachineOptions, formatBytes, runVmmProcess, type VmmProcessEvent, type VmmProcessOptions } from '../vmm-host/vmm-process.js';
 
 interface CommonRunOptions {
   apiSock?: string;
@@ -66,7 +66,7 @@ const METRICS_HELP = 'also serve the metrics (GET /metrics, Prometheus text) on 
 const METRICS_REMOTE_HELP = 'allow a --metrics address other hosts can reach (anyone there reads the VM\'s metrics)';
 
 /** --metrics HOST:PORT, checked: loopback, or another address with --metrics-allow-remote (and a warning). */
-function metricsAddress(options: { metrics?: string; metricsAllowRemote?: boolean }): HostPort | undefined {
+function metricsAddress(options: { metrics?: string; metricsAllowRemote?: boolean; json?: boolean }): HostPort | undefined {
   if (options.metrics === undefined) {
     if (options.metricsAllowRemote) throw new VmUsageError(['--metrics-allow-remote', '--metrics'], '--metrics-allow-remote goes with --metrics HOST:PORT');
     return undefined;
@@ -75,7 +75,7 @@ function metricsAddress(options: { metrics?: string; metricsAllowRemote?: boolea
     allowed: options.metricsAllowRemote === true,
     flag: '--metrics-allow-remote',
     what: 'anyone who can reach it reads the VM\'s metrics',
-    warn: (message) => process.stderr.write(`vm: warning: ${message}\n`),
+    warn: (message) => printWarning(message, options.json === true),
   });
 }
 
@@ -109,7 +109,7 @@ export function registerVmCommands(program: Command): void {
     .option('--no-stdin', 'do not forward the terminal to the guest\'s COM1 (by default keys go to the guest; Ctrl-C stops the VM)')
     .option('--json', 'report VMM events as JSON lines (one object per line) on stderr')
     .action(async (options: RunOptions) => {
-      await handled(options.json, async () => {
+      await exitWith(async () => {
         const memoryBytes = sizeOption('--mem', options.mem);
         const vcpuCount = countOption('--cpus', options.cpus, 1);
         checkMachineOptions(memoryBytes, vcpuCount);
@@ -145,7 +145,7 @@ export function registerVmCommands(program: Command): void {
     .option('--no-stdin', 'do not forward the terminal to the guest\'s COM1')
     .option('--json', 'report VMM events as JSON lines (one object per line) on stderr')
     .action(async (snapshot: string | undefined, options: RestoreCliOptions) => {
-      await handled(options.json, async () => {
+      await exitWith(async () => {
         if ((snapshot === undefined) === (options.from === undefined)) {
           throw new VmUsageError(['SNAPSHOT', '--from'], snapshot === undefined ? 'give a snapshot file or --from tcp://HOST:PORT or s3://BUCKET/KEY' : 'a snapshot file or --from, not both');
         }
@@ -185,7 +185,7 @@ export function registerVmCommands(program: Command): void {
     .option('--stop', 'stop the VM once the snapshot is written (not when writing it failed)')
     .option('--json', 'print the result (or the error) as one JSON object')
     .action(async (options: SocketOptions & { out: string; resume?: boolean; stop?: boolean }) => {
-      await handled(options.json, async () => {
+      await exitWith(async () => {
         if (options.resume && options.stop) throw new VmUsageError(['--resume', '--stop'], '--resume and --stop contradict each other: choose one');
         // The VMM's working directory is not this shell's: send the path as the user means it.
         const out = resolve(options.out);
@@ -205,6 +205,8 @@ export function registerVmCommands(program: Command): void {
           await poll.stop();
           view.clear();
         }
+        // No VM answered at all: there is no VM to leave in any state.
+        if (failure instanceof NoVmListeningError) throw failure;
         let vmState: string = 'paused';
         if (options.resume) {
           // Resumed whether or not the snapshot was written: --resume says how the VM should be left.
@@ -242,7 +244,7 @@ export function registerVmCommands(program: Command): void {
     .requiredOption('--api-sock <path>', 'the VM\'s control socket')
     .option('--json', 'print as JSON')
     .action(async (options: SocketOptions) => {
-      await handled(options.json, async () => {
+      await exitWith(async () => {
         const status = (await callControlApi(options.apiSock, 'GET', '/vm')) as HostedVmStatus;
         if (options.json) printJson(status);
         else console.log(formatStatus(status).join('\n'));
@@ -256,7 +258,7 @@ export function registerVmCommands(program: Command): void {
       .requiredOption('--api-sock <path>', 'the VM\'s control socket')
       .option('--json', 'print the VM\'s state as JSON')
       .action(async (options: SocketOptions) => {
-        await handled(options.json, async () => {
+        await exitWith(async () => {
           const change = (await callControlApi(options.apiSock, 'PATCH', '/vm', { state })) as VmStateChange;
           if (options.json) printJson(change);
           else console.log(change.changed ? did : change.state === 'created' ? 'already paused (it has not run yet)' : already);
@@ -270,7 +272,7 @@ export function registerVmCommands(program: Command): void {
     .requiredOption('--api-sock <path>', 'the VM\'s control socket')
     .option('--json', 'print the result as JSON')
     .action(async (text: string, options: SocketOptions) => {
-      await handled(options.json, async () => {
+      await exitWith(async () => {
         if (text === '') throw new VmUsageError(['<text>'], 'vm input needs at least one byte to send');
         await callControlApi(options.apiSock, 'PUT', '/serial/input', { data: text });
         const bytes = Buffer.byteLength(text, 'utf8');
@@ -295,12 +297,12 @@ export function registerVmCommands(program: Command): void {
     .option('--no-stdin', 'do not forward the terminal to the guest\'s COM1')
     .option('--json', 'report VMM events as JSON lines (one object per line) on stderr')
     .action(async (options: CommonRunOptions & { listen: string; allowRemote?: boolean; pskFile?: string; stallTimeoutMs: string; reconnectDeadlineMs: string; progressTimeoutMs: string }) => {
-      await handled(options.json, async () => {
+      await exitWith(async () => {
         const listen = parseHostPort(options.listen, '--listen HOST:PORT');
         if (!isLoopbackHost(listen.host) && !options.allowRemote) {
           throw new VmUsageError(['--listen', '--allow-remote'], `--listen ${options.listen} is reachable from other hosts: add --allow-remote to mean it (and --psk-file to let only your source in)`);
         }
-        if (!isLoopbackHost(listen.host)) process.stderr.write(`vm: warning: listening on ${options.listen}, reachable from other hosts${options.pskFile ? '' : ', unauthenticated'}\n`);
+        if (!isLoopbackHost(listen.host)) printWarning(`listening on ${options.listen}, reachable from other hosts${options.pskFile ? '' : ', unauthenticated'}`, options.json === true);
         return runVmmProcess({
           command: 'receive',
           listen,
@@ -332,7 +334,7 @@ export function registerVmCommands(program: Command): void {
     .option('--psk-file <file>', 'the pre-shared key the destination holds (vm receive --psk-file; mode 0600, readable by its owner only): both connections are TLS-PSK')
     .option('--json', 'print only the final report, as one JSON object')
     .action(async (options: SocketOptions & { to?: string; resume?: boolean; abandon?: boolean; mode: 'precopy' | 'postcopy' | 'hybrid'; downtimeMs: string; maxRounds: string; reconnectDeadlineMs: string; stallTimeoutMs: string; progressTimeoutMs: string; pskFile?: string }) => {
-      await handled(options.json, async () => {
+      await exitWith(async () => {
         const actions = [options.to !== undefined && '--to', options.resume && '--resume', options.abandon && '--abandon'].filter((a): a is string => typeof a === 'string');
         if (actions.length !== 1) {
           throw new VmUsageError(['--to', '--resume', '--abandon'], actions.length === 0 ? 'give the destination, --to HOST:PORT (or --resume or --abandon a paused migration)' : `${actions.join(' and ')} contradict each other: choose one`);
@@ -388,7 +390,7 @@ export function registerVmCommands(program: Command): void {
     .requiredOption('--api-sock <path>', 'the VM\'s control socket')
     .option('--json', 'print the result as JSON')
     .action(async (options: SocketOptions) => {
-      await handled(options.json, async () => {
+      await exitWith(async () => {
         await callControlApi(options.apiSock, 'PUT', '/actions', { action_type: 'Stop' });
         if (options.json) printJson({ state: 'stopped' });
         else console.log('stopped');
@@ -397,11 +399,17 @@ export function registerVmCommands(program: Command): void {
     });
 }
 
-/** `vm snapshot` wrote no snapshot; `vmState` is how the VM was left. The exit status is the cause's. */
+/**
+ * `vm snapshot` wrote no snapshot; `vmState` is how the VM was left. Its code
+ * is the cause's (ECANTCREATE, ENOVM, ...), so text, JSON and the exit status
+ * all say what went wrong, not only that the snapshot did.
+ */
 class SnapshotCommandError extends VmError {
-  override readonly code = 'ESNAPSHOTFAILED';
+  override readonly code: string;
   constructor(readonly path: string, readonly vmState: string, cause: unknown, note: string) {
     super(`snapshot failed: ${(cause as Error).message}; the VM is ${vmState}${note}`, { cause });
+    const causeCode = (cause as { code?: unknown } | null)?.code;
+    this.code = typeof causeCode === 'string' ? causeCode : 'ESNAPSHOTFAILED';
   }
 }
 
@@ -459,32 +467,12 @@ async function currentState(socketPath: string): Promise<string> {
 }
 
 /**
- * Run a command's body; its result is the exit status. An error is printed
- * (as JSON on stderr with --json) and its status set from its code; a
- * refusal from the VM is mapped by the server's fault code.
+ * Run a command's body; its result is the exit status. An error goes up to
+ * the CLI's edge (program.ts), which prints it in the one shape every command
+ * uses and maps its code to the exit status.
  */
-async function handled(json: boolean | undefined, body: () => Promise<number>): Promise<void> {
-  try {
-    process.exitCode = await body();
-  } catch (error) {
-    const event = errorEvent(error);
-    const exitCode = exitCodeForCommand(error);
-    if (json) process.stderr.write(`${jsonLine({ ...event, exitCode })}\n`);
-    else process.stderr.write(`userfault: ${event.message}${event.code ? ` [${faultCode(error) ?? event.code}]` : ''}\n`);
-    process.exitCode = exitCode;
-  }
-}
-
-function faultCode(error: unknown): string | undefined {
-  if (error instanceof ControlApiError) return error.faultCode;
-  if (error instanceof SnapshotCommandError && error.cause instanceof ControlApiError) return error.cause.faultCode;
-  return undefined;
-}
-
-function exitCodeForCommand(error: unknown): number {
-  if (error instanceof SnapshotCommandError) return exitCodeForCommand(error.cause);
-  if (error instanceof ControlApiError) return exitCodeFor({ code: error.faultCode });
-  return exitCodeFor(error);
+async function exitWith(body: () => Promise<number>): Promise<void> {
+  process.exitCode = await body();
 }
 
 /** JSON with every fractional number rounded to 0.01 (ms, us, rates: nothing means more digits). */
@@ -567,8 +555,6 @@ export function formatEvent(event: VmmProcessEvent): string[] {
       if (memory) lines.push(...formatLazyMemory(memory));
       return lines;
     }
-    case 'error':
-      return [`error: ${event.message}${event.code ? ` [${event.code}]` : ''}`];
     default: {
       const never: never = event;
       return [JSON.stringify(never)];

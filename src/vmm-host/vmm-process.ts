@@ -4,6 +4,9 @@
 // `node dist/src/vmm-host/vmm-main.js` call runVmmProcess; they differ only in how
 // they print its events.
 //
+// A failure before the guest runs is thrown, not reported: the CLI prints it
+// at its edge as it prints every command's, vmm-main as a `vmm:` event line.
+//
 // Exit status (the sysexits scheme of src/exit-codes.ts; errors mapped by
 // their code through exitCodeFor):
 //   the guest's done status; 0 after a Stop (control socket, Ctrl-C, SIGTERM)
@@ -104,10 +107,9 @@ export type VmmProcessEvent =
   | { event: 'connection-refused'; peer: string; reason: string }
   /** receive: the migration ended (every page in and verified, or not). */
   | { event: 'migration'; progress: DestinationProgress }
-  | { event: 'exited'; reason: GuestExitReason; runMs: number; status: HostedVmStatus; exitCode: number }
-  | VmmErrorEvent;
+  | { event: 'exited'; reason: GuestExitReason; runMs: number; status: HostedVmStatus; exitCode: number };
 
-/** An error, as a process reports it: the class, its stable code, the message, the exit status, and its data fields. */
+/** An error, as the bare VMM process (vmm-main.ts) reports it: the class, its stable code, the message, the exit status, and its data fields. */
 export interface VmmErrorEvent {
   event: 'error';
   name: string;
@@ -126,13 +128,9 @@ export async function runVmmProcess(options: VmmProcessOptions): Promise<number>
   const started = performance.now();
   const ms = (): number => msSince(started);
   const { log } = options;
-  let host: HostedVm;
-  try {
-    if (log) writeFileSync(log, '');
-    host = await buildVmm(options, consoleSink(options, ms));
-  } catch (error) {
-    return failed(options, error);
-  }
+  // A failure before the guest runs is thrown: the caller prints it in its own shape (the CLI's edge, vmm-main's event line).
+  if (log) writeFileSync(log, '');
+  const host = await buildVmm(options, consoleSink(options, ms));
   const readyMs = ms();
   const { vmm } = host;
 
@@ -162,7 +160,7 @@ export async function runVmmProcess(options: VmmProcessOptions): Promise<number>
     await metricsServer?.close();
     await api?.close();
     await vmm.close();
-    return failed(options, error);
+    throw error;
   }
   options.report({ event: 'running', command: options.command, readyMs, resumedMs: ms(), restore: vmm.status().restore, apiSock: options.apiSock });
   metrics?.();
@@ -279,12 +277,6 @@ function followPrefetchAll(vmm: Vmm, progress: (progress: VmmProgress) => void):
   const timer = setInterval(tick, 200);
   timer.unref();
   return () => clearInterval(timer);
-}
-
-function failed(options: VmmProcessOptions, error: unknown): number {
-  const event = errorEvent(error);
-  options.report(event);
-  return event.exitCode;
 }
 
 const ERROR_FIELDS_SKIPPED = new Set(['name', 'message', 'stack', 'code', 'cause']);
