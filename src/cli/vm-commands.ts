@@ -519,6 +519,12 @@ function vmmOutput(json: boolean | undefined): Pick<VmmProcessOptions, 'console'
 export function formatEvent(event: VmmProcessEvent): string[] {
   switch (event.event) {
     case 'running': {
+      if (event.incoming) {
+        const i = event.incoming;
+        return [`running the migrated guest (${event.restore?.mode === 'lazy' ? 'post-copy: pages not here yet are fetched as the guest needs them' : 'every page arrived before it ran'}): ` +
+          `this side loaded its state in ${i.loadMs.toFixed(1)} ms and started it in ${i.resumeMs.toFixed(1)} ms, after ${(i.waitedMs / 1000).toFixed(2)} s waiting for the source (its connection, pre-copy, GO)` +
+          `${event.apiSock ? `; control socket ${event.apiSock}` : ''}`];
+      }
       if (!event.restore) return [`running (built and loaded in ${event.readyMs.toFixed(1)} ms${event.apiSock ? `, control socket ${event.apiSock}` : ''})`];
       const r = event.restore;
       const steps = [`opened ${r.openedMs.toFixed(1)}`, `built ${r.builtMs.toFixed(1)}`];
@@ -540,7 +546,7 @@ export function formatEvent(event: VmmProcessEvent): string[] {
       if (p.error) return [`migration in: ${p.state}: ${p.error.message}`];
       return [`migration in: ${p.state}${p.verified === undefined ? '' : p.verified ? ', every page verified' : `, ${p.differingBatches} batch(es) differ`}; ` +
         `pre-copy ${p.dataPagesReceived} data and ${p.zeroPagesReceived} zero pages in ${p.rounds} rounds, ${p.stalePages} stale; ` +
-        `post-copy ${p.demandReads} demanded${demandLatency(p)}, ${p.pushedPages} pushed; load ${p.loadMs ?? '-'} ms, resume ${p.resumeMs ?? '-'} ms`];
+        `${postcopyWords(p.demandReads, p.backgroundReads, p.pushedPages)}${demandLatency(p)}; load ${p.loadMs ?? '-'} ms, start ${p.resumeMs ?? '-'} ms`];
     }
     case 'exited': {
       const { reason } = event;
@@ -580,7 +586,11 @@ export function formatStatus(status: HostedVmStatus): string[] {
     lines.push(`vCPU ${v.id}: ${v.state}, ${v.counters.exits} exits (${v.counters.ioExits} port I/O), ${v.counters.kicks} kicks${blocked}`);
   }
   if (status.exitReason) lines.push(`exit: ${JSON.stringify(status.exitReason)}`);
-  if (status.restore) {
+  if (status.restore && status.migration?.role === 'destination') {
+    // A guest that arrived by live migration: where from and how, not "restored".
+    lines.push(`${status.restore.source}, ${status.restore.mode === 'lazy' ? 'post-copy (pages not here yet are fetched as the guest needs them)' : 'every page arrived before it ran'}`);
+    if (status.restore.memory) lines.push(...formatLazyMemory(status.restore.memory));
+  } else if (status.restore) {
     lines.push(`restored ${status.restore.mode} from ${status.restore.source}, ready in ${status.restore.readyMs.toFixed(1)} ms`);
     if (status.restore.memory) lines.push(...formatLazyMemory(status.restore.memory));
   }
@@ -588,7 +598,7 @@ export function formatStatus(status: HostedVmStatus): string[] {
   if (migration?.role === 'source') lines.push(formatMigrationProgress(migration));
   else if (migration?.role === 'destination') {
     const m = migration;
-    lines.push(`migration in: ${m.state}, pre-copy ${m.dataPagesReceived} data and ${m.zeroPagesReceived} zero pages, post-copy ${m.demandReads} demanded${demandLatency(m)} and ${m.pushedPages} pushed` +
+    lines.push(`migration in: ${m.state}, pre-copy ${m.dataPagesReceived} data and ${m.zeroPagesReceived} zero pages, ${postcopyWords(m.demandReads, m.backgroundReads, m.pushedPages)}${demandLatency(m)}` +
       (m.verified === undefined ? '' : m.verified ? ', verified' : ', NOT verified'));
   }
   return lines;
@@ -596,7 +606,35 @@ export function formatStatus(status: HostedVmStatus): string[] {
 
 function demandLatency(p: DestinationProgress): string {
   const l = p.faultLatencyMicros;
-  return l && l.count ? ` (${l.count} faults waited p50 ${l.p50} us, p99 ${l.p99} us)` : '';
+  return l && l.count ? ` (${l.count} guest faults waited p50 ${l.p50} us, p99 ${l.p99} us)` : '';
+}
+
+/**
+ * Post-copy's counts in the words both sides print, so the same count reads
+ * the same on each: the READs the destination sent, for its guest's faults
+ * (on demand) and ahead of them (read-ahead), and the pages the source
+ * pushed unasked (zero pages included).
+ */
+export function postcopyWords(demandReads: number, readAheadReads: number, pushedPages: number): string {
+  return `post-copy ${demandReads} demand reads, ${readAheadReads} read-ahead reads, ${pushedPages} pages pushed`;
+}
+
+/** How pre-copy ended and what came next, in words (the switchover's reason and the mode). */
+export function switchoverWords(p: Pick<MigrationProgress, 'mode' | 'round' | 'switchoverReason' | 'state'>): string {
+  const rounds = `${p.round} pre-copy round${p.round === 1 ? '' : 's'}`;
+  const next = p.mode === 'hybrid' ? 'post-copy' : 'stop-and-copy';
+  switch (p.switchoverReason) {
+    case 'mode':
+      return 'post-copy from the start (--mode postcopy)';
+    case 'converged':
+      return `stop-and-copy once pre-copy converged, after ${rounds}`;
+    case 'rounds-exhausted':
+      return `${next} after ${rounds} (--max-rounds) without converging`;
+    case 'not-converging':
+      return `${next} after ${rounds}: the guest dirtied pages about as fast as they were sent`;
+    default:
+      return p.state;
+  }
 }
 
 /** A migration paused by a cut past its reconnect deadline: where the guest is, why, and the ways out. */
@@ -618,12 +656,13 @@ export function formatMigrationProgress(p: MigrationProgress): string {
   const remaining = formatBytes(p.remainingPages * 4096);
   const parts = [
     `${p.state}${p.state === 'precopy' ? ` round ${p.round + 1}` : ''}`,
-    `${formatBytes(p.transferredBytes)} sent, ${remaining} to go`,
+    `${formatBytes(p.transferredBytes)} sent, ${remaining} to go${p.state === 'precopy' ? ' this round' : ''}`,
     `${formatBytes(p.rateBytesPerSecond)}/s`,
   ];
-  if (p.state === 'precopy') parts.push(`dirtying ${p.dirtyPagesPerSecond} pages/s`);
+  // The dirty rate is measured when a round ends (the dirty log is read then): none during the first.
+  if (p.state === 'precopy' && p.dirtyPagesPerSecond !== undefined) parts.push(`dirtying ${p.dirtyPagesPerSecond} pages/s`);
   parts.push(`${p.zeroPagesSent} zero pages`);
-  if (p.postcopyRequests || p.pushedPages) parts.push(`${p.postcopyRequests} demanded, ${p.pushedPages} pushed`);
+  if (p.postcopyRequests || p.pushedPages || p.pushedZeroPages) parts.push(postcopyWords(p.postcopyDemandReads, p.postcopyReadAheadReads, p.pushedPages + p.pushedZeroPages));
   parts.push(`${(p.elapsedMs / 1000).toFixed(1)} s`);
   if (p.expectedDowntimeMs !== undefined) parts.push(`expected downtime ${p.expectedDowntimeMs.toFixed(1)} ms`);
   return `migrate: ${parts.join(', ')}`;
@@ -631,8 +670,8 @@ export function formatMigrationProgress(p: MigrationProgress): string {
 
 export function formatMigrationReport(p: MigrationProgress): string[] {
   if (p.waitingForOperator) return formatPausedMigration(p);
-  const lines = [`migrated (${p.mode}, ${p.switchoverReason ?? p.state}) in ${(p.elapsedMs / 1000).toFixed(2)} s: ${p.round} pre-copy round(s), ${formatBytes(p.transferredBytes)} sent ` +
-    `(${p.dataPagesSent + p.pushedPages} data pages, ${p.zeroPagesSent} zero pages as markers), ${p.postcopyRequests} post-copy requests`];
+  const lines = [`migrated in ${(p.elapsedMs / 1000).toFixed(2)} s, ${switchoverWords(p)}: ${formatBytes(p.transferredBytes)} sent ` +
+    `(${p.dataPagesSent + p.pushedPages} data pages, ${p.zeroPagesSent} zero pages as markers); ${postcopyWords(p.postcopyDemandReads, p.postcopyReadAheadReads, p.pushedPages + p.pushedZeroPages)}`];
   const d = p.downtime;
   if (d) lines.push(`downtime ${d.totalMs.toFixed(1)} ms: pause ${d.pauseMs.toFixed(1)}, final sync ${d.finalSyncMs.toFixed(1)}, state ${d.stateEncodeMs.toFixed(1)}, send ${d.sendMs.toFixed(1)}, destination load ${d.destinationLoadMs.toFixed(1)}, resume ${d.destinationResumeMs.toFixed(1)} ms`);
   lines.push(p.verified ? 'verified: every page the destination installed matches what was sent' : `NOT verified: ${p.differingBatches ?? '?'} batch(es) of pages differ`);

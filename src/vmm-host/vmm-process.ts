@@ -92,9 +92,15 @@ export type VmmProcessEvent =
       command: 'run' | 'restore' | 'receive';
       /** ms from the start until the VM was built and loaded (run) or restored (restore), paused. */
       readyMs: number;
-      /** ms from the start until every vCPU was running: the time to resume. */
+      /** ms from the start until every vCPU was running: the time to resume (receive: its wait for the source included). */
       resumedMs: number;
       restore?: VmStatus['restore'];
+      /**
+       * receive: this side's own time, split from its wait: the state loaded
+       * (SWITCHOVER to READY), the vCPUs started (GO to running), and the rest
+       * of resumedMs, spent waiting for the source (its connection, pre-copy, GO).
+       */
+      incoming?: { loadMs: number; resumeMs: number; waitedMs: number };
       apiSock?: string;
     }
   /** The guest's first console bytes after the start (a restored guest's first line shows it runs). */
@@ -162,7 +168,8 @@ export async function runVmmProcess(options: VmmProcessOptions): Promise<number>
     await vmm.close();
     throw error;
   }
-  options.report({ event: 'running', command: options.command, readyMs, resumedMs: ms(), restore: vmm.status().restore, apiSock: options.apiSock });
+  const resumedMs = ms();
+  options.report({ event: 'running', command: options.command, readyMs, resumedMs, restore: vmm.status().restore, incoming: incomingTimes(host, resumedMs), apiSock: options.apiSock });
   metrics?.();
   if (options.progress && options.lazy && options.lazy.prefetchAll) cleanups.push(followPrefetchAll(vmm, options.progress));
 
@@ -183,6 +190,15 @@ export async function runVmmProcess(options: VmmProcessOptions): Promise<number>
   const exitCode = reason.type === 'done' ? reason.status : reason.type === 'stopped' || reason.type === 'migrated' || (stopRequested && reason.type !== 'failed') ? ExitCode.OK : ExitCode.SOFTWARE;
   options.report({ event: 'exited', reason, runMs: ms(), status: host.status(), exitCode });
   return exitCode;
+}
+
+/** receive: the destination's own load and resume times, and the rest of `resumedMs`, its wait for the source. */
+function incomingTimes(host: HostedVm, resumedMs: number): { loadMs: number; resumeMs: number; waitedMs: number } | undefined {
+  const progress = host.migrationProgress();
+  if (progress?.role !== 'destination') return undefined;
+  const loadMs = progress.loadMs ?? 0;
+  const resumeMs = progress.resumeMs ?? 0;
+  return { loadMs, resumeMs, waitedMs: Math.max(0, Math.round((resumedMs - loadMs - resumeMs) * 100) / 100) };
 }
 
 /** The command-line names of the machine's fields, the same for `userfault vm run` and vmm-main. */
