@@ -21,6 +21,7 @@ import type { LazyRestoreOptions } from '../vm/memory/lazy-guest-memory.js';
 import type { SnapshotProgress, VmStateChange, VmSnapshotSummary } from '../vm/vmm.js';
 import type { HostedVmStatus } from '../vmm-host/hosted-vm.js';
 import { printWarning } from './output.js';
+import { endpointArg } from './parse.js';
 import { ByteProgress, ProgressView, progressMode } from './progress.js';
 import { checkMachineOptions, formatBytes, runVmmProcess, type VmmProcessEvent, type VmmProcessOptions } from '../vmm-host/vmm-process.js';
 
@@ -132,7 +133,7 @@ export function registerVmCommands(program: Command): void {
   vm.command('restore [snapshot]')
     .description('restore a VM (a snapshot file, or --from a page server or object storage) in this process and run it from where it stopped')
     .option('--from <url>', 'restore from a page server (tcp://HOST:PORT: userfault pages serve --snapshot FILE) or object storage (s3://BUCKET/KEY: userfault snapshot push) instead of a file')
-    .option('--endpoint <url>', '--from s3://: the S3-compatible store, http(s)://HOST:PORT (default AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL, else AWS)')
+    .addOption(new Option('--endpoint <url>', '--from s3://: the S3-compatible store, http(s)://HOST:PORT (default AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL, else AWS)').argParser(endpointArg))
     .option('--source-deadline-ms <ms>', '--from: how long a page may wait: for a page server, each read counted from its fault whatever the server does (gone, stuck, BUSY); for a store, how long it may not answer. Then its pages are poisoned, or an eager restore fails (default 30000)')
     .option('--lazy', 'register guest RAM with userfaultfd and resume at once; the pager fills pages on demand from the snapshot or the page server')
     .option('--prefetch-all', 'lazy: stream every page still missing in the background after the guest resumes')
