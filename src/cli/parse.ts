@@ -91,3 +91,14 @@ export function endpointArg(text: string): string {
   if (url.hostname === '') throw new InvalidArgumentError('It must name a host');
   return text;
 }
+
+/**
+ * A touch or write order: `sequential` (the documented name; `seq` is taken
+ * too, the micro guest's own word) or `random`. `demo --pattern` and
+ * `vm run --pattern` accept the same words.
+ */
+export function patternArg(text: string): 'sequential' | 'random' {
+  if (text === 'sequential' || text === 'seq') return 'sequential';
+  if (text === 'random') return 'random';
+  throw new InvalidArgumentError('It must be sequential (or seq) or random');
+}

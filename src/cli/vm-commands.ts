@@ -21,7 +21,7 @@ import type { LazyRestoreOptions } from '../vm/memory/lazy-guest-memory.js';
 import type { SnapshotProgress, VmStateChange, VmSnapshotSummary } from '../vm/vmm.js';
 import type { HostedVmStatus } from '../vmm-host/hosted-vm.js';
 import { printWarning } from './output.js';
-import { endpointArg } from './parse.js';
+import { endpointArg, patternArg } from './parse.js';
 import { ByteProgress, ProgressView, progressMode } from './progress.js';
 import { checkMachineOptions, formatBytes, runVmmProcess, type VmmProcessEvent, type VmmProcessOptions } from '../vmm-host/vmm-process.js';
 
@@ -98,7 +98,7 @@ export function registerVmCommands(program: Command): void {
     .addOption(new Option('--workload <name>', 'micro guest workload').choices(['idle', 'writer', 'verify']))
     .addOption(new Option('--workload-mem <MiB>', 'micro guest: MiB of memory the writer fills and dirties (it starts at 2 MiB, so at most --mem minus 2 MiB)'))
     .addOption(new Option('--rate <pages>', 'micro guest: pages dirtied per second (0: flat out)'))
-    .addOption(new Option('--pattern <order>', 'micro guest: order the writer dirties pages in').choices(['seq', 'random']))
+    .addOption(new Option('--pattern <order>', 'micro guest: order the writer dirties pages in, sequential (or seq) or random').argParser(patternArg))
     .addOption(new Option('--seed <n>', 'micro guest: pattern seed'))
     .addOption(new Option('--hb <ticks>', 'micro guest: timer ticks (10 ms) between heartbeats'))
     .addOption(new Option('--beats <n>', 'micro guest: heartbeats before a final verify and done (0: forever)'))
@@ -420,7 +420,8 @@ export function guestCmdline(options: Pick<RunOptions, 'cmdline' | 'workload' | 
     ['workload', '--workload', options.workload],
     ['mem', '--workload-mem', options.workloadMem === undefined ? undefined : String(countOption('--workload-mem', options.workloadMem, 1))],
     ['rate', '--rate', options.rate === undefined ? undefined : String(countOption('--rate', options.rate, 0))],
-    ['pattern', '--pattern', options.pattern],
+    // The guest's own word for sequential is seq.
+    ['pattern', '--pattern', options.pattern === 'sequential' ? 'seq' : options.pattern],
     ['seed', '--seed', options.seed === undefined ? undefined : String(countOption('--seed', options.seed, 0))],
     ['hb', '--hb', options.hb === undefined ? undefined : String(countOption('--hb', options.hb, 1))],
     ['beats', '--beats', options.beats === undefined ? undefined : String(countOption('--beats', options.beats, 0))],

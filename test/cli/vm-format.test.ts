@@ -37,3 +37,21 @@ describe('a migrated guest in the vm commands\' words', () => {
     assert.match(switchoverWords({ mode: 'precopy', round: 4, switchoverReason: 'not-converging', state: 'completed' }), /^stop-and-copy after 4 pre-copy rounds: the guest dirtied/);
   });
 });
+
+describe('--pattern, one set of words for demo and vm run', () => {
+  test('sequential (or seq) and random are taken by both; the guest is told seq', async () => {
+    const { patternArg } = await import('../../src/cli/parse.js');
+    const { guestCmdline } = await import('../../src/cli/vm-commands.js');
+    assert.equal(patternArg('sequential'), 'sequential');
+    assert.equal(patternArg('seq'), 'sequential');
+    assert.equal(patternArg('random'), 'random');
+    assert.throws(() => patternArg('zigzag'), /sequential \(or seq\) or random/);
+    assert.equal(guestCmdline({ workload: 'writer', pattern: patternArg('sequential') }), 'workload=writer pattern=seq');
+    const { runWith } = await import('./helpers.js');
+    const demo = runWith({}, 'demo', '--size', '1M', '--pattern', 'seq', '--json');
+    assert.equal(demo.status, 0, demo.stderr);
+    const vm = runWith({}, 'vm', 'run', '--pattern', 'zigzag');
+    assert.equal(vm.status, 64);
+    assert.match(vm.stderr, /--pattern.*sequential \(or seq\) or random/);
+  });
+});
