@@ -8,6 +8,8 @@ export interface CPrograms {
   toucher: string;
   refHandler: string;
   delayServer: string;
+  /** The wire itself: a C sender and receiver over loopback TCP (bench/c/wire.c). */
+  wire: string;
 }
 
 /** bench/c in the source tree (this file runs from dist/bench/). */
@@ -28,5 +30,5 @@ export function buildCPrograms(outDir: string): CPrograms {
     }
     return out;
   };
-  return { toucher: build('toucher'), refHandler: build('ref-handler'), delayServer: build('delay-server') };
+  return { toucher: build('toucher'), refHandler: build('ref-handler'), delayServer: build('delay-server'), wire: build('wire') };
 }

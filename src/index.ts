@@ -17,3 +17,5 @@ export * from './net/address.js';
 export * from './pages/index.js';
 export * from './pages/remote-source.js';
 export * from './sources/read-errors.js';
+export * from './source-url/open-source-by-url.js';
+export * from './source-url/errors.js';

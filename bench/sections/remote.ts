@@ -5,6 +5,7 @@
 // protocol (bench/c/page-client.h); then demand-fault latency over the network
 // while a bulk stream runs on the same source, with the urgent channel and
 // with everything on one connection (RemoteSource singleConnection).
+import { execFileSync } from 'node:child_process';
 import type { HandlerSpec, ReadsStreamSpec, StreamSpec } from '../handlers/spec.js';
 import { processRunNs } from '../handlers/thread-cpu.js';
 import { connectionsOf, BenchPageServer } from '../page-server.js';
@@ -109,6 +110,7 @@ export const remoteSection: Section = async (baseCtx, options) => {
   const demandOrder = randomOrder(quarter, options.seed).subarray(0, Math.min(options.remoteFaults, quarter));
   const demand = demandDefs(quarter);
   const touched = new Map<PatternName, number>();
+  const wire: WireRun[] = [];
   try {
     const variants: Variant[] = [];
     const load: ToucherSpec = { memory: 'uffd', access: 'load', threads: 1, latency: false };
@@ -128,6 +130,8 @@ export const remoteSection: Section = async (baseCtx, options) => {
       return () => ({ serverCpuMs: (processRunNs(server.pid) - before) / 1e6 });
     };
     results = await runInterleaved(ctx, 'remote', variants, options.rounds, observe);
+    // The wire itself, once per round, in the same run: what every figure above is read against.
+    for (let round = 0; round < options.rounds; round++) wire.push(measureWire(ctx, baseCtx.image.sizeBytes));
   } finally {
     summary = await server.stop().catch((error: Error) => {
       ctx.log(`remote: the page server did not stop cleanly (its per-connection figures are missing): ${error.message}`);
@@ -152,6 +156,10 @@ export const remoteSection: Section = async (baseCtx, options) => {
       // CPU per source read: the serving thread's, and (remote only) the page server's.
       const handlerUs = median(perRound(results, id, (r) => (r.handler.kind === 'none' ? Number.NaN : r.handler.cpu.runNs / 1000 / sourceReads(r))));
       const serverUs = median(perRound(results, id, (r) => ((r.observed?.serverCpuMs ?? Number.NaN) * 1000) / sourceReads(r)));
+      const gib = (touched.get(pattern)! * 4096) / 2 ** 30;
+      const handlerSecondsPerGiB = median(perRound(results, id, (r) => (r.handler.kind === 'none' ? Number.NaN : r.handler.cpu.runNs / 1e9 / gib)));
+      const serverSecondsPerGiB = median(perRound(results, id, (r) => (r.observed?.serverCpuMs ?? Number.NaN) / 1000 / gib));
+      const vsWire = pairedRatio(wire.map((w) => w.ms * (touched.get(pattern)! * 4096) / w.bytes), ms(d.key));
       const isRemote = d.spec.kind !== 'none' && d.spec.source === 'remote';
       const row = {
         table: 'restore',
@@ -166,24 +174,51 @@ export const remoteSection: Section = async (baseCtx, options) => {
         serverCpuUsPerRead: isRemote ? serverUs : undefined,
         speedVsLocalPager: vsLocal,
         speedVsCClient: vsC,
+        speedVsWire: vsWire,
+        handlerCpuSecondsPerGiB: handlerSecondsPerGiB,
+        serverCpuSecondsPerGiB: isRemote ? serverSecondsPerGiB : undefined,
       };
       summaryRows.push(row);
-      rowsA.push([pattern, d.handler, d.source, fmt(row.ms), fmt(row.gbPerSecond, 2), fmtInt(reads), `${fmtInt(handlerUs)} / ${isRemote ? fmtInt(serverUs) : '-'}`, fmtRatio(vsLocal), fmtRatio(vsC)]);
+      rowsA.push([
+        pattern,
+        d.handler,
+        d.source,
+        fmt(row.ms),
+        fmt(row.gbPerSecond, 2),
+        fmtInt(reads),
+        `${fmtInt(handlerUs)} / ${isRemote ? fmtInt(serverUs) : '-'}`,
+        `${fmt(handlerSecondsPerGiB, 2)} / ${isRemote ? fmt(serverSecondsPerGiB, 2) : '-'}`,
+        fmtRatio(vsLocal),
+        fmtRatio(vsC),
+        fmtRatio(vsWire),
+      ]);
       if (pattern === 'sequential' && d.key === 'remote') {
-        targets.push(checkTarget('remote: sequential restore from a page server over loopback TCP (pager, RemoteSource), GB/s', perRoundValues(speed), 'at-least', 1, ' GB/s'));
+        targets.push(checkTarget('remote: sequential restore from a page server over loopback TCP (pager, RemoteSource), GB/s (floor 0.8)', perRoundValues(speed), 'at-least', 1, ' GB/s'));
+        targets.push(checkTarget('remote: sequential restore from a page server / from the local snapshot file (pager; floor 0.6x)', vsLocal, 'at-least', 0.8));
       }
+    }
+    if (pattern === 'sequential' && wire.length > 0) {
+      const wireGbps = wire.map((w) => w.bytes / (w.ms / 1000) / 1e9);
+      const wireMs = median(wire.map((w) => (w.ms * (touched.get(pattern)! * 4096)) / w.bytes));
+      const gib = (touched.get(pattern)! * 4096) / 2 ** 30;
+      const receiverSeconds = median(wire.map((w) => w.receiverCpuMs / 1000 / (w.bytes / 2 ** 30)));
+      const senderSeconds = median(wire.map((w) => w.senderCpuMs / 1000 / (w.bytes / 2 ** 30)));
+      summaryRows.push({ table: 'restore', pattern, variant: 'wire', handler: 'C receiver', source: 'the wire', ms: wireMs, gbPerSecond: median(wireGbps), receiverCpuSecondsPerGiB: receiverSeconds, senderCpuSecondsPerGiB: senderSeconds, gib });
+      rowsA.push([pattern, 'C receiver', 'the wire: one TCP stream over loopback from a C sender, 1 MiB writes (bench/c/wire.c)', fmt(wireMs), fmt(median(wireGbps), 2), '-', '-', `${fmt(receiverSeconds, 2)} / ${fmt(senderSeconds, 2)}`, '-', '-', '1.00x']);
     }
   }
   const tableA: Table = {
     title: `5a. Restore from a page server: ${fmtInt(baseCtx.image.sizeBytes / (1 << 20))} MiB over loopback TCP, read-ahead ${RESTORE_PREFETCH.initialPages}..${RESTORE_PREFETCH.maxPages} pages (median of ${options.rounds} rounds)`,
-    columns: ['pattern', 'handler', 'source', 'time ms', 'GB/s', 'READs', 'CPU us/READ handler / server', 'speed / local pager', 'speed / C client'],
-    numeric: [false, false, false, true, true, true, true, true, true],
+    columns: ['pattern', 'handler', 'source', 'time ms', 'GB/s', 'READs', 'CPU us/READ handler / server', 'CPU s/GiB handler / server', 'speed / local pager', 'speed / C client', 'speed / wire'],
+    numeric: [false, false, false, true, true, true, true, true, true, true, true],
     rows: rowsA,
     notes: [
       'The page server is `userfault pages serve` on the bench image, a process of its own (every page CRC-checked as it reads it, as it serves any client).',
       'GB/s = 10^9 bytes of pages touched per second. READs: source reads (pager) or READ frames (C). speed / X = X time / this time, round by round.',
       "CPU us/READ: run time of the handler's serving thread, and of the page server process (all its threads), per source read.",
       '"local pager" is the restore section\'s pager from the snapshot file; C client: bench/c/page-client.h in the C handler, one READ in flight, every reply CRC-checked.',
+      'CPU s/GiB: CPU seconds (user + sys) per GiB of pages touched, the handler\'s serving thread and the page server (for the wire: receiver / sender).',
+      'the wire: the same bytes over one loopback TCP connection between two C processes, measured once per round after the variants; speed / wire is the wire\'s time for the pattern\'s bytes / this time.',
     ],
   };
 
@@ -262,7 +297,7 @@ export const remoteSection: Section = async (baseCtx, options) => {
       'server peak: the most READs the page server had running at once on that connection (its --max-in-flight is 16).',
     ],
   };
-  targets.push(checkTarget('remote: demand-fault p50 during a bulk stream / on an idle network (pager, RemoteSource, urgent channel)', pairedRatio(p50('stream-urgent'), p50('idle')), 'at-most', 2));
+  targets.push(checkTarget('remote: demand-fault p50 during a bulk stream / on an idle network (pager, RemoteSource, urgent channel; floor 4x)', pairedRatio(p50('stream-urgent'), p50('idle')), 'at-most', 2));
   targets.push(checkTarget('remote: demand-fault p99 during a bulk stream, one connection / urgent + bulk connections', pairedRatio(p99('stream-single'), p99('stream-urgent')), 'at-least', 5));
 
   const runs = toJsonRuns(results);
@@ -281,4 +316,19 @@ function streamShare(stream: { kind: string; doneMs?: number; runMs: number } | 
   if (!stream) return Number.NaN;
   if (stream.kind === 'reads' || stream.doneMs === undefined) return 1;
   return Math.min(1, stream.doneMs / stream.runMs);
+}
+
+interface WireRun {
+  bytes: number;
+  ms: number;
+  senderCpuMs: number;
+  receiverCpuMs: number;
+}
+
+/** One run of bench/c/wire.c: `bytes` over one loopback TCP connection, C to C. */
+function measureWire(ctx: BenchContext, bytes: number): WireRun {
+  const out = execFileSync(ctx.programs.wire, [String(bytes)], { encoding: 'utf8', timeout: ctx.runTimeoutMs });
+  const run = JSON.parse(out.trim()) as WireRun;
+  ctx.log(`remote wire: ${(run.bytes / (run.ms / 1000) / 1e9).toFixed(2)} GB/s`);
+  return run;
 }

@@ -14,8 +14,7 @@ import {
   type HandlerServerSummary,
   type HandshakeRegion,
 } from '../handler/index.js';
-import { RemoteSource } from '../pages/remote-source.js';
-import { isS3Url } from '../s3/s3-url.js';
+import { openSourceByUrl, sourceUrlKind } from '../source-url/open-source-by-url.js';
 import { endpointOption } from './s3-snapshot-commands.js';
 import { errnoName } from '../errno.js';
 import { CannotCreateError, UsageError } from './errors.js';
@@ -84,8 +83,7 @@ export function registerServeCommand(program: Command): void {
       const metricsAt = metricsAddress(options, log);
       // Every client's faults are served from the one source: a file, a page server (both of its connections shared by all clients), or a store.
       const { source, kind } = options.from === undefined ? await openMemoryFile(path!, options.snapshot ? 'snapshot' : 'auto')
-        : isS3Url(options.from) ? { source: await (await import('../s3/s3-source.js')).S3Source.open(options.from, { endpoint: options.endpoint }), kind: 'object-store' as const }
-        : { source: await RemoteSource.connect(options.from), kind: 'page-server' as const };
+        : { kind: sourceUrlKind(options.from), source: await openSourceByUrl(options.from, { endpoint: options.endpoint }) };
       const server = await startHandlerServer({
         socketPath: options.socket,
         source,

@@ -5,6 +5,7 @@ import type { RemoteSourceOptions } from '../pages/remote-source.js';
 import type { S3SourceOptions } from '../s3/s3-source.js';
 import { BufferSource } from '../sources/buffer-source.js';
 import { ZeroSource } from '../sources/zero-source.js';
+import { openSourceByUrl } from '../source-url/open-source-by-url.js';
 
 export type SourceSpec =
   | { kind: 'zero'; sizeBytes: number }
@@ -35,14 +36,10 @@ export async function openSource(spec: SourceSpec): Promise<PageSource> {
       const { RawFileSource } = await import('../sources/raw-file-source.js');
       return RawFileSource.open(spec.path);
     }
-    case 'remote': {
-      const { RemoteSource } = await import('../pages/remote-source.js');
-      return RemoteSource.connect(spec.url, spec.options);
-    }
-    case 's3': {
-      const { S3Source } = await import('../s3/s3-source.js');
-      return S3Source.open(spec.url, spec.options);
-    }
+    case 'remote':
+      return openSourceByUrl(spec.url, { kinds: ['page-server'], remote: spec.options });
+    case 's3':
+      return openSourceByUrl(spec.url, { kinds: ['object-store'], s3: spec.options });
     case 'module': {
       const module = (await import(spec.url)) as Record<string, unknown>;
       const factory = module[spec.exportName ?? 'createSource'];

@@ -287,7 +287,7 @@ export class DestinationMigration<Built extends IncomingMachine = IncomingMachin
       this.urgent = socket;
     }
     socket.watchLiveness(this.options.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_MS);
-    socket.on('message', (message, requestId) => this.onMessage(message, requestId, socket));
+    socket.on('message', (message, requestId, dataCrcs) => this.onMessage(message, requestId, socket, dataCrcs));
     socket.on('end', (error) => this.onEnd(socket, error));
   }
 
@@ -356,7 +356,7 @@ export class DestinationMigration<Built extends IncomingMachine = IncomingMachin
 
   // ---- messages ----------------------------------------------------------------
 
-  private onMessage(message: AnyMessage, requestId: number, from: FramedSocket): void {
+  private onMessage(message: AnyMessage, requestId: number, from: FramedSocket, dataCrcs?: Uint32Array): void {
     // A connection a reconnect replaced says nothing more.
     if (from !== this.main && from !== this.urgent) return;
     this.lastProgressAt = performance.now();
@@ -366,7 +366,7 @@ export class DestinationMigration<Built extends IncomingMachine = IncomingMachin
         return;
       case 'mig-pages':
         this.requireBuilt('PAGES');
-        this.stream.pages(message, this.ram!);
+        this.stream.pages(message, this.ram!, dataCrcs);
         return;
       case 'mig-zero':
         if (this.pageSource) {
@@ -457,9 +457,9 @@ export class DestinationMigration<Built extends IncomingMachine = IncomingMachin
       const present = received.andNot(knownZero);
       this.pageSource = new MigrationPageSource(memory.lengthBytes, PAGE_SIZE, knownZero, digests, main.name);
       this.pageSource.attach(main, this.urgent ?? main);
-      await this.vmm.completeIncoming(state, `migration from ${main.name}`, { source: this.pageSource, presentPages: present });
+      await this.vmm.completeIncoming(state, this.arrivedFrom(main), { source: this.pageSource, presentPages: present });
     } else {
-      await this.vmm.completeIncoming(state, `migration from ${main.name}`);
+      await this.vmm.completeIncoming(state, this.arrivedFrom(main));
     }
     // Cut (and discarded) while loading: nothing more to do.
     if (this.state !== 'loading') return;
@@ -467,6 +467,11 @@ export class DestinationMigration<Built extends IncomingMachine = IncomingMachin
     // From here the source may send GO: a cut no longer discards (the source may be committing); it is waited out.
     this.move('ready');
     await main.send({ type: 'mig-ready', loadMicros: Math.round(this.loadMs * 1000) }, requestId).catch(() => {});
+  }
+
+  /** Where the guest came from, as its restore names it (vm status: "live migration from HOST:PORT, post-copy ..."). */
+  private arrivedFrom(main: FramedSocket): string {
+    return `live migration from ${main.socket.remoteAddress}:${main.socket.remotePort}`;
   }
 
   /**

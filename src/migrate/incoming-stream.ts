@@ -104,12 +104,12 @@ export class IncomingStream<Machine extends { memoryBytes: number } = { memoryBy
     return machine;
   }
 
-  /** PAGES: written into guest RAM only once every rule holds. */
-  pages(message: Extract<MigrationMessage, { type: 'mig-pages' }>, target: GuestRamTarget): void {
+  /** PAGES: written into guest RAM only once every rule holds. `dataCrcs`: each page's CRC32C as the frame's check computed it. */
+  pages(message: Extract<MigrationMessage, { type: 'mig-pages' }>, target: GuestRamTarget, dataCrcs?: Uint32Array): void {
     this.checkRun('PAGES', message.firstPage, message.pageCount, message.round);
     if (message.data.length !== message.pageCount * this.pageSizeBytes) throw new MigrationStreamError('length', `PAGES of ${message.pageCount} pages carries ${message.data.length} bytes`);
     // Each page against the checksum the source computed from the bytes it read, before a byte lands.
-    const bad = this.digests.checkAndRecord(message.firstPage, message.data, message.checksums);
+    const bad = this.digests.checkAndRecord(message.firstPage, message.data, message.checksums, dataCrcs);
     if (bad >= 0) throw new MigrationStreamError('checksum', `page ${bad} arrived with bytes that do not match the CRC32C the source computed for it: altered on the way`);
     target.writePages(message.firstPage, message.data);
     for (let page = message.firstPage; page < message.firstPage + message.pageCount; page++) {

@@ -10,28 +10,45 @@
 //
 // A lost connection is not a failed read: reads stay pending (the vCPUs block
 // on their pages, nothing is poisoned) until the connections come back or the
-// migration is given up.
+// migration is given up. Its READs live in the request table every network
+// source shares (src/sources/network/): their states, the reads waiting, a
+// CANCEL when nobody waits any more, every read failed at close.
 import type { CheckedPagesMessage, ErrorMessage } from '../protocol/index.js';
 import type { MigrationMessage } from './protocol/messages.js';
-import { SourceReadError, abortedReadError, type PageSource, type PushedPages, type ReadOptions } from '../sources/page-source.js';
+import { SourceReadError, readRequestRefusal, type PageSource, type PushedPages, type ReadOptions, type ReadPriority } from '../sources/page-source.js';
+import { SourceAvailability } from '../sources/network/availability.js';
+import { RequestTable, type NetworkRequest } from '../sources/network/request-table.js';
 import type { PageBitmap } from './page-bitmap.js';
 import type { PageDigestTable } from './page-digests.js';
 import type { FramedSocket } from './transport/framed-socket.js';
 import { MigrationPageChecksumError, MigrationReplyError } from './errors.js';
 
-interface PendingRead {
-  offset: number;
-  lengthBytes: number;
-  target: Uint8Array;
+/** One post-copy READ (its key: its request id; reads of a range are not coalesced, the pager asks each page once). */
+interface PostCopyRead extends NetworkRequest<Uint8Array> {
+  readonly requestId: number;
+  readonly offset: number;
+  readonly lengthBytes: number;
+  readonly priority: ReadPriority;
+  /** The connection it was (or is to be) sent on: the urgent one for demand, the main one for background. */
   connection: FramedSocket;
-  resolve: () => void;
-  reject: (error: Error) => void;
 }
 
 export class MigrationPageSource implements PageSource {
   readonly description: string;
-  private readonly pending = new Map<number, PendingRead>();
-  /** Reads aborted after they were sent: the source answers them anyway (every READ gets its reply), and the answer is dropped. */
+  private readonly availability = new SourceAvailability({
+    description: () => this.description,
+    onEnd: () => this.table.failAll((read) => this.availability.readError(read.offset, read.lengthBytes)),
+  });
+  private readonly table = new RequestTable<PostCopyRead, Uint8Array>({
+    // Never sent (its connection was lost first): nothing to tell the source.
+    dequeue: () => undefined,
+    cancel: (read) => {
+      this.cancelled.add(read.requestId);
+      if (!read.connection.isEnded) read.connection.send({ type: 'cancel', readRequestId: read.requestId }).catch(() => {});
+      return true;
+    },
+  });
+  /** Reads cancelled after they were sent: the source answers them anyway (every READ gets its reply), and the answer is dropped. */
   private readonly cancelled = new Set<number>();
   private nextRequestId = 1;
   private readonly listeners = new Set<(pages: PushedPages) => void>();
@@ -57,9 +74,10 @@ export class MigrationPageSource implements PageSource {
   attach(main: FramedSocket, urgent: FramedSocket): void {
     this.main = main;
     this.urgent = urgent;
-    for (const [requestId, read] of this.pending) {
-      read.connection = read.connection === this.urgent ? urgent : main;
-      this.sendRead(requestId, read, read.connection === urgent ? 'demand' : 'background');
+    for (const read of [...this.table.requests()]) {
+      if (read.state === 'sent') this.table.move(read, 'retry');
+      read.connection = read.priority === 'demand' ? urgent : main;
+      this.sendRead(read);
     }
   }
 
@@ -76,20 +94,17 @@ export class MigrationPageSource implements PageSource {
       return;
     }
     if (this.cancelled.delete(requestId)) return;
-    const read = this.pending.get(requestId);
-    if (!read || read.connection !== from) throw new MigrationReplyError(`a ${message.type} for request ${requestId}, which was not asked on this connection`);
+    const read = this.table.get(String(requestId));
+    if (!read || read.state !== 'sent' || read.connection !== from) throw new MigrationReplyError(`a ${message.type} for request ${requestId}, which was not asked on this connection`);
     if (message.type === 'error') {
-      this.pending.delete(requestId);
-      read.reject(new SourceReadError(read.offset, read.lengthBytes, `the migration source refused the read: ${message.code}: ${message.text}`, { failure: 'fatal' }));
+      this.table.fail(read, (waiting) => new SourceReadError(waiting.offset, waiting.lengthBytes, `the migration source refused the read: ${message.code}: ${message.text}`, { failure: 'fatal' }));
       return;
     }
     if (message.offset !== read.offset || message.data.length !== read.lengthBytes) {
       throw new MigrationReplyError(`PAGES for request ${requestId} carries ${message.data.length} bytes at ${message.offset}; ${read.lengthBytes} at ${read.offset} were asked`);
     }
     this.check(read.offset, message.data, message.checksums);
-    this.pending.delete(requestId);
-    read.target.set(message.data);
-    read.resolve();
+    this.table.deliver(read, message.data);
   }
 
   /** Zero pages the source pushes as a marker (MIG_ZERO during post-copy). */
@@ -106,21 +121,19 @@ export class MigrationPageSource implements PageSource {
     if (offset < 0 || lengthBytes <= 0 || offset + lengthBytes > this.sizeBytes || offset % this.pageSizeBytes || lengthBytes % this.pageSizeBytes) {
       return Promise.reject(new SourceReadError(offset, lengthBytes, `outside the ${this.sizeBytes}-byte guest memory`, { failure: 'fatal' }));
     }
+    if (!this.availability.isOpen) return Promise.reject(this.availability.readError(offset, lengthBytes));
+    const refusal = readRequestRefusal(this, offset, lengthBytes, target, options.signal);
+    if (refusal) return Promise.reject(refusal);
     const priority = options.priority ?? 'demand';
-    return new Promise((resolve, reject) => {
+    return this.table.read({ offset, lengthBytes, priority, signal: options.signal, onPart: (_read, data) => target.set(data) }, (pending) => {
       const requestId = this.nextRequestId++;
       const connection = (priority === 'demand' ? this.urgent : this.main)!;
-      const read: PendingRead = { offset, lengthBytes, target, connection, resolve, reject };
-      this.pending.set(requestId, read);
+      const read: PostCopyRead = { key: String(requestId), state: 'queued', waiters: new Set(), requestId, offset, lengthBytes, priority, connection };
+      this.table.add(read);
+      this.table.join(pending, read);
       if (priority === 'demand') this.stats.demandReads++;
       else this.stats.backgroundReads++;
-      options.signal?.addEventListener('abort', () => {
-        if (!this.pending.delete(requestId)) return;
-        this.cancelled.add(requestId);
-        if (!read.connection.isEnded) read.connection.send({ type: 'cancel', readRequestId: requestId }).catch(() => {});
-        reject(abortedReadError());
-      }, { once: true });
-      this.sendRead(requestId, read, priority);
+      this.sendRead(read);
     });
   }
 
@@ -142,19 +155,19 @@ export class MigrationPageSource implements PageSource {
   }
 
   get outstandingReads(): number {
-    return this.pending.size;
+    return this.table.size;
   }
 
-  /** Fail every read still waiting (the migration is given up, or the VM is going away). */
+  /** Fail every read still waiting, and every read after (SourceGoneError): the migration is given up, or the VM is going away. */
   close(): void {
-    for (const read of this.pending.values()) read.reject(new SourceReadError(read.offset, read.lengthBytes, 'the migration ended', { failure: 'fatal' }));
-    this.pending.clear();
+    this.availability.close(new Error('the migration ended'));
   }
 
-  private sendRead(requestId: number, read: PendingRead, priority: 'demand' | 'background'): void {
+  private sendRead(read: PostCopyRead): void {
     // A send on a lost connection is retried by attach() on the next one.
     if (read.connection.isEnded) return;
-    read.connection.send({ type: 'read', offset: read.offset, lengthBytes: read.lengthBytes, priority }, requestId).catch(() => {});
+    this.table.move(read, 'sent');
+    read.connection.send({ type: 'read', offset: read.offset, lengthBytes: read.lengthBytes, priority: read.priority }, read.requestId).catch(() => {});
   }
 
   private deliverPush(offset: number, data: Uint8Array, checksums: Uint32Array): void {

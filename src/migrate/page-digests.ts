@@ -10,7 +10,7 @@
 // costs far less than the copy it guards; SHA-256 runs over the CRC tables,
 // 16 KiB per 4096 pages, not over the memory.
 import { createHash } from 'node:crypto';
-import { crc32c, crc32cPages } from '../snapshot/crc32c.js';
+import { crc32c, crc32cPages } from '../checksum/crc32c.js';
 
 export const DIGEST_BATCH_PAGES = 4096;
 
@@ -37,10 +37,11 @@ export class PageDigestTable {
    * index) whose bytes do not match, or -1 — and then, only then, each one's
    * CRC is recorded as installed.
    */
-  checkAndRecord(firstPage: number, bytes: Uint8Array, checksums: Uint32Array): number {
+  checkAndRecord(firstPage: number, bytes: Uint8Array, checksums: Uint32Array, computed?: Uint32Array): number {
     const pages = bytes.length / this.pageSizeBytes;
     if (checksums.length !== pages) return firstPage;
-    const actual = crc32cPages(bytes, this.pageSizeBytes, this.scratch(pages));
+    // `computed`: the bytes' CRC32Cs, already taken (the frame's check did it, a 4 KiB block a page).
+    const actual = computed?.length === pages && this.pageSizeBytes === 4096 ? computed : crc32cPages(bytes, this.pageSizeBytes, this.scratch(pages));
     for (let i = 0; i < pages; i++) if (actual[i] !== checksums[i]) return firstPage + i;
     this.crcs.set(checksums, firstPage);
     this.recorded.fill(1, firstPage, firstPage + pages);

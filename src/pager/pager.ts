@@ -530,20 +530,29 @@ export class Pager extends EventEmitter<PagerEvents> {
     if (this.scheduler.inFlight > this.metrics.inFlightPeak) this.metrics.inFlightPeak = this.scheduler.inFlight;
     this.metrics.sourceReads++;
     const lengthBytes = fetch.pageCount * PAGE_SIZE;
-    const buffer = this.takeBuffer(lengthBytes);
     fetch.abort = new AbortController();
+    const options = { priority: fetch.demand ? 'demand' as const : 'background' as const, signal: fetch.abort.signal };
     const readStarted = performance.now();
-    const settled = this.source
-      .read(fetch.sourceOffset, lengthBytes, buffer, { priority: fetch.demand ? 'demand' : 'background', signal: fetch.abort.signal })
+    // A source that holds the bytes once received (a network payload) lends them, checked: installed
+    // from where they arrived, not copied into a buffer of the pager's first.
+    let buffer: Uint8Array | undefined;
+    const reading = this.source.readView
+      ? this.source.readView(fetch.sourceOffset, lengthBytes, options).then((view) => {
+        fetch.buffer = view;
+        fetch.borrowed = true;
+      })
+      : this.source.read(fetch.sourceOffset, lengthBytes, (buffer = this.takeBuffer(lengthBytes)), options).then(() => {
+        fetch.buffer = buffer;
+      });
+    const settled = reading
       .then(
         () => {
           this.metrics.recordSourceReadMicros((performance.now() - readStarted) * 1000);
-          fetch.buffer = buffer;
           if (this.statusValue === 'running') this.guarded(() => this.installRead(fetch));
           else this.releaseBuffer(fetch);
         },
         (error: unknown) => {
-          this.releaseBuffer({ ...fetch, buffer });
+          if (buffer) this.releaseBuffer({ ...fetch, buffer, borrowed: false });
           this.guarded(() => this.readFailed(fetch, error));
         },
       )

@@ -12,7 +12,9 @@
 import { connect, type Socket } from 'node:net';
 import {
   DEFAULT_MAX_PAYLOAD_BYTES,
+  CRC_BLOCK_BYTES,
   FrameDecoder,
+  MIN_PAGE_SERVICE_VERSION,
   PAGE_SERVICE_VERSION,
   PRE_HELLO_MAX_PAYLOAD_BYTES,
   ProtocolError,
@@ -20,9 +22,11 @@ import {
   decodeMessage,
   describeType,
   encodeMessageParts,
+  frameChecksumOf,
   type CheckedPagesMessage,
   type ErrorMessage,
   type Frame,
+  type FrameChecksum,
   type HelloMessage,
   type InfoMessage,
   type Message,
@@ -49,8 +53,13 @@ export interface ReadRequest {
 }
 
 export interface ClientConnectionHandlers<R extends ReadRequest> {
-  /** A READ's reply, already checked against the request: CHECKED_PAGES with its offset, length and one checksum per page, or an ERROR. */
-  onReadReply(read: R, reply: CheckedPagesMessage | ErrorMessage): void;
+  /**
+   * A READ's reply, already checked against the request: CHECKED_PAGES with
+   * its offset, length and one checksum per page, or an ERROR. `dataCrcs`: the
+   * CRC32C of each CRC_BLOCK_BYTES block of the reply's data, computed while
+   * its frame was checked (a CRC32C frame; undefined otherwise).
+   */
+  onReadReply(read: R, reply: CheckedPagesMessage | ErrorMessage, dataCrcs?: Uint32Array): void;
   /** Called once, when the connection ends for any reason. */
   onEnd(loss: ConnectionLoss): void;
   /** Bytes arrived (for statistics). */
@@ -74,9 +83,63 @@ export interface OpenOptions {
   maxPayloadBytes?: number;
 }
 
+/** A read smaller than this goes to the scratch chunk and is copied from there, rather than costing a read of its own. */
+const MIN_DIRECT_READ_BYTES = 4096;
+/** The socket's read buffer between payloads: headers, small frames, the start of a large payload. */
+const SCRATCH_BYTES = 32 * 1024;
+/** What the bulk connection reads per turn of the event loop before the urgent one is looked at (SocketReceive.received). */
+const BULK_TURN_BUDGET_BYTES = 512 * 1024;
+
+/**
+ * A connection's receiving end, given to the socket before the connection
+ * exists (net.connect's onread): the kernel reads a large payload straight
+ * into the buffer the decoder allocated for it, so its bytes are not read
+ * into a chunk and copied from there; everything else lands in one reused
+ * scratch chunk (the decoder then copies what it keeps). One copy from the
+ * kernel, none in between. TLS sockets have no onread: no page client uses TLS.
+ */
+class SocketReceive {
+  readonly scratch = Buffer.allocUnsafe(SCRATCH_BYTES);
+  connection: ClientConnection<ReadRequest> | undefined;
+  socket: Socket | undefined;
+  private turnBytes = 0;
+  private yielding = false;
+
+  /** turnBudgetBytes: how much one turn of the event loop may read before the socket yields to the others (Infinity: never). */
+  constructor(private readonly turnBudgetBytes: number) {}
+
+  nextBuffer(): Uint8Array {
+    return this.connection?.readTarget(this.scratch) ?? this.scratch;
+  }
+
+  /**
+   * Returns false to stop reading for the rest of this turn once the
+   * connection read its budget: libuv reads a readable socket up to 32 times
+   * in a row, which on a bulk stream is 8 MiB of frames to check and deliver
+   * (~25 ms here) before the urgent connection's demanded page is even read.
+   * Reading starts again in the same turn's check phase, after every other
+   * socket that was ready has had its go.
+   */
+  received(lengthBytes: number, buffer: Uint8Array): boolean {
+    this.connection?.onRead(lengthBytes, buffer, this.scratch);
+    this.turnBytes += lengthBytes;
+    if (this.turnBytes < this.turnBudgetBytes) return true;
+    this.turnBytes = 0;
+    if (!this.yielding) {
+      this.yielding = true;
+      setImmediate(() => {
+        this.yielding = false;
+        // Socket.read(0) restarts the handle's reading (its _read), which returning false stopped.
+        if (this.socket && !this.socket.destroyed) this.socket.read(0);
+      });
+    }
+    return false;
+  }
+}
+
 export class ClientConnection<R extends ReadRequest> {
   private stateValue: ClientConnectionState = 'opening';
-  private readonly decoder = new FrameDecoder({ maxPayloadBytes: PRE_HELLO_MAX_PAYLOAD_BYTES });
+  private readonly decoder = new FrameDecoder({ maxPayloadBytes: PRE_HELLO_MAX_PAYLOAD_BYTES, transientChunks: true });
   private readonly outstanding = new Map<number, Outstanding<R>>();
   private nextRequestId = 1;
   private helloWaiter: { sent: HelloMessage; resolve: (hello: HelloMessage) => void; reject: (error: Error) => void } | undefined;
@@ -86,12 +149,14 @@ export class ClientConnection<R extends ReadRequest> {
   /** The server's HELLO maxPayloadBytes: no frame sent may be larger. */
   peerMaxPayloadBytes = PRE_HELLO_MAX_PAYLOAD_BYTES;
   bytesReceived = 0;
+  /** CRC32 until the HELLOs chose version 3 or later. */
+  private frameChecksum: FrameChecksum = 'crc32';
   /** The server's INFO, once a GET_INFO on this connection was answered. */
   info: InfoMessage | undefined;
 
-  private constructor(private readonly socket: Socket, private readonly options: OpenOptions, private readonly handlers: ClientConnectionHandlers<R>) {
+  private constructor(private readonly socket: Socket, private readonly receive: SocketReceive, private readonly options: OpenOptions, private readonly handlers: ClientConnectionHandlers<R>) {
     socket.setNoDelay(true);
-    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    receive.connection = this;
     socket.on('error', (error) => this.end({ kind: 'lost', error }));
     socket.on('close', () => this.end({ kind: 'lost', error: new ConnectionLostError('page server', 'closed') }));
   }
@@ -103,7 +168,13 @@ export class ClientConnection<R extends ReadRequest> {
    */
   static open<R extends ReadRequest>(options: OpenOptions, handlers: ClientConnectionHandlers<R>): Promise<ClientConnection<R>> {
     return new Promise((resolve, reject) => {
-      const socket = connect({ host: options.host, port: options.port });
+      const receive = new SocketReceive(options.role === 'page-client-bulk' ? BULK_TURN_BUDGET_BYTES : Infinity);
+      const socket = connect({
+        host: options.host,
+        port: options.port,
+        onread: { buffer: () => receive.nextBuffer(), callback: (bytes, buffer) => receive.received(bytes, buffer) },
+      });
+      receive.socket = socket;
       let connection: ClientConnection<R> | undefined;
       const timer = setTimeout(() => {
         const error = new PeerUnavailableError(options.url, `no answer within ${options.timeoutMs} ms`);
@@ -118,7 +189,7 @@ export class ClientConnection<R extends ReadRequest> {
       socket.once('error', failConnect);
       socket.once('connect', () => {
         socket.off('error', failConnect);
-        connection = new ClientConnection(socket, options, handlers);
+        connection = new ClientConnection(socket, receive, options, handlers);
         connection.hello().then(
           () => {
             clearTimeout(timer);
@@ -223,9 +294,9 @@ export class ClientConnection<R extends ReadRequest> {
   private hello(): Promise<HelloMessage> {
     const sent: HelloMessage = {
       type: 'hello',
-      // Version 2 only: a version-1 server sends pages without their checksums.
+      // Version 2 on: a version-1 server sends pages without their checksums.
       version: PAGE_SERVICE_VERSION,
-      minVersion: PAGE_SERVICE_VERSION,
+      minVersion: MIN_PAGE_SERVICE_VERSION,
       role: this.options.role,
       sessionId: this.options.sessionId,
       maxPayloadBytes: this.options.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD_BYTES,
@@ -249,20 +320,28 @@ export class ClientConnection<R extends ReadRequest> {
 
   private send(message: Message, requestId: number): void {
     if (this.socket.destroyed || this.socket.writableEnded) return;
-    const parts = encodeMessageParts(message, requestId);
+    const parts = encodeMessageParts(message, requestId, { checksum: this.frameChecksum });
     this.socket.cork();
     for (const part of parts) this.socket.write(part);
     this.socket.uncork();
   }
 
-  private onData(chunk: Buffer): void {
+  /** @internal Where the socket's next read goes: the rest of the payload being received, when it is long enough to be worth a read of its own. */
+  readTarget(scratch: Uint8Array): Uint8Array {
+    const window = this.decoder.payloadWindow();
+    return window !== undefined && window.length >= MIN_DIRECT_READ_BYTES ? window : scratch;
+  }
+
+  /** @internal `lengthBytes` arrived in `buffer`: the scratch chunk, or the payload window readTarget() gave. */
+  onRead(lengthBytes: number, buffer: Uint8Array, scratch: Uint8Array): void {
     if (this.ended) return;
     this.lastReceivedAt = performance.now();
-    this.bytesReceived += chunk.length;
-    this.handlers.onReceived?.(chunk.length);
-    const { error } = this.decoder.push(chunk, (frame) => {
+    this.bytesReceived += lengthBytes;
+    this.handlers.onReceived?.(lengthBytes);
+    const onFrame = (frame: Frame): void => {
       if (!this.ended) this.onFrame(frame);
-    });
+    };
+    const { error } = buffer === scratch ? this.decoder.push(buffer.subarray(0, lengthBytes), onFrame) : this.decoder.payloadReceived(lengthBytes, onFrame);
     if (error) this.violation(error);
   }
 
@@ -329,7 +408,7 @@ export class ClientConnection<R extends ReadRequest> {
           return this.violation(new ProtocolError('EPROTO_MISMATCH', `READ ${frame.requestId} was answered with ${message.type}`, context));
         }
         this.outstanding.delete(frame.requestId);
-        if (!outstanding.cancelled) this.handlers.onReadReply(read, message);
+        if (!outstanding.cancelled) this.handlers.onReadReply(read, message, message.type === 'checked-pages' ? dataBlockCrcs(frame, message.data.length) : undefined);
         return;
       }
       default: {
@@ -345,7 +424,7 @@ export class ClientConnection<R extends ReadRequest> {
     if (message.type === 'error') {
       // Most likely a version-1 server: say what this side needs, not just that the versions differ.
       const text = message.code === 'UNSUPPORTED_VERSION'
-        ? `${message.text} (this client speaks page protocol version ${PAGE_SERVICE_VERSION} only, where every page comes with its image's checksum; a page server of an older version sends pages nothing could check)`
+        ? `${message.text} (this client speaks page protocol versions ${MIN_PAGE_SERVICE_VERSION}..${PAGE_SERVICE_VERSION}, where every page comes with its image's checksum; a page server of an older version sends pages nothing could check)`
         : message.text;
       const error = new PeerRefusedError(this.options.url, message.code, text);
       waiter.reject(error);
@@ -364,6 +443,7 @@ export class ClientConnection<R extends ReadRequest> {
     }
     this.peerMaxPayloadBytes = message.maxPayloadBytes;
     this.decoder.maxPayloadBytes = waiter.sent.maxPayloadBytes;
+    this.frameChecksum = frameChecksumOf(message.version);
     this.stateValue = 'ready';
     waiter.resolve(message);
   }
@@ -384,4 +464,11 @@ export class ClientConnection<R extends ReadRequest> {
     for (const o of this.outstanding.values()) if (o.kind === 'call') o.reject(loss.error);
     this.handlers.onEnd(loss);
   }
+}
+
+/** The frame's block CRC32Cs that cover exactly its last `dataBytes` (whole blocks), if the decoder computed them. */
+function dataBlockCrcs(frame: Frame, dataBytes: number): Uint32Array | undefined {
+  const blocks = dataBytes / CRC_BLOCK_BYTES;
+  if (!frame.blockCrcs || !Number.isInteger(blocks) || frame.blockCrcs.length < blocks) return undefined;
+  return frame.blockCrcs.subarray(frame.blockCrcs.length - blocks);
 }

@@ -6,7 +6,7 @@
 // a byte of it reaches guest memory. The frame CRC only covers one hop.
 import { pageChecksumOf, pageChecksumsOf } from '../snapshot/format.js';
 import type { SnapshotFile } from '../snapshot/reader.js';
-import type { PageChecksumName } from '../protocol/index.js';
+import { CRC_BLOCK_BYTES, type PageChecksumName } from '../protocol/index.js';
 
 /** Where a page server gets the checksums of the pages it sends. */
 export interface PageChecksums {
@@ -71,9 +71,16 @@ export interface PageMismatch {
   actual: number;
 }
 
-/** The first page of `data` whose checksum is not the expected one, or undefined when every page matches. */
-export function firstPageMismatch(data: Uint8Array, pageSizeBytes: number, expected: Uint32Array, algorithm: PageChecksumName): PageMismatch | undefined {
-  const actual = pageChecksumsOf(algorithm === 'crc32c' ? 2 : 1, data.subarray(0, expected.length * pageSizeBytes), pageSizeBytes);
+/**
+ * The first page of `data` whose checksum is not the expected one, or
+ * undefined when every page matches. `dataCrcs`: the CRC32C of each
+ * CRC_BLOCK_BYTES block of `data`, already computed (the frame decoder's, as
+ * it checked a CRC32C frame): with 4 KiB pages checked by CRC32C they are the
+ * pages' checksums, and the check reads no byte again.
+ */
+export function firstPageMismatch(data: Uint8Array, pageSizeBytes: number, expected: Uint32Array, algorithm: PageChecksumName, dataCrcs?: Uint32Array): PageMismatch | undefined {
+  const computed = algorithm === 'crc32c' && pageSizeBytes === CRC_BLOCK_BYTES && dataCrcs?.length === expected.length && data.length === expected.length * pageSizeBytes;
+  const actual = computed ? dataCrcs : pageChecksumsOf(algorithm === 'crc32c' ? 2 : 1, data.subarray(0, expected.length * pageSizeBytes), pageSizeBytes);
   for (let index = 0; index < expected.length; index++) {
     if (actual[index] !== expected[index]) return { index, expected: expected[index]!, actual: actual[index]! };
   }

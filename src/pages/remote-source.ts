@@ -7,13 +7,15 @@
 // read-ahead stream (QEMU's postcopy-preempt channel does the same). Each
 // carries many READs at once; the server answers them in any order.
 //
-// A read's life:
+// A READ's life (its states are every network request's: the table in
+// src/sources/network/request-state.ts; the request table there coalesces,
+// counts waiters and delivers):
 //
 //   queued ──sent──▶ sent ──CHECKED_PAGES, every page's checksum right──▶ done (copied to every waiting target)
 //     ▲                │ ├──a page's checksum wrong──▶ queued again (maxCorruptRetries), then failed (PageChecksumError)
 //     │                │ └──ERROR──▶ failed (SOURCE_FAILED fatal, SOURCE_UNAVAILABLE transient) or queued again (BUSY)
 //     └──connection lost (re-sent on the next)
-//   every waiter aborted or past its deadline ─▶ cancelled (CANCEL sent if it was; its answer is still awaited, then dropped)
+//   every waiter aborted or past its deadline ─▶ dropped (CANCEL sent if it was; its answer is still awaited, then dropped)
 //
 // Every page comes with the checksum its image stores for it (a snapshot's
 // page table, CHECKED_PAGES), and is checked against it before a byte of it
@@ -56,9 +58,11 @@ import { ClientConnection, type ConnectionLoss } from './client-connection.js';
 import { ImageChangedError, PeerUnavailableError } from './errors.js';
 import { ZeroMap } from './zero-map.js';
 import { firstPageMismatch } from './page-checksums.js';
-import { SourceGoneError, SourceReadError, abortedReadError, readRequestRefusal, type PageSource, type ReadOptions, type ReadPriority } from '../sources/page-source.js';
+import { SourceReadError, abortedReadError, checkReadRange, readRequestRefusal, type PageSource, type ReadOptions, type ReadPriority } from '../sources/page-source.js';
 import { PageChecksumError, SourceDeadlineError } from '../sources/read-errors.js';
-import { SOURCE_STATES, type SourceState } from '../sources/source-state.js';
+import { SourceAvailability, type Outage } from '../sources/network/availability.js';
+import { RequestTable, type NetworkRequest, type PendingRead } from '../sources/network/request-table.js';
+import type { SourceState } from '../sources/network/source-state.js';
 import { CHANNEL_STATES, type ChannelState } from './channel-state.js';
 import { ConnectionLostError, ConnectionStalledError } from '../net/connection-errors.js';
 
@@ -127,57 +131,23 @@ export interface RemoteSourceStats {
   bulkReadsSent: number;
 }
 
-/** One read of the caller, over one or more fetches (a read longer than the server's maxReadBytes is split). */
-interface ReadOperation {
-  readonly offset: number;
-  readonly lengthBytes: number;
-  readonly target: Uint8Array;
-  readonly signal: AbortSignal | undefined;
-  readonly priority: ReadPriority;
-  readonly startedAt: number;
-  deadlineTimer?: NodeJS.Timeout;
-  remaining: number;
-  settled: boolean;
-  readonly fetches: Set<WireRead>;
-  resolve(): void;
-  reject(error: unknown): void;
-  abortListener?: () => void;
-}
-
-/** One READ on the wire: a page-aligned range, and every operation waiting for it. */
-interface WireRead {
-  readonly key: string;
+/** One READ on the wire: a page-aligned range, and every read waiting for it (its state: the request table's). */
+interface WireRead extends NetworkRequest<Uint8Array> {
   readonly offset: number;
   readonly lengthBytes: number;
   readonly channel: Channel;
   /** What the READ says on the wire (its channel's, unless singleConnection puts both on one). */
   readonly priority: ReadPriority;
-  state: 'queued' | 'sent' | 'done';
   /** The connection and id it was sent with, while 'sent'. */
   connection: ClientConnection<WireRead> | undefined;
   requestId: number;
-  readonly waiters: Set<ReadOperation>;
   /** Replies refused for a page that failed its checksum, and others the server gave (for a deadline error's text). */
   corruptReplies: number;
   busyReplies: number;
   sends: number;
 }
 
-type WireReadState = WireRead['state'];
-
-/** A fetch's legal moves, in one place (the diagram at the top of this file). */
-const WIRE_READ_MOVES: Readonly<Record<WireReadState, readonly WireReadState[]>> = {
-  // Sent on a connection; or dropped before it was (nobody waits, or the source is gone).
-  queued: ['sent', 'queued', 'done'],
-  // Answered or cancelled; or back in the queue (its connection was lost, the server was busy).
-  sent: ['done', 'queued'],
-  done: ['done'],
-};
-
-function moveWireRead(fetch: WireRead, to: WireReadState): void {
-  if (!WIRE_READ_MOVES[fetch.state].includes(to)) throw new Error(`fetch ${fetch.key}: ${fetch.state} -> ${to} is not a legal move`);
-  fetch.state = to;
-}
+type ReadOperation = PendingRead<Uint8Array>;
 
 /**
  * One of the two connections' worth of state: its fetches (queued and sent),
@@ -189,16 +159,23 @@ class Channel {
   private stateValue: ChannelState = 'connecting';
   connection: ClientConnection<WireRead> | undefined;
   readonly queue: WireRead[] = [];
-  readonly byKey = new Map<string, WireRead>();
-  private lostAt: number | undefined;
-  private delayMs: number;
+  /** The server out of reach on this channel: backoff between reconnects, and the reconnect deadline. */
+  private readonly outage: Outage;
   private retryTimer: NodeJS.Timeout | undefined;
-  private deadlineTimer: NodeJS.Timeout | undefined;
   private keepalive: NodeJS.Timeout | undefined;
-  private lastLoss: Error | undefined;
 
   constructor(readonly role: RoleName, private readonly source: RemoteSource) {
-    this.delayMs = source.settings.reconnectInitialDelayMs;
+    const { settings } = source;
+    this.outage = source.availability.outage({
+      deadlineMs: settings.reconnectDeadlineMs,
+      initialDelayMs: settings.reconnectInitialDelayMs,
+      maxDelayMs: settings.reconnectMaxDelayMs,
+      expired: (waitedMs, last) => new PeerUnavailableError(
+        source.url,
+        `the ${this.name} connection was lost and the server did not come back within ${Math.round(waitedMs)} ms` + (last ? ` (last: ${last.message})` : ''),
+        { cause: last },
+      ),
+    });
   }
 
   get name(): string {
@@ -220,7 +197,7 @@ class Channel {
         maxPayloadBytes: this.source.settings.maxPayloadBytes,
       },
       {
-        onReadReply: (fetch, reply) => this.source.onReadReply(fetch, reply),
+        onReadReply: (fetch, reply, dataCrcs) => this.source.onReadReply(fetch, reply, dataCrcs),
         onEnd: (loss) => {
           if (connection) this.onEnd(connection, loss);
         },
@@ -246,11 +223,7 @@ class Channel {
   /** Called when the first connection and its INFO are accepted, or a reconnect's INFO matched. */
   connected(): void {
     this.stateValue = CHANNEL_STATES.next(this.stateValue, 'connected');
-    this.lostAt = undefined;
-    this.lastLoss = undefined;
-    this.delayMs = this.source.settings.reconnectInitialDelayMs;
-    clearTimeout(this.deadlineTimer);
-    this.deadlineTimer = undefined;
+    this.outage.restored();
     this.flush();
   }
 
@@ -260,7 +233,7 @@ class Channel {
     if (connection === undefined || connection.state !== 'ready') return;
     while (this.queue.length > 0 && connection.outstandingCount < this.source.settings.maxInFlightPerConnection) {
       const fetch = this.queue.shift()!;
-      moveWireRead(fetch, 'sent');
+      this.source.table.move(fetch, 'sent');
       fetch.connection = connection;
       fetch.requestId = connection.sendRead(fetch, { type: 'read', offset: fetch.offset, lengthBytes: fetch.lengthBytes, priority: fetch.priority });
       fetch.sends++;
@@ -270,32 +243,27 @@ class Channel {
 
   enqueue(fetch: WireRead): void {
     this.queue.push(fetch);
-    this.byKey.set(fetch.key, fetch);
     this.flush();
   }
 
-  /** Forget a fetch nobody waits for: dequeue it, or cancel it on the wire. */
-  drop(fetch: WireRead): void {
-    if (this.byKey.get(fetch.key) === fetch) this.byKey.delete(fetch.key);
-    if (fetch.state === 'queued') {
-      const at = this.queue.indexOf(fetch);
-      if (at !== -1) this.queue.splice(at, 1);
-    } else if (fetch.state === 'sent' && fetch.connection) {
+  /** A queued fetch nobody waits for leaves the queue (it may be out of it, waiting out a BUSY's pause). */
+  dequeue(fetch: WireRead): void {
+    const at = this.queue.indexOf(fetch);
+    if (at !== -1) this.queue.splice(at, 1);
+  }
+
+  /** A sent fetch nobody waits for: CANCEL on the wire (its answer is still awaited there, then dropped). */
+  cancel(fetch: WireRead): boolean {
+    if (fetch.connection) {
       fetch.connection.cancelRead(fetch.requestId);
       this.source.stats.cancelsSent++;
     }
-    moveWireRead(fetch, 'done');
+    return true;
   }
 
-  finished(fetch: WireRead): void {
-    moveWireRead(fetch, 'done');
-    if (this.byKey.get(fetch.key) === fetch) this.byKey.delete(fetch.key);
-    this.flush();
-  }
-
-  /** Put a fetch back at the front of the queue (a server BUSY, an unasked CANCELLED). */
+  /** Put a sent fetch back at the front of the queue (a server BUSY after its pause, an unasked CANCELLED, a corrupt reply). */
   requeue(fetch: WireRead): void {
-    moveWireRead(fetch, 'queued');
+    if (fetch.state === 'sent') this.source.table.move(fetch, 'retry');
     fetch.connection = undefined;
     this.queue.unshift(fetch);
     this.flush();
@@ -304,7 +272,8 @@ class Channel {
   close(): void {
     this.stateValue = CHANNEL_STATES.next(this.stateValue, 'close');
     clearTimeout(this.retryTimer);
-    clearTimeout(this.deadlineTimer);
+    this.outage.stop();
+    this.queue.length = 0;
     clearInterval(this.keepalive);
     const connection = this.connection;
     this.connection = undefined;
@@ -320,24 +289,20 @@ class Channel {
     // Every READ the server had not answered goes back to the front of the queue, in the order it was sent.
     const unanswered = connection.unansweredReads().filter((fetch) => fetch.state === 'sent' && fetch.connection === connection);
     for (const fetch of unanswered) {
-      moveWireRead(fetch, 'queued');
+      this.source.table.move(fetch, 'retry');
       fetch.connection = undefined;
     }
     this.queue.unshift(...unanswered);
-    this.lastLoss = loss.error;
     if (loss.kind === 'violation') {
       this.source.stats.protocolViolations++;
       if (this.source.noteViolation(loss.error)) return;
     }
-    this.lostAt ??= performance.now();
-    this.deadlineTimer ??= setTimeout(() => this.deadlinePassed(), this.source.settings.reconnectDeadlineMs);
-    this.scheduleReconnect();
+    if (this.outage.lost(loss.error)) this.scheduleReconnect();
   }
 
   private scheduleReconnect(): void {
     clearTimeout(this.retryTimer);
-    this.retryTimer = setTimeout(() => void this.reconnect(), this.delayMs);
-    this.delayMs = Math.min(this.delayMs * 2, this.source.settings.reconnectMaxDelayMs);
+    this.retryTimer = setTimeout(() => void this.reconnect(), this.outage.nextDelayMs());
   }
 
   private async reconnect(): Promise<void> {
@@ -347,9 +312,8 @@ class Channel {
       info = await this.connect();
     } catch (error) {
       if (this.source.state !== 'open') return;
-      this.lastLoss = error as Error;
       if (error instanceof ProtocolError && this.source.noteViolation(error)) return;
-      this.scheduleReconnect();
+      if (this.outage.lost(error as Error)) this.scheduleReconnect();
       return;
     }
     if (this.source.state !== 'open') {
@@ -368,20 +332,9 @@ class Channel {
 
   /** How the channel is doing, for a deadline error's text. */
   describe(): string {
-    const state = this.connection?.state === 'ready' ? 'connected' : `reconnecting${this.lastLoss ? ` (last: ${this.lastLoss.message})` : ''}`;
+    const last = this.outage.lastError;
+    const state = this.connection?.state === 'ready' ? 'connected' : `reconnecting${last ? ` (last: ${last.message})` : ''}`;
     return `its ${this.name} connection is ${state}`;
-  }
-
-  private deadlinePassed(): void {
-    this.deadlineTimer = undefined;
-    if (this.connection || this.source.state !== 'open') return;
-    const waited = Math.round(performance.now() - (this.lostAt ?? performance.now()));
-    this.source.goneFor(new PeerUnavailableError(
-      this.source.url,
-      `the ${this.name} connection was lost and the server did not come back within ${waited} ms` +
-        (this.lastLoss ? ` (last: ${this.lastLoss.message})` : ''),
-      { cause: this.lastLoss },
-    ));
   }
 
   /**
@@ -419,11 +372,13 @@ export class RemoteSource implements PageSource {
   metadata: Uint8Array = new Uint8Array(0);
   info!: InfoMessage;
   zeroMap: ZeroMap | undefined;
-  private stateValue: SourceState = 'open';
+  /** @internal Open, gone or closed; each channel's outage gives it up past the reconnect deadline. */
+  readonly availability = new SourceAvailability({ description: () => this.description, onEnd: () => this.ended() });
+  /** @internal Every READ live, by channel and range: a read of a range already asked joins it. */
+  readonly table = new RequestTable<WireRead, Uint8Array>({ dequeue: (fetch) => fetch.channel.dequeue(fetch), cancel: (fetch) => fetch.channel.cancel(fetch) });
   private readonly urgent: Channel;
   private readonly bulk: Channel;
   private violationsInARow = 0;
-  private goneError: Error | undefined;
   private chunkBytes = 0;
 
   private constructor(readonly url: string, options: RemoteSourceOptions) {
@@ -477,34 +432,64 @@ export class RemoteSource implements PageSource {
   }
 
   get state(): SourceState {
-    return this.stateValue;
+    return this.availability.state;
   }
 
   read(offset: number, lengthBytes: number, target: Uint8Array, options: ReadOptions = {}): Promise<void> {
-    if (this.stateValue !== 'open') return Promise.reject(this.goneReadError(offset, lengthBytes));
+    if (!this.availability.isOpen) return Promise.reject(this.availability.readError(offset, lengthBytes));
     const { signal } = options;
     const refusal = readRequestRefusal(this, offset, lengthBytes, target, signal);
     if (refusal) return Promise.reject(refusal);
     if (lengthBytes === 0) return Promise.resolve();
+    const operation = { offset, lengthBytes, target };
+    return this.readParts(offset, lengthBytes, options, (fetch, data) => this.deliver(operation, fetch, data));
+  }
+
+  /** A read of [offset, +lengthBytes) through the request table: `onPart` gets each READ's checked bytes as they come. */
+  private readParts(offset: number, lengthBytes: number, options: ReadOptions, onPart: (fetch: WireRead, data: Uint8Array) => void): Promise<void> {
+    if (!this.availability.isOpen) return Promise.reject(this.availability.readError(offset, lengthBytes));
+    const { signal } = options;
+    if (signal?.aborted) return Promise.reject(abortedReadError());
     const priority: ReadPriority = options.priority ?? 'demand';
-    return new Promise<void>((resolve, reject) => {
-      const operation: ReadOperation = { offset, lengthBytes, target, signal, priority, startedAt: performance.now(), remaining: 0, settled: false, fetches: new Set(), resolve, reject };
+    return this.table.read({
+      offset,
+      lengthBytes,
+      priority,
+      signal,
+      deadlineMs: this.settings.readDeadlineMs,
+      onDeadline: (read) => this.deadlinePassed(read),
+      onPart: (fetch, data) => onPart(fetch as WireRead, data),
+    }, (read) => {
       // Whole pages on the wire: an unaligned read is served from the pages around it.
       const page = this.info.pageSizeBytes;
       const first = Math.floor(offset / page) * page;
       const end = Math.ceil((offset + lengthBytes) / page) * page;
-      for (let at = first; at < end; at += this.chunkBytes) {
-        const fetch = this.fetchFor(at, Math.min(this.chunkBytes, end - at), priority);
-        fetch.waiters.add(operation);
-        operation.fetches.add(fetch);
-        operation.remaining++;
-      }
-      if (signal) {
-        operation.abortListener = () => this.abort(operation);
-        signal.addEventListener('abort', operation.abortListener, { once: true });
-      }
-      operation.deadlineTimer = setTimeout(() => this.deadlinePassed(operation), this.settings.readDeadlineMs);
+      for (let at = first; at < end; at += this.chunkBytes) this.table.join(read, this.fetchFor(at, Math.min(this.chunkBytes, end - at), priority));
     });
+  }
+
+  /**
+   * read() without the copy: a range that one READ covers resolves with a
+   * view of that READ's reply (its payload buffer, allocated for that frame
+   * alone and never reused), each page checked against its image's checksum
+   * like any reply; a longer or unaligned range is read into a buffer of its own.
+   */
+  readView(offset: number, lengthBytes: number, options: ReadOptions = {}): Promise<Uint8Array> {
+    try {
+      checkReadRange(this, offset, lengthBytes);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    const page = this.info.pageSizeBytes;
+    // One READ covers it (read() splits a range into READs of chunkBytes from its first page on).
+    if (lengthBytes === 0 || offset % page !== 0 || lengthBytes % page !== 0 || lengthBytes > this.chunkBytes) {
+      const target = new Uint8Array(lengthBytes);
+      return this.read(offset, lengthBytes, target, options).then(() => target);
+    }
+    let view: Uint8Array | undefined;
+    return this.readParts(offset, lengthBytes, options, (fetch, data) => {
+      view = data.subarray(offset - fetch.offset, offset - fetch.offset + lengthBytes);
+    }).then(() => view!);
   }
 
   isZero(offset: number, lengthBytes: number): boolean {
@@ -513,29 +498,22 @@ export class RemoteSource implements PageSource {
 
   /** End both connections; every read still waiting rejects with SourceGoneError. */
   async close(): Promise<void> {
-    if (this.stateValue === 'closed') return;
-    const wasOpen = this.stateValue === 'open';
-    this.stateValue = SOURCE_STATES.next(this.stateValue, 'close');
-    if (wasOpen) this.goneError ??= new ConnectionLostError('page server', 'closed: the source was closed');
-    this.failAll();
-    this.urgent.close();
-    this.bulk.close();
+    this.availability.close(new ConnectionLostError('page server', 'closed: the source was closed'));
   }
 
   // Called by the channels.
 
   /** @internal */
-  onReadReply(fetch: WireRead, reply: CheckedPagesMessage | ErrorMessage): void {
+  onReadReply(fetch: WireRead, reply: CheckedPagesMessage | ErrorMessage, dataCrcs?: Uint32Array): void {
     if (fetch.state !== 'sent') return;
     if (reply.type !== 'error') {
       this.violationsInARow = 0;
       // Every page against the checksum its image stores, before a byte of any is copied.
       const page = this.info.pageSizeBytes;
-      const bad = firstPageMismatch(reply.data, page, reply.checksums, this.info.pageChecksum);
+      const bad = firstPageMismatch(reply.data, page, reply.checksums, this.info.pageChecksum, dataCrcs);
       if (bad) return this.corruptReply(fetch, fetch.offset + bad.index * page, bad.expected, bad.actual);
-      fetch.channel.finished(fetch);
-      for (const operation of fetch.waiters) this.deliver(operation, fetch, reply.data);
-      fetch.waiters.clear();
+      this.table.deliver(fetch, reply.data);
+      fetch.channel.flush();
       return;
     }
     switch (reply.code) {
@@ -545,19 +523,18 @@ export class RemoteSource implements PageSource {
         // Not asked for, or not now: try again (after a pause when the server is busy).
         if (reply.code === 'BUSY') {
           fetch.busyReplies++;
-          moveWireRead(fetch, 'queued');
-          setTimeout(() => (fetch.waiters.size > 0 && this.stateValue === 'open' ? fetch.channel.requeue(fetch) : undefined), 20);
+          this.table.move(fetch, 'retry');
+          fetch.connection = undefined;
+          // Dropped meanwhile (nobody waits) or failed (the source gone): not queued any more.
+          setTimeout(() => (fetch.state === 'queued' ? fetch.channel.requeue(fetch) : undefined), 20);
         } else {
           fetch.channel.requeue(fetch);
         }
         return;
       default: {
         const failure = reply.code === 'SOURCE_UNAVAILABLE' ? 'transient' : 'fatal';
-        fetch.channel.finished(fetch);
-        for (const operation of [...fetch.waiters]) {
-          this.fail(operation, new SourceReadError(operation.offset, operation.lengthBytes, `${this.description}: ${reply.code}: ${reply.text}`, { failure }));
-        }
-        fetch.waiters.clear();
+        this.table.fail(fetch, (operation) => new SourceReadError(operation.offset, operation.lengthBytes, `${this.description}: ${reply.code}: ${reply.text}`, { failure }));
+        fetch.channel.flush();
       }
     }
   }
@@ -573,32 +550,21 @@ export class RemoteSource implements PageSource {
       fetch.channel.requeue(fetch);
       return;
     }
-    fetch.channel.finished(fetch);
-    for (const operation of [...fetch.waiters]) {
-      this.fail(operation, new PageChecksumError(operation.offset, operation.lengthBytes, pageOffset, this.info.pageChecksum, expected, actual, this.description));
-    }
-    fetch.waiters.clear();
+    this.table.fail(fetch, (operation) => new PageChecksumError(operation.offset, operation.lengthBytes, pageOffset, this.info.pageChecksum, expected, actual, this.description));
+    fetch.channel.flush();
   }
 
-  /** A read's deadline passed: it fails, whatever state its fetches are in (they are dropped or cancelled if nobody else waits). */
-  private deadlinePassed(operation: ReadOperation): void {
-    operation.deadlineTimer = undefined;
-    if (operation.settled) return;
-    // A timer may fire a fraction of a millisecond before performance.now() says the time is up: wait the rest.
-    const leftMs = this.settings.readDeadlineMs - (performance.now() - operation.startedAt);
-    if (leftMs > 0) {
-      operation.deadlineTimer = setTimeout(() => this.deadlinePassed(operation), Math.ceil(leftMs));
-      return;
-    }
+  /** A read's deadline passed: it fails (with this), whatever state its fetches are in (they are dropped or cancelled if nobody else waits). */
+  private deadlinePassed(operation: ReadOperation): SourceDeadlineError {
     this.stats.deadlinesPassed++;
     // The first page still missing; what its fetch went through, for the message.
     let first: WireRead | undefined;
-    for (const fetch of operation.fetches) if (first === undefined || fetch.offset < first.offset) first = fetch;
+    for (const fetch of operation.requests as Set<WireRead>) if (first === undefined || fetch.offset < first.offset) first = fetch;
     const pageOffset = Math.max(operation.offset, first?.offset ?? operation.offset);
     const what = first === undefined
       ? `${this.description}`
       : `${this.description}: its READ was sent ${first.sends} time(s), answered BUSY ${first.busyReplies} time(s), refused ${first.corruptReplies} time(s) for a bad checksum; ${first.channel.describe()}`;
-    this.fail(operation, new SourceDeadlineError(
+    return new SourceDeadlineError(
       operation.offset,
       operation.lengthBytes,
       pageOffset,
@@ -607,7 +573,7 @@ export class RemoteSource implements PageSource {
       what,
       // A thread waits on a demand read: its pages are given up (poisoned). A background read may be asked again.
       { failure: operation.priority === 'demand' ? 'fatal' : 'transient' },
-    ));
+    );
   }
 
   /** @internal Count a connection lost to a violation; true when that was one too many and the source is now gone. */
@@ -636,12 +602,7 @@ export class RemoteSource implements PageSource {
 
   /** @internal */
   goneFor(error: Error): void {
-    if (this.stateValue !== 'open') return;
-    this.stateValue = SOURCE_STATES.next(this.stateValue, 'gave-up');
-    this.goneError = error;
-    this.failAll();
-    this.urgent.close();
-    this.bulk.close();
+    this.availability.giveUp(error);
   }
 
   /** @internal */
@@ -705,75 +666,32 @@ export class RemoteSource implements PageSource {
 
   /** The fetch of [offset, +length) a read of `priority` joins, or a new one. */
   private fetchFor(offset: number, lengthBytes: number, priority: ReadPriority): WireRead {
-    const key = `${offset}+${lengthBytes}`;
+    const range = `${offset}+${lengthBytes}`;
     // A demand read joins only a fetch on the urgent channel: one queued behind bulk data would wait for it.
-    const existing = this.urgent.byKey.get(key) ?? (priority === 'background' ? this.bulk.byKey.get(key) : undefined);
+    const existing = this.table.get(`${this.urgent.name}:${range}`) ?? (priority === 'background' ? this.table.get(`${this.bulk.name}:${range}`) : undefined);
     if (existing) {
       this.stats.coalesced++;
       return existing;
     }
     const channel = priority === 'demand' ? this.urgent : this.bulk;
-    const fetch: WireRead = { key, offset, lengthBytes, channel, priority, state: 'queued', connection: undefined, requestId: 0, waiters: new Set(), corruptReplies: 0, busyReplies: 0, sends: 0 };
+    const fetch: WireRead = { key: `${channel.name}:${range}`, offset, lengthBytes, channel, priority, state: 'queued', connection: undefined, requestId: 0, waiters: new Set(), corruptReplies: 0, busyReplies: 0, sends: 0 };
+    this.table.add(fetch);
     channel.enqueue(fetch);
     return fetch;
   }
 
   /** Copy a fetch's checked bytes into the part of the operation's target they cover. */
-  private deliver(operation: ReadOperation, fetch: WireRead, data: Uint8Array): void {
-    if (operation.settled) return;
+  private deliver(operation: { readonly offset: number; readonly lengthBytes: number; readonly target: Uint8Array }, fetch: WireRead, data: Uint8Array): void {
     const start = Math.max(fetch.offset, operation.offset);
     const end = Math.min(fetch.offset + fetch.lengthBytes, operation.offset + operation.lengthBytes);
     operation.target.set(data.subarray(start - fetch.offset, end - fetch.offset), start - operation.offset);
-    operation.fetches.delete(fetch);
-    if (--operation.remaining === 0) this.settle(operation, undefined);
   }
 
-  private abort(operation: ReadOperation): void {
-    if (operation.settled) return;
-    this.settle(operation, abortedReadError());
-  }
-
-  private fail(operation: ReadOperation, error: Error): void {
-    if (operation.settled) return;
-    this.settle(operation, error);
-  }
-
-  /** Resolve or reject an operation, and let go of the fetches it no longer waits for (cancelling those nobody else does). */
-  private settle(operation: ReadOperation, error: Error | undefined): void {
-    operation.settled = true;
-    clearTimeout(operation.deadlineTimer);
-    if (operation.abortListener) operation.signal?.removeEventListener('abort', operation.abortListener);
-    for (const fetch of operation.fetches) {
-      fetch.waiters.delete(operation);
-      if (fetch.waiters.size === 0 && fetch.state !== 'done') fetch.channel.drop(fetch);
-    }
-    operation.fetches.clear();
-    if (error) operation.reject(error);
-    else operation.resolve();
-  }
-
-  private failAll(): void {
-    const operations = new Set<ReadOperation>();
-    for (const channel of new Set([this.urgent, this.bulk])) {
-      for (const fetch of [...channel.byKey.values(), ...channel.queue]) for (const operation of fetch.waiters) operations.add(operation);
-      const sent = channel.connection?.unansweredReads() ?? [];
-      for (const fetch of sent) for (const operation of fetch.waiters) operations.add(operation);
-      for (const fetch of new Set([...channel.byKey.values(), ...channel.queue, ...sent])) moveWireRead(fetch, 'done');
-      channel.queue.length = 0;
-      channel.byKey.clear();
-    }
-    for (const operation of operations) {
-      if (operation.settled) continue;
-      operation.settled = true;
-      clearTimeout(operation.deadlineTimer);
-      if (operation.abortListener) operation.signal?.removeEventListener('abort', operation.abortListener);
-      operation.reject(this.goneReadError(operation.offset, operation.lengthBytes));
-    }
-  }
-
-  private goneReadError(offset: number, length: number): SourceGoneError {
-    const reason = this.goneError?.message ?? 'the source is gone';
-    return new SourceGoneError(offset, length, `${this.description}: ${reason}`, { cause: this.goneError });
+  /** The source gave up or closed: every read still waiting fails (SourceGoneError), and both connections end. */
+  private ended(): void {
+    this.table.failAll((operation) => this.availability.readError(operation.offset, operation.lengthBytes));
+    this.urgent.close();
+    this.bulk.close();
   }
 }
 

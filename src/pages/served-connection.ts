@@ -39,7 +39,9 @@ import { EventEmitter } from 'node:events';
 import type { Socket } from 'node:net';
 import {
   CHECKED_PAGES_HEADER_BYTES,
+  CRC_BLOCK_BYTES,
   FrameDecoder,
+  MIN_PAGE_SERVICE_VERSION,
   PAGE_CHECKSUM_BYTES,
   PAGE_SERVICE_VERSION,
   PRE_HELLO_MAX_PAYLOAD_BYTES,
@@ -50,8 +52,10 @@ import {
   FRAME_HEADER_BYTES,
   acceptHello,
   decodeMessage,
+  frameChecksumOf,
   encodeMessageParts,
   type Frame,
+  type FrameChecksum,
   type HelloMessage,
   type InfoMessage,
   type Message,
@@ -171,6 +175,8 @@ export interface ServedConnectionEvents {
 /** How long a closing connection may take to flush its last frames before it is destroyed. */
 const CLOSE_FLUSH_MS = 2000;
 
+const EMPTY = new Uint8Array(0);
+
 export class ServedConnection extends EventEmitter<ServedConnectionEvents> {
   private stateValue: ServedConnectionState = 'awaiting-hello';
   private readonly decoder = new FrameDecoder({ maxPayloadBytes: PRE_HELLO_MAX_PAYLOAD_BYTES });
@@ -180,6 +186,8 @@ export class ServedConnection extends EventEmitter<ServedConnectionEvents> {
   private readonly running = new Map<number, RunningRead>();
   private writeBlocked = false;
   private peerMaxPayloadBytes = PRE_HELLO_MAX_PAYLOAD_BYTES;
+  /** CRC32 until the HELLOs chose version 3 or later. */
+  private frameChecksum: FrameChecksum = 'crc32';
   private readonly startedAt = performance.now();
   private endedAt: number | undefined;
   private helloTimer: NodeJS.Timeout | undefined;
@@ -427,8 +435,8 @@ export class ServedConnection extends EventEmitter<ServedConnectionEvents> {
   private onHello(hello: HelloMessage): void {
     let version: number;
     try {
-      // Version 2 only: a version-1 client would take pages without their checksums.
-      version = acceptHello(hello, { roles: PAGE_CLIENT_ROLES, minVersion: PAGE_SERVICE_VERSION, maxVersion: PAGE_SERVICE_VERSION });
+      // Version 2 on: a version-1 client would take pages without their checksums.
+      version = acceptHello(hello, { roles: PAGE_CLIENT_ROLES, minVersion: MIN_PAGE_SERVICE_VERSION, maxVersion: PAGE_SERVICE_VERSION });
     } catch (error) {
       if (!(error instanceof ProtocolError)) throw error;
       this.role = hello.role;
@@ -452,6 +460,8 @@ export class ServedConnection extends EventEmitter<ServedConnectionEvents> {
       maxPayloadBytes: this.service.receiveMaxPayloadBytes,
       features: 0,
     }, 0);
+    // After the answer: a HELLO always carries CRC32, so a peer of any version can read it.
+    this.frameChecksum = frameChecksumOf(version);
     this.emit('hello');
   }
 
@@ -593,16 +603,25 @@ export class ServedConnection extends EventEmitter<ServedConnectionEvents> {
     };
     this.running.set(requestId, running);
     this.stats.peakInFlight = Math.max(this.stats.peakInFlight, this.running.size);
-    // Every byte is written by the source before the reply is sent, so the buffer need not be zeroed.
-    const target = Buffer.allocUnsafeSlow(read.lengthBytes);
+    let target: Uint8Array = EMPTY;
     let reading: Promise<void>;
     const readStarted = performance.now();
     try {
-      // A demand READ is a guest waiting: served here and now when the source can (a page-cache hit),
-      // not queued behind a bulk stream's reads in libuv's four-thread pool.
-      reading = read.priority === 'demand' && source.readSync?.(read.offset, read.lengthBytes, target)
-        ? Promise.resolve()
-        : source.read(read.offset, read.lengthBytes, target, { priority: read.priority, signal: running.controller.signal });
+      // Pages wholly in the page cache are sent from there (checked by the source on the way): no read
+      // into a buffer, no buffer. The view lives as long as the source, which outlives every connection.
+      const mapped = source.mappedPages?.(read.offset, read.lengthBytes);
+      if (mapped) {
+        target = mapped;
+        reading = Promise.resolve();
+      } else {
+        // Every byte is written by the source before the reply is sent, so the buffer need not be zeroed.
+        target = Buffer.allocUnsafeSlow(read.lengthBytes);
+        // A demand READ is a guest waiting: served here and now when the source can (a page-cache hit),
+        // not queued behind a bulk stream's reads in libuv's four-thread pool.
+        reading = read.priority === 'demand' && source.readSync?.(read.offset, read.lengthBytes, target)
+          ? Promise.resolve()
+          : source.read(read.offset, read.lengthBytes, target, { priority: read.priority, signal: running.controller.signal });
+      }
     } catch (error) {
       reading = Promise.reject(error);
     }
@@ -614,7 +633,9 @@ export class ServedConnection extends EventEmitter<ServedConnectionEvents> {
         unreserve();
         this.stats.bytesServed += read.lengthBytes;
         const checksums = this.service.pageChecksums.of(read.offset, target, info.pageSizeBytes);
-        this.send({ type: 'checked-pages', offset: read.offset, checksums, data: target }, requestId);
+        // The image's checksums are the bytes' own: the source checked each stored page against them as it read it.
+        const pageCrcs = this.service.pageChecksums.algorithm === 'crc32c' && info.pageSizeBytes === CRC_BLOCK_BYTES ? checksums : undefined;
+        this.send({ type: 'checked-pages', offset: read.offset, checksums, data: target }, requestId, pageCrcs);
       }),
       (error: unknown) => this.guard(() => {
         if (running.answered || this.stateValue !== 'serving') return;
@@ -684,9 +705,15 @@ export class ServedConnection extends EventEmitter<ServedConnectionEvents> {
     this.send({ type: 'error', code, text: boundedText(text, MAX_ERROR_TEXT_BYTES) }, requestId);
   }
 
-  private send(message: Message, requestId: number): void {
+  /**
+   * `pageCrcs`: the CRC32Cs of the pages that end the message (a
+   * CHECKED_PAGES' own, when its image's checksum is CRC32C and its pages are
+   * CRC_BLOCK_BYTES): a CRC32C frame's checksum is derived from them, and the
+   * pages are never read to checksum the frame.
+   */
+  private send(message: Message, requestId: number, pageCrcs?: Uint32Array): void {
     if (this.socket.destroyed || this.socket.writableEnded) return;
-    const parts = encodeMessageParts(message, requestId);
+    const parts = encodeMessageParts(message, requestId, { checksum: this.frameChecksum, lastPartCrcs: pageCrcs });
     const frameBytes = parts.reduce((sum, part) => sum + part.length, 0);
     // Held until the kernel takes it; a reply asked for had its room taken before it started (pump).
     this.service.budget.charge(this.holder, frameBytes);

@@ -1,8 +1,9 @@
 // Frames in and out of a byte stream (the layout is drawn in wire.ts). Pure:
 // the caller reads the socket and pushes what it got.
 import { crc32 } from 'node:zlib';
+import { crc32c, crc32cExtend, crc32cPages } from '../checksum/crc32c.js';
 import { ProtocolError } from './errors.js';
-import { FRAME_HEADER_BYTES, FrameField, KNOWN_FLAGS, MUST_UNDERSTAND_FLAGS_MASK, describeType } from './wire.js';
+import { CRC_BLOCK_BYTES, FRAME_HEADER_BYTES, FrameField, FrameFlag, KNOWN_FLAGS, MUST_UNDERSTAND_FLAGS_MASK, describeType, type FrameChecksum } from './wire.js';
 
 /** One frame, its CRC checked. `payload` stays valid: the decoder never reuses a buffer it handed out. */
 export interface Frame {
@@ -10,6 +11,13 @@ export interface Frame {
   readonly flags: number;
   readonly requestId: number;
   readonly payload: Uint8Array;
+  /**
+   * A CRC32C frame's: the CRC32C of each of the payload's last
+   * floor(length / CRC_BLOCK_BYTES) blocks of CRC_BLOCK_BYTES, computed while
+   * checking the frame (the pages of a CHECKED_PAGES or PUSH end its payload,
+   * so their checks need no second pass). Undefined for a CRC32 frame.
+   */
+  readonly blockCrcs?: Uint32Array;
 }
 
 /**
@@ -26,6 +34,12 @@ export interface FrameDecodeResult {
 export interface FrameDecoderOptions {
   /** The largest payload accepted; a header announcing more fails the decoder at once. */
   maxPayloadBytes: number;
+  /**
+   * The caller reuses the buffer of every chunk it pushes (a socket reading
+   * into a buffer of its own): a frame wholly inside a chunk is then copied
+   * out, never handed over as a view of it. Default false.
+   */
+  transientChunks?: boolean;
 }
 
 /**
@@ -44,8 +58,35 @@ export class FrameDecoder {
   private framesDecoded = 0;
   private onFrame: ((frame: Frame) => void) | undefined;
 
+  private readonly transientChunks: boolean;
+
   constructor(options: FrameDecoderOptions) {
     this.limit = options.maxPayloadBytes;
+    this.transientChunks = options.transientChunks ?? false;
+  }
+
+  /**
+   * Where the next bytes of the stream belong when a frame's payload is being
+   * assembled: the rest of that payload, so a reader can have the kernel put
+   * them there (no copy); then it calls payloadReceived(). Undefined between
+   * payloads: read into a buffer and push() it.
+   */
+  payloadWindow(): Uint8Array | undefined {
+    if (this.failure || !this.partial) return undefined;
+    return this.partial.payload.subarray(this.partial.filled);
+  }
+
+  /** `lengthBytes` bytes were read into the window payloadWindow() gave; completes the frame when they were its last. */
+  payloadReceived(lengthBytes: number, onFrame?: (frame: Frame) => void): FrameDecodeResult {
+    const frames: Frame[] = [];
+    this.onFrame = onFrame;
+    const { partial } = this;
+    if (this.failure || !partial) return { frames, error: this.failure };
+    if (lengthBytes < 0 || partial.filled + lengthBytes > partial.payload.length) throw new RangeError(`${lengthBytes} bytes do not fit the payload's ${partial.payload.length - partial.filled} left`);
+    partial.filled += lengthBytes;
+    if (partial.filled < partial.payload.length) return { frames, error: undefined };
+    this.partial = undefined;
+    return { frames, error: this.complete(partial.type, partial.flags, partial.requestId, partial.crc32, partial.payload, frames) };
   }
 
   /** The payload limit. A receiver starts small (only a HELLO can come first) and raises it once the peer is known. */
@@ -152,10 +193,13 @@ export class FrameDecoder {
       return this.fail(new ProtocolError('EPROTO_FLAGS', `a ${describeType(type)} frame has must-understand flags 0x${unknownFlags.toString(16)} this version does not know`, { ...context, field: 'flags' }));
     }
     if (chunk.length - at >= payloadLength) {
-      // A plain Uint8Array view whatever the chunk's class (a socket's Buffer), so decoded fields compare equal to any Uint8Array.
-      return this.complete(type, flags, requestId, payloadCrc32, new Uint8Array(chunk.buffer, chunk.byteOffset + at, payloadLength), frames);
+      // A plain Uint8Array view whatever the chunk's class (a socket's Buffer), so decoded fields compare equal to any
+      // Uint8Array; a copy when the chunk's buffer is about to be reused.
+      const inChunk = new Uint8Array(chunk.buffer, chunk.byteOffset + at, payloadLength);
+      return this.complete(type, flags, requestId, payloadCrc32, this.transientChunks ? inChunk.slice() : inChunk, frames);
     }
-    const payload = new Uint8Array(payloadLength);
+    // Not zeroed: every byte is written from the stream before the frame is complete.
+    const payload = uninitialized(payloadLength);
     const available = chunk.subarray(at);
     payload.set(available);
     this.partial = { type, flags, requestId, crc32: payloadCrc32, payload, filled: available.length };
@@ -163,18 +207,28 @@ export class FrameDecoder {
   }
 
   private complete(type: number, flags: number, requestId: number, expectedCrc32: number, payload: Uint8Array, frames: Frame[]): ProtocolError | undefined {
-    const actualCrc32 = crc32(payload);
+    let blockCrcs: Uint32Array | undefined;
+    let actualCrc32: number;
+    if (flags & FrameFlag.crc32c) {
+      // The leading remainder, then the whole blocks that end the payload in one batched pass, combined.
+      const head = payload.length % CRC_BLOCK_BYTES;
+      blockCrcs = crc32cPages(payload.subarray(head), CRC_BLOCK_BYTES);
+      actualCrc32 = crc32cExtend(crc32c(payload.subarray(0, head)), blockCrcs, CRC_BLOCK_BYTES);
+    } else {
+      actualCrc32 = crc32(payload);
+    }
     if (actualCrc32 !== expectedCrc32) {
       return this.fail(new ProtocolError(
         'EPROTO_CRC',
-        `frame ${this.framesDecoded + 1} (${describeType(type)}, request ${requestId}, ${payload.length} bytes) fails its CRC32: ` +
+        `frame ${this.framesDecoded + 1} (${describeType(type)}, request ${requestId}, ${payload.length} bytes) fails its ${flags & FrameFlag.crc32c ? 'CRC32C' : 'CRC32'}: ` +
           `0x${hex32(actualCrc32)}, the header says 0x${hex32(expectedCrc32)}`,
         { frameType: type, requestId, field: 'payloadCrc32' },
       ));
     }
     this.framesDecoded++;
-    if (this.onFrame) this.onFrame({ type, flags, requestId, payload });
-    else frames.push({ type, flags, requestId, payload });
+    const frame: Frame = blockCrcs ? { type, flags, requestId, payload, blockCrcs } : { type, flags, requestId, payload };
+    if (this.onFrame) this.onFrame(frame);
+    else frames.push(frame);
     return undefined;
   }
 
@@ -187,18 +241,43 @@ export class FrameDecoder {
 }
 
 /**
+ * How a frame is checksummed: zlib's CRC32 (the default, and every HELLO) or
+ * CRC32C, which sets the frame's CRC32C flag. `lastPartCrcs`, with CRC32C:
+ * the CRC32C of each CRC_BLOCK_BYTES block of the last payload part (pages
+ * whose checksums the sender holds, and which it knows match the bytes it
+ * sends): the frame's checksum is derived from them without reading the part.
+ */
+export interface FrameEncoding {
+  checksum: FrameChecksum;
+  lastPartCrcs?: Uint32Array;
+}
+
+/**
  * A frame as the byte ranges to write, in order: the header, then `payload`'s
  * parts as given (so a 2 MiB page run is written from where it lies, not copied).
  */
-export function encodeFrameParts(type: number, requestId: number, payload: readonly Uint8Array[], flags = 0): Uint8Array[] {
+export function encodeFrameParts(type: number, requestId: number, payload: readonly Uint8Array[], flags = 0, encoding: FrameEncoding = { checksum: 'crc32' }): Uint8Array[] {
   let lengthBytes = 0;
   let checksum = 0;
   // Empty parts are left out: node's crc32() of an empty TextEncoder result
   // (a view with no backing store) returns 0 whatever the running value.
   const parts = payload.filter((part) => part.length > 0);
-  for (const part of parts) {
-    lengthBytes += part.length;
-    checksum = crc32(part, checksum);
+  // The flag says which checksum the frame carries, whatever `flags` held (a frame re-encoded by a relay).
+  flags = encoding.checksum === 'crc32c' ? flags | FrameFlag.crc32c : flags & ~FrameFlag.crc32c;
+  if (encoding.checksum === 'crc32c') {
+    const known = encoding.lastPartCrcs;
+    const last = parts[parts.length - 1];
+    const derived = known !== undefined && last !== undefined && last.length === known.length * CRC_BLOCK_BYTES;
+    for (let i = 0; i < parts.length; i++) {
+      const part = parts[i]!;
+      lengthBytes += part.length;
+      checksum = derived && i === parts.length - 1 ? crc32cExtend(checksum, known, CRC_BLOCK_BYTES) : crc32c(part, checksum);
+    }
+  } else {
+    for (const part of parts) {
+      lengthBytes += part.length;
+      checksum = crc32(part, checksum);
+    }
   }
   const header = new Uint8Array(FRAME_HEADER_BYTES);
   const view = new DataView(header.buffer);
@@ -211,8 +290,8 @@ export function encodeFrameParts(type: number, requestId: number, payload: reado
 }
 
 /** A frame as one buffer. */
-export function encodeFrame(type: number, requestId: number, payload: Uint8Array, flags = 0): Uint8Array {
-  return concatParts(encodeFrameParts(type, requestId, [payload], flags));
+export function encodeFrame(type: number, requestId: number, payload: Uint8Array, flags = 0, encoding?: FrameEncoding): Uint8Array {
+  return concatParts(encodeFrameParts(type, requestId, [payload], flags, encoding));
 }
 
 export function concatParts(parts: readonly Uint8Array[]): Uint8Array {
@@ -237,4 +316,10 @@ function readU32(bytes: Uint8Array, at: number): number {
 
 function hex32(value: number): string {
   return value.toString(16).padStart(8, '0');
+}
+
+/** A plain Uint8Array of `length` bytes, not zero-filled (Node's unpooled allocation under it). */
+function uninitialized(length: number): Uint8Array {
+  const buffer = Buffer.allocUnsafeSlow(length);
+  return new Uint8Array(buffer.buffer, buffer.byteOffset, length);
 }

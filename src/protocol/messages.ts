@@ -3,7 +3,7 @@
 // would refuse is never sent). Layouts are drawn in wire.ts.
 import { ProtocolError, type ProtocolErrorCode } from './errors.js';
 import { Reader, Writer, type Context } from './codec.js';
-import { concatParts, encodeFrameParts, type Frame } from './frame-decoder.js';
+import { concatParts, encodeFrameParts, type Frame, type FrameEncoding } from './frame-decoder.js';
 import {
   CANCEL_BYTES,
   CHECKED_PAGES_HEADER_BYTES,
@@ -224,18 +224,22 @@ export function messageNameOf(typeCode: number): MessageName | undefined {
   return NAMES.get(typeCode);
 }
 
-/** Encode a message as the byte ranges to write (large data is not copied). Throws ProtocolError for a field out of range. */
-export function encodeMessageParts(message: Message, requestId: number): Uint8Array[] {
+/**
+ * Encode a message as the byte ranges to write (large data is not copied).
+ * Throws ProtocolError for a field out of range. `encoding`: the frame's
+ * checksum (the connection's, from its version; CRC32 by default).
+ */
+export function encodeMessageParts(message: Message, requestId: number, encoding?: FrameEncoding): Uint8Array[] {
   const typeCode = TYPE_CODES[message.type];
   const context = { frameType: typeCode, requestId };
   checkRequestId(message.type, requestId, context);
   checkFields(message, context);
-  return encodeFrameParts(typeCode, requestId, encodePayload(message));
+  return encodeFrameParts(typeCode, requestId, encodePayload(message), 0, encoding);
 }
 
 /** Encode a message as one frame. */
-export function encodeMessage(message: Message, requestId: number): Uint8Array {
-  return concatParts(encodeMessageParts(message, requestId));
+export function encodeMessage(message: Message, requestId: number, encoding?: FrameEncoding): Uint8Array {
+  return concatParts(encodeMessageParts(message, requestId, encoding));
 }
 
 /**

@@ -7,11 +7,18 @@
 //     0  u16  type                          MessageType below; ranges leave room for migration
 //     2  u16  flags                         bits 0..7: must-understand (a receiver refuses a frame
 //                                           with one it does not know); bits 8..15: may be ignored.
-//                                           Version 1 defines none.
+//                                           bit 1 CRC32C: payloadCrc32 holds the payload's CRC32C
+//                                           (Castagnoli), not zlib's CRC32; sent from page service
+//                                           version 3 on, after the HELLOs (a HELLO never has it).
+//                                           (Bit 0 stays unassigned: a TLS record's version byte puts
+//                                           it there, so a TLS peer on a plain port is refused at once.)
 //     4  u32  requestId                     a request's id, echoed by its reply; 0 = unsolicited
 //     8  u32  payloadLengthBytes            at most the receiver's maxPayloadBytes (from its HELLO);
 //                                           a frame announcing more is refused before any allocation
-//    12  u32  payloadCrc32                  zlib CRC32 (IEEE 802.3) of the payload bytes
+//    12  u32  payloadCrc32                  zlib CRC32 (IEEE 802.3) of the payload bytes, or their
+//                                           CRC32C with flag bit 1. CRC32C is the pages' own checksum
+//                                           (snapshot format 2): a sender derives a frame's from its
+//                                           pages' and a receiver gets the pages' on the way (below).
 //    16  ...  payload
 //
 //   type ranges                             0x0000          never valid
@@ -98,26 +105,57 @@ export const FRAME_HEADER_BYTES = 16;
 /** Frame header field offsets. */
 export const FrameField = { type: 0, flags: 2, requestId: 4, payloadLength: 8, payloadCrc32: 12 } as const;
 
-/** Flags bits a receiver must understand to read the frame (version 1 knows none of them). */
+/** Flags bits a receiver must understand to read the frame. */
 export const MUST_UNDERSTAND_FLAGS_MASK = 0x00ff;
-/** Flags bits version 1 defines (none). */
-export const KNOWN_FLAGS = 0;
+export const FrameFlag = {
+  /** payloadCrc32 is the payload's CRC32C (page service version 3 on). Not bit 0: see the layout above. */
+  crc32c: 0x0002,
+} as const;
+/** Flags bits this code knows. */
+export const KNOWN_FLAGS = FrameFlag.crc32c;
+/**
+ * The block whose CRC32C a receiver computes on the way while checking a
+ * CRC32C frame, over the payload's last whole blocks (Frame.blockCrcs): the
+ * pages a frame carries sit at its end, so a 4 KiB page's check is then a
+ * comparison, not a second pass over its bytes.
+ */
+export const CRC_BLOCK_BYTES = 4096;
+/** A frame's checksum: zlib's CRC32 (versions 1 and 2, and every HELLO) or CRC32C (page service version 3 on). */
+export type FrameChecksum = 'crc32' | 'crc32c';
 
 /** "USERFLT\0": the first 8 bytes of every HELLO payload. */
 export const HELLO_MAGIC: Uint8Array = Uint8Array.of(0x55, 0x53, 0x45, 0x52, 0x46, 0x4c, 0x54, 0x00);
 export const PROTOCOL_VERSION = 1;
-/** The versions this code speaks. */
-export const MIN_PROTOCOL_VERSION = 1;
-export const MAX_PROTOCOL_VERSION = 1;
 /**
- * The page service's version (roles page-client-*, page-server): 2, where a
- * READ is answered CHECKED_PAGES, each page with the checksum its image
- * stores. A page server and a page client speak 2 only: version 1 carries
- * no page checksums, and a client that accepted it would install whatever
- * bytes arrived, so there is no downgrade. (Live migration's roles keep
- * MIN/MAX_PROTOCOL_VERSION above.)
+ * The versions of live migration's roles this code speaks: 2 is 1 with
+ * CRC32C frames after the HELLOs (derived from the pages' own CRC32Cs, as
+ * the page service's version 3 does).
  */
-export const PAGE_SERVICE_VERSION = 2;
+export const MIN_PROTOCOL_VERSION = 1;
+export const MAX_PROTOCOL_VERSION = 2;
+/** The frame checksum of a live migration version. */
+export function migrationFrameChecksumOf(version: number): FrameChecksum {
+  return version >= 2 ? 'crc32c' : 'crc32';
+}
+/**
+ * The page service's version (roles page-client-*, page-server): 3, where
+ * frames after the HELLOs carry CRC32C; from 2 on a READ is answered
+ * CHECKED_PAGES, each page with the checksum its image stores. Version 1
+ * carries no page checksums, and a client that accepted it would install
+ * whatever bytes arrived, so there is no downgrade to it. (Live migration's
+ * roles keep MIN/MAX_PROTOCOL_VERSION above.)
+ */
+export const PAGE_SERVICE_VERSION = 3;
+/**
+ * The oldest page service version spoken: 2 has every page checksummed as 3
+ * does, only its frames carry zlib's CRC32, which costs a second pass over
+ * every byte (3's CRC32C frames are derived from the pages' own checksums).
+ */
+export const MIN_PAGE_SERVICE_VERSION = 2;
+/** The frame checksum of a page service version. */
+export function frameChecksumOf(version: number): FrameChecksum {
+  return version >= 3 ? 'crc32c' : 'crc32';
+}
 
 /** Message type codes; the ranges are drawn above. */
 export const MessageType = {

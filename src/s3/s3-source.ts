@@ -23,7 +23,9 @@
 // fault's pages are sent before any read-ahead, and a queued background chunk
 // that a fault then needs moves to the demand queue.
 //
-// A load's life:
+// A load's life (its states are every network request's: the table in
+// src/sources/network/request-state.ts, 'local' being the cache; the request
+// table there counts the reads waiting and delivers):
 //
 //   begun ──▶ cache (disk: whole chunk, or part file) ──hit──▶ done
 //               └──miss──▶ queued (demand | background) ──sent──▶ fetching ──checked──▶ done (kept, cached)
@@ -46,9 +48,10 @@ import { parseS3Url } from './s3-url.js';
 import { openSnapshotObject } from './snapshot-object.js';
 import { PageKind, pageChecksumName } from '../snapshot/format.js';
 import { ChunkCache, type PageCheck } from '../sources/chunk-cache.js';
-import { SourceGoneError, SourceReadError, abortedReadError, checkReadRange, readRequestRefusal, type PageSource, type ReadOptions, type ReadPriority } from '../sources/page-source.js';
-import { SOURCE_STATES, type SourceState } from '../sources/source-state.js';
-import { CHUNK_LOAD_STATES, type ChunkLoadEvent, type ChunkLoadState } from './chunk-load-state.js';
+import { SourceReadError, checkReadRange, readRequestRefusal, type PageSource, type ReadOptions, type ReadPriority } from '../sources/page-source.js';
+import { SourceAvailability, type Outage } from '../sources/network/availability.js';
+import { RequestTable, type NetworkRequest, type PendingRead } from '../sources/network/request-table.js';
+import type { SourceState } from '../sources/network/source-state.js';
 
 export interface S3SourceOptions extends S3StoreOptions {
   /** The chunk cache's directory; false for none (default: ChunkCache's). */
@@ -112,25 +115,15 @@ type ChunkData = { readonly whole: Uint8Array } | { readonly partial: PartialSta
 /**
  * A fetch being made: a whole chunk (from the disk cache, else the store), or
  * for a demand read the stored pages [firstPage, firstPage + pageCount) of one.
+ * Its state moves only through the request table (REQUEST_STATES).
  */
-interface Load {
-  readonly key: string;
+interface Load extends NetworkRequest<ChunkData> {
   readonly chunk: number;
   readonly whole: boolean;
   readonly firstPage: number;
   readonly pageCount: number;
-  /** Moved only by move() (its table: chunk-load-state.ts). */
-  state: ChunkLoadState;
   priority: Priority;
-  waiters: number;
   corruptAttempts: number;
-  readonly promise: Promise<ChunkData>;
-  resolve(data: ChunkData): void;
-  reject(error: Error): void;
-}
-
-function move(load: Load, event: ChunkLoadEvent): void {
-  load.state = CHUNK_LOAD_STATES.next(load.state, event);
 }
 
 export class S3Source implements PageSource {
@@ -138,8 +131,11 @@ export class S3Source implements PageSource {
   readonly sizeBytes: number;
   readonly stats: S3SourceStats;
   private readonly settings: Required<Pick<S3SourceOptions, 'deadlineMs' | 'maxInFlight' | 'backgroundRequestBytes' | 'memoryBytes' | 'maxCorruptRetries' | 'demandFetch'>>;
-  private stateValue: SourceState = 'open';
-  private goneError: Error | undefined;
+  private readonly availability = new SourceAvailability({ description: () => this.description, onEnd: () => this.failAll() });
+  /** The store out of reach: the backoff between retries, and the deadline after which the source is gone. */
+  private readonly outage: Outage;
+  /** Every load live, by what it fetches: a read needing the same joins it. A load nobody waits for is dropped before it is sent; one being fetched goes on (other chunks of its request may be wanted) and what it brings is kept. */
+  private readonly table = new RequestTable<Load, ChunkData>({ dequeue: (load) => this.dequeue(load), cancel: () => false });
   /** Whole chunks, least recently used first. */
   private readonly memory = new Map<number, Uint8Array>();
   private memoryBytesUsed = 0;
@@ -148,19 +144,14 @@ export class S3Source implements PageSource {
   /** Chunks whose part file was looked for already. */
   private readonly partialLooked = new Set<number>();
   private readonly storedIndexCache = new Map<number, Int32Array>();
-  private readonly loads = new Map<string, Load>();
   private readonly demandQueue: Load[] = [];
   private readonly backgroundQueue: Load[] = [];
   private readonly corrupt = new Map<number, ChunkCorruptError>();
   private inFlight = 0;
   private readonly requests = new Set<AbortController>();
-  private unavailableSince: number | undefined;
-  private lastUnavailable: Error | undefined;
   private readonly timers = new Set<NodeJS.Timeout>();
-  private deadlineTimer: NodeJS.Timeout | undefined;
   private flushTimer: NodeJS.Timeout | undefined;
   private flushing: Promise<void> | undefined;
-  private retryDelayMs = 20;
   /** Writes to the disk cache not yet done (close waits for them: a process about to exit still leaves its chunks). */
   private readonly pendingWrites = new Set<Promise<unknown>>();
 
@@ -182,6 +173,12 @@ export class S3Source implements PageSource {
       maxCorruptRetries: options.maxCorruptRetries ?? 2,
       demandFetch: options.demandFetch ?? 'pages',
     };
+    this.outage = this.availability.outage({
+      deadlineMs: this.settings.deadlineMs,
+      initialDelayMs: 20,
+      maxDelayMs: 1_000,
+      expired: (waitedMs, last) => new StoreUnavailableError(reader.url, `it did not answer for ${Math.round(waitedMs)} ms, past the deadline of ${this.settings.deadlineMs} ms (last: ${last?.message ?? 'none'})`, { cause: last }),
+    });
     this.stats = {
       requests: 0, demandRequests: 0, backgroundRequests: 0, openRequests: opened.requests, bytesFetched: 0, openBytes: opened.bytesRead,
       chunksFetched: 0, pageRunsFetched: 0, cacheHits: 0, partialCacheHits: 0, memoryHits: 0, retries: 0, corruptChunks: 0, indexFromCache: opened.indexFromCache,
@@ -216,7 +213,7 @@ export class S3Source implements PageSource {
   }
 
   get state(): SourceState {
-    return this.stateValue;
+    return this.availability.state;
   }
 
   isZero(offset: number, lengthBytes: number): boolean {
@@ -225,7 +222,7 @@ export class S3Source implements PageSource {
 
   /** The fast path: every page the range needs is in memory. */
   readSync(offset: number, lengthBytes: number, target: Uint8Array): boolean {
-    if (this.stateValue !== 'open') return false;
+    if (!this.availability.isOpen) return false;
     checkReadRange(this, offset, lengthBytes);
     const pieces = [...this.layout.planRead(offset, lengthBytes)];
     const data = new Map<number, ChunkData>();
@@ -239,60 +236,36 @@ export class S3Source implements PageSource {
   }
 
   read(offset: number, lengthBytes: number, target: Uint8Array, options: ReadOptions = {}): Promise<void> {
-    if (this.stateValue !== 'open') return Promise.reject(this.goneReadError(offset, lengthBytes));
+    if (!this.availability.isOpen) return Promise.reject(this.availability.readError(offset, lengthBytes));
     const refusal = readRequestRefusal(this, offset, lengthBytes, target, options.signal);
     if (refusal) return Promise.reject(refusal);
+    const priority = options.priority ?? 'demand';
     const pieces = [...this.layout.planRead(offset, lengthBytes)];
     const data = new Map<number, ChunkData>();
-    const waiting: Load[] = [];
+    const missing: Array<{ chunk: number; first: number; end: number }> = [];
     for (const [chunk, need] of this.needs(pieces)) {
       const known = this.corrupt.get(chunk);
       if (known) return Promise.reject(this.corruptReadError(offset, lengthBytes, chunk, known));
       const here = this.inMemory(chunk, need.first, need.end);
       if (here) data.set(chunk, here);
-      else waiting.push(this.loadFor(chunk, need.first, need.end, options.priority ?? 'demand'));
+      else missing.push({ chunk, ...need });
     }
-    if (waiting.length === 0) {
-      this.copy(pieces, target, data);
-      return Promise.resolve();
-    }
-    return new Promise<void>((resolve, reject) => {
-      let settled = false;
-      const finish = (error: Error | undefined): void => {
-        if (settled) return;
-        settled = true;
-        options.signal?.removeEventListener('abort', onAbort);
-        for (const load of waiting) this.release(load);
-        if (error) return reject(error);
-        // Every page passed its check: only now is anything copied.
-        this.copy(pieces, target, data);
-        resolve();
-      };
-      const onAbort = (): void => finish(abortedReadError());
-      options.signal?.addEventListener('abort', onAbort, { once: true });
-      let left = waiting.length;
-      for (const load of waiting) {
-        load.promise.then(
-          (chunkData) => {
-            data.set(load.chunk, chunkData);
-            if (--left === 0) finish(undefined);
-          },
-          (error: Error) => {
-            if (error instanceof ChunkCorruptError) finish(this.corruptReadError(offset, lengthBytes, load.chunk, error));
-            else if (this.stateValue !== 'open') finish(this.goneReadError(offset, lengthBytes));
-            else finish(error);
-          },
-        );
-      }
+    return this.table.read({
+      offset,
+      lengthBytes,
+      priority,
+      signal: options.signal,
+      onPart: (load, chunkData) => data.set((load as Load).chunk, chunkData),
+      // Every page passed its check: only now is anything copied.
+      onComplete: () => this.copy(pieces, target, data),
+    }, (read) => {
+      for (const { chunk, first, end } of missing) this.loadFor(read, chunk, first, end, priority);
     });
   }
 
   /** Abort every request and write what part files are due; every read still waiting rejects with SourceGoneError. */
   async close(): Promise<void> {
-    if (this.stateValue === 'closed') return;
-    if (this.stateValue === 'open') this.goneError = new Error('the source was closed');
-    this.stateValue = SOURCE_STATES.next(this.stateValue, 'close');
-    this.failAll();
+    if (!this.availability.close(new Error('the source was closed'))) return;
     clearTimeout(this.flushTimer);
     this.cacheWrite(this.flushPartials());
     // Bounded: a cache on a disk that hangs must not hold the close.
@@ -372,22 +345,22 @@ export class S3Source implements PageSource {
 
   // ---- loading ----
 
-  /** The load a read of stored pages [first, end) of `chunk` waits for (joined, or begun). */
-  private loadFor(chunk: number, first: number, end: number, priority: Priority): Load {
-    const whole = this.loads.get(`w${chunk}`);
-    if (whole) return this.join(whole, priority);
-    if (priority === 'background' || this.settings.demandFetch === 'chunk') return this.begin(chunk, true, 0, this.layout.chunks.storedPages[chunk]!, priority);
+  /** `read` waits for the load of stored pages [first, end) of `chunk`: one live already (joined), or a new one. */
+  private loadFor(read: PendingRead<ChunkData>, chunk: number, first: number, end: number, priority: Priority): void {
+    const whole = this.table.get(`w${chunk}`);
+    if (whole) return this.join(read, whole, priority);
+    if (priority === 'background' || this.settings.demandFetch === 'chunk') return this.begin(read, chunk, true, 0, this.layout.chunks.storedPages[chunk]!, priority);
     // Only the pages not here yet.
     const partial = this.partials.get(chunk);
     while (partial && first < end && partial.pages[first]) first++;
     while (partial && end > first && partial.pages[end - 1]) end--;
-    const existing = this.loads.get(`p${chunk}:${first}+${end - first}`);
-    if (existing) return this.join(existing, priority);
-    return this.begin(chunk, false, first, end - first, priority);
+    const existing = this.table.get(`p${chunk}:${first}+${end - first}`);
+    if (existing) return this.join(read, existing, priority);
+    this.begin(read, chunk, false, first, end - first, priority);
   }
 
-  private join(load: Load, priority: Priority): Load {
-    load.waiters++;
+  private join(read: PendingRead<ChunkData>, load: Load, priority: Priority): void {
+    this.table.join(read, load);
     if (priority === 'demand' && load.priority === 'background') {
       load.priority = 'demand';
       // Not sent yet: it jumps ahead of every background chunk.
@@ -398,65 +371,48 @@ export class S3Source implements PageSource {
         this.pump();
       }
     }
-    return load;
   }
 
-  private begin(chunk: number, whole: boolean, firstPage: number, pageCount: number, priority: Priority): Load {
-    let resolve!: (data: ChunkData) => void;
-    let reject!: (error: Error) => void;
-    const promise = new Promise<ChunkData>((res, rej) => {
-      resolve = res;
-      reject = rej;
-    });
-    // Nobody may be listening when a load fails after its waiters left.
-    promise.catch(() => undefined);
+  private begin(read: PendingRead<ChunkData>, chunk: number, whole: boolean, firstPage: number, pageCount: number, priority: Priority): void {
     const key = whole ? `w${chunk}` : `p${chunk}:${firstPage}+${pageCount}`;
-    const load: Load = { key, chunk, whole, firstPage, pageCount, state: 'cache', priority, waiters: 1, corruptAttempts: 0, promise, resolve, reject };
-    this.loads.set(key, load);
+    const load = this.table.add({ key, chunk, whole, firstPage, pageCount, state: 'local', priority, waiters: new Set(), corruptAttempts: 0 });
+    // Joined before the cache is looked in: a lookup may end at once.
+    this.table.join(read, load);
     void this.loadFromCache(load);
-    return load;
   }
 
+  /** Memory and the disk cache first; a load still 'local' after each wait is still wanted (one nobody waits for is dropped). */
   private async loadFromCache(load: Load): Promise<void> {
     const { chunk } = load;
     const { lengthBytes } = this.layout.chunkRange(chunk);
     const sha = this.layout.chunks.sha256Hex(chunk);
     const bytes = lengthBytes === 0 ? new Uint8Array(0) : await this.cache?.get(sha, lengthBytes).catch(() => undefined);
-    if (this.loads.get(load.key) !== load) return;
+    if (load.state !== 'local') return;
     if (bytes !== undefined) {
       if (lengthBytes > 0) this.stats.cacheHits++;
-      this.finishedWhole(load, bytes, 'cache-hit');
+      this.finishedWhole(load, bytes, 'local-hit');
       return;
     }
     if (!load.whole && this.cache && !this.partialLooked.has(chunk)) {
       this.partialLooked.add(chunk);
       const part = await this.cache.getPartial(sha, this.layout.chunks.storedPages[chunk]!, this.layout.pageSize, this.pageCheck(chunk)).catch(() => undefined);
-      if (this.loads.get(load.key) !== load) return;
+      if (load.state !== 'local') return;
       if (part) this.mergePages(chunk, part.have, part.bytes, false);
       const partial = this.partials.get(chunk);
       if (partial && covers(partial, load.firstPage, load.firstPage + load.pageCount)) {
         this.stats.partialCacheHits++;
-        move(load, 'cache-hit');
-        this.loads.delete(load.key);
-        load.resolve({ partial });
+        this.table.deliver(load, { partial }, 'local-hit');
         return;
       }
     }
-    if (load.waiters === 0) {
-      move(load, 'dropped');
-      this.loads.delete(load.key);
-      return;
-    }
-    move(load, 'cache-missed');
+    this.table.move(load, 'local-miss');
     (load.priority === 'demand' ? this.demandQueue : this.backgroundQueue).push(load);
     this.pump();
   }
 
-  private finishedWhole(load: Load, bytes: Uint8Array, event: 'cache-hit' | 'delivered'): void {
-    move(load, event);
-    this.loads.delete(load.key);
+  private finishedWhole(load: Load, bytes: Uint8Array, event: 'local-hit' | 'delivered'): void {
     this.remember(load.chunk, bytes);
-    load.resolve({ whole: bytes });
+    this.table.deliver(load, { whole: bytes }, event);
   }
 
   /** Pages of a chunk, checked, into its partial state (a whole chunk when that completes it). */
@@ -543,24 +499,17 @@ export class S3Source implements PageSource {
     await this.flushing;
   }
 
-  /** A read no longer waits for this load; one nobody waits for and not yet sent is dropped. */
-  private release(load: Load): void {
-    load.waiters--;
-    if (load.waiters > 0 || this.loads.get(load.key) !== load) return;
-    if (load.state === 'queued') {
-      for (const queue of [this.demandQueue, this.backgroundQueue]) {
-        const at = queue.indexOf(load);
-        if (at !== -1) queue.splice(at, 1);
-      }
-      move(load, 'dropped');
-      this.loads.delete(load.key);
+  /** A queued load nobody waits for leaves its queue (it may be out of both, waiting out a retry's pause). */
+  private dequeue(load: Load): void {
+    for (const queue of [this.demandQueue, this.backgroundQueue]) {
+      const at = queue.indexOf(load);
+      if (at !== -1) queue.splice(at, 1);
     }
-    // 'fetching': the request goes on (other chunks of it may be wanted) and what it brings is kept.
   }
 
   /** Send queued loads while there is room: demand first, background after. */
   private pump(): void {
-    while (this.stateValue === 'open' && this.inFlight < this.settings.maxInFlight) {
+    while (this.availability.isOpen && this.inFlight < this.settings.maxInFlight) {
       const demand = this.demandQueue.length > 0;
       const queue = demand ? this.demandQueue : this.backgroundQueue;
       if (queue.length === 0) return;
@@ -587,7 +536,7 @@ export class S3Source implements PageSource {
         next++;
       }
     }
-    for (const load of batch) move(load, 'sent');
+    for (const load of batch) this.table.move(load, 'sent');
     return batch;
   }
 
@@ -618,7 +567,7 @@ export class S3Source implements PageSource {
       this.requests.delete(controller);
       this.inFlight--;
     }
-    if (this.stateValue !== 'open') return;
+    if (!this.availability.isOpen) return;
     if (bytes !== undefined && bytes.length !== length) {
       // The reader's own checks should have caught it; a reader is not trusted to.
       failure = new StoreResponseError(this.reader.url, `a read of ${length} bytes at ${start.offset} returned ${bytes.length}`);
@@ -626,8 +575,7 @@ export class S3Source implements PageSource {
     }
     if (bytes !== undefined) {
       this.stats.bytesFetched += bytes.length;
-      this.unavailableSince = undefined;
-      this.retryDelayMs = 20;
+      this.outage.restored();
       for (const load of batch) {
         const range = this.rangeOf(load);
         this.checkAndDeliver(load, bytes.subarray(range.offset - start.offset, range.offset - start.offset + range.lengthBytes));
@@ -649,9 +597,7 @@ export class S3Source implements PageSource {
       }
       // A chunk that fails its SHA-256 is refused whole from now on; a page that fails its CRC costs only itself (the pager poisons it).
       if (load.whole) this.corrupt.set(load.chunk, bad);
-      move(load, 'refused');
-      this.loads.delete(load.key);
-      load.reject(bad);
+      this.table.fail(load, (read) => this.corruptReadError(read.offset, read.lengthBytes, load.chunk, bad));
       return;
     }
     if (load.whole) {
@@ -663,11 +609,9 @@ export class S3Source implements PageSource {
       return;
     }
     this.stats.pageRunsFetched++;
-    move(load, 'delivered');
-    this.loads.delete(load.key);
     this.mergePages(load.chunk, undefined, piece, true, load.firstPage);
     const whole = this.memory.get(load.chunk);
-    load.resolve(whole ? { whole } : { partial: this.partials.get(load.chunk)! });
+    this.table.deliver(load, whole ? { whole } : { partial: this.partials.get(load.chunk)! });
   }
 
   private checkWhole(chunk: number, piece: Uint8Array): ChunkCorruptError | undefined {
@@ -704,73 +648,37 @@ export class S3Source implements PageSource {
       return;
     }
     this.stats.retries++;
-    const now = performance.now();
-    this.unavailableSince ??= now;
-    this.lastUnavailable = error as Error;
-    if (now - this.unavailableSince >= this.settings.deadlineMs) {
-      this.goneFor(new StoreUnavailableError(this.reader.url, `it did not answer for ${Math.round(now - this.unavailableSince)} ms, past the deadline of ${this.settings.deadlineMs} ms (last: ${(error as Error).message})`, { cause: error }));
-      return;
-    }
+    // Past the deadline the source is gone here and then, and every load with it.
+    if (!this.outage.lost(error as Error)) return;
     for (const load of batch) this.retry(load);
   }
 
-  /** Queue a load again after a pause (doubling to 1 s); dropped if nobody waits by then. */
+  /** Queue a load again after a pause (the outage's backoff: 20 ms doubling to 1 s); dropped meanwhile if nobody waits by then. */
   private retry(load: Load): void {
-    move(load, 'retry');
-    const delay = this.retryDelayMs;
-    this.retryDelayMs = Math.min(1_000, this.retryDelayMs * 2);
+    this.table.move(load, 'retry');
     const timer = setTimeout(() => {
       this.timers.delete(timer);
-      if (this.stateValue !== 'open' || this.loads.get(load.key) !== load) return;
-      if (load.waiters === 0) {
-        move(load, 'dropped');
-        this.loads.delete(load.key);
-        return;
-      }
+      if (!this.availability.isOpen || load.state !== 'queued') return;
       (load.priority === 'demand' ? this.demandQueue : this.backgroundQueue).push(load);
       this.pump();
-    }, delay);
+    }, this.outage.nextDelayMs());
     this.timers.add(timer);
-    this.checkDeadlineLater();
-  }
-
-  /** The deadline, checked on a timer too: a store whose requests all wait in their pause still runs out of time. */
-  private checkDeadlineLater(): void {
-    if (this.deadlineTimer || this.unavailableSince === undefined) return;
-    const left = this.settings.deadlineMs - (performance.now() - this.unavailableSince);
-    this.deadlineTimer = setTimeout(() => {
-      this.deadlineTimer = undefined;
-      if (this.stateValue !== 'open' || this.unavailableSince === undefined) return;
-      const waited = performance.now() - this.unavailableSince;
-      if (waited >= this.settings.deadlineMs) {
-        this.goneFor(new StoreUnavailableError(this.reader.url, `it did not answer for ${Math.round(waited)} ms, past the deadline of ${this.settings.deadlineMs} ms (last: ${this.lastUnavailable?.message ?? 'none'})`, { cause: this.lastUnavailable }));
-      } else {
-        this.checkDeadlineLater();
-      }
-    }, Math.max(10, left + 5));
   }
 
   private goneFor(error: Error): void {
-    if (this.stateValue !== 'open') return;
-    this.stateValue = SOURCE_STATES.next(this.stateValue, 'gave-up');
-    this.goneError = error;
-    this.failAll();
+    this.availability.giveUp(error);
   }
 
+  /** The source gave up or closed: every request aborted, every load and read failed (SourceGoneError). */
   private failAll(): void {
     for (const controller of this.requests) controller.abort();
     this.requests.clear();
     for (const timer of this.timers) clearTimeout(timer);
     this.timers.clear();
-    clearTimeout(this.deadlineTimer);
-    const error = this.goneError ?? new Error('the source is gone');
-    for (const load of this.loads.values()) {
-      move(load, 'source-gone');
-      load.reject(error);
-    }
-    this.loads.clear();
+    this.outage.stop();
     this.demandQueue.length = 0;
     this.backgroundQueue.length = 0;
+    this.table.failAll((read) => this.availability.readError(read.offset, read.lengthBytes));
   }
 
   private copy(pieces: readonly ReadPiece[], target: Uint8Array, data: Map<number, ChunkData>): void {
@@ -811,11 +719,6 @@ export class S3Source implements PageSource {
       if (bad >= offset && bad < offset + length) failedOffset = bad;
     }
     return new SourceReadError(offset, length, `${this.description}: ${error.message}`, { cause: error, failure: 'fatal', failedOffset });
-  }
-
-  private goneReadError(offset: number, length: number): SourceGoneError {
-    const reason = this.goneError?.message ?? 'the source is gone';
-    return new SourceGoneError(offset, length, `${this.description}: ${reason}`, { cause: this.goneError });
   }
 }
 

@@ -54,7 +54,7 @@
 // and the sections'. A page's checksum is CRC32C (Castagnoli, the CPU's crc32 instruction) from
 // version 2 on, CRC32 in version 1: the only difference between the two versions.
 import { crc32 } from 'node:zlib';
-import { crc32c, crc32cPages } from './crc32c.js';
+import { crc32c, crc32cPages } from '../checksum/crc32c.js';
 import {
   SnapshotCorruptError,
   SnapshotFormatError,

@@ -7,7 +7,7 @@ import { describe, test } from 'node:test';
 import { DestinationMigration } from '../../src/migrate/destination-migration.js';
 import { connectChannel, newSessionId } from '../../src/migrate/transport/channels.js';
 import { PAGE_SIZE } from '../../src/native.js';
-import { crc32c } from '../../src/snapshot/crc32c.js';
+import { crc32c } from '../../src/checksum/crc32c.js';
 import { softMachineKind } from './soft-machine.js';
 import { IncomingMigrationStalledError } from '../../src/migrate/errors.js';
 

@@ -17,6 +17,8 @@
 // proxy runs raw and the fault fires at a byte offset instead (`afterBytes`).
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { crc32 } from 'node:zlib';
+import { crc32c } from '../../src/checksum/crc32c.js';
+import { FrameFlag } from '../../src/protocol/index.js';
 
 export type Direction = 'to-destination' | 'to-source';
 export type Fault = 'cut-heal' | 'cut-forever' | 'blackhole' | 'tamper';
@@ -141,7 +143,9 @@ export class FrameProxy {
     if (f.fault === 'tamper') {
       const altered = Buffer.from(frame);
       altered[altered.length - 1]! ^= 0x01;
-      altered.writeUInt32LE(crc32(altered.subarray(HEADER_BYTES)), 12);
+      // The frame's checksum fixed in its own kind (the header's flag says which), so only the page's own check can tell.
+      const payload = altered.subarray(HEADER_BYTES);
+      altered.writeUInt32LE(altered.readUInt16LE(2) & FrameFlag.crc32c ? crc32c(payload) : crc32(payload), 12);
       if (!to.destroyed) to.write(altered);
       return;
     }

@@ -5,7 +5,8 @@
 import assert from 'node:assert/strict';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { after, describe, test } from 'node:test';
-import { FramedSocket } from '../../src/migrate/transport/framed-socket.js';
+import { FramedSocket, type AnyMessage } from '../../src/migrate/transport/framed-socket.js';
+import { crc32cPages } from '../../src/checksum/crc32c.js';
 import { ConnectionEndedError, ConnectionStalledError } from '../../src/net/connection-errors.js';
 
 /** A relay that takes everything the client sends at once and forwards it at `bytesPerSecond` (what a buffering middlebox on a slow link does); the way back is immediate. `freeze()` stops both ways. */
@@ -137,5 +138,30 @@ describe('a migration connection\'s liveness', { timeout: 30_000 }, () => {
     relay.freeze();
     assert.ok((await ended) instanceof ConnectionStalledError);
     await assert.rejects(main.send({ type: 'ping', data: new Uint8Array(0) }), (error: unknown) => error instanceof ConnectionEndedError && /carried nothing for/.test(error.message) && error.cause instanceof ConnectionStalledError);
+  });
+});
+
+describe('a migration connection\'s frames', { timeout: 10_000 }, () => {
+  test('with CRC32C frames, PAGES arrive with each page\'s CRC32C taken by the frame\'s own check (no second pass), equal to the source\'s', async () => {
+    const server = createServer();
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const accepted = new Promise<Socket>((resolve) => server.once('connection', resolve));
+    const client = connect({ host: '127.0.0.1', port: (server.address() as { port: number }).port });
+    const [serverSide] = await Promise.all([accepted, new Promise((resolve) => client.once('connect', resolve))]);
+    const sender = new FramedSocket(client, 'test source');
+    const receiver = new FramedSocket(serverSide, 'test destination');
+    sender.frameChecksum = 'crc32c';
+    sender.maxPayloadBytes = 4 << 20;
+    receiver.maxPayloadBytes = 4 << 20;
+    const data = new Uint8Array(6 * 4096).map((_, i) => (i * 31 + (i >> 12)) & 0xff);
+    const checksums = crc32cPages(data, 4096);
+    const arrived = new Promise<{ message: AnyMessage; dataCrcs: Uint32Array | undefined }>((resolve) => receiver.once('message', (message, _id, dataCrcs) => resolve({ message, dataCrcs })));
+    await sender.send({ type: 'mig-pages', firstPage: 10, pageCount: 6, round: 1, checksums, data });
+    const { message, dataCrcs } = await arrived;
+    assert.equal(message.type, 'mig-pages');
+    assert.deepEqual(dataCrcs, checksums);
+    sender.destroy();
+    receiver.destroy();
+    server.close();
   });
 });

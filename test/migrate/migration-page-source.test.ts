@@ -7,7 +7,7 @@ import { MigrationPageSource } from '../../src/migrate/migration-page-source.js'
 import { PageBitmap } from '../../src/migrate/page-bitmap.js';
 import { PageDigestTable } from '../../src/migrate/page-digests.js';
 import type { FramedSocket } from '../../src/migrate/transport/framed-socket.js';
-import { crc32c } from '../../src/snapshot/crc32c.js';
+import { crc32c } from '../../src/checksum/crc32c.js';
 import { MigrationPageChecksumError } from '../../src/migrate/errors.js';
 
 const PAGE = 4096;

@@ -12,7 +12,7 @@ import { UserfaultError } from '../../src/errors.js';
 import { IncomingStream } from '../../src/migrate/incoming-stream.js';
 import { vmMigrationKind } from '../../src/vm/vm-migration-kind.js';
 import { decodeMigrationMessage, encodeMigrationMessage, isMigrationType, type MigrationMessage } from '../../src/migrate/protocol/messages.js';
-import { DEFAULT_MAX_PAYLOAD_BYTES, FrameDecoder, ProtocolError, decodeMessage, encodeFrame, type Frame } from '../../src/protocol/index.js';
+import { DEFAULT_MAX_PAYLOAD_BYTES, FrameDecoder, FrameFlag, ProtocolError, decodeMessage, encodeFrame, type Frame } from '../../src/protocol/index.js';
 import { controlRequest } from '../../src/vmm-host/control-api.js';
 import { kvmSkipReason, spawnVmm, tempDir, vmmEvents, waitForSocket } from '../vm/helpers.js';
 import { CutProxy } from './cut-proxy.js';
@@ -73,7 +73,7 @@ function consume(pieces: readonly Uint8Array[], ram: Uint8Array): Outcome {
   let sawHello = false;
   const apply = (frame: Frame): void => {
     const requestId = frame.requestId;
-    if (frame.flags !== 0) throw new ProtocolError('EPROTO_FLAGS', 'a migration connection takes no flags', { field: 'flags' });
+    if ((frame.flags & ~FrameFlag.crc32c) !== 0) throw new ProtocolError('EPROTO_FLAGS', 'a migration connection takes no flag but CRC32C', { field: 'flags' });
     const message = isMigrationType(frame.type) ? decodeMigrationMessage(frame, PAGE) : decodeMessage(frame);
     if (!sawHello) {
       if (message.type !== 'hello') throw new ProtocolError('EPROTO_UNEXPECTED', `${message.type} before HELLO`);

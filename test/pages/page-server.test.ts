@@ -2,6 +2,7 @@ import { describe, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync } from 'node:fs';
 import {
+  FrameFlag,
   DEFAULT_SERVER_MAX_PAYLOAD_BYTES,
   MessageType,
   encodeFrame,
@@ -10,7 +11,7 @@ import {
 } from '../../src/protocol/index.js';
 import { openSnapshotPages, startPageServer, ZeroMap, type PageServer, type PageServerOptions, type ServedConnectionSummary } from '../../src/pages/index.js';
 import { SnapshotFile } from '../../src/snapshot/index.js';
-import { crc32c } from '../../src/snapshot/crc32c.js';
+import { crc32c } from '../../src/checksum/crc32c.js';
 import { BufferSource } from '../../src/sources/buffer-source.js';
 import { SourceReadError, type PageSource, type ReadOptions } from '../../src/sources/page-source.js';
 import { HOSTILE_STREAMS } from '../protocol/fixtures.js';
@@ -24,7 +25,7 @@ import {
   tempDir,
   writeTestSnapshot,
 } from './fixtures.js';
-import { RawClient, TEST_SESSION_ID, helloMessage } from './raw-client.js';
+import { RawClient, TEST_SESSION_ID, helloMessage, type Received } from './raw-client.js';
 
 /** A page server over the test snapshot in this process, closed when the test ends. */
 async function snapshotServer(t: TestContext, options: Partial<PageServerOptions> = {}): Promise<{ server: PageServer; image: Uint8Array; metadata: Uint8Array; path: string }> {
@@ -120,6 +121,27 @@ describe('the page server', () => {
     assert.equal(answer.maxPayloadBytes, DEFAULT_SERVER_MAX_PAYLOAD_BYTES);
     assert.equal(server.clients[0]!.summary().sessionId, Buffer.from(TEST_SESSION_ID).toString('hex'));
     assert.match(server.url, /^tcp:\/\/127\.0\.0\.1:\d+$/);
+  });
+
+  test('frames after the HELLOs carry CRC32C for a version-3 client and CRC32 for a version-2 one; the pages are the same', async (t) => {
+    const { server, image } = await snapshotServer(t);
+    const replies: Received[] = [];
+    for (const version of [3, 2]) {
+      const client = await RawClient.connect(server.address.port);
+      t.after(() => client.destroy());
+      const answer = await client.hello('page-client-urgent', { version, minVersion: 2 });
+      assert.equal(answer.version, version);
+      assert.equal(client.received[0]!.flags & FrameFlag.crc32c, 0, 'a HELLO is always CRC32');
+      await client.request({ type: 'get-info' });
+      const requestId = client.newRequestId();
+      client.send({ type: 'read', offset: 0, lengthBytes: 8 * 4096, priority: 'demand' }, requestId);
+      replies.push(await client.waitFor((r) => r.requestId === requestId, 'the READ reply'));
+    }
+    const [v3, v2] = replies;
+    assert.equal(v3!.flags & FrameFlag.crc32c, FrameFlag.crc32c, 'version 3: CRC32C');
+    assert.equal(v2!.flags & FrameFlag.crc32c, 0, 'version 2: CRC32');
+    assert.deepEqual(pagesOf(v3!.message), image.subarray(0, 8 * 4096));
+    assert.deepEqual(pagesOf(v2!.message), image.subarray(0, 8 * 4096));
   });
 
   test('INFO describes the image, METADATA returns the snapshot\'s metadata section in chunks, ZERO_MAP marks exactly the zero pages', async (t) => {

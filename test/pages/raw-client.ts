@@ -16,6 +16,8 @@ import {
 export interface Received {
   requestId: number;
   message: Message;
+  /** The frame's flags (which checksum it carried). */
+  flags: number;
 }
 
 export const TEST_SESSION_ID = Uint8Array.from({ length: 16 }, (_, i) => 0x10 + i);
@@ -37,7 +39,7 @@ export class RawClient {
       const { frames, error } = decoder.push(chunk);
       for (const frame of frames) {
         try {
-          this.received.push({ requestId: frame.requestId, message: decodeMessage(frame) });
+          this.received.push({ requestId: frame.requestId, message: decodeMessage(frame), flags: frame.flags });
         } catch (e) {
           this.decodeError = e as Error;
         }

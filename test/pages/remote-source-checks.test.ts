@@ -63,6 +63,19 @@ function pagerOver(t: TestContext, source: RemoteSource): { pager: Pager; addres
 const readPage = (address: number): Promise<number> => toucher.run<number>({ op: 'process-vm-readv', address });
 
 describe('pages from a page server are checked against the snapshot\'s own checksums', () => {
+  test('readView lends a READ\'s reply, checked: the right bytes, a view of the received payload (no copy); an altered one is refused the same way', async (t) => {
+    const { proxy: honest, image } = await servedThrough(t, 'pass');
+    const source = await connect(t, honest.url);
+    const view = await source.readView(2 * PAGE, 8 * PAGE);
+    assert.deepEqual(view, image.subarray(2 * PAGE, 10 * PAGE));
+    assert.ok(view.byteOffset > 0 && view.buffer.byteLength > view.length, 'a view inside the reply\'s payload (after its header and checksums)');
+    const long = await source.readView(0, 3 * 1024 * 1024);
+    assert.deepEqual(long, image.subarray(0, 3 * 1024 * 1024), 'longer than one READ: read into a buffer of its own');
+    const { proxy } = await servedThrough(t, 'flip-pages');
+    const tampered = await connect(t, proxy.url);
+    await assert.rejects(tampered.readView(PAGE, 4 * PAGE), PageChecksumError);
+  });
+
   test('a proxy that flips byte 8 of each page and fixes the frame CRC: the read is refused naming the page, no byte reaches the target', async (t) => {
     const { proxy } = await servedThrough(t, 'flip-pages');
     const source = await connect(t, proxy.url);
@@ -224,8 +237,8 @@ describe('a page server and a client of page protocol version 1 are refused', ()
     await assert.rejects(RemoteSource.connect(fake.url, { connectTimeoutMs: 2000 }), (error: unknown) => {
       assert.ok(error instanceof PeerRefusedError, String(error));
       assert.equal(error.wireCode, 'UNSUPPORTED_VERSION');
-      assert.match(error.message, /the peer speaks versions 2\.\.2, this side 1\.\.1/);
-      assert.match(error.message, /speaks page protocol version 2 only, where every page comes with its image's checksum/);
+      assert.match(error.message, /the peer speaks versions 2\.\.3, this side 1\.\.1/);
+      assert.match(error.message, /speaks page protocol versions 2\.\.3, where every page comes with its image's checksum/);
       return true;
     });
     assert.ok(fake.connections.every((c) => c.reads === 0));

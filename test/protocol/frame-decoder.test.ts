@@ -5,8 +5,10 @@ import {
   DEFAULT_MAX_PAYLOAD_BYTES,
   FRAME_HEADER_BYTES,
   FrameDecoder,
+  FrameFlag,
   MessageType,
   ProtocolError,
+  concatParts,
   decodeMessage,
   encodeFrame,
   encodeMessage,
@@ -14,6 +16,7 @@ import {
   type Frame,
   type Message,
 } from '../../src/protocol/index.js';
+import { crc32cPages } from '../../src/checksum/crc32c.js';
 import { EVERY_MESSAGE, HOSTILE_STREAMS, everyMessageStream } from './fixtures.js';
 
 const LIMITS = { maxPayloadBytes: DEFAULT_MAX_PAYLOAD_BYTES };
@@ -227,5 +230,90 @@ describe('the frame decoder with a per-frame callback', () => {
     const eager = new FrameDecoder({ maxPayloadBytes: 64 }).push(Uint8Array.from([...hello, ...big]));
     assert.equal(eager.frames.length, 1);
     assert.equal(eager.error?.code, 'EPROTO_OVERSIZED');
+  });
+});
+
+describe('CRC32C frames (page service version 3)', () => {
+  const pages = new Uint8Array(5 * 4096).map((_, i) => (i * 7 + (i >> 12)) & 0xff);
+  const checksums = crc32cPages(pages, 4096);
+  const message: Message = { type: 'checked-pages', offset: 8192, checksums, data: pages };
+
+  test('a CRC32C frame carries the flag, decodes to the same message, and hands over its pages\' CRC32Cs from the check', () => {
+    const frame = encodeMessage(message, 7, { checksum: 'crc32c' });
+    assert.equal(new DataView(frame.buffer, frame.byteOffset).getUint16(2, true) & FrameFlag.crc32c, FrameFlag.crc32c);
+    const [decoded] = pushAll(new FrameDecoder(LIMITS), [frame.subarray(0, 100), frame.subarray(100)]);
+    assert.deepEqual(decodeMessage(decoded!), message);
+    assert.deepEqual(decoded!.blockCrcs, checksums, 'the last five 4 KiB blocks are the five pages');
+    const crc32Frame = pushAll(new FrameDecoder(LIMITS), [encodeMessage(message, 7)]);
+    assert.equal(crc32Frame[0]!.blockCrcs, undefined, 'a CRC32 frame computes no page CRCs');
+  });
+
+  test('a sender that knows its pages\' CRC32Cs derives the frame\'s checksum from them: the same bytes as reading the pages', () => {
+    const derived = concatParts(encodeMessageParts(message, 7, { checksum: 'crc32c', lastPartCrcs: checksums }));
+    const read = encodeMessage(message, 7, { checksum: 'crc32c' });
+    assert.deepEqual(derived, read);
+  });
+
+  test('a page altered after its CRC32C was taken fails the derived frame checksum: the frame is refused, nothing decoded', () => {
+    const altered = pages.slice();
+    altered[3 * 4096 + 8]! ^= 0xff;
+    const frame = concatParts(encodeMessageParts({ ...message, data: altered }, 7, { checksum: 'crc32c', lastPartCrcs: checksums }));
+    const result = new FrameDecoder(LIMITS).push(frame);
+    assertProtocolError(result.error, 'EPROTO_CRC');
+    assert.match(result.error.message, /fails its CRC32C/);
+    assert.equal(result.frames.length, 0);
+  });
+
+  test('a relay re-encoding a CRC32C frame with CRC32 clears the flag: the frame stays valid', () => {
+    const [decoded] = pushAll(new FrameDecoder(LIMITS), [encodeMessage(message, 7, { checksum: 'crc32c' })]);
+    const reencoded = encodeFrame(decoded!.type, decoded!.requestId, decoded!.payload, decoded!.flags);
+    const [again] = pushAll(new FrameDecoder(LIMITS), [reencoded]);
+    assert.equal(again!.flags & FrameFlag.crc32c, 0);
+    assert.deepEqual(decodeMessage(again!), message);
+  });
+});
+
+describe('reading payloads in place', () => {
+  const data = new Uint8Array(64 * 1024).map((_, i) => i & 0xff);
+  const frame = encodeMessage({ type: 'pages', offset: 0, data }, 3, { checksum: 'crc32c' });
+
+  test('after a header, the payload\'s window takes the rest of its bytes where they belong; the frame completes on the last', () => {
+    const decoder = new FrameDecoder({ ...LIMITS, transientChunks: true });
+    assert.equal(decoder.payloadWindow(), undefined, 'no payload under way');
+    const first = frame.subarray(0, 1000);
+    assert.equal(decoder.push(first).frames.length, 0);
+    let at = 1000;
+    const frames: Frame[] = [];
+    for (let window = decoder.payloadWindow(); window; window = decoder.payloadWindow()) {
+      const take = Math.min(window.length, 7000);
+      window.set(frame.subarray(at, at + take));
+      at += take;
+      const result = decoder.payloadReceived(take);
+      assert.equal(result.error, undefined);
+      frames.push(...result.frames);
+    }
+    assert.equal(at, frame.length);
+    assert.equal(frames.length, 1);
+    assert.deepEqual(decodeMessage(frames[0]!), { type: 'pages', offset: 0, data });
+    assert.throws(() => { decoder.push(frame.subarray(0, 40)); decoder.payloadReceived(1 << 20); }, RangeError, 'more than the window is refused');
+  });
+
+  test('with transient chunks, a frame wholly inside a chunk is a copy: reusing the chunk does not change it', () => {
+    const small = encodeMessage({ type: 'ping', data: Uint8Array.of(1, 2, 3) }, 9);
+    const chunk = new Uint8Array(small);
+    const [kept] = new FrameDecoder({ ...LIMITS, transientChunks: true }).push(chunk).frames;
+    const [view] = new FrameDecoder(LIMITS).push(chunk).frames;
+    chunk.fill(0);
+    assert.deepEqual(decodeMessage(kept!), { type: 'ping', data: Uint8Array.of(1, 2, 3) });
+    assert.notDeepEqual(view!.payload, kept!.payload, 'without the option, the frame is a view of the chunk');
+  });
+
+  test('a payload whose in-place bytes fail the CRC is refused like any other', () => {
+    const decoder = new FrameDecoder(LIMITS);
+    decoder.push(frame.subarray(0, 100));
+    const window = decoder.payloadWindow()!;
+    window.set(frame.subarray(100));
+    window[window.length - 1]! ^= 1;
+    assertProtocolError(decoder.payloadReceived(window.length).error, 'EPROTO_CRC');
   });
 });

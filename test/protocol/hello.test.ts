@@ -19,13 +19,13 @@ function refusedWith(fn: () => unknown, code: string, wireCode: string): void {
 describe('opening a connection', () => {
   test('the best version both sides speak is chosen', () => {
     assert.equal(negotiateVersion({ version: 1, minVersion: 1 }), 1);
-    assert.equal(negotiateVersion({ version: 5, minVersion: 1 }), 1);
+    assert.equal(negotiateVersion({ version: 5, minVersion: 1 }), 2, 'this code speaks 1..2 by default (live migration\'s range)');
     assert.equal(negotiateVersion({ version: 5, minVersion: 2 }, { minVersion: 1, maxVersion: 3 }), 3);
   });
 
   test('a client that only speaks later versions is answered UNSUPPORTED_VERSION, naming both ranges', () => {
-    refusedWith(() => negotiateVersion({ version: 3, minVersion: 2 }), 'EPROTO_VERSION', 'UNSUPPORTED_VERSION');
-    assert.throws(() => negotiateVersion({ version: 3, minVersion: 2 }), /the peer speaks versions 2\.\.3, this side 1\.\.1/);
+    refusedWith(() => negotiateVersion({ version: 4, minVersion: 3 }), 'EPROTO_VERSION', 'UNSUPPORTED_VERSION');
+    assert.throws(() => negotiateVersion({ version: 4, minVersion: 3 }), /the peer speaks versions 3\.\.4, this side 1\.\.2/);
   });
 
   test('a server takes page clients and answers WRONG_ROLE to migration roles and to another server', () => {

@@ -42,7 +42,7 @@ async function flipByte(path: string, offset: number): Promise<void> {
 describe('reading a snapshot', () => {
   test('version 2 checks pages by CRC32C; a version 1 file (CRC32) still reads, and a flipped page byte is caught in either', async (t) => {
     const { crc32 } = await import('node:zlib');
-    const { crc32c } = await import('../../src/snapshot/crc32c.js');
+    const { crc32c } = await import('../../src/checksum/crc32c.js');
     const dir = await tempDir(t);
     const { written, expected } = twoRegionImage();
     for (const version of [1, 2] as const) {
@@ -310,5 +310,20 @@ describe('inspecting a snapshot', () => {
     assert.equal(damaged.ok, false);
     assert.equal(damaged.pages?.corruptPages[0]?.pageIndex, 8, 'stored page 5 is page 8, after zero pages 3, 4, 5');
     assert.match(formatSnapshotReport(damaged), /1 CORRUPT\n {4}page 8 image 0x8000/);
+  });
+});
+
+describe('a missing snapshot, as a library call', () => {
+  test('SnapshotFile.open of a missing file throws the library\'s own error (ENOINPUT, a UserfaultError naming the path), not Node\'s bare ENOENT', async (t) => {
+    const { SnapshotFile, SnapshotNotFoundError } = await import('../../src/snapshot/index.js');
+    const { UserfaultError } = await import('../../src/errors.js');
+    const path = join(await tempDir(t), 'missing.snap');
+    await assert.rejects(SnapshotFile.open(path), (error: unknown) => {
+      assert.ok(error instanceof SnapshotNotFoundError && error instanceof UserfaultError, String(error));
+      assert.equal(error.code, 'ENOINPUT');
+      assert.equal(error.path, path);
+      assert.equal((error.cause as { code?: string }).code, 'ENOENT');
+      return true;
+    });
   });
 });

@@ -57,7 +57,7 @@
 //                       the source sends GO again, or takes the guest back and sends CANCEL)
 //     5  u8[3] r
 //     8  u8[ceil(pageCount/8)] bitmap
-import { ProtocolError, Reader, Writer, concatParts, decodeMessage, encodeFrameParts, type Context, type Frame, type Message } from '../../protocol/index.js';
+import { ProtocolError, Reader, Writer, concatParts, decodeMessage, encodeFrameParts, type Context, type Frame, type FrameEncoding, type Message } from '../../protocol/index.js';
 import { describeType } from '../../protocol/wire.js';
 import type { MigrationMode } from '../convergence.js';
 
@@ -150,12 +150,12 @@ export function decodeMigrationFrame(frame: Frame): MigrationMessage | Message {
   return isMigrationType(frame.type) ? decodeMigrationMessage(frame) : decodeMessage(frame);
 }
 
-export function encodeMigrationMessageParts(message: MigrationMessage, requestId: number, pageSizeBytes?: number): Uint8Array[] {
+export function encodeMigrationMessageParts(message: MigrationMessage, requestId: number, pageSizeBytes?: number, encoding?: FrameEncoding): Uint8Array[] {
   const typeCode = TYPE_CODES[message.type];
   const context = { frameType: typeCode, requestId };
   checkRequestId(message.type, requestId, context);
   checkFields(message, context, pageSizeBytes);
-  return encodeFrameParts(typeCode, requestId, encodePayload(message));
+  return encodeFrameParts(typeCode, requestId, encodePayload(message), 0, encoding);
 }
 
 export function encodeMigrationMessage(message: MigrationMessage, requestId: number, pageSizeBytes?: number): Uint8Array {

@@ -18,6 +18,7 @@ import {
   SESSION_ID_BYTES,
   acceptHello,
   checkHelloAnswer,
+  migrationFrameChecksumOf,
   type HelloMessage,
   type RoleName,
 } from '../../protocol/index.js';
@@ -109,8 +110,9 @@ export function connectChannel(address: { host: string; port: number }, channel:
         try {
           if (answer.type === 'error') throw new MigrationPeerError(where, `refused the ${channel} connection: ${answer.code}: ${answer.text}`);
           if (answer.type !== 'hello') throw new ProtocolError('EPROTO_UNEXPECTED', `the destination answered a HELLO with ${answer.type}`, { field: 'type' });
-          checkHelloAnswer(answer, hello, 'migration-destination');
+          const version = checkHelloAnswer(answer, hello, 'migration-destination');
           framed!.maxPayloadBytes = DEFAULT_MAX_PAYLOAD_BYTES;
+          framed!.frameChecksum = migrationFrameChecksumOf(version);
           settled = true;
           clearTimeout(timer);
           resolve(framed!);
@@ -226,7 +228,10 @@ export class MigrationListener {
       clearTimeout(timer);
       const answer: HelloMessage = { type: 'hello', version, minVersion: version, role: 'migration-destination', sessionId: hello.sessionId, maxPayloadBytes: DEFAULT_MAX_PAYLOAD_BYTES, features: 0 };
       framed.maxPayloadBytes = DEFAULT_MAX_PAYLOAD_BYTES;
-      framed.send(answer).then(() => onChannel({ channel, sessionId: hello.sessionId, socket: framed, peer }), () => {});
+      const sent = framed.send(answer);
+      // After the answer is encoded: a HELLO is always CRC32, every frame after it the version's checksum.
+      framed.frameChecksum = migrationFrameChecksumOf(version);
+      sent.then(() => onChannel({ channel, sessionId: hello.sessionId, socket: framed, peer }), () => {});
     });
     framed.once('end', () => clearTimeout(timer));
   }

@@ -16,7 +16,18 @@
 // session that bulk data never queues on (the urgent one).
 import { EventEmitter } from 'node:events';
 import type { Socket } from 'node:net';
-import { FrameDecoder, PRE_HELLO_MAX_PAYLOAD_BYTES, ProtocolError, decodeMessage, encodeMessageParts, type Message } from '../../protocol/index.js';
+import {
+  CRC_BLOCK_BYTES,
+  FrameDecoder,
+  FrameFlag,
+  PRE_HELLO_MAX_PAYLOAD_BYTES,
+  ProtocolError,
+  decodeMessage,
+  encodeMessageParts,
+  type Frame,
+  type FrameChecksum,
+  type Message,
+} from '../../protocol/index.js';
 import { decodeMigrationMessage, encodeMigrationMessageParts, isMigrationType, type MigrationMessage } from '../protocol/messages.js';
 import { ConnectionEndedError, ConnectionStalledError } from '../../net/connection-errors.js';
 
@@ -26,8 +37,13 @@ export type AnyMessage = MigrationMessage | Message;
 export const DEFAULT_STALL_TIMEOUT_MS = 10_000;
 
 export interface FramedSocketEvents {
-  /** A frame, decoded and checked. */
-  message: [message: AnyMessage, requestId: number];
+  /**
+   * A frame, decoded and checked. `dataCrcs`: for a message that ends with
+   * pages (PAGES, PUSH, CHECKED_PAGES) in a CRC32C frame, the CRC32C of each
+   * 4 KiB of its data, computed while the frame was checked: its pages'
+   * checks need not read them again.
+   */
+  message: [message: AnyMessage, requestId: number, dataCrcs: Uint32Array | undefined];
   /** The connection is over (closed by either side, failed, or a protocol violation: `error` says which). */
   end: [error: Error | undefined];
 }
@@ -42,6 +58,8 @@ export class FramedSocket extends EventEmitter<FramedSocketEvents> {
   bytesReceived = 0;
   /** Known once both sides agreed (pre-copy PAGES are checked against it). */
   pageSizeBytes: number | undefined;
+  /** The checksum of the frames this side sends: CRC32 until the HELLOs chose version 2 (then set by channels.ts). */
+  frameChecksum: FrameChecksum = 'crc32';
   private lastHeardAt = performance.now();
   /** When bytes this side had queued (the kernel's buffer full) last left: the path takes them. */
   private lastDrainedAt = 0;
@@ -87,7 +105,8 @@ export class FramedSocket extends EventEmitter<FramedSocketEvents> {
   /** Write a message; resolves when the socket can take more (its buffer drained), rejects once the connection is over. */
   async send(message: AnyMessage, requestId = 0): Promise<void> {
     if (this.ended) throw new ConnectionEndedError(this.name, this.endError);
-    const parts = isMigration(message) ? encodeMigrationMessageParts(message, requestId, this.pageSizeBytes) : encodeMessageParts(message as Message, requestId);
+    const encoding = { checksum: this.frameChecksum, lastPartCrcs: pageCrcsOf(message) };
+    const parts = isMigration(message) ? encodeMigrationMessageParts(message, requestId, this.pageSizeBytes, encoding) : encodeMessageParts(message as Message, requestId, encoding);
     let full = false;
     for (const part of parts) {
       this.bytesSent += part.length;
@@ -227,8 +246,8 @@ export class FramedSocket extends EventEmitter<FramedSocketEvents> {
       if (this.ended) return;
       let message: AnyMessage;
       try {
-        // Version 1 defines no flag; a migration stream is strict: any flag set is a frame this side did not mean to take.
-        if (frame.flags !== 0) throw new ProtocolError('EPROTO_FLAGS', `a frame with flags 0x${frame.flags.toString(16)}: a migration connection takes none`, { frameType: frame.type, requestId: frame.requestId, field: 'flags' });
+        // A migration stream is strict: any flag but the checksum's is a frame this side did not mean to take.
+        if ((frame.flags & ~FrameFlag.crc32c) !== 0) throw new ProtocolError('EPROTO_FLAGS', `a frame with flags 0x${frame.flags.toString(16)}: a migration connection takes only CRC32C (0x${FrameFlag.crc32c.toString(16)})`, { frameType: frame.type, requestId: frame.requestId, field: 'flags' });
         // PAGES' data length is checked against the page size once it is agreed.
         message = isMigrationType(frame.type) ? decodeMigrationMessage(frame, this.pageSizeBytes) : decodeMessage(frame);
       } catch (decodeError) {
@@ -246,7 +265,7 @@ export class FramedSocket extends EventEmitter<FramedSocketEvents> {
         return;
       }
       try {
-        this.emit('message', message, frame.requestId);
+        this.emit('message', message, frame.requestId, dataCrcsOf(frame, message));
       } catch (handlerError) {
         // The connection boundary: whatever a handler throws ends this connection alone.
         this.destroy(handlerError as Error);
@@ -267,3 +286,26 @@ export class FramedSocket extends EventEmitter<FramedSocketEvents> {
   }
 }
 
+
+/**
+ * The CRC32Cs of the pages that end a message, when the sender holds them
+ * and they are the bytes' own (the source computes them from the very bytes
+ * it sends): a CRC32C frame's checksum is then derived, not read.
+ */
+function pageCrcsOf(message: AnyMessage): Uint32Array | undefined {
+  switch (message.type) {
+    case 'mig-pages':
+    case 'mig-push':
+    case 'checked-pages':
+      return message.data.length === message.checksums.length * CRC_BLOCK_BYTES ? message.checksums : undefined;
+    default:
+      return undefined;
+  }
+}
+
+/** The frame's block CRC32Cs that cover exactly the message's data (its last bytes), if the decoder computed them. */
+function dataCrcsOf(frame: Frame, message: AnyMessage): Uint32Array | undefined {
+  if (!frame.blockCrcs || !('data' in message) || message.data.length % CRC_BLOCK_BYTES !== 0) return undefined;
+  const blocks = message.data.length / CRC_BLOCK_BYTES;
+  return frame.blockCrcs.length >= blocks ? frame.blockCrcs.subarray(frame.blockCrcs.length - blocks) : undefined;
+}

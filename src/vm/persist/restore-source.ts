@@ -28,17 +28,31 @@ export interface VmRestoreSource {
   explain(error: Error): Error;
 }
 
+/** Why a network source without VM state cannot be restored, by what serves it. */
+const NO_VM_STATE = {
+  'page-server': 'it serves no VM state (was it started on a VM snapshot?)',
+  'object-store': 'its snapshot has no VM state (was it pushed from a VM snapshot?)',
+} as const;
+
 /**
  * A restore source from a network source whose metadata is a VM snapshot's
- * (a page server's, an object's): the state parsed and checked by the VM
- * snapshot schema, refused (RemoteVmRefusedError naming the source) when it
- * is missing, not JSON, of another kind or for another memory size. The
- * source is closed when it is refused.
+ * (a page server's, an object's; opened by the caller from its URL): the
+ * state parsed and checked by the VM snapshot schema, refused
+ * (RemoteVmRefusedError naming the source) when it is missing, not JSON, of
+ * another kind or for another memory size. Nothing else is read before the
+ * guest runs: each page is checked as it arrives (a page server's against the
+ * checksum the snapshot stores for it, an object's chunk against its
+ * SHA-256), so there is no verifyAll. The source is closed when it is refused.
  */
-export async function vmRestoreSourceFromMetadata(memory: PageSource, metadata: Uint8Array, startedMs: number, noStateReason: string): Promise<VmRestoreSource> {
+export async function vmRestoreSourceFromNetwork(
+  memory: PageSource & { readonly metadata: Uint8Array },
+  servedBy: keyof typeof NO_VM_STATE,
+  startedMs: number,
+): Promise<VmRestoreSource> {
   const where = memory.description;
+  const { metadata } = memory;
   try {
-    if (metadata.byteLength === 0) throw new RemoteVmRefusedError(where, noStateReason);
+    if (metadata.byteLength === 0) throw new RemoteVmRefusedError(where, NO_VM_STATE[servedBy]);
     let parsed: unknown;
     try {
       parsed = JSON.parse(Buffer.from(metadata).toString('utf8'));

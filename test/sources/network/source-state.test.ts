@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { SOURCE_STATES } from '../../src/sources/source-state.js';
+import { SOURCE_STATES } from '../../../src/sources/network/source-state.js';
 
 describe('the life of a network page source', () => {
   test('an open source is given up on (gone) or closed; a gone one can still be closed', () => {

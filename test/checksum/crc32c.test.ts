@@ -4,7 +4,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { crc32c, crc32cCombine, crc32cExtend, crc32cPages } from '../../src/snapshot/crc32c.js';
+import { crc32c, crc32cCombine, crc32cExtend, crc32cPages } from '../../src/checksum/crc32c.js';
 
 function referenceCrc32c(bytes: Uint8Array, initial = 0): number {
   let crc = ~initial >>> 0;
