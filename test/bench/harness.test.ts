@@ -206,7 +206,7 @@ describe('bench smoke run', { skip: smokeSkipReason() }, () => {
       const json = JSON.parse(readFileSync(outcome.jsonPath, 'utf8')) as { targets: unknown[]; sections: Record<string, { runs: Record<string, unknown[]> }> };
       assert.equal(json.targets.length, outcome.targets.length);
       assert.ok(Object.values(json.sections['per-fault']!.runs).every((runs) => runs.length === 1));
-      assert.equal(outcome.targets.filter((t) => t.name.startsWith('remote:')).length, 3, 'the remote section has its three targets');
+      assert.equal(outcome.targets.filter((t) => t.name.startsWith('remote:')).length, 4, 'the remote section has its four targets');
       checkRemoteRuns(json.sections['remote']!.runs as Record<string, RemoteRun[]>);
       assert.equal(outcome.targets.filter((t) => t.name.startsWith('s3:')).length, 5, 'the s3 section has its five targets');
       checkS3Runs(json.sections['s3']!.runs as Record<string, S3Run[]>);
