@@ -35,7 +35,7 @@ import { destinationAllows, destinationRunsGuest, isFinal, isPaused, nextDestina
 import { PageBitmap } from './page-bitmap.js';
 import { DIGEST_BATCH_PAGES } from './page-digests.js';
 import { MigrationListener, sameSession, type AcceptedChannel, type MigrationSecurity, type SourceChannel } from './transport/channels.js';
-import { DEFAULT_STALL_TIMEOUT_MS, type AnyMessage, type FramedSocket } from './transport/framed-socket.js';
+import { DEFAULT_STALL_TIMEOUT_MS, dataCrcsOf, type AnyMessage, type MigrationConnection } from './transport/migration-connection.js';
 import { IncomingMigrationError, IncomingMigrationStalledError, errorSummary } from './errors.js';
 
 export interface ReceiveOptions<Built extends IncomingMachine = IncomingMachine> {
@@ -113,8 +113,8 @@ export class DestinationMigration<Built extends IncomingMachine = IncomingMachin
   private stateValue: DestinationMigrationState = 'listening';
   private readonly started = performance.now();
   private sessionId: Uint8Array | undefined;
-  private main: FramedSocket | undefined;
-  private urgent: FramedSocket | undefined;
+  private main: MigrationConnection | undefined;
+  private urgent: MigrationConnection | undefined;
   private vmm: Built | undefined;
   /** Pre-copy's stream, checked message by message before guest RAM is touched (incoming-stream.ts). */
   private readonly stream: IncomingStream;
@@ -287,11 +287,11 @@ export class DestinationMigration<Built extends IncomingMachine = IncomingMachin
       this.urgent = socket;
     }
     socket.watchLiveness(this.options.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_MS);
-    socket.on('message', (message, requestId, dataCrcs) => this.onMessage(message, requestId, socket, dataCrcs));
+    socket.on('message', (message, requestId, frame) => this.onMessage(message, requestId, socket, dataCrcsOf(frame, message)));
     socket.on('end', (error) => this.onEnd(socket, error));
   }
 
-  private onEnd(socket: FramedSocket, error: Error | undefined): void {
+  private onEnd(socket: MigrationConnection, error: Error | undefined): void {
     // A connection a reconnect replaced ends without news.
     if (socket !== this.main && socket !== this.urgent) return;
     // Every page is in: the urgent connection has nothing left to carry, and the source closes it
@@ -356,7 +356,7 @@ export class DestinationMigration<Built extends IncomingMachine = IncomingMachin
 
   // ---- messages ----------------------------------------------------------------
 
-  private onMessage(message: AnyMessage, requestId: number, from: FramedSocket, dataCrcs?: Uint32Array): void {
+  private onMessage(message: AnyMessage, requestId: number, from: MigrationConnection, dataCrcs?: Uint32Array): void {
     // A connection a reconnect replaced says nothing more.
     if (from !== this.main && from !== this.urgent) return;
     this.lastProgressAt = performance.now();

@@ -26,7 +26,7 @@ import { isFinal, isPastSwitchover, isPaused, nextSourceState, sourceAllows, sou
 import { PageBitmap } from './page-bitmap.js';
 import { PageDigestTable, differingBatches } from './page-digests.js';
 import { connectChannel, newSessionId, parseMigrationAddress, type MigrationSecurity } from './transport/channels.js';
-import { DEFAULT_STALL_TIMEOUT_MS, type AnyMessage, type FramedSocket } from './transport/framed-socket.js';
+import { DEFAULT_STALL_TIMEOUT_MS, type AnyMessage, type MigrationConnection } from './transport/migration-connection.js';
 import { ConnectionEndedError } from '../net/connection-errors.js';
 import { errorSummary, MigrationCancelledError, MigrationConnectionLostError, MigrationError, MigrationRefusedError, MigrationStalledError, MigrationStoppedError, MigrationTakenBackError, MigrationVerificationError } from './errors.js';
 
@@ -134,8 +134,8 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
   private readonly policy: ConvergencePolicy;
   private readonly pages: number;
   private readonly digests: PageDigestTable;
-  private main: FramedSocket | undefined;
-  private urgent: FramedSocket | undefined;
+  private main: MigrationConnection | undefined;
+  private urgent: MigrationConnection | undefined;
   private nextRequestId = 1;
   private readonly replies = new Map<number, { resolve: (message: AnyMessage) => void; reject: (error: Error) => void }>();
   /** The machine's dirty log is on (pre-copy started it; off once the guest runs on the destination). */
@@ -274,7 +274,7 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
     const timeout = this.options.connectTimeoutMs ?? 5000;
     const main = await connectChannel(this.address, 'main', this.sessionId, timeout, this.options.security);
     main.pageSizeBytes = PAGE_SIZE;
-    let urgent: FramedSocket;
+    let urgent: MigrationConnection;
     try {
       urgent = await connectChannel(this.address, 'urgent', this.sessionId, timeout, this.options.security);
     } catch (error) {
@@ -665,7 +665,7 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
   }
 
   /** A post-copy READ from the destination: the pages as they are (the guest is paused here), on the connection it came on. */
-  private async answerRead(read: ReadMessage, requestId: number, from: FramedSocket): Promise<void> {
+  private async answerRead(read: ReadMessage, requestId: number, from: MigrationConnection): Promise<void> {
     const end = read.offset + read.lengthBytes;
     if (read.offset % PAGE_SIZE || read.lengthBytes % PAGE_SIZE || read.lengthBytes > MAX_READ_BYTES || end > this.target.memory.lengthBytes) {
       await from.send({ type: 'error', code: 'OUT_OF_RANGE', text: `READ ${read.lengthBytes} bytes at ${read.offset} is not whole pages of the ${this.target.memory.lengthBytes}-byte guest memory` }, requestId);
@@ -706,7 +706,7 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
 
   // ---- messages ----------------------------------------------------------------
 
-  private listen(socket: FramedSocket): void {
+  private listen(socket: MigrationConnection): void {
     socket.on('message', (message, requestId) => {
       // A connection a reconnect replaced says nothing more; a completed migration hears nothing.
       if ((socket !== this.main && socket !== this.urgent) || isFinal(this.stateValue)) return;
