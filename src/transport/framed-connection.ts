@@ -370,6 +370,11 @@ export class FramedConnection<M extends { type: string }, C = unknown> extends E
     return this.outstanding.has(requestId);
   }
 
+  /** What the role keeps with an outstanding request. */
+  pendingContext(requestId: number): C | undefined {
+    return this.outstanding.get(requestId)?.context;
+  }
+
   *pending(): IterableIterator<PendingRequest<C>> {
     for (const [requestId, o] of this.outstanding) yield { requestId, type: o.type, sentAt: o.sentAt, context: o.context };
   }
@@ -620,9 +625,11 @@ export class FramedConnection<M extends { type: string }, C = unknown> extends E
     if (reply.type !== 'error' && !o.expect.includes(reply.type)) {
       return this.violation(new ProtocolError('EPROTO_MISMATCH', `request ${requestId} (${o.type}) was answered with ${reply.type}, not ${o.expect.join(' or ')}`, context));
     }
-    this.outstanding.delete(requestId);
     clearTimeout(o.timer);
+    // Still outstanding while the role checks the reply: one it refuses ends the connection with the
+    // request listed among those unanswered (to be sent again elsewhere), not lost with the frame.
     o.onReply?.(reply, frame);
+    if (this.outstanding.get(requestId) === o) this.outstanding.delete(requestId);
   }
 
   // ---- ending -----------------------------------------------------------------
