@@ -402,10 +402,6 @@ export class DestinationMigration<Built extends IncomingMachine = IncomingMachin
       case 'mig-resume':
         void this.resume(requestId).catch((error: Error) => from.destroy(error));
         return;
-      case 'mig-verified':
-        if (requestId !== this.verdictRequestId) throw new IncomingMigrationError(`VERIFIED for request ${requestId}, which is not this side's COMPLETE`);
-        this.verdictHeard(message);
-        return;
       case 'mig-cancel':
         if (destinationRunsGuest(this.stateValue)) throw new IncomingMigrationError(`CANCEL while ${this.stateValue}: the guest runs here`);
         void this.fail(new IncomingMigrationError(`the source cancelled: ${message.text}`), 'cancel');
@@ -515,12 +511,26 @@ export class DestinationMigration<Built extends IncomingMachine = IncomingMachin
     this.back();
     if (destinationAllows(this.stateValue, 'resumed')) this.move('resumed');
     this.recoveries++;
-    await this.main!.send({ type: 'mig-resumed', pageCount: pages, running, bitmap: has.bytes.subarray(0, Math.ceil(pages / 8)) }, requestId);
-    if (this.verdictRequestId !== undefined) await this.sendComplete(this.verdictRequestId);
+    const resumed = this.main!.send({ type: 'mig-resumed', pageCount: pages, running, bitmap: has.bytes.subarray(0, Math.ceil(pages / 8)) }, requestId);
+    // COMPLETE again, its verdict awaited on this connection before the source can have heard RESUMED (it may answer the COMPLETE it heard before the cut at once).
+    const complete = this.verdictRequestId === undefined ? undefined : this.sendComplete(this.verdictRequestId);
+    await resumed;
+    await complete;
   }
 
+  /** COMPLETE, a request of this side: its VERIFIED is matched by the connection (one for a request not made is a protocol violation). */
   private sendComplete(requestId: number): Promise<void> {
-    return this.main!.send({ type: 'mig-complete', batchPages: DIGEST_BATCH_PAGES, digests: this.stream.digests.batchDigests() }, requestId);
+    const main = this.main!;
+    main.request({ type: 'mig-complete', batchPages: DIGEST_BATCH_PAGES, digests: this.stream.digests.batchDigests() }, {
+      requestId,
+      expect: ['mig-verified'],
+      onReply: (verified) => {
+        if (main !== this.main || verified.type !== 'mig-verified') return;
+        this.lastProgressAt = performance.now();
+        this.verdictHeard(verified);
+      },
+    });
+    return main.drained();
   }
 
   /** Every page in: detach the pager, send the digests, hear the verdict (or, the source gone past the deadline, do without). */
