@@ -1,11 +1,13 @@
-// One TCP connection of a page client (RemoteSource): HELLO, then requests
-// with their ids, and every frame that comes back checked before anything
-// acts on it. The peer is not trusted: a frame with a bad CRC, of an unknown
-// type, a reply to a request never made or one that does not match its
-// request (another offset, another length, the wrong type, a checksum count
-// that is not one per page) is a protocol violation; the connection reports
-// it and is dropped, and nothing the frame carried is used. (The pages'
-// checksums themselves are checked by the source, which knows the algorithm.)
+// One TCP connection of a page client (RemoteSource), a role over the
+// framed-connection layer (transport/: the socket read in place, request ids,
+// reply matching, pings): HELLO, then requests, and every frame that comes
+// back checked before anything acts on it. The peer is not trusted: a frame
+// with a bad CRC, of an unknown type, a reply to a request never made or one
+// that does not match its request (another offset, another length, the wrong
+// type, a checksum count that is not one per page) is a protocol violation;
+// the connection reports it and is dropped, and nothing the frame carried is
+// used. (The pages' checksums themselves are checked by the source, which
+// knows the algorithm.)
 //
 //   opening ──TCP connected, HELLO sent──▶ hello ──server HELLO checked──▶ ready ──▶ closed
 //      └───── refused / timeout / lost / violation ─────────────────┴────────────────┘
@@ -100,7 +102,7 @@ export class ClientConnection<R extends ReadRequest> {
       isReply: (_message, requestId) => requestId !== 0 && this.stateValue !== 'hello',
       // A page server never pings its client: a PING is a frame out of place.
       answersPings: false,
-      onReceived: handlers.onReceived,
+      onReceived: (lengthBytes) => handlers.onReceived?.(lengthBytes),
     });
     // The bulk connection yields to the urgent one every BULK_TURN_BUDGET_BYTES.
     if (options.role === 'page-client-bulk') this.link.decodeInSlices(BULK_TURN_BUDGET_BYTES);

@@ -151,6 +151,8 @@ const MIN_DIRECT_READ_BYTES = 4096;
 const SCRATCH_BYTES = 32 * 1024;
 /** How long close() waits for the peer to take what was written before the socket is destroyed. */
 const DEFAULT_CLOSE_FLUSH_MS = 1000;
+/** How long a goodbye (the ERROR saying why a violation ends the connection) may take to leave. */
+const GOODBYE_FLUSH_MS = 2000;
 
 /**
  * A socket's receiving end when it reads in place, given to the socket before
@@ -643,7 +645,7 @@ export class FramedConnection<M extends { type: string }, C = unknown> extends E
       return;
     }
     this.write(goodbye, 0);
-    this.close(error, 'violation', 2000);
+    this.close(error, 'violation', GOODBYE_FLUSH_MS);
   }
 
   /** End the connection, flushing what was written first (a peer that does not take it within flushMs is not waited for). */
