@@ -2,7 +2,7 @@
 import { parseArgs } from 'node:util';
 import { MIGRATE_ARG_OPTIONS, MIGRATE_USAGE, parseMigrateOptions, type MigrateOptions } from './migrate/options.js';
 
-export const SECTION_NAMES = ['per-fault', 'restore', 'working-set', 'concurrency', 'remote', 's3', 'vm-resume'] as const;
+export const SECTION_NAMES = ['per-fault', 'restore', 'working-set', 'concurrency', 'remote', 's3', 'vm-resume', 'firecracker'] as const;
 /** Run only when named: migrate installs QEMU and takes minutes. */
 export const OPT_IN_SECTIONS = ['migrate'] as const;
 export type SectionName = (typeof SECTION_NAMES)[number] | (typeof OPT_IN_SECTIONS)[number];
@@ -24,6 +24,10 @@ export interface BenchOptions {
   outDir: string;
   /** Keep the work directory (image, binaries, order files). */
   keep: boolean;
+  /** Write CPU profiles of the firecracker section's serve processes here (node --cpu-prof). */
+  serveProfileDir?: string;
+  /** A build of this project (its dist directory) whose serve the firecracker section runs beside this one's: before and after, in one run. */
+  serveBaseline?: string;
   migrate: MigrateOptions;
   help: boolean;
 }
@@ -39,6 +43,8 @@ export const USAGE = `usage: npm run bench -- [options]      (or: node dist/benc
   --seed N                 seed of the random patterns (default 1)
   --out DIR                where results/bench-<timestamp>.json goes (default results)
   --keep                   keep the work directory (image, compiled C, order files)
+  --serve-cpu-prof DIR     profile the firecracker section's userfault serve processes (node --cpu-prof) into DIR
+  --serve-baseline DIST    also run serve from another build (its dist directory) in the firecracker section
 ${MIGRATE_USAGE}`;
 
 const UNITS: Record<string, number> = { '': 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3 };
@@ -73,6 +79,8 @@ export function parseBenchArgs(argv: readonly string[]): BenchOptions {
       seed: { type: 'string' },
       out: { type: 'string' },
       keep: { type: 'boolean' },
+      'serve-cpu-prof': { type: 'string' },
+      'serve-baseline': { type: 'string' },
       ...MIGRATE_ARG_OPTIONS,
       help: { type: 'boolean', short: 'h' },
     },
@@ -97,6 +105,8 @@ export function parseBenchArgs(argv: readonly string[]): BenchOptions {
     seed: positiveInteger('seed', values.seed, 1),
     outDir: values.out ?? 'results',
     keep: values.keep ?? false,
+    serveProfileDir: values['serve-cpu-prof'],
+    serveBaseline: values['serve-baseline'],
     migrate: parseMigrateOptions(values, parseSize),
     help: values.help ?? false,
   };

@@ -12,6 +12,7 @@ import { BenchChild } from './child.js';
 import { writeBenchImage } from './image.js';
 import type { BenchContext } from './runner.js';
 import { concurrencySection } from './sections/concurrency.js';
+import { firecrackerSection } from './sections/firecracker.js';
 import { migrateSection } from './sections/migrate.js';
 import { perFaultSection } from './sections/per-fault.js';
 import { remoteSection } from './sections/remote.js';
@@ -32,6 +33,7 @@ const SECTIONS: Record<SectionName, Section> = {
   'vm-resume': vmResumeSection,
   remote: remoteSection,
   s3: s3Section,
+  firecracker: firecrackerSection,
 };
 
 export interface BenchOutcome {

@@ -10,8 +10,9 @@ import type { CPrograms } from './c-programs.js';
 import { BenchChild } from './child.js';
 import type { PagerHostData, PagerHostMessage, PagerHostSource } from './handlers/pager-host.js';
 import type { BulkStreamStats } from './handlers/bulk-stream.js';
-import { cpusFor, prefetchArg, type CHandlerStats, type ReadsStreamSpec, type HandlerReport, type HandlerSpec, type Placement, type SourceKind, type ThreadCpu } from './handlers/spec.js';
+import { cpusFor, prefetchArg, type CHandlerStats, type ReadsStreamSpec, type HandlerReport, type HandlerSpec, type Placement, type ServeMemory, type SourceKind, type ThreadCpu } from './handlers/spec.js';
 import type { BenchImage } from './image.js';
+import type { BenchServe } from './serve-process.js';
 
 export interface BenchContext {
   programs: CPrograms;
@@ -23,6 +24,8 @@ export interface BenchContext {
   delaySocket?: string;
   /** The page server serving the image (another process), when the remote section runs. */
   pageServer?: { url: string; address: string };
+  /** The `userfault serve` processes, by memory file, when the firecracker section runs. */
+  serve?: Map<string, BenchServe>;
   /** Upper bound for one run, in ms. */
   runTimeoutMs: number;
   log: (line: string) => void;
@@ -34,6 +37,10 @@ export interface ToucherSpec {
   threads: number;
   /** Time every touch (p50/p99); costs ~50 ns a touch, so only where faults dominate. */
   latency: boolean;
+  /** uffd: hand the uffd over with Firecracker's handshake (JSON regions, no answer) instead of the bench's own. */
+  handshake?: 'firecracker';
+  /** private/eager: this file from this offset instead of the image's data section. */
+  file?: { path: string; offset: number };
 }
 
 /** One line of the toucher's output (bench/c/toucher.c). */
@@ -47,7 +54,8 @@ export interface ToucherResult {
   setupNs: number;
   mismatches: number;
   threadNs: number[];
-  latencyNs?: { p50: number; p90: number; p99: number; max: number; mean: number };
+  /** first: the first thread's first touch. */
+  latencyNs?: { p50: number; p90: number; p99: number; max: number; mean: number; first: number };
 }
 
 export interface Variant {
@@ -80,10 +88,17 @@ interface StartedHandler {
 
 async function startHandler(ctx: BenchContext, spec: HandlerSpec, cpu: number): Promise<StartedHandler> {
   const socketPath = join(ctx.workDir, `handler-${process.pid}-${runCounter}.sock`);
-  const session = spec.kind !== 'none' && spec.source === 'remote' ? randomBytes(16).toString('hex') : undefined;
+  const session = (spec.kind === 'pager' || spec.kind === 'lean' || spec.kind === 'c') && spec.source === 'remote' ? randomBytes(16).toString('hex') : undefined;
   switch (spec.kind) {
     case 'none':
       return { done: Promise.resolve({ kind: 'none' }), abort: () => {} };
+    case 'serve': {
+      const server = ctx.serve?.get(serveKey(spec.source, spec.baseline ?? false));
+      if (!server) throw new Error(`this variant needs userfault serve on the ${spec.source} memory file${spec.baseline ? ' (the baseline build)' : ''}`);
+      const report = server.expectClient(ctx.runTimeoutMs);
+      // A run that fails leaves serve to notice the hangup; the section stops it.
+      return { socketPath: server.socketPath, done: report().then((r) => ({ kind: 'serve', ...r })), abort: () => {} };
+    }
     case 'c': {
       const args = ['--socket', socketPath, '--size', String(ctx.image.sizeBytes), '--image', ctx.image.path, '--image-offset', String(ctx.image.dataOffset)];
       args.push('--source', spec.source === 'raw-file' ? 'pread' : spec.source, '--prefetch', prefetchArg(spec.prefetch), '--cpu', String(cpu));
@@ -188,6 +203,11 @@ async function startHandler(ctx: BenchContext, spec: HandlerSpec, cpu: number): 
   }
 }
 
+/** Which of the firecracker section's serve processes serves a variant. */
+export function serveKey(source: ServeMemory, baseline: boolean): string {
+  return baseline ? `${source}-baseline` : source;
+}
+
 function requireDelaySocket(ctx: BenchContext): string {
   if (!ctx.delaySocket) throw new Error('this variant needs the delay server');
   return ctx.delaySocket;
@@ -252,8 +272,9 @@ export async function runVariant(ctx: BenchContext, variant: Variant): Promise<R
   const t = variant.toucher;
   const args = ['--memory', t.memory, '--size', String(ctx.image.sizeBytes), '--order', orderPath, '--access', t.access, '--threads', String(t.threads), '--cpu', String(cpus.toucher)];
   if (t.latency) args.push('--latency');
+  if (t.handshake) args.push('--handshake', t.handshake);
   if (t.memory === 'uffd') args.push('--socket', handler.socketPath!);
-  else args.push('--file', ctx.image.path, '--file-offset', String(ctx.image.dataOffset));
+  else args.push('--file', t.file?.path ?? ctx.image.path, '--file-offset', String(t.file?.offset ?? ctx.image.dataOffset));
   const toucher = new BenchChild('toucher', ctx.programs.toucher, args);
   try {
     const toucherResult = await toucher.result<ToucherResult>(ctx.runTimeoutMs);

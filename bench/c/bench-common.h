@@ -42,7 +42,10 @@ static inline void pin_to_cpu(int cpu) {
 
 // Adaptive read-ahead, the same rules as src/pager/readahead.ts: a fault that
 // continues one of the last 8 streams doubles that stream's window (up to
-// max); any other fault starts a stream at the initial window.
+// max); any other fault starts a stream at the initial window. A fault that
+// continues a stream already at max is "at full speed": the handler fetches
+// the window after it too, behind the faulting one (src/pager/pager.ts:
+// readAheadOfStream).
 #define RA_STREAMS 8
 typedef struct {
   int64_t next_page, window_pages;
@@ -53,6 +56,7 @@ typedef struct {
   ra_stream_t streams[RA_STREAMS];
   int count;
   uint64_t clock;
+  int full_speed; // the last ra_window_for continued a stream at max
 } readahead_t;
 
 static inline void ra_init(readahead_t *ra, int64_t initial_pages, int64_t max_pages) {
@@ -71,6 +75,7 @@ static inline int64_t ra_window_for(readahead_t *ra, int64_t page) {
       break;
     }
   }
+  int continued = s != NULL;
   if (s) {
     s->window_pages = s->window_pages * 2 > ra->max_pages ? ra->max_pages : s->window_pages * 2;
   } else {
@@ -85,6 +90,7 @@ static inline int64_t ra_window_for(readahead_t *ra, int64_t page) {
   }
   s->next_page = page + s->window_pages;
   s->last_use = ra->clock;
+  ra->full_speed = continued && ra->max_pages > 1 && s->window_pages == ra->max_pages;
   return s->window_pages;
 }
 

@@ -74,19 +74,39 @@ static int connect_to(const char *path) {
   return fd;
 }
 
-static void receive_uffd(int sock) {
-  uint64_t region[2];
-  struct iovec iov = {.iov_base = region, .iov_len = sizeof region};
+// The toucher's uffd and region: the bench's own [address, length] (answered
+// with one byte), or Firecracker's JSON region list (toucher --handshake
+// firecracker; nothing answered). Returns whether to answer.
+static int receive_uffd(int sock) {
+  char buffer[1024];
+  struct iovec iov = {.iov_base = buffer, .iov_len = sizeof buffer - 1};
   char control[CMSG_SPACE(sizeof(int))];
   struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof control};
-  if (recvmsg(sock, &msg, MSG_CMSG_CLOEXEC) != (ssize_t)sizeof region) die("recvmsg uffd");
+  ssize_t n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
+  if (n <= 0) die("recvmsg uffd");
   struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
   if (!cmsg || cmsg->cmsg_type != SCM_RIGHTS) { fprintf(stderr, "ref-handler: no uffd received\n"); exit(2); }
   memcpy(&uffd, CMSG_DATA(cmsg), sizeof(int));
-  base = region[0];
-  if (region[1] != size_bytes) { fprintf(stderr, "ref-handler: region of %llu bytes, expected %llu\n", (unsigned long long)region[1], (unsigned long long)size_bytes); exit(2); }
+  uint64_t length;
+  int answer = buffer[0] != '[';
+  if (answer) {
+    uint64_t region[2];
+    if (n != (ssize_t)sizeof region) { fprintf(stderr, "ref-handler: a %zd-byte handover\n", n); exit(2); }
+    memcpy(region, buffer, sizeof region);
+    base = region[0];
+    length = region[1];
+  } else {
+    // One region, sent in one message (the toucher's): enough of JSON for the bench.
+    buffer[n] = 0;
+    const char *at = strstr(buffer, "\"base_host_virt_addr\":"), *len = strstr(buffer, "\"size\":");
+    if (!at || !len) { fprintf(stderr, "ref-handler: cannot read the region list %s\n", buffer); exit(2); }
+    base = strtoull(at + strlen("\"base_host_virt_addr\":"), NULL, 10);
+    length = strtoull(len + strlen("\"size\":"), NULL, 10);
+  }
+  if (length != size_bytes) { fprintf(stderr, "ref-handler: region of %llu bytes, expected %llu\n", (unsigned long long)length, (unsigned long long)size_bytes); exit(2); }
   int flags = fcntl(uffd, F_GETFL);
   fcntl(uffd, F_SETFL, flags | O_NONBLOCK);
+  return answer;
 }
 
 // Blocking round trip to the delay server (8-byte id out, the same 8 bytes back).
@@ -176,6 +196,13 @@ static void serve_fault(uint64_t address) {
   uint64_t count = 1;
   while ((int64_t)count < window && page + count < page_count && !filled[page + count]) count++;
   fill(page, count);
+  if (ra.full_speed && (int64_t)count == window) {
+    // The window after this one, as the pager does for a stream at full speed (bench-common.h).
+    uint64_t next = page + count, more = 0;
+    while ((int64_t)more < window && next + more < page_count && !filled[next + more]) more++;
+    if (more > 0) fill(next, more);
+    count += more;
+  }
   if (ahead_budget > 0 && window == ra.max_pages) {
     if (page + count > ahead_next) ahead_next = page + count;
     ahead_limit = page + count + ahead_budget < page_count ? page + count + ahead_budget : page_count;
@@ -310,8 +337,7 @@ int main(int argc, char **argv) {
   fflush(stdout);
   int sock = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
   if (sock < 0) die("accept");
-  receive_uffd(sock);
-  if (write(sock, "s", 1) != 1) die("ack");
+  if (receive_uffd(sock) && write(sock, "s", 1) != 1) die("ack");
   thread_cpu_t cpu_start = thread_cpu_now();
 
   const uint64_t spin_ns = (uint64_t)spin_us * 1000;

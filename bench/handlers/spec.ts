@@ -66,8 +66,16 @@ export type HandlerSpec =
       /** remote: a bulk stream from another client process (stream-client.ts) to the same server while the C client serves. */
       stream?: ReadsStreamSpec;
     }
+  /**
+   * The real `userfault serve` (bench/serve-process.ts), a process of its own
+   * started by the firecracker section, on the image as a raw memory file or
+   * as the CRC-checked snapshot; the toucher speaks Firecracker's handshake.
+   */
+  | { kind: 'serve'; source: ServeMemory; /** serve from another build (--serve-baseline): before and after a change, in one run. */ baseline?: boolean }
   /** No handler: the kernel's own demand paging, or eager reading. */
   | { kind: 'none' };
+
+export type ServeMemory = 'raw' | 'snapshot';
 
 /**
  * cross-cpu: toucher on CPU 0, handler on CPU 1 (every fault wakes a thread on
@@ -135,6 +143,8 @@ export type HandlerReport =
     }
   | { kind: 'lean'; stats: LeanPagerStats; cpu: ThreadCpu }
   | { kind: 'c'; stats: CHandlerStats; cpu: ThreadCpu; stream?: StreamReport }
+  /** cpu: serve's main thread (every client's pager runs there); processRunNs: all its threads. */
+  | { kind: 'serve'; metrics: PagerMetricsSnapshot; probePagesCopied: number; cpu: ThreadCpu; processRunNs: number }
   | { kind: 'none' };
 
 /** What a bulk stream did during a run (StreamSpec). */

@@ -7,12 +7,16 @@ import type { ThreadCpu } from './spec.js';
 const TICK_MS = 10; // USER_HZ is 100 on Linux
 
 export function threadCpuNow(): ThreadCpu {
-  const tid = native.gettid();
-  const [runNs] = readFileSync(`/proc/self/task/${tid}/schedstat`, 'utf8').split(' ').map(Number);
+  return threadCpuOf('self', native.gettid());
+}
+
+/** CPU time of thread `tid` of process `pid` (another process's main thread: its pid twice). */
+export function threadCpuOf(pid: number | 'self', tid: number): ThreadCpu {
+  const [runNs] = readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ').map(Number);
   // Fields after "(comm) ": state is field 3, utime 14, stime 15 (proc(5)).
-  const stat = readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
+  const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  const status = readFileSync(`/proc/self/task/${tid}/status`, 'utf8');
+  const status = readFileSync(`/proc/${pid}/task/${tid}/status`, 'utf8');
   const switches = (name: string): number => Number(new RegExp(`^${name}:\\s+(\\d+)`, 'm').exec(status)?.[1] ?? Number.NaN);
   return {
     runNs: runNs!,
@@ -23,8 +27,7 @@ export function threadCpuNow(): ThreadCpu {
   };
 }
 
-export function threadCpuSince(start: ThreadCpu): ThreadCpu {
-  const now = threadCpuNow();
+export function threadCpuSince(start: ThreadCpu, now = threadCpuNow()): ThreadCpu {
   return {
     runNs: now.runNs - start.runNs,
     userMs: now.userMs - start.userMs,

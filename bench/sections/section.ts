@@ -63,6 +63,8 @@ export function sourceReads(run: RunResult): number {
     case 'lean':
     case 'c':
       return h.stats.sourceReads;
+    case 'serve':
+      return h.metrics.sourceReads;
     case 'none':
       return 0;
     default: {

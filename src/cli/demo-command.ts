@@ -8,7 +8,7 @@ import { ExitCode } from '../exit-codes.js';
 import { PAGE_SIZE } from '../native.js';
 import { InterruptedError } from './errors.js';
 import { printError } from './output.js';
-import { sizeArg } from './parse.js';
+import { patternArg, sizeArg } from './parse.js';
 import { ByteProgress, ProgressView, progressMode } from './progress.js';
 
 interface DemoCliOptions {
@@ -26,7 +26,7 @@ export function registerDemoCommand(program: Command): void {
         .argParser(sizeArg({ min: PAGE_SIZE, multipleOf: PAGE_SIZE, multipleName: `the ${PAGE_SIZE}-byte page` }))
         .default(64 << 20, '64M'),
     )
-    .addOption(new Option('--pattern <order>', 'touch order').choices(['sequential', 'random']).default('sequential'))
+    .addOption(new Option('--pattern <order>', 'touch order: sequential (or seq) or random').argParser(patternArg).default('sequential'))
     .option('--json', 'print the result as one JSON object')
     .action(async (options: DemoCliOptions) => {
       const json = options.json === true;

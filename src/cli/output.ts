@@ -2,7 +2,10 @@
 // each of them is JSON: a command's result is one JSON document (or, for a
 // long-running command, one JSON object per line), and an error is one line
 // `{"error":{"code","message","exitStatus",...}}` on stderr. Without --json an
-// error is one line `userfault: MESSAGE [CODE]`. docs/exit-codes.md says so.
+// error is one line `userfault: MESSAGE [CODE]`. A warning (something went
+// wrong that did not end the command) is `userfault: warning: MESSAGE [CODE]`,
+// or `{"warning":{"code","message",...}}`. Only the CLI's edge (program.ts)
+// prints the error that ends a command. docs/exit-codes.md says so.
 import { exitCodeFor, type ExitCode } from '../exit-codes.js';
 
 export interface ErrorJson {
@@ -53,6 +56,22 @@ export function errorLine(error: unknown): string {
 /** Print an error as the command's last word, on stderr. */
 export function printError(error: unknown, json: boolean, exitStatus: number = exitCodeFor(error)): void {
   process.stderr.write(json ? `${JSON.stringify({ error: errorJson(error, exitStatus) })}\n` : `${errorLine(error)}\n`);
+}
+
+/**
+ * A warning: `userfault: warning: MESSAGE [CODE]`, or under --json
+ * `{"warning":{code,message,...}}`, on stderr. A plain string is a message
+ * without a code.
+ */
+export function printWarning(warning: unknown, json: boolean): void {
+  if (typeof warning === 'string') {
+    process.stderr.write(json ? `${JSON.stringify({ warning: { message: warning } })}\n` : `userfault: warning: ${warning}\n`);
+  } else if (json) {
+    const { exitStatus: _exitStatus, ...fields } = errorJson(warning);
+    process.stderr.write(`${JSON.stringify({ warning: fields })}\n`);
+  } else {
+    process.stderr.write(`userfault: warning: ${errorMessage(warning)} [${errorCode(warning)}]\n`);
+  }
 }
 
 function isJsonData(value: unknown): boolean {

@@ -8,7 +8,7 @@ import { pageServerReporter } from '../metrics/page-server-reporter.js';
 import { checkListenAddress } from '../net/http-server.js';
 import { Logger, logFormatOf, logFormatOption } from './log.js';
 import { UserfaultError } from '../errors.js';
-import { ExitCode, exitCodeFor } from '../exit-codes.js';
+import { ExitCode } from '../exit-codes.js';
 import { formatHostPort, isLoopbackHost, parseHostPort } from '../net/address.js';
 import {
   openSnapshotPages,
@@ -65,14 +65,8 @@ export function registerPagesCommand(program: Command): void {
     .option('--metrics <host:port>', 'serve the metrics (GET /metrics, Prometheus text) on this TCP address, loopback unless --metrics-allow-remote')
     .option('--metrics-allow-remote', 'allow a --metrics address other hosts can reach')
     .action(async (options: PagesServeOptions) => {
-      const log = new Logger(logFormatOf(options));
-      try {
-        await servePages(options, log);
-      } catch (error) {
-        const exitCode = exitCodeFor(error);
-        log.error('error', { exitCode }, error, 'userfault pages serve: ');
-        process.exitCode = exitCode;
-      }
+      // An error that ends it goes up to the CLI's edge (program.ts), printed as every command's is.
+      await servePages(options, new Logger(logFormatOf(options)));
     });
 }
 

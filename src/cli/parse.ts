@@ -78,3 +78,27 @@ function lookUpGroup(name: string): number | undefined {
   }
   return undefined;
 }
+
+/** An object store's endpoint: an http:// or https:// URL with a host (http://127.0.0.1:9000), checked before any file is read. */
+export function endpointArg(text: string): string {
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    throw new InvalidArgumentError(`It must be a URL with a scheme, http://HOST:PORT or https://HOST`);
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new InvalidArgumentError(`It must be http:// or https://, not ${url.protocol}//`);
+  if (url.hostname === '') throw new InvalidArgumentError('It must name a host');
+  return text;
+}
+
+/**
+ * A touch or write order: `sequential` (the documented name; `seq` is taken
+ * too, the micro guest's own word) or `random`. `demo --pattern` and
+ * `vm run --pattern` accept the same words.
+ */
+export function patternArg(text: string): 'sequential' | 'random' {
+  if (text === 'sequential' || text === 'seq') return 'sequential';
+  if (text === 'random') return 'random';
+  throw new InvalidArgumentError('It must be sequential (or seq) or random');
+}

@@ -6,7 +6,7 @@ import { ExitCode, exitCodeFor } from '../exit-codes.js';
 import { registerDashboardCommand } from './dashboard-command.js';
 import { registerDemoCommand } from './demo-command.js';
 import { UsageError } from './errors.js';
-import { printError } from './output.js';
+import { printError, printWarning } from './output.js';
 import { registerProbeCommand } from './probe-command.js';
 import { registerPagesCommand } from './pages-command.js';
 import { registerServeCommand } from './serve-command.js';
@@ -51,14 +51,29 @@ export function buildProgram(json: boolean, usage: UsageReport = { message: unde
   return program;
 }
 
-/** Whether the command line asks for JSON (so an error found before parsing is printed as JSON too). */
+/**
+ * Whether the command line asks for JSON (so an error found before parsing is
+ * printed as JSON too): --json, or a service's --log-format json.
+ */
 export function wantsJson(args: readonly string[]): boolean {
   const end = args.indexOf('--');
-  return (end < 0 ? args : args.slice(0, end)).includes('--json');
+  const given = end < 0 ? args : args.slice(0, end);
+  return given.includes('--json') || given.includes('--log-format=json') || given.some((arg, i) => arg === '--log-format' && given[i + 1] === 'json');
+}
+
+/**
+ * A process warning (process.emitWarning: an error a library had no listener
+ * for) in the project's own words, instead of Node's `(node:PID) [CODE] ...
+ * (Use node --trace-warnings ...)`: Node's printer is replaced by ours.
+ */
+export function printWarningsAs(json: boolean): void {
+  process.removeAllListeners('warning');
+  process.on('warning', (warning) => printWarning(warning, json));
 }
 
 export async function main(argv: readonly string[]): Promise<number> {
   const json = wantsJson(argv.slice(2));
+  printWarningsAs(json);
   const usage: UsageReport = { message: undefined };
   try {
     await buildProgram(json, usage).parseAsync([...argv]);

@@ -6,12 +6,15 @@
 //   not a terminal  a plain line when something worth a line changed (a
 //                   tenth more done, a new migration phase or round), so a
 //                   log file gets a few lines, not a line a frame
-//   --json          nothing: stdout and stderr carry only the JSON
+//   --json          nothing: stdout and stderr carry only the JSON; or, for
+//                   the commands that say so (snapshot push, pull), a JSON
+//                   line on stderr where a plain line would be:
+//                   {"progress":{"operation","doneBytes","totalBytes"}}
 //
 // Other output to the same terminal goes through around(), which takes the
 // line away, writes, and draws it again, so the two never tangle.
 
-export type ProgressMode = 'tty' | 'lines' | 'off';
+export type ProgressMode = 'tty' | 'lines' | 'json' | 'off';
 
 /** The mode for a command: off under --json, else by whether the stream is a terminal. */
 export function progressMode(json: boolean | undefined, stream: NodeJS.WriteStream = process.stderr): ProgressMode {
@@ -34,13 +37,13 @@ export class ProgressView {
    * last draw was under 100 ms ago; `force` draws anyway); as plain lines it
    * is printed when `key` differs from the last one printed.
    */
-  show(line: string, key: string, force = false): void {
+  show(line: string, key: string, force = false, data?: Record<string, unknown>): void {
     this.line = line;
     if (this.mode === 'off') return;
-    if (this.mode === 'lines') {
+    if (this.mode === 'lines' || this.mode === 'json') {
       if (key === this.lastKey) return;
       this.lastKey = key;
-      this.stream.write(`${line}\n`);
+      this.stream.write(this.mode === 'json' ? `${JSON.stringify({ progress: data ?? { message: line } })}\n` : `${line}\n`);
       return;
     }
     const now = performance.now();
@@ -89,7 +92,7 @@ export class ByteProgress {
     const percent = totalBytes > 0 ? Math.floor((100 * doneBytes) / totalBytes) : 100;
     const seconds = (performance.now() - this.started) / 1000;
     const rate = seconds > 0.2 && doneBytes > 0 ? `, ${mib(doneBytes / seconds)} MiB/s` : '';
-    this.view.show(`${this.label}: ${mib(doneBytes)} of ${mib(totalBytes)} MiB (${percent}%)${rate}`, String(Math.floor(percent / 10)), doneBytes >= totalBytes);
+    this.view.show(`${this.label}: ${mib(doneBytes)} of ${mib(totalBytes)} MiB (${percent}%)${rate}`, String(Math.floor(percent / 10)), doneBytes >= totalBytes, { operation: this.label, doneBytes, totalBytes });
   }
 
   end(): void {

@@ -9,7 +9,8 @@ import { parseS3Url } from '../s3/s3-url.js';
 import { checkSnapshotPath } from '../vm/persist/vm-snapshot.js';
 import { formatBytes } from '../format-bytes.js';
 import { roundMs } from './output.js';
-import { sizeArg } from './parse.js';
+import { ByteProgress, ProgressView, progressMode, type ProgressMode } from './progress.js';
+import { endpointArg, sizeArg } from './parse.js';
 import { checkInputFile } from './snapshot-commands.js';
 
 interface StoreCliOptions {
@@ -17,8 +18,13 @@ interface StoreCliOptions {
   json?: boolean;
 }
 
+/** Progress on stderr: a line (redrawn on a terminal), or under --json a JSON line per tenth. */
+function transferProgressMode(json: boolean | undefined): ProgressMode {
+  return json ? 'json' : progressMode(false);
+}
+
 export function endpointOption(): Option {
-  return new Option('--endpoint <url>', 'the S3-compatible store, http(s)://HOST:PORT (default AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL, else AWS); path-style addressing');
+  return new Option('--endpoint <url>', 'the S3-compatible store, http(s)://HOST:PORT (default AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL, else AWS); path-style addressing').argParser(endpointArg);
 }
 
 export function registerSnapshotTransferCommands(snapshot: Command): void {
@@ -32,7 +38,20 @@ export function registerSnapshotTransferCommands(snapshot: Command): void {
       const location = parseS3Url(url);
       checkInputFile(file);
       const { pushSnapshot } = await import('../s3/snapshot-push.js');
-      const summary = await pushSnapshot(file, location, { endpoint: options.endpoint, chunkBytes: options.chunk });
+      const view = new ProgressView(transferProgressMode(options.json));
+      // A line per phase: every page checked (the file is read whole), then the upload, each with its own rate.
+      let phase: { name: string; bar: ByteProgress } | undefined;
+      const summary = await pushSnapshot(file, location, {
+        endpoint: options.endpoint,
+        chunkBytes: options.chunk,
+        onProgress: (p) => {
+          if (phase?.name !== p.phase) {
+            view.end();
+            phase = { name: p.phase, bar: new ByteProgress(view, p.phase === 'checking' ? `checking every page of ${file}` : `uploading to ${url}`) };
+          }
+          phase.bar.update(p.doneBytes, p.totalBytes);
+        },
+      }).finally(() => view.end());
       if (options.json) console.log(JSON.stringify({ ...summary, durationMs: roundMs(summary.durationMs) }));
       else {
         console.log(
@@ -51,7 +70,9 @@ export function registerSnapshotTransferCommands(snapshot: Command): void {
       const location = parseS3Url(url);
       checkSnapshotPath(file);
       const { pullSnapshot } = await import('../s3/snapshot-pull.js');
-      const summary = await pullSnapshot(location, file, { endpoint: options.endpoint });
+      const view = new ProgressView(transferProgressMode(options.json));
+      const bar = new ByteProgress(view, `downloading ${url}`);
+      const summary = await pullSnapshot(location, file, { endpoint: options.endpoint, onProgress: (p) => bar.update(p.doneBytes, p.totalBytes) }).finally(() => view.end());
       if (options.json) console.log(JSON.stringify({ ...summary, durationMs: roundMs(summary.durationMs) }));
       else {
         console.log(

@@ -4,25 +4,26 @@
 // input, stop). The VMM itself is src/vmm-host/vmm-process.ts; this file is options
 // and printing.
 //
-// Every command handles its own errors: it prints them (a JSON object on
-// stderr with --json, else one readable line) and sets the exit status of
-// src/exit-codes.ts's scheme (64 for a command line that is wrong, before
-// anything is sent or built). Sizes are printed in binary units (MiB, GiB),
+// An error goes up to the CLI's edge (program.ts), printed there as every
+// command's is and mapped to src/exit-codes.ts's status (64 for a command
+// line that is wrong, before anything is sent or built). Sizes are printed in binary units (MiB, GiB),
 // times in ms to 0.1; --json numbers are rounded to 0.01.
 import { resolve } from 'node:path';
 import { Option, type Command } from 'commander';
-import { ExitCode, exitCodeFor } from '../exit-codes.js';
+import { ExitCode } from '../exit-codes.js';
 import type { DestinationProgress } from '../migrate/destination-migration.js';
 import type { MigrationProgress } from '../migrate/source-migration.js';
 import { isLoopbackHost, parseHostPort, type HostPort } from '../net/address.js';
 import { checkListenAddress } from '../net/http-server.js';
 import { callControlApi } from '../vmm-host/control-api.js';
-import { ControlApiError, VmError, VmUsageError } from '../vm/errors.js';
+import { NoVmListeningError, VmError, VmUsageError } from '../vm/errors.js';
 import type { LazyRestoreOptions } from '../vm/memory/lazy-guest-memory.js';
 import type { SnapshotProgress, VmStateChange, VmSnapshotSummary } from '../vm/vmm.js';
 import type { HostedVmStatus } from '../vmm-host/hosted-vm.js';
+import { printWarning } from './output.js';
+import { endpointArg, patternArg } from './parse.js';
 import { ByteProgress, ProgressView, progressMode } from './progress.js';
-import { checkMachineOptions, errorEvent, formatBytes, runVmmProcess, type VmmProcessEvent, type VmmProcessOptions } from '../vmm-host/vmm-process.js';
+import { checkMachineOptions, formatBytes, runVmmProcess, type VmmProcessEvent, type VmmProcessOptions } from '../vmm-host/vmm-process.js';
 
 interface CommonRunOptions {
   apiSock?: string;
@@ -66,7 +67,7 @@ const METRICS_HELP = 'also serve the metrics (GET /metrics, Prometheus text) on 
 const METRICS_REMOTE_HELP = 'allow a --metrics address other hosts can reach (anyone there reads the VM\'s metrics)';
 
 /** --metrics HOST:PORT, checked: loopback, or another address with --metrics-allow-remote (and a warning). */
-function metricsAddress(options: { metrics?: string; metricsAllowRemote?: boolean }): HostPort | undefined {
+function metricsAddress(options: { metrics?: string; metricsAllowRemote?: boolean; json?: boolean }): HostPort | undefined {
   if (options.metrics === undefined) {
     if (options.metricsAllowRemote) throw new VmUsageError(['--metrics-allow-remote', '--metrics'], '--metrics-allow-remote goes with --metrics HOST:PORT');
     return undefined;
@@ -75,7 +76,7 @@ function metricsAddress(options: { metrics?: string; metricsAllowRemote?: boolea
     allowed: options.metricsAllowRemote === true,
     flag: '--metrics-allow-remote',
     what: 'anyone who can reach it reads the VM\'s metrics',
-    warn: (message) => process.stderr.write(`vm: warning: ${message}\n`),
+    warn: (message) => printWarning(message, options.json === true),
   });
 }
 
@@ -97,7 +98,7 @@ export function registerVmCommands(program: Command): void {
     .addOption(new Option('--workload <name>', 'micro guest workload').choices(['idle', 'writer', 'verify']))
     .addOption(new Option('--workload-mem <MiB>', 'micro guest: MiB of memory the writer fills and dirties (it starts at 2 MiB, so at most --mem minus 2 MiB)'))
     .addOption(new Option('--rate <pages>', 'micro guest: pages dirtied per second (0: flat out)'))
-    .addOption(new Option('--pattern <order>', 'micro guest: order the writer dirties pages in').choices(['seq', 'random']))
+    .addOption(new Option('--pattern <order>', 'micro guest: order the writer dirties pages in, sequential (or seq) or random').argParser(patternArg))
     .addOption(new Option('--seed <n>', 'micro guest: pattern seed'))
     .addOption(new Option('--hb <ticks>', 'micro guest: timer ticks (10 ms) between heartbeats'))
     .addOption(new Option('--beats <n>', 'micro guest: heartbeats before a final verify and done (0: forever)'))
@@ -109,7 +110,7 @@ export function registerVmCommands(program: Command): void {
     .option('--no-stdin', 'do not forward the terminal to the guest\'s COM1 (by default keys go to the guest; Ctrl-C stops the VM)')
     .option('--json', 'report VMM events as JSON lines (one object per line) on stderr')
     .action(async (options: RunOptions) => {
-      await handled(options.json, async () => {
+      await exitWith(async () => {
         const memoryBytes = sizeOption('--mem', options.mem);
         const vcpuCount = countOption('--cpus', options.cpus, 1);
         checkMachineOptions(memoryBytes, vcpuCount);
@@ -132,7 +133,7 @@ export function registerVmCommands(program: Command): void {
   vm.command('restore [snapshot]')
     .description('restore a VM (a snapshot file, or --from a page server or object storage) in this process and run it from where it stopped')
     .option('--from <url>', 'restore from a page server (tcp://HOST:PORT: userfault pages serve --snapshot FILE) or object storage (s3://BUCKET/KEY: userfault snapshot push) instead of a file')
-    .option('--endpoint <url>', '--from s3://: the S3-compatible store, http(s)://HOST:PORT (default AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL, else AWS)')
+    .addOption(new Option('--endpoint <url>', '--from s3://: the S3-compatible store, http(s)://HOST:PORT (default AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL, else AWS)').argParser(endpointArg))
     .option('--source-deadline-ms <ms>', '--from: how long a page may wait: for a page server, each read counted from its fault whatever the server does (gone, stuck, BUSY); for a store, how long it may not answer. Then its pages are poisoned, or an eager restore fails (default 30000)')
     .option('--lazy', 'register guest RAM with userfaultfd and resume at once; the pager fills pages on demand from the snapshot or the page server')
     .option('--prefetch-all', 'lazy: stream every page still missing in the background after the guest resumes')
@@ -145,7 +146,7 @@ export function registerVmCommands(program: Command): void {
     .option('--no-stdin', 'do not forward the terminal to the guest\'s COM1')
     .option('--json', 'report VMM events as JSON lines (one object per line) on stderr')
     .action(async (snapshot: string | undefined, options: RestoreCliOptions) => {
-      await handled(options.json, async () => {
+      await exitWith(async () => {
         if ((snapshot === undefined) === (options.from === undefined)) {
           throw new VmUsageError(['SNAPSHOT', '--from'], snapshot === undefined ? 'give a snapshot file or --from tcp://HOST:PORT or s3://BUCKET/KEY' : 'a snapshot file or --from, not both');
         }
@@ -185,7 +186,7 @@ export function registerVmCommands(program: Command): void {
     .option('--stop', 'stop the VM once the snapshot is written (not when writing it failed)')
     .option('--json', 'print the result (or the error) as one JSON object')
     .action(async (options: SocketOptions & { out: string; resume?: boolean; stop?: boolean }) => {
-      await handled(options.json, async () => {
+      await exitWith(async () => {
         if (options.resume && options.stop) throw new VmUsageError(['--resume', '--stop'], '--resume and --stop contradict each other: choose one');
         // The VMM's working directory is not this shell's: send the path as the user means it.
         const out = resolve(options.out);
@@ -205,6 +206,8 @@ export function registerVmCommands(program: Command): void {
           await poll.stop();
           view.clear();
         }
+        // No VM answered at all: there is no VM to leave in any state.
+        if (failure instanceof NoVmListeningError) throw failure;
         let vmState: string = 'paused';
         if (options.resume) {
           // Resumed whether or not the snapshot was written: --resume says how the VM should be left.
@@ -242,7 +245,7 @@ export function registerVmCommands(program: Command): void {
     .requiredOption('--api-sock <path>', 'the VM\'s control socket')
     .option('--json', 'print as JSON')
     .action(async (options: SocketOptions) => {
-      await handled(options.json, async () => {
+      await exitWith(async () => {
         const status = (await callControlApi(options.apiSock, 'GET', '/vm')) as HostedVmStatus;
         if (options.json) printJson(status);
         else console.log(formatStatus(status).join('\n'));
@@ -256,7 +259,7 @@ export function registerVmCommands(program: Command): void {
       .requiredOption('--api-sock <path>', 'the VM\'s control socket')
       .option('--json', 'print the VM\'s state as JSON')
       .action(async (options: SocketOptions) => {
-        await handled(options.json, async () => {
+        await exitWith(async () => {
           const change = (await callControlApi(options.apiSock, 'PATCH', '/vm', { state })) as VmStateChange;
           if (options.json) printJson(change);
           else console.log(change.changed ? did : change.state === 'created' ? 'already paused (it has not run yet)' : already);
@@ -270,7 +273,7 @@ export function registerVmCommands(program: Command): void {
     .requiredOption('--api-sock <path>', 'the VM\'s control socket')
     .option('--json', 'print the result as JSON')
     .action(async (text: string, options: SocketOptions) => {
-      await handled(options.json, async () => {
+      await exitWith(async () => {
         if (text === '') throw new VmUsageError(['<text>'], 'vm input needs at least one byte to send');
         await callControlApi(options.apiSock, 'PUT', '/serial/input', { data: text });
         const bytes = Buffer.byteLength(text, 'utf8');
@@ -295,12 +298,12 @@ export function registerVmCommands(program: Command): void {
     .option('--no-stdin', 'do not forward the terminal to the guest\'s COM1')
     .option('--json', 'report VMM events as JSON lines (one object per line) on stderr')
     .action(async (options: CommonRunOptions & { listen: string; allowRemote?: boolean; pskFile?: string; stallTimeoutMs: string; reconnectDeadlineMs: string; progressTimeoutMs: string }) => {
-      await handled(options.json, async () => {
+      await exitWith(async () => {
         const listen = parseHostPort(options.listen, '--listen HOST:PORT');
         if (!isLoopbackHost(listen.host) && !options.allowRemote) {
           throw new VmUsageError(['--listen', '--allow-remote'], `--listen ${options.listen} is reachable from other hosts: add --allow-remote to mean it (and --psk-file to let only your source in)`);
         }
-        if (!isLoopbackHost(listen.host)) process.stderr.write(`vm: warning: listening on ${options.listen}, reachable from other hosts${options.pskFile ? '' : ', unauthenticated'}\n`);
+        if (!isLoopbackHost(listen.host)) printWarning(`listening on ${options.listen}, reachable from other hosts${options.pskFile ? '' : ', unauthenticated'}`, options.json === true);
         return runVmmProcess({
           command: 'receive',
           listen,
@@ -332,7 +335,7 @@ export function registerVmCommands(program: Command): void {
     .option('--psk-file <file>', 'the pre-shared key the destination holds (vm receive --psk-file; mode 0600, readable by its owner only): both connections are TLS-PSK')
     .option('--json', 'print only the final report, as one JSON object')
     .action(async (options: SocketOptions & { to?: string; resume?: boolean; abandon?: boolean; mode: 'precopy' | 'postcopy' | 'hybrid'; downtimeMs: string; maxRounds: string; reconnectDeadlineMs: string; stallTimeoutMs: string; progressTimeoutMs: string; pskFile?: string }) => {
-      await handled(options.json, async () => {
+      await exitWith(async () => {
         const actions = [options.to !== undefined && '--to', options.resume && '--resume', options.abandon && '--abandon'].filter((a): a is string => typeof a === 'string');
         if (actions.length !== 1) {
           throw new VmUsageError(['--to', '--resume', '--abandon'], actions.length === 0 ? 'give the destination, --to HOST:PORT (or --resume or --abandon a paused migration)' : `${actions.join(' and ')} contradict each other: choose one`);
@@ -388,7 +391,7 @@ export function registerVmCommands(program: Command): void {
     .requiredOption('--api-sock <path>', 'the VM\'s control socket')
     .option('--json', 'print the result as JSON')
     .action(async (options: SocketOptions) => {
-      await handled(options.json, async () => {
+      await exitWith(async () => {
         await callControlApi(options.apiSock, 'PUT', '/actions', { action_type: 'Stop' });
         if (options.json) printJson({ state: 'stopped' });
         else console.log('stopped');
@@ -397,11 +400,17 @@ export function registerVmCommands(program: Command): void {
     });
 }
 
-/** `vm snapshot` wrote no snapshot; `vmState` is how the VM was left. The exit status is the cause's. */
+/**
+ * `vm snapshot` wrote no snapshot; `vmState` is how the VM was left. Its code
+ * is the cause's (ECANTCREATE, ENOVM, ...), so text, JSON and the exit status
+ * all say what went wrong, not only that the snapshot did.
+ */
 class SnapshotCommandError extends VmError {
-  override readonly code = 'ESNAPSHOTFAILED';
+  override readonly code: string;
   constructor(readonly path: string, readonly vmState: string, cause: unknown, note: string) {
     super(`snapshot failed: ${(cause as Error).message}; the VM is ${vmState}${note}`, { cause });
+    const causeCode = (cause as { code?: unknown } | null)?.code;
+    this.code = typeof causeCode === 'string' ? causeCode : 'ESNAPSHOTFAILED';
   }
 }
 
@@ -411,7 +420,8 @@ export function guestCmdline(options: Pick<RunOptions, 'cmdline' | 'workload' | 
     ['workload', '--workload', options.workload],
     ['mem', '--workload-mem', options.workloadMem === undefined ? undefined : String(countOption('--workload-mem', options.workloadMem, 1))],
     ['rate', '--rate', options.rate === undefined ? undefined : String(countOption('--rate', options.rate, 0))],
-    ['pattern', '--pattern', options.pattern],
+    // The guest's own word for sequential is seq.
+    ['pattern', '--pattern', options.pattern === 'sequential' ? 'seq' : options.pattern],
     ['seed', '--seed', options.seed === undefined ? undefined : String(countOption('--seed', options.seed, 0))],
     ['hb', '--hb', options.hb === undefined ? undefined : String(countOption('--hb', options.hb, 1))],
     ['beats', '--beats', options.beats === undefined ? undefined : String(countOption('--beats', options.beats, 0))],
@@ -459,32 +469,12 @@ async function currentState(socketPath: string): Promise<string> {
 }
 
 /**
- * Run a command's body; its result is the exit status. An error is printed
- * (as JSON on stderr with --json) and its status set from its code; a
- * refusal from the VM is mapped by the server's fault code.
+ * Run a command's body; its result is the exit status. An error goes up to
+ * the CLI's edge (program.ts), which prints it in the one shape every command
+ * uses and maps its code to the exit status.
  */
-async function handled(json: boolean | undefined, body: () => Promise<number>): Promise<void> {
-  try {
-    process.exitCode = await body();
-  } catch (error) {
-    const event = errorEvent(error);
-    const exitCode = exitCodeForCommand(error);
-    if (json) process.stderr.write(`${jsonLine({ ...event, exitCode })}\n`);
-    else process.stderr.write(`userfault: ${event.message}${event.code ? ` [${faultCode(error) ?? event.code}]` : ''}\n`);
-    process.exitCode = exitCode;
-  }
-}
-
-function faultCode(error: unknown): string | undefined {
-  if (error instanceof ControlApiError) return error.faultCode;
-  if (error instanceof SnapshotCommandError && error.cause instanceof ControlApiError) return error.cause.faultCode;
-  return undefined;
-}
-
-function exitCodeForCommand(error: unknown): number {
-  if (error instanceof SnapshotCommandError) return exitCodeForCommand(error.cause);
-  if (error instanceof ControlApiError) return exitCodeFor({ code: error.faultCode });
-  return exitCodeFor(error);
+async function exitWith(body: () => Promise<number>): Promise<void> {
+  process.exitCode = await body();
 }
 
 /** JSON with every fractional number rounded to 0.01 (ms, us, rates: nothing means more digits). */
@@ -531,6 +521,12 @@ function vmmOutput(json: boolean | undefined): Pick<VmmProcessOptions, 'console'
 export function formatEvent(event: VmmProcessEvent): string[] {
   switch (event.event) {
     case 'running': {
+      if (event.incoming) {
+        const i = event.incoming;
+        return [`running the migrated guest (${event.restore?.mode === 'lazy' ? 'post-copy: pages not here yet are fetched as the guest needs them' : 'every page arrived before it ran'}): ` +
+          `this side loaded its state in ${i.loadMs.toFixed(1)} ms and started it in ${i.resumeMs.toFixed(1)} ms, after ${(i.waitedMs / 1000).toFixed(2)} s waiting for the source (its connection, pre-copy, GO)` +
+          `${event.apiSock ? `; control socket ${event.apiSock}` : ''}`];
+      }
       if (!event.restore) return [`running (built and loaded in ${event.readyMs.toFixed(1)} ms${event.apiSock ? `, control socket ${event.apiSock}` : ''})`];
       const r = event.restore;
       const steps = [`opened ${r.openedMs.toFixed(1)}`, `built ${r.builtMs.toFixed(1)}`];
@@ -552,7 +548,7 @@ export function formatEvent(event: VmmProcessEvent): string[] {
       if (p.error) return [`migration in: ${p.state}: ${p.error.message}`];
       return [`migration in: ${p.state}${p.verified === undefined ? '' : p.verified ? ', every page verified' : `, ${p.differingBatches} batch(es) differ`}; ` +
         `pre-copy ${p.dataPagesReceived} data and ${p.zeroPagesReceived} zero pages in ${p.rounds} rounds, ${p.stalePages} stale; ` +
-        `post-copy ${p.demandReads} demanded${demandLatency(p)}, ${p.pushedPages} pushed; load ${p.loadMs ?? '-'} ms, resume ${p.resumeMs ?? '-'} ms`];
+        `${postcopyWords(p.demandReads, p.backgroundReads, p.pushedPages)}${demandLatency(p)}; load ${p.loadMs ?? '-'} ms, start ${p.resumeMs ?? '-'} ms`];
     }
     case 'exited': {
       const { reason } = event;
@@ -567,8 +563,6 @@ export function formatEvent(event: VmmProcessEvent): string[] {
       if (memory) lines.push(...formatLazyMemory(memory));
       return lines;
     }
-    case 'error':
-      return [`error: ${event.message}${event.code ? ` [${event.code}]` : ''}`];
     default: {
       const never: never = event;
       return [JSON.stringify(never)];
@@ -594,7 +588,11 @@ export function formatStatus(status: HostedVmStatus): string[] {
     lines.push(`vCPU ${v.id}: ${v.state}, ${v.counters.exits} exits (${v.counters.ioExits} port I/O), ${v.counters.kicks} kicks${blocked}`);
   }
   if (status.exitReason) lines.push(`exit: ${JSON.stringify(status.exitReason)}`);
-  if (status.restore) {
+  if (status.restore && status.migration?.role === 'destination') {
+    // A guest that arrived by live migration: where from and how, not "restored".
+    lines.push(`${status.restore.source}, ${status.restore.mode === 'lazy' ? 'post-copy (pages not here yet are fetched as the guest needs them)' : 'every page arrived before it ran'}`);
+    if (status.restore.memory) lines.push(...formatLazyMemory(status.restore.memory));
+  } else if (status.restore) {
     lines.push(`restored ${status.restore.mode} from ${status.restore.source}, ready in ${status.restore.readyMs.toFixed(1)} ms`);
     if (status.restore.memory) lines.push(...formatLazyMemory(status.restore.memory));
   }
@@ -602,7 +600,7 @@ export function formatStatus(status: HostedVmStatus): string[] {
   if (migration?.role === 'source') lines.push(formatMigrationProgress(migration));
   else if (migration?.role === 'destination') {
     const m = migration;
-    lines.push(`migration in: ${m.state}, pre-copy ${m.dataPagesReceived} data and ${m.zeroPagesReceived} zero pages, post-copy ${m.demandReads} demanded${demandLatency(m)} and ${m.pushedPages} pushed` +
+    lines.push(`migration in: ${m.state}, pre-copy ${m.dataPagesReceived} data and ${m.zeroPagesReceived} zero pages, ${postcopyWords(m.demandReads, m.backgroundReads, m.pushedPages)}${demandLatency(m)}` +
       (m.verified === undefined ? '' : m.verified ? ', verified' : ', NOT verified'));
   }
   return lines;
@@ -610,7 +608,35 @@ export function formatStatus(status: HostedVmStatus): string[] {
 
 function demandLatency(p: DestinationProgress): string {
   const l = p.faultLatencyMicros;
-  return l && l.count ? ` (${l.count} faults waited p50 ${l.p50} us, p99 ${l.p99} us)` : '';
+  return l && l.count ? ` (${l.count} guest faults waited p50 ${l.p50} us, p99 ${l.p99} us)` : '';
+}
+
+/**
+ * Post-copy's counts in the words both sides print, so the same count reads
+ * the same on each: the READs the destination sent, for its guest's faults
+ * (on demand) and ahead of them (read-ahead), and the pages the source
+ * pushed unasked (zero pages included).
+ */
+export function postcopyWords(demandReads: number, readAheadReads: number, pushedPages: number): string {
+  return `post-copy ${demandReads} demand reads, ${readAheadReads} read-ahead reads, ${pushedPages} pages pushed`;
+}
+
+/** How pre-copy ended and what came next, in words (the switchover's reason and the mode). */
+export function switchoverWords(p: Pick<MigrationProgress, 'mode' | 'round' | 'switchoverReason' | 'state'>): string {
+  const rounds = `${p.round} pre-copy round${p.round === 1 ? '' : 's'}`;
+  const next = p.mode === 'hybrid' ? 'post-copy' : 'stop-and-copy';
+  switch (p.switchoverReason) {
+    case 'mode':
+      return 'post-copy from the start (--mode postcopy)';
+    case 'converged':
+      return `stop-and-copy once pre-copy converged, after ${rounds}`;
+    case 'rounds-exhausted':
+      return `${next} after ${rounds} (--max-rounds) without converging`;
+    case 'not-converging':
+      return `${next} after ${rounds}: the guest dirtied pages about as fast as they were sent`;
+    default:
+      return p.state;
+  }
 }
 
 /** A migration paused by a cut past its reconnect deadline: where the guest is, why, and the ways out. */
@@ -632,12 +658,13 @@ export function formatMigrationProgress(p: MigrationProgress): string {
   const remaining = formatBytes(p.remainingPages * 4096);
   const parts = [
     `${p.state}${p.state === 'precopy' ? ` round ${p.round + 1}` : ''}`,
-    `${formatBytes(p.transferredBytes)} sent, ${remaining} to go`,
+    `${formatBytes(p.transferredBytes)} sent, ${remaining} to go${p.state === 'precopy' ? ' this round' : ''}`,
     `${formatBytes(p.rateBytesPerSecond)}/s`,
   ];
-  if (p.state === 'precopy') parts.push(`dirtying ${p.dirtyPagesPerSecond} pages/s`);
+  // The dirty rate is measured when a round ends (the dirty log is read then): none during the first.
+  if (p.state === 'precopy' && p.dirtyPagesPerSecond !== undefined) parts.push(`dirtying ${p.dirtyPagesPerSecond} pages/s`);
   parts.push(`${p.zeroPagesSent} zero pages`);
-  if (p.postcopyRequests || p.pushedPages) parts.push(`${p.postcopyRequests} demanded, ${p.pushedPages} pushed`);
+  if (p.postcopyRequests || p.pushedPages || p.pushedZeroPages) parts.push(postcopyWords(p.postcopyDemandReads, p.postcopyReadAheadReads, p.pushedPages + p.pushedZeroPages));
   parts.push(`${(p.elapsedMs / 1000).toFixed(1)} s`);
   if (p.expectedDowntimeMs !== undefined) parts.push(`expected downtime ${p.expectedDowntimeMs.toFixed(1)} ms`);
   return `migrate: ${parts.join(', ')}`;
@@ -645,8 +672,8 @@ export function formatMigrationProgress(p: MigrationProgress): string {
 
 export function formatMigrationReport(p: MigrationProgress): string[] {
   if (p.waitingForOperator) return formatPausedMigration(p);
-  const lines = [`migrated (${p.mode}, ${p.switchoverReason ?? p.state}) in ${(p.elapsedMs / 1000).toFixed(2)} s: ${p.round} pre-copy round(s), ${formatBytes(p.transferredBytes)} sent ` +
-    `(${p.dataPagesSent + p.pushedPages} data pages, ${p.zeroPagesSent} zero pages as markers), ${p.postcopyRequests} post-copy requests`];
+  const lines = [`migrated in ${(p.elapsedMs / 1000).toFixed(2)} s, ${switchoverWords(p)}: ${formatBytes(p.transferredBytes)} sent ` +
+    `(${p.dataPagesSent + p.pushedPages} data pages, ${p.zeroPagesSent} zero pages as markers); ${postcopyWords(p.postcopyDemandReads, p.postcopyReadAheadReads, p.pushedPages + p.pushedZeroPages)}`];
   const d = p.downtime;
   if (d) lines.push(`downtime ${d.totalMs.toFixed(1)} ms: pause ${d.pauseMs.toFixed(1)}, final sync ${d.finalSyncMs.toFixed(1)}, state ${d.stateEncodeMs.toFixed(1)}, send ${d.sendMs.toFixed(1)}, destination load ${d.destinationLoadMs.toFixed(1)}, resume ${d.destinationResumeMs.toFixed(1)} ms`);
   lines.push(p.verified ? 'verified: every page the destination installed matches what was sent' : `NOT verified: ${p.differingBatches ?? '?'} batch(es) of pages differ`);

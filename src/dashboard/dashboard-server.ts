@@ -103,7 +103,7 @@ export class DashboardServer {
       handle: (_req, res) => sendText(res, 200, JSON.stringify(dashboard?.latest ?? null), { contentType: 'application/json' }),
     };
     const server = createBoundedHttpServer({ routes, hostNames: options.http?.hostNames, bounds: { maxConnections: 64, ...options.http?.bounds } });
-    const address = await listenHttp(server, options.listen);
+    const address = await listenHttp(server, options.listen, '--listen');
     dashboard = new DashboardServer(server, address, options, sse);
     await dashboard.poll();
     dashboard.schedule();

@@ -417,11 +417,11 @@ async function probeRegions(
     const last = region.lengthBytes - PAGE_SIZE;
     for (const offset of last > 0 ? [0, last] : [0]) {
       const address = region.hostAddress + offset;
-      await source.read(region.fileOffset + offset, PAGE_SIZE, page);
+      const bytes = await probePage(source, region.fileOffset + offset, page);
       if (!wanted()) return { type: 'ok' };
       try {
         // 'retry' (events pending) proves nothing either way; the pager will meet the page if it matters.
-        if (uffd.copy(address, page).status === 'done') copied();
+        if (uffd.copy(address, bytes).status === 'done') copied();
       } catch (error) {
         if (error instanceof AddressSpaceGoneError) return { type: 'gone' };
         if (error instanceof RangeNotRegisteredError) return { type: 'unregistered', error: new RegionNotRegisteredError(index, address, { cause: error }) };
@@ -439,6 +439,19 @@ async function probeRegions(
     }
   }
   return { type: 'ok' };
+}
+
+/**
+ * A probe page from the source, by its fast paths when it has them (a view of
+ * the page cache, a read that does not wait): the client is storing already
+ * (Firecracker resumes right after sending the handshake), and a thread-pool
+ * round trip per probed page is the first fault's latency. Else read() it.
+ */
+function probePage(source: PageSource, offset: number, page: Uint8Array): Uint8Array | Promise<Uint8Array> {
+  const view = source.mappedPages?.(offset, PAGE_SIZE);
+  if (view) return view;
+  if (source.readSync?.(offset, PAGE_SIZE, page)) return page;
+  return source.read(offset, PAGE_SIZE, page).then(() => page);
 }
 
 let poisonOffered: boolean | undefined;

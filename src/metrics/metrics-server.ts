@@ -18,11 +18,15 @@ export interface MetricsServer {
 }
 
 /** Connection bounds and host names (tests shorten the timeouts); the defaults are http-server.ts's. */
-export type MetricsServerOptions = Pick<BoundedHttpServerOptions, 'bounds' | 'hostNames'>;
+export type MetricsServerOptions = Pick<BoundedHttpServerOptions, 'bounds' | 'hostNames'> & {
+  /** The option the address was given with, named when it is taken (default --metrics). */
+  option?: string;
+};
 
 export async function startMetricsServer(registry: RegistryRef, address: HostPort, options: MetricsServerOptions = {}): Promise<MetricsServer> {
+  const { option = '--metrics', ...serverOptions } = options;
   const server = createBoundedHttpServer({
-    ...options,
+    ...serverOptions,
     routes: {
       '/metrics': {
         methods: ['GET'],
@@ -30,6 +34,6 @@ export async function startMetricsServer(registry: RegistryRef, address: HostPor
       },
     },
   });
-  const bound = await listenHttp(server, address);
+  const bound = await listenHttp(server, address, option);
   return { server, address: bound, url: `http://${formatHostPort(bound)}/metrics`, close: () => closeHttp(server) };
 }

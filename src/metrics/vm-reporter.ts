@@ -60,7 +60,7 @@ export function reportMigration(sink: MetricsSink, p: MigrationProgress | Destin
     sink.add('migrationTransferredBytes', p.transferredBytes, { role });
     sink.add('migrationRemainingBytes', p.remainingPages * PAGE_SIZE, { role });
     sink.add('migrationRate', p.rateBytesPerSecond, { role });
-    sink.add('migrationDirtyRate', p.dirtyPagesPerSecond, { role });
+    if (p.dirtyPagesPerSecond !== undefined) sink.add('migrationDirtyRate', p.dirtyPagesPerSecond, { role });
     sink.add('migrationRounds', p.round, { role });
     sink.add('migrationPages', p.dataPagesSent, { role, kind: 'data' });
     sink.add('migrationPages', p.zeroPagesSent, { role, kind: 'zero' });

@@ -453,9 +453,9 @@ export class DestinationMigration<Built extends IncomingMachine = IncomingMachin
       const present = received.andNot(knownZero);
       this.pageSource = new MigrationPageSource(memory.lengthBytes, PAGE_SIZE, knownZero, digests, main.name);
       this.pageSource.attach(main, this.urgent ?? main);
-      await this.vmm.completeIncoming(state, `migration from ${main.name}`, { source: this.pageSource, presentPages: present });
+      await this.vmm.completeIncoming(state, this.arrivedFrom(main), { source: this.pageSource, presentPages: present });
     } else {
-      await this.vmm.completeIncoming(state, `migration from ${main.name}`);
+      await this.vmm.completeIncoming(state, this.arrivedFrom(main));
     }
     // Cut (and discarded) while loading: nothing more to do.
     if (this.state !== 'loading') return;
@@ -463,6 +463,11 @@ export class DestinationMigration<Built extends IncomingMachine = IncomingMachin
     // From here the source may send GO: a cut no longer discards (the source may be committing); it is waited out.
     this.move('ready');
     await main.send({ type: 'mig-ready', loadMicros: Math.round(this.loadMs * 1000) }, requestId).catch(() => {});
+  }
+
+  /** Where the guest came from, as its restore names it (vm status: "live migration from HOST:PORT, post-copy ..."). */
+  private arrivedFrom(main: MigrationConnection): string {
+    return `live migration from ${main.socket.remoteAddress}:${main.socket.remotePort}`;
   }
 
   /**

@@ -82,16 +82,26 @@ export interface MigrationProgress {
   guestPages: number;
   /** Bytes written on both connections. */
   transferredBytes: number;
-  /** Pages still to send (pre-copy: dirty; post-copy: not yet sent). */
+  /**
+   * Pages still to send. Pre-copy, during a round: the rest of that round's
+   * pages (those the guest dirties meanwhile are known when the round ends);
+   * between rounds and at switchover: the dirty ones; post-copy: the pages
+   * not yet sent.
+   */
   remainingPages: number;
-  /** Bytes per second over the last round (pre-copy) or since switchover (post-copy). */
+  /** Bytes per second: over the round under way (pre-copy; the last round's in its first moments), or since switchover (post-copy). */
   rateBytesPerSecond: number;
-  /** Pages the guest dirtied per second during the last round. */
-  dirtyPagesPerSecond: number;
+  /** Pages the guest dirtied per second during the last round; undefined until the first round ends (the dirty log is read at a round's end). */
+  dirtyPagesPerSecond: number | undefined;
   dataPagesSent: number;
   zeroPagesSent: number;
+  /** Post-copy READs answered: on the urgent connection (the destination's guest faults) and on the main one (its read-ahead). */
   postcopyRequests: number;
+  postcopyDemandReads: number;
+  postcopyReadAheadReads: number;
+  /** Post-copy pages pushed unasked: as data, and as zero markers (the destination counts both as pushed). */
   pushedPages: number;
+  pushedZeroPages: number;
   elapsedMs: number;
   expectedDowntimeMs: number | undefined;
   /** Why pre-copy stopped, once it did. */
@@ -160,7 +170,9 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
   private gaveUpReconnecting = false;
   private readonly progressTimeoutMs: number;
   private readonly zeroPage = Buffer.alloc(PAGE_SIZE);
-  private readonly stats = { round: 0, dataPagesSent: 0, zeroPagesSent: 0, postcopyRequests: 0, pushedPages: 0, rateBytesPerSecond: 0, dirtyPagesPerSecond: 0, recoveries: 0 };
+  private readonly stats = { round: 0, dataPagesSent: 0, zeroPagesSent: 0, postcopyRequests: 0, postcopyDemandReads: 0, pushedPages: 0, pushedZeroPages: 0, rateBytesPerSecond: 0, dirtyPagesPerSecond: 0, recoveries: 0 };
+  /** The pre-copy round under way: its pages, those sent so far, and where its clock and byte count started (for progress()). */
+  private currentRound: { pages: number; sentPages: number; startedAt: number; bytesAtStart: number } | undefined;
   private switchoverReason: string | undefined;
   private downtime: DowntimeBreakdown | undefined;
   private verified: { ok: boolean; differing: number } | undefined;
@@ -189,6 +201,10 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
 
   progress(): MigrationProgress {
     const remaining = this.toSend ? this.toSend.count() : this.pending.count();
+    const round = this.currentRound;
+    const roundMs = round ? performance.now() - round.startedAt : 0;
+    // A round's own rate once it has run long enough to mean something; the last round's before that.
+    const precopyRate = round && roundMs >= 50 ? ((this.main?.bytesSent ?? 0) - round.bytesAtStart) / roundMs * 1000 : this.stats.rateBytesPerSecond;
     const progress: MigrationProgress = {
       role: 'source',
       state: this.stateValue,
@@ -196,13 +212,16 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
       round: this.stats.round,
       guestPages: this.pages,
       transferredBytes: (this.main?.bytesSent ?? 0) + (this.urgent?.bytesSent ?? 0),
-      remainingPages: this.stats.round === 0 && !this.toSend && this.stateValue === 'precopy' ? this.pages : remaining,
-      rateBytesPerSecond: Math.round(this.postcopyStartedAt ? this.postcopyRate() : this.stats.rateBytesPerSecond),
-      dirtyPagesPerSecond: Math.round(this.stats.dirtyPagesPerSecond),
+      remainingPages: round ? round.pages - round.sentPages : this.stats.round === 0 && !this.toSend && this.stateValue === 'precopy' ? this.pages : remaining,
+      rateBytesPerSecond: Math.round(this.postcopyStartedAt ? this.postcopyRate() : precopyRate),
+      dirtyPagesPerSecond: this.stats.round > 0 ? Math.round(this.stats.dirtyPagesPerSecond) : undefined,
       dataPagesSent: this.stats.dataPagesSent,
       zeroPagesSent: this.stats.zeroPagesSent,
       postcopyRequests: this.stats.postcopyRequests,
+      postcopyDemandReads: this.stats.postcopyDemandReads,
+      postcopyReadAheadReads: this.stats.postcopyRequests - this.stats.postcopyDemandReads,
       pushedPages: this.stats.pushedPages,
+      pushedZeroPages: this.stats.pushedZeroPages,
       elapsedMs: round2(performance.now() - this.started),
       expectedDowntimeMs: isPastSwitchover(this.stateValue) ? undefined : finiteOr(round2(this.policy.expectedDowntimeMs(this.pending.count(), PAGE_SIZE))),
       guestOwner: sourceOwnsGuest(this.stateValue) ? 'source' : this.stateValue === 'committing' || this.stateValue === 'committing-paused' ? 'unknown' : 'destination',
@@ -481,7 +500,12 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
       this.checkCancelled();
       const roundStarted = performance.now();
       const bytesBefore = this.main!.bytesSent;
-      await this.sendPages(toSend, this.stats.round);
+      this.currentRound = { pages: toSend.count(), sentPages: 0, startedAt: roundStarted, bytesAtStart: bytesBefore };
+      try {
+        await this.sendPages(toSend, this.stats.round);
+      } finally {
+        this.currentRound = undefined;
+      }
       const durationMs = performance.now() - roundStarted;
       this.pending = new PageBitmap(this.pages);
       this.collectDirty(this.pending);
@@ -531,6 +555,7 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
           await this.main!.send({ type: 'mig-pages', firstPage: run.firstPage, pageCount: run.pageCount, round, checksums, data: run.data });
         }
       }
+      if (this.currentRound) this.currentRound.sentPages += count;
     }
   }
 
@@ -639,6 +664,7 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
         if (part.zero) {
           for (let p = part.firstPage; p < part.firstPage + part.pageCount; p++) this.digests.recordZero(p);
           this.stats.zeroPagesSent += part.pageCount;
+          this.stats.pushedZeroPages += part.pageCount;
           await this.main!.send({ type: 'mig-zero', firstPage: part.firstPage, pageCount: part.pageCount, round: this.stats.round });
         } else {
           const checksums = this.digests.record(part.firstPage, part.data);
@@ -677,6 +703,7 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
       return;
     }
     this.stats.postcopyRequests++;
+    if (from === this.urgent) this.stats.postcopyDemandReads++;
     const firstPage = read.offset / PAGE_SIZE;
     const data = this.target.memory.image().subarray(read.offset, end);
     const checksums = this.digests.record(firstPage, data);

@@ -108,11 +108,23 @@ export function sendText(res: ServerResponse, status: number, text: string, opti
 }
 
 /** Listen on host:port (port 0: any free one); resolves with the address listened on. */
-export async function listenHttp(server: Server, address: HostPort): Promise<HostPort> {
+/** The address a `--option HOST:PORT` names is taken by another process. Code EADDRINUSE (exit 73). */
+export class ListenAddressInUseError extends UserfaultError {
+  override readonly code = 'EADDRINUSE';
+  constructor(readonly option: string, readonly address: string, options?: { cause?: unknown }) {
+    super(`${option} ${address}: the address is in use (another process listens there); choose another port, or port 0 for any free one`, options);
+  }
+}
+
+/** Listen on `address`; a taken address is named by the option the user gave it with (`option`, e.g. --metrics). */
+export async function listenHttp(server: Server, address: HostPort, option?: string): Promise<HostPort> {
   await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
+    const refused = (error: Error & { code?: string }): void => {
+      reject(option !== undefined && error.code === 'EADDRINUSE' ? new ListenAddressInUseError(option, formatHostPort(address), { cause: error }) : error);
+    };
+    server.once('error', refused);
     server.listen({ host: address.host, port: address.port }, () => {
-      server.off('error', reject);
+      server.off('error', refused);
       resolve();
     });
   });

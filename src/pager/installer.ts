@@ -21,6 +21,7 @@ import type { ResolveResult, Userfaultfd } from '../uffd/userfaultfd.js';
 import type { AddressMap } from './address-map.js';
 import type { Fetch } from './fetch-scheduler.js';
 import type { PagerMetrics } from './metrics.js';
+import type { PageFlags } from './page-flags.js';
 import { PageState, type PageStateTable } from './page-state.js';
 import type { FaultWaiters } from './waiters.js';
 
@@ -47,7 +48,7 @@ export interface InstallerContext {
   waiters: FaultWaiters;
   metrics: PagerMetrics;
   /** Pages were prefetched (read-ahead or replay) rather than demanded: for the prefetch metrics. */
-  prefetched: Set<number>;
+  prefetched: PageFlags;
   isRunning(): boolean;
   /** Read and apply the uffd's pending messages (before retrying copies the kernel refused with EAGAIN). */
   drainEvents(): void;

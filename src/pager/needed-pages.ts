@@ -21,6 +21,15 @@ export function neededPages(source: PageSource, pageCount: number, ranges: Itera
   const needed = new Uint8Array(pageCount);
   const zero = source.zeroPageMask?.(PAGE_SIZE);
   for (const { firstPage, pageCount: count } of ranges) {
+    // The common cases without a call a page (every client of `serve` and every VM restore runs this, often in cold code).
+    if (!skip && !zero && !source.isZero) {
+      needed.fill(1, firstPage, firstPage + count);
+      continue;
+    }
+    if (!skip && zero) {
+      for (let page = firstPage; page < firstPage + count; page++) needed[page] = zero[page]! ^ 1;
+      continue;
+    }
     for (let page = firstPage; page < firstPage + count; page++) {
       if (skip?.(page)) continue;
       needed[page] = zero ? zero[page]! ^ 1 : source.isZero?.(page * PAGE_SIZE, PAGE_SIZE) ? 0 : 1;

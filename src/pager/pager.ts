@@ -30,6 +30,7 @@ import { FetchScheduler, newFetch, type Fetch } from './fetch-scheduler.js';
 import { PageInstaller, type InstallHow, type InstallerContext } from './installer.js';
 import { PagerMetrics, type PagerMetricsSnapshot } from './metrics.js';
 import { neededPages } from './needed-pages.js';
+import { PageFlags } from './page-flags.js';
 import { PageState, PageStateTable, type PageCounts } from './page-state.js';
 import { ReadAhead, type PrefetchOptions } from './readahead.js';
 import { FaultWaiters } from './waiters.js';
@@ -98,6 +99,9 @@ export interface PagerEvents {
   complete: [];
 }
 
+/** Batches read back to back in one wake-up while faults keep coming several at a time (then the event loop gets a turn). */
+const MAX_BATCHES_PER_WAKE = 16;
+
 /** Delays before retrying a read that failed transiently (ms), by attempt. */
 const READ_RETRY_DELAYS_MS = [1, 10, 100];
 
@@ -115,7 +119,7 @@ export class Pager extends EventEmitter<PagerEvents> {
   private readonly options: PagerOptions;
   private readonly inFlightSettled = new Set<Promise<void>>();
   /** Pages put in flight by read-ahead or replay rather than a fault. */
-  private readonly prefetched = new Set<number>();
+  private readonly prefetched: PageFlags;
   private readonly workingSetOrder: number[] = [];
   private readonly demanded: Uint8Array | undefined;
   private readonly bufferPool: Uint8Array[] = [];
@@ -138,6 +142,7 @@ export class Pager extends EventEmitter<PagerEvents> {
     }
     const pageCount = Math.ceil(this.source.sizeBytes / PAGE_SIZE);
     this.states = options.initialStates ?? new PageStateTable(pageCount, undefined, neededPages(this.source, pageCount, this.map.regions.map((region) => ({ firstPage: region.sourceOffset / PAGE_SIZE, pageCount: region.lengthBytes / PAGE_SIZE }))));
+    this.prefetched = new PageFlags(pageCount);
     this.readAhead = new ReadAhead(options.prefetch ?? {});
     const maxInFlight = options.maxInFlight ?? 64;
     this.scheduler = new FetchScheduler(maxInFlight, options.maxBackgroundInFlight ?? Math.max(1, maxInFlight >> 1), this.readAhead.maxPages);
@@ -288,7 +293,13 @@ export class Pager extends EventEmitter<PagerEvents> {
    */
   private serve(): void {
     if (this.statusValue !== 'running') return;
-    this.serveBatch();
+    // A batch of several faults means threads fault side by side (vCPUs):
+    // more are likely queued by the time this batch's copies are done, and
+    // reading them now saves going round the event loop (epoll, the native
+    // callback) for them. A batch of one (a single thread, asleep until its
+    // copy woke it) would only buy an empty read.
+    let faults = this.serveBatch();
+    for (let rounds = 0; faults > 1 && rounds < MAX_BATCHES_PER_WAKE && this.statusValue === 'running'; rounds++) faults = this.serveBatch();
     const spinMs = (this.options.spinMicros ?? 0) / 1000;
     if (spinMs <= 0) return;
     // Spin only while nothing is in flight: a spinning thread cannot run the
@@ -299,7 +310,11 @@ export class Pager extends EventEmitter<PagerEvents> {
     }
   }
 
-  /** Read and serve what is pending now; returns how many messages there were. */
+  /**
+   * Read and serve what is pending now; returns how many faults there were.
+   * The fault path allocates nothing of its own per fault (no arrays, no
+   * closures): it runs once per fault, tens of thousands of times a second.
+   */
   private serveBatch(): number {
     let messages: UffdEvent[];
     try {
@@ -309,17 +324,26 @@ export class Pager extends EventEmitter<PagerEvents> {
       return 0;
     }
     if (messages.length === 0 && !this.installer.retriesPending) return 0;
-    const faults: PagefaultEvent[] = [];
+    let faults = 0;
     for (const message of messages) {
-      if (message.type === 'pagefault') faults.push(message);
+      if (message.type === 'pagefault') faults++;
       else this.guarded(() => applyEvent(this.events, message));
     }
     if (this.installer.retriesPending) this.guarded(() => this.installer.flushRetries());
-    const now = performance.now();
-    for (const fault of faults) this.guarded(() => this.handleFault(fault, now));
+    if (faults > 0) {
+      const now = performance.now();
+      for (const message of messages) {
+        if (message.type !== 'pagefault' || this.statusValue !== 'running') continue;
+        try {
+          this.handleFault(message, now);
+        } catch (error) {
+          this.stepFailed(error);
+        }
+      }
+    }
     this.pump();
     this.checkComplete();
-    return messages.length;
+    return faults;
   }
 
   /**
@@ -331,9 +355,14 @@ export class Pager extends EventEmitter<PagerEvents> {
     try {
       step();
     } catch (error) {
-      if (error instanceof AddressSpaceGoneError) this.exited();
-      else this.report(error as Error);
+      this.stepFailed(error);
     }
+  }
+
+  /** What a step that threw means: the address space is gone, or an error to report. */
+  private stepFailed(error: unknown): void {
+    if (error instanceof AddressSpaceGoneError) this.exited();
+    else this.report(error as Error);
   }
 
   private adoptFork(childFd: number): void {
@@ -437,6 +466,22 @@ export class Pager extends EventEmitter<PagerEvents> {
     }
     this.claim(index, pageCount, true);
     this.scheduler.queueDemand(newFetch(sourceOffset, pageCount, true, { claimed: true }));
+    if (pageCount === window && this.readAhead.atFullSpeed) this.readAheadOfStream(index + pageCount, window);
+  }
+
+  /**
+   * A stream at its full window (a thread sweeping memory in order): the
+   * window after this one goes in the background, behind the demand fetch.
+   * The thread stores to the pages just installed while the pager copies the
+   * next ones, and finds them in place instead of faulting: a sweep faults
+   * once every two windows, and each fault's round trip (the wake-ups of both
+   * threads) is paid half as often. Random faults never get here (their
+   * window is one page).
+   */
+  private readAheadOfStream(firstIndex: number, pageCount: number): void {
+    if (firstIndex >= this.states.pageCount) return;
+    const count = this.map.contiguousPagesFrom(firstIndex * PAGE_SIZE, pageCount);
+    if (count > 0 && this.states.get(firstIndex) === PageState.MISSING) this.scheduler.queueBackground(newFetch(firstIndex * PAGE_SIZE, count, false));
   }
 
   /** Mark pages in flight for a fetch; all but a demand fetch's first are prefetched. */
@@ -485,20 +530,29 @@ export class Pager extends EventEmitter<PagerEvents> {
     if (this.scheduler.inFlight > this.metrics.inFlightPeak) this.metrics.inFlightPeak = this.scheduler.inFlight;
     this.metrics.sourceReads++;
     const lengthBytes = fetch.pageCount * PAGE_SIZE;
-    const buffer = this.takeBuffer(lengthBytes);
     fetch.abort = new AbortController();
+    const options = { priority: fetch.demand ? 'demand' as const : 'background' as const, signal: fetch.abort.signal };
     const readStarted = performance.now();
-    const settled = this.source
-      .read(fetch.sourceOffset, lengthBytes, buffer, { priority: fetch.demand ? 'demand' : 'background', signal: fetch.abort.signal })
+    // A source that holds the bytes once received (a network payload) lends them, checked: installed
+    // from where they arrived, not copied into a buffer of the pager's first.
+    let buffer: Uint8Array | undefined;
+    const reading = this.source.readView
+      ? this.source.readView(fetch.sourceOffset, lengthBytes, options).then((view) => {
+        fetch.buffer = view;
+        fetch.borrowed = true;
+      })
+      : this.source.read(fetch.sourceOffset, lengthBytes, (buffer = this.takeBuffer(lengthBytes)), options).then(() => {
+        fetch.buffer = buffer;
+      });
+    const settled = reading
       .then(
         () => {
           this.metrics.recordSourceReadMicros((performance.now() - readStarted) * 1000);
-          fetch.buffer = buffer;
           if (this.statusValue === 'running') this.guarded(() => this.installRead(fetch));
           else this.releaseBuffer(fetch);
         },
         (error: unknown) => {
-          this.releaseBuffer({ ...fetch, buffer });
+          if (buffer) this.releaseBuffer({ ...fetch, buffer, borrowed: false });
           this.guarded(() => this.readFailed(fetch, error));
         },
       )
@@ -529,7 +583,7 @@ export class Pager extends EventEmitter<PagerEvents> {
         this.metrics.recordSourceReadMicros((performance.now() - readStarted) * 1000);
         fetch.buffer = view;
         fetch.borrowed = true;
-        this.guarded(() => this.installRead(fetch));
+        this.installReadGuarded(fetch);
         return true;
       }
     }
@@ -550,12 +604,22 @@ export class Pager extends EventEmitter<PagerEvents> {
     this.metrics.sourceReads++;
     this.metrics.recordSourceReadMicros((performance.now() - readStarted) * 1000);
     fetch.buffer = buffer;
-    this.guarded(() => this.installRead(fetch));
+    this.installReadGuarded(fetch);
     return true;
   }
 
   private installRead(fetch: Fetch): void {
     if (this.installer.install(fetch)) this.releaseBuffer(fetch);
+  }
+
+  /** installRead as a guarded step, without a closure (the synchronous read path runs it once per fault). */
+  private installReadGuarded(fetch: Fetch): void {
+    if (this.statusValue !== 'running') return;
+    try {
+      this.installRead(fetch);
+    } catch (error) {
+      this.stepFailed(error);
+    }
   }
 
   /**
@@ -705,7 +769,8 @@ export class Pager extends EventEmitter<PagerEvents> {
 
   private releaseBuffer(fetch: Fetch): void {
     if (fetch.borrowed) {
-      // The source's own memory: dropped, never pooled (a pooled buffer is read into).
+      // The source's own memory: given back to it (it may reuse it), never pooled here (a pooled buffer is read into).
+      if (fetch.buffer) this.source.releaseView?.(fetch.buffer);
       fetch.buffer = undefined;
       fetch.borrowed = false;
       return;

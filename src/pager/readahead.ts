@@ -24,6 +24,7 @@ export class ReadAhead {
   readonly maxPages: number;
   private readonly streams: Stream[] = [];
   private clock = 0;
+  private fullSpeed = false;
 
   constructor(options: PrefetchOptions | false = {}) {
     if (options === false) {
@@ -35,23 +36,47 @@ export class ReadAhead {
     }
   }
 
-  /** How many pages to fetch starting at `pageIndex`, the page that faulted. */
+  /**
+   * How many pages to fetch starting at `pageIndex`, the page that faulted.
+   * Runs on every fault: plain loops, and a stream that is replaced is reused
+   * in place, so a fault allocates nothing here.
+   */
   windowFor(pageIndex: number): number {
     this.clock++;
-    let stream = this.streams.find((s) => pageIndex >= s.nextPage - s.windowPages && pageIndex <= s.nextPage + s.windowPages);
+    const streams = this.streams;
+    let stream: Stream | undefined;
+    for (let i = 0; i < streams.length; i++) {
+      const s = streams[i]!;
+      if (pageIndex >= s.nextPage - s.windowPages && pageIndex <= s.nextPage + s.windowPages) {
+        stream = s;
+        break;
+      }
+    }
+    const continued = stream !== undefined;
     if (stream) {
       stream.windowPages = Math.min(this.maxPages, stream.windowPages * 2);
     } else {
-      stream = { nextPage: 0, windowPages: this.initialPages, lastUse: 0 };
-      if (this.streams.length < STREAMS) this.streams.push(stream);
-      else {
-        const oldest = this.streams.reduce((a, b) => (a.lastUse <= b.lastUse ? a : b));
-        Object.assign(oldest, stream);
-        stream = oldest;
+      if (streams.length < STREAMS) {
+        stream = { nextPage: 0, windowPages: 0, lastUse: 0 };
+        streams.push(stream);
+      } else {
+        stream = streams[0]!;
+        for (let i = 1; i < streams.length; i++) if (streams[i]!.lastUse < stream.lastUse) stream = streams[i]!;
       }
+      stream.windowPages = this.initialPages;
     }
     stream.nextPage = pageIndex + stream.windowPages;
     stream.lastUse = this.clock;
+    this.fullSpeed = continued && this.maxPages > 1 && stream.windowPages === this.maxPages;
     return stream.windowPages;
+  }
+
+  /**
+   * The last windowFor() continued a stream at its largest window: a thread
+   * sweeping memory in order, whose next window is worth fetching before it
+   * faults there (read-ahead off, maxPages 1, never says so).
+   */
+  get atFullSpeed(): boolean {
+    return this.fullSpeed;
   }
 }

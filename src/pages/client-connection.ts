@@ -23,6 +23,7 @@ import {
   type CheckedPagesMessage,
   type ErrorMessage,
   type Frame,
+  type PayloadPool,
   type HelloMessage,
   type InfoMessage,
   type Message,
@@ -79,6 +80,13 @@ export interface OpenOptions {
   /** Connect plus HELLO. */
   timeoutMs: number;
   maxPayloadBytes?: number;
+  /**
+   * Where large payloads are read into (default: a buffer per frame). The
+   * connection holds a READ reply's payload while onReadReply runs; a handler
+   * that keeps a view of it retains it in the pool and releases it when done.
+   * Other payloads are never given back to the pool.
+   */
+  payloadPool?: PayloadPool;
 }
 
 /** What the bulk connection decodes per turn of the event loop before the urgent one is looked at (the layer's decodeInSlices). */
@@ -103,6 +111,7 @@ export class ClientConnection<R extends ReadRequest> {
       // A page server never pings its client: a PING is a frame out of place.
       answersPings: false,
       onReceived: (lengthBytes) => handlers.onReceived?.(lengthBytes),
+      allocatePayload: options.payloadPool ? (lengthBytes) => options.payloadPool!.take(lengthBytes) : undefined,
     });
     // The bulk connection yields to the urgent one every BULK_TURN_BUDGET_BYTES.
     if (options.role === 'page-client-bulk') this.link.decodeInSlices(BULK_TURN_BUDGET_BYTES);
@@ -280,6 +289,9 @@ export class ClientConnection<R extends ReadRequest> {
       return this.link.violation(new ProtocolError('EPROTO_MISMATCH', `READ ${frame.requestId} was answered with ${message.type}`, context));
     }
     if (!sent.cancelled) this.handlers.onReadReply(read, message, message.type === 'checked-pages' ? dataBlockCrcs(frame, message.data.length) : undefined);
+    // A READ's reply is handled by now: the connection's hold on its payload ends (a handler that kept a
+    // view of it retained it). Any other reply's payload goes on to a promise and is left to the GC.
+    this.options.payloadPool?.release(frame.payload);
   }
 
   private onHelloAnswer(message: Message, context: { frameType: number; requestId: number }): void {

@@ -43,6 +43,7 @@ import {
   CHECKED_PAGES_HEADER_BYTES,
   DEFAULT_MAX_PAYLOAD_BYTES,
   PAGE_CHECKSUM_BYTES,
+  PayloadPool,
   ProtocolError,
   SESSION_ID_BYTES,
   ZERO_MAP_HEADER_BYTES,
@@ -58,7 +59,7 @@ import { ClientConnection, type ConnectionLoss } from './client-connection.js';
 import { ImageChangedError, PeerUnavailableError } from './errors.js';
 import { ZeroMap } from './zero-map.js';
 import { firstPageMismatch } from './page-checksums.js';
-import { SourceReadError, readRequestRefusal, type PageSource, type ReadOptions, type ReadPriority } from '../sources/page-source.js';
+import { SourceReadError, abortedReadError, checkReadRange, readRequestRefusal, type PageSource, type ReadOptions, type ReadPriority } from '../sources/page-source.js';
 import { PageChecksumError, SourceDeadlineError } from '../sources/read-errors.js';
 import { SourceAvailability, type Outage } from '../sources/network/availability.js';
 import { RequestTable, type NetworkRequest, type PendingRead } from '../sources/network/request-table.js';
@@ -195,6 +196,7 @@ class Channel {
         sessionId: this.source.sessionId,
         timeoutMs: this.source.settings.connectTimeoutMs,
         maxPayloadBytes: this.source.settings.maxPayloadBytes,
+        payloadPool: this.source.payloadPool,
       },
       {
         onReadReply: (fetch, reply, dataCrcs) => this.source.onReadReply(fetch, reply, dataCrcs),
@@ -380,6 +382,8 @@ export class RemoteSource implements PageSource {
   private readonly bulk: Channel;
   private violationsInARow = 0;
   private chunkBytes = 0;
+  /** @internal The buffers READ replies are read into, reused once the pager released the views it borrowed. */
+  readonly payloadPool = new PayloadPool();
 
   private constructor(readonly url: string, options: RemoteSourceOptions) {
     this.address = parsePageUrl(url);
@@ -441,8 +445,16 @@ export class RemoteSource implements PageSource {
     const refusal = readRequestRefusal(this, offset, lengthBytes, target, signal);
     if (refusal) return Promise.reject(refusal);
     if (lengthBytes === 0) return Promise.resolve();
-    const priority: ReadPriority = options.priority ?? 'demand';
     const operation = { offset, lengthBytes, target };
+    return this.readParts(offset, lengthBytes, options, (fetch, data) => this.deliver(operation, fetch, data));
+  }
+
+  /** A read of [offset, +lengthBytes) through the request table: `onPart` gets each READ's checked bytes as they come. */
+  private readParts(offset: number, lengthBytes: number, options: ReadOptions, onPart: (fetch: WireRead, data: Uint8Array) => void): Promise<void> {
+    if (!this.availability.isOpen) return Promise.reject(this.availability.readError(offset, lengthBytes));
+    const { signal } = options;
+    if (signal?.aborted) return Promise.reject(abortedReadError());
+    const priority: ReadPriority = options.priority ?? 'demand';
     return this.table.read({
       offset,
       lengthBytes,
@@ -450,7 +462,7 @@ export class RemoteSource implements PageSource {
       signal,
       deadlineMs: this.settings.readDeadlineMs,
       onDeadline: (read) => this.deadlinePassed(read),
-      onPart: (fetch, data) => this.deliver(operation, fetch as WireRead, data),
+      onPart: (fetch, data) => onPart(fetch as WireRead, data),
     }, (read) => {
       // Whole pages on the wire: an unaligned read is served from the pages around it.
       const page = this.info.pageSizeBytes;
@@ -458,6 +470,40 @@ export class RemoteSource implements PageSource {
       const end = Math.ceil((offset + lengthBytes) / page) * page;
       for (let at = first; at < end; at += this.chunkBytes) this.table.join(read, this.fetchFor(at, Math.min(this.chunkBytes, end - at), priority));
     });
+  }
+
+  /**
+   * read() without the copy: a range that one READ covers resolves with a
+   * view of that READ's reply (its payload buffer, allocated for that frame
+   * alone and never reused), each page checked against its image's checksum
+   * like any reply; a longer or unaligned range is read into a buffer of its own.
+   */
+  readView(offset: number, lengthBytes: number, options: ReadOptions = {}): Promise<Uint8Array> {
+    try {
+      checkReadRange(this, offset, lengthBytes);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    const page = this.info.pageSizeBytes;
+    // One READ covers it (read() splits a range into READs of chunkBytes from its first page on).
+    if (lengthBytes === 0 || offset % page !== 0 || lengthBytes % page !== 0 || lengthBytes > this.chunkBytes) {
+      const target = new Uint8Array(lengthBytes);
+      return this.read(offset, lengthBytes, target, options).then(() => target);
+    }
+    let view: Uint8Array | undefined;
+    return this.readParts(offset, lengthBytes, options, (fetch, data) => {
+      view = data.subarray(offset - fetch.offset, offset - fetch.offset + lengthBytes);
+      this.payloadPool.retain(view);
+    }).then(() => view!, (error: unknown) => {
+      // Delivered, then failed (aborted, past its deadline) before the caller saw it: nobody will release it.
+      if (view) this.payloadPool.release(view);
+      throw error;
+    });
+  }
+
+  /** The caller is done with a view readView gave: its reply's buffer may be reused for another reply. */
+  releaseView(view: Uint8Array): void {
+    this.payloadPool.release(view);
   }
 
   isZero(offset: number, lengthBytes: number): boolean {

@@ -20,11 +20,22 @@ export class S3UrlError extends S3Error {
   }
 }
 
-/** The bucket or the key does not exist (404). */
+/**
+ * The bucket or the key does not exist (404). `missing` says which when the
+ * store said (its error's name: NoSuchBucket, NoSuchKey); a HEAD's 404 has no
+ * body, and then it is either.
+ */
 export class ObjectNotFoundError extends S3Error {
   override readonly code = 'ES3_NOT_FOUND';
+  readonly missing: 'bucket' | 'object' | 'object or bucket';
   constructor(readonly url: string, options?: { cause?: unknown }) {
-    super(`${url}: no such object (or no such bucket)`, options);
+    const name = (options?.cause as { name?: unknown } | undefined)?.name;
+    const missing = name === 'NoSuchBucket' ? 'bucket' : name === 'NoSuchKey' ? 'object' : 'object or bucket';
+    const bucket = /^s3:\/\/([^/]+)/.exec(url)?.[1] ?? url;
+    super(missing === 'bucket' ? `${url}: the store has no bucket "${bucket}" (create it first, or check the name and --endpoint)`
+      : missing === 'object' ? `${url}: no such object`
+      : `${url}: no such object (or no such bucket)`, options);
+    this.missing = missing;
   }
 }
 

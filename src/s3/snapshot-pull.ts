@@ -17,6 +17,7 @@ import { S3Error } from './errors.js';
 import { S3Object, type ObjectReader, type S3StoreOptions } from './s3-object.js';
 import type { S3Location } from './s3-url.js';
 import { openSnapshotObject } from './snapshot-object.js';
+import type { TransferProgress } from './snapshot-push.js';
 
 export interface PullOptions extends S3StoreOptions {
   /** Bytes per range request (default 8 MiB; whole chunks, at least one). */
@@ -25,6 +26,8 @@ export interface PullOptions extends S3StoreOptions {
   concurrency?: number;
   /** Attempts per request when the store is unavailable or answers wrong (default 4). */
   attempts?: number;
+  /** Told as chunks arrive, checked and written: the object's page bytes done out of all of them. */
+  onProgress?: (progress: TransferProgress) => void;
 }
 
 export interface PullSummary {
@@ -75,6 +78,13 @@ export async function pullSnapshotFrom(reader: ObjectReader, path: string, optio
       chunk += count;
     }
     const attempts = options.attempts ?? 4;
+    const totalBytes = runs.reduce((sum, run) => {
+      const start = layout.chunkRange(run.first);
+      const last = layout.chunkRange(run.first + run.count - 1);
+      return sum + last.offset + last.lengthBytes - start.offset;
+    }, 0);
+    let doneBytes = 0;
+    options.onProgress?.({ phase: 'downloading', doneBytes, totalBytes });
     let next = 0;
     const worker = async (): Promise<void> => {
       while (next < runs.length) {
@@ -90,6 +100,8 @@ export async function pullSnapshotFrom(reader: ObjectReader, path: string, optio
           return got;
         });
         await writeAll(file, bytes, parts.dataOffset + (start.offset - layout.header.data.offset));
+        doneBytes += length;
+        options.onProgress?.({ phase: 'downloading', doneBytes, totalBytes });
       }
     };
     await Promise.all(Array.from({ length: Math.max(1, options.concurrency ?? 8) }, worker));

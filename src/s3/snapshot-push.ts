@@ -21,6 +21,16 @@ export interface PushOptions extends S3StoreOptions {
   partBytes?: number;
   /** Parts in flight (default 4). */
   concurrency?: number;
+  /** Told as the work goes: the stored pages checked and hashed, then the object's bytes handed to the upload. */
+  onProgress?: (progress: TransferProgress) => void;
+}
+
+/** A push's or a pull's progress: bytes of the phase done out of its total. */
+export interface TransferProgress {
+  /** push: 'checking' (every stored page's CRC, each chunk's SHA-256), then 'uploading'; pull: 'downloading'. */
+  phase: 'checking' | 'uploading' | 'downloading';
+  doneBytes: number;
+  totalBytes: number;
 }
 
 export interface PushSummary {
@@ -55,7 +65,7 @@ export interface PreparedSnapshotObject {
 }
 
 /** Open a snapshot file, check every stored page, hash every chunk and lay out the object (nothing is uploaded). */
-export async function prepareSnapshotObject(path: string, options: { chunkBytes?: number } = {}): Promise<PreparedSnapshotObject> {
+export async function prepareSnapshotObject(path: string, options: { chunkBytes?: number; onProgress?: PushOptions['onProgress'] } = {}): Promise<PreparedSnapshotObject> {
   const snapshot = await SnapshotFile.open(path);
   let file: FileHandle | undefined;
   try {
@@ -64,7 +74,7 @@ export async function prepareSnapshotObject(path: string, options: { chunkBytes?
     const chunkBytes = options.chunkBytes ?? Math.max(DEFAULT_CHUNK_BYTES, pageSize);
     const chunkPages = chunkPagesFor(chunkBytes, pageSize);
     const chunks = planChunks(pageTable, chunkPages);
-    await hashChunks(file, snapshot, chunks, chunkPages);
+    await hashChunks(file, snapshot, chunks, chunkPages, options.onProgress);
     const encoded = encodeSnapshotObject({
       snapshotHeaderBytes: await readAt(file, 0, header.headerLengthBytes),
       regionTableBytes: await readAt(file, header.regionTable.offset, header.regionTable.lengthBytes),
@@ -116,14 +126,21 @@ export async function pushSnapshot(path: string, location: S3Location, options: 
     const partBytes = Math.max(wanted, Math.ceil(size / MAX_PARTS));
     let etag: string;
     let partCount = 0;
+    const progress = options.onProgress;
+    progress?.({ phase: 'uploading', doneBytes: 0, totalBytes: size });
     if (size <= partBytes && size <= MAX_SINGLE_PUT_BYTES) {
       etag = (await object.put(await prepared.bytesAt(0, size))).etag;
     } else {
+      // A part counts as done when the upload asks for the next one past its window (a few in flight), and all of them at the end.
       const parts = async function* (): AsyncGenerator<Uint8Array> {
-        for (let offset = 0; offset < size; offset += partBytes) yield await prepared.bytesAt(offset, Math.min(partBytes, size - offset));
+        for (let offset = 0; offset < size; offset += partBytes) {
+          progress?.({ phase: 'uploading', doneBytes: offset, totalBytes: size });
+          yield await prepared.bytesAt(offset, Math.min(partBytes, size - offset));
+        }
       };
       ({ etag, partCount } = await object.putMultipart(parts(), { concurrency: options.concurrency }));
     }
+    progress?.({ phase: 'uploading', doneBytes: size, totalBytes: size });
     return {
       url: object.url,
       objectSizeBytes: size,
@@ -143,8 +160,13 @@ export async function pushSnapshot(path: string, location: S3Location, options: 
 }
 
 /** Check every stored page's CRC and fill in each chunk's SHA-256, reading the data section front to back. */
-async function hashChunks(file: FileHandle, snapshot: SnapshotFile, chunks: ChunkTable, chunkPages: number): Promise<void> {
+async function hashChunks(file: FileHandle, snapshot: SnapshotFile, chunks: ChunkTable, chunkPages: number, onProgress?: PushOptions['onProgress']): Promise<void> {
   const { pageSize, header, pageTable } = snapshot;
+  let storedPages = 0;
+  for (let chunk = 0; chunk < chunks.chunkCount; chunk++) storedPages += chunks.storedPages[chunk]!;
+  const totalBytes = storedPages * pageSize;
+  let doneBytes = 0;
+  onProgress?.({ phase: 'checking', doneBytes, totalBytes });
   // Data pages of each chunk, in page-table order: their CRCs, to check as they are read.
   let pageIndex = 0;
   for (let chunk = 0; chunk < chunks.chunkCount; chunk++) {
@@ -176,6 +198,8 @@ async function hashChunks(file: FileHandle, snapshot: SnapshotFile, chunks: Chun
       hash.update(bytes);
       dataIndex += count;
       left -= count;
+      doneBytes += count * pageSize;
+      onProgress?.({ phase: 'checking', doneBytes, totalBytes });
     }
     pageIndex = end;
     chunks.sha256s.set(hash.digest(), chunk * 32);

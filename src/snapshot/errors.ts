@@ -77,6 +77,14 @@ export class SnapshotFormatError extends SnapshotError {
   }
 }
 
+/** The snapshot file does not exist (or is a directory). Code ENOINPUT, as every missing input (exit status 66). */
+export class SnapshotNotFoundError extends SnapshotError {
+  override readonly code = 'ENOINPUT';
+  constructor(readonly path: string, readonly reason: 'does not exist' | 'is a directory', options?: { cause?: unknown }) {
+    super(`snapshot ${path} ${reason}`, options);
+  }
+}
+
 /** A streaming writer was used out of turn: pages out of order, a ragged length, a call after finish. */
 export class SnapshotWriteError extends SnapshotError {
   override readonly code = 'ESNAPSHOT_WRITE';

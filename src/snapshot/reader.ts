@@ -2,7 +2,7 @@
 // (header, tables, metadata, file length), so a damaged or truncated file is refused before any of
 // its pages is used; each page's CRC is checked when the page is read.
 import { open, type FileHandle } from 'node:fs/promises';
-import { SnapshotCorruptError, SnapshotFormatError, SnapshotTruncatedError } from './errors.js';
+import { SnapshotCorruptError, SnapshotFormatError, SnapshotNotFoundError, SnapshotTruncatedError } from './errors.js';
 import {
   MAX_SNAPSHOT_PAGE_SIZE,
   PageKind,
@@ -85,7 +85,11 @@ export class SnapshotFile {
    * SnapshotVersionError or SnapshotFormatError.
    */
   static async open(path: string): Promise<SnapshotFile> {
-    const file = await open(path, 'r');
+    const file = await open(path, 'r').catch((error: NodeJS.ErrnoException) => {
+      // Named as the library's own error, as a missing input (not Node's bare ENOENT).
+      if (error.code === 'ENOENT') throw new SnapshotNotFoundError(path, 'does not exist', { cause: error });
+      throw error;
+    });
     try {
       const { size } = await file.stat();
       const header = decodeHeader(await readSection(file, { offset: 0, lengthBytes: Math.min(size, MAX_HEADER_BYTES) }));

@@ -78,6 +78,21 @@ export interface PageSource {
    */
   mappedPages?(offset: number, lengthBytes: number): Uint8Array | undefined;
   /**
+   * Optional borrowed read: resolves with the range's bytes where the source
+   * already holds them (a payload as it was received), checked as read()
+   * checks, instead of copying them into a target; rejects as read() does.
+   * The pager installs from the view and never writes to it; the source
+   * never reuses or frees that memory (it lives as long as someone holds the
+   * view). A source offering it is read only this way.
+   */
+  readView?(offset: number, lengthBytes: number, options?: ReadOptions): Promise<Uint8Array>;
+  /**
+   * Optional, with readView: the caller is done with a view it gave (it will
+   * not read it again), so the source may reuse that memory. A view never
+   * released is only left to the garbage collector.
+   */
+  releaseView?(view: Uint8Array): void;
+  /**
    * Optional: receive pages the source pushes unasked. Returns the function
    * that stops the listener. A pager subscribes while it runs.
    */

@@ -101,6 +101,12 @@ export interface FramedConnectionOptions<M extends { type: string }> {
   onFlushed?: (lengthBytes: number) => void;
   /** Bytes arrived (statistics). */
   onReceived?: (lengthBytes: number) => void;
+  /**
+   * Where a payload assembled across reads is allocated (a PayloadPool's
+   * take, lent to the frame; the role gives it back once the frame is
+   * handled). Default: a fresh buffer per frame.
+   */
+  allocatePayload?: (lengthBytes: number) => Uint8Array;
 }
 
 /** Request ids: 1 to 2^32 - 1, then round again; never 0 (a frame that answers nothing). */
@@ -265,7 +271,7 @@ export class FramedConnection<M extends { type: string }, C = unknown> extends E
     this.answersPings = options.answersPings ?? true;
     this.receive = inPlaceReceivers.get(socket);
     // Reading into a scratch chunk that is reused: what the decoder keeps of it is copied.
-    this.decoder = new FrameDecoder({ maxPayloadBytes: options.maxPayloadBytes ?? PRE_HELLO_MAX_PAYLOAD_BYTES, transientChunks: this.receive !== undefined });
+    this.decoder = new FrameDecoder({ maxPayloadBytes: options.maxPayloadBytes ?? PRE_HELLO_MAX_PAYLOAD_BYTES, transientChunks: this.receive !== undefined, allocate: options.allocatePayload });
     // Frames are written whole; Nagle would only hold a demanded page back.
     socket.setNoDelay(true);
     if (this.receive) this.receive.connection = this;

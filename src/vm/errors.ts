@@ -159,11 +159,17 @@ export class NoVmListeningError extends VmError {
   }
 }
 
-/** The control socket refused a request: `status` is the HTTP status, `faultCode` the server's error code. */
+/**
+ * The control socket refused a request: `status` is the HTTP status,
+ * `faultCode` the server's error code. The error's own code is the server's
+ * (ECONTROLAPI when it gave none), so a refusal reads and exits as the same
+ * error would in the VMM.
+ */
 export class ControlApiError extends VmError {
-  override readonly code = 'ECONTROLAPI';
+  override readonly code: string;
   constructor(readonly status: number, readonly faultCode: string | undefined, message: string) {
     super(message);
+    this.code = faultCode ?? 'ECONTROLAPI';
   }
 }
 

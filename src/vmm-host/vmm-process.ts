@@ -4,6 +4,9 @@
 // `node dist/src/vmm-host/vmm-main.js` call runVmmProcess; they differ only in how
 // they print its events.
 //
+// A failure before the guest runs is thrown, not reported: the CLI prints it
+// at its edge as it prints every command's, vmm-main as a `vmm:` event line.
+//
 // Exit status (the sysexits scheme of src/exit-codes.ts; errors mapped by
 // their code through exitCodeFor):
 //   the guest's done status; 0 after a Stop (control socket, Ctrl-C, SIGTERM)
@@ -89,9 +92,15 @@ export type VmmProcessEvent =
       command: 'run' | 'restore' | 'receive';
       /** ms from the start until the VM was built and loaded (run) or restored (restore), paused. */
       readyMs: number;
-      /** ms from the start until every vCPU was running: the time to resume. */
+      /** ms from the start until every vCPU was running: the time to resume (receive: its wait for the source included). */
       resumedMs: number;
       restore?: VmStatus['restore'];
+      /**
+       * receive: this side's own time, split from its wait: the state loaded
+       * (SWITCHOVER to READY), the vCPUs started (GO to running), and the rest
+       * of resumedMs, spent waiting for the source (its connection, pre-copy, GO).
+       */
+      incoming?: { loadMs: number; resumeMs: number; waitedMs: number };
       apiSock?: string;
     }
   /** The guest's first console bytes after the start (a restored guest's first line shows it runs). */
@@ -104,10 +113,9 @@ export type VmmProcessEvent =
   | { event: 'connection-refused'; peer: string; reason: string }
   /** receive: the migration ended (every page in and verified, or not). */
   | { event: 'migration'; progress: DestinationProgress }
-  | { event: 'exited'; reason: GuestExitReason; runMs: number; status: HostedVmStatus; exitCode: number }
-  | VmmErrorEvent;
+  | { event: 'exited'; reason: GuestExitReason; runMs: number; status: HostedVmStatus; exitCode: number };
 
-/** An error, as a process reports it: the class, its stable code, the message, the exit status, and its data fields. */
+/** An error, as the bare VMM process (vmm-main.ts) reports it: the class, its stable code, the message, the exit status, and its data fields. */
 export interface VmmErrorEvent {
   event: 'error';
   name: string;
@@ -126,13 +134,9 @@ export async function runVmmProcess(options: VmmProcessOptions): Promise<number>
   const started = performance.now();
   const ms = (): number => msSince(started);
   const { log } = options;
-  let host: HostedVm;
-  try {
-    if (log) writeFileSync(log, '');
-    host = await buildVmm(options, consoleSink(options, ms));
-  } catch (error) {
-    return failed(options, error);
-  }
+  // A failure before the guest runs is thrown: the caller prints it in its own shape (the CLI's edge, vmm-main's event line).
+  if (log) writeFileSync(log, '');
+  const host = await buildVmm(options, consoleSink(options, ms));
   const readyMs = ms();
   const { vmm } = host;
 
@@ -162,9 +166,10 @@ export async function runVmmProcess(options: VmmProcessOptions): Promise<number>
     await metricsServer?.close();
     await api?.close();
     await vmm.close();
-    return failed(options, error);
+    throw error;
   }
-  options.report({ event: 'running', command: options.command, readyMs, resumedMs: ms(), restore: vmm.status().restore, apiSock: options.apiSock });
+  const resumedMs = ms();
+  options.report({ event: 'running', command: options.command, readyMs, resumedMs, restore: vmm.status().restore, incoming: incomingTimes(host, resumedMs), apiSock: options.apiSock });
   metrics?.();
   if (options.progress && options.lazy && options.lazy.prefetchAll) cleanups.push(followPrefetchAll(vmm, options.progress));
 
@@ -185,6 +190,15 @@ export async function runVmmProcess(options: VmmProcessOptions): Promise<number>
   const exitCode = reason.type === 'done' ? reason.status : reason.type === 'stopped' || reason.type === 'migrated' || (stopRequested && reason.type !== 'failed') ? ExitCode.OK : ExitCode.SOFTWARE;
   options.report({ event: 'exited', reason, runMs: ms(), status: host.status(), exitCode });
   return exitCode;
+}
+
+/** receive: the destination's own load and resume times, and the rest of `resumedMs`, its wait for the source. */
+function incomingTimes(host: HostedVm, resumedMs: number): { loadMs: number; resumeMs: number; waitedMs: number } | undefined {
+  const progress = host.migrationProgress();
+  if (progress?.role !== 'destination') return undefined;
+  const loadMs = progress.loadMs ?? 0;
+  const resumeMs = progress.resumeMs ?? 0;
+  return { loadMs, resumeMs, waitedMs: Math.max(0, Math.round((resumedMs - loadMs - resumeMs) * 100) / 100) };
 }
 
 /** The command-line names of the machine's fields, the same for `userfault vm run` and vmm-main. */
@@ -283,12 +297,6 @@ function followPrefetchAll(vmm: Vmm, progress: (progress: VmmProgress) => void):
   const timer = setInterval(tick, 200);
   timer.unref();
   return () => clearInterval(timer);
-}
-
-function failed(options: VmmProcessOptions, error: unknown): number {
-  const event = errorEvent(error);
-  options.report(event);
-  return event.exitCode;
 }
 
 const ERROR_FIELDS_SKIPPED = new Set(['name', 'message', 'stack', 'code', 'cause']);

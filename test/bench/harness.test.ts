@@ -153,6 +153,26 @@ function checkS3Runs(all: Record<string, S3Run[]>): void {
   assert.ok(run('latency/s3-256K-pages-cold-20ms').store!.rangeGets > 0);
 }
 
+type FirecrackerRun = { toucher: { touches: number; mismatches: number }; handler: { kind: string; metrics?: { faults: number; pagesCopied: number; sourceReads: number }; probePagesCopied?: number } };
+
+/**
+ * The firecracker section's serve rows were served by `userfault serve` (a
+ * client-gone line with the pager's counters for each run: the Firecracker
+ * handshake was accepted and the faults went through its pager), and its C
+ * handler took the same handshake.
+ */
+function checkFirecrackerRuns(all: Record<string, FirecrackerRun[]>): void {
+  for (const pattern of ['sequential', 'random']) {
+    for (const key of ['serve-raw', 'serve-snapshot']) {
+      const run = all[`${pattern}/${key}`]![0]!;
+      assert.equal(run.handler.kind, 'serve', `${pattern}/${key} was served by userfault serve`);
+      assert.ok(run.handler.metrics!.faults > 0 && run.handler.metrics!.pagesCopied + run.handler.probePagesCopied! === run.toucher.touches, `${pattern}/${key}: serve copied every page the client stored to`);
+    }
+    assert.equal(all[`${pattern}/c-pread`]![0]!.handler.kind, 'c');
+    assert.equal(all[`${pattern}/kernel`]![0]!.handler.kind, 'none');
+  }
+}
+
 /** Processes whose parent is this one, by command line (the s3 store and the page server are children). */
 function childCommands(): string[] {
   const out: string[] = [];
@@ -169,7 +189,7 @@ function childCommands(): string[] {
 }
 
 describe('bench smoke run', { skip: smokeSkipReason() }, () => {
-  test('every section runs at a tiny size and writes its table and JSON; the remote one reads from a page server in another process, the s3 one from a local store it stops', { timeout: 180_000 }, async (t) => {
+  test('every section runs at a tiny size and writes its table and JSON; the remote one reads from a page server in another process, the s3 one from a local store it stops, the firecracker one through userfault serve', { timeout: 180_000 }, async (t) => {
     const outDir = mkdtempSync(join(tmpdir(), 'uf-bench-test-'));
     const logged: string[] = [];
     try {
@@ -179,7 +199,7 @@ describe('bench smoke run', { skip: smokeSkipReason() }, () => {
       const options = { ...parseBenchArgs(['--size', '2M', '--rounds', '1', '--concurrency-faults', '40', '--remote-faults', '40', '--out', outDir, '--sections', sections.join(',')]) };
       const outcome = await runBench(options, (line) => logged.push(line));
       assert.deepEqual(outcome.sections.map((s) => s.name), sections);
-      for (const title of ['1. Per-fault cost', '2. Lazy restore', '3. Working set', '4. Concurrency', '5a. Restore from a page server', '5b. Demand faults over the network', '7a. Lazy restore from object storage', '7b. Demand faults from object storage', ...(withVm ? ['8. VM resume'] : []), 'Targets']) {
+      for (const title of ['1. Per-fault cost', '2. Lazy restore', '3. Working set', '4. Concurrency', '5a. Restore from a page server', '5b. Demand faults over the network', '7a. Lazy restore from object storage', '7b. Demand faults from object storage', ...(withVm ? ['8. VM resume'] : []), '9. The Firecracker path', 'Targets']) {
         assert.ok(outcome.text.includes(title), `the output has "${title}"`);
       }
       assert.ok(outcome.targets.length >= 10);
@@ -190,8 +210,10 @@ describe('bench smoke run', { skip: smokeSkipReason() }, () => {
       checkRemoteRuns(json.sections['remote']!.runs as Record<string, RemoteRun[]>);
       assert.equal(outcome.targets.filter((t) => t.name.startsWith('s3:')).length, 5, 'the s3 section has its five targets');
       checkS3Runs(json.sections['s3']!.runs as Record<string, S3Run[]>);
-      // The s3 section stopped its store (s3rver and its proxy) and the page server; the store's objects and the chunk caches were in the work directory, removed.
-      assert.deepEqual(childCommands().filter((c) => /s3-store-main|pages serve/.test(c)), []);
+      assert.equal(outcome.targets.filter((t) => t.name.startsWith('firecracker:')).length, 3, 'the firecracker section has its three targets');
+      checkFirecrackerRuns(json.sections['firecracker']!.runs as Record<string, FirecrackerRun[]>);
+      // The s3 section stopped its store (s3rver and its proxy) and the page server, the firecracker section its serve processes; the store's objects and the chunk caches were in the work directory, removed.
+      assert.deepEqual(childCommands().filter((c) => /s3-store-main|pages serve| serve --socket/.test(c)), []);
       if (withVm) {
         // vm-resume restored its guest each way once (each ran on and verified clean, or the section threw) and left no VMM behind.
         const resumes = json.sections['vm-resume']!.runs as Record<string, { resumedMs: number; openedMs: number }[]>;

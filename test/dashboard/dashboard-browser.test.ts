@@ -198,3 +198,23 @@ describe('the dashboard in a browser, against DNS rebinding', { skip: CHROMIUM =
     assert.deepEqual(frameAnswers, [{ origin: `http://evil.example:${port}`, status: 403 }]);
   });
 });
+
+describe('the dashboard in a browser, its source gone', { skip: CHROMIUM === '' ? 'no chromium (scripts/setup.sh installs Debian\'s)' : undefined, timeout: 60_000 }, () => {
+  test('the badge says "live" while the source answers and "source gone" (with the reason) once it stops, not live', async (t) => {
+    const metrics = await startMetricsServer(new MetricsRegistry({ components: ['page-server'], processMetrics: false }), { host: '127.0.0.1', port: 0 });
+    let metricsClosed = false;
+    t.after(() => (metricsClosed ? undefined : metrics.close()));
+    const dashboard = await DashboardServer.start({ source: metricsUrlSource(metrics.url), listen: { host: '127.0.0.1', port: 0 }, intervalMs: 100 });
+    t.after(() => dashboard.close());
+    const browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] });
+    t.after(() => browser.close());
+    const page = await browser.newPage();
+    await page.goto(`http://127.0.0.1:${dashboard.address.port}/`);
+    await page.waitForFunction(() => document.getElementById('connection')?.textContent === 'live', undefined, { timeout: 10_000 });
+    await metrics.close();
+    metricsClosed = true;
+    await page.waitForFunction(() => document.getElementById('connection')?.textContent === 'source gone', undefined, { timeout: 10_000 });
+    assert.equal(await page.getAttribute('#connection', 'class'), 'badge off');
+    assert.match(await page.getAttribute('#connection', 'title') ?? '', /\S/, 'the reason is on the badge');
+  });
+});

@@ -110,8 +110,13 @@ describe('the pager', () => {
   });
 
   test('fetches overlap: with three threads faulting, three reads are in flight at once', async () => {
+    // Each read waits until all three started (bounded): a loaded machine's threads may fault far apart.
+    let started = 0;
+    let allStarted!: () => void;
+    const gate = new Promise<void>((resolve) => (allStarted = resolve));
     const source = new FunctionSource(SIZE, async (offset, length, target) => {
-      await sleep(30);
+      if (++started === 3) allStarted();
+      await Promise.race([gate, sleep(5000)]);
       target.set(image.subarray(offset, offset + length));
     });
     const r = rig(source, { prefetch: false });
@@ -131,6 +136,20 @@ describe('the pager', () => {
       assert.equal(m.pagesCopied, PAGES);
       assert.ok(m.copyIoctls <= 8, `${m.copyIoctls} ioctls for ${PAGES} pages`);
       assert.ok(m.prefetchedPages >= PAGES - 8);
+    } finally {
+      await r.dispose();
+    }
+  });
+
+  test('a sweep at full read-ahead speed finds the next window already in: it faults once every two windows', async () => {
+    const r = rig(new BufferSource(image), { prefetch: { initialPages: 1, maxPages: 4 } });
+    try {
+      for (let p = 0; p < PAGES; p++) assert.equal(await wordAt(a, r.mapping.address + p * PAGE_SIZE), p);
+      const m = r.pager.snapshotMetrics();
+      assert.equal(m.pagesCopied, PAGES);
+      // Windows of 1, 2 and 4 pages (faults at 0, 1, 3: the third reaches the largest window, and 7-10 go ahead),
+      // then a fault every 8 pages (11, 19, ... 59): 4 pages faulted, 4 ahead.
+      assert.equal(m.faultsByKind.missing, 10, `${m.faultsByKind.missing} faults on missing pages (18 without the window ahead)`);
     } finally {
       await r.dispose();
     }

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { AddressMap, RegionLayoutError } from '../../src/pager/address-map.js';
 import { IllegalPageTransitionError, PageState, PageStateTable } from '../../src/pager/page-state.js';
+import { PageFlags } from '../../src/pager/page-flags.js';
 import { ReadAhead } from '../../src/pager/readahead.js';
 
 const P = 4096;
@@ -110,5 +111,30 @@ describe('adaptive read-ahead', () => {
     const ra = new ReadAhead(false);
     assert.equal(ra.windowFor(0), 1);
     assert.equal(ra.windowFor(1), 1);
+    assert.equal(ra.atFullSpeed, false, 'with read-ahead off no stream is ever at full speed');
+  });
+
+  test('a stream is at full speed once a fault continues it at the largest window; a jump is not', () => {
+    const ra = new ReadAhead({ initialPages: 1, maxPages: 4 });
+    const speeds: boolean[] = [];
+    let page = 0;
+    for (let i = 0; i < 5; i++) {
+      page += ra.windowFor(page);
+      speeds.push(ra.atFullSpeed);
+    }
+    assert.deepEqual(speeds, [false, false, true, true, true]);
+    ra.windowFor(100_000);
+    assert.equal(ra.atFullSpeed, false);
+  });
+});
+
+describe('page flags', () => {
+  test('each page has its own bit, set and cleared alone', () => {
+    const flags = new PageFlags(20);
+    for (const page of [0, 7, 8, 19]) flags.add(page);
+    assert.deepEqual(Array.from({ length: 20 }, (_, i) => i).filter((i) => flags.has(i)), [0, 7, 8, 19]);
+    flags.delete(8);
+    flags.delete(9);
+    assert.deepEqual(Array.from({ length: 20 }, (_, i) => i).filter((i) => flags.has(i)), [0, 7, 19]);
   });
 });

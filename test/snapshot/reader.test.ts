@@ -312,3 +312,18 @@ describe('inspecting a snapshot', () => {
     assert.match(formatSnapshotReport(damaged), /1 CORRUPT\n {4}page 8 image 0x8000/);
   });
 });
+
+describe('a missing snapshot, as a library call', () => {
+  test('SnapshotFile.open of a missing file throws the library\'s own error (ENOINPUT, a UserfaultError naming the path), not Node\'s bare ENOENT', async (t) => {
+    const { SnapshotFile, SnapshotNotFoundError } = await import('../../src/snapshot/index.js');
+    const { UserfaultError } = await import('../../src/errors.js');
+    const path = join(await tempDir(t), 'missing.snap');
+    await assert.rejects(SnapshotFile.open(path), (error: unknown) => {
+      assert.ok(error instanceof SnapshotNotFoundError && error instanceof UserfaultError, String(error));
+      assert.equal(error.code, 'ENOINPUT');
+      assert.equal(error.path, path);
+      assert.equal((error.cause as { code?: string }).code, 'ENOENT');
+      return true;
+    });
+  });
+});

@@ -97,14 +97,13 @@ describe('userfault vm: options', () => {
   test('with --json, errors are JSON too', () => {
     const run = cli(['vm', 'run', '--mem', '0', '--json']);
     assert.equal(run.status, 64);
-    const [event] = jsonLines(run.stderr);
-    assert.deepEqual({ event: event!.event, code: event!.code, exitCode: event!.exitCode }, { event: 'error', code: 'EUSAGE', exitCode: 64 });
+    assert.deepEqual(jsonLines(run.stderr).map((line) => ({ code: (line.error as { code: string }).code, exitStatus: (line.error as { exitStatus: number }).exitStatus })), [{ code: 'EUSAGE', exitStatus: 64 }]);
     const status = cli(['vm', 'status', '--api-sock', '/nonexistent/vm.sock', '--json']);
     assert.equal(status.status, 69);
     assert.equal(status.stdout, '');
-    const [error] = jsonLines(status.stderr);
-    assert.equal(error!.code, 'ENOVM');
-    assert.equal(error!.message, 'no VM is listening on /nonexistent/vm.sock');
+    const error = jsonLines(status.stderr)[0]!.error as { code: string; message: string };
+    assert.equal(error.code, 'ENOVM');
+    assert.equal(error.message, 'no VM is listening on /nonexistent/vm.sock');
   });
 
   test('talking to a socket nobody serves says so', () => {
@@ -221,9 +220,9 @@ describe('userfault vm: snapshots, JSON and errors through the CLI', { skip, tim
 
     const refused = cli(['vm', 'snapshot', '--api-sock', sock, '--out', join(dir, 'missing', 'vm.snap'), '--json']);
     assert.equal(refused.status, 73);
-    const [error] = jsonLines(refused.stderr);
-    assert.equal(error!.code, 'ESNAPSHOTFAILED');
-    assert.match(String(error!.message), new RegExp(`cannot write the snapshot to ${join(dir, 'missing', 'vm.snap')}: its directory`));
+    const error = jsonLines(refused.stderr)[0]!.error as { code: string; message: string };
+    assert.equal(error.code, 'ECANTCREATE', 'the cause\'s code, as the text line says');
+    assert.match(String(error.message), new RegExp(`cannot write the snapshot to ${join(dir, 'missing', 'vm.snap')}: its directory`));
     assert.equal(cli(['vm', 'stop', '--api-sock', sock]).status, 0);
     assert.equal(await run.exit, 0, run.stderr());
   });

@@ -258,18 +258,35 @@ function draw(frame: DashboardFrame): void {
   drawVcpus(frame);
   drawServed(frame);
   drawMigration(frame);
+  if (frame.error !== sourceError) {
+    sourceError = frame.error;
+    showConnection();
+  }
   document.body.dataset.seq = String(frame.seq);
 }
 
+// The badge says whether what is drawn is live: the page's stream to this
+// server open, and the server still reading its source (a VM gone, a
+// /metrics endpoint down: its frames carry the error, and the badge says so).
 const connection = element('connection');
 const events = new EventSource('/events');
+let streamOpen = false;
+let sourceError: string | undefined;
+function showConnection(): void {
+  const [text, live, title] = !streamOpen ? ['reconnecting', false, 'the page lost its stream to the dashboard server']
+    : sourceError !== undefined ? ['source gone', false, sourceError]
+    : ['live', true, ''];
+  connection.textContent = text;
+  connection.className = live ? 'badge live' : 'badge off';
+  connection.title = title;
+}
 events.addEventListener('open', () => {
-  connection.textContent = 'live';
-  connection.className = 'badge live';
+  streamOpen = true;
+  showConnection();
 });
 events.addEventListener('error', () => {
-  connection.textContent = 'reconnecting';
-  connection.className = 'badge off';
+  streamOpen = false;
+  showConnection();
 });
 events.addEventListener('frame', (event) => draw(JSON.parse((event as MessageEvent<string>).data) as DashboardFrame));
 window.addEventListener('resize', () => {

@@ -74,6 +74,13 @@ export interface LazyMemoryReport {
   /** ms from start() to completion, when complete. */
   completedMs?: number;
   verifyMs?: number;
+  /**
+   * Errors of fills that landed after guest memory was released (a page
+   * could not be supplied and the VM is stopping): the reads still out when
+   * the range was unregistered find it gone (UFFDIO_COPY: ENOENT). Those
+   * pages no longer matter; they are counted here, not reported.
+   */
+  droppedAfterRelease: number;
 }
 
 /** Page states for a restore some of whose pages are in guest RAM already: those present, the rest missing and needed unless known zero. */
@@ -99,6 +106,7 @@ export class LazyGuestMemory {
   verifyMs: number | undefined;
   private readonly dataPages: number;
   private streaming = false;
+  private droppedAfterRelease = 0;
   private failure: GuestMemoryUnavailableError | undefined;
   private readonly completeWaiters: Array<{ resolve: () => void; reject: (error: Error) => void }> = [];
 
@@ -153,6 +161,12 @@ export class LazyGuestMemory {
           closeSource: true,
         },
         {
+          // Once released, the reads still in flight land on an unregistered range: nothing there matters any more.
+          // Before, an error that did not stop serving (a read to be retried) is a process warning, which the CLI prints.
+          error: (error) => {
+            if (lazy?.released) lazy.droppedAfterRelease++;
+            else process.emitWarning(error);
+          },
           // A page the guest cannot have: its vCPU got EFAULT from KVM_RUN, and the VM must not run on.
           poisoned: (_first, _count, error) => fail(error),
           ended: (_reason, error) => error && fail(error),
@@ -239,6 +253,7 @@ export class LazyGuestMemory {
       metrics: this.finalMetrics ?? pager.snapshotMetrics(),
       blocktimeByThread: Object.fromEntries([...(this.finalBlocktime ?? pager.blocktime())].map(([tid, micros]) => [String(tid), Math.round(micros)])),
       complete: this.completedMs !== undefined && this.detached,
+      droppedAfterRelease: this.droppedAfterRelease,
     };
     if (this.completedMs !== undefined) report.completedMs = +this.completedMs.toFixed(1);
     if (this.verifyMs !== undefined) report.verifyMs = +this.verifyMs.toFixed(1);

@@ -8,7 +8,7 @@ import { SnapshotError, SnapshotFile, writeSnapshot, type SnapshotWriteSummary }
 import { InvalidVmSnapshotError, InvalidVmStateError, SnapshotPathError, VmSnapshotNotFoundError } from '../errors.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
 import { SnapshotSource } from '../../sources/snapshot-source.js';
-import { SnapshotCorruptError } from '../../snapshot/errors.js';
+import { SnapshotCorruptError, SnapshotNotFoundError } from '../../snapshot/errors.js';
 import { pageChecksumName } from '../../snapshot/format.js';
 import type { VmRestoreSource } from './restore-source.js';
 import { vmStateFromJson, vmStateToJson, type VmSavedState } from './vm-state.js';
@@ -170,6 +170,7 @@ export async function openVmSnapshotSource(path: string): Promise<VmRestoreSourc
 }
 
 function invalid(path: string, error: unknown): Error {
+  if (error instanceof SnapshotNotFoundError) return new VmSnapshotNotFoundError(path, { cause: error });
   if (error instanceof SnapshotError) return new InvalidVmSnapshotError(path, error.message, { cause: error });
   if ((error as NodeJS.ErrnoException).code === 'ENOENT') return new VmSnapshotNotFoundError(path, { cause: error });
   return error as Error;

@@ -1,0 +1,159 @@
+// 9. The Firecracker path: what a Firecracker host runs. The toucher plays
+// Firecracker restoring a snapshot with a UFFD backend: it makes its own
+// userfaultfd, registers its anonymous memory, sends the region list and the
+// uffd over a Unix socket with Firecracker's handshake, and stores to every
+// page (the guest writing its memory), checking each page's tag. Served by the
+// real `userfault serve` in a process of its own (a raw memory file, and the
+// CRC-checked snapshot), against the same toucher on a MAP_PRIVATE mapping of
+// the file (Firecracker's File backend: the kernel's own paging) and against
+// the bench's C handler given the same handshake and read-ahead.
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { BenchOptions } from '../args.js';
+import type { HandlerSpec } from '../handlers/spec.js';
+import { patternOrder, type PatternName } from '../patterns.js';
+import { runInterleaved, serveKey, type BenchContext, type RunResult, type ToucherSpec, type Variant } from '../runner.js';
+import { BenchServe } from '../serve-process.js';
+import { checkTarget, median, pairedRatio, type TargetResult } from '../stats.js';
+import { fmt, fmtInt, fmtRatio, type Table } from '../table.js';
+import { RESTORE_PREFETCH } from './restore.js';
+import { p99Us, perRound, sourceReads, toJsonRuns, totalMs, type Section } from './section.js';
+
+interface FirecrackerVariant {
+  key: string;
+  handler: string;
+  memory: string;
+  spec: HandlerSpec;
+  toucher: Partial<ToucherSpec>;
+}
+
+/** The section's targets (issue 22), as ratios taken round by round. */
+export const FIRECRACKER_TARGETS = {
+  snapshotVsKernel: 1.0,
+  rawVsKernel: 1.3,
+  randomVsC: 0.9,
+};
+
+function variants(rawPath: string, baseline: boolean): FirecrackerVariant[] {
+  const prefetch = RESTORE_PREFETCH;
+  const firecracker: Partial<ToucherSpec> = { memory: 'uffd', handshake: 'firecracker' };
+  const baselineRows: FirecrackerVariant[] = !baseline ? [] : [
+    { key: 'serve-raw-baseline', handler: 'userfault serve (baseline build)', memory: 'raw memory file', spec: { kind: 'serve', source: 'raw', baseline }, toucher: firecracker },
+    { key: 'serve-snapshot-baseline', handler: 'userfault serve (baseline build)', memory: 'snapshot, CRC-checked', spec: { kind: 'serve', source: 'snapshot', baseline }, toucher: firecracker },
+  ];
+  return [
+    ...baselineRows,
+    { key: 'serve-raw', handler: 'userfault serve', memory: 'raw memory file', spec: { kind: 'serve', source: 'raw' }, toucher: firecracker },
+    { key: 'serve-snapshot', handler: 'userfault serve', memory: 'snapshot, CRC-checked', spec: { kind: 'serve', source: 'snapshot' }, toucher: firecracker },
+    // What the other sections measure: the Pager in a worker thread of the bench, the bench's own handover (no JSON, an answer awaited).
+    { key: 'pager-raw', handler: 'pager in the bench (worker)', memory: 'raw (RawFileSource)', spec: { kind: 'pager', source: 'raw-file', prefetch }, toucher: { memory: 'uffd' } },
+    { key: 'kernel', handler: 'kernel MAP_PRIVATE (File backend)', memory: 'raw memory file', spec: { kind: 'none' }, toucher: { memory: 'private', file: { path: rawPath, offset: 0 } } },
+    { key: 'c-pread', handler: 'C reference', memory: 'raw (pread)', spec: { kind: 'c', source: 'raw-file', prefetch, spinUs: 0 }, toucher: firecracker },
+    { key: 'c-mmap', handler: 'C reference', memory: 'raw (mmap: one copy)', spec: { kind: 'c', source: 'mmap', prefetch, spinUs: 0 }, toucher: firecracker },
+  ];
+}
+
+export const firecrackerSection: Section = async (ctx, options) => {
+  const pageCount = ctx.image.sizeBytes / 4096;
+  // Firecracker's memory file is the guest's memory byte for byte: the image, raw.
+  const rawPath = join(ctx.workDir, 'memory.raw');
+  writeFileSync(rawPath, new Uint8Array(ctx.imageMemory));
+  const baseline = options.serveBaseline !== undefined;
+  const defs = variants(rawPath, baseline);
+  const patterns: PatternName[] = ['sequential', 'random'];
+  // Every store timed (~50 ns each, a few % of the kernel's time per page): the first one shows a handler's start-up.
+  const base: ToucherSpec = { memory: 'uffd', access: 'store', threads: 1, latency: true };
+  const runs: Variant[] = [];
+  for (const pattern of patterns) {
+    const order = patternOrder(pattern, pageCount, options.seed);
+    for (const d of defs) {
+      runs.push({ id: `${pattern}/${d.key}`, label: `${d.handler}, ${d.memory}`, handler: d.spec, toucher: { ...base, ...d.toucher }, placement: 'unpinned', order });
+    }
+  }
+
+  const results = await withServe(ctx, rawPath, options, () => runInterleaved(ctx, 'firecracker', runs, options.rounds));
+
+  const rows: string[][] = [];
+  const summary: Record<string, unknown>[] = [];
+  const targets: TargetResult[] = [];
+  const mib = ctx.image.sizeBytes / (1 << 20);
+  for (const pattern of patterns) {
+    const ms = (key: string): number[] => perRound(results, `${pattern}/${key}`, totalMs);
+    for (const d of defs) {
+      const id = `${pattern}/${d.key}`;
+      const vsKernel = pairedRatio(ms('kernel'), ms(d.key));
+      const vsC = pairedRatio(ms('c-pread'), ms(d.key));
+      const cpuUs = median(perRound(results, id, (r) => handlerCpuUsPerPage(r, pageCount)));
+      const reads = median(perRound(results, id, sourceReads));
+      const firstUs = median(perRound(results, id, (r) => (r.toucher.latencyNs?.first ?? Number.NaN) / 1000));
+      const p99 = median(perRound(results, id, p99Us));
+      // serve against the same serve from the baseline build (--serve-baseline), round by round.
+      const vsBaseline = baseline && d.spec.kind === 'serve' && !d.spec.baseline ? pairedRatio(ms(`${d.key}-baseline`), ms(d.key)) : undefined;
+      const row = { pattern, variant: d.key, handler: d.handler, memory: d.memory, ms: median(ms(d.key)), speedVsKernel: vsKernel, speedVsC: vsC, speedVsBaseline: vsBaseline, firstStoreUs: firstUs, p99Us: p99, handlerCpuUsPerPage: cpuUs, sourceReads: reads };
+      summary.push(row);
+      rows.push([
+        pattern, d.handler, d.memory, fmt(row.ms), fmtInt(mib / (row.ms / 1000)), fmtRatio(vsKernel), fmtRatio(vsC), ...(baseline ? [vsBaseline ? fmtRatio(vsBaseline) : '-'] : []),
+        fmtInt(firstUs), fmtInt(p99), Number.isNaN(cpuUs) ? '-' : fmt(cpuUs, 2), d.spec.kind === 'none' ? '-' : fmtInt(reads),
+      ]);
+    }
+  }
+  const seq = (key: string): number[] => perRound(results, `sequential/${key}`, totalMs);
+  const rnd = (key: string): number[] => perRound(results, `random/${key}`, totalMs);
+  targets.push(checkTarget('firecracker: serve, CRC-checked snapshot, sequential stores, speed / kernel MAP_PRIVATE', pairedRatio(seq('kernel'), seq('serve-snapshot')), 'at-least', FIRECRACKER_TARGETS.snapshotVsKernel));
+  targets.push(checkTarget('firecracker: serve, raw memory file, sequential stores, speed / kernel MAP_PRIVATE', pairedRatio(seq('kernel'), seq('serve-raw')), 'at-least', FIRECRACKER_TARGETS.rawVsKernel));
+  targets.push(checkTarget('firecracker: serve, raw memory file, random stores, speed / C handler (pread, same read-ahead)', pairedRatio(rnd('c-pread'), rnd('serve-raw')), 'at-least', FIRECRACKER_TARGETS.randomVsC));
+
+  const table: Table = {
+    title: `9. The Firecracker path: a ${fmtInt(mib)} MiB guest's memory restored through \`userfault serve\` (Firecracker's handshake), every page stored to once (median of ${options.rounds} rounds)`,
+    columns: ['pattern', 'handler', 'memory file', 'time ms', 'MiB/s', 'speed / kernel', 'speed / C', ...(baseline ? ['speed / baseline'] : []), 'first store us', 'p99 us', 'handler CPU us/page', 'source reads'],
+    numeric: [false, false, false, true, true, true, true, ...(baseline ? [true] : []), true, true, true, true],
+    rows,
+    notes: [
+      'The client (bench/c/toucher.c --handshake firecracker) makes its uffd, registers its memory, sends the JSON regions and the uffd in one message and starts storing at once: serve\'s handshake, probe and pager start are in the time.',
+      `serve: one process per memory file for the section (a service many restores connect to), read-ahead ${RESTORE_PREFETCH.initialPages}..${RESTORE_PREFETCH.maxPages} (its default); the C handler gets the same read-ahead. kernel: MAP_PRIVATE of the raw file, stores copy page-cache pages.`,
+      'pager in the bench: the Pager in a worker thread of the bench with the bench\'s own handover, as sections 1-3 run it: what differs from serve is the process, the handshake and the start-up.',
+      'first store: the first store\'s latency (serve\'s handshake, probe and pager start are in it); p99: of every store.',
+      ...(baseline ? [`baseline build: ${options.serveBaseline} (speed / baseline: serve of that build over this one, round by round).`] : []),
+      'speed / X = X time / this time, round by round: median (min-max). handler CPU: serve\'s main thread (its event loop) or the C handler\'s thread, per page of the guest. The files are in the page cache. Threads are not pinned.',
+    ],
+  };
+  return { name: 'firecracker', tables: [table], targets, summary, runs: toJsonRuns(results) };
+};
+
+/** Start serve on the raw file and on the snapshot for the section (and from the baseline build), and stop them after it (profiles are written on stop). */
+async function withServe<T>(ctx: BenchContext, rawPath: string, options: BenchOptions, body: () => Promise<T>): Promise<T> {
+  const started: BenchServe[] = [];
+  const profileDir = options.serveProfileDir;
+  const nodeArgs = (name: string): string[] => {
+    if (!profileDir) return [];
+    mkdirSync(profileDir, { recursive: true });
+    return ['--cpu-prof', `--cpu-prof-dir=${profileDir}`, `--cpu-prof-name=serve-${name}-${process.pid}.cpuprofile`];
+  };
+  try {
+    ctx.serve = new Map();
+    for (const baseline of options.serveBaseline === undefined ? [false] : [false, true]) {
+      for (const source of ['raw', 'snapshot'] as const) {
+        const key = serveKey(source, baseline);
+        const server = await BenchServe.start(source === 'raw' ? rawPath : ctx.image.path, join(ctx.workDir, `serve-${key}.sock`), {
+          snapshot: source === 'snapshot',
+          nodeArgs: nodeArgs(key),
+          distDir: baseline ? options.serveBaseline : undefined,
+        });
+        started.push(server);
+        ctx.serve.set(key, server);
+      }
+    }
+    const result = await body();
+    await Promise.all(started.splice(0).map((s) => s.stop()));
+    if (profileDir) ctx.log(`firecracker: serve's CPU profiles are in ${profileDir}`);
+    return result;
+  } finally {
+    for (const s of started) s.kill();
+    ctx.serve = undefined;
+  }
+}
+
+function handlerCpuUsPerPage(run: RunResult, pageCount: number): number {
+  const h = run.handler;
+  return h.kind === 'none' ? Number.NaN : h.cpu.runNs / 1000 / pageCount;
+}
