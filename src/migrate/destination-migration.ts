@@ -36,6 +36,7 @@ import { PageBitmap } from './page-bitmap.js';
 import { DIGEST_BATCH_PAGES } from './page-digests.js';
 import { MigrationListener, sameSession, type AcceptedChannel, type MigrationSecurity, type SourceChannel } from './transport/channels.js';
 import { DEFAULT_STALL_TIMEOUT_MS, dataCrcsOf, type AnyMessage, type MigrationConnection } from './transport/migration-connection.js';
+import { RequestIds } from '../transport/index.js';
 import { IncomingMigrationError, IncomingMigrationStalledError, errorSummary } from './errors.js';
 
 export interface ReceiveOptions<Built extends IncomingMachine = IncomingMachine> {
@@ -129,7 +130,8 @@ export class DestinationMigration<Built extends IncomingMachine = IncomingMachin
   private failure: Error | undefined;
   /** Why a connection ended last (a post-copy cut is not a failure, but its reason is worth seeing). */
   private connectionError: Error | undefined;
-  private nextRequestId = 1;
+  /** This side's request ids (COMPLETE, and its connections' pings): one counter for the session's connections, so none meet. */
+  private readonly requestIds = new RequestIds();
   /** A reconnect's main connection came; its urgent one is taken even though one was had. */
   private reconnecting = false;
   /** COMPLETE's request id (resent with it after a reconnect) and the wait for its verdict. */
@@ -286,6 +288,7 @@ export class DestinationMigration<Built extends IncomingMachine = IncomingMachin
     } else {
       this.urgent = socket;
     }
+    socket.requestIds = this.requestIds;
     socket.watchLiveness(this.options.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_MS);
     socket.on('message', (message, requestId, frame) => this.onMessage(message, requestId, socket, dataCrcsOf(frame, message)));
     socket.on('end', (error) => this.onEnd(socket, error));
@@ -544,7 +547,7 @@ export class DestinationMigration<Built extends IncomingMachine = IncomingMachin
       await this.vmm!.completeMemory();
       this.move('all-in');
     }
-    const requestId = this.nextRequestId++;
+    const requestId = this.requestIds.next();
     this.verdictRequestId = requestId;
     const verdict = new Promise<Extract<AnyMessage, { type: 'mig-verified' }> | undefined>((resolve) => (this.verdictWaiter = resolve));
     // A cut now is survived: resume() sends it again; with no connection, the wait for the source is bounded.

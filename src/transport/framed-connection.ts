@@ -229,7 +229,13 @@ export class FramedConnection<M extends { type: string }, C = unknown> extends E
   private readonly decoder: FrameDecoder;
   private readonly receive: InPlaceReceive | undefined;
   private readonly outstanding = new Map<number, Outstanding<M, C>>();
-  private readonly requestIds: RequestIds;
+  /**
+   * Where this connection's request ids come from. A session's connections
+   * may share one (set before the first request): ids then never meet across
+   * them, and a request the role re-sends with its id on a new connection
+   * (a destination's COMPLETE) meets no ping of that connection's.
+   */
+  requestIds: RequestIds;
   private ended = false;
   private endErrorValue: Error | undefined;
   /** The checksum of the frames this side sends: CRC32 until the role's HELLOs chose CRC32C. */
@@ -436,6 +442,8 @@ export class FramedConnection<M extends { type: string }, C = unknown> extends E
 
   private register(message: M, options: RequestOptions<M, C>, onEnd: ((error: Error) => void) | undefined): number {
     const requestId = options.requestId ?? this.allocateRequestId();
+    // Two requests under one id would take each other's replies.
+    if (this.outstanding.has(requestId)) throw new RangeError(`${this.name}: request ${requestId} is already outstanding`);
     const o: Outstanding<M, C> = { type: message.type, expect: options.expect, sentAt: performance.now(), context: options.context, onReply: options.onReply, onEnd, timer: undefined };
     if (options.timeoutMs !== undefined) {
       const { timeoutMs } = options;
