@@ -26,7 +26,7 @@ export const LAYERS: ReadonlyArray<{ readonly units: readonly string[]; readonly
   { units: ['uffd', 'stats', 'net', 'checksum'], why: 'userfaultfd, leaf statistics (the latency histogram), sockets and addresses, CRC32C' },
   { units: ['mem'], why: 'mappings (they register with userfaultfd)' },
   { units: ['protocol', 'snapshot'], why: 'the page protocol\'s codec, the snapshot format' },
-  { units: ['sources'], why: 'the PageSource contract and the local sources' },
+  { units: ['sources', 'transport'], why: 'the PageSource contract and the local sources; the framed connection every network role speaks over (on protocol\'s frames and net\'s sockets)' },
   { units: ['pager'], why: 'faults served from a PageSource' },
   { units: ['pages', 's3'], why: 'sources over the network: the page server and its client (the remote source); the object store (the S3 source)' },
   { units: ['source-url'], why: 'a source opened by its URL (tcp://, s3://): the one dispatch the CLI, the VMM process and lazy memory share' },

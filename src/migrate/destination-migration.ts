@@ -35,7 +35,8 @@ import { destinationAllows, destinationRunsGuest, isFinal, isPaused, nextDestina
 import { PageBitmap } from './page-bitmap.js';
 import { DIGEST_BATCH_PAGES } from './page-digests.js';
 import { MigrationListener, sameSession, type AcceptedChannel, type MigrationSecurity, type SourceChannel } from './transport/channels.js';
-import { DEFAULT_STALL_TIMEOUT_MS, type AnyMessage, type FramedSocket } from './transport/framed-socket.js';
+import { DEFAULT_STALL_TIMEOUT_MS, dataCrcsOf, type AnyMessage, type MigrationConnection } from './transport/migration-connection.js';
+import { RequestIds } from '../transport/index.js';
 import { IncomingMigrationError, IncomingMigrationStalledError, errorSummary } from './errors.js';
 
 export interface ReceiveOptions<Built extends IncomingMachine = IncomingMachine> {
@@ -113,8 +114,8 @@ export class DestinationMigration<Built extends IncomingMachine = IncomingMachin
   private stateValue: DestinationMigrationState = 'listening';
   private readonly started = performance.now();
   private sessionId: Uint8Array | undefined;
-  private main: FramedSocket | undefined;
-  private urgent: FramedSocket | undefined;
+  private main: MigrationConnection | undefined;
+  private urgent: MigrationConnection | undefined;
   private vmm: Built | undefined;
   /** Pre-copy's stream, checked message by message before guest RAM is touched (incoming-stream.ts). */
   private readonly stream: IncomingStream;
@@ -129,7 +130,8 @@ export class DestinationMigration<Built extends IncomingMachine = IncomingMachin
   private failure: Error | undefined;
   /** Why a connection ended last (a post-copy cut is not a failure, but its reason is worth seeing). */
   private connectionError: Error | undefined;
-  private nextRequestId = 1;
+  /** This side's request ids (COMPLETE, and its connections' pings): one counter for the session's connections, so none meet. */
+  private readonly requestIds = new RequestIds();
   /** A reconnect's main connection came; its urgent one is taken even though one was had. */
   private reconnecting = false;
   /** COMPLETE's request id (resent with it after a reconnect) and the wait for its verdict. */
@@ -286,12 +288,13 @@ export class DestinationMigration<Built extends IncomingMachine = IncomingMachin
     } else {
       this.urgent = socket;
     }
+    socket.requestIds = this.requestIds;
     socket.watchLiveness(this.options.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_MS);
-    socket.on('message', (message, requestId, dataCrcs) => this.onMessage(message, requestId, socket, dataCrcs));
+    socket.on('message', (message, requestId, frame) => this.onMessage(message, requestId, socket, dataCrcsOf(frame, message)));
     socket.on('end', (error) => this.onEnd(socket, error));
   }
 
-  private onEnd(socket: FramedSocket, error: Error | undefined): void {
+  private onEnd(socket: MigrationConnection, error: Error | undefined): void {
     // A connection a reconnect replaced ends without news.
     if (socket !== this.main && socket !== this.urgent) return;
     // Every page is in: the urgent connection has nothing left to carry, and the source closes it
@@ -356,7 +359,7 @@ export class DestinationMigration<Built extends IncomingMachine = IncomingMachin
 
   // ---- messages ----------------------------------------------------------------
 
-  private onMessage(message: AnyMessage, requestId: number, from: FramedSocket, dataCrcs?: Uint32Array): void {
+  private onMessage(message: AnyMessage, requestId: number, from: MigrationConnection, dataCrcs?: Uint32Array): void {
     // A connection a reconnect replaced says nothing more.
     if (from !== this.main && from !== this.urgent) return;
     this.lastProgressAt = performance.now();
@@ -401,10 +404,6 @@ export class DestinationMigration<Built extends IncomingMachine = IncomingMachin
         return;
       case 'mig-resume':
         void this.resume(requestId).catch((error: Error) => from.destroy(error));
-        return;
-      case 'mig-verified':
-        if (requestId !== this.verdictRequestId) throw new IncomingMigrationError(`VERIFIED for request ${requestId}, which is not this side's COMPLETE`);
-        this.verdictHeard(message);
         return;
       case 'mig-cancel':
         if (destinationRunsGuest(this.stateValue)) throw new IncomingMigrationError(`CANCEL while ${this.stateValue}: the guest runs here`);
@@ -470,7 +469,7 @@ export class DestinationMigration<Built extends IncomingMachine = IncomingMachin
   }
 
   /** Where the guest came from, as its restore names it (vm status: "live migration from HOST:PORT, post-copy ..."). */
-  private arrivedFrom(main: FramedSocket): string {
+  private arrivedFrom(main: MigrationConnection): string {
     return `live migration from ${main.socket.remoteAddress}:${main.socket.remotePort}`;
   }
 
@@ -520,12 +519,26 @@ export class DestinationMigration<Built extends IncomingMachine = IncomingMachin
     this.back();
     if (destinationAllows(this.stateValue, 'resumed')) this.move('resumed');
     this.recoveries++;
-    await this.main!.send({ type: 'mig-resumed', pageCount: pages, running, bitmap: has.bytes.subarray(0, Math.ceil(pages / 8)) }, requestId);
-    if (this.verdictRequestId !== undefined) await this.sendComplete(this.verdictRequestId);
+    const resumed = this.main!.send({ type: 'mig-resumed', pageCount: pages, running, bitmap: has.bytes.subarray(0, Math.ceil(pages / 8)) }, requestId);
+    // COMPLETE again, its verdict awaited on this connection before the source can have heard RESUMED (it may answer the COMPLETE it heard before the cut at once).
+    const complete = this.verdictRequestId === undefined ? undefined : this.sendComplete(this.verdictRequestId);
+    await resumed;
+    await complete;
   }
 
+  /** COMPLETE, a request of this side: its VERIFIED is matched by the connection (one for a request not made is a protocol violation). */
   private sendComplete(requestId: number): Promise<void> {
-    return this.main!.send({ type: 'mig-complete', batchPages: DIGEST_BATCH_PAGES, digests: this.stream.digests.batchDigests() }, requestId);
+    const main = this.main!;
+    main.request({ type: 'mig-complete', batchPages: DIGEST_BATCH_PAGES, digests: this.stream.digests.batchDigests() }, {
+      requestId,
+      expect: ['mig-verified'],
+      onReply: (verified) => {
+        if (main !== this.main || verified.type !== 'mig-verified') return;
+        this.lastProgressAt = performance.now();
+        this.verdictHeard(verified);
+      },
+    });
+    return main.drained();
   }
 
   /** Every page in: detach the pager, send the digests, hear the verdict (or, the source gone past the deadline, do without). */
@@ -534,7 +547,7 @@ export class DestinationMigration<Built extends IncomingMachine = IncomingMachin
       await this.vmm!.completeMemory();
       this.move('all-in');
     }
-    const requestId = this.nextRequestId++;
+    const requestId = this.requestIds.next();
     this.verdictRequestId = requestId;
     const verdict = new Promise<Extract<AnyMessage, { type: 'mig-verified' }> | undefined>((resolve) => (this.verdictWaiter = resolve));
     // A cut now is survived: resume() sends it again; with no connection, the wait for the source is bounded.

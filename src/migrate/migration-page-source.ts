@@ -20,7 +20,7 @@ import { SourceAvailability } from '../sources/network/availability.js';
 import { RequestTable, type NetworkRequest } from '../sources/network/request-table.js';
 import type { PageBitmap } from './page-bitmap.js';
 import type { PageDigestTable } from './page-digests.js';
-import type { FramedSocket } from './transport/framed-socket.js';
+import type { MigrationConnection } from './transport/migration-connection.js';
 import { MigrationPageChecksumError, MigrationReplyError } from './errors.js';
 
 /** One post-copy READ (its key: its request id; reads of a range are not coalesced, the pager asks each page once). */
@@ -30,7 +30,7 @@ interface PostCopyRead extends NetworkRequest<Uint8Array> {
   readonly lengthBytes: number;
   readonly priority: ReadPriority;
   /** The connection it was (or is to be) sent on: the urgent one for demand, the main one for background. */
-  connection: FramedSocket;
+  connection: MigrationConnection;
 }
 
 export class MigrationPageSource implements PageSource {
@@ -53,8 +53,8 @@ export class MigrationPageSource implements PageSource {
   private nextRequestId = 1;
   private readonly listeners = new Set<(pages: PushedPages) => void>();
   private readonly zeroBuffer: Uint8Array;
-  private urgent: FramedSocket | undefined;
-  private main: FramedSocket | undefined;
+  private urgent: MigrationConnection | undefined;
+  private main: MigrationConnection | undefined;
   /** Post-copy READs sent on the urgent connection (demand) and the main one (background). */
   readonly stats = { demandReads: 0, backgroundReads: 0, pushedPages: 0, pushedZeroPages: 0 };
 
@@ -71,7 +71,7 @@ export class MigrationPageSource implements PageSource {
   }
 
   /** Use these connections (again, after a reconnect): outstanding reads are re-sent on them. */
-  attach(main: FramedSocket, urgent: FramedSocket): void {
+  attach(main: MigrationConnection, urgent: MigrationConnection): void {
     this.main = main;
     this.urgent = urgent;
     for (const read of [...this.table.requests()]) {
@@ -88,7 +88,7 @@ export class MigrationPageSource implements PageSource {
    * pager: a page altered on the way ends the connection (a cut: the source
    * reconnects and sends it again), and is never installed.
    */
-  handle(message: CheckedPagesMessage | ErrorMessage | Extract<MigrationMessage, { type: 'mig-push' }>, requestId: number, from: FramedSocket): void {
+  handle(message: CheckedPagesMessage | ErrorMessage | Extract<MigrationMessage, { type: 'mig-push' }>, requestId: number, from: MigrationConnection): void {
     if (message.type === 'mig-push') {
       this.deliverPush(message.firstPage * this.pageSizeBytes, message.data, message.checksums);
       return;

@@ -26,7 +26,8 @@ import { isFinal, isPastSwitchover, isPaused, nextSourceState, sourceAllows, sou
 import { PageBitmap } from './page-bitmap.js';
 import { PageDigestTable, differingBatches } from './page-digests.js';
 import { connectChannel, newSessionId, parseMigrationAddress, type MigrationSecurity } from './transport/channels.js';
-import { DEFAULT_STALL_TIMEOUT_MS, type AnyMessage, type FramedSocket } from './transport/framed-socket.js';
+import { RequestIds } from '../transport/index.js';
+import { DEFAULT_STALL_TIMEOUT_MS, type AnyMessage, type MigrationConnection } from './transport/migration-connection.js';
 import { ConnectionEndedError } from '../net/connection-errors.js';
 import { errorSummary, MigrationCancelledError, MigrationConnectionLostError, MigrationError, MigrationRefusedError, MigrationStalledError, MigrationStoppedError, MigrationTakenBackError, MigrationVerificationError } from './errors.js';
 
@@ -144,10 +145,10 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
   private readonly policy: ConvergencePolicy;
   private readonly pages: number;
   private readonly digests: PageDigestTable;
-  private main: FramedSocket | undefined;
-  private urgent: FramedSocket | undefined;
-  private nextRequestId = 1;
-  private readonly replies = new Map<number, { resolve: (message: AnyMessage) => void; reject: (error: Error) => void }>();
+  private main: MigrationConnection | undefined;
+  private urgent: MigrationConnection | undefined;
+  /** The session's request ids: they keep rising across reconnects (the destination refuses one not past the last as a replay). */
+  private readonly requestIds = new RequestIds();
   /** The machine's dirty log is on (pre-copy started it; off once the guest runs on the destination). */
   private tracking = false;
   /** Pages changed since they were last sent. */
@@ -291,11 +292,11 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
   /** Both connections, one session (the same session id on every reconnect). */
   private async connect(): Promise<void> {
     const timeout = this.options.connectTimeoutMs ?? 5000;
-    const main = await connectChannel(this.address, 'main', this.sessionId, timeout, this.options.security);
+    const main = await connectChannel(this.address, 'main', this.sessionId, timeout, this.options.security, this.requestIds);
     main.pageSizeBytes = PAGE_SIZE;
-    let urgent: FramedSocket;
+    let urgent: MigrationConnection;
     try {
-      urgent = await connectChannel(this.address, 'urgent', this.sessionId, timeout, this.options.security);
+      urgent = await connectChannel(this.address, 'urgent', this.sessionId, timeout, this.options.security, this.requestIds);
     } catch (error) {
       main.destroy();
       throw error;
@@ -691,7 +692,7 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
   }
 
   /** A post-copy READ from the destination: the pages as they are (the guest is paused here), on the connection it came on. */
-  private async answerRead(read: ReadMessage, requestId: number, from: FramedSocket): Promise<void> {
+  private async answerRead(read: ReadMessage, requestId: number, from: MigrationConnection): Promise<void> {
     const end = read.offset + read.lengthBytes;
     if (read.offset % PAGE_SIZE || read.lengthBytes % PAGE_SIZE || read.lengthBytes > MAX_READ_BYTES || end > this.target.memory.lengthBytes) {
       await from.send({ type: 'error', code: 'OUT_OF_RANGE', text: `READ ${read.lengthBytes} bytes at ${read.offset} is not whole pages of the ${this.target.memory.lengthBytes}-byte guest memory` }, requestId);
@@ -733,20 +734,14 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
 
   // ---- messages ----------------------------------------------------------------
 
-  private listen(socket: FramedSocket): void {
+  private listen(socket: MigrationConnection): void {
     socket.on('message', (message, requestId) => {
       // A connection a reconnect replaced says nothing more; a completed migration hears nothing.
       if ((socket !== this.main && socket !== this.urgent) || isFinal(this.stateValue)) return;
+      // The answers to this side's requests (ACCEPT, READY, RUNNING, RESUMED, an ERROR refusing one) are the connection's to match (call()).
       switch (message.type) {
-        case 'mig-accept':
-        case 'mig-ready':
-        case 'mig-running':
-        case 'mig-resumed':
-          this.reply(requestId, message);
-          return;
         case 'error':
-          if (requestId !== 0 && this.replies.has(requestId)) this.replyError(requestId, new MigrationRefusedError(`the destination refused: ${message.code}: ${message.text}`));
-          else this.lost(new MigrationRefusedError(`the destination: ${message.code}: ${message.text}`));
+          this.lost(new MigrationRefusedError(`the destination: ${message.code}: ${message.text}`));
           return;
         case 'mig-cancel':
           this.lost(new MigrationRefusedError(`the destination cancelled: ${message.text}`));
@@ -782,47 +777,14 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
    * connections alive (it answers pings) but never answers is as good as
    * gone — the wait ends as a cut would (lost()).
    */
-  private call(message: AnyMessage, expect: AnyMessage['type'], timeoutMs?: number): Promise<AnyMessage> {
-    const requestId = this.nextRequestId++;
-    const main = this.main!;
-    return new Promise<AnyMessage>((resolve, reject) => {
-      const timer = timeoutMs === undefined ? undefined : setTimeout(() => {
-        const stalled = new MigrationStalledError(`the destination did not answer ${message.type} within ${timeoutMs} ms`);
-        if (this.main === main && this.replies.has(requestId)) {
-          this.lost(stalled);
-          main.destroy(stalled);
-        }
-      }, timeoutMs);
-      timer?.unref();
-      this.replies.set(requestId, {
-        resolve: (reply) => {
-          clearTimeout(timer);
-          if (reply.type === expect) resolve(reply);
-          else reject(new MigrationRefusedError(`the destination answered ${message.type} with ${reply.type}, not ${expect}`));
-        },
-        reject: (error) => {
-          clearTimeout(timer);
-          reject(error);
-        },
-      });
-      main.send(message, requestId).catch((error: Error) => this.replyError(requestId, error));
+  private async call(message: AnyMessage, expect: AnyMessage['type'], timeoutMs?: number): Promise<AnyMessage> {
+    const reply = await this.main!.call(message, {
+      expect: [expect],
+      timeoutMs,
+      timeoutError: () => new MigrationStalledError(`the destination did not answer ${message.type} within ${timeoutMs} ms`),
     });
-  }
-
-  private reply(requestId: number, message: AnyMessage): void {
-    const waiter = this.replies.get(requestId);
-    if (!waiter) {
-      this.lost(new MigrationRefusedError(`the destination sent ${message.type} for request ${requestId}, which was never made`));
-      return;
-    }
-    this.replies.delete(requestId);
-    waiter.resolve(message);
-  }
-
-  private replyError(requestId: number, error: Error): void {
-    const waiter = this.replies.get(requestId);
-    this.replies.delete(requestId);
-    waiter?.reject(error);
+    if (reply.type === 'error') throw new MigrationRefusedError(`the destination refused: ${reply.code}: ${reply.text}`);
+    return reply;
   }
 
   /**
@@ -833,8 +795,7 @@ export class SourceMigration extends EventEmitter<SourceMigrationEvents> {
   private lost(error: Error): void {
     if (isFinal(this.stateValue)) return;
     if (this.cancelRequested) error = this.cancelRequested;
-    for (const waiter of this.replies.values()) waiter.reject(error);
-    this.replies.clear();
+    this.main?.failPending(error);
     this.completion?.reject(error);
     this.completion = undefined;
     if (sourceAllows(this.stateValue, 'lost')) {

@@ -1,5 +1,6 @@
-// One client connection of the page server: its socket, its frame decoder,
-// the requests it has queued and in flight. Every byte it sends is treated as
+// One client connection of the page server: the requests it has queued and
+// in flight, over a framed connection (transport/framed-connection.ts: the
+// socket, its decoder, PINGs answered, the bytes the kernel has not taken). Every byte it sends is treated as
 // hostile: lengths are bounded before anything is allocated, every field is
 // range-checked against the image before it is used, and whatever goes wrong
 // ends this connection only.
@@ -40,7 +41,6 @@ import type { Socket } from 'node:net';
 import {
   CHECKED_PAGES_HEADER_BYTES,
   CRC_BLOCK_BYTES,
-  FrameDecoder,
   MIN_PAGE_SERVICE_VERSION,
   PAGE_CHECKSUM_BYTES,
   PAGE_SERVICE_VERSION,
@@ -51,11 +51,8 @@ import {
   MAX_ERROR_TEXT_BYTES,
   FRAME_HEADER_BYTES,
   acceptHello,
-  decodeMessage,
   frameChecksumOf,
-  encodeMessageParts,
   type Frame,
-  type FrameChecksum,
   type HelloMessage,
   type InfoMessage,
   type Message,
@@ -64,6 +61,7 @@ import {
   type WireErrorName,
 } from '../protocol/index.js';
 import { SourceReadError, isAbortError, type PageSource } from '../sources/page-source.js';
+import { FramedConnection, pageMessageCodec, type ConnectionEndKind } from '../transport/index.js';
 import type { BudgetHolder, ReplyBudget } from './reply-budget.js';
 import type { ZeroMap } from './zero-map.js';
 import type { PageChecksums } from './page-checksums.js';
@@ -179,34 +177,26 @@ const EMPTY = new Uint8Array(0);
 
 export class ServedConnection extends EventEmitter<ServedConnectionEvents> {
   private stateValue: ServedConnectionState = 'awaiting-hello';
-  private readonly decoder = new FrameDecoder({ maxPayloadBytes: PRE_HELLO_MAX_PAYLOAD_BYTES });
+  /** The framed connection under this role: socket, decoder, writes and what the kernel has not taken of them. */
+  private readonly link: FramedConnection<Message>;
   private readonly queue: QueuedRequest[] = [];
   /** requestIds queued or in flight: a second request with one of them is a protocol violation. */
   private readonly outstanding = new Set<number>();
   private readonly running = new Map<number, RunningRead>();
-  private writeBlocked = false;
   private peerMaxPayloadBytes = PRE_HELLO_MAX_PAYLOAD_BYTES;
-  /** CRC32 until the HELLOs chose version 3 or later. */
-  private frameChecksum: FrameChecksum = 'crc32';
   private readonly startedAt = performance.now();
   private endedAt: number | undefined;
   private helloTimer: NodeJS.Timeout | undefined;
-  private flushTimer: NodeJS.Timeout | undefined;
-  /** Bytes written to the socket that the kernel has not taken yet (each write's callback gives them back). */
-  private unflushedBytes = 0;
-  /** The socket closed: what it had not written is given back, and late write callbacks are ignored. */
-  private unflushedReleased = false;
-  /** The last frame received after HELLO (the idle clock). */
-  private lastFrameAt = performance.now();
-  /** The last time the kernel took one of this connection's writes, or its first unwritten byte was queued (the stall clock). */
-  private lastWriteProgressAt = performance.now();
+  /** A pump() is due once the frames of the current socket read are all queued. */
+  private pumpScheduled = false;
   /** This connection as the ReplyBudget sees it. */
   private readonly holder: BudgetHolder = {
     onRoom: () => this.guard(() => this.pump()),
-    stalledForMs: (nowMs) => (this.stateValue === 'serving' && this.unflushedBytes > 0 ? nowMs - this.lastWriteProgressAt : undefined),
+    // The stall clock: the last time the kernel took one of this connection's writes, or its first unwritten byte was queued.
+    stalledForMs: (nowMs) => (this.stateValue === 'serving' && this.link.unflushedBytes > 0 ? nowMs - this.link.lastWriteProgressAt : undefined),
     evict: (reason) => this.guard(() => this.cutOff(reason)),
   };
-  private readonly stats = { requests: 0, reads: 0, bytesServed: 0, bytesSent: 0, errorsSent: 0, cancelled: 0, sourceErrors: 0, peakInFlight: 0 };
+  private readonly stats = { requests: 0, reads: 0, bytesServed: 0, errorsSent: 0, cancelled: 0, sourceErrors: 0, peakInFlight: 0 };
   private role: RoleName | undefined;
   private sessionId: string | undefined;
   private endReason: ConnectionEndReason | undefined;
@@ -215,10 +205,29 @@ export class ServedConnection extends EventEmitter<ServedConnectionEvents> {
   /** The peer's address without its port: what the per-peer connection limit counts. */
   readonly peerHost: string;
 
-  constructor(readonly id: number, private readonly socket: Socket, private readonly service: PageService) {
+  constructor(readonly id: number, socket: Socket, private readonly service: PageService) {
     super();
     this.peerHost = socket.remoteAddress ?? '?';
     this.remoteAddress = `${this.peerHost}:${socket.remotePort ?? '?'}`;
+    this.link = new FramedConnection<Message>(socket, {
+      name: `page client ${this.remoteAddress}`,
+      codec: pageMessageCodec,
+      // A page server asks its clients nothing: every frame is a request (a PONG among them is out of place).
+      isReply: () => false,
+      // Until its HELLO a PING is a first frame out of place; after it, answered by the layer (and counted as a request).
+      answersPings: false,
+      // A client that broke the protocol is told why (an ERROR on request 0) before the connection closes.
+      goodbye: (error) => {
+        this.stats.errorsSent++;
+        return { type: 'error', code: error.wireCode, text: boundedText(error.message, MAX_ERROR_TEXT_BYTES) };
+      },
+      // Every frame's bytes are held in the server's reply budget until the kernel takes them (or they go with the socket).
+      onQueued: (bytes) => this.service.budget.charge(this.holder, bytes),
+      onFlushed: (bytes) => {
+        this.service.budget.release(this.holder, bytes);
+        if (this.stateValue === 'serving') this.guard(() => this.pump());
+      },
+    });
   }
 
   get state(): ServedConnectionState {
@@ -237,7 +246,7 @@ export class ServedConnection extends EventEmitter<ServedConnectionEvents> {
    */
   quietForMs(nowMs: number): number | undefined {
     if (this.stateValue === 'awaiting-hello') return nowMs - this.startedAt;
-    if (this.stateValue === 'serving' && this.isIdle) return nowMs - this.lastFrameAt;
+    if (this.stateValue === 'serving' && this.isIdle) return nowMs - this.link.lastFrameAt;
     return undefined;
   }
 
@@ -245,9 +254,9 @@ export class ServedConnection extends EventEmitter<ServedConnectionEvents> {
   checkLiveness(nowMs: number): void {
     if (this.stateValue !== 'serving') return;
     const { idleTimeoutMs, sendTimeoutMs } = this.service;
-    if (this.unflushedBytes > 0 && nowMs - this.lastWriteProgressAt >= sendTimeoutMs) {
-      this.cutOff(`its socket took none of its ${this.unflushedBytes} unwritten reply bytes for ${sendTimeoutMs} ms`);
-    } else if (this.isIdle && nowMs - this.lastFrameAt >= idleTimeoutMs) {
+    if (this.link.unflushedBytes > 0 && nowMs - this.link.lastWriteProgressAt >= sendTimeoutMs) {
+      this.cutOff(`its socket took none of its ${this.link.unflushedBytes} unwritten reply bytes for ${sendTimeoutMs} ms`);
+    } else if (this.isIdle && nowMs - this.link.lastFrameAt >= idleTimeoutMs) {
       const why = `no request for ${idleTimeoutMs} ms: this idle connection is closed (reconnect when needed)`;
       this.sendError(0, 'SHUTTING_DOWN', why);
       this.finish('idle', why);
@@ -269,21 +278,15 @@ export class ServedConnection extends EventEmitter<ServedConnectionEvents> {
   }
 
   private get isIdle(): boolean {
-    return this.queue.length === 0 && this.running.size === 0 && this.unflushedBytes === 0;
+    return this.queue.length === 0 && this.running.size === 0 && this.link.unflushedBytes === 0;
   }
 
   start(): void {
-    const { socket } = this;
-    // Replies are whole frames written at once; Nagle would only hold a demand page back.
-    socket.setNoDelay(true);
-    socket.on('data', (chunk: Buffer) => this.guard(() => this.onData(chunk)));
-    socket.on('end', () => this.guard(() => this.onEnd()));
-    socket.on('error', (error: NodeJS.ErrnoException) => this.guard(() => this.onSocketError(error)));
-    socket.on('close', () => this.onClose());
-    socket.on('drain', () => this.guard(() => {
-      this.writeBlocked = false;
-      this.pump();
-    }));
+    const { link } = this;
+    link.on('message', (message, requestId, frame) => this.guard(() => this.onMessage(message, requestId, frame)));
+    link.on('end', (error, kind) => this.guard(() => this.onLinkEnd(error, kind)));
+    link.on('closed', () => this.onClose());
+    link.on('drain', () => this.guard(() => this.pump()));
     this.helloTimer = setTimeout(() => this.guard(() => {
       if (this.stateValue !== 'awaiting-hello') return;
       this.sendError(0, 'UNEXPECTED_MESSAGE', `no HELLO within ${this.service.helloTimeoutMs} ms`);
@@ -309,6 +312,9 @@ export class ServedConnection extends EventEmitter<ServedConnectionEvents> {
       endError: this.endError,
       connectedMs: Math.round((this.endedAt ?? performance.now()) - this.startedAt),
       ...this.stats,
+      // PINGs are answered by the connection layer; each is a request all the same.
+      requests: this.stats.requests + this.link.pingsAnswered,
+      bytesSent: this.link.bytesSent,
     };
   }
 
@@ -330,25 +336,19 @@ export class ServedConnection extends EventEmitter<ServedConnectionEvents> {
     }
   }
 
-  private onData(chunk: Buffer): void {
+  /** The connection is over for the layer: the peer closed it or broke the protocol, the socket failed, or this side closed it. */
+  private onLinkEnd(error: Error | undefined, kind: ConnectionEndKind): void {
     if (this.stateValue !== 'awaiting-hello' && this.stateValue !== 'serving') return;
-    // Frame by frame, so a HELLO raises the payload limit for the requests pipelined behind it.
-    const { error } = this.decoder.push(chunk, (frame) => {
-      if (this.stateValue === 'awaiting-hello' || this.stateValue === 'serving') this.accept(frame);
-    });
-    if (error) this.refuse(error);
-    this.pump();
-  }
-
-  private onEnd(): void {
-    const truncated = this.decoder.end();
-    this.finish('hangup', truncated?.message);
-  }
-
-  private onSocketError(error: NodeJS.ErrnoException): void {
+    if (kind === 'violation') {
+      // The layer said why to the client (goodbye) before closing.
+      this.emit('error', error!);
+      this.finish('protocol-error', error!.message);
+      return;
+    }
+    const code = (error as NodeJS.ErrnoException | undefined)?.code;
     // A reset or a broken pipe is a client that went away; anything else is reported.
-    if (error.code === 'ECONNRESET' || error.code === 'EPIPE') {
-      this.finish('hangup', error.message);
+    if (error === undefined || code === 'ECONNRESET' || code === 'EPIPE') {
+      this.finish('hangup', error?.message ?? this.link.truncation()?.message);
       return;
     }
     this.emit('error', error);
@@ -358,38 +358,22 @@ export class ServedConnection extends EventEmitter<ServedConnectionEvents> {
   private onClose(): void {
     if (this.stateValue === 'closed') return;
     if (this.stateValue !== 'closing') this.finish('hangup');
-    clearTimeout(this.flushTimer);
-    // The socket's buffers are gone with it; reads still at the source give theirs back as they settle.
-    if (!this.unflushedReleased) {
-      this.unflushedReleased = true;
-      this.service.budget.release(this.holder, this.unflushedBytes);
-      this.unflushedBytes = 0;
-    }
     this.move('closed');
     this.endedAt = performance.now();
     this.emit('gone', this.summary());
   }
 
-  /** One frame, decoded and either answered at once or queued. */
-  private accept(frame: Frame): void {
-    let message: Message;
-    try {
-      message = decodeMessage(frame);
-    } catch (error) {
-      if (error instanceof ProtocolError) return this.refuse(error);
-      throw error;
-    }
-    const { requestId } = frame;
-    // Any frame, a PING included, is a client alive.
-    this.lastFrameAt = performance.now();
+  /** One request, decoded and either answered at once or queued (the queue is pumped once the socket read's frames are all in). */
+  private onMessage(message: Message, requestId: number, frame: Frame): void {
+    if (this.stateValue !== 'awaiting-hello' && this.stateValue !== 'serving') return;
+    this.schedulePump();
     if (this.stateValue === 'awaiting-hello') {
       if (message.type !== 'hello') return this.refuse(new ProtocolError('EPROTO_UNEXPECTED', `the first frame must be a HELLO, not ${message.type}`, { frameType: frame.type, requestId }));
       return this.onHello(message);
     }
     switch (message.type) {
       case 'ping':
-        this.stats.requests++;
-        this.send({ type: 'pong', data: message.data }, requestId);
+        // Answered by the connection layer once serving (answersPings): never seen here.
         return;
       case 'cancel':
         this.stats.requests++;
@@ -449,7 +433,8 @@ export class ServedConnection extends EventEmitter<ServedConnectionEvents> {
     this.role = hello.role;
     this.sessionId = Buffer.from(hello.sessionId).toString('hex');
     this.peerMaxPayloadBytes = hello.maxPayloadBytes;
-    this.decoder.maxPayloadBytes = this.service.receiveMaxPayloadBytes;
+    this.link.maxPayloadBytes = this.service.receiveMaxPayloadBytes;
+    this.link.answersPings = true;
     this.move('serving');
     this.send({
       type: 'hello',
@@ -461,7 +446,7 @@ export class ServedConnection extends EventEmitter<ServedConnectionEvents> {
       features: 0,
     }, 0);
     // After the answer: a HELLO always carries CRC32, so a peer of any version can read it.
-    this.frameChecksum = frameChecksumOf(version);
+    this.link.frameChecksum = frameChecksumOf(version);
     this.emit('hello');
   }
 
@@ -485,7 +470,7 @@ export class ServedConnection extends EventEmitter<ServedConnectionEvents> {
 
   /** Start queued requests while the connection and the server's budget have room; pause the socket while its queue is full. */
   private pump(): void {
-    while (this.stateValue === 'serving' && this.queue.length > 0 && !this.writeBlocked) {
+    while (this.stateValue === 'serving' && this.queue.length > 0 && !this.link.writeBlocked) {
       const next = this.queue[0]!;
       if (next.message.type === 'read' && this.running.size >= this.service.maxInFlight) break;
       // No room: it waits for this connection's replies to drain, or for the budget's onRoom.
@@ -494,10 +479,19 @@ export class ServedConnection extends EventEmitter<ServedConnectionEvents> {
       this.queue.shift();
       this.serve(next, costBytes);
     }
-    const full = this.queue.length >= this.service.maxQueued || this.writeBlocked;
+    const full = this.queue.length >= this.service.maxQueued || this.link.writeBlocked;
     if (this.stateValue !== 'serving' && this.stateValue !== 'awaiting-hello') return;
-    if (full) this.socket.pause();
-    else this.socket.resume();
+    if (full) this.link.pauseReading();
+    else this.link.resumeReading();
+  }
+
+  private schedulePump(): void {
+    if (this.pumpScheduled) return;
+    this.pumpScheduled = true;
+    queueMicrotask(() => {
+      this.pumpScheduled = false;
+      this.guard(() => this.pump());
+    });
   }
 
   /** The most bytes the reply to `request` can take, its frame header included: what is held for it before it starts. */
@@ -665,9 +659,8 @@ export class ServedConnection extends EventEmitter<ServedConnectionEvents> {
   /** The connection cannot go on: say why (an ERROR on requestId 0), then close. */
   private refuse(error: ProtocolError): void {
     if (this.stateValue !== 'awaiting-hello' && this.stateValue !== 'serving') return;
-    this.sendError(0, error.wireCode, error.message);
-    this.emit('error', error);
-    this.finish('protocol-error', error.message);
+    // Said to the client (the goodbye), then onLinkEnd finishes it.
+    this.link.violation(error);
   }
 
   private finish(reason: ConnectionEndReason, error?: string): void {
@@ -684,9 +677,7 @@ export class ServedConnection extends EventEmitter<ServedConnectionEvents> {
     this.queue.length = 0;
     this.outstanding.clear();
     // Flush what was written (the ERROR saying why), then close; a peer that never reads is cut off.
-    this.socket.end();
-    this.socket.resume();
-    this.flushTimer = setTimeout(() => this.socket.destroy(), CLOSE_FLUSH_MS);
+    this.link.close(undefined, 'closed', CLOSE_FLUSH_MS);
   }
 
   /**
@@ -697,7 +688,7 @@ export class ServedConnection extends EventEmitter<ServedConnectionEvents> {
   private cutOff(why: string): void {
     if (this.stateValue !== 'serving' && this.stateValue !== 'awaiting-hello') return;
     this.finish('stalled', why);
-    this.socket.destroy();
+    this.link.destroy();
   }
 
   private sendError(requestId: number, code: WireErrorName, text: string): void {
@@ -712,29 +703,7 @@ export class ServedConnection extends EventEmitter<ServedConnectionEvents> {
    * pages are never read to checksum the frame.
    */
   private send(message: Message, requestId: number, pageCrcs?: Uint32Array): void {
-    if (this.socket.destroyed || this.socket.writableEnded) return;
-    const parts = encodeMessageParts(message, requestId, { checksum: this.frameChecksum, lastPartCrcs: pageCrcs });
-    const frameBytes = parts.reduce((sum, part) => sum + part.length, 0);
-    // Held until the kernel takes it; a reply asked for had its room taken before it started (pump).
-    this.service.budget.charge(this.holder, frameBytes);
-    if (this.unflushedBytes === 0) this.lastWriteProgressAt = performance.now();
-    this.unflushedBytes += frameBytes;
-    this.socket.cork();
-    for (const part of parts) {
-      this.stats.bytesSent += part.length;
-      this.socket.write(part, () => this.flushed(part.length));
-    }
-    this.socket.uncork();
-    if (this.socket.writableNeedDrain) this.writeBlocked = true;
-  }
-
-  /** The kernel took one write: its bytes are no longer the server's to hold, and the connection may have room again. */
-  private flushed(bytes: number): void {
-    if (this.unflushedReleased) return;
-    this.unflushedBytes -= bytes;
-    this.lastWriteProgressAt = performance.now();
-    this.service.budget.release(this.holder, bytes);
-    if (this.stateValue === 'serving') this.guard(() => this.pump());
+    this.link.write(message, requestId, pageCrcs);
   }
 }
 

@@ -20,14 +20,14 @@ describe('a destination and a source that stops but answers pings', { timeout: 2
     const main = await connectChannel(address, 'main', session, 2000);
     const urgent = await connectChannel(address, 'urgent', session, 2000);
     const closedByDestination = new Promise<void>((resolve) => main.once('end', () => resolve()));
-    // Alive: this side answers every ping (FramedSocket does) and pings too.
+    // Alive: this side answers every ping (the connection layer does) and pings too.
     main.watchLiveness(400);
     urgent.watchLiveness(400);
     main.pageSizeBytes = PAGE_SIZE;
-    const accepted = new Promise((resolve) => main.once('message', resolve));
     const machine = { kind: 'soft-writer', memoryBytes: 1 << 20, pattern: 'random', writePages: 16, pagesPerTick: 1, tickMs: 10 };
-    await main.send({ type: 'mig-begin', mode: 'precopy', pageSizeBytes: PAGE_SIZE, memoryBytes: 1 << 20, machineJson: JSON.stringify(machine) }, 1);
-    assert.equal(((await accepted) as { type: string }).type, 'mig-accept');
+    // A request of the source's: its ACCEPT is matched by id.
+    const accepted = await main.call({ type: 'mig-begin', mode: 'precopy', pageSizeBytes: PAGE_SIZE, memoryBytes: 1 << 20, machineJson: JSON.stringify(machine) }, { expect: ['mig-accept'] });
+    assert.equal(accepted.type, 'mig-accept');
     await main.send({ type: 'mig-pages', firstPage: 0, pageCount: 1, round: 0, checksums: Uint32Array.of(crc32c(new Uint8Array(PAGE_SIZE))), data: new Uint8Array(PAGE_SIZE) });
     const started = performance.now();
     await assert.rejects(destination.running, (error: unknown) => error instanceof IncomingMigrationStalledError && /nothing but pings/.test(error.message));

@@ -6,7 +6,7 @@ import { describe, test } from 'node:test';
 import { MigrationPageSource } from '../../src/migrate/migration-page-source.js';
 import { PageBitmap } from '../../src/migrate/page-bitmap.js';
 import { PageDigestTable } from '../../src/migrate/page-digests.js';
-import type { FramedSocket } from '../../src/migrate/transport/framed-socket.js';
+import type { MigrationConnection } from '../../src/migrate/transport/migration-connection.js';
 import { crc32c } from '../../src/checksum/crc32c.js';
 import { MigrationPageChecksumError } from '../../src/migrate/errors.js';
 
@@ -14,9 +14,9 @@ const PAGE = 4096;
 const PAGES = 16;
 
 /** A connection that records what is sent on it (the source's side is not needed to check a reply). */
-function recordingConnection(): FramedSocket & { sent: Array<{ message: { type: string }; requestId: number }> } {
+function recordingConnection(): MigrationConnection & { sent: Array<{ message: { type: string }; requestId: number }> } {
   const sent: Array<{ message: { type: string }; requestId: number }> = [];
-  return { sent, isEnded: false, send: async (message: { type: string }, requestId: number) => void sent.push({ message, requestId }) } as unknown as FramedSocket & { sent: typeof sent };
+  return { sent, isEnded: false, send: async (message: { type: string }, requestId: number) => void sent.push({ message, requestId }) } as unknown as MigrationConnection & { sent: typeof sent };
 }
 
 function pageOf(value: number): Uint8Array {

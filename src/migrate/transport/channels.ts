@@ -7,7 +7,7 @@
 // destination answers with its own or an ERROR and closes.
 import { randomBytes } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
-import { connect, createServer, type Server, type Socket } from 'node:net';
+import { createServer, type Server, type Socket } from 'node:net';
 import * as tls from 'node:tls';
 import { parsePageUrl, formatHostPort } from '../../net/address.js';
 import {
@@ -22,7 +22,8 @@ import {
   type HelloMessage,
   type RoleName,
 } from '../../protocol/index.js';
-import { FramedSocket } from './framed-socket.js';
+import { MigrationConnection, type AnyMessage } from './migration-connection.js';
+import { connectForFrames, type RequestIds } from '../../transport/index.js';
 import { MigrationAuthError, MigrationKeyError, MigrationPeerError } from '../errors.js';
 
 export type SourceChannel = 'main' | 'urgent';
@@ -73,8 +74,15 @@ export function parseMigrationAddress(text: string): { host: string; port: numbe
   return parsePageUrl(text.startsWith('tcp://') ? text : `tcp://${text}`);
 }
 
-/** The source side: connect one channel to the destination and exchange HELLOs (over TLS-PSK with `security`). */
-export function connectChannel(address: { host: string; port: number }, channel: SourceChannel, sessionId: Uint8Array, timeoutMs: number, security?: MigrationSecurity): Promise<FramedSocket> {
+/** What answers a request of the source (matched by its id): ACCEPT, READY, RUNNING, RESUMED, a PONG, or an ERROR refusing one. */
+const SOURCE_REPLIES: ReadonlySet<AnyMessage['type']> = new Set(['mig-accept', 'mig-ready', 'mig-running', 'mig-resumed', 'pong']);
+
+/**
+ * The source side: connect one channel to the destination and exchange
+ * HELLOs (over TLS-PSK with `security`). `requestIds`: the session's, shared
+ * by its connections and their reconnects.
+ */
+export function connectChannel(address: { host: string; port: number }, channel: SourceChannel, sessionId: Uint8Array, timeoutMs: number, security?: MigrationSecurity, requestIds?: RequestIds): Promise<MigrationConnection> {
   const where = formatHostPort(address);
   return new Promise((resolve, reject) => {
     const socket = security
@@ -88,8 +96,9 @@ export function connectChannel(address: { host: string; port: number }, channel:
           // The key authenticates the peer; there is no certificate to check.
           checkServerIdentity: () => undefined,
         })
-      : connect({ host: address.host, port: address.port });
-    let framed: FramedSocket | undefined;
+      : // Plain TCP reads payloads in place; a TLS socket has no onread, and its frames come from 'data' chunks.
+        connectForFrames({ host: address.host, port: address.port });
+    let framed: MigrationConnection | undefined;
     let settled = false;
     const fail = (error: Error): void => {
       if (settled) return;
@@ -104,7 +113,12 @@ export function connectChannel(address: { host: string; port: number }, channel:
     // those words, OpenSSL's own text kept as the cause.
     socket.once('error', (error) => fail(security && isTlsHandshakeError(error) ? new MigrationAuthError(where, { cause: error }) : new MigrationPeerError(where, error.message, { cause: error })));
     socket.once(security ? 'secureConnect' : 'connect', () => {
-      framed = new FramedSocket(socket, `migration ${channel} connection to ${where}`);
+      const connection: MigrationConnection = new MigrationConnection(socket, `migration ${channel} connection to ${where}`, {
+        requestIds,
+        // An ERROR on an id this side is waiting on refuses that request; any other ERROR is the destination's word on the migration.
+        isReply: (message, requestId): boolean => SOURCE_REPLIES.has(message.type) || (message.type === 'error' && requestId !== 0 && connection.isPending(requestId)),
+      });
+      framed = connection;
       const hello: HelloMessage = { type: 'hello', version: MAX_PROTOCOL_VERSION, minVersion: MIN_PROTOCOL_VERSION, role: ROLE_OF[channel], sessionId, maxPayloadBytes: DEFAULT_MAX_PAYLOAD_BYTES, features: 0 };
       framed.once('message', (answer) => {
         try {
@@ -135,7 +149,7 @@ function isTlsHandshakeError(error: Error): boolean {
 export interface AcceptedChannel {
   channel: SourceChannel;
   sessionId: Uint8Array;
-  socket: FramedSocket;
+  socket: MigrationConnection;
   peer: string;
 }
 
@@ -202,7 +216,8 @@ export class MigrationListener {
 
   private static admit(socket: Socket, onChannel: (accepted: AcceptedChannel) => void, decide: (channel: SourceChannel, sessionId: Uint8Array) => string | undefined, helloTimeoutMs: number, refused: (peer: string, reason: string) => void): void {
     const peer = `${socket.remoteAddress}:${socket.remotePort}`;
-    const framed = new FramedSocket(socket, `migration connection from ${peer}`);
+    // The destination's one request is COMPLETE: its VERIFIED is matched by id (and a PONG to a liveness PING).
+    const framed = new MigrationConnection(socket, `migration connection from ${peer}`, { isReply: (message) => message.type === 'mig-verified' || message.type === 'pong' });
     const timer = setTimeout(() => {
       refused(peer, `no HELLO within ${helloTimeoutMs} ms`);
       framed.destroy(new MigrationPeerError(peer, `no HELLO within ${helloTimeoutMs} ms`));

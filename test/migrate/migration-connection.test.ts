@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { after, describe, test } from 'node:test';
-import { FramedSocket, type AnyMessage } from '../../src/migrate/transport/framed-socket.js';
+import { MigrationConnection, dataCrcsOf, type AnyMessage } from '../../src/migrate/transport/migration-connection.js';
 import { crc32cPages } from '../../src/checksum/crc32c.js';
 import { ConnectionEndedError, ConnectionStalledError } from '../../src/net/connection-errors.js';
 
@@ -58,10 +58,10 @@ class BufferingRelay {
 
 const relaySockets: Socket[] = [];
 
-async function pair(): Promise<{ server: Server; port: number; accepted: FramedSocket[] }> {
-  const accepted: FramedSocket[] = [];
+async function pair(): Promise<{ server: Server; port: number; accepted: MigrationConnection[] }> {
+  const accepted: MigrationConnection[] = [];
   const server = createServer((socket: Socket) => {
-    const framed = new FramedSocket(socket, `accepted ${accepted.length}`);
+    const framed = new MigrationConnection(socket, `accepted ${accepted.length}`);
     closers.push(() => framed.destroy());
     framed.pageSizeBytes = 4096;
     // As after the HELLOs (which this test skips): frames up to 1 MiB.
@@ -72,10 +72,10 @@ async function pair(): Promise<{ server: Server; port: number; accepted: FramedS
   return { server, port: (server.address() as { port: number }).port, accepted };
 }
 
-function dial(port: number, name: string): Promise<FramedSocket> {
+function dial(port: number, name: string): Promise<MigrationConnection> {
   return new Promise((resolve, reject) => {
     const socket = connect({ host: '127.0.0.1', port }, () => {
-      const framed = new FramedSocket(socket, name);
+      const framed = new MigrationConnection(socket, name);
       framed.maxPayloadBytes = 1 << 20;
       resolve(framed);
     });
@@ -148,14 +148,14 @@ describe('a migration connection\'s frames', { timeout: 10_000 }, () => {
     const accepted = new Promise<Socket>((resolve) => server.once('connection', resolve));
     const client = connect({ host: '127.0.0.1', port: (server.address() as { port: number }).port });
     const [serverSide] = await Promise.all([accepted, new Promise((resolve) => client.once('connect', resolve))]);
-    const sender = new FramedSocket(client, 'test source');
-    const receiver = new FramedSocket(serverSide, 'test destination');
+    const sender = new MigrationConnection(client, 'test source');
+    const receiver = new MigrationConnection(serverSide, 'test destination');
     sender.frameChecksum = 'crc32c';
     sender.maxPayloadBytes = 4 << 20;
     receiver.maxPayloadBytes = 4 << 20;
     const data = new Uint8Array(6 * 4096).map((_, i) => (i * 31 + (i >> 12)) & 0xff);
     const checksums = crc32cPages(data, 4096);
-    const arrived = new Promise<{ message: AnyMessage; dataCrcs: Uint32Array | undefined }>((resolve) => receiver.once('message', (message, _id, dataCrcs) => resolve({ message, dataCrcs })));
+    const arrived = new Promise<{ message: AnyMessage; dataCrcs: Uint32Array | undefined }>((resolve) => receiver.once('message', (message, _id, frame) => resolve({ message, dataCrcs: dataCrcsOf(frame, message) })));
     await sender.send({ type: 'mig-pages', firstPage: 10, pageCount: 6, round: 1, checksums, data });
     const { message, dataCrcs } = await arrived;
     assert.equal(message.type, 'mig-pages');
