@@ -41,6 +41,8 @@ export class MigrationPageSource implements PageSource {
     description: () => this.description,
     onEnd: () => this.table.failAll((read) => this.availability.readError(read.offset, read.lengthBytes)),
     readsWaiting: () => this.table.pendingReads,
+    // A post-copy cut is never routine (the guest's pages are only there): said however short.
+    announceAfterMs: 0,
   });
   /** The source's connections cut: no deadline here (the destination's own decide), and this side does not retry: the source reconnects. */
   private readonly cut = this.availability.outage({ deadlineMs: Infinity, retrying: false, initialDelayMs: 0, maxDelayMs: 0, expired: (_waitedMs, last) => last ?? new Error('the migration source did not come back') });

@@ -13,12 +13,15 @@
 // read after, fails with SourceGoneError naming why.
 //
 // An outage is said out loud here, once for every kind of source: the first
-// path lost makes the source unavailable ('unavailable', then
-// 'still-unavailable' every reportEveryMs while it lasts), the last one back
-// makes it available again ('restored', with how long it took), and a source
-// given up says so ('gone'). The same outages are counted (availabilityStats)
-// for /metrics and `vm status`; the CLI's logs print the events in the words
-// of availability-text.ts.
+// path lost makes the source unavailable ('unavailable' once it lasted
+// announceAfterMs, then 'still-unavailable' every reportEveryMs while it
+// lasts), the last one back makes it available again ('restored', with how
+// long it took, when its start was said), and a source given up says so
+// ('gone'). A blip shorter than announceAfterMs (a connection re-made at
+// once, one request of many failing while the rest succeed) is counted but
+// not said. The same outages are counted (availabilityStats) for /metrics and
+// `vm status`; the CLI's logs print the events in the words of
+// availability-text.ts.
 import { SourceGoneError } from '../page-source.js';
 import { SOURCE_STATES, type SourceState } from './source-state.js';
 
@@ -94,6 +97,8 @@ export interface ObservableAvailability {
 
 /** How often an outage that goes on is said again. */
 export const DEFAULT_OUTAGE_REPORT_EVERY_MS = 5_000;
+/** How long an outage lasts before it is said: a connection re-made at once, or one request of many failing, is a blip, counted only. */
+export const DEFAULT_OUTAGE_ANNOUNCE_AFTER_MS = 200;
 
 export interface SourceAvailabilityOptions {
   /** The source, for errors ("page server tcp://127.0.0.1:7000"). */
@@ -108,6 +113,11 @@ export interface SourceAvailabilityOptions {
   readonly readsWaiting?: () => number;
   /** How often an outage that goes on is said again ('still-unavailable'; default 5 s). */
   readonly reportEveryMs?: number;
+  /**
+   * How long an outage lasts before it is said ('unavailable'; its end is
+   * said only then too); default 200 ms. Shorter ones are counted only.
+   */
+  readonly announceAfterMs?: number;
 }
 
 /** A network source's life: open, gone (given up, with why), closed. */
@@ -119,8 +129,9 @@ export class SourceAvailability implements ObservableAvailability {
   private readonly lostPaths = new Set<Outage>();
   private outageCount = 0;
   private pastOutageMs = 0;
-  /** The current outage: its start (performance.now() and the epoch), and the most reads waiting in it. */
-  private current: { startedAt: number; since: number; readsWaited: number } | undefined;
+  /** The current outage: its start (performance.now() and the epoch), the most reads waiting in it, and whether it was said. */
+  private current: { startedAt: number; since: number; readsWaited: number; announced: boolean } | undefined;
+  private announceTimer: NodeJS.Timeout | undefined;
   private reportTimer: NodeJS.Timeout | undefined;
 
   constructor(private readonly options: SourceAvailabilityOptions) {}
@@ -200,21 +211,36 @@ export class SourceAvailability implements ObservableAvailability {
       this.current.readsWaited = Math.max(this.current.readsWaited, waiting);
       return;
     }
-    const now = performance.now();
-    this.current = { startedAt: now, since: Date.now(), readsWaited: waiting };
+    this.current = { startedAt: performance.now(), since: Date.now(), readsWaited: waiting, announced: false };
     this.outageCount++;
-    this.emit({ type: 'unavailable', source: this.options.description(), since: this.current.since, readsWaiting: waiting, retrying: this.retrying(), deadlineInMs: this.deadlineInMs(now), error: path.lastError?.message });
-    const every = this.options.reportEveryMs ?? DEFAULT_OUTAGE_REPORT_EVERY_MS;
-    this.reportTimer = setInterval(() => this.stillUnavailable(), every);
-    this.reportTimer.unref();
+    const after = this.options.announceAfterMs ?? DEFAULT_OUTAGE_ANNOUNCE_AFTER_MS;
+    if (after <= 0) return this.announce();
+    this.announceTimer = setTimeout(() => this.announce(), after);
+    this.announceTimer.unref();
   }
 
   /** @internal A path is back: the last one makes the source available again. */
   pathRestored(path: Outage): void {
     if (!this.lostPaths.delete(path) || this.lostPaths.size > 0 || !this.current) return;
     const readsWaited = Math.max(this.current.readsWaited, this.readsWaiting());
+    const announced = this.current.announced;
     const afterMs = this.endOutage()!;
-    this.emit({ type: 'restored', source: this.options.description(), afterMs, readsWaited });
+    if (announced) this.emit({ type: 'restored', source: this.options.description(), afterMs, readsWaited });
+  }
+
+  /** The outage lasted announceAfterMs (or is said at once): 'unavailable', then a reminder every reportEveryMs. */
+  private announce(): void {
+    this.announceTimer = undefined;
+    const current = this.current;
+    if (!current || !this.isOpen) return;
+    current.announced = true;
+    const now = performance.now();
+    const waiting = this.readsWaiting();
+    current.readsWaited = Math.max(current.readsWaited, waiting);
+    this.emit({ type: 'unavailable', source: this.options.description(), since: current.since, readsWaiting: waiting, retrying: this.retrying(), deadlineInMs: this.deadlineInMs(now), error: this.lastError() });
+    const every = this.options.reportEveryMs ?? DEFAULT_OUTAGE_REPORT_EVERY_MS;
+    this.reportTimer = setInterval(() => this.stillUnavailable(), every);
+    this.reportTimer.unref();
   }
 
   private stillUnavailable(): void {
@@ -223,13 +249,19 @@ export class SourceAvailability implements ObservableAvailability {
     const now = performance.now();
     const waiting = this.readsWaiting();
     current.readsWaited = Math.max(current.readsWaited, waiting);
-    let error: string | undefined;
-    for (const path of this.lostPaths) error ??= path.lastError?.message;
-    this.emit({ type: 'still-unavailable', source: this.options.description(), since: current.since, forMs: now - current.startedAt, readsWaiting: waiting, retrying: this.retrying(), deadlineInMs: this.deadlineInMs(now), error });
+    this.emit({ type: 'still-unavailable', source: this.options.description(), since: current.since, forMs: now - current.startedAt, readsWaiting: waiting, retrying: this.retrying(), deadlineInMs: this.deadlineInMs(now), error: this.lastError() });
+  }
+
+  /** The last error of a path lost now. */
+  private lastError(): string | undefined {
+    for (const path of this.lostPaths) if (path.lastError) return path.lastError.message;
+    return undefined;
   }
 
   /** The current outage is over (restored, given up or closed): counted, its timer stopped; returns how long it lasted. */
   private endOutage(): number | undefined {
+    clearTimeout(this.announceTimer);
+    this.announceTimer = undefined;
     clearInterval(this.reportTimer);
     this.reportTimer = undefined;
     const current = this.current;

@@ -108,9 +108,9 @@ describe('a network source\'s availability', () => {
 });
 
 /** A source whose outages are heard: its events in order, and the reads it says are waiting. */
-function observed(options: { reportEveryMs?: number } = {}): { availability: SourceAvailability; events: AvailabilityEvent[]; setWaiting: (n: number) => void } {
+function observed(options: { reportEveryMs?: number; announceAfterMs?: number } = {}): { availability: SourceAvailability; events: AvailabilityEvent[]; setWaiting: (n: number) => void } {
   let waiting = 0;
-  const made = new SourceAvailability({ description: () => 'page server tcp://127.0.0.1:7000', onEnd: () => {}, readsWaiting: () => waiting, reportEveryMs: options.reportEveryMs });
+  const made = new SourceAvailability({ description: () => 'page server tcp://127.0.0.1:7000', onEnd: () => {}, readsWaiting: () => waiting, reportEveryMs: options.reportEveryMs, announceAfterMs: options.announceAfterMs ?? 0 });
   const events: AvailabilityEvent[] = [];
   made.onAvailability((event) => events.push(event));
   return { availability: made, events, setWaiting: (n) => void (waiting = n) };
@@ -203,7 +203,7 @@ describe('an outage said out loud', () => {
 
   test('a peer that reconnects to this side (a migration source): no deadline here, and the words say it waits for the peer', () => {
     let waiting = 1;
-    const a = new SourceAvailability({ description: () => 'migration source 10.0.0.4:51234', onEnd: () => {}, readsWaiting: () => waiting });
+    const a = new SourceAvailability({ description: () => 'migration source 10.0.0.4:51234', onEnd: () => {}, readsWaiting: () => waiting, announceAfterMs: 0 });
     const events: AvailabilityEvent[] = [];
     a.onAvailability((event) => events.push(event));
     const cut = a.outage({ deadlineMs: Infinity, retrying: false, initialDelayMs: 0, maxDelayMs: 0, expired: () => new Error('never') });
@@ -218,6 +218,30 @@ describe('an outage said out loud', () => {
     a.close(new Error('the migration ended'));
     assert.deepEqual(events.map((e) => e.type), ['unavailable', 'restored', 'unavailable']);
     assert.equal(a.availabilityStats.state, 'closed');
+    assert.equal(a.availabilityStats.outages, 2);
+  });
+
+  test('an outage shorter than announceAfterMs (default 200 ms) is counted, not said; a longer one is said once it lasted that long, with the reads waiting by then', async () => {
+    let waiting = 0;
+    const a = new SourceAvailability({ description: () => 'object s3://snapshots/vm1', onEnd: () => {}, readsWaiting: () => waiting });
+    const events: AvailabilityEvent[] = [];
+    a.onAvailability((event) => events.push(event));
+    const outage = a.outage({ deadlineMs: 30_000, initialDelayMs: 10, maxDelayMs: 100, expired: () => new Error('expired') });
+    outage.lost(new Error('HTTP 503 SlowDown'));
+    await sleep(20);
+    outage.restored();
+    await sleep(250);
+    assert.equal(events.length, 0, 'a blip is not said');
+    assert.equal(a.availabilityStats.outages, 1, 'but counted');
+    outage.lost(new Error('connect ECONNREFUSED'));
+    waiting = 2; // the faults that come after the loss
+    await sleep(120);
+    assert.equal(events.length, 0, 'not yet');
+    for (let i = 0; i < 100 && events.length === 0; i++) await sleep(10);
+    assert.equal(events[0]?.type, 'unavailable');
+    assert.equal(events[0]?.type === 'unavailable' && events[0].readsWaiting, 2, 'the reads waiting by the time it is said');
+    outage.restored();
+    assert.deepEqual(events.map((e) => e.type), ['unavailable', 'restored']);
     assert.equal(a.availabilityStats.outages, 2);
   });
 });
