@@ -32,7 +32,8 @@ export interface BenchContext {
 }
 
 export interface ToucherSpec {
-  memory: 'uffd' | 'private' | 'eager';
+  /** memfd-minor: the C handler's memfd mapped MAP_PRIVATE, registered MISSING and MINOR (ref-handler --source memfd). */
+  memory: 'uffd' | 'private' | 'eager' | 'memfd-minor';
   access: 'load' | 'store';
   threads: number;
   /** Time every touch (p50/p99); costs ~50 ns a touch, so only where faults dominate. */
@@ -273,13 +274,16 @@ export async function runVariant(ctx: BenchContext, variant: Variant): Promise<R
   const args = ['--memory', t.memory, '--size', String(ctx.image.sizeBytes), '--order', orderPath, '--access', t.access, '--threads', String(t.threads), '--cpu', String(cpus.toucher)];
   if (t.latency) args.push('--latency');
   if (t.handshake) args.push('--handshake', t.handshake);
-  if (t.memory === 'uffd') args.push('--socket', handler.socketPath!);
+  if (t.memory === 'uffd' || t.memory === 'memfd-minor') args.push('--socket', handler.socketPath!);
   else args.push('--file', t.file?.path ?? ctx.image.path, '--file-offset', String(t.file?.offset ?? ctx.image.dataOffset));
   const toucher = new BenchChild('toucher', ctx.programs.toucher, args);
   try {
     const toucherResult = await toucher.result<ToucherResult>(ctx.runTimeoutMs);
     if (toucherResult.mismatches > 0) throw new Error(`${variant.id}: ${toucherResult.mismatches} pages read back wrong`);
     const report = await handler.done;
+    if (report.kind === 'c' && (report.stats.sharedPagesWritten ?? 0) > 0) {
+      throw new Error(`${variant.id}: the toucher's stores reached ${report.stats.sharedPagesWritten} pages of the shared memfd`);
+    }
     return { toucher: toucherResult, handler: report, session: handler.session };
   } catch (error) {
     toucher.kill();

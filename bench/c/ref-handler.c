@@ -5,7 +5,7 @@
 // window that stops at the first page already filled, one COPY per window.
 //
 //   ref-handler --socket PATH --size BYTES
-//               --source memory|pread|mmap|delay|remote --image FILE [--image-offset N]
+//               --source memory|pread|mmap|delay|remote|memfd|memfd-filled --image FILE [--image-offset N]
 //               [--delay-socket PATH]        delay: ask the delay server before each fetch
 //               [--server HOST:PORT]         remote: the page server to READ from
 //               [--session HEX32]            remote: the HELLO's session id (default zeros)
@@ -23,6 +23,14 @@
 // window is one READ to a page server (page-client.h: the real protocol, every
 // reply CRC-checked), one at a time, and COPY takes the pages from the reply.
 //
+// memfd (toucher --memory memfd-minor): the handler sends the toucher a memfd
+// first, which the toucher maps MAP_PRIVATE and registers MISSING and MINOR;
+// each window is put in the memfd's page cache (one copy from the file, where
+// not there yet) and mapped with UFFDIO_CONTINUE (no copy); memfd-filled
+// starts with every page in it (a later restore of a snapshot an earlier one
+// filled). At the end it counts memfd pages the toucher's stores reached
+// (sharedPagesWritten: must be 0).
+//
 // Prints "listening" when ready for the toucher, and one JSON line of counts
 // when the toucher hangs up.
 #include "bench-common.h"
@@ -38,11 +46,12 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-enum source_kind { SOURCE_MEMORY, SOURCE_PREAD, SOURCE_MMAP, SOURCE_DELAY, SOURCE_REMOTE };
+enum source_kind { SOURCE_MEMORY, SOURCE_PREAD, SOURCE_MMAP, SOURCE_DELAY, SOURCE_REMOTE, SOURCE_MEMFD };
 
 static struct {
   uint64_t faults, messages, reads, batches, copy_ioctls, pages_copied, wakes, eexist, eagain;
   uint64_t sleeps, spin_hits, ahead_pages;
+  uint64_t pages_filled, shared_pages_written;
 } stats;
 
 static int uffd, image_fd = -1, delay_sock = -1;
@@ -53,6 +62,10 @@ static off_t image_offset;
 static readahead_t ra;
 static uint64_t ahead_budget, ahead_next, ahead_limit;
 static page_client_t remote;
+// memfd: the snapshot's pages in a memfd's page cache, shared (MAP_SHARED here,
+// MAP_PRIVATE in the toucher); cached[p]: page p is in it.
+static int memfd = -1;
+static uint8_t *memfd_map, *cached;
 
 static int listen_on(const char *path) {
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -127,6 +140,8 @@ static void wake_page(uint64_t page) {
   stats.wakes++;
 }
 
+static void fill_memfd(uint64_t page, uint64_t count);
+
 // COPY pages [page, page+count) from the source.
 static void fill(uint64_t page, uint64_t count) {
   const uint8_t *src;
@@ -134,6 +149,10 @@ static void fill(uint64_t page, uint64_t count) {
     // Longer than the server's READ limit: one READ per part.
     uint64_t part = remote.max_read_bytes / PAGE;
     for (uint64_t done = 0; done < count; done += part) fill(page + done, count - done < part ? count - done : part);
+    return;
+  }
+  if (source_kind == SOURCE_MEMFD) {
+    fill_memfd(page, count);
     return;
   }
   stats.reads++;
@@ -181,6 +200,59 @@ static void fill(uint64_t page, uint64_t count) {
     if (rc < 0 && errno == EAGAIN) { stats.eagain++; continue; }
     die("UFFDIO_COPY");
   }
+}
+
+// memfd: put the pages in the memfd's page cache (one copy, from the file)
+// where they are not yet, then map them into the toucher with UFFDIO_CONTINUE
+// (no copy).
+static void fill_memfd(uint64_t page, uint64_t count) {
+  for (uint64_t k = 0; k < count; k++) {
+    if (cached[page + k]) continue;
+    uint64_t run = 1;
+    while (k + run < count && !cached[page + k + run]) run++;
+    stats.reads++;
+    size_t done = 0, want = run * PAGE;
+    while (done < want) {
+      ssize_t n = pread(image_fd, memfd_map + (page + k) * PAGE + done, want - done, image_offset + (page + k) * PAGE + done);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) die("pread into memfd");
+      done += n;
+    }
+    for (uint64_t j = 0; j < run; j++) cached[page + k + j] = 1;
+    stats.pages_filled += run;
+    k += run - 1;
+  }
+  uint64_t done = 0;
+  while (done < count) {
+    struct uffdio_continue cont = {.range = {.start = base + (page + done) * PAGE, .len = (count - done) * PAGE}, .mode = 0};
+    stats.copy_ioctls++;
+    int rc = ioctl(uffd, UFFDIO_CONTINUE, &cont);
+    if (cont.mapped > 0) {
+      uint64_t pages = (uint64_t)cont.mapped / PAGE;
+      for (uint64_t k = 0; k < pages; k++) filled[page + done + k] = 1;
+      stats.pages_copied += pages;
+      done += pages;
+      continue;
+    }
+    if (rc < 0 && errno == EEXIST) {
+      stats.eexist++;
+      filled[page + done] = 1;
+      wake_page(page + done);
+      done++;
+      continue;
+    }
+    if (rc < 0 && errno == EAGAIN) { stats.eagain++; continue; }
+    die("UFFDIO_CONTINUE");
+  }
+}
+
+static void fill_memfd_all(void) {
+  for (uint64_t done = 0; done < size_bytes;) {
+    ssize_t n = pread(image_fd, memfd_map + done, size_bytes - done, image_offset + done);
+    if (n <= 0) die("fill memfd");
+    done += n;
+  }
+  memset(cached, 1, page_count);
 }
 
 static void serve_fault(uint64_t address) {
@@ -267,6 +339,20 @@ static thread_cpu_t thread_cpu_now(void) {
   return t;
 }
 
+static void send_memfd(int sock) {
+  char byte = 'm';
+  struct iovec iov = {.iov_base = &byte, .iov_len = 1};
+  char control[CMSG_SPACE(sizeof(int))];
+  memset(control, 0, sizeof control);
+  struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof control};
+  struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+  cmsg->cmsg_level = SOL_SOCKET;
+  cmsg->cmsg_type = SCM_RIGHTS;
+  cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+  memcpy(CMSG_DATA(cmsg), &memfd, sizeof(int));
+  if (sendmsg(sock, &msg, MSG_NOSIGNAL) != 1) die("sendmsg memfd");
+}
+
 static int peer_gone(int sock) {
   char byte;
   ssize_t n = recv(sock, &byte, 1, MSG_DONTWAIT);
@@ -305,6 +391,7 @@ int main(int argc, char **argv) {
   else if (!strcmp(source, "delay")) source_kind = SOURCE_DELAY;
   else if (!strcmp(source, "mmap")) source_kind = SOURCE_MMAP;
   else if (!strcmp(source, "remote")) source_kind = SOURCE_REMOTE;
+  else if (!strcmp(source, "memfd") || !strcmp(source, "memfd-filled")) source_kind = SOURCE_MEMFD;
   else if (strcmp(source, "memory")) { fprintf(stderr, "ref-handler: unknown source %s\n", source); return 2; }
   page_count = size_bytes / PAGE;
   ra_init(&ra, ra_initial, ra_max);
@@ -312,7 +399,16 @@ int main(int argc, char **argv) {
   scratch = malloc((size_t)ra.max_pages * PAGE);
   image_fd = open(image_path, O_RDONLY | O_CLOEXEC);
   if (image_fd < 0) die("open image");
-  if (source_kind == SOURCE_MMAP) {
+  if (source_kind == SOURCE_MEMFD) {
+    memfd = memfd_create("bench-snapshot", MFD_CLOEXEC);
+    if (memfd < 0) die("memfd_create");
+    if (ftruncate(memfd, (off_t)size_bytes) < 0) die("ftruncate memfd");
+    memfd_map = mmap(NULL, size_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+    if (memfd_map == MAP_FAILED) die("mmap memfd");
+    cached = calloc(page_count, 1);
+    // memfd-filled: the pages are in already, as for a later restore of a snapshot an earlier one filled.
+    if (!strcmp(source, "memfd-filled")) fill_memfd_all();
+  } else if (source_kind == SOURCE_MMAP) {
     image = mmap(NULL, size_bytes, PROT_READ, MAP_SHARED, image_fd, image_offset);
     if (image == MAP_FAILED) die("mmap image file");
   } else if (source_kind == SOURCE_REMOTE) {
@@ -337,6 +433,7 @@ int main(int argc, char **argv) {
   fflush(stdout);
   int sock = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
   if (sock < 0) die("accept");
+  if (source_kind == SOURCE_MEMFD) send_memfd(sock);
   if (receive_uffd(sock) && write(sock, "s", 1) != 1) die("ack");
   thread_cpu_t cpu_start = thread_cpu_now();
 
@@ -362,15 +459,20 @@ int main(int argc, char **argv) {
     if ((p[1].revents & (POLLIN | POLLHUP)) && peer_gone(sock)) break;
   }
   thread_cpu_t cpu_end = thread_cpu_now();
+  if (source_kind == SOURCE_MEMFD) {
+    // The toucher stored 0x5a at byte 8 of its pages (copy-on-write); no image page has that byte there (bench/image.ts).
+    for (uint64_t p = 0; p < page_count; p++)
+      if (cached[p] && memfd_map[p * PAGE + 8] == 0x5a) stats.shared_pages_written++;
+  }
   printf("{\"cpu\":{\"runNs\":%llu,\"userMs\":%.3f,\"systemMs\":%.3f,\"voluntarySwitches\":%ld,\"involuntarySwitches\":%ld},",
          (unsigned long long)(cpu_end.run_ns - cpu_start.run_ns), cpu_end.user_ms - cpu_start.user_ms, cpu_end.system_ms - cpu_start.system_ms,
          cpu_end.voluntary - cpu_start.voluntary, cpu_end.involuntary - cpu_start.involuntary);
   printf("\"faults\":%llu,\"messages\":%llu,\"batches\":%llu,\"sourceReads\":%llu,\"copyIoctls\":%llu,\"pagesCopied\":%llu,"
-         "\"wakes\":%llu,\"eexist\":%llu,\"eagain\":%llu,\"sleeps\":%llu,\"spinHits\":%llu,\"aheadPages\":%llu,\"bytesReceived\":%llu}\n",
+         "\"wakes\":%llu,\"eexist\":%llu,\"eagain\":%llu,\"sleeps\":%llu,\"spinHits\":%llu,\"aheadPages\":%llu,\"bytesReceived\":%llu,\"pagesFilled\":%llu,\"sharedPagesWritten\":%llu}\n",
          (unsigned long long)stats.faults, (unsigned long long)stats.messages, (unsigned long long)stats.batches,
          (unsigned long long)stats.reads, (unsigned long long)stats.copy_ioctls, (unsigned long long)stats.pages_copied,
          (unsigned long long)stats.wakes, (unsigned long long)stats.eexist, (unsigned long long)stats.eagain,
          (unsigned long long)stats.sleeps, (unsigned long long)stats.spin_hits, (unsigned long long)stats.ahead_pages,
-         (unsigned long long)remote.bytes_received);
+         (unsigned long long)remote.bytes_received, (unsigned long long)stats.pages_filled, (unsigned long long)stats.shared_pages_written);
   return 0;
 }

@@ -2,7 +2,7 @@
 // memory one of four ways, touches pages in a given order from 1..N threads,
 // and prints one JSON line with the times.
 //
-//   toucher --memory uffd|private|eager --size BYTES --order FILE
+//   toucher --memory uffd|private|eager|memfd-minor --size BYTES --order FILE
 //           [--socket PATH]              uffd: hand the uffd to the handler listening there
 //           [--file PATH --file-offset N] private/eager: the image file and where the image starts
 //           [--access load|store] [--threads N] [--cpu N] [--latency]
@@ -100,13 +100,17 @@ static void pread_all(int fd, uint8_t *into, size_t length, off_t offset) {
   }
 }
 
-// Hand the uffd to the handler and wait for its "serving" byte.
-static int hand_over(const char *socket_path, int uffd, uint64_t address, uint64_t length) {
+static int connect_handler(const char *socket_path) {
   int sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (sock < 0) die("socket");
   struct sockaddr_un addr = {.sun_family = AF_UNIX};
   strncpy(addr.sun_path, socket_path, sizeof addr.sun_path - 1);
   if (connect(sock, (struct sockaddr *)&addr, sizeof addr) < 0) die("connect handler");
+  return sock;
+}
+
+// Hand the uffd to the handler on `sock` and wait for its "serving" byte.
+static void hand_over_on(int sock, int uffd, uint64_t address, uint64_t length) {
   uint64_t region[2] = {address, length};
   struct iovec iov = {.iov_base = region, .iov_len = sizeof region};
   char control[CMSG_SPACE(sizeof(int))];
@@ -120,18 +124,33 @@ static int hand_over(const char *socket_path, int uffd, uint64_t address, uint64
   if (sendmsg(sock, &msg, MSG_NOSIGNAL) != (ssize_t)sizeof region) die("sendmsg uffd");
   char ack;
   if (read(sock, &ack, 1) != 1) die("read handler ack");
+}
+
+static int hand_over(const char *socket_path, int uffd, uint64_t address, uint64_t length) {
+  int sock = connect_handler(socket_path);
+  hand_over_on(sock, uffd, address, length);
   return sock;
+}
+
+// memfd-minor: the handler's memfd (the snapshot's pages, filled by it), received first.
+static int receive_memfd(int sock) {
+  char byte;
+  struct iovec iov = {.iov_base = &byte, .iov_len = 1};
+  char control[CMSG_SPACE(sizeof(int))];
+  struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof control};
+  if (recvmsg(sock, &msg, MSG_CMSG_CLOEXEC) != 1) die("recvmsg memfd");
+  struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+  if (!cmsg || cmsg->cmsg_type != SCM_RIGHTS) { fprintf(stderr, "toucher: no memfd received\n"); exit(2); }
+  int fd;
+  memcpy(&fd, CMSG_DATA(cmsg), sizeof fd);
+  return fd;
 }
 
 // Firecracker's handshake (GuestRegionUffdMapping in its persist.rs, 1.8 and
 // later: page_size and the deprecated page_size_kib, both in bytes), the JSON
 // and the uffd in one message, nothing read back.
 static int hand_over_firecracker(const char *socket_path, int uffd, uint64_t address, uint64_t length) {
-  int sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (sock < 0) die("socket");
-  struct sockaddr_un addr = {.sun_family = AF_UNIX};
-  strncpy(addr.sun_path, socket_path, sizeof addr.sun_path - 1);
-  if (connect(sock, (struct sockaddr *)&addr, sizeof addr) < 0) die("connect handler");
+  int sock = connect_handler(socket_path);
   char json[256];
   int n = snprintf(json, sizeof json, "[{\"base_host_virt_addr\":%llu,\"size\":%llu,\"offset\":0,\"page_size\":%u,\"page_size_kib\":%u}]",
                    (unsigned long long)address, (unsigned long long)length, PAGE, PAGE);
@@ -195,6 +214,25 @@ int main(int argc, char **argv) {
       sock = hand_over(socket_path, uffd, (uint64_t)(uintptr_t)base, size);
       close(uffd); // the handler's reference keeps the registration alive
     }
+  } else if (!strcmp(memory, "memfd-minor")) {
+    // The handler's memfd mapped MAP_PRIVATE: faults on it are MISSING (not in
+    // its page cache yet) or MINOR (in it, not mapped here), both answered with
+    // UFFDIO_CONTINUE; a store then copies the page (copy-on-write) and never
+    // reaches the memfd.
+    if (!socket_path) { fprintf(stderr, "toucher: --memory memfd-minor needs --socket\n"); return 2; }
+    sock = connect_handler(socket_path);
+    int memfd = receive_memfd(sock);
+    base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, memfd, 0);
+    if (base == MAP_FAILED) die("mmap memfd");
+    close(memfd);
+    int uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+    if (uffd < 0) die("userfaultfd");
+    struct uffdio_api api = {.api = UFFD_API, .features = UFFD_FEATURE_MINOR_SHMEM};
+    if (ioctl(uffd, UFFDIO_API, &api) < 0) die("UFFDIO_API (MINOR_SHMEM)");
+    struct uffdio_register reg = {.range = {.start = (uint64_t)(uintptr_t)base, .len = size}, .mode = UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_MINOR};
+    if (ioctl(uffd, UFFDIO_REGISTER, &reg) < 0) die("UFFDIO_REGISTER (MISSING|MINOR)");
+    hand_over_on(sock, uffd, (uint64_t)(uintptr_t)base, size);
+    close(uffd);
   } else {
     if (!file_path) { fprintf(stderr, "toucher: --memory %s needs --file\n", memory); return 2; }
     int fd = open(file_path, O_RDONLY | O_CLOEXEC);

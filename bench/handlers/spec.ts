@@ -55,11 +55,13 @@ export type HandlerSpec =
   | { kind: 'lean'; source: 'memory' | 'raw-file'; prefetch: PrefetchOptions | false; wait: LeanWait; spinUs: number; aheadPages?: number }
   /**
    * The C reference handler (bench/c/ref-handler.c), a process of its own; mmap: COPY straight from a mapping of the file;
+   * memfd: the pages put in a memfd's page cache the toucher maps MAP_PRIVATE (toucher memory 'memfd-minor') and mapped
+   * with UFFDIO_CONTINUE, filled as faults come (memfd) or before the run (memfd-filled: a later restore of the same snapshot);
    * remote: one READ at a time to the bench's page server (bench/c/page-client.h).
    */
   | {
       kind: 'c';
-      source: 'memory' | 'raw-file' | 'mmap' | 'delay' | 'remote';
+      source: 'memory' | 'raw-file' | 'mmap' | 'delay' | 'remote' | 'memfd' | 'memfd-filled';
       prefetch: PrefetchOptions | false;
       spinUs: number;
       aheadPages?: number;
@@ -114,6 +116,9 @@ export interface CHandlerStats {
   aheadPages?: number;
   /** remote: bytes of frames received from the page server. */
   bytesReceived?: number;
+  /** memfd: pages put in the memfd's page cache during the run (the fill), and memfd pages the toucher's stores reached (must be 0). */
+  pagesFilled?: number;
+  sharedPagesWritten?: number;
 }
 
 /**

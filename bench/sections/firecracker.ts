@@ -34,6 +34,21 @@ export const FIRECRACKER_TARGETS = {
   randomVsC: 0.9,
 };
 
+interface FirecrackerPattern {
+  name: string;
+  order: PatternName;
+  access: 'load' | 'store';
+  /** Only these variants (by key); default every one. */
+  only?: readonly string[];
+}
+
+/** The variants of the loads pattern (the rest measure stores only). */
+const LOAD_VARIANTS = ['serve-raw', 'kernel', 'c-pread', 'c-memfd', 'c-memfd-filled'] as const;
+
+function defsOf(defs: readonly FirecrackerVariant[], pattern: FirecrackerPattern): FirecrackerVariant[] {
+  return defs.filter((d) => !pattern.only || pattern.only.includes(d.key));
+}
+
 function variants(rawPath: string, baseline: boolean): FirecrackerVariant[] {
   const prefetch = RESTORE_PREFETCH;
   const firecracker: Partial<ToucherSpec> = { memory: 'uffd', handshake: 'firecracker' };
@@ -50,6 +65,9 @@ function variants(rawPath: string, baseline: boolean): FirecrackerVariant[] {
     { key: 'kernel', handler: 'kernel MAP_PRIVATE (File backend)', memory: 'raw memory file', spec: { kind: 'none' }, toucher: { memory: 'private', file: { path: rawPath, offset: 0 } } },
     { key: 'c-pread', handler: 'C reference', memory: 'raw (pread)', spec: { kind: 'c', source: 'raw-file', prefetch, spinUs: 0 }, toucher: firecracker },
     { key: 'c-mmap', handler: 'C reference', memory: 'raw (mmap: one copy)', spec: { kind: 'c', source: 'mmap', prefetch, spinUs: 0 }, toucher: firecracker },
+    // Zero-copy restore: MINOR faults on a MAP_PRIVATE mapping of the handler's memfd, answered with UFFDIO_CONTINUE (not Firecracker's handshake: the handler hands the client its memory first).
+    { key: 'c-memfd', handler: 'C, memfd + CONTINUE', memory: 'raw, filled as faults come', spec: { kind: 'c', source: 'memfd', prefetch, spinUs: 0 }, toucher: { memory: 'memfd-minor' } },
+    { key: 'c-memfd-filled', handler: 'C, memfd + CONTINUE', memory: 'raw, filled before (a later restore)', spec: { kind: 'c', source: 'memfd-filled', prefetch, spinUs: 0 }, toucher: { memory: 'memfd-minor' } },
   ];
 }
 
@@ -60,14 +78,19 @@ export const firecrackerSection: Section = async (ctx, options) => {
   writeFileSync(rawPath, new Uint8Array(ctx.imageMemory));
   const baseline = options.serveBaseline !== undefined;
   const defs = variants(rawPath, baseline);
-  const patterns: PatternName[] = ['sequential', 'random'];
-  // Every store timed (~50 ns each, a few % of the kernel's time per page): the first one shows a handler's start-up.
-  const base: ToucherSpec = { memory: 'uffd', access: 'store', threads: 1, latency: true };
+  // Stores, sequential and random (a guest writing its memory); and loads in order, where a zero-copy install can win (a read maps the shared page).
+  const patterns: FirecrackerPattern[] = [
+    { name: 'sequential', order: 'sequential', access: 'store' },
+    { name: 'random', order: 'random', access: 'store' },
+    { name: 'sequential loads', order: 'sequential', access: 'load', only: LOAD_VARIANTS },
+  ];
+  // Every touch timed (~50 ns each, a few % of the kernel's time per page): the first one shows a handler's start-up.
   const runs: Variant[] = [];
   for (const pattern of patterns) {
-    const order = patternOrder(pattern, pageCount, options.seed);
-    for (const d of defs) {
-      runs.push({ id: `${pattern}/${d.key}`, label: `${d.handler}, ${d.memory}`, handler: d.spec, toucher: { ...base, ...d.toucher }, placement: 'unpinned', order });
+    const order = patternOrder(pattern.order, pageCount, options.seed);
+    const base: ToucherSpec = { memory: 'uffd', access: pattern.access, threads: 1, latency: true };
+    for (const d of defsOf(defs, pattern)) {
+      runs.push({ id: `${pattern.name}/${d.key}`, label: `${d.handler}, ${d.memory}`, handler: d.spec, toucher: { ...base, ...d.toucher }, placement: 'unpinned', order });
     }
   }
 
@@ -77,9 +100,10 @@ export const firecrackerSection: Section = async (ctx, options) => {
   const summary: Record<string, unknown>[] = [];
   const targets: TargetResult[] = [];
   const mib = ctx.image.sizeBytes / (1 << 20);
-  for (const pattern of patterns) {
+  for (const p of patterns) {
+    const pattern = p.name;
     const ms = (key: string): number[] => perRound(results, `${pattern}/${key}`, totalMs);
-    for (const d of defs) {
+    for (const d of defsOf(defs, p)) {
       const id = `${pattern}/${d.key}`;
       const vsKernel = pairedRatio(ms('kernel'), ms(d.key));
       const vsC = pairedRatio(ms('c-pread'), ms(d.key));
@@ -88,8 +112,9 @@ export const firecrackerSection: Section = async (ctx, options) => {
       const firstUs = median(perRound(results, id, (r) => (r.toucher.latencyNs?.first ?? Number.NaN) / 1000));
       const p99 = median(perRound(results, id, p99Us));
       // serve against the same serve from the baseline build (--serve-baseline), round by round.
-      const vsBaseline = baseline && d.spec.kind === 'serve' && !d.spec.baseline ? pairedRatio(ms(`${d.key}-baseline`), ms(d.key)) : undefined;
-      const row = { pattern, variant: d.key, handler: d.handler, memory: d.memory, ms: median(ms(d.key)), speedVsKernel: vsKernel, speedVsC: vsC, speedVsBaseline: vsBaseline, firstStoreUs: firstUs, p99Us: p99, handlerCpuUsPerPage: cpuUs, sourceReads: reads };
+      const hasBaseline = baseline && d.spec.kind === 'serve' && !d.spec.baseline && results.has(`${pattern}/${d.key}-baseline`);
+      const vsBaseline = hasBaseline ? pairedRatio(ms(`${d.key}-baseline`), ms(d.key)) : undefined;
+      const row = { pattern, variant: d.key, handler: d.handler, memory: d.memory, ms: median(ms(d.key)), speedVsKernel: vsKernel, speedVsC: vsC, speedVsBaseline: vsBaseline, firstTouchUs: firstUs, p99Us: p99, handlerCpuUsPerPage: cpuUs, sourceReads: reads };
       summary.push(row);
       rows.push([
         pattern, d.handler, d.memory, fmt(row.ms), fmtInt(mib / (row.ms / 1000)), fmtRatio(vsKernel), fmtRatio(vsC), ...(baseline ? [vsBaseline ? fmtRatio(vsBaseline) : '-'] : []),
@@ -104,15 +129,16 @@ export const firecrackerSection: Section = async (ctx, options) => {
   targets.push(checkTarget('firecracker: serve, raw memory file, random stores, speed / C handler (pread, same read-ahead)', pairedRatio(rnd('c-pread'), rnd('serve-raw')), 'at-least', FIRECRACKER_TARGETS.randomVsC));
 
   const table: Table = {
-    title: `9. The Firecracker path: a ${fmtInt(mib)} MiB guest's memory restored through \`userfault serve\` (Firecracker's handshake), every page stored to once (median of ${options.rounds} rounds)`,
-    columns: ['pattern', 'handler', 'memory file', 'time ms', 'MiB/s', 'speed / kernel', 'speed / C', ...(baseline ? ['speed / baseline'] : []), 'first store us', 'p99 us', 'handler CPU us/page', 'source reads'],
+    title: `9. The Firecracker path: a ${fmtInt(mib)} MiB guest's memory restored through \`userfault serve\` (Firecracker's handshake), every page stored to (or loaded) once (median of ${options.rounds} rounds)`,
+    columns: ['pattern', 'handler', 'memory file', 'time ms', 'MiB/s', 'speed / kernel', 'speed / C', ...(baseline ? ['speed / baseline'] : []), 'first touch us', 'p99 us', 'handler CPU us/page', 'source reads'],
     numeric: [false, false, false, true, true, true, true, ...(baseline ? [true] : []), true, true, true, true],
     rows,
     notes: [
       'The client (bench/c/toucher.c --handshake firecracker) makes its uffd, registers its memory, sends the JSON regions and the uffd in one message and starts storing at once: serve\'s handshake, probe and pager start are in the time.',
       `serve: one process per memory file for the section (a service many restores connect to), read-ahead ${RESTORE_PREFETCH.initialPages}..${RESTORE_PREFETCH.maxPages} (its default); the C handler gets the same read-ahead. kernel: MAP_PRIVATE of the raw file, stores copy page-cache pages.`,
       'pager in the bench: the Pager in a worker thread of the bench with the bench\'s own handover, as sections 1-3 run it: what differs from serve is the process, the handshake and the start-up.',
-      'first store: the first store\'s latency (serve\'s handshake, probe and pager start are in it); p99: of every store.',
+      'first store: the first touch\'s latency (serve\'s handshake, probe and pager start are in it); p99: of every touch.',
+      'C, memfd + CONTINUE: the handler hands the client a memfd it maps MAP_PRIVATE (registered MISSING and MINOR); each window is put in the memfd\'s page cache where it is not yet (one copy, counted) and mapped with UFFDIO_CONTINUE (no copy); a store then copies the page (copy-on-write), and the run fails if any store reached the memfd. "filled before": every page was in it already (a later restore of a snapshot an earlier one filled).',
       ...(baseline ? [`baseline build: ${options.serveBaseline} (speed / baseline: serve of that build over this one, round by round).`] : []),
       'speed / X = X time / this time, round by round: median (min-max). handler CPU: serve\'s main thread (its event loop) or the C handler\'s thread, per page of the guest. The files are in the page cache. Threads are not pinned.',
     ],

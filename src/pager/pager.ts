@@ -769,7 +769,8 @@ export class Pager extends EventEmitter<PagerEvents> {
 
   private releaseBuffer(fetch: Fetch): void {
     if (fetch.borrowed) {
-      // The source's own memory: dropped, never pooled (a pooled buffer is read into).
+      // The source's own memory: given back to it (it may reuse it), never pooled here (a pooled buffer is read into).
+      if (fetch.buffer) this.source.releaseView?.(fetch.buffer);
       fetch.buffer = undefined;
       fetch.borrowed = false;
       return;

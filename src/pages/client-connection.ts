@@ -27,6 +27,7 @@ import {
   type ErrorMessage,
   type Frame,
   type FrameChecksum,
+  type PayloadPool,
   type HelloMessage,
   type InfoMessage,
   type Message,
@@ -81,6 +82,13 @@ export interface OpenOptions {
   /** Connect plus HELLO. */
   timeoutMs: number;
   maxPayloadBytes?: number;
+  /**
+   * Where large payloads are read into (default: a buffer per frame). The
+   * connection holds a READ reply's payload while onReadReply runs; a handler
+   * that keeps a view of it retains it in the pool and releases it when done.
+   * Other payloads are never given back to the pool.
+   */
+  payloadPool?: PayloadPool;
 }
 
 /** A read smaller than this goes to the scratch chunk and is copied from there, rather than costing a read of its own. */
@@ -139,7 +147,7 @@ class SocketReceive {
 
 export class ClientConnection<R extends ReadRequest> {
   private stateValue: ClientConnectionState = 'opening';
-  private readonly decoder = new FrameDecoder({ maxPayloadBytes: PRE_HELLO_MAX_PAYLOAD_BYTES, transientChunks: true });
+  private readonly decoder: FrameDecoder;
   private readonly outstanding = new Map<number, Outstanding<R>>();
   private nextRequestId = 1;
   private helloWaiter: { sent: HelloMessage; resolve: (hello: HelloMessage) => void; reject: (error: Error) => void } | undefined;
@@ -156,6 +164,8 @@ export class ClientConnection<R extends ReadRequest> {
 
   private constructor(private readonly socket: Socket, private readonly receive: SocketReceive, private readonly options: OpenOptions, private readonly handlers: ClientConnectionHandlers<R>) {
     socket.setNoDelay(true);
+    const pool = options.payloadPool;
+    this.decoder = new FrameDecoder({ maxPayloadBytes: PRE_HELLO_MAX_PAYLOAD_BYTES, transientChunks: true, allocate: pool ? (length) => pool.take(length) : undefined });
     receive.connection = this;
     socket.on('error', (error) => this.end({ kind: 'lost', error }));
     socket.on('close', () => this.end({ kind: 'lost', error: new ConnectionLostError('page server', 'closed') }));
@@ -409,6 +419,9 @@ export class ClientConnection<R extends ReadRequest> {
         }
         this.outstanding.delete(frame.requestId);
         if (!outstanding.cancelled) this.handlers.onReadReply(read, message, message.type === 'checked-pages' ? dataBlockCrcs(frame, message.data.length) : undefined);
+        // A READ's reply is handled by now: the connection's hold on its payload ends (a handler that kept a
+        // view of it retained it). Any other reply's payload goes on to a promise and is left to the GC.
+        this.options.payloadPool?.release(frame.payload);
         return;
       }
       default: {

@@ -43,6 +43,7 @@ import {
   CHECKED_PAGES_HEADER_BYTES,
   DEFAULT_MAX_PAYLOAD_BYTES,
   PAGE_CHECKSUM_BYTES,
+  PayloadPool,
   ProtocolError,
   SESSION_ID_BYTES,
   ZERO_MAP_HEADER_BYTES,
@@ -195,6 +196,7 @@ class Channel {
         sessionId: this.source.sessionId,
         timeoutMs: this.source.settings.connectTimeoutMs,
         maxPayloadBytes: this.source.settings.maxPayloadBytes,
+        payloadPool: this.source.payloadPool,
       },
       {
         onReadReply: (fetch, reply, dataCrcs) => this.source.onReadReply(fetch, reply, dataCrcs),
@@ -380,6 +382,8 @@ export class RemoteSource implements PageSource {
   private readonly bulk: Channel;
   private violationsInARow = 0;
   private chunkBytes = 0;
+  /** @internal The buffers READ replies are read into, reused once the pager released the views it borrowed. */
+  readonly payloadPool = new PayloadPool();
 
   private constructor(readonly url: string, options: RemoteSourceOptions) {
     this.address = parsePageUrl(url);
@@ -499,7 +503,17 @@ export class RemoteSource implements PageSource {
     let view: Uint8Array | undefined;
     return this.readParts(offset, lengthBytes, options, (fetch, data) => {
       view = data.subarray(offset - fetch.offset, offset - fetch.offset + lengthBytes);
-    }).then(() => view!);
+      this.payloadPool.retain(view);
+    }).then(() => view!, (error: unknown) => {
+      // Delivered, then failed (aborted, past its deadline) before the caller saw it: nobody will release it.
+      if (view) this.payloadPool.release(view);
+      throw error;
+    });
+  }
+
+  /** The caller is done with a view readView gave: its reply's buffer may be reused for another reply. */
+  releaseView(view: Uint8Array): void {
+    this.payloadPool.release(view);
   }
 
   isZero(offset: number, lengthBytes: number): boolean {

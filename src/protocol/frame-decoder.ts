@@ -3,6 +3,7 @@
 import { crc32 } from 'node:zlib';
 import { crc32c, crc32cExtend, crc32cPages } from '../checksum/crc32c.js';
 import { ProtocolError } from './errors.js';
+import { uninitialized } from './payload-pool.js';
 import { CRC_BLOCK_BYTES, FRAME_HEADER_BYTES, FrameField, FrameFlag, KNOWN_FLAGS, MUST_UNDERSTAND_FLAGS_MASK, describeType, type FrameChecksum } from './wire.js';
 
 /** One frame, its CRC checked. `payload` stays valid: the decoder never reuses a buffer it handed out. */
@@ -40,6 +41,8 @@ export interface FrameDecoderOptions {
    * out, never handed over as a view of it. Default false.
    */
   transientChunks?: boolean;
+  /** Where a payload assembled across pushes is allocated (a PayloadPool's take); default a fresh, unzeroed buffer. */
+  allocate?: (lengthBytes: number) => Uint8Array;
 }
 
 /**
@@ -59,10 +62,12 @@ export class FrameDecoder {
   private onFrame: ((frame: Frame) => void) | undefined;
 
   private readonly transientChunks: boolean;
+  private readonly allocate: (lengthBytes: number) => Uint8Array;
 
   constructor(options: FrameDecoderOptions) {
     this.limit = options.maxPayloadBytes;
     this.transientChunks = options.transientChunks ?? false;
+    this.allocate = options.allocate ?? uninitialized;
   }
 
   /**
@@ -199,7 +204,7 @@ export class FrameDecoder {
       return this.complete(type, flags, requestId, payloadCrc32, this.transientChunks ? inChunk.slice() : inChunk, frames);
     }
     // Not zeroed: every byte is written from the stream before the frame is complete.
-    const payload = uninitialized(payloadLength);
+    const payload = this.allocate(payloadLength);
     const available = chunk.subarray(at);
     payload.set(available);
     this.partial = { type, flags, requestId, crc32: payloadCrc32, payload, filled: available.length };
@@ -318,8 +323,3 @@ function hex32(value: number): string {
   return value.toString(16).padStart(8, '0');
 }
 
-/** A plain Uint8Array of `length` bytes, not zero-filled (Node's unpooled allocation under it). */
-function uninitialized(length: number): Uint8Array {
-  const buffer = Buffer.allocUnsafeSlow(length);
-  return new Uint8Array(buffer.buffer, buffer.byteOffset, length);
-}

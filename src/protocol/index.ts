@@ -4,3 +4,4 @@ export * from './frame-decoder.js';
 export * from './messages.js';
 export * from './hello.js';
 export * from './codec.js';
+export * from './payload-pool.js';

@@ -88,6 +88,12 @@ export interface PageSource {
    */
   readView?(offset: number, lengthBytes: number, options?: ReadOptions): Promise<Uint8Array>;
   /**
+   * Optional, with readView: the caller is done with a view it gave (it will
+   * not read it again), so the source may reuse that memory. A view never
+   * released is only left to the garbage collector.
+   */
+  releaseView?(view: Uint8Array): void;
+  /**
    * Optional: receive pages the source pushes unasked. Returns the function
    * that stops the listener. A pager subscribes while it runs.
    */

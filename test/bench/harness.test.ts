@@ -153,7 +153,10 @@ function checkS3Runs(all: Record<string, S3Run[]>): void {
   assert.ok(run('latency/s3-256K-pages-cold-20ms').store!.rangeGets > 0);
 }
 
-type FirecrackerRun = { toucher: { touches: number; mismatches: number }; handler: { kind: string; metrics?: { faults: number; pagesCopied: number; sourceReads: number }; probePagesCopied?: number } };
+type FirecrackerRun = {
+  toucher: { touches: number; mismatches: number };
+  handler: { kind: string; metrics?: { faults: number; pagesCopied: number; sourceReads: number }; probePagesCopied?: number; stats?: { pagesFilled?: number; sharedPagesWritten?: number } };
+};
 
 /**
  * The firecracker section's serve rows were served by `userfault serve` (a
@@ -170,6 +173,11 @@ function checkFirecrackerRuns(all: Record<string, FirecrackerRun[]>): void {
     }
     assert.equal(all[`${pattern}/c-pread`]![0]!.handler.kind, 'c');
     assert.equal(all[`${pattern}/kernel`]![0]!.handler.kind, 'none');
+    // Zero-copy rows: the lazy one filled the memfd as faults came, the other found it full; no store reached it (the runner fails a run that did).
+    const lazy = all[`${pattern}/c-memfd`]![0]!.handler.stats!;
+    assert.equal(lazy.pagesFilled, all[`${pattern}/c-memfd`]![0]!.toucher.touches);
+    assert.equal(all[`${pattern}/c-memfd-filled`]![0]!.handler.stats!.pagesFilled, 0);
+    for (const key of ['c-memfd', 'c-memfd-filled']) assert.equal(all[`${pattern}/${key}`]![0]!.handler.stats!.sharedPagesWritten, 0, `${pattern}/${key}: the client's stores never reached the shared memfd`);
   }
 }
 
@@ -206,7 +214,7 @@ describe('bench smoke run', { skip: smokeSkipReason() }, () => {
       const json = JSON.parse(readFileSync(outcome.jsonPath, 'utf8')) as { targets: unknown[]; sections: Record<string, { runs: Record<string, unknown[]> }> };
       assert.equal(json.targets.length, outcome.targets.length);
       assert.ok(Object.values(json.sections['per-fault']!.runs).every((runs) => runs.length === 1));
-      assert.equal(outcome.targets.filter((t) => t.name.startsWith('remote:')).length, 3, 'the remote section has its three targets');
+      assert.equal(outcome.targets.filter((t) => t.name.startsWith('remote:')).length, 4, 'the remote section has its four targets');
       checkRemoteRuns(json.sections['remote']!.runs as Record<string, RemoteRun[]>);
       assert.equal(outcome.targets.filter((t) => t.name.startsWith('s3:')).length, 5, 'the s3 section has its five targets');
       checkS3Runs(json.sections['s3']!.runs as Record<string, S3Run[]>);

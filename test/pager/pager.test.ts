@@ -110,8 +110,13 @@ describe('the pager', () => {
   });
 
   test('fetches overlap: with three threads faulting, three reads are in flight at once', async () => {
+    // Each read waits until all three started (bounded): a loaded machine's threads may fault far apart.
+    let started = 0;
+    let allStarted!: () => void;
+    const gate = new Promise<void>((resolve) => (allStarted = resolve));
     const source = new FunctionSource(SIZE, async (offset, length, target) => {
-      await sleep(30);
+      if (++started === 3) allStarted();
+      await Promise.race([gate, sleep(5000)]);
       target.set(image.subarray(offset, offset + length));
     });
     const r = rig(source, { prefetch: false });

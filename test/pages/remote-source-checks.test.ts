@@ -41,11 +41,11 @@ async function connect(t: TestContext, url: string, options: RemoteSourceOptions
 }
 
 /** A pager over `source` for its first 64 pages, faults served on this thread, touched from a worker. */
-function pagerOver(t: TestContext, source: RemoteSource): { pager: Pager; address: number; poisoned: Error[] } {
+function pagerOver(t: TestContext, source: RemoteSource, prefetch: ConstructorParameters<typeof Pager>[0]['prefetch'] = false): { pager: Pager; address: number; poisoned: Error[] } {
   const lengthBytes = 64 * PAGE_SIZE;
   const mapping = Mapping.anonymous(lengthBytes);
   const uffd = Userfaultfd.open({ features: ['EVENT_REMOVE', 'EVENT_UNMAP', 'EVENT_REMAP'] });
-  const pager = new Pager({ uffd, source, regions: [{ address: mapping.address, lengthBytes, sourceOffset: 0 }], register: true, prefetch: false });
+  const pager = new Pager({ uffd, source, regions: [{ address: mapping.address, lengthBytes, sourceOffset: 0 }], register: true, prefetch });
   const poisoned: Error[] = [];
   pager.on('poisoned', (_first, _count, error) => poisoned.push(error));
   pager.on('error', () => {});
@@ -74,6 +74,24 @@ describe('pages from a page server are checked against the snapshot\'s own check
     const { proxy } = await servedThrough(t, 'flip-pages');
     const tampered = await connect(t, proxy.url);
     await assert.rejects(tampered.readView(PAGE, 4 * PAGE), PageChecksumError);
+  });
+
+  test('a pager over a remote source installs from borrowed replies and gives them back: every page right, reply buffers reused, none left lent', async (t) => {
+    // Every page stored (no zero pages), so each window of 16 pages is one 64 KiB reply, read into a pooled buffer.
+    const dir = tempDir(t);
+    const path = join(dir, 'dense.snap');
+    const image = new Uint8Array(64 * PAGE).map((_, i) => (i * 13 + (i >> 12) * 7 + 1) & 0xff);
+    await writeSnapshot(path, { regions: [{ imageOffset: 0, lengthBytes: image.length, name: 'ram' }], imageSizeBytes: image.length, content: image });
+    const { port } = await spawnPagesServe(t, ['--snapshot', path, '--listen', '127.0.0.1:0']);
+    const source = await connect(t, `tcp://127.0.0.1:${port}`);
+    const { pager, address } = pagerOver(t, source, { initialPages: 16, maxPages: 16 });
+    for (let page = 0; page < 64; page++) {
+      const words = await toucher.run<number[]>({ op: 'read-words', address: address + page * PAGE_SIZE, count: PAGE / 4 });
+      assert.deepEqual(words, [...new Uint32Array(image.buffer, image.byteOffset + page * PAGE, PAGE / 4)], `page ${page}`);
+    }
+    await pager.stop();
+    assert.ok(source.payloadPool.reused > 0, `reply buffers reused (${source.payloadPool.reused} reused, ${source.payloadPool.allocated} allocated)`);
+    assert.equal(source.payloadPool.lentCount, 0, 'every borrowed reply was given back');
   });
 
   test('a proxy that flips byte 8 of each page and fixes the frame CRC: the read is refused naming the page, no byte reaches the target', async (t) => {
