@@ -39,6 +39,8 @@ describe('a VM\'s network source out of reach, in the vm commands\' words', () =
     assert.match(formatStatus(status(during)).join('\n'), /^page server tcp:\/\/10\.0\.0\.5:7000 unreachable for 4\.2 s, 3 reads waiting, deadline in 25\.8 s$/m);
     const after: AvailabilityStats = { source: during.source, state: 'available', outages: 1, outageMs: 5_300, current: undefined };
     assert.match(formatStatus(status(after)).join('\n'), /^page server tcp:\/\/10\.0\.0\.5:7000 reachable \(1 outage, 5\.3 s in all\)$/m);
+    const closed: AvailabilityStats = { ...after, state: 'closed' };
+    assert.match(formatStatus(status(closed)).join('\n'), /^page server tcp:\/\/10\.0\.0\.5:7000 closed \(1 outage, 5\.3 s in all\)$/m, 'an eager restore\'s source, done with');
     const never: AvailabilityStats = { source: during.source, state: 'available', outages: 0, outageMs: 0, current: undefined };
     assert.doesNotMatch(formatStatus(status(never)).join('\n'), /reachable|unreachable/, 'a source that never lost its peer adds no line');
   });

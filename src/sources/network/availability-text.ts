@@ -49,7 +49,9 @@ export function availabilityStatusLine(stats: AvailabilityStats): string | undef
   }
   if (stats.outages === 0) return stats.state === 'gone' ? `${stats.source} gone` : undefined;
   const past = `${count(stats.outages, 'outage')}, ${seconds(stats.outageMs)} in all`;
-  return stats.state === 'gone' ? `${stats.source} gone (${past})` : `${stats.source} reachable (${past})`;
+  // Closed: done with (an eager restore's source once the memory is in), not reachable or not.
+  const now = stats.state === 'available' || stats.state === 'unavailable' ? 'reachable' : stats.state;
+  return `${stats.source} ${now} (${past})`;
 }
 
 function waiting(reads: number): string {
