@@ -19,3 +19,6 @@ export * from './pages/remote-source.js';
 export * from './sources/read-errors.js';
 export * from './source-url/open-source-by-url.js';
 export * from './source-url/errors.js';
+// A network source's outages (onAvailability, availabilityStats) and the words the CLI says them in.
+export type { AvailabilityEvent, AvailabilityEventType, AvailabilityState, AvailabilityStats, ObservableAvailability } from './sources/network/availability.js';
+export * from './sources/network/availability-text.js';

@@ -11,7 +11,9 @@
 // exit on the next signal.
 import { hostname } from 'node:os';
 import { Option } from 'commander';
-import { errorJson, errorLine } from './output.js';
+import { errorJson, errorLine, roundMs } from './output.js';
+import type { AvailabilityEvent } from '../sources/network/availability.js';
+import { availabilityLevel, availabilityLine } from '../sources/network/availability-text.js';
 
 export type LogFormat = 'text' | 'json';
 
@@ -66,4 +68,15 @@ export function logFormatOption(): Option {
 /** --json is the older spelling of --log-format json. */
 export function logFormatOf(options: { logFormat?: string; json?: boolean }): LogFormat {
   return options.json || options.logFormat === 'json' ? 'json' : 'text';
+}
+
+/**
+ * A source's outage as a log line (src/sources/network/availability-text.ts
+ * has the words): event `source-unavailable`, `source-still-unavailable`,
+ * `source-restored` or `source-gone`, with the AvailabilityEvent's fields.
+ */
+export function logAvailability(log: Logger, event: AvailabilityEvent): void {
+  const { type, ...fields } = event;
+  const rounded = Object.fromEntries(Object.entries(fields).map(([key, value]) => [key, typeof value === 'number' && /Ms$/.test(key) ? roundMs(value) : value]));
+  log.write(availabilityLevel(event), `source-${type}`, rounded, availabilityLine(event));
 }

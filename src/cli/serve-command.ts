@@ -19,11 +19,12 @@ import { endpointOption } from './s3-snapshot-commands.js';
 import { errnoName } from '../errno.js';
 import { CannotCreateError, UsageError } from './errors.js';
 import { handlerReporter } from '../metrics/handler-reporter.js';
+import { sourceReporter } from '../metrics/source-reporter.js';
 import { MetricsRegistry } from '../metrics/metrics-registry.js';
 import { startMetricsServer, type MetricsServer } from '../metrics/metrics-server.js';
 import { checkListenAddress } from '../net/http-server.js';
 import type { HostPort } from '../net/address.js';
-import { Logger, logFormatOf, logFormatOption } from './log.js';
+import { Logger, logAvailability, logFormatOf, logFormatOption } from './log.js';
 import { roundMs } from './output.js';
 import { fileModeArg, groupArg, integerArg } from './parse.js';
 import { checkInputFile } from './snapshot-commands.js';
@@ -103,10 +104,13 @@ export function registerServeCommand(program: Command): void {
       server.on('client-error', (client, error) => log.error('client-error', { client: client.id }, error, `client ${client.id}: error: `));
       server.on('client-gone', (_client, summary) => log.info('client-gone', clientJson(summary), formatClientGone(summary)));
       server.on('error', (error) => log.error('error', {}, error, 'serve: '));
+      // A page server or store out of reach is said out loud (and its return), once for every client waiting on it.
+      const stopAvailability = source.onAvailability?.((event) => logAvailability(log, event));
       let metricsServer: MetricsServer | undefined;
       if (metricsAt) {
-        const registry = new MetricsRegistry({ components: ['pager', 'handler'] });
+        const registry = new MetricsRegistry({ components: ['pager', 'handler', 'source'] });
         registry.report(handlerReporter(server));
+        registry.report(sourceReporter(() => source.availabilityStats));
         try {
           metricsServer = await startMetricsServer(registry, metricsAt);
         } catch (error) {
@@ -144,6 +148,7 @@ export function registerServeCommand(program: Command): void {
       log.info('closing', { signal, clients: server.clients.length }, `${signal}: closing ${server.clients.length} clients`);
       const summary = await server.close();
       await metricsServer?.close();
+      stopAvailability?.();
       await source.close?.();
       log.write('info', 'summary', summaryJson(summary), formatServerSummary(summary));
       process.off('SIGINT', forceExit);

@@ -24,6 +24,7 @@ import { printWarning } from './output.js';
 import { endpointArg, patternArg } from './parse.js';
 import { ByteProgress, ProgressView, progressMode } from './progress.js';
 import { checkMachineOptions, formatBytes, runVmmProcess, type VmmProcessEvent, type VmmProcessOptions } from '../vmm-host/vmm-process.js';
+import { availabilityLine, availabilityStatusLine } from '../sources/network/availability-text.js';
 
 interface CommonRunOptions {
   apiSock?: string;
@@ -543,6 +544,8 @@ export function formatEvent(event: VmmProcessEvent): string[] {
       return [`listening for an incoming VM on ${event.url}${event.authenticated ? ' (TLS-PSK: only a source with the key gets in)' : ' (unauthenticated: any process that reaches it can migrate a VM in)'}`];
     case 'connection-refused':
       return [`refused a connection from ${event.peer}: ${event.reason}`];
+    case 'source':
+      return [availabilityLine(event.availability)];
     case 'migration': {
       const p = event.progress;
       if (p.error) return [`migration in: ${p.state}: ${p.error.message}`];
@@ -596,6 +599,9 @@ export function formatStatus(status: HostedVmStatus): string[] {
     lines.push(`restored ${status.restore.mode} from ${status.restore.source}, ready in ${status.restore.readyMs.toFixed(1)} ms`);
     if (status.restore.memory) lines.push(...formatLazyMemory(status.restore.memory));
   }
+  // The network source's outage while it lasts (what it went through after).
+  const source = status.source && availabilityStatusLine(status.source);
+  if (source) lines.push(source);
   const migration = status.migration;
   if (migration?.role === 'source') lines.push(formatMigrationProgress(migration));
   else if (migration?.role === 'destination') {

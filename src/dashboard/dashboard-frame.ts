@@ -72,6 +72,8 @@ export interface DashboardFrame {
   migration?: MigrationView;
   handler?: { clients: Record<string, number>; ended: Record<string, number> };
   pageServer?: { clients: number; reads: number; servedBytes: number; readLatency: HistogramView };
+  /** The network source pages come from (a page server, a store, a migration source): whether its peer is unreachable now, and its outages. */
+  networkSource?: { unavailable: boolean; readsWaiting: number; outages: number; outageSeconds: number };
   memoryMap?: MemoryMapView;
 }
 
@@ -198,6 +200,14 @@ export function buildFrame(input: { seq: number; time: number; source: string; s
       reads: samples.sum(METRICS.pageServerReads.name),
       servedBytes: samples.sum(METRICS.pageServerServedBytes.name),
       readLatency: histogramView(samples, METRICS.pageServerReadLatency.name),
+    };
+  }
+  if (samples.has(METRICS.sourceUnavailable.name)) {
+    frame.networkSource = {
+      unavailable: samples.sum(METRICS.sourceUnavailable.name) > 0,
+      readsWaiting: samples.sum(METRICS.sourceReadsWaiting.name),
+      outages: samples.sum(METRICS.sourceOutages.name),
+      outageSeconds: samples.sum(METRICS.sourceOutageSeconds.name),
     };
   }
   if (input.memoryMap) frame.memoryMap = input.memoryMap;

@@ -10,6 +10,7 @@ import { Userfaultfd, UserfaultError, type FeatureName } from '../uffd/index.js'
 import { PagerThread, type LazyMemoryStats, type PagerStopOptions } from './pager-thread.js';
 import type { PagerWorkerReply } from './pager-worker.js';
 import type { SourceSpec } from './source-spec.js';
+import type { AvailabilityEvent } from '../sources/network/availability.js';
 import type { HandlerLostPolicy } from './watchdog.js';
 
 export interface LazyRangeOptions {
@@ -76,6 +77,17 @@ export abstract class LazyFront {
 
   stats(): Promise<LazyMemoryStats> {
     return this.closed ? this.closedError() : this.pager.stats();
+  }
+
+  /**
+   * Hear a network source (tcp://, s3://) become unreachable, come back, or
+   * be given up (AvailabilityEvent; availabilityLine says it in words).
+   * Delivered on this thread's event loop: a thread blocked in a fault on
+   * this memory hears of the outage once it is over, so listen on a thread
+   * that does not touch it. Returns the function that stops the listener.
+   */
+  onAvailability(listener: (event: AvailabilityEvent) => void): () => void {
+    return this.pager.onAvailability(listener);
   }
 
   /** Image pages (4 KiB) first demanded so far, in order (needs recordWorkingSet). */

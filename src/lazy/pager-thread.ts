@@ -27,6 +27,7 @@ import type { PageCounts, PagerMetricsSnapshot, PagerRegion, PrefetchOptions } f
 import { UserfaultError, type Userfaultfd } from '../uffd/index.js';
 import type { PagerWorkerData, PagerWorkerReply, PagerWorkerRequest } from './pager-worker.js';
 import type { SourceSpec } from './source-spec.js';
+import type { AvailabilityEvent } from '../sources/network/availability.js';
 import type { HandlerLostPolicy, WatchdogWorkerData } from './watchdog.js';
 
 export interface PagerThreadOptions {
@@ -64,6 +65,7 @@ export class PagerThread {
   private stopping: Promise<void> | undefined;
   private awaitingReplies = 0;
   private retained: object | undefined;
+  private readonly availabilityListeners = new Set<(event: AvailabilityEvent) => void>();
 
   private constructor(
     private readonly pagerWorker: Worker,
@@ -73,6 +75,7 @@ export class PagerThread {
   ) {
     pagerWorker.on('message', (reply: PagerWorkerReply) => {
       if (reply.type === 'error') this.errors.push(reply);
+      else if (reply.type === 'availability') for (const listener of [...this.availabilityListeners]) listener(reply.event);
     });
     pagerWorker.once('exit', () => (this.pagerExited = true));
   }
@@ -143,6 +146,12 @@ export class PagerThread {
   /** Errors the pager reported (source failures and the like). */
   get pagerErrors(): readonly PagerWorkerReply[] {
     return this.errors;
+  }
+
+  /** Hear the pager's network source become unreachable, come back, or be given up; returns the function that stops the listener. */
+  onAvailability(listener: (event: AvailabilityEvent) => void): () => void {
+    this.availabilityListeners.add(listener);
+    return () => this.availabilityListeners.delete(listener);
   }
 
   async stats(): Promise<LazyMemoryStats> {

@@ -9,6 +9,7 @@ import { PagerHost, PageState, type Pager, type PagerRegion, type PrefetchOption
 import { Userfaultfd, type FeatureName } from '../uffd/index.js';
 import { installInRun } from './install-runs.js';
 import { openSource, type SourceSpec } from './source-spec.js';
+import type { AvailabilityEvent } from '../sources/network/availability.js';
 
 export interface PagerWorkerData {
   uffdFd: number;
@@ -37,6 +38,8 @@ export type PagerWorkerReply =
   | { type: 'working-set'; pages: Uint32Array }
   | { type: 'filled'; complete: boolean }
   | { type: 'error'; message: string; code?: string }
+  /** The source's peer out of reach, or back (a network source: AvailabilityEvent), as it happens. */
+  | { type: 'availability'; event: AvailabilityEvent }
   | { type: 'stopped'; zeroFilledPages: number };
 
 async function main(): Promise<void> {
@@ -46,6 +49,8 @@ async function main(): Promise<void> {
   data.lifeline?.start();
   const uffd = Userfaultfd.adopt(data.uffdFd, data.features);
   const source = await openSource(data.source);
+  // The owner hears a network source's outages as they happen (unless its own thread waits in a fault meanwhile).
+  source.onAvailability?.((event) => send({ type: 'availability', event }));
   const reportError = (error: Error): void => send({ type: 'error', message: error.message, code: (error as { code?: string }).code });
   let fillWaiting = false;
   const answerFill = (complete: boolean): void => {

@@ -18,7 +18,7 @@ import type { MigrationState } from '../migrate/migration-state.js';
 export type MetricType = 'counter' | 'gauge' | 'histogram';
 
 /** Which processes export a metric (a registry is built for the components its process runs). */
-export type MetricComponent = 'pager' | 'vm' | 'migration' | 'handler' | 'page-server';
+export type MetricComponent = 'pager' | 'vm' | 'migration' | 'handler' | 'page-server' | 'source';
 
 export interface MetricDefinition {
   readonly name: string;
@@ -133,6 +133,15 @@ export const METRICS = define({
   migrationExpectedDowntime: { name: 'userfault_migration_expected_downtime_seconds', type: 'gauge', component: 'migration', labels: { role: ['source'] }, help: 'Pre-copy: the downtime a switchover now would cost (dirty pages over the rate).' },
   migrationRecoveries: { name: 'userfault_migration_recoveries_total', type: 'counter', component: 'migration', labels: { role: ROLE }, help: 'Post-copy connection cuts recovered from.' },
   migrationElapsed: { name: 'userfault_migration_elapsed_seconds', type: 'gauge', component: 'migration', labels: { role: ROLE }, help: 'Time since the migration started.' },
+
+  // ---- a network source (a page server, an object store, a migration source) read by this process
+  sourceUnavailable: {
+    name: 'userfault_source_unavailable', type: 'gauge', component: 'source',
+    help: '1 while the source\'s peer is unreachable (a page server\'s connection lost, the store failing, a post-copy migration\'s source cut off) and reads wait for it, else 0.',
+  },
+  sourceOutages: { name: 'userfault_source_outages_total', type: 'counter', component: 'source', help: 'Outages of the source\'s peer begun (each from the first path lost to the last one back, or the source given up).' },
+  sourceOutageSeconds: { name: 'userfault_source_outage_seconds_total', type: 'counter', component: 'source', help: 'Time the source\'s peer was unreachable, the current outage so far included.' },
+  sourceReadsWaiting: { name: 'userfault_source_reads_waiting', type: 'gauge', component: 'source', help: 'Reads of the source blocked by the current outage (each one or more faulting threads, or a read-ahead); 0 while its peer is reachable.' },
 
   // ---- userfault serve: the page-fault handler service
   handlerClients: {

@@ -13,6 +13,7 @@ const SECTIONS: ReadonlyArray<[MetricComponent, string, string]> = [
   ['migration', 'Live migration', 'Exported by a VMM while it migrates a VM out (`role="source"`) or in (`role="destination"`), and after.'],
   ['handler', 'The page-fault handler service', 'Exported by `userfault serve` (with the pager\'s metrics above).'],
   ['page-server', 'The page server', 'Exported by `userfault pages serve`.'],
+  ['source', 'A network source', 'Exported by a process whose pages come over the network: `userfault serve --from tcp://…|s3://…`, a VMM restoring lazily with `--from` (its source outlives the restore), a VMM receiving a post-copy migration. Each outage is also logged as it begins and as it ends (docs/handler.md, docs/vm.md).'],
 ];
 
 function labelsCell(definition: MetricDefinition): string {

@@ -25,6 +25,8 @@
 // session until the process ends: a source that lost COMPLETE or VERIFIED can
 // always come back and hear it again.
 import { EventEmitter } from 'node:events';
+import type { AvailabilityEvent, AvailabilityStats } from '../sources/network/availability.js';
+import { formatHostPort } from '../net/address.js';
 import { PAGE_SIZE } from '../native.js';
 import type { LatencySummary } from '../stats/latency-histogram.js';
 import type { IncomingMachine, MigratableMachineKind } from '../vm/migratable.js';
@@ -103,6 +105,8 @@ export interface DestinationMigrationEvents {
   state: [state: DestinationMigrationState];
   /** A connection refused before it carried anything: a failed TLS-PSK handshake, a wrong role or version, another session. */
   refused: [peer: string, reason: string];
+  /** Post-copy: the source's connections cut while the guest needs its pages, and back (its page source's AvailabilityEvent). */
+  availability: [event: AvailabilityEvent];
 }
 
 /** States in which the session's source may connect again (a reconnect after a cut past READY). */
@@ -195,6 +199,11 @@ export class DestinationMigration<Built extends IncomingMachine = IncomingMachin
   /** Resolves once every page is in and verified; rejects on failure or a digest mismatch. */
   get done(): Promise<DestinationProgress> {
     return this.doneSignal;
+  }
+
+  /** Post-copy: the source's cuts while the guest needed its pages (undefined before post-copy). */
+  get sourceAvailability(): AvailabilityStats | undefined {
+    return this.pageSource?.availabilityStats;
   }
 
   progress(): DestinationProgress {
@@ -314,6 +323,8 @@ export class DestinationMigration<Built extends IncomingMachine = IncomingMachin
     this.connectionError = why;
     if (destinationAllows(this.stateValue, 'lost')) {
       this.move('lost');
+      // The guest's missing pages wait for the source to reconnect: said out loud as every network source's outage is.
+      if (this.stateValue === 'postcopy-paused') this.pageSource?.connectionLost(why);
       if (this.stateValue === 'ready-paused') {
         this.awaySince(() => void this.fail(new IncomingMigrationStalledError(`the source did not come back within ${this.reconnectDeadlineMs} ms of losing its connection after READY: it still owns the guest (GO never arrived here), and what was loaded is discarded`)));
       }
@@ -454,7 +465,8 @@ export class DestinationMigration<Built extends IncomingMachine = IncomingMachin
     if (postcopy) {
       // The dirty lists' pages were dropped as they came: missing again, they are fetched.
       const present = received.andNot(knownZero);
-      this.pageSource = new MigrationPageSource(memory.lengthBytes, PAGE_SIZE, knownZero, digests, main.name);
+      this.pageSource = new MigrationPageSource(memory.lengthBytes, PAGE_SIZE, knownZero, digests, formatHostPort({ host: main.socket.remoteAddress ?? 'unknown', port: main.socket.remotePort ?? 0 }));
+      this.pageSource.onAvailability((event) => this.emit('availability', event));
       this.pageSource.attach(main, this.urgent ?? main);
       await this.vmm.completeIncoming(state, this.arrivedFrom(main), { source: this.pageSource, presentPages: present });
     } else {

@@ -10,13 +10,15 @@
 //
 // A lost connection is not a failed read: reads stay pending (the vCPUs block
 // on their pages, nothing is poisoned) until the connections come back or the
-// migration is given up. Its READs live in the request table every network
+// migration is given up, and the outage is said out loud as every network
+// source's is (onAvailability: 'unavailable' at the cut, 'restored' at the
+// source's RESUME; the destination decides when to give up). Its READs live in the request table every network
 // source shares (src/sources/network/): their states, the reads waiting, a
 // CANCEL when nobody waits any more, every read failed at close.
 import type { CheckedPagesMessage, ErrorMessage } from '../protocol/index.js';
 import type { MigrationMessage } from './protocol/messages.js';
 import { SourceReadError, readRequestRefusal, type PageSource, type PushedPages, type ReadOptions, type ReadPriority } from '../sources/page-source.js';
-import { SourceAvailability } from '../sources/network/availability.js';
+import { SourceAvailability, type AvailabilityEvent, type AvailabilityStats } from '../sources/network/availability.js';
 import { RequestTable, type NetworkRequest } from '../sources/network/request-table.js';
 import type { PageBitmap } from './page-bitmap.js';
 import type { PageDigestTable } from './page-digests.js';
@@ -38,7 +40,12 @@ export class MigrationPageSource implements PageSource {
   private readonly availability = new SourceAvailability({
     description: () => this.description,
     onEnd: () => this.table.failAll((read) => this.availability.readError(read.offset, read.lengthBytes)),
+    readsWaiting: () => this.table.pendingReads,
+    // A post-copy cut is never routine (the guest's pages are only there): said however short.
+    announceAfterMs: 0,
   });
+  /** The source's connections cut: no deadline here (the destination's own decide), and this side does not retry: the source reconnects. */
+  private readonly cut = this.availability.outage({ deadlineMs: Infinity, retrying: false, initialDelayMs: 0, maxDelayMs: 0, expired: (_waitedMs, last) => last ?? new Error('the migration source did not come back') });
   private readonly table = new RequestTable<PostCopyRead, Uint8Array>({
     // Never sent (its connection was lost first): nothing to tell the source.
     dequeue: () => undefined,
@@ -70,10 +77,11 @@ export class MigrationPageSource implements PageSource {
     this.zeroBuffer = new Uint8Array(pageSizeBytes * 64);
   }
 
-  /** Use these connections (again, after a reconnect): outstanding reads are re-sent on them. */
+  /** Use these connections (again, after a reconnect): outstanding reads are re-sent on them, and an outage is over. */
   attach(main: MigrationConnection, urgent: MigrationConnection): void {
     this.main = main;
     this.urgent = urgent;
+    this.cut.restored();
     for (const read of [...this.table.requests()]) {
       if (read.state === 'sent') this.table.move(read, 'retry');
       read.connection = read.priority === 'demand' ? urgent : main;
@@ -154,12 +162,28 @@ export class MigrationPageSource implements PageSource {
     return () => this.listeners.delete(listener);
   }
 
+  /** The source's connections were cut: its reads wait until it reconnects (attach), and the outage is said out loud. */
+  connectionLost(error: Error): void {
+    this.cut.lost(error);
+  }
+
+  /** The source's cuts so far (each until it reconnected), and the current one. */
+  get availabilityStats(): AvailabilityStats {
+    return this.availability.availabilityStats;
+  }
+
+  /** Hear the migration source's connections be cut, come back, or the migration be given up (AvailabilityEvent). */
+  onAvailability(listener: (event: AvailabilityEvent) => void): () => void {
+    return this.availability.onAvailability(listener);
+  }
+
   get outstandingReads(): number {
     return this.table.size;
   }
 
   /** Fail every read still waiting, and every read after (SourceGoneError): the migration is given up, or the VM is going away. */
   close(): void {
+    this.cut.stop();
     this.availability.close(new Error('the migration ended'));
   }
 

@@ -61,7 +61,7 @@ import { ZeroMap } from './zero-map.js';
 import { firstPageMismatch } from './page-checksums.js';
 import { SourceReadError, abortedReadError, checkReadRange, readRequestRefusal, type PageSource, type ReadOptions, type ReadPriority } from '../sources/page-source.js';
 import { PageChecksumError, SourceDeadlineError } from '../sources/read-errors.js';
-import { SourceAvailability, type Outage } from '../sources/network/availability.js';
+import { SourceAvailability, type AvailabilityEvent, type AvailabilityStats, type Outage } from '../sources/network/availability.js';
 import { RequestTable, type NetworkRequest, type PendingRead } from '../sources/network/request-table.js';
 import type { SourceState } from '../sources/network/source-state.js';
 import { CHANNEL_STATES, type ChannelState } from './channel-state.js';
@@ -374,8 +374,8 @@ export class RemoteSource implements PageSource {
   metadata: Uint8Array = new Uint8Array(0);
   info!: InfoMessage;
   zeroMap: ZeroMap | undefined;
-  /** @internal Open, gone or closed; each channel's outage gives it up past the reconnect deadline. */
-  readonly availability = new SourceAvailability({ description: () => this.description, onEnd: () => this.ended() });
+  /** @internal Open, gone or closed; each channel's outage gives it up past the reconnect deadline, and is said out loud (onAvailability). */
+  readonly availability = new SourceAvailability({ description: () => this.description, onEnd: () => this.ended(), readsWaiting: () => this.table.pendingReads });
   /** @internal Every READ live, by channel and range: a read of a range already asked joins it. */
   readonly table = new RequestTable<WireRead, Uint8Array>({ dequeue: (fetch) => fetch.channel.dequeue(fetch), cancel: (fetch) => fetch.channel.cancel(fetch) });
   private readonly urgent: Channel;
@@ -437,6 +437,16 @@ export class RemoteSource implements PageSource {
 
   get state(): SourceState {
     return this.availability.state;
+  }
+
+  /** The server's outages so far (a connection lost until it is back), and the current one. */
+  get availabilityStats(): AvailabilityStats {
+    return this.availability.availabilityStats;
+  }
+
+  /** Hear the server become unreachable, come back, or be given up (AvailabilityEvent). */
+  onAvailability(listener: (event: AvailabilityEvent) => void): () => void {
+    return this.availability.onAvailability(listener);
   }
 
   read(offset: number, lengthBytes: number, target: Uint8Array, options: ReadOptions = {}): Promise<void> {

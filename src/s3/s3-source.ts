@@ -49,7 +49,7 @@ import { openSnapshotObject } from './snapshot-object.js';
 import { PageKind, pageChecksumName } from '../snapshot/format.js';
 import { ChunkCache, type PageCheck } from '../sources/chunk-cache.js';
 import { SourceReadError, checkReadRange, readRequestRefusal, type PageSource, type ReadOptions, type ReadPriority } from '../sources/page-source.js';
-import { SourceAvailability, type Outage } from '../sources/network/availability.js';
+import { SourceAvailability, type AvailabilityEvent, type AvailabilityStats, type Outage } from '../sources/network/availability.js';
 import { RequestTable, type NetworkRequest, type PendingRead } from '../sources/network/request-table.js';
 import type { SourceState } from '../sources/network/source-state.js';
 
@@ -131,7 +131,7 @@ export class S3Source implements PageSource {
   readonly sizeBytes: number;
   readonly stats: S3SourceStats;
   private readonly settings: Required<Pick<S3SourceOptions, 'deadlineMs' | 'maxInFlight' | 'backgroundRequestBytes' | 'memoryBytes' | 'maxCorruptRetries' | 'demandFetch'>>;
-  private readonly availability = new SourceAvailability({ description: () => this.description, onEnd: () => this.failAll() });
+  private readonly availability = new SourceAvailability({ description: () => this.description, onEnd: () => this.failAll(), readsWaiting: () => this.table.pendingReads });
   /** The store out of reach: the backoff between retries, and the deadline after which the source is gone. */
   private readonly outage: Outage;
   /** Every load live, by what it fetches: a read needing the same joins it. A load nobody waits for is dropped before it is sent; one being fetched goes on (other chunks of its request may be wanted) and what it brings is kept. */
@@ -214,6 +214,16 @@ export class S3Source implements PageSource {
 
   get state(): SourceState {
     return this.availability.state;
+  }
+
+  /** The store's outages so far (transient failures until a request succeeds), and the current one. */
+  get availabilityStats(): AvailabilityStats {
+    return this.availability.availabilityStats;
+  }
+
+  /** Hear the store become unreachable, come back, or be given up (AvailabilityEvent). */
+  onAvailability(listener: (event: AvailabilityEvent) => void): () => void {
+    return this.availability.onAvailability(listener);
   }
 
   isZero(offset: number, lengthBytes: number): boolean {

@@ -16,6 +16,7 @@
 //   - A source may push pages nobody asked for (post-copy's background
 //     stream); the pager installs those still missing and drops the rest.
 import { UserfaultError } from '../errors.js';
+import type { AvailabilityEvent, AvailabilityStats } from './network/availability.js';
 
 /** How urgent a read is: 'demand' has a thread blocked on it; 'background' is read-ahead or streaming. */
 export type ReadPriority = 'demand' | 'background';
@@ -97,6 +98,14 @@ export interface PageSource {
    * that stops the listener. A pager subscribes while it runs.
    */
   onPush?(listener: (pages: PushedPages) => void): () => void;
+  /**
+   * Optional, a network source's (a page server, a store, a migration
+   * source): its peer's outages so far and the current one
+   * (src/sources/network/availability.ts).
+   */
+  readonly availabilityStats?: AvailabilityStats;
+  /** Optional, with availabilityStats: hear the peer become unreachable, come back, or be given up. Returns the function that stops the listener. */
+  onAvailability?(listener: (event: AvailabilityEvent) => void): () => void;
   close?(): void | Promise<void>;
 }
 

@@ -54,6 +54,7 @@ import type { HostedVm } from './hosted-vm.js';
 import { parseMigrationAddress, readPskFile } from '../migrate/transport/channels.js';
 import { MetricsRegistry, PROMETHEUS_CONTENT_TYPE, registryOf, type RegistryRef } from '../metrics/metrics-registry.js';
 import { vmReporter } from '../metrics/vm-reporter.js';
+import { sourceReporter } from '../metrics/source-reporter.js';
 
 /** The largest request body (the serial input's JSON is the big one: its 1 MiB bound, escaped). */
 export const MAX_BODY_BYTES = 4 << 20;
@@ -188,8 +189,9 @@ export async function startControlApi(host: HostedVm, socketPath: string, option
 
 /** A registry of one VMM's metrics: the VM, its pager, its migration (and, by default, the process's). */
 export function vmmMetrics(host: HostedVm, options: { processMetrics?: boolean } = {}): MetricsRegistry {
-  const registry = new MetricsRegistry({ components: ['pager', 'vm', 'migration'], processMetrics: options.processMetrics });
+  const registry = new MetricsRegistry({ components: ['pager', 'vm', 'migration', 'source'], processMetrics: options.processMetrics });
   registry.report(vmReporter(host.vmm, () => host.migrationProgress()));
+  registry.report(sourceReporter(() => host.sourceAvailability()));
   return registry;
 }
 

@@ -8,6 +8,7 @@
 // ended (Vmm.endMigration). The VM's status is the VM's; its migration part
 // is added here (HostedVmStatus).
 import type { DestinationProgress } from '../migrate/destination-migration.js';
+import type { AvailabilityStats } from '../sources/network/availability.js';
 import { isPaused, sourceOwnsGuest } from '../migrate/migration-state.js';
 import { MigrationStoppedError } from '../migrate/errors.js';
 import { SourceMigration, type MigrateOptions, type MigrationProgress } from '../migrate/source-migration.js';
@@ -19,11 +20,15 @@ import type { Vmm, VmStatus } from '../vm/vmm.js';
 /** The VM's status, with the live migration of it, out (source) or in (destination), while it runs and once it ended. */
 export interface HostedVmStatus extends VmStatus {
   migration?: MigrationProgress | DestinationProgress;
+  /** The network source its memory comes from (restore --from, an incoming post-copy): its peer's outages, the current one while it lasts. */
+  source?: AvailabilityStats;
 }
 
 export interface HostedVmOptions {
   /** The incoming migration this VM came by (`vm receive`): its progress, for the status. */
   incoming?: { progress(): DestinationProgress };
+  /** The network source its memory comes from, if any: its outages now (undefined for a local one). */
+  source?: () => AvailabilityStats | undefined;
 }
 
 export class HostedVm {
@@ -37,7 +42,13 @@ export class HostedVm {
 
   status(): HostedVmStatus {
     const migration = this.migrationProgress();
-    return { ...this.vmm.status(), ...(migration ? { migration } : {}) };
+    const source = this.sourceAvailability();
+    return { ...this.vmm.status(), ...(migration ? { migration } : {}), ...(source ? { source } : {}) };
+  }
+
+  /** The outages of the network source its memory comes from; undefined for a local source, or none. */
+  sourceAvailability(): AvailabilityStats | undefined {
+    return this.options.source?.();
   }
 
   /** The live migration's progress: the outgoing one once one started, else the one this VM came by; undefined if none. */

@@ -34,6 +34,7 @@ import type { Vmm, VmStatus } from '../vm/vmm.js';
 import { bootVm } from '../vm/builder.js';
 import { restoreVm } from '../vm/persist/restore.js';
 import { HostedVm, type HostedVmStatus } from './hosted-vm.js';
+import type { AvailabilityEvent } from '../sources/network/availability.js';
 import { DestinationMigration, type DestinationProgress } from '../migrate/destination-migration.js';
 import { vmMigrationKind } from '../vm/vm-migration-kind.js';
 import { readPskFile } from '../migrate/transport/channels.js';
@@ -111,6 +112,12 @@ export type VmmProcessEvent =
   | { event: 'listening'; url: string; authenticated: boolean }
   /** receive: a connection refused before it carried anything (a wrong key, another session...). */
   | { event: 'connection-refused'; peer: string; reason: string }
+  /**
+   * restore --from, receive (post-copy): the source's peer became
+   * unreachable, is still, came back, or was given up
+   * (src/sources/network/availability-text.ts says it in words).
+   */
+  | { event: 'source'; availability: AvailabilityEvent }
   /** receive: the migration ended (every page in and verified, or not). */
   | { event: 'migration'; progress: DestinationProgress }
   | { event: 'exited'; reason: GuestExitReason; runMs: number; status: HostedVmStatus; exitCode: number };
@@ -256,11 +263,12 @@ async function buildVmm(options: VmmProcessOptions, console: (bytes: Uint8Array)
       progressTimeoutMs: options.progressTimeoutMs,
     });
     destination.on('refused', (peer, reason) => options.report({ event: 'connection-refused', peer, reason }));
+    destination.on('availability', (availability) => options.report({ event: 'source', availability }));
     options.report({ event: 'listening', url: destination.url, authenticated: security !== undefined });
     const report = (): void => options.report({ event: 'migration', progress: destination.progress() });
     destination.done.then(report, report);
     // The VMM is this process's once the guest runs here; the rest of the migration (post-copy) goes on meanwhile.
-    return new HostedVm((await destination.running).vmm, { incoming: destination });
+    return new HostedVm((await destination.running).vmm, { incoming: destination, source: () => destination.sourceAvailability });
   }
   if (options.command === 'run') {
     checkMachineOptions(options.memoryBytes ?? 32 * 2 ** 20, options.vcpuCount ?? 1);
@@ -270,11 +278,14 @@ async function buildVmm(options: VmmProcessOptions, console: (bytes: Uint8Array)
   if (options.fromUrl === undefined && options.snapshotPath === undefined) throw new VmUsageError(['SNAPSHOT', '--from'], 'restore needs a snapshot path or --from tcp://HOST:PORT');
   const from = options.fromUrl === undefined ? await openVmSnapshotSource(options.snapshotPath!) : await openUrlVmSource(options.fromUrl, options);
   const progress = options.progress;
+  // A page server or store out of reach while the guest (or the eager load) waits on it is said out loud.
+  const memory = from.memory;
+  memory.onAvailability?.((availability) => options.report({ event: 'source', availability }));
   return new HostedVm(await restoreVm(from, {
     console,
     lazy: options.lazy || undefined,
     onLoadProgress: progress && ((doneBytes, totalBytes) => progress({ operation: 'load', doneBytes, totalBytes })),
-  }));
+  }), { source: () => memory.availabilityStats });
 }
 
 /** A VM served by a page server or pushed to a store: its memory from the source the URL opens, its state from that source's metadata. */

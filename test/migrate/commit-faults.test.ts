@@ -20,6 +20,7 @@ import type { MigrationMode } from '../../src/migrate/convergence.js';
 import { FRAME, runFaultCase, type FaultOutcome } from './migration-faults.js';
 import type { Direction, Fault } from './frame-proxy.js';
 import { MigrationStoppedError, MigrationTakenBackError } from '../../src/migrate/errors.js';
+import { availabilityLine } from '../../src/sources/network/availability-text.js';
 
 const COMMIT: Array<{ name: keyof typeof FRAME; direction: Direction }> = [
   { name: 'SWITCHOVER', direction: 'to-destination' },
@@ -146,6 +147,11 @@ describe('faults that do not heal leave one side that says so, its guest intact'
     assert.equal(outcome.runsOn, 'destination');
     assert.ok((outcome.source.recoveries ?? 0) >= 1);
     assertTruthful(outcome, 'postcopy');
+    // The destination said the cut out loud while its guest waited, and the source's return.
+    const said = outcome.availability.map((event) => event.type);
+    assert.deepEqual([said[0], said.at(-1)], ['unavailable', 'restored'], `the destination's outage events: ${said.join(', ')}`);
+    assert.match(availabilityLine(outcome.availability[0]!), /^migration source 127\.0\.0\.1:\d+ unreachable, (guest waiting \(\d+ reads? blocked\)|no reads waiting yet), waiting for it to reconnect \(last: .+\)$/);
+    assert.match(availabilityLine(outcome.availability.at(-1)!), /^migration source 127\.0\.0\.1:\d+ reconnected after \d+\.\d s \(/);
   });
 
   test('a cut in the middle of pre-copy: the migration fails and the guest runs on at the source', async () => {

@@ -12,6 +12,7 @@ import type { MigrationSecurity } from '../../src/migrate/transport/channels.js'
 import { MigrationMessageType } from '../../src/migrate/protocol/messages.js';
 import { MessageType } from '../../src/protocol/wire.js';
 import { FrameProxy, type FrameFault } from './frame-proxy.js';
+import type { AvailabilityEvent } from '../../src/sources/network/availability.js';
 import { SoftMachine, softMachineKind } from './soft-machine.js';
 
 /** The frames a fault can be placed at: the migration's own type codes, and the page protocol's for post-copy's page replies. */
@@ -58,6 +59,8 @@ export interface FaultOutcome {
    */
   stranded: boolean;
   proxy: FrameProxy;
+  /** What the destination said of its source's outages (a cut in post-copy: unavailable, then restored when it reconnects). */
+  availability: AvailabilityEvent[];
 }
 
 const CONFIG = { memoryBytes: 8 << 20, pattern: 'random' as const, writePages: 1024, pagesPerTick: 24, tickMs: 2 };
@@ -66,6 +69,8 @@ export async function runFaultCase(c: FaultCase, seed: number): Promise<FaultOut
   const source = SoftMachine.start(CONFIG, seed);
   const kind = softMachineKind();
   const destination = await DestinationMigration.listen({ host: '127.0.0.1', port: 0, kind, stallTimeoutMs: 1000, reconnectDeadlineMs: c.destinationDeadlineMs ?? 4000, progressTimeoutMs: 5000, security: c.security });
+  const availability: AvailabilityEvent[] = [];
+  destination.on('availability', (event) => availability.push(event));
   const target = new URL(destination.url);
   const proxy = await FrameProxy.start({ host: target.hostname, port: Number(target.port) }, c.fault);
   let bothRunning = 0;
@@ -120,7 +125,7 @@ export async function runFaultCase(c: FaultCase, seed: number): Promise<FaultOut
     const incoming = kind.built[0];
     const runsOn = source.running ? 'source' : incoming?.running ? 'destination' : 'nowhere';
     const stranded = destination.state === 'postcopy-paused';
-    const outcome: FaultOutcome = { runsOn, source: migration.progress(), sourceError, destination: destination.progress(), bothRunning, stranded, proxy };
+    const outcome: FaultOutcome = { runsOn, source: migration.progress(), sourceError, destination: destination.progress(), bothRunning, stranded, proxy, availability };
     await checkSurvivor(outcome, source, incoming);
     return outcome;
   } finally {

@@ -190,6 +190,11 @@ function drawServed(frame: DashboardFrame): void {
   if (frame.pageServer) {
     fields.push(['page server', `${integer(frame.pageServer.clients)} connections, ${integer(frame.pageServer.reads)} reads, ${bytes(frame.pageServer.servedBytes)} served, read p50 ${seconds(frame.pageServer.readLatency.p50Seconds)}`]);
   }
+  const network = frame.networkSource;
+  if (network) {
+    const past = `${integer(network.outages)} outages, ${network.outageSeconds.toFixed(1)} s in all`;
+    fields.push(['network source', network.unavailable ? `UNREACHABLE, ${integer(network.readsWaiting)} reads waiting (${past})` : `reachable (${past})`]);
+  }
   fillList('served-fields', fields);
 }
 

@@ -98,6 +98,7 @@ export class PendingRead<Value> {
   settle(error: Error | undefined): void {
     if (this.settledValue) return;
     this.settledValue = true;
+    this.table.readSettled();
     clearTimeout(this.deadlineTimer);
     if (this.abortListener) this.options.signal?.removeEventListener('abort', this.abortListener);
     for (const request of this.requests) this.table.release(this, request);
@@ -133,11 +134,22 @@ export class PendingRead<Value> {
 /** The live requests of one source, by key, and the reads waiting for them. */
 export class RequestTable<Request extends NetworkRequest<Value>, Value> {
   private readonly byKey = new Map<string, Request>();
+  private pendingReadCount = 0;
 
   constructor(private readonly hooks: RequestTableHooks<Request>) {}
 
   get size(): number {
     return this.byKey.size;
+  }
+
+  /** Callers' reads not settled yet: what waits on the peer (an outage's "reads waiting"). */
+  get pendingReads(): number {
+    return this.pendingReadCount;
+  }
+
+  /** @internal A read of this table settled. */
+  readSettled(): void {
+    this.pendingReadCount--;
   }
 
   /** The live request asking for `key`, if any. */
@@ -157,6 +169,7 @@ export class RequestTable<Request extends NetworkRequest<Value>, Value> {
    */
   read(options: PendingReadOptions<Value>, start: (read: PendingRead<Value>) => void): Promise<void> {
     return new Promise<void>((resolve, reject) => {
+      this.pendingReadCount++;
       const read = new PendingRead<Value>(this as unknown as RequestTable<NetworkRequest<Value>, Value>, options, resolve, reject);
       try {
         start(read);
