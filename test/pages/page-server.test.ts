@@ -222,6 +222,41 @@ describe('the page server', () => {
     assert.equal(pagesOf(await client.request({ type: 'read', offset: 65536, lengthBytes: 65536, priority: 'demand' })).length, 65536);
   });
 
+  test('background READs start at most 512 KiB a turn of the event loop, so a demand READ on the urgent connection is read in between; each is answered once', async (t) => {
+    const image = new Uint8Array(16 << 20).map((_, i) => (i * 7 + (i >> 12)) & 0xff);
+    // A turn counter the event loop advances in every check phase, and the turn each source read started in.
+    let turn = 0;
+    let ticking = true;
+    const tick = (): void => {
+      turn++;
+      if (ticking) setImmediate(tick);
+    };
+    setImmediate(tick);
+    t.after(() => (ticking = false));
+    const startedIn = new Map<number, number>();
+    const source: PageSource = {
+      sizeBytes: image.length,
+      description: 'turn-counting memory',
+      read: async (offset, lengthBytes, target, options) => {
+        if (options?.priority === 'background') startedIn.set(turn, (startedIn.get(turn) ?? 0) + 1);
+        target.set(image.subarray(offset, offset + lengthBytes));
+      },
+    };
+    const server = await startPageServer({ source, maxInFlightPerConnection: 16 });
+    t.after(() => server.close());
+    const bulk = await helloClient(t, server, 'page-client-bulk');
+    const ids: number[] = [];
+    for (let i = 0; i < 16; i++) {
+      const id = bulk.newRequestId();
+      ids.push(id);
+      bulk.send({ type: 'read', offset: i * (256 << 10), lengthBytes: 256 << 10, priority: 'background' }, id);
+    }
+    await bulk.waitFor(() => bulk.received.filter((r) => r.message.type === 'checked-pages').length === 16, '16 CHECKED_PAGES', 10_000);
+    const most = Math.max(...startedIn.values());
+    assert.ok(most <= 2, `at most two 256 KiB background READs start in one turn, not ${most}`);
+    assert.deepEqual(bulk.received.filter((r) => r.message.type === 'checked-pages').map((r) => r.requestId).sort((a, b) => a - b), ids, 'each answered once');
+  });
+
   test('many READs in flight are each answered once, out of order as the source completes them', async (t) => {
     const image = new Uint8Array(64 * PAGE);
     for (let i = 0; i < image.length; i++) image[i] = (i * 7 + (i >> 12)) & 0xff;
