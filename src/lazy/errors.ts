@@ -30,3 +30,19 @@ export class WasmPagesTouchedError extends UserfaultError {
     super(`${residentPageOffsets.length} page(s) of the new WebAssembly.Memory were already resident (first at byte ${residentPageOffsets[0]}); they would not show the source`);
   }
 }
+
+/**
+ * LazyMemory was given a source it cannot open in its pager's worker thread:
+ * a PageSource object (a FunctionSource, say: functions do not cross to
+ * another thread) or a description of an unknown kind. Says what it takes.
+ */
+export class SourceSpecError extends UserfaultError {
+  override readonly code = 'EUSAGE';
+  constructor(what: string) {
+    super(
+      `${what}: LazyMemory's pager runs in a worker thread, so its source is described as data ` +
+        "({ kind: 'zero' | 'buffer' | 'snapshot' | 'raw-file' | 'remote' | 's3' }), or as { kind: 'module', url } " +
+        'whose createSource() makes any PageSource (a FunctionSource too) inside the worker',
+    );
+  }
+}

@@ -13,7 +13,7 @@ import type { PrefetchOptions } from '../pager/index.js';
 import type { FeatureName, Userfaultfd } from '../uffd/index.js';
 import { LazyFront, serveLazyRange } from './lazy-front.js';
 import type { PagerThread } from './pager-thread.js';
-import { imageSizeBytes, type SourceSpec } from './source-spec.js';
+import { checkSourceSpec, imageSizeBytes, type SourceSpec } from './source-spec.js';
 import type { HandlerLostPolicy } from './watchdog.js';
 
 export type { LazyMemoryStats } from './pager-thread.js';
@@ -49,6 +49,7 @@ export class LazyMemory extends LazyFront {
   }
 
   static async create(options: LazyMemoryOptions): Promise<LazyMemory> {
+    checkSourceSpec(options.source);
     const sourceOffset = options.sourceOffset ?? 0;
     const sizeBytes = options.sizeBytes ?? (await imageSizeBytes(options.source)) - sourceOffset;
     const mapping = Mapping.anonymous(sizeBytes, { noReserve: true });

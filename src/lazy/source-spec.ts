@@ -6,6 +6,20 @@ import type { S3SourceOptions } from '../s3/s3-source.js';
 import { BufferSource } from '../sources/buffer-source.js';
 import { ZeroSource } from '../sources/zero-source.js';
 import { openSourceByUrl } from '../source-url/open-source-by-url.js';
+import { SourceSpecError } from './errors.js';
+
+const SPEC_KINDS: ReadonlySet<string> = new Set(['zero', 'buffer', 'snapshot', 'raw-file', 'remote', 's3', 'module']);
+
+/** Refuse, before any thread starts, what cannot be opened from a description (SourceSpecError). */
+export function checkSourceSpec(spec: unknown): asserts spec is SourceSpec {
+  const value = spec as { kind?: unknown; read?: unknown } | null;
+  if (value !== null && typeof value === 'object' && typeof value.read === 'function') {
+    throw new SourceSpecError(`a PageSource object (${(value as { description?: string }).description ?? value.constructor?.name ?? 'a source'}) was passed as the source`);
+  }
+  if (value === null || typeof value !== 'object' || typeof value.kind !== 'string' || !SPEC_KINDS.has(value.kind)) {
+    throw new SourceSpecError(`${JSON.stringify(value?.kind ?? value)} is not a kind of source description`);
+  }
+}
 
 export type SourceSpec =
   | { kind: 'zero'; sizeBytes: number }
@@ -23,6 +37,7 @@ export type SourceSpec =
   | { kind: 'module'; url: string; exportName?: string; options?: unknown };
 
 export async function openSource(spec: SourceSpec): Promise<PageSource> {
+  checkSourceSpec(spec);
   switch (spec.kind) {
     case 'zero':
       return new ZeroSource(spec.sizeBytes);

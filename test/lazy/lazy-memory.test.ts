@@ -3,7 +3,8 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { describe, test } from 'node:test';
 import { fillPattern } from '../../src/demo/pattern.js';
-import { LazyMemory } from '../../src/lazy/index.js';
+import { LazyMemory, SourceSpecError, type SourceSpec } from '../../src/lazy/index.js';
+import { FunctionSource } from '../../src/sources/function-source.js';
 import { PAGE_SIZE } from '../../src/native.js';
 import { openUffdCount } from '../handler/helpers.js';
 import { runFixture } from '../helpers/run-probe.js';
@@ -97,5 +98,21 @@ describe('lazy memory from a page server', () => {
     } finally {
       await memory.close();
     }
+  });
+});
+
+describe('LazyMemory\'s source', () => {
+  test('a PageSource object (a FunctionSource) is refused with SourceSpecError saying how to describe it, before any thread starts', async () => {
+    const source = new FunctionSource(16 * PAGE_SIZE, (_offset, _length, target) => {
+      target.fill(1);
+    });
+    await assert.rejects(LazyMemory.create({ source: source as unknown as SourceSpec }), (error: unknown) => {
+      assert.ok(error instanceof SourceSpecError, String(error));
+      assert.equal(error.code, 'EUSAGE');
+      assert.match(error.message, /a PageSource object .* was passed as the source: LazyMemory's pager runs in a worker thread/);
+      assert.match(error.message, /kind: 'module', url \} whose createSource\(\) makes any PageSource \(a FunctionSource too\)/);
+      return true;
+    });
+    await assert.rejects(LazyMemory.create({ source: { kind: 'tape' } as unknown as SourceSpec }), /"tape" is not a kind of source description/);
   });
 });
