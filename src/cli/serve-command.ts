@@ -103,6 +103,7 @@ export function registerServeCommand(program: Command): void {
       server.on('client-notice', (client, message) => log.info('client-notice', { client: client.id, message }, `client ${client.id}: ${message}`));
       server.on('client-error', (client, error) => log.error('client-error', { client: client.id }, error, `client ${client.id}: error: `));
       server.on('client-gone', (_client, summary) => log.info('client-gone', clientJson(summary), formatClientGone(summary)));
+      server.on('silent-connection', (client) => log.info('silent-connection', { client: client.id }, `connection ${client.id} hung up without a byte (another server checking that this socket is live, say): not a client`));
       server.on('error', (error) => log.error('error', {}, error, 'serve: '));
       // A page server or store out of reach is said out loud (and its return), once for every client waiting on it.
       const stopAvailability = source.onAvailability?.((event) => logAvailability(log, event));

@@ -69,6 +69,8 @@ export interface ClientSummary {
   /** Errors reported while serving (source failures and the like) that did not end the session. */
   errorsReported: number;
   connectedMs: number;
+  /** It connected and hung up without sending a byte (another server checking whether the socket is live, say): not a client. */
+  silent: boolean;
   /** Undefined until a pager ran. */
   metrics?: PagerMetricsSnapshot;
 }
@@ -191,6 +193,7 @@ export class ClientSession extends EventEmitter<ClientSessionEvents> {
       probePagesCopied: this.probePagesCopied,
       errorsReported: this.errorsReported,
       connectedMs: (this.endedAt ?? performance.now()) - this.startedAt,
+      silent: this.endReason === 'hangup' && this.bytesReceived === 0 && this.regions.length === 0,
       metrics: this.host?.pager.snapshotMetrics(),
     };
   }
@@ -289,6 +292,11 @@ export class ClientSession extends EventEmitter<ClientSessionEvents> {
 
   private hangup(): void {
     if (this.stateValue !== 'handshaking') {
+      this.end('hangup');
+      return;
+    }
+    // Not a word before hanging up: a check that the socket is live (listenReplacingStale's), not a client that failed.
+    if (this.bytesReceived === 0) {
       this.end('hangup');
       return;
     }

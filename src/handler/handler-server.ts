@@ -45,6 +45,8 @@ export interface HandlerServerEvents {
   'client-error': [client: ClientSession, error: Error];
   /** The client's session is over and its descriptors closed. */
   'client-gone': [client: ClientSession, summary: ClientSummary];
+  /** A connection hung up without sending a byte (another server checking the socket is live): not a client, not an error. */
+  'silent-connection': [client: ClientSession];
   /** accept(2) failed. */
   error: [error: Error];
 }
@@ -52,10 +54,10 @@ export interface HandlerServerEvents {
 export interface HandlerServerSummary {
   socketPath: string;
   source: string;
-  /** Every client seen, the gone ones included, in order of arrival. */
+  /** Every client seen, the gone ones included, in order of arrival (not the silent connections). */
   clients: ClientSummary[];
-  /** pagesCopied includes the region probes' pages. */
-  totals: { clients: number; faults: number; pagesCopied: number; zeroPages: number };
+  /** pagesCopied includes the region probes' pages. silentConnections: connections that hung up without a byte (another server checking the socket is live), not clients. */
+  totals: { clients: number; faults: number; pagesCopied: number; zeroPages: number; silentConnections: number };
 }
 
 /** What the server has served, for /metrics: the sessions over, summed, and the live ones. */
@@ -70,6 +72,7 @@ export interface HandlerServerMetricsView {
 export class HandlerServer extends EventEmitter<HandlerServerEvents> {
   private readonly live = new Map<number, ClientSession>();
   private readonly goneSummaries = new Map<number, ClientSummary>();
+  private silentConnections = 0;
   private readonly goneMetrics = new PagerMetrics();
   private goneProbePages = 0;
   private readonly endedByReason: Record<ClientEndReason, number> = { hangup: 0, exited: 0, refused: 0, failed: 0, 'server-closed': 0 };
@@ -102,7 +105,7 @@ export class HandlerServer extends EventEmitter<HandlerServerEvents> {
 
   summary(): HandlerServerSummary {
     const clients = [...this.goneSummaries.values(), ...[...this.live.values()].map((c) => c.summary())].sort((a, b) => a.id - b.id);
-    const totals = { clients: clients.length, faults: 0, pagesCopied: 0, zeroPages: 0 };
+    const totals = { clients: clients.length, faults: 0, pagesCopied: 0, zeroPages: 0, silentConnections: this.silentConnections };
     for (const client of clients) {
       totals.faults += client.metrics?.faults ?? 0;
       totals.pagesCopied += (client.metrics?.pagesCopied ?? 0) + client.probePagesCopied;
@@ -153,6 +156,12 @@ export class HandlerServer extends EventEmitter<HandlerServerEvents> {
     client.on('error', (error) => this.emit('client-error', client, error));
     client.on('gone', (summary) => {
       this.live.delete(client.id);
+      if (summary.silent) {
+        // Connected and hung up without a word: another server's check that the socket is live, not a client.
+        this.silentConnections++;
+        this.emit('silent-connection', client);
+        return;
+      }
       this.goneSummaries.set(client.id, summary);
       if (client.pager) this.goneMetrics.add(client.pager.metrics);
       this.goneProbePages += client.probePages;

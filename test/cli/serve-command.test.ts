@@ -118,6 +118,26 @@ describe('userfault serve', { skip, timeout: 60_000 }, () => {
     assert.equal(existsSync(socketPath), false);
   });
 
+  test('a second serve refused on a live socket is not a client of the first: no error, no client in its summary, one silent connection', async (t) => {
+    const dir = tempDir(t);
+    const files = await writeMemoryFiles(dir);
+    const socketPath = join(dir, 'serve.sock');
+    const server = await spawnServeJson(t, ['--socket', socketPath, '--memory-file', files.rawPath]);
+    const second = runServe('--socket', socketPath, '--memory-file', files.rawPath);
+    assert.equal(second.status, 73, second.stderr);
+    assert.match(second.stderr, /another server is listening on it/);
+    await server.waitForText(/"event":"silent-connection"/);
+    server.kill('SIGINT');
+    assert.deepEqual(await server.exit, { code: 0, signal: null });
+    const events = jsonLines(server.stdout);
+    assert.deepEqual(events.map((e) => e.event), ['listening', 'client-connected', 'silent-connection', 'closing', 'summary']);
+    const summary = events.at(-1) as { clients: unknown[]; totals: { clients: number; silentConnections: number } };
+    assert.deepEqual(summary.clients, []);
+    assert.equal(summary.totals.clients, 0);
+    assert.equal(summary.totals.silentConnections, 1);
+    assert.equal(server.stderr, '', 'nothing said as an error');
+  });
+
   test('--socket-mode and --socket-group are applied to the socket, so a VMM of another user in that group can connect', async (t) => {
     const group = otherGroup();
     if (!group) return t.skip('no group this process may give files to besides its own');
