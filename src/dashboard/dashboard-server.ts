@@ -8,7 +8,7 @@
 //   GET /dashboard.js       its script (browser/dashboard-page.ts, compiled)
 //   GET /dashboard.css
 //   GET /vendor/uplot.js    uPlot's IIFE build, and /vendor/uplot.css
-//   GET /events             text/event-stream: a "frame" event per update (JSON), the latest first
+//   GET /events             text/event-stream: a "history" event (the rate chart's recent points), then a "frame" event per update (JSON), the latest first
 //   GET /frame              the latest frame, JSON
 //
 // Everything else is refused (src/net/http-server.ts), and so is any request
@@ -66,9 +66,20 @@ const SECURITY_HEADERS = {
   'referrer-policy': 'no-referrer',
 };
 
+/** Chart points kept for a page opened later: the page's own chart holds as many (120 frames, a minute at the default 500 ms). */
+export const HISTORY_POINTS = 120;
+
+/** One frame's point on the page's rate chart. */
+export interface ChartPoint {
+  time: number;
+  faultsPerSecond: number;
+  sourceReadsPerSecond: number;
+}
+
 export class DashboardServer {
   private readonly sse: SseBroadcaster;
   private latestFrame: DashboardFrame | undefined;
+  private readonly chartHistory: ChartPoint[] = [];
   private seq = 0;
   private timer: NodeJS.Timeout | undefined;
   private closed = false;
@@ -94,8 +105,13 @@ export class DashboardServer {
     routes['/events'] = {
       methods: ['GET'],
       handle: (_req, res) => {
+        // A page opened now gets the charts' recent past first (one small event), then the latest frame.
         const latest = dashboard?.latest;
-        sse.add(res, latest && { event: 'frame', data: JSON.stringify(latest) });
+        const history = dashboard?.history ?? [];
+        sse.add(res, [
+          ...(history.length > 0 ? [{ event: 'history', data: JSON.stringify(history) }] : []),
+          ...(latest ? [{ event: 'frame', data: JSON.stringify(latest) }] : []),
+        ]);
       },
     };
     routes['/frame'] = {
@@ -113,6 +129,11 @@ export class DashboardServer {
   /** "http://127.0.0.1:7070/". */
   get url(): string {
     return `http://${formatHostPort(this.address)}/`;
+  }
+
+  /** The charts' points of the frames before the latest (at most HISTORY_POINTS), oldest first: what a page opened now has not seen. */
+  get history(): readonly ChartPoint[] {
+    return this.chartHistory;
   }
 
   get latest(): DashboardFrame | undefined {
@@ -150,6 +171,11 @@ export class DashboardServer {
       frame = { ...emptyFrame(++this.seq, time, source.description), error: (error as Error).message };
     }
     if (this.closed) return;
+    const previous = this.latestFrame;
+    if (previous && !previous.error) {
+      this.chartHistory.push({ time: previous.time, faultsPerSecond: previous.faults.perSecond, sourceReadsPerSecond: previous.sourceReads.perSecond });
+      if (this.chartHistory.length > HISTORY_POINTS) this.chartHistory.shift();
+    }
     this.latestFrame = frame;
     this.sse.send('frame', JSON.stringify(frame));
   }

@@ -43,8 +43,8 @@ export class SseBroadcaster {
     return { clients: this.clients.size, dropped: this.droppedCount };
   }
 
-  /** Take a request as an event stream (after `first`, if given, is sent to it alone). False when full (answered 503). */
-  add(res: ServerResponse, first?: { event: string; data: string }): boolean {
+  /** Take a request as an event stream (after `first`, if given, is sent to it alone, in order). False when full (answered 503). */
+  add(res: ServerResponse, first: ReadonlyArray<{ event: string; data: string }> = []): boolean {
     if (this.clients.size >= this.maxClients) {
       res.writeHead(503, { 'content-type': 'text/plain; charset=utf-8', 'retry-after': '5', connection: 'close' }).end(`at most ${this.maxClients} dashboards at once\n`);
       return false;
@@ -54,7 +54,7 @@ export class SseBroadcaster {
     res.write('retry: 1000\n\n');
     this.clients.add(res);
     res.on('close', () => this.clients.delete(res));
-    if (first) this.write(res, format(first.event, first.data));
+    for (const { event, data } of first) this.write(res, format(event, data));
     return true;
   }
 

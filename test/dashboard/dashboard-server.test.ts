@@ -89,6 +89,25 @@ describe('the dashboard server', { timeout: 60_000 }, () => {
     await frameWhere(dashboard, 'a good frame again', (f) => f.error === undefined && f.seq > broken.seq);
   });
 
+  test('a page opened later gets the charts\' recent past first (one history event, the frames before the latest), then the latest frame', async (t) => {
+    const registry = new MetricsRegistry({ components: ['page-server'], processMetrics: false });
+    const metrics = await startMetricsServer(registry, { host: '127.0.0.1', port: 0 });
+    t.after(() => metrics.close());
+    const dashboard = await DashboardServer.start({ source: metricsUrlSource(metrics.url), listen: { host: '127.0.0.1', port: 0 }, intervalMs: 20 });
+    t.after(() => dashboard.close());
+    await frameWhere(dashboard, 'six polls', (f) => f.seq >= 6);
+    const port = new URL(dashboard.url).port;
+    const stream = await getWith({ port: Number(port) }, '/events', { host: `127.0.0.1:${port}` }, 300);
+    const history = /event: history\ndata: (.*)\n/.exec(stream);
+    assert.ok(history, `a history event: ${stream.slice(0, 300)}`);
+    const points = JSON.parse(history[1]!) as Array<{ time: number; faultsPerSecond: number; sourceReadsPerSecond: number }>;
+    assert.ok(points.length >= 5, `${points.length} points`);
+    assert.ok(points.every((p, i) => i === 0 || p.time >= points[i - 1]!.time), 'oldest first');
+    assert.ok(stream.indexOf('event: history') < stream.indexOf('event: frame'), 'the history before the latest frame');
+    const frame = JSON.parse(/event: frame\ndata: (.*)\n/.exec(stream)![1]!) as DashboardFrame;
+    assert.ok(frame.time > points.at(-1)!.time, 'the latest frame is not in the history');
+  });
+
   test('a page reached by DNS rebinding is refused 421, a cross-origin stream 403; the page\'s own requests are answered', async (t) => {
     const metrics = await startMetricsServer(new MetricsRegistry({ components: ['page-server'], processMetrics: false }), { host: '127.0.0.1', port: 0 });
     t.after(() => metrics.close());

@@ -8,7 +8,7 @@ import { closeHttp, listenHttp } from '../../src/net/http-server.js';
 
 async function serve(sse: SseBroadcaster): Promise<{ server: Server; port: number }> {
   const server = createServer((req, res) => {
-    sse.add(res, { event: 'frame', data: '{"seq":0}' });
+    sse.add(res, [{ event: 'frame', data: '{"seq":0}' }]);
   });
   return { server, port: (await listenHttp(server, { host: '127.0.0.1', port: 0 })).port };
 }

@@ -293,6 +293,16 @@ events.addEventListener('error', () => {
   streamOpen = false;
   showConnection();
 });
+// The charts' recent past, sent once to a page opened after the dashboard started (before the latest frame).
+events.addEventListener('history', (event) => {
+  const points = JSON.parse((event as MessageEvent<string>).data) as Array<{ time: number; faultsPerSecond: number; sourceReadsPerSecond: number }>;
+  for (const series of rateData) series.length = 0;
+  for (const point of points.slice(-HISTORY)) {
+    rateData[0].push(point.time / 1000);
+    rateData[1].push(point.faultsPerSecond);
+    rateData[2].push(point.sourceReadsPerSecond);
+  }
+});
 events.addEventListener('frame', (event) => draw(JSON.parse((event as MessageEvent<string>).data) as DashboardFrame));
 window.addEventListener('resize', () => {
   rateChart?.setSize(chartSize('rate-chart'));
