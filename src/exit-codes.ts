@@ -66,6 +66,7 @@ const BY_CODE: Readonly<Record<string, ExitCode>> = {
   EIMAGENOTFOUND: ExitCode.NO_INPUT,
   ES3_NOT_FOUND: ExitCode.NO_INPUT,
   // host lacks something
+  ENODEPS: ExitCode.UNAVAILABLE,
   EKVMUNAVAILABLE: ExitCode.UNAVAILABLE,
   EKVMCAP: ExitCode.UNAVAILABLE,
   EFEATURE: ExitCode.UNAVAILABLE,
