@@ -35,9 +35,11 @@ export class BenchServe {
    * nodeArgs: flags for serve's node (say --cpu-prof --cpu-prof-dir DIR, to profile it).
    * distDir: the build to run (a directory holding src/cli/main.js; default this one).
    */
-  static async start(memoryFile: string, socketPath: string, options: { snapshot?: boolean; nodeArgs?: readonly string[]; distDir?: string } = {}): Promise<BenchServe> {
+  static async start(memoryFile: string, socketPath: string, options: { snapshot?: boolean; from?: boolean; nodeArgs?: readonly string[]; distDir?: string } = {}): Promise<BenchServe> {
     const cli = join(options.distDir ?? join(dirname(fileURLToPath(import.meta.url)), '..'), 'src', 'cli', 'main.js');
-    const args = [...(options.nodeArgs ?? []), cli, 'serve', '--socket', socketPath, options.snapshot ? '--snapshot' : '--memory-file', memoryFile, '--json'];
+    // from: memoryFile is a URL (tcp://HOST:PORT of a page server).
+    const memory = options.from ? ['--from', memoryFile] : [options.snapshot ? '--snapshot' : '--memory-file', memoryFile];
+    const args = [...(options.nodeArgs ?? []), cli, 'serve', '--socket', socketPath, ...memory, '--json'];
     const child = new BenchChild('userfault serve', process.execPath, args);
     try {
       await child.waitForLine(/"event":"listening"/, 30_000);

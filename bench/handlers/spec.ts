@@ -77,7 +77,8 @@ export type HandlerSpec =
   /** No handler: the kernel's own demand paging, or eager reading. */
   | { kind: 'none' };
 
-export type ServeMemory = 'raw' | 'snapshot';
+/** raw / snapshot: a file on this host; remote: `serve --from tcp://` the bench's page server (the snapshot, over loopback). */
+export type ServeMemory = 'raw' | 'snapshot' | 'remote';
 
 /**
  * cross-cpu: toucher on CPU 0, handler on CPU 1 (every fault wakes a thread on

@@ -10,7 +10,8 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { BenchOptions } from '../args.js';
-import type { HandlerSpec } from '../handlers/spec.js';
+import type { HandlerSpec, ServeMemory } from '../handlers/spec.js';
+import { BenchPageServer } from '../page-server.js';
 import { patternOrder, type PatternName } from '../patterns.js';
 import { runInterleaved, serveKey, type BenchContext, type RunResult, type ToucherSpec, type Variant } from '../runner.js';
 import { BenchServe } from '../serve-process.js';
@@ -60,6 +61,7 @@ function variants(rawPath: string, baseline: boolean): FirecrackerVariant[] {
     ...baselineRows,
     { key: 'serve-raw', handler: 'userfault serve', memory: 'raw memory file', spec: { kind: 'serve', source: 'raw' }, toucher: firecracker },
     { key: 'serve-snapshot', handler: 'userfault serve', memory: 'snapshot, CRC-checked', spec: { kind: 'serve', source: 'snapshot' }, toucher: firecracker },
+    { key: 'serve-remote', handler: 'userfault serve --from tcp://', memory: 'snapshot, from a page server (loopback)', spec: { kind: 'serve', source: 'remote' }, toucher: firecracker },
     // What the other sections measure: the Pager in a worker thread of the bench, the bench's own handover (no JSON, an answer awaited).
     { key: 'pager-raw', handler: 'pager in the bench (worker)', memory: 'raw (RawFileSource)', spec: { kind: 'pager', source: 'raw-file', prefetch }, toucher: { memory: 'uffd' } },
     { key: 'kernel', handler: 'kernel MAP_PRIVATE (File backend)', memory: 'raw memory file', spec: { kind: 'none' }, toucher: { memory: 'private', file: { path: rawPath, offset: 0 } } },
@@ -126,6 +128,8 @@ export const firecrackerSection: Section = async (ctx, options) => {
   const rnd = (key: string): number[] => perRound(results, `random/${key}`, totalMs);
   targets.push(checkTarget('firecracker: serve, CRC-checked snapshot, sequential stores, speed / kernel MAP_PRIVATE', pairedRatio(seq('kernel'), seq('serve-snapshot')), 'at-least', FIRECRACKER_TARGETS.snapshotVsKernel));
   targets.push(checkTarget('firecracker: serve, raw memory file, sequential stores, speed / kernel MAP_PRIVATE', pairedRatio(seq('kernel'), seq('serve-raw')), 'at-least', FIRECRACKER_TARGETS.rawVsKernel));
+  // The wire-speed issue's: the same restore through serve --from a page server against serve from the snapshot file.
+  targets.push(checkTarget('firecracker: serve --from tcp:// (a page server), sequential stores, speed / serve from the local snapshot file (floor 0.6x)', pairedRatio(seq('serve-snapshot'), seq('serve-remote')), 'at-least', 0.8));
   targets.push(checkTarget('firecracker: serve, raw memory file, random stores, speed / C handler (pread, same read-ahead)', pairedRatio(rnd('c-pread'), rnd('serve-raw')), 'at-least', FIRECRACKER_TARGETS.randomVsC));
 
   const table: Table = {
@@ -149,6 +153,7 @@ export const firecrackerSection: Section = async (ctx, options) => {
 /** Start serve on the raw file and on the snapshot for the section (and from the baseline build), and stop them after it (profiles are written on stop). */
 async function withServe<T>(ctx: BenchContext, rawPath: string, options: BenchOptions, body: () => Promise<T>): Promise<T> {
   const started: BenchServe[] = [];
+  let pageServer: BenchPageServer | undefined;
   const profileDir = options.serveProfileDir;
   const nodeArgs = (name: string): string[] => {
     if (!profileDir) return [];
@@ -157,11 +162,15 @@ async function withServe<T>(ctx: BenchContext, rawPath: string, options: BenchOp
   };
   try {
     ctx.serve = new Map();
+    // The remote variant's page server: `userfault pages serve` on the snapshot, a process of its own.
+    pageServer = await BenchPageServer.start(ctx.image.path);
     for (const baseline of options.serveBaseline === undefined ? [false] : [false, true]) {
-      for (const source of ['raw', 'snapshot'] as const) {
+      for (const source of (baseline ? ['raw', 'snapshot'] : ['raw', 'snapshot', 'remote']) as ServeMemory[]) {
         const key = serveKey(source, baseline);
-        const server = await BenchServe.start(source === 'raw' ? rawPath : ctx.image.path, join(ctx.workDir, `serve-${key}.sock`), {
+        const memory = source === 'raw' ? rawPath : source === 'remote' ? pageServer.url : ctx.image.path;
+        const server = await BenchServe.start(memory, join(ctx.workDir, `serve-${key}.sock`), {
           snapshot: source === 'snapshot',
+          from: source === 'remote',
           nodeArgs: nodeArgs(key),
           distDir: baseline ? options.serveBaseline : undefined,
         });
@@ -171,10 +180,13 @@ async function withServe<T>(ctx: BenchContext, rawPath: string, options: BenchOp
     }
     const result = await body();
     await Promise.all(started.splice(0).map((s) => s.stop()));
+    await pageServer.stop();
+    pageServer = undefined;
     if (profileDir) ctx.log(`firecracker: serve's CPU profiles are in ${profileDir}`);
     return result;
   } finally {
     for (const s of started) s.kill();
+    pageServer?.kill();
     ctx.serve = undefined;
   }
 }

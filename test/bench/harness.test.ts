@@ -166,7 +166,7 @@ type FirecrackerRun = {
  */
 function checkFirecrackerRuns(all: Record<string, FirecrackerRun[]>): void {
   for (const pattern of ['sequential', 'random']) {
-    for (const key of ['serve-raw', 'serve-snapshot']) {
+    for (const key of ['serve-raw', 'serve-snapshot', 'serve-remote']) {
       const run = all[`${pattern}/${key}`]![0]!;
       assert.equal(run.handler.kind, 'serve', `${pattern}/${key} was served by userfault serve`);
       assert.ok(run.handler.metrics!.faults > 0 && run.handler.metrics!.pagesCopied + run.handler.probePagesCopied! === run.toucher.touches, `${pattern}/${key}: serve copied every page the client stored to`);
@@ -218,7 +218,7 @@ describe('bench smoke run', { skip: smokeSkipReason() }, () => {
       checkRemoteRuns(json.sections['remote']!.runs as Record<string, RemoteRun[]>);
       assert.equal(outcome.targets.filter((t) => t.name.startsWith('s3:')).length, 5, 'the s3 section has its five targets');
       checkS3Runs(json.sections['s3']!.runs as Record<string, S3Run[]>);
-      assert.equal(outcome.targets.filter((t) => t.name.startsWith('firecracker:')).length, 3, 'the firecracker section has its three targets');
+      assert.equal(outcome.targets.filter((t) => t.name.startsWith('firecracker:')).length, 4, 'the firecracker section has its four targets');
       checkFirecrackerRuns(json.sections['firecracker']!.runs as Record<string, FirecrackerRun[]>);
       // The s3 section stopped its store (s3rver and its proxy) and the page server, the firecracker section its serve processes; the store's objects and the chunk caches were in the work directory, removed.
       assert.deepEqual(childCommands().filter((c) => /s3-store-main|pages serve| serve --socket/.test(c)), []);
