@@ -59,7 +59,7 @@ import { ClientConnection, type ConnectionLoss } from './client-connection.js';
 import { ImageChangedError, PeerUnavailableError } from './errors.js';
 import { ZeroMap } from './zero-map.js';
 import { firstPageMismatch } from './page-checksums.js';
-import { SourceReadError, abortedReadError, checkReadRange, readRequestRefusal, type PageSource, type ReadOptions, type ReadPriority } from '../sources/page-source.js';
+import { SourceReadError, readRequestRefusal, type PageSource, type ReadOptions, type ReadPriority } from '../sources/page-source.js';
 import { PageChecksumError, SourceDeadlineError } from '../sources/read-errors.js';
 import { SourceAvailability, type AvailabilityEvent, type AvailabilityStats, type Outage } from '../sources/network/availability.js';
 import { RequestTable, type NetworkRequest, type PendingRead } from '../sources/network/request-table.js';
@@ -450,20 +450,22 @@ export class RemoteSource implements PageSource {
   }
 
   read(offset: number, lengthBytes: number, target: Uint8Array, options: ReadOptions = {}): Promise<void> {
-    if (!this.availability.isOpen) return Promise.reject(this.availability.readError(offset, lengthBytes));
-    const { signal } = options;
-    const refusal = readRequestRefusal(this, offset, lengthBytes, target, signal);
+    const refusal = this.refusal(offset, lengthBytes, target, options.signal);
     if (refusal) return Promise.reject(refusal);
     if (lengthBytes === 0) return Promise.resolve();
     const operation = { offset, lengthBytes, target };
     return this.readParts(offset, lengthBytes, options, (fetch, data) => this.deliver(operation, fetch, data));
   }
 
-  /** A read of [offset, +lengthBytes) through the request table: `onPart` gets each READ's checked bytes as they come. */
+  /** Why a read must be refused before it starts (the source closed or gone, then readRequestRefusal's reasons), or undefined. */
+  private refusal(offset: number, lengthBytes: number, target: Uint8Array | undefined, signal: AbortSignal | undefined): Error | undefined {
+    if (!this.availability.isOpen) return this.availability.readError(offset, lengthBytes);
+    return readRequestRefusal(this, offset, lengthBytes, target, signal);
+  }
+
+  /** A read of [offset, +lengthBytes), refusal() passed, through the request table: `onPart` gets each READ's checked bytes as they come. */
   private readParts(offset: number, lengthBytes: number, options: ReadOptions, onPart: (fetch: WireRead, data: Uint8Array) => void): Promise<void> {
-    if (!this.availability.isOpen) return Promise.reject(this.availability.readError(offset, lengthBytes));
     const { signal } = options;
-    if (signal?.aborted) return Promise.reject(abortedReadError());
     const priority: ReadPriority = options.priority ?? 'demand';
     return this.table.read({
       offset,
@@ -489,11 +491,8 @@ export class RemoteSource implements PageSource {
    * like any reply; a longer or unaligned range is read into a buffer of its own.
    */
   readView(offset: number, lengthBytes: number, options: ReadOptions = {}): Promise<Uint8Array> {
-    try {
-      checkReadRange(this, offset, lengthBytes);
-    } catch (error) {
-      return Promise.reject(error);
-    }
+    const refusal = this.refusal(offset, lengthBytes, undefined, options.signal);
+    if (refusal) return Promise.reject(refusal);
     const page = this.info.pageSizeBytes;
     // One READ covers it (read() splits a range into READs of chunkBytes from its first page on).
     if (lengthBytes === 0 || offset % page !== 0 || lengthBytes % page !== 0 || lengthBytes > this.chunkBytes) {

@@ -158,9 +158,11 @@ export function checkReadRequest(source: PageSource, offset: number, lengthBytes
  * undefined: the check every network source makes first, as a value, so the
  * read rejects rather than throws.
  */
-export function readRequestRefusal(source: PageSource, offset: number, lengthBytes: number, target: Uint8Array, signal?: AbortSignal): Error | undefined {
+export function readRequestRefusal(source: PageSource, offset: number, lengthBytes: number, target: Uint8Array | undefined, signal?: AbortSignal): Error | undefined {
   try {
-    checkReadRequest(source, offset, lengthBytes, target);
+    // No target: a read whose bytes the source lends (readView), the range alone.
+    if (target) checkReadRequest(source, offset, lengthBytes, target);
+    else checkReadRange(source, offset, lengthBytes);
   } catch (error) {
     return error as Error;
   }
