@@ -11,6 +11,7 @@
 // 16 KiB per 4096 pages, not over the memory.
 import { createHash } from 'node:crypto';
 import { crc32c, crc32cPages } from '../checksum/crc32c.js';
+import { firstPageMismatch } from '../pages/page-checksums.js';
 
 export const DIGEST_BATCH_PAGES = 4096;
 
@@ -41,18 +42,11 @@ export class PageDigestTable {
     const pages = bytes.length / this.pageSizeBytes;
     if (checksums.length !== pages) return firstPage;
     // `computed`: the bytes' CRC32Cs, already taken (the frame's check did it, a 4 KiB block a page).
-    const actual = computed?.length === pages && this.pageSizeBytes === 4096 ? computed : crc32cPages(bytes, this.pageSizeBytes, this.scratch(pages));
-    for (let i = 0; i < pages; i++) if (actual[i] !== checksums[i]) return firstPage + i;
+    const bad = firstPageMismatch(bytes, this.pageSizeBytes, checksums, 'crc32c', computed);
+    if (bad) return firstPage + bad.index;
     this.crcs.set(checksums, firstPage);
     this.recorded.fill(1, firstPage, firstPage + pages);
     return -1;
-  }
-
-  private checkScratch = new Uint32Array(0);
-
-  private scratch(pages: number): Uint32Array {
-    if (this.checkScratch.length < pages) this.checkScratch = new Uint32Array(pages);
-    return this.checkScratch.subarray(0, pages);
   }
 
   /** A page sent (or installed) as all zero. */
