@@ -1,6 +1,8 @@
 // A bench child process: started, waited for a "listening" line if it serves,
 // its stdout lines collected, bounded in time, and never left behind.
 import { spawn, type ChildProcess } from 'node:child_process';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 
 export class BenchChild {
   private readonly lines: string[] = [];
@@ -93,4 +95,39 @@ export class BenchChild {
     const out = this.lines.slice(-5).join('\n');
     return new Error(`${this.name} ${what}\nstdout: ${out}\nstderr: ${this.stderr.slice(-2000)}`);
   }
+}
+
+/** The `userfault` command of a build (a directory holding src/cli/main.js; default this one). */
+export function userfaultCli(distDir?: string): string {
+  return join(distDir ?? join(dirname(fileURLToPath(import.meta.url)), '..'), 'src', 'cli', 'main.js');
+}
+
+/**
+ * A `userfault` service run with --json (`pages serve`, `serve`), once its
+ * log says "listening"; killed if it never does. `args` are node's: flags
+ * (say --cpu-prof), the CLI, then its arguments.
+ */
+export async function startJsonService(name: string, args: readonly string[]): Promise<BenchChild> {
+  const child = new BenchChild(name, process.execPath, [...args]);
+  try {
+    await child.waitForLine(/"event":"listening"/, 30_000);
+  } catch (error) {
+    child.kill();
+    throw error;
+  }
+  return child;
+}
+
+/** The JSON lines a child printed, parsed (every other line left out). */
+export function jsonEvents(child: BenchChild): Array<Record<string, unknown>> {
+  const events: Array<Record<string, unknown>> = [];
+  for (const line of child.output) {
+    if (!line.startsWith('{')) continue;
+    try {
+      events.push(JSON.parse(line) as Record<string, unknown>);
+    } catch {
+      // Not a log line.
+    }
+  }
+  return events;
 }

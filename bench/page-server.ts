@@ -3,10 +3,8 @@
 // pager's), on loopback. Started once for the section; every run connects
 // with its own session id, and the summary the server prints when it stops
 // says what each connection of each session did (reads, peak in flight).
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import type { PageServerSummary, ServedConnectionSummary } from '../src/pages/index.js';
-import { BenchChild } from './child.js';
+import { jsonEvents, startJsonService, userfaultCli, type BenchChild } from './child.js';
 
 export class BenchPageServer {
   private constructor(
@@ -22,19 +20,12 @@ export class BenchPageServer {
 
   /** nodeArgs: flags for the server's node (say --cpu-prof, which NODE_OPTIONS does not take). */
   static async start(snapshotPath: string, options: { maxInFlight?: number; nodeArgs?: readonly string[] } = {}): Promise<BenchPageServer> {
-    const cli = join(dirname(fileURLToPath(import.meta.url)), '..', 'src', 'cli', 'main.js');
-    const args = [...(options.nodeArgs ?? []), cli, 'pages', 'serve', '--snapshot', snapshotPath, '--listen', '127.0.0.1:0', '--json'];
+    const args = [...(options.nodeArgs ?? []), userfaultCli(), 'pages', 'serve', '--snapshot', snapshotPath, '--listen', '127.0.0.1:0', '--json'];
     if (options.maxInFlight !== undefined) args.push('--max-in-flight', String(options.maxInFlight));
-    const child = new BenchChild('pages serve', process.execPath, args);
-    try {
-      await child.waitForLine(/"event":"listening"/, 30_000);
-    } catch (error) {
-      child.kill();
-      throw error;
-    }
-    const events = child.output.map(parseEvent);
-    const listening = events.find((e) => e?.event === 'listening') as { address: string } | undefined;
-    const serving = events.find((e) => e?.event === 'serving') as { pid: number } | undefined;
+    const child = await startJsonService('pages serve', args);
+    const events = jsonEvents(child);
+    const listening = events.find((e) => e.event === 'listening') as { address: string } | undefined;
+    const serving = events.find((e) => e.event === 'serving') as { pid: number } | undefined;
     if (!listening) {
       child.kill();
       throw new Error('pages serve printed no listening address');
@@ -45,7 +36,7 @@ export class BenchPageServer {
   /** SIGTERM it, and return its summary: every connection it served. */
   async stop(): Promise<PageServerSummary | undefined> {
     await this.child.terminate();
-    const summary = this.child.output.map(parseEvent).find((e) => e?.event === 'summary');
+    const summary = jsonEvents(this.child).find((e) => e.event === 'summary');
     return summary as PageServerSummary | undefined;
   }
 
@@ -58,13 +49,4 @@ export class BenchPageServer {
 export function connectionsOf(summary: PageServerSummary | undefined, session: string | undefined): ServedConnectionSummary[] {
   if (!summary || !session) return [];
   return summary.clients.filter((c) => c.sessionId === session);
-}
-
-function parseEvent(line: string): Record<string, unknown> | undefined {
-  if (!line.startsWith('{')) return undefined;
-  try {
-    return JSON.parse(line) as Record<string, unknown>;
-  } catch {
-    return undefined;
-  }
 }

@@ -3,10 +3,8 @@
 // per memory file for the section (a long-lived service that many restores
 // connect to); every run is one client, and the `client-gone` line serve
 // prints when that client hangs up carries its pager's counters.
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import type { PagerMetricsSnapshot } from '../src/pager/index.js';
-import { BenchChild } from './child.js';
+import { jsonEvents, startJsonService, userfaultCli, type BenchChild } from './child.js';
 import type { ThreadCpu } from './handlers/spec.js';
 import { processRunNs, threadCpuOf, threadCpuSince } from './handlers/thread-cpu.js';
 
@@ -36,18 +34,11 @@ export class BenchServe {
    * distDir: the build to run (a directory holding src/cli/main.js; default this one).
    */
   static async start(memoryFile: string, socketPath: string, options: { snapshot?: boolean; from?: boolean; nodeArgs?: readonly string[]; distDir?: string } = {}): Promise<BenchServe> {
-    const cli = join(options.distDir ?? join(dirname(fileURLToPath(import.meta.url)), '..'), 'src', 'cli', 'main.js');
     // from: memoryFile is a URL (tcp://HOST:PORT of a page server).
     const memory = options.from ? ['--from', memoryFile] : [options.snapshot ? '--snapshot' : '--memory-file', memoryFile];
-    const args = [...(options.nodeArgs ?? []), cli, 'serve', '--socket', socketPath, ...memory, '--json'];
-    const child = new BenchChild('userfault serve', process.execPath, args);
-    try {
-      await child.waitForLine(/"event":"listening"/, 30_000);
-    } catch (error) {
-      child.kill();
-      throw error;
-    }
-    const listening = child.output.map(parseEvent).find((e) => e?.event === 'listening') as { pid?: number } | undefined;
+    const args = [...(options.nodeArgs ?? []), userfaultCli(options.distDir), 'serve', '--socket', socketPath, ...memory, '--json'];
+    const child = await startJsonService('userfault serve', args);
+    const listening = jsonEvents(child).find((e) => e.event === 'listening') as { pid?: number } | undefined;
     if (!listening?.pid) {
       child.kill();
       throw new Error('userfault serve printed no pid in its listening line');
@@ -69,7 +60,7 @@ export class BenchServe {
       await this.child.waitForLine(gone, timeoutMs);
       const cpu = threadCpuSince(cpuAtStart, threadCpuOf(this.pid, this.pid));
       const runNs = processRunNs(this.pid) - runAtStart;
-      const line = this.child.output.map(parseEvent).find((e) => e?.event === 'client-gone' && e.client === id) as
+      const line = jsonEvents(this.child).find((e) => e.event === 'client-gone' && e.client === id) as
         | { metrics?: PagerMetricsSnapshot; probePagesCopied: number; state: string; endReason?: string; endError?: string }
         | undefined;
       if (!line?.metrics) throw new Error(`serve client ${id} ended without serving (${line?.endReason ?? '?'}: ${line?.endError ?? 'no error'})`);
@@ -88,14 +79,5 @@ export class BenchServe {
 
   kill(): void {
     this.child.kill();
-  }
-}
-
-function parseEvent(line: string): Record<string, unknown> | undefined {
-  if (!line.startsWith('{')) return undefined;
-  try {
-    return JSON.parse(line) as Record<string, unknown>;
-  } catch {
-    return undefined;
   }
 }
