@@ -142,6 +142,51 @@ static void wake_page(uint64_t page) {
 
 static void fill_memfd(uint64_t page, uint64_t count);
 
+// One install ioctl for `count` pages from `page` (src: their bytes, for a
+// COPY): the bytes it did (it may stop part way), rc and errno as the ioctl left them.
+typedef int64_t (*install_fn)(uint64_t page, uint64_t count, const uint8_t *src, int *rc);
+
+static int64_t copy_pages(uint64_t page, uint64_t count, const uint8_t *src, int *rc) {
+  struct uffdio_copy copy = {.dst = base + page * PAGE, .src = (uint64_t)(uintptr_t)src, .len = count * PAGE, .mode = 0};
+  *rc = ioctl(uffd, UFFDIO_COPY, &copy);
+  return copy.copy;
+}
+
+static int64_t continue_pages(uint64_t page, uint64_t count, const uint8_t *src, int *rc) {
+  (void)src;
+  struct uffdio_continue cont = {.range = {.start = base + page * PAGE, .len = count * PAGE}, .mode = 0};
+  *rc = ioctl(uffd, UFFDIO_CONTINUE, &cont);
+  return cont.mapped;
+}
+
+// Install [page, page+count) with `install`, as the pager does: partial
+// progress goes on from where it stopped, a page already there (EEXIST) is
+// marked and its waiters woken, EAGAIN is tried again.
+static void install_run(uint64_t page, uint64_t count, const uint8_t *src, install_fn install, const char *what) {
+  uint64_t done = 0;
+  while (done < count) {
+    stats.copy_ioctls++;
+    int rc;
+    int64_t bytes = install(page + done, count - done, src ? src + done * PAGE : NULL, &rc);
+    if (bytes > 0) {
+      uint64_t pages = (uint64_t)bytes / PAGE;
+      for (uint64_t k = 0; k < pages; k++) filled[page + done + k] = 1;
+      stats.pages_copied += pages;
+      done += pages;
+      continue;
+    }
+    if (rc < 0 && errno == EEXIST) {
+      stats.eexist++;
+      filled[page + done] = 1;
+      wake_page(page + done);
+      done++;
+      continue;
+    }
+    if (rc < 0 && errno == EAGAIN) { stats.eagain++; continue; }
+    die(what);
+  }
+}
+
 // COPY pages [page, page+count) from the source.
 static void fill(uint64_t page, uint64_t count) {
   const uint8_t *src;
@@ -178,28 +223,7 @@ static void fill(uint64_t page, uint64_t count) {
     default:
       src = image + page * PAGE;
   }
-  uint64_t done = 0;
-  while (done < count) {
-    struct uffdio_copy copy = {.dst = base + (page + done) * PAGE, .src = (uint64_t)(uintptr_t)(src + done * PAGE), .len = (count - done) * PAGE, .mode = 0};
-    stats.copy_ioctls++;
-    int rc = ioctl(uffd, UFFDIO_COPY, &copy);
-    if (copy.copy > 0) {
-      uint64_t pages = (uint64_t)copy.copy / PAGE;
-      for (uint64_t k = 0; k < pages; k++) filled[page + done + k] = 1;
-      stats.pages_copied += pages;
-      done += pages;
-      continue;
-    }
-    if (rc < 0 && errno == EEXIST) {
-      stats.eexist++;
-      filled[page + done] = 1;
-      wake_page(page + done);
-      done++;
-      continue;
-    }
-    if (rc < 0 && errno == EAGAIN) { stats.eagain++; continue; }
-    die("UFFDIO_COPY");
-  }
+  install_run(page, count, src, copy_pages, "UFFDIO_COPY");
 }
 
 // memfd: put the pages in the memfd's page cache (one copy, from the file)
@@ -222,28 +246,7 @@ static void fill_memfd(uint64_t page, uint64_t count) {
     stats.pages_filled += run;
     k += run - 1;
   }
-  uint64_t done = 0;
-  while (done < count) {
-    struct uffdio_continue cont = {.range = {.start = base + (page + done) * PAGE, .len = (count - done) * PAGE}, .mode = 0};
-    stats.copy_ioctls++;
-    int rc = ioctl(uffd, UFFDIO_CONTINUE, &cont);
-    if (cont.mapped > 0) {
-      uint64_t pages = (uint64_t)cont.mapped / PAGE;
-      for (uint64_t k = 0; k < pages; k++) filled[page + done + k] = 1;
-      stats.pages_copied += pages;
-      done += pages;
-      continue;
-    }
-    if (rc < 0 && errno == EEXIST) {
-      stats.eexist++;
-      filled[page + done] = 1;
-      wake_page(page + done);
-      done++;
-      continue;
-    }
-    if (rc < 0 && errno == EAGAIN) { stats.eagain++; continue; }
-    die("UFFDIO_CONTINUE");
-  }
+  install_run(page, count, NULL, continue_pages, "UFFDIO_CONTINUE");
 }
 
 static void fill_memfd_all(void) {
