@@ -149,7 +149,7 @@ async function startHandler(ctx: BenchContext, spec: HandlerSpec, cpu: number): 
         cpu,
         wait: spec.kind === 'lean' ? spec.wait : 'event-loop',
         spinUs: spec.spinUs ?? 0,
-        aheadPages: spec.aheadPages ?? 0,
+        aheadPages: spec.kind === 'lean' ? spec.aheadPages ?? 0 : 0,
         recordWorkingSet: spec.kind === 'pager' && (spec.recordWorkingSet ?? false),
         replay: spec.kind === 'pager' ? spec.replay : undefined,
         stream: spec.kind === 'pager' ? spec.stream : undefined,

@@ -5,7 +5,7 @@
 import { openSync, closeSync } from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
 import { native } from '../../src/native.js';
-import { Pager, type PrefetchOptions, type ReadAhead } from '../../src/pager/index.js';
+import { Pager, type PrefetchOptions } from '../../src/pager/index.js';
 import type { PageSource } from '../../src/sources/page-source.js';
 import { BufferSource } from '../../src/sources/buffer-source.js';
 import { RawFileSource } from '../../src/sources/raw-file-source.js';
@@ -38,6 +38,7 @@ export interface PagerHostData {
   /** How the lean pager waits (the real Pager always waits in the event loop). */
   wait: LeanWait;
   spinUs: number;
+  /** The lean pager's async read-ahead (the real Pager's is PrefetchOptions.aheadWindows). */
   aheadPages: number;
   recordWorkingSet: boolean;
   replay?: Uint32Array;
@@ -112,34 +113,6 @@ function hangUp(conn: number): Promise<void> {
       resolve();
     });
   });
-}
-
-/**
- * Bench prototype of async read-ahead in the real Pager, without editing it:
- * when a fault's read-ahead window is at its maximum (a sequential stream),
- * queue the next `aheadPages` pages as background fetches (prefetchPages, the
- * working-set replay queue), so they are read and copied while the faulting
- * thread works through the window. It wraps the Pager's private ReadAhead on
- * this instance only; inside the Pager it would be a few lines in
- * startDemandFetch. The background fetches are queued from a microtask, after
- * serve() has queued the demand fetch, so the demand read goes first.
- */
-function addAsyncReadAhead(pager: Pager, aheadPages: number, pageCount: number): void {
-  const readAhead = (pager as unknown as { readAhead: ReadAhead }).readAhead;
-  const windowFor = readAhead.windowFor.bind(readAhead);
-  let queuedUntil = 0;
-  readAhead.windowFor = (pageIndex: number): number => {
-    const window = windowFor(pageIndex);
-    if (window === readAhead.maxPages) {
-      const from = Math.max(queuedUntil, pageIndex + window);
-      const until = Math.min(pageCount, pageIndex + window + aheadPages);
-      if (until > from) {
-        queuedUntil = until;
-        queueMicrotask(() => pager.prefetchPages(Array.from({ length: until - from }, (_, i) => from + i)));
-      }
-    }
-    return window;
-  };
 }
 
 /**
@@ -238,7 +211,6 @@ async function main(): Promise<void> {
   });
   const errors: string[] = [];
   pager.on('error', (error) => errors.push(error.message));
-  if (data.aheadPages > 0) addAsyncReadAhead(pager, data.aheadPages, toucher.lengthBytes / 4096);
   pager.start();
   if (data.replay) pager.prefetchPages(data.replay);
   const stream = data.stream ? startStream(pager, source!, data.stream) : undefined;

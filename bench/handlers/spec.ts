@@ -38,8 +38,6 @@ export type HandlerSpec =
       source: SourceKind;
       prefetch: PrefetchOptions | false;
       spinUs?: number;
-      /** Bench prototype of async read-ahead in the Pager (see pager-host.ts: addAsyncReadAhead). */
-      aheadPages?: number;
       recordWorkingSet?: boolean;
       replay?: Uint32Array;
       /** remote: demand and background reads on one connection (RemoteSource singleConnection). */

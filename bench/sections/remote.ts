@@ -16,8 +16,6 @@ import { fmt, fmtInt, fmtRatio, type Table } from '../table.js';
 import { RESTORE_PREFETCH, restoreVariants } from './restore.js';
 import { p50Us, p99Us, perRound, sourceReads, toJsonRuns, totalMs, type Section } from './section.js';
 
-/** Async read-ahead budget of the prototype variant (the restore section's). */
-const AHEAD_PAGES = 8 * 64;
 /** The bulk stream: a prefetch-all's reads (64 pages, the Pager's 32 background reads in flight). */
 const STREAM_READS: ReadsStreamSpec = { kind: 'reads', runPages: 64, inFlight: 32 };
 /** The same stream paced to a rate that leaves the CPUs room (10^6 bytes/s). */
@@ -42,13 +40,6 @@ function restoreDefs(): RestoreDef[] {
   return [
     reused('pager-snapshot'),
     { key: 'remote', handler: 'pager', source: 'page server: RemoteSource, loopback TCP', spec: { kind: 'pager', source: 'remote', prefetch } },
-    {
-      key: 'remote-ahead',
-      patterns: ['sequential'],
-      handler: 'pager',
-      source: `page server + bench: async read-ahead ${AHEAD_PAGES} pages`,
-      spec: { kind: 'pager', source: 'remote', prefetch, aheadPages: AHEAD_PAGES },
-    },
     { key: 'c-remote', handler: 'C client', source: 'page server: one READ at a time (page-client.h)', spec: { kind: 'c', source: 'remote', prefetch, spinUs: 0 } },
     reused('c-pread'),
   ];

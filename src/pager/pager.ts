@@ -471,17 +471,22 @@ export class Pager extends EventEmitter<PagerEvents> {
 
   /**
    * A stream at its full window (a thread sweeping memory in order): the
-   * window after this one goes in the background, behind the demand fetch.
-   * The thread stores to the pages just installed while the pager copies the
-   * next ones, and finds them in place instead of faulting: a sweep faults
-   * once every two windows, and each fault's round trip (the wake-ups of both
-   * threads) is paid half as often. Random faults never get here (their
-   * window is one page).
+   * next `aheadWindows` windows go in the background, behind the demand
+   * fetch. The thread works on the pages just installed while the source
+   * reads and the pager copies the next ones, and finds them in place instead
+   * of faulting: a sweep faults once per `aheadWindows + 1` windows, and each
+   * fault's round trip (the wake-ups of both threads, and a network source's
+   * request) is paid that much less often. Random faults never get here
+   * (their window is one page).
    */
   private readAheadOfStream(firstIndex: number, pageCount: number): void {
-    if (firstIndex >= this.states.pageCount) return;
-    const count = this.map.contiguousPagesFrom(firstIndex * PAGE_SIZE, pageCount);
-    if (count > 0 && this.states.get(firstIndex) === PageState.MISSING) this.scheduler.queueBackground(newFetch(firstIndex * PAGE_SIZE, count, false));
+    for (let window = 0; window < this.readAhead.aheadWindows && firstIndex < this.states.pageCount; window++) {
+      const count = this.map.contiguousPagesFrom(firstIndex * PAGE_SIZE, pageCount);
+      if (count === 0) return;
+      if (this.states.get(firstIndex) === PageState.MISSING) this.scheduler.queueBackground(newFetch(firstIndex * PAGE_SIZE, count, false));
+      firstIndex += count;
+      this.readAhead.readAheadTo(firstIndex);
+    }
   }
 
   /** Mark pages in flight for a fetch; all but a demand fetch's first are prefetched. */

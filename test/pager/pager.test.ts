@@ -141,8 +141,8 @@ describe('the pager', () => {
     }
   });
 
-  test('a sweep at full read-ahead speed finds the next window already in: it faults once every two windows', async () => {
-    const r = rig(new BufferSource(image), { prefetch: { initialPages: 1, maxPages: 4 } });
+  test('a sweep at full read-ahead speed finds the next window already in: one window ahead, it faults once every two windows', async () => {
+    const r = rig(new BufferSource(image), { prefetch: { initialPages: 1, maxPages: 4, aheadWindows: 1 } });
     try {
       for (let p = 0; p < PAGES; p++) assert.equal(await wordAt(a, r.mapping.address + p * PAGE_SIZE), p);
       const m = r.pager.snapshotMetrics();
@@ -150,6 +150,21 @@ describe('the pager', () => {
       // Windows of 1, 2 and 4 pages (faults at 0, 1, 3: the third reaches the largest window, and 7-10 go ahead),
       // then a fault every 8 pages (11, 19, ... 59): 4 pages faulted, 4 ahead.
       assert.equal(m.faultsByKind.missing, 10, `${m.faultsByKind.missing} faults on missing pages (18 without the window ahead)`);
+    } finally {
+      await r.dispose();
+    }
+  });
+
+  test('a sweep read several windows ahead faults once per that many windows, and its stream does not start over', async () => {
+    const r = rig(new BufferSource(image), { prefetch: { initialPages: 1, maxPages: 4, aheadWindows: 3 } });
+    try {
+      for (let p = 0; p < PAGES; p++) assert.equal(await wordAt(a, r.mapping.address + p * PAGE_SIZE), p);
+      const m = r.pager.snapshotMetrics();
+      assert.equal(m.pagesCopied, PAGES);
+      // Faults at 0, 1 and 3 (the largest window: 3-6 demanded, 7-18 ahead), then one every 16 pages (19, 35, 51).
+      // Had the stream forgotten the read-ahead, the fault at 19 would start a new one at 1 page and ramp up again.
+      assert.equal(m.faultsByKind.missing, 6, `${m.faultsByKind.missing} faults on missing pages (10 with one window ahead)`);
+      assert.equal(m.sourceReads, 6 + 4 * 3, 'one read per fault, and three windows ahead at each of the four faults at the largest window');
     } finally {
       await r.dispose();
     }
