@@ -420,11 +420,9 @@ export class DestinationMigration<Built extends IncomingMachine = IncomingMachin
         if (destinationRunsGuest(this.stateValue)) throw new IncomingMigrationError(`CANCEL while ${this.stateValue}: the guest runs here`);
         void this.fail(new IncomingMigrationError(`the source cancelled: ${message.text}`), 'cancel');
         return;
-      case 'checked-pages':
       case 'mig-push':
-      case 'error':
         if (!this.pageSource) throw new IncomingMigrationError(`${message.type} before switchover`);
-        this.pageSource.handle(message, requestId, from);
+        this.pageSource.pushed(message);
         return;
       default:
         throw new IncomingMigrationError(`the source sent ${message.type}, which a migration destination does not take`);

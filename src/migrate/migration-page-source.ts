@@ -3,10 +3,12 @@
 // read (a vCPU waits) is a READ on the urgent connection; a background read on
 // the main one; the source also pushes every page it has not sent, unasked,
 // on the main connection (PUSH, and MIG_ZERO runs for zero pages), which the
-// pager installs where still missing. Every reply is checked against its
-// request before a byte reaches the pager, and the bytes handed over are
-// recorded in the destination's digest table (what it installs is what it
-// hashes).
+// pager installs where still missing. A READ is a request of its connection
+// (transport/framed-connection.ts matches its reply by id and type, as for
+// every other request on a framed connection), and every reply is checked
+// against its request before a byte reaches the pager; the bytes handed over
+// are recorded in the destination's digest table (what it installs is what
+// it hashes).
 //
 // A lost connection is not a failed read: reads stay pending (the vCPUs block
 // on their pages, nothing is poisoned) until the connections come back or the
@@ -25,9 +27,12 @@ import type { PageDigestTable } from './page-digests.js';
 import type { MigrationConnection } from './transport/migration-connection.js';
 import { MigrationPageChecksumError, MigrationReplyError } from './errors.js';
 
-/** One post-copy READ (its key: its request id; reads of a range are not coalesced, the pager asks each page once). */
+/** One post-copy READ (reads of a range are not coalesced, the pager asks each page once). */
 interface PostCopyRead extends NetworkRequest<Uint8Array> {
-  readonly requestId: number;
+  /** Its request id on the connection it was last sent on (0 before it was sent). */
+  requestId: number;
+  /** Cancelled after it was sent: the source answers it anyway (every READ gets its reply), and the answer is dropped. */
+  cancelled: boolean;
   readonly offset: number;
   readonly lengthBytes: number;
   readonly priority: ReadPriority;
@@ -50,14 +55,13 @@ export class MigrationPageSource implements PageSource {
     // Never sent (its connection was lost first): nothing to tell the source.
     dequeue: () => undefined,
     cancel: (read) => {
-      this.cancelled.add(read.requestId);
+      read.cancelled = true;
       if (!read.connection.isEnded) read.connection.send({ type: 'cancel', readRequestId: read.requestId }).catch(() => {});
       return true;
     },
   });
-  /** Reads cancelled after they were sent: the source answers them anyway (every READ gets its reply), and the answer is dropped. */
-  private readonly cancelled = new Set<number>();
-  private nextRequestId = 1;
+  /** The table's key of the next read (its request id is the connection's to give). */
+  private nextReadKey = 1;
   private readonly listeners = new Set<(pages: PushedPages) => void>();
   private readonly zeroBuffer: Uint8Array;
   private urgent: MigrationConnection | undefined;
@@ -90,29 +94,32 @@ export class MigrationPageSource implements PageSource {
   }
 
   /**
-   * A message on one of the connections for the pager: a reply to a READ
-   * (CHECKED_PAGES, or ERROR), or pushed pages (PUSH). Every page is checked
-   * against the CRC32C the source computed for it before a byte reaches the
-   * pager: a page altered on the way ends the connection (a cut: the source
+   * Pages the source pushed, unasked (PUSH). Every page is checked against
+   * the CRC32C the source computed for it before a byte reaches the pager: a
+   * page altered on the way ends the connection (a cut: the source
    * reconnects and sends it again), and is never installed.
    */
-  handle(message: CheckedPagesMessage | ErrorMessage | Extract<MigrationMessage, { type: 'mig-push' }>, requestId: number, from: MigrationConnection): void {
-    if (message.type === 'mig-push') {
-      this.deliverPush(message.firstPage * this.pageSizeBytes, message.data, message.checksums);
+  pushed(message: Extract<MigrationMessage, { type: 'mig-push' }>): void {
+    this.deliverPush(message.firstPage * this.pageSizeBytes, message.data, message.checksums);
+  }
+
+  /**
+   * The reply to a READ, matched to it by the connection. Checked like a
+   * push; what this throws ends that connection (the framed connection's
+   * boundary), the read staying pending to be sent again on the next one.
+   */
+  private answered(read: PostCopyRead, reply: CheckedPagesMessage | ErrorMessage, from: MigrationConnection): void {
+    // A reply on a connection a reconnect replaced, or to a read cancelled or already re-sent: nobody waits on it here.
+    if (read.cancelled || read.connection !== from || read.state !== 'sent' || this.table.get(read.key) !== read) return;
+    if (reply.type === 'error') {
+      this.table.fail(read, (waiting) => new SourceReadError(waiting.offset, waiting.lengthBytes, `the migration source refused the read: ${reply.code}: ${reply.text}`, { failure: 'fatal' }));
       return;
     }
-    if (this.cancelled.delete(requestId)) return;
-    const read = this.table.get(String(requestId));
-    if (!read || read.state !== 'sent' || read.connection !== from) throw new MigrationReplyError(`a ${message.type} for request ${requestId}, which was not asked on this connection`);
-    if (message.type === 'error') {
-      this.table.fail(read, (waiting) => new SourceReadError(waiting.offset, waiting.lengthBytes, `the migration source refused the read: ${message.code}: ${message.text}`, { failure: 'fatal' }));
-      return;
+    if (reply.offset !== read.offset || reply.data.length !== read.lengthBytes) {
+      throw new MigrationReplyError(`PAGES for request ${read.requestId} carries ${reply.data.length} bytes at ${reply.offset}; ${read.lengthBytes} at ${read.offset} were asked`);
     }
-    if (message.offset !== read.offset || message.data.length !== read.lengthBytes) {
-      throw new MigrationReplyError(`PAGES for request ${requestId} carries ${message.data.length} bytes at ${message.offset}; ${read.lengthBytes} at ${read.offset} were asked`);
-    }
-    this.check(read.offset, message.data, message.checksums);
-    this.table.deliver(read, message.data);
+    this.check(read.offset, reply.data, reply.checksums);
+    this.table.deliver(read, reply.data);
   }
 
   /** Zero pages the source pushes as a marker (MIG_ZERO during post-copy). */
@@ -134,9 +141,8 @@ export class MigrationPageSource implements PageSource {
     if (refusal) return Promise.reject(refusal);
     const priority = options.priority ?? 'demand';
     return this.table.read({ offset, lengthBytes, priority, signal: options.signal, onPart: (_read, data) => target.set(data) }, (pending) => {
-      const requestId = this.nextRequestId++;
       const connection = (priority === 'demand' ? this.urgent : this.main)!;
-      const read: PostCopyRead = { key: String(requestId), state: 'queued', waiters: new Set(), requestId, offset, lengthBytes, priority, connection };
+      const read: PostCopyRead = { key: String(this.nextReadKey++), state: 'queued', waiters: new Set(), requestId: 0, cancelled: false, offset, lengthBytes, priority, connection };
       this.table.add(read);
       this.table.join(pending, read);
       if (priority === 'demand') this.stats.demandReads++;
@@ -191,7 +197,11 @@ export class MigrationPageSource implements PageSource {
     // A send on a lost connection is retried by attach() on the next one.
     if (read.connection.isEnded) return;
     this.table.move(read, 'sent');
-    read.connection.send({ type: 'read', offset: read.offset, lengthBytes: read.lengthBytes, priority: read.priority }, read.requestId).catch(() => {});
+    const connection = read.connection;
+    read.requestId = connection.request(
+      { type: 'read', offset: read.offset, lengthBytes: read.lengthBytes, priority: read.priority },
+      { expect: ['checked-pages'], onReply: (reply) => this.answered(read, reply as CheckedPagesMessage | ErrorMessage, connection) },
+    );
   }
 
   private deliverPush(offset: number, data: Uint8Array, checksums: Uint32Array): void {

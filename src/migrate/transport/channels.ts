@@ -76,6 +76,8 @@ export function parseMigrationAddress(text: string): { host: string; port: numbe
 
 /** What answers a request of the source (matched by its id): ACCEPT, READY, RUNNING, RESUMED, a PONG, or an ERROR refusing one. */
 const SOURCE_REPLIES: ReadonlySet<AnyMessage['type']> = new Set(['mig-accept', 'mig-ready', 'mig-running', 'mig-resumed', 'pong']);
+/** What answers the destination's requests: COMPLETE's VERIFIED, a post-copy READ's pages, a PING's PONG. */
+const DESTINATION_REPLIES: ReadonlySet<AnyMessage['type']> = new Set(['mig-verified', 'checked-pages', 'pong']);
 
 /**
  * The source side: connect one channel to the destination and exchange
@@ -216,8 +218,11 @@ export class MigrationListener {
 
   private static admit(socket: Socket, onChannel: (accepted: AcceptedChannel) => void, decide: (channel: SourceChannel, sessionId: Uint8Array) => string | undefined, helloTimeoutMs: number, refused: (peer: string, reason: string) => void): void {
     const peer = `${socket.remoteAddress}:${socket.remotePort}`;
-    // The destination's one request is COMPLETE: its VERIFIED is matched by id (and a PONG to a liveness PING).
-    const framed = new MigrationConnection(socket, `migration connection from ${peer}`, { isReply: (message) => message.type === 'mig-verified' || message.type === 'pong' });
+    // The destination's requests: COMPLETE (its VERIFIED), post-copy READs (their CHECKED_PAGES, or an ERROR on
+    // the READ's id) and liveness PINGs, each reply matched by id.
+    const framed: MigrationConnection = new MigrationConnection(socket, `migration connection from ${peer}`, {
+      isReply: (message, requestId) => DESTINATION_REPLIES.has(message.type) || (message.type === 'error' && requestId !== 0 && framed.isPending(requestId)),
+    });
     const timer = setTimeout(() => {
       refused(peer, `no HELLO within ${helloTimeoutMs} ms`);
       framed.destroy(new MigrationPeerError(peer, `no HELLO within ${helloTimeoutMs} ms`));
