@@ -15,8 +15,13 @@ const CLASS_BYTES = 64 * 1024;
 
 export class PayloadPool {
   private readonly free = new Map<number, ArrayBuffer[]>();
-  /** Holders of each lent buffer (the frame being read counts as one). */
-  private readonly holders = new Map<ArrayBuffer, number>();
+  /**
+   * Holders of each lent buffer (the frame being read counts as one). Weak:
+   * a buffer whose holder never released it is the collector's, not kept
+   * here for ever.
+   */
+  private readonly holders = new WeakMap<ArrayBuffer, number>();
+  private lent = 0;
   private freeBytes = 0;
   /** Buffers taken from the free list, and allocated afresh (for the bench and tests). */
   reused = 0;
@@ -40,6 +45,7 @@ export class PayloadPool {
       this.allocated++;
     }
     this.holders.set(buffer, 1);
+    this.lent++;
     return new Uint8Array(buffer, 0, length);
   }
 
@@ -59,6 +65,7 @@ export class PayloadPool {
       return;
     }
     this.holders.delete(buffer);
+    this.lent--;
     if (this.freeBytes + buffer.byteLength > this.maxFreeBytes) return;
     let list = this.free.get(buffer.byteLength);
     if (!list) this.free.set(buffer.byteLength, (list = []));
@@ -66,9 +73,9 @@ export class PayloadPool {
     this.freeBytes += buffer.byteLength;
   }
 
-  /** Buffers lent and not yet released by every holder. */
+  /** Buffers lent and not yet released by every holder (one a holder dropped unreleased counts for ever). */
   get lentCount(): number {
-    return this.holders.size;
+    return this.lent;
   }
 }
 

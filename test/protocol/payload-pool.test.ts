@@ -2,6 +2,8 @@
 // a view a page source lent out is never overwritten by a later frame.
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { PayloadPool } from '../../src/protocol/index.js';
 
 describe('the payload pool', () => {
@@ -47,5 +49,20 @@ describe('the payload pool', () => {
     assert.equal(pool.take(64 * 1024).buffer, held[1]!.buffer);
     assert.equal(pool.take(64 * 1024).buffer, held[0]!.buffer);
     assert.ok(!held.slice(0, 2).some((p) => p.buffer === pool.take(64 * 1024).buffer), 'the third was not kept');
+  });
+
+  test('a buffer whose holder never releases it is not kept alive by the pool', async () => {
+    setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc') as () => void;
+    const pool = new PayloadPool();
+    let lost: Uint8Array | undefined = pool.take(256 * 1024);
+    const ref = new WeakRef(lost.buffer);
+    lost = undefined;
+    for (let i = 0; i < 10 && ref.deref() !== undefined; i++) {
+      await new Promise((resolve) => setImmediate(resolve));
+      gc();
+    }
+    assert.equal(ref.deref(), undefined, 'collected: the pool holds no strong reference to a lent buffer');
+    assert.equal(pool.lentCount, 1, 'still counted as lent (it was never given back)');
   });
 });
