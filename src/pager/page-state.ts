@@ -67,11 +67,22 @@ export class PageStateTable {
   private readonly needed: Uint8Array | undefined;
   private pendingNeededCount: number;
 
-  constructor(readonly pageCount: number, from?: { states: Uint8Array; needed?: Uint8Array }, needed?: Uint8Array) {
-    this.states = from ? Uint8Array.from(from.states) : new Uint8Array(pageCount);
+  /**
+   * `from.counted`: the caller built `states` holding only MISSING and
+   * PRESENT pages, `present` of the latter, and `pendingNeeded` needed pages
+   * missing (startingPageStates, in a migration's downtime): not counted again.
+   */
+  constructor(readonly pageCount: number, from?: { states: Uint8Array; needed?: Uint8Array; counted?: { present: number; pendingNeeded: number } }, needed?: Uint8Array) {
+    this.states = from ? new Uint8Array(from.states) : new Uint8Array(pageCount);
     this.needed = needed ?? from?.needed;
     this.pendingNeededCount = 0;
     const { states, counts } = this;
+    if (from?.counted && !needed) {
+      counts[PageState.PRESENT] = from.counted.present;
+      counts[PageState.MISSING] = pageCount - from.counted.present;
+      this.pendingNeededCount = this.needed ? from.counted.pendingNeeded : 0;
+      return;
+    }
     if (!from) {
       // All missing (0): nothing to look at but the mask (a fresh table on a large image, at every restore).
       counts[PageState.MISSING] = pageCount;

@@ -15,6 +15,7 @@
 import type { LatencySummary } from '../stats/latency-histogram.js';
 import type { PageSource } from '../sources/page-source.js';
 import type { GuestMemory } from './memory/guest-memory.js';
+import type { PageBits } from '../pager/index.js';
 
 /** The running machine, on the source. */
 export interface MigrationSourceMachine {
@@ -52,7 +53,7 @@ export type MigrationEnd =
 export interface IncomingLazyMemory {
   source: PageSource;
   /** Pages already in guest RAM (pre-copy put them there): never faulted for. */
-  presentPages: { get(page: number): boolean };
+  presentPages: PageBits;
 }
 
 /** The machine the destination builds: RAM first (pre-copy writes it in place), then its state, then it runs. */

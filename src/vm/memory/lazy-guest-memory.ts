@@ -13,7 +13,7 @@
 // unregister the ranges, close the uffd and the source, and only then may the
 // VMM unmap the memory.
 import { PAGE_SIZE } from '../../native.js';
-import { PageState, PageStateTable, PagerHost, neededPages, type PagerGauges, type PagerMetrics, type PagerMetricsSnapshot, type PageCounts, type PageStateMap, type PrefetchOptions } from '../../pager/index.js';
+import { PageState, PagerHost, startingPageStates, type PageBits, type PagerGauges, type PagerMetrics, type PagerMetricsSnapshot, type PageCounts, type PageStateMap, type PrefetchOptions } from '../../pager/index.js';
 import type { PageSource } from '../../sources/page-source.js';
 import { Userfaultfd } from '../../uffd/index.js';
 import { VmError } from '../errors.js';
@@ -55,7 +55,7 @@ export interface LazyRestoreOptions {
    * Pages already in guest RAM (a live migration's pre-copy put them there):
    * they are present for the pager, never fetched. Default: none.
    */
-  presentPages?: { get(page: number): boolean };
+  presentPages?: PageBits;
 }
 
 export interface LazyMemoryReport {
@@ -81,15 +81,6 @@ export interface LazyMemoryReport {
    * pages no longer matter; they are counted here, not reported.
    */
   droppedAfterRelease: number;
-}
-
-/** Page states for a restore some of whose pages are in guest RAM already: those present, the rest missing and needed unless known zero. */
-function startingStates(memory: GuestMemory, source: PageSource, present: { get(page: number): boolean }): PageStateTable {
-  const pages = memory.lengthBytes / PAGE_SIZE;
-  const states = new Uint8Array(pages);
-  for (let page = 0; page < pages; page++) if (present.get(page)) states[page] = PageState.PRESENT;
-  const needed = neededPages(source, pages, [{ firstPage: 0, pageCount: pages }], (page) => states[page] === PageState.PRESENT);
-  return new PageStateTable(pages, { states, needed });
 }
 
 export class LazyGuestMemory {
@@ -151,7 +142,7 @@ export class LazyGuestMemory {
           uffd,
           source,
           regions: memory.regions.map((r) => ({ address: r.hostAddress, lengthBytes: r.lengthBytes, sourceOffset: r.imageOffset })),
-          initialStates: options.presentPages ? startingStates(memory, source, options.presentPages) : undefined,
+          initialStates: options.presentPages ? startingPageStates(source, memory.lengthBytes / PAGE_SIZE, options.presentPages.bytes) : undefined,
           prefetch: options.prefetch,
           maxInFlight: options.maxInFlight,
           maxBackgroundInFlight: STREAM_BACKGROUND_READS,

@@ -15,6 +15,7 @@ import { LazyGuestMemory, type LazyRestoreOptions } from '../memory/lazy-guest-m
 import { ms2, type Vmm } from '../vmm.js';
 import type { VmRestoreSource } from './restore-source.js';
 import type { VmSavedState } from './vm-state.js';
+import type { PageBits } from '../../pager/index.js';
 
 export interface RestoreOptions {
   console?: (bytes: Uint8Array) => void;
@@ -54,7 +55,7 @@ export interface VmImage {
   /** The pages not yet in guest RAM; absent: guest RAM holds them all already (a migration's pre-copy or stop-and-copy wrote it). */
   readonly memory?: PageSource;
   /** Pages in guest RAM already (a migration's pre-copy wrote them): a lazy restore's pager never fetches them. Default: none. */
-  readonly presentPages?: { get(page: number): boolean };
+  readonly presentPages?: PageBits;
   /** Check every stored page before the guest runs (VmRestoreSource.verifyAll); lazy with verifyFirst only. */
   verifyAll?(): Promise<void>;
   /** The error to report for a failed read of guest memory (VmRestoreSource.explain). */
