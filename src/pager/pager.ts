@@ -108,6 +108,15 @@ const AHEAD_RUN_WINDOWS = 4;
 /** Delays before retrying a read that failed transiently (ms), by attempt. */
 const READ_RETRY_DELAYS_MS = [1, 10, 100];
 
+/**
+ * Longest run of reads started back to back (ms) before the thread goes back
+ * to its event loop. A source that answers synchronously (memory, the page
+ * cache) installs each read as it starts, so a prefetch-all would otherwise
+ * fill the whole image in one go without reading the uffd: every fault, and
+ * every discard (madvise waits until its REMOVE event is read), waited for it.
+ */
+const PUMP_SLICE_MS = 2;
+
 export class Pager extends EventEmitter<PagerEvents> {
   readonly uffd: Userfaultfd;
   readonly source: PageSource;
@@ -129,6 +138,7 @@ export class Pager extends EventEmitter<PagerEvents> {
   private readonly children: Pager[] = [];
   private readonly retryTimers = new Set<NodeJS.Timeout>();
   private stopPush: (() => void) | undefined;
+  private pumpLater: NodeJS.Immediate | undefined;
   private completeEmitted = false;
   private statusValue: PagerStatus = 'idle';
 
@@ -514,12 +524,22 @@ export class Pager extends EventEmitter<PagerEvents> {
 
   // ---- fetching ------------------------------------------------------------
 
-  /** Start reads up to the scheduler's limits. */
+  /** Start reads up to the scheduler's limits, for one slice; the rest after the uffd was read again. */
   private pump(): void {
+    const sliceEnd = performance.now() + PUMP_SLICE_MS;
     while (this.statusValue === 'running') {
       const fetch = this.scheduler.next((queued) => this.prepare(queued));
       if (!fetch) return;
       this.startRead(fetch);
+      if (performance.now() > sliceEnd) {
+        // After the poll phase: faults and events queued meanwhile are served first.
+        this.pumpLater ??= setImmediate(() => {
+          this.pumpLater = undefined;
+          this.pump();
+          this.checkComplete();
+        });
+        return;
+      }
     }
   }
 
@@ -804,6 +824,8 @@ export class Pager extends EventEmitter<PagerEvents> {
   /** Stop the machinery (watch, timers, queues, push listener); reads in flight settle on their own (stop() aborts them). */
   private halt(): void {
     this.uffd.unwatch();
+    clearImmediate(this.pumpLater);
+    this.pumpLater = undefined;
     this.installer.stop();
     for (const timer of this.retryTimers) clearTimeout(timer);
     this.retryTimers.clear();
