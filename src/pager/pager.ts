@@ -437,6 +437,7 @@ export class Pager extends EventEmitter<PagerEvents> {
         this.metrics.fault('in-flight');
         if (this.prefetched.has(index)) this.metrics.prefetchHits++;
         this.scheduler.promote(index);
+        this.keepStreamAhead(index);
         return;
       case PageState.DISCARDED:
         this.metrics.fault('discarded');
@@ -502,9 +503,30 @@ export class Pager extends EventEmitter<PagerEvents> {
    * buffers, so their runs stay one window.
    */
   private readAheadOfStream(firstIndex: number, pageCount: number): void {
+    this.readAheadRange(firstIndex, firstIndex + this.readAhead.aheadWindows * pageCount, pageCount);
+  }
+
+  /**
+   * A thread sweeping in order caught up with its stream's read-ahead (it
+   * faulted on a page still coming): the read-ahead is extended to
+   * `aheadWindows` windows past the window it is in, in whole windows, so a
+   * stream whose source is slower than the thread stays that far ahead
+   * instead of draining and starting again at its next missing page.
+   */
+  private keepStreamAhead(index: number): void {
+    const from = this.readAhead.caughtUp(index);
+    if (from < 0) return;
+    const window = this.readAhead.maxPages;
+    const wanted = index + (this.readAhead.aheadWindows + 1) * window;
+    const windows = Math.floor((wanted - from) / window);
+    if (windows > 0) this.readAheadRange(from, from + windows * window, window);
+  }
+
+  /** Queue [firstIndex, end) in the background as a stream's read-ahead: runs of windows of `pageCount` pages. */
+  private readAheadRange(firstIndex: number, end: number, pageCount: number): void {
     const lends = this.source.readView !== undefined || this.source.mappedPages !== undefined;
     const runPages = lends ? pageCount * AHEAD_RUN_WINDOWS : pageCount;
-    const end = Math.min(this.states.pageCount, firstIndex + this.readAhead.aheadWindows * pageCount);
+    end = Math.min(this.states.pageCount, end);
     while (firstIndex < end) {
       const count = this.map.contiguousPagesFrom(firstIndex * PAGE_SIZE, Math.min(runPages, end - firstIndex));
       if (count === 0) return;

@@ -90,6 +90,26 @@ export class ReadAhead {
     return stream.windowPages;
   }
 
+  /**
+   * A fault on `pageIndex`, a page already in flight: when it lies in the
+   * read-ahead of a stream at its largest window (the thread caught up with
+   * the pages still coming), that stream becomes the current one and the page
+   * its read-ahead ends at is returned, to be extended from; otherwise -1.
+   */
+  caughtUp(pageIndex: number): number {
+    if (this.maxPages <= 1 || this.aheadWindows === 0) return -1;
+    const zone = (this.aheadWindows + 1) * this.maxPages;
+    for (let i = 0; i < this.streams.length; i++) {
+      const s = this.streams[i]!;
+      if (s.windowPages === this.maxPages && pageIndex < s.nextPage && pageIndex >= s.nextPage - zone) {
+        s.lastUse = ++this.clock;
+        this.current = s;
+        return s.nextPage;
+      }
+    }
+    return -1;
+  }
+
   /** The stream of the last windowFor() is read ahead up to `endPage` (exclusive): its next fault is expected there. */
   readAheadTo(endPage: number): void {
     if (this.current && endPage > this.current.nextPage) this.current.nextPage = endPage;

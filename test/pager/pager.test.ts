@@ -170,6 +170,30 @@ describe('the pager', () => {
     }
   });
 
+  test('a thread that catches up with a stream from a slow source keeps it ahead: past the ramp-up it never faults on a missing page', async () => {
+    // Reads are answered one after another, 2 ms each (a link's bandwidth, not only its latency): the thread
+    // always overtakes the read-ahead and faults on pages still in flight.
+    const buffer = new BufferSource(image);
+    let previous = Promise.resolve();
+    const slow: PageSource = {
+      description: 'slow', sizeBytes: SIZE,
+      read: (offset, lengthBytes, target) => (previous = previous.then(() => sleep(2)).then(() => buffer.read(offset, lengthBytes, target))),
+    };
+    const r = rig(slow, { prefetch: { initialPages: 1, maxPages: 2, aheadWindows: 2 } });
+    try {
+      const words = await a.run<number[]>({ op: 'read-words', address: r.mapping.address, count: SIZE / 4 });
+      for (let p = 0; p < PAGES; p++) assert.equal(words[p * (PAGE_SIZE / 4)], p);
+      const m = r.pager.snapshotMetrics();
+      assert.equal(m.pagesCopied, PAGES);
+      // Faults at 0 (a window of 1) and 1 (2: the largest, read 2 windows ahead); from then on each fault is on a
+      // page in flight, and extends the read-ahead. Without that the stream drains and starts again every 6 pages.
+      assert.equal(m.faultsByKind.missing, 2, `${m.faultsByKind.missing} faults on missing pages`);
+      assert.ok(m.faultsByKind['in-flight'] > 0);
+    } finally {
+      await r.dispose();
+    }
+  });
+
   test('a page the application discarded is refilled with zeroes, not from the source', async () => {
     const r = rig(new BufferSource(image), { prefetch: false });
     try {
