@@ -11,20 +11,13 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { lastLine, runFixture } from '../helpers/run-probe.js';
+import type { Tally } from '../fixtures/discard-race-probe.js';
 
 const ITERATIONS = Number(process.env.DISCARD_RACE_ITERATIONS ?? 5000);
 /** Seconds, not minutes: each run takes about 2-4 s here; the bound only catches a hang. */
 const BOUND_MS = 60_000 + ITERATIONS * 10;
 
-interface RaceResult {
-  iterations: number;
-  hits: number;
-  stale: number;
-  wrong: number;
-  extraReads: number;
-  eagain: number;
-  errors: string[];
-  failures: string[];
+interface RaceResult extends Tally {
   ms: number;
 }
 
