@@ -18,7 +18,8 @@
     }                                                                          \
   } while (0)
 
-static UNUSED_OK napi_value throw_errno(napi_env env, const char *syscall_name, int err) {
+/* The error a failed syscall throws (or rejects with): code ESYSCALL, with its errno and name. */
+static UNUSED_OK napi_value errno_error(napi_env env, const char *syscall_name, int err) {
   napi_value error, message, code, errno_value, syscall_value;
   char text[160];
   snprintf(text, sizeof text, "%s failed: %s", syscall_name, strerror(err));
@@ -29,7 +30,11 @@ static UNUSED_OK napi_value throw_errno(napi_env env, const char *syscall_name, 
   napi_create_string_utf8(env, syscall_name, NAPI_AUTO_LENGTH, &syscall_value);
   napi_set_named_property(env, error, "errno", errno_value);
   napi_set_named_property(env, error, "syscall", syscall_value);
-  napi_throw(env, error);
+  return error;
+}
+
+static UNUSED_OK napi_value throw_errno(napi_env env, const char *syscall_name, int err) {
+  napi_throw(env, errno_error(env, syscall_name, err));
   return NULL;
 }
 

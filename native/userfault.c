@@ -382,6 +382,68 @@ static napi_value Madvise(napi_env env, napi_callback_info info) {
   return undefined(env);
 }
 
+/*
+ * madviseAsync(address, length, advice) -> Promise: madvise on libuv's thread
+ * pool. With UFFD_FEATURE_EVENT_REMOVE, MADV_DONTNEED/MADV_REMOVE on a
+ * registered range waits in the kernel until its REMOVE event is read from
+ * the uffd: a thread that also reads that uffd (a VMM's main thread) must
+ * not be the one waiting.
+ */
+typedef struct {
+  napi_async_work work;
+  napi_deferred deferred;
+  uint64_t addr, len;
+  int advice;
+  int err;
+} madvise_job_t;
+
+static void madvise_execute(napi_env env, void *data) {
+  (void)env;
+  madvise_job_t *job = data;
+  job->err = madvise((void *)(uintptr_t)job->addr, job->len, job->advice) < 0 ? errno : 0;
+}
+
+static void madvise_complete(napi_env env, napi_status status, void *data) {
+  madvise_job_t *job = data;
+  if (status == napi_ok && job->err == 0) {
+    napi_value result;
+    napi_get_undefined(env, &result);
+    napi_resolve_deferred(env, job->deferred, result);
+  } else {
+    napi_reject_deferred(env, job->deferred, errno_error(env, "madvise", status == napi_ok ? job->err : ECANCELED));
+  }
+  napi_delete_async_work(env, job->work);
+  free(job);
+}
+
+static napi_value MadviseAsync(napi_env env, napi_callback_info info) {
+  napi_value argv[3], promise, name;
+  uint64_t addr, len;
+  int64_t advice;
+  if (!get_args(env, info, 3, argv) || !arg_u64(env, argv[0], &addr) ||
+      !arg_u64(env, argv[1], &len) || !arg_i64(env, argv[2], &advice))
+    return NULL;
+  madvise_job_t *job = calloc(1, sizeof *job);
+  if (!job) return throw_errno(env, "madvise", ENOMEM);
+  job->addr = addr;
+  job->len = len;
+  job->advice = (int)advice;
+  if (napi_create_promise(env, &job->deferred, &promise) != napi_ok ||
+      napi_create_string_utf8(env, "userfault:madvise", NAPI_AUTO_LENGTH, &name) != napi_ok ||
+      napi_create_async_work(env, NULL, name, madvise_execute, madvise_complete, job, &job->work) != napi_ok) {
+    free(job);
+    napi_throw_error(env, "EUFFDNAPI", "N-API call failed: madviseAsync");
+    return NULL;
+  }
+  if (napi_queue_async_work(env, job->work) != napi_ok) {
+    napi_delete_async_work(env, job->work);
+    free(job);
+    napi_throw_error(env, "EUFFDNAPI", "N-API call failed: napi_queue_async_work");
+    return NULL;
+  }
+  return promise;
+}
+
 static napi_value Mprotect(napi_env env, napi_callback_info info) {
   napi_value argv[3];
   uint64_t addr, len;
@@ -805,6 +867,7 @@ static napi_value Init(napi_env env, napi_value exports) {
       FN("mmap", Mmap),
       FN("munmap", Munmap),
       FN("madvise", Madvise),
+      FN("madviseAsync", MadviseAsync),
       FN("mprotect", Mprotect),
       FN("mremap", Mremap),
       FN("mincore", Mincore),

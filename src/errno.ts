@@ -50,8 +50,20 @@ export class ErrnoTable<T extends Error> {
     try {
       return run();
     } catch (error) {
-      if (isNativeSyscallError(error)) throw this.errorFor(call ?? error.syscall, error.errno, { cause: error });
-      throw error;
+      throw this.typed(error, call);
     }
+  }
+
+  /** wrap() for a native call that runs on libuv's thread pool and rejects instead of throwing. */
+  async wrapAsync<R>(run: () => Promise<R>, call?: string): Promise<R> {
+    try {
+      return await run();
+    } catch (error) {
+      throw this.typed(error, call);
+    }
+  }
+
+  private typed(error: unknown, call: string | undefined): unknown {
+    return isNativeSyscallError(error) ? this.errorFor(call ?? error.syscall, error.errno, { cause: error }) : error;
   }
 }

@@ -60,6 +60,8 @@ export interface NativeBinding {
   mmap(address: number, length: number, prot: number, flags: number, fd: number, offset: number): number;
   munmap(address: number, length: number): void;
   madvise(address: number, length: number, advice: number): void;
+  /** madvise on libuv's thread pool: resolves when it returned, rejects with its errno. */
+  madviseAsync(address: number, length: number, advice: number): Promise<void>;
   mprotect(address: number, length: number, prot: number): void;
   mremap(oldAddress: number, oldLength: number, newLength: number, flags: number, newAddress: number): number;
   /** mincore(2): one byte per page into out; never faults the pages in. */

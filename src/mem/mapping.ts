@@ -1,7 +1,7 @@
 // Host memory the process maps: the object userfaultfd registers and JS views.
 import { ftruncateSync } from 'node:fs';
 import { PAGE_SIZE, native } from '../native.js';
-import { UserfaultError, wrapNative } from '../uffd/errors.js';
+import { UserfaultError, wrapNative, wrapNativeAsync } from '../uffd/errors.js';
 
 const C = native.constants;
 
@@ -111,10 +111,41 @@ export class Mapping {
     return count;
   }
 
-  /** MADV_DONTNEED on [offset, offset+length): the pages are discarded (missing again). */
+  /**
+   * Discard [offset, offset+length): the pages are missing again and read
+   * zero (or fault to a registered uffd). MADV_DONTNEED on private memory;
+   * on shmem (a memfd, shared anonymous) MADV_REMOVE, because MADV_DONTNEED
+   * there only unmaps and the page cache keeps the bytes, which the next
+   * touch maps back without a fault. Called on a range registered with a
+   * uffd that asked for REMOVE events, it waits until that event is read:
+   * never from the thread that reads the uffd (see discardAsync).
+   */
   discard(offset: number, lengthBytes: number): void {
+    this.checkPages(offset, lengthBytes);
+    wrapNative(() => native.madvise(this.address + offset, lengthBytes, this.discardAdvice));
+  }
+
+  /**
+   * discard() on libuv's thread pool: for the thread that reads the uffd of
+   * this range itself (a VMM's main thread giving back a balloon's pages),
+   * which would otherwise wait in madvise for itself to read the REMOVE
+   * event. Resolves once the pages are gone.
+   */
+  async discardAsync(offset: number, lengthBytes: number): Promise<void> {
+    this.checkPages(offset, lengthBytes);
+    return wrapNativeAsync(() => native.madviseAsync(this.address + offset, lengthBytes, this.discardAdvice));
+  }
+
+  /** Whole pages of this mapping, which is still mapped: madvise must never reach memory that is not its own. */
+  private checkPages(offset: number, lengthBytes: number): void {
     this.assertMapped();
-    wrapNative(() => native.madvise(this.address + offset, lengthBytes, C.MADV_DONTNEED));
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(lengthBytes) || offset < 0 || lengthBytes <= 0 || offset % PAGE_SIZE !== 0 || lengthBytes % PAGE_SIZE !== 0 || offset + lengthBytes > this.lengthBytes) {
+      throw new RangeError(`[${offset}, +${lengthBytes}) is not whole pages of this ${this.lengthBytes}-byte mapping`);
+    }
+  }
+
+  private get discardAdvice(): number {
+    return this.kind === 'memfd' || this.kind === 'shared-anonymous' ? C.MADV_REMOVE : C.MADV_DONTNEED;
   }
 
   madvise(offset: number, lengthBytes: number, advice: number): void {

@@ -85,3 +85,8 @@ export function errorForErrno(syscall: string, errno: number, cause?: unknown): 
 export function wrapNative<T>(call: () => T): T {
   return UFFD_ERRNOS.wrap(call);
 }
+
+/** wrapNative() for a native call that returns a promise (it rejects with {errno, syscall}). */
+export function wrapNativeAsync<T>(call: () => Promise<T>): Promise<T> {
+  return UFFD_ERRNOS.wrapAsync(call);
+}
