@@ -11,7 +11,7 @@ import { fmt, fmtInt, fmtRatio, type Table } from '../table.js';
 import { perRound, toJsonRuns, totalMs, type Section } from './section.js';
 
 /** The pager's default read-ahead (src/pager/readahead.ts), given to every handler here. */
-export const RESTORE_PREFETCH: PrefetchOptions = { initialPages: 1, maxPages: 64, aheadWindows: 8 };
+export const RESTORE_PREFETCH: PrefetchOptions = { initialPages: 1, maxPages: 64, aheadWindows: 16 };
 /** The same async read-ahead for the C and lean handlers: the pager's windows ahead of a stream at its full window. */
 export const AHEAD_PAGES = RESTORE_PREFETCH.aheadWindows! * RESTORE_PREFETCH.maxPages!;
 

@@ -12,13 +12,16 @@ export interface PrefetchOptions {
   maxPages?: number;
   /**
    * Windows read in the background past the demand window once a stream runs
-   * at its largest window (default 8). One window ahead hides the copy of the
-   * next window behind the thread's work on this one; several hide a source's
-   * round trip too: the thread faults once per `aheadWindows + 1` windows,
-   * and the source has that many reads to work on meanwhile (measured on the
-   * bench's sequential restore, 256 KiB windows: 1 ahead 0.42-0.49 GB/s from
-   * the snapshot file and 0.20-0.24 from a page server; 8 ahead 0.51-0.62
-   * and 0.29-0.32; 16 no better than 8).
+   * at its largest window (default 16: 4 MiB with 64-page windows). One
+   * window ahead hides the copy of the next window behind the thread's work
+   * on this one; several hide a source's round trip too: the thread faults
+   * once per `aheadWindows + 1` windows, and the source has that many reads
+   * to work on meanwhile (measured on the bench's sequential restore, 256 KiB
+   * windows, one-window reads: 1 ahead 0.42-0.49 GB/s from the snapshot file
+   * and 0.20-0.24 from a page server; 8 ahead 0.51-0.62 and 0.29-0.32; with
+   * the pager's reads of 8 windows from a lending source, 16 ahead 0.38 GB/s
+   * remote, 0.66x the local restore, against 0.35 and 0.61x for 8 in runs of
+   * 4).
    */
   aheadWindows?: number;
 }
@@ -50,7 +53,7 @@ export class ReadAhead {
     } else {
       this.initialPages = Math.max(1, options.initialPages ?? 1);
       this.maxPages = Math.max(this.initialPages, options.maxPages ?? 64);
-      this.aheadWindows = Math.max(0, Math.floor(options.aheadWindows ?? 8));
+      this.aheadWindows = Math.max(0, Math.floor(options.aheadWindows ?? 16));
     }
   }
 
