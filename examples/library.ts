@@ -66,7 +66,7 @@ uffd.register(served.address, served.lengthBytes, ['MISSING']);
 const source = await SnapshotSource.open(snapshotPath);
 const pager = new Pager({
   uffd, source, regions: [{ address: served.address, lengthBytes: served.lengthBytes, sourceOffset: 0 }],
-  prefetch: { initialPages: 1, maxPages: 8 }, recordWorkingSet: true,
+  prefetch: { initialPages: 1, maxPages: 8, aheadWindows: 2 }, recordWorkingSet: true, // a stream at 8 pages is read 2 windows further ahead
   spinMicros: 50, // optional: poll the uffd briefly before sleeping
 }).start();
 // Another thread touches the memory: write(2) on libuv's thread pool reads it in the kernel, which faults.
