@@ -13,7 +13,7 @@ import { MigrationMessageType } from '../../src/migrate/protocol/messages.js';
 import { MessageType } from '../../src/protocol/wire.js';
 import { FrameProxy, type FrameFault } from './frame-proxy.js';
 import type { AvailabilityEvent } from '../../src/sources/network/availability.js';
-import { SoftMachine, softMachineKind } from './soft-machine.js';
+import { SoftMachine, softMachineKind, type SoftMachineConfig } from './soft-machine.js';
 
 /** The frames a fault can be placed at: the migration's own type codes, and the page protocol's for post-copy's page replies. */
 export const FRAME = {
@@ -40,6 +40,8 @@ export interface FaultCase {
   sourceDeadlineMs?: number;
   /** TLS-PSK on both connections (the proxy must then run raw: `fault.afterBytes`). */
   security?: MigrationSecurity;
+  /** The soft machine's writer, over the default (say, a balloon: giveBackEvery). */
+  machine?: Partial<Omit<SoftMachineConfig, 'kind'>>;
   /** Called once the source's run ended or paused for the operator (an operator's action). */
   operator?: (migration: SourceMigration, destination: DestinationMigration<SoftMachine>) => Promise<void>;
 }
@@ -66,7 +68,7 @@ export interface FaultOutcome {
 const CONFIG = { memoryBytes: 8 << 20, pattern: 'random' as const, writePages: 1024, pagesPerTick: 24, tickMs: 2 };
 
 export async function runFaultCase(c: FaultCase, seed: number): Promise<FaultOutcome> {
-  const source = SoftMachine.start(CONFIG, seed);
+  const source = SoftMachine.start({ ...CONFIG, ...c.machine }, seed);
   const kind = softMachineKind();
   const destination = await DestinationMigration.listen({ host: '127.0.0.1', port: 0, kind, stallTimeoutMs: 1000, reconnectDeadlineMs: c.destinationDeadlineMs ?? 4000, progressTimeoutMs: 5000, security: c.security });
   const availability: AvailabilityEvent[] = [];

@@ -26,13 +26,24 @@ export interface SoftVcpuData {
   pattern: 'random' | 'sequential';
   /** Pages from 0 the writer writes (its working set). */
   writePages: number;
+  /** Every this many page operations one gives its page back instead (MADV_DONTNEED, a balloon inflating); 0: never. */
+  giveBackEvery: number;
   pagesPerTick: number;
   tickMs: number;
 }
 
-/** Page `page` at `version`: its index, its version, then words derived from both (version 0: never written, all zero). */
+/**
+ * A version with this bit: the page was given back (discarded, as a balloon
+ * inflating does) after the version in the other bits, and reads zero until
+ * the writer takes it back with the next version. Versions go on counting
+ * across a discard, so a stale copy of an old version never passes for the
+ * page's new contents.
+ */
+export const GIVEN_BACK = 0x8000_0000;
+
+/** Page `page` at `version`: its index, its version, then words derived from both (version 0: never written, all zero; given back: all zero). */
 export function writeSoftPage(words: Uint32Array, at: number, pageWords: number, page: number, version: number): void {
-  if (version === 0) {
+  if (version === 0 || version >= GIVEN_BACK) {
     words.fill(0, at, at + pageWords);
     return;
   }

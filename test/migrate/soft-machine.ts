@@ -24,6 +24,8 @@ export interface SoftMachineConfig {
   writePages: number;
   pagesPerTick: number;
   tickMs: number;
+  /** Every this many page operations one gives its page back (a balloon inflating; the next write takes it back); absent or 0: never. */
+  giveBackEvery?: number;
 }
 
 export interface SoftMachineState {
@@ -68,6 +70,7 @@ export class SoftMachine extends EventEmitter<{ heartbeat: [beat: number] }> imp
       dirty: this.dirty.buffer as SharedArrayBuffer,
       pattern: config.pattern,
       writePages: config.writePages,
+      giveBackEvery: config.giveBackEvery ?? 0,
       pagesPerTick: config.pagesPerTick,
       tickMs: config.tickMs,
     };

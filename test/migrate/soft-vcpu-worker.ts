@@ -11,7 +11,7 @@
 // with Atomics, so a pause needs no message the blocked thread cannot read.
 import { parentPort, workerData } from 'node:worker_threads';
 import { native } from '../../src/native.js';
-import { Control, RunState, writeSoftPage, type SoftVcpuData } from './soft-machine-layout.js';
+import { Control, GIVEN_BACK, RunState, writeSoftPage, type SoftVcpuData } from './soft-machine-layout.js';
 
 const data = workerData as SoftVcpuData;
 const control = new Int32Array(data.control);
@@ -19,6 +19,8 @@ const versions = new Uint32Array(data.versions);
 const dirty = new Uint8Array(data.dirty);
 const words = new Uint32Array(native.arrayBufferAt(data.address, data.memoryBytes));
 const pageWords = data.pageSizeBytes / 4;
+/** Page operations so far (giveBackEvery counts them). */
+let operations = 0;
 
 function nextPage(): number {
   if (data.pattern === 'sequential') {
@@ -49,10 +51,19 @@ for (;;) {
   }
   for (let i = 0; i < data.pagesPerTick; i++) {
     const page = nextPage();
-    const version = versions[page]! + 1;
-    writeSoftPage(words, page * pageWords, pageWords, page, version);
-    Atomics.store(versions, page, version);
-    // After the write: a dirty-log read that misses this bit sees it next time (the page is sent again).
+    const last = versions[page]!;
+    if (data.giveBackEvery > 0 && ++operations % data.giveBackEvery === 0 && last !== 0 && last < GIVEN_BACK) {
+      // A balloon inflating: the page goes back to the host, and reads zero from now on. On a registered range
+      // madvise waits until the pager has read the REMOVE event (this thread is not the one that reads it).
+      native.madvise(data.address + page * data.pageSizeBytes, data.pageSizeBytes, native.constants.MADV_DONTNEED);
+      Atomics.store(versions, page, (last | GIVEN_BACK) >>> 0);
+    } else {
+      // Taking a given-back page again (deflating) is a write of its next version.
+      const version = (last & ~GIVEN_BACK) + 1;
+      writeSoftPage(words, page * pageWords, pageWords, page, version);
+      Atomics.store(versions, page, version);
+    }
+    // After the write or the discard: a dirty-log read that misses this bit sees it next time (the page is sent again).
     if (Atomics.load(control, Control.TRACK) === 1) Atomics.or(dirty, page >> 3, 1 << (page & 7));
   }
   const beat = Atomics.add(control, Control.HEARTBEAT, 1) + 1;

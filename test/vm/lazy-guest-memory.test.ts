@@ -199,3 +199,68 @@ describe('lazy guest memory released after a failed page, with reads still in fl
     }
   });
 });
+
+/** Page k of the image holds the word k + 1 (never zero), answered only when the test releases the reads. */
+class HeldSource implements PageSource {
+  readonly sizeBytes = SIZE;
+  readonly description = 'a source held by the test';
+  private readonly held: Array<() => void> = [];
+  private released = false;
+  /** Reads asked for, page by page. */
+  readonly asked: number[] = [];
+
+  get waiting(): number {
+    return this.held.length;
+  }
+
+  read(offset: number, lengthBytes: number, target: Uint8Array): Promise<void> {
+    for (let page = 0; page < lengthBytes / PAGE_SIZE; page++) this.asked.push(offset / PAGE_SIZE + page);
+    return new Promise((resolve) => {
+      const answer = (): void => {
+        const words = new Uint32Array(target.buffer, target.byteOffset, lengthBytes / 4);
+        for (let page = 0; page < lengthBytes / PAGE_SIZE; page++) words.fill(offset / PAGE_SIZE + page + 1, (page * PAGE_SIZE) / 4, ((page + 1) * PAGE_SIZE) / 4);
+        resolve();
+      };
+      if (this.released) answer();
+      else this.held.push(answer);
+    });
+  }
+
+  /** Answer every read held, and every read from now on at once. */
+  release(): void {
+    this.released = true;
+    for (const answer of this.held.splice(0)) answer();
+  }
+}
+
+describe('lazy guest memory, a page given back before it arrived (a balloon inflating during a restore or post-copy)', { timeout: 30_000 }, () => {
+  const toucher = new Toucher();
+  after(() => toucher.terminate());
+
+  test('it reads zero for ever after: a fill in flight when it was given back is dropped, and one not started yet is never asked for', async () => {
+    const memory = GuestMemory.create(SIZE);
+    const source = new HeldSource();
+    const lazy = LazyGuestMemory.start(memory, source, { prefetch: false }, () => {});
+    const address = memory.regions[0]!.hostAddress;
+    const giveBack = (page: number) => within(5000, `giving page ${page} back`, toucher.run({ op: 'madvise-dontneed', address: address + page * PAGE_SIZE, length: PAGE_SIZE }));
+    const word = (page: number) => toucher.run<number>({ op: 'read-word', address: address + page * PAGE_SIZE });
+    try {
+      // The stream of every page (a post-copy push, a prefetch-all), a few reads at a time, held.
+      lazy.prefetchAll();
+      await until('the first reads', () => source.asked.includes(1));
+      // From another thread (a vCPU's): each madvise waits until this thread's pager has read its REMOVE event.
+      await giveBack(1); // its read is in flight
+      await giveBack(40); // its read is not started yet
+      source.release();
+      await within(5000, 'the restore completing', lazy.complete());
+      assert.equal(await word(1), 0, 'page 1 reads zero, not the source\'s copy that arrived after it was given back');
+      assert.equal(await word(40), 0, 'page 40 reads zero');
+      assert.ok(!source.asked.includes(40), 'page 40 was never asked for');
+      assert.equal(await word(2), 3, 'the pages around hold the source\'s');
+      assert.equal(await word(41), 42);
+    } finally {
+      await within(2000, 'stopping lazy guest memory', lazy.stop()).catch(() => {});
+      memory.unmap();
+    }
+  });
+});

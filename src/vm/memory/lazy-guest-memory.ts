@@ -114,10 +114,15 @@ export class LazyGuestMemory {
    * not supply (its vCPU got an error, not data): the VMM must stop its vCPUs.
    */
   static start(memory: GuestMemory, source: PageSource, options: LazyRestoreOptions, onFailure: (error: GuestMemoryUnavailableError) => void): LazyGuestMemory {
-    // No non-cooperative events: the VMM never unmaps or remaps guest RAM while it
-    // is registered (and with EVENT_UNMAP a munmap would wait for us to read it).
-    // THREAD_ID: each fault names its thread, so the time each vCPU spends blocked on pages is known.
-    const uffd = Userfaultfd.open({ features: [], optionalFeatures: ['THREAD_ID'], userModeOnly: false });
+    // REMOVE: a page given back while registered (a balloon's MADV_DONTNEED/MADV_REMOVE) becomes a discarded page
+    // for the pager, read as zero from then on: without it a page discarded before it arrived stays "missing",
+    // and the source's copy (a post-copy push, a fetch in flight) would be installed over what the guest gave up.
+    // Such a discard waits in madvise until this thread reads the event, so it is never issued from this thread
+    // but from another (a vCPU's) or with Mapping.discardAsync (docs/migration.md, "Discards").
+    // No UNMAP or REMAP: the VMM never unmaps or remaps guest RAM while it is registered (and with EVENT_UNMAP a
+    // munmap would wait for us to read it). THREAD_ID: each fault names its thread, so the time each vCPU spends
+    // blocked on pages is known.
+    const uffd = Userfaultfd.open({ features: ['EVENT_REMOVE'], optionalFeatures: ['THREAD_ID'], userModeOnly: false });
     const registered: GuestMemory['regions'][number][] = [];
     let lazy: LazyGuestMemory | undefined;
     try {
