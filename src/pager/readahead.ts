@@ -68,7 +68,10 @@ export class ReadAhead {
     let stream: Stream | undefined;
     for (let i = 0; i < streams.length; i++) {
       const s = streams[i]!;
-      if (pageIndex >= s.nextPage - s.windowPages && pageIndex <= s.nextPage + s.windowPages) {
+      // A stream at its largest window was read ahead: a fault anywhere in that read-ahead (a page queued and
+      // not read yet) continues it too, rather than starting a new one at one page.
+      const behind = s.windowPages === this.maxPages ? (this.aheadWindows + 1) * s.windowPages : s.windowPages;
+      if (pageIndex >= s.nextPage - behind && pageIndex <= s.nextPage + s.windowPages) {
         stream = s;
         break;
       }
@@ -86,7 +89,8 @@ export class ReadAhead {
       }
       stream.windowPages = this.initialPages;
     }
-    stream.nextPage = pageIndex + stream.windowPages;
+    // Never back over what was read ahead already.
+    stream.nextPage = continued ? Math.max(stream.nextPage, pageIndex + stream.windowPages) : pageIndex + stream.windowPages;
     stream.lastUse = this.clock;
     this.current = stream;
     this.fullSpeed = continued && this.maxPages > 1 && stream.windowPages === this.maxPages;
