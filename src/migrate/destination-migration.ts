@@ -34,7 +34,7 @@ import type { MigrationMode } from './convergence.js';
 import { IncomingStream, type GuestRamTarget } from './incoming-stream.js';
 import { MigrationPageSource } from './migration-page-source.js';
 import { destinationAllows, destinationRunsGuest, isFinal, isPaused, nextDestinationState, type DestinationMigrationEvent, type DestinationMigrationState } from './migration-state.js';
-import { PageBitmap } from './page-bitmap.js';
+import { PageBitmap } from '../pager/page-bitmap.js';
 import { DIGEST_BATCH_PAGES } from './page-digests.js';
 import { MigrationListener, sameSession, type AcceptedChannel, type MigrationSecurity, type SourceChannel } from './transport/channels.js';
 import { DEFAULT_STALL_TIMEOUT_MS, dataCrcsOf, type AnyMessage, type MigrationConnection } from './transport/migration-connection.js';

@@ -18,7 +18,7 @@
 //                               source numbers them: a replayed or duplicated request is refused
 import { UserfaultError } from '../errors.js';
 import type { MigrationMode } from './convergence.js';
-import { PageBitmap } from './page-bitmap.js';
+import { PageBitmap } from '../pager/page-bitmap.js';
 import { PageDigestTable } from './page-digests.js';
 import type { MigratableMachineKind } from '../vm/migratable.js';
 import type { MigrationMessage } from './protocol/messages.js';

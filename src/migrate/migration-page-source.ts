@@ -22,7 +22,7 @@ import type { MigrationMessage } from './protocol/messages.js';
 import { SourceReadError, readRequestRefusal, type PageSource, type PushedPages, type ReadOptions, type ReadPriority } from '../sources/page-source.js';
 import { SourceAvailability, type AvailabilityEvent, type AvailabilityStats } from '../sources/network/availability.js';
 import { RequestTable, type NetworkRequest } from '../sources/network/request-table.js';
-import type { PageBitmap } from './page-bitmap.js';
+import type { PageBitmap } from '../pager/page-bitmap.js';
 import type { PageDigestTable } from './page-digests.js';
 import type { MigrationConnection } from './transport/migration-connection.js';
 import { MigrationPageChecksumError, MigrationReplyError } from './errors.js';

@@ -23,7 +23,7 @@ import { MAX_READ_BYTES } from '../protocol/wire.js';
 import type { MigrationSourceMachine } from '../vm/migratable.js';
 import { ConvergencePolicy, type MigrationMode, type SwitchoverDecision } from './convergence.js';
 import { isFinal, isPastSwitchover, isPaused, nextSourceState, sourceAllows, sourceOwnsGuest, type SourceMigrationEvent, type SourceMigrationState } from './migration-state.js';
-import { PageBitmap } from './page-bitmap.js';
+import { PageBitmap } from '../pager/page-bitmap.js';
 import { PageDigestTable, differingBatches } from './page-digests.js';
 import { connectChannel, newSessionId, parseMigrationAddress, type MigrationSecurity } from './transport/channels.js';
 import { RequestIds } from '../transport/index.js';

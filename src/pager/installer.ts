@@ -21,7 +21,7 @@ import type { ResolveResult, Userfaultfd } from '../uffd/userfaultfd.js';
 import type { AddressMap } from './address-map.js';
 import type { Fetch } from './fetch-scheduler.js';
 import type { PagerMetrics } from './metrics.js';
-import type { PageFlags } from './page-flags.js';
+import type { PageBitmap } from './page-bitmap.js';
 import { PageState, type PageStateTable } from './page-state.js';
 import type { FaultWaiters } from './waiters.js';
 
@@ -48,7 +48,7 @@ export interface InstallerContext {
   waiters: FaultWaiters;
   metrics: PagerMetrics;
   /** Pages were prefetched (read-ahead or replay) rather than demanded: for the prefetch metrics. */
-  prefetched: PageFlags;
+  prefetched: PageBitmap;
   isRunning(): boolean;
   /** Read and apply the uffd's pending messages (before retrying copies the kernel refused with EAGAIN). */
   drainEvents(): void;
@@ -175,7 +175,7 @@ export class PageInstaller {
     states.set(index, PageState.PRESENT);
     metrics.pagesCopied++;
     metrics.bytesCopied += PAGE_SIZE;
-    if (!waiters.has(index) && prefetched.has(index)) metrics.prefetchedPages++;
+    if (!waiters.has(index) && prefetched.get(index)) metrics.prefetchedPages++;
     this.settled(index);
   }
 
@@ -183,7 +183,7 @@ export class PageInstaller {
   settled(index: number): void {
     const micros = this.ctx.waiters.settle(index);
     if (micros !== undefined) this.ctx.metrics.recordLatencyMicros(micros);
-    this.ctx.prefetched.delete(index);
+    this.ctx.prefetched.clear(index);
   }
 
   /** The zero page for a page that reads zero (known-zero in the source, or discarded). */
@@ -255,7 +255,7 @@ export class PageInstaller {
       const address = map.addressOf(index * PAGE_SIZE);
       if (address === undefined || (!options.poisonAll && !waiters.has(index))) {
         if (state === PageState.IN_FLIGHT) states.set(index, PageState.MISSING);
-        prefetched.delete(index);
+        prefetched.clear(index);
         continue;
       }
       // UFFDIO_POISON works whether or not the feature was negotiated (an

@@ -39,7 +39,7 @@ export function neededPages(source: PageSource, pageCount: number, ranges: Itera
   return needed;
 }
 
-/** One bit a page, bit i of byte i >> 3 (migrate/page-bitmap.ts's PageBitmap is one). */
+/** One bit a page, bit i of byte i >> 3 (page-bitmap.ts's PageBitmap is one). */
 export interface PageBits {
   readonly bytes: Uint8Array;
 }
@@ -48,7 +48,7 @@ export interface PageBits {
  * The page states of a restore that starts with some pages in place (a
  * post-copy destination: those received in pre-copy), and which of the rest
  * it must fill: `present` has one bit a page (bit i of byte i >> 3, as
- * migrate/page-bitmap.ts and KVM's dirty log lay them out). One pass over
+ * page-bitmap.ts and KVM's dirty log lay them out). One pass over
  * its bytes, a whole byte of present (or of missing, with the source's zero
  * mask) at a time, with no call a page: it runs inside a migration's
  * downtime.

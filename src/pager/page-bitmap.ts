@@ -1,6 +1,9 @@
-// One bit per guest page: dirty pages (KVM's dirty log has this layout: bit i
-// of the little-endian u64 words is page i of the slot), pages received, pages
-// known zero. Plain bytes, so a bitmap goes on the wire or to KVM as it is.
+// One bit per page, the project's one bitset: the pager's marks on the fault
+// path (which pages read-ahead brought in: a Set<number>'s has/add/delete
+// without its per-entry allocation), and a migration's dirty pages (KVM's
+// dirty log has this layout: bit i of the little-endian u64 words is page i of
+// the slot), pages received, pages known zero. Plain bytes, so a bitmap goes
+// on the wire or to KVM as it is.
 export class PageBitmap {
   readonly bytes: Uint8Array;
   constructor(readonly pageCount: number, bytes?: Uint8Array) {
@@ -111,7 +114,7 @@ export class PageBitmap {
   }
 
   copy(): PageBitmap {
-    return new PageBitmap(this.pageCount, Uint8Array.from(this.bytes));
+    return new PageBitmap(this.pageCount, this.bytes.slice());
   }
 
   /** Bits past pageCount stay clear, so count() and the wire form are exact. */

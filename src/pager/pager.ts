@@ -30,7 +30,7 @@ import { FetchScheduler, newFetch, type Fetch } from './fetch-scheduler.js';
 import { PageInstaller, type InstallHow, type InstallerContext } from './installer.js';
 import { PagerMetrics, type PagerMetricsSnapshot } from './metrics.js';
 import { neededPages } from './needed-pages.js';
-import { PageFlags } from './page-flags.js';
+import { PageBitmap } from './page-bitmap.js';
 import { PageState, PageStateTable, type PageCounts } from './page-state.js';
 import { ReadAhead, type PrefetchOptions } from './readahead.js';
 import { FaultWaiters } from './waiters.js';
@@ -131,7 +131,7 @@ export class Pager extends EventEmitter<PagerEvents> {
   private readonly options: PagerOptions;
   private readonly inFlightSettled = new Set<Promise<void>>();
   /** Pages put in flight by read-ahead or replay rather than a fault. */
-  private readonly prefetched: PageFlags;
+  private readonly prefetched: PageBitmap;
   private readonly workingSetOrder: number[] = [];
   private readonly demanded: Uint8Array | undefined;
   private readonly bufferPool: Uint8Array[] = [];
@@ -155,7 +155,7 @@ export class Pager extends EventEmitter<PagerEvents> {
     }
     const pageCount = Math.ceil(this.source.sizeBytes / PAGE_SIZE);
     this.states = options.initialStates ?? new PageStateTable(pageCount, undefined, neededPages(this.source, pageCount, this.map.regions.map((region) => ({ firstPage: region.sourceOffset / PAGE_SIZE, pageCount: region.lengthBytes / PAGE_SIZE }))));
-    this.prefetched = new PageFlags(pageCount);
+    this.prefetched = new PageBitmap(pageCount);
     this.readAhead = new ReadAhead(options.prefetch ?? {});
     const maxInFlight = options.maxInFlight ?? 64;
     this.scheduler = new FetchScheduler(maxInFlight, options.maxBackgroundInFlight ?? Math.max(1, maxInFlight >> 1), this.readAhead.maxPages);
@@ -435,7 +435,7 @@ export class Pager extends EventEmitter<PagerEvents> {
         return;
       case PageState.IN_FLIGHT:
         this.metrics.fault('in-flight');
-        if (this.prefetched.has(index)) this.metrics.prefetchHits++;
+        if (this.prefetched.get(index)) this.metrics.prefetchHits++;
         this.scheduler.promote(index);
         this.keepStreamAhead(index);
         return;
@@ -541,7 +541,7 @@ export class Pager extends EventEmitter<PagerEvents> {
   private claim(first: number, count: number, demand: boolean): void {
     for (let i = 0; i < count; i++) {
       this.states.set(first + i, PageState.IN_FLIGHT);
-      if (!demand || i > 0) this.prefetched.add(first + i);
+      if (!demand || i > 0) this.prefetched.set(first + i);
     }
   }
 
@@ -767,7 +767,7 @@ export class Pager extends EventEmitter<PagerEvents> {
     for (let index = first; index < first + fetch.pageCount; index++) {
       if (this.states.get(index) !== PageState.IN_FLIGHT) continue;
       this.states.set(index, PageState.MISSING);
-      this.prefetched.delete(index);
+      this.prefetched.clear(index);
       if (this.waiters.has(index)) this.startDemandFetch(index);
     }
     this.pump();

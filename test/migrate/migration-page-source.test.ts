@@ -10,7 +10,7 @@ import { once } from 'node:events';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { after, describe, test } from 'node:test';
 import { MigrationPageSource } from '../../src/migrate/migration-page-source.js';
-import { PageBitmap } from '../../src/migrate/page-bitmap.js';
+import { PageBitmap } from '../../src/pager/page-bitmap.js';
 import { PageDigestTable } from '../../src/migrate/page-digests.js';
 import { MigrationConnection, type AnyMessage } from '../../src/migrate/transport/migration-connection.js';
 import { FramedConnection } from '../../src/transport/index.js';

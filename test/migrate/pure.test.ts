@@ -14,7 +14,6 @@ import {
   type SourceMigrationState,
 } from '../../src/migrate/migration-state.js';
 import { DIGEST_BATCH_PAGES, PageDigestTable, differingBatches } from '../../src/migrate/page-digests.js';
-import { PageBitmap } from '../../src/migrate/page-bitmap.js';
 import { IllegalMigrationTransitionError } from '../../src/migrate/errors.js';
 
 describe('the migration state machines', () => {
@@ -81,59 +80,6 @@ describe('the migration state machines', () => {
     assert.throws(() => nextSourceState('postcopy', 'cancel'), /postcopy cannot take 'cancel'/);
     assert.throws(() => nextDestinationState('postcopy', 'accepted'), /destination migration that is postcopy/);
     assert.equal(nextDestinationState('listening', 'accepted'), 'receiving');
-  });
-});
-
-describe('page bitmaps', () => {
-  test('set, get, count, and the pages and runs in order', () => {
-    const b = new PageBitmap(200);
-    for (const p of [0, 1, 2, 7, 8, 63, 64, 65, 199]) b.set(p);
-    assert.equal(b.count(), 9);
-    assert.deepEqual([...b.pages()], [0, 1, 2, 7, 8, 63, 64, 65, 199]);
-    assert.deepEqual([...b.runs()], [[0, 3], [7, 2], [63, 3], [199, 1]]);
-    assert.deepEqual([...b.runs(2)], [[0, 2], [2, 1], [7, 2], [63, 2], [65, 1], [199, 1]]);
-    b.clear(64);
-    assert.equal(b.get(64), false);
-    assert.equal(b.bytes.length, 32, 'whole u64 words, as KVM_GET_DIRTY_LOG writes them');
-  });
-
-  test('setAll sets exactly pageCount pages; or merges', () => {
-    const a = new PageBitmap(70);
-    a.setAll();
-    assert.equal(a.count(), 70);
-    const b = new PageBitmap(70);
-    b.set(3);
-    const c = new PageBitmap(70);
-    c.set(69);
-    b.or(c);
-    assert.deepEqual([...b.pages()], [3, 69]);
-  });
-
-  test('nextSet finds the first set page at or after a page, across empty bytes, and -1 past the last', () => {
-    const b = new PageBitmap(1000);
-    for (const page of [0, 7, 8, 500, 999]) b.set(page);
-    assert.deepEqual([0, 1, 8, 9, 500, 501, 999, 1000].map((from) => b.nextSet(from)), [0, 7, 8, 500, 500, 999, 999, -1]);
-    // The same answers as a walk of pages(), from every starting point.
-    const pages = [...b.pages()];
-    for (let from = 0; from < 1000; from++) assert.equal(b.nextSet(from), pages.find((p) => p >= from) ?? -1, `from ${from}`);
-    assert.equal(new PageBitmap(64).nextSet(0), -1);
-  });
-
-  test('toByteMask and andNot say, page by page, what get() says', () => {
-    const received = new PageBitmap(131);
-    const zero = new PageBitmap(131);
-    for (let page = 0; page < 131; page++) {
-      if (page % 3 !== 0) received.set(page);
-      if (page % 5 === 0 || page === 130) zero.set(page);
-    }
-    const mask = zero.toByteMask();
-    assert.equal(mask.length, 131);
-    const present = received.andNot(zero);
-    for (let page = 0; page < 131; page++) {
-      assert.equal(mask[page], zero.get(page) ? 1 : 0, `mask ${page}`);
-      assert.equal(present.get(page), received.get(page) && !zero.get(page), `present ${page}`);
-    }
-    assert.equal(received.get(1), true, 'andNot leaves its operands alone');
   });
 });
 

@@ -2,7 +2,6 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { AddressMap, RegionLayoutError } from '../../src/pager/address-map.js';
 import { IllegalPageTransitionError, PageState, PageStateTable } from '../../src/pager/page-state.js';
-import { PageFlags } from '../../src/pager/page-flags.js';
 import { ReadAhead } from '../../src/pager/readahead.js';
 
 const P = 4096;
@@ -128,13 +127,4 @@ describe('adaptive read-ahead', () => {
   });
 });
 
-describe('page flags', () => {
-  test('each page has its own bit, set and cleared alone', () => {
-    const flags = new PageFlags(20);
-    for (const page of [0, 7, 8, 19]) flags.add(page);
-    assert.deepEqual(Array.from({ length: 20 }, (_, i) => i).filter((i) => flags.has(i)), [0, 7, 8, 19]);
-    flags.delete(8);
-    flags.delete(9);
-    assert.deepEqual(Array.from({ length: 20 }, (_, i) => i).filter((i) => flags.has(i)), [0, 7, 19]);
-  });
-});
+

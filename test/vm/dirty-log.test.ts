@@ -2,7 +2,7 @@
 // Needs /dev/kvm and the micro guest.
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { PageBitmap } from '../../src/migrate/page-bitmap.js';
+import { PageBitmap } from '../../src/pager/page-bitmap.js';
 import { bootVm } from '../../src/vm/builder.js';
 import { ConsoleCapture, kvmSkipReason } from './helpers.js';
 
