@@ -7,10 +7,11 @@ import assert from 'node:assert/strict';
 import { after, describe, test } from 'node:test';
 import { fillPattern } from '../../src/demo/pattern.js';
 import { Mapping } from '../../src/mem/index.js';
-import { PAGE_SIZE } from '../../src/native.js';
+import { PAGE_SIZE, native } from '../../src/native.js';
 import { Pager } from '../../src/pager/index.js';
 import { BufferSource } from '../../src/sources/buffer-source.js';
 import { Userfaultfd } from '../../src/uffd/index.js';
+import { InvalidArgumentError, wrapNativeAsync } from '../../src/uffd/errors.js';
 import { Toucher } from '../helpers/toucher.js';
 
 const PAGES = 16;
@@ -62,6 +63,16 @@ describe('a mapping', () => {
       assert.throws(() => mapping.discard(-PAGE_SIZE, PAGE_SIZE), RangeError);
       assert.throws(() => mapping.discard(100, PAGE_SIZE), RangeError);
       await assert.rejects(mapping.discardAsync(0, SIZE + PAGE_SIZE), RangeError);
+    } finally {
+      mapping.unmap();
+    }
+  });
+
+  test('an asynchronous madvise the kernel refuses rejects with the typed error of its errno', async () => {
+    const mapping = Mapping.anonymous(SIZE);
+    try {
+      // MADV_REMOVE on private anonymous memory: EINVAL, from the thread pool, typed here.
+      await assert.rejects(wrapNativeAsync(() => native.madviseAsync(mapping.address, PAGE_SIZE, native.constants.MADV_REMOVE)), (error: unknown) => error instanceof InvalidArgumentError && /madvise/.test((error as Error).message));
     } finally {
       mapping.unmap();
     }
