@@ -434,11 +434,14 @@ export class DestinationMigration<Built extends IncomingMachine = IncomingMachin
     const machine = this.stream.begin(message, requestId);
     this.vmm = await this.options.kind.createIncoming(machine);
     if (this.stateValue !== 'receiving') return;
-    const image = this.vmm.memory.image();
-    // Guest RAM is not registered yet: this thread writes pre-copy's pages in place.
+    const memory = this.vmm.memory;
+    const image = memory.image();
+    // Guest RAM is not registered yet: this thread writes pre-copy's pages in place. A page that was sent with data
+    // and is zero now (given back by a balloon, or zeroed) is discarded rather than filled with zeroes: it reads
+    // zero and holds no memory here, as it holds none at the source.
     this.ram = {
       writePages: (firstPage, data) => image.set(data, firstPage * PAGE_SIZE),
-      zeroPage: (page) => image.fill(0, page * PAGE_SIZE, (page + 1) * PAGE_SIZE),
+      zeroPage: (page) => memory.mapping.discard(page * PAGE_SIZE, PAGE_SIZE),
     };
     await this.main!.send({ type: 'mig-accept' }, requestId);
   }

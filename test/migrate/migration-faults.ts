@@ -42,6 +42,8 @@ export interface FaultCase {
   security?: MigrationSecurity;
   /** The soft machine's writer, over the default (say, a balloon: giveBackEvery). */
   machine?: Partial<Omit<SoftMachineConfig, 'kind'>>;
+  /** Called with the survivor once it was seen running on, before its memory is verified (which reads every page). */
+  inspect?: (survivor: SoftMachine) => Promise<void>;
   /** Called once the source's run ended or paused for the operator (an operator's action). */
   operator?: (migration: SourceMigration, destination: DestinationMigration<SoftMachine>) => Promise<void>;
 }
@@ -128,7 +130,7 @@ export async function runFaultCase(c: FaultCase, seed: number): Promise<FaultOut
     const runsOn = source.running ? 'source' : incoming?.running ? 'destination' : 'nowhere';
     const stranded = destination.state === 'postcopy-paused';
     const outcome: FaultOutcome = { runsOn, source: migration.progress(), sourceError, destination: destination.progress(), bothRunning, stranded, proxy, availability };
-    await checkSurvivor(outcome, source, incoming);
+    await checkSurvivor(outcome, source, incoming, c.inspect);
     return outcome;
   } finally {
     clearInterval(sampler);
@@ -140,7 +142,7 @@ export async function runFaultCase(c: FaultCase, seed: number): Promise<FaultOut
 }
 
 /** The survivor holds exactly what its writer wrote, and its heartbeat went on without a gap or a repeat. */
-async function checkSurvivor(outcome: FaultOutcome, source: SoftMachine, incoming: SoftMachine | undefined): Promise<void> {
+async function checkSurvivor(outcome: FaultOutcome, source: SoftMachine, incoming: SoftMachine | undefined, inspect?: (survivor: SoftMachine) => Promise<void>): Promise<void> {
   assert.equal(outcome.bothRunning, 0, 'two running copies of the guest');
   if (outcome.runsOn === 'nowhere') return;
   if (outcome.stranded) {
@@ -161,6 +163,7 @@ async function checkSurvivor(outcome: FaultOutcome, source: SoftMachine, incomin
     survivor.on('heartbeat', check);
     check();
   }), 10_000, 'heartbeats from the survivor');
+  await inspect?.(survivor);
   assert.deepEqual(await survivor.verify(), [], `pages of the ${outcome.runsOn} that differ from what its writer wrote`);
   const beats = outcome.runsOn === 'source' ? source.heartbeats : [...source.heartbeats, ...incoming!.heartbeats];
   assert.deepEqual(beats, beats.map((_, i) => beats[0]! + i), 'the heartbeat went on without a gap or a repeat');

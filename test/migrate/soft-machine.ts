@@ -15,7 +15,7 @@ import type { LatencySummary } from '../../src/stats/latency-histogram.js';
 import { GuestMemory } from '../../src/vm/memory/guest-memory.js';
 import { LazyGuestMemory } from '../../src/vm/memory/lazy-guest-memory.js';
 import type { IncomingLazyMemory, IncomingMachine, MigratableMachineKind, MigrationSourceMachine } from '../../src/vm/migratable.js';
-import { CONTROL_WORDS, Control, RunState, checkSoftPage, type SoftVcpuData } from './soft-machine-layout.js';
+import { CONTROL_WORDS, Control, GIVEN_BACK, RunState, checkSoftPage, type SoftVcpuData } from './soft-machine-layout.js';
 
 export interface SoftMachineConfig {
   kind: 'soft-writer';
@@ -184,6 +184,13 @@ export class SoftMachine extends EventEmitter<{ heartbeat: [beat: number] }> imp
    * the pages that differ from what the writer last wrote (stale, wrong, or
    * written where it never wrote).
    */
+  /** The pages its writer gave back and has not taken again. */
+  givenBackPages(): number[] {
+    const pages: number[] = [];
+    for (let page = 0; page < this.versions.length; page++) if (Atomics.load(this.versions, page) >= GIVEN_BACK) pages.push(page);
+    return pages;
+  }
+
   async verify(): Promise<number[]> {
     await this.pauseVcpus();
     await this.completeMemory();
