@@ -129,7 +129,8 @@ export class Mapping {
    * discard() on libuv's thread pool: for the thread that reads the uffd of
    * this range itself (a VMM's main thread giving back a balloon's pages),
    * which would otherwise wait in madvise for itself to read the REMOVE
-   * event. Resolves once the pages are gone.
+   * event. Resolves once the pages are gone. The mapping must stay mapped
+   * until then: the madvise runs later, on another thread, at this address.
    */
   async discardAsync(offset: number, lengthBytes: number): Promise<void> {
     this.checkPages(offset, lengthBytes);
