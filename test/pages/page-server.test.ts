@@ -26,6 +26,7 @@ import {
   writeTestSnapshot,
 } from './fixtures.js';
 import { RawClient, TEST_SESSION_ID, helloMessage, type Received } from './raw-client.js';
+import { countEventLoopTurns } from '../helpers/event-loop-turns.js';
 
 /** A page server over the test snapshot in this process, closed when the test ends. */
 async function snapshotServer(t: TestContext, options: Partial<PageServerOptions> = {}): Promise<{ server: PageServer; image: Uint8Array; metadata: Uint8Array; path: string }> {
@@ -225,20 +226,14 @@ describe('the page server', () => {
   test('background READs start at most 512 KiB a turn of the event loop, so a demand READ on the urgent connection is read in between; each is answered once', async (t) => {
     const image = new Uint8Array(16 << 20).map((_, i) => (i * 7 + (i >> 12)) & 0xff);
     // A turn counter the event loop advances in every check phase, and the turn each source read started in.
-    let turn = 0;
-    let ticking = true;
-    const tick = (): void => {
-      turn++;
-      if (ticking) setImmediate(tick);
-    };
-    setImmediate(tick);
-    t.after(() => (ticking = false));
+    const turns = countEventLoopTurns();
+    t.after(() => turns.stop());
     const startedIn = new Map<number, number>();
     const source: PageSource = {
       sizeBytes: image.length,
       description: 'turn-counting memory',
       read: async (offset, lengthBytes, target, options) => {
-        if (options?.priority === 'background') startedIn.set(turn, (startedIn.get(turn) ?? 0) + 1);
+        if (options?.priority === 'background') startedIn.set(turns.turn, (startedIn.get(turns.turn) ?? 0) + 1);
         target.set(image.subarray(offset, offset + lengthBytes));
       },
     };

@@ -10,6 +10,7 @@ import { after, describe, test } from 'node:test';
 import { PAGES_HEADER_BYTES, concatParts, encodeMessageParts, type Message, type ProtocolError } from '../../src/protocol/index.js';
 import { FramedConnection, connectForFrames, pageMessageCodec, type ConnectionEndKind, type FramedConnectionOptions } from '../../src/transport/index.js';
 import { ConnectionStalledError } from '../../src/net/connection-errors.js';
+import { countEventLoopTurns } from '../helpers/event-loop-turns.js';
 
 const servers: Server[] = [];
 const sockets: Socket[] = [];
@@ -169,22 +170,16 @@ describe('receiving in place', { timeout: 10_000 }, () => {
     const port = await listen((socket) => socket.write(concatParts(parts)));
     const client = await dial(port);
     client.decodeInSlices(64 << 10);
-    let turn = 0;
-    let ticking = true;
-    const tick = (): void => {
-      turn++;
-      if (ticking) setImmediate(tick);
-    };
-    setImmediate(tick);
+    const turns = countEventLoopTurns();
     const perTurn = new Map<number, number>();
     await new Promise<void>((resolve) => {
       let seen = 0;
       client.on('message', () => {
-        perTurn.set(turn, (perTurn.get(turn) ?? 0) + 1);
+        perTurn.set(turns.turn, (perTurn.get(turns.turn) ?? 0) + 1);
         if (++seen === count) resolve();
       });
     });
-    ticking = false;
+    turns.stop();
     const most = Math.max(...perTurn.values());
     // 64 KiB a turn and reads of at most 32 KiB: a few frames a turn, never the whole 4 MiB burst.
     assert.ok(most <= 8, `${most} frames decoded in one turn`);
