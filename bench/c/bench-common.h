@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 
 #define PAGE 4096u
@@ -30,6 +31,35 @@ static inline void cpu_relax(void) { __builtin_ia32_pause(); }
 static inline void die(const char *what) {
   fprintf(stderr, "%s: %s\n", what, strerror(errno));
   exit(2);
+}
+
+// One message of `length` bytes with `fd` attached (SCM_RIGHTS): what sendmsg returns.
+static inline ssize_t send_with_fd(int sock, const void *bytes, size_t length, int fd) {
+  struct iovec iov = {.iov_base = (void *)bytes, .iov_len = length};
+  char control[CMSG_SPACE(sizeof(int))];
+  memset(control, 0, sizeof control);
+  struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof control};
+  struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+  cmsg->cmsg_level = SOL_SOCKET;
+  cmsg->cmsg_type = SCM_RIGHTS;
+  cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+  memcpy(CMSG_DATA(cmsg), &fd, sizeof(int));
+  return sendmsg(sock, &msg, MSG_NOSIGNAL);
+}
+
+// One message into `buffer` and the fd attached to it (close-on-exec): the fd, or -1 if none came;
+// *received is what recvmsg returned.
+static inline int receive_with_fd(int sock, void *buffer, size_t capacity, ssize_t *received) {
+  struct iovec iov = {.iov_base = buffer, .iov_len = capacity};
+  char control[CMSG_SPACE(sizeof(int))];
+  struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof control};
+  *received = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
+  if (*received <= 0) return -1;
+  struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+  if (!cmsg || cmsg->cmsg_type != SCM_RIGHTS) return -1;
+  int fd;
+  memcpy(&fd, CMSG_DATA(cmsg), sizeof fd);
+  return fd;
 }
 
 static inline void pin_to_cpu(int cpu) {

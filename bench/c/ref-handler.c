@@ -92,14 +92,10 @@ static int connect_to(const char *path) {
 // firecracker; nothing answered). Returns whether to answer.
 static int receive_uffd(int sock) {
   char buffer[1024];
-  struct iovec iov = {.iov_base = buffer, .iov_len = sizeof buffer - 1};
-  char control[CMSG_SPACE(sizeof(int))];
-  struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof control};
-  ssize_t n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
+  ssize_t n;
+  uffd = receive_with_fd(sock, buffer, sizeof buffer - 1, &n);
   if (n <= 0) die("recvmsg uffd");
-  struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
-  if (!cmsg || cmsg->cmsg_type != SCM_RIGHTS) { fprintf(stderr, "ref-handler: no uffd received\n"); exit(2); }
-  memcpy(&uffd, CMSG_DATA(cmsg), sizeof(int));
+  if (uffd < 0) { fprintf(stderr, "ref-handler: no uffd received\n"); exit(2); }
   uint64_t length;
   int answer = buffer[0] != '[';
   if (answer) {
@@ -344,16 +340,7 @@ static thread_cpu_t thread_cpu_now(void) {
 
 static void send_memfd(int sock) {
   char byte = 'm';
-  struct iovec iov = {.iov_base = &byte, .iov_len = 1};
-  char control[CMSG_SPACE(sizeof(int))];
-  memset(control, 0, sizeof control);
-  struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof control};
-  struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
-  cmsg->cmsg_level = SOL_SOCKET;
-  cmsg->cmsg_type = SCM_RIGHTS;
-  cmsg->cmsg_len = CMSG_LEN(sizeof(int));
-  memcpy(CMSG_DATA(cmsg), &memfd, sizeof(int));
-  if (sendmsg(sock, &msg, MSG_NOSIGNAL) != 1) die("sendmsg memfd");
+  if (send_with_fd(sock, &byte, 1, memfd) != 1) die("sendmsg memfd");
 }
 
 static int peer_gone(int sock) {

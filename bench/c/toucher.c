@@ -112,16 +112,7 @@ static int connect_handler(const char *socket_path) {
 // Hand the uffd to the handler on `sock` and wait for its "serving" byte.
 static void hand_over_on(int sock, int uffd, uint64_t address, uint64_t length) {
   uint64_t region[2] = {address, length};
-  struct iovec iov = {.iov_base = region, .iov_len = sizeof region};
-  char control[CMSG_SPACE(sizeof(int))];
-  memset(control, 0, sizeof control);
-  struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof control};
-  struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
-  cmsg->cmsg_level = SOL_SOCKET;
-  cmsg->cmsg_type = SCM_RIGHTS;
-  cmsg->cmsg_len = CMSG_LEN(sizeof(int));
-  memcpy(CMSG_DATA(cmsg), &uffd, sizeof(int));
-  if (sendmsg(sock, &msg, MSG_NOSIGNAL) != (ssize_t)sizeof region) die("sendmsg uffd");
+  if (send_with_fd(sock, region, sizeof region, uffd) != (ssize_t)sizeof region) die("sendmsg uffd");
   char ack;
   if (read(sock, &ack, 1) != 1) die("read handler ack");
 }
@@ -135,14 +126,10 @@ static int hand_over(const char *socket_path, int uffd, uint64_t address, uint64
 // memfd-minor: the handler's memfd (the snapshot's pages, filled by it), received first.
 static int receive_memfd(int sock) {
   char byte;
-  struct iovec iov = {.iov_base = &byte, .iov_len = 1};
-  char control[CMSG_SPACE(sizeof(int))];
-  struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof control};
-  if (recvmsg(sock, &msg, MSG_CMSG_CLOEXEC) != 1) die("recvmsg memfd");
-  struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
-  if (!cmsg || cmsg->cmsg_type != SCM_RIGHTS) { fprintf(stderr, "toucher: no memfd received\n"); exit(2); }
-  int fd;
-  memcpy(&fd, CMSG_DATA(cmsg), sizeof fd);
+  ssize_t received;
+  int fd = receive_with_fd(sock, &byte, 1, &received);
+  if (received != 1) die("recvmsg memfd");
+  if (fd < 0) { fprintf(stderr, "toucher: no memfd received\n"); exit(2); }
   return fd;
 }
 
@@ -154,16 +141,7 @@ static int hand_over_firecracker(const char *socket_path, int uffd, uint64_t add
   char json[256];
   int n = snprintf(json, sizeof json, "[{\"base_host_virt_addr\":%llu,\"size\":%llu,\"offset\":0,\"page_size\":%u,\"page_size_kib\":%u}]",
                    (unsigned long long)address, (unsigned long long)length, PAGE, PAGE);
-  struct iovec iov = {.iov_base = json, .iov_len = (size_t)n};
-  char control[CMSG_SPACE(sizeof(int))];
-  memset(control, 0, sizeof control);
-  struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof control};
-  struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
-  cmsg->cmsg_level = SOL_SOCKET;
-  cmsg->cmsg_type = SCM_RIGHTS;
-  cmsg->cmsg_len = CMSG_LEN(sizeof(int));
-  memcpy(CMSG_DATA(cmsg), &uffd, sizeof(int));
-  if (sendmsg(sock, &msg, MSG_NOSIGNAL) != n) die("sendmsg regions and uffd");
+  if (send_with_fd(sock, json, (size_t)n, uffd) != n) die("sendmsg regions and uffd");
   return sock;
 }
 
