@@ -5,6 +5,7 @@ import { connect, type Socket } from 'node:net';
 import { describe, test } from 'node:test';
 import { SseBroadcaster } from '../../src/dashboard/sse-broadcaster.js';
 import { closeHttp, listenHttp } from '../../src/net/http-server.js';
+import { until as untilWithin } from '../helpers/waiting.js';
 
 async function serve(sse: SseBroadcaster): Promise<{ server: Server; port: number }> {
   const server = createServer((req, res) => {
@@ -22,13 +23,8 @@ function open(port: number): { socket: Socket; received: () => string } {
   return { socket, received: () => text };
 }
 
-async function until(what: string, check: () => boolean, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
+/** This file's waits: 10 s, polled every 10 ms. */
+const until = (what: string, check: () => boolean): Promise<void> => untilWithin(what, check, 10_000, 10);
 
 describe('server-sent events', { timeout: 60_000 }, () => {
   test('a page gets the latest frame first, then every update; a multi-line payload stays one event', async () => {

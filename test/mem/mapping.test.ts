@@ -13,6 +13,7 @@ import { BufferSource } from '../../src/sources/buffer-source.js';
 import { Userfaultfd } from '../../src/uffd/index.js';
 import { InvalidArgumentError, wrapNativeAsync } from '../../src/uffd/errors.js';
 import { Toucher } from '../helpers/toucher.js';
+import { within } from '../helpers/waiting.js';
 
 const PAGES = 16;
 const SIZE = PAGES * PAGE_SIZE;
@@ -25,15 +26,6 @@ const kinds = {
 
 const toucher = new Toucher();
 after(() => toucher.terminate());
-
-/** Within `ms`, or fail naming what hung. */
-function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} did not finish within ${ms} ms`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
 
 describe('a mapping', () => {
   for (const [kind, create] of Object.entries(kinds)) {
@@ -90,7 +82,7 @@ describe('a mapping', () => {
         const read = (page: number) => toucher.run<number>({ op: 'read-word', address: mapping.address + page * PAGE_SIZE });
         assert.equal(await read(3), new Uint32Array(image.buffer, 3 * PAGE_SIZE, 1)[0]);
         // madvise waits until this thread reads the REMOVE event: it runs on the thread pool, and this thread's loop reads it.
-        await within(mapping.discardAsync(3 * PAGE_SIZE, PAGE_SIZE), 5_000, 'discardAsync from the uffd reader\'s thread');
+        await within(5_000, 'discardAsync from the uffd reader\'s thread', mapping.discardAsync(3 * PAGE_SIZE, PAGE_SIZE));
         assert.equal(pager.snapshotMetrics().events.remove, 1, 'the REMOVE event was read and applied');
         assert.equal(await read(3), 0, 'the discarded page is a zero page now, not the source\'s again');
         assert.equal(await read(4), new Uint32Array(image.buffer, 4 * PAGE_SIZE, 1)[0]);

@@ -14,6 +14,7 @@ import { MessageType } from '../../src/protocol/wire.js';
 import { FrameProxy, type FrameFault } from './frame-proxy.js';
 import type { AvailabilityEvent } from '../../src/sources/network/availability.js';
 import { SoftMachine, softMachineKind, type SoftMachineConfig } from './soft-machine.js';
+import { within } from '../helpers/waiting.js';
 
 /** The frames a fault can be placed at: the migration's own type codes, and the page protocol's for post-copy's page replies. */
 export const FRAME = {
@@ -84,7 +85,7 @@ export async function runFaultCase(c: FaultCase, seed: number): Promise<FaultOut
   try {
     // Let the writer dirty some pages first (a count of beats, not a time: a loaded machine writes slower), so
     // pre-copy has runs of pages and rounds to do.
-    await bounded(new Promise<void>((resolve) => {
+    await within(10_000, 'the source writer\'s first beats', new Promise<void>((resolve) => {
       const check = (): void => {
         if (source.heartbeat < 20) return;
         source.off('heartbeat', check);
@@ -92,7 +93,7 @@ export async function runFaultCase(c: FaultCase, seed: number): Promise<FaultOut
       };
       source.on('heartbeat', check);
       check();
-    }), 10_000, 'the source writer\'s first beats');
+    }));
     const migration = new SourceMigration(source, {
       to: proxy.address,
       mode: c.mode,
@@ -108,10 +109,10 @@ export async function runFaultCase(c: FaultCase, seed: number): Promise<FaultOut
       sourceError = error;
     });
     const waiting = new Promise<void>((resolve) => migration.once('waiting', () => resolve()));
-    await bounded(Promise.race([run, waiting]), 30_000, `the source's run (${proxy.log.slice(-12).join(' ')})`);
+    await within(30_000, `the source's run (${proxy.log.slice(-12).join(' ')})`, Promise.race([run, waiting]));
     if (c.operator) {
       await c.operator(migration, destination);
-      await bounded(run, 10_000, 'the source after the operator');
+      await within(10_000, 'the source after the operator', run);
     }
     // The destination settles: done or failed — or, its source gone for good after GO, paused for ever.
     const sourceGone = (): boolean => ['completed', 'failed', 'cancelled'].includes(migration.state);
@@ -124,7 +125,7 @@ export async function runFaultCase(c: FaultCase, seed: number): Promise<FaultOut
       }, 20);
       void destination.done.finally(() => clearInterval(check)).catch(() => {});
     });
-    await bounded(Promise.race([destination.done.then(() => {}, () => {}), strandedThere]), (c.destinationDeadlineMs ?? 4000) + 5000, `the destination (${destination.state})`);
+    await within((c.destinationDeadlineMs ?? 4000) + 5000, `the destination (${destination.state})`, Promise.race([destination.done.then(() => {}, () => {}), strandedThere]));
     clearInterval(sampler);
     const incoming = kind.built[0];
     const runsOn = source.running ? 'source' : incoming?.running ? 'destination' : 'nowhere';
@@ -153,7 +154,7 @@ async function checkSurvivor(outcome: FaultOutcome, source: SoftMachine, incomin
   const survivor = outcome.runsOn === 'source' ? source : incoming!;
   // A few more beats, so a copy that runs is seen to run on.
   const before = survivor.heartbeat;
-  await bounded(new Promise<void>((resolve) => {
+  await within(10_000, 'heartbeats from the survivor', new Promise<void>((resolve) => {
     const check = (): void => {
       if (survivor.heartbeat >= before + 3) {
         survivor.off('heartbeat', check);
@@ -162,18 +163,10 @@ async function checkSurvivor(outcome: FaultOutcome, source: SoftMachine, incomin
     };
     survivor.on('heartbeat', check);
     check();
-  }), 10_000, 'heartbeats from the survivor');
+  }));
   await inspect?.(survivor);
   assert.deepEqual(await survivor.verify(), [], `pages of the ${outcome.runsOn} that differ from what its writer wrote`);
   const beats = outcome.runsOn === 'source' ? source.heartbeats : [...source.heartbeats, ...incoming!.heartbeats];
   assert.deepEqual(beats, beats.map((_, i) => beats[0]! + i), 'the heartbeat went on without a gap or a repeat');
 }
 
-async function bounded<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    return await Promise.race([promise, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`${what}: not settled within ${ms} ms`)), ms)))]);
-  } finally {
-    clearTimeout(timer);
-  }
-}

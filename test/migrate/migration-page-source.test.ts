@@ -17,6 +17,7 @@ import { FramedConnection } from '../../src/transport/index.js';
 import { crc32c } from '../../src/checksum/crc32c.js';
 import { MigrationPageChecksumError } from '../../src/migrate/errors.js';
 import { DEFAULT_MAX_PAYLOAD_BYTES, MAX_PROTOCOL_VERSION, ProtocolError, migrationFrameChecksumOf } from '../../src/protocol/index.js';
+import { until } from '../helpers/waiting.js';
 
 const PAGE = 4096;
 const PAGES = 16;
@@ -63,14 +64,6 @@ async function link(): Promise<Link> {
   return { destination, source, reads };
 }
 
-async function until(condition: () => boolean, what: string, timeoutMs = 5_000): Promise<void> {
-  const deadline = performance.now() + timeoutMs;
-  while (!condition()) {
-    if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 2));
-  }
-}
-
 /**
  * Answer with the frame checksum computed over the bytes as they are: what a
  * relay that alters a page and fixes the frame's CRC sends (a derived CRC
@@ -92,7 +85,7 @@ describe('the post-copy page source', () => {
     source.attach(first.destination, first.destination);
     const target = new Uint8Array(PAGE);
     const read = source.read(3 * PAGE, PAGE, target);
-    await until(() => first.reads.length === 1, 'the READ');
+    await until('the READ', () => first.reads.length === 1);
     assert.deepEqual({ offset: first.reads[0]!.offset, lengthBytes: first.reads[0]!.lengthBytes }, { offset: 3 * PAGE, lengthBytes: PAGE });
     const good = pageOf(7);
     const altered = pageOf(7);
@@ -109,7 +102,7 @@ describe('the post-copy page source', () => {
     source.connectionLost(error);
     const second = await link();
     source.attach(second.destination, second.destination);
-    await until(() => second.reads.length === 1, 'the READ sent again');
+    await until('the READ sent again', () => second.reads.length === 1);
     await second.source.send({ type: 'checked-pages', offset: 3 * PAGE, checksums: Uint32Array.of(crc32c(good)), data: good }, second.reads[0]!.requestId);
     await read;
     assert.deepEqual(target, good);
@@ -123,7 +116,7 @@ describe('the post-copy page source', () => {
     source.attach(destination, destination);
     const controller = new AbortController();
     const cancelled = source.read(5 * PAGE, PAGE, new Uint8Array(PAGE), { signal: controller.signal, priority: 'background' });
-    await until(() => reads.length === 1, 'the READ');
+    await until('the READ', () => reads.length === 1);
     controller.abort();
     await assert.rejects(cancelled);
     const page = pageOf(5);
@@ -131,7 +124,7 @@ describe('the post-copy page source', () => {
     // A read asked after it is answered on the same connection: the late answer above was dropped, not taken for it.
     const target = new Uint8Array(PAGE);
     const later = source.read(6 * PAGE, PAGE, target);
-    await until(() => reads.length === 2, 'the second READ');
+    await until('the second READ', () => reads.length === 2);
     const six = pageOf(6);
     await sourceEnd.send({ type: 'checked-pages', offset: 6 * PAGE, checksums: Uint32Array.of(crc32c(six)), data: six }, reads[1]!.requestId);
     await later;

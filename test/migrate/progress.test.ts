@@ -12,17 +12,9 @@ import { DestinationMigration } from '../../src/migrate/destination-migration.js
 import { SourceMigration, type MigrationProgress } from '../../src/migrate/source-migration.js';
 import { PAGE_SIZE } from '../../src/native.js';
 import { SoftMachine, softMachineKind } from './soft-machine.js';
+import { within } from '../helpers/waiting.js';
 
 const WRITER_PAGES = 256;
-
-async function bounded<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    return await Promise.race([promise, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`${what}: not settled within ${ms} ms`)), ms)))]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 /** Migrate a soft machine whose memory past the writer's pages holds data, sampling the source's progress every 2 ms. */
 async function migrate(memoryBytes: number, mode: MigrationMode): Promise<{ samples: MigrationProgress[]; source: MigrationProgress; destination: ReturnType<DestinationMigration['progress']> }> {
@@ -36,11 +28,11 @@ async function migrate(memoryBytes: number, mode: MigrationMode): Promise<{ samp
     const migration = new SourceMigration(source, { to: new URL(destination.url).host, mode, downtimeMs: 30, maxRounds: 3, stallTimeoutMs: 5000, progressTimeoutMs: 10_000 });
     const sampler = setInterval(() => samples.push(migration.progress()), 2);
     try {
-      await bounded(migration.run(), 60_000, 'the migration');
+      await within(60_000, 'the migration', migration.run());
     } finally {
       clearInterval(sampler);
     }
-    await bounded(destination.done, 30_000, 'the destination');
+    await within(30_000, 'the destination', destination.done);
     return { samples, source: migration.progress(), destination: destination.progress() };
   } finally {
     destination.close();

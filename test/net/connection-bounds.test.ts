@@ -7,6 +7,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import { describe, test, type TestContext } from 'node:test';
 import { boundHttpServer, DEFAULT_HTTP_BOUNDS, type HttpBounds } from '../../src/net/connection-bounds.js';
 import { getWith, occupy, statusOf } from './hostile-clients.js';
+import { until as untilWithin } from '../helpers/waiting.js';
 
 /** A server whose /hold requests are answered only when release() is called; everything else at once. */
 async function serve(t: TestContext, bounds: Partial<HttpBounds>): Promise<{ server: Server; port: number; held: ServerResponse[]; release(): void }> {
@@ -31,13 +32,8 @@ async function serve(t: TestContext, bounds: Partial<HttpBounds>): Promise<{ ser
 const closed = (socket: Socket): boolean => socket.destroyed || socket.readableEnded;
 const tick = (ms = 100): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-async function until(what: string, check: () => boolean, timeoutMs = 3000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error(`not ${what} within ${timeoutMs} ms`);
-    await tick(20);
-  }
-}
+/** This file's waits: 3 s unless told, polled every 20 ms. */
+const until = (what: string, check: () => boolean, timeoutMs = 3000): Promise<void> => untilWithin(what, check, timeoutMs, 20);
 
 describe('connection bounds', { timeout: 30_000 }, () => {
   test('at the cap a new connection closes the one idle longest; the others stay open', async (t) => {

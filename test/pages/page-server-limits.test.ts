@@ -15,6 +15,7 @@ import { BufferSource } from '../../src/sources/buffer-source.js';
 import { RemoteSource } from '../../src/pages/remote-source.js';
 import type { PageSource, ReadOptions } from '../../src/sources/page-source.js';
 import { RawClient } from './raw-client.js';
+import { until } from '../helpers/waiting.js';
 
 const MiB = 1024 * 1024;
 
@@ -46,14 +47,6 @@ function collectGone(at: PageServer): ServedConnectionSummary[] {
   const gone: ServedConnectionSummary[] = [];
   at.on('client-gone', (_client, summary) => gone.push(summary));
   return gone;
-}
-
-async function until(condition: () => boolean, what: string, timeoutMs = 5000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error(`not within ${timeoutMs} ms: ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 5));
-  }
 }
 
 /** A source whose reads wait until released. */
@@ -106,7 +99,7 @@ describe('the page server against clients that hold on to it', () => {
       await client.waitClosed(6000);
       assert.ok(client.received.some(isError('SHUTTING_DOWN')), 'an idle connection is told it is closed (reconnect when needed)');
     }
-    await until(() => gone.filter((s) => s.endReason === 'idle').length >= 7, 'seven connections gone as idle');
+    await until('seven connections gone as idle', () => gone.filter((s) => s.endReason === 'idle').length >= 7);
   });
 
   test('a client that pings, or waits for a READ, is not idle', { timeout: 20_000 }, async (t) => {
@@ -138,7 +131,7 @@ describe('the page server against clients that hold on to it', () => {
     t.after(() => source.close());
     const target = new Uint8Array(8192);
     await source.read(0, 8192, target);
-    await until(() => gone.filter((s) => s.endReason === 'idle').length >= 2, 'both its connections closed as idle');
+    await until('both its connections closed as idle', () => gone.filter((s) => s.endReason === 'idle').length >= 2);
     await source.read(65536, 8192, target);
     assert.deepEqual(target, image.subarray(65536, 65536 + 8192));
     assert.equal(source.stats.protocolViolations, 0);
@@ -153,7 +146,7 @@ describe('the page server against clients that hold on to it', () => {
     for (let batch = 0; batch < count; batch += 50) {
       const clients = await Promise.all(Array.from({ length: Math.min(50, count - batch) }, () => RawClient.connect(at.address.port)));
       for (const client of clients) client.destroy();
-      await until(() => closed >= batch + clients.length, 'the batch gone');
+      await until('the batch gone', () => closed >= batch + clients.length);
     }
     const summary = at.summary();
     assert.equal(summary.clients.length, CLOSED_SUMMARIES_KEPT);
@@ -170,7 +163,7 @@ describe('the page server against clients that hold on to it', () => {
       const busy = await helloClient(t, at);
       busy.send({ type: 'read', offset: 0, lengthBytes: 4096, priority: 'demand' }, busy.newRequestId());
     }
-    await until(() => source.waiting.length === 2, 'both READs at the source');
+    await until('both READs at the source', () => source.waiting.length === 2);
     const third = await RawClient.connect(at.address.port);
     t.after(() => third.destroy());
     await assert.rejects(third.hello(), /closed before HELLO answer/);
@@ -208,7 +201,7 @@ describe('the page server against clients that hold on to it', () => {
     hog.socket.pause();
     for (let i = 0; i < 64; i++) hog.send({ type: 'read', offset: (i % 16) * MiB, lengthBytes: MiB, priority: 'background' }, hog.newRequestId());
     // The kernel's socket buffers take the first replies; then the rest are held, and nothing more starts.
-    await until(() => at.queuedReplyBytes >= MiB, 'the hog to hold its replies');
+    await until('the hog to hold its replies', () => at.queuedReplyBytes >= MiB);
     await new Promise((resolve) => setTimeout(resolve, 200));
     const heldAt = at.summary().totals.reads;
     await new Promise((resolve) => setTimeout(resolve, 300));
@@ -224,8 +217,8 @@ describe('the page server against clients that hold on to it', () => {
     for (let i = 0; i < 4; i++) assert.equal((await good.request({ type: 'read', offset: i * MiB, lengthBytes: MiB, priority: 'demand' }, 2000)).type, 'checked-pages');
     assert.ok(performance.now() - started < 2000);
 
-    await until(() => gone.some((s) => s.endReason === 'stalled'), 'the hog closed as stalled', 5000);
-    await until(() => at.queuedReplyBytes === 0, 'its bytes given back');
+    await until('the hog closed as stalled', () => gone.some((s) => s.endReason === 'stalled'), 5000);
+    await until('its bytes given back', () => at.queuedReplyBytes === 0);
   });
 
   test('many clients that ask for big READs and never read hold at most maxQueuedReplyBytes together, and a well-behaved client is still served promptly', { timeout: 30_000 }, async (t) => {
@@ -254,7 +247,7 @@ describe('the page server against clients that hold on to it', () => {
       for (let i = 0; i < 64; i++) hog.send({ type: 'read', offset: ((h + i) % 16) * MiB, lengthBytes: MiB, priority: 'background' }, hog.newRequestId());
       hogs.push(hog);
     }
-    await until(() => at.queuedReplyBytes >= totalBytes - 2 * MiB, 'the hogs to fill the budget');
+    await until('the hogs to fill the budget', () => at.queuedReplyBytes >= totalBytes - 2 * MiB);
     const heldBytes = liveArrayBufferBytes() - baselineBytes;
     assert.ok(heldBytes < totalBytes + 16 * MiB, `the server holds ${heldBytes} bytes of buffers for clients that do not read`);
 

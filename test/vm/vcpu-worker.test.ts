@@ -12,6 +12,7 @@ import { Mapping } from '../../src/mem/mapping.js';
 import { kvmNative } from '../../src/native-kvm.js';
 import { vcpuWorkerFor } from '../../src/vm/vcpu-worker-pool.js';
 import { VcpuCounterBlock, type VcpuEvent, type VcpuWorkerData } from '../../src/vm/vcpu-protocol.js';
+import { within } from '../helpers/waiting.js';
 
 const NAME = 'kvm-run-stand-in';
 const RUN_BYTES = 2 * 4096;
@@ -52,24 +53,19 @@ async function startWorker(fd: number): Promise<{ worker: Worker; stop: () => vo
   };
 }
 
-function bounded<T>(ms: number, what: string, promise: Promise<T>): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  return Promise.race([promise, new Promise<never>((_r, reject) => (timer = setTimeout(() => reject(new Error(`${what}: more than ${ms} ms`)), ms)))]).finally(() => clearTimeout(timer));
-}
-
 describe('a vCPU worker told to stop', { timeout: 60_000 }, () => {
   test('has unmapped kvm_run when it says exited: a worker terminated at that word leaves no mapping (20 times)', async () => {
     const stand = Mapping.memfd(RUN_BYTES, NAME);
     try {
       const baseline = standInMappings();
       for (let i = 0; i < 20; i++) {
-        const { worker, stop } = await bounded(10_000, 'the worker starting', startWorker(stand.fd!));
+        const { worker, stop } = await within(10_000, 'the worker starting', startWorker(stand.fd!));
         assert.equal(standInMappings(), baseline + 1, 'the worker mapped its kvm_run');
         const exited = new Promise<void>((resolve) => worker.on('message', (event: VcpuEvent) => event.type === 'exited' && resolve()));
         stop();
-        await bounded(5000, "the worker's exited", exited);
+        await within(5000, "the worker's exited", exited);
         // What the VMM did on 'exited': end the thread at once.
-        await bounded(5000, 'terminating the worker', worker.terminate());
+        await within(5000, 'terminating the worker', worker.terminate());
         assert.equal(standInMappings(), baseline, `round ${i + 1}: the worker's kvm_run mapping is gone`);
       }
     } finally {
@@ -81,10 +77,10 @@ describe('a vCPU worker told to stop', { timeout: 60_000 }, () => {
     const stand = Mapping.memfd(RUN_BYTES, NAME);
     try {
       const baseline = standInMappings();
-      const { worker, stop } = await bounded(10_000, 'the worker starting', startWorker(stand.fd!));
+      const { worker, stop } = await within(10_000, 'the worker starting', startWorker(stand.fd!));
       const ended = new Promise<number>((resolve) => worker.once('exit', resolve));
       stop();
-      await bounded(2000, 'the worker thread ending by itself', ended);
+      await within(2000, 'the worker thread ending by itself', ended);
       assert.equal(standInMappings(), baseline);
     } finally {
       stand.unmap();
