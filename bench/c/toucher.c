@@ -61,7 +61,10 @@ static void *touch_slice(void *arg) {
     else (void)*(volatile uint64_t *)page;
     if (s->latency_ns) s->latency_ns[i] = (uint32_t)(now_ns() - before);
     // The tag is read outside the timed touch (the page is present by now).
-    if (*(volatile uint64_t *)page != page_tag(index)) bad++;
+    if (*(volatile uint64_t *)page != page_tag(index)) {
+      if (bad < 8) fprintf(stderr, "toucher: page %llu holds %llx, not %llx (touch %zu)\n", (unsigned long long)index, (unsigned long long)*(volatile uint64_t *)page, (unsigned long long)page_tag(index), i);
+      bad++;
+    }
   }
   s->end_ns = now_ns();
   s->mismatches = bad;
@@ -192,7 +195,7 @@ int main(int argc, char **argv) {
       sock = hand_over(socket_path, uffd, (uint64_t)(uintptr_t)base, size);
       close(uffd); // the handler's reference keeps the registration alive
     }
-  } else if (!strcmp(memory, "memfd-minor")) {
+  } else if (!strcmp(memory, "memfd-minor") || !strcmp(memory, "memfd-missing")) {
     // The handler's memfd mapped MAP_PRIVATE: faults on it are MISSING (not in
     // its page cache yet) or MINOR (in it, not mapped here), both answered with
     // UFFDIO_CONTINUE; a store then copies the page (copy-on-write) and never
@@ -205,9 +208,12 @@ int main(int argc, char **argv) {
     close(memfd);
     int uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
     if (uffd < 0) die("userfaultfd");
-    struct uffdio_api api = {.api = UFFD_API, .features = UFFD_FEATURE_MINOR_SHMEM};
+    // memfd-missing: MISSING only, so a page already in the memfd's page cache
+    // is mapped by the kernel without asking the handler.
+    int minor = !strcmp(memory, "memfd-minor");
+    struct uffdio_api api = {.api = UFFD_API, .features = minor ? UFFD_FEATURE_MINOR_SHMEM : 0};
     if (ioctl(uffd, UFFDIO_API, &api) < 0) die("UFFDIO_API (MINOR_SHMEM)");
-    struct uffdio_register reg = {.range = {.start = (uint64_t)(uintptr_t)base, .len = size}, .mode = UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_MINOR};
+    struct uffdio_register reg = {.range = {.start = (uint64_t)(uintptr_t)base, .len = size}, .mode = UFFDIO_REGISTER_MODE_MISSING | (minor ? UFFDIO_REGISTER_MODE_MINOR : 0)};
     if (ioctl(uffd, UFFDIO_REGISTER, &reg) < 0) die("UFFDIO_REGISTER (MISSING|MINOR)");
     hand_over_on(sock, uffd, (uint64_t)(uintptr_t)base, size);
     close(uffd);

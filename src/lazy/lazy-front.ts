@@ -5,7 +5,7 @@
 // the order of teardown. Each memory adds only what is its own: how its range
 // is made, which uffd features it needs, and what is left of the range after
 // close().
-import type { PrefetchOptions } from '../pager/index.js';
+import type { PageCacheHandle, PrefetchOptions } from '../pager/index.js';
 import { Userfaultfd, UserfaultError, type FeatureName } from '../uffd/index.js';
 import { PagerThread, type LazyMemoryStats, type PagerStopOptions } from './pager-thread.js';
 import type { PagerWorkerReply } from './pager-worker.js';
@@ -26,6 +26,8 @@ export interface LazyRangeOptions {
   recordWorkingSet?: boolean;
   replay?: Uint32Array;
   onHandlerLost?: HandlerLostPolicy;
+  /** The range is a private mapping of this page cache's memfd: registered MISSING and MINOR, served with CONTINUE. */
+  pageCache?: PageCacheHandle;
 }
 
 export interface LazyRange {
@@ -35,15 +37,16 @@ export interface LazyRange {
 }
 
 /**
- * Open a uffd, register the range MISSING, and start its pager thread. If a
+ * Open a uffd, register the range MISSING (and MINOR, over a page cache), and start its pager thread. If a
  * step fails the uffd is closed (the last reference: the kernel unregisters
  * the range) and the error thrown; the range itself is the caller's to drop.
  */
 export async function serveLazyRange(options: LazyRangeOptions): Promise<LazyRange> {
   let uffd: Userfaultfd | undefined;
   try {
-    uffd = Userfaultfd.open({ features: options.features, optionalFeatures: options.optionalFeatures, userModeOnly: options.userModeOnly });
-    uffd.register(options.address, options.lengthBytes, ['MISSING']);
+    const features: FeatureName[] = options.pageCache ? [...options.features, 'MINOR_SHMEM'] : options.features;
+    uffd = Userfaultfd.open({ features, optionalFeatures: options.optionalFeatures, userModeOnly: options.userModeOnly });
+    uffd.register(options.address, options.lengthBytes, options.pageCache ? ['MISSING', 'MINOR'] : ['MISSING']);
     const pager = await PagerThread.start({
       uffd,
       regions: [{ address: options.address, lengthBytes: options.lengthBytes, sourceOffset: options.sourceOffset }],
@@ -52,6 +55,7 @@ export async function serveLazyRange(options: LazyRangeOptions): Promise<LazyRan
       recordWorkingSet: options.recordWorkingSet,
       replay: options.replay,
       onHandlerLost: options.onHandlerLost,
+      pageCache: options.pageCache,
     });
     return { uffd, pager };
   } catch (error) {

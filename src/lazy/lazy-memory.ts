@@ -9,11 +9,12 @@
 // LazyWasmMemory.
 import { Mapping } from '../mem/mapping.js';
 import { native } from '../native.js';
-import type { PrefetchOptions } from '../pager/index.js';
+import { PAGE_SIZE } from '../native.js';
+import { PageCacheMismatchError, SharedPageCache, type PrefetchOptions } from '../pager/index.js';
 import type { FeatureName, Userfaultfd } from '../uffd/index.js';
 import { LazyFront, serveLazyRange } from './lazy-front.js';
 import type { PagerThread } from './pager-thread.js';
-import { checkSourceSpec, imageSizeBytes, type SourceSpec } from './source-spec.js';
+import { checkSourceSpec, imageName, imageSizeBytes, type SourceSpec } from './source-spec.js';
 import type { HandlerLostPolicy } from './watchdog.js';
 
 export type { LazyMemoryStats } from './pager-thread.js';
@@ -32,6 +33,30 @@ export interface LazyMemoryOptions {
   onHandlerLost?: HandlerLostPolicy;
   /** UFFD_USER_MODE_ONLY: kernel accesses (read(2) into the memory, O_DIRECT) get EFAULT instead of a fault. */
   userModeOnly?: boolean;
+  /**
+   * Zero-copy restore: share this page cache (createPageCache) between the
+   * restores of one image. The memory is then a private mapping of the
+   * cache's memfd: each page is read and checked once, by whichever restore
+   * touches it first, and every restore maps it from the cache (MINOR faults,
+   * UFFDIO_CONTINUE) instead of copying it. Stores copy the page (the
+   * kernel's copy-on-write) and never reach the cache. Wins where memory is
+   * read more than written and one image is restored many times; a first
+   * restore, or memory mostly written, is faster without (docs/bench.md).
+   */
+  pageCache?: SharedPageCache;
+}
+
+/**
+ * A page cache for `source`'s image, to share between its restores
+ * (LazyMemoryOptions.pageCache). It takes memory only as pages are filled, and
+ * lives until it is closed and every restore that used it is closed.
+ */
+export async function createPageCache(source: SourceSpec): Promise<SharedPageCache> {
+  checkSourceSpec(source);
+  const name = imageName(source);
+  if (name === undefined) throw new PageCacheMismatchError(`a page cache is kept per named image (a snapshot, a raw file, a page server, an object); a ${source.kind} source has no name`);
+  const sizeBytes = await imageSizeBytes(source);
+  return SharedPageCache.create(Math.ceil(sizeBytes / PAGE_SIZE) * PAGE_SIZE, name);
 }
 
 const FEATURES: FeatureName[] = ['EVENT_REMOVE', 'EVENT_UNMAP', 'EVENT_REMAP'];
@@ -51,8 +76,13 @@ export class LazyMemory extends LazyFront {
   static async create(options: LazyMemoryOptions): Promise<LazyMemory> {
     checkSourceSpec(options.source);
     const sourceOffset = options.sourceOffset ?? 0;
+    const { pageCache } = options;
+    if (pageCache) {
+      const name = imageName(options.source);
+      if (name !== pageCache.image) throw new PageCacheMismatchError(`the page cache holds ${pageCache.image}, not ${name ?? `a ${options.source.kind} source`}`);
+    }
     const sizeBytes = options.sizeBytes ?? (await imageSizeBytes(options.source)) - sourceOffset;
-    const mapping = Mapping.anonymous(sizeBytes, { noReserve: true });
+    const mapping = pageCache ? pageCache.mapPrivate(sourceOffset, sizeBytes) : Mapping.anonymous(sizeBytes, { noReserve: true });
     try {
       // A child forked without exec would inherit this range without the uffd
       // (no EVENT_FORK is asked for: every spawn would then wait on the pager
@@ -61,7 +91,7 @@ export class LazyMemory extends LazyFront {
       // child instead: a touch there faults loudly (SIGSEGV), never reads zero.
       // exec'd children (child_process) never see it either way.
       mapping.madvise(0, sizeBytes, native.constants.MADV_DONTFORK);
-      const { uffd, pager } = await serveLazyRange({ ...options, address: mapping.address, lengthBytes: sizeBytes, sourceOffset, features: FEATURES, optionalFeatures: OPTIONAL });
+      const { uffd, pager } = await serveLazyRange({ ...options, pageCache: pageCache?.handle, address: mapping.address, lengthBytes: sizeBytes, sourceOffset, features: FEATURES, optionalFeatures: OPTIONAL });
       return new LazyMemory(mapping, uffd, pager);
     } catch (error) {
       mapping.unmap();

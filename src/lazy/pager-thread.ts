@@ -23,7 +23,7 @@
 //      closes its own reference (its business: see LazyMemory, LazyWasmMemory)
 import { MessageChannel, Worker } from 'node:worker_threads';
 import { native } from '../native.js';
-import type { PageCounts, PagerMetricsSnapshot, PagerRegion, PrefetchOptions } from '../pager/index.js';
+import type { PageCacheHandle, PageCounts, PagerMetricsSnapshot, PagerRegion, PrefetchOptions } from '../pager/index.js';
 import { UserfaultError, type Userfaultfd } from '../uffd/index.js';
 import type { PagerWorkerData, PagerWorkerReply, PagerWorkerRequest } from './pager-worker.js';
 import type { SourceSpec } from './source-spec.js';
@@ -41,6 +41,8 @@ export interface PagerThreadOptions {
   replay?: Uint32Array;
   /** What happens to faults if the pager thread dies (default 'poison'). */
   onHandlerLost?: HandlerLostPolicy;
+  /** Serve from this shared page cache (zero-copy restore); the worker attaches its own descriptor. */
+  pageCache?: PageCacheHandle;
 }
 
 export interface LazyMemoryStats {
@@ -97,6 +99,7 @@ export class PagerThread {
         prefetch: options.prefetch ?? {},
         recordWorkingSet: options.recordWorkingSet ?? false,
         replay: options.replay,
+        pageCache: options.pageCache,
         lifeline,
       };
       const pagerWorker = new Worker(new URL('./pager-worker.js', import.meta.url), { workerData, transferList: [lifeline] });

@@ -5,7 +5,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import type { MessagePort } from 'node:worker_threads';
 import { PAGE_SIZE } from '../native.js';
-import { PagerHost, PageState, type Pager, type PagerRegion, type PrefetchOptions } from '../pager/index.js';
+import { PagerHost, PageState, SharedPageCache, type PageCacheHandle, type Pager, type PagerRegion, type PrefetchOptions } from '../pager/index.js';
 import { Userfaultfd, type FeatureName } from '../uffd/index.js';
 import { installInRun } from './install-runs.js';
 import { openSource, type SourceSpec } from './source-spec.js';
@@ -20,6 +20,8 @@ export interface PagerWorkerData {
   recordWorkingSet: boolean;
   /** Image pages to stream in the background, in order (working-set replay). */
   replay?: Uint32Array;
+  /** A shared page cache to serve from (zero-copy restore); attached here, closed when this worker stops. */
+  pageCache?: PageCacheHandle;
   /** Held open while this worker lives: its closing tells the watchdog the handler is gone. */
   lifeline?: MessagePort;
 }
@@ -49,6 +51,8 @@ async function main(): Promise<void> {
   data.lifeline?.start();
   const uffd = Userfaultfd.adopt(data.uffdFd, data.features);
   const source = await openSource(data.source);
+  // The owner keeps its cache open until this worker says it is ready.
+  const pageCache = data.pageCache ? SharedPageCache.attach(data.pageCache) : undefined;
   // The owner hears a network source's outages as they happen (unless its own thread waits in a fault meanwhile).
   source.onAvailability?.((event) => send({ type: 'availability', event }));
   const reportError = (error: Error): void => send({ type: 'error', message: error.message, code: (error as { code?: string }).code });
@@ -61,18 +65,24 @@ async function main(): Promise<void> {
   // The owner unregisters its own range (it keeps its own uffd reference).
   // This worker closes its duplicate and the source itself, after the
   // optional zero fill (which needs both), so not through the host.
-  const host = PagerHost.start(
-    { uffd, source, regions: data.regions, prefetch: data.prefetch, recordWorkingSet: data.recordWorkingSet, closeUffd: false, closeSource: false },
-    {
-      error: reportError,
-      poisoned: (_first, _count, error) => reportError(error),
-      complete: () => answerFill(true),
-      ended: (_reason, error) => {
-        if (error) reportError(error);
-        answerFill(false);
+  let host: PagerHost;
+  try {
+    host = PagerHost.start(
+      { uffd, source, pageCache, regions: data.regions, prefetch: data.prefetch, recordWorkingSet: data.recordWorkingSet, closeUffd: false, closeSource: false },
+      {
+        error: reportError,
+        poisoned: (_first, _count, error) => reportError(error),
+        complete: () => answerFill(true),
+        ended: (_reason, error) => {
+          if (error) reportError(error);
+          answerFill(false);
+        },
       },
-    },
-  );
+    );
+  } catch (error) {
+    pageCache?.close();
+    throw error;
+  }
   const pager = host.pager;
   if (data.replay) pager.prefetchPages(data.replay);
   port.on('message', (request: PagerWorkerRequest) => {
@@ -106,6 +116,7 @@ async function main(): Promise<void> {
             reportError(error as Error);
           } finally {
             uffd.close();
+            pageCache?.close();
           }
           try {
             await source.close?.();

@@ -68,6 +68,21 @@ export async function openSource(spec: SourceSpec): Promise<PageSource> {
   }
 }
 
+/** What names the image a spec describes (its path or URL), for a page cache kept per image; undefined for an image with no name (in memory, all zero). */
+export function imageName(spec: SourceSpec): string | undefined {
+  switch (spec.kind) {
+    case 'snapshot':
+    case 'raw-file':
+      return `${spec.kind}:${spec.path}`;
+    case 'remote':
+    case 's3':
+    case 'module':
+      return `${spec.kind}:${spec.url}`;
+    default:
+      return undefined;
+  }
+}
+
 /** The size of the image a spec describes (opening the source when the spec does not say). */
 export async function imageSizeBytes(spec: SourceSpec): Promise<number> {
   if (spec.kind === 'zero') return spec.sizeBytes;

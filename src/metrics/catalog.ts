@@ -57,8 +57,12 @@ export const METRICS = define({
     help: 'Page faults read from the userfaultfd, by what the fault found: a missing page (a read starts), one already in flight (coalesced), a present one (a wake), a discarded one (the zero page), a poisoned one, an address outside every region, a MINOR or a write-protect fault.',
   },
   pagesInstalled: {
-    name: 'userfault_pages_installed_total', type: 'counter', component: 'pager', labels: { how: ['copy', 'push', 'zero', 'wake'] },
-    help: 'Pages the pager resolved, by how: copy (UFFDIO_COPY of a read), push (UFFDIO_COPY of a page the source sent unasked, post-copy), zero (UFFDIO_ZEROPAGE), wake (the page was there already: its waiters were woken).',
+    name: 'userfault_pages_installed_total', type: 'counter', component: 'pager', labels: { how: ['copy', 'push', 'zero', 'wake', 'cache'] },
+    help: 'Pages the pager resolved, by how: copy (UFFDIO_COPY of a read), push (UFFDIO_COPY of a page the source sent unasked, post-copy), zero (UFFDIO_ZEROPAGE), wake (the page was there already: its waiters were woken), cache (UFFDIO_CONTINUE of a page in the shared page cache: no copy).',
+  },
+  pageCacheFills: {
+    name: 'userfault_page_cache_fills_total', type: 'counter', component: 'pager',
+    help: 'Pages this pager read, checked and wrote into a shared page cache (zero-copy restore); every restore of the image maps them from there.',
   },
   copiedBytes: { name: 'userfault_copied_bytes_total', type: 'counter', component: 'pager', help: 'Bytes copied into registered memory by UFFDIO_COPY.' },
   prefetchedPages: { name: 'userfault_prefetched_pages_total', type: 'counter', component: 'pager', help: 'Pages copied before any fault asked for them (read-ahead, working-set replay, prefetch-all).' },

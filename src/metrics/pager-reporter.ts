@@ -17,6 +17,8 @@ export function reportPagerCounters(sink: MetricsSink, m: PagerMetrics): void {
   sink.add('pagesInstalled', m.pushedPages, { how: 'push' });
   sink.add('pagesInstalled', m.zeroPages, { how: 'zero' });
   sink.add('pagesInstalled', m.wakes, { how: 'wake' });
+  sink.add('pagesInstalled', m.pagesMapped, { how: 'cache' });
+  sink.add('pageCacheFills', m.cacheFills);
   sink.add('copiedBytes', m.bytesCopied);
   sink.add('prefetchedPages', m.prefetchedPages);
   sink.add('prefetchHits', m.prefetchHits);

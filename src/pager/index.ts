@@ -5,3 +5,4 @@ export * from './page-state.js';
 export * from './pager.js';
 export * from './readahead.js';
 export * from './pager-host.js';
+export * from './page-cache.js';

@@ -22,6 +22,7 @@ import type { AddressMap } from './address-map.js';
 import type { Fetch } from './fetch-scheduler.js';
 import type { PagerMetrics } from './metrics.js';
 import type { PageBitmap } from './page-bitmap.js';
+import type { SharedPageCache } from './page-cache.js';
 import { PageState, type PageStateTable } from './page-state.js';
 import type { FaultWaiters } from './waiters.js';
 
@@ -47,6 +48,12 @@ export interface InstallerContext {
   map: AddressMap;
   waiters: FaultWaiters;
   metrics: PagerMetrics;
+  /**
+   * Zero-copy restore: pages go into this shared page cache (once, for every
+   * restore of the image) and are mapped with UFFDIO_CONTINUE instead of
+   * copied. A fetch without a buffer is all in the cache already.
+   */
+  pageCache?: SharedPageCache;
   /** Pages were prefetched (read-ahead or replay) rather than demanded: for the prefetch metrics. */
   prefetched: PageBitmap;
   isRunning(): boolean;
@@ -99,17 +106,24 @@ export class PageInstaller {
 
   /** COPY pages [first, first+count) of the fetch to `address`; returns the page to retry from, if the kernel asked for a retry. */
   private copyRun(fetch: Fetch, first: number, count: number, address: number, how: InstallHow): number | undefined {
-    const { uffd, metrics } = this.ctx;
+    const { uffd, metrics, pageCache } = this.ctx;
     const firstIndex = fetch.sourceOffset / PAGE_SIZE;
     let donePages = 0;
     while (donePages < count) {
       let result: ResolveResult;
       try {
         metrics.copyIoctls++;
-        result = uffd.copy(address + donePages * PAGE_SIZE, fetch.buffer!, {
-          srcOffset: (first + donePages) * PAGE_SIZE,
-          length: (count - donePages) * PAGE_SIZE,
-        });
+        if (pageCache) {
+          // Only pages whose filled bit is set are mapped: the bit goes on after their bytes are in.
+          if (fetch.buffer) metrics.cacheFills += pageCache.fill(firstIndex + first + donePages, count - donePages, fetch.buffer, (first + donePages) * PAGE_SIZE);
+          else if (!pageCache.allFilled(firstIndex + first + donePages, count - donePages)) throw new UserfaultError(`pages ${firstIndex + first + donePages}.. are not in the page cache and no read brought them`);
+          result = uffd.continue(address + donePages * PAGE_SIZE, (count - donePages) * PAGE_SIZE);
+        } else {
+          result = uffd.copy(address + donePages * PAGE_SIZE, fetch.buffer!, {
+            srcOffset: (first + donePages) * PAGE_SIZE,
+            length: (count - donePages) * PAGE_SIZE,
+          });
+        }
       } catch (error) {
         if (error instanceof AddressSpaceGoneError) throw error;
         if (error instanceof RangeNotRegisteredError) {
@@ -173,8 +187,11 @@ export class PageInstaller {
   private filled(index: number): void {
     const { states, metrics, waiters, prefetched } = this.ctx;
     states.set(index, PageState.PRESENT);
-    metrics.pagesCopied++;
-    metrics.bytesCopied += PAGE_SIZE;
+    if (this.ctx.pageCache) metrics.pagesMapped++;
+    else {
+      metrics.pagesCopied++;
+      metrics.bytesCopied += PAGE_SIZE;
+    }
     if (!waiters.has(index) && prefetched.get(index)) metrics.prefetchedPages++;
     this.settled(index);
   }
@@ -229,9 +246,10 @@ export class PageInstaller {
     this.answer(address, () => (poison ? this.ctx.uffd.poison(address, PAGE_SIZE) : this.ctx.uffd.zeropage(address, PAGE_SIZE)));
   }
 
-  /** MINOR mode: the page cache already holds the page; map it. */
-  answerMinor(address: number): void {
+  /** MINOR mode: the page cache already holds the page; map it (and settle the image page's waiters, when it has an index). */
+  answerMinor(address: number, index?: number): void {
     this.answer(address, () => this.ctx.uffd.continue(address, PAGE_SIZE));
+    if (index !== undefined) this.settled(index);
   }
 
   /**

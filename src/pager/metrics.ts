@@ -28,11 +28,15 @@ export interface PagerMetricsSnapshot {
   zeroPages: number;
   pagesCopied: number;
   bytesCopied: number;
+  /** Pages mapped from a shared page cache with UFFDIO_CONTINUE (zero-copy restore; not in pagesCopied). */
+  pagesMapped: number;
+  /** Pages this pager put in the shared page cache (read, checked, written once for every restore). */
+  cacheFills: number;
   /** Faults answered by a wake alone: the page was already there (EEXIST). */
   wakes: number;
   /** Pages copied ahead of any fault (read-ahead and replay). */
   prefetchedPages: number;
-  /** COPY ioctls issued (a contiguous run is one ioctl). */
+  /** COPY ioctls issued (a contiguous run is one ioctl; CONTINUE ones with a page cache). */
   copyIoctls: number;
   sourceReads: number;
   sourceErrors: number;
@@ -71,6 +75,8 @@ export class PagerMetrics {
   zeroPages = 0;
   pagesCopied = 0;
   bytesCopied = 0;
+  pagesMapped = 0;
+  cacheFills = 0;
   wakes = 0;
   prefetchedPages = 0;
   copyIoctls = 0;
@@ -115,7 +121,7 @@ export class PagerMetrics {
    * inFlightPeak takes the larger.
    */
   add(other: PagerMetrics): void {
-    const counts = ['faults', 'prefetchHits', 'zeroPages', 'pagesCopied', 'bytesCopied', 'wakes', 'prefetchedPages', 'copyIoctls', 'sourceReads',
+    const counts = ['faults', 'prefetchHits', 'zeroPages', 'pagesCopied', 'bytesCopied', 'pagesMapped', 'cacheFills', 'wakes', 'prefetchedPages', 'copyIoctls', 'sourceReads',
       'sourceErrors', 'copyRetries', 'pagesPoisoned', 'pushedPages', 'pushedPagesDropped', 'readsAborted'] as const;
     for (const name of counts) this[name] += other[name];
     for (const kind of FAULT_KINDS) this.faultsByKind[kind] += other.faultsByKind[kind];
@@ -134,6 +140,8 @@ export class PagerMetrics {
       zeroPages: this.zeroPages,
       pagesCopied: this.pagesCopied,
       bytesCopied: this.bytesCopied,
+      pagesMapped: this.pagesMapped,
+      cacheFills: this.cacheFills,
       wakes: this.wakes,
       prefetchedPages: this.prefetchedPages,
       copyIoctls: this.copyIoctls,

@@ -13,6 +13,7 @@
 //   event-applier.ts    REMOVE / UNMAP / REMAP / FORK applied before the faults of a batch
 //   fetch-scheduler.ts  what to read next: demand before background, bounded in flight
 //   installer.ts        COPY / ZEROPAGE / POISON / WAKE and every way the kernel refuses them
+//   page-cache.ts       a zero-copy restore's shared page cache (CONTINUE instead of COPY)
 //   readahead.ts        how far to read around a fault
 //   metrics.ts          counters and the latency histogram
 // This file reads the uffd, routes each fault by its page's state, runs the
@@ -31,6 +32,7 @@ import { PageInstaller, type InstallHow, type InstallerContext } from './install
 import { PagerMetrics, type PagerMetricsSnapshot } from './metrics.js';
 import { neededPages } from './needed-pages.js';
 import { PageBitmap } from './page-bitmap.js';
+import { PageCacheMismatchError, type SharedPageCache } from './page-cache.js';
 import { PageState, PageStateTable, type PageCounts } from './page-state.js';
 import { ReadAhead, type PrefetchOptions } from './readahead.js';
 import { FaultWaiters } from './waiters.js';
@@ -43,8 +45,16 @@ export interface PagerOptions {
   source: PageSource;
   /** The registered ranges and the image offsets they show. */
   regions: readonly PagerRegion[];
-  /** Register the regions with the uffd in MISSING mode first (default false: the caller did). */
+  /** Register the regions with the uffd first, MISSING (and MINOR with a page cache); default false: the caller did. */
   register?: boolean;
+  /**
+   * Zero-copy restore (page-cache.ts): the regions are a MAP_PRIVATE mapping
+   * of this cache's memfd, registered MISSING and MINOR (the uffd with
+   * MINOR_SHMEM). Pages read from the source go into the cache once and are
+   * mapped with UFFDIO_CONTINUE; pages another restore put there are mapped
+   * with no read at all. The cache is for this source's image, of its size.
+   */
+  pageCache?: SharedPageCache;
   /** Read-ahead around faults; false for exactly one page per fault. */
   prefetch?: PrefetchOptions | false;
   /** Source reads in flight at once (default 64). */
@@ -129,6 +139,7 @@ export class Pager extends EventEmitter<PagerEvents> {
   private readonly waiters = new FaultWaiters();
   private readonly events: EventContext;
   private readonly options: PagerOptions;
+  private readonly pageCache: SharedPageCache | undefined;
   private readonly inFlightSettled = new Set<Promise<void>>();
   /** Pages put in flight by read-ahead or replay rather than a fault. */
   private readonly prefetched: PageBitmap;
@@ -153,6 +164,10 @@ export class Pager extends EventEmitter<PagerEvents> {
         throw new RegionLayoutError(`a region shows image bytes past the end of ${this.source.description} (${this.source.sizeBytes} bytes)`, [region]);
       }
     }
+    this.pageCache = options.pageCache;
+    if (this.pageCache && this.pageCache.pageCount !== Math.ceil(this.source.sizeBytes / PAGE_SIZE)) {
+      throw new PageCacheMismatchError(`a ${this.pageCache.pageCount}-page cache (${this.pageCache.image}) cannot hold ${this.source.description} (${this.source.sizeBytes} bytes)`);
+    }
     const pageCount = Math.ceil(this.source.sizeBytes / PAGE_SIZE);
     this.states = options.initialStates ?? new PageStateTable(pageCount, undefined, neededPages(this.source, pageCount, this.map.regions.map((region) => ({ firstPage: region.sourceOffset / PAGE_SIZE, pageCount: region.lengthBytes / PAGE_SIZE }))));
     this.prefetched = new PageBitmap(pageCount);
@@ -167,6 +182,7 @@ export class Pager extends EventEmitter<PagerEvents> {
       waiters: this.waiters,
       metrics: this.metrics,
       prefetched: this.prefetched,
+      pageCache: this.pageCache,
       isRunning: () => this.statusValue === 'running',
       drainEvents: () => this.serve(),
       report: (error) => this.report(error),
@@ -224,7 +240,7 @@ export class Pager extends EventEmitter<PagerEvents> {
   start(): this {
     if (this.statusValue !== 'idle') throw new UserfaultError(`pager cannot start: it is ${this.statusValue}`);
     if (this.options.register) {
-      for (const region of this.map.regions) this.uffd.register(region.address, region.lengthBytes, ['MISSING']);
+      for (const region of this.map.regions) this.uffd.register(region.address, region.lengthBytes, this.pageCache ? ['MISSING', 'MINOR'] : ['MISSING']);
     }
     this.statusValue = 'running';
     this.uffd.watch(() => this.serve(), { ref: true, onError: (error) => this.failed(error) });
@@ -417,11 +433,15 @@ export class Pager extends EventEmitter<PagerEvents> {
       return;
     }
     const index = sourceOffset / PAGE_SIZE;
-    if (fault.minor) {
+    if (fault.minor && !this.pageCache) {
       this.metrics.fault('minor');
       this.installer.answerMinor(pageAddress);
       return;
     }
+    // With a page cache, a MINOR fault (the page is in the cache, not mapped
+    // here) goes by its page's state like a MISSING one: the cache may hold a
+    // page this restore discarded (it reads zero here) or one still being
+    // written (its filled bit is not set yet).
     if (this.demanded && !this.demanded[index]) {
       this.demanded[index] = 1;
       this.workingSetOrder.push(index);
@@ -445,7 +465,11 @@ export class Pager extends EventEmitter<PagerEvents> {
         return;
       case PageState.PRESENT:
         this.metrics.fault('present');
-        this.installer.answerPresent(index, pageAddress);
+        // A cache page mapped here and never written loses its entry when
+        // reclaim swaps the cache page out; the next touch is a MINOR fault,
+        // and only CONTINUE brings the right bytes back (the zero page would not).
+        if (fault.minor && this.pageCache?.isFilled(index)) this.installer.answerMinor(pageAddress, index);
+        else this.installer.answerPresent(index, pageAddress);
         return;
       case PageState.POISONED:
         this.metrics.fault('poisoned');
@@ -588,6 +612,11 @@ export class Pager extends EventEmitter<PagerEvents> {
   }
 
   private startRead(fetch: Fetch): void {
+    if (this.pageCache?.allFilled(fetch.sourceOffset / PAGE_SIZE, fetch.pageCount)) {
+      // Some restore of this image put these pages in the cache already: map them, nothing to read.
+      this.installReadGuarded(fetch);
+      return;
+    }
     if ((this.source.mappedPages || this.source.readSync) && this.readNow(fetch)) return;
     this.scheduler.started(fetch);
     if (this.scheduler.inFlight > this.metrics.inFlightPeak) this.metrics.inFlightPeak = this.scheduler.inFlight;

@@ -1,0 +1,183 @@
+// One image's checked pages kept in a memfd's page cache, shared by every
+// restore of that image in this process: the zero-copy restore.
+//
+// A restore maps the memfd MAP_PRIVATE and registers it MISSING and MINOR. A
+// page not yet in the cache faults MISSING: the pager reads it from the source
+// (checked, as always), writes it into the cache once, and maps it with
+// UFFDIO_CONTINUE. A page some restore already put there faults MINOR and is
+// mapped with CONTINUE at once: no read, no copy by us. A store to a mapped
+// page takes a copy-on-write fault in the kernel and lands in the restore's own
+// anonymous page, so no restore's writes ever reach the cache or another
+// restore (the kernel maps cache pages read-only into a private mapping).
+//
+// Why MINOR, not MISSING alone (which would let the kernel map cached pages
+// with no round trip at all): a page is in the page cache, visible to faults,
+// before its bytes are. A write into the memfd whose copy faults on its source
+// (shmem_write_end) publishes the page zero-filled, uptodate and unlocked, and
+// writes the bytes on a second try; a fault in between maps zeros. The bench's
+// C prototype showed it (a few pages in 65,536 read zero). With MINOR
+// registered the kernel maps no cache page on its own: every first touch asks
+// the pager, which maps only pages whose `filled` bit it set after their bytes
+// were in.
+//
+// Threads: each restore's pager runs in a worker of its own, so the filled
+// bits live in a SharedArrayBuffer (set with Atomics after the bytes are
+// written) and each thread attaches its own descriptor of the memfd. Two
+// pagers filling one page at once both write the same checked bytes; neither
+// maps it before its own write is done.
+import { ftruncateSync, writeSync } from 'node:fs';
+import { UserfaultError } from '../errors.js';
+import { wrapNative } from '../uffd/errors.js';
+import { Mapping } from '../mem/mapping.js';
+import { PAGE_SIZE, native } from '../native.js';
+
+/** What crosses to a pager's thread: the memfd (its number in this process), its size and the filled bits. */
+export interface PageCacheHandle {
+  fd: number;
+  sizeBytes: number;
+  /** One bit a page, set once the page's checked bytes are in the memfd. */
+  filled: SharedArrayBuffer;
+  /** The image the cache holds (a path, a URL): restores of another image are refused. */
+  image: string;
+}
+
+/** A page cache used for an image or a size it was not made for. */
+export class PageCacheMismatchError extends UserfaultError {
+  override readonly code = 'EPAGECACHE_MISMATCH';
+}
+
+export class SharedPageCache {
+  private readonly bits: Uint8Array;
+  private closed = false;
+
+  private constructor(
+    /** This thread's own descriptor of the memfd (closed by close()). */
+    private readonly fd: number,
+    private readonly handleValue: PageCacheHandle,
+  ) {
+    this.bits = new Uint8Array(handleValue.filled);
+  }
+
+  /** An empty cache for an image of `sizeBytes` (whole pages), named by `image`. Pages take memory only as they are filled. */
+  static create(sizeBytes: number, image: string): SharedPageCache {
+    if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0 || sizeBytes % PAGE_SIZE !== 0) {
+      throw new RangeError(`a page cache of ${sizeBytes} bytes is not a positive number of whole pages`);
+    }
+    const fd = wrapNative(() => native.memfdCreate(`userfault-cache:${image}`.slice(0, 249), native.constants.MFD_CLOEXEC));
+    try {
+      ftruncateSync(fd, sizeBytes);
+    } catch (error) {
+      native.close(fd);
+      throw error;
+    }
+    const filled = new SharedArrayBuffer(Math.ceil(sizeBytes / PAGE_SIZE / 8));
+    return new SharedPageCache(fd, { fd, sizeBytes, filled, image });
+  }
+
+  /**
+   * The same cache in another thread of this process, with a descriptor of
+   * its own. The creating cache must stay open until this returns (its
+   * descriptor is the one duplicated).
+   */
+  static attach(handle: PageCacheHandle): SharedPageCache {
+    if (!(handle.filled instanceof SharedArrayBuffer) || handle.filled.byteLength * 8 < handle.sizeBytes / PAGE_SIZE) {
+      throw new PageCacheMismatchError(`a page cache handle whose filled bits do not cover ${handle.sizeBytes} bytes`);
+    }
+    const fd = wrapNative(() => native.dup(handle.fd));
+    return new SharedPageCache(fd, { ...handle, fd });
+  }
+
+  get handle(): PageCacheHandle {
+    return { ...this.handleValue };
+  }
+
+  get sizeBytes(): number {
+    return this.handleValue.sizeBytes;
+  }
+
+  get image(): string {
+    return this.handleValue.image;
+  }
+
+  get pageCount(): number {
+    return this.handleValue.sizeBytes / PAGE_SIZE;
+  }
+
+  isFilled(index: number): boolean {
+    return (Atomics.load(this.bits, index >>> 3) & (1 << (index & 7))) !== 0;
+  }
+
+  /** Pages [first, first+count) all filled. */
+  allFilled(first: number, count: number): boolean {
+    for (let index = first; index < first + count; index++) if (!this.isFilled(index)) return false;
+    return true;
+  }
+
+  /** Pages filled so far (every bit counted: for stats and tests, not the fault path). */
+  filledPageCount(): number {
+    let count = 0;
+    for (let index = 0; index < this.pageCount; index++) if (this.isFilled(index)) count++;
+    return count;
+  }
+
+  /**
+   * Put pages [first, first+count) in the cache from `bytes` (their checked
+   * contents, from `offset`), skipping pages already there; returns how many
+   * it wrote. Each run goes in with one pwrite (the kernel copies into the
+   * memfd's pages; this thread maps none of them), and its bits are set after.
+   */
+  fill(first: number, count: number, bytes: Uint8Array, offset = 0): number {
+    this.assertOpen();
+    if (first < 0 || count < 0 || first + count > this.pageCount || offset + count * PAGE_SIZE > bytes.byteLength) {
+      throw new RangeError(`pages [${first}, +${count}) are not within this ${this.pageCount}-page cache and the ${bytes.byteLength} bytes given`);
+    }
+    let written = 0;
+    let i = 0;
+    while (i < count) {
+      if (this.isFilled(first + i)) {
+        i++;
+        continue;
+      }
+      let run = 1;
+      while (i + run < count && !this.isFilled(first + i + run)) run++;
+      writeAll(this.fd, bytes, offset + i * PAGE_SIZE, run * PAGE_SIZE, (first + i) * PAGE_SIZE);
+      for (let k = 0; k < run; k++) Atomics.or(this.bits, (first + i + k) >>> 3, 1 << ((first + i + k) & 7));
+      written += run;
+      i += run;
+    }
+    return written;
+  }
+
+  /**
+   * A restore's memory: the cache's pages [offset, offset+lengthBytes) mapped
+   * MAP_PRIVATE, for the caller to register MISSING and MINOR. Stores stay in
+   * the mapping (copy on write); the cache never sees them.
+   */
+  mapPrivate(offset: number, lengthBytes: number): Mapping {
+    this.assertOpen();
+    if (offset < 0 || offset % PAGE_SIZE !== 0 || offset + lengthBytes > this.sizeBytes) {
+      throw new PageCacheMismatchError(`[${offset}, +${lengthBytes}) is not within this ${this.sizeBytes}-byte page cache`);
+    }
+    return Mapping.file(this.fd, lengthBytes, { offset });
+  }
+
+  /** Close this thread's descriptor. Mappings made from it stay valid (they hold the memfd), as do other threads' caches. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    native.close(this.fd);
+  }
+
+  private assertOpen(): void {
+    if (this.closed) throw new UserfaultError('the page cache is closed');
+  }
+}
+
+function writeAll(fd: number, bytes: Uint8Array, offset: number, length: number, position: number): void {
+  let done = 0;
+  while (done < length) {
+    const n = writeSync(fd, bytes, offset + done, length - done, position + done);
+    if (n <= 0) throw new UserfaultError(`writing ${length} bytes into the page cache stopped at ${done}`);
+    done += n;
+  }
+}
