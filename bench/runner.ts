@@ -153,6 +153,7 @@ async function startHandler(ctx: BenchContext, spec: HandlerSpec, cpu: number): 
         recordWorkingSet: spec.kind === 'pager' && (spec.recordWorkingSet ?? false),
         replay: spec.kind === 'pager' ? spec.replay : undefined,
         stream: spec.kind === 'pager' ? spec.stream : undefined,
+        pageCache: spec.kind === 'pager' ? spec.pageCache : undefined,
       };
       const worker = new Worker(new URL('./handlers/pager-host.js', import.meta.url), { workerData: data });
       const messages: PagerHostMessage[] = [];

@@ -5,7 +5,7 @@
 import { openSync, closeSync } from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
 import { native } from '../../src/native.js';
-import { Pager, type PrefetchOptions } from '../../src/pager/index.js';
+import { Pager, SharedPageCache, type PrefetchOptions } from '../../src/pager/index.js';
 import type { PageSource } from '../../src/sources/page-source.js';
 import { BufferSource } from '../../src/sources/buffer-source.js';
 import { RawFileSource } from '../../src/sources/raw-file-source.js';
@@ -43,6 +43,8 @@ export interface PagerHostData {
   recordWorkingSet: boolean;
   replay?: Uint32Array;
   stream?: StreamSpec;
+  /** Serve through a shared page cache, its memfd sent to the toucher first: empty, or filled before the toucher comes. */
+  pageCache?: 'empty' | 'filled';
 }
 
 export type PagerHostMessage = { type: 'listening' } | { type: 'report'; report: HandlerReport } | { type: 'error'; message: string };
@@ -81,8 +83,8 @@ async function openPagerSource(source: PagerHostSource): Promise<PageSource> {
   }
 }
 
-/** Accept the toucher and receive [address, length] with its uffd. */
-async function acceptToucher(listenFd: number): Promise<{ conn: number; uffdFd: number; address: number; lengthBytes: number }> {
+/** Accept the toucher (sending it `memoryFd` first, for it to map) and receive [address, length] with its uffd. */
+async function acceptToucher(listenFd: number, memoryFd?: number): Promise<{ conn: number; uffdFd: number; address: number; lengthBytes: number }> {
   let conn: number;
   for (;;) {
     conn = native.unixAccept(listenFd);
@@ -90,6 +92,7 @@ async function acceptToucher(listenFd: number): Promise<{ conn: number; uffdFd: 
     if (conn !== -ERRNO.EAGAIN) throw new Error(`accept: errno ${-conn}`);
     await readable(listenFd);
   }
+  if (memoryFd !== undefined && native.sendWithFds(conn, Uint8Array.of(0x6d), [memoryFd]) !== 1) throw new Error('could not send the toucher its memory');
   const region = new Uint8Array(16);
   for (;;) {
     const [n, fds] = native.recvWithFds(conn, region);
@@ -160,14 +163,26 @@ function startStream(pager: Pager, source: PageSource, spec: StreamSpec): { stop
   }
 }
 
+/** A later restore's cache: every page read (and checked) from the source before the toucher comes. */
+async function fillCache(cache: SharedPageCache, source: PageSource): Promise<void> {
+  const chunk = new Uint8Array(2 << 20);
+  for (let offset = 0; offset < source.sizeBytes; offset += chunk.length) {
+    const length = Math.min(chunk.length, source.sizeBytes - offset);
+    await source.read(offset, length, chunk.subarray(0, length));
+    cache.fill(offset / 4096, length / 4096, chunk);
+  }
+}
+
 async function main(): Promise<void> {
   const data = workerData as PagerHostData;
   const port = parentPort!;
   if (data.cpu >= 0) native.setAffinity(data.cpu);
   const source = data.mode === 'pager' ? await openPagerSource(data.source) : undefined;
+  const pageCache = data.pageCache ? SharedPageCache.create(source!.sizeBytes, 'bench') : undefined;
+  if (data.pageCache === 'filled') await fillCache(pageCache!, source!);
   const listenFd = native.unixListen(data.socketPath, 1);
   port.postMessage({ type: 'listening' } satisfies PagerHostMessage);
-  const toucher = await acceptToucher(listenFd);
+  const toucher = await acceptToucher(listenFd, pageCache?.handle.fd);
   native.close(listenFd);
   const ack = Uint8Array.of(0x73);
   const cpuAtStart = threadCpuNow();
@@ -208,6 +223,7 @@ async function main(): Promise<void> {
     regions: [{ address: toucher.address, lengthBytes: toucher.lengthBytes, sourceOffset: 0 }],
     prefetch: data.prefetch,
     recordWorkingSet: data.recordWorkingSet,
+    pageCache,
   });
   const errors: string[] = [];
   pager.on('error', (error) => errors.push(error.message));
@@ -230,6 +246,7 @@ async function main(): Promise<void> {
     stream: streamReport,
   };
   uffd.close();
+  pageCache?.close();
   await source!.close?.();
   native.close(toucher.conn);
   port.postMessage({ type: 'report', report } satisfies PagerHostMessage);

@@ -44,6 +44,13 @@ export type HandlerSpec =
       singleConnection?: boolean;
       /** remote: a bulk stream while the toucher runs. */
       stream?: StreamSpec;
+      /**
+       * Zero-copy restore (LazyMemoryOptions.pageCache's path): the handler
+       * hands the toucher (memory 'memfd-minor') a SharedPageCache's memfd
+       * first, empty (a first restore: every page read, checked and put in the
+       * cache, in the time) or filled before the run (a later restore).
+       */
+      pageCache?: 'empty' | 'filled';
     }
   /**
    * Bench-only prototype (bench/handlers/lean-pager.ts): the fault path cut

@@ -44,7 +44,7 @@ interface FirecrackerPattern {
 }
 
 /** The variants of the loads pattern (the rest measure stores only). */
-const LOAD_VARIANTS = ['serve-raw', 'kernel', 'c-pread', 'c-memfd', 'c-memfd-filled'] as const;
+const LOAD_VARIANTS = ['serve-raw', 'kernel', 'c-pread', 'c-memfd', 'c-memfd-filled', 'pager-cache', 'pager-cache-filled'] as const;
 
 function defsOf(defs: readonly FirecrackerVariant[], pattern: FirecrackerPattern): FirecrackerVariant[] {
   return defs.filter((d) => !pattern.only || pattern.only.includes(d.key));
@@ -70,6 +70,9 @@ function variants(rawPath: string, baseline: boolean): FirecrackerVariant[] {
     // Zero-copy restore: MINOR faults on a MAP_PRIVATE mapping of the handler's memfd, answered with UFFDIO_CONTINUE (not Firecracker's handshake: the handler hands the client its memory first).
     { key: 'c-memfd', handler: 'C, memfd + CONTINUE', memory: 'raw, filled as faults come', spec: { kind: 'c', source: 'memfd', prefetch, spinUs: 0 }, toucher: { memory: 'memfd-minor' } },
     { key: 'c-memfd-filled', handler: 'C, memfd + CONTINUE', memory: 'raw, filled before (a later restore)', spec: { kind: 'c', source: 'memfd-filled', prefetch, spinUs: 0 }, toucher: { memory: 'memfd-minor' } },
+    // The same with the product's path (LazyMemoryOptions.pageCache): the Pager over a SharedPageCache, from the CRC-checked snapshot.
+    { key: 'pager-cache', handler: 'pager (worker), shared page cache', memory: 'snapshot, filled as faults come', spec: { kind: 'pager', source: 'snapshot', prefetch, pageCache: 'empty' }, toucher: { memory: 'memfd-minor' } },
+    { key: 'pager-cache-filled', handler: 'pager (worker), shared page cache', memory: 'snapshot, filled before (a later restore)', spec: { kind: 'pager', source: 'snapshot', prefetch, pageCache: 'filled' }, toucher: { memory: 'memfd-minor' } },
   ];
 }
 

@@ -30,10 +30,17 @@ export interface Fetch {
    * missing when it is started.
    */
   claimed?: boolean;
+  /**
+   * With a shared page cache: the pages are about to be written (a write
+   * fault asked for them, or read ahead of one), so each gets its private copy
+   * now (UFFDIO_COPY) instead of the cache page mapped read-only (CONTINUE)
+   * and a copy-on-write fault in the kernel right after.
+   */
+  forWrite?: boolean;
 }
 
-export function newFetch(sourceOffset: number, pageCount: number, demand: boolean, options: { attempts?: number; claimed?: boolean } = {}): Fetch {
-  return { sourceOffset, pageCount, demand, attempts: options.attempts ?? 0, installAttempts: 0, claimed: options.claimed ?? false };
+export function newFetch(sourceOffset: number, pageCount: number, demand: boolean, options: { attempts?: number; claimed?: boolean; forWrite?: boolean } = {}): Fetch {
+  return { sourceOffset, pageCount, demand, attempts: options.attempts ?? 0, installAttempts: 0, claimed: options.claimed ?? false, forWrite: options.forWrite ?? false };
 }
 
 export class FetchScheduler {

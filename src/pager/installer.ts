@@ -115,9 +115,12 @@ export class PageInstaller {
         metrics.copyIoctls++;
         if (pageCache) {
           // Only pages whose filled bit is set are mapped: the bit goes on after their bytes are in.
-          if (fetch.buffer) metrics.cacheFills += pageCache.fill(firstIndex + first + donePages, count - donePages, fetch.buffer, (first + donePages) * PAGE_SIZE);
-          else if (!pageCache.allFilled(firstIndex + first + donePages, count - donePages)) throw new UserfaultError(`pages ${firstIndex + first + donePages}.. are not in the page cache and no read brought them`);
-          result = uffd.continue(address + donePages * PAGE_SIZE, (count - donePages) * PAGE_SIZE);
+          const index = firstIndex + first + donePages;
+          if (fetch.buffer) metrics.cacheFills += pageCache.fill(index, count - donePages, fetch.buffer, (first + donePages) * PAGE_SIZE);
+          else if (!pageCache.allFilled(index, count - donePages)) throw new UserfaultError(`pages ${index}.. are not in the page cache and no read brought them`);
+          if (!fetch.forWrite) result = uffd.continue(address + donePages * PAGE_SIZE, (count - donePages) * PAGE_SIZE);
+          else if (fetch.buffer) result = uffd.copy(address + donePages * PAGE_SIZE, fetch.buffer, { srcOffset: (first + donePages) * PAGE_SIZE, length: (count - donePages) * PAGE_SIZE });
+          else result = uffd.copyFromAddress(address + donePages * PAGE_SIZE, pageCache.addressOf(index), (count - donePages) * PAGE_SIZE);
         } else {
           result = uffd.copy(address + donePages * PAGE_SIZE, fetch.buffer!, {
             srcOffset: (first + donePages) * PAGE_SIZE,
@@ -162,7 +165,8 @@ export class PageInstaller {
         case 'done':
         case 'partial': {
           const pages = result.bytes / PAGE_SIZE;
-          for (let k = 0; k < pages; k++) this.filled(firstIndex + first + donePages + k);
+          const mapped = this.ctx.pageCache !== undefined && !fetch.forWrite;
+          for (let k = 0; k < pages; k++) this.filled(firstIndex + first + donePages + k, mapped);
           this.ctx.installed(firstIndex + first + donePages, pages, how);
           donePages += pages;
           break;
@@ -184,10 +188,11 @@ export class PageInstaller {
     return undefined;
   }
 
-  private filled(index: number): void {
+  /** Page `index` is in: copied, or mapped from the page cache (CONTINUE). */
+  private filled(index: number, mapped: boolean): void {
     const { states, metrics, waiters, prefetched } = this.ctx;
     states.set(index, PageState.PRESENT);
-    if (this.ctx.pageCache) metrics.pagesMapped++;
+    if (mapped) metrics.pagesMapped++;
     else {
       metrics.pagesCopied++;
       metrics.bytesCopied += PAGE_SIZE;

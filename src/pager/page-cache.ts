@@ -49,6 +49,8 @@ export class PageCacheMismatchError extends UserfaultError {
 export class SharedPageCache {
   private readonly bits: Uint8Array;
   private closed = false;
+  /** This thread's read-only view of the memfd, mapped on first use (copies for pages about to be written). */
+  private view: Mapping | undefined;
 
   private constructor(
     /** This thread's own descriptor of the memfd (closed by close()). */
@@ -161,10 +163,24 @@ export class SharedPageCache {
     return Mapping.file(this.fd, lengthBytes, { offset });
   }
 
-  /** Close this thread's descriptor. Mappings made from it stay valid (they hold the memfd), as do other threads' caches. */
+  /**
+   * Where filled page `index` is in this thread's read-only view of the cache:
+   * the source of a UFFDIO_COPY for a page about to be written (one copy,
+   * instead of CONTINUE and the kernel's copy-on-write fault after it).
+   */
+  addressOf(index: number): number {
+    this.assertOpen();
+    if (!this.isFilled(index)) throw new UserfaultError(`page ${index} is not in the page cache`);
+    this.view ??= Mapping.file(this.fd, this.sizeBytes, { shared: true, writable: false });
+    return this.view.address + index * PAGE_SIZE;
+  }
+
+  /** Close this thread's descriptor and view. Mappings made from it stay valid (they hold the memfd), as do other threads' caches. */
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    this.view?.unmap();
+    this.view = undefined;
     native.close(this.fd);
   }
 

@@ -451,13 +451,13 @@ export class Pager extends EventEmitter<PagerEvents> {
     switch (state) {
       case PageState.MISSING:
         this.metrics.fault('missing');
-        this.startDemandFetch(index);
+        this.startDemandFetch(index, fault.write);
         return;
       case PageState.IN_FLIGHT:
         this.metrics.fault('in-flight');
         if (this.prefetched.get(index)) this.metrics.prefetchHits++;
         this.scheduler.promote(index);
-        this.keepStreamAhead(index);
+        this.keepStreamAhead(index, fault.write);
         return;
       case PageState.DISCARDED:
         this.metrics.fault('discarded');
@@ -490,7 +490,8 @@ export class Pager extends EventEmitter<PagerEvents> {
     }
   }
 
-  private startDemandFetch(index: number): void {
+  /** `forWrite`: the fault was a store (see Fetch.forWrite; it matters only with a page cache). */
+  private startDemandFetch(index: number, forWrite: boolean): void {
     if (this.source.isZero?.(index * PAGE_SIZE, PAGE_SIZE)) {
       this.installer.zeroFill(index);
       return;
@@ -503,8 +504,8 @@ export class Pager extends EventEmitter<PagerEvents> {
       pageCount++;
     }
     this.claim(index, pageCount, true);
-    this.scheduler.queueDemand(newFetch(sourceOffset, pageCount, true, { claimed: true }));
-    if (pageCount === window && this.readAhead.atFullSpeed) this.readAheadOfStream(index + pageCount, window);
+    this.scheduler.queueDemand(newFetch(sourceOffset, pageCount, true, { claimed: true, forWrite }));
+    if (pageCount === window && this.readAhead.atFullSpeed) this.readAheadOfStream(index + pageCount, window, forWrite);
   }
 
   /**
@@ -527,8 +528,8 @@ export class Pager extends EventEmitter<PagerEvents> {
    * local 0.66x against 0.61x. Other sources read into the pager's pooled
    * window-sized buffers, so their runs stay one window.
    */
-  private readAheadOfStream(firstIndex: number, pageCount: number): void {
-    this.readAheadRange(firstIndex, firstIndex + this.readAhead.aheadWindows * pageCount, pageCount);
+  private readAheadOfStream(firstIndex: number, pageCount: number, forWrite: boolean): void {
+    this.readAheadRange(firstIndex, firstIndex + this.readAhead.aheadWindows * pageCount, pageCount, forWrite);
   }
 
   /**
@@ -538,24 +539,24 @@ export class Pager extends EventEmitter<PagerEvents> {
    * stream whose source is slower than the thread stays that far ahead
    * instead of draining and starting again at its next missing page.
    */
-  private keepStreamAhead(index: number): void {
+  private keepStreamAhead(index: number, forWrite: boolean): void {
     const from = this.readAhead.caughtUp(index);
     if (from < 0) return;
     const window = this.readAhead.maxPages;
     const wanted = index + (this.readAhead.aheadWindows + 1) * window;
     const windows = Math.floor((wanted - from) / window);
-    if (windows > 0) this.readAheadRange(from, from + windows * window, window);
+    if (windows > 0) this.readAheadRange(from, from + windows * window, window, forWrite);
   }
 
-  /** Queue [firstIndex, end) in the background as a stream's read-ahead: runs of windows of `pageCount` pages. */
-  private readAheadRange(firstIndex: number, end: number, pageCount: number): void {
+  /** Queue [firstIndex, end) in the background as a stream's read-ahead: runs of windows of `pageCount` pages, for writing if the stream writes. */
+  private readAheadRange(firstIndex: number, end: number, pageCount: number, forWrite: boolean): void {
     const lends = this.source.readView !== undefined || this.source.mappedPages !== undefined;
     const runPages = lends ? pageCount * AHEAD_RUN_WINDOWS : pageCount;
     end = Math.min(this.states.pageCount, end);
     while (firstIndex < end) {
       const count = this.map.contiguousPagesFrom(firstIndex * PAGE_SIZE, Math.min(runPages, end - firstIndex));
       if (count === 0) return;
-      if (this.states.get(firstIndex) === PageState.MISSING) this.scheduler.queueBackground(newFetch(firstIndex * PAGE_SIZE, count, false));
+      if (this.states.get(firstIndex) === PageState.MISSING) this.scheduler.queueBackground(newFetch(firstIndex * PAGE_SIZE, count, false, { forWrite }));
       firstIndex += count;
       this.readAhead.readAheadTo(firstIndex);
     }
@@ -604,11 +605,11 @@ export class Pager extends EventEmitter<PagerEvents> {
     let count = 0;
     while (first + count < end && this.states.get(first + count) === PageState.MISSING) count++;
     if (count === 0) return undefined;
-    if (first + count < end) this.scheduler.requeueBackgroundFront(newFetch((first + count) * PAGE_SIZE, end - first - count, false));
+    if (first + count < end) this.scheduler.requeueBackgroundFront(newFetch((first + count) * PAGE_SIZE, end - first - count, false, { forWrite: fetch.forWrite }));
     count = Math.min(count, this.map.contiguousPagesFrom(first * PAGE_SIZE, count));
     if (count === 0) return undefined;
     this.claim(first, count, false);
-    return newFetch(first * PAGE_SIZE, count, fetch.demand, { attempts: fetch.attempts, claimed: true });
+    return newFetch(first * PAGE_SIZE, count, fetch.demand, { attempts: fetch.attempts, claimed: true, forWrite: fetch.forWrite });
   }
 
   private startRead(fetch: Fetch): void {
@@ -737,7 +738,7 @@ export class Pager extends EventEmitter<PagerEvents> {
     const firstIndex = fetch.sourceOffset / PAGE_SIZE;
     const retries = this.options.sourceRetries ?? 2;
     if (failure.failure === 'transient' && fetch.attempts < retries) {
-      this.retryLater(newFetch(fetch.sourceOffset, fetch.pageCount, this.anyWaiter(fetch), { attempts: fetch.attempts + 1, claimed: true }));
+      this.retryLater(newFetch(fetch.sourceOffset, fetch.pageCount, this.anyWaiter(fetch), { attempts: fetch.attempts + 1, claimed: true, forWrite: fetch.forWrite }));
       return;
     }
     if (fetch.pageCount > 1) {
@@ -748,7 +749,7 @@ export class Pager extends EventEmitter<PagerEvents> {
       const attempts = failure.failure === 'transient' ? retries : fetch.attempts;
       for (let index = firstIndex; index < firstIndex + fetch.pageCount; index++) {
         if (index === badIndex || this.states.get(index) !== PageState.IN_FLIGHT) continue;
-        const single = newFetch(index * PAGE_SIZE, 1, this.waiters.has(index), { attempts, claimed: true });
+        const single = newFetch(index * PAGE_SIZE, 1, this.waiters.has(index), { attempts, claimed: true, forWrite: fetch.forWrite });
         if (single.demand) this.scheduler.queueDemand(single);
         else this.scheduler.queueBackground(single);
       }
@@ -797,7 +798,7 @@ export class Pager extends EventEmitter<PagerEvents> {
       if (this.states.get(index) !== PageState.IN_FLIGHT) continue;
       this.states.set(index, PageState.MISSING);
       this.prefetched.clear(index);
-      if (this.waiters.has(index)) this.startDemandFetch(index);
+      if (this.waiters.has(index)) this.startDemandFetch(index, fetch.forWrite ?? false);
     }
     this.pump();
   }
