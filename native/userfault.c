@@ -489,6 +489,15 @@ static napi_value Mincore(napi_env env, napi_callback_info info) {
   return undefined(env);
 }
 
+// addSeals(fd, seals): fcntl(F_ADD_SEALS) on a memfd made with MFD_ALLOW_SEALING.
+static napi_value AddSeals(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  int64_t fd, seals;
+  if (!get_args(env, info, 2, argv) || !arg_i64(env, argv[0], &fd) || !arg_i64(env, argv[1], &seals)) return NULL;
+  if (fcntl((int)fd, F_ADD_SEALS, (int)seals) < 0) return throw_errno(env, "fcntl(F_ADD_SEALS)", errno);
+  return undefined(env);
+}
+
 static napi_value MemfdCreate(napi_env env, napi_callback_info info) {
   napi_value argv[2];
   char name[250];
@@ -872,6 +881,7 @@ static napi_value Init(napi_env env, napi_value exports) {
       FN("mremap", Mremap),
       FN("mincore", Mincore),
       FN("memfdCreate", MemfdCreate),
+      FN("addSeals", AddSeals),
       FN("arrayBufferAt", ArrayBufferAt),
       FN("addressOf", AddressOf),
       FN("copyMemory", CopyMemory),
@@ -918,6 +928,12 @@ static napi_value Init(napi_env env, napi_value exports) {
   set_const(env, c, "MADV_NOHUGEPAGE", MADV_NOHUGEPAGE);
   set_const(env, c, "MFD_CLOEXEC", MFD_CLOEXEC);
   set_const(env, c, "MFD_HUGETLB", MFD_HUGETLB);
+  set_const(env, c, "MFD_ALLOW_SEALING", MFD_ALLOW_SEALING);
+  set_const(env, c, "F_SEAL_SEAL", F_SEAL_SEAL);
+  set_const(env, c, "F_SEAL_SHRINK", F_SEAL_SHRINK);
+  set_const(env, c, "F_SEAL_GROW", F_SEAL_GROW);
+  set_const(env, c, "F_SEAL_WRITE", F_SEAL_WRITE);
+  set_const(env, c, "F_SEAL_FUTURE_WRITE", F_SEAL_FUTURE_WRITE);
   set_const(env, c, "O_NONBLOCK", O_NONBLOCK);
   set_const(env, c, "O_CLOEXEC", O_CLOEXEC);
   set_const(env, c, "O_DIRECT", O_DIRECT);

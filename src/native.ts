@@ -67,6 +67,8 @@ export interface NativeBinding {
   /** mincore(2): one byte per page into out; never faults the pages in. */
   mincore(address: number, length: number, out: Uint8Array): void;
   memfdCreate(name: string, flags: number): number;
+  /** fcntl(F_ADD_SEALS) on a memfd made with MFD_ALLOW_SEALING. */
+  addSeals(fd: number, seals: number): void;
   /** An ArrayBuffer over host memory; the caller keeps the mapping alive. */
   arrayBufferAt(address: number, length: number): ArrayBuffer;
   addressOf(bytes: ByteArg): number;
@@ -105,7 +107,7 @@ export type NativeConstant =
   | 'MAP_PRIVATE' | 'MAP_SHARED' | 'MAP_ANONYMOUS' | 'MAP_FIXED' | 'MAP_NORESERVE' | 'MAP_POPULATE' | 'MAP_HUGETLB'
   | 'MREMAP_MAYMOVE' | 'MREMAP_FIXED' | 'MREMAP_DONTUNMAP'
   | 'MADV_DONTNEED' | 'MADV_REMOVE' | 'MADV_DONTFORK' | 'MADV_WILLNEED' | 'MADV_HUGEPAGE' | 'MADV_NOHUGEPAGE'
-  | 'MFD_CLOEXEC' | 'MFD_HUGETLB'
+  | 'MFD_CLOEXEC' | 'MFD_HUGETLB' | 'MFD_ALLOW_SEALING' | 'F_SEAL_SEAL' | 'F_SEAL_SHRINK' | 'F_SEAL_GROW' | 'F_SEAL_WRITE' | 'F_SEAL_FUTURE_WRITE'
   | 'O_NONBLOCK' | 'O_CLOEXEC' | 'O_DIRECT'
   | 'POLLIN' | 'POLLHUP' | 'POLLERR'
   | 'UV_READABLE' | 'UV_WRITABLE' | 'UV_DISCONNECT';

@@ -25,18 +25,31 @@
 // written) and each thread attaches its own descriptor of the memfd. Two
 // pagers filling one page at once both write the same checked bytes; neither
 // maps it before its own write is done.
-import { ftruncateSync, writeSync } from 'node:fs';
+//
+// Other processes (serve's clients) get the memfd itself, so it is sealed
+// before anyone else sees it: no growing or shrinking (a truncation would
+// take pages from under every restore) and no write, by write(2), a new shared
+// writable mapping or a hole punched, by anyone (F_SEAL_FUTURE_WRITE). Only
+// the one writable mapping made before the seal, the cache's view in this
+// process, still writes: fills are copies into it.
+import { ftruncateSync } from 'node:fs';
 import { UserfaultError } from '../errors.js';
-import { wrapNative } from '../uffd/errors.js';
 import { Mapping } from '../mem/mapping.js';
 import { PAGE_SIZE, native } from '../native.js';
+import { wrapNative } from '../uffd/errors.js';
 
-/** What crosses to a pager's thread: the memfd (its number in this process), its size and the filled bits. */
+const C = native.constants;
+
+/** What crosses to a pager's thread: the memfd (its number in this process), the view, the filled bits. */
 export interface PageCacheHandle {
   fd: number;
   sizeBytes: number;
   /** One bit a page, set once the page's checked bytes are in the memfd. */
   filled: SharedArrayBuffer;
+  /** One Int32: the caches of this process open on the memfd; the last to close unmaps the view. */
+  users: SharedArrayBuffer;
+  /** The writable view of the memfd (mapped before the seal), in this process. */
+  viewAddress: number;
   /** The image the cache holds (a path, a URL): restores of another image are refused. */
   image: string;
 }
@@ -48,9 +61,9 @@ export class PageCacheMismatchError extends UserfaultError {
 
 export class SharedPageCache {
   private readonly bits: Uint8Array;
+  private readonly users: Int32Array;
+  private readonly view: Uint8Array;
   private closed = false;
-  /** This thread's read-only view of the memfd, mapped on first use (copies for pages about to be written). */
-  private view: Mapping | undefined;
 
   private constructor(
     /** This thread's own descriptor of the memfd (closed by close()). */
@@ -58,6 +71,8 @@ export class SharedPageCache {
     private readonly handleValue: PageCacheHandle,
   ) {
     this.bits = new Uint8Array(handleValue.filled);
+    this.users = new Int32Array(handleValue.users);
+    this.view = new Uint8Array(native.arrayBufferAt(handleValue.viewAddress, handleValue.sizeBytes));
   }
 
   /** An empty cache for an image of `sizeBytes` (whole pages), named by `image`. Pages take memory only as they are filled. */
@@ -65,27 +80,45 @@ export class SharedPageCache {
     if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0 || sizeBytes % PAGE_SIZE !== 0) {
       throw new RangeError(`a page cache of ${sizeBytes} bytes is not a positive number of whole pages`);
     }
-    const fd = wrapNative(() => native.memfdCreate(`userfault-cache:${image}`.slice(0, 249), native.constants.MFD_CLOEXEC));
+    const fd = wrapNative(() => native.memfdCreate(`userfault-cache:${image}`.slice(0, 249), C.MFD_CLOEXEC | C.MFD_ALLOW_SEALING));
+    let viewAddress: number | undefined;
     try {
       ftruncateSync(fd, sizeBytes);
+      viewAddress = wrapNative(() => native.mmap(0, sizeBytes, C.PROT_READ | C.PROT_WRITE, C.MAP_SHARED, fd, 0));
+      wrapNative(() => native.addSeals(fd, C.F_SEAL_SHRINK | C.F_SEAL_GROW | C.F_SEAL_FUTURE_WRITE | C.F_SEAL_SEAL));
     } catch (error) {
+      if (viewAddress !== undefined) native.munmap(viewAddress, sizeBytes);
       native.close(fd);
       throw error;
     }
+    const users = new SharedArrayBuffer(4);
+    new Int32Array(users)[0] = 1;
     const filled = new SharedArrayBuffer(Math.ceil(sizeBytes / PAGE_SIZE / 8));
-    return new SharedPageCache(fd, { fd, sizeBytes, filled, image });
+    return new SharedPageCache(fd, { fd, sizeBytes, filled, users, viewAddress, image });
   }
 
   /**
    * The same cache in another thread of this process, with a descriptor of
-   * its own. The creating cache must stay open until this returns (its
-   * descriptor is the one duplicated).
+   * its own. Some cache on it must still be open (the view is unmapped when
+   * the last one closes).
    */
   static attach(handle: PageCacheHandle): SharedPageCache {
-    if (!(handle.filled instanceof SharedArrayBuffer) || handle.filled.byteLength * 8 < handle.sizeBytes / PAGE_SIZE) {
-      throw new PageCacheMismatchError(`a page cache handle whose filled bits do not cover ${handle.sizeBytes} bytes`);
+    if (!(handle.filled instanceof SharedArrayBuffer) || handle.filled.byteLength * 8 < handle.sizeBytes / PAGE_SIZE || !(handle.users instanceof SharedArrayBuffer) || handle.users.byteLength < 4) {
+      throw new PageCacheMismatchError(`a page cache handle whose shared state does not cover ${handle.sizeBytes} bytes`);
     }
-    const fd = wrapNative(() => native.dup(handle.fd));
+    const users = new Int32Array(handle.users);
+    for (;;) {
+      const count = Atomics.load(users, 0);
+      if (count <= 0) throw new UserfaultError(`the page cache of ${handle.image} is closed`);
+      if (Atomics.compareExchange(users, 0, count, count + 1) === count) break;
+    }
+    let fd: number;
+    try {
+      fd = wrapNative(() => native.dup(handle.fd));
+    } catch (error) {
+      releaseView(users, handle);
+      throw error;
+    }
     return new SharedPageCache(fd, { ...handle, fd });
   }
 
@@ -103,6 +136,12 @@ export class SharedPageCache {
 
   get pageCount(): number {
     return this.handleValue.sizeBytes / PAGE_SIZE;
+  }
+
+  /** The sealed memfd, to hand to a process that maps it MAP_PRIVATE (it can neither write nor resize it). Stays this cache's. */
+  get memfd(): number {
+    this.assertOpen();
+    return this.fd;
   }
 
   isFilled(index: number): boolean {
@@ -125,8 +164,7 @@ export class SharedPageCache {
   /**
    * Put pages [first, first+count) in the cache from `bytes` (their checked
    * contents, from `offset`), skipping pages already there; returns how many
-   * it wrote. Each run goes in with one pwrite (the kernel copies into the
-   * memfd's pages; this thread maps none of them), and its bits are set after.
+   * it wrote. Each run is one copy into the view, and its bits are set after.
    */
   fill(first: number, count: number, bytes: Uint8Array, offset = 0): number {
     this.assertOpen();
@@ -142,12 +180,24 @@ export class SharedPageCache {
       }
       let run = 1;
       while (i + run < count && !this.isFilled(first + i + run)) run++;
-      writeAll(this.fd, bytes, offset + i * PAGE_SIZE, run * PAGE_SIZE, (first + i) * PAGE_SIZE);
+      const from = offset + i * PAGE_SIZE;
+      this.view.set(bytes.subarray(from, from + run * PAGE_SIZE), (first + i) * PAGE_SIZE);
       for (let k = 0; k < run; k++) Atomics.or(this.bits, (first + i + k) >>> 3, 1 << ((first + i + k) & 7));
       written += run;
       i += run;
     }
     return written;
+  }
+
+  /**
+   * Where filled page `index` is in the cache's view: the source of a
+   * UFFDIO_COPY for a page about to be written (one copy, instead of CONTINUE
+   * and the kernel's copy-on-write fault after it).
+   */
+  addressOf(index: number): number {
+    this.assertOpen();
+    if (!this.isFilled(index)) throw new UserfaultError(`page ${index} is not in the page cache`);
+    return this.handleValue.viewAddress + index * PAGE_SIZE;
   }
 
   /**
@@ -164,24 +214,14 @@ export class SharedPageCache {
   }
 
   /**
-   * Where filled page `index` is in this thread's read-only view of the cache:
-   * the source of a UFFDIO_COPY for a page about to be written (one copy,
-   * instead of CONTINUE and the kernel's copy-on-write fault after it).
+   * Close this thread's descriptor; the last cache of the process to close
+   * unmaps the view. Mappings made from it stay valid (they hold the memfd).
    */
-  addressOf(index: number): number {
-    this.assertOpen();
-    if (!this.isFilled(index)) throw new UserfaultError(`page ${index} is not in the page cache`);
-    this.view ??= Mapping.file(this.fd, this.sizeBytes, { shared: true, writable: false });
-    return this.view.address + index * PAGE_SIZE;
-  }
-
-  /** Close this thread's descriptor and view. Mappings made from it stay valid (they hold the memfd), as do other threads' caches. */
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    this.view?.unmap();
-    this.view = undefined;
     native.close(this.fd);
+    releaseView(this.users, this.handleValue);
   }
 
   private assertOpen(): void {
@@ -189,11 +229,6 @@ export class SharedPageCache {
   }
 }
 
-function writeAll(fd: number, bytes: Uint8Array, offset: number, length: number, position: number): void {
-  let done = 0;
-  while (done < length) {
-    const n = writeSync(fd, bytes, offset + done, length - done, position + done);
-    if (n <= 0) throw new UserfaultError(`writing ${length} bytes into the page cache stopped at ${done}`);
-    done += n;
-  }
+function releaseView(users: Int32Array, handle: PageCacheHandle): void {
+  if (Atomics.sub(users, 0, 1) === 1) native.munmap(handle.viewAddress, handle.sizeBytes);
 }

@@ -1,9 +1,11 @@
 // The shared page cache by itself: a real memfd, real private mappings of it
 // (no uffd here: the kernel maps cache pages on its own).
 import assert from 'node:assert/strict';
+import { ftruncateSync, writeSync } from 'node:fs';
 import { describe, test } from 'node:test';
 import { fillPattern } from '../../src/demo/pattern.js';
-import { PAGE_SIZE } from '../../src/native.js';
+import { Mapping } from '../../src/mem/mapping.js';
+import { PAGE_SIZE, native } from '../../src/native.js';
 import { PageCacheMismatchError, SharedPageCache } from '../../src/pager/page-cache.js';
 
 const PAGES = 16;
@@ -71,6 +73,46 @@ describe('shared page cache', () => {
     assert.throws(() => cache.mapPrivate(0, PAGE_SIZE), /the page cache is closed/);
   });
 
+  test('the memfd handed to other processes is sealed: whoever holds it can map it privately, never write it, resize it or map it shared and writable', () => {
+    const bytes = image();
+    const cache = SharedPageCache.create(PAGES * PAGE_SIZE, 'test:image');
+    try {
+      cache.fill(0, PAGES, bytes);
+      const fd = cache.memfd;
+      assert.throws(() => writeSync(fd, new Uint8Array(PAGE_SIZE), 0, PAGE_SIZE, 0), /EPERM/);
+      assert.throws(() => ftruncateSync(fd, 0), /EPERM/);
+      assert.throws(() => ftruncateSync(fd, 2 * PAGES * PAGE_SIZE), /EPERM/);
+      assert.throws(() => Mapping.file(fd, PAGES * PAGE_SIZE, { shared: true }), /EPERM/);
+      const readOnly = Mapping.file(fd, PAGES * PAGE_SIZE, { shared: true, writable: false });
+      try {
+        assert.deepEqual(readOnly.bytes(), bytes);
+        assert.throws(() => native.mprotect(readOnly.address, PAGE_SIZE, native.constants.PROT_READ | native.constants.PROT_WRITE), /EACCES|Permission denied/);
+      } finally {
+        readOnly.unmap();
+      }
+      // Fills still go in, through the one writable view made before the seal.
+      const other = SharedPageCache.create(PAGES * PAGE_SIZE, 'test:other');
+      try {
+        assert.equal(other.fill(0, PAGES, bytes), PAGES);
+      } finally {
+        other.close();
+      }
+    } finally {
+      cache.close();
+    }
+  });
+
+  test('the view lives while any cache of the process is open: attaching after the last one closed is refused', () => {
+    const bytes = image();
+    const cache = SharedPageCache.create(PAGES * PAGE_SIZE, 'test:image');
+    const attached = SharedPageCache.attach(cache.handle);
+    cache.close();
+    assert.equal(attached.fill(0, PAGES, bytes), PAGES, 'the attached cache still fills through the view');
+    const handle = attached.handle;
+    attached.close();
+    assert.throws(() => SharedPageCache.attach(handle), /the page cache of test:image is closed/);
+  });
+
   test('sizes, ranges and handles that do not fit are refused with typed errors', () => {
     assert.throws(() => SharedPageCache.create(PAGE_SIZE + 1, 'x'), RangeError);
     assert.throws(() => SharedPageCache.create(0, 'x'), RangeError);
@@ -80,6 +122,7 @@ describe('shared page cache', () => {
       assert.throws(() => cache.fill(0, 2, new Uint8Array(PAGE_SIZE)), RangeError, 'fewer bytes than pages');
       assert.throws(() => cache.mapPrivate(PAGE_SIZE, PAGES * PAGE_SIZE), PageCacheMismatchError);
       assert.throws(() => SharedPageCache.attach({ ...cache.handle, filled: new SharedArrayBuffer(1) }), PageCacheMismatchError);
+      assert.throws(() => SharedPageCache.attach({ ...cache.handle, users: new SharedArrayBuffer(0) }), PageCacheMismatchError);
     } finally {
       cache.close();
     }
