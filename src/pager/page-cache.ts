@@ -26,13 +26,18 @@
 // pagers filling one page at once both write the same checked bytes; neither
 // maps it before its own write is done.
 //
-// Other processes (serve's clients) get the memfd itself, so it is sealed
-// before anyone else sees it: no growing or shrinking (a truncation would
-// take pages from under every restore) and no write, by write(2), a new shared
-// writable mapping or a hole punched, by anyone (F_SEAL_FUTURE_WRITE). Only
-// the one writable mapping made before the seal, the cache's view in this
-// process, still writes: fills are copies into it.
-import { ftruncateSync } from 'node:fs';
+// The memfd never grows or shrinks (sealed so from the start: a truncation
+// would take pages from under every restore). Fills are pwrite(2)s: the
+// kernel copies into the page cache, and this process maps none of it (a
+// copy through a mapping of ours costs a page fault per page first, twice
+// the time of a whole first restore on this machine). Before the memfd goes
+// to another process (serve's clients), sealForSharing() forbids every
+// write, by write(2), a new shared writable mapping or a hole punched, by
+// anyone (F_SEAL_FUTURE_WRITE); from then on fills are copies into the one
+// writable mapping made before that seal, the cache's view, each run
+// populated in one madvise first.
+import { ftruncateSync, writeSync } from 'node:fs';
+import { ERRNO } from '../errno.js';
 import { UserfaultError } from '../errors.js';
 import { Mapping } from '../mem/mapping.js';
 import { PAGE_SIZE, native } from '../native.js';
@@ -46,7 +51,7 @@ export interface PageCacheHandle {
   sizeBytes: number;
   /** One bit a page, set once the page's checked bytes are in the memfd. */
   filled: SharedArrayBuffer;
-  /** One Int32: the caches of this process open on the memfd; the last to close unmaps the view. */
+  /** Two Int32s: the caches of this process open on the memfd (the last to close unmaps the view); 1 once sealed against writes. */
   users: SharedArrayBuffer;
   /** The writable view of the memfd (mapped before the seal), in this process. */
   viewAddress: number;
@@ -59,8 +64,14 @@ export class PageCacheMismatchError extends UserfaultError {
   override readonly code = 'EPAGECACHE_MISMATCH';
 }
 
+/** Int32 slots of PageCacheHandle.users. */
+const USERS = 0;
+const SEALED = 1;
+const MADV_POPULATE_WRITE = 23;
+
 export class SharedPageCache {
   private readonly bits: Uint8Array;
+  /** USERS and SEALED. */
   private readonly users: Int32Array;
   private readonly view: Uint8Array;
   private closed = false;
@@ -85,14 +96,14 @@ export class SharedPageCache {
     try {
       ftruncateSync(fd, sizeBytes);
       viewAddress = wrapNative(() => native.mmap(0, sizeBytes, C.PROT_READ | C.PROT_WRITE, C.MAP_SHARED, fd, 0));
-      wrapNative(() => native.addSeals(fd, C.F_SEAL_SHRINK | C.F_SEAL_GROW | C.F_SEAL_FUTURE_WRITE | C.F_SEAL_SEAL));
+      wrapNative(() => native.addSeals(fd, C.F_SEAL_SHRINK | C.F_SEAL_GROW));
     } catch (error) {
       if (viewAddress !== undefined) native.munmap(viewAddress, sizeBytes);
       native.close(fd);
       throw error;
     }
-    const users = new SharedArrayBuffer(4);
-    new Int32Array(users)[0] = 1;
+    const users = new SharedArrayBuffer(8);
+    new Int32Array(users)[USERS] = 1;
     const filled = new SharedArrayBuffer(Math.ceil(sizeBytes / PAGE_SIZE / 8));
     return new SharedPageCache(fd, { fd, sizeBytes, filled, users, viewAddress, image });
   }
@@ -103,14 +114,14 @@ export class SharedPageCache {
    * the last one closes).
    */
   static attach(handle: PageCacheHandle): SharedPageCache {
-    if (!(handle.filled instanceof SharedArrayBuffer) || handle.filled.byteLength * 8 < handle.sizeBytes / PAGE_SIZE || !(handle.users instanceof SharedArrayBuffer) || handle.users.byteLength < 4) {
+    if (!(handle.filled instanceof SharedArrayBuffer) || handle.filled.byteLength * 8 < handle.sizeBytes / PAGE_SIZE || !(handle.users instanceof SharedArrayBuffer) || handle.users.byteLength < 8) {
       throw new PageCacheMismatchError(`a page cache handle whose shared state does not cover ${handle.sizeBytes} bytes`);
     }
     const users = new Int32Array(handle.users);
     for (;;) {
-      const count = Atomics.load(users, 0);
+      const count = Atomics.load(users, USERS);
       if (count <= 0) throw new UserfaultError(`the page cache of ${handle.image} is closed`);
-      if (Atomics.compareExchange(users, 0, count, count + 1) === count) break;
+      if (Atomics.compareExchange(users, USERS, count, count + 1) === count) break;
     }
     let fd: number;
     try {
@@ -138,9 +149,22 @@ export class SharedPageCache {
     return this.handleValue.sizeBytes / PAGE_SIZE;
   }
 
-  /** The sealed memfd, to hand to a process that maps it MAP_PRIVATE (it can neither write nor resize it). Stays this cache's. */
-  get memfd(): number {
+  /**
+   * The memfd, sealed against every write first (idempotent), to hand to a
+   * process that maps it MAP_PRIVATE: it can neither write nor resize it. It
+   * stays this cache's descriptor; fills go on through the view.
+   */
+  sealForSharing(): number {
     this.assertOpen();
+    if (Atomics.load(this.users, SEALED) === 0) {
+      try {
+        wrapNative(() => native.addSeals(this.fd, C.F_SEAL_FUTURE_WRITE | C.F_SEAL_SEAL));
+      } catch (error) {
+        // Another thread sealed it meanwhile (F_SEAL_SEAL refuses a second seal).
+        if ((error as { errno?: number }).errno !== ERRNO.EPERM) throw error;
+      }
+      Atomics.store(this.users, SEALED, 1);
+    }
     return this.fd;
   }
 
@@ -164,7 +188,8 @@ export class SharedPageCache {
   /**
    * Put pages [first, first+count) in the cache from `bytes` (their checked
    * contents, from `offset`), skipping pages already there; returns how many
-   * it wrote. Each run is one copy into the view, and its bits are set after.
+   * it wrote. Each run is one pwrite (one copy into the view once sealed),
+   * and its bits are set after.
    */
   fill(first: number, count: number, bytes: Uint8Array, offset = 0): number {
     this.assertOpen();
@@ -180,13 +205,27 @@ export class SharedPageCache {
       }
       let run = 1;
       while (i + run < count && !this.isFilled(first + i + run)) run++;
-      const from = offset + i * PAGE_SIZE;
-      this.view.set(bytes.subarray(from, from + run * PAGE_SIZE), (first + i) * PAGE_SIZE);
+      this.write(first + i, run, bytes, offset + i * PAGE_SIZE);
       for (let k = 0; k < run; k++) Atomics.or(this.bits, (first + i + k) >>> 3, 1 << ((first + i + k) & 7));
       written += run;
       i += run;
     }
     return written;
+  }
+
+  private write(first: number, count: number, bytes: Uint8Array, from: number): void {
+    if (Atomics.load(this.users, SEALED) === 0) {
+      try {
+        writeAll(this.fd, bytes, from, count * PAGE_SIZE, first * PAGE_SIZE);
+        return;
+      } catch (error) {
+        // Sealed by another thread since the check: the view is the way in now.
+        if ((error as { code?: string }).code !== 'EPERM' || Atomics.load(this.users, SEALED) === 0) throw error;
+      }
+    }
+    const address = this.handleValue.viewAddress + first * PAGE_SIZE;
+    wrapNative(() => native.madvise(address, count * PAGE_SIZE, MADV_POPULATE_WRITE));
+    this.view.set(bytes.subarray(from, from + count * PAGE_SIZE), first * PAGE_SIZE);
   }
 
   /**
@@ -230,5 +269,14 @@ export class SharedPageCache {
 }
 
 function releaseView(users: Int32Array, handle: PageCacheHandle): void {
-  if (Atomics.sub(users, 0, 1) === 1) native.munmap(handle.viewAddress, handle.sizeBytes);
+  if (Atomics.sub(users, USERS, 1) === 1) native.munmap(handle.viewAddress, handle.sizeBytes);
+}
+
+function writeAll(fd: number, bytes: Uint8Array, offset: number, length: number, position: number): void {
+  let done = 0;
+  while (done < length) {
+    const n = writeSync(fd, bytes, offset + done, length - done, position + done);
+    if (n <= 0) throw new UserfaultError(`writing ${length} bytes into the page cache stopped at ${done}`);
+    done += n;
+  }
 }
