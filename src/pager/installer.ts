@@ -119,8 +119,7 @@ export class PageInstaller {
           if (fetch.buffer) metrics.cacheFills += pageCache.fill(index, count - donePages, fetch.buffer, (first + donePages) * PAGE_SIZE);
           else if (!pageCache.allFilled(index, count - donePages)) throw new UserfaultError(`pages ${index}.. are not in the page cache and no read brought them`);
           if (!fetch.forWrite) result = uffd.continue(address + donePages * PAGE_SIZE, (count - donePages) * PAGE_SIZE);
-          else if (fetch.buffer) result = uffd.copy(address + donePages * PAGE_SIZE, fetch.buffer, { srcOffset: (first + donePages) * PAGE_SIZE, length: (count - donePages) * PAGE_SIZE });
-          else result = uffd.copyFromAddress(address + donePages * PAGE_SIZE, pageCache.addressOf(index), (count - donePages) * PAGE_SIZE);
+          else result = uffd.copy(address + donePages * PAGE_SIZE, fetch.buffer!, { srcOffset: (first + donePages) * PAGE_SIZE, length: (count - donePages) * PAGE_SIZE });
         } else {
           result = uffd.copy(address + donePages * PAGE_SIZE, fetch.buffer!, {
             srcOffset: (first + donePages) * PAGE_SIZE,

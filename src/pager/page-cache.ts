@@ -36,7 +36,7 @@
 // anyone (F_SEAL_FUTURE_WRITE); from then on fills are copies into the one
 // writable mapping made before that seal, the cache's view, each run
 // populated in one madvise first.
-import { ftruncateSync, writeSync } from 'node:fs';
+import { ftruncateSync, readSync, writeSync } from 'node:fs';
 import { ERRNO } from '../errno.js';
 import { UserfaultError } from '../errors.js';
 import { Mapping } from '../mem/mapping.js';
@@ -229,14 +229,22 @@ export class SharedPageCache {
   }
 
   /**
-   * Where filled page `index` is in the cache's view: the source of a
-   * UFFDIO_COPY for a page about to be written (one copy, instead of CONTINUE
-   * and the kernel's copy-on-write fault after it).
+   * Read filled pages [first, first+count) into `target`: for pages about to
+   * be written, copied once into place (UFFDIO_COPY) instead of mapped and
+   * copied again by the kernel's copy-on-write fault.
    */
-  addressOf(index: number): number {
+  read(first: number, count: number, target: Uint8Array): void {
     this.assertOpen();
-    if (!this.isFilled(index)) throw new UserfaultError(`page ${index} is not in the page cache`);
-    return this.handleValue.viewAddress + index * PAGE_SIZE;
+    if (!this.allFilled(first, count) || count * PAGE_SIZE > target.byteLength) {
+      throw new RangeError(`pages [${first}, +${count}) are not all in the page cache, or do not fit ${target.byteLength} bytes`);
+    }
+    let done = 0;
+    const length = count * PAGE_SIZE;
+    while (done < length) {
+      const n = readSync(this.fd, target, done, length - done, first * PAGE_SIZE + done);
+      if (n <= 0) throw new UserfaultError(`reading ${length} bytes from the page cache stopped at ${done}`);
+      done += n;
+    }
   }
 
   /**
