@@ -17,6 +17,8 @@ import {
 import { openSourceByUrl, sourceUrlKind } from '../source-url/open-source-by-url.js';
 import { endpointOption } from './s3-snapshot-commands.js';
 import { errnoName } from '../errno.js';
+import { PAGE_SIZE } from '../native.js';
+import { SharedPageCache } from '../pager/page-cache.js';
 import { CannotCreateError, UsageError } from './errors.js';
 import { handlerReporter } from '../metrics/handler-reporter.js';
 import { sourceReporter } from '../metrics/source-reporter.js';
@@ -43,6 +45,7 @@ interface ServeOptions {
   logFormat: string;
   metrics?: string;
   metricsAllowRemote?: boolean;
+  pageCache?: boolean;
 }
 
 /** sizeof(sockaddr_un.sun_path) less its terminating NUL. */
@@ -61,6 +64,11 @@ export function registerServeCommand(program: Command): void {
     .addOption(new Option('--from <url>', 'serve memory fetched from a page server (tcp://HOST:PORT; userfault pages serve) or object storage (s3://BUCKET/KEY; userfault snapshot push) instead of a local file').conflicts('snapshot'))
     .addOption(endpointOption())
     .option('--no-readahead', 'fetch exactly the faulting page, no read-ahead')
+    .option(
+      '--page-cache',
+      'keep the checked pages in one sealed memfd that clients asking for it map privately (zero-copy restore, docs/handler.md): ' +
+        'each page is read and checked once for every such client, and memory only read is shared between them; Firecracker clients are served as before',
+    )
     .addOption(
       new Option('--handshake-timeout <ms>', 'time a client has to send its regions and userfaultfd')
         .argParser(integerArg({ min: 1, max: 2 ** 31 - 1, unit: 'milliseconds' }))
@@ -73,6 +81,7 @@ export function registerServeCommand(program: Command): void {
     .option('--metrics <host:port>', 'serve the metrics (GET /metrics, Prometheus text) on this TCP address, loopback unless --metrics-allow-remote')
     .option('--metrics-allow-remote', 'allow a --metrics address other hosts can reach')
     .action(async (options: ServeOptions) => {
+      let pageCache: SharedPageCache | undefined;
       const path = options.snapshot ?? options.memoryFile;
       if (path === undefined && options.from === undefined) throw new UsageError('give the memory to serve: --snapshot FILE, --memory-file FILE or --from tcp://HOST:PORT or s3://BUCKET/KEY', '--snapshot');
       if (options.endpoint !== undefined && !options.from?.startsWith('s3://')) throw new UsageError('--endpoint applies to --from s3://BUCKET/KEY', '--endpoint');
@@ -85,6 +94,7 @@ export function registerServeCommand(program: Command): void {
       // Every client's faults are served from the one source: a file, a page server (both of its connections shared by all clients), or a store.
       const { source, kind } = options.from === undefined ? await openMemoryFile(path!, options.snapshot ? 'snapshot' : 'auto')
         : { kind: sourceUrlKind(options.from), source: await openSourceByUrl(options.from, { endpoint: options.endpoint }) };
+      if (options.pageCache) pageCache = SharedPageCache.create(Math.ceil(source.sizeBytes / PAGE_SIZE) * PAGE_SIZE, source.description);
       const server = await startHandlerServer({
         socketPath: options.socket,
         source,
@@ -92,7 +102,9 @@ export function registerServeCommand(program: Command): void {
         handshakeTimeoutMs: options.handshakeTimeout,
         socketMode: options.socketMode,
         socketGroupId: options.socketGroup,
+        pageCache,
       }).catch(async (error: unknown) => {
+        pageCache?.close();
         await source.close?.();
         throw listenError(options.socket, error);
       });
@@ -116,6 +128,7 @@ export function registerServeCommand(program: Command): void {
           metricsServer = await startMetricsServer(registry, metricsAt);
         } catch (error) {
           await server.close();
+          pageCache?.close();
           await source.close?.();
           throw error; // EADDRINUSE names the address: exit 73, as for the socket
         }
@@ -135,10 +148,11 @@ export function registerServeCommand(program: Command): void {
           kind,
           sizeBytes: source.sizeBytes,
           pid: process.pid,
+          ...(pageCache ? { pageCache: true } : {}),
           ...(options.socketMode === undefined ? {} : { socketMode: `0${options.socketMode.toString(8)}` }),
           ...(options.socketGroup === undefined ? {} : { socketGroupId: options.socketGroup }),
         },
-        `serving ${source.description} (${kind}, ${source.sizeBytes} bytes) on ${options.socket}, pid ${process.pid}`,
+        `serving ${source.description} (${kind}, ${source.sizeBytes} bytes${pageCache ? ', page cache for clients that ask' : ''}) on ${options.socket}, pid ${process.pid}`,
       );
 
       const signal = await signalled;
@@ -150,6 +164,7 @@ export function registerServeCommand(program: Command): void {
       const summary = await server.close();
       await metricsServer?.close();
       stopAvailability?.();
+      pageCache?.close();
       await source.close?.();
       log.write('info', 'summary', summaryJson(summary), formatServerSummary(summary));
       process.off('SIGINT', forceExit);
@@ -184,6 +199,7 @@ function clientJson(summary: ClientSummary): Record<string, unknown> {
     ...(summary.endError === undefined ? {} : { endError: summary.endError }),
     regions: summary.regions.map(regionJson),
     probePagesCopied: summary.probePagesCopied,
+    ...(summary.pageCache ? { pageCache: true } : {}),
     errorsReported: summary.errorsReported,
     connectedMs: roundMs(summary.connectedMs),
     ...(summary.metrics === undefined ? {} : { metrics: summary.metrics }),

@@ -4,6 +4,7 @@
 // The states and their legal moves, in one place:
 //
 //   handshaking ──JSON complete + uffd received──▶ starting ──regions probed, pager started──▶ serving
+//   (a page-cache request, answered with the memfd, stays in handshaking: the array and uffd follow)
 //        │                                            │                                         │
 //        └──── refused / hangup / timeout ────────────┴──── hangup / exit (ESRCH) / close ───────┘
 //                                                     ▼
@@ -20,9 +21,10 @@ import type { PagerRegion } from '../pager/pager.js';
 import type { PagerMetrics, PagerMetricsSnapshot } from '../pager/metrics.js';
 import type { Pager } from '../pager/pager.js';
 import type { PrefetchOptions } from '../pager/readahead.js';
+import type { SharedPageCache } from '../pager/page-cache.js';
 import type { PageSource } from '../sources/page-source.js';
 import { ERRNO, errnoName } from '../errno.js';
-import { AddressSpaceGoneError, RangeNotRegisteredError, SyscallError, UserfaultError } from '../uffd/errors.js';
+import { AddressSpaceGoneError, InvalidArgumentError, RangeNotRegisteredError, SyscallError, UserfaultError } from '../uffd/errors.js';
 import { Userfaultfd } from '../uffd/userfaultfd.js';
 import {
   ClientSocketError,
@@ -30,10 +32,11 @@ import {
   HandshakeTimeoutError,
   MissingUffdError,
   NotAUserfaultfdError,
+  RegionNotMinorError,
   RegionNotRegisteredError,
   RegionOnAnotherUffdError,
 } from './errors.js';
-import { HandshakeDecoder, type HandshakeRegion } from './handshake.js';
+import { HandshakeDecoder, pageCacheReply, type HandshakeLimits, type HandshakeProblem, type HandshakeRegion } from './handshake.js';
 
 export type ClientState = 'handshaking' | 'starting' | 'serving' | 'closing' | 'closed';
 
@@ -71,6 +74,8 @@ export interface ClientSummary {
   connectedMs: number;
   /** It connected and hung up without sending a byte (another server checking whether the socket is live, say): not a client. */
   silent: boolean;
+  /** It asked for the page cache, and its memory is a private mapping of it. */
+  pageCache: boolean;
   /** Undefined until a pager ran. */
   metrics?: PagerMetricsSnapshot;
 }
@@ -82,6 +87,8 @@ export interface ClientSessionOptions {
   handshakeTimeoutMs?: number;
   /** COPY the first and last page of every region before serving, to catch regions the client never registered (default true). */
   probeRegions?: boolean;
+  /** The server's page cache, for clients that ask for it (zero-copy restore); shared by every client, never closed here. */
+  pageCache?: SharedPageCache;
 }
 
 export interface ClientSessionEvents {
@@ -102,7 +109,13 @@ const receiveBuffer = new Uint8Array(64 * 1024);
 
 export class ClientSession extends EventEmitter<ClientSessionEvents> {
   private stateValue: ClientState = 'handshaking';
-  private readonly decoder: HandshakeDecoder;
+  private readonly limits: HandshakeLimits;
+  /** The current decoder: a new one for the array after a request. */
+  private decoder: HandshakeDecoder;
+  /** Bytes the current decoder has been given. */
+  private decoderBytes = 0;
+  /** The client asked for the page cache and was given its memfd. */
+  private usesPageCache = false;
   private readonly startedAt = performance.now();
   private endedAt: number | undefined;
   private socketWatch: NativeWatch | undefined;
@@ -127,7 +140,8 @@ export class ClientSession extends EventEmitter<ClientSessionEvents> {
     private readonly options: ClientSessionOptions,
   ) {
     super();
-    this.decoder = new HandshakeDecoder({ pageSizeBytes: PAGE_SIZE, memoryFileSizeBytes: options.source.sizeBytes });
+    this.limits = { pageSizeBytes: PAGE_SIZE, memoryFileSizeBytes: options.source.sizeBytes };
+    this.decoder = new HandshakeDecoder(this.limits);
     const timeoutMs = options.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS;
     this.handshakeTimer = setTimeout(() => {
       if (this.stateValue !== 'handshaking') return;
@@ -194,6 +208,7 @@ export class ClientSession extends EventEmitter<ClientSessionEvents> {
       errorsReported: this.errorsReported,
       connectedMs: (this.endedAt ?? performance.now()) - this.startedAt,
       silent: this.endReason === 'hangup' && this.bytesReceived === 0 && this.regions.length === 0,
+      pageCache: this.usesPageCache,
       metrics: this.host?.pager.snapshotMetrics(),
     };
   }
@@ -267,19 +282,50 @@ export class ClientSession extends EventEmitter<ClientSessionEvents> {
 
   private receiveBytes(bytes: Uint8Array): void {
     this.bytesReceived += bytes.length;
+    this.decode(bytes);
+  }
+
+  private decode(bytes: Uint8Array): void {
     if (this.decoder.isComplete) {
       this.ignore(bytes);
       return;
     }
+    const seenBefore = this.decoderBytes;
+    this.decoderBytes += bytes.length;
     const parse = this.decoder.push(bytes);
     if (!parse.complete) return;
     if (parse.errors.length > 0) {
       this.end('refused', new HandshakeRefusedError(parse.errors));
       return;
     }
+    const rest = bytes.subarray(parse.lengthBytes - seenBefore);
+    if (parse.request === 'page-cache') {
+      this.grantPageCache();
+      if (this.isOver) return;
+      // The regions come next, in a decoder of their own.
+      this.decoder = new HandshakeDecoder(this.limits);
+      this.decoderBytes = 0;
+      if (rest.length > 0) this.decode(rest);
+      return;
+    }
     this.regionsValue = parse.regions;
-    this.ignore(bytes.subarray(bytes.length - (this.bytesReceived - parse.lengthBytes)));
+    this.ignore(rest);
     this.maybeStart();
+  }
+
+  /** A page-cache request: answered with the sealed memfd, once, if this server keeps a page cache. */
+  private grantPageCache(): void {
+    const cache = this.options.pageCache;
+    const refuse = (message: string): void => this.end('refused', new HandshakeRefusedError([{ code: 'EHANDSHAKE_REQUEST', message } satisfies HandshakeProblem]));
+    if (!cache) return refuse('this server keeps no page cache (start it with --page-cache)');
+    if (this.usesPageCache) return refuse('the page cache was asked for twice');
+    const reply = pageCacheReply(cache.sizeBytes);
+    const sent = native.sendWithFds(this.socketFd, reply, [cache.sealForSharing()]);
+    if (sent !== reply.length) {
+      this.end('failed', new ClientSocketError('sendmsg', sent < 0 ? -sent : ERRNO.EAGAIN, sent < 0 ? errnoName(-sent) : `sent ${sent} of ${reply.length} bytes`));
+      return;
+    }
+    this.usesPageCache = true;
   }
 
   /** Bytes after the handshake: Firecracker sends none, except whitespace (a separate sendmsg carrying the uffd needs one byte). */
@@ -322,8 +368,9 @@ export class ClientSession extends EventEmitter<ClientSessionEvents> {
   }
 
   private async serve(uffd: Userfaultfd, regions: readonly HandshakeRegion[]): Promise<void> {
+    const pageCache = this.usesPageCache ? this.options.pageCache : undefined;
     if (this.options.probeRegions ?? true) {
-      const outcome = await probeRegions(uffd, this.options.source, regions, () => this.stateValue === 'starting', () => this.probePagesCopied++);
+      const outcome = await probeRegions(uffd, this.options.source, regions, pageCache, () => this.stateValue === 'starting', () => this.probePagesCopied++);
       if (this.stateValue !== 'starting') return;
       if (outcome.type === 'gone') {
         this.end('exited');
@@ -338,7 +385,7 @@ export class ClientSession extends EventEmitter<ClientSessionEvents> {
     this.move('serving');
     // The source is the server's, shared by every client: it stays open.
     this.host = PagerHost.start(
-      { uffd, source: this.options.source, regions: pagerRegions, prefetch: this.options.prefetch, closeUffd: true, closeSource: false },
+      { uffd, source: this.options.source, pageCache, regions: pagerRegions, prefetch: this.options.prefetch, closeUffd: true, closeSource: false },
       {
         error: (error) => this.pagerError(error),
         poisoned: (_first, _count, error) => this.pagerError(error),
@@ -395,7 +442,7 @@ export class ClientSession extends EventEmitter<ClientSessionEvents> {
   }
 }
 
-type ProbeOutcome = { type: 'ok' } | { type: 'gone' } | { type: 'unregistered'; error: RegionNotRegisteredError | RegionOnAnotherUffdError };
+type ProbeOutcome = { type: 'ok' } | { type: 'gone' } | { type: 'unregistered'; error: RegionNotRegisteredError | RegionOnAnotherUffdError | RegionNotMinorError };
 
 /**
  * Check that every region is registered with the client's uffd, by serving
@@ -412,15 +459,39 @@ type ProbeOutcome = { type: 'ok' } | { type: 'gone' } | { type: 'unregistered'; 
  * already it changes nothing (the kernel skips a VMA whose flags already hold
  * the mode). Nothing cheaper and non-destructive exists: WAKE checks no VMA,
  * ZEROPAGE would plant zeroes.
+ *
+ * A client of the page cache must have every region registered MINOR as
+ * well: without it, the kernel maps a cache page on its own as soon as the
+ * page is in the cache, which is before its bytes are (a fill's copy faults
+ * in the page zeroed first). The server does not take the client's word for
+ * it: it registers each whole region MISSING and MINOR itself, through the
+ * client's uffd (a no-op where the client did; the kernel refuses MINOR on
+ * memory that is not shared memory, EINVAL: refused, it cannot be a mapping
+ * of the cache; EBUSY: another uffd's). Then the probe pages go into the
+ * cache and are mapped with UFFDIO_CONTINUE, the way the client is served.
  */
 async function probeRegions(
   uffd: Userfaultfd,
   source: PageSource,
   regions: readonly HandshakeRegion[],
+  pageCache: SharedPageCache | undefined,
   wanted: () => boolean,
   copied: () => void,
 ): Promise<ProbeOutcome> {
   const page = new Uint8Array(PAGE_SIZE);
+  if (pageCache) {
+    for (const [index, region] of regions.entries()) {
+      try {
+        uffd.register(region.hostAddress, region.lengthBytes, ['MISSING', 'MINOR']);
+      } catch (error) {
+        if (error instanceof AddressSpaceGoneError) return { type: 'gone' };
+        if (error instanceof SyscallError && error.errno === ERRNO.EBUSY) return { type: 'unregistered', error: new RegionOnAnotherUffdError(index, region.hostAddress, { cause: error }) };
+        if (error instanceof InvalidArgumentError) return { type: 'unregistered', error: new RegionNotMinorError(index, region.hostAddress, { cause: error }) };
+        if (error instanceof SyscallError) return { type: 'unregistered', error: new RegionNotRegisteredError(index, region.hostAddress, { cause: error }) };
+        throw error;
+      }
+    }
+  }
   for (const [index, region] of regions.entries()) {
     const last = region.lengthBytes - PAGE_SIZE;
     for (const offset of last > 0 ? [0, last] : [0]) {
@@ -428,13 +499,22 @@ async function probeRegions(
       const bytes = await probePage(source, region.fileOffset + offset, page);
       if (!wanted()) return { type: 'ok' };
       try {
+        let status: string;
+        if (pageCache) {
+          const page = (region.fileOffset + offset) / PAGE_SIZE;
+          pageCache.fill(page, 1, bytes);
+          status = uffd.continue(address, PAGE_SIZE).status;
+        } else {
+          status = uffd.copy(address, bytes).status;
+        }
         // 'retry' (events pending) proves nothing either way; the pager will meet the page if it matters.
-        if (uffd.copy(address, bytes).status === 'done') copied();
+        if (status === 'done') copied();
       } catch (error) {
         if (error instanceof AddressSpaceGoneError) return { type: 'gone' };
         if (error instanceof RangeNotRegisteredError) return { type: 'unregistered', error: new RegionNotRegisteredError(index, address, { cause: error }) };
         throw error;
       }
+      if (pageCache) continue; // registered above, whole
       try {
         uffd.register(address, PAGE_SIZE, ['MISSING']);
       } catch (error) {

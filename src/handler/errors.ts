@@ -68,6 +68,21 @@ export class RegionOnAnotherUffdError extends HandlerError {
   }
 }
 
+/**
+ * A client that asked for the page cache described a region the kernel will
+ * not register in MINOR mode (UFFDIO_REGISTER said EINVAL): it is not shared
+ * memory, so it cannot be the private mapping of the page cache's memfd the
+ * client was to make, and the server could not keep it from mapping cache
+ * pages before their bytes are in.
+ */
+export class RegionNotMinorError extends HandlerError {
+  override readonly code = 'ENOTMINOR';
+  constructor(readonly region: number, readonly address: number, options?: { cause?: unknown }) {
+    super(`region ${region}: address 0x${address.toString(16)} cannot be registered in MINOR mode: it is not a mapping of the page cache ` +
+      '(a client that asks for it maps the memfd MAP_PRIVATE at its regions\' offsets)', options);
+  }
+}
+
 /** recvmsg on the client's socket failed. */
 export class ClientSocketError extends HandlerError {
   override readonly code = 'ESOCKET';

@@ -8,6 +8,7 @@ import { EventEmitter } from 'node:events';
 import { chmodSync, chownSync, lstatSync, unlinkSync } from 'node:fs';
 import { native, type NativeWatch } from '../native.js';
 import { PagerMetrics } from '../pager/metrics.js';
+import type { SharedPageCache } from '../pager/page-cache.js';
 import type { PrefetchOptions } from '../pager/readahead.js';
 import type { PageSource } from '../sources/page-source.js';
 import { listenReplacingStale, removeSocketFile } from '../net/unix-socket-path.js';
@@ -34,6 +35,13 @@ export interface HandlerServerOptions {
   socketMode?: number;
   /** Group id to give the socket file (chown to a group this process may give files to). */
   socketGroupId?: number;
+  /**
+   * Keep the source's checked pages in this page cache, for clients that ask
+   * for it (handshake.ts: a request before the regions): their memory is a
+   * private mapping of it, every page read and checked once for all of them.
+   * The server uses it, its owner closes it after the server.
+   */
+  pageCache?: SharedPageCache;
 }
 
 export interface HandlerServerEvents {
@@ -56,8 +64,8 @@ export interface HandlerServerSummary {
   source: string;
   /** Every client seen, the gone ones included, in order of arrival (not the silent connections). */
   clients: ClientSummary[];
-  /** pagesCopied includes the region probes' pages. silentConnections: connections that hung up without a byte (another server checking the socket is live), not clients. */
-  totals: { clients: number; faults: number; pagesCopied: number; zeroPages: number; silentConnections: number };
+  /** pagesCopied and pagesMapped (from the page cache) include the region probes' pages. silentConnections: connections that hung up without a byte (another server checking the socket is live), not clients. */
+  totals: { clients: number; faults: number; pagesCopied: number; pagesMapped: number; zeroPages: number; silentConnections: number };
 }
 
 /** What the server has served, for /metrics: the sessions over, summed, and the live ones. */
@@ -105,10 +113,11 @@ export class HandlerServer extends EventEmitter<HandlerServerEvents> {
 
   summary(): HandlerServerSummary {
     const clients = [...this.goneSummaries.values(), ...[...this.live.values()].map((c) => c.summary())].sort((a, b) => a.id - b.id);
-    const totals = { clients: clients.length, faults: 0, pagesCopied: 0, zeroPages: 0, silentConnections: this.silentConnections };
+    const totals = { clients: clients.length, faults: 0, pagesCopied: 0, pagesMapped: 0, zeroPages: 0, silentConnections: this.silentConnections };
     for (const client of clients) {
       totals.faults += client.metrics?.faults ?? 0;
-      totals.pagesCopied += (client.metrics?.pagesCopied ?? 0) + client.probePagesCopied;
+      totals.pagesCopied += (client.metrics?.pagesCopied ?? 0) + (client.pageCache ? 0 : client.probePagesCopied);
+      totals.pagesMapped += (client.metrics?.pagesMapped ?? 0) + (client.pageCache ? client.probePagesCopied : 0);
       totals.zeroPages += client.metrics?.zeroPages ?? 0;
     }
     return { socketPath: this.socketPath, source: this.source.description, clients, totals };
@@ -149,6 +158,7 @@ export class HandlerServer extends EventEmitter<HandlerServerEvents> {
       prefetch: this.options.prefetch,
       handshakeTimeoutMs: this.options.handshakeTimeoutMs,
       probeRegions: this.options.probeRegions,
+      pageCache: this.options.pageCache,
     });
     this.live.set(client.id, client);
     client.on('ready', () => this.emit('client-ready', client));

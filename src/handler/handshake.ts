@@ -12,6 +12,22 @@
 //       "page_size_kib": 4096 },                  ALSO bytes, despite its name (see pageSizeField)
 //     ... ]
 //
+// One extension, this project's own (Firecracker never sends it): a client
+// whose memory is to be a private mapping of the server's page cache (serve
+// --page-cache: zero-copy restore, the checked pages shared by every client)
+// first sends the request object
+//
+//   { "page_cache": true }
+//
+// and the server answers, this once, with one JSON line
+//
+//   {"page_cache":{"size_bytes":268435456}}\n     with the sealed memfd as SCM_RIGHTS
+//
+// The client maps the memfd MAP_PRIVATE at its regions' offsets, registers
+// them MISSING and MINOR (UFFD_FEATURE_MINOR_SHMEM), and goes on with the
+// array and its uffd as above. A server without a page cache refuses the
+// request (EHANDSHAKE_REQUEST) and ends the connection.
+//
 // A stream socket keeps no message boundaries, so the array may come in any
 // number of reads. It is complete when its closing bracket arrives: the
 // decoder tracks bracket depth outside strings, byte by byte, and parses only
@@ -54,7 +70,9 @@ export type HandshakeProblemCode =
   /** No closing bracket within the length limit. */
   | 'EHANDSHAKE_TOO_LONG'
   /** The stream ended before the array closed. */
-  | 'EHANDSHAKE_TRUNCATED';
+  | 'EHANDSHAKE_TRUNCATED'
+  /** An object where the array belongs that is not a request this server knows, or a request it cannot grant. */
+  | 'EHANDSHAKE_REQUEST';
 
 /** One thing wrong with a handshake, with the region (index in the array) and field it concerns. */
 export interface HandshakeProblem {
@@ -72,7 +90,17 @@ export type HandshakeParse =
    * region, or `errors` says why it was refused and `regions` is empty.
    * `lengthBytes` is how many of the bytes pushed belong to it; any after are not the handshake's.
    */
-  | { complete: true; regions: HandshakeRegion[]; errors: HandshakeProblem[]; lengthBytes: number };
+  | {
+      complete: true;
+      regions: HandshakeRegion[];
+      errors: HandshakeProblem[];
+      lengthBytes: number;
+      /** The bytes were a request (`{"page_cache": true}`), not the regions: they follow, in a decoder of their own. */
+      request?: HandshakeRequest;
+    };
+
+/** What a client may ask for before it sends its regions. */
+export type HandshakeRequest = 'page-cache';
 
 /** What the handshake is checked against. */
 export interface HandshakeLimits {
@@ -112,6 +140,8 @@ export class HandshakeDecoder {
   private readonly chunks: Uint8Array[] = [];
   private bytesSeen = 0;
   private started = false;
+  /** The value opened with a brace: a request, not the region array. */
+  private isRequest = false;
   private depth = 0;
   private inString = false;
   private escaped = false;
@@ -134,7 +164,7 @@ export class HandshakeDecoder {
       if (end === undefined) continue;
       const lengthBytes = this.bytesSeen + i + 1;
       if (end === 'not-an-array') {
-        const message = `the handshake must be a JSON array of regions; it starts with ${describeByte(chunk[i]!)}`;
+        const message = `the handshake must be a JSON array of regions (or a request object); it starts with ${describeByte(chunk[i]!)}`;
         return this.finish({ regions: [], errors: [problem('EHANDSHAKE_SHAPE', message)] }, lengthBytes);
       }
       if (end === 'too-deep') {
@@ -164,8 +194,9 @@ export class HandshakeDecoder {
   private scan(byte: number): 'closed' | 'not-an-array' | 'too-deep' | undefined {
     if (!this.started) {
       if (isJsonWhitespace(byte)) return undefined;
-      if (byte !== OPEN_BRACKET) return 'not-an-array';
+      if (byte !== OPEN_BRACKET && byte !== OPEN_BRACE) return 'not-an-array';
       this.started = true;
+      this.isRequest = byte === OPEN_BRACE;
       this.depth = 1;
       return undefined;
     }
@@ -193,7 +224,7 @@ export class HandshakeDecoder {
     }
   }
 
-  private decode(): { regions: HandshakeRegion[]; errors: HandshakeProblem[] } {
+  private decode(): { regions: HandshakeRegion[]; errors: HandshakeProblem[]; request?: HandshakeRequest } {
     const bytes = concat(this.chunks);
     let text: string;
     try {
@@ -207,11 +238,13 @@ export class HandshakeDecoder {
     } catch (error) {
       return { regions: [], errors: [problem('EHANDSHAKE_JSON', `the handshake is not JSON: ${(error as Error).message}`)] };
     }
+    if (this.isRequest) return validateRequest(value);
     return validateHandshake(value, this.limits);
   }
 
-  private finish(outcome: { regions: HandshakeRegion[]; errors: HandshakeProblem[] }, lengthBytes: number): HandshakeParse {
+  private finish(outcome: { regions: HandshakeRegion[]; errors: HandshakeProblem[]; request?: HandshakeRequest }, lengthBytes: number): HandshakeParse {
     this.result = { complete: true, regions: outcome.errors.length > 0 ? [] : outcome.regions, errors: outcome.errors, lengthBytes };
+    if (outcome.request && outcome.errors.length === 0) this.result.request = outcome.request;
     this.chunks.length = 0;
     return this.result;
   }
@@ -220,6 +253,20 @@ export class HandshakeDecoder {
 /** Decode a handshake held whole (or a prefix of one: then `complete` is false). */
 export function parseHandshake(bytes: Uint8Array, limits: HandshakeLimits): HandshakeParse {
   return new HandshakeDecoder(limits).push(bytes);
+}
+
+/** A request object: exactly `{"page_cache": true}`, the one there is. */
+export function validateRequest(value: unknown): { regions: HandshakeRegion[]; errors: HandshakeProblem[]; request?: HandshakeRequest } {
+  const fields = value as Record<string, unknown>;
+  const keys = Object.keys(fields);
+  if (keys.length === 1 && keys[0] === 'page_cache' && fields.page_cache === true) return { regions: [], errors: [], request: 'page-cache' };
+  const shown = JSON.stringify(value);
+  return { regions: [], errors: [problem('EHANDSHAKE_REQUEST', `the request ${shown.length <= 60 ? shown : `${shown.slice(0, 60)}...`} is not one this server knows (the one there is: {"page_cache": true})`)] };
+}
+
+/** The server's answer to a page-cache request: one JSON line (the memfd rides on it). */
+export function pageCacheReply(sizeBytes: number): Uint8Array {
+  return new TextEncoder().encode(`${JSON.stringify({ page_cache: { size_bytes: sizeBytes } })}\n`);
 }
 
 /**

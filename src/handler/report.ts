@@ -9,11 +9,17 @@ export function formatRegions(regions: readonly HandshakeRegion[]): string {
     .join(', ');
 }
 
+/** How a client's pages went in: "1024 pages copied", or for a client of the page cache "24 pages copied, 1000 mapped from the page cache (600 put in it)". */
+function pagesServed(summary: ClientSummary, m: NonNullable<ClientSummary['metrics']>): string {
+  if (!summary.pageCache) return `${m.pagesCopied + summary.probePagesCopied} pages copied`;
+  return `${m.pagesCopied} pages copied, ${m.pagesMapped + summary.probePagesCopied} mapped from the page cache (${m.cacheFills} put in it)`;
+}
+
 /** "client 3: gone (hangup) after 1.2 s: 256 faults, 1024 pages copied, 12 zero pages". */
 export function formatClientGone(summary: ClientSummary): string {
   const m = summary.metrics;
   const served = m
-    ? `${m.faults} faults, ${m.pagesCopied + summary.probePagesCopied} pages copied, ${m.zeroPages} zero pages` +
+    ? `${m.faults} faults, ${pagesServed(summary, m)}, ${m.zeroPages} zero pages` +
       (m.sourceErrors ? `, ${m.sourceErrors} source errors` : '') +
       (m.unknownFaults ? `, ${m.unknownFaults} faults outside every region` : '')
     : 'never served';
@@ -23,11 +29,12 @@ export function formatClientGone(summary: ClientSummary): string {
 
 export function formatServerSummary(summary: HandlerServerSummary): string[] {
   const t = summary.totals;
-  const lines = [`summary: ${t.clients} clients, ${t.faults} faults, ${t.pagesCopied} pages copied, ${t.zeroPages} zero pages from ${summary.source}`];
+  const mapped = t.pagesMapped > 0 ? `, ${t.pagesMapped} mapped from the page cache` : '';
+  const lines = [`summary: ${t.clients} clients, ${t.faults} faults, ${t.pagesCopied} pages copied${mapped}, ${t.zeroPages} zero pages from ${summary.source}`];
   for (const client of summary.clients) {
     const m = client.metrics;
     lines.push(
-      `  client ${client.id}: ${m ? `${m.faults} faults served, ${m.pagesCopied + client.probePagesCopied} pages copied, ${m.zeroPages} zero pages, p99 ${m.latencyMicros.p99} µs` : 'never served'}` +
+      `  client ${client.id}: ${m ? `${m.faults} faults served, ${pagesServed(client, m)}, ${m.zeroPages} zero pages, p99 ${m.latencyMicros.p99} µs` : 'never served'}` +
         ` (${client.endReason ?? client.state}${client.endError ? `: ${client.endError}` : ''})`,
     );
   }

@@ -8,6 +8,7 @@ import { describe, test, type TestContext } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { HandlerServer, openMemoryFile, startHandlerServer, type ClientSummary, type HandlerServerOptions } from '../../src/handler/index.js';
 import { PAGE_SIZE } from '../../src/native.js';
+import { SharedPageCache } from '../../src/pager/page-cache.js';
 import { SnapshotFile } from '../../src/snapshot/index.js';
 import type { PageSource } from '../../src/sources/page-source.js';
 import { FILE_PAGES, openUffdCount, spawnClient, tempDir, uffdSkipReason, writeMemoryFiles } from './helpers.js';
@@ -324,3 +325,82 @@ async function waitFor(condition: () => boolean, what: string, timeoutMs = 10_00
     await sleep(5);
   }
 }
+
+describe('the handler server\'s page cache (zero-copy restore for clients that ask)', { skip, timeout: TEST_TIMEOUT_MS }, () => {
+  async function serveWithCache(t: TestContext): Promise<Awaited<ReturnType<typeof serve>> & { cache: SharedPageCache }> {
+    const source = await openFile(t, 'snapshot');
+    const cache = SharedPageCache.create(source.sizeBytes, source.description);
+    const served = await serve(t, source, { pageCache: cache });
+    // After the server (t.after runs in reverse order of registration).
+    t.after(() => cache.close());
+    return { ...served, cache };
+  }
+
+  test('a client that asks maps the cache: the first reads and checks each page into it, the next reads nothing, and no client\'s stores reach another', async (t) => {
+    const { socketPath, events, gone, cache } = await serveWithCache(t);
+    const first = spawnClient(t, { socketPath, pageCount: 256, filePage: 128, send: 'one-message', pageCache: 'ask', store: true });
+    assert.equal((await first.waitForEvent('page-cache'))!.sizeBytes, FILE_PAGES * PAGE_SIZE);
+    assertAllPagesMatch(await first.waitForEvent('result'), 256);
+    assert.equal(first.event('stored')!.ok, true, 'the client\'s stores are in its memory');
+    const one = await gone(1);
+    assertClientLeft(one);
+    assert.equal(one.pageCache, true);
+    // 224 data pages (every 8th is zero), each put in the cache once, by the
+    // probe or the pager; and the region's last page, a zero page, by the probe.
+    assert.equal(one.probePagesCopied, 2);
+    assert.equal(one.metrics!.cacheFills + one.probePagesCopied, 225, `fills ${one.metrics!.cacheFills}, probe ${one.probePagesCopied}`);
+    assert.equal(cache.filledPageCount(), 225);
+
+    const second = spawnClient(t, { socketPath, pageCount: 256, filePage: 128, send: 'one-message', pageCache: 'ask' }, 20_000, 'second client');
+    assertAllPagesMatch(await second.waitForEvent('result'), 256);
+    const two = await gone(2);
+    assert.equal(two.metrics!.sourceReads, 0, 'the second client\'s pages all came from the cache');
+    assert.equal(two.metrics!.cacheFills, 0);
+    assert.equal(two.metrics!.pagesCopied, 0, 'read, not written: mapped, not copied');
+    assert.equal(two.metrics!.pagesMapped + two.probePagesCopied, 225);
+    assert.deepEqual(events.filter((e) => e.type === 'error'), []);
+  });
+
+  test('a Firecracker client of the same server is served by copy, as before', async (t) => {
+    const { socketPath, gone } = await serveWithCache(t);
+    const client = spawnClient(t, { socketPath, pageCount: 64, filePage: 0, send: 'one-message' });
+    assertAllPagesMatch(await client.waitForEvent('result'), 64);
+    const summary = await gone(1);
+    assert.equal(summary.pageCache, false);
+    assert.equal(summary.metrics!.pagesMapped, 0);
+  });
+
+  test('a client that leaves MINOR out of its registration gets it from the server (else cache pages would map before their bytes are in), and is served right', async (t) => {
+    const { socketPath, events, gone } = await serveWithCache(t);
+    // A first client fills the cache, so the second's pages are all there and only MINOR faults would reach the server.
+    assertAllPagesMatch(await spawnClient(t, { socketPath, pageCount: 64, filePage: 0, send: 'one-message', pageCache: 'ask' }).waitForEvent('result'), 64);
+    const client = spawnClient(t, { socketPath, pageCount: 64, filePage: 0, send: 'one-message', pageCache: 'missing-only' }, 20_000, 'missing-only client');
+    assertAllPagesMatch(await client.waitForEvent('result'), 64);
+    const summary = await gone(2);
+    assert.ok(summary.metrics!.pagesMapped > 0, 'its faults came to the server as MINOR faults');
+    assert.deepEqual(events.filter((e) => e.type === 'error'), []);
+  });
+
+  test('a client that asks for the cache but describes memory that cannot be a mapping of it is refused, and the next client is served', async (t) => {
+    const { socketPath, events, gone } = await serveWithCache(t);
+    const refused = spawnClient(t, { socketPath, pageCount: 64, filePage: 0, send: 'one-message', pageCache: 'anonymous' });
+    await refused.waitForEvent('closed-by-server');
+    const summary = await gone(1);
+    assert.equal(summary.endReason, 'refused');
+    assert.equal(events.find((e) => e.type === 'error' && e.id === 1)?.code, 'ENOTMINOR');
+    assert.match(summary.endError!, /cannot be registered in MINOR mode: it is not a mapping of the page cache/);
+    const next = spawnClient(t, { socketPath, pageCount: 64, filePage: 0, send: 'one-message', pageCache: 'ask' }, 20_000, 'next client');
+    assertAllPagesMatch(await next.waitForEvent('result'), 64);
+  });
+
+  test('a server without a page cache refuses the request, naming the flag', async (t) => {
+    const source = await openFile(t, 'snapshot');
+    const { socketPath, events, gone } = await serve(t, source);
+    const client = spawnClient(t, { socketPath, pageCount: 64, filePage: 0, send: 'one-message', pageCache: 'ask' });
+    await client.waitForEvent('closed-by-server');
+    const summary = await gone(1);
+    assert.equal(summary.endReason, 'refused');
+    assert.equal(events.find((e) => e.type === 'error')?.code, 'EHANDSHAKE');
+    assert.match(summary.endError!, /this server keeps no page cache \(start it with --page-cache\)/);
+  });
+});

@@ -119,13 +119,30 @@ describe('the handler handshake', () => {
     assert.deepEqual(parse.complete && parse.regions, EXPECTED_TWO_REGIONS);
   });
 
-  test('leading whitespace is allowed; anything else that is not an array is refused at its first byte', () => {
+  test('leading whitespace is allowed; anything else that is neither an array nor a request object is refused at its first byte', () => {
     assert.equal(parseHandshake(utf8(' \n\t'), LIMITS).complete, false);
-    const object = parseHandshake(utf8('  {"base_host_virt_addr": 0'), LIMITS);
-    assert.deepEqual(codes(object), ['EHANDSHAKE_SHAPE']);
-    assert.equal(object.complete && object.lengthBytes, 3);
-    assert.match(object.complete ? object.errors[0]!.message : '', /starts with '\{'/);
-    assert.deepEqual(codes(parseHandshake(utf8('GET / HTTP/1.1\r\n'), LIMITS)), ['EHANDSHAKE_SHAPE']);
+    const http = parseHandshake(utf8('GET / HTTP/1.1\r\n'), LIMITS);
+    assert.deepEqual(codes(http), ['EHANDSHAKE_SHAPE']);
+    assert.equal(http.complete && http.lengthBytes, 1);
+    assert.match(http.complete ? http.errors[0]!.message : '', /starts with 'G'/);
+    // A region without its array reads as a request object, and no request is one.
+    const region = parseHandshake(utf8(`  {"base_host_virt_addr": ${BASE}, "size": 4096, "offset": 0, "page_size": 4096}`), LIMITS);
+    assert.deepEqual(codes(region), ['EHANDSHAKE_REQUEST']);
+    assert.match(region.complete ? region.errors[0]!.message : '', /the request \{"base_host_virt_addr":.*\.\.\. is not one this server knows/);
+  });
+
+  test('a page-cache request completes at its closing brace, with nothing of the regions taken', () => {
+    const request = '{ "page_cache" : true }';
+    const parse = parseHandshake(utf8(`${request}[{"base_host_virt_addr": 0`), LIMITS);
+    assert.ok(parse.complete);
+    assert.equal(parse.request, 'page-cache');
+    assert.deepEqual(parse.errors, []);
+    assert.equal(parse.lengthBytes, request.length);
+    for (const other of ['{"page_cache": false}', '{"page_cache": true, "more": 1}', '{}', '{"page_cache": "yes"}']) {
+      const refused = parseHandshake(utf8(other), LIMITS);
+      assert.deepEqual(codes(refused), ['EHANDSHAKE_REQUEST'], other);
+      assert.equal(refused.complete && refused.request, undefined, other);
+    }
   });
 
   test('garbage inside the array is refused as not JSON', () => {
