@@ -38,8 +38,12 @@ export interface ToucherSpec {
   threads: number;
   /** Time every touch (p50/p99); costs ~50 ns a touch, so only where faults dominate. */
   latency: boolean;
-  /** uffd: hand the uffd over with Firecracker's handshake (JSON regions, no answer) instead of the bench's own. */
-  handshake?: 'firecracker';
+  /**
+   * uffd: hand the uffd over with Firecracker's handshake (JSON regions, no
+   * answer) instead of the bench's own; memfd-minor with page-cache: ask
+   * `serve --page-cache` for its memfd first, then Firecracker's handshake.
+   */
+  handshake?: 'firecracker' | 'page-cache';
   /** private/eager: this file from this offset instead of the image's data section. */
   file?: { path: string; offset: number };
 }

@@ -33,10 +33,10 @@ export class BenchServe {
    * nodeArgs: flags for serve's node (say --cpu-prof --cpu-prof-dir DIR, to profile it).
    * distDir: the build to run (a directory holding src/cli/main.js; default this one).
    */
-  static async start(memoryFile: string, socketPath: string, options: { snapshot?: boolean; from?: boolean; nodeArgs?: readonly string[]; distDir?: string } = {}): Promise<BenchServe> {
+  static async start(memoryFile: string, socketPath: string, options: { snapshot?: boolean; from?: boolean; pageCache?: boolean; nodeArgs?: readonly string[]; distDir?: string } = {}): Promise<BenchServe> {
     // from: memoryFile is a URL (tcp://HOST:PORT of a page server).
     const memory = options.from ? ['--from', memoryFile] : [options.snapshot ? '--snapshot' : '--memory-file', memoryFile];
-    const args = [...(options.nodeArgs ?? []), userfaultCli(options.distDir), 'serve', '--socket', socketPath, ...memory, '--json'];
+    const args = [...(options.nodeArgs ?? []), userfaultCli(options.distDir), 'serve', '--socket', socketPath, ...memory, ...(options.pageCache ? ['--page-cache'] : []), '--json'];
     const child = await startJsonService('userfault serve', args);
     const listening = jsonEvents(child).find((e) => e.event === 'listening') as { pid?: number } | undefined;
     if (!listening?.pid) {

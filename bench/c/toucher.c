@@ -6,7 +6,7 @@
 //           [--socket PATH]              uffd: hand the uffd to the handler listening there
 //           [--file PATH --file-offset N] private/eager: the image file and where the image starts
 //           [--access load|store] [--threads N] [--cpu N] [--latency]
-//           [--handshake bench|firecracker] uffd: how the uffd and the memory layout travel
+//           [--handshake bench|firecracker|page-cache] uffd, memfd-minor: how the memory, its uffd and layout travel
 //
 // uffd: anonymous memory registered MISSING; the uffd and [address, length]
 // go to the handler over a Unix socket (SCM_RIGHTS), which answers one byte
@@ -18,6 +18,11 @@
 // and the toucher keeps its own uffd reference, as Firecracker does. private: MAP_PRIVATE of the file (the kernel's own
 // demand paging; loads map page-cache pages, stores copy them). eager: read
 // the whole file into anonymous memory first (counted in the total).
+// memfd-minor: the handler's memfd mapped MAP_PRIVATE, registered MISSING and
+// MINOR: the bench's handover sends it first (ref-handler, the bench's
+// pager); --handshake page-cache asks `userfault serve --page-cache` for it
+// ({"page_cache": true}, answered with a JSON line and the memfd), then
+// speaks Firecracker's protocol.
 //
 // The order file is u32 little-endian page indices; thread t of N touches the
 // t-th contiguous slice. Every touch checks the page's tag (bench-common.h).
@@ -139,20 +144,44 @@ static int receive_memfd(int sock) {
 // Firecracker's handshake (GuestRegionUffdMapping in its persist.rs, 1.8 and
 // later: page_size and the deprecated page_size_kib, both in bytes), the JSON
 // and the uffd in one message, nothing read back.
-static int hand_over_firecracker(const char *socket_path, int uffd, uint64_t address, uint64_t length) {
-  int sock = connect_handler(socket_path);
+static void send_regions(int sock, int uffd, uint64_t address, uint64_t length) {
   char json[256];
   int n = snprintf(json, sizeof json, "[{\"base_host_virt_addr\":%llu,\"size\":%llu,\"offset\":0,\"page_size\":%u,\"page_size_kib\":%u}]",
                    (unsigned long long)address, (unsigned long long)length, PAGE, PAGE);
   if (send_with_fd(sock, json, (size_t)n, uffd) != n) die("sendmsg regions and uffd");
+}
+
+static int hand_over_firecracker(const char *socket_path, int uffd, uint64_t address, uint64_t length) {
+  int sock = connect_handler(socket_path);
+  send_regions(sock, uffd, address, length);
   return sock;
+}
+
+// `userfault serve --page-cache`'s request (docs/handler.md): the answer is one
+// JSON line with the sealed memfd on it.
+static int ask_page_cache(int sock) {
+  const char request[] = "{\"page_cache\": true}";
+  if (write(sock, request, sizeof request - 1) != (ssize_t)(sizeof request - 1)) die("send page-cache request");
+  char line[256];
+  size_t used = 0;
+  int fd = -1;
+  while (used == 0 || line[used - 1] != '\n') {
+    ssize_t received;
+    int got = receive_with_fd(sock, line + used, sizeof line - 1 - used, &received);
+    if (received <= 0) { fprintf(stderr, "toucher: the handler refused the page-cache request\n"); exit(2); }
+    if (got >= 0) fd = got;
+    used += (size_t)received;
+    if (used >= sizeof line - 1) { fprintf(stderr, "toucher: page-cache answer too long\n"); exit(2); }
+  }
+  if (fd < 0) { fprintf(stderr, "toucher: the page-cache answer came without a memfd\n"); exit(2); }
+  return fd;
 }
 
 int main(int argc, char **argv) {
   const char *memory = NULL, *order_path = NULL, *socket_path = NULL, *file_path = NULL;
   uint64_t size = 0;
   off_t file_offset = 0;
-  int threads = 1, latency = 0, firecracker = 0;
+  int threads = 1, latency = 0, firecracker = 0, page_cache = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : "";
     if (!strcmp(a, "--memory")) memory = v, i++;
@@ -165,7 +194,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--threads")) threads = atoi(v), i++;
     else if (!strcmp(a, "--cpu")) pin_cpu = atoi(v), i++;
     else if (!strcmp(a, "--latency")) latency = 1;
-    else if (!strcmp(a, "--handshake")) firecracker = !strcmp(v, "firecracker"), i++;
+    else if (!strcmp(a, "--handshake")) firecracker = !strcmp(v, "firecracker"), page_cache = !strcmp(v, "page-cache"), i++;
     else { fprintf(stderr, "toucher: unknown argument %s\n", a); return 2; }
   }
   if (!memory || !order_path || size == 0 || size % PAGE || threads < 1) {
@@ -195,28 +224,28 @@ int main(int argc, char **argv) {
       sock = hand_over(socket_path, uffd, (uint64_t)(uintptr_t)base, size);
       close(uffd); // the handler's reference keeps the registration alive
     }
-  } else if (!strcmp(memory, "memfd-minor") || !strcmp(memory, "memfd-missing")) {
+  } else if (!strcmp(memory, "memfd-minor")) {
     // The handler's memfd mapped MAP_PRIVATE: faults on it are MISSING (not in
     // its page cache yet) or MINOR (in it, not mapped here), both answered with
-    // UFFDIO_CONTINUE; a store then copies the page (copy-on-write) and never
-    // reaches the memfd.
+    // UFFDIO_CONTINUE (or a copy, for a store); a store never reaches the memfd.
     if (!socket_path) { fprintf(stderr, "toucher: --memory memfd-minor needs --socket\n"); return 2; }
     sock = connect_handler(socket_path);
-    int memfd = receive_memfd(sock);
+    int memfd = page_cache ? ask_page_cache(sock) : receive_memfd(sock);
     base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, memfd, 0);
     if (base == MAP_FAILED) die("mmap memfd");
     close(memfd);
     int uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
     if (uffd < 0) die("userfaultfd");
-    // memfd-missing: MISSING only, so a page already in the memfd's page cache
-    // is mapped by the kernel without asking the handler.
-    int minor = !strcmp(memory, "memfd-minor");
-    struct uffdio_api api = {.api = UFFD_API, .features = minor ? UFFD_FEATURE_MINOR_SHMEM : 0};
+    struct uffdio_api api = {.api = UFFD_API, .features = UFFD_FEATURE_MINOR_SHMEM};
     if (ioctl(uffd, UFFDIO_API, &api) < 0) die("UFFDIO_API (MINOR_SHMEM)");
-    struct uffdio_register reg = {.range = {.start = (uint64_t)(uintptr_t)base, .len = size}, .mode = UFFDIO_REGISTER_MODE_MISSING | (minor ? UFFDIO_REGISTER_MODE_MINOR : 0)};
+    struct uffdio_register reg = {.range = {.start = (uint64_t)(uintptr_t)base, .len = size}, .mode = UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_MINOR};
     if (ioctl(uffd, UFFDIO_REGISTER, &reg) < 0) die("UFFDIO_REGISTER (MISSING|MINOR)");
-    hand_over_on(sock, uffd, (uint64_t)(uintptr_t)base, size);
-    close(uffd);
+    if (page_cache) {
+      send_regions(sock, uffd, (uint64_t)(uintptr_t)base, size); // Firecracker's way: no answer, and the toucher keeps its uffd
+    } else {
+      hand_over_on(sock, uffd, (uint64_t)(uintptr_t)base, size);
+      close(uffd);
+    }
   } else {
     if (!file_path) { fprintf(stderr, "toucher: --memory %s needs --file\n", memory); return 2; }
     int fd = open(file_path, O_RDONLY | O_CLOEXEC);

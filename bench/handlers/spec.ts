@@ -83,7 +83,8 @@ export type HandlerSpec =
   | { kind: 'none' };
 
 /** raw / snapshot: a file on this host; remote: `serve --from tcp://` the bench's page server (the snapshot, over loopback). */
-export type ServeMemory = 'raw' | 'snapshot' | 'remote';
+/** snapshot-cache: the snapshot with --page-cache (clients ask for the cache first). */
+export type ServeMemory = 'raw' | 'snapshot' | 'remote' | 'snapshot-cache';
 
 /**
  * cross-cpu: toucher on CPU 0, handler on CPU 1 (every fault wakes a thread on

@@ -44,7 +44,7 @@ interface FirecrackerPattern {
 }
 
 /** The variants of the loads pattern (the rest measure stores only). */
-const LOAD_VARIANTS = ['serve-raw', 'kernel', 'c-pread', 'c-memfd', 'c-memfd-filled', 'pager-cache', 'pager-cache-filled'] as const;
+const LOAD_VARIANTS = ['serve-raw', 'kernel', 'c-pread', 'c-memfd', 'c-memfd-filled', 'pager-cache', 'pager-cache-filled', 'serve-cache'] as const;
 
 function defsOf(defs: readonly FirecrackerVariant[], pattern: FirecrackerPattern): FirecrackerVariant[] {
   return defs.filter((d) => !pattern.only || pattern.only.includes(d.key));
@@ -73,6 +73,8 @@ function variants(rawPath: string, baseline: boolean): FirecrackerVariant[] {
     // The same with the product's path (LazyMemoryOptions.pageCache): the Pager over a SharedPageCache, from the CRC-checked snapshot.
     { key: 'pager-cache', handler: 'pager (worker), shared page cache', memory: 'snapshot, filled as faults come', spec: { kind: 'pager', source: 'snapshot', prefetch, pageCache: 'empty' }, toucher: { memory: 'memfd-minor' } },
     { key: 'pager-cache-filled', handler: 'pager (worker), shared page cache', memory: 'snapshot, filled before (a later restore)', spec: { kind: 'pager', source: 'snapshot', prefetch, pageCache: 'filled' }, toucher: { memory: 'memfd-minor' } },
+    // The service: one serve --page-cache for the section, so its cache is filled by the first round's run and later rounds are later restores.
+    { key: 'serve-cache', handler: 'userfault serve --page-cache', memory: 'snapshot, filled by round 1', spec: { kind: 'serve', source: 'snapshot-cache' }, toucher: { memory: 'memfd-minor', handshake: 'page-cache' } },
   ];
 }
 
@@ -168,11 +170,12 @@ async function withServe<T>(ctx: BenchContext, rawPath: string, options: BenchOp
     // The remote variant's page server: `userfault pages serve` on the snapshot, a process of its own.
     pageServer = await BenchPageServer.start(ctx.image.path);
     for (const baseline of options.serveBaseline === undefined ? [false] : [false, true]) {
-      for (const source of (baseline ? ['raw', 'snapshot'] : ['raw', 'snapshot', 'remote']) as ServeMemory[]) {
+      for (const source of (baseline ? ['raw', 'snapshot'] : ['raw', 'snapshot', 'remote', 'snapshot-cache']) as ServeMemory[]) {
         const key = serveKey(source, baseline);
         const memory = source === 'raw' ? rawPath : source === 'remote' ? pageServer.url : ctx.image.path;
         const server = await BenchServe.start(memory, join(ctx.workDir, `serve-${key}.sock`), {
-          snapshot: source === 'snapshot',
+          snapshot: source === 'snapshot' || source === 'snapshot-cache',
+          pageCache: source === 'snapshot-cache',
           from: source === 'remote',
           nodeArgs: nodeArgs(key),
           distDir: baseline ? options.serveBaseline : undefined,
