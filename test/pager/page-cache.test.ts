@@ -29,7 +29,7 @@ describe('shared page cache', () => {
       assert.ok(cache.allFilled(0, 8) && !cache.allFilled(7, 2));
       const view = attached.mapPrivate(0, 8 * PAGE_SIZE);
       try {
-        assert.deepEqual(view.bytes(), bytes.subarray(0, 8 * PAGE_SIZE));
+        assert.deepEqual(view.bytes().slice(), bytes.subarray(0, 8 * PAGE_SIZE));
       } finally {
         view.unmap();
       }
@@ -48,7 +48,7 @@ describe('shared page cache', () => {
       first.bytes().fill(0xee);
       const second = cache.mapPrivate(0, PAGES * PAGE_SIZE);
       try {
-        assert.deepEqual(second.bytes(), bytes);
+        assert.deepEqual(second.bytes().slice(), bytes);
       } finally {
         first.unmap();
         second.unmap();
@@ -65,7 +65,7 @@ describe('shared page cache', () => {
     const view = cache.mapPrivate(4 * PAGE_SIZE, 4 * PAGE_SIZE);
     cache.close();
     try {
-      assert.deepEqual(view.bytes(), bytes.subarray(4 * PAGE_SIZE, 8 * PAGE_SIZE));
+      assert.deepEqual(view.bytes().slice(), bytes.subarray(4 * PAGE_SIZE, 8 * PAGE_SIZE));
     } finally {
       view.unmap();
     }
@@ -88,7 +88,7 @@ describe('shared page cache', () => {
       assert.throws(() => Mapping.file(fd, PAGES * PAGE_SIZE, { shared: true }), /EPERM/);
       const readOnly = Mapping.file(fd, PAGES * PAGE_SIZE, { shared: true, writable: false });
       try {
-        assert.deepEqual(readOnly.bytes(), bytes);
+        assert.deepEqual(readOnly.bytes().slice(), bytes);
         assert.throws(() => native.mprotect(readOnly.address, PAGE_SIZE, native.constants.PROT_READ | native.constants.PROT_WRITE), /EACCES|Permission denied/);
       } finally {
         readOnly.unmap();
