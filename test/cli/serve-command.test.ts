@@ -54,6 +54,32 @@ describe('userfault serve', { skip, timeout: 60_000 }, () => {
     assert.deepEqual(await server.exit, { code: 0, signal: null });
   });
 
+  test('--from a page server with --page-cache: the first client\'s pages come over TCP into the cache, the next client\'s from the cache alone', async (t) => {
+    const dir = tempDir(t);
+    const files = await writeMemoryFiles(dir);
+    const pages = spawn(process.execPath, [CLI, 'pages', 'serve', '--snapshot', files.snapshotPath, '--listen', '127.0.0.1:0', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const pageServer = new ChildRun(t, pages, 'userfault pages serve', 30_000);
+    const listening = await pageServer.waitForText(/^\{.*"event":"listening".*"url":"(tcp:\/\/127\.0\.0\.1:\d+)".*\}$/m);
+    const socketPath = join(dir, 'serve.sock');
+    const server = await spawnServeJson(t, ['--socket', socketPath, '--from', listening[1]!, '--page-cache']);
+    assert.equal(jsonLines(server.stdout).find((e) => e.event === 'listening')!.pageCache, true);
+    for (const name of ['first client', 'second client']) {
+      const client = spawnClient(t, { socketPath, pageCount: 256, filePage: 128, send: 'one-message', pageCache: 'ask' }, 20_000, name);
+      const result = await client.waitForEvent('result');
+      assert.equal(result.badCount, 0, `${name}: ${JSON.stringify(result)}`);
+      await client.exit;
+    }
+    server.kill('SIGTERM');
+    assert.deepEqual(await server.exit, { code: 0, signal: null });
+    const gone = jsonLines(server.stdout).filter((e) => e.event === 'client-gone') as Array<{ pageCache?: boolean; metrics: { sourceReads: number; cacheFills: number; pagesMapped: number } }>;
+    assert.equal(gone.length, 2);
+    assert.ok(gone.every((client) => client.pageCache === true));
+    assert.ok(gone[0]!.metrics.sourceReads > 0 && gone[0]!.metrics.cacheFills > 0, 'the first client\'s pages came from the page server');
+    assert.equal(gone[1]!.metrics.sourceReads, 0, 'the second client\'s came from the cache alone');
+    assert.equal(gone[1]!.metrics.cacheFills, 0);
+    assert.equal(gone[1]!.metrics.pagesMapped, gone[0]!.metrics.pagesMapped);
+  });
+
   test('serves clients, logs each client event, refuses a liar on stderr, and on SIGTERM prints a summary and removes its socket', async (t) => {
     const dir = tempDir(t);
     const files = await writeMemoryFiles(dir);
