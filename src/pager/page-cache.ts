@@ -5,10 +5,13 @@
 // page not yet in the cache faults MISSING: the pager reads it from the source
 // (checked, as always), writes it into the cache once, and maps it with
 // UFFDIO_CONTINUE. A page some restore already put there faults MINOR and is
-// mapped with CONTINUE at once: no read, no copy by us. A store to a mapped
-// page takes a copy-on-write fault in the kernel and lands in the restore's own
-// anonymous page, so no restore's writes ever reach the cache or another
-// restore (the kernel maps cache pages read-only into a private mapping).
+// mapped with CONTINUE at once: no read, no copy by us. A page whose first
+// touch is a store is copied into place instead (UFFDIO_COPY): the store
+// would copy it anyway, and the copy saves its second fault. A store to a
+// mapped page takes a copy-on-write fault in the kernel. Either way it lands
+// in the restore's own anonymous page, so no restore's writes ever reach the
+// cache or another restore (the kernel maps cache pages read-only into a
+// private mapping).
 //
 // Why MINOR, not MISSING alone (which would let the kernel map cached pages
 // with no round trip at all): a page is in the page cache, visible to faults,
@@ -29,8 +32,8 @@
 // The memfd never grows or shrinks (sealed so from the start: a truncation
 // would take pages from under every restore). Fills are pwrite(2)s: the
 // kernel copies into the page cache, and this process maps none of it (a
-// copy through a mapping of ours costs a page fault per page first, twice
-// the time of a whole first restore on this machine). Before the memfd goes
+// copy through a mapping of ours costs a page fault per page first, which
+// doubled a whole first restore on this machine). Before the memfd goes
 // to another process (serve's clients), sealForSharing() forbids every
 // write, by write(2), a new shared writable mapping or a hole punched, by
 // anyone (F_SEAL_FUTURE_WRITE); from then on fills are copies into the one
