@@ -182,7 +182,7 @@ async function main(): Promise<void> {
   if (data.pageCache === 'filled') await fillCache(pageCache!, source!);
   const listenFd = native.unixListen(data.socketPath, 1);
   port.postMessage({ type: 'listening' } satisfies PagerHostMessage);
-  const toucher = await acceptToucher(listenFd, pageCache?.handle.fd);
+  const toucher = await acceptToucher(listenFd, pageCache?.fd);
   native.close(listenFd);
   const ack = Uint8Array.of(0x73);
   const cpuAtStart = threadCpuNow();

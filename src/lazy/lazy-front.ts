@@ -5,7 +5,7 @@
 // the order of teardown. Each memory adds only what is its own: how its range
 // is made, which uffd features it needs, and what is left of the range after
 // close().
-import type { PageCacheHandle, PrefetchOptions } from '../pager/index.js';
+import type { PrefetchOptions, SharedPageCache } from '../pager/index.js';
 import { Userfaultfd, UserfaultError, type FeatureName } from '../uffd/index.js';
 import { PagerThread, type LazyMemoryStats, type PagerStopOptions } from './pager-thread.js';
 import type { PagerWorkerReply } from './pager-worker.js';
@@ -27,7 +27,7 @@ export interface LazyRangeOptions {
   replay?: Uint32Array;
   onHandlerLost?: HandlerLostPolicy;
   /** The range is a private mapping of this page cache's memfd: registered MISSING and MINOR, served with CONTINUE. */
-  pageCache?: PageCacheHandle;
+  pageCache?: SharedPageCache;
 }
 
 export interface LazyRange {

@@ -91,7 +91,7 @@ export class LazyMemory extends LazyFront {
       // child instead: a touch there faults loudly (SIGSEGV), never reads zero.
       // exec'd children (child_process) never see it either way.
       mapping.madvise(0, sizeBytes, native.constants.MADV_DONTFORK);
-      const { uffd, pager } = await serveLazyRange({ ...options, pageCache: pageCache?.handle, address: mapping.address, lengthBytes: sizeBytes, sourceOffset, features: FEATURES, optionalFeatures: OPTIONAL });
+      const { uffd, pager } = await serveLazyRange({ ...options, pageCache, address: mapping.address, lengthBytes: sizeBytes, sourceOffset, features: FEATURES, optionalFeatures: OPTIONAL });
       return new LazyMemory(mapping, uffd, pager);
     } catch (error) {
       mapping.unmap();

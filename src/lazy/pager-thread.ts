@@ -13,6 +13,7 @@
 // thread. The pager worker closes its duplicate when it stops; a duplicate
 // whose thread ended without closing it (the watchdog always, a pager that
 // died) is closed here once that thread has exited, so close() leaves none.
+// A page cache's share (its descriptor and view count) goes the same way.
 //
 // Teardown order (stop()):
 //   1. the watchdog ends first: the pager's stopping closes its lifeline,
@@ -23,7 +24,7 @@
 //      closes its own reference (its business: see LazyMemory, LazyWasmMemory)
 import { MessageChannel, Worker } from 'node:worker_threads';
 import { native } from '../native.js';
-import type { PageCacheHandle, PageCounts, PagerMetricsSnapshot, PagerRegion, PrefetchOptions } from '../pager/index.js';
+import { SharedPageCache, type PageCacheHandle, type PageCounts, type PagerMetricsSnapshot, type PagerRegion, type PrefetchOptions } from '../pager/index.js';
 import { UserfaultError, type Userfaultfd } from '../uffd/index.js';
 import type { PagerWorkerData, PagerWorkerReply, PagerWorkerRequest } from './pager-worker.js';
 import type { SourceSpec } from './source-spec.js';
@@ -41,8 +42,8 @@ export interface PagerThreadOptions {
   replay?: Uint32Array;
   /** What happens to faults if the pager thread dies (default 'poison'). */
   onHandlerLost?: HandlerLostPolicy;
-  /** Serve from this shared page cache (zero-copy restore); the worker attaches its own descriptor. */
-  pageCache?: PageCacheHandle;
+  /** Serve from this shared page cache (zero-copy restore): the worker gets a share of it (its own descriptor). */
+  pageCache?: SharedPageCache;
 }
 
 export interface LazyMemoryStats {
@@ -73,6 +74,8 @@ export class PagerThread {
     private readonly pagerWorker: Worker,
     /** The pager worker's duplicate of the uffd (it closes it when it stops). */
     private readonly pagerFd: number,
+    /** The pager worker's share of the page cache (it closes it when it stops). */
+    private readonly cacheShare: PageCacheHandle | undefined,
     private readonly watchdog: { worker: Worker; fd: number } | undefined,
   ) {
     pagerWorker.on('message', (reply: PagerWorkerReply) => {
@@ -89,7 +92,9 @@ export class PagerThread {
     const { port1: lifeline, port2: watchdogEnd } = new MessageChannel();
     const regions = options.regions.map((r) => ({ ...r }));
     const started: Array<{ worker: Worker; fd: number }> = [];
+    let cacheShare: PageCacheHandle | undefined;
     try {
+      cacheShare = options.pageCache?.share();
       const pagerFd = uffd.duplicate();
       const workerData: PagerWorkerData = {
         uffdFd: pagerFd,
@@ -99,7 +104,7 @@ export class PagerThread {
         prefetch: options.prefetch ?? {},
         recordWorkingSet: options.recordWorkingSet ?? false,
         replay: options.replay,
-        pageCache: options.pageCache,
+        pageCache: cacheShare,
         lifeline,
       };
       const pagerWorker = new Worker(new URL('./pager-worker.js', import.meta.url), { workerData, transferList: [lifeline] });
@@ -122,7 +127,7 @@ export class PagerThread {
       // The owner's listener goes on before unref(): a worker's first 'message'
       // listener refs its port again, and an unclosed lazy memory would then
       // keep the process from ever exiting on its own.
-      const thread = new PagerThread(pagerWorker, pagerFd, watchdog);
+      const thread = new PagerThread(pagerWorker, pagerFd, cacheShare, watchdog);
       await Promise.all([ready, armed]);
       watchdog?.worker.unref();
       pagerWorker.unref();
@@ -133,6 +138,7 @@ export class PagerThread {
         await worker.terminate();
         native.close(fd);
       }
+      if (cacheShare) SharedPageCache.release(cacheShare);
       throw error;
     }
   }
@@ -200,8 +206,9 @@ export class PagerThread {
         await this.awaitReply({ type: 'stop', zeroFillKnownZero: options.zeroFillKnownZero ?? false }, 'stopped');
         await this.pagerWorker.terminate();
       } else if (!this.stopRequested) {
-        // The pager thread died without stopping: its duplicate is still open.
+        // The pager thread died without stopping: its duplicate (and cache share) are still open.
         native.close(this.pagerFd);
+        if (this.cacheShare) SharedPageCache.release(this.cacheShare);
       }
       this.retained = undefined;
     })();

@@ -51,8 +51,8 @@ async function main(): Promise<void> {
   data.lifeline?.start();
   const uffd = Userfaultfd.adopt(data.uffdFd, data.features);
   const source = await openSource(data.source);
-  // The owner keeps its cache open until this worker says it is ready.
-  const pageCache = data.pageCache ? SharedPageCache.attach(data.pageCache) : undefined;
+  // The owner's share for this worker: closed here when the pager stops; if this worker fails to start or dies, the owner releases it.
+  const pageCache = data.pageCache ? SharedPageCache.adopt(data.pageCache) : undefined;
   // The owner hears a network source's outages as they happen (unless its own thread waits in a fault meanwhile).
   source.onAvailability?.((event) => send({ type: 'availability', event }));
   const reportError = (error: Error): void => send({ type: 'error', message: error.message, code: (error as { code?: string }).code });
@@ -65,24 +65,18 @@ async function main(): Promise<void> {
   // The owner unregisters its own range (it keeps its own uffd reference).
   // This worker closes its duplicate and the source itself, after the
   // optional zero fill (which needs both), so not through the host.
-  let host: PagerHost;
-  try {
-    host = PagerHost.start(
-      { uffd, source, pageCache, regions: data.regions, prefetch: data.prefetch, recordWorkingSet: data.recordWorkingSet, closeUffd: false, closeSource: false },
-      {
-        error: reportError,
-        poisoned: (_first, _count, error) => reportError(error),
-        complete: () => answerFill(true),
-        ended: (_reason, error) => {
-          if (error) reportError(error);
-          answerFill(false);
-        },
+  const host = PagerHost.start(
+    { uffd, source, pageCache, regions: data.regions, prefetch: data.prefetch, recordWorkingSet: data.recordWorkingSet, closeUffd: false, closeSource: false },
+    {
+      error: reportError,
+      poisoned: (_first, _count, error) => reportError(error),
+      complete: () => answerFill(true),
+      ended: (_reason, error) => {
+        if (error) reportError(error);
+        answerFill(false);
       },
-    );
-  } catch (error) {
-    pageCache?.close();
-    throw error;
-  }
+    },
+  );
   const pager = host.pager;
   if (data.replay) pager.prefetchPages(data.replay);
   port.on('message', (request: PagerWorkerRequest) => {

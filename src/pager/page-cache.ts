@@ -25,7 +25,9 @@
 //
 // Threads: each restore's pager runs in a worker of its own, so the filled
 // bits live in a SharedArrayBuffer (set with Atomics after the bytes are
-// written) and each thread attaches its own descriptor of the memfd. Two
+// written) and each thread has its own descriptor of the memfd: share() makes
+// one in the owner's thread, the worker adopt()s it, and the owner release()s
+// it if the worker died without closing it (as with a uffd's duplicate). Two
 // pagers filling one page at once both write the same checked bytes; neither
 // maps it before its own write is done.
 //
@@ -48,7 +50,11 @@ import { wrapNative } from '../uffd/errors.js';
 
 const C = native.constants;
 
-/** What crosses to a pager's thread: the memfd (its number in this process), the view, the filled bits. */
+/**
+ * What crosses to a pager's thread (share()): a descriptor of the memfd of its
+ * own and one count of the view's users, both the adopter's to give back
+ * (close()), or the sharer's if the adopter never did (release()).
+ */
 export interface PageCacheHandle {
   fd: number;
   sizeBytes: number;
@@ -81,7 +87,7 @@ export class SharedPageCache {
 
   private constructor(
     /** This thread's own descriptor of the memfd (closed by close()). */
-    private readonly fd: number,
+    private readonly descriptor: number,
     private readonly handleValue: PageCacheHandle,
   ) {
     this.bits = new Uint8Array(handleValue.filled);
@@ -112,32 +118,36 @@ export class SharedPageCache {
   }
 
   /**
-   * The same cache in another thread of this process, with a descriptor of
-   * its own. Some cache on it must still be open (the view is unmapped when
-   * the last one closes).
+   * A reference to this cache for another thread of this process: a
+   * descriptor of its own and a count of the view's users, which the other
+   * thread takes with adopt() and gives back with close(). If it never does
+   * (its thread died), the sharer gives them back with release().
    */
-  static attach(handle: PageCacheHandle): SharedPageCache {
+  share(): PageCacheHandle {
+    this.assertOpen();
+    const fd = wrapNative(() => native.dup(this.descriptor));
+    Atomics.add(this.users, USERS, 1);
+    return { ...this.handleValue, fd };
+  }
+
+  /** The cache a share() made, in the thread it was made for: this object owns the handle's descriptor and count. */
+  static adopt(handle: PageCacheHandle): SharedPageCache {
     if (!(handle.filled instanceof SharedArrayBuffer) || handle.filled.byteLength * 8 < handle.sizeBytes / PAGE_SIZE || !(handle.users instanceof SharedArrayBuffer) || handle.users.byteLength < 8) {
       throw new PageCacheMismatchError(`a page cache handle whose shared state does not cover ${handle.sizeBytes} bytes`);
     }
-    const users = new Int32Array(handle.users);
-    for (;;) {
-      const count = Atomics.load(users, USERS);
-      if (count <= 0) throw new UserfaultError(`the page cache of ${handle.image} is closed`);
-      if (Atomics.compareExchange(users, USERS, count, count + 1) === count) break;
-    }
-    let fd: number;
-    try {
-      fd = wrapNative(() => native.dup(handle.fd));
-    } catch (error) {
-      releaseView(users, handle);
-      throw error;
-    }
-    return new SharedPageCache(fd, { ...handle, fd });
+    return new SharedPageCache(handle.fd, handle);
   }
 
-  get handle(): PageCacheHandle {
-    return { ...this.handleValue };
+  /** Give back a shared handle nobody adopted or closed (the thread it went to died). */
+  static release(handle: PageCacheHandle): void {
+    native.close(handle.fd);
+    releaseView(new Int32Array(handle.users), handle);
+  }
+
+  /** This thread's descriptor of the memfd (it stays the cache's; for a trusted process to map, else sealForSharing()). */
+  get fd(): number {
+    this.assertOpen();
+    return this.descriptor;
   }
 
   get sizeBytes(): number {
@@ -161,14 +171,14 @@ export class SharedPageCache {
     this.assertOpen();
     if (Atomics.load(this.users, SEALED) === 0) {
       try {
-        wrapNative(() => native.addSeals(this.fd, C.F_SEAL_FUTURE_WRITE | C.F_SEAL_SEAL));
+        wrapNative(() => native.addSeals(this.descriptor, C.F_SEAL_FUTURE_WRITE | C.F_SEAL_SEAL));
       } catch (error) {
         // Another thread sealed it meanwhile (F_SEAL_SEAL refuses a second seal).
         if ((error as { errno?: number }).errno !== ERRNO.EPERM) throw error;
       }
       Atomics.store(this.users, SEALED, 1);
     }
-    return this.fd;
+    return this.descriptor;
   }
 
   isFilled(index: number): boolean {
@@ -219,7 +229,7 @@ export class SharedPageCache {
   private write(first: number, count: number, bytes: Uint8Array, from: number): void {
     if (Atomics.load(this.users, SEALED) === 0) {
       try {
-        writeAll(this.fd, bytes, from, count * PAGE_SIZE, first * PAGE_SIZE);
+        writeAll(this.descriptor, bytes, from, count * PAGE_SIZE, first * PAGE_SIZE);
         return;
       } catch (error) {
         // Sealed by another thread since the check: the view is the way in now.
@@ -244,7 +254,7 @@ export class SharedPageCache {
     let done = 0;
     const length = count * PAGE_SIZE;
     while (done < length) {
-      const n = readSync(this.fd, target, done, length - done, first * PAGE_SIZE + done);
+      const n = readSync(this.descriptor, target, done, length - done, first * PAGE_SIZE + done);
       if (n <= 0) throw new UserfaultError(`reading ${length} bytes from the page cache stopped at ${done}`);
       done += n;
     }
@@ -260,7 +270,7 @@ export class SharedPageCache {
     if (offset < 0 || offset % PAGE_SIZE !== 0 || offset + lengthBytes > this.sizeBytes) {
       throw new PageCacheMismatchError(`[${offset}, +${lengthBytes}) is not within this ${this.sizeBytes}-byte page cache`);
     }
-    return Mapping.file(this.fd, lengthBytes, { offset });
+    return Mapping.file(this.descriptor, lengthBytes, { offset });
   }
 
   /**
@@ -270,7 +280,7 @@ export class SharedPageCache {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    native.close(this.fd);
+    native.close(this.descriptor);
     releaseView(this.users, this.handleValue);
   }
 

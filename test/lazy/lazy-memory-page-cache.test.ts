@@ -2,20 +2,33 @@
 // worker answering MISSING and MINOR faults with UFFDIO_CONTINUE, from a real
 // checksummed snapshot file.
 import assert from 'node:assert/strict';
-import { mkdtempSync, openSync, readFileSync, closeSync, writeSync, rmSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readdirSync, readFileSync, readlinkSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { fillPattern, findPatternMismatches } from '../../src/demo/pattern.js';
 import { createPageCache, LazyMemory, type SourceSpec } from '../../src/lazy/index.js';
 import { PAGE_SIZE } from '../../src/native.js';
-import { PageCacheMismatchError } from '../../src/pager/index.js';
+import { PageCacheMismatchError, SharedPageCache } from '../../src/pager/index.js';
 import { writeSnapshot } from '../../src/snapshot/index.js';
 
 const PAGES = 256;
 /** Every 16th page of the image is zero: never read, never in the cache. */
 const ZERO_EVERY = 16;
 const DATA_PAGES = PAGES - PAGES / ZERO_EVERY;
+
+/** Descriptors of this process open on a page cache's memfd. */
+function cacheDescriptors(): number {
+  let count = 0;
+  for (const fd of readdirSync('/proc/self/fd')) {
+    try {
+      if (readlinkSync(`/proc/self/fd/${fd}`).startsWith('/memfd:userfault-cache:')) count++;
+    } catch {
+      // Closed while listing (the readdir's own descriptor).
+    }
+  }
+  return count;
+}
 
 /** Minor page faults this thread took so far (/proc/thread-self/stat, field 10): not the pager thread's. */
 function threadMinorFaults(): number {
@@ -166,6 +179,25 @@ describe('lazy memory over a shared page cache', () => {
         await memory.close();
       }
     }
+  });
+
+  test('close() gives back the pager worker\'s share of the cache, whether the worker stopped or died: nothing of the cache stays open after it is closed', async (t) => {
+    const { spec } = await snapshotOf(t);
+    const cache = await createPageCache(spec);
+    const probe = cache.share();
+    SharedPageCache.release(probe); // only to learn where the view is
+    assert.equal(cacheDescriptors(), 1);
+    for (const how of ['stopped', 'died'] as const) {
+      const memory = await LazyMemory.create({ source: spec, pageCache: cache, onHandlerLost: 'freeze' });
+      assert.equal(cacheDescriptors(), 2, `${how}: the worker holds a descriptor of its own`);
+      assert.equal(new Uint32Array(memory.buffer, 0, 1)[0], 0);
+      if (how === 'died') await memory.killPagerForTest();
+      await memory.close();
+      assert.equal(cacheDescriptors(), 1, `${how}: the worker's descriptor is closed`);
+    }
+    cache.close();
+    assert.equal(cacheDescriptors(), 0);
+    assert.equal(readFileSync('/proc/self/maps', 'utf8').includes(`${probe.viewAddress.toString(16)}-`), false, 'the view is unmapped');
   });
 
   test('a cache is for one named image: another image, or a source with no name, is refused before any thread starts', async (t) => {

@@ -1,7 +1,7 @@
 // The shared page cache by itself: a real memfd, real private mappings of it
 // (no uffd here: the kernel maps cache pages on its own).
 import assert from 'node:assert/strict';
-import { ftruncateSync, writeSync } from 'node:fs';
+import { ftruncateSync, readFileSync, writeSync } from 'node:fs';
 import { describe, test } from 'node:test';
 import { fillPattern } from '../../src/demo/pattern.js';
 import { Mapping } from '../../src/mem/mapping.js';
@@ -10,6 +10,11 @@ import { PageCacheMismatchError, SharedPageCache } from '../../src/pager/page-ca
 
 const PAGES = 16;
 
+/** Whether `address` starts a mapping of this process (/proc/self/maps). */
+function mapped(address: number): boolean {
+  return readFileSync('/proc/self/maps', 'utf8').split('\n').some((line) => line.startsWith(`${address.toString(16)}-`));
+}
+
 function image(): Uint8Array {
   const bytes = new Uint8Array(PAGES * PAGE_SIZE);
   fillPattern(bytes, 0);
@@ -17,10 +22,10 @@ function image(): Uint8Array {
 }
 
 describe('shared page cache', () => {
-  test('fill writes each page once and sets its bit after; an attached copy in the same process sees the same bits and bytes', () => {
+  test('fill writes each page once and sets its bit after; a share of it (another thread\'s) sees the same bits and bytes', () => {
     const bytes = image();
     const cache = SharedPageCache.create(PAGES * PAGE_SIZE, 'test:image');
-    const attached = SharedPageCache.attach(cache.handle);
+    const attached = SharedPageCache.adopt(cache.share());
     try {
       assert.equal(cache.fill(2, 3, bytes, 2 * PAGE_SIZE), 3);
       assert.equal(attached.fill(0, 8, bytes), 5, 'pages 2..4 were in already: only the other five are written');
@@ -77,7 +82,7 @@ describe('shared page cache', () => {
     const bytes = image();
     const cache = SharedPageCache.create(PAGES * PAGE_SIZE, 'test:image');
     try {
-      assert.throws(() => ftruncateSync(cache.handle.fd, 0), /EPERM/, 'it never shrinks, sealed or not');
+      assert.throws(() => ftruncateSync(cache.fd, 0), /EPERM/, 'it never shrinks, sealed or not');
       cache.fill(0, PAGES / 2, bytes);
       const fd = cache.sealForSharing();
       assert.equal(cache.sealForSharing(), fd, 'sealing again changes nothing');
@@ -98,15 +103,20 @@ describe('shared page cache', () => {
     }
   });
 
-  test('the view lives while any cache of the process is open: attaching after the last one closed is refused', () => {
+  test('the view lives while any share is open; a share nobody closed (its thread died) is released by the sharer', () => {
     const bytes = image();
     const cache = SharedPageCache.create(PAGES * PAGE_SIZE, 'test:image');
-    const attached = SharedPageCache.attach(cache.handle);
+    const unadopted = cache.share();
+    const shared = SharedPageCache.adopt(cache.share());
+    const orphan = cache.share();
     cache.close();
-    assert.equal(attached.fill(0, PAGES, bytes), PAGES, 'the attached cache still fills through the view');
-    const handle = attached.handle;
-    attached.close();
-    assert.throws(() => SharedPageCache.attach(handle), /the page cache of test:image is closed/);
+    assert.equal(shared.fill(0, PAGES, bytes), PAGES, 'a share still fills through the view after the sharer closed');
+    shared.close();
+    SharedPageCache.release(orphan);
+    assert.ok(mapped(unadopted.viewAddress), 'one share is still out: the view stays');
+    SharedPageCache.release(unadopted);
+    assert.equal(mapped(unadopted.viewAddress), false, 'the last one out unmapped the view');
+    assert.throws(() => cache.share(), /the page cache is closed/);
   });
 
   test('sizes, ranges and handles that do not fit are refused with typed errors', () => {
@@ -117,8 +127,10 @@ describe('shared page cache', () => {
       assert.throws(() => cache.fill(PAGES - 1, 2, new Uint8Array(2 * PAGE_SIZE)), RangeError);
       assert.throws(() => cache.fill(0, 2, new Uint8Array(PAGE_SIZE)), RangeError, 'fewer bytes than pages');
       assert.throws(() => cache.mapPrivate(PAGE_SIZE, PAGES * PAGE_SIZE), PageCacheMismatchError);
-      assert.throws(() => SharedPageCache.attach({ ...cache.handle, filled: new SharedArrayBuffer(1) }), PageCacheMismatchError);
-      assert.throws(() => SharedPageCache.attach({ ...cache.handle, users: new SharedArrayBuffer(0) }), PageCacheMismatchError);
+      const handle = cache.share();
+      assert.throws(() => SharedPageCache.adopt({ ...handle, filled: new SharedArrayBuffer(1) }), PageCacheMismatchError);
+      assert.throws(() => SharedPageCache.adopt({ ...handle, users: new SharedArrayBuffer(0) }), PageCacheMismatchError);
+      SharedPageCache.release(handle);
     } finally {
       cache.close();
     }
