@@ -20,6 +20,16 @@ async function spawnServeJson(t: TestContext, args: string[]): Promise<ChildRun>
   return server;
 }
 
+/** The handler tests' memory files in a fresh directory, and `userfault pages serve` on their snapshot (its tcp:// URL). */
+async function pageServerOnMemoryFiles(t: TestContext): Promise<{ dir: string; url: string }> {
+  const dir = tempDir(t);
+  const files = await writeMemoryFiles(dir);
+  const pages = spawn(process.execPath, [CLI, 'pages', 'serve', '--snapshot', files.snapshotPath, '--listen', '127.0.0.1:0', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const pageServer = new ChildRun(t, pages, 'userfault pages serve', 30_000);
+  const listening = await pageServer.waitForText(/^\{.*"event":"listening".*"url":"(tcp:\/\/127\.0\.0\.1:\d+)".*\}$/m);
+  return { dir, url: listening[1]! };
+}
+
 function jsonLines(text: string): Array<Record<string, unknown>> {
   return text.split('\n').filter((line) => line !== '').map((line) => JSON.parse(line) as Record<string, unknown>);
 }
@@ -34,13 +44,9 @@ function otherGroup(): { name: string; gid: number } | undefined {
 
 describe('userfault serve', { skip, timeout: 60_000 }, () => {
   test('--from a page server in another process: a Firecracker-style client is served over TCP, every page right', async (t) => {
-    const dir = tempDir(t);
-    const files = await writeMemoryFiles(dir);
-    const pages = spawn(process.execPath, [CLI, 'pages', 'serve', '--snapshot', files.snapshotPath, '--listen', '127.0.0.1:0', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
-    const pageServer = new ChildRun(t, pages, 'userfault pages serve', 30_000);
-    const listening = await pageServer.waitForText(/^\{.*"event":"listening".*"url":"(tcp:\/\/127\.0\.0\.1:\d+)".*\}$/m);
+    const { dir, url } = await pageServerOnMemoryFiles(t);
     const socketPath = join(dir, 'serve.sock');
-    const server = await spawnServeJson(t, ['--socket', socketPath, '--from', listening[1]!]);
+    const server = await spawnServeJson(t, ['--socket', socketPath, '--from', url]);
     const event = jsonLines(server.stdout).find((e) => e.event === 'listening')!;
     assert.equal(event.kind, 'page-server');
     assert.match(String(event.source), /^page server tcp:\/\/127\.0\.0\.1:\d+$/);
@@ -55,13 +61,9 @@ describe('userfault serve', { skip, timeout: 60_000 }, () => {
   });
 
   test('--from a page server with --page-cache: the first client\'s pages come over TCP into the cache, the next client\'s from the cache alone', async (t) => {
-    const dir = tempDir(t);
-    const files = await writeMemoryFiles(dir);
-    const pages = spawn(process.execPath, [CLI, 'pages', 'serve', '--snapshot', files.snapshotPath, '--listen', '127.0.0.1:0', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
-    const pageServer = new ChildRun(t, pages, 'userfault pages serve', 30_000);
-    const listening = await pageServer.waitForText(/^\{.*"event":"listening".*"url":"(tcp:\/\/127\.0\.0\.1:\d+)".*\}$/m);
+    const { dir, url } = await pageServerOnMemoryFiles(t);
     const socketPath = join(dir, 'serve.sock');
-    const server = await spawnServeJson(t, ['--socket', socketPath, '--from', listening[1]!, '--page-cache']);
+    const server = await spawnServeJson(t, ['--socket', socketPath, '--from', url, '--page-cache']);
     assert.equal(jsonLines(server.stdout).find((e) => e.event === 'listening')!.pageCache, true);
     for (const name of ['first client', 'second client']) {
       const client = spawnClient(t, { socketPath, pageCount: 256, filePage: 128, send: 'one-message', pageCache: 'ask' }, 20_000, name);
