@@ -130,62 +130,6 @@ describe('lazy guest memory, stopped while a thread waits on a page that never c
   });
 });
 
-/** A source whose reads wait until the test opens the gate, then deliver the page's index in every word. */
-class GatedSource implements PageSource {
-  readonly sizeBytes = SIZE;
-  readonly description = 'a source held at a gate';
-  reads = 0;
-  private opened = false;
-  private readonly held: (() => void)[] = [];
-
-  read(offset: number, lengthBytes: number, target: Uint8Array): Promise<void> {
-    this.reads++;
-    return new Promise((resolve) => {
-      const deliver = (): void => {
-        for (let at = 0; at < lengthBytes; at += PAGE_SIZE) target.fill((offset + at) / PAGE_SIZE, at, at + PAGE_SIZE);
-        resolve();
-      };
-      if (this.opened) deliver();
-      else this.held.push(deliver);
-    });
-  }
-
-  open(): void {
-    this.opened = true;
-    for (const deliver of this.held.splice(0)) deliver();
-  }
-}
-
-describe('lazy guest memory released after a failed page, with reads still in flight', { timeout: 30_000 }, () => {
-  test('fills that land after the release are dropped and counted, never a process warning (RangeNotRegisteredError: UFFDIO_COPY failed)', async () => {
-    // The VMM releases guest memory when a page could not be supplied (a
-    // corrupt chunk under --prefetch-all): the vCPUs must go while the other
-    // background reads are still out. Each of those that lands afterwards
-    // finds its range unregistered (UFFDIO_COPY: ENOENT); the pages no longer
-    // matter, so that is not the operator's business.
-    const warnings: Error[] = [];
-    const onWarning = (warning: Error): void => void warnings.push(warning);
-    process.on('warning', onWarning);
-    const memory = GuestMemory.create(SIZE);
-    const source = new GatedSource();
-    const lazy = LazyGuestMemory.start(memory, source, { prefetch: false }, () => {});
-    try {
-      lazy.prefetchAll();
-      await until('the background reads to start', () => source.reads > 0);
-      lazy.release();
-      source.open();
-      await until('the late fills to be dropped', () => lazy.report().droppedAfterRelease > 0);
-      await sleep(50); // a warning is emitted on the next tick
-      assert.deepEqual(warnings.map((w) => `${w.name}: ${w.message}`), [], 'no process warning');
-      assert.equal(lazy.report().metrics.pagesCopied, 0, 'nothing was installed after the release');
-    } finally {
-      process.off('warning', onWarning);
-      await within(2000, 'stopping lazy guest memory', lazy.stop()).catch(() => {});
-      memory.unmap();
-    }
-  });
-});
-
 /** Page k of the image holds the word k + 1 (never zero), answered only when the test releases the reads. */
 class HeldSource implements PageSource {
   readonly sizeBytes = SIZE;
@@ -218,6 +162,36 @@ class HeldSource implements PageSource {
     for (const answer of this.held.splice(0)) answer();
   }
 }
+
+describe('lazy guest memory released after a failed page, with reads still in flight', { timeout: 30_000 }, () => {
+  test('fills that land after the release are dropped and counted, never a process warning (RangeNotRegisteredError: UFFDIO_COPY failed)', async () => {
+    // The VMM releases guest memory when a page could not be supplied (a
+    // corrupt chunk under --prefetch-all): the vCPUs must go while the other
+    // background reads are still out. Each of those that lands afterwards
+    // finds its range unregistered (UFFDIO_COPY: ENOENT); the pages no longer
+    // matter, so that is not the operator's business.
+    const warnings: Error[] = [];
+    const onWarning = (warning: Error): void => void warnings.push(warning);
+    process.on('warning', onWarning);
+    const memory = GuestMemory.create(SIZE);
+    const source = new HeldSource();
+    const lazy = LazyGuestMemory.start(memory, source, { prefetch: false }, () => {});
+    try {
+      lazy.prefetchAll();
+      await until('the background reads to start', () => source.asked.length > 0);
+      lazy.release();
+      source.release();
+      await until('the late fills to be dropped', () => lazy.report().droppedAfterRelease > 0);
+      await sleep(50); // a warning is emitted on the next tick
+      assert.deepEqual(warnings.map((w) => `${w.name}: ${w.message}`), [], 'no process warning');
+      assert.equal(lazy.report().metrics.pagesCopied, 0, 'nothing was installed after the release');
+    } finally {
+      process.off('warning', onWarning);
+      await within(2000, 'stopping lazy guest memory', lazy.stop()).catch(() => {});
+      memory.unmap();
+    }
+  });
+});
 
 describe('lazy guest memory, a page given back before it arrived (a balloon inflating during a restore or post-copy)', { timeout: 30_000 }, () => {
   const toucher = new Toucher();
