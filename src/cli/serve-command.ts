@@ -17,7 +17,6 @@ import {
 import { openSourceByUrl, sourceUrlKind } from '../source-url/open-source-by-url.js';
 import { endpointOption } from './s3-snapshot-commands.js';
 import { errnoName } from '../errno.js';
-import { PAGE_SIZE } from '../native.js';
 import { SharedPageCache } from '../pager/page-cache.js';
 import { CannotCreateError, UsageError } from './errors.js';
 import { handlerReporter } from '../metrics/handler-reporter.js';
@@ -94,7 +93,7 @@ export function registerServeCommand(program: Command): void {
       // Every client's faults are served from the one source: a file, a page server (both of its connections shared by all clients), or a store.
       const { source, kind } = options.from === undefined ? await openMemoryFile(path!, options.snapshot ? 'snapshot' : 'auto')
         : { kind: sourceUrlKind(options.from), source: await openSourceByUrl(options.from, { endpoint: options.endpoint }) };
-      if (options.pageCache) pageCache = SharedPageCache.create(Math.ceil(source.sizeBytes / PAGE_SIZE) * PAGE_SIZE, source.description);
+      if (options.pageCache) pageCache = SharedPageCache.forImage(source.sizeBytes, source.description);
       const server = await startHandlerServer({
         socketPath: options.socket,
         source,

@@ -9,7 +9,6 @@
 // LazyWasmMemory.
 import { Mapping } from '../mem/mapping.js';
 import { native } from '../native.js';
-import { PAGE_SIZE } from '../native.js';
 import { PageCacheMismatchError, SharedPageCache, type PrefetchOptions } from '../pager/index.js';
 import type { FeatureName, Userfaultfd } from '../uffd/index.js';
 import { LazyFront, serveLazyRange } from './lazy-front.js';
@@ -56,7 +55,7 @@ export async function createPageCache(source: SourceSpec): Promise<SharedPageCac
   const name = imageName(source);
   if (name === undefined) throw new PageCacheMismatchError(`a page cache is kept per named image (a snapshot, a raw file, a page server, an object); a ${source.kind} source has no name`);
   const sizeBytes = await imageSizeBytes(source);
-  return SharedPageCache.create(Math.ceil(sizeBytes / PAGE_SIZE) * PAGE_SIZE, name);
+  return SharedPageCache.forImage(sizeBytes, name);
 }
 
 const FEATURES: FeatureName[] = ['EVENT_REMOVE', 'EVENT_UNMAP', 'EVENT_REMAP'];

@@ -118,6 +118,15 @@ export class SharedPageCache {
   }
 
   /**
+   * A cache for an image of `imageSizeBytes`, whole pages or not (the
+   * pager's page count: the last page partly past the image's end), named
+   * by `image`.
+   */
+  static forImage(imageSizeBytes: number, image: string): SharedPageCache {
+    return SharedPageCache.create(Math.ceil(imageSizeBytes / PAGE_SIZE) * PAGE_SIZE, image);
+  }
+
+  /**
    * A reference to this cache for another thread of this process: a
    * descriptor of its own and a count of the view's users, which the other
    * thread takes with adopt() and gives back with close(). If it never does
