@@ -616,34 +616,7 @@ export class Pager extends EventEmitter<PagerEvents> {
 
   private startRead(fetch: Fetch): void {
     if (this.pageCache?.allFilled(fetch.sourceOffset / PAGE_SIZE, fetch.pageCount)) {
-      // Some restore of this image put these pages in the cache already:
-      // nothing to read from the source. Pages to be read are mapped from it;
-      // pages to be written are copied out of it (pread, then COPY: cheaper
-      // here than COPY from a mapping of the cache, which faults each page in).
-      if (!fetch.forWrite) {
-        this.installReadGuarded(fetch);
-        return;
-      }
-      // Read and installed in one go, so one buffer serves every such fetch
-      // (a fresh one would fault in each of its pages on the read). A fetch
-      // the kernel made wait for a retry keeps its buffer; the next takes a new one.
-      const length = fetch.pageCount * PAGE_SIZE;
-      const scratch = this.cacheScratch && this.cacheScratch.length >= length ? this.cacheScratch : Buffer.allocUnsafeSlow(Math.max(length, this.readAhead.maxPages * PAGE_SIZE * AHEAD_RUN_WINDOWS));
-      this.cacheScratch = undefined;
-      try {
-        this.pageCache.read(fetch.sourceOffset / PAGE_SIZE, fetch.pageCount, scratch);
-      } catch (error) {
-        this.cacheScratch = scratch;
-        this.guarded(() => this.readFailed(fetch, error));
-        return;
-      }
-      fetch.buffer = scratch.subarray(0, length);
-      if (this.statusValue !== 'running') return;
-      try {
-        if (this.installer.install(fetch)) this.cacheScratch = scratch;
-      } catch (error) {
-        this.stepFailed(error);
-      }
+      this.installFromCache(fetch, this.pageCache);
       return;
     }
     if ((this.source.mappedPages || this.source.readSync) && this.readNow(fetch)) return;
@@ -684,6 +657,39 @@ export class Pager extends EventEmitter<PagerEvents> {
         this.checkComplete();
       });
     this.inFlightSettled.add(settled);
+  }
+
+  /**
+   * Some restore of this image put these pages in the cache already: nothing
+   * to read from the source. Pages to be read are mapped from it; pages to be
+   * written are copied out of it (pread, then COPY: cheaper here than COPY
+   * from a mapping of the cache, which faults each page in).
+   */
+  private installFromCache(fetch: Fetch, pageCache: SharedPageCache): void {
+    if (!fetch.forWrite) {
+      this.installReadGuarded(fetch);
+      return;
+    }
+    // Read and installed in one go, so one buffer serves every such fetch
+    // (a fresh one would fault in each of its pages on the read). A fetch
+    // the kernel made wait for a retry keeps its buffer; the next takes a new one.
+    const length = fetch.pageCount * PAGE_SIZE;
+    const scratch = this.cacheScratch && this.cacheScratch.length >= length ? this.cacheScratch : Buffer.allocUnsafeSlow(Math.max(length, this.readAhead.maxPages * PAGE_SIZE * AHEAD_RUN_WINDOWS));
+    this.cacheScratch = undefined;
+    try {
+      pageCache.read(fetch.sourceOffset / PAGE_SIZE, fetch.pageCount, scratch);
+    } catch (error) {
+      this.cacheScratch = scratch;
+      this.guarded(() => this.readFailed(fetch, error));
+      return;
+    }
+    fetch.buffer = scratch.subarray(0, length);
+    if (this.statusValue !== 'running') return;
+    try {
+      if (this.installer.install(fetch)) this.cacheScratch = scratch;
+    } catch (error) {
+      this.stepFailed(error);
+    }
   }
 
   /** The source's synchronous fast path: read and install at once, or return false to go async. */
