@@ -32,8 +32,11 @@ export interface BenchContext {
 }
 
 export interface ToucherSpec {
-  /** memfd-minor: the C handler's memfd mapped MAP_PRIVATE, registered MISSING and MINOR (ref-handler --source memfd). */
-  memory: 'uffd' | 'private' | 'eager' | 'memfd-minor';
+  /**
+   * memfd-minor: the C handler's memfd mapped MAP_PRIVATE, registered MISSING and MINOR (ref-handler --source memfd).
+   * installed: every page put in place with UFFDIO_COPY by the toucher before it touches (touchNs: first touches alone).
+   */
+  memory: 'uffd' | 'private' | 'eager' | 'installed' | 'memfd-minor';
   access: 'load' | 'store';
   threads: number;
   /** Time every touch (p50/p99); costs ~50 ns a touch, so only where faults dominate. */
@@ -44,7 +47,7 @@ export interface ToucherSpec {
    * `serve --page-cache` for its memfd first, then Firecracker's handshake.
    */
   handshake?: 'firecracker' | 'page-cache';
-  /** private/eager: this file from this offset instead of the image's data section. */
+  /** private/eager/installed: this file from this offset instead of the image's data section. */
   file?: { path: string; offset: number };
 }
 

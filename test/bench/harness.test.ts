@@ -97,6 +97,7 @@ describe('bench stats', () => {
 });
 
 type RemoteRun = {
+  toucher: { touches: number; touchNs: number; eagerReadNs: number; mismatches: number };
   handler: { kind: string; remote?: { urgentReadsSent: number; bulkReadsSent: number }; stream?: { reads?: { reads: number; errors: number } } };
   server?: { role: string; reads: number }[];
 };
@@ -127,6 +128,12 @@ function checkRemoteRuns(all: Record<string, RemoteRun[]>): void {
   assert.equal(c.handler.kind, 'c');
   assert.deepEqual(roles(c), ['page-client-urgent']);
   assert.ok(c.server![0]!.reads > 0);
+  // The machine's floor: the toucher installed every page itself (not timed), then touched each, and read it right.
+  const floor = run('sequential/first-touch');
+  assert.equal(floor.handler.kind, 'none');
+  assert.equal(roles(floor).length, 0, 'the floor never talks to the page server');
+  assert.ok(floor.toucher.touches > 0 && floor.toucher.touchNs > 0 && floor.toucher.eagerReadNs > 0);
+  assert.equal(floor.toucher.mismatches, 0);
 }
 
 type S3Run = { touches: number; requests: number; fetchedBytes: number; store?: { requests: number; byMethod: Record<string, number>; rangeGets: number } };
@@ -214,7 +221,7 @@ describe('bench smoke run', { skip: smokeSkipReason() }, () => {
       const json = JSON.parse(readFileSync(outcome.jsonPath, 'utf8')) as { targets: unknown[]; sections: Record<string, { runs: Record<string, unknown[]> }> };
       assert.equal(json.targets.length, outcome.targets.length);
       assert.ok(Object.values(json.sections['per-fault']!.runs).every((runs) => runs.length === 1));
-      assert.equal(outcome.targets.filter((t) => t.name.startsWith('remote:')).length, 4, 'the remote section has its four targets');
+      assert.equal(outcome.targets.filter((t) => t.name.startsWith('remote:')).length, 5, "the remote section has its four targets and this machine's floor");
       checkRemoteRuns(json.sections['remote']!.runs as Record<string, RemoteRun[]>);
       assert.equal(outcome.targets.filter((t) => t.name.startsWith('s3:')).length, 5, 'the s3 section has its five targets');
       checkS3Runs(json.sections['s3']!.runs as Record<string, S3Run[]>);
