@@ -73,13 +73,18 @@ export class PageInstaller {
 
   constructor(private readonly ctx: InstallerContext) {}
 
-  /** Copy a completed read into place, page runs at a time, skipping pages whose state moved on. Returns true when the fetch is done with its buffer. */
-  install(fetch: Fetch, how: InstallHow = 'copy'): boolean {
+  /**
+   * Copy a completed read into place, page runs at a time, skipping pages
+   * whose state moved on, and `heldIndex` (a read-ahead trigger the pager
+   * keeps for a thread to fault on; it stays in flight). Returns true when
+   * the fetch is done with its buffer.
+   */
+  install(fetch: Fetch, how: InstallHow = 'copy', heldIndex = -1): boolean {
     const { states, map } = this.ctx;
     const firstIndex = fetch.sourceOffset / PAGE_SIZE;
     let i = fetch.resumeAtPage ?? 0;
     while (i < fetch.pageCount) {
-      if (states.get(firstIndex + i) !== PageState.IN_FLIGHT) {
+      if (states.get(firstIndex + i) !== PageState.IN_FLIGHT || firstIndex + i === heldIndex) {
         i++;
         continue;
       }
@@ -93,7 +98,7 @@ export class PageInstaller {
       }
       const contiguous = map.contiguousPagesFrom(sourceOffset, fetch.pageCount - i);
       let runPages = 1;
-      while (runPages < contiguous && states.get(firstIndex + i + runPages) === PageState.IN_FLIGHT) runPages++;
+      while (runPages < contiguous && states.get(firstIndex + i + runPages) === PageState.IN_FLIGHT && firstIndex + i + runPages !== heldIndex) runPages++;
       const retryFrom = this.copyRun(fetch, i, runPages, address, how);
       if (retryFrom !== undefined) {
         this.queueRetry({ ...fetch, resumeAtPage: retryFrom });

@@ -35,6 +35,7 @@ import { PageBitmap } from './page-bitmap.js';
 import { PageCacheMismatchError, type SharedPageCache } from './page-cache.js';
 import { PageState, PageStateTable, type PageCounts } from './page-state.js';
 import { ReadAhead, type PrefetchOptions } from './readahead.js';
+import { ReadAheadTriggers, type HeldPage } from './readahead-triggers.js';
 import { FaultWaiters } from './waiters.js';
 
 export type { PagerRegion } from './address-map.js';
@@ -146,6 +147,11 @@ export class Pager extends EventEmitter<PagerEvents> {
   private readonly workingSetOrder: number[] = [];
   private readonly demanded: Uint8Array | undefined;
   private readonly bufferPool: Uint8Array[] = [];
+  /** The page each stream's read-ahead holds back for its thread to fault on (readahead-triggers.ts). */
+  private readonly triggers = new ReadAheadTriggers((index, page) => {
+    this.installHeld(index, page);
+    this.checkComplete();
+  });
   /** The buffer pages to be written are read into from the page cache, between two such reads. */
   private cacheScratch: Uint8Array | undefined;
   private readonly children: Pager[] = [];
@@ -460,6 +466,11 @@ export class Pager extends EventEmitter<PagerEvents> {
         if (this.prefetched.get(index)) this.metrics.prefetchHits++;
         this.scheduler.promote(index);
         this.keepStreamAhead(index, fault.write);
+        if (this.triggers.size > 0) {
+          // A read-ahead's trigger: the read-ahead was just extended; its page is answered from the bytes kept.
+          const held = this.triggers.take(index);
+          if (held) this.installHeld(index, held);
+        }
         return;
       case PageState.DISCARDED:
         this.metrics.fault('discarded');
@@ -515,10 +526,11 @@ export class Pager extends EventEmitter<PagerEvents> {
    * next `aheadWindows` windows go in the background, behind the demand
    * fetch. The thread works on the pages just installed while the source
    * reads and the pager copies the next ones, and finds them in place instead
-   * of faulting: a sweep faults once per `aheadWindows + 1` windows, and each
-   * fault's round trip (the wake-ups of both threads, and a network source's
-   * request) is paid that much less often. Random faults never get here
-   * (their window is one page).
+   * of faulting. Part way in, one page is held back as the read-ahead's
+   * trigger (readahead-triggers.ts): the thread's fault there extends the
+   * read-ahead before it runs out, and is answered without a read, so past
+   * its ramp-up a sweep never waits for its source. Random faults never get
+   * here (their window is one page).
    *
    * A source that lends its bytes (readView, mappedPages: no buffer of the
    * pager's is filled) is read ahead in runs of AHEAD_RUN_WINDOWS windows:
@@ -554,14 +566,21 @@ export class Pager extends EventEmitter<PagerEvents> {
   private readAheadRange(firstIndex: number, end: number, pageCount: number, forWrite: boolean): void {
     const lends = this.source.readView !== undefined || this.source.mappedPages !== undefined;
     const runPages = lends ? pageCount * AHEAD_RUN_WINDOWS : pageCount;
+    const start = firstIndex;
     end = Math.min(this.states.pageCount, end);
     while (firstIndex < end) {
       const count = this.map.contiguousPagesFrom(firstIndex * PAGE_SIZE, Math.min(runPages, end - firstIndex));
-      if (count === 0) return;
+      if (count === 0) break;
       if (this.states.get(firstIndex) === PageState.MISSING) this.scheduler.queueBackground(newFetch(firstIndex * PAGE_SIZE, count, false, { forWrite }));
       firstIndex += count;
       this.readAhead.readAheadTo(firstIndex);
     }
+    // The trigger (readahead-triggers.ts): half the read-ahead's depth before its end, so that the thread that
+    // faults on it still has that much in place or coming while the extension is read. A read-ahead of one
+    // window has no half to spare: its thread faults at its end, as before.
+    if (this.readAhead.aheadWindows < 2) return;
+    const trigger = Math.max(start, firstIndex - Math.floor(this.readAhead.aheadWindows / 2) * pageCount);
+    if (trigger < firstIndex && this.states.get(trigger) === PageState.MISSING) this.triggers.set(trigger, forWrite);
   }
 
   /** Mark pages in flight for a fetch; all but a demand fetch's first are prefetched. */
@@ -736,7 +755,22 @@ export class Pager extends EventEmitter<PagerEvents> {
   }
 
   private installRead(fetch: Fetch): void {
-    if (this.installer.install(fetch)) this.releaseBuffer(fetch);
+    const held = this.triggers.size > 0 && fetch.buffer
+      ? this.triggers.holdFrom(fetch.sourceOffset / PAGE_SIZE, fetch.pageCount, fetch.buffer, (index) => this.states.get(index) === PageState.IN_FLIGHT && !this.waiters.has(index))
+      : -1;
+    if (this.installer.install(fetch, 'copy', held)) this.releaseBuffer(fetch);
+  }
+
+  /** A read-ahead trigger's kept page, installed (a thread faulted on it, or nobody did in time) unless its state moved on. */
+  private installHeld(index: number, page: HeldPage): void {
+    if (this.statusValue !== 'running' || this.states.get(index) !== PageState.IN_FLIGHT) return;
+    const fetch = newFetch(index * PAGE_SIZE, 1, this.waiters.has(index), { claimed: true, forWrite: page.forWrite });
+    fetch.buffer = page.bytes;
+    try {
+      this.installer.install(fetch);
+    } catch (error) {
+      this.stepFailed(error);
+    }
   }
 
   /** installRead as a guarded step, without a closure (the synchronous read path runs it once per fault). */
@@ -914,6 +948,7 @@ export class Pager extends EventEmitter<PagerEvents> {
     clearImmediate(this.pumpLater);
     this.pumpLater = undefined;
     this.installer.stop();
+    this.triggers.clear();
     for (const timer of this.retryTimers) clearTimeout(timer);
     this.retryTimers.clear();
     this.scheduler.clear();

@@ -2,8 +2,9 @@
 // stream's window (up to the maximum); a fault anywhere else starts a new
 // stream at the initial window. A few streams are tracked so that two threads
 // sweeping different areas do not reset each other. A stream at its full
-// window is read further ahead, `aheadWindows` windows past the fault, and
-// its next fault is expected where that read-ahead ends.
+// window is read further ahead, `aheadWindows` windows past the fault; its
+// next fault is expected on the page the pager holds back part way into that
+// read-ahead (readahead-triggers.ts), or, failing that, where it ends.
 
 export interface PrefetchOptions {
   /** Pages fetched for a fault that starts no stream (1: only the faulting page). */
@@ -14,14 +15,15 @@ export interface PrefetchOptions {
    * Windows read in the background past the demand window once a stream runs
    * at its largest window (default 16: 4 MiB with 64-page windows). One
    * window ahead hides the copy of the next window behind the thread's work
-   * on this one; several hide a source's round trip too: the thread faults
-   * once per `aheadWindows + 1` windows, and the source has that many reads
-   * to work on meanwhile (measured on the bench's sequential restore, 256 KiB
-   * windows, one-window reads: 1 ahead 0.42-0.49 GB/s from the snapshot file
-   * and 0.20-0.24 from a page server; 8 ahead 0.51-0.62 and 0.29-0.32; with
-   * the pager's reads of 8 windows from a lending source, 16 ahead 0.38 GB/s
-   * remote, 0.66x the local restore, against 0.35 and 0.61x for 8 in runs of
-   * 4).
+   * on this one; several hide a source's round trip too, and the source has
+   * that many reads to work on meanwhile (measured on the bench's sequential
+   * restore, 256 KiB windows, one-window reads: 1 ahead 0.42-0.49 GB/s from
+   * the snapshot file and 0.20-0.24 from a page server; 8 ahead 0.51-0.62 and
+   * 0.29-0.32; with the pager's reads of 8 windows from a lending source, 16
+   * ahead 0.38 GB/s remote, 0.66x the local restore, against 0.35 and 0.61x
+   * for 8 in runs of 4). From two windows on, the page half the depth before
+   * the read-ahead's end is its trigger (readahead-triggers.ts): the thread's
+   * fault there extends it, so the thread never runs off its end.
    */
   aheadWindows?: number;
 }

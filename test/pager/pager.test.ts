@@ -5,6 +5,7 @@ import { fillPattern } from '../../src/demo/pattern.js';
 import { Mapping } from '../../src/mem/index.js';
 import { PAGE_SIZE } from '../../src/native.js';
 import { Pager, type PagerOptions } from '../../src/pager/index.js';
+import { TRIGGER_HOLD_MS } from '../../src/pager/readahead-triggers.js';
 import { BufferSource } from '../../src/sources/buffer-source.js';
 import { FunctionSource } from '../../src/sources/function-source.js';
 import { SourceGoneError, SourceReadError, type PageSource, type PushedPages, type ReadOptions } from '../../src/sources/page-source.js';
@@ -134,7 +135,8 @@ describe('the pager', () => {
       for (let p = 0; p < PAGES; p++) assert.equal(await wordAt(a, r.mapping.address + p * PAGE_SIZE), p);
       const m = r.pager.snapshotMetrics();
       assert.equal(m.pagesCopied, PAGES);
-      assert.ok(m.copyIoctls <= 8, `${m.copyIoctls} ioctls for ${PAGES} pages`);
+      // Windows of 1, 2, 4, 8 and 16 pages, three runs read ahead (the first less its trigger page, 31), and the trigger.
+      assert.ok(m.copyIoctls <= 9, `${m.copyIoctls} ioctls for ${PAGES} pages`);
       assert.ok(m.prefetchedPages >= PAGES - 8);
     } finally {
       await r.dispose();
@@ -155,16 +157,58 @@ describe('the pager', () => {
     }
   });
 
-  test('a sweep read several windows ahead faults once per that many windows, and its stream does not start over', async () => {
+  test('a sweep read several windows ahead never waits for a read past the ramp-up: its trigger page extends the read-ahead before it runs out', async () => {
     const r = rig(new BufferSource(image), { prefetch: { initialPages: 1, maxPages: 4, aheadWindows: 3 } });
     try {
       for (let p = 0; p < PAGES; p++) assert.equal(await wordAt(a, r.mapping.address + p * PAGE_SIZE), p);
       const m = r.pager.snapshotMetrics();
       assert.equal(m.pagesCopied, PAGES);
-      // Faults at 0, 1 and 3 (the largest window: 3-6 demanded, 7-18 ahead), then one every 16 pages (19, 35, 51).
-      // Had the stream forgotten the read-ahead, the fault at 19 would start a new one at 1 page and ramp up again.
-      assert.equal(m.faultsByKind.missing, 6, `${m.faultsByKind.missing} faults on missing pages (10 with one window ahead)`);
-      assert.equal(m.sourceReads, 6 + 4 * 3, 'one read per fault, and three windows ahead at each of the four faults at the largest window');
+      // Faults at 0, 1 and 3 (the largest window: 3-6 demanded, 7-18 ahead, its trigger page 15 held back). From
+      // then on the thread faults only on triggers, answered from the bytes kept (15, 27, 39, 51, 60), each
+      // extending the read-ahead to 4 windows past it. Without triggers it ran off the read-ahead's end and waited
+      // for a read at 19, 35 and 51: 6 faults on missing pages.
+      assert.equal(m.faultsByKind.missing, 3, `${m.faultsByKind.missing} faults on missing pages (6 without triggers)`);
+      assert.equal(m.faultsByKind['in-flight'], 5, `${m.faultsByKind['in-flight']} faults on triggers`);
+      assert.equal(m.sourceReads, 3 + 15, 'a read per window, each read once: 3 demanded, 15 ahead');
+    } finally {
+      await r.dispose();
+    }
+  });
+
+  test('a trigger page nobody faults on is installed once its hold time is over, from the bytes kept', async () => {
+    let reads = 0;
+    const source = new FunctionSource(SIZE, async (offset, length, target) => {
+      reads++;
+      target.set(image.subarray(offset, offset + length));
+    });
+    const r = rig(source, { prefetch: { initialPages: 1, maxPages: 4, aheadWindows: 3 } });
+    try {
+      // Up to the first read-ahead's trigger (15; see the test above) and not onto it.
+      for (let p = 0; p < 15; p++) assert.equal(await wordAt(a, r.mapping.address + p * PAGE_SIZE), p);
+      // Every page read so far (0-18) is in but the trigger.
+      for (let i = 0; i < 500 && r.pager.snapshotMetrics().pagesCopied < 18; i++) await sleep(2);
+      assert.equal(r.pager.snapshotMetrics().pagesCopied, 18);
+      await sleep(TRIGGER_HOLD_MS + 50);
+      const m = r.pager.snapshotMetrics();
+      assert.equal(m.pagesCopied, 19, 'the trigger page went in without a fault');
+      const readsBefore = reads;
+      assert.equal(await wordAt(a, r.mapping.address + 15 * PAGE_SIZE), 15);
+      assert.equal(r.pager.snapshotMetrics().faults, m.faults, 'no fault on it');
+      assert.equal(reads, readsBefore, 'and no read of it');
+    } finally {
+      await r.dispose();
+    }
+  });
+
+  test('a trigger page discarded while its bytes are kept reads zero: the kept bytes are dropped', async () => {
+    const r = rig(new BufferSource(image), { prefetch: { initialPages: 1, maxPages: 4, aheadWindows: 3 } });
+    try {
+      for (let p = 0; p < 15; p++) assert.equal(await wordAt(a, r.mapping.address + p * PAGE_SIZE), p);
+      await b.run({ op: 'madvise-dontneed', address: r.mapping.address + 15 * PAGE_SIZE, length: PAGE_SIZE });
+      assert.equal(await wordAt(a, r.mapping.address + 15 * PAGE_SIZE), 0);
+      await sleep(TRIGGER_HOLD_MS + 50);
+      assert.equal(await wordAt(a, r.mapping.address + 15 * PAGE_SIZE), 0, 'still zero after the hold time');
+      assert.equal(await wordAt(a, r.mapping.address + 16 * PAGE_SIZE), 16);
     } finally {
       await r.dispose();
     }
