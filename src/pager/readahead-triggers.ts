@@ -13,10 +13,10 @@
 // thread to fault on. That fault is answered at once from the kept bytes (no
 // read), and it extends the read-ahead (Pager.keepStreamAhead) while the
 // thread still has the pages after the trigger to work through: the stream
-// never drains. A trigger nobody touches within HOLD_MS is installed like any
-// read-ahead page, so a thread that stopped sweeping, or sweeps slowly, costs
-// nothing but that wait (the page is in flight meanwhile: a fault on it is
-// served from the kept bytes, never read again).
+// never drains. A trigger nobody touches within TRIGGER_HOLD_MS is installed
+// like any read-ahead page, so a thread that stopped sweeping, or sweeps
+// slowly, costs nothing but that wait (the page is in flight meanwhile: a
+// fault on it is served from the kept bytes, never read again).
 import { PAGE_SIZE } from '../native.js';
 
 /** How long a trigger's bytes are kept for a thread to fault on (ms), counted from when it was set. */
